@@ -1,0 +1,597 @@
+//! Owned-buffer I/O that runs on io_uring (tokio-uring) or, where io_uring is
+//! unavailable, on tokio's epoll driver with the same behaviour.
+//!
+//! Buffers are passed by value and handed back with the result, the shape
+//! io_uring needs (the kernel owns the memory while an operation is in
+//! flight). Reads fill the *spare capacity* of the `Vec` (`len..capacity`)
+//! and advance its length, exactly as tokio-uring does, so a caller can keep
+//! an unconsumed tail at the front of its buffer and read more after it.
+//! Writes send `buf[..len]`.
+//!
+//! On the epoll driver, sockets use tokio's reactor and file operations that
+//! may block on the device (`pwrite`, `fdatasync`) run on tokio's blocking
+//! pool, so one slow flush never stalls a shard's other sessions.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Which kernel interface a shard's runtime uses for I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    /// io_uring through tokio-uring (the default).
+    Uring,
+    /// epoll through tokio's reactor; file I/O on the blocking pool.
+    Epoll,
+}
+
+impl Driver {
+    /// The driver asked for by `INDIMAIL_DRIVER` (`uring` or `epoll`);
+    /// `uring` when unset. An unknown value is an error naming it.
+    pub fn from_env() -> Result<Driver, String> {
+        match std::env::var("INDIMAIL_DRIVER") {
+            Err(_) => Ok(Driver::Uring),
+            Ok(v) => v.parse(),
+        }
+    }
+
+    /// Name as written in logs and `INDIMAIL_DRIVER`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::Uring => "uring",
+            Driver::Epoll => "epoll",
+        }
+    }
+}
+
+impl std::str::FromStr for Driver {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Driver, String> {
+        match s.trim() {
+            "" | "uring" | "io_uring" => Ok(Driver::Uring),
+            "epoll" => Ok(Driver::Epoll),
+            other => Err(format!(
+                "INDIMAIL_DRIVER: unknown driver `{other}` (expected `uring` or `epoll`)"
+            )),
+        }
+    }
+}
+
+thread_local! {
+    static CURRENT: Cell<Option<Driver>> = const { Cell::new(None) };
+}
+
+/// The driver of the runtime running on this thread.
+///
+/// # Panics
+/// Outside [`run`] there is no runtime; calling this there is a programming
+/// error.
+pub fn current_driver() -> Driver {
+    CURRENT
+        .with(|c| c.get())
+        .expect("shard::io used outside shard::io::run")
+}
+
+/// Whether io_uring can be set up on this machine (kernel support, not
+/// disabled by `kernel.io_uring_disabled`, not blocked by seccomp).
+/// Returns the error that prevented it otherwise.
+pub fn probe_uring() -> Result<(), io::Error> {
+    // Building a runtime performs io_uring_setup; a disabled or filtered
+    // io_uring fails here with EPERM/ENOSYS rather than later mid-request.
+    std::thread::spawn(|| tokio_uring::Runtime::new(&tokio_uring::builder()).map(drop))
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("io_uring probe panicked")))
+}
+
+/// Picks the driver to use: the requested one, falling back from io_uring to
+/// epoll when io_uring cannot be set up. The second value is the reason for a
+/// fallback, to be logged once by the caller.
+pub fn choose_driver(requested: Driver) -> (Driver, Option<String>) {
+    match requested {
+        Driver::Epoll => (Driver::Epoll, None),
+        Driver::Uring => match probe_uring() {
+            Ok(()) => (Driver::Uring, None),
+            Err(e) => (
+                Driver::Epoll,
+                Some(format!(
+                    "io_uring unavailable ({e}); using the epoll driver"
+                )),
+            ),
+        },
+    }
+}
+
+/// Runs `fut` to completion on a fresh single-threaded runtime of the given
+/// driver on this thread. Inside it, `tokio::task::spawn_local`, tokio's
+/// timers, sync primitives and `spawn_blocking` work on both drivers.
+///
+/// # Panics
+/// If the runtime cannot be built (use [`choose_driver`] first to fall back).
+pub fn run<F: Future>(driver: Driver, fut: F) -> F::Output {
+    let previous = CURRENT.with(|c| c.replace(Some(driver)));
+    struct Restore(Option<Driver>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CURRENT.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(previous);
+    match driver {
+        Driver::Uring => {
+            let rt = tokio_uring::Runtime::new(tokio_uring::builder().entries(1024))
+                .expect("io_uring runtime (use shard::io::choose_driver to fall back)");
+            rt.block_on(fut)
+        }
+        Driver::Epoll => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio current-thread runtime");
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, fut)
+        }
+    }
+}
+
+/// An open file. Positional reads and writes only: the queue and Maildir
+/// writers always know their offsets, and positional I/O needs no shared
+/// cursor.
+pub struct File {
+    inner: FileInner,
+}
+
+enum FileInner {
+    Uring(tokio_uring::fs::File),
+    Epoll(Arc<std::fs::File>),
+}
+
+impl File {
+    /// Opens with the given options. The `open(2)` itself is synchronous: it
+    /// is a metadata operation measured in microseconds, and doing it
+    /// directly keeps error reporting identical on both drivers.
+    pub async fn open(path: impl AsRef<Path>, opts: &std::fs::OpenOptions) -> io::Result<File> {
+        let f = opts.open(path)?;
+        Ok(File::from_std(f))
+    }
+
+    /// Wraps an already open file.
+    pub fn from_std(f: std::fs::File) -> File {
+        let inner = match current_driver() {
+            Driver::Uring => FileInner::Uring(tokio_uring::fs::File::from_std(f)),
+            Driver::Epoll => FileInner::Epoll(Arc::new(f)),
+        };
+        File { inner }
+    }
+
+    /// Writes all of `buf[..len]` at `pos`.
+    pub async fn write_all_at(&self, buf: Vec<u8>, pos: u64) -> (io::Result<()>, Vec<u8>) {
+        match &self.inner {
+            FileInner::Uring(f) => f.write_all_at(buf, pos).await,
+            FileInner::Epoll(f) => {
+                let f = Arc::clone(f);
+                blocking(move || {
+                    use std::os::unix::fs::FileExt;
+                    let r = f.write_all_at(&buf, pos);
+                    (r, buf)
+                })
+                .await
+            }
+        }
+    }
+
+    /// Reads into the spare capacity of `buf` at `pos`, returning the count
+    /// (0 at end of file).
+    pub async fn read_at(&self, buf: Vec<u8>, pos: u64) -> (io::Result<usize>, Vec<u8>) {
+        match &self.inner {
+            FileInner::Uring(f) => {
+                let (r, s) = f.read_at(spare(buf), pos).await;
+                (r, s.into_inner())
+            }
+            FileInner::Epoll(f) => {
+                let f = Arc::clone(f);
+                blocking(move || {
+                    use std::os::unix::fs::FileExt;
+                    let mut buf = buf;
+                    let len = buf.len();
+                    let spare = buf.capacity() - len;
+                    buf.resize(len + spare, 0);
+                    let r = f.read_at(&mut buf[len..], pos);
+                    buf.truncate(len + *r.as_ref().unwrap_or(&0));
+                    (r, buf)
+                })
+                .await
+            }
+        }
+    }
+
+    /// Fills the whole spare capacity of `buf` from `pos`; a short file is
+    /// an `UnexpectedEof` error.
+    pub async fn read_exact_at(&self, buf: Vec<u8>, pos: u64) -> (io::Result<()>, Vec<u8>) {
+        match &self.inner {
+            FileInner::Uring(f) => {
+                let (r, s) = f.read_exact_at(spare(buf), pos).await;
+                (r, s.into_inner())
+            }
+            FileInner::Epoll(f) => {
+                let f = Arc::clone(f);
+                blocking(move || {
+                    use std::os::unix::fs::FileExt;
+                    let mut buf = buf;
+                    let len = buf.len();
+                    let spare = buf.capacity() - len;
+                    buf.resize(len + spare, 0);
+                    let r = f.read_exact_at(&mut buf[len..], pos);
+                    if r.is_err() {
+                        buf.truncate(len);
+                    }
+                    (r, buf)
+                })
+                .await
+            }
+        }
+    }
+
+    /// `fdatasync(2)`: the data and the metadata needed to read it back.
+    pub async fn sync_data(&self) -> io::Result<()> {
+        match &self.inner {
+            FileInner::Uring(f) => f.sync_data().await,
+            FileInner::Epoll(f) => {
+                let f = Arc::clone(f);
+                blocking(move || f.sync_data()).await
+            }
+        }
+    }
+
+    /// `fsync(2)`.
+    pub async fn sync_all(&self) -> io::Result<()> {
+        match &self.inner {
+            FileInner::Uring(f) => f.sync_all().await,
+            FileInner::Epoll(f) => {
+                let f = Arc::clone(f);
+                blocking(move || f.sync_all()).await
+            }
+        }
+    }
+
+    /// Closes the file, reporting the close error if any.
+    pub async fn close(self) -> io::Result<()> {
+        match self.inner {
+            FileInner::Uring(f) => f.close().await,
+            FileInner::Epoll(f) => {
+                drop(f);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl AsRawFd for File {
+    fn as_raw_fd(&self) -> RawFd {
+        match &self.inner {
+            FileInner::Uring(f) => f.as_raw_fd(),
+            FileInner::Epoll(f) => f.as_raw_fd(),
+        }
+    }
+}
+
+/// fsyncs a directory, making the creates, renames and links inside it
+/// durable (needed on this ext4 without a journal, see MEASUREMENTS.md).
+pub async fn sync_dir(path: impl AsRef<Path>) -> io::Result<()> {
+    let dir = std::fs::File::open(path.as_ref())?;
+    File::from_std(dir).sync_all().await
+}
+
+/// The spare capacity of `buf` as a tokio-uring slice: tokio-uring reads
+/// into the start of a plain `Vec`, so appending needs an explicit slice.
+fn spare(buf: Vec<u8>) -> tokio_uring::buf::Slice<Vec<u8>> {
+    use tokio_uring::buf::BoundedBuf;
+    let (len, cap) = (buf.len(), buf.capacity());
+    buf.slice(len..cap)
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// A connected TCP stream.
+pub struct TcpStream {
+    inner: StreamInner,
+}
+
+enum StreamInner {
+    Uring(tokio_uring::net::TcpStream),
+    Epoll(tokio::net::TcpStream),
+}
+
+impl TcpStream {
+    /// Connects to `addr`.
+    pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+        let inner = match current_driver() {
+            Driver::Uring => StreamInner::Uring(tokio_uring::net::TcpStream::connect(addr).await?),
+            Driver::Epoll => StreamInner::Epoll(tokio::net::TcpStream::connect(addr).await?),
+        };
+        Ok(TcpStream { inner })
+    }
+
+    /// Wraps a connected std stream (made non-blocking here).
+    pub fn from_std(s: std::net::TcpStream) -> io::Result<TcpStream> {
+        let inner = match current_driver() {
+            Driver::Uring => StreamInner::Uring(tokio_uring::net::TcpStream::from_std(s)),
+            Driver::Epoll => {
+                s.set_nonblocking(true)?;
+                StreamInner::Epoll(tokio::net::TcpStream::from_std(s)?)
+            }
+        };
+        Ok(TcpStream { inner })
+    }
+
+    /// Reads into the spare capacity of `buf`; 0 means the peer closed.
+    pub async fn read(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        match &self.inner {
+            StreamInner::Uring(s) => {
+                let (r, s) = s.read(spare(buf)).await;
+                (r, s.into_inner())
+            }
+            StreamInner::Epoll(s) => {
+                let mut buf = buf;
+                loop {
+                    if let Err(e) = s.readable().await {
+                        return (Err(e), buf);
+                    }
+                    let len = buf.len();
+                    let spare = buf.capacity() - len;
+                    buf.resize(len + spare, 0);
+                    let r = s.try_read(&mut buf[len..]);
+                    match r {
+                        Ok(n) => {
+                            buf.truncate(len + n);
+                            return (Ok(n), buf);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            buf.truncate(len);
+                            continue;
+                        }
+                        Err(e) => {
+                            buf.truncate(len);
+                            return (Err(e), buf);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes all of `buf[..len]`.
+    pub async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        match &self.inner {
+            StreamInner::Uring(s) => s.write_all(buf).await,
+            StreamInner::Epoll(s) => {
+                let mut off = 0;
+                while off < buf.len() {
+                    if let Err(e) = s.writable().await {
+                        return (Err(e), buf);
+                    }
+                    match s.try_write(&buf[off..]) {
+                        Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
+                        Ok(n) => off += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return (Err(e), buf),
+                    }
+                }
+                (Ok(()), buf)
+            }
+        }
+    }
+
+    /// Shuts down one or both directions.
+    pub fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
+        match &self.inner {
+            StreamInner::Uring(s) => s.shutdown(how),
+            StreamInner::Epoll(s) => socket_ref(s.as_raw_fd(), |sock| sock.shutdown(how)),
+        }
+    }
+
+    /// Disables Nagle's algorithm (replies are written whole already).
+    pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
+        match &self.inner {
+            StreamInner::Uring(s) => s.set_nodelay(nodelay),
+            StreamInner::Epoll(s) => s.set_nodelay(nodelay),
+        }
+    }
+
+    /// The remote address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        socket_ref(self.as_raw_fd(), |s| s.peer_addr())
+    }
+
+    /// The local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        socket_ref(self.as_raw_fd(), |s| s.local_addr())
+    }
+}
+
+impl AsRawFd for TcpStream {
+    fn as_raw_fd(&self) -> RawFd {
+        match &self.inner {
+            StreamInner::Uring(s) => s.as_raw_fd(),
+            StreamInner::Epoll(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+/// Borrows a raw socket as a `std::net::TcpStream` for option calls without
+/// taking ownership of the descriptor.
+fn socket_ref<T>(
+    fd: RawFd,
+    f: impl FnOnce(&std::net::TcpStream) -> io::Result<T>,
+) -> io::Result<T> {
+    // SAFETY: the fd is open for the duration of the borrow (owned by the
+    // caller's stream) and ManuallyDrop prevents a double close.
+    let s = std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+    f(&s)
+}
+
+/// A listening TCP socket.
+pub struct TcpListener {
+    inner: ListenerInner,
+}
+
+enum ListenerInner {
+    Uring(tokio_uring::net::TcpListener),
+    Epoll(tokio::net::TcpListener),
+}
+
+impl TcpListener {
+    /// Wraps a bound, listening std socket (e.g. one made by
+    /// [`bind_reuseport`]).
+    pub fn from_std(l: std::net::TcpListener) -> io::Result<TcpListener> {
+        let inner = match current_driver() {
+            Driver::Uring => ListenerInner::Uring(tokio_uring::net::TcpListener::from_std(l)),
+            Driver::Epoll => {
+                l.set_nonblocking(true)?;
+                ListenerInner::Epoll(tokio::net::TcpListener::from_std(l)?)
+            }
+        };
+        Ok(TcpListener { inner })
+    }
+
+    /// Accepts one connection.
+    pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        match &self.inner {
+            ListenerInner::Uring(l) => {
+                let (s, a) = l.accept().await?;
+                Ok((
+                    TcpStream {
+                        inner: StreamInner::Uring(s),
+                    },
+                    a,
+                ))
+            }
+            ListenerInner::Epoll(l) => {
+                let (s, a) = l.accept().await?;
+                Ok((
+                    TcpStream {
+                        inner: StreamInner::Epoll(s),
+                    },
+                    a,
+                ))
+            }
+        }
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match &self.inner {
+            ListenerInner::Uring(l) => l.local_addr(),
+            ListenerInner::Epoll(l) => l.local_addr(),
+        }
+    }
+}
+
+/// Binds a listening socket with `SO_REUSEPORT`, so each shard can bind the
+/// same address and the kernel spreads incoming connections across them.
+pub fn bind_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let sock = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.bind(&addr.into())?;
+    sock.listen(backlog)?;
+    let fd: OwnedFd = sock.into();
+    // SAFETY: `fd` is a freshly created, owned, listening TCP socket.
+    Ok(unsafe { std::net::TcpListener::from_raw_fd(fd.into_raw_fd()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn driver_parse() {
+        assert_eq!("epoll".parse::<Driver>(), Ok(Driver::Epoll));
+        assert_eq!("uring".parse::<Driver>(), Ok(Driver::Uring));
+        assert!("kqueue".parse::<Driver>().unwrap_err().contains("kqueue"));
+    }
+
+    #[test]
+    fn file_roundtrip_both_drivers() {
+        for d in [Driver::Uring, Driver::Epoll] {
+            let dir =
+                std::env::temp_dir().join(format!("shard-io-{}-{}", std::process::id(), d.name()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("f");
+            run(d, async {
+                assert_eq!(current_driver(), d);
+                let mut o = std::fs::OpenOptions::new();
+                o.read(true).write(true).create(true).truncate(true);
+                let f = File::open(&path, &o).await.unwrap();
+                let (r, _) = f.write_all_at(b"hello world".to_vec(), 0).await;
+                r.unwrap();
+                let (r, _) = f.write_all_at(b"HELLO".to_vec(), 0).await;
+                r.unwrap();
+                f.sync_data().await.unwrap();
+                let mut buf = Vec::with_capacity(16);
+                buf.extend_from_slice(b">");
+                let (r, buf) = f.read_at(buf, 6).await;
+                assert_eq!(r.unwrap(), 5);
+                assert_eq!(&buf, b">world");
+                let (r, buf) = f.read_exact_at(Vec::with_capacity(11), 0).await;
+                r.unwrap();
+                assert_eq!(&buf, b"HELLO world");
+                let (r, _) = f.read_exact_at(Vec::with_capacity(20), 0).await;
+                assert!(r.is_err());
+                f.close().await.unwrap();
+                sync_dir(&dir).await.unwrap();
+            });
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
+    #[test]
+    fn tcp_echo_both_drivers() {
+        for d in [Driver::Uring, Driver::Epoll] {
+            run(d, async {
+                let std_l = bind_reuseport("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+                let l = TcpListener::from_std(std_l).unwrap();
+                let addr = l.local_addr().unwrap();
+                let server = tokio::task::spawn_local(async move {
+                    let (s, _) = l.accept().await.unwrap();
+                    let mut buf = Vec::with_capacity(64);
+                    loop {
+                        let (r, b) = s.read(buf).await;
+                        buf = b;
+                        if r.unwrap() == 0 || buf.ends_with(b"\n") {
+                            break;
+                        }
+                    }
+                    let (r, _) = s.write_all(buf).await;
+                    r.unwrap();
+                });
+                let c = TcpStream::connect(addr).await.unwrap();
+                c.set_nodelay(true).unwrap();
+                assert_eq!(c.peer_addr().unwrap(), addr);
+                let (r, _) = c.write_all(b"ping\n".to_vec()).await;
+                r.unwrap();
+                let (r, buf) = c.read(Vec::with_capacity(64)).await;
+                assert_eq!(r.unwrap(), 5);
+                assert_eq!(&buf, b"ping\n");
+                server.await.unwrap();
+            });
+        }
+    }
+}

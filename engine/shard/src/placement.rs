@@ -1,0 +1,186 @@
+//! Where shards run: a value, not a side effect (glommio's `Placement`).
+
+use std::fmt;
+
+/// Which CPUs the shards run on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// One shard per online CPU, each pinned to it.
+    PerCpu,
+    /// One shard pinned to each listed CPU, in order.
+    Fixed(Vec<usize>),
+    /// `n` shards, not pinned (tests, containers that forbid affinity).
+    Unpinned(usize),
+}
+
+/// A placement that cannot be honoured.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlacementError {
+    /// The CPU list text is malformed.
+    #[error("bad cpu list `{0}`: expected numbers and ranges like `0-3,6`")]
+    BadList(String),
+    /// A listed CPU is not online or not in this process's affinity mask.
+    #[error("cpu {cpu} is not available (available: {available})")]
+    Unavailable {
+        /// The CPU asked for.
+        cpu: usize,
+        /// The CPUs that are available, as a list.
+        available: String,
+    },
+    /// Zero shards.
+    #[error("at least one shard is needed")]
+    Empty,
+}
+
+impl Placement {
+    /// Checks the placement against the CPUs this process may use.
+    pub fn validate(&self) -> Result<(), PlacementError> {
+        match self {
+            Placement::PerCpu => Ok(()),
+            Placement::Unpinned(0) => Err(PlacementError::Empty),
+            Placement::Unpinned(_) => Ok(()),
+            Placement::Fixed(v) if v.is_empty() => Err(PlacementError::Empty),
+            Placement::Fixed(v) => {
+                let online = online_cpus();
+                for &cpu in v {
+                    if !online.contains(&cpu) {
+                        return Err(PlacementError::Unavailable {
+                            cpu,
+                            available: fmt_list(&online),
+                        });
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The CPU of each shard (`None` = unpinned), in shard order.
+    pub fn cpus(&self) -> Vec<Option<usize>> {
+        match self {
+            Placement::PerCpu => online_cpus().into_iter().map(Some).collect(),
+            Placement::Fixed(v) => v.iter().copied().map(Some).collect(),
+            Placement::Unpinned(n) => vec![None; *n],
+        }
+    }
+
+    /// Number of shards.
+    pub fn len(&self) -> usize {
+        self.cpus().len()
+    }
+
+    /// Whether there are no shards (never true for a validated placement).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl fmt::Display for Placement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Placement::PerCpu => write!(f, "per-cpu ({})", fmt_list(&online_cpus())),
+            Placement::Fixed(v) => write!(f, "cpus {}", fmt_list(v)),
+            Placement::Unpinned(n) => write!(f, "{n} unpinned"),
+        }
+    }
+}
+
+fn fmt_list(v: &[usize]) -> String {
+    v.iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Parses a Linux-style CPU list: `0-3,6,8-9`.
+pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, PlacementError> {
+    let bad = || PlacementError::BadList(s.to_string());
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let a: usize = a.trim().parse().map_err(|_| bad())?;
+                let b: usize = b.trim().parse().map_err(|_| bad())?;
+                if a > b || b - a > 4096 {
+                    return Err(bad());
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    if out.is_empty() {
+        return Err(bad());
+    }
+    Ok(out)
+}
+
+/// CPUs this process may run on (its affinity mask), ascending.
+pub fn online_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
+            let v: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+                .filter(|&c| libc::CPU_ISSET(c, &set))
+                .collect();
+            if !v.is_empty() {
+                return v;
+            }
+        }
+    }
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (0..n).collect()
+}
+
+/// Pins the calling thread to one CPU.
+pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_SET bounds are checked below.
+    unsafe {
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0-3,6").unwrap(), vec![0, 1, 2, 3, 6]);
+        assert_eq!(parse_cpu_list(" 1 ").unwrap(), vec![1]);
+        assert!(parse_cpu_list("").is_err());
+        assert!(parse_cpu_list("3-1").is_err());
+        assert!(parse_cpu_list("a").is_err());
+    }
+
+    #[test]
+    fn validate_rejects_missing_cpu() {
+        let e = Placement::Fixed(vec![100_000]).validate().unwrap_err();
+        assert!(matches!(
+            e,
+            PlacementError::Unavailable { cpu: 100_000, .. }
+        ));
+        assert!(Placement::PerCpu.validate().is_ok());
+        assert_eq!(
+            Placement::Unpinned(0).validate(),
+            Err(PlacementError::Empty)
+        );
+    }
+
+    #[test]
+    fn pin_to_first_online_cpu() {
+        let cpu = online_cpus()[0];
+        std::thread::spawn(move || pin_current_thread(cpu).unwrap())
+            .join()
+            .unwrap();
+    }
+}
