@@ -1,0 +1,398 @@
+//! Where state lives and the typed configuration read from it.
+//!
+//! Everything lives under one home directory:
+//!
+//! | path | what | override |
+//! |---|---|---|
+//! | `<home>` | `--home`, else `INDIMAIL_HOME`, else `/var/indimail` (root) or `$HOME/.indimail` | |
+//! | `<home>/control/` | qmail-style control files | `CONTROLDIR` (absolute, or relative to home) |
+//! | `<home>/queue/queue<N>` | queue N | `QUEUE_BASE` (or control `queue_base`), `QUEUE_START`, `QUEUE_COUNT`; `QUEUEDIR` = one queue, verbatim |
+//! | `<home>/tcp/tcp.smtp` | access rules by client IP | |
+//! | `<home>/mail/` | mailboxes of virtual users | `BASE_PATH` |
+//!
+//! Control files read here, with their defaults:
+//!
+//! | file | meaning | default |
+//! |---|---|---|
+//! | `me` | this host's name | the system host name |
+//! | `smtpgreeting` | text of the 220 greeting | `<me> ESMTP` |
+//! | `rcpthosts`, `morercpthosts` | domains we accept mail for | none (only relay clients may send) |
+//! | `databytes` | maximum message size, 0 = unlimited | 0 |
+//! | `timeoutsmtpd` | idle seconds before an SMTP client is dropped | 1200 |
+//! | `maxrecipients` | recipients per message (`MAXRECIPIENTS`) | 100 |
+//! | `maxperip` | connections per client IP per shard (`MAXPERIP`) | 20 |
+//! | `maxdaemons` | connections per shard (`MAXDAEMONS`) | 1000 |
+//! | `listeners` | lines `smtp ADDR:PORT` | `smtp 127.0.0.1:2525` |
+//! | `cpus` | CPU list for shards (`0-3,6`) | one shard per online CPU |
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::control::{ControlDir, ControlError, DomainList};
+use crate::tcprules::TcpRules;
+
+/// Locations derived from the home directory and IndiMail's variables.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// The home directory.
+    pub home: PathBuf,
+    /// The control directory.
+    pub control: ControlDir,
+}
+
+impl Paths {
+    /// Resolves the home (`--home`, `INDIMAIL_HOME`, default) and the
+    /// control directory (`CONTROLDIR`).
+    pub fn resolve(home_arg: Option<&Path>) -> Paths {
+        let home = home_arg
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("INDIMAIL_HOME").map(PathBuf::from))
+            .unwrap_or_else(default_home);
+        let control = match std::env::var_os("CONTROLDIR") {
+            Some(c) => {
+                let c = PathBuf::from(c);
+                if c.is_absolute() {
+                    c
+                } else {
+                    home.join(c)
+                }
+            }
+            None => home.join("control"),
+        };
+        Paths {
+            home,
+            control: ControlDir::new(control),
+        }
+    }
+
+    /// The access rules file.
+    pub fn tcp_rules(&self) -> PathBuf {
+        self.home.join("tcp").join("tcp.smtp")
+    }
+
+    /// The queues, from `QUEUEDIR` or `QUEUE_BASE`/`QUEUE_START`/`QUEUE_COUNT`
+    /// (spec 1.5). `default_count` is used when `QUEUE_COUNT` is unset.
+    pub fn queues(&self, default_count: usize) -> Result<Vec<QueueSpec>, ControlError> {
+        if let Some(dir) = std::env::var_os("QUEUEDIR") {
+            let dir = PathBuf::from(dir);
+            let number = dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("queue"))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1);
+            return Ok(vec![QueueSpec { number, dir }]);
+        }
+        let base = match std::env::var_os("QUEUE_BASE") {
+            Some(b) => PathBuf::from(b),
+            None => match self.control.string("queue_base")? {
+                Some(b) => PathBuf::from(b),
+                None => self.home.join("queue"),
+            },
+        };
+        let start = env_number("QUEUE_START", 1u32)?;
+        let count = env_number("QUEUE_COUNT", default_count as u32)?;
+        if count == 0 {
+            return Err(env_error("QUEUE_COUNT", "must be at least 1"));
+        }
+        Ok((start..start + count)
+            .map(|n| QueueSpec {
+                number: n,
+                dir: base.join(format!("queue{n}")),
+            })
+            .collect())
+    }
+}
+
+/// One queue: its number and directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSpec {
+    /// N in `queueN`.
+    pub number: u32,
+    /// Its directory (may be a symlink to another disk).
+    pub dir: PathBuf,
+}
+
+fn default_home() -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        PathBuf::from("/var/indimail")
+    } else {
+        std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".indimail"))
+            .unwrap_or_else(|| PathBuf::from(".indimail"))
+    }
+}
+
+fn env_error(name: &str, problem: &str) -> ControlError {
+    ControlError {
+        path: PathBuf::from(format!("${name}")),
+        line: None,
+        problem: problem.to_string(),
+    }
+}
+
+/// A number from the environment, or `default` when unset.
+pub fn env_number<T: std::str::FromStr>(name: &str, default: T) -> Result<T, ControlError> {
+    match std::env::var(name) {
+        Err(_) => Ok(default),
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| env_error(name, &format!("`{v}` is not a valid number"))),
+    }
+}
+
+/// A setting that may come from a variable or a control file, the variable
+/// winning (qmail-smtpd's order for `DATABYTES`, `MAXRECIPIENTS`...).
+fn var_or_control<T: std::str::FromStr + Copy>(
+    control: &ControlDir,
+    var: &str,
+    file: &str,
+    default: T,
+) -> Result<T, ControlError> {
+    match std::env::var(var) {
+        Ok(_) => env_number(var, default),
+        Err(_) => control.number(file, default),
+    }
+}
+
+/// Everything the SMTP listeners need, read once at start-up.
+#[derive(Debug, Clone)]
+pub struct SmtpSettings {
+    /// `me`.
+    pub me: String,
+    /// `smtpgreeting`.
+    pub greeting: String,
+    /// `rcpthosts` + `morercpthosts`.
+    pub rcpthosts: DomainList,
+    /// `databytes` / `DATABYTES`; 0 = unlimited.
+    pub databytes: u64,
+    /// `timeoutsmtpd`.
+    pub timeout: Duration,
+    /// `maxrecipients` / `MAXRECIPIENTS`; 0 = the protocol default (100).
+    pub max_recipients: usize,
+    /// `maxperip` / `MAXPERIP`: connections per client IP per shard.
+    pub max_per_ip: u32,
+    /// `maxdaemons` / `MAXDAEMONS`: connections per shard.
+    pub max_connections: u32,
+    /// `RELAYCLIENT` in the server's own environment: every client may relay.
+    pub relay_everyone: bool,
+    /// Access rules by client IP.
+    pub rules: TcpRules,
+}
+
+/// Configuration of `indimail serve`.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Locations.
+    pub paths: Paths,
+    /// SMTP listeners.
+    pub smtp_listeners: Vec<SocketAddr>,
+    /// CPUs for shards (from `control/cpus` or `--cpus`); `None` = all.
+    pub cpus: Option<Vec<usize>>,
+    /// SMTP settings.
+    pub smtp: SmtpSettings,
+}
+
+/// Default listener for a fresh home: loopback, unprivileged.
+pub const DEFAULT_SMTP_LISTENER: &str = "127.0.0.1:2525";
+
+impl ServeConfig {
+    /// Reads every control file, reporting all problems at once.
+    pub fn load(
+        paths: Paths,
+        smtp_override: &[SocketAddr],
+    ) -> Result<ServeConfig, Vec<ControlError>> {
+        let mut errors = Vec::new();
+        let c = &paths.control;
+        fn take<T>(errors: &mut Vec<ControlError>, r: Result<T, ControlError>) -> Option<T> {
+            r.map_err(|e| errors.push(e)).ok()
+        }
+
+        let me = take(&mut errors, c.string("me"))
+            .flatten()
+            .unwrap_or_else(system_hostname);
+        let greeting = take(&mut errors, c.string("smtpgreeting"))
+            .flatten()
+            .unwrap_or_else(|| format!("{me} ESMTP"));
+        let mut hosts = take(&mut errors, c.list("rcpthosts")).unwrap_or_default();
+        hosts.extend(take(&mut errors, c.list("morercpthosts")).unwrap_or_default());
+        let databytes = take(
+            &mut errors,
+            var_or_control(c, "DATABYTES", "databytes", 0u64),
+        )
+        .unwrap_or(0);
+        let timeout = take(&mut errors, c.number("timeoutsmtpd", 1200u64)).unwrap_or(1200);
+        let max_recipients = take(
+            &mut errors,
+            var_or_control(c, "MAXRECIPIENTS", "maxrecipients", 100usize),
+        )
+        .unwrap_or(100);
+        let max_per_ip = take(
+            &mut errors,
+            var_or_control(c, "MAXPERIP", "maxperip", 20u32),
+        )
+        .unwrap_or(20);
+        let max_connections = take(
+            &mut errors,
+            var_or_control(c, "MAXDAEMONS", "maxdaemons", 1000u32),
+        )
+        .unwrap_or(1000);
+        let cpus = match take(&mut errors, c.lines("cpus"))
+            .flatten()
+            .and_then(|v| v.into_iter().next())
+        {
+            None => None,
+            Some((line, text)) => match shard::parse_cpu_list(&text) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    errors.push(ControlError {
+                        path: c.file("cpus"),
+                        line: Some(line),
+                        problem: e.to_string(),
+                    });
+                    None
+                }
+            },
+        };
+
+        let mut smtp_listeners = Vec::new();
+        if smtp_override.is_empty() {
+            match c.lines("listeners") {
+                Ok(None) => smtp_listeners.push(DEFAULT_SMTP_LISTENER.parse().expect("valid")),
+                Ok(Some(lines)) => {
+                    for (line, text) in lines {
+                        let mut words = text.split_whitespace();
+                        let (service, addr) = (words.next().unwrap_or(""), words.next());
+                        let problem = match (service, addr.map(str::parse::<SocketAddr>)) {
+                            ("smtp", Some(Ok(a))) => {
+                                smtp_listeners.push(a);
+                                None
+                            }
+                            ("smtp", _) => Some(format!("`{text}`: expected `smtp ADDRESS:PORT`")),
+                            // Other services are added by later parts of the system.
+                            _ => None,
+                        };
+                        if let Some(problem) = problem {
+                            errors.push(ControlError {
+                                path: c.file("listeners"),
+                                line: Some(line),
+                                problem,
+                            });
+                        }
+                    }
+                }
+                Err(e) => errors.push(e),
+            }
+        } else {
+            smtp_listeners.extend_from_slice(smtp_override);
+        }
+
+        let rules_path = paths.tcp_rules();
+        let rules = match std::fs::read_to_string(&rules_path) {
+            Ok(text) => match TcpRules::parse(&text, &rules_path) {
+                Ok(r) => r,
+                Err(mut e) => {
+                    errors.append(&mut e);
+                    TcpRules::default()
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => TcpRules::default(),
+            Err(e) => {
+                errors.push(ControlError {
+                    path: rules_path,
+                    line: None,
+                    problem: format!("cannot read: {e}"),
+                });
+                TcpRules::default()
+            }
+        };
+
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(ServeConfig {
+            smtp: SmtpSettings {
+                me,
+                greeting,
+                rcpthosts: DomainList::new(hosts),
+                databytes,
+                timeout: Duration::from_secs(timeout),
+                max_recipients: if max_recipients == 0 {
+                    100
+                } else {
+                    max_recipients
+                },
+                max_per_ip,
+                max_connections,
+                relay_everyone: std::env::var_os("RELAYCLIENT").is_some(),
+                rules,
+            },
+            paths,
+            smtp_listeners,
+            cpus,
+        })
+    }
+}
+
+/// The system's host name (`me` when the control file is missing).
+pub fn system_hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is valid for its length; gethostname NUL-terminates
+    // within it on success.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(0);
+    if ok && end > 0 {
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        "localhost".to_string()
+    }
+}
+
+/// Creates what a first `serve` on an empty home needs: the directories and
+/// default control files (never overwriting an operator's file). Returns
+/// the paths it created.
+pub fn prepare_home(paths: &Paths) -> std::io::Result<Vec<PathBuf>> {
+    let mut made = Vec::new();
+    for d in [
+        paths.home.clone(),
+        paths.control.path().to_path_buf(),
+        paths.home.join("tcp"),
+        paths.home.join("queue"),
+    ] {
+        if !d.exists() {
+            std::fs::create_dir_all(&d)?;
+            made.push(d);
+        }
+    }
+    let c = &paths.control;
+    let me = system_hostname();
+    let defaults: [(&str, String); 4] = [
+        ("me", format!("{me}\n")),
+        (
+            "rcpthosts",
+            format!("# domains this server accepts mail for, one per line; .domain = subdomains\n{me}\nlocalhost\n"),
+        ),
+        (
+            "listeners",
+            format!("# service address:port, one per line (overridden by --smtp)\nsmtp {DEFAULT_SMTP_LISTENER}\n"),
+        ),
+        ("databytes", "# maximum message size in bytes, 0 = unlimited\n0\n".to_string()),
+    ];
+    for (name, content) in defaults {
+        if c.create_default(name, &content)? {
+            made.push(c.file(name));
+        }
+    }
+    let rules = paths.tcp_rules();
+    if !rules.exists() {
+        std::fs::write(
+            &rules,
+            "# address:allow|deny[,VAR=value...]  (most specific match wins)\n127.:allow,RELAYCLIENT=\"\"\n::1:allow,RELAYCLIENT=\"\"\n:allow\n",
+        )?;
+        made.push(rules);
+    }
+    Ok(made)
+}

@@ -1,0 +1,213 @@
+//! qmail-style control files: where they live and how they are read.
+//!
+//! A control file holds one value on its first line (`me`, `databytes`) or
+//! a list, one entry per line (`rcpthosts`). Leading and trailing white
+//! space is ignored, as are blank lines and lines starting with `#`, like
+//! qmail's `control_readfile`. A missing file means "use the documented
+//! default"; an unreadable one is an error naming it.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// An error in one control file, naming the file and, where known, the line.
+#[derive(Debug)]
+pub struct ControlError {
+    /// The file.
+    pub path: PathBuf,
+    /// 1-based line number, when the problem is on a line.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl fmt::Display for ControlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{}:{}: {}", self.path.display(), l, self.problem),
+            None => write!(f, "{}: {}", self.path.display(), self.problem),
+        }
+    }
+}
+
+impl std::error::Error for ControlError {}
+
+/// The control directory.
+#[derive(Debug, Clone)]
+pub struct ControlDir {
+    dir: PathBuf,
+}
+
+impl ControlDir {
+    /// The control directory at `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> ControlDir {
+        ControlDir { dir: dir.into() }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Path of control file `name`.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The meaningful lines of `name` with their line numbers, or `None`
+    /// when the file does not exist.
+    pub fn lines(&self, name: &str) -> Result<Option<Vec<(usize, String)>>, ControlError> {
+        let path = self.file(name);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let text = String::from_utf8_lossy(&bytes);
+                Ok(Some(
+                    text.lines()
+                        .enumerate()
+                        .map(|(i, l)| (i + 1, l.trim().to_string()))
+                        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+                        .collect(),
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ControlError {
+                path,
+                line: None,
+                problem: format!("cannot read: {e}"),
+            }),
+        }
+    }
+
+    /// The list in `name` (empty when missing).
+    pub fn list(&self, name: &str) -> Result<Vec<String>, ControlError> {
+        Ok(self
+            .lines(name)?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(_, l)| l)
+            .collect())
+    }
+
+    /// The first meaningful line of `name`, if the file exists and has one.
+    pub fn string(&self, name: &str) -> Result<Option<String>, ControlError> {
+        Ok(self
+            .lines(name)?
+            .and_then(|v| v.into_iter().next())
+            .map(|(_, l)| l))
+    }
+
+    /// The number on the first line of `name`, or `default` when missing.
+    pub fn number<T>(&self, name: &str, default: T) -> Result<T, ControlError>
+    where
+        T: std::str::FromStr,
+    {
+        match self.lines(name)?.and_then(|v| v.into_iter().next()) {
+            None => Ok(default),
+            Some((line, text)) => text.parse().map_err(|_| ControlError {
+                path: self.file(name),
+                line: Some(line),
+                problem: format!("`{text}` is not a valid number"),
+            }),
+        }
+    }
+
+    /// Writes `content` to `name` unless the file exists (never overwrites
+    /// an operator's file). Returns whether it wrote.
+    pub fn create_default(&self, name: &str, content: &str) -> io::Result<bool> {
+        let path = self.file(name);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut f) => {
+                use std::io::Write;
+                f.write_all(content.as_bytes())?;
+                f.sync_all()?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A domain list with qmail's matching: `example.com` matches that domain,
+/// `.example.com` matches any subdomain of it. Case-insensitive.
+#[derive(Debug, Clone, Default)]
+pub struct DomainList {
+    exact: std::collections::HashSet<String>,
+    suffixes: Vec<String>,
+}
+
+impl DomainList {
+    /// Builds from entries as written in `rcpthosts`.
+    pub fn new<I: IntoIterator<Item = String>>(entries: I) -> DomainList {
+        let mut l = DomainList::default();
+        for e in entries {
+            let e = e.to_ascii_lowercase();
+            if e.starts_with('.') {
+                l.suffixes.push(e);
+            } else {
+                l.exact.insert(e);
+            }
+        }
+        l
+    }
+
+    /// Whether `domain` is listed.
+    pub fn contains(&self, domain: &str) -> bool {
+        let d = domain.trim_end_matches('.').to_ascii_lowercase();
+        self.exact.contains(&d) || self.suffixes.iter().any(|s| d.ends_with(s.as_str()))
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.exact.len() + self.suffixes.len()
+    }
+
+    /// Whether the list is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_lists_numbers_and_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ControlDir::new(dir.path());
+        std::fs::write(
+            c.file("rcpthosts"),
+            "# comment\nexample.com\n\n .sub.org \n",
+        )
+        .unwrap();
+        std::fs::write(c.file("databytes"), "1000\n").unwrap();
+        std::fs::write(c.file("timeoutsmtpd"), "soon\n").unwrap();
+        assert_eq!(
+            c.list("rcpthosts").unwrap(),
+            vec!["example.com", ".sub.org"]
+        );
+        assert_eq!(c.number("databytes", 0u64).unwrap(), 1000);
+        assert_eq!(c.number("missing", 7u64).unwrap(), 7);
+        let e = c.number("timeoutsmtpd", 1200u64).unwrap_err();
+        assert!(e
+            .to_string()
+            .ends_with("timeoutsmtpd:1: `soon` is not a valid number"));
+        assert!(c.create_default("me", "a.example\n").unwrap());
+        assert!(!c.create_default("me", "b.example\n").unwrap());
+        assert_eq!(c.string("me").unwrap().as_deref(), Some("a.example"));
+    }
+
+    #[test]
+    fn domain_matching() {
+        let l = DomainList::new(["Example.com".to_string(), ".sub.org".to_string()]);
+        assert!(l.contains("example.COM"));
+        assert!(l.contains("a.sub.org"));
+        assert!(!l.contains("sub.org"));
+        assert!(!l.contains("other.com"));
+    }
+}

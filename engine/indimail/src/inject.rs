@@ -1,0 +1,426 @@
+//! Local injection: `indimail queue inject` (also run as `qmail-queue`) and
+//! the `sendmail` entry.
+//!
+//! A queue is written by the one shard that owns it, so an injecting
+//! process never appends to a queue itself. It writes the message into the
+//! queue's *drop directory* (`<queue>/inject/`) as one self-checking file,
+//! makes it durable (file fsync, rename, directory fsync) and only then
+//! exits 0 — exactly qmail-queue's promise. The owning shard imports drop
+//! files into its queue (group-committed) and removes them; a server that is
+//! not running imports them when it starts. A crash between import and
+//! removal can import a file twice (at-least-once, as qmail documents for
+//! delivery), never zero times.
+//!
+//! Drop file layout (all integers big-endian):
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 8 | magic `IMINJ01\n` |
+//! | 4 | envelope length E |
+//! | E | envelope in qmail-queue form: `F<sender>\0T<rcpt>\0...\0` |
+//! | 8 | body length B |
+//! | B | message |
+//! | 4 | CRC32C of everything before it |
+//!
+//! Files being written are named `tmp.*` and ignored by the importer.
+
+use std::io::{Read, Write};
+use std::os::fd::FromRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::config::{Paths, QueueSpec};
+
+const MAGIC: &[u8; 8] = b"IMINJ01\n";
+/// qmail's ADDR limit: an envelope address longer than this is refused.
+pub const MAX_ADDR: usize = 1003;
+
+/// qmail-queue exit codes used here (spec 1.10).
+pub mod exit {
+    /// Queued.
+    pub const OK: i32 = 0;
+    /// Envelope address too long.
+    pub const ADDR_TOO_LONG: i32 = 11;
+    /// Write error or disk full.
+    pub const WRITE: i32 = 53;
+    /// Read error on the message or envelope (also: envelope ended early).
+    pub const READ: i32 = 54;
+    /// Unable to read configuration.
+    pub const CONFIG: i32 = 55;
+    /// Could not reach the queue directory.
+    pub const CHDIR: i32 = 61;
+    /// fsync failed.
+    pub const FSYNC: i32 = 64;
+    /// Envelope format error.
+    pub const ENVELOPE: i32 = 79;
+    /// Custom error: text on the error fd, `D` permanent / `Z` temporary.
+    pub const CUSTOM: i32 = 88;
+}
+
+/// An envelope: sender (empty for bounces) and recipients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// Envelope sender.
+    pub sender: String,
+    /// Recipients, in order.
+    pub recipients: Vec<String>,
+}
+
+/// Why an injection failed, with its qmail-queue exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("{text}")]
+pub struct InjectError {
+    /// Exit code (spec 1.10).
+    pub code: i32,
+    /// What went wrong.
+    pub text: String,
+    /// For custom errors (88): whether the failure is permanent.
+    pub permanent: bool,
+}
+
+impl InjectError {
+    fn new(code: i32, text: impl Into<String>) -> InjectError {
+        InjectError {
+            code,
+            text: text.into(),
+            permanent: false,
+        }
+    }
+
+    /// A custom (exit 88) permanent error.
+    fn custom_permanent(text: impl Into<String>) -> InjectError {
+        InjectError {
+            code: exit::CUSTOM,
+            text: text.into(),
+            permanent: true,
+        }
+    }
+
+    /// Whether the sender should retry (qmail: 11-40 and 115 are
+    /// permanent; a custom error says so itself).
+    pub fn is_temporary(&self) -> bool {
+        if self.code == exit::CUSTOM {
+            return !self.permanent;
+        }
+        !(11..=40).contains(&self.code) && self.code != 115
+    }
+}
+
+/// Parses a qmail-queue envelope: `F<sender>\0T<rcpt>\0...\0`.
+pub fn parse_envelope(bytes: &[u8]) -> Result<Envelope, InjectError> {
+    let bad = |t: &str| InjectError::new(exit::ENVELOPE, format!("envelope format error: {t}"));
+    let mut fields = Vec::new();
+    let mut rest = bytes;
+    loop {
+        let Some(nul) = rest.iter().position(|&b| b == 0) else {
+            return Err(InjectError::new(
+                exit::READ,
+                "envelope ended before its terminating NUL",
+            ));
+        };
+        let field = &rest[..nul];
+        rest = &rest[nul + 1..];
+        if field.is_empty() {
+            break; // the extra NUL ends the list
+        }
+        fields.push(field);
+    }
+    let mut it = fields.into_iter();
+    let first = it.next().ok_or_else(|| bad("no sender"))?;
+    if first[0] != b'F' {
+        return Err(bad("first field is not F<sender>"));
+    }
+    let sender = addr(&first[1..])?;
+    let mut recipients = Vec::new();
+    for f in it {
+        match f[0] {
+            b'T' => recipients.push(addr(&f[1..])?),
+            // QHPSI legacy: a Q ends the recipient list.
+            b'Q' => break,
+            _ => return Err(bad("recipient field is not T<address>")),
+        }
+    }
+    if recipients.is_empty() {
+        return Err(bad("no recipients"));
+    }
+    Ok(Envelope { sender, recipients })
+}
+
+fn addr(b: &[u8]) -> Result<String, InjectError> {
+    if b.len() > MAX_ADDR {
+        return Err(InjectError::new(
+            exit::ADDR_TOO_LONG,
+            "envelope address too long",
+        ));
+    }
+    String::from_utf8(b.to_vec())
+        .map_err(|_| InjectError::new(exit::ENVELOPE, "envelope address is not UTF-8"))
+}
+
+/// Serializes an envelope in qmail-queue form.
+pub fn envelope_bytes(e: &Envelope) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.push(b'F');
+    v.extend_from_slice(e.sender.as_bytes());
+    v.push(0);
+    for r in &e.recipients {
+        v.push(b'T');
+        v.extend_from_slice(r.as_bytes());
+        v.push(0);
+    }
+    v.push(0);
+    v
+}
+
+/// The queue an injection goes to: `QUEUEDIR`, else a random queue among
+/// `QUEUE_START..QUEUE_START+QUEUE_COUNT` (spec 1.5).
+pub fn choose_queue(paths: &Paths) -> Result<QueueSpec, InjectError> {
+    let queues = paths
+        .queues(crate::default_queue_count(paths))
+        .map_err(|e| InjectError::new(exit::CONFIG, e.to_string()))?;
+    let pick = (std::process::id() as usize ^ now_nanos() as usize) % queues.len();
+    Ok(queues[pick].clone())
+}
+
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// The drop directory of a queue.
+pub fn drop_dir(queue: &Path) -> PathBuf {
+    queue.join("inject")
+}
+
+/// Writes one message durably into the queue's drop directory. Returns the
+/// drop file's name.
+pub fn write_drop(queue: &Path, env: &Envelope, body: &[u8]) -> Result<String, InjectError> {
+    let dir = drop_dir(queue);
+    std::fs::create_dir_all(&dir).map_err(|e| {
+        InjectError::new(exit::CHDIR, format!("cannot create {}: {e}", dir.display()))
+    })?;
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "{}.{}.{}",
+        now_nanos(),
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let tmp = dir.join(format!("tmp.{name}"));
+    let write_err = |e: std::io::Error| InjectError::new(exit::WRITE, format!("write error: {e}"));
+    let mut data = Vec::with_capacity(body.len() + 64);
+    let envb = envelope_bytes(env);
+    data.extend_from_slice(MAGIC);
+    data.extend_from_slice(&(envb.len() as u32).to_be_bytes());
+    data.extend_from_slice(&envb);
+    data.extend_from_slice(&(body.len() as u64).to_be_bytes());
+    data.extend_from_slice(body);
+    let crc = crc32c::crc32c(&data);
+    data.extend_from_slice(&crc.to_be_bytes());
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(write_err)?;
+        f.write_all(&data).map_err(write_err)?;
+        f.sync_data()
+            .map_err(|e| InjectError::new(exit::FSYNC, format!("fsync error: {e}")))?;
+        std::fs::rename(&tmp, dir.join(&name)).map_err(write_err)?;
+        // The rename is durable only once the directory is (ext4, no journal).
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| InjectError::new(exit::FSYNC, format!("fsync error: {e}")))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map(|()| name)
+}
+
+/// A drop file read back.
+#[derive(Debug)]
+pub struct DropFile {
+    /// Its envelope.
+    pub envelope: Envelope,
+    /// The message.
+    pub body: Vec<u8>,
+}
+
+/// Reads and checks a drop file; `Err` names what is wrong.
+pub fn read_drop(bytes: &[u8]) -> Result<DropFile, String> {
+    if bytes.len() < MAGIC.len() + 4 + 8 + 4 || &bytes[..8] != MAGIC {
+        return Err("not a drop file (bad magic or too short)".into());
+    }
+    let (payload, crc) = bytes.split_at(bytes.len() - 4);
+    let crc = u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]);
+    if crc32c::crc32c(payload) != crc {
+        return Err("checksum mismatch (torn or corrupt)".into());
+    }
+    let mut p = &payload[8..];
+    let elen = u32::from_be_bytes(p[..4].try_into().map_err(|_| "short")?) as usize;
+    p = &p[4..];
+    if p.len() < elen + 8 {
+        return Err("envelope length out of range".into());
+    }
+    let envelope = parse_envelope(&p[..elen]).map_err(|e| e.to_string())?;
+    p = &p[elen..];
+    let blen = u64::from_be_bytes(p[..8].try_into().map_err(|_| "short")?) as usize;
+    p = &p[8..];
+    if p.len() != blen {
+        return Err("body length mismatch".into());
+    }
+    Ok(DropFile {
+        envelope,
+        body: p.to_vec(),
+    })
+}
+
+/// `indimail queue inject` / `qmail-queue`: message on fd 0, envelope on
+/// fd 1. Returns the exit code.
+pub fn qmail_queue_main(paths: &Paths) -> i32 {
+    let error_fd: i32 = std::env::var("ERROR_FD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    match qmail_queue(paths) {
+        Ok(_) => exit::OK,
+        Err(e) => {
+            // Custom errors carry their text on the error fd (spec 1.10);
+            // for the others the text is a courtesy to a human reader.
+            let text = if e.code == exit::CUSTOM {
+                format!("{}{}", if e.is_temporary() { 'Z' } else { 'D' }, e.text)
+            } else {
+                format!("qmail-queue: {} (exit {})\n", e.text, e.code)
+            };
+            // SAFETY: the fd is only borrowed for one write; ManuallyDrop
+            // keeps it open.
+            let mut f =
+                std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(error_fd) });
+            let _ = f.write_all(text.as_bytes());
+            e.code
+        }
+    }
+}
+
+fn qmail_queue(paths: &Paths) -> Result<String, InjectError> {
+    // Message first: the caller writes it before the envelope (qmail_open).
+    let mut body = Vec::new();
+    std::io::stdin()
+        .lock()
+        .read_to_end(&mut body)
+        .map_err(|e| InjectError::new(exit::READ, format!("read error on message: {e}")))?;
+    let mut env = Vec::new();
+    // SAFETY: fd 1 is the envelope pipe in the qmail-queue protocol; it is
+    // owned here for the rest of the process.
+    let mut fd1 = unsafe { std::fs::File::from_raw_fd(1) };
+    fd1.read_to_end(&mut env)
+        .map_err(|e| InjectError::new(exit::READ, format!("read error on envelope: {e}")))?;
+    std::mem::forget(fd1);
+    let envelope = parse_envelope(&env)?;
+    check_size(paths, body.len())?;
+    let queue = choose_queue(paths)?;
+    let body = with_received(body, None);
+    write_drop(&queue.dir, &envelope, &body)
+}
+
+fn check_size(paths: &Paths, len: usize) -> Result<(), InjectError> {
+    let limit = crate::config::env_number("DATABYTES", 0u64)
+        .and_then(|v| {
+            if std::env::var_os("DATABYTES").is_some() {
+                Ok(v)
+            } else {
+                paths.control.number("databytes", 0u64)
+            }
+        })
+        .map_err(|e| InjectError::new(exit::CONFIG, e.to_string()))?;
+    if limit > 0 && len as u64 > limit {
+        return Err(InjectError::custom_permanent(
+            "message too large for this server (#5.3.4)",
+        ));
+    }
+    Ok(())
+}
+
+/// The `Received:` line qmail-queue writes (spec 1.6), in our words.
+fn with_received(body: Vec<u8>, from_ip: Option<&str>) -> Vec<u8> {
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    let by = match from_ip {
+        Some(ip) => format!("from network {ip}, by uid {uid}"),
+        None => format!("by uid {uid}"),
+    };
+    let host = if std::env::var_os("HIDE_HOST").is_some() {
+        String::new()
+    } else {
+        format!(" by host {}", crate::config::system_hostname())
+    };
+    let line = format!(
+        "Received: (indimail-rs queue {}{host} invoked {by});\n\t{}\n",
+        std::process::id(),
+        crate::log::rfc5322_date(std::time::SystemTime::now())
+    );
+    let mut out = Vec::with_capacity(line.len() + body.len());
+    out.extend_from_slice(line.as_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_round_trip() {
+        let e = Envelope {
+            sender: "a@b".into(),
+            recipients: vec!["c@d".into(), "e@f".into()],
+        };
+        assert_eq!(parse_envelope(&envelope_bytes(&e)).unwrap(), e);
+        let null = parse_envelope(b"F\0Tx@y\0\0").unwrap();
+        assert_eq!(null.sender, "");
+    }
+
+    #[test]
+    fn envelope_errors_have_qmail_codes() {
+        assert_eq!(
+            parse_envelope(b"Xa\0Tb\0\0").unwrap_err().code,
+            exit::ENVELOPE
+        );
+        assert_eq!(parse_envelope(b"Fa\0Tb\0").unwrap_err().code, exit::READ);
+        assert_eq!(
+            parse_envelope(b"Fa\0Zb\0\0").unwrap_err().code,
+            exit::ENVELOPE
+        );
+        let long = format!("F{}\0Tb\0\0", "a".repeat(1004));
+        assert_eq!(
+            parse_envelope(long.as_bytes()).unwrap_err().code,
+            exit::ADDR_TOO_LONG
+        );
+        assert_eq!(
+            parse_envelope(b"Fa\0Tb\0Qc\0\0").unwrap().recipients,
+            vec!["b"]
+        );
+    }
+
+    #[test]
+    fn drop_file_round_trip_and_torn() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Envelope {
+            sender: "s@x".into(),
+            recipients: vec!["r@y".into()],
+        };
+        let name = write_drop(dir.path(), &e, b"Subject: hi\n\nbody\n").unwrap();
+        let bytes = std::fs::read(drop_dir(dir.path()).join(&name)).unwrap();
+        let d = read_drop(&bytes).unwrap();
+        assert_eq!(d.envelope, e);
+        assert_eq!(d.body, b"Subject: hi\n\nbody\n");
+        for cut in 0..bytes.len() {
+            assert!(read_drop(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut flipped = bytes.clone();
+        flipped[20] ^= 1;
+        assert!(read_drop(&flipped).is_err());
+    }
+}

@@ -1,0 +1,242 @@
+//! `indimail`: the one binary of indimail-rs.
+//!
+//! `indimail serve` runs the mail system; the other subcommands are the
+//! tools. Invoked under an IndiMail/qmail program name (`qmail-queue`,
+//! `sendmail`, ...) it behaves as that program.
+
+mod config;
+mod control;
+mod inject;
+mod log;
+mod metrics;
+mod queues;
+mod sendmail;
+mod serve;
+mod smtp;
+mod tcprules;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Paths, ServeConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "indimail",
+    version,
+    about = "IndiMail rebuilt in Rust: a thread-per-core io_uring MTA"
+)]
+struct Cli {
+    /// Home directory holding control/, queue/ and the mailboxes
+    /// (default: $INDIMAIL_HOME, else /var/indimail for root, ~/.indimail otherwise).
+    #[arg(long, global = true, value_name = "DIR")]
+    home: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the mail system in the foreground until SIGTERM.
+    Serve {
+        /// SMTP listener ADDRESS:PORT (repeatable; overrides control/listeners).
+        #[arg(long = "smtp", value_name = "ADDR:PORT")]
+        smtp: Vec<SocketAddr>,
+        /// CPUs to run shards on, e.g. `0-3,6` (overrides control/cpus).
+        #[arg(long, value_name = "LIST")]
+        cpus: Option<String>,
+        /// I/O driver: `uring` (default; falls back to epoll when io_uring is
+        /// unavailable) or `epoll`. Also $INDIMAIL_DRIVER.
+        #[arg(long, value_name = "DRIVER")]
+        driver: Option<String>,
+    },
+    /// Queue tools.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+    /// sendmail-compatible injection (-t, -f, -i, recipients).
+    #[command(disable_help_flag = true)]
+    Sendmail {
+        /// sendmail options and recipients.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// List queued messages (works on a running or stopped server).
+    List,
+    /// Queue one message: qmail-queue protocol (message on fd 0, envelope on fd 1).
+    Inject,
+}
+
+/// Queue count when `QUEUE_COUNT` is unset: one per shard, i.e. one per
+/// CPU of `control/cpus` or per online CPU. `serve` and the injectors must
+/// agree on it, so both call this.
+pub fn default_queue_count(paths: &Paths) -> usize {
+    match paths.control.string("cpus").ok().flatten() {
+        Some(list) => shard::parse_cpu_list(&list).map_or(1, |v| v.len()),
+        None => shard::online_cpus().len(),
+    }
+}
+
+fn main() -> ExitCode {
+    let argv0 = std::env::args()
+        .next()
+        .map(|a| {
+            Path::new(&a)
+                .file_name()
+                .map_or(String::new(), |n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_default();
+    // IndiMail/qmail program names.
+    match argv0.as_str() {
+        "qmail-queue" => {
+            let paths = Paths::resolve(None);
+            return exit(inject::qmail_queue_main(&paths));
+        }
+        "sendmail" => {
+            let paths = Paths::resolve(None);
+            let args: Vec<String> = std::env::args().skip(1).collect();
+            return exit(sendmail::main(&paths, &args));
+        }
+        _ => {}
+    }
+
+    let cli = Cli::parse();
+    let paths = Paths::resolve(cli.home.as_deref());
+    match cli.command {
+        Command::Serve { smtp, cpus, driver } => match run_serve(paths, &smtp, cpus, driver) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("indimail serve: {e:#}");
+                ExitCode::from(111)
+            }
+        },
+        Command::Queue { command } => match command {
+            QueueCommand::Inject => exit(inject::qmail_queue_main(&paths)),
+            QueueCommand::List => match queue_list(&paths) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("indimail queue list: {e:#}");
+                    ExitCode::from(111)
+                }
+            },
+        },
+        Command::Sendmail { args } => exit(sendmail::main(&paths, &args)),
+    }
+}
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+fn run_serve(
+    paths: Paths,
+    smtp: &[SocketAddr],
+    cpus: Option<String>,
+    driver: Option<String>,
+) -> anyhow::Result<()> {
+    let made = config::prepare_home(&paths)?;
+    for p in made {
+        log!("created {}", p.display());
+    }
+    let mut cfg = ServeConfig::load(paths, smtp).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        anyhow::anyhow!("configuration errors:\n  {}", lines.join("\n  "))
+    })?;
+    if let Some(list) = cpus {
+        cfg.cpus = Some(shard::parse_cpu_list(&list)?);
+    }
+    let driver = match driver {
+        Some(d) => d.parse().map_err(anyhow::Error::msg)?,
+        None => shard::io::Driver::from_env().map_err(anyhow::Error::msg)?,
+    };
+    serve::serve(cfg, driver)
+}
+
+fn queue_list(paths: &Paths) -> anyhow::Result<()> {
+    let queues = paths
+        .queues(default_queue_count(paths))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut total = 0usize;
+    for q in &queues {
+        if !q.dir.exists() {
+            continue;
+        }
+        // A queue that was never opened by a server has no log yet.
+        let msgs = if q.dir.join("seg").is_dir() {
+            queue_store::scan(&q.dir)?
+        } else {
+            Vec::new()
+        };
+        for m in &msgs {
+            println!("{}", queue_store_line(q.number, m, now));
+        }
+        total += msgs.len();
+        // Messages still in the drop directory are queued too: they are
+        // durable and will be imported by the owning shard.
+        let drops = inject::drop_dir(&q.dir);
+        if let Ok(entries) = std::fs::read_dir(&drops) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("tmp.") || e.path().is_dir() {
+                    continue;
+                }
+                if let Ok(d) = std::fs::read(e.path())
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| inject::read_drop(&b))
+                {
+                    println!(
+                        "queue{} inject/{name} size={} from=<{}> to={} state=awaiting-import",
+                        q.number,
+                        d.body.len(),
+                        d.envelope.sender,
+                        d.envelope
+                            .recipients
+                            .iter()
+                            .map(|r| format!("<{r}>"))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    );
+                    total += 1;
+                }
+            }
+        }
+    }
+    eprintln!("{total} messages");
+    Ok(())
+}
+
+fn queue_store_line(queue: u32, m: &queue_store::QueuedMessage, now: u64) -> String {
+    let rcpts: Vec<String> = m
+        .envelope
+        .recipients
+        .iter()
+        .zip(&m.recipients)
+        .map(|(addr, st)| {
+            let state = match st.state {
+                queue_store::RecipientState::Pending => "pending",
+                queue_store::RecipientState::Done => "done",
+                queue_store::RecipientState::Failed => "failed",
+            };
+            format!("<{addr}>:{state}")
+        })
+        .collect();
+    format!(
+        "queue{queue} {} age={}s size={} from=<{}> to={}",
+        m.id,
+        now.saturating_sub(m.envelope.arrival),
+        m.size,
+        m.envelope.sender,
+        rcpts.join(",")
+    )
+}

@@ -1,0 +1,183 @@
+//! The queues one shard owns, and how queues are mapped to shards.
+//!
+//! Queues are assigned to shards round-robin: queue `QUEUE_START + k` goes
+//! to shard `k % shards`. A message accepted by a shard goes to one of that
+//! shard's own queues (round-robin when it owns several), so the commit path
+//! never crosses threads.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use queue_store::{MessageWriter, Queue, QueueConfig, RecoveryReport};
+
+use crate::config::QueueSpec;
+
+/// Which queues each shard owns: `result[shard]` lists its queue specs.
+pub fn assign(queues: &[QueueSpec], shards: usize) -> Vec<Vec<QueueSpec>> {
+    let mut out = vec![Vec::new(); shards];
+    for (k, q) in queues.iter().enumerate() {
+        out[k % shards].push(q.clone());
+    }
+    out
+}
+
+/// The open queues of one shard.
+pub struct ShardQueues {
+    queues: Vec<Rc<Queue>>,
+    next: Cell<usize>,
+}
+
+impl ShardQueues {
+    /// Opens (and recovers) each queue; returns the reports for logging.
+    pub async fn open(
+        specs: &[QueueSpec],
+    ) -> Result<(ShardQueues, Vec<(QueueSpec, RecoveryReport)>), String> {
+        let mut queues = Vec::new();
+        let mut reports = Vec::new();
+        for spec in specs {
+            std::fs::create_dir_all(&spec.dir).map_err(|e| {
+                format!("{}: cannot create queue directory: {e}", spec.dir.display())
+            })?;
+            let config = QueueConfig::new(spec.dir.clone(), spec.number);
+            let (q, report) = Queue::open(config)
+                .await
+                .map_err(|e| format!("{}: {e}", spec.dir.display()))?;
+            queues.push(Rc::new(q));
+            reports.push((spec.clone(), report));
+        }
+        Ok((
+            ShardQueues {
+                queues,
+                next: Cell::new(0),
+            },
+            reports,
+        ))
+    }
+
+    /// Starts a message on the next queue in turn.
+    pub fn begin(&self) -> MessageWriter {
+        let i = self.next.get();
+        self.next.set((i + 1) % self.queues.len());
+        self.queues[i].begin()
+    }
+
+    /// The queues.
+    pub fn all(&self) -> &[Rc<Queue>] {
+        &self.queues
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_robin_assignment() {
+        let specs: Vec<QueueSpec> = (1..=5)
+            .map(|n| QueueSpec {
+                number: n,
+                dir: format!("/q/queue{n}").into(),
+            })
+            .collect();
+        let a = assign(&specs, 2);
+        let nums: Vec<Vec<u32>> = a
+            .iter()
+            .map(|v| v.iter().map(|q| q.number).collect())
+            .collect();
+        assert_eq!(nums, vec![vec![1, 3, 5], vec![2, 4]]);
+    }
+}
+
+/// Drop files older than this that are still `tmp.*` belong to an injector
+/// that died; qmail's OSSIFIED (36 hours).
+const OSSIFIED: std::time::Duration = std::time::Duration::from_secs(129_600);
+
+impl ShardQueues {
+    /// Imports the drop files of every queue this shard owns (see
+    /// [`crate::inject`]): each is committed into its queue, then removed.
+    /// Returns how many messages were imported.
+    pub async fn import_drops(&self, specs: &[QueueSpec], shard: usize) -> usize {
+        let mut imported = 0;
+        for (q, spec) in self.queues.iter().zip(specs) {
+            let dir = crate::inject::drop_dir(&spec.dir);
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            let mut names: Vec<_> = entries.filter_map(|e| e.ok()).collect();
+            names.sort_by_key(|e| e.file_name());
+            let mut removed = false;
+            for e in names {
+                let path = e.path();
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("tmp.") {
+                    let old = e
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > OSSIFIED);
+                    if old {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    continue;
+                }
+                let Ok(bytes) = std::fs::read(&path) else {
+                    continue;
+                };
+                let drop = match crate::inject::read_drop(&bytes) {
+                    Ok(d) => d,
+                    Err(why) => {
+                        // Never delete what might be mail: set it aside.
+                        let bad = dir.join("bad");
+                        let _ = std::fs::create_dir_all(&bad);
+                        let _ = std::fs::rename(&path, bad.join(&name));
+                        crate::log!(
+                            "shard{shard} queue{} drop file {name} set aside: {why}",
+                            spec.number
+                        );
+                        continue;
+                    }
+                };
+                let mut w = q.begin();
+                let committed = match w.write(&drop.body).await {
+                    Ok(()) => {
+                        let env = queue_store::Envelope::new(
+                            drop.envelope.sender.clone(),
+                            drop.envelope.recipients.clone(),
+                        );
+                        w.commit(env).await
+                    }
+                    Err(e) => {
+                        w.abort().await;
+                        Err(e)
+                    }
+                };
+                match committed {
+                    Ok(id) => {
+                        crate::log!(
+                            "shard{shard} new msg {id} bytes={} from=<{}> rcpts={} injected={name}",
+                            drop.body.len(),
+                            drop.envelope.sender,
+                            drop.envelope.recipients.len()
+                        );
+                        let _ = std::fs::remove_file(&path);
+                        removed = true;
+                        imported += 1;
+                    }
+                    Err(e) => {
+                        // Leave the file: it is retried on the next pass.
+                        crate::log!(
+                            "shard{shard} queue{} import of {name} failed: {e}",
+                            spec.number
+                        );
+                        break;
+                    }
+                }
+            }
+            if removed {
+                let _ = shard::io::sync_dir(&dir).await;
+            }
+        }
+        imported
+    }
+}

@@ -1,0 +1,290 @@
+//! `indimail serve`: start the shards, bind the listeners, run until SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::{mpsc, Arc, Mutex};
+
+use anyhow::{bail, Context};
+use shard::io::{self, Driver};
+use shard::{Placement, ShardInfo, Shutdown};
+
+use crate::config::{QueueSpec, ServeConfig, SmtpSettings};
+use crate::log;
+use crate::metrics::{MetricsSnapshot, ShardMetrics};
+use crate::queues::{self, ShardQueues};
+use crate::smtp::{self, SmtpShard};
+
+/// What every shard is handed at start-up.
+struct Shared {
+    settings: Arc<SmtpSettings>,
+    /// Queue specs per shard.
+    assignment: Vec<Vec<QueueSpec>>,
+    /// The resolved listener addresses (port 0 replaced by the real port).
+    smtp_addrs: Vec<SocketAddr>,
+    /// Sockets bound by the main thread (to learn ephemeral ports), handed
+    /// to shard 0; the other shards bind the same addresses with
+    /// SO_REUSEPORT.
+    first_listeners: Mutex<Option<Vec<std::net::TcpListener>>>,
+    ready: Mutex<mpsc::Sender<Result<String, String>>>,
+}
+
+/// Runs the server until SIGTERM or SIGINT.
+pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
+    let (driver, fallback) = io::choose_driver(requested);
+    if let Some(why) = fallback {
+        log!("warning: {why}");
+    }
+
+    let mut placement = match &config.cpus {
+        Some(v) => Placement::Fixed(v.clone()),
+        None => Placement::PerCpu,
+    };
+    placement.validate().context("control/cpus")?;
+    let queues = config
+        .paths
+        .queues(placement.len())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if queues.len() < placement.len() {
+        // Every shard must own a queue so a message it accepts is committed
+        // on its own thread; fewer queues than CPUs means fewer shards.
+        let cpus: Vec<usize> = placement
+            .cpus()
+            .into_iter()
+            .flatten()
+            .take(queues.len())
+            .collect();
+        log!(
+            "note: {} queues for {} cpus: running {} shards",
+            queues.len(),
+            placement.len(),
+            queues.len()
+        );
+        placement = Placement::Fixed(cpus);
+    }
+    let shards = placement.len();
+    let assignment = queues::assign(&queues, shards);
+    let cpus = placement.cpus();
+    for (i, qs) in assignment.iter().enumerate() {
+        for q in qs {
+            let cpu = cpus[i].map_or("any".to_string(), |c| c.to_string());
+            println!(
+                "queue{} {} -> shard {i} (cpu {cpu})",
+                q.number,
+                q.dir.display()
+            );
+        }
+    }
+
+    // Bind on this thread first so ephemeral ports are known and errors
+    // (address in use, permission) are reported before any shard starts.
+    let mut first = Vec::new();
+    let mut addrs = Vec::new();
+    for a in &config.smtp_listeners {
+        let l = io::bind_reuseport(*a, 1024).with_context(|| format!("cannot listen on {a}"))?;
+        addrs.push(l.local_addr()?);
+        first.push(l);
+    }
+
+    block_signals();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let shared = Arc::new(Shared {
+        settings: Arc::new(config.smtp.clone()),
+        assignment,
+        smtp_addrs: addrs.clone(),
+        first_listeners: Mutex::new(Some(first)),
+        ready: Mutex::new(ready_tx),
+    });
+    let shutdown = Shutdown::new();
+    let handles = shard::start(&placement, driver, shutdown.clone(), {
+        let shared = Arc::clone(&shared);
+        move |info| shard_main(info, Arc::clone(&shared))
+    })?;
+
+    let mut failed = None;
+    for _ in 0..shards {
+        match ready_rx.recv() {
+            Ok(Ok(report)) => log!("{report}"),
+            Ok(Err(e)) => failed = Some(e),
+            Err(_) => failed = Some("a shard exited during start-up".into()),
+        }
+    }
+    if let Some(e) = failed {
+        shutdown.trigger();
+        let _ = handles.join();
+        bail!("start-up failed: {e}");
+    }
+    log!(
+        "status: {shards} shards driver={} placement={placement}",
+        driver.name()
+    );
+    for a in &addrs {
+        println!("smtp listening on {a}");
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    let sig = wait_for_signal();
+    log!("status: signal {sig}, stopping");
+    shutdown.trigger();
+    let mut total = MetricsSnapshot::default();
+    for (i, r) in handles.join().into_iter().enumerate() {
+        match r {
+            Ok(Ok(m)) => total = total + m,
+            Ok(Err(e)) => log!("shard{i} error: {e}"),
+            Err(p) => log!("shard{i} panicked: {p}"),
+        }
+    }
+    log!(
+        "status: stopped connections={} accepted={} rejected={}",
+        total.connections,
+        total.accepted,
+        total.rejected
+    );
+    Ok(())
+}
+
+async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<MetricsSnapshot, String> {
+    let ready = shared
+        .ready
+        .lock()
+        .map(|t| t.clone())
+        .map_err(|e| e.to_string())?;
+    let started = start_shard(&info, &shared).await;
+    let (smtp_shard, listeners) = match started {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = ready.send(Err(format!("shard{}: {e}", info.index)));
+            return Err(e);
+        }
+    };
+    let queues_text: Vec<String> = shared.assignment[info.index]
+        .iter()
+        .map(|q| format!("queue{}", q.number))
+        .collect();
+    let _ = ready.send(Ok(format!(
+        "shard{} ready cpu={} queues={}",
+        info.index,
+        info.cpu.map_or("any".into(), |c| c.to_string()),
+        queues_text.join(",")
+    )));
+
+    for l in listeners {
+        let stop = info.shutdown.clone();
+        tokio::task::spawn_local(smtp::accept_loop(Rc::clone(&smtp_shard), l, async move {
+            stop.wait().await
+        }));
+    }
+    // Import messages injected locally (qmail-queue, sendmail) into this
+    // shard's queues. Injectors write durable drop files, so a poll costs
+    // latency only, never safety.
+    {
+        let queues = Rc::clone(&smtp_shard.queues);
+        let specs = shared.assignment[info.index].clone();
+        let stop = info.shutdown.clone();
+        let index = info.index;
+        tokio::task::spawn_local(async move {
+            loop {
+                queues.import_drops(&specs, index).await;
+                tokio::select! {
+                    _ = stop.wait() => break,
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                }
+            }
+        });
+    }
+    info.shutdown.wait().await;
+    // Give sessions in flight a moment to finish their transaction; what
+    // has not been answered 250 by then is not accepted (nothing is lost).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while smtp_shard.active_connections() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Ok(smtp_shard.metrics.snapshot())
+}
+
+use std::rc::Rc;
+
+async fn start_shard(
+    info: &ShardInfo,
+    shared: &Shared,
+) -> Result<(Rc<SmtpShard>, Vec<shard::io::TcpListener>), String> {
+    let (queues, reports) = ShardQueues::open(&shared.assignment[info.index]).await?;
+    for (spec, r) in reports {
+        log!(
+            "shard{} queue{} recovered: messages={} pending={} segments={} torn_bytes={} corrupt={} ms={}",
+            info.index,
+            spec.number,
+            r.messages,
+            r.recipients_pending,
+            r.segments,
+            r.torn_bytes,
+            r.corrupt_records.len(),
+            r.millis
+        );
+        for c in &r.corrupt_records {
+            log!(
+                "shard{} queue{} corrupt record skipped: {c}",
+                info.index,
+                spec.number
+            );
+        }
+    }
+    let std_listeners = if info.index == 0 {
+        shared
+            .first_listeners
+            .lock()
+            .map_err(|e| e.to_string())?
+            .take()
+            .unwrap_or_default()
+    } else {
+        let mut v = Vec::new();
+        for a in &shared.smtp_addrs {
+            v.push(io::bind_reuseport(*a, 1024).map_err(|e| format!("cannot listen on {a}: {e}"))?);
+        }
+        v
+    };
+    let listeners = std_listeners
+        .into_iter()
+        .map(shard::io::TcpListener::from_std)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let settings = Rc::new((*shared.settings).clone());
+    let smtp_shard = Rc::new(SmtpShard::new(
+        settings,
+        Rc::new(queues),
+        Rc::new(ShardMetrics::default()),
+        info.index,
+    ));
+    Ok((smtp_shard, listeners))
+}
+
+/// Blocks SIGTERM/SIGINT/SIGHUP in this thread (and so in every thread
+/// started after), so only [`wait_for_signal`] receives them.
+fn block_signals() {
+    // SAFETY: plain libc signal-mask calls on a zeroed sigset.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+fn wait_for_signal() -> &'static str {
+    // SAFETY: as above; sigwait fills `sig`.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT] {
+            libc::sigaddset(&mut set, s);
+        }
+        let mut sig = 0;
+        libc::sigwait(&set, &mut sig);
+        if sig == libc::SIGINT {
+            "INT"
+        } else {
+            "TERM"
+        }
+    }
+}

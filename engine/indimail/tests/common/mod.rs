@@ -1,0 +1,263 @@
+//! Test harness: runs the real `indimail` binary on a private home with
+//! ephemeral loopback ports, and a small blocking SMTP client.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const DRIVERS: [&str; 2] = ["uring", "epoll"];
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_indimail")
+}
+
+/// A running `indimail serve`.
+pub struct Server {
+    pub child: Option<Child>,
+    pub home: PathBuf,
+    pub smtp: SocketAddr,
+    pub driver: String,
+}
+
+impl Server {
+    /// Starts a server on `home` with one SMTP listener on an ephemeral port.
+    pub fn start(home: &Path, driver: &str) -> Server {
+        Self::start_with(home, driver, &[])
+    }
+
+    pub fn start_with(home: &Path, driver: &str, env: &[(&str, &str)]) -> Server {
+        std::fs::create_dir_all(home).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(home.join("serve.log"))
+            .unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.args(["serve", "--home"])
+            .arg(home)
+            .args(["--smtp", "127.0.0.1:0"])
+            .env("INDIMAIL_DRIVER", driver)
+            .env_remove("QUEUEDIR")
+            .env_remove("INDIMAIL_HOME")
+            .stdout(Stdio::piped())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn indimail serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(a) = line.strip_prefix("smtp listening on ") {
+                    let _ = tx.send(a.trim().parse::<SocketAddr>().unwrap());
+                }
+            }
+        });
+        let smtp = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                let log = std::fs::read_to_string(home.join("serve.log")).unwrap_or_default();
+                panic!("server did not start; log:\n{log}");
+            }
+        };
+        Server {
+            child: Some(child),
+            home: home.to_path_buf(),
+            smtp,
+            driver: driver.to_string(),
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        // SAFETY: plain kill(2) on our child's pid.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("server did not stop on SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, no cleanup (crash test).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.home.join("serve.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `indimail` with args on `home`; returns (status, stdout, stderr).
+pub fn indimail(home: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .arg("--home")
+        .arg(home)
+        .env_remove("QUEUEDIR")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A blocking SMTP client for tests.
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn from_stream(stream: TcpStream) -> Client {
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Like `reply` but code 0 when the connection failed.
+    pub fn try_reply(&mut self) -> (u16, String) {
+        self.reply()
+    }
+
+    /// Like `cmd` but never panics: code 0 when the connection failed.
+    pub fn try_cmd(&mut self, line: &str) -> (u16, String) {
+        if self.try_send(format!("{line}\r\n").as_bytes()).is_err() {
+            return (0, String::new());
+        }
+        self.reply()
+    }
+
+    pub fn try_send(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(data)
+    }
+
+    /// Reads one (possibly multi-line) reply; returns (code, full text).
+    pub fn reply(&mut self) -> (u16, String) {
+        let mut text = String::new();
+        loop {
+            let line = self.line();
+            text.push_str(&line);
+            text.push('\n');
+            if line.len() < 4 || line.as_bytes()[3] == b' ' {
+                let code = line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+                return (code, text);
+            }
+        }
+    }
+
+    fn line(&mut self) -> String {
+        loop {
+            if let Some(p) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let l = String::from_utf8_lossy(&self.buf[..p]).into_owned();
+                self.buf.drain(..p + 2);
+                return l;
+            }
+            let mut chunk = [0u8; 8192];
+            let n = self.stream.read(&mut chunk).unwrap_or(0);
+            if n == 0 {
+                let l = String::from_utf8_lossy(&self.buf).into_owned();
+                self.buf.clear();
+                return l;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    pub fn send(&mut self, data: &[u8]) {
+        self.stream.write_all(data).unwrap();
+    }
+
+    /// Sends a command line and returns its reply code.
+    pub fn cmd(&mut self, line: &str) -> (u16, String) {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// Whether the server closed the connection.
+    pub fn is_closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.stream.read(&mut b), Ok(0) | Err(_))
+    }
+}
+
+/// One whole transaction without pipelining; returns the final reply.
+pub fn send_message(addr: SocketAddr, from: &str, rcpts: &[&str], body: &[u8]) -> (u16, String) {
+    let mut c = Client::connect(addr);
+    assert_eq!(c.reply().0, 220);
+    assert_eq!(c.cmd("EHLO test.example").0, 250);
+    let r = c.cmd(&format!("MAIL FROM:<{from}>"));
+    if r.0 != 250 {
+        return r;
+    }
+    for r in rcpts {
+        let r = c.cmd(&format!("RCPT TO:<{r}>"));
+        if r.0 != 250 {
+            return r;
+        }
+    }
+    let r = c.cmd("DATA");
+    assert_eq!(r.0, 354, "{r:?}");
+    c.send(body);
+    let r = c.reply();
+    c.cmd("QUIT");
+    r
+}
+
+/// `indimail queue list` lines (messages), stderr ignored.
+pub fn queue_list(home: &Path) -> Vec<String> {
+    let (code, out, err) = indimail(home, &["queue", "list"]);
+    assert_eq!(code, 0, "queue list failed: {err}");
+    out.lines().map(str::to_string).collect()
+}
+
+/// Waits until `f` is true or panics after `secs`.
+pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,376 @@
+//! The DATA body: the server-side scanner that finds the end of data and removes dot-stuffing
+//! (RFC 5321 sections 4.1.1.4 and 4.5.2), and the client-side stuffer.
+//!
+//! The scanner is strict on purpose (SMTP smuggling, CVE-2023-51764/51765/51766): the data ends
+//! only at `CRLF . CRLF`. A CR not followed by LF, or an LF not preceded by CR, anywhere in the
+//! body makes the message refused, yet scanning goes on until the real `CRLF . CRLF`, so
+//! `LF . LF`, `CR . CR`, `LF . CRLF`, `CRLF . LF` and friends can neither end a message early nor
+//! start a second one. The scanner keeps its state between calls and never holds bytes back:
+//! every byte handed to it is consumed, and body bytes come out as sub-slices of the input.
+
+use std::ops::Range;
+
+/// Why a message body is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DataError {
+    /// A bare CR or bare LF was seen.
+    BareCrLf,
+    /// A line exceeded the text line cap.
+    LineTooLong,
+    /// The message exceeded the size cap.
+    TooBig,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// After CRLF (or at the start of the data).
+    LineStart,
+    /// A `.` at line start was seen and dropped.
+    Dot,
+    /// `.` CR at line start.
+    DotCr,
+    /// Inside a line.
+    InLine,
+    /// CR inside a line.
+    Cr,
+}
+
+/// Result of one [`DataScanner::scan`] step.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Scan {
+    /// These bytes of the input belong to the message, as stored.
+    Data(Range<usize>),
+    /// `CRLF . CRLF` was consumed.
+    End,
+    /// Everything was consumed; more input is needed.
+    NeedMore,
+}
+
+/// Incremental end-of-data finder and dot-unstuffer.
+#[derive(Debug)]
+pub(crate) struct DataScanner {
+    state: State,
+    line_len: usize,
+    size: u64,
+    max_line: usize,
+    max_size: u64,
+    error: Option<DataError>,
+}
+
+impl DataScanner {
+    /// `max_line` counts the CRLF; 0 means no limit, as does `max_size` 0.
+    pub(crate) fn new(max_line: usize, max_size: u64) -> DataScanner {
+        DataScanner {
+            state: State::LineStart,
+            line_len: 0,
+            size: 0,
+            max_line,
+            max_size,
+            error: None,
+        }
+    }
+
+    /// The first error seen, if any: the message must be refused at its end.
+    pub(crate) fn error(&self) -> Option<DataError> {
+        self.error
+    }
+
+    fn fail(&mut self, e: DataError) {
+        self.error.get_or_insert(e);
+    }
+
+    /// Records a fault: the body bytes of the current run before `end` are still emitted, none
+    /// after.
+    fn fault(&mut self, run: &mut Option<usize>, end: usize, e: DataError) -> Option<Range<usize>> {
+        let r = run.take().and_then(|start| self.emit(start..end));
+        self.fail(e);
+        r
+    }
+
+    /// Closes a run of body bytes, applying the size cap.
+    fn emit(&mut self, run: Range<usize>) -> Option<Range<usize>> {
+        if self.error.is_some() || run.is_empty() {
+            return None;
+        }
+        let len = (run.end - run.start) as u64;
+        if self.max_size > 0 && self.size + len > self.max_size {
+            self.fail(DataError::TooBig);
+            return None;
+        }
+        self.size += len;
+        Some(run)
+    }
+
+    /// Scans `input`. Returns how many bytes were consumed and what was found; call again with
+    /// the remaining bytes until [`Scan::NeedMore`] or [`Scan::End`].
+    pub(crate) fn scan(&mut self, input: &[u8]) -> (usize, Scan) {
+        let mut i = 0;
+        let mut run: Option<usize> = None;
+        while i < input.len() {
+            let b = input[i];
+            match self.state {
+                State::LineStart => {
+                    if b == b'.' {
+                        // Stop the run before the dot, so the dot is never part of a slice.
+                        if let Some(start) = run.take() {
+                            if let Some(r) = self.emit(start..i) {
+                                return (i, Scan::Data(r));
+                            }
+                        }
+                        self.state = State::Dot;
+                        self.line_len = 1;
+                        i += 1;
+                    } else {
+                        self.state = State::InLine;
+                        self.line_len = 0;
+                    }
+                }
+                State::Dot => match b {
+                    b'\r' => {
+                        self.state = State::DotCr;
+                        i += 1;
+                    }
+                    b'\n' => {
+                        self.fail(DataError::BareCrLf);
+                        self.state = State::InLine;
+                        i += 1;
+                    }
+                    // A stuffed dot: it was dropped, the rest of the line is data.
+                    _ => self.state = State::InLine,
+                },
+                State::DotCr => {
+                    if b == b'\n' {
+                        self.state = State::LineStart;
+                        return (i + 1, Scan::End);
+                    }
+                    self.fail(DataError::BareCrLf);
+                    self.state = State::InLine;
+                }
+                State::InLine => {
+                    if run.is_none() && self.error.is_none() {
+                        run = Some(i);
+                    }
+                    let seg = input[i..]
+                        .iter()
+                        .position(|&c| c == b'\r' || c == b'\n')
+                        .unwrap_or(input.len() - i);
+                    let seg_start = i;
+                    self.line_len += seg;
+                    i += seg;
+                    if self.max_line > 0 && self.line_len + 2 > self.max_line {
+                        if let Some(r) = self.fault(&mut run, seg_start, DataError::LineTooLong) {
+                            return (i, Scan::Data(r));
+                        }
+                    }
+                    if i == input.len() {
+                        break;
+                    }
+                    if input[i] == b'\r' {
+                        self.state = State::Cr;
+                        i += 1;
+                    } else {
+                        let at = i;
+                        i += 1;
+                        if let Some(r) = self.fault(&mut run, at, DataError::BareCrLf) {
+                            return (i, Scan::Data(r));
+                        }
+                    }
+                }
+                State::Cr => {
+                    if b == b'\n' {
+                        // The CR may have ended the previous input: the LF starts a new run.
+                        if run.is_none() && self.error.is_none() {
+                            run = Some(i);
+                        }
+                        self.state = State::LineStart;
+                        i += 1;
+                    } else {
+                        // Reprocess this byte inside the line (it may itself be a CR).
+                        self.state = State::InLine;
+                        if let Some(r) = self.fault(&mut run, i, DataError::BareCrLf) {
+                            return (i, Scan::Data(r));
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(start) = run {
+            if let Some(r) = self.emit(start..input.len()) {
+                return (input.len(), Scan::Data(r));
+            }
+        }
+        (input.len(), Scan::NeedMore)
+    }
+}
+
+/// Stateful client-side dot-stuffer (RFC 5321 4.5.2): doubles a leading `.` on every line and
+/// turns bare LF and bare CR into CRLF, so that what is sent can never contain a premature or
+/// ambiguous end of data. Feed the body in pieces with [`DotStuffer::push`], then
+/// [`DotStuffer::finish`] appends the final CRLF (if missing) and `.` CRLF.
+#[derive(Clone, Debug)]
+pub struct DotStuffer {
+    at_line_start: bool,
+    pending_cr: bool,
+}
+
+impl Default for DotStuffer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DotStuffer {
+    /// A stuffer at the start of a message.
+    pub fn new() -> DotStuffer {
+        DotStuffer {
+            at_line_start: true,
+            pending_cr: false,
+        }
+    }
+
+    /// Appends the stuffed form of `src` to `out`.
+    pub fn push(&mut self, src: &[u8], out: &mut Vec<u8>) {
+        out.reserve(src.len() + src.len() / 64 + 2);
+        let mut i = 0;
+        while i < src.len() {
+            if self.pending_cr {
+                self.pending_cr = false;
+                out.extend_from_slice(b"\r\n");
+                self.at_line_start = true;
+                if src[i] == b'\n' {
+                    i += 1;
+                    continue;
+                }
+            }
+            if self.at_line_start && src[i] == b'.' {
+                out.push(b'.');
+            }
+            let seg = src[i..]
+                .iter()
+                .position(|&c| c == b'\r' || c == b'\n')
+                .unwrap_or(src.len() - i);
+            out.extend_from_slice(&src[i..i + seg]);
+            if seg > 0 {
+                self.at_line_start = false;
+            }
+            i += seg;
+            if i < src.len() {
+                if src[i] == b'\r' {
+                    self.pending_cr = true;
+                } else {
+                    out.extend_from_slice(b"\r\n");
+                    self.at_line_start = true;
+                }
+                i += 1;
+            }
+        }
+    }
+
+    /// Ends the message: completes the last line and appends the end-of-data mark.
+    pub fn finish(self, out: &mut Vec<u8>) {
+        if self.pending_cr || !self.at_line_start {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+    }
+}
+
+/// Dot-stuffs a whole message for DATA: leading dots doubled, every line end made CRLF, a final
+/// CRLF added if missing, and the terminating `.` CRLF appended.
+pub fn dot_stuff(src: &[u8], out: &mut Vec<u8>) {
+    let mut s = DotStuffer::new();
+    s.push(src, out);
+    s.finish(out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Scans `input` in pieces of `step` bytes; returns (body, end seen, error, bytes after end).
+    fn scan_all(
+        input: &[u8],
+        step: usize,
+        max_line: usize,
+        max_size: u64,
+    ) -> (Vec<u8>, bool, Option<DataError>, usize) {
+        let mut s = DataScanner::new(max_line, max_size);
+        let mut body = Vec::new();
+        let mut pos = 0;
+        while pos < input.len() {
+            let end = (pos + step).min(input.len());
+            let piece = &input[pos..end];
+            let mut p = 0;
+            loop {
+                let (n, scan) = s.scan(&piece[p..]);
+                let start = p;
+                p += n;
+                match scan {
+                    Scan::Data(r) => body.extend_from_slice(&piece[start + r.start..start + r.end]),
+                    Scan::End => return (body, true, s.error(), input.len() - (pos + p)),
+                    Scan::NeedMore => break,
+                }
+            }
+            pos = end;
+        }
+        (body, false, s.error(), 0)
+    }
+
+    #[test]
+    fn ends_only_at_crlf_dot_crlf() {
+        for step in [1, 2, 3, 7, 1000] {
+            assert_eq!(
+                scan_all(b"a\r\n.\r\nX", step, 0, 0),
+                (b"a\r\n".to_vec(), true, None, 1)
+            );
+            assert_eq!(scan_all(b".\r\n", step, 0, 0), (Vec::new(), true, None, 0));
+            let (_, end, err, _) = scan_all(b"a\n.\nb\r.\rc\r\n.\nd\n.\r\n", step, 0, 0);
+            assert!(!end);
+            assert_eq!(err, Some(DataError::BareCrLf));
+            let (_, end, err, rest) = scan_all(b"a\n.\nb\r\n.\r\nz", step, 0, 0);
+            assert!(end);
+            assert_eq!(err, Some(DataError::BareCrLf));
+            assert_eq!(rest, 1);
+        }
+    }
+
+    #[test]
+    fn unstuffing_and_limits() {
+        for step in [1, 2, 5, 1000] {
+            let (b, end, err, _) = scan_all(b"..a\r\n.b\r\n..\r\n.\r\n", step, 0, 0);
+            assert_eq!(
+                (b.as_slice(), end, err),
+                (&b".a\r\nb\r\n.\r\n"[..], true, None)
+            );
+            let (_, end, err, _) = scan_all(b"12345\r\n.\r\n", step, 6, 0);
+            assert_eq!((end, err), (true, Some(DataError::LineTooLong)));
+            let (b, _, err, _) = scan_all(b"1234\r\n.\r\n", step, 6, 0);
+            assert_eq!((b.len(), err), (6, None));
+            let (b, end, err, _) = scan_all(b"1234\r\n5678\r\n.\r\n", step, 0, 8);
+            assert_eq!((end, err), (true, Some(DataError::TooBig)));
+            assert!(b.len() <= 8);
+        }
+    }
+
+    #[test]
+    fn stuffer() {
+        let mut out = Vec::new();
+        dot_stuff(b".a\nb\r\n.\r\n\rc", &mut out);
+        assert_eq!(out, b"..a\r\nb\r\n..\r\n\r\nc\r\n.\r\n");
+        let mut out = Vec::new();
+        dot_stuff(b"", &mut out);
+        assert_eq!(out, b".\r\n");
+        // Split input gives the same result.
+        let src = b"x\r\n.y\r\r\n.\n";
+        let mut whole = Vec::new();
+        dot_stuff(src, &mut whole);
+        for k in 0..=src.len() {
+            let mut s = DotStuffer::new();
+            let mut out = Vec::new();
+            s.push(&src[..k], &mut out);
+            s.push(&src[k..], &mut out);
+            s.finish(&mut out);
+            assert_eq!(out, whole, "split {k}");
+        }
+    }
+}

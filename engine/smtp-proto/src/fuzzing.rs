@@ -1,0 +1,288 @@
+//! Fuzz harnesses, shared by the cargo-fuzz targets in `fuzz/` and by a deterministic test
+//! that runs them over pseudo-random inputs so that CI exercises them too. Not a public API.
+
+use std::rc::Rc;
+
+use crate::data::{DataScanner, Scan};
+use crate::{Decision, Event, Reply, ReplyParser, Session, SessionConfig};
+
+/// A tiny deterministic PRNG (xorshift64*), so the harness needs no dependency.
+#[derive(Debug, Clone)]
+pub struct XorShift(u64);
+
+impl XorShift {
+    /// Seeded generator (a zero seed is replaced).
+    pub fn new(seed: u64) -> XorShift {
+        XorShift(if seed == 0 {
+            0x9E37_79B9_7F4A_7C15
+        } else {
+            seed
+        })
+    }
+
+    /// Next value.
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A value in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+/// Runs a server session over `data`: the first 8 bytes choose the configuration and the
+/// PRNG seed for split points and decisions; the rest is the client's input, fed in random
+/// pieces the way a driver would. Panics (fails the fuzz run) when an invariant breaks.
+pub fn session(data: &[u8]) {
+    if data.len() < 8 {
+        return;
+    }
+    let (head, input) = data.split_at(8);
+    let mut seed = [0u8; 8];
+    seed.copy_from_slice(head);
+    let knobs = head[0];
+    let mut rng = XorShift::new(u64::from_le_bytes(seed));
+    let mut cfg = SessionConfig::new("mx.example");
+    cfg.chunking = knobs & 1 != 0;
+    cfg.smtputf8 = knobs & 2 != 0;
+    cfg.eightbitmime = knobs & 4 != 0;
+    cfg.vrfy_enabled = knobs & 8 != 0;
+    if knobs & 16 != 0 {
+        cfg.max_command_line = 8 + (head[1] as usize);
+        cfg.max_text_line = 4 + (head[2] as usize);
+    }
+    if knobs & 32 != 0 {
+        cfg.max_message_size = u64::from(head[3]) * 4;
+    }
+    cfg.max_recipients = usize::from(head[4] % 8);
+    cfg.max_bad_commands = u32::from(head[5] % 16);
+    let cap = cfg.max_command_line.max(8);
+    let max_size = cfg.max_message_size;
+
+    let mut s = Session::new(Rc::new(cfg));
+    s.greet();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut fed = 0;
+    let mut consumed_total = 0usize;
+    let mut output_total = s.output().len();
+    s.consume_output(usize::MAX);
+    let mut in_message = false;
+    let mut message_len = 0u64;
+    let mut data_total = 0usize;
+    'outer: while fed < input.len() || !buf.is_empty() {
+        let piece = (1 + rng.below(64) as usize).min(input.len() - fed);
+        buf.extend_from_slice(&input[fed..fed + piece]);
+        fed += piece;
+        loop {
+            let (n, ev) = s.feed(&buf);
+            assert!(n <= buf.len(), "consumed more than given");
+            let mut stop = false;
+            match ev {
+                Event::NeedMore => stop = true,
+                Event::Mail { .. } | Event::Rcpt { .. } => {
+                    assert!(!in_message);
+                    // A pending question consumes nothing more until answered.
+                    let (n2, _) = s.feed(&buf[n..]);
+                    assert_eq!(n2, 0);
+                    if rng.below(4) == 0 {
+                        s.decide(Decision::Reject(Reply::new(550, Some((5, 7, 1)), "no")));
+                    } else {
+                        s.decide(Decision::Accept);
+                    }
+                }
+                Event::DataStart => {
+                    assert!(!in_message, "DataStart inside a message");
+                    in_message = true;
+                    message_len = 0;
+                }
+                Event::Data(d) => {
+                    assert!(in_message, "Data outside a message");
+                    assert!(!d.is_empty());
+                    message_len += d.len() as u64;
+                    data_total += d.len();
+                    if max_size > 0 {
+                        assert!(message_len <= max_size, "size cap exceeded");
+                    }
+                }
+                Event::MessageEnd => {
+                    assert!(in_message);
+                    in_message = false;
+                    assert_eq!(s.feed(&buf[n..]), (0, Event::MessageEnd));
+                    if rng.below(3) == 0 {
+                        s.message_committed(Err(Reply::new(451, Some((4, 3, 0)), "later")));
+                    } else {
+                        s.message_committed(Ok("id".into()));
+                    }
+                }
+                Event::MessageAborted => {
+                    assert!(in_message);
+                    in_message = false;
+                }
+                Event::Close => {
+                    assert!(s.is_closed());
+                    assert_eq!(s.feed(b"NOOP\r\n"), (0, Event::Close));
+                    consumed_total += n;
+                    output_total += s.output().len();
+                    break 'outer;
+                }
+            }
+            buf.drain(..n);
+            consumed_total += n;
+            output_total += s.output().len();
+            s.consume_output(usize::MAX);
+            if stop {
+                // The driver never has to keep more than one capped command line.
+                assert!(
+                    buf.len() < cap,
+                    "unconsumed tail {} >= cap {cap}",
+                    buf.len()
+                );
+                if fed == input.len() {
+                    break 'outer;
+                }
+                break;
+            }
+        }
+    }
+    assert!(consumed_total <= input.len());
+    assert!(data_total <= consumed_total);
+    // Every reply answers at least one consumed byte; the longest (EHLO, HELP) is < 300 bytes
+    // for a command of at least 6 bytes, so output stays linear in input.
+    assert!(
+        output_total <= 64 * consumed_total + 1024,
+        "output {output_total} for {consumed_total} bytes of input"
+    );
+}
+
+/// Client-side helpers on arbitrary bytes: the reply parser must not panic and must respect its
+/// caps; `dot_stuff` followed by the server's DATA scanner must give back the input with line
+/// ends normalised, ending exactly at the terminator.
+pub fn client_side(data: &[u8]) {
+    let mut p = ReplyParser::new(64, 256);
+    let mut pos = 0;
+    while pos < data.len() {
+        match p.parse(&data[pos..]) {
+            Ok((n, r)) => {
+                if let Some(r) = &r {
+                    assert!((200..600).contains(&r.code()));
+                    assert!(r.text().len() <= 256);
+                }
+                if n == 0 {
+                    break;
+                }
+                pos += n;
+            }
+            Err(_) => break,
+        }
+    }
+
+    let mut stuffed = Vec::new();
+    crate::dot_stuff(data, &mut stuffed);
+    let mut expect = data.to_vec();
+    // Reference normalisation: CRLF, lone CR and lone LF each become one CRLF.
+    let mut norm = Vec::with_capacity(expect.len() + 2);
+    let mut i = 0;
+    while i < expect.len() {
+        match expect[i] {
+            b'\r' if expect.get(i + 1) == Some(&b'\n') => {
+                norm.extend_from_slice(b"\r\n");
+                i += 2;
+                continue;
+            }
+            b'\r' | b'\n' => norm.extend_from_slice(b"\r\n"),
+            b => norm.push(b),
+        }
+        i += 1;
+    }
+    if !norm.is_empty() && !norm.ends_with(b"\r\n") {
+        norm.extend_from_slice(b"\r\n");
+    }
+    expect = norm;
+    let mut scanner = DataScanner::new(0, 0);
+    let mut got = Vec::new();
+    let mut pos = 0;
+    loop {
+        let (n, scan) = scanner.scan(&stuffed[pos..]);
+        let start = pos;
+        pos += n;
+        match scan {
+            Scan::Data(r) => got.extend_from_slice(&stuffed[start + r.start..start + r.end]),
+            Scan::End => break,
+            Scan::NeedMore => panic!("stuffed data has no end"),
+        }
+    }
+    assert_eq!(pos, stuffed.len(), "end of data found early");
+    assert!(scanner.error().is_none());
+    assert_eq!(got, expect);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pieces that steer random input into deep states.
+    const TOKENS: &[&[u8]] = &[
+        b"EHLO c\r\n",
+        b"HELO c\r\n",
+        b"MAIL FROM:<a@b.c>\r\n",
+        b"MAIL FROM:<> SIZE=10 SMTPUTF8\r\n",
+        b"RCPT TO:<x@y.z>\r\n",
+        b"RCPT TO:<\xc3\xbc@y.z>\r\n",
+        b"DATA\r\n",
+        b"BDAT 5\r\n",
+        b"BDAT 0 LAST\r\n",
+        b"BDAT 3 LAST\r\n",
+        b"RSET\r\n",
+        b"NOOP\r\n",
+        b"QUIT\r\n",
+        b"\r\n.\r\n",
+        b"\n.\n",
+        b"\r.\r",
+        b".",
+        b"..",
+        b"\r",
+        b"\n",
+        b"\r\n",
+        b"hello world",
+        b"VRFY x\r\n",
+        b"HELP\r\n",
+    ];
+
+    fn input(rng: &mut XorShift) -> Vec<u8> {
+        let mut v: Vec<u8> = (0..8).map(|_| rng.next_u64() as u8).collect();
+        let n = rng.below(40);
+        for _ in 0..n {
+            if rng.below(4) == 0 {
+                let len = rng.below(80) as usize;
+                v.extend((0..len).map(|_| rng.next_u64() as u8));
+            } else {
+                v.extend_from_slice(TOKENS[rng.below(TOKENS.len() as u64) as usize]);
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn session_harness_on_pseudo_random_inputs() {
+        let mut rng = XorShift::new(0x5EED_0001);
+        for _ in 0..4000 {
+            session(&input(&mut rng));
+        }
+    }
+
+    #[test]
+    fn client_side_harness_on_pseudo_random_inputs() {
+        let mut rng = XorShift::new(0x5EED_0002);
+        for _ in 0..4000 {
+            client_side(&input(&mut rng));
+        }
+        client_side(b"");
+        client_side(b".\r\n..\n\r.\r\r\n");
+    }
+}

@@ -1,0 +1,1319 @@
+//! The queue proper: segment log, group commit, spill files, recovery,
+//! schedule, reclaim and compaction. Runs on one shard thread (`!Send`).
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use shard::io::{sync_dir, File};
+use tokio::sync::Notify;
+
+use crate::error::QueueError;
+use crate::format::{
+    self, align_up, encode_message, encode_outcome, finish_record, padded_len, patch_key,
+    segment_file_name, segment_header, BodyLoc, BodyRef, MAX_PAYLOAD, REC_HEADER_LEN,
+    SEG_HEADER_LEN,
+};
+use crate::index::{scan_segment, Entry, Index};
+use crate::state::{RecipientOutcome, RecipientState, RecipientStatus};
+use crate::{Durability, Envelope, MessageId, QueueConfig};
+
+/// Spill files are written in pieces of this size, so a body streamed in
+/// many small SMTP chunks costs few write calls.
+const SPILL_WRITE: usize = 256 * 1024;
+/// Failed sync epochs remembered for waiters that have not looked yet.
+const FAILED_EPOCHS_KEPT: usize = 64;
+
+/// What recovery found when the queue was opened.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segment files scanned.
+    pub segments: u64,
+    /// Records read and applied.
+    pub records: u64,
+    /// Live messages (at least one recipient pending).
+    pub messages: u64,
+    /// Recipients still to be delivered.
+    pub recipients_pending: u64,
+    /// Bytes of torn tails discarded (truncated).
+    pub torn_bytes: u64,
+    /// Records skipped mid-segment because their checksum or content was
+    /// bad, as "segment file: offset: reason".
+    pub corrupt_records: Vec<String>,
+    /// Segments whose header was damaged (records were still read).
+    pub bad_headers: Vec<String>,
+    /// OUTCOME records for messages no longer present (normal after a
+    /// segment was reclaimed).
+    pub orphan_outcomes: u64,
+    /// Messages dropped because their spill file is missing (they were
+    /// never acknowledged: the spill file is made durable first).
+    pub missing_bodies: u64,
+    /// Spill files of aborted or finished transactions removed.
+    pub orphan_spill_files: u64,
+    /// Segments deleted because nothing in them was live.
+    pub segments_deleted: u64,
+    /// Wall time of the recovery, in milliseconds.
+    pub millis: u64,
+}
+
+/// Counters and gauges of one queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Live messages.
+    pub messages: u64,
+    /// Recipients pending (scheduled or handed out by `due`).
+    pub recipients_pending: u64,
+    /// Recipients handed out by `due` and not yet answered.
+    pub recipients_leased: u64,
+    /// Segment files present.
+    pub segments: u64,
+    /// Current (append) segment number.
+    pub current_segment: u32,
+    /// Messages committed since open.
+    pub commits: u64,
+    /// OUTCOME records written since open.
+    pub outcome_records: u64,
+    /// Group syncs completed (each one fdatasync per dirty file).
+    pub syncs: u64,
+    /// Syncs that failed (their waiters got a temporary error).
+    pub sync_errors: u64,
+    /// Record writes that failed.
+    pub write_errors: u64,
+    /// Record bytes written (padding included).
+    pub bytes_written: u64,
+    /// Messages whose body went to a spill file.
+    pub spilled: u64,
+    /// Segments deleted since open.
+    pub segments_deleted: u64,
+    /// Messages copied forward by compaction since open.
+    pub compacted: u64,
+    /// Failures while deleting segments or spill files (retried later).
+    pub reclaim_errors: u64,
+}
+
+/// A recipient whose next attempt is due, handed out by [`Queue::due`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueRecipient {
+    /// Message.
+    pub id: MessageId,
+    /// Index into the envelope's recipients.
+    pub rcpt: usize,
+    /// Recipient address.
+    pub recipient: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When it was due.
+    pub next_attempt: u64,
+}
+
+/// One queue directory, owned by one shard. Cheap to clone (shared handle).
+#[derive(Clone)]
+pub struct Queue {
+    sh: Rc<Shared>,
+}
+
+struct Shared {
+    cfg: QueueConfig,
+    seg_dir: PathBuf,
+    big_dir: PathBuf,
+    st: RefCell<State>,
+    /// Woken when a sync epoch completes.
+    synced: Notify,
+    /// Woken when a segment roll completes.
+    rolled: Notify,
+    /// Woken when a compaction releases its messages.
+    compacted: Notify,
+    /// The scheduler's wake-up: one permit per commit batch.
+    arrivals: Rc<Notify>,
+}
+
+struct SegFile {
+    file: Rc<File>,
+    /// Reservations not yet finished (a commit whose MESSAGE record is in
+    /// flight is not in the index yet; the segment must not go meanwhile).
+    pending: u32,
+}
+
+struct SyncFailure {
+    op: &'static str,
+    path: PathBuf,
+    os: Option<i32>,
+    kind: io::ErrorKind,
+    msg: String,
+}
+
+impl SyncFailure {
+    fn to_error(&self) -> QueueError {
+        let e = match self.os {
+            Some(code) => io::Error::from_raw_os_error(code),
+            None => io::Error::new(self.kind, self.msg.clone()),
+        };
+        QueueError::io(self.op, self.path.clone(), e)
+    }
+}
+
+#[derive(Default)]
+struct State {
+    index: Index,
+    /// (next attempt, message key, recipient index) of pending recipients
+    /// not handed out.
+    schedule: BTreeSet<(u64, u64, u32)>,
+    leased: HashSet<(u64, u32)>,
+    /// Outcome writes in flight per message (compaction waits for zero).
+    busy: HashMap<u64, u32>,
+    /// Messages being copied forward (outcomes wait).
+    compacting: HashSet<u64>,
+    segs: BTreeMap<u32, SegFile>,
+    cur_seg: u32,
+    write_pos: u64,
+    rolling: bool,
+    /// Set after a failed write or sync: the next reservation starts a new
+    /// segment, so nothing is appended after pages the kernel may have
+    /// dropped.
+    force_roll: bool,
+    dirty: Vec<Rc<File>>,
+    dirty_seg_dir: bool,
+    dirty_big_dir: bool,
+    sync_started: u64,
+    sync_done: u64,
+    sync_in_flight: bool,
+    failed_epochs: BTreeMap<u64, SyncFailure>,
+    spill_nonce: u64,
+    maintaining: bool,
+    /// A segment was unlinked but the directory sync failed: no further
+    /// segment may be deleted until it succeeds (deletions must become
+    /// durable oldest first, or a resurrected old segment could outlive the
+    /// outcomes that killed its messages).
+    unsynced_delete: bool,
+    stats: QueueStats,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn rw_options(create_new: bool) -> std::fs::OpenOptions {
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true).write(true).mode(0o600);
+    if create_new {
+        o.create_new(true);
+    }
+    o
+}
+
+impl Queue {
+    /// Opens (creating if needed) the queue in `config.dir`, replays every
+    /// segment, truncates torn tails, removes orphan spill files and
+    /// rebuilds the index and schedule.
+    pub async fn open(config: QueueConfig) -> Result<(Queue, RecoveryReport), QueueError> {
+        config.validate()?;
+        let started = Instant::now();
+        let seg_dir = config.dir.join("seg");
+        let big_dir = config.dir.join("big");
+        let mut created = false;
+        for d in [&config.dir, &seg_dir, &big_dir] {
+            if !d.is_dir() {
+                std::fs::create_dir_all(d).map_err(|e| QueueError::io("mkdir", d, e))?;
+                created = true;
+            }
+        }
+        if created {
+            for d in [&config.dir, &seg_dir, &big_dir] {
+                sync_dir(d)
+                    .await
+                    .map_err(|e| QueueError::io("fsync dir", d, e))?;
+            }
+            if let Some(parent) = config.dir.parent() {
+                sync_dir(parent)
+                    .await
+                    .map_err(|e| QueueError::io("fsync dir", parent, e))?;
+            }
+        }
+
+        let mut report = RecoveryReport::default();
+        let mut nums = Vec::new();
+        let rd = std::fs::read_dir(&seg_dir).map_err(|e| QueueError::io("readdir", &seg_dir, e))?;
+        for ent in rd {
+            let ent = ent.map_err(|e| QueueError::io("readdir", &seg_dir, e))?;
+            if let Some(n) = ent.file_name().to_str().and_then(format::parse_segment_file_name) {
+                nums.push(n);
+            }
+        }
+        nums.sort_unstable();
+
+        let mut index = Index::default();
+        let mut segs = BTreeMap::new();
+        let mut last_end = 0u64;
+        let mut dir_changed = false;
+        for &n in &nums {
+            let path = seg_dir.join(segment_file_name(n));
+            let std_file = rw_options(false)
+                .open(&path)
+                .map_err(|e| QueueError::io("open", &path, e))?;
+            let len = std_file
+                .metadata()
+                .map_err(|e| QueueError::io("stat", &path, e))?
+                .len() as usize;
+            let file = File::from_std(
+                std_file
+                    .try_clone()
+                    .map_err(|e| QueueError::io("dup", &path, e))?,
+            );
+            let (r, buf) = file.read_exact_at(Vec::with_capacity(len), 0).await;
+            r.map_err(|e| QueueError::io("read", &path, e))?;
+            let scan = scan_segment(&buf, |off, l, d| index.apply(n, off, l, d));
+            drop(buf);
+            report.segments += 1;
+            report.records += scan.records;
+            for (off, reason) in &scan.corrupt {
+                report
+                    .corrupt_records
+                    .push(format!("{}: {off}: {reason}", path.display()));
+            }
+            if let Some(h) = scan.header_error {
+                report.bad_headers.push(format!("{}: {h}", path.display()));
+            }
+            if scan.valid_end == 0 {
+                // Not even a header: a segment whose creation was torn.
+                report.torn_bytes += scan.torn_bytes;
+                std::fs::remove_file(&path).map_err(|e| QueueError::io("unlink", &path, e))?;
+                dir_changed = true;
+                continue;
+            }
+            if scan.torn_bytes > 0 {
+                report.torn_bytes += scan.torn_bytes;
+                std_file
+                    .set_len(scan.valid_end as u64)
+                    .map_err(|e| QueueError::io("truncate", &path, e))?;
+                std_file
+                    .sync_all()
+                    .map_err(|e| QueueError::io("fsync", &path, e))?;
+            }
+            last_end = scan.valid_end as u64;
+            segs.insert(
+                n,
+                SegFile {
+                    file: Rc::new(file),
+                    pending: 0,
+                },
+            );
+        }
+        if dir_changed {
+            sync_dir(&seg_dir)
+                .await
+                .map_err(|e| QueueError::io("fsync dir", &seg_dir, e))?;
+        }
+        report.orphan_outcomes = index.orphan_outcomes;
+
+        // Spill files: drop messages whose body never became durable, delete
+        // files no live message references.
+        let mut on_disk = HashSet::new();
+        let rd = std::fs::read_dir(&big_dir).map_err(|e| QueueError::io("readdir", &big_dir, e))?;
+        for ent in rd {
+            let ent = ent.map_err(|e| QueueError::io("readdir", &big_dir, e))?;
+            if let Ok(name) = ent.file_name().into_string() {
+                on_disk.insert(name);
+            }
+        }
+        let mut referenced = HashSet::new();
+        let mut missing = Vec::new();
+        for (&key, e) in &index.messages {
+            if let BodyLoc::Spilled { name, .. } = &e.body {
+                if on_disk.contains(name) {
+                    referenced.insert(name.clone());
+                } else {
+                    missing.push(key);
+                }
+            }
+        }
+        for key in missing {
+            index.remove(key);
+            report.missing_bodies += 1;
+        }
+        for name in on_disk.difference(&referenced) {
+            let p = big_dir.join(name);
+            if std::fs::remove_file(&p).is_ok() {
+                report.orphan_spill_files += 1;
+            }
+        }
+
+        let mut st = State {
+            index,
+            segs,
+            spill_nonce: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1),
+            ..State::default()
+        };
+        for (&key, e) in &st.index.messages {
+            for (i, r) in e.rcpts.iter().enumerate() {
+                if r.state == RecipientState::Pending {
+                    st.schedule.insert((r.next_attempt, key, i as u32));
+                }
+            }
+        }
+        report.messages = st.index.messages.len() as u64;
+        report.recipients_pending = st.schedule.len() as u64;
+
+        let last = st.segs.keys().next_back().copied();
+        let sh = Rc::new(Shared {
+            seg_dir,
+            big_dir,
+            st: RefCell::new(st),
+            synced: Notify::new(),
+            rolled: Notify::new(),
+            compacted: Notify::new(),
+            arrivals: Rc::new(Notify::new()),
+            cfg: config,
+        });
+        let q = Queue { sh };
+        match last {
+            Some(n) if last_end < q.sh.cfg.segment_size => {
+                let mut st = q.sh.st.borrow_mut();
+                st.cur_seg = n;
+                st.write_pos = align_up(last_end as usize) as u64;
+            }
+            _ => {
+                let next = last.map_or(1, |n| n + 1);
+                let file = q.create_segment(next).await?;
+                file.sync_data()
+                    .await
+                    .map_err(|e| QueueError::io("fdatasync", q.seg_path(next), e))?;
+                sync_dir(&q.sh.seg_dir)
+                    .await
+                    .map_err(|e| QueueError::io("fsync dir", &q.sh.seg_dir, e))?;
+                let mut st = q.sh.st.borrow_mut();
+                st.segs.insert(next, SegFile { file, pending: 0 });
+                st.cur_seg = next;
+                st.write_pos = SEG_HEADER_LEN as u64;
+            }
+        }
+        let before = q.sh.st.borrow().stats.segments_deleted;
+        q.reclaim().await?;
+        report.segments_deleted = q.sh.st.borrow().stats.segments_deleted - before;
+        report.millis = started.elapsed().as_millis() as u64;
+        Ok((q, report))
+    }
+
+    /// Starts a message (one per SMTP transaction).
+    pub fn begin(&self) -> MessageWriter {
+        MessageWriter {
+            q: self.clone(),
+            buf: Vec::new(),
+            len: 0,
+            crc: 0,
+            spill: None,
+        }
+    }
+
+    /// Hands out up to `limit` pending recipients whose next attempt is at
+    /// or before `now`, earliest first (ties: oldest message first). Each
+    /// is leased: it is not handed out again until an outcome is recorded
+    /// or it is [`Queue::release`]d; a restart forgets leases.
+    pub fn due(&self, now: u64, limit: usize) -> Vec<DueRecipient> {
+        let mut st = self.sh.st.borrow_mut();
+        let picked: Vec<(u64, u64, u32)> = st
+            .schedule
+            .iter()
+            .take_while(|k| k.0 <= now)
+            .take(limit)
+            .copied()
+            .collect();
+        let mut out = Vec::with_capacity(picked.len());
+        for k in picked {
+            st.schedule.remove(&k);
+            let (next, key, idx) = k;
+            let Some(e) = st.index.messages.get(&key) else {
+                continue;
+            };
+            let Some(addr) = e.envelope.recipients.get(idx as usize) else {
+                continue;
+            };
+            out.push(DueRecipient {
+                id: MessageId::from_key(self.sh.cfg.queue_no, key),
+                rcpt: idx as usize,
+                recipient: addr.clone(),
+                attempts: e.rcpts[idx as usize].attempts,
+                next_attempt: next,
+            });
+            st.leased.insert((key, idx));
+        }
+        out
+    }
+
+    /// Returns a leased recipient to the schedule without an outcome (e.g.
+    /// at shutdown), due at its recorded next attempt time.
+    pub fn release(&self, id: &MessageId, rcpt: usize) {
+        let mut st = self.sh.st.borrow_mut();
+        let key = id.key();
+        if st.leased.remove(&(key, rcpt as u32)) {
+            if let Some(next) = st
+                .index
+                .messages
+                .get(&key)
+                .and_then(|e| e.rcpts.get(rcpt))
+                .filter(|r| r.state == RecipientState::Pending)
+                .map(|r| r.next_attempt)
+            {
+                st.schedule.insert((next, key, rcpt as u32));
+            }
+        }
+    }
+
+    /// Earliest next-attempt time among scheduled (not leased) recipients.
+    pub fn next_due_time(&self) -> Option<u64> {
+        self.sh.st.borrow().schedule.first().map(|k| k.0)
+    }
+
+    /// The scheduler's wake-up: `notify_one` is called after every commit,
+    /// so a waiting (or next) `notified().await` returns at once. Meant for
+    /// one consumer.
+    pub fn subscribe(&self) -> Rc<Notify> {
+        Rc::clone(&self.sh.arrivals)
+    }
+
+    /// Envelope of a live message.
+    pub fn envelope(&self, id: &MessageId) -> Option<Rc<Envelope>> {
+        if id.queue != self.sh.cfg.queue_no {
+            return None;
+        }
+        let st = self.sh.st.borrow();
+        st.index
+            .messages
+            .get(&id.key())
+            .map(|e| Rc::clone(&e.envelope))
+    }
+
+    /// Current status of every recipient of a live message.
+    pub fn recipients(&self, id: &MessageId) -> Option<Vec<RecipientStatus>> {
+        if id.queue != self.sh.cfg.queue_no {
+            return None;
+        }
+        let st = self.sh.st.borrow();
+        st.index.messages.get(&id.key()).map(|e| e.rcpts.clone())
+    }
+
+    /// Ids of all live messages, oldest first.
+    pub fn message_ids(&self) -> Vec<MessageId> {
+        let st = self.sh.st.borrow();
+        let mut keys: Vec<u64> = st.index.messages.keys().copied().collect();
+        keys.sort_unstable();
+        keys.into_iter()
+            .map(|k| MessageId::from_key(self.sh.cfg.queue_no, k))
+            .collect()
+    }
+
+    /// The whole body of a live message, checksum verified.
+    pub async fn read_message(&self, id: &MessageId) -> Result<Vec<u8>, QueueError> {
+        let (entry, file) = {
+            let st = self.sh.st.borrow();
+            let e = st
+                .index
+                .messages
+                .get(&id.key())
+                .filter(|_| id.queue == self.sh.cfg.queue_no)
+                .ok_or(QueueError::UnknownMessage(*id))?;
+            let file = st.segs.get(&e.seg).map(|s| Rc::clone(&s.file));
+            (e.clone(), file)
+        };
+        match &entry.body {
+            BodyLoc::Inline { start, len } => {
+                let path = self.seg_path(entry.seg);
+                let file = file.ok_or(QueueError::Corrupt {
+                    path: path.clone(),
+                    offset: u64::from(entry.offset),
+                    reason: "segment of a live message is gone",
+                })?;
+                let (r, rec) = file
+                    .read_exact_at(
+                        Vec::with_capacity(entry.len as usize),
+                        u64::from(entry.offset),
+                    )
+                    .await;
+                r.map_err(|e| QueueError::io("read", &path, e))?;
+                match format::parse_at(&rec, 0) {
+                    format::Parsed::Record { .. } => {}
+                    _ => {
+                        return Err(QueueError::Corrupt {
+                            path,
+                            offset: u64::from(entry.offset),
+                            reason: "message record no longer verifies",
+                        })
+                    }
+                }
+                let (s, l) = (*start as usize, *len as usize);
+                let mut rec = rec;
+                rec.truncate(s + l);
+                rec.drain(..s);
+                Ok(rec)
+            }
+            BodyLoc::Spilled { name, len, crc } => {
+                let path = self.sh.big_dir.join(name);
+                let mut o = std::fs::OpenOptions::new();
+                o.read(true);
+                let f = File::open(&path, &o)
+                    .await
+                    .map_err(|e| QueueError::io("open", &path, e))?;
+                let (r, body) = f.read_exact_at(Vec::with_capacity(*len as usize), 0).await;
+                r.map_err(|e| QueueError::io("read", &path, e))?;
+                let _ = f.close().await;
+                if crc32c::crc32c(&body) != *crc {
+                    return Err(QueueError::Corrupt {
+                        path,
+                        offset: 0,
+                        reason: "spill file checksum mismatch",
+                    });
+                }
+                Ok(body)
+            }
+        }
+    }
+
+    /// Records delivery outcomes for some recipients of a message; durable
+    /// (group-committed) when it returns. Nothing is written if any entry is
+    /// invalid. When every recipient is final the message leaves the queue.
+    ///
+    /// Outcomes for *different* recipients of one message may be recorded
+    /// concurrently; two concurrent calls for the *same* recipient are a
+    /// caller bug (the later write wins on disk, the memory state may show
+    /// either).
+    pub async fn record_outcomes(
+        &self,
+        id: &MessageId,
+        outcomes: &[(usize, RecipientOutcome)],
+    ) -> Result<(), QueueError> {
+        if id.queue != self.sh.cfg.queue_no {
+            return Err(QueueError::UnknownMessage(*id));
+        }
+        let key = id.key();
+        // A message being copied forward must not change under the copy.
+        loop {
+            let n = self.sh.compacted.notified();
+            if !self.sh.st.borrow().compacting.contains(&key) {
+                break;
+            }
+            n.await;
+        }
+        let changes = {
+            let st = self.sh.st.borrow();
+            let e = st
+                .index
+                .messages
+                .get(&key)
+                .ok_or(QueueError::UnknownMessage(*id))?;
+            let mut changes: Vec<(u32, RecipientStatus)> = Vec::with_capacity(outcomes.len());
+            for (idx, o) in outcomes {
+                let cur = match changes.iter().find(|c| c.0 as usize == *idx) {
+                    Some(c) => c.1.clone(),
+                    None => e.rcpts.get(*idx).cloned().ok_or(QueueError::NoSuchRecipient {
+                        id: *id,
+                        index: *idx,
+                    })?,
+                };
+                let new = cur.apply(o).map_err(|source| QueueError::Transition {
+                    id: *id,
+                    index: *idx,
+                    source,
+                })?;
+                match changes.iter_mut().find(|c| c.0 as usize == *idx) {
+                    Some(c) => c.1 = new,
+                    None => changes.push((*idx as u32, new)),
+                }
+            }
+            changes
+        };
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let _busy = BusyGuard::new(&self.sh, key);
+        let mut rec = encode_outcome(key, &changes);
+        if rec.len() - REC_HEADER_LEN > MAX_PAYLOAD {
+            return Err(QueueError::EnvelopeTooLarge);
+        }
+        finish_record(&mut rec);
+        let resv = self.reserve(rec.len() as u64).await?;
+        self.write_record(&resv, rec).await?;
+        drop(resv);
+        self.wait_durable().await?;
+
+        let dead = {
+            let mut st = self.sh.st.borrow_mut();
+            st.stats.outcome_records += 1;
+            let st = &mut *st;
+            let Some(e) = st.index.messages.get_mut(&key) else {
+                return Ok(());
+            };
+            for (idx, new) in changes {
+                let slot = &mut e.rcpts[idx as usize];
+                if slot.state == RecipientState::Pending {
+                    st.schedule.remove(&(slot.next_attempt, key, idx));
+                }
+                st.leased.remove(&(key, idx));
+                if new.state == RecipientState::Pending {
+                    st.schedule.insert((new.next_attempt, key, idx));
+                }
+                *slot = new;
+            }
+            if e.is_dead() {
+                st.index.remove(key)
+            } else {
+                None
+            }
+        };
+        if let Some(e) = dead {
+            if let BodyLoc::Spilled { name, .. } = &e.body {
+                // The final outcome is durable, so the body is no longer
+                // needed; if this unlink is lost in a crash, recovery removes
+                // the unreferenced file.
+                if std::fs::remove_file(self.sh.big_dir.join(name)).is_err() {
+                    self.sh.st.borrow_mut().stats.reclaim_errors += 1;
+                }
+            }
+            if self.reclaim().await.is_err() {
+                self.sh.st.borrow_mut().stats.reclaim_errors += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Housekeeping the scheduler calls now and then: copies the live
+    /// messages of a sparse oldest segment forward (compaction) and deletes
+    /// segments that hold nothing live. Returns the number of messages moved.
+    pub async fn maintain(&self) -> Result<u64, QueueError> {
+        let moved = self.compact_head().await?;
+        self.reclaim().await?;
+        Ok(moved)
+    }
+
+    /// Counters and gauges.
+    pub fn stats(&self) -> QueueStats {
+        let st = self.sh.st.borrow();
+        let mut s = st.stats.clone();
+        s.messages = st.index.messages.len() as u64;
+        s.recipients_leased = st.leased.len() as u64;
+        s.recipients_pending = st.schedule.len() as u64 + s.recipients_leased;
+        s.segments = st.segs.len() as u64;
+        s.current_segment = st.cur_seg;
+        s
+    }
+
+    /// The configuration the queue was opened with.
+    pub fn config(&self) -> &QueueConfig {
+        &self.sh.cfg
+    }
+
+    fn seg_path(&self, n: u32) -> PathBuf {
+        self.sh.seg_dir.join(segment_file_name(n))
+    }
+
+    /// Creates segment `n` with its header written (not yet synced).
+    async fn create_segment(&self, n: u32) -> Result<Rc<File>, QueueError> {
+        let path = self.seg_path(n);
+        let file = File::open(&path, &rw_options(true))
+            .await
+            .map_err(|e| QueueError::io("create", &path, e))?;
+        let hdr = segment_header(n, self.sh.cfg.queue_no, now_secs());
+        let (r, _) = file.write_all_at(hdr, 0).await;
+        if let Err(e) = r {
+            let _ = std::fs::remove_file(&path);
+            return Err(QueueError::io("write", &path, e));
+        }
+        Ok(Rc::new(file))
+    }
+
+    /// Reserves `len` bytes (a padded record) in the current segment,
+    /// rolling to a new segment when it is full.
+    async fn reserve(&self, len: u64) -> Result<Reservation, QueueError> {
+        loop {
+            let roll_to = {
+                let wait = self.sh.rolled.notified();
+                let mut st = self.sh.st.borrow_mut();
+                if st.rolling {
+                    drop(st);
+                    wait.await;
+                    continue;
+                }
+                let empty = st.write_pos <= SEG_HEADER_LEN as u64;
+                let fits = st.write_pos + len <= self.sh.cfg.segment_size;
+                if !st.force_roll && (fits || empty) && st.write_pos + len <= u64::from(u32::MAX) {
+                    let seg = st.cur_seg;
+                    let pos = st.write_pos;
+                    st.write_pos += len;
+                    let sf = st.segs.get_mut(&seg).expect("current segment is open");
+                    sf.pending += 1;
+                    return Ok(Reservation {
+                        sh: Rc::clone(&self.sh),
+                        seg,
+                        pos,
+                        file: Rc::clone(&sf.file),
+                    });
+                }
+                st.rolling = true;
+                st.cur_seg + 1
+            };
+            let guard = RollGuard { sh: &self.sh };
+            let file = self.create_segment(roll_to).await?;
+            let mut st = self.sh.st.borrow_mut();
+            st.segs.insert(roll_to, SegFile { file, pending: 0 });
+            st.cur_seg = roll_to;
+            st.write_pos = SEG_HEADER_LEN as u64;
+            st.force_roll = false;
+            // The new directory entry must be durable before anything in the
+            // new segment is reported durable.
+            st.dirty_seg_dir = true;
+            let f = Rc::clone(&st.segs[&roll_to].file);
+            push_dirty(&mut st, f);
+            drop(st);
+            drop(guard);
+        }
+    }
+
+    /// Writes a finished record at its reservation and marks the file for
+    /// the next group sync.
+    async fn write_record(&self, resv: &Reservation, rec: Vec<u8>) -> Result<(), QueueError> {
+        let n = rec.len() as u64;
+        let (r, _) = resv.file.write_all_at(rec, resv.pos).await;
+        let mut st = self.sh.st.borrow_mut();
+        match r {
+            Ok(()) => {
+                st.stats.bytes_written += n;
+                push_dirty(&mut st, Rc::clone(&resv.file));
+                Ok(())
+            }
+            Err(e) => {
+                st.stats.write_errors += 1;
+                st.force_roll = true;
+                Err(QueueError::io("write", self.seg_path(resv.seg), e))
+            }
+        }
+    }
+
+    /// Waits until everything written before this call is durable. Joins
+    /// the next sync epoch: if a sync is running, it may have started before
+    /// our write finished, so we wait for the one after it, which then
+    /// covers every write finished meanwhile (group commit).
+    async fn wait_durable(&self) -> Result<(), QueueError> {
+        let need = self.sh.st.borrow().sync_started + 1;
+        loop {
+            let wait = self.sh.synced.notified();
+            {
+                let mut st = self.sh.st.borrow_mut();
+                if st.sync_done >= need {
+                    return match st.failed_epochs.get(&need) {
+                        Some(f) => Err(f.to_error()),
+                        None => Ok(()),
+                    };
+                }
+                if !st.sync_in_flight {
+                    st.sync_in_flight = true;
+                    st.sync_started += 1;
+                    let epoch = st.sync_started;
+                    let files = std::mem::take(&mut st.dirty);
+                    let seg_dir = std::mem::take(&mut st.dirty_seg_dir);
+                    let big_dir = std::mem::take(&mut st.dirty_big_dir);
+                    // The sync runs as its own task so that a cancelled
+                    // waiter cannot leave the epoch half done.
+                    let q = self.clone();
+                    tokio::task::spawn_local(async move {
+                        q.run_sync(epoch, files, seg_dir, big_dir).await;
+                    });
+                }
+            }
+            wait.await;
+        }
+    }
+
+    async fn run_sync(&self, epoch: u64, files: Vec<Rc<File>>, seg_dir: bool, big_dir: bool) {
+        let res = self.sync_all(&files, seg_dir, big_dir).await;
+        let mut st = self.sh.st.borrow_mut();
+        st.sync_done = epoch;
+        st.sync_in_flight = false;
+        st.stats.syncs += 1;
+        if let Err(f) = res {
+            st.stats.sync_errors += 1;
+            st.force_roll = true;
+            st.dirty_seg_dir |= seg_dir;
+            st.dirty_big_dir |= big_dir;
+            st.failed_epochs.insert(epoch, f);
+            while st.failed_epochs.len() > FAILED_EPOCHS_KEPT {
+                st.failed_epochs.pop_first();
+            }
+        }
+        drop(st);
+        self.sh.synced.notify_waiters();
+    }
+
+    async fn sync_all(
+        &self,
+        files: &[Rc<File>],
+        seg_dir: bool,
+        big_dir: bool,
+    ) -> Result<(), SyncFailure> {
+        let fail = |op, path: &Path, e: io::Error| SyncFailure {
+            op,
+            path: path.to_path_buf(),
+            os: e.raw_os_error(),
+            kind: e.kind(),
+            msg: e.to_string(),
+        };
+        match self.sh.cfg.durability {
+            Durability::UnsafeNoSync => return Ok(()),
+            Durability::Fdatasync => {
+                for f in files {
+                    f.sync_data()
+                        .await
+                        .map_err(|e| fail("fdatasync", &self.sh.cfg.dir, e))?;
+                }
+            }
+            Durability::Fsync => {
+                for f in files {
+                    f.sync_all()
+                        .await
+                        .map_err(|e| fail("fsync", &self.sh.cfg.dir, e))?;
+                }
+            }
+        }
+        if seg_dir {
+            sync_dir(&self.sh.seg_dir)
+                .await
+                .map_err(|e| fail("fsync dir", &self.sh.seg_dir, e))?;
+        }
+        if big_dir {
+            sync_dir(&self.sh.big_dir)
+                .await
+                .map_err(|e| fail("fsync dir", &self.sh.big_dir, e))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes segments from the oldest while they hold no live message.
+    ///
+    /// Only a prefix is deleted: OUTCOME records for a message live in the
+    /// segments after its MESSAGE record, so deleting a middle segment could
+    /// lose the outcome that finished a message of an older, surviving
+    /// segment (and resurrect it). Compaction moves the few live messages
+    /// out of an old segment so the prefix keeps advancing.
+    async fn reclaim(&self) -> Result<(), QueueError> {
+        if self.sh.st.borrow().maintaining {
+            return Ok(());
+        }
+        let _g = MaintainGuard::new(&self.sh);
+        loop {
+            if self.sh.st.borrow().unsynced_delete {
+                sync_dir(&self.sh.seg_dir)
+                    .await
+                    .map_err(|e| QueueError::io("fsync dir", &self.sh.seg_dir, e))?;
+                self.sh.st.borrow_mut().unsynced_delete = false;
+            }
+            let victim = {
+                let st = self.sh.st.borrow();
+                match st.segs.iter().next() {
+                    Some((&n, sf))
+                        if n != st.cur_seg
+                            && sf.pending == 0
+                            && st.index.live_in(n).msgs == 0 =>
+                    {
+                        n
+                    }
+                    _ => return Ok(()),
+                }
+            };
+            let path = self.seg_path(victim);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(QueueError::io("unlink", &path, e)),
+            }
+            {
+                let mut st = self.sh.st.borrow_mut();
+                st.segs.remove(&victim);
+                st.stats.segments_deleted += 1;
+                st.unsynced_delete = true;
+            }
+        }
+    }
+
+    /// Copies the live messages of the oldest segment forward when it is
+    /// sparse (live bytes ≤ `compact_percent` of `segment_size`), then the
+    /// segment can be reclaimed.
+    async fn compact_head(&self) -> Result<u64, QueueError> {
+        let (head, keys) = {
+            let st = self.sh.st.borrow();
+            if st.maintaining {
+                return Ok(0);
+            }
+            let Some((&head, _)) = st.segs.iter().next() else {
+                return Ok(0);
+            };
+            if head == st.cur_seg {
+                return Ok(0);
+            }
+            let live = st.index.live_in(head);
+            if live.msgs == 0
+                || live.bytes * 100
+                    > self.sh.cfg.segment_size * u64::from(self.sh.cfg.compact_percent)
+            {
+                return Ok(0);
+            }
+            let keys: Vec<u64> = st
+                .index
+                .messages
+                .iter()
+                .filter(|(_, e)| e.seg == head)
+                .map(|(&k, _)| k)
+                .collect();
+            if keys.iter().any(|k| st.busy.contains_key(k)) {
+                // An outcome is in flight; try again next time.
+                return Ok(0);
+            }
+            (head, keys)
+        };
+        let _g = MaintainGuard::new(&self.sh);
+        let _c = CompactGuard::new(&self.sh, &keys);
+        let file = Rc::clone(&self.sh.st.borrow().segs[&head].file);
+        let mut moved = Vec::with_capacity(keys.len());
+        let mut resvs = Vec::with_capacity(keys.len());
+        for &key in &keys {
+            let entry = match self.sh.st.borrow().index.messages.get(&key) {
+                Some(e) => e.clone(),
+                None => continue,
+            };
+            let path = self.seg_path(head);
+            let (r, old) = file
+                .read_exact_at(
+                    Vec::with_capacity(entry.len as usize),
+                    u64::from(entry.offset),
+                )
+                .await;
+            r.map_err(|e| QueueError::io("read", &path, e))?;
+            if !matches!(format::parse_at(&old, 0), format::Parsed::Record { .. }) {
+                return Err(QueueError::Corrupt {
+                    path,
+                    offset: u64::from(entry.offset),
+                    reason: "record to compact no longer verifies",
+                });
+            }
+            let body = match &entry.body {
+                BodyLoc::Inline { start, len } => {
+                    BodyRef::Inline(&old[*start as usize..(*start + *len) as usize])
+                }
+                BodyLoc::Spilled { name, len, crc } => BodyRef::Spilled {
+                    name,
+                    len: *len,
+                    crc: *crc,
+                },
+            };
+            let mut rec = encode_message(key, &entry.envelope, &entry.rcpts, &body);
+            let body_len = entry.body.len() as usize;
+            let unpadded = rec.len();
+            finish_record(&mut rec);
+            let resv = self.reserve(rec.len() as u64).await?;
+            let new_loc = (resv.seg, resv.pos as u32, unpadded as u32);
+            self.write_record(&resv, rec).await?;
+            resvs.push(resv);
+            moved.push((key, new_loc, body_len));
+        }
+        self.wait_durable().await?;
+        drop(resvs);
+        let n = moved.len() as u64;
+        {
+            let mut st = self.sh.st.borrow_mut();
+            for (key, (seg, offset, len), body_len) in moved {
+                if let Some(mut e) = st.index.messages.get(&key).cloned() {
+                    e.seg = seg;
+                    e.offset = offset;
+                    e.len = len;
+                    if let BodyLoc::Inline { start, .. } = &mut e.body {
+                        *start = len - body_len as u32;
+                    }
+                    st.index.insert(key, e);
+                }
+            }
+            st.stats.compacted += n;
+        }
+        Ok(n)
+    }
+}
+
+fn push_dirty(st: &mut State, f: Rc<File>) {
+    if !st.dirty.iter().any(|d| Rc::ptr_eq(d, &f)) {
+        st.dirty.push(f);
+    }
+}
+
+/// Space reserved in a segment; while it lives the segment is not deleted.
+struct Reservation {
+    sh: Rc<Shared>,
+    seg: u32,
+    pos: u64,
+    file: Rc<File>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(sf) = self.sh.st.borrow_mut().segs.get_mut(&self.seg) {
+            sf.pending -= 1;
+        }
+    }
+}
+
+/// Ends a roll even if the rolling task is cancelled.
+struct RollGuard<'a> {
+    sh: &'a Rc<Shared>,
+}
+
+impl Drop for RollGuard<'_> {
+    fn drop(&mut self) {
+        self.sh.st.borrow_mut().rolling = false;
+        self.sh.rolled.notify_waiters();
+    }
+}
+
+struct MaintainGuard<'a> {
+    sh: &'a Rc<Shared>,
+}
+
+impl<'a> MaintainGuard<'a> {
+    fn new(sh: &'a Rc<Shared>) -> Self {
+        sh.st.borrow_mut().maintaining = true;
+        MaintainGuard { sh }
+    }
+}
+
+impl Drop for MaintainGuard<'_> {
+    fn drop(&mut self) {
+        self.sh.st.borrow_mut().maintaining = false;
+    }
+}
+
+struct BusyGuard<'a> {
+    sh: &'a Rc<Shared>,
+    key: u64,
+}
+
+impl<'a> BusyGuard<'a> {
+    fn new(sh: &'a Rc<Shared>, key: u64) -> Self {
+        *sh.st.borrow_mut().busy.entry(key).or_default() += 1;
+        BusyGuard { sh, key }
+    }
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        let mut st = self.sh.st.borrow_mut();
+        if let Some(n) = st.busy.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                st.busy.remove(&self.key);
+            }
+        }
+    }
+}
+
+struct CompactGuard<'a> {
+    sh: &'a Rc<Shared>,
+    keys: &'a [u64],
+}
+
+impl<'a> CompactGuard<'a> {
+    fn new(sh: &'a Rc<Shared>, keys: &'a [u64]) -> Self {
+        sh.st.borrow_mut().compacting.extend(keys.iter().copied());
+        CompactGuard { sh, keys }
+    }
+}
+
+impl Drop for CompactGuard<'_> {
+    fn drop(&mut self) {
+        let mut st = self.sh.st.borrow_mut();
+        for k in self.keys {
+            st.compacting.remove(k);
+        }
+        drop(st);
+        self.sh.compacted.notify_waiters();
+    }
+}
+
+struct Spill {
+    file: Rc<File>,
+    path: PathBuf,
+    name: String,
+    /// Bytes already written to the file.
+    written: u64,
+}
+
+/// One message being received. Chunks are buffered in memory up to the
+/// spill threshold, then streamed to `big/<name>`. Dropping it (or
+/// [`MessageWriter::abort`]) removes the spill file: an aborted transaction
+/// leaves nothing behind.
+pub struct MessageWriter {
+    q: Queue,
+    buf: Vec<u8>,
+    len: u64,
+    crc: u32,
+    spill: Option<Spill>,
+}
+
+impl MessageWriter {
+    /// Appends a chunk of the message (header and body as they will be
+    /// delivered, CRLF line ends, dot-unstuffed).
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), QueueError> {
+        self.crc = crc32c::crc32c_append(self.crc, chunk);
+        self.len += chunk.len() as u64;
+        self.buf.extend_from_slice(chunk);
+        if self.spill.is_none() && self.buf.len() > self.q.sh.cfg.spill_threshold {
+            self.open_spill().await?;
+        }
+        if self.spill.is_some() && self.buf.len() >= SPILL_WRITE {
+            self.flush_spill().await?;
+        }
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing has been written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    async fn open_spill(&mut self) -> Result<(), QueueError> {
+        let big = self.q.sh.big_dir.clone();
+        loop {
+            let nonce = {
+                let mut st = self.q.sh.st.borrow_mut();
+                st.spill_nonce = st.spill_nonce.wrapping_add(1);
+                st.spill_nonce
+            };
+            let name = format!("{nonce:016x}");
+            let path = big.join(&name);
+            match File::open(&path, &rw_options(true)).await {
+                Ok(f) => {
+                    self.spill = Some(Spill {
+                        file: Rc::new(f),
+                        path,
+                        name,
+                        written: 0,
+                    });
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(QueueError::io("create", &path, e)),
+            }
+        }
+    }
+
+    async fn flush_spill(&mut self) -> Result<(), QueueError> {
+        let Some(sp) = &mut self.spill else {
+            return Ok(());
+        };
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let n = buf.len() as u64;
+        let (r, mut buf) = sp.file.write_all_at(buf, sp.written).await;
+        r.map_err(|e| QueueError::io("write", &sp.path, e))?;
+        sp.written += n;
+        buf.clear();
+        self.buf = buf;
+        Ok(())
+    }
+
+    /// Commits the message: returns its id only once the message (record,
+    /// spill file and any new directory entries) is on stable storage. Each
+    /// recipient starts Pending, due at `envelope.arrival`.
+    pub async fn commit(mut self, envelope: Envelope) -> Result<MessageId, QueueError> {
+        if envelope.recipients.is_empty() {
+            return Err(QueueError::NoRecipients);
+        }
+        self.flush_spill().await?;
+        let q = self.q.clone();
+        let rcpts = vec![RecipientStatus::new(envelope.arrival); envelope.recipients.len()];
+        let body = match &self.spill {
+            Some(sp) => BodyRef::Spilled {
+                name: &sp.name,
+                len: self.len,
+                crc: self.crc,
+            },
+            None => BodyRef::Inline(&self.buf),
+        };
+        let mut rec = encode_message(0, &envelope, &rcpts, &body);
+        if rec.len() - REC_HEADER_LEN > MAX_PAYLOAD {
+            return Err(QueueError::EnvelopeTooLarge);
+        }
+        let body_loc = match &self.spill {
+            Some(sp) => BodyLoc::Spilled {
+                name: sp.name.clone(),
+                len: self.len,
+                crc: self.crc,
+            },
+            None => BodyLoc::Inline {
+                start: (rec.len() - self.buf.len()) as u32,
+                len: self.buf.len() as u32,
+            },
+        };
+        let unpadded = rec.len() as u32;
+        let resv = q.reserve(padded_len(&rec) as u64).await?;
+        let key = (u64::from(resv.seg) << 32) | resv.pos;
+        patch_key(&mut rec, key);
+        finish_record(&mut rec);
+        q.write_record(&resv, rec).await?;
+        if let Some(sp) = &self.spill {
+            let mut st = q.sh.st.borrow_mut();
+            push_dirty(&mut st, Rc::clone(&sp.file));
+            st.dirty_big_dir = true;
+        }
+        q.wait_durable().await?;
+        {
+            let mut st = q.sh.st.borrow_mut();
+            for i in 0..envelope.recipients.len() {
+                st.schedule.insert((envelope.arrival, key, i as u32));
+            }
+            st.index.insert(
+                key,
+                Entry {
+                    envelope: Rc::new(envelope),
+                    rcpts,
+                    seg: resv.seg,
+                    offset: resv.pos as u32,
+                    len: unpadded,
+                    body: body_loc,
+                },
+            );
+            st.stats.commits += 1;
+            if self.spill.is_some() {
+                st.stats.spilled += 1;
+            }
+        }
+        drop(resv);
+        // Committed: the spill file now belongs to the queue.
+        self.spill = None;
+        q.sh.arrivals.notify_one();
+        Ok(MessageId::from_key(q.sh.cfg.queue_no, key))
+    }
+
+    /// Abandons the message; the spill file, if any, is removed.
+    pub async fn abort(self) {
+        drop(self);
+    }
+}
+
+impl Drop for MessageWriter {
+    fn drop(&mut self) {
+        if let Some(sp) = self.spill.take() {
+            // Best effort; recovery removes any spill file no record names.
+            let _ = std::fs::remove_file(&sp.path);
+        }
+    }
+}

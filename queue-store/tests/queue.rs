@@ -1,0 +1,514 @@
+//! Integration tests over real files in temp dirs, each run on both the
+//! io_uring and the epoll driver.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use queue_store::{
+    scan, Envelope, MessageId, Queue, QueueConfig, QueueError, RecipientOutcome, RecipientState,
+};
+use shard::io::{run, Driver};
+
+fn on_both<F, Fut>(f: F)
+where
+    F: Fn(Driver, PathBuf) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    for d in [Driver::Uring, Driver::Epoll] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("queue1");
+        run(d, f(d, dir));
+    }
+}
+
+fn cfg(dir: &Path) -> QueueConfig {
+    QueueConfig::new(dir, 1)
+}
+
+fn env(n: usize) -> Envelope {
+    Envelope {
+        sender: "sender@example.org".into(),
+        recipients: (0..n).map(|i| format!("rcpt{i}@example.net")).collect(),
+        arrival: 1_000,
+        client_ip: Some("192.0.2.1".parse().unwrap()),
+        helo: "client.example.org".into(),
+        auth_user: None,
+        extra: vec![("qqeh".into(), "X-Test: 1\n".into())],
+    }
+}
+
+async fn put(q: &Queue, body: &[u8], rcpts: usize) -> MessageId {
+    let mut w = q.begin();
+    w.write(body).await.unwrap();
+    w.commit(env(rcpts)).await.unwrap()
+}
+
+fn delivered() -> RecipientOutcome {
+    RecipientOutcome::Delivered {
+        reply: "250 ok".into(),
+    }
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn commit_read_reopen_round_trip() {
+    on_both(|_, dir| async move {
+        let (q, rep) = Queue::open(cfg(&dir)).await.unwrap();
+        assert_eq!(rep.messages, 0);
+        let mut ids = Vec::new();
+        for i in 0..20 {
+            let body = format!("Subject: {i}\r\n\r\n{}\r\n", "x".repeat(i * 100));
+            let mut w = q.begin();
+            // Split into chunks as SMTP DATA would.
+            for c in body.as_bytes().chunks(7) {
+                w.write(c).await.unwrap();
+            }
+            let mut e = env(1 + i % 3);
+            e.auth_user = (i % 2 == 0).then(|| "alice".to_string());
+            let id = w.commit(e.clone()).await.unwrap();
+            assert_eq!(*q.envelope(&id).unwrap(), e);
+            ids.push((id, body, e));
+        }
+        for (id, body, _) in &ids {
+            assert_eq!(q.read_message(id).await.unwrap(), body.as_bytes());
+        }
+        drop(q);
+        let (q, rep) = Queue::open(cfg(&dir)).await.unwrap();
+        assert_eq!(rep.messages, 20);
+        assert_eq!(rep.torn_bytes, 0);
+        assert!(rep.corrupt_records.is_empty());
+        for (id, body, e) in &ids {
+            assert_eq!(q.read_message(id).await.unwrap(), body.as_bytes());
+            assert_eq!(*q.envelope(id).unwrap(), *e);
+            assert_eq!(id.to_string().parse::<MessageId>().unwrap(), *id);
+        }
+        // New ids keep growing after a restart.
+        let id = put(&q, b"after restart\r\n", 1).await;
+        assert!(ids.iter().all(|(old, _, _)| *old < id));
+        // The CLI scan sees the same.
+        let listed = scan(&dir).unwrap();
+        assert_eq!(listed.len(), 21);
+        assert_eq!(listed[0].id, ids[0].0);
+        assert_eq!(*listed[0].envelope, ids[0].2);
+    });
+}
+
+#[test]
+fn every_transition_of_the_table() {
+    on_both(|_, dir| async move {
+        let (q, _) = Queue::open(cfg(&dir)).await.unwrap();
+        let id = put(&q, b"m\r\n", 4).await;
+        // commit -> Pending, attempts 0, due at arrival.
+        let st = q.recipients(&id).unwrap();
+        assert!(st
+            .iter()
+            .all(|r| r.state == RecipientState::Pending && r.attempts == 0 && r.next_attempt == 1000));
+        assert_eq!(q.next_due_time(), Some(1000));
+        assert!(q.due(999, 10).is_empty());
+        // Pending -> leased: handed out once.
+        let due = q.due(1000, 10);
+        assert_eq!(due.len(), 4);
+        assert_eq!(due[2].recipient, "rcpt2@example.net");
+        assert!(q.due(1000, 10).is_empty());
+        assert_eq!(q.stats().recipients_leased, 4);
+        // leased -> release -> Pending again.
+        q.release(&id, 3);
+        assert_eq!(q.due(1000, 10).len(), 1);
+        // Deferred -> Pending with attempts+1 and the new time.
+        q.record_outcomes(
+            &id,
+            &[(
+                0,
+                RecipientOutcome::Deferred {
+                    reply: "451 try later".into(),
+                    next_attempt: 5000,
+                },
+            )],
+        )
+        .await
+        .unwrap();
+        let r0 = &q.recipients(&id).unwrap()[0];
+        assert_eq!((r0.state, r0.attempts, r0.next_attempt), (RecipientState::Pending, 1, 5000));
+        assert_eq!(r0.last_reply, "451 try later");
+        assert_eq!(q.next_due_time(), Some(5000));
+        // Delivered -> Done; Failed -> Failed.
+        q.record_outcomes(
+            &id,
+            &[
+                (1, delivered()),
+                (
+                    2,
+                    RecipientOutcome::Failed {
+                        reply: "550 no such user".into(),
+                    },
+                ),
+            ],
+        )
+        .await
+        .unwrap();
+        let st = q.recipients(&id).unwrap();
+        assert_eq!(st[1].state, RecipientState::Done);
+        assert_eq!(st[2].state, RecipientState::Failed);
+        // Final states refuse further outcomes; nothing is written.
+        let before = q.stats().outcome_records;
+        for (idx, o) in [(1, delivered()), (2, delivered())] {
+            let e = q.record_outcomes(&id, &[(idx, o)]).await.unwrap_err();
+            assert!(matches!(e, QueueError::Transition { .. }), "{e}");
+            assert!(!e.is_temporary());
+        }
+        let e = q.record_outcomes(&id, &[(9, delivered())]).await.unwrap_err();
+        assert!(matches!(e, QueueError::NoSuchRecipient { .. }));
+        assert_eq!(q.stats().outcome_records, before);
+        // Restart: pending ones stay pending (lease forgotten), final stay final.
+        drop(q);
+        let (q, rep) = Queue::open(cfg(&dir)).await.unwrap();
+        assert_eq!(rep.recipients_pending, 2);
+        let st = q.recipients(&id).unwrap();
+        assert_eq!(st[0].attempts, 1);
+        assert_eq!(st[1].state, RecipientState::Done);
+        assert_eq!(st[2].state, RecipientState::Failed);
+        assert_eq!(st[3].state, RecipientState::Pending);
+        let due: Vec<usize> = q.due(u64::MAX, 10).iter().map(|d| d.rcpt).collect();
+        assert_eq!(due, vec![3, 0]);
+        // All final -> message dead, gone from the queue and after restart.
+        q.record_outcomes(&id, &[(0, delivered()), (3, delivered())])
+            .await
+            .unwrap();
+        assert!(q.envelope(&id).is_none());
+        assert!(matches!(
+            q.read_message(&id).await,
+            Err(QueueError::UnknownMessage(_))
+        ));
+        drop(q);
+        let (q, rep) = Queue::open(cfg(&dir)).await.unwrap();
+        assert_eq!(rep.messages, 0);
+        assert!(q.envelope(&id).is_none());
+        assert!(q.due(u64::MAX, 10).is_empty());
+    });
+}
+
+/// Builds a queue with `n` committed messages and returns the segment path
+/// and the offset of the last record.
+async fn queue_with(dir: &Path, n: usize) -> (PathBuf, u64, Vec<MessageId>) {
+    let (q, _) = Queue::open(cfg(dir)).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(put(&q, format!("body {i}\r\n").as_bytes(), 2).await);
+    }
+    let seg = dir.join("seg").join("00000001.log");
+    (seg, u64::from(ids.last().unwrap().offset), ids)
+}
+
+#[test]
+fn torn_tail_at_every_byte_of_the_last_record() {
+    on_both(|_, dir| async move {
+        let (seg, last_off, ids) = queue_with(&dir, 3).await;
+        let full = std::fs::read(&seg).unwrap();
+        let work = dir.parent().unwrap().join("torn");
+        let lo = last_off as usize;
+        // The record is complete once its header and payload are there; the
+        // zero padding after it is not needed.
+        let rec_end = lo + 12 + u32::from_le_bytes(full[lo..lo + 4].try_into().unwrap()) as usize;
+        for cut in lo..=full.len() {
+            let _ = std::fs::remove_dir_all(&work);
+            std::fs::create_dir_all(work.join("seg")).unwrap();
+            std::fs::write(work.join("seg").join("00000001.log"), &full[..cut]).unwrap();
+            let (q, rep) = Queue::open(cfg(&work)).await.unwrap();
+            let complete = cut >= rec_end;
+            assert_eq!(rep.messages, if complete { 3 } else { 2 }, "cut {cut}");
+            assert_eq!(rep.torn_bytes, if complete { 0 } else { cut as u64 - last_off });
+            assert!(rep.corrupt_records.is_empty());
+            assert!(q.envelope(&ids[0]).is_some() && q.envelope(&ids[1]).is_some());
+            assert_eq!(q.envelope(&ids[2]).is_some(), complete);
+            // The file was truncated: appends continue cleanly.
+            if cut % 13 == 0 || complete {
+                let id = put(&q, b"after\r\n", 1).await;
+                drop(q);
+                let (q, rep) = Queue::open(cfg(&work)).await.unwrap();
+                assert_eq!(rep.torn_bytes, 0);
+                assert_eq!(rep.messages, if complete { 4 } else { 3 });
+                assert_eq!(q.read_message(&id).await.unwrap(), b"after\r\n");
+            }
+        }
+    });
+}
+
+#[test]
+fn flipped_byte_rejects_that_record_only() {
+    on_both(|_, dir| async move {
+        let (seg, _, ids) = queue_with(&dir, 3).await;
+        let mut data = std::fs::read(&seg).unwrap();
+        data[ids[1].offset as usize + 30] ^= 0x01;
+        std::fs::write(&seg, &data).unwrap();
+        let (q, rep) = Queue::open(cfg(&dir)).await.unwrap();
+        assert_eq!(rep.messages, 2);
+        assert_eq!(rep.corrupt_records.len(), 1, "{rep:?}");
+        assert!(rep.corrupt_records[0].contains("checksum"));
+        assert_eq!(rep.torn_bytes, 0);
+        assert!(q.envelope(&ids[1]).is_none());
+        assert_eq!(q.read_message(&ids[2]).await.unwrap(), b"body 2\r\n");
+    });
+}
+
+#[test]
+fn dead_segments_are_deleted() {
+    on_both(|_, dir| async move {
+        let mut c = cfg(&dir);
+        c.segment_size = 64 << 10;
+        let (q, _) = Queue::open(c.clone()).await.unwrap();
+        let body = vec![b'a'; 4000];
+        let mut ids = Vec::new();
+        for _ in 0..100 {
+            ids.push(put(&q, &body, 2).await);
+        }
+        let segs = q.stats().segments;
+        assert!(segs >= 6, "{segs}");
+        // Finishing a later message alone deletes nothing (prefix rule).
+        q.record_outcomes(&ids[99], &[(0, delivered()), (1, delivered())])
+            .await
+            .unwrap();
+        assert_eq!(q.stats().segments, segs);
+        for id in &ids[..99] {
+            q.record_outcomes(id, &[(0, delivered()), (1, delivered())])
+                .await
+                .unwrap();
+        }
+        let st = q.stats();
+        assert_eq!(st.messages, 0);
+        assert_eq!(st.segments, 1, "{st:?}");
+        assert_eq!(files_in(&dir.join("seg")).len(), 1);
+        drop(q);
+        let (q, rep) = Queue::open(c).await.unwrap();
+        assert_eq!(rep.messages, 0);
+        assert_eq!(q.stats().segments, 1);
+    });
+}
+
+#[test]
+fn compaction_moves_live_messages_and_frees_the_segment() {
+    on_both(|_, dir| async move {
+        let mut c = cfg(&dir);
+        c.segment_size = 64 << 10;
+        let (q, _) = Queue::open(c.clone()).await.unwrap();
+        let mut ids = Vec::new();
+        for i in 0..60 {
+            ids.push(put(&q, format!("{i}:{}", "b".repeat(3000)).as_bytes(), 2).await);
+        }
+        assert!(q.stats().segments >= 3);
+        // Keep one message of the first segment alive (one recipient
+        // deferred, one done), finish every other message.
+        let keep = ids[1];
+        q.record_outcomes(
+            &keep,
+            &[
+                (0, delivered()),
+                (
+                    1,
+                    RecipientOutcome::Deferred {
+                        reply: "451 later".into(),
+                        next_attempt: 77_777,
+                    },
+                ),
+            ],
+        )
+        .await
+        .unwrap();
+        for id in ids.iter().filter(|i| **i != keep) {
+            q.record_outcomes(id, &[(0, delivered()), (1, delivered())])
+                .await
+                .unwrap();
+        }
+        assert!(q.stats().segments >= 2);
+        let moved = q.maintain().await.unwrap();
+        assert_eq!(moved, 1);
+        let st = q.stats();
+        assert_eq!(st.segments, 1, "{st:?}");
+        assert_eq!(st.compacted, 1);
+        let body = format!("1:{}", "b".repeat(3000));
+        assert_eq!(q.read_message(&keep).await.unwrap(), body.as_bytes());
+        // Later outcomes apply on top of the copy.
+        q.record_outcomes(
+            &keep,
+            &[(
+                1,
+                RecipientOutcome::Deferred {
+                    reply: "452 still".into(),
+                    next_attempt: 88_888,
+                },
+            )],
+        )
+        .await
+        .unwrap();
+        drop(q);
+        let (q, rep) = Queue::open(c).await.unwrap();
+        assert_eq!(rep.messages, 1);
+        let r = q.recipients(&keep).unwrap();
+        assert_eq!(r[0].state, RecipientState::Done);
+        assert_eq!((r[1].attempts, r[1].next_attempt), (2, 88_888));
+        assert_eq!(q.read_message(&keep).await.unwrap(), body.as_bytes());
+    });
+}
+
+#[test]
+fn big_message_spills_and_reads_back() {
+    on_both(|_, dir| async move {
+        let (q, _) = Queue::open(cfg(&dir)).await.unwrap();
+        let body: Vec<u8> = (0..11 * 1024 * 1024u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let mut w = q.begin();
+        for c in body.chunks(65536 + 3) {
+            w.write(c).await.unwrap();
+        }
+        let id = w.commit(env(2)).await.unwrap();
+        assert_eq!(q.stats().spilled, 1);
+        assert_eq!(files_in(&dir.join("big")).len(), 1);
+        assert!(q.read_message(&id).await.unwrap() == body);
+        drop(q);
+        let (q, rep) = Queue::open(cfg(&dir)).await.unwrap();
+        assert_eq!(rep.messages, 1);
+        assert_eq!(rep.orphan_spill_files, 0);
+        assert!(q.read_message(&id).await.unwrap() == body);
+        let listed = scan(&dir).unwrap();
+        assert!(listed[0].spilled && listed[0].size == body.len() as u64);
+        // Done -> the spill file goes.
+        q.record_outcomes(&id, &[(0, delivered()), (1, delivered())])
+            .await
+            .unwrap();
+        assert!(files_in(&dir.join("big")).is_empty());
+    });
+}
+
+#[test]
+fn abort_and_drop_leave_nothing() {
+    on_both(|_, dir| async move {
+        let (q, _) = Queue::open(cfg(&dir)).await.unwrap();
+        let mut w = q.begin();
+        w.write(&vec![b'z'; 1 << 20]).await.unwrap();
+        assert_eq!(files_in(&dir.join("big")).len(), 1);
+        w.abort().await;
+        assert!(files_in(&dir.join("big")).is_empty());
+        let mut w = q.begin();
+        w.write(&vec![b'z'; 1 << 20]).await.unwrap();
+        drop(w);
+        assert!(files_in(&dir.join("big")).is_empty());
+        // A small aborted message writes nothing to the log.
+        let before = q.stats().bytes_written;
+        let mut w = q.begin();
+        w.write(b"small").await.unwrap();
+        w.abort().await;
+        assert_eq!(q.stats().bytes_written, before);
+        // Empty recipient list is refused and leaves nothing either.
+        let mut w = q.begin();
+        w.write(&vec![b'z'; 1 << 20]).await.unwrap();
+        let mut e = env(1);
+        e.recipients.clear();
+        assert!(matches!(w.commit(e).await, Err(QueueError::NoRecipients)));
+        assert!(files_in(&dir.join("big")).is_empty());
+        drop(q);
+        let (_, rep) = Queue::open(cfg(&dir)).await.unwrap();
+        assert_eq!(rep.messages, 0);
+    });
+}
+
+#[test]
+fn orphan_spill_file_removed_at_open() {
+    on_both(|_, dir| async move {
+        let (q, _) = Queue::open(cfg(&dir)).await.unwrap();
+        drop(q);
+        std::fs::write(dir.join("big").join("00000000deadbeef"), b"left over").unwrap();
+        let (_, rep) = Queue::open(cfg(&dir)).await.unwrap();
+        assert_eq!(rep.orphan_spill_files, 1);
+        assert!(files_in(&dir.join("big")).is_empty());
+    });
+}
+
+#[test]
+fn concurrent_commits_share_syncs() {
+    on_both(|_, dir| async move {
+        let (q, _) = Queue::open(cfg(&dir)).await.unwrap();
+        let syncs_before = q.stats().syncs;
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let q = q.clone();
+            tasks.push(tokio::task::spawn_local(async move {
+                let body = format!("message {i}\r\n");
+                let id = put(&q, body.as_bytes(), 1).await;
+                (id, body)
+            }));
+        }
+        let mut done = Vec::new();
+        for t in tasks {
+            done.push(t.await.unwrap());
+        }
+        let st = q.stats();
+        assert_eq!(st.commits, 200);
+        let syncs = st.syncs - syncs_before;
+        assert!(syncs < 200, "syncs {syncs}");
+        eprintln!("200 concurrent commits used {syncs} syncs");
+        drop(q);
+        let (q, rep) = Queue::open(cfg(&dir)).await.unwrap();
+        assert_eq!(rep.messages, 200);
+        for (id, body) in done {
+            assert_eq!(q.read_message(&id).await.unwrap(), body.as_bytes());
+        }
+    });
+}
+
+#[test]
+fn subscribe_wakes_on_commit() {
+    on_both(|_, dir| async move {
+        let (q, _) = Queue::open(cfg(&dir)).await.unwrap();
+        let wake = q.subscribe();
+        let q2 = q.clone();
+        let waiter = tokio::task::spawn_local(async move {
+            wake.notified().await;
+            q2.due(u64::MAX, 10).len()
+        });
+        tokio::task::yield_now().await;
+        put(&q, b"x\r\n", 3).await;
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("scheduler woke")
+            .unwrap();
+        assert_eq!(n, 3);
+        let _ = Rc::strong_count(&q.subscribe());
+    });
+}
+
+#[test]
+fn segments_roll_and_ids_stay_valid() {
+    on_both(|_, dir| async move {
+        let mut c = cfg(&dir);
+        c.segment_size = 64 << 10;
+        let (q, _) = Queue::open(c.clone()).await.unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..300 {
+            let q = q.clone();
+            tasks.push(tokio::task::spawn_local(async move {
+                let body = format!("{i}{}", "r".repeat(1000));
+                (put(&q, body.as_bytes(), 1).await, body)
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.push(t.await.unwrap());
+        }
+        assert!(q.stats().segments >= 4);
+        drop(q);
+        let (q, rep) = Queue::open(c).await.unwrap();
+        assert_eq!(rep.messages, 300);
+        for (id, body) in all {
+            assert_eq!(q.read_message(&id).await.unwrap(), body.as_bytes());
+        }
+    });
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs, from Debian's packages, what the test suite needs when it is
+# missing: Postfix's smtp-sink/smtp-source (package postfix), swaks,
+# MariaDB's server binaries (the tests start private instances; the system
+# service is never started or used), Dovecot, and Python's aiosmtpd.
+# Never starts a system service and never touches port 25.
+set -euo pipefail
+
+need=()
+command -v swaks >/dev/null 2>&1 || need+=(swaks)
+{ [ -x /usr/sbin/smtp-sink ] && [ -x /usr/sbin/smtp-source ]; } || need+=(postfix)
+{ command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ]; } || need+=(mariadb-server)
+command -v mariadb-install-db >/dev/null 2>&1 || need+=(mariadb-server)
+[ -x /usr/sbin/dovecot ] || need+=(dovecot-imapd dovecot-pop3d)
+/usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || need+=(python3-aiosmtpd)
+
+if [ ${#need[@]} -eq 0 ]; then
+  echo "install-test-deps: everything present"
+  exit 0
+fi
+if [ "$(id -u)" != 0 ]; then
+  echo "install-test-deps: need root to install: ${need[*]}" >&2
+  exit 1
+fi
+echo "install-test-deps: installing ${need[*]}"
+# Keep package scripts from starting services (postfix on :25, mariadb on :3306).
+policy=/usr/sbin/policy-rc.d
+made_policy=0
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; made_policy=1
+fi
+trap '[ "$made_policy" = 1 ] && rm -f "$policy"' EXIT
+echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+echo "install-test-deps: done"
