@@ -181,6 +181,9 @@ pub struct SmtpSettings {
     pub relay_everyone: bool,
     /// Access rules by client IP.
     pub rules: TcpRules,
+    /// `CHECKRECIPIENT`: refuse unknown or inactive users of virtual
+    /// domains at RCPT (default on; `CHECKRECIPIENT=0` turns it off).
+    pub check_recipient: bool,
 }
 
 /// Configuration of `indimail serve`.
@@ -329,6 +332,7 @@ impl ServeConfig {
                 max_connections,
                 relay_everyone: std::env::var_os("RELAYCLIENT").is_some(),
                 rules,
+                check_recipient: std::env::var("CHECKRECIPIENT").map_or(true, |v| v.trim() != "0"),
             },
             paths,
             smtp_listeners,

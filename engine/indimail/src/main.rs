@@ -6,6 +6,7 @@
 
 mod config;
 mod control;
+mod deliver;
 mod inject;
 mod log;
 mod metrics;
@@ -58,6 +59,9 @@ enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
+    /// Users, domains, aliases and cluster placement (vadddomain, vadduser, ...).
+    #[command(flatten)]
+    Directory(lookup::cli::DirectoryCommand),
     /// sendmail-compatible injection (-t, -f, -i, recipients).
     #[command(disable_help_flag = true)]
     Sendmail {
@@ -105,7 +109,16 @@ fn main() -> ExitCode {
             let args: Vec<String> = std::env::args().skip(1).collect();
             return exit(sendmail::main(&paths, &args));
         }
-        _ => {}
+        "indimail" | "" => {}
+        other => {
+            // vadddomain, vadduser, vuserinfo, ... (IndiMail's admin tools).
+            let paths = Paths::resolve(None);
+            let args: Vec<String> = std::env::args().skip(1).collect();
+            let mut out = std::io::stdout().lock();
+            if let Some(code) = lookup::cli::run_as_program(other, &args, &paths.home, &mut out) {
+                return exit(code);
+            }
+        }
     }
 
     let cli = Cli::parse();
@@ -129,6 +142,17 @@ fn main() -> ExitCode {
             },
         },
         Command::Sendmail { args } => exit(sendmail::main(&paths, &args)),
+        Command::Directory(cmd) => {
+            let mut out = std::io::stdout().lock();
+            match lookup::cli::run(cmd, &paths.home, &mut out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(lookup::cli::CliError::Exit(c)) => exit(c),
+                Err(e) => {
+                    eprintln!("indimail: {e}");
+                    exit(e.exit_code())
+                }
+            }
+        }
     }
 }
 

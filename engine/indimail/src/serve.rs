@@ -25,6 +25,13 @@ struct Shared {
     /// SO_REUSEPORT.
     first_listeners: Mutex<Option<Vec<std::net::TcpListener>>>,
     ready: Mutex<mpsc::Sender<Result<String, String>>>,
+    /// The home directory (directory store, mailboxes).
+    home: std::path::PathBuf,
+    /// The control directory.
+    control: crate::control::ControlDir,
+    /// `INDIMAIL_NO_DELIVERY`: accept and queue only (benchmarks of the
+    /// accept path).
+    no_delivery: bool,
 }
 
 /// Runs the server until SIGTERM or SIGINT.
@@ -92,6 +99,10 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
         smtp_addrs: addrs.clone(),
         first_listeners: Mutex::new(Some(first)),
         ready: Mutex::new(ready_tx),
+        home: config.paths.home.clone(),
+        control: config.paths.control.clone(),
+        no_delivery: std::env::var_os("INDIMAIL_NO_DELIVERY")
+            .is_some_and(|v| !v.is_empty() && v != "0"),
     });
     let shutdown = Shutdown::new();
     let handles = shard::start(&placement, driver, shutdown.clone(), {
@@ -149,7 +160,7 @@ async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<MetricsSnaps
         .map(|t| t.clone())
         .map_err(|e| e.to_string())?;
     let started = start_shard(&info, &shared).await;
-    let (smtp_shard, listeners) = match started {
+    let (smtp_shard, listeners, delivery) = match started {
         Ok(x) => x,
         Err(e) => {
             let _ = ready.send(Err(format!("shard{}: {e}", info.index)));
@@ -191,6 +202,9 @@ async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<MetricsSnaps
             }
         });
     }
+    if let Some(d) = delivery {
+        tokio::task::spawn_local(d.run(info.shutdown.clone()));
+    }
     info.shutdown.wait().await;
     // Give sessions in flight a moment to finish their transaction; what
     // has not been answered 250 by then is not accepted (nothing is lost).
@@ -203,10 +217,36 @@ async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<MetricsSnaps
 
 use std::rc::Rc;
 
-async fn start_shard(
-    info: &ShardInfo,
-    shared: &Shared,
-) -> Result<(Rc<SmtpShard>, Vec<shard::io::TcpListener>), String> {
+type Started = (
+    Rc<SmtpShard>,
+    Vec<shard::io::TcpListener>,
+    Option<Rc<crate::deliver::DeliveryShard>>,
+);
+
+fn build_remote(shared: &Shared) -> Result<delivery::remote::Remote, String> {
+    let mut cfg =
+        delivery::remote::RemoteConfig::new(&shared.settings.me).map_err(|e| e.to_string())?;
+    let routes = shared.control.file("smtproutes");
+    if routes.exists() {
+        cfg.routes = delivery::routes::SmtpRoutes::load(&routes).map_err(|errs| {
+            errs.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+    }
+    let dns = match std::env::var("INDIMAIL_DNS") {
+        Ok(ns) => delivery::dns::DnsConfig::Nameserver(
+            ns.parse()
+                .map_err(|_| format!("INDIMAIL_DNS: `{ns}` is not ADDRESS:PORT"))?,
+        ),
+        Err(_) => delivery::dns::DnsConfig::System,
+    };
+    let resolver = delivery::dns::Resolver::new(&dns).map_err(|e| e.to_string())?;
+    Ok(delivery::remote::Remote::new(cfg, resolver))
+}
+
+async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, String> {
     let (queues, reports) = ShardQueues::open(&shared.assignment[info.index]).await?;
     for (spec, r) in reports {
         log!(
@@ -248,13 +288,43 @@ async fn start_shard(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
     let settings = Rc::new((*shared.settings).clone());
+    let directory = match lookup::Directory::open_home(&shared.home).await {
+        Ok(d) => Some(Rc::new(d)),
+        Err(e) => {
+            // Mail is still accepted; recipient checks answer 451 and local
+            // deliveries are deferred until the directory is back.
+            log!(
+                "shard{} warning: user directory unavailable: {e}",
+                info.index
+            );
+            None
+        }
+    };
+    let queues = Rc::new(queues);
     let smtp_shard = Rc::new(SmtpShard::new(
         settings,
-        Rc::new(queues),
+        Rc::clone(&queues),
         Rc::new(ShardMetrics::default()),
         info.index,
+        directory.clone(),
     ));
-    Ok((smtp_shard, listeners))
+    let delivery = if shared.no_delivery {
+        None
+    } else {
+        let specs = shared.assignment[info.index].clone();
+        let settings =
+            crate::deliver::DeliverySettings::load(&shared.control, &shared.settings.me, &specs)?;
+        let remote = build_remote(&shared)?;
+        Some(Rc::new(crate::deliver::DeliveryShard::new(
+            info.index,
+            queues,
+            specs,
+            directory,
+            Rc::new(settings),
+            remote,
+        )))
+    };
+    Ok((smtp_shard, listeners, delivery))
 }
 
 /// Blocks SIGTERM/SIGINT/SIGHUP in this thread (and so in every thread

@@ -39,6 +39,8 @@ pub struct SmtpShard {
     pub index: usize,
     connections: Cell<u32>,
     per_ip: RefCell<HashMap<IpAddr, u32>>,
+    /// The user directory, for CHECKRECIPIENT.
+    directory: Option<Rc<lookup::Directory>>,
 }
 
 impl SmtpShard {
@@ -48,6 +50,7 @@ impl SmtpShard {
         queues: Rc<ShardQueues>,
         metrics: Rc<ShardMetrics>,
         index: usize,
+        directory: Option<Rc<lookup::Directory>>,
     ) -> SmtpShard {
         let proto = Rc::new(session_config(&settings));
         SmtpShard {
@@ -58,6 +61,7 @@ impl SmtpShard {
             index,
             connections: Cell::new(0),
             per_ip: RefCell::new(HashMap::new()),
+            directory,
         }
     }
 }
@@ -196,16 +200,23 @@ async fn connection(
         .connections
         .set(shard.metrics.connections.get() + 1);
     let relay = shard.settings.relay_everyone || rule.var("RELAYCLIENT").is_some();
+    let check_rcpt = match rule.var("CHECKRECIPIENT") {
+        Some(v) => v != "0" && !v.is_empty(),
+        None => shard.settings.check_recipient,
+    };
     let mut conn = Connection {
         shard: Rc::clone(&shard),
         stream,
         peer,
         local,
         relay,
+        check_rcpt,
         session: Session::new(Rc::clone(&shard.proto)),
         spool: None,
         spool_failed: None,
         message_bytes: 0,
+        pending_cr: false,
+        scratch: Vec::new(),
     };
     log!(
         "shard{} smtp connect ip={ip} port={} relay={}",
@@ -229,12 +240,17 @@ struct Connection {
     #[allow(dead_code)]
     local: Option<SocketAddr>,
     relay: bool,
+    /// CHECKRECIPIENT in force for this connection.
+    check_rcpt: bool,
     session: Session,
     spool: Option<queue_store::MessageWriter>,
     /// Set when writing the spool failed mid-message: the commit then
     /// answers 452 instead of 250.
     spool_failed: Option<String>,
     message_bytes: u64,
+    /// CRLF → LF conversion state and scratch buffer (see [`to_queue_form`]).
+    pending_cr: bool,
+    scratch: Vec<u8>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -324,8 +340,11 @@ impl Connection {
     async fn handle(&mut self, ev: OwnedEvent) {
         match ev {
             OwnedEvent::Mail => self.session.decide(Decision::Accept),
-            OwnedEvent::Rcpt { domain } => {
-                let d = self.rcpt_decision(domain.as_deref());
+            OwnedEvent::Rcpt { domain, address } => {
+                let mut d = self.rcpt_decision(domain.as_deref());
+                if let (Decision::Accept, Some(addr)) = (&d, address) {
+                    d = self.check_recipient(&addr).await;
+                }
                 self.session.decide(d);
             }
             OwnedEvent::DataStart => self.begin_message().await,
@@ -359,12 +378,49 @@ impl Connection {
         }
     }
 
+    /// CHECKRECIPIENT (spec 2.5 step 9): a recipient in a virtual domain
+    /// must exist and be active. On by default; `CHECKRECIPIENT=0` (server
+    /// environment or tcp.smtp rule) turns it off. A directory that cannot
+    /// answer gives 451, never a permanent refusal.
+    async fn check_recipient(&self, addr: &str) -> Decision {
+        if !self.check_rcpt {
+            return Decision::Accept;
+        }
+        let Some(dir) = &self.shard.directory else {
+            return Decision::Accept;
+        };
+        let reply = match dir.user_status(&addr.to_ascii_lowercase()).await {
+            Ok(status) => status.smtp_reply(),
+            Err(e) => {
+                log!(
+                    "shard{} rcpt check failed addr=<{addr}> reason={e}",
+                    self.shard.index
+                );
+                Some(lookup::SmtpReply::TEMPFAIL)
+            }
+        };
+        match reply {
+            None => Decision::Accept,
+            Some(r) => {
+                let e = parse_enhanced(r.enhanced);
+                log!(
+                    "shard{} rcpt refused addr=<{addr}> reply={} {}",
+                    self.shard.index,
+                    r.code,
+                    r.enhanced
+                );
+                Decision::Reject(Reply::new(r.code, e, r.text))
+            }
+        }
+    }
+
     async fn begin_message(&mut self) {
         if let Some(w) = self.spool.take() {
             w.abort().await;
         }
         self.spool_failed = None;
         self.message_bytes = 0;
+        self.pending_cr = false;
         let mut w = self.shard.queues.begin();
         let received = self.received_header();
         if let Err(e) = w.write(received.as_bytes()).await {
@@ -379,7 +435,9 @@ impl Connection {
             return;
         }
         if let Some(w) = self.spool.as_mut() {
-            if let Err(e) = w.write(chunk).await {
+            self.scratch.clear();
+            to_queue_form(chunk, &mut self.pending_cr, &mut self.scratch);
+            if let Err(e) = w.write(&self.scratch).await {
                 self.spool_failed = Some(e.to_string());
             }
         }
@@ -390,11 +448,11 @@ impl Connection {
         let helo = env.helo.as_deref().unwrap_or("unknown");
         let ip = self.peer.ip();
         let for_clause = match env.recipients.as_slice() {
-            [one] => format!("\r\n\tfor <{}>", one.path),
+            [one] => format!("\n\tfor <{}>", one.path),
             _ => String::new(),
         };
         format!(
-            "Received: from {helo} ([{ip}]) by {} (indimail-rs) with {}{for_clause};\r\n\t{}\r\n",
+            "Received: from {helo} ([{ip}]) by {} (indimail-rs) with {}{for_clause};\n\t{}\n",
             self.shard.settings.me,
             self.session.protocol(),
             log::rfc5322_date(SystemTime::now())
@@ -402,11 +460,17 @@ impl Connection {
     }
 
     async fn commit(&mut self) {
-        let Some(w) = self.spool.take() else {
+        let Some(mut w) = self.spool.take() else {
             let r = Reply::new(451, Some((4, 3, 0)), "internal error: no spool for message");
             self.session.message_committed(Err(r));
             return;
         };
+        // A CR at the very end of the data was not followed by LF.
+        if std::mem::take(&mut self.pending_cr) && self.spool_failed.is_none() {
+            if let Err(e) = w.write(b"\r").await {
+                self.spool_failed = Some(e.to_string());
+            }
+        }
         if let Some(reason) = self.spool_failed.take() {
             w.abort().await;
             log!(
@@ -455,6 +519,38 @@ impl Connection {
     }
 }
 
+/// Converts message bytes from SMTP form (CRLF line ends) to queue form
+/// (LF, as qmail stores messages and Maildir readers expect). A CR is
+/// dropped only when an LF follows it, also across chunk boundaries
+/// (`pending_cr`); any other CR (possible in BDAT data) is kept.
+pub fn to_queue_form(chunk: &[u8], pending_cr: &mut bool, out: &mut Vec<u8>) {
+    out.reserve(chunk.len() + 1);
+    let mut rest = chunk;
+    if std::mem::take(pending_cr) && rest.first() != Some(&b'\n') {
+        out.push(b'\r');
+    }
+    while let Some(p) = rest.iter().position(|&b| b == b'\r') {
+        out.extend_from_slice(&rest[..p]);
+        match rest.get(p + 1) {
+            Some(b'\n') => {}
+            Some(_) => out.push(b'\r'),
+            None => *pending_cr = true,
+        }
+        rest = &rest[p + 1..];
+    }
+    out.extend_from_slice(rest);
+}
+
+/// `"5.1.1"` → `(5, 1, 1)`.
+fn parse_enhanced(s: &str) -> Option<(u8, u16, u16)> {
+    let mut it = s.split('.');
+    Some((
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+    ))
+}
+
 fn queue_full_reply() -> Reply {
     Reply::new(
         452,
@@ -467,7 +563,10 @@ fn queue_full_reply() -> Reply {
 /// released (events borrow the input).
 enum OwnedEvent {
     Mail,
-    Rcpt { domain: Option<String> },
+    Rcpt {
+        domain: Option<String>,
+        address: Option<String>,
+    },
     DataStart,
     MessageEnd,
     MessageAborted,
@@ -477,10 +576,14 @@ impl From<Event<'_>> for OwnedEvent {
     fn from(e: Event<'_>) -> OwnedEvent {
         match e {
             Event::Mail { .. } => OwnedEvent::Mail,
-            Event::Rcpt { to, .. } => OwnedEvent::Rcpt {
-                domain: match &to {
-                    smtp_proto::ForwardPath::Postmaster => None,
-                    smtp_proto::ForwardPath::Mailbox(m) => Some(m.domain.to_string()),
+            Event::Rcpt { to, .. } => match &to {
+                smtp_proto::ForwardPath::Postmaster => OwnedEvent::Rcpt {
+                    domain: None,
+                    address: None,
+                },
+                smtp_proto::ForwardPath::Mailbox(m) => OwnedEvent::Rcpt {
+                    domain: Some(m.domain.to_string()),
+                    address: Some(m.to_string()),
                 },
             },
             Event::DataStart => OwnedEvent::DataStart,
@@ -489,6 +592,24 @@ impl From<Event<'_>> for OwnedEvent {
             Event::NeedMore | Event::Close | Event::Data(_) => {
                 unreachable!("handled by the caller")
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::to_queue_form;
+
+    #[test]
+    fn crlf_to_lf_across_every_split() {
+        let input = b"a\r\nb\rc\r\n\r\nend\r";
+        let want = b"a\nb\rc\n\nend";
+        for split in 0..=input.len() {
+            let (mut cr, mut out) = (false, Vec::new());
+            to_queue_form(&input[..split], &mut cr, &mut out);
+            to_queue_form(&input[split..], &mut cr, &mut out);
+            assert!(cr, "trailing CR pending at split {split}");
+            assert_eq!(out, want, "split {split}");
         }
     }
 }

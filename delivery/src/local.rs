@@ -1,0 +1,596 @@
+//! Local delivery: what qmail-local and vdelivermail do for one recipient.
+//!
+//! The caller (the engine, after asking the user directory) hands over a
+//! [`LocalTarget`]: the user's home, Maildir, quota and delivery
+//! instructions (dot-qmail or valias lines). This module writes Maildirs
+//! and mboxes, runs `|program` lines, checks loops and quota, and returns
+//! forwards for the engine to re-inject. It does not look users up, does
+//! not switch uid (the engine runs as the mail owner, as IndiMail's virtual
+//! domains do), and does not inject mail itself.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::maildir::{self, Quota, QuotaCheck, QuotaPolicy};
+use crate::program::{self, ProgramSpec};
+use crate::Outcome;
+
+/// Settings of local delivery, from control files and environment.
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    /// Host name used in Maildir file names (control `me`).
+    pub hostname: String,
+    /// Quota policy (overquota grace, `holdoverquota`, maildirsize recalculation).
+    pub quota: QuotaPolicy,
+    /// `maxdeliveredto`: a message already carrying our `Delivered-To` line
+    /// more than this many times is a loop. Default 0; negative disables.
+    pub maxdeliveredto: i32,
+    /// `QMAILLOCAL`: run this program instead of delivering here.
+    pub qmaillocal: Option<PathBuf>,
+    /// Control `defaultdelivery`, passed to `QMAILLOCAL` (default `./Maildir/`).
+    pub defaultdelivery: String,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        LocalConfig {
+            hostname: "localhost".into(),
+            quota: QuotaPolicy::default(),
+            maxdeliveredto: 0,
+            qmaillocal: None,
+            defaultdelivery: "./Maildir/".into(),
+        }
+    }
+}
+
+/// Where and how one recipient's mail is delivered, as resolved by the
+/// user directory (`users/assign` or the virtual user table).
+#[derive(Debug, Clone, Default)]
+pub struct LocalTarget {
+    /// `USER`: the user (for virtual users, `user@domain` or the domain).
+    pub user: String,
+    /// `HOME`: pw_dir; `./` paths and programs are relative to it.
+    pub home: PathBuf,
+    /// The user's Maildir (usually `home/Maildir`); used when there are no
+    /// instructions, and the one the quota applies to.
+    pub maildir: PathBuf,
+    /// Quota of `maildir`; `None` = NOQUOTA.
+    pub quota: Option<Quota>,
+    /// Dot-qmail / valias lines. Empty = deliver to `maildir`.
+    pub instructions: Vec<String>,
+    /// The assign `dash` field (`-` or empty).
+    pub dash: String,
+    /// `EXT`: the address extension.
+    pub ext: String,
+}
+
+/// Addresses to forward to after a successful local delivery. The engine
+/// injects a new message with the original envelope sender, to these
+/// recipients, with `dtline` prepended (so the next hop sees the loop).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// Recipients (`&addr` and bare address lines).
+    pub recipients: Vec<String>,
+    /// `Delivered-To: <recipient>\n`.
+    pub dtline: String,
+}
+
+impl Forward {
+    /// The message to inject: `dtline` + the original.
+    pub fn message(&self, original: &[u8]) -> Vec<u8> {
+        let mut m = Vec::with_capacity(self.dtline.len() + original.len());
+        m.extend_from_slice(self.dtline.as_bytes());
+        m.extend_from_slice(original);
+        m
+    }
+}
+
+/// Result of one local delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReport {
+    /// The recipient's outcome.
+    pub outcome: Outcome,
+    /// Forwards to inject; only present when `outcome` is Delivered.
+    pub forward: Option<Forward>,
+}
+
+impl LocalReport {
+    fn fail(outcome: Outcome) -> LocalReport {
+        LocalReport {
+            outcome,
+            forward: None,
+        }
+    }
+}
+
+/// One parsed dot-qmail line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Instruction {
+    /// `|command`: run with `/bin/sh -c`.
+    Program(String),
+    /// `/path/` or `./path/`: a Maildir.
+    Maildir(PathBuf),
+    /// `/path` or `./path`: an mbox file.
+    Mbox(PathBuf),
+    /// `&address` or a bare address.
+    Forward(String),
+}
+
+/// Parses one dot-qmail line relative to `home`; comments and blank lines
+/// give `None`. Follows qmail-local: the first character decides.
+pub fn parse_instruction(line: &str, home: &Path) -> Option<Instruction> {
+    let line = line.trim_end_matches(['\r', '\n']);
+    let first = line.chars().next()?;
+    match first {
+        '#' => None,
+        '|' => Some(Instruction::Program(line[1..].to_string())),
+        '.' | '/' => {
+            let path = if let Some(rest) = line.strip_prefix("./") {
+                home.join(rest)
+            } else if first == '.' {
+                home.join(line)
+            } else {
+                PathBuf::from(line)
+            };
+            if line.ends_with('/') {
+                Some(Instruction::Maildir(path))
+            } else {
+                Some(Instruction::Mbox(path))
+            }
+        }
+        '&' => {
+            let a = line[1..].trim();
+            (!a.is_empty()).then(|| Instruction::Forward(a.to_string()))
+        }
+        _ => {
+            let a = line.trim();
+            (!a.is_empty()).then(|| Instruction::Forward(a.to_string()))
+        }
+    }
+}
+
+/// Envelope of one local delivery.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalEnvelope<'a> {
+    /// Envelope sender (empty for bounces).
+    pub sender: &'a str,
+    /// The recipient (`local@domain`) as written in `Delivered-To`.
+    pub recipient: &'a str,
+}
+
+/// Counts `Delivered-To:` header lines equal to `recipient` (case-insensitive),
+/// looking only at the header block.
+pub fn delivered_to_count(message: &[u8], recipient: &str) -> usize {
+    let mut n = 0;
+    for line in message.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        if line.len() > 13 && line[..13].eq_ignore_ascii_case(b"delivered-to:") {
+            let v = String::from_utf8_lossy(&line[13..]);
+            if v.trim().eq_ignore_ascii_case(recipient.trim()) {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+fn clean(s: &str) -> String {
+    // A newline in an envelope address would forge header lines.
+    s.replace(['\n', '\r'], "_")
+}
+
+/// `Return-Path: <sender>\n`.
+pub fn rpline(sender: &str) -> String {
+    format!("Return-Path: <{}>\n", clean(sender))
+}
+
+/// `Delivered-To: recipient\n`.
+pub fn dtline(recipient: &str) -> String {
+    format!("Delivered-To: {}\n", clean(recipient))
+}
+
+/// mbox `From ` line: `From sender date\n` (`MAILER-DAEMON` for the null sender).
+pub fn ufline(sender: &str) -> String {
+    let s = if sender.is_empty() {
+        "MAILER-DAEMON".to_string()
+    } else {
+        clean(sender).replace(' ', "-")
+    };
+    format!("From {} {}\n", s, ctime_now())
+}
+
+fn ctime_now() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    crate::bounce::ctime_utc(t)
+}
+
+/// Delivers `message` (qmail queue form, LF line ends) to one local recipient.
+pub async fn deliver(
+    cfg: &LocalConfig,
+    target: &LocalTarget,
+    env: LocalEnvelope<'_>,
+    message: &[u8],
+) -> LocalReport {
+    if cfg.maxdeliveredto >= 0
+        && delivered_to_count(message, env.recipient) > cfg.maxdeliveredto as usize
+    {
+        return LocalReport::fail(Outcome::Permanent(
+            "This message is looping: it already has my Delivered-To line. (#5.4.6)".into(),
+        ));
+    }
+    if let Some(prog) = &cfg.qmaillocal {
+        return LocalReport::fail(run_qmaillocal(cfg, prog, target, env, message).await);
+    }
+    let instructions: Vec<Instruction> = if target.instructions.is_empty() {
+        vec![Instruction::Maildir(target.maildir.clone())]
+    } else {
+        target
+            .instructions
+            .iter()
+            .filter_map(|l| parse_instruction(l, &target.home))
+            .collect()
+    };
+    if instructions.is_empty() {
+        // qmail-local: a .qmail with only comments delivers nowhere, which
+        // is almost always a mistake; treat it as the default delivery.
+        return Box::pin(deliver(
+            cfg,
+            &LocalTarget {
+                instructions: Vec::new(),
+                ..target.clone()
+            },
+            env,
+            message,
+        ))
+        .await;
+    }
+    let rp = rpline(env.sender);
+    let dt = dtline(env.recipient);
+    let shared = Arc::new(message.to_vec());
+    let mut forwards = Vec::new();
+    let mut done = Vec::new();
+    for ins in instructions {
+        let r = match ins {
+            Instruction::Forward(a) => {
+                forwards.push(a);
+                continue;
+            }
+            Instruction::Maildir(dir) => {
+                let quota = if dir == target.maildir {
+                    target.quota
+                } else {
+                    None
+                };
+                deliver_maildir(cfg, &dir, quota, &rp, &dt, message).await
+            }
+            Instruction::Mbox(path) => deliver_mbox(&path, env.sender, &rp, &dt, message).await,
+            Instruction::Program(cmd) => {
+                match run_line_program(&cmd, target, env, &rp, &dt, Arc::clone(&shared)).await {
+                    Step::Stop(text) => {
+                        done.push(text);
+                        break;
+                    }
+                    other => other,
+                }
+            }
+        };
+        match r {
+            Step::Ok(text) => done.push(text),
+            Step::Stop(_) => unreachable!("handled above"),
+            Step::Fail(o) => return LocalReport::fail(o),
+        }
+    }
+    let forward = (!forwards.is_empty()).then(|| {
+        done.push(format!("forwarded to {}", forwards.join(", ")));
+        Forward {
+            recipients: forwards,
+            dtline: dt.clone(),
+        }
+    });
+    LocalReport {
+        outcome: Outcome::Delivered(done.join("; ")),
+        forward,
+    }
+}
+
+enum Step {
+    Ok(String),
+    Stop(String),
+    Fail(Outcome),
+}
+
+async fn deliver_maildir(
+    cfg: &LocalConfig,
+    dir: &Path,
+    quota: Option<Quota>,
+    rp: &str,
+    dt: &str,
+    message: &[u8],
+) -> Step {
+    let mut data = Vec::with_capacity(rp.len() + dt.len() + message.len());
+    data.extend_from_slice(rp.as_bytes());
+    data.extend_from_slice(dt.as_bytes());
+    data.extend_from_slice(message);
+    let size = data.len() as u64;
+    if let Some(q) = quota {
+        match maildir::check(dir, q, size, &cfg.quota) {
+            Ok(QuotaCheck::Ok) => {}
+            Ok(QuotaCheck::OverBounce(why)) => return Step::Fail(Outcome::Permanent(why)),
+            Ok(QuotaCheck::OverHold(why)) => return Step::Fail(Outcome::Temporary(why)),
+            Err(e) => {
+                return Step::Fail(Outcome::Temporary(format!(
+                    "unable to read quota of {}: {e} (#4.3.0)",
+                    dir.display()
+                )))
+            }
+        }
+    }
+    match maildir::write(dir, &cfg.hostname, data).await {
+        Ok(path) => {
+            if quota.is_some() {
+                // The message is safely delivered; a failed size update only
+                // makes the next check recalculate, so it is not an error.
+                let _ = maildir::append(dir, size as i64, 1);
+            }
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Step::Ok(format!("delivered to {}/new/{name}", dir.display()))
+        }
+        Err(e) => Step::Fail(Outcome::Temporary(e.to_string())),
+    }
+}
+
+async fn deliver_mbox(path: &Path, sender: &str, rp: &str, dt: &str, message: &[u8]) -> Step {
+    let mut data = Vec::with_capacity(message.len() + 256);
+    data.extend_from_slice(ufline(sender).as_bytes());
+    data.extend_from_slice(rp.as_bytes());
+    data.extend_from_slice(dt.as_bytes());
+    // mboxrd quoting: any line matching ^>*From gets one more '>'.
+    for line in message.split_inclusive(|&b| b == b'\n') {
+        let stripped = line.iter().position(|&b| b != b'>').map(|i| &line[i..]);
+        if stripped.is_some_and(|s| s.starts_with(b"From ")) {
+            data.push(b'>');
+        }
+        data.extend_from_slice(line);
+    }
+    if !data.ends_with(b"\n") {
+        data.push(b'\n');
+    }
+    data.push(b'\n');
+    let path = path.to_path_buf();
+    let r = tokio::task::spawn_blocking(move || mbox_append(&path, &data)).await;
+    match r {
+        Ok(Ok(p)) => Step::Ok(format!("delivered to mbox {p}")),
+        Ok(Err(e)) => Step::Fail(Outcome::Temporary(format!("{e} (#4.2.1)"))),
+        Err(e) => Step::Fail(Outcome::Temporary(format!("mbox writer failed: {e}"))),
+    }
+}
+
+fn mbox_append(path: &Path, data: &[u8]) -> Result<String, String> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| format!("unable to open {}: {e}", path.display()))?;
+    maildir::lock_write(&f).map_err(|e| format!("unable to lock {}: {e}", path.display()))?;
+    let end = f
+        .metadata()
+        .map_err(|e| format!("unable to stat {}: {e}", path.display()))?
+        .len();
+    let r = f.write_all_at(data, end).and_then(|_| f.sync_data());
+    if let Err(e) = r {
+        // Leave the mbox as it was: a half message would corrupt the next one.
+        let _ = f.set_len(end);
+        return Err(format!("unable to write {}: {e}", path.display()));
+    }
+    Ok(path.display().to_string())
+}
+
+fn split_addr(addr: &str) -> (&str, &str) {
+    match addr.rfind('@') {
+        Some(i) => (&addr[..i], &addr[i + 1..]),
+        None => (addr, ""),
+    }
+}
+
+/// qmail-local's environment for programs.
+fn program_env(
+    target: &LocalTarget,
+    env: LocalEnvelope<'_>,
+    rp: &str,
+    dt: &str,
+) -> Vec<(String, String)> {
+    let (local, host) = split_addr(env.recipient);
+    let mut v = vec![
+        ("SENDER".into(), env.sender.to_string()),
+        ("RECIPIENT".into(), env.recipient.to_string()),
+        ("LOCAL".into(), local.to_string()),
+        ("HOST".into(), host.to_string()),
+        ("EXT".into(), target.ext.clone()),
+        ("DTLINE".into(), dt.to_string()),
+        ("RPLINE".into(), rp.to_string()),
+        ("UFLINE".into(), ufline(env.sender)),
+        ("USER".into(), target.user.clone()),
+        ("HOME".into(), target.home.display().to_string()),
+    ];
+    // EXT2..EXT4 drop the first 1..3 dash-separated parts; HOST2..HOST4 drop
+    // the last 1..3 dot-separated parts (qmail-command(8)).
+    let mut ext = target.ext.as_str();
+    for i in 2..=4 {
+        ext = ext.split_once('-').map(|(_, r)| r).unwrap_or("");
+        v.push((format!("EXT{i}"), ext.to_string()));
+    }
+    let mut h = host;
+    for i in 2..=4 {
+        h = h.rsplit_once('.').map(|(l, _)| l).unwrap_or("");
+        v.push((format!("HOST{i}"), h.to_string()));
+    }
+    v
+}
+
+async fn run_line_program(
+    cmd: &str,
+    target: &LocalTarget,
+    env: LocalEnvelope<'_>,
+    rp: &str,
+    dt: &str,
+    message: Arc<Vec<u8>>,
+) -> Step {
+    let spec = ProgramSpec {
+        program: "/bin/sh".into(),
+        args: vec!["-c".into(), cmd.to_string()],
+        cwd: Some(target.home.clone()),
+        env: program_env(target, env, rp, dt),
+    };
+    let exit = match program::run(spec, message).await {
+        Ok(x) => x,
+        Err(e) => {
+            return Step::Fail(Outcome::Temporary(format!(
+                "Unable to run program: {e} (#4.3.0)"
+            )))
+        }
+    };
+    let text = program::output_text(&exit.output);
+    match exit.code {
+        Some(0) => Step::Ok(text),
+        Some(99) => Step::Stop(text),
+        // qmail-local treats sysexits' "bad data/config" codes as permanent.
+        Some(64 | 65 | 70 | 76 | 77 | 78 | 100 | 112) => {
+            Step::Fail(Outcome::Permanent(if text.is_empty() {
+                format!("program exited {}", exit.code.unwrap_or(100))
+            } else {
+                text
+            }))
+        }
+        Some(c) => Step::Fail(Outcome::Temporary(if text.is_empty() {
+            format!("program exited {c}")
+        } else {
+            text
+        })),
+        None => Step::Fail(Outcome::Temporary(format!(
+            "Program crashed (signal {}). (#4.3.0)",
+            exit.signal.unwrap_or(0)
+        ))),
+    }
+}
+
+async fn run_qmaillocal(
+    cfg: &LocalConfig,
+    prog: &Path,
+    target: &LocalTarget,
+    env: LocalEnvelope<'_>,
+    message: &[u8],
+) -> Outcome {
+    let (local, domain) = split_addr(env.recipient);
+    let spec = ProgramSpec {
+        program: prog.to_path_buf(),
+        args: vec![
+            "--".into(),
+            target.user.clone(),
+            target.home.display().to_string(),
+            local.to_string(),
+            target.dash.clone(),
+            target.ext.clone(),
+            domain.to_string(),
+            env.sender.to_string(),
+            cfg.defaultdelivery.clone(),
+            String::new(),
+        ],
+        cwd: Some(target.home.clone()),
+        env: Vec::new(),
+    };
+    match program::run(spec, Arc::new(message.to_vec())).await {
+        Err(e) => Outcome::Temporary(format!("Unable to run {}: {e} (#4.3.0)", prog.display())),
+        Ok(x) => {
+            let text = program::output_text(&x.output);
+            match x.code {
+                Some(0) => Outcome::Delivered(text),
+                Some(111) => Outcome::Temporary(text),
+                None => Outcome::Temporary(format!(
+                    "{} crashed (signal {}). (#4.3.0)",
+                    prog.display(),
+                    x.signal.unwrap_or(0)
+                )),
+                Some(_) => Outcome::Permanent(text),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instructions() {
+        let h = Path::new("/home/u");
+        assert_eq!(parse_instruction("# c", h), None);
+        assert_eq!(parse_instruction("", h), None);
+        assert_eq!(
+            parse_instruction("./Maildir/", h),
+            Some(Instruction::Maildir("/home/u/Maildir/".into()))
+        );
+        assert_eq!(
+            parse_instruction("/var/mail/u", h),
+            Some(Instruction::Mbox("/var/mail/u".into()))
+        );
+        assert_eq!(
+            parse_instruction("&a@b.c", h),
+            Some(Instruction::Forward("a@b.c".into()))
+        );
+        assert_eq!(
+            parse_instruction("a@b.c", h),
+            Some(Instruction::Forward("a@b.c".into()))
+        );
+        assert_eq!(
+            parse_instruction("| /bin/prog x", h),
+            Some(Instruction::Program(" /bin/prog x".into()))
+        );
+    }
+
+    #[test]
+    fn loop_count_header_only() {
+        let m = b"Delivered-To: a@b\nDelivered-To: A@B \nX: y\n\nDelivered-To: a@b\n";
+        assert_eq!(delivered_to_count(m, "a@b"), 2);
+        assert_eq!(delivered_to_count(m, "c@b"), 0);
+    }
+
+    #[test]
+    fn env_extensions() {
+        let t = LocalTarget {
+            ext: "a-b-c".into(),
+            ..Default::default()
+        };
+        let e = program_env(
+            &t,
+            LocalEnvelope {
+                sender: "s@x",
+                recipient: "u-a-b-c@mail.example.com",
+            },
+            "rp",
+            "dt",
+        );
+        let get = |k: &str| {
+            e.iter()
+                .find(|(a, _)| a == k)
+                .map(|(_, b)| b.clone())
+                .unwrap()
+        };
+        assert_eq!(get("EXT2"), "b-c");
+        assert_eq!(get("EXT4"), "");
+        assert_eq!(get("HOST2"), "mail.example");
+        assert_eq!(get("HOST3"), "mail");
+        assert_eq!(get("LOCAL"), "u-a-b-c");
+    }
+}

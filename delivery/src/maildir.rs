@@ -1,0 +1,431 @@
+//! Maildir writes (qmail's `maildir_deliver`) and Maildir++ quota
+//! (`maildirsize`, spec 4.7).
+//!
+//! A message is Delivered only after: the file in `tmp/` is written and
+//! `fdatasync`ed, hard-linked into `new/`, the `tmp/` name unlinked, and
+//! `new/` itself fsynced (the link must survive a crash on ext4 without a
+//! journal). A crash in between leaves either nothing in `new/` (retry) or
+//! a complete message (possibly delivered twice on retry: at-least-once).
+
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Why a Maildir write failed. Every variant is a temporary failure: the
+/// message stays queued and nothing is lost.
+#[derive(Debug, thiserror::Error)]
+pub enum MaildirError {
+    /// `tmp/` or `new/` is missing or not a directory.
+    #[error("maildir {0} is missing tmp/ or new/ (#4.2.1)")]
+    NotAMaildir(PathBuf),
+    /// A system call failed (full disk, permissions, ...).
+    #[error("unable to {op} {path}: {source} (#4.3.0)")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On which file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> MaildirError + 'a {
+    move |source| MaildirError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The host part of Maildir names: `/` → `\057`, `:` → `\072` (spec 3.2).
+pub fn safe_host(host: &str) -> String {
+    host.replace('/', "\\057").replace(':', "\\072")
+}
+
+/// Writes `data` into the Maildir `dir` and returns the path in `new/`.
+pub async fn write(dir: &Path, host: &str, data: Vec<u8>) -> Result<PathBuf, MaildirError> {
+    let tmp_dir = dir.join("tmp");
+    let new_dir = dir.join("new");
+    if !tmp_dir.is_dir() || !new_dir.is_dir() {
+        return Err(MaildirError::NotAMaildir(dir.to_path_buf()));
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let (sec, usec) = (now.as_secs(), now.subsec_micros());
+    let pid = std::process::id();
+    let host = safe_host(host);
+    // Q<counter> keeps names unique across concurrent deliveries of one
+    // process within the same microsecond (qmail had one delivery per process).
+    let q = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let tmp_path = tmp_dir.join(format!("{sec}.M{usec}P{pid}Q{q}.{host}"));
+    let size = data.len();
+
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    let file = shard::io::File::open(&tmp_path, &opts)
+        .await
+        .map_err(io_err("create", &tmp_path))?;
+    let result = async {
+        let (r, _) = file.write_all_at(data, 0).await;
+        r.map_err(io_err("write", &tmp_path))?;
+        file.sync_data().await.map_err(io_err("sync", &tmp_path))?;
+        let st = std::fs::metadata(&tmp_path).map_err(io_err("stat", &tmp_path))?;
+        Ok::<_, MaildirError>((st.ino(), st.dev()))
+    }
+    .await;
+    let close = file.close().await;
+    let (ino, dev) = match result.and_then(|v| close.map(|_| v).map_err(io_err("close", &tmp_path)))
+    {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp_path);
+            return Err(e);
+        }
+    };
+    let new_path = new_dir.join(format!(
+        "{sec}.I{ino:x}V{dev:x}M{usec}P{pid}.{host},S={size}"
+    ));
+    if let Err(e) = std::fs::hard_link(&tmp_path, &new_path) {
+        let _ = std::fs::remove_file(&tmp_path);
+        return Err(io_err("link into", &new_path)(e));
+    }
+    let _ = std::fs::remove_file(&tmp_path);
+    shard::io::sync_dir(&new_dir)
+        .await
+        .map_err(io_err("sync", &new_dir))?;
+    Ok(new_path)
+}
+
+/// A Maildir++ quota; 0 in a field means no limit on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Quota {
+    /// Bytes allowed.
+    pub bytes: u64,
+    /// Messages allowed.
+    pub count: u64,
+}
+
+impl Quota {
+    /// Parses `pw_shell` forms: `NOQUOTA` (None), `<bytes>[K|M|G]`,
+    /// `<bytes>,<count>`, and Maildir++ `<S>S,<C>C`.
+    pub fn parse(s: &str) -> Option<Quota> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("NOQUOTA") || s.is_empty() {
+            return None;
+        }
+        let mut q = Quota::default();
+        for (i, part) in s.split(',').enumerate() {
+            let part = part.trim();
+            if let Some(n) = part.strip_suffix('S') {
+                q.bytes = n.parse().ok()?;
+            } else if let Some(n) = part.strip_suffix('C') {
+                q.count = n.parse().ok()?;
+            } else if i == 0 {
+                let (num, mul) = match part.chars().last()? {
+                    'K' | 'k' => (&part[..part.len() - 1], 1024),
+                    'M' | 'm' => (&part[..part.len() - 1], 1024 * 1024),
+                    'G' | 'g' => (&part[..part.len() - 1], 1024 * 1024 * 1024),
+                    _ => (part, 1),
+                };
+                q.bytes = num.parse::<u64>().ok()?.checked_mul(mul)?;
+            } else {
+                q.count = part.parse().ok()?;
+            }
+        }
+        Some(q)
+    }
+
+    /// The `maildirsize` first line: `<bytes>S,<count>C` (count omitted when 0).
+    pub fn to_maildirsize(self) -> String {
+        if self.count == 0 {
+            format!("{}S", self.bytes)
+        } else {
+            format!("{}S,{}C", self.bytes, self.count)
+        }
+    }
+}
+
+/// Knobs of the Maildir++ quota check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaPolicy {
+    /// Recalculate when `maildirsize` is at least this big (`MAILDIRSIZE_MAX_SIZE`, 8192).
+    pub max_size: u64,
+    /// Recalculate when `maildirsize` is older than this (`MAILDIRSIZE_MAX_AGE`, 43200 s).
+    pub max_age: u64,
+    /// Deliver anyway when over quota if the message is smaller (`OVERQUOTA_MAILSIZE`, 1000).
+    pub overquota_mailsize: u64,
+    /// Defer instead of bounce when over quota (`HOLDOVERQUOTA` / control `holdoverquota`).
+    pub hold: bool,
+}
+
+impl Default for QuotaPolicy {
+    fn default() -> Self {
+        QuotaPolicy {
+            max_size: 8192,
+            max_age: 43_200,
+            overquota_mailsize: 1000,
+            hold: false,
+        }
+    }
+}
+
+/// Current usage of a Maildir.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// Bytes used.
+    pub bytes: i64,
+    /// Messages stored.
+    pub count: i64,
+}
+
+/// Result of the quota check before a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QuotaCheck {
+    /// Room enough (or the over-quota grace for small messages applies).
+    Ok,
+    /// Over quota: bounce.
+    OverBounce(String),
+    /// Over quota, held: defer.
+    OverHold(String),
+}
+
+/// Reads (recalculating when stale) the usage of `maildir` and decides
+/// whether a message of `size` bytes fits in `quota`.
+pub fn check(
+    maildir: &Path,
+    quota: Quota,
+    size: u64,
+    policy: &QuotaPolicy,
+) -> std::io::Result<QuotaCheck> {
+    let usage = usage(maildir, quota, policy)?;
+    let over_bytes = quota.bytes > 0 && usage.bytes.max(0) as u64 + size > quota.bytes;
+    let over_count = quota.count > 0 && usage.count.max(0) as u64 + 1 > quota.count;
+    if !(over_bytes || over_count) || size < policy.overquota_mailsize {
+        return Ok(QuotaCheck::Ok);
+    }
+    let why = format!(
+        "The user's mailbox is over quota: {}/{} bytes, {}/{} messages; message is {} bytes (#{}.2.2)",
+        usage.bytes,
+        quota.bytes,
+        usage.count,
+        quota.count,
+        size,
+        if policy.hold { 4 } else { 5 }
+    );
+    Ok(if policy.hold {
+        QuotaCheck::OverHold(why)
+    } else {
+        QuotaCheck::OverBounce(why)
+    })
+}
+
+/// Usage from `maildirsize`, recalculated (and the file rewritten) when it
+/// is missing, unparsable, bigger than `max_size`, older than `max_age`, or
+/// carries a different quota line.
+pub fn usage(maildir: &Path, quota: Quota, policy: &QuotaPolicy) -> std::io::Result<Usage> {
+    let path = maildir.join("maildirsize");
+    let fresh = match std::fs::metadata(&path) {
+        Ok(md) => {
+            let age = SystemTime::now()
+                .duration_since(md.modified().unwrap_or(UNIX_EPOCH))
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            md.len() < policy.max_size && age <= policy.max_age
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e),
+    };
+    if fresh {
+        let text = std::fs::read_to_string(&path)?;
+        if let Some(u) = parse_maildirsize(&text, quota) {
+            return Ok(u);
+        }
+    }
+    let u = recalculate(maildir)?;
+    let tmp = maildir.join(format!("tmp/maildirsize.{}", std::process::id()));
+    std::fs::write(
+        &tmp,
+        format!("{}\n{} {}\n", quota.to_maildirsize(), u.bytes, u.count),
+    )?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(u)
+}
+
+/// Sums a `maildirsize` text; `None` when its quota line is not `quota` or
+/// a line is malformed (then the caller recalculates).
+pub fn parse_maildirsize(text: &str, quota: Quota) -> Option<Usage> {
+    let mut lines = text.lines();
+    let first = Quota::parse(lines.next()?)?;
+    if first != quota {
+        return None;
+    }
+    let mut u = Usage::default();
+    for line in lines {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut f = line.split_whitespace();
+        u.bytes += f.next()?.parse::<i64>().ok()?;
+        u.count += f.next()?.parse::<i64>().ok()?;
+    }
+    Some(u)
+}
+
+/// Walks `new/`, `cur/` and every `.Folder/{new,cur}`; sizes come from the
+/// `,S=` part of a name when present, else from `stat`. Trash is counted,
+/// like Maildir++ says.
+pub fn recalculate(maildir: &Path) -> std::io::Result<Usage> {
+    let mut u = Usage::default();
+    let mut dirs = vec![maildir.join("new"), maildir.join("cur")];
+    if let Ok(rd) = std::fs::read_dir(maildir) {
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') && name != "." && name != ".." && e.path().is_dir() {
+                dirs.push(e.path().join("new"));
+                dirs.push(e.path().join("cur"));
+            }
+        }
+    }
+    for d in dirs {
+        let rd = match std::fs::read_dir(&d) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') {
+                continue;
+            }
+            let size = size_from_name(&name).or_else(|| e.metadata().ok().map(|m| m.len()));
+            if let Some(s) = size {
+                u.bytes += s as i64;
+                u.count += 1;
+            }
+        }
+    }
+    Ok(u)
+}
+
+fn size_from_name(name: &str) -> Option<u64> {
+    let i = name.find(",S=")?;
+    let rest = &name[i + 3..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// Appends `<bytes> <count>` to `maildirsize` under an fcntl write lock, as
+/// every Maildir++ writer does so concurrent appends never interleave.
+pub fn append(maildir: &Path, bytes: i64, count: i64) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = maildir.join("maildirsize");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&path)?;
+    lock_write(&f)?;
+    f.write_all(format!("{bytes} {count}\n").as_bytes())?;
+    // The lock goes with the descriptor when `f` is dropped.
+    Ok(())
+}
+
+/// Takes a blocking whole-file fcntl write lock.
+pub(crate) fn lock_write(f: &std::fs::File) -> std::io::Result<()> {
+    // SAFETY: flock is plain data; zeroed is a valid value for every field.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as _;
+    fl.l_whence = libc::SEEK_SET as _;
+    loop {
+        // SAFETY: valid descriptor and a valid flock struct.
+        let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLKW, &fl) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quota_forms() {
+        assert_eq!(Quota::parse("NOQUOTA"), None);
+        assert_eq!(
+            Quota::parse("5M"),
+            Some(Quota {
+                bytes: 5 << 20,
+                count: 0
+            })
+        );
+        assert_eq!(
+            Quota::parse("40000,2000"),
+            Some(Quota {
+                bytes: 40000,
+                count: 2000
+            })
+        );
+        assert_eq!(
+            Quota::parse("100S,5C"),
+            Some(Quota {
+                bytes: 100,
+                count: 5
+            })
+        );
+        assert_eq!(
+            Quota::parse("100S"),
+            Some(Quota {
+                bytes: 100,
+                count: 0
+            })
+        );
+        assert_eq!(Quota::parse("x"), None);
+        assert_eq!(
+            Quota {
+                bytes: 100,
+                count: 5
+            }
+            .to_maildirsize(),
+            "100S,5C"
+        );
+    }
+
+    #[test]
+    fn maildirsize_sum() {
+        let q = Quota {
+            bytes: 1000,
+            count: 10,
+        };
+        assert_eq!(
+            parse_maildirsize("1000S,10C\n100 1\n  \n-50 -1\n300 2\n", q),
+            Some(Usage {
+                bytes: 350,
+                count: 2
+            })
+        );
+        assert_eq!(parse_maildirsize("999S,10C\n100 1\n", q), None);
+        assert_eq!(parse_maildirsize("1000S,10C\nbad\n", q), None);
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(safe_host("a/b:c"), "a\\057b\\072c");
+        assert_eq!(size_from_name("1.I1V2M3P4.h,S=1234:2,S"), Some(1234));
+        assert_eq!(size_from_name("1.I1V2M3P4.h"), None);
+    }
+}

@@ -1,0 +1,603 @@
+//! The delivery scheduler of one shard (the role of qmail-send, per shard).
+//!
+//! Each shard delivers the messages of the queues it owns: no global queue
+//! manager, no cross-shard locks. The loop asks each queue for due
+//! recipients (`Queue::due`, oldest first and cheap however large the
+//! deferred backlog is), splits them into local and remote, starts one job
+//! per message (local) or per message and domain (remote) within the
+//! concurrency limits, and records each recipient's outcome durably. A new
+//! commit wakes the loop at once (`Queue::subscribe`), so fresh mail never
+//! waits for a poll.
+//!
+//! Concurrency: `concurrencylocal` / `concurrencyremote` (per queue
+//! `concurrencyl.queueN` / `concurrencyr.queueN`) apply per queue on the
+//! shard that owns the queue; since a queue has exactly one owner, the limit
+//! is not divided further.
+//!
+//! A permanent failure is bounced (RFC 3464) by committing the bounce into
+//! the shard's own queue *before* the failure is recorded, so a crash in
+//! between bounces twice rather than never.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use delivery::bounce::{self, BounceConfig, FailedRecipient, Original};
+use delivery::local::{LocalConfig, LocalEnvelope, LocalTarget};
+use delivery::remote::{Remote, RemoteJob};
+use delivery::schedule::{Accountant, Channel, ConcurrencyLimits, RetryPolicy};
+use delivery::Outcome;
+use queue_store::{DueRecipient, MessageId, Queue, RecipientOutcome};
+
+use crate::config::QueueSpec;
+use crate::control::{ControlDir, DomainList};
+use crate::log;
+use crate::queues::ShardQueues;
+
+/// Settings of delivery read from control files.
+pub struct DeliverySettings {
+    /// `me`.
+    pub me: String,
+    /// `locals`: domains delivered locally besides virtual domains.
+    pub locals: DomainList,
+    /// Domains of `virtualdomains` (left of `:`).
+    pub virtualdomains: DomainList,
+    /// Local delivery settings.
+    pub local: LocalConfig,
+    /// Retry schedule and lifetimes.
+    pub retry: RetryPolicy,
+    /// Bounce settings.
+    pub bounce: BounceConfig,
+    /// Concurrency limits.
+    pub limits: ConcurrencyLimits,
+}
+
+impl DeliverySettings {
+    /// Reads the control files; errors name file and line.
+    pub fn load(
+        control: &ControlDir,
+        me: &str,
+        queues: &[QueueSpec],
+    ) -> Result<DeliverySettings, String> {
+        let list = |n: &str| control.list(n).map_err(|e| e.to_string());
+        let mut locals = list("locals")?;
+        if locals.is_empty() {
+            locals = vec![me.to_string(), "localhost".to_string()];
+        }
+        let virtualdomains = list("virtualdomains")?
+            .into_iter()
+            .filter_map(|l| l.split_once(':').map(|(d, _)| d.to_string()))
+            .filter(|d| !d.is_empty() && !d.contains('@'))
+            .collect::<Vec<_>>();
+        let num = |n: &str, d: u64| control.number(n, d).map_err(|e| e.to_string());
+        let retry = RetryPolicy {
+            queuelifetime: num("queuelifetime", 604_800)?,
+            bouncelifetime: num("bouncelifetime", 604_800)?,
+            ..RetryPolicy::default()
+        };
+        let mut bounce = BounceConfig::new(me);
+        if let Some(h) = control.string("bouncehost").map_err(|e| e.to_string())? {
+            bounce.bouncehost = h;
+        }
+        if let Some(f) = control.string("bouncefrom").map_err(|e| e.to_string())? {
+            bounce.bouncefrom = f;
+        }
+        if let Some(t) = control
+            .string("doublebounceto")
+            .map_err(|e| e.to_string())?
+        {
+            bounce.doublebounceto = t;
+        }
+        bounce.bouncemaxbytes = num("bouncemaxbytes", 50_000)? as usize;
+        let names: Vec<String> = queues
+            .iter()
+            .map(|q| format!("queue{}", q.number))
+            .collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let limits = ConcurrencyLimits::load(control.path(), &refs).map_err(|errs| {
+            errs.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        let local = LocalConfig {
+            hostname: me.to_string(),
+            qmaillocal: std::env::var_os("QMAILLOCAL").map(Into::into),
+            ..LocalConfig::default()
+        };
+        Ok(DeliverySettings {
+            me: me.to_string(),
+            locals: DomainList::new(locals),
+            virtualdomains: DomainList::new(virtualdomains),
+            local,
+            retry,
+            bounce,
+            limits,
+        })
+    }
+}
+
+/// One shard's delivery state.
+pub struct DeliveryShard {
+    index: usize,
+    queues: Rc<ShardQueues>,
+    specs: Vec<QueueSpec>,
+    directory: Option<Rc<lookup::Directory>>,
+    settings: Rc<DeliverySettings>,
+    remote: Remote,
+    accountant: Accountant,
+    /// Woken when a job finishes (a concurrency slot is free again).
+    slot_freed: tokio::sync::Notify,
+    next_delivery: std::cell::Cell<u64>,
+}
+
+impl DeliveryShard {
+    /// Delivery state for one shard.
+    pub fn new(
+        index: usize,
+        queues: Rc<ShardQueues>,
+        specs: Vec<QueueSpec>,
+        directory: Option<Rc<lookup::Directory>>,
+        settings: Rc<DeliverySettings>,
+        remote: Remote,
+    ) -> DeliveryShard {
+        DeliveryShard {
+            index,
+            accountant: Accountant::new(settings.limits.clone(), 1),
+            queues,
+            specs,
+            directory,
+            settings,
+            remote,
+            slot_freed: tokio::sync::Notify::new(),
+            next_delivery: std::cell::Cell::new(1),
+        }
+    }
+
+    /// Runs until `stop` resolves; jobs in flight at that moment are
+    /// abandoned unrecorded and simply retried after a restart
+    /// (at-least-once).
+    pub async fn run(self: Rc<Self>, stop: shard::Shutdown) {
+        let notifies: Vec<_> = self.queues.all().iter().map(|q| q.subscribe()).collect();
+        loop {
+            let now = unix_now();
+            for (q, spec) in self.queues.all().iter().zip(&self.specs) {
+                self.dispatch(q, spec, now).await;
+            }
+            let next_due = self
+                .queues
+                .all()
+                .iter()
+                .filter_map(|q| q.next_due_time())
+                .min();
+            let sleep = match next_due {
+                Some(t) if t <= now => Duration::from_millis(200),
+                Some(t) => Duration::from_secs((t - now).min(60)),
+                None => Duration::from_secs(60),
+            };
+            let commit = async {
+                let futs: Vec<_> = notifies.iter().map(|n| Box::pin(n.notified())).collect();
+                futures_select_any(futs).await
+            };
+            tokio::select! {
+                _ = stop.wait() => break,
+                _ = commit => {}
+                _ = self.slot_freed.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+
+    async fn dispatch(self: &Rc<Self>, q: &Rc<Queue>, spec: &QueueSpec, now: u64) {
+        let qname = format!("queue{}", spec.number);
+        let free = |c| {
+            self.accountant
+                .limit(c, &qname)
+                .saturating_sub(self.accountant.in_use(c, &qname)) as usize
+        };
+        let budget = free(Channel::Local) + free(Channel::Remote);
+        if budget == 0 {
+            return;
+        }
+        let due = q.due(now, budget * 8);
+        if due.is_empty() {
+            return;
+        }
+        // Group by message, keeping recipient order.
+        let mut by_msg: BTreeMap<MessageId, Vec<DueRecipient>> = BTreeMap::new();
+        for d in due {
+            by_msg.entry(d.id).or_default().push(d);
+        }
+        for (id, rcpts) in by_msg {
+            let mut local = Vec::new();
+            let mut remote: BTreeMap<String, Vec<DueRecipient>> = BTreeMap::new();
+            for r in rcpts {
+                match self.classify(&r.recipient).await {
+                    Ok(Channel::Local) => local.push(r),
+                    Ok(Channel::Remote) => remote
+                        .entry(domain_of(&r.recipient).to_ascii_lowercase())
+                        .or_default()
+                        .push(r),
+                    Err(why) => {
+                        // Directory down: defer without an attempt counted
+                        // as a delivery failure of the mailbox.
+                        self.finish(q, id, vec![(r, Outcome::Temporary(why))], Channel::Local)
+                            .await;
+                    }
+                }
+            }
+            if !local.is_empty() {
+                match self.accountant.try_acquire(Channel::Local, &qname) {
+                    Some(permit) => {
+                        let me = Rc::clone(self);
+                        let q = Rc::clone(q);
+                        tokio::task::spawn_local(async move {
+                            me.local_job(&q, id, local).await;
+                            drop(permit);
+                            me.slot_freed.notify_one();
+                        });
+                    }
+                    None => local.iter().for_each(|r| q.release(&id, r.rcpt)),
+                }
+            }
+            for (domain, rcpts) in remote {
+                match self.accountant.try_acquire(Channel::Remote, &qname) {
+                    Some(permit) => {
+                        let me = Rc::clone(self);
+                        let q = Rc::clone(q);
+                        tokio::task::spawn_local(async move {
+                            me.remote_job(&q, id, domain, rcpts).await;
+                            drop(permit);
+                            me.slot_freed.notify_one();
+                        });
+                    }
+                    None => rcpts.iter().for_each(|r| q.release(&id, r.rcpt)),
+                }
+            }
+        }
+    }
+
+    /// Local if the domain is in `locals`, `virtualdomains` or is a virtual
+    /// domain known to the directory; `Err` when the directory cannot say.
+    async fn classify(&self, rcpt: &str) -> Result<Channel, String> {
+        let domain = domain_of(rcpt);
+        if self.settings.locals.contains(domain) || self.settings.virtualdomains.contains(domain) {
+            return Ok(Channel::Local);
+        }
+        if let Some(dir) = &self.directory {
+            match dir.is_virtual_domain(domain).await {
+                Ok(true) => return Ok(Channel::Local),
+                Ok(false) => {}
+                Err(e) => return Err(format!("directory unavailable: {e} (#4.3.0)")),
+            }
+        }
+        Ok(Channel::Remote)
+    }
+
+    fn delivery_no(&self) -> u64 {
+        let n = self.next_delivery.get();
+        self.next_delivery.set(n + 1);
+        n
+    }
+
+    async fn local_job(&self, q: &Rc<Queue>, id: MessageId, rcpts: Vec<DueRecipient>) {
+        let Some(env) = q.envelope(&id) else {
+            return;
+        };
+        let message = match q.read_message(&id).await {
+            Ok(m) => m,
+            Err(e) => {
+                let why = format!("cannot read message from queue: {e} (#4.3.0)");
+                let outs = rcpts
+                    .into_iter()
+                    .map(|r| (r, Outcome::Temporary(why.clone())))
+                    .collect();
+                self.finish(q, id, outs, Channel::Local).await;
+                return;
+            }
+        };
+        let mut outs = Vec::with_capacity(rcpts.len());
+        for r in rcpts {
+            let d = self.delivery_no();
+            log!(
+                "shard{} starting delivery {d}: msg {id} to local {}",
+                self.index,
+                r.recipient
+            );
+            let outcome = match self.resolve_local(&r.recipient).await {
+                Err(why) => Outcome::Temporary(why),
+                Ok(None) => Outcome::Permanent(format!(
+                    "Sorry, no mailbox here by that name: {} (#5.1.1)",
+                    r.recipient
+                )),
+                Ok(Some(target)) => {
+                    let envl = LocalEnvelope {
+                        sender: &env.sender,
+                        recipient: &r.recipient,
+                    };
+                    let report =
+                        delivery::local::deliver(&self.settings.local, &target, envl, &message)
+                            .await;
+                    if let (Outcome::Delivered(_), Some(fwd)) = (&report.outcome, &report.forward) {
+                        if let Err(e) = self
+                            .inject(&env.sender, fwd.recipients.clone(), fwd.message(&message))
+                            .await
+                        {
+                            // The forward could not be queued: retry the
+                            // whole recipient later (it may deliver twice).
+                            outs.push((
+                                r,
+                                Outcome::Temporary(format!("cannot queue forward: {e}")),
+                            ));
+                            continue;
+                        }
+                    }
+                    report.outcome
+                }
+            };
+            log_outcome(self.index, d, &outcome);
+            outs.push((r, outcome));
+        }
+        self.finish(q, id, outs, Channel::Local).await;
+    }
+
+    async fn resolve_local(&self, rcpt: &str) -> Result<Option<LocalTarget>, String> {
+        let Some(dir) = &self.directory else {
+            return Err("user directory unavailable (#4.3.0)".into());
+        };
+        let temp = |e: lookup::LookupError| format!("directory lookup failed: {e} (#4.3.0)");
+        let email = rcpt.to_ascii_lowercase();
+        if let Some(user) = dir.user(&email).await.map_err(temp)? {
+            let quota = match user.quota {
+                lookup::Quota::Unlimited => None,
+                lookup::Quota::Limit { bytes, count } => Some(delivery::maildir::Quota {
+                    bytes,
+                    count: count.unwrap_or(0),
+                }),
+            };
+            return Ok(Some(LocalTarget {
+                user: user.email(),
+                home: user.dir.clone(),
+                maildir: user.maildir(),
+                quota,
+                instructions: Vec::new(),
+                dash: String::new(),
+                ext: String::new(),
+            }));
+        }
+        let aliases = dir.aliases(&email).await.map_err(temp)?;
+        if aliases.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(LocalTarget {
+            user: email.clone(),
+            home: std::env::temp_dir(),
+            maildir: std::env::temp_dir(),
+            quota: None,
+            instructions: aliases,
+            dash: String::new(),
+            ext: String::new(),
+        }))
+    }
+
+    async fn remote_job(
+        &self,
+        q: &Rc<Queue>,
+        id: MessageId,
+        domain: String,
+        rcpts: Vec<DueRecipient>,
+    ) {
+        let Some(env) = q.envelope(&id) else {
+            return;
+        };
+        let message = match q.read_message(&id).await {
+            Ok(m) => m,
+            Err(e) => {
+                let why = format!("cannot read message from queue: {e} (#4.3.0)");
+                let outs = rcpts
+                    .into_iter()
+                    .map(|r| (r, Outcome::Temporary(why.clone())))
+                    .collect();
+                self.finish(q, id, outs, Channel::Remote).await;
+                return;
+            }
+        };
+        let d = self.delivery_no();
+        let addrs: Vec<String> = rcpts.iter().map(|r| r.recipient.clone()).collect();
+        log!(
+            "shard{} starting delivery {d}: msg {id} to remote {}",
+            self.index,
+            addrs.join(",")
+        );
+        let job = RemoteJob {
+            domain: &domain,
+            sender: &env.sender,
+            recipients: &addrs,
+            message: &message,
+            route: None,
+            qqeh: "",
+        };
+        let outcomes = self.remote.deliver(&job).await;
+        let mut outs = Vec::with_capacity(rcpts.len());
+        for (r, o) in rcpts
+            .into_iter()
+            .zip(
+                outcomes
+                    .into_iter()
+                    .chain(std::iter::repeat(Outcome::Temporary(
+                        "no result from remote delivery (#4.3.0)".into(),
+                    ))),
+            )
+        {
+            log_outcome(self.index, d, &o);
+            outs.push((r, o));
+        }
+        self.finish(q, id, outs, Channel::Remote).await;
+    }
+
+    /// Applies the lifetime, bounces permanent failures, records outcomes.
+    async fn finish(
+        &self,
+        q: &Rc<Queue>,
+        id: MessageId,
+        outs: Vec<(DueRecipient, Outcome)>,
+        channel: Channel,
+    ) {
+        let Some(env) = q.envelope(&id) else {
+            return;
+        };
+        let now = unix_now();
+        let null = env.sender.is_empty();
+        let mut records = Vec::with_capacity(outs.len());
+        let mut failed = Vec::new();
+        for (r, o) in outs {
+            let o = self.settings.retry.finalize(o, env.arrival, now, null);
+            let rec = match o {
+                Outcome::Delivered(t) => RecipientOutcome::Delivered { reply: t },
+                Outcome::Temporary(t) => RecipientOutcome::Deferred {
+                    reply: t,
+                    next_attempt: self.settings.retry.next_retry(channel, env.arrival, now),
+                },
+                Outcome::Permanent(t) => {
+                    failed.push(FailedRecipient {
+                        recipient: r.recipient.clone(),
+                        reason: t.clone(),
+                        remote_mta: None,
+                    });
+                    RecipientOutcome::Failed { reply: t }
+                }
+            };
+            records.push((r.rcpt, rec));
+        }
+        if !failed.is_empty() {
+            if let Err(e) = self.bounce(q, id, &env.sender, env.arrival, &failed).await {
+                // Cannot queue the bounce now: keep the recipients pending
+                // and try again later rather than lose the failure notice.
+                log!("shard{} bounce for msg {id} not queued: {e}", self.index);
+                for (_, rec) in records.iter_mut() {
+                    if let RecipientOutcome::Failed { reply } = rec {
+                        *rec = RecipientOutcome::Deferred {
+                            reply: std::mem::take(reply),
+                            next_attempt: now + 60,
+                        };
+                    }
+                }
+            }
+        }
+        if let Err(e) = q.record_outcomes(&id, &records).await {
+            log!(
+                "shard{} cannot record outcomes of msg {id}: {e}",
+                self.index
+            );
+            for (rcpt, _) in &records {
+                q.release(&id, *rcpt);
+            }
+            return;
+        }
+        if q.envelope(&id).is_none() {
+            log!("shard{} end msg {id}", self.index);
+        }
+    }
+
+    async fn bounce(
+        &self,
+        q: &Rc<Queue>,
+        id: MessageId,
+        sender: &str,
+        arrival: u64,
+        failed: &[FailedRecipient],
+    ) -> Result<(), String> {
+        let decision = bounce::decide(&self.settings.bounce, sender);
+        let message = q.read_message(&id).await.map_err(|e| e.to_string())?;
+        let idtext = id.to_string();
+        let original = Original {
+            sender,
+            arrival,
+            id: &idtext,
+            message: &message,
+        };
+        match bounce::build(
+            &self.settings.bounce,
+            &decision,
+            original,
+            failed,
+            unix_now(),
+        ) {
+            None => {
+                log!(
+                    "shard{} bounce msg {id} dropped (double bounce failed)",
+                    self.index
+                );
+                Ok(())
+            }
+            Some(b) => {
+                let new = self
+                    .inject(&b.sender, b.recipients.clone(), b.message)
+                    .await?;
+                log!("shard{} bounce msg {id} qp {new}", self.index);
+                Ok(())
+            }
+        }
+    }
+
+    /// Queues a new message (bounce or forward) on this shard.
+    async fn inject(
+        &self,
+        sender: &str,
+        recipients: Vec<String>,
+        body: Vec<u8>,
+    ) -> Result<MessageId, String> {
+        let mut w = self.queues.begin();
+        if let Err(e) = w.write(&body).await {
+            w.abort().await;
+            return Err(e.to_string());
+        }
+        let env = queue_store::Envelope::new(sender.to_string(), recipients);
+        let n = env.recipients.len();
+        let id = w.commit(env).await.map_err(|e| e.to_string())?;
+        log!(
+            "shard{} new msg {id} bytes={} from=<{sender}> rcpts={n} origin=delivery",
+            self.index,
+            body.len()
+        );
+        Ok(id)
+    }
+}
+
+fn log_outcome(shard: usize, d: u64, o: &Outcome) {
+    let (word, text) = match o {
+        Outcome::Delivered(t) => ("success", t),
+        Outcome::Temporary(t) => ("deferral", t),
+        Outcome::Permanent(t) => ("failure", t),
+    };
+    log!(
+        "shard{shard} delivery {d}: {word}: {}",
+        text.replace('\n', "/")
+    );
+}
+
+fn domain_of(addr: &str) -> &str {
+    addr.rsplit_once('@').map_or("", |(_, d)| d)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Resolves when any of the futures resolves.
+async fn futures_select_any<F: std::future::Future<Output = ()> + Unpin>(mut futs: Vec<F>) {
+    if futs.is_empty() {
+        return std::future::pending().await;
+    }
+    std::future::poll_fn(|cx| {
+        for f in futs.iter_mut() {
+            if std::pin::Pin::new(f).poll(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}

@@ -1,0 +1,903 @@
+//! The admin command line: `indimail domain|user|alias|hostcntrl|checkpassword ...`
+//! (clap-derive, for the `indimail` binary to flatten into its own parser) and IndiMail's
+//! program names (`vadddomain`, `vadduser`, ...) with their main getopt options
+//! ([`run_as_program`]).
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    Admin, DirectoryConfig, DomainInfo, DomainOptions, HashMethod, LookupError, PasswordOptions,
+    Quota, User, UserChange, UserFlags, UserOptions,
+};
+
+/// Directory subcommands of the `indimail` binary.
+#[derive(Debug, Clone, Subcommand)]
+pub enum DirectoryCommand {
+    /// Virtual domains (vadddomain, vdeldomain, vdominfo, vaddaliasdomain).
+    #[command(subcommand)]
+    Domain(DomainCommand),
+    /// Mailboxes (vadduser, vdeluser, vpasswd, vmoduser, vuserinfo, vsetuserquota).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Aliases kept in the valias table (valias).
+    #[command(subcommand)]
+    Alias(AliasCommand),
+    /// Cluster placement: hostcntrl, host_table and smtp_port rows.
+    #[command(subcommand)]
+    Hostcntrl(HostCommand),
+    /// The checkpassword interface: read `user\0password\0timestamp\0` on fd 3.
+    Checkpassword(CheckpasswordArgs),
+}
+
+/// `indimail domain ...`
+#[derive(Debug, Clone, Subcommand)]
+pub enum DomainCommand {
+    /// Add a virtual domain.
+    Add {
+        /// Domain name.
+        domain: String,
+        /// Users per directory level before hashing (vadddomain -l).
+        #[arg(long)]
+        users_per_level: Option<u64>,
+        /// Mailbox base for this domain (vadddomain -B).
+        #[arg(long)]
+        base_path: Option<PathBuf>,
+        /// Also create postmaster@DOMAIN with this password.
+        #[arg(long)]
+        postmaster_password: Option<String>,
+    },
+    /// Delete a domain, its users and their mailboxes.
+    Del {
+        /// Domain name.
+        domain: String,
+    },
+    /// List virtual domains.
+    List,
+    /// Show a domain.
+    Info {
+        /// Domain name.
+        domain: String,
+    },
+    /// Make ALIAS an alias domain of DOMAIN (vaddaliasdomain).
+    AddAlias {
+        /// The new alias domain.
+        alias: String,
+        /// The existing real domain.
+        domain: String,
+    },
+}
+
+/// Password options shared by `user add`, `user passwd` and `user mod`.
+#[derive(Debug, Clone, Args, Default)]
+pub struct PasswordArgs {
+    /// Hash method: DES, MD5, SHA-256, SHA-512, YESCRYPT or 0-4 (-h).
+    #[arg(long = "hash")]
+    pub hash: Option<String>,
+    /// Store the password string verbatim, already encrypted (-e).
+    #[arg(long)]
+    pub encrypted: bool,
+    /// Keep the clear text for CRAM-MD5 as {CRAM}clear,crypt (-C).
+    #[arg(long)]
+    pub cram: bool,
+}
+
+/// `indimail user ...`
+#[derive(Debug, Clone, Subcommand)]
+pub enum UserCommand {
+    /// Add a mailbox (creates its Maildir).
+    Add {
+        /// user@domain
+        email: String,
+        /// Password.
+        #[arg(long)]
+        password: String,
+        /// Quota: NOQUOTA, bytes[K|M|G] or bytes,count.
+        #[arg(long)]
+        quota: Option<String>,
+        /// Full name.
+        #[arg(long)]
+        gecos: Option<String>,
+        /// Create inactive.
+        #[arg(long)]
+        inactive: bool,
+        /// Mailbox base.
+        #[arg(long)]
+        base_path: Option<PathBuf>,
+        /// Password hashing options.
+        #[command(flatten)]
+        pw: PasswordArgs,
+    },
+    /// Delete a mailbox and its home directory.
+    Del {
+        /// user@domain
+        email: String,
+    },
+    /// Change a password.
+    Passwd {
+        /// user@domain
+        email: String,
+        /// New password.
+        #[arg(long)]
+        password: String,
+        /// Password hashing options.
+        #[command(flatten)]
+        pw: PasswordArgs,
+    },
+    /// Modify a mailbox.
+    Mod {
+        /// user@domain
+        email: String,
+        /// New full name.
+        #[arg(long)]
+        gecos: Option<String>,
+        /// New quota.
+        #[arg(long)]
+        quota: Option<String>,
+        /// Move between active and inactive.
+        #[arg(long)]
+        toggle_active: bool,
+        /// Set a flag (no-pop, no-imap, no-relay, bounce-mail, admin, ...); repeatable.
+        #[arg(long = "set")]
+        set: Vec<String>,
+        /// Clear a flag; repeatable.
+        #[arg(long = "clear")]
+        clear: Vec<String>,
+        /// Clear all flags first.
+        #[arg(long)]
+        reset_flags: bool,
+        /// New password.
+        #[arg(long)]
+        password: Option<String>,
+        /// Password hashing options.
+        #[command(flatten)]
+        pw: PasswordArgs,
+    },
+    /// Show a mailbox (prints `dir: PATH`).
+    Info {
+        /// user@domain
+        email: String,
+    },
+    /// List mailboxes, of one domain or all.
+    List {
+        /// Domain (all when absent).
+        domain: Option<String>,
+    },
+    /// Set a quota (vsetuserquota).
+    Quota {
+        /// user@domain
+        email: String,
+        /// NOQUOTA, bytes[K|M|G] or bytes,count.
+        quota: String,
+    },
+}
+
+/// `indimail alias ...`
+#[derive(Debug, Clone, Subcommand)]
+pub enum AliasCommand {
+    /// Add an alias line (an address, `&address`, `|program` or a Maildir path).
+    Add {
+        /// user@domain
+        email: String,
+        /// The line.
+        line: String,
+    },
+    /// Delete one line, or all lines of the address.
+    Del {
+        /// user@domain
+        email: String,
+        /// The line (all when absent).
+        line: Option<String>,
+    },
+    /// List the lines of an address or a domain.
+    List {
+        /// user@domain or domain
+        target: String,
+    },
+}
+
+/// `indimail hostcntrl ...`
+#[derive(Debug, Clone, Subcommand)]
+pub enum HostCommand {
+    /// Place a user (or `*@domain`) on a host id.
+    Add {
+        /// user@domain or *@domain
+        email: String,
+        /// Host id.
+        host: String,
+    },
+    /// Move a user to another host id.
+    Mod {
+        /// user@domain or *@domain
+        email: String,
+        /// Host id.
+        host: String,
+    },
+    /// Remove a placement.
+    Del {
+        /// user@domain or *@domain
+        email: String,
+    },
+    /// List placements.
+    List {
+        /// Domain (all when absent).
+        domain: Option<String>,
+    },
+    /// Map a host id to its IP address (host_table; vhostid -i).
+    SetHost {
+        /// Host id.
+        host: String,
+        /// IP address.
+        ip: IpAddr,
+    },
+    /// Remove a host id (vhostid -d).
+    DelHost {
+        /// Host id.
+        host: String,
+    },
+    /// Set the SMTP port of a host for a domain (vsmtp).
+    SetPort {
+        /// Domain.
+        domain: String,
+        /// Host id.
+        host: String,
+        /// Port.
+        port: u16,
+        /// Sending host (`*` = any).
+        #[arg(long, default_value = "*")]
+        src_host: String,
+    },
+}
+
+/// `indimail checkpassword [PROGRAM ARGS...]`
+#[derive(Debug, Clone, Args)]
+pub struct CheckpasswordArgs {
+    /// Program to exec after a successful check.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub program: Vec<String>,
+}
+
+/// A standalone parser for [`DirectoryCommand`] (tests, and binaries without other commands).
+#[derive(Debug, Parser)]
+#[command(name = "indimail")]
+pub struct DirectoryCli {
+    /// The command.
+    #[command(subcommand)]
+    pub command: DirectoryCommand,
+}
+
+/// Why a command failed; each maps to an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The directory refused or failed.
+    #[error("{0}")]
+    Lookup(#[from] LookupError),
+    /// Bad command line.
+    #[error("usage: {0}")]
+    Usage(String),
+    /// Writing the output failed.
+    #[error("output: {0}")]
+    Output(#[from] std::io::Error),
+    /// Exit with this code, nothing to print (checkpassword).
+    #[error("exit {0}")]
+    Exit(i32),
+}
+
+impl CliError {
+    /// Exit code: 111 temporary, 2 usage, 1 otherwise (or the carried code).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Lookup(e) if e.is_temporary() => 111,
+            CliError::Lookup(_) | CliError::Output(_) => 1,
+            CliError::Usage(_) => 2,
+            CliError::Exit(c) => *c,
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Output)
+}
+
+fn parse_quota(s: &str) -> Result<Quota, CliError> {
+    Ok(Quota::parse(s)?)
+}
+
+fn parse_hash(s: &Option<String>) -> Result<Option<HashMethod>, CliError> {
+    s.as_deref()
+        .map(HashMethod::parse)
+        .transpose()
+        .map_err(CliError::from)
+}
+
+fn pw_opts(a: &PasswordArgs) -> Result<PasswordOptions, CliError> {
+    Ok(PasswordOptions {
+        hash: parse_hash(&a.hash)?,
+        encrypted: a.encrypted,
+        cram: a.cram,
+    })
+}
+
+fn flags_of(names: &[String]) -> Result<u32, CliError> {
+    names.iter().try_fold(0u32, |acc, n| {
+        UserFlags::by_name(n)
+            .map(|b| acc | b)
+            .ok_or_else(|| CliError::Usage(format!("unknown flag {n}")))
+    })
+}
+
+/// Print a user as `key: value` lines (the `dir:` line is relied on by tests and scripts).
+pub fn print_user(out: &mut dyn Write, u: &User) -> std::io::Result<()> {
+    writeln!(out, "name: {}", u.email())?;
+    writeln!(out, "passwd: {}", u.passwd)?;
+    writeln!(out, "uid: {}", u.uid)?;
+    writeln!(out, "gid: {}", u.flags.0)?;
+    writeln!(out, "flags: {}", u.flags)?;
+    writeln!(out, "gecos: {}", u.gecos)?;
+    writeln!(out, "dir: {}", u.dir.display())?;
+    writeln!(out, "quota: {}", u.quota)?;
+    writeln!(out, "active: {}", if u.active { "yes" } else { "no" })
+}
+
+fn print_domain(out: &mut dyn Write, d: &DomainInfo) -> std::io::Result<()> {
+    writeln!(out, "domain: {}", d.name)?;
+    writeln!(out, "dir: {}", d.dir.display())?;
+    writeln!(out, "base path: {}", d.base_path.display())?;
+    writeln!(out, "users: {}", d.users)?;
+    writeln!(out, "users per level: {}", d.users_per_level)?;
+    writeln!(out, "aliases: {}", d.aliases.join(" "))
+}
+
+/// Run a directory command against the home `home`, writing results to `out`.
+pub fn run(cmd: DirectoryCommand, home: &Path, out: &mut dyn Write) -> Result<(), CliError> {
+    if let DirectoryCommand::Checkpassword(a) = &cmd {
+        return match crate::checkpassword::run(home, &a.program) {
+            0 => Ok(()),
+            c => Err(CliError::Exit(c)),
+        };
+    }
+    let cfg = DirectoryConfig::from_home(home)?;
+    runtime()?.block_on(async {
+        let admin = Admin::open(cfg).await?;
+        let r = run_admin(&admin, cmd, out).await;
+        admin.close().await;
+        r
+    })
+}
+
+async fn run_admin(
+    admin: &Admin,
+    cmd: DirectoryCommand,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    match cmd {
+        DirectoryCommand::Domain(c) => match c {
+            DomainCommand::Add {
+                domain,
+                users_per_level,
+                base_path,
+                postmaster_password,
+            } => {
+                let info = admin
+                    .domain_add(
+                        &domain,
+                        &DomainOptions {
+                            users_per_level,
+                            base_path,
+                        },
+                    )
+                    .await?;
+                if let Some(pw) = postmaster_password {
+                    admin
+                        .user_add(
+                            &format!("postmaster@{}", info.name),
+                            &pw,
+                            &UserOptions::default(),
+                        )
+                        .await?;
+                }
+                writeln!(out, "added domain {}", info.name)?;
+            }
+            DomainCommand::Del { domain } => {
+                admin.domain_del(&domain).await?;
+                writeln!(out, "deleted domain {}", domain.to_ascii_lowercase())?;
+            }
+            DomainCommand::List => {
+                for d in admin.domain_list().await? {
+                    writeln!(out, "{d}")?;
+                }
+            }
+            DomainCommand::Info { domain } => print_domain(out, &admin.domain_info(&domain).await?)?,
+            DomainCommand::AddAlias { alias, domain } => {
+                admin.alias_domain_add(&alias, &domain).await?;
+                writeln!(out, "added alias domain {alias} -> {domain}")?;
+            }
+        },
+        DirectoryCommand::User(c) => match c {
+            UserCommand::Add {
+                email,
+                password,
+                quota,
+                gecos,
+                inactive,
+                base_path,
+                pw,
+            } => {
+                let opts = UserOptions {
+                    quota: quota.as_deref().map(parse_quota).transpose()?,
+                    gecos,
+                    hash: parse_hash(&pw.hash)?,
+                    encrypted: pw.encrypted,
+                    cram: pw.cram,
+                    inactive,
+                    base_path,
+                };
+                let u = admin.user_add(&email, &password, &opts).await?;
+                writeln!(out, "added user {}", u.email())?;
+                writeln!(out, "dir: {}", u.dir.display())?;
+            }
+            UserCommand::Del { email } => {
+                admin.user_del(&email).await?;
+                writeln!(out, "deleted user {email}")?;
+            }
+            UserCommand::Passwd {
+                email,
+                password,
+                pw,
+            } => {
+                admin.user_passwd(&email, &password, pw_opts(&pw)?).await?;
+                writeln!(out, "password changed for {email}")?;
+            }
+            UserCommand::Mod {
+                email,
+                gecos,
+                quota,
+                toggle_active,
+                set,
+                clear,
+                reset_flags,
+                password,
+                pw,
+            } => {
+                let change = UserChange {
+                    gecos,
+                    quota: quota.as_deref().map(parse_quota).transpose()?,
+                    set_flags: flags_of(&set)?,
+                    clear_flags: flags_of(&clear)?,
+                    reset_flags,
+                    toggle_active,
+                    password: match password {
+                        Some(p) => Some((p, pw_opts(&pw)?)),
+                        None => None,
+                    },
+                };
+                let u = admin.user_mod(&email, &change).await?;
+                print_user(out, &u)?;
+            }
+            UserCommand::Info { email } => print_user(out, &admin.user_info(&email).await?)?,
+            UserCommand::List { domain } => list_users(admin, domain.as_deref(), out).await?,
+            UserCommand::Quota { email, quota } => {
+                admin.set_quota(&email, parse_quota(&quota)?).await?;
+                writeln!(out, "quota of {email} set to {quota}")?;
+            }
+        },
+        DirectoryCommand::Alias(c) => match c {
+            AliasCommand::Add { email, line } => {
+                admin.alias_add(&email, &line).await?;
+                writeln!(out, "added alias {email} -> {line}")?;
+            }
+            AliasCommand::Del { email, line } => {
+                admin.alias_del(&email, line.as_deref()).await?;
+                writeln!(out, "deleted alias {email}")?;
+            }
+            AliasCommand::List { target } => {
+                for (a, l) in admin.alias_list(&target).await? {
+                    writeln!(out, "{a} -> {l}")?;
+                }
+            }
+        },
+        DirectoryCommand::Hostcntrl(c) => match c {
+            HostCommand::Add { email, host } => {
+                admin.hostcntrl_add(&email, &host).await?;
+                writeln!(out, "placed {email} on {host}")?;
+            }
+            HostCommand::Mod { email, host } => {
+                admin.hostcntrl_mod(&email, &host).await?;
+                writeln!(out, "moved {email} to {host}")?;
+            }
+            HostCommand::Del { email } => {
+                admin.hostcntrl_del(&email).await?;
+                writeln!(out, "removed {email}")?;
+            }
+            HostCommand::List { domain } => {
+                for h in admin.hostcntrl_list(domain.as_deref()).await? {
+                    writeln!(out, "{}@{} {}", h.user, h.domain, h.host)?;
+                }
+            }
+            HostCommand::SetHost { host, ip } => {
+                admin.host_set(&host, ip).await?;
+                writeln!(out, "host {host} is {ip}")?;
+            }
+            HostCommand::DelHost { host } => {
+                admin.host_del(&host).await?;
+                writeln!(out, "removed host {host}")?;
+            }
+            HostCommand::SetPort {
+                domain,
+                host,
+                port,
+                src_host,
+            } => {
+                admin.smtp_port_set(&domain, &host, &src_host, port).await?;
+                writeln!(out, "{domain} on {host}: port {port}")?;
+            }
+        },
+        DirectoryCommand::Checkpassword(_) => {
+            return Err(CliError::Usage("checkpassword is run by run()".into()))
+        }
+    }
+    Ok(())
+}
+
+/// Page size of streamed listings.
+const LIST_PAGE: u32 = 1000;
+/// Listings longer than this show progress on stderr.
+const PROGRESS_EVERY: u64 = 10_000;
+
+async fn list_users(
+    admin: &Admin,
+    domain: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let mut after: Option<(String, String)> = None;
+    let mut n = 0u64;
+    loop {
+        let page = admin
+            .user_page(
+                domain,
+                after.as_ref().map(|(d, u)| (d.as_str(), u.as_str())),
+                LIST_PAGE,
+            )
+            .await?;
+        for u in &page {
+            writeln!(
+                out,
+                "{} {} {}{}",
+                u.email(),
+                u.dir.display(),
+                u.quota,
+                if u.active { "" } else { " inactive" }
+            )?;
+            n += 1;
+            if n % PROGRESS_EVERY == 0 {
+                eprint!("\rlisted {n} users");
+            }
+        }
+        out.flush()?;
+        match page.last() {
+            Some(u) if page.len() == LIST_PAGE as usize => {
+                after = Some((u.domain.clone(), u.name.clone()))
+            }
+            _ => break,
+        }
+    }
+    if n >= PROGRESS_EVERY {
+        eprintln!("\rlisted {n} users");
+    }
+    Ok(())
+}
+
+/// A minimal POSIX getopt: `spec` lists option letters, a `:` after one means it takes a
+/// value. Returns the options in order and the operands.
+fn getopt(args: &[String], spec: &str) -> Result<(Vec<(char, String)>, Vec<String>), CliError> {
+    let mut opts = Vec::new();
+    let mut rest = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        if a == "--" {
+            rest.extend(args[i + 1..].iter().cloned());
+            break;
+        }
+        if !a.starts_with('-') || a.len() == 1 {
+            rest.push(a.clone());
+            i += 1;
+            continue;
+        }
+        let chars: Vec<char> = a[1..].chars().collect();
+        let mut j = 0;
+        while j < chars.len() {
+            let c = chars[j];
+            let Some(pos) = spec.find(c) else {
+                return Err(CliError::Usage(format!("unknown option -{c}")));
+            };
+            if spec[pos + c.len_utf8()..].starts_with(':') {
+                let val: String = chars[j + 1..].iter().collect();
+                let val = if !val.is_empty() {
+                    val
+                } else {
+                    i += 1;
+                    args.get(i)
+                        .cloned()
+                        .ok_or_else(|| CliError::Usage(format!("option -{c} needs a value")))?
+                };
+                opts.push((c, val));
+                break;
+            }
+            opts.push((c, String::new()));
+            j += 1;
+        }
+        i += 1;
+    }
+    Ok((opts, rest))
+}
+
+fn operand(rest: &[String], i: usize, what: &str) -> Result<String, CliError> {
+    rest.get(i)
+        .cloned()
+        .ok_or_else(|| CliError::Usage(format!("missing {what}")))
+}
+
+/// vmoduser's flag letters.
+const VMODUSER_FLAGS: [(char, u32); 13] = [
+    ('d', UserFlags::NO_PASSWD_CHNG),
+    ('p', UserFlags::NO_POP),
+    ('w', UserFlags::NO_WEBMAIL),
+    ('i', UserFlags::NO_IMAP),
+    ('b', UserFlags::BOUNCE_MAIL),
+    ('r', UserFlags::NO_RELAY),
+    ('u', UserFlags::NO_DIALUP),
+    ('a', UserFlags::QA_ADMIN),
+    ('s', UserFlags::NO_SMTP),
+    ('0', UserFlags::V_USER0),
+    ('1', UserFlags::V_USER1),
+    ('2', UserFlags::V_USER2),
+    ('3', UserFlags::V_USER3),
+];
+
+fn program_command(name: &str, args: &[String]) -> Result<DirectoryCommand, CliError> {
+    let pw_from = |opts: &[(char, String)]| -> PasswordArgs {
+        PasswordArgs {
+            hash: opts.iter().rfind(|(c, _)| *c == 'h').map(|(_, v)| v.clone()),
+            encrypted: opts.iter().any(|(c, _)| *c == 'e'),
+            cram: opts.iter().any(|(c, _)| *c == 'C'),
+        }
+    };
+    let val = |opts: &[(char, String)], c: char| -> Option<String> {
+        opts.iter().rfind(|(o, _)| *o == c).map(|(_, v)| v.clone())
+    };
+    Ok(match name {
+        "vadddomain" => {
+            let (o, r) = getopt(args, "l:B:q:h:eC")?;
+            DirectoryCommand::Domain(DomainCommand::Add {
+                domain: operand(&r, 0, "domain")?,
+                users_per_level: val(&o, 'l')
+                    .map(|v| v.parse().map_err(|_| CliError::Usage(format!("bad -l {v}"))))
+                    .transpose()?,
+                base_path: val(&o, 'B').map(PathBuf::from),
+                postmaster_password: r.get(1).cloned(),
+            })
+        }
+        "vdeldomain" => {
+            let (_, r) = getopt(args, "cT")?;
+            DirectoryCommand::Domain(DomainCommand::Del {
+                domain: operand(&r, 0, "domain")?,
+            })
+        }
+        "vdominfo" => {
+            let (_, r) = getopt(args, "anugdbtlp")?;
+            match r.first() {
+                Some(d) => DirectoryCommand::Domain(DomainCommand::Info { domain: d.clone() }),
+                None => DirectoryCommand::Domain(DomainCommand::List),
+            }
+        }
+        "vaddaliasdomain" => {
+            let (_, r) = getopt(args, "")?;
+            DirectoryCommand::Domain(DomainCommand::AddAlias {
+                alias: operand(&r, 0, "new alias domain")?,
+                domain: operand(&r, 1, "existing domain")?,
+            })
+        }
+        "vadduser" => {
+            let (o, r) = getopt(args, "q:c:h:eCiB:dbr:l")?;
+            DirectoryCommand::User(UserCommand::Add {
+                email: operand(&r, 0, "address")?,
+                password: operand(&r, 1, "password")?,
+                quota: val(&o, 'q'),
+                gecos: val(&o, 'c'),
+                inactive: o.iter().any(|(c, _)| *c == 'i'),
+                base_path: val(&o, 'B').map(PathBuf::from),
+                pw: pw_from(&o),
+            })
+        }
+        "vdeluser" => {
+            let (_, r) = getopt(args, "")?;
+            DirectoryCommand::User(UserCommand::Del {
+                email: operand(&r, 0, "address")?,
+            })
+        }
+        "vpasswd" => {
+            let (o, r) = getopt(args, "r:h:eCm:S:I:")?;
+            DirectoryCommand::User(UserCommand::Passwd {
+                email: operand(&r, 0, "address")?,
+                password: operand(&r, 1, "password")?,
+                pw: pw_from(&o),
+            })
+        }
+        "vmoduser" => {
+            let (o, r) = getopt(args, "nq:c:P:h:eCxtdpwibruas0123")?;
+            let mut set = Vec::new();
+            for (c, _) in &o {
+                if let Some((_, bit)) = VMODUSER_FLAGS.iter().find(|(f, _)| f == c) {
+                    if let Some((n, _)) = UserFlags::NAMES.iter().find(|(_, b)| b == bit) {
+                        set.push((*n).to_string());
+                    }
+                }
+            }
+            DirectoryCommand::User(UserCommand::Mod {
+                email: operand(&r, 0, "address")?,
+                gecos: val(&o, 'c'),
+                quota: val(&o, 'q'),
+                toggle_active: o.iter().any(|(c, _)| *c == 'n'),
+                set,
+                clear: Vec::new(),
+                reset_flags: o.iter().any(|(c, _)| *c == 'x'),
+                password: val(&o, 'P'),
+                pw: pw_from(&o),
+            })
+        }
+        "vuserinfo" => {
+            let (_, r) = getopt(args, "anpugcdqlm")?;
+            DirectoryCommand::User(UserCommand::Info {
+                email: operand(&r, 0, "address")?,
+            })
+        }
+        "vsetuserquota" => {
+            let (_, r) = getopt(args, "")?;
+            DirectoryCommand::User(UserCommand::Quota {
+                email: operand(&r, 0, "address")?,
+                quota: operand(&r, 1, "quota")?,
+            })
+        }
+        "valias" => {
+            let (o, r) = getopt(args, "sSd:i:u:m")?;
+            let target = operand(&r, 0, "address or domain")?;
+            if let Some(line) = val(&o, 'i') {
+                DirectoryCommand::Alias(AliasCommand::Add {
+                    email: target,
+                    line,
+                })
+            } else if let Some(line) = val(&o, 'd') {
+                DirectoryCommand::Alias(AliasCommand::Del {
+                    email: target,
+                    line: Some(line),
+                })
+            } else {
+                DirectoryCommand::Alias(AliasCommand::List { target })
+            }
+        }
+        "hostcntrl" => {
+            let (o, r) = getopt(args, "lsdi:m:")?;
+            if o.iter().any(|(c, _)| *c == 'l' || *c == 's') {
+                DirectoryCommand::Hostcntrl(HostCommand::List {
+                    domain: r.first().map(|t| match t.rsplit_once('@') {
+                        Some((_, d)) => d.to_string(),
+                        None => t.clone(),
+                    }),
+                })
+            } else if let Some(host) = val(&o, 'i') {
+                DirectoryCommand::Hostcntrl(HostCommand::Add {
+                    email: operand(&r, 0, "address")?,
+                    host,
+                })
+            } else if let Some(host) = val(&o, 'm') {
+                DirectoryCommand::Hostcntrl(HostCommand::Mod {
+                    email: operand(&r, 0, "address")?,
+                    host,
+                })
+            } else if o.iter().any(|(c, _)| *c == 'd') {
+                DirectoryCommand::Hostcntrl(HostCommand::Del {
+                    email: operand(&r, 0, "address")?,
+                })
+            } else {
+                return Err(CliError::Usage(
+                    "hostcntrl -l|-s [dom] | -i id addr | -m id addr | -d addr".into(),
+                ));
+            }
+        }
+        other => return Err(CliError::Usage(format!("unknown program {other}"))),
+    })
+}
+
+/// IndiMail program names this crate implements.
+pub const PROGRAMS: [&str; 13] = [
+    "vadddomain",
+    "vdeldomain",
+    "vdominfo",
+    "vaddaliasdomain",
+    "vadduser",
+    "vdeluser",
+    "vpasswd",
+    "vmoduser",
+    "vuserinfo",
+    "vsetuserquota",
+    "valias",
+    "hostcntrl",
+    "checkpassword",
+];
+
+/// Run as the IndiMail program named by `argv0`'s basename (`vadddomain`, `vadduser`, ...)
+/// with `args` (without argv0). `None` when the name is not one of [`PROGRAMS`]; otherwise
+/// the exit code, with errors printed to stderr as `<program>: <problem>`.
+pub fn run_as_program(argv0: &str, args: &[String], home: &Path, out: &mut dyn Write) -> Option<i32> {
+    let name = Path::new(argv0).file_name()?.to_str()?;
+    if !PROGRAMS.contains(&name) {
+        return None;
+    }
+    let cmd = if name == "checkpassword" {
+        Ok(DirectoryCommand::Checkpassword(CheckpasswordArgs {
+            program: args.to_vec(),
+        }))
+    } else {
+        program_command(name, args)
+    };
+    let r = cmd.and_then(|c| run(c, home, out));
+    Some(match r {
+        Ok(()) => 0,
+        Err(CliError::Exit(c)) => c,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            e.exit_code()
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn getopt_clusters_and_values() {
+        let (o, r) = getopt(&s(&["-eq", "5M", "-cJohn", "a@b", "pw"]), "q:c:e").unwrap();
+        assert_eq!(
+            o,
+            vec![('e', String::new()), ('q', "5M".into()), ('c', "John".into())]
+        );
+        assert_eq!(r, s(&["a@b", "pw"]));
+        assert!(getopt(&s(&["-z"]), "q:").is_err());
+        assert!(getopt(&s(&["-q"]), "q:").is_err());
+    }
+
+    #[test]
+    fn program_names_map_to_commands() {
+        let c = program_command("vadduser", &s(&["-q", "1M", "a@b.c", "pw"])).unwrap();
+        assert!(matches!(c, DirectoryCommand::User(UserCommand::Add { ref quota, .. }) if quota.as_deref() == Some("1M")));
+        let c = program_command("vmoduser", &s(&["-p", "-r", "a@b.c"])).unwrap();
+        let DirectoryCommand::User(UserCommand::Mod { set, .. }) = c else {
+            panic!()
+        };
+        assert_eq!(set, s(&["no-pop", "no-relay"]));
+        assert!(program_command("vadduser", &s(&["a@b.c"])).is_err());
+    }
+
+    #[test]
+    fn clap_parses() {
+        let c = DirectoryCli::try_parse_from([
+            "indimail", "user", "add", "a@b.c", "--password", "x", "--hash", "SHA-512",
+        ])
+        .unwrap();
+        assert!(matches!(c.command, DirectoryCommand::User(UserCommand::Add { .. })));
+        use clap::CommandFactory;
+        DirectoryCli::command().debug_assert();
+    }
+}

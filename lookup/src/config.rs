@@ -1,0 +1,225 @@
+//! Where the directory lives and how to reach its database: the home layout decided for
+//! indimail-rs, `control/host.mysql` (spec 4.1) and the environment variables IndiMail uses.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::cache::CachePolicy;
+use crate::password::HashMethod;
+use crate::LookupError;
+
+/// How to reach MySQL/MariaDB (from `control/host.mysql`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MysqlConfig {
+    /// Host name or IP.
+    pub host: String,
+    /// User (default `indimail`).
+    pub user: String,
+    /// Password (default `ssh-1.5-`, IndiMail's).
+    pub password: String,
+    /// Unix socket, when the fourth field is a path.
+    pub socket: Option<PathBuf>,
+    /// TCP port, when the fourth field is a number (default 3306).
+    pub port: u16,
+    /// `ssl` given (accepted for compatibility; this build connects without TLS and says so
+    /// in [`MysqlConfig::parse`]'s error when required).
+    pub ssl: bool,
+    /// Database name (`indimail`).
+    pub database: String,
+}
+
+impl MysqlConfig {
+    /// Parse the first non-empty, non-comment line of a `host.mysql` file:
+    /// `host` or `host:user:password:socket-or-port[:ssl|nossl]`.
+    pub fn parse(text: &str, file: &Path) -> Result<MysqlConfig, LookupError> {
+        let (lineno, line) = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| (i + 1, l.trim()))
+            .find(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+            .ok_or_else(|| LookupError::Config {
+                file: file.to_path_buf(),
+                line: 0,
+                reason: "empty file".into(),
+            })?;
+        let bad = |reason: String| LookupError::Config {
+            file: file.to_path_buf(),
+            line: lineno,
+            reason,
+        };
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() > 5 {
+            return Err(bad(format!("too many fields ({})", f.len())));
+        }
+        let field = |i: usize| f.get(i).copied().filter(|s| !s.is_empty());
+        let mut cfg = MysqlConfig {
+            host: field(0).unwrap_or("localhost").to_string(),
+            user: field(1).unwrap_or("indimail").to_string(),
+            password: f.get(2).copied().unwrap_or("ssh-1.5-").to_string(),
+            socket: None,
+            port: 3306,
+            ssl: false,
+            database: "indimail".to_string(),
+        };
+        if let Some(sp) = field(3) {
+            if sp.starts_with('/') {
+                cfg.socket = Some(PathBuf::from(sp));
+            } else {
+                cfg.port = sp
+                    .parse()
+                    .map_err(|_| bad(format!("bad port or socket: {sp}")))?;
+            }
+        }
+        match field(4) {
+            None | Some("nossl") => {}
+            Some("ssl") => {
+                return Err(bad(
+                    "ssl requested but this build connects to MySQL without TLS; use a unix socket or nossl"
+                        .into(),
+                ))
+            }
+            Some(o) => return Err(bad(format!("expected ssl or nossl, got {o}"))),
+        }
+        Ok(cfg)
+    }
+}
+
+/// Which store holds the directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendConfig {
+    /// The embedded SQLite file.
+    Sqlite(PathBuf),
+    /// A MySQL/MariaDB server.
+    Mysql(MysqlConfig),
+}
+
+/// Everything the directory needs to open.
+#[derive(Debug, Clone)]
+pub struct DirectoryConfig {
+    /// The indimail-rs home (`--home`).
+    pub home: PathBuf,
+    /// Control files (`<home>/control`, env `CONTROLDIR`).
+    pub control_dir: PathBuf,
+    /// Domain config dirs (`<home>/domains`).
+    pub domains_dir: PathBuf,
+    /// Mailbox base (`BASE_PATH`, default `<home>/mail`).
+    pub base_path: PathBuf,
+    /// The store.
+    pub backend: BackendConfig,
+    /// Cache tuning.
+    pub cache: CachePolicy,
+    /// How often each shard checks the change counter (worst-case staleness after an admin
+    /// change made through this crate).
+    pub change_poll: Duration,
+    /// Longest wait for one database round trip before answering "temporary failure"
+    /// (IndiMail's inquery uses 4 s FIFO timeouts).
+    pub query_timeout: Duration,
+    /// POP/IMAP-before-SMTP window (`RELAY_CLEAR_MINUTES`, default 60).
+    pub relay_window: Duration,
+    /// Default password scheme (`PASSWORD_HASH`, else `control/hash_method`, else SHA-256).
+    pub hash_method: HashMethod,
+    /// Most MySQL connections per shard.
+    pub mysql_pool_max: usize,
+}
+
+impl DirectoryConfig {
+    /// Resolve the configuration for `home`, reading `CONTROLDIR`, `BASE_PATH`,
+    /// `RELAY_CLEAR_MINUTES`, `PASSWORD_HASH`, `control/host.mysql` and
+    /// `control/hash_method`.
+    pub fn from_home(home: &Path) -> Result<DirectoryConfig, LookupError> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let control_dir = match env("CONTROLDIR") {
+            Some(c) if c.starts_with('/') => PathBuf::from(c),
+            Some(c) => home.join(c),
+            None => home.join("control"),
+        };
+        let base_path = env("BASE_PATH")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home.join("mail"));
+        let mut cfg = DirectoryConfig::with_paths(home, control_dir, base_path)?;
+        if let Some(m) = env("RELAY_CLEAR_MINUTES") {
+            let mins: u64 = m.parse().map_err(|_| LookupError::Config {
+                file: PathBuf::from("$RELAY_CLEAR_MINUTES"),
+                line: 0,
+                reason: format!("not a number: {m}"),
+            })?;
+            cfg.relay_window = Duration::from_secs(mins * 60);
+        }
+        if let Some(h) = env("PASSWORD_HASH") {
+            cfg.hash_method = HashMethod::parse(&h)?;
+        }
+        Ok(cfg)
+    }
+
+    /// Like [`DirectoryConfig::from_home`] but with explicit paths and no environment.
+    pub fn with_paths(
+        home: &Path,
+        control_dir: PathBuf,
+        base_path: PathBuf,
+    ) -> Result<DirectoryConfig, LookupError> {
+        let host_mysql = control_dir.join("host.mysql");
+        let backend = match std::fs::read_to_string(&host_mysql) {
+            Ok(text) => BackendConfig::Mysql(MysqlConfig::parse(&text, &host_mysql)?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                BackendConfig::Sqlite(home.join("db").join("indimail.sqlite"))
+            }
+            Err(e) => return Err(LookupError::io(host_mysql, e)),
+        };
+        let hm_file = control_dir.join("hash_method");
+        let hash_method = match std::fs::read_to_string(&hm_file) {
+            Ok(t) => HashMethod::parse(t.trim()).map_err(|_| LookupError::Config {
+                file: hm_file.clone(),
+                line: 1,
+                reason: format!("unknown hash method {}", t.trim()),
+            })?,
+            Err(_) => HashMethod::default(),
+        };
+        Ok(DirectoryConfig {
+            home: home.to_path_buf(),
+            domains_dir: home.join("domains"),
+            control_dir,
+            base_path,
+            backend,
+            cache: CachePolicy::default(),
+            change_poll: Duration::from_secs(1),
+            query_timeout: Duration::from_secs(4),
+            relay_window: Duration::from_secs(60 * 60),
+            hash_method,
+            mysql_pool_max: 4,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_mysql_forms() {
+        let p = Path::new("host.mysql");
+        let c = MysqlConfig::parse("db.example\n", p).unwrap();
+        assert_eq!(c.host, "db.example");
+        assert_eq!(c.user, "indimail");
+        assert_eq!(c.port, 3306);
+        let c = MysqlConfig::parse("# c\n127.0.0.1:root:pw:3307\n", p).unwrap();
+        assert_eq!((c.user.as_str(), c.password.as_str(), c.port), ("root", "pw", 3307));
+        let c = MysqlConfig::parse("localhost:u:p:/run/my.sock:nossl", p).unwrap();
+        assert_eq!(c.socket.as_deref(), Some(Path::new("/run/my.sock")));
+        let e = MysqlConfig::parse("\nh:u:p:notaport", p).unwrap_err();
+        assert!(e.to_string().starts_with("host.mysql:2:"), "{e}");
+        assert!(MysqlConfig::parse("", p).is_err());
+        assert!(MysqlConfig::parse("h:u:p:1:ssl", p).is_err());
+    }
+
+    #[test]
+    fn sqlite_when_no_host_mysql() {
+        let t = tempfile::tempdir().unwrap();
+        let c =
+            DirectoryConfig::with_paths(t.path(), t.path().join("control"), t.path().join("mail"))
+                .unwrap();
+        assert_eq!(
+            c.backend,
+            BackendConfig::Sqlite(t.path().join("db/indimail.sqlite"))
+        );
+    }
+}

@@ -1,0 +1,496 @@
+//! The per-shard directory handle: the query API the SMTP server, delivery and proxies use,
+//! answered through the shard's [`Cache`].
+//!
+//! Staleness after an admin change made through this crate (which bumps `dir_changes`):
+//! at most [`DirectoryConfig::change_poll`] plus one in-flight query, because each shard reads
+//! the counter at most once per interval and invalidates everything when it moved. Changes
+//! written to the tables by other tools (the original IndiMail C tools) are seen when the
+//! entry's TTL runs out ([`crate::CachePolicy::positive_ttl`] / `negative_ttl`).
+//!
+//! With [`RefreshMode::Background`] (the default, for shards) stale-entry refreshes and the
+//! change poll run as `spawn_local` tasks, so the handle must be used inside a
+//! `tokio::task::LocalSet` — `shard::io::run` and `tokio_uring::start` provide one.
+//! [`RefreshMode::Inline`] does that work in the caller instead (CLI tools, deterministic
+//! tests).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::rc::Rc;
+
+use tokio::sync::Notify;
+
+use crate::cache::{Cache, CacheStats, Clock, Lookup, SystemClock, Ticket};
+use crate::config::DirectoryConfig;
+use crate::db::{params, Db};
+use crate::model::{
+    normalize_domain, Address, AuthResult, Limits, MailStore, User, UserFlags, UserStatus,
+};
+use crate::{password, queries, LookupError};
+
+/// Where background work runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshMode {
+    /// Refreshes and change polls run as `spawn_local` tasks (needs a `LocalSet`).
+    Background,
+    /// Refreshes and change polls run in the calling future.
+    Inline,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    User(String, String),
+    Domain(String),
+    Aliases(String, String),
+    Host(String, String),
+    Limits(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum UserEntry {
+    Active(Rc<User>),
+    Inactive(Rc<User>),
+    AliasOnly,
+    Missing,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Value {
+    User(UserEntry),
+    Domain(Option<Rc<str>>),
+    Aliases(Rc<[String]>),
+    Host(Option<Rc<MailStore>>),
+    Limits(Option<Rc<Limits>>),
+}
+
+impl Value {
+    fn is_negative(&self) -> bool {
+        match self {
+            Value::User(u) => *u == UserEntry::Missing,
+            Value::Domain(d) => d.is_none(),
+            Value::Aliases(a) => a.is_empty(),
+            Value::Host(h) => h.is_none(),
+            Value::Limits(l) => l.is_none(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Flight {
+    done: Notify,
+    result: RefCell<Option<Result<Value, LookupError>>>,
+}
+
+struct Inner {
+    db: Db,
+    cfg: DirectoryConfig,
+    clock: Rc<dyn Clock>,
+    mode: RefreshMode,
+    cache: RefCell<Cache<Key, Value>>,
+    flights: RefCell<HashMap<Key, Rc<Flight>>>,
+    changes: Cell<Option<i64>>,
+    last_poll: Cell<Option<u64>>,
+    polling: Cell<bool>,
+}
+
+/// Ends a flight even when the fetching future is dropped (a cancelled SMTP command): the
+/// waiters are woken and, finding no result, retry.
+struct FlightGuard {
+    inner: Rc<Inner>,
+    key: Key,
+    flight: Rc<Flight>,
+    armed: bool,
+}
+
+impl FlightGuard {
+    fn finish(mut self, r: Result<Value, LookupError>) {
+        *self.flight.result.borrow_mut() = Some(r);
+        self.armed = false;
+        self.release();
+    }
+
+    fn release(&self) {
+        self.inner.flights.borrow_mut().remove(&self.key);
+        self.flight.done.notify_waiters();
+    }
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.inner.cache.borrow_mut().abort(&self.key);
+            self.release();
+        }
+    }
+}
+
+/// A shard's handle on the directory. `!Send`: one per shard.
+pub struct Directory {
+    inner: Rc<Inner>,
+}
+
+impl Directory {
+    /// Open with the configuration of `home` (see [`DirectoryConfig::from_home`]).
+    pub async fn open_home(home: &Path) -> Result<Directory, LookupError> {
+        Directory::open(DirectoryConfig::from_home(home)?).await
+    }
+
+    /// Open with the system clock and background refresh.
+    pub async fn open(cfg: DirectoryConfig) -> Result<Directory, LookupError> {
+        Directory::open_with(cfg, Rc::new(SystemClock::default()), RefreshMode::Background).await
+    }
+
+    /// Open with an injected clock and refresh mode. Fails (temporarily) when the database
+    /// cannot be reached; creates missing tables.
+    pub async fn open_with(
+        cfg: DirectoryConfig,
+        clock: Rc<dyn Clock>,
+        mode: RefreshMode,
+    ) -> Result<Directory, LookupError> {
+        let db = Db::open(&cfg.backend, cfg.query_timeout, cfg.mysql_pool_max).await?;
+        let changes = db.changes().await?;
+        let inner = Rc::new(Inner {
+            cache: RefCell::new(Cache::new(cfg.cache)),
+            last_poll: Cell::new(Some(clock.now_ms())),
+            db,
+            cfg,
+            clock,
+            mode,
+            flights: RefCell::new(HashMap::new()),
+            changes: Cell::new(Some(changes)),
+            polling: Cell::new(false),
+        });
+        Ok(Directory { inner })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &DirectoryConfig {
+        &self.inner.cfg
+    }
+
+    /// CHECKRECIPIENT's question: does `email` exist, and in what state?
+    /// Errors are temporary ([`crate::SmtpReply::TEMPFAIL`]); never answer 5xx on them.
+    pub async fn user_status(&self, email: &str) -> Result<UserStatus, LookupError> {
+        let addr = Address::parse(email)?;
+        let Some(real) = self.real_domain(addr.domain()).await? else {
+            return Ok(UserStatus::NotVirtualDomain);
+        };
+        Ok(match self.user_entry(addr.user(), &real).await? {
+            UserEntry::Active(u) if u.flags.has(UserFlags::BOUNCE_MAIL) => UserStatus::OverQuota(u),
+            UserEntry::Active(u) => UserStatus::Active(u),
+            UserEntry::Inactive(u) => UserStatus::Inactive(u),
+            UserEntry::AliasOnly => UserStatus::AliasOnly,
+            UserEntry::Missing => UserStatus::NoSuchUser,
+        })
+    }
+
+    /// Is `domain` (after alias-domain resolution) a virtual domain of this directory?
+    pub async fn is_virtual_domain(&self, domain: &str) -> Result<bool, LookupError> {
+        Ok(self.real_domain(domain).await?.is_some())
+    }
+
+    /// The real domain of `domain` (itself, or the target of an alias domain), or `None` when
+    /// it is not a virtual domain.
+    pub async fn real_domain(&self, domain: &str) -> Result<Option<String>, LookupError> {
+        let d = normalize_domain(domain)?;
+        match Inner::get(&self.inner, Key::Domain(d)).await? {
+            Value::Domain(d) => Ok(d.map(|d| d.to_string())),
+            _ => Err(LookupError::Corrupt("cache kind mismatch".into())),
+        }
+    }
+
+    /// The user record (active or inactive), or `None`.
+    pub async fn user(&self, email: &str) -> Result<Option<Rc<User>>, LookupError> {
+        let addr = Address::parse(email)?;
+        let Some(real) = self.real_domain(addr.domain()).await? else {
+            return Ok(None);
+        };
+        Ok(match self.user_entry(addr.user(), &real).await? {
+            UserEntry::Active(u) | UserEntry::Inactive(u) => Some(u),
+            _ => None,
+        })
+    }
+
+    async fn user_entry(&self, user: &str, domain: &str) -> Result<UserEntry, LookupError> {
+        match Inner::get(&self.inner, Key::User(user.into(), domain.into())).await? {
+            Value::User(u) => Ok(u),
+            _ => Err(LookupError::Corrupt("cache kind mismatch".into())),
+        }
+    }
+
+    /// Check a LOGIN/PLAIN password. The hash runs on the blocking pool (it costs
+    /// milliseconds of CPU that must not stall the shard).
+    pub async fn check_password(
+        &self,
+        email: &str,
+        password: &str,
+    ) -> Result<AuthResult, LookupError> {
+        let Some(user) = self.user(email).await? else {
+            return Ok(AuthResult::NoSuchUser);
+        };
+        let stored = user.passwd.clone();
+        let clear = password.to_string();
+        let ok = tokio::task::spawn_blocking(move || password::verify(&stored, &clear))
+            .await
+            .map_err(|e| LookupError::Unavailable(format!("password check failed: {e}")))?;
+        Ok(match (ok, user.active) {
+            (false, _) => AuthResult::BadPassword,
+            (true, true) => AuthResult::Ok(user),
+            (true, false) => AuthResult::Inactive(user),
+        })
+    }
+
+    /// The clear text kept for CRAM-MD5 (`{CRAM}` form), if the user has one.
+    pub async fn cram_secret(&self, email: &str) -> Result<Option<String>, LookupError> {
+        Ok(self
+            .user(email)
+            .await?
+            .and_then(|u| u.cram_secret().map(str::to_string)))
+    }
+
+    /// The `scram` column (`{SCRAM-SHA-256}iter,salt,storedkey,serverkey[...]`), if set.
+    pub async fn scram_secret(&self, email: &str) -> Result<Option<String>, LookupError> {
+        Ok(self.user(email).await?.and_then(|u| u.scram.clone()))
+    }
+
+    /// valias lines of `email` (after alias-domain resolution).
+    pub async fn aliases(&self, email: &str) -> Result<Vec<String>, LookupError> {
+        let addr = Address::parse(email)?;
+        let domain = self
+            .real_domain(addr.domain())
+            .await?
+            .unwrap_or_else(|| addr.domain().to_string());
+        match Inner::get(&self.inner, Key::Aliases(addr.user().into(), domain)).await? {
+            Value::Aliases(a) => Ok(a.to_vec()),
+            _ => Err(LookupError::Corrupt("cache kind mismatch".into())),
+        }
+    }
+
+    /// The mail store holding `email` in a cluster (hostcntrl → host_table → smtp_port), or
+    /// `None` when the domain is not clustered.
+    pub async fn host_of(&self, email: &str) -> Result<Option<MailStore>, LookupError> {
+        let addr = Address::parse(email)?;
+        let domain = self
+            .real_domain(addr.domain())
+            .await?
+            .unwrap_or_else(|| addr.domain().to_string());
+        match Inner::get(&self.inner, Key::Host(addr.user().into(), domain)).await? {
+            Value::Host(h) => Ok(h.map(|h| (*h).clone())),
+            _ => Err(LookupError::Corrupt("cache kind mismatch".into())),
+        }
+    }
+
+    /// POP/IMAP-before-SMTP: may `ip` relay (a relay row within `RELAY_CLEAR_MINUTES`)?
+    /// Not cached: rows appear on every POP/IMAP login and must count at once.
+    pub async fn relay_allowed(&self, ip: IpAddr) -> Result<bool, LookupError> {
+        let window = i64::try_from(self.inner.cfg.relay_window.as_secs()).unwrap_or(i64::MAX);
+        let since = self.inner.clock.unix_seconds().saturating_sub(window);
+        queries::relay_allowed(&self.inner.db, &ip.to_string(), since).await
+    }
+
+    /// Record a successful POP/IMAP login from `ip` (what IndiMail's auth modules insert).
+    pub async fn record_relay(&self, email: &str, ip: IpAddr) -> Result<(), LookupError> {
+        let addr = Address::parse(email)?;
+        let now = self.inner.clock.unix_seconds();
+        self.inner
+            .db
+            .exec(
+                "REPLACE INTO relay (email, ipaddr, timestamp) VALUES (?, ?, ?)",
+                params![addr.to_string(), ip.to_string(), now],
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// The domain's `vlimits` row (domain or `user@domain`), after alias resolution.
+    pub async fn limits(&self, domain_or_email: &str) -> Result<Option<Rc<Limits>>, LookupError> {
+        let d = match domain_or_email.rsplit_once('@') {
+            Some((_, d)) => d,
+            None => domain_or_email,
+        };
+        let d = normalize_domain(d)?;
+        let d = self.real_domain(&d).await?.unwrap_or(d);
+        match Inner::get(&self.inner, Key::Limits(d)).await? {
+            Value::Limits(l) => Ok(l),
+            _ => Err(LookupError::Corrupt("cache kind mismatch".into())),
+        }
+    }
+
+    /// Read the change counter now; invalidate the cache if it moved. Returns whether it did.
+    pub async fn sync_changes(&self) -> Result<bool, LookupError> {
+        self.inner.last_poll.set(Some(self.inner.clock.now_ms()));
+        Inner::apply_changes(&self.inner).await
+    }
+
+    /// Cache counters of this shard.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.inner.cache.borrow().stats()
+    }
+
+    /// Drop every cached answer (inlookup's SIGHUP).
+    pub fn clear_cache(&self) {
+        self.inner.cache.borrow_mut().clear();
+    }
+
+    /// Close database connections.
+    pub async fn close(self) {
+        if let Ok(inner) = Rc::try_unwrap(self.inner) {
+            inner.db.close().await;
+        }
+    }
+}
+
+impl Inner {
+    async fn get(this: &Rc<Inner>, key: Key) -> Result<Value, LookupError> {
+        Inner::maybe_poll(this).await;
+        loop {
+            let now = this.clock.now_ms();
+            let step = this.cache.borrow_mut().lookup(&key, now);
+            match step {
+                Lookup::Fresh(v) | Lookup::Stale(v, None) => return Ok(v),
+                Lookup::Stale(v, Some(ticket)) => match this.mode {
+                    RefreshMode::Background => {
+                        let inner = Rc::clone(this);
+                        let guard = Inner::start_flight(this, key.clone());
+                        tokio::task::spawn_local(async move {
+                            let _ = Inner::run_flight(&inner, guard, ticket, Some(v)).await;
+                        });
+                        // The value was cloned into the refresh task; answer from the flight's
+                        // fallback path below by looking up again (still stale, no ticket).
+                        continue;
+                    }
+                    RefreshMode::Inline => {
+                        let guard = Inner::start_flight(this, key);
+                        return Inner::run_flight(this, guard, ticket, Some(v)).await;
+                    }
+                },
+                Lookup::Wait => {
+                    let flight = this.flights.borrow().get(&key).cloned();
+                    let Some(flight) = flight else {
+                        // In flight in the policy but no handle: cannot happen; retry.
+                        this.cache.borrow_mut().abort(&key);
+                        continue;
+                    };
+                    let notified = flight.done.notified();
+                    if let Some(r) = flight.result.borrow().clone() {
+                        return r;
+                    }
+                    notified.await;
+                    let r = flight.result.borrow().clone();
+                    if let Some(r) = r {
+                        return r;
+                    }
+                    // The leader was cancelled: try again (perhaps as the new leader).
+                }
+                Lookup::Fetch(ticket, fallback) => {
+                    let guard = Inner::start_flight(this, key);
+                    return Inner::run_flight(this, guard, ticket, fallback).await;
+                }
+            }
+        }
+    }
+
+    fn start_flight(this: &Rc<Inner>, key: Key) -> FlightGuard {
+        let flight = Rc::new(Flight::default());
+        this.flights
+            .borrow_mut()
+            .insert(key.clone(), Rc::clone(&flight));
+        FlightGuard {
+            inner: Rc::clone(this),
+            key,
+            flight,
+            armed: true,
+        }
+    }
+
+    async fn run_flight(
+        this: &Rc<Inner>,
+        guard: FlightGuard,
+        ticket: Ticket,
+        fallback: Option<Value>,
+    ) -> Result<Value, LookupError> {
+        let r = Inner::fetch(this, &guard.key).await;
+        let r = match r {
+            Ok(v) => {
+                let neg = v.is_negative();
+                this.cache.borrow_mut().complete(
+                    guard.key.clone(),
+                    ticket,
+                    v.clone(),
+                    neg,
+                    this.clock.now_ms(),
+                );
+                Ok(v)
+            }
+            Err(e) => {
+                let mut cache = this.cache.borrow_mut();
+                cache.abort(&guard.key);
+                match fallback {
+                    Some(v) if e.is_temporary() => {
+                        cache.note_fallback();
+                        Ok(v)
+                    }
+                    _ => Err(e),
+                }
+            }
+        };
+        guard.finish(r.clone());
+        r
+    }
+
+    async fn fetch(this: &Rc<Inner>, key: &Key) -> Result<Value, LookupError> {
+        let db = &this.db;
+        Ok(match key {
+            Key::Domain(d) => Value::Domain(queries::real_domain(db, d).await?.map(Rc::from)),
+            Key::User(u, d) => Value::User(match queries::user(db, u, d).await? {
+                Some(user) if user.active => UserEntry::Active(Rc::new(user)),
+                Some(user) => UserEntry::Inactive(Rc::new(user)),
+                None if !queries::aliases(db, u, d).await?.is_empty() => UserEntry::AliasOnly,
+                None => UserEntry::Missing,
+            }),
+            Key::Aliases(u, d) => Value::Aliases(queries::aliases(db, u, d).await?.into()),
+            Key::Host(u, d) => Value::Host(queries::host_of(db, u, d).await?.map(Rc::new)),
+            Key::Limits(d) => Value::Limits(queries::limits(db, d).await?.map(Rc::new)),
+        })
+    }
+
+    async fn maybe_poll(this: &Rc<Inner>) {
+        let now = this.clock.now_ms();
+        let interval = u64::try_from(this.cfg.change_poll.as_millis()).unwrap_or(u64::MAX);
+        let due = match this.last_poll.get() {
+            Some(last) => now.saturating_sub(last) >= interval,
+            None => true,
+        };
+        if !due || this.polling.get() {
+            return;
+        }
+        this.last_poll.set(Some(now));
+        match this.mode {
+            RefreshMode::Inline => {
+                let _ = Inner::apply_changes(this).await;
+            }
+            RefreshMode::Background => {
+                let inner = Rc::clone(this);
+                tokio::task::spawn_local(async move {
+                    let _ = Inner::apply_changes(&inner).await;
+                });
+            }
+        }
+    }
+
+    /// Read the counter; when it moved, invalidate. A failed read changes nothing (the cache
+    /// keeps answering; see the module docs on outages).
+    async fn apply_changes(this: &Rc<Inner>) -> Result<bool, LookupError> {
+        this.polling.set(true);
+        let r = this.db.changes().await;
+        this.polling.set(false);
+        let c = r?;
+        if this.changes.get() == Some(c) {
+            return Ok(false);
+        }
+        this.changes.set(Some(c));
+        this.cache.borrow_mut().invalidate_all();
+        Ok(true)
+    }
+}

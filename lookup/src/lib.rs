@@ -1,0 +1,59 @@
+//! The IndiMail user and domain directory: virtual domains, mailboxes, aliases, cluster
+//! placement and POP-before-SMTP relay, kept in IndiMail's own tables (spec 4.2) in either
+//! MySQL/MariaDB (when `control/host.mysql` exists) or an embedded SQLite file
+//! (`<home>/db/indimail.sqlite`), plus a per-shard lookup cache that plays inlookup's role
+//! (spec 5).
+//!
+//! What it does:
+//! * [`Directory`] — the per-shard, `!Send` query API used by the SMTP server (RCPT checks,
+//!   AUTH), delivery (user, aliases, host) and the proxies: [`Directory::user_status`],
+//!   [`Directory::check_password`], [`Directory::real_domain`], [`Directory::aliases`],
+//!   [`Directory::host_of`], [`Directory::relay_allowed`], [`Directory::limits`]. Answers go
+//!   through a [`Cache`] (TTLs, negative entries, single flight, stale-while-refresh,
+//!   invalidation by a change counter). Database failures are always temporary
+//!   ([`LookupError::is_temporary`], [`SmtpReply::TEMPFAIL`]), never a 5xx.
+//! * [`UserStatus::smtp_reply`] — the CHECKRECIPIENT replies (550 5.1.1, 550 5.2.1,
+//!   552 5.2.2, 451 4.3.0) so the SMTP layer does not invent them.
+//! * [`password`] — crypt(3) DES, `$1$`, `$5$`, `$6$`, yescrypt `$y$`, and `{CRAM}` forms.
+//! * [`Admin`] — the admin changes (vadddomain, vdeldomain, vadduser, vdeluser, vpasswd,
+//!   vmoduser, valias, hostcntrl, vsetuserquota, vlimit), which also maintain the domain
+//!   dirs, Maildirs and control files (`rcpthosts`, `morercpthosts`, `virtualdomains`).
+//! * [`cli`] — the `indimail domain|user|alias|hostcntrl|checkpassword` subcommands and the
+//!   IndiMail program names (`vadddomain`, `vadduser`, ...) for the `indimail` binary.
+//!
+//! What it does not do: deliver mail, speak SMTP/IMAP, serve inlookup's FIFO protocol, build
+//! `morercpthosts.cdb`, send HUP to other processes, or run IndiMail's cluster sync
+//! (`hostsync`, `dbinfo`/MCD). MySQL is reached without TLS (`ssl` in `host.mysql` is refused
+//! with a clear error). Over-quota status is the BOUNCE_MAIL flag set by delivery; the
+//! directory does not read `maildirsize`.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+mod admin;
+pub mod cache;
+pub mod checkpassword;
+pub mod cli;
+mod config;
+mod db;
+mod directory;
+mod error;
+mod model;
+pub mod password;
+mod queries;
+mod schema;
+
+pub use admin::{
+    hash_dir, Admin, DomainInfo, DomainOptions, HostEntry, PasswordOptions, UserChange,
+    UserOptions, DEFAULT_HARD_QUOTA, DEFAULT_USERS_PER_LEVEL, RCPTHOSTS_MAX,
+};
+pub use cache::{Cache, CachePolicy, CacheStats, Clock, Lookup, ManualClock, SystemClock};
+pub use config::{BackendConfig, DirectoryConfig, MysqlConfig};
+pub use directory::{Directory, RefreshMode};
+pub use error::LookupError;
+pub use model::{
+    bucket, normalize_domain, Address, AuthResult, Limits, MailStore, Quota, SmtpReply, User,
+    UserFlags, UserStatus, MAX_DOMAIN_LEN, MAX_GECOS_LEN, MAX_PASSWD_LEN, MAX_USER_LEN,
+};
+pub use password::HashMethod;
+pub use schema::Dialect;

@@ -1,0 +1,263 @@
+//! Every admin command, in-process through `cli::run` (clap) and `cli::run_as_program`
+//! (IndiMail names), with its errors, on both backends.
+
+mod support;
+
+use std::path::Path;
+
+use clap::Parser;
+use lookup::cli::{self, CliError, DirectoryCli};
+use lookup::LookupError;
+use support::{Kind, TestEnv};
+
+fn indimail(home: &Path, args: &[&str]) -> Result<String, CliError> {
+    let mut argv = vec!["indimail"];
+    argv.extend_from_slice(args);
+    let cmd = DirectoryCli::try_parse_from(argv)
+        .map_err(|e| CliError::Usage(e.to_string()))?
+        .command;
+    let mut out = Vec::new();
+    cli::run(cmd, home, &mut out)?;
+    Ok(String::from_utf8(out).expect("utf-8 output"))
+}
+
+fn ok(home: &Path, args: &[&str]) -> String {
+    indimail(home, args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+fn err(home: &Path, args: &[&str]) -> CliError {
+    match indimail(home, args) {
+        Ok(out) => panic!("{args:?} succeeded: {out}"),
+        Err(e) => e,
+    }
+}
+
+fn program(home: &Path, name: &str, args: &[&str]) -> (i32, String) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let mut out = Vec::new();
+    let code = cli::run_as_program(&format!("/usr/bin/{name}"), &args, home, &mut out)
+        .expect("known program");
+    (code, String::from_utf8(out).unwrap())
+}
+
+fn line<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}: ")))
+        .unwrap_or_else(|| panic!("no {key}: line in {out}"))
+}
+
+fn subcommands(kind: Kind) {
+    let env = TestEnv::new(kind);
+    let h = env.path();
+
+    // domain
+    assert!(ok(h, &["domain", "add", "example.com"]).contains("added domain example.com"));
+    let e = err(h, &["domain", "add", "example.com"]);
+    assert_eq!(e.to_string(), "domain already exists: example.com");
+    assert_eq!(e.exit_code(), 1);
+    ok(h, &["domain", "add", "second.org", "--users-per-level", "5", "--postmaster-password", "pm"]);
+    assert_eq!(ok(h, &["domain", "list"]), "example.com\nsecond.org\n");
+    let info = ok(h, &["domain", "info", "second.org"]);
+    assert_eq!(line(&info, "users"), "1", "postmaster created");
+    assert_eq!(line(&info, "users per level"), "5");
+    ok(h, &["domain", "add-alias", "example.net", "example.com"]);
+    assert_eq!(line(&ok(h, &["domain", "info", "example.com"]), "aliases"), "example.net");
+    assert!(matches!(
+        err(h, &["domain", "info", "nowhere.org"]),
+        CliError::Lookup(LookupError::DomainNotFound(_))
+    ));
+    assert_eq!(err(h, &["domain", "del", "nowhere.org"]).to_string(), "domain not found: nowhere.org");
+
+    // user
+    let out = ok(h, &["user", "add", "manny@example.com", "--password", "pw"]);
+    let dir = line(&out, "dir").to_string();
+    assert_eq!(Path::new(&dir), h.join("mail/L2P/example.com/manny"));
+    assert!(Path::new(&dir).join("Maildir/new").is_dir());
+    let info = ok(h, &["user", "info", "manny@example.com"]);
+    assert_eq!(line(&info, "dir"), dir);
+    assert_eq!(line(&info, "active"), "yes");
+    assert_eq!(
+        err(h, &["user", "add", "manny@example.com", "--password", "pw"]).to_string(),
+        "user already exists: manny@example.com"
+    );
+    assert_eq!(
+        err(h, &["user", "add", "x@nowhere.org", "--password", "pw"]).to_string(),
+        "domain not found: nowhere.org"
+    );
+    let long = "p".repeat(200);
+    assert!(err(h, &["user", "add", "y@example.com", "--password", &long])
+        .to_string()
+        .starts_with("password too long"));
+    assert!(matches!(
+        err(h, &["user", "add", "z@example.com", "--password", "pw", "--hash", "rot13"]),
+        CliError::Lookup(LookupError::UnknownHash(_))
+    ));
+    assert!(matches!(
+        err(h, &["user", "add", "z@example.com", "--password", "pw", "--quota", "lots"]),
+        CliError::Lookup(LookupError::InvalidQuota(_))
+    ));
+    assert_eq!(err(h, &["user", "add", "z@example.com"]).exit_code(), 2, "missing --password");
+
+    ok(h, &["user", "passwd", "manny@example.com", "--password", "new", "--hash", "SHA-512"]);
+    assert!(line(&ok(h, &["user", "info", "manny@example.com"]), "passwd").starts_with("$6$"));
+    ok(h, &["user", "passwd", "manny@example.com", "--password", "new", "--cram", "--hash", "MD5"]);
+    assert!(line(&ok(h, &["user", "info", "manny@example.com"]), "passwd").starts_with("{CRAM}new,$1$"));
+    assert!(matches!(
+        err(h, &["user", "passwd", "ghost@example.com", "--password", "x"]),
+        CliError::Lookup(LookupError::UserNotFound(_))
+    ));
+
+    let m = ok(h, &[
+        "user", "mod", "manny@example.com", "--gecos", "Manny", "--quota", "5M", "--set", "no-pop",
+        "--set", "no-imap", "--toggle-active",
+    ]);
+    assert_eq!(line(&m, "gecos"), "Manny");
+    assert_eq!(line(&m, "flags"), "no-pop,no-imap");
+    assert_eq!(line(&m, "quota"), "5242880S");
+    assert_eq!(line(&m, "active"), "no");
+    let m = ok(h, &["user", "mod", "manny@example.com", "--clear", "no-pop", "--toggle-active"]);
+    assert_eq!(line(&m, "flags"), "no-imap");
+    assert_eq!(line(&m, "active"), "yes");
+    assert!(matches!(
+        err(h, &["user", "mod", "manny@example.com", "--set", "wings"]),
+        CliError::Usage(_)
+    ));
+    ok(h, &["user", "quota", "manny@example.com", "NOQUOTA"]);
+    assert_eq!(line(&ok(h, &["user", "info", "manny@example.com"]), "quota"), "NOQUOTA");
+
+    ok(h, &["user", "add", "anna@example.com", "--password", "pw", "--inactive"]);
+    let list = ok(h, &["user", "list", "example.com"]);
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 2, "{list}");
+    assert!(lines[0].starts_with("anna@example.com ") && lines[0].ends_with(" inactive"));
+    assert!(lines[1].starts_with("manny@example.com "));
+    assert_eq!(ok(h, &["user", "list"]).lines().count(), 3);
+
+    // alias
+    ok(h, &["alias", "add", "sales@example.com", "manny@example.com"]);
+    ok(h, &["alias", "add", "sales@example.com", "anna@example.com"]);
+    assert_eq!(
+        ok(h, &["alias", "list", "sales@example.com"]),
+        "sales@example.com -> anna@example.com\nsales@example.com -> manny@example.com\n"
+    );
+    assert!(matches!(
+        err(h, &["alias", "add", "sales@example.com", "anna@example.com"]),
+        CliError::Lookup(LookupError::AliasExists(_))
+    ));
+    ok(h, &["alias", "del", "sales@example.com", "anna@example.com"]);
+    ok(h, &["alias", "del", "sales@example.com"]);
+    assert_eq!(ok(h, &["alias", "list", "example.com"]), "");
+    assert!(matches!(
+        err(h, &["alias", "del", "sales@example.com"]),
+        CliError::Lookup(LookupError::AliasNotFound(_))
+    ));
+
+    // hostcntrl
+    ok(h, &["hostcntrl", "set-host", "store1", "10.1.1.1"]);
+    ok(h, &["hostcntrl", "add", "manny@example.com", "store1"]);
+    ok(h, &["hostcntrl", "add", "*@example.com", "store1"]);
+    ok(h, &["hostcntrl", "set-port", "example.com", "store1", "2525"]);
+    assert!(matches!(
+        err(h, &["hostcntrl", "add", "manny@example.com", "store2"]),
+        CliError::Lookup(LookupError::HostExists(_))
+    ));
+    ok(h, &["hostcntrl", "mod", "manny@example.com", "store2"]);
+    assert_eq!(
+        ok(h, &["hostcntrl", "list", "example.com"]),
+        "*@example.com store1\nmanny@example.com store2\n"
+    );
+    ok(h, &["hostcntrl", "del", "manny@example.com"]);
+    assert!(matches!(
+        err(h, &["hostcntrl", "del", "manny@example.com"]),
+        CliError::Lookup(LookupError::HostNotFound(_))
+    ));
+    ok(h, &["hostcntrl", "del-host", "store1"]);
+    assert!(matches!(
+        err(h, &["hostcntrl", "del-host", "store1"]),
+        CliError::Lookup(LookupError::HostNotFound(_))
+    ));
+
+    // deletes
+    ok(h, &["user", "del", "manny@example.com"]);
+    assert!(!Path::new(&dir).exists());
+    assert!(matches!(
+        err(h, &["user", "info", "manny@example.com"]),
+        CliError::Lookup(LookupError::UserNotFound(_))
+    ));
+    ok(h, &["domain", "del", "example.com"]);
+    assert_eq!(ok(h, &["domain", "list"]), "second.org\n");
+    let rcpt = std::fs::read_to_string(h.join("control/rcpthosts")).unwrap();
+    assert_eq!(rcpt, "second.org\n");
+}
+
+fn indimail_program_names(kind: Kind) {
+    let env = TestEnv::new(kind);
+    let h = env.path();
+    assert_eq!(program(h, "vadddomain", &["-l", "10", "example.com", "pmpass"]).0, 0);
+    assert_eq!(program(h, "vadddomain", &["example.com"]).0, 1, "exists");
+    assert_eq!(program(h, "vadddomain", &[]).0, 2, "usage");
+    assert_eq!(program(h, "vadduser", &["-q", "1M", "-c", "Bob B", "bob@example.com", "pw"]).0, 0);
+    assert_eq!(program(h, "vadduser", &["bob@example.com", "pw"]).0, 1, "exists");
+    assert_eq!(program(h, "vadduser", &["-Z", "x@example.com", "pw"]).0, 2, "bad option");
+    let (code, out) = program(h, "vuserinfo", &["bob@example.com"]);
+    assert_eq!(code, 0);
+    assert_eq!(line(&out, "gecos"), "Bob B");
+    assert_eq!(line(&out, "quota"), "1048576S");
+    assert_eq!(program(h, "vpasswd", &["-h", "SHA-512", "bob@example.com", "new"]).0, 0);
+    assert!(line(&program(h, "vuserinfo", &["bob@example.com"]).1, "passwd").starts_with("$6$"));
+    assert_eq!(program(h, "vmoduser", &["-r", "-p", "bob@example.com"]).0, 0);
+    assert_eq!(
+        line(&program(h, "vuserinfo", &["bob@example.com"]).1, "flags"),
+        "no-pop,no-relay"
+    );
+    assert_eq!(program(h, "vmoduser", &["-x", "-n", "bob@example.com"]).0, 0);
+    let out = program(h, "vuserinfo", &["bob@example.com"]).1;
+    assert_eq!((line(&out, "flags"), line(&out, "active")), ("none", "no"));
+    assert_eq!(program(h, "vsetuserquota", &["bob@example.com", "2M"]).0, 0);
+    assert_eq!(line(&program(h, "vuserinfo", &["bob@example.com"]).1, "quota"), "2097152S");
+    assert_eq!(program(h, "vsetuserquota", &["bob@example.com", "much"]).0, 1);
+    assert_eq!(program(h, "valias", &["-i", "bob@example.com", "info@example.com"]).0, 0);
+    let (code, out) = program(h, "valias", &["-s", "info@example.com"]);
+    assert_eq!((code, out.as_str()), (0, "info@example.com -> bob@example.com\n"));
+    assert_eq!(program(h, "valias", &["-d", "bob@example.com", "info@example.com"]).0, 0);
+    assert_eq!(program(h, "valias", &["-d", "bob@example.com", "info@example.com"]).0, 1);
+    assert_eq!(program(h, "hostcntrl", &["-i", "store9", "bob@example.com"]).0, 0);
+    assert_eq!(program(h, "hostcntrl", &["-m", "store8", "bob@example.com"]).0, 0);
+    let (code, out) = program(h, "hostcntrl", &["-l", "example.com"]);
+    assert_eq!((code, out.as_str()), (0, "bob@example.com store8\n"));
+    assert_eq!(program(h, "hostcntrl", &["-d", "bob@example.com"]).0, 0);
+    assert_eq!(program(h, "hostcntrl", &["bob@example.com"]).0, 2);
+    let (code, out) = program(h, "vdominfo", &["example.com"]);
+    assert_eq!(code, 0);
+    assert_eq!(line(&out, "users"), "2");
+    assert_eq!(program(h, "vdominfo", &[]).1, "example.com\n");
+    assert_eq!(program(h, "vaddaliasdomain", &["example.org", "example.com"]).0, 0);
+    assert_eq!(program(h, "vdeluser", &["bob@example.com"]).0, 0);
+    assert_eq!(program(h, "vdeluser", &["bob@example.com"]).0, 1);
+    assert_eq!(program(h, "vdeldomain", &["example.com"]).0, 0);
+    assert_eq!(program(h, "vdeldomain", &["example.com"]).0, 1);
+    let mut out = Vec::new();
+    assert_eq!(cli::run_as_program("qmail-smtpd", &[], h, &mut out), None);
+}
+
+/// A temporary failure (the database is gone) exits 111.
+#[test]
+fn unreachable_database_exits_111() {
+    let mut env = TestEnv::new(Kind::Mariadb);
+    let h = env.path().to_path_buf();
+    ok(&h, &["domain", "add", "example.com"]);
+    env.db.as_mut().unwrap().stop();
+    let e = err(&h, &["domain", "list"]);
+    assert_eq!(e.exit_code(), 111, "{e}");
+    assert_eq!(program(&h, "vdominfo", &[]).0, 111);
+}
+
+#[test]
+fn bad_host_mysql_names_file_and_line() {
+    let env = TestEnv::new(Kind::Sqlite);
+    std::fs::write(env.path().join("control/host.mysql"), "h:u:p:notaport\n").unwrap();
+    let e = err(env.path(), &["domain", "list"]);
+    assert!(e.to_string().contains("host.mysql:1: bad port or socket"), "{e}");
+}
+
+both_backends!(subcommands, indimail_program_names);

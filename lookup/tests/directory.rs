@@ -1,0 +1,506 @@
+//! The directory's query API and admin changes, run against the embedded SQLite store and a
+//! private MariaDB with the same test bodies.
+
+mod support;
+
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use lookup::checkpassword::{self, Outcome};
+use lookup::{
+    AuthResult, DomainOptions, HashMethod, Limits, LookupError, ManualClock, PasswordOptions,
+    Quota, UserChange, UserFlags, UserOptions, UserStatus,
+};
+use support::{run, Kind, TestEnv};
+
+const T0: i64 = 1_700_000_000;
+
+fn opts() -> UserOptions {
+    UserOptions::default()
+}
+
+fn domain_and_user_lifecycle(kind: Kind) {
+    let env = TestEnv::new(kind);
+    run(async {
+        let admin = env.admin().await;
+        let info = admin
+            .domain_add("Example.COM", &DomainOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(info.name, "example.com");
+        let ctl = env.path().join("control");
+        assert_eq!(
+            std::fs::read_to_string(ctl.join("rcpthosts")).unwrap(),
+            "example.com\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(ctl.join("virtualdomains")).unwrap(),
+            "example.com:example.com\n"
+        );
+        assert!(env
+            .path()
+            .join("domains/example.com/.qmail-default")
+            .is_file());
+
+        let u = admin
+            .user_add("Manny@example.com", "s3cret", &opts())
+            .await
+            .unwrap();
+        assert_eq!(u.dir, env.maildir("L2P/example.com/manny"));
+        for sub in ["cur", "new", "tmp"] {
+            assert!(u.dir.join("Maildir").join(sub).is_dir());
+        }
+        assert!(u.passwd.starts_with("$5$"), "default SHA-256: {}", u.passwd);
+        assert_eq!(
+            u.quota,
+            Quota::Limit {
+                bytes: lookup::DEFAULT_HARD_QUOTA,
+                count: None
+            }
+        );
+
+        let clock = Rc::new(ManualClock::new(T0));
+        let dir = env.directory(clock.clone(), env.config()).await;
+        let st = dir.user_status("manny@EXAMPLE.com").await.unwrap();
+        assert!(matches!(st, UserStatus::Active(ref u) if u.name == "manny"));
+        assert_eq!(st.smtp_reply(), None);
+        let st = dir.user_status("nobody@example.com").await.unwrap();
+        assert_eq!(st, UserStatus::NoSuchUser);
+        let r = st.smtp_reply().unwrap();
+        assert_eq!((r.code, r.enhanced), (550, "5.1.1"));
+        assert_eq!(
+            dir.user_status("x@elsewhere.org").await.unwrap(),
+            UserStatus::NotVirtualDomain
+        );
+        assert!(dir.is_virtual_domain("example.com").await.unwrap());
+        assert!(!dir.is_virtual_domain("elsewhere.org").await.unwrap());
+
+        assert!(matches!(
+            dir.check_password("manny@example.com", "s3cret").await.unwrap(),
+            AuthResult::Ok(_)
+        ));
+        assert_eq!(
+            dir.check_password("manny@example.com", "wrong").await.unwrap(),
+            AuthResult::BadPassword
+        );
+        assert_eq!(
+            dir.check_password("ghost@example.com", "x").await.unwrap(),
+            AuthResult::NoSuchUser
+        );
+
+        // Each admin change becomes visible once the change poll interval has passed.
+        let sync = || async {
+            clock.advance(Duration::from_secs(2));
+            dir.sync_changes().await.unwrap();
+        };
+        admin
+            .user_passwd(
+                "manny@example.com",
+                "n3w",
+                PasswordOptions {
+                    hash: Some(HashMethod::Sha512),
+                    ..PasswordOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+        sync().await;
+        let u = dir.user("manny@example.com").await.unwrap().unwrap();
+        assert!(u.passwd.starts_with("$6$"));
+        assert!(matches!(
+            dir.check_password("manny@example.com", "n3w").await.unwrap(),
+            AuthResult::Ok(_)
+        ));
+
+        admin
+            .user_mod(
+                "manny@example.com",
+                &UserChange {
+                    toggle_active: true,
+                    ..UserChange::default()
+                },
+            )
+            .await
+            .unwrap();
+        sync().await;
+        let st = dir.user_status("manny@example.com").await.unwrap();
+        assert!(matches!(st, UserStatus::Inactive(_)));
+        assert_eq!(st.smtp_reply().unwrap().enhanced, "5.2.1");
+        assert!(matches!(
+            dir.check_password("manny@example.com", "n3w").await.unwrap(),
+            AuthResult::Inactive(_)
+        ));
+
+        admin
+            .user_mod(
+                "manny@example.com",
+                &UserChange {
+                    toggle_active: true,
+                    set_flags: UserFlags::BOUNCE_MAIL | UserFlags::NO_RELAY,
+                    gecos: Some("Manny Calavera".into()),
+                    quota: Some(Quota::parse("40000,2000").unwrap()),
+                    ..UserChange::default()
+                },
+            )
+            .await
+            .unwrap();
+        sync().await;
+        let st = dir.user_status("manny@example.com").await.unwrap();
+        let UserStatus::OverQuota(u) = &st else {
+            panic!("{st:?}")
+        };
+        assert_eq!(u.gecos, "Manny Calavera");
+        assert_eq!(u.quota_raw, "40000,2000");
+        let r = st.smtp_reply().unwrap();
+        assert_eq!((r.code, r.enhanced), (552, "5.2.2"));
+        let auth = dir.check_password("manny@example.com", "n3w").await.unwrap();
+        assert_eq!(auth.exit_code(), 3, "NO_RELAY: ok but no relay");
+
+        admin.set_bounce_flag("manny@example.com", false).await.unwrap();
+        admin
+            .set_quota("manny@example.com", Quota::Unlimited)
+            .await
+            .unwrap();
+        sync().await;
+        let st = dir.user_status("manny@example.com").await.unwrap();
+        let UserStatus::Active(u) = st else {
+            panic!()
+        };
+        assert_eq!(u.quota, Quota::Unlimited);
+
+        let home = u.dir.clone();
+        admin.user_del("manny@example.com").await.unwrap();
+        assert!(!home.exists());
+        sync().await;
+        assert_eq!(
+            dir.user_status("manny@example.com").await.unwrap(),
+            UserStatus::NoSuchUser
+        );
+
+        admin.domain_del("example.com").await.unwrap();
+        sync().await;
+        assert!(!dir.is_virtual_domain("example.com").await.unwrap());
+        assert_eq!(std::fs::read_to_string(ctl.join("rcpthosts")).unwrap(), "");
+        assert!(!env.path().join("domains/example.com").exists());
+        dir.close().await;
+        admin.close().await;
+    });
+}
+
+fn aliases_and_alias_domains(kind: Kind) {
+    let env = TestEnv::new(kind);
+    run(async {
+        let admin = env.admin().await;
+        admin
+            .domain_add("example.com", &DomainOptions::default())
+            .await
+            .unwrap();
+        admin.user_add("anna@example.com", "pw", &opts()).await.unwrap();
+        admin
+            .alias_add("sales@example.com", "anna@example.com")
+            .await
+            .unwrap();
+        admin
+            .alias_add("sales@example.com", "&boss@other.org")
+            .await
+            .unwrap();
+        admin.alias_domain_add("example.net", "example.com").await.unwrap();
+
+        let dir = env
+            .directory(Rc::new(ManualClock::new(T0)), env.config())
+            .await;
+        assert_eq!(
+            dir.user_status("sales@example.com").await.unwrap(),
+            UserStatus::AliasOnly
+        );
+        assert_eq!(
+            dir.aliases("sales@example.net").await.unwrap(),
+            vec!["&boss@other.org".to_string(), "anna@example.com".to_string()]
+        );
+        assert!(dir.aliases("anna@example.com").await.unwrap().is_empty());
+        assert_eq!(
+            dir.real_domain("EXAMPLE.net").await.unwrap().as_deref(),
+            Some("example.com")
+        );
+        assert!(matches!(
+            dir.user_status("anna@example.net").await.unwrap(),
+            UserStatus::Active(_)
+        ));
+        let virt = std::fs::read_to_string(env.path().join("control/virtualdomains")).unwrap();
+        assert!(virt.contains("example.net:example.com"), "{virt}");
+
+        let list = admin.alias_list("example.com").await.unwrap();
+        assert_eq!(list.len(), 2);
+        admin
+            .alias_del("sales@example.com", Some("anna@example.com"))
+            .await
+            .unwrap();
+        assert_eq!(admin.alias_list("sales@example.com").await.unwrap().len(), 1);
+        assert!(matches!(
+            admin.alias_del("nobody@example.com", None).await,
+            Err(LookupError::AliasNotFound(_))
+        ));
+        assert!(matches!(
+            admin.alias_add("sales@example.com", "&boss@other.org").await,
+            Err(LookupError::AliasExists(_))
+        ));
+        // Deleting the real domain removes its alias domain.
+        admin.domain_del("example.com").await.unwrap();
+        let virt = std::fs::read_to_string(env.path().join("control/virtualdomains")).unwrap();
+        assert_eq!(virt, "");
+    });
+}
+
+fn hosts_limits_relay(kind: Kind) {
+    let env = TestEnv::new(kind);
+    run(async {
+        let admin = env.admin().await;
+        admin
+            .domain_add("example.com", &DomainOptions::default())
+            .await
+            .unwrap();
+        admin.user_add("bob@example.com", "pw", &opts()).await.unwrap();
+        admin.hostcntrl_add("*@example.com", "store1").await.unwrap();
+        admin.hostcntrl_add("bob@example.com", "store2").await.unwrap();
+        admin
+            .host_set("store1", "10.0.0.1".parse().unwrap())
+            .await
+            .unwrap();
+        admin
+            .host_set("store2", "10.0.0.2".parse().unwrap())
+            .await
+            .unwrap();
+        admin
+            .smtp_port_set("example.com", "store2", "*", 2525)
+            .await
+            .unwrap();
+        admin
+            .limits_set(&Limits {
+                domain: "example.com".into(),
+                maxpopaccounts: 10,
+                defaultquota: 1_000_000,
+                disable_imap: true,
+                domain_expiry: -1,
+                passwd_expiry: -1,
+                ..Limits::default()
+            })
+            .await
+            .unwrap();
+
+        let clock = Rc::new(ManualClock::new(T0));
+        let dir = env.directory(clock.clone(), env.config()).await;
+        let h = dir.host_of("bob@example.com").await.unwrap().unwrap();
+        assert_eq!(h.to_string(), "example.com:10.0.0.2:2525");
+        let h = dir.host_of("carol@example.com").await.unwrap().unwrap();
+        assert_eq!(h.to_string(), "example.com:10.0.0.1:25");
+        let l = dir.limits("example.com").await.unwrap().unwrap();
+        assert_eq!(l.maxpopaccounts, 10);
+        assert!(l.disable_imap && !l.disable_pop);
+        assert!(dir.limits("nolimits.org").await.unwrap().is_none());
+        // Domain default quota comes from vlimits.
+        let u = admin.user_add("dave@example.com", "pw", &opts()).await.unwrap();
+        assert_eq!(
+            u.quota,
+            Quota::Limit {
+                bytes: 1_000_000,
+                count: None
+            }
+        );
+        assert_eq!(admin.hostcntrl_list(Some("example.com")).await.unwrap().len(), 2);
+        admin.hostcntrl_mod("bob@example.com", "store1").await.unwrap();
+        admin.hostcntrl_del("bob@example.com").await.unwrap();
+        assert!(matches!(
+            admin.hostcntrl_del("bob@example.com").await,
+            Err(LookupError::HostNotFound(_))
+        ));
+
+        // POP/IMAP-before-SMTP relay window (60 min by default).
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        assert!(!dir.relay_allowed(ip).await.unwrap());
+        dir.record_relay("bob@example.com", ip).await.unwrap();
+        assert!(dir.relay_allowed(ip).await.unwrap());
+        assert!(!dir.relay_allowed("192.0.2.8".parse().unwrap()).await.unwrap());
+        clock.advance(Duration::from_secs(59 * 60));
+        assert!(dir.relay_allowed(ip).await.unwrap());
+        clock.advance(Duration::from_secs(2 * 60));
+        assert!(!dir.relay_allowed(ip).await.unwrap());
+    });
+}
+
+fn admin_errors(kind: Kind) {
+    let env = TestEnv::new(kind);
+    run(async {
+        let admin = env.admin().await;
+        assert_eq!(
+            admin.user_add("a@nowhere.org", "pw", &opts()).await.unwrap_err(),
+            LookupError::DomainNotFound("nowhere.org".into())
+        );
+        admin
+            .domain_add("example.com", &DomainOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            admin
+                .domain_add("example.com", &DomainOptions::default())
+                .await
+                .unwrap_err(),
+            LookupError::DomainExists("example.com".into())
+        );
+        admin.user_add("a@example.com", "pw", &opts()).await.unwrap();
+        let e = admin.user_add("A@example.com", "pw", &opts()).await.unwrap_err();
+        assert_eq!(e.to_string(), "user already exists: a@example.com");
+        let e = admin
+            .user_add("b@example.com", &"x".repeat(200), &opts())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().starts_with("password too long"), "{e}");
+        assert!(matches!(
+            admin.user_del("zz@example.com").await,
+            Err(LookupError::UserNotFound(_))
+        ));
+        assert!(matches!(
+            admin.user_info("bad address").await,
+            Err(LookupError::InvalidAddress(_))
+        ));
+        assert!(matches!(
+            admin.domain_add("bad_dom ain", &DomainOptions::default()).await,
+            Err(LookupError::InvalidDomain(_))
+        ));
+        assert!(matches!(
+            admin.domain_del("nowhere.org").await,
+            Err(LookupError::DomainNotFound(_))
+        ));
+        // A failed add leaves nothing behind.
+        assert!(!env.maildir("A2E/example.com/b").exists());
+    });
+}
+
+fn hashed_directories_and_schemes(kind: Kind) {
+    let env = TestEnv::new(kind);
+    run(async {
+        let admin = env.admin().await;
+        admin
+            .domain_add(
+                "example.com",
+                &DomainOptions {
+                    users_per_level: Some(2),
+                    base_path: None,
+                },
+            )
+            .await
+            .unwrap();
+        let schemes = [
+            HashMethod::Des,
+            HashMethod::Md5,
+            HashMethod::Sha256,
+            HashMethod::Sha512,
+            HashMethod::Yescrypt,
+        ];
+        let mut dirs = Vec::new();
+        for (i, m) in schemes.iter().enumerate() {
+            let u = admin
+                .user_add(
+                    &format!("u{i}@example.com"),
+                    "pw",
+                    &UserOptions {
+                        hash: Some(*m),
+                        cram: *m == HashMethod::Md5,
+                        ..UserOptions::default()
+                    },
+                )
+                .await
+                .unwrap();
+            dirs.push(u.dir);
+        }
+        let base = env.maildir("T2Zsym/example.com");
+        assert_eq!(dirs[0], base.join("u0"));
+        assert_eq!(dirs[1], base.join("u1"));
+        assert_eq!(dirs[2], base.join("0/u2"));
+        assert_eq!(dirs[4], base.join("1/u4"));
+        let dir = env
+            .directory(Rc::new(ManualClock::new(T0)), env.config())
+            .await;
+        for i in 0..schemes.len() {
+            let who = format!("u{i}@example.com");
+            assert!(
+                matches!(dir.check_password(&who, "pw").await.unwrap(), AuthResult::Ok(_)),
+                "{:?}",
+                schemes[i]
+            );
+            assert_eq!(
+                dir.check_password(&who, "pW").await.unwrap(),
+                AuthResult::BadPassword
+            );
+        }
+        assert_eq!(
+            dir.cram_secret("u1@example.com").await.unwrap().as_deref(),
+            Some("pw")
+        );
+        assert_eq!(dir.cram_secret("u2@example.com").await.unwrap(), None);
+        assert_eq!(admin.domain_info("example.com").await.unwrap().users, 5);
+        // Listing pages.
+        let page = admin.user_page(Some("example.com"), None, 3).await.unwrap();
+        assert_eq!(page.len(), 3);
+        let last = page.last().unwrap();
+        let rest = admin
+            .user_page(
+                Some("example.com"),
+                Some((&last.domain, &last.name)),
+                3,
+            )
+            .await
+            .unwrap();
+        assert_eq!(rest.len(), 2);
+    });
+}
+
+fn checkpassword_protocol(kind: Kind) {
+    let env = TestEnv::new(kind);
+    run(async {
+        let admin = env.admin().await;
+        admin
+            .domain_add("example.com", &DomainOptions::default())
+            .await
+            .unwrap();
+        let u = admin.user_add("eve@example.com", "pw", &opts()).await.unwrap();
+        let dir = env
+            .directory(Rc::new(ManualClock::new(T0)), env.config())
+            .await;
+        let prog = vec!["/bin/true".to_string()];
+        let ok = checkpassword::decide(&dir, b"eve@example.com\0pw\0123\0", &prog, None, None).await;
+        assert_eq!(
+            ok,
+            Outcome::Exec {
+                program: prog.clone(),
+                env: vec![
+                    ("USER".into(), "eve@example.com".into()),
+                    ("HOME".into(), u.dir.to_string_lossy().into_owned()),
+                ]
+            }
+        );
+        let r = checkpassword::decide(&dir, b"eve@example.com\0bad\0", &[], None, None).await;
+        assert_eq!(r, Outcome::Exit(1));
+        let r = checkpassword::decide(&dir, b"eve\0pw\0", &[], None, Some("example.com")).await;
+        assert_eq!(r, Outcome::Exit(0));
+        let r = checkpassword::decide(&dir, b"eve\0pw\0", &[], None, None).await;
+        assert_eq!(r, Outcome::Exit(1));
+        let r = checkpassword::decide(&dir, b"garbage", &[], None, None).await;
+        assert_eq!(r, Outcome::Exit(2));
+        // Dovecot userdb lookup: no password check, AUTHORIZED=2 exported.
+        let r = checkpassword::decide(&dir, b"eve@example.com\0\0", &prog, Some("1"), None).await;
+        let Outcome::Exec { env, .. } = r else {
+            panic!("{r:?}")
+        };
+        assert!(env.contains(&("AUTHORIZED".into(), "2".into())));
+    });
+}
+
+both_backends!(
+    domain_and_user_lifecycle,
+    aliases_and_alias_domains,
+    hosts_limits_relay,
+    admin_errors,
+    hashed_directories_and_schemes,
+    checkpassword_protocol,
+);
