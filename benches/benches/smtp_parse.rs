@@ -119,23 +119,22 @@ fn data(c: &mut Criterion) {
     let mut g = c.benchmark_group("smtp_data_1MiB");
     g.throughput(Throughput::Bytes(msg.len() as u64));
     for read_size in [16 * 1024, 256 * 1024] {
-        g.bench_function(format!("session_scan_reads_of_{}k", read_size / 1024), |b| {
-            b.iter_batched(
-                session_in_data,
-                |s| scan_message(s, black_box(&msg), read_size),
-                BatchSize::SmallInput,
-            )
-        });
+        g.bench_function(
+            format!("session_scan_reads_of_{}k", read_size / 1024),
+            |b| {
+                b.iter_batched(
+                    session_in_data,
+                    |s| scan_message(s, black_box(&msg), read_size),
+                    BatchSize::SmallInput,
+                )
+            },
+        );
     }
     g.bench_function("baseline_copy", |b| {
         b.iter(|| black_box(black_box(&msg).to_vec()))
     });
     g.bench_function("baseline_naive_end_search", |b| {
-        b.iter(|| {
-            black_box(&msg)
-                .windows(5)
-                .position(|w| w == b"\r\n.\r\n")
-        })
+        b.iter(|| black_box(&msg).windows(5).position(|w| w == b"\r\n.\r\n"))
     });
     g.finish();
 }

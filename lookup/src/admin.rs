@@ -403,7 +403,10 @@ impl Admin {
         }
         let aliases: Vec<String> = self
             .db
-            .query("SELECT alias FROM aliasdomain WHERE domain = ?", params![&d])
+            .query(
+                "SELECT alias FROM aliasdomain WHERE domain = ?",
+                params![&d],
+            )
             .await?
             .iter()
             .map(|r| r.text(0))
@@ -533,10 +536,16 @@ impl Admin {
         let addr = Address::parse(email)?;
         let domain = self.require_domain(addr.domain()).await?;
         let addr = addr.with_domain(&domain);
-        if queries::user(&self.db, addr.user(), &domain).await?.is_some() {
+        if queries::user(&self.db, addr.user(), &domain)
+            .await?
+            .is_some()
+        {
             return Err(LookupError::UserExists(addr.to_string()));
         }
-        let gecos = opts.gecos.clone().unwrap_or_else(|| addr.user().to_string());
+        let gecos = opts
+            .gecos
+            .clone()
+            .unwrap_or_else(|| addr.user().to_string());
         check_gecos(&gecos)?;
         let stored = self.stored_password(password, opts.hash, opts.encrypted, opts.cram)?;
         let quota = match opts.quota {
@@ -756,7 +765,9 @@ impl Admin {
             let stored = self.stored_password(pw, opts.hash, opts.encrypted, opts.cram)?;
             self.db
                 .exec(
-                    &format!("UPDATE {table} SET pw_passwd = ? WHERE pw_name = ? AND pw_domain = ?"),
+                    &format!(
+                        "UPDATE {table} SET pw_passwd = ? WHERE pw_name = ? AND pw_domain = ?"
+                    ),
                     params![&stored, u, d],
                 )
                 .await?;
@@ -781,10 +792,7 @@ impl Admin {
         // Active and inactive users are merged by key so pages stay ordered.
         for (table, active) in [("indimail", true), ("indibak", false)] {
             let (filter, p) = match &d {
-                Some(d) => (
-                    "pw_domain = ? AND pw_name > ?",
-                    params![d.as_str(), an],
-                ),
+                Some(d) => ("pw_domain = ? AND pw_name > ?", params![d.as_str(), an]),
                 None => (
                     "(pw_domain > ? OR (pw_domain = ? AND pw_name > ?))",
                     params![ad, ad, an],
@@ -866,7 +874,10 @@ impl Admin {
     }
 
     /// valias -s: `(address, line)` pairs of one address or of a whole domain.
-    pub async fn alias_list(&self, email_or_domain: &str) -> Result<Vec<(String, String)>, LookupError> {
+    pub async fn alias_list(
+        &self,
+        email_or_domain: &str,
+    ) -> Result<Vec<(String, String)>, LookupError> {
         let rows = match email_or_domain.rsplit_once('@') {
             Some(_) => {
                 let addr = Address::parse(email_or_domain)?;
@@ -961,7 +972,10 @@ impl Admin {
     }
 
     /// hostcntrl -s/-l: rows, of one domain or all.
-    pub async fn hostcntrl_list(&self, domain: Option<&str>) -> Result<Vec<HostEntry>, LookupError> {
+    pub async fn hostcntrl_list(
+        &self,
+        domain: Option<&str>,
+    ) -> Result<Vec<HostEntry>, LookupError> {
         let rows = match domain {
             Some(d) => {
                 self.db

@@ -372,7 +372,11 @@ mod tests {
         let Lookup::Stale(1, Some(t)) = c.lookup(&"a", 10_000) else {
             panic!("stale with refresh ticket")
         };
-        assert_eq!(c.lookup(&"a", 10_001), Lookup::Stale(1, None), "one refresh");
+        assert_eq!(
+            c.lookup(&"a", 10_001),
+            Lookup::Stale(1, None),
+            "one refresh"
+        );
         c.complete("a", t, 2, false, 10_002);
         assert_eq!(c.lookup(&"a", 10_003), Lookup::Fresh(2));
         // Past TTL + refresh window: fetch, with the old value as fallback.

@@ -114,7 +114,10 @@ pub fn run(home: &Path, program: &[String]) -> i32 {
     // /dev/fd/3 rather than from_raw_fd: no unsafe, same descriptor.
     match std::fs::File::open("/dev/fd/3") {
         Ok(f) => {
-            if f.take(MAX_REQUEST as u64 + 1).read_to_end(&mut buf).is_err() {
+            if f.take(MAX_REQUEST as u64 + 1)
+                .read_to_end(&mut buf)
+                .is_err()
+            {
                 return EXIT_MISUSE;
             }
         }
@@ -180,7 +183,7 @@ mod tests {
     #[test]
     fn request_parsing() {
         assert_eq!(
-            parse_request(b"a@b\0pw\0123\0"),
+            parse_request(b"a@b\0pw\x00123\0"),
             Some(("a@b".into(), "pw".into()))
         );
         assert_eq!(

@@ -413,7 +413,9 @@ async fn run_admin(
                     writeln!(out, "{d}")?;
                 }
             }
-            DomainCommand::Info { domain } => print_domain(out, &admin.domain_info(&domain).await?)?,
+            DomainCommand::Info { domain } => {
+                print_domain(out, &admin.domain_info(&domain).await?)?
+            }
             DomainCommand::AddAlias { alias, domain } => {
                 admin.alias_domain_add(&alias, &domain).await?;
                 writeln!(out, "added alias domain {alias} -> {domain}")?;
@@ -595,7 +597,10 @@ async fn list_users(
 
 /// A minimal POSIX getopt: `spec` lists option letters, a `:` after one means it takes a
 /// value. Returns the options in order and the operands.
-fn getopt(args: &[String], spec: &str) -> Result<(Vec<(char, String)>, Vec<String>), CliError> {
+/// Options in order (letter, value) and operands.
+type Parsed = (Vec<(char, String)>, Vec<String>);
+
+fn getopt(args: &[String], spec: &str) -> Result<Parsed, CliError> {
     let mut opts = Vec::new();
     let mut rest = Vec::new();
     let mut i = 0;
@@ -664,7 +669,10 @@ const VMODUSER_FLAGS: [(char, u32); 13] = [
 fn program_command(name: &str, args: &[String]) -> Result<DirectoryCommand, CliError> {
     let pw_from = |opts: &[(char, String)]| -> PasswordArgs {
         PasswordArgs {
-            hash: opts.iter().rfind(|(c, _)| *c == 'h').map(|(_, v)| v.clone()),
+            hash: opts
+                .iter()
+                .rfind(|(c, _)| *c == 'h')
+                .map(|(_, v)| v.clone()),
             encrypted: opts.iter().any(|(c, _)| *c == 'e'),
             cram: opts.iter().any(|(c, _)| *c == 'C'),
         }
@@ -678,7 +686,10 @@ fn program_command(name: &str, args: &[String]) -> Result<DirectoryCommand, CliE
             DirectoryCommand::Domain(DomainCommand::Add {
                 domain: operand(&r, 0, "domain")?,
                 users_per_level: val(&o, 'l')
-                    .map(|v| v.parse().map_err(|_| CliError::Usage(format!("bad -l {v}"))))
+                    .map(|v| {
+                        v.parse()
+                            .map_err(|_| CliError::Usage(format!("bad -l {v}")))
+                    })
                     .transpose()?,
                 base_path: val(&o, 'B').map(PathBuf::from),
                 postmaster_password: r.get(1).cloned(),
@@ -835,7 +846,12 @@ pub const PROGRAMS: [&str; 13] = [
 /// Run as the IndiMail program named by `argv0`'s basename (`vadddomain`, `vadduser`, ...)
 /// with `args` (without argv0). `None` when the name is not one of [`PROGRAMS`]; otherwise
 /// the exit code, with errors printed to stderr as `<program>: <problem>`.
-pub fn run_as_program(argv0: &str, args: &[String], home: &Path, out: &mut dyn Write) -> Option<i32> {
+pub fn run_as_program(
+    argv0: &str,
+    args: &[String],
+    home: &Path,
+    out: &mut dyn Write,
+) -> Option<i32> {
     let name = Path::new(argv0).file_name()?.to_str()?;
     if !PROGRAMS.contains(&name) {
         return None;
@@ -871,7 +887,11 @@ mod tests {
         let (o, r) = getopt(&s(&["-eq", "5M", "-cJohn", "a@b", "pw"]), "q:c:e").unwrap();
         assert_eq!(
             o,
-            vec![('e', String::new()), ('q', "5M".into()), ('c', "John".into())]
+            vec![
+                ('e', String::new()),
+                ('q', "5M".into()),
+                ('c', "John".into())
+            ]
         );
         assert_eq!(r, s(&["a@b", "pw"]));
         assert!(getopt(&s(&["-z"]), "q:").is_err());
@@ -881,7 +901,9 @@ mod tests {
     #[test]
     fn program_names_map_to_commands() {
         let c = program_command("vadduser", &s(&["-q", "1M", "a@b.c", "pw"])).unwrap();
-        assert!(matches!(c, DirectoryCommand::User(UserCommand::Add { ref quota, .. }) if quota.as_deref() == Some("1M")));
+        assert!(
+            matches!(c, DirectoryCommand::User(UserCommand::Add { ref quota, .. }) if quota.as_deref() == Some("1M"))
+        );
         let c = program_command("vmoduser", &s(&["-p", "-r", "a@b.c"])).unwrap();
         let DirectoryCommand::User(UserCommand::Mod { set, .. }) = c else {
             panic!()
@@ -893,10 +915,20 @@ mod tests {
     #[test]
     fn clap_parses() {
         let c = DirectoryCli::try_parse_from([
-            "indimail", "user", "add", "a@b.c", "--password", "x", "--hash", "SHA-512",
+            "indimail",
+            "user",
+            "add",
+            "a@b.c",
+            "--password",
+            "x",
+            "--hash",
+            "SHA-512",
         ])
         .unwrap();
-        assert!(matches!(c.command, DirectoryCommand::User(UserCommand::Add { .. })));
+        assert!(matches!(
+            c.command,
+            DirectoryCommand::User(UserCommand::Add { .. })
+        ));
         use clap::CommandFactory;
         DirectoryCli::command().debug_assert();
     }

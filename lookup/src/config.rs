@@ -202,7 +202,10 @@ mod tests {
         assert_eq!(c.user, "indimail");
         assert_eq!(c.port, 3306);
         let c = MysqlConfig::parse("# c\n127.0.0.1:root:pw:3307\n", p).unwrap();
-        assert_eq!((c.user.as_str(), c.password.as_str(), c.port), ("root", "pw", 3307));
+        assert_eq!(
+            (c.user.as_str(), c.password.as_str(), c.port),
+            ("root", "pw", 3307)
+        );
         let c = MysqlConfig::parse("localhost:u:p:/run/my.sock:nossl", p).unwrap();
         assert_eq!(c.socket.as_deref(), Some(Path::new("/run/my.sock")));
         let e = MysqlConfig::parse("\nh:u:p:notaport", p).unwrap_err();

@@ -149,7 +149,10 @@ impl Db {
         {
             // Two openers may race here; the loser's duplicate-key error is harmless.
             let _ = self
-                .exec("INSERT INTO dir_changes (id, counter) VALUES (1, 0)", vec![])
+                .exec(
+                    "INSERT INTO dir_changes (id, counter) VALUES (1, 0)",
+                    vec![],
+                )
                 .await;
         }
         if self
@@ -230,7 +233,8 @@ impl SqliteDb {
             })?;
             // WAL: readers (shards) never block on the admin writer; FULL sync: an admin
             // change reported done survives a crash.
-            c.busy_timeout(Duration::from_secs(5)).map_err(unavailable)?;
+            c.busy_timeout(Duration::from_secs(5))
+                .map_err(unavailable)?;
             c.pragma_update(None, "journal_mode", "WAL")
                 .map_err(unavailable)?;
             c.pragma_update(None, "synchronous", "FULL")
@@ -338,8 +342,7 @@ fn from_mysql(v: mysql_async::Value) -> SqlValue {
 
 impl MysqlDb {
     fn opts(cfg: &MysqlConfig, db: bool, pool_max: usize) -> mysql_async::Opts {
-        let constraints = mysql_async::PoolConstraints::new(0, pool_max.max(1))
-            .unwrap_or_default();
+        let constraints = mysql_async::PoolConstraints::new(0, pool_max.max(1)).unwrap_or_default();
         let mut b = mysql_async::OptsBuilder::default()
             .ip_or_hostname(cfg.host.clone())
             .user(Some(cfg.user.clone()))

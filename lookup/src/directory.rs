@@ -138,7 +138,12 @@ impl Directory {
 
     /// Open with the system clock and background refresh.
     pub async fn open(cfg: DirectoryConfig) -> Result<Directory, LookupError> {
-        Directory::open_with(cfg, Rc::new(SystemClock::default()), RefreshMode::Background).await
+        Directory::open_with(
+            cfg,
+            Rc::new(SystemClock::default()),
+            RefreshMode::Background,
+        )
+        .await
     }
 
     /// Open with an injected clock and refresh mode. Fails (temporarily) when the database

@@ -531,12 +531,18 @@ mod tests {
         );
         assert!(Quota::parse("lots").is_err());
         assert!(Quota::parse("99999999999999999999G").is_err());
-        assert_eq!(Quota::parse("40000,2000").unwrap().to_column(), "40000,2000");
+        assert_eq!(
+            Quota::parse("40000,2000").unwrap().to_column(),
+            "40000,2000"
+        );
     }
 
     #[test]
     fn smtp_replies() {
-        assert_eq!(UserStatus::NoSuchUser.smtp_reply().unwrap().enhanced, "5.1.1");
+        assert_eq!(
+            UserStatus::NoSuchUser.smtp_reply().unwrap().enhanced,
+            "5.1.1"
+        );
         assert_eq!(UserStatus::AliasOnly.smtp_reply(), None);
         let e = LookupError::Unavailable("down".into());
         assert_eq!(UserStatus::smtp_reply_for_error(&e).code, 451);

@@ -200,8 +200,7 @@ fn verify_crypt(stored: &str, clear: &str) -> bool {
     let known = stored.starts_with("$1$")
         || stored.starts_with("$5$")
         || stored.starts_with("$6$")
-        || (stored.len() == 13
-            && stored.bytes().all(|b| CRYPT_ALPHABET.contains(&b)));
+        || (stored.len() == 13 && stored.bytes().all(|b| CRYPT_ALPHABET.contains(&b)));
     known && pwhash::unix::verify(clear, stored)
 }
 

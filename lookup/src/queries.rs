@@ -31,9 +31,7 @@ pub(crate) async fn user(db: &Db, name: &str, domain: &str) -> Result<Option<Use
     for (table, active) in [("indimail", true), ("indibak", false)] {
         let rows = db
             .query(
-                &format!(
-                    "SELECT {USER_COLUMNS} FROM {table} WHERE pw_name = ? AND pw_domain = ?"
-                ),
+                &format!("SELECT {USER_COLUMNS} FROM {table} WHERE pw_name = ? AND pw_domain = ?"),
                 params![name, domain],
             )
             .await?;
@@ -111,12 +109,17 @@ pub(crate) async fn host_of(
         return Ok(None);
     };
     let ip = db
-        .query("SELECT ipaddr FROM host_table WHERE host = ?", params![&host_id])
+        .query(
+            "SELECT ipaddr FROM host_table WHERE host = ?",
+            params![&host_id],
+        )
         .await?
         .first()
         .map(|r| r.text(0))
         .ok_or_else(|| {
-            LookupError::Corrupt(format!("hostcntrl names host {host_id} missing from host_table"))
+            LookupError::Corrupt(format!(
+                "hostcntrl names host {host_id} missing from host_table"
+            ))
         })?;
     let ports = db
         .query(

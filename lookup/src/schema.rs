@@ -10,7 +10,8 @@
 /// Version recorded in `ischema` when this crate creates the schema.
 pub(crate) const SCHEMA_COMMENT: &str = "indimail-rs schema 1";
 
-const TS: &str = "timestamp TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP";
+const TS: &str =
+    "timestamp TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP";
 
 struct Table {
     name: &'static str,

@@ -8,8 +8,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use lookup::{
-    AuthResult, Clock, Directory, DomainOptions, LookupError, ManualClock, RefreshMode,
-    SmtpReply, UserOptions, UserStatus,
+    AuthResult, Clock, Directory, DomainOptions, LookupError, ManualClock, RefreshMode, SmtpReply,
+    UserOptions, UserStatus,
 };
 use support::{run, Kind, TestEnv};
 
@@ -227,10 +227,17 @@ fn database_down_answers_from_cache_else_tempfails() {
         // Never seen: temporary failure.
         let e = dir.user_status("new@example.com").await.unwrap_err();
         assert!(e.is_temporary());
-        assert!(dir.relay_allowed("192.0.2.1".parse().unwrap()).await.is_err());
+        assert!(dir
+            .relay_allowed("192.0.2.1".parse().unwrap())
+            .await
+            .is_err());
         // Past max_stale: nothing left to answer with.
         clock.advance(Duration::from_secs(3600));
-        assert!(dir.user_status("amy@example.com").await.unwrap_err().is_temporary());
+        assert!(dir
+            .user_status("amy@example.com")
+            .await
+            .unwrap_err()
+            .is_temporary());
     });
 }
 

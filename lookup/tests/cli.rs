@@ -55,18 +55,35 @@ fn subcommands(kind: Kind) {
     let e = err(h, &["domain", "add", "example.com"]);
     assert_eq!(e.to_string(), "domain already exists: example.com");
     assert_eq!(e.exit_code(), 1);
-    ok(h, &["domain", "add", "second.org", "--users-per-level", "5", "--postmaster-password", "pm"]);
+    ok(
+        h,
+        &[
+            "domain",
+            "add",
+            "second.org",
+            "--users-per-level",
+            "5",
+            "--postmaster-password",
+            "pm",
+        ],
+    );
     assert_eq!(ok(h, &["domain", "list"]), "example.com\nsecond.org\n");
     let info = ok(h, &["domain", "info", "second.org"]);
     assert_eq!(line(&info, "users"), "1", "postmaster created");
     assert_eq!(line(&info, "users per level"), "5");
     ok(h, &["domain", "add-alias", "example.net", "example.com"]);
-    assert_eq!(line(&ok(h, &["domain", "info", "example.com"]), "aliases"), "example.net");
+    assert_eq!(
+        line(&ok(h, &["domain", "info", "example.com"]), "aliases"),
+        "example.net"
+    );
     assert!(matches!(
         err(h, &["domain", "info", "nowhere.org"]),
         CliError::Lookup(LookupError::DomainNotFound(_))
     ));
-    assert_eq!(err(h, &["domain", "del", "nowhere.org"]).to_string(), "domain not found: nowhere.org");
+    assert_eq!(
+        err(h, &["domain", "del", "nowhere.org"]).to_string(),
+        "domain not found: nowhere.org"
+    );
 
     // user
     let out = ok(h, &["user", "add", "manny@example.com", "--password", "pw"]);
@@ -85,37 +102,116 @@ fn subcommands(kind: Kind) {
         "domain not found: nowhere.org"
     );
     let long = "p".repeat(200);
-    assert!(err(h, &["user", "add", "y@example.com", "--password", &long])
-        .to_string()
-        .starts_with("password too long"));
+    assert!(
+        err(h, &["user", "add", "y@example.com", "--password", &long])
+            .to_string()
+            .starts_with("password too long")
+    );
     assert!(matches!(
-        err(h, &["user", "add", "z@example.com", "--password", "pw", "--hash", "rot13"]),
+        err(
+            h,
+            &[
+                "user",
+                "add",
+                "z@example.com",
+                "--password",
+                "pw",
+                "--hash",
+                "rot13"
+            ]
+        ),
         CliError::Lookup(LookupError::UnknownHash(_))
     ));
     assert!(matches!(
-        err(h, &["user", "add", "z@example.com", "--password", "pw", "--quota", "lots"]),
+        err(
+            h,
+            &[
+                "user",
+                "add",
+                "z@example.com",
+                "--password",
+                "pw",
+                "--quota",
+                "lots"
+            ]
+        ),
         CliError::Lookup(LookupError::InvalidQuota(_))
     ));
-    assert_eq!(err(h, &["user", "add", "z@example.com"]).exit_code(), 2, "missing --password");
+    assert_eq!(
+        err(h, &["user", "add", "z@example.com"]).exit_code(),
+        2,
+        "missing --password"
+    );
 
-    ok(h, &["user", "passwd", "manny@example.com", "--password", "new", "--hash", "SHA-512"]);
+    ok(
+        h,
+        &[
+            "user",
+            "passwd",
+            "manny@example.com",
+            "--password",
+            "new",
+            "--hash",
+            "SHA-512",
+        ],
+    );
     assert!(line(&ok(h, &["user", "info", "manny@example.com"]), "passwd").starts_with("$6$"));
-    ok(h, &["user", "passwd", "manny@example.com", "--password", "new", "--cram", "--hash", "MD5"]);
-    assert!(line(&ok(h, &["user", "info", "manny@example.com"]), "passwd").starts_with("{CRAM}new,$1$"));
+    ok(
+        h,
+        &[
+            "user",
+            "passwd",
+            "manny@example.com",
+            "--password",
+            "new",
+            "--cram",
+            "--hash",
+            "MD5",
+        ],
+    );
+    assert!(
+        line(&ok(h, &["user", "info", "manny@example.com"]), "passwd").starts_with("{CRAM}new,$1$")
+    );
     assert!(matches!(
-        err(h, &["user", "passwd", "ghost@example.com", "--password", "x"]),
+        err(
+            h,
+            &["user", "passwd", "ghost@example.com", "--password", "x"]
+        ),
         CliError::Lookup(LookupError::UserNotFound(_))
     ));
 
-    let m = ok(h, &[
-        "user", "mod", "manny@example.com", "--gecos", "Manny", "--quota", "5M", "--set", "no-pop",
-        "--set", "no-imap", "--toggle-active",
-    ]);
+    let m = ok(
+        h,
+        &[
+            "user",
+            "mod",
+            "manny@example.com",
+            "--gecos",
+            "Manny",
+            "--quota",
+            "5M",
+            "--set",
+            "no-pop",
+            "--set",
+            "no-imap",
+            "--toggle-active",
+        ],
+    );
     assert_eq!(line(&m, "gecos"), "Manny");
     assert_eq!(line(&m, "flags"), "no-pop,no-imap");
     assert_eq!(line(&m, "quota"), "5242880S");
     assert_eq!(line(&m, "active"), "no");
-    let m = ok(h, &["user", "mod", "manny@example.com", "--clear", "no-pop", "--toggle-active"]);
+    let m = ok(
+        h,
+        &[
+            "user",
+            "mod",
+            "manny@example.com",
+            "--clear",
+            "no-pop",
+            "--toggle-active",
+        ],
+    );
     assert_eq!(line(&m, "flags"), "no-imap");
     assert_eq!(line(&m, "active"), "yes");
     assert!(matches!(
@@ -123,9 +219,22 @@ fn subcommands(kind: Kind) {
         CliError::Usage(_)
     ));
     ok(h, &["user", "quota", "manny@example.com", "NOQUOTA"]);
-    assert_eq!(line(&ok(h, &["user", "info", "manny@example.com"]), "quota"), "NOQUOTA");
+    assert_eq!(
+        line(&ok(h, &["user", "info", "manny@example.com"]), "quota"),
+        "NOQUOTA"
+    );
 
-    ok(h, &["user", "add", "anna@example.com", "--password", "pw", "--inactive"]);
+    ok(
+        h,
+        &[
+            "user",
+            "add",
+            "anna@example.com",
+            "--password",
+            "pw",
+            "--inactive",
+        ],
+    );
     let list = ok(h, &["user", "list", "example.com"]);
     let lines: Vec<&str> = list.lines().collect();
     assert_eq!(lines.len(), 2, "{list}");
@@ -134,17 +243,29 @@ fn subcommands(kind: Kind) {
     assert_eq!(ok(h, &["user", "list"]).lines().count(), 3);
 
     // alias
-    ok(h, &["alias", "add", "sales@example.com", "manny@example.com"]);
-    ok(h, &["alias", "add", "sales@example.com", "anna@example.com"]);
+    ok(
+        h,
+        &["alias", "add", "sales@example.com", "manny@example.com"],
+    );
+    ok(
+        h,
+        &["alias", "add", "sales@example.com", "anna@example.com"],
+    );
     assert_eq!(
         ok(h, &["alias", "list", "sales@example.com"]),
         "sales@example.com -> anna@example.com\nsales@example.com -> manny@example.com\n"
     );
     assert!(matches!(
-        err(h, &["alias", "add", "sales@example.com", "anna@example.com"]),
+        err(
+            h,
+            &["alias", "add", "sales@example.com", "anna@example.com"]
+        ),
         CliError::Lookup(LookupError::AliasExists(_))
     ));
-    ok(h, &["alias", "del", "sales@example.com", "anna@example.com"]);
+    ok(
+        h,
+        &["alias", "del", "sales@example.com", "anna@example.com"],
+    );
     ok(h, &["alias", "del", "sales@example.com"]);
     assert_eq!(ok(h, &["alias", "list", "example.com"]), "");
     assert!(matches!(
@@ -156,7 +277,10 @@ fn subcommands(kind: Kind) {
     ok(h, &["hostcntrl", "set-host", "store1", "10.1.1.1"]);
     ok(h, &["hostcntrl", "add", "manny@example.com", "store1"]);
     ok(h, &["hostcntrl", "add", "*@example.com", "store1"]);
-    ok(h, &["hostcntrl", "set-port", "example.com", "store1", "2525"]);
+    ok(
+        h,
+        &["hostcntrl", "set-port", "example.com", "store1", "2525"],
+    );
     assert!(matches!(
         err(h, &["hostcntrl", "add", "manny@example.com", "store2"]),
         CliError::Lookup(LookupError::HostExists(_))
@@ -193,36 +317,88 @@ fn subcommands(kind: Kind) {
 fn indimail_program_names(kind: Kind) {
     let env = TestEnv::new(kind);
     let h = env.path();
-    assert_eq!(program(h, "vadddomain", &["-l", "10", "example.com", "pmpass"]).0, 0);
+    assert_eq!(
+        program(h, "vadddomain", &["-l", "10", "example.com", "pmpass"]).0,
+        0
+    );
     assert_eq!(program(h, "vadddomain", &["example.com"]).0, 1, "exists");
     assert_eq!(program(h, "vadddomain", &[]).0, 2, "usage");
-    assert_eq!(program(h, "vadduser", &["-q", "1M", "-c", "Bob B", "bob@example.com", "pw"]).0, 0);
-    assert_eq!(program(h, "vadduser", &["bob@example.com", "pw"]).0, 1, "exists");
-    assert_eq!(program(h, "vadduser", &["-Z", "x@example.com", "pw"]).0, 2, "bad option");
+    assert_eq!(
+        program(
+            h,
+            "vadduser",
+            &["-q", "1M", "-c", "Bob B", "bob@example.com", "pw"]
+        )
+        .0,
+        0
+    );
+    assert_eq!(
+        program(h, "vadduser", &["bob@example.com", "pw"]).0,
+        1,
+        "exists"
+    );
+    assert_eq!(
+        program(h, "vadduser", &["-Z", "x@example.com", "pw"]).0,
+        2,
+        "bad option"
+    );
     let (code, out) = program(h, "vuserinfo", &["bob@example.com"]);
     assert_eq!(code, 0);
     assert_eq!(line(&out, "gecos"), "Bob B");
     assert_eq!(line(&out, "quota"), "1048576S");
-    assert_eq!(program(h, "vpasswd", &["-h", "SHA-512", "bob@example.com", "new"]).0, 0);
+    assert_eq!(
+        program(h, "vpasswd", &["-h", "SHA-512", "bob@example.com", "new"]).0,
+        0
+    );
     assert!(line(&program(h, "vuserinfo", &["bob@example.com"]).1, "passwd").starts_with("$6$"));
-    assert_eq!(program(h, "vmoduser", &["-r", "-p", "bob@example.com"]).0, 0);
+    assert_eq!(
+        program(h, "vmoduser", &["-r", "-p", "bob@example.com"]).0,
+        0
+    );
     assert_eq!(
         line(&program(h, "vuserinfo", &["bob@example.com"]).1, "flags"),
         "no-pop,no-relay"
     );
-    assert_eq!(program(h, "vmoduser", &["-x", "-n", "bob@example.com"]).0, 0);
+    assert_eq!(
+        program(h, "vmoduser", &["-x", "-n", "bob@example.com"]).0,
+        0
+    );
     let out = program(h, "vuserinfo", &["bob@example.com"]).1;
     assert_eq!((line(&out, "flags"), line(&out, "active")), ("none", "no"));
     assert_eq!(program(h, "vsetuserquota", &["bob@example.com", "2M"]).0, 0);
-    assert_eq!(line(&program(h, "vuserinfo", &["bob@example.com"]).1, "quota"), "2097152S");
-    assert_eq!(program(h, "vsetuserquota", &["bob@example.com", "much"]).0, 1);
-    assert_eq!(program(h, "valias", &["-i", "bob@example.com", "info@example.com"]).0, 0);
+    assert_eq!(
+        line(&program(h, "vuserinfo", &["bob@example.com"]).1, "quota"),
+        "2097152S"
+    );
+    assert_eq!(
+        program(h, "vsetuserquota", &["bob@example.com", "much"]).0,
+        1
+    );
+    assert_eq!(
+        program(h, "valias", &["-i", "bob@example.com", "info@example.com"]).0,
+        0
+    );
     let (code, out) = program(h, "valias", &["-s", "info@example.com"]);
-    assert_eq!((code, out.as_str()), (0, "info@example.com -> bob@example.com\n"));
-    assert_eq!(program(h, "valias", &["-d", "bob@example.com", "info@example.com"]).0, 0);
-    assert_eq!(program(h, "valias", &["-d", "bob@example.com", "info@example.com"]).0, 1);
-    assert_eq!(program(h, "hostcntrl", &["-i", "store9", "bob@example.com"]).0, 0);
-    assert_eq!(program(h, "hostcntrl", &["-m", "store8", "bob@example.com"]).0, 0);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "info@example.com -> bob@example.com\n")
+    );
+    assert_eq!(
+        program(h, "valias", &["-d", "bob@example.com", "info@example.com"]).0,
+        0
+    );
+    assert_eq!(
+        program(h, "valias", &["-d", "bob@example.com", "info@example.com"]).0,
+        1
+    );
+    assert_eq!(
+        program(h, "hostcntrl", &["-i", "store9", "bob@example.com"]).0,
+        0
+    );
+    assert_eq!(
+        program(h, "hostcntrl", &["-m", "store8", "bob@example.com"]).0,
+        0
+    );
     let (code, out) = program(h, "hostcntrl", &["-l", "example.com"]);
     assert_eq!((code, out.as_str()), (0, "bob@example.com store8\n"));
     assert_eq!(program(h, "hostcntrl", &["-d", "bob@example.com"]).0, 0);
@@ -231,7 +407,10 @@ fn indimail_program_names(kind: Kind) {
     assert_eq!(code, 0);
     assert_eq!(line(&out, "users"), "2");
     assert_eq!(program(h, "vdominfo", &[]).1, "example.com\n");
-    assert_eq!(program(h, "vaddaliasdomain", &["example.org", "example.com"]).0, 0);
+    assert_eq!(
+        program(h, "vaddaliasdomain", &["example.org", "example.com"]).0,
+        0
+    );
     assert_eq!(program(h, "vdeluser", &["bob@example.com"]).0, 0);
     assert_eq!(program(h, "vdeluser", &["bob@example.com"]).0, 1);
     assert_eq!(program(h, "vdeldomain", &["example.com"]).0, 0);
@@ -257,7 +436,10 @@ fn bad_host_mysql_names_file_and_line() {
     let env = TestEnv::new(Kind::Sqlite);
     std::fs::write(env.path().join("control/host.mysql"), "h:u:p:notaport\n").unwrap();
     let e = err(env.path(), &["domain", "list"]);
-    assert!(e.to_string().contains("host.mysql:1: bad port or socket"), "{e}");
+    assert!(
+        e.to_string().contains("host.mysql:1: bad port or socket"),
+        "{e}"
+    );
 }
 
 both_backends!(subcommands, indimail_program_names);

@@ -77,11 +77,15 @@ fn domain_and_user_lifecycle(kind: Kind) {
         assert!(!dir.is_virtual_domain("elsewhere.org").await.unwrap());
 
         assert!(matches!(
-            dir.check_password("manny@example.com", "s3cret").await.unwrap(),
+            dir.check_password("manny@example.com", "s3cret")
+                .await
+                .unwrap(),
             AuthResult::Ok(_)
         ));
         assert_eq!(
-            dir.check_password("manny@example.com", "wrong").await.unwrap(),
+            dir.check_password("manny@example.com", "wrong")
+                .await
+                .unwrap(),
             AuthResult::BadPassword
         );
         assert_eq!(
@@ -109,7 +113,9 @@ fn domain_and_user_lifecycle(kind: Kind) {
         let u = dir.user("manny@example.com").await.unwrap().unwrap();
         assert!(u.passwd.starts_with("$6$"));
         assert!(matches!(
-            dir.check_password("manny@example.com", "n3w").await.unwrap(),
+            dir.check_password("manny@example.com", "n3w")
+                .await
+                .unwrap(),
             AuthResult::Ok(_)
         ));
 
@@ -128,7 +134,9 @@ fn domain_and_user_lifecycle(kind: Kind) {
         assert!(matches!(st, UserStatus::Inactive(_)));
         assert_eq!(st.smtp_reply().unwrap().enhanced, "5.2.1");
         assert!(matches!(
-            dir.check_password("manny@example.com", "n3w").await.unwrap(),
+            dir.check_password("manny@example.com", "n3w")
+                .await
+                .unwrap(),
             AuthResult::Inactive(_)
         ));
 
@@ -154,19 +162,23 @@ fn domain_and_user_lifecycle(kind: Kind) {
         assert_eq!(u.quota_raw, "40000,2000");
         let r = st.smtp_reply().unwrap();
         assert_eq!((r.code, r.enhanced), (552, "5.2.2"));
-        let auth = dir.check_password("manny@example.com", "n3w").await.unwrap();
+        let auth = dir
+            .check_password("manny@example.com", "n3w")
+            .await
+            .unwrap();
         assert_eq!(auth.exit_code(), 3, "NO_RELAY: ok but no relay");
 
-        admin.set_bounce_flag("manny@example.com", false).await.unwrap();
+        admin
+            .set_bounce_flag("manny@example.com", false)
+            .await
+            .unwrap();
         admin
             .set_quota("manny@example.com", Quota::Unlimited)
             .await
             .unwrap();
         sync().await;
         let st = dir.user_status("manny@example.com").await.unwrap();
-        let UserStatus::Active(u) = st else {
-            panic!()
-        };
+        let UserStatus::Active(u) = st else { panic!() };
         assert_eq!(u.quota, Quota::Unlimited);
 
         let home = u.dir.clone();
@@ -196,7 +208,10 @@ fn aliases_and_alias_domains(kind: Kind) {
             .domain_add("example.com", &DomainOptions::default())
             .await
             .unwrap();
-        admin.user_add("anna@example.com", "pw", &opts()).await.unwrap();
+        admin
+            .user_add("anna@example.com", "pw", &opts())
+            .await
+            .unwrap();
         admin
             .alias_add("sales@example.com", "anna@example.com")
             .await
@@ -205,7 +220,10 @@ fn aliases_and_alias_domains(kind: Kind) {
             .alias_add("sales@example.com", "&boss@other.org")
             .await
             .unwrap();
-        admin.alias_domain_add("example.net", "example.com").await.unwrap();
+        admin
+            .alias_domain_add("example.net", "example.com")
+            .await
+            .unwrap();
 
         let dir = env
             .directory(Rc::new(ManualClock::new(T0)), env.config())
@@ -216,7 +234,10 @@ fn aliases_and_alias_domains(kind: Kind) {
         );
         assert_eq!(
             dir.aliases("sales@example.net").await.unwrap(),
-            vec!["&boss@other.org".to_string(), "anna@example.com".to_string()]
+            vec![
+                "&boss@other.org".to_string(),
+                "anna@example.com".to_string()
+            ]
         );
         assert!(dir.aliases("anna@example.com").await.unwrap().is_empty());
         assert_eq!(
@@ -236,13 +257,18 @@ fn aliases_and_alias_domains(kind: Kind) {
             .alias_del("sales@example.com", Some("anna@example.com"))
             .await
             .unwrap();
-        assert_eq!(admin.alias_list("sales@example.com").await.unwrap().len(), 1);
+        assert_eq!(
+            admin.alias_list("sales@example.com").await.unwrap().len(),
+            1
+        );
         assert!(matches!(
             admin.alias_del("nobody@example.com", None).await,
             Err(LookupError::AliasNotFound(_))
         ));
         assert!(matches!(
-            admin.alias_add("sales@example.com", "&boss@other.org").await,
+            admin
+                .alias_add("sales@example.com", "&boss@other.org")
+                .await,
             Err(LookupError::AliasExists(_))
         ));
         // Deleting the real domain removes its alias domain.
@@ -260,9 +286,18 @@ fn hosts_limits_relay(kind: Kind) {
             .domain_add("example.com", &DomainOptions::default())
             .await
             .unwrap();
-        admin.user_add("bob@example.com", "pw", &opts()).await.unwrap();
-        admin.hostcntrl_add("*@example.com", "store1").await.unwrap();
-        admin.hostcntrl_add("bob@example.com", "store2").await.unwrap();
+        admin
+            .user_add("bob@example.com", "pw", &opts())
+            .await
+            .unwrap();
+        admin
+            .hostcntrl_add("*@example.com", "store1")
+            .await
+            .unwrap();
+        admin
+            .hostcntrl_add("bob@example.com", "store2")
+            .await
+            .unwrap();
         admin
             .host_set("store1", "10.0.0.1".parse().unwrap())
             .await
@@ -299,7 +334,10 @@ fn hosts_limits_relay(kind: Kind) {
         assert!(l.disable_imap && !l.disable_pop);
         assert!(dir.limits("nolimits.org").await.unwrap().is_none());
         // Domain default quota comes from vlimits.
-        let u = admin.user_add("dave@example.com", "pw", &opts()).await.unwrap();
+        let u = admin
+            .user_add("dave@example.com", "pw", &opts())
+            .await
+            .unwrap();
         assert_eq!(
             u.quota,
             Quota::Limit {
@@ -307,8 +345,18 @@ fn hosts_limits_relay(kind: Kind) {
                 count: None
             }
         );
-        assert_eq!(admin.hostcntrl_list(Some("example.com")).await.unwrap().len(), 2);
-        admin.hostcntrl_mod("bob@example.com", "store1").await.unwrap();
+        assert_eq!(
+            admin
+                .hostcntrl_list(Some("example.com"))
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        admin
+            .hostcntrl_mod("bob@example.com", "store1")
+            .await
+            .unwrap();
         admin.hostcntrl_del("bob@example.com").await.unwrap();
         assert!(matches!(
             admin.hostcntrl_del("bob@example.com").await,
@@ -320,7 +368,10 @@ fn hosts_limits_relay(kind: Kind) {
         assert!(!dir.relay_allowed(ip).await.unwrap());
         dir.record_relay("bob@example.com", ip).await.unwrap();
         assert!(dir.relay_allowed(ip).await.unwrap());
-        assert!(!dir.relay_allowed("192.0.2.8".parse().unwrap()).await.unwrap());
+        assert!(!dir
+            .relay_allowed("192.0.2.8".parse().unwrap())
+            .await
+            .unwrap());
         clock.advance(Duration::from_secs(59 * 60));
         assert!(dir.relay_allowed(ip).await.unwrap());
         clock.advance(Duration::from_secs(2 * 60));
@@ -333,7 +384,10 @@ fn admin_errors(kind: Kind) {
     run(async {
         let admin = env.admin().await;
         assert_eq!(
-            admin.user_add("a@nowhere.org", "pw", &opts()).await.unwrap_err(),
+            admin
+                .user_add("a@nowhere.org", "pw", &opts())
+                .await
+                .unwrap_err(),
             LookupError::DomainNotFound("nowhere.org".into())
         );
         admin
@@ -347,8 +401,14 @@ fn admin_errors(kind: Kind) {
                 .unwrap_err(),
             LookupError::DomainExists("example.com".into())
         );
-        admin.user_add("a@example.com", "pw", &opts()).await.unwrap();
-        let e = admin.user_add("A@example.com", "pw", &opts()).await.unwrap_err();
+        admin
+            .user_add("a@example.com", "pw", &opts())
+            .await
+            .unwrap();
+        let e = admin
+            .user_add("A@example.com", "pw", &opts())
+            .await
+            .unwrap_err();
         assert_eq!(e.to_string(), "user already exists: a@example.com");
         let e = admin
             .user_add("b@example.com", &"x".repeat(200), &opts())
@@ -364,7 +424,9 @@ fn admin_errors(kind: Kind) {
             Err(LookupError::InvalidAddress(_))
         ));
         assert!(matches!(
-            admin.domain_add("bad_dom ain", &DomainOptions::default()).await,
+            admin
+                .domain_add("bad_dom ain", &DomainOptions::default())
+                .await,
             Err(LookupError::InvalidDomain(_))
         ));
         assert!(matches!(
@@ -421,12 +483,14 @@ fn hashed_directories_and_schemes(kind: Kind) {
         let dir = env
             .directory(Rc::new(ManualClock::new(T0)), env.config())
             .await;
-        for i in 0..schemes.len() {
+        for (i, scheme) in schemes.iter().enumerate() {
             let who = format!("u{i}@example.com");
             assert!(
-                matches!(dir.check_password(&who, "pw").await.unwrap(), AuthResult::Ok(_)),
-                "{:?}",
-                schemes[i]
+                matches!(
+                    dir.check_password(&who, "pw").await.unwrap(),
+                    AuthResult::Ok(_)
+                ),
+                "{scheme:?}"
             );
             assert_eq!(
                 dir.check_password(&who, "pW").await.unwrap(),
@@ -444,11 +508,7 @@ fn hashed_directories_and_schemes(kind: Kind) {
         assert_eq!(page.len(), 3);
         let last = page.last().unwrap();
         let rest = admin
-            .user_page(
-                Some("example.com"),
-                Some((&last.domain, &last.name)),
-                3,
-            )
+            .user_page(Some("example.com"), Some((&last.domain, &last.name)), 3)
             .await
             .unwrap();
         assert_eq!(rest.len(), 2);
@@ -463,12 +523,16 @@ fn checkpassword_protocol(kind: Kind) {
             .domain_add("example.com", &DomainOptions::default())
             .await
             .unwrap();
-        let u = admin.user_add("eve@example.com", "pw", &opts()).await.unwrap();
+        let u = admin
+            .user_add("eve@example.com", "pw", &opts())
+            .await
+            .unwrap();
         let dir = env
             .directory(Rc::new(ManualClock::new(T0)), env.config())
             .await;
         let prog = vec!["/bin/true".to_string()];
-        let ok = checkpassword::decide(&dir, b"eve@example.com\0pw\0123\0", &prog, None, None).await;
+        let ok =
+            checkpassword::decide(&dir, b"eve@example.com\0pw\x00123\0", &prog, None, None).await;
         assert_eq!(
             ok,
             Outcome::Exec {

@@ -151,7 +151,10 @@ pub(crate) fn encode_message(
         BodyRef::Spilled { .. } => FLAG_SPILLED,
     });
     put_str(&mut b, &env.sender);
-    put_str(&mut b, &env.client_ip.map(|ip| ip.to_string()).unwrap_or_default());
+    put_str(
+        &mut b,
+        &env.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+    );
     put_str(&mut b, &env.helo);
     match &env.auth_user {
         Some(u) => {

@@ -242,7 +242,11 @@ impl Queue {
         let rd = std::fs::read_dir(&seg_dir).map_err(|e| QueueError::io("readdir", &seg_dir, e))?;
         for ent in rd {
             let ent = ent.map_err(|e| QueueError::io("readdir", &seg_dir, e))?;
-            if let Some(n) = ent.file_name().to_str().and_then(format::parse_segment_file_name) {
+            if let Some(n) = ent
+                .file_name()
+                .to_str()
+                .and_then(format::parse_segment_file_name)
+            {
                 nums.push(n);
             }
         }
@@ -353,13 +357,18 @@ impl Queue {
                 .unwrap_or(1),
             ..State::default()
         };
+        // Sorted first: BTreeSet builds from a sorted sequence in one pass,
+        // much cheaper than a million inserts.
+        let mut due: Vec<(u64, u64, u32)> = Vec::with_capacity(st.index.messages.len());
         for (&key, e) in &st.index.messages {
             for (i, r) in e.rcpts.iter().enumerate() {
                 if r.state == RecipientState::Pending {
-                    st.schedule.insert((r.next_attempt, key, i as u32));
+                    due.push((r.next_attempt, key, i as u32));
                 }
             }
         }
+        due.sort_unstable();
+        st.schedule = due.into_iter().collect();
         report.messages = st.index.messages.len() as u64;
         report.recipients_pending = st.schedule.len() as u64;
 
@@ -613,10 +622,14 @@ impl Queue {
             for (idx, o) in outcomes {
                 let cur = match changes.iter().find(|c| c.0 as usize == *idx) {
                     Some(c) => c.1.clone(),
-                    None => e.rcpts.get(*idx).cloned().ok_or(QueueError::NoSuchRecipient {
-                        id: *id,
-                        index: *idx,
-                    })?,
+                    None => e
+                        .rcpts
+                        .get(*idx)
+                        .cloned()
+                        .ok_or(QueueError::NoSuchRecipient {
+                            id: *id,
+                            index: *idx,
+                        })?,
                 };
                 let new = cur.apply(o).map_err(|source| QueueError::Transition {
                     id: *id,
@@ -733,14 +746,13 @@ impl Queue {
     /// rolling to a new segment when it is full.
     async fn reserve(&self, len: u64) -> Result<Reservation, QueueError> {
         loop {
+            let wait = self.sh.rolled.notified();
+            if self.sh.st.borrow().rolling {
+                wait.await;
+                continue;
+            }
             let roll_to = {
-                let wait = self.sh.rolled.notified();
                 let mut st = self.sh.st.borrow_mut();
-                if st.rolling {
-                    drop(st);
-                    wait.await;
-                    continue;
-                }
                 let empty = st.write_pos <= SEG_HEADER_LEN as u64;
                 let fits = st.write_pos + len <= self.sh.cfg.segment_size;
                 if !st.force_roll && (fits || empty) && st.write_pos + len <= u64::from(u32::MAX) {
@@ -917,9 +929,7 @@ impl Queue {
                 let st = self.sh.st.borrow();
                 match st.segs.iter().next() {
                     Some((&n, sf))
-                        if n != st.cur_seg
-                            && sf.pending == 0
-                            && st.index.live_in(n).msgs == 0 =>
+                        if n != st.cur_seg && sf.pending == 0 && st.index.live_in(n).msgs == 0 =>
                     {
                         n
                     }

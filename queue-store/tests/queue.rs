@@ -109,9 +109,9 @@ fn every_transition_of_the_table() {
         let id = put(&q, b"m\r\n", 4).await;
         // commit -> Pending, attempts 0, due at arrival.
         let st = q.recipients(&id).unwrap();
-        assert!(st
-            .iter()
-            .all(|r| r.state == RecipientState::Pending && r.attempts == 0 && r.next_attempt == 1000));
+        assert!(st.iter().all(|r| r.state == RecipientState::Pending
+            && r.attempts == 0
+            && r.next_attempt == 1000));
         assert_eq!(q.next_due_time(), Some(1000));
         assert!(q.due(999, 10).is_empty());
         // Pending -> leased: handed out once.
@@ -137,7 +137,10 @@ fn every_transition_of_the_table() {
         .await
         .unwrap();
         let r0 = &q.recipients(&id).unwrap()[0];
-        assert_eq!((r0.state, r0.attempts, r0.next_attempt), (RecipientState::Pending, 1, 5000));
+        assert_eq!(
+            (r0.state, r0.attempts, r0.next_attempt),
+            (RecipientState::Pending, 1, 5000)
+        );
         assert_eq!(r0.last_reply, "451 try later");
         assert_eq!(q.next_due_time(), Some(5000));
         // Delivered -> Done; Failed -> Failed.
@@ -165,7 +168,10 @@ fn every_transition_of_the_table() {
             assert!(matches!(e, QueueError::Transition { .. }), "{e}");
             assert!(!e.is_temporary());
         }
-        let e = q.record_outcomes(&id, &[(9, delivered())]).await.unwrap_err();
+        let e = q
+            .record_outcomes(&id, &[(9, delivered())])
+            .await
+            .unwrap_err();
         assert!(matches!(e, QueueError::NoSuchRecipient { .. }));
         assert_eq!(q.stats().outcome_records, before);
         // Restart: pending ones stay pending (lease forgotten), final stay final.
@@ -225,7 +231,10 @@ fn torn_tail_at_every_byte_of_the_last_record() {
             let (q, rep) = Queue::open(cfg(&work)).await.unwrap();
             let complete = cut >= rec_end;
             assert_eq!(rep.messages, if complete { 3 } else { 2 }, "cut {cut}");
-            assert_eq!(rep.torn_bytes, if complete { 0 } else { cut as u64 - last_off });
+            assert_eq!(
+                rep.torn_bytes,
+                if complete { 0 } else { cut as u64 - last_off }
+            );
             assert!(rep.corrupt_records.is_empty());
             assert!(q.envelope(&ids[0]).is_some() && q.envelope(&ids[1]).is_some());
             assert_eq!(q.envelope(&ids[2]).is_some(), complete);

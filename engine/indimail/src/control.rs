@@ -160,16 +160,6 @@ impl DomainList {
         let d = domain.trim_end_matches('.').to_ascii_lowercase();
         self.exact.contains(&d) || self.suffixes.iter().any(|s| d.ends_with(s.as_str()))
     }
-
-    /// Number of entries.
-    pub fn len(&self) -> usize {
-        self.exact.len() + self.suffixes.len()
-    }
-
-    /// Whether the list is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]

@@ -36,8 +36,6 @@ use crate::queues::ShardQueues;
 
 /// Settings of delivery read from control files.
 pub struct DeliverySettings {
-    /// `me`.
-    pub me: String,
     /// `locals`: domains delivered locally besides virtual domains.
     pub locals: DomainList,
     /// Domains of `virtualdomains` (left of `:`).
@@ -70,10 +68,13 @@ impl DeliverySettings {
             .filter(|d| !d.is_empty() && !d.contains('@'))
             .collect::<Vec<_>>();
         let num = |n: &str, d: u64| control.number(n, d).map_err(|e| e.to_string());
+        // qmail's schedule by default; `chanskiplocal`/`chanskipremote`
+        // change the spacing (attempt k at about birth + (k * chanskip)^2).
         let retry = RetryPolicy {
+            chanskip_local: num("chanskiplocal", 10)?.max(1),
+            chanskip_remote: num("chanskipremote", 20)?.max(1),
             queuelifetime: num("queuelifetime", 604_800)?,
             bouncelifetime: num("bouncelifetime", 604_800)?,
-            ..RetryPolicy::default()
         };
         let mut bounce = BounceConfig::new(me);
         if let Some(h) = control.string("bouncehost").map_err(|e| e.to_string())? {
@@ -106,7 +107,6 @@ impl DeliverySettings {
             ..LocalConfig::default()
         };
         Ok(DeliverySettings {
-            me: me.to_string(),
             locals: DomainList::new(locals),
             virtualdomains: DomainList::new(virtualdomains),
             local,
@@ -122,7 +122,7 @@ pub struct DeliveryShard {
     index: usize,
     queues: Rc<ShardQueues>,
     specs: Vec<QueueSpec>,
-    directory: Option<Rc<lookup::Directory>>,
+    directory: Rc<crate::directory::DirectoryHandle>,
     settings: Rc<DeliverySettings>,
     remote: Remote,
     accountant: Accountant,
@@ -137,7 +137,7 @@ impl DeliveryShard {
         index: usize,
         queues: Rc<ShardQueues>,
         specs: Vec<QueueSpec>,
-        directory: Option<Rc<lookup::Directory>>,
+        directory: Rc<crate::directory::DirectoryHandle>,
         settings: Rc<DeliverySettings>,
         remote: Remote,
     ) -> DeliveryShard {
@@ -159,6 +159,26 @@ impl DeliveryShard {
     /// (at-least-once).
     pub async fn run(self: Rc<Self>, stop: shard::Shutdown) {
         let notifies: Vec<_> = self.queues.all().iter().map(|q| q.subscribe()).collect();
+        // Housekeeping: segment reclamation/compaction and idle remote
+        // connections, on their own timer so a busy queue still gets it.
+        {
+            let me = Rc::clone(&self);
+            let stop = stop.clone();
+            tokio::task::spawn_local(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.wait() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                    }
+                    for q in me.queues.all() {
+                        if let Err(e) = q.maintain().await {
+                            log!("shard{} queue maintenance failed: {e}", me.index);
+                        }
+                    }
+                    me.remote.close_idle().await;
+                }
+            });
+        }
         loop {
             let now = unix_now();
             for (q, spec) in self.queues.all().iter().zip(&self.specs) {
@@ -264,14 +284,16 @@ impl DeliveryShard {
         if self.settings.locals.contains(domain) || self.settings.virtualdomains.contains(domain) {
             return Ok(Channel::Local);
         }
-        if let Some(dir) = &self.directory {
-            match dir.is_virtual_domain(domain).await {
-                Ok(true) => return Ok(Channel::Local),
-                Ok(false) => {}
-                Err(e) => return Err(format!("directory unavailable: {e} (#4.3.0)")),
-            }
+        let dir = self
+            .directory
+            .get()
+            .await
+            .map_err(|e| format!("directory unavailable: {e} (#4.3.0)"))?;
+        match dir.is_virtual_domain(domain).await {
+            Ok(true) => Ok(Channel::Local),
+            Ok(false) => Ok(Channel::Remote),
+            Err(e) => Err(format!("directory unavailable: {e} (#4.3.0)")),
         }
-        Ok(Channel::Remote)
     }
 
     fn delivery_no(&self) -> u64 {
@@ -296,7 +318,10 @@ impl DeliveryShard {
                 return;
             }
         };
-        let mut outs = Vec::with_capacity(rcpts.len());
+        // Outcomes are recorded as soon as each recipient is done, so a crash
+        // re-delivers at most the recipient in hand; permanent failures are
+        // gathered into one bounce at the end.
+        let mut failed = Vec::new();
         for r in rcpts {
             let d = self.delivery_no();
             log!(
@@ -325,10 +350,8 @@ impl DeliveryShard {
                         {
                             // The forward could not be queued: retry the
                             // whole recipient later (it may deliver twice).
-                            outs.push((
-                                r,
-                                Outcome::Temporary(format!("cannot queue forward: {e}")),
-                            ));
+                            let o = Outcome::Temporary(format!("cannot queue forward: {e}"));
+                            self.finish(q, id, vec![(r, o)], Channel::Local).await;
                             continue;
                         }
                     }
@@ -336,15 +359,23 @@ impl DeliveryShard {
                 }
             };
             log_outcome(self.index, d, &outcome);
-            outs.push((r, outcome));
+            if matches!(outcome, Outcome::Permanent(_)) {
+                failed.push((r, outcome));
+            } else {
+                self.finish(q, id, vec![(r, outcome)], Channel::Local).await;
+            }
         }
-        self.finish(q, id, outs, Channel::Local).await;
+        if !failed.is_empty() {
+            self.finish(q, id, failed, Channel::Local).await;
+        }
     }
 
     async fn resolve_local(&self, rcpt: &str) -> Result<Option<LocalTarget>, String> {
-        let Some(dir) = &self.directory else {
-            return Err("user directory unavailable (#4.3.0)".into());
-        };
+        let dir = self
+            .directory
+            .get()
+            .await
+            .map_err(|e| format!("user directory unavailable: {e} (#4.3.0)"))?;
         let temp = |e: lookup::LookupError| format!("directory lookup failed: {e} (#4.3.0)");
         let email = rcpt.to_ascii_lowercase();
         if let Some(user) = dir.user(&email).await.map_err(temp)? {

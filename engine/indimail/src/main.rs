@@ -7,6 +7,7 @@
 mod config;
 mod control;
 mod deliver;
+mod directory;
 mod inject;
 mod log;
 mod metrics;

@@ -288,18 +288,11 @@ async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, Strin
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
     let settings = Rc::new((*shared.settings).clone());
-    let directory = match lookup::Directory::open_home(&shared.home).await {
-        Ok(d) => Some(Rc::new(d)),
-        Err(e) => {
-            // Mail is still accepted; recipient checks answer 451 and local
-            // deliveries are deferred until the directory is back.
-            log!(
-                "shard{} warning: user directory unavailable: {e}",
-                info.index
-            );
-            None
-        }
-    };
+    // Opened now to surface problems early; if it fails, mail is still
+    // accepted, recipient checks answer 451 and local deliveries are
+    // deferred until the directory is back.
+    let directory = Rc::new(crate::directory::DirectoryHandle::new(shared.home.clone()));
+    let _ = directory.get().await;
     let queues = Rc::new(queues);
     let smtp_shard = Rc::new(SmtpShard::new(
         settings,

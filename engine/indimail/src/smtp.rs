@@ -40,7 +40,7 @@ pub struct SmtpShard {
     connections: Cell<u32>,
     per_ip: RefCell<HashMap<IpAddr, u32>>,
     /// The user directory, for CHECKRECIPIENT.
-    directory: Option<Rc<lookup::Directory>>,
+    directory: Rc<crate::directory::DirectoryHandle>,
 }
 
 impl SmtpShard {
@@ -50,7 +50,7 @@ impl SmtpShard {
         queues: Rc<ShardQueues>,
         metrics: Rc<ShardMetrics>,
         index: usize,
-        directory: Option<Rc<lookup::Directory>>,
+        directory: Rc<crate::directory::DirectoryHandle>,
     ) -> SmtpShard {
         let proto = Rc::new(session_config(&settings));
         SmtpShard {
@@ -386,10 +386,14 @@ impl Connection {
         if !self.check_rcpt {
             return Decision::Accept;
         }
-        let Some(dir) = &self.shard.directory else {
-            return Decision::Accept;
+        let status = match self.shard.directory.get().await {
+            Ok(dir) => dir
+                .user_status(&addr.to_ascii_lowercase())
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e),
         };
-        let reply = match dir.user_status(&addr.to_ascii_lowercase()).await {
+        let reply = match status {
             Ok(status) => status.smtp_reply(),
             Err(e) => {
                 log!(
@@ -589,7 +593,11 @@ impl From<Event<'_>> for OwnedEvent {
             Event::DataStart => OwnedEvent::DataStart,
             Event::MessageEnd => OwnedEvent::MessageEnd,
             Event::MessageAborted => OwnedEvent::MessageAborted,
-            Event::NeedMore | Event::Close | Event::Data(_) => {
+            Event::NeedMore
+            | Event::Close
+            | Event::Data(_)
+            | Event::StartTls
+            | Event::Auth { .. } => {
                 unreachable!("handled by the caller")
             }
         }

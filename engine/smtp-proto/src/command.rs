@@ -65,7 +65,16 @@ pub enum Command {
     Vrfy(String),
     /// `HELP [string]`.
     Help,
-    /// A known verb this server does not implement (EXPN, ETRN, TURN, STARTTLS, AUTH ...).
+    /// `STARTTLS` (RFC 3207).
+    StartTls,
+    /// `AUTH mechanism [initial-response]` (RFC 4954).
+    Auth {
+        /// The mechanism name, upper-cased.
+        mechanism: String,
+        /// The initial response as sent (base64, or `=` for an empty one).
+        initial: Option<String>,
+    },
+    /// A known verb this server does not implement (EXPN, ETRN, ATRN, TURN).
     NotImplemented,
 }
 
@@ -189,7 +198,9 @@ pub(crate) fn parse(line: &[u8], ext: Extensions) -> Result<Command, CommandErro
                 Ok(Command::Vrfy(a.to_string()))
             }
         }
-        "EXPN" | "ETRN" | "ATRN" | "TURN" | "STARTTLS" | "AUTH" => Ok(Command::NotImplemented),
+        "STARTTLS" => no_arg(Command::StartTls),
+        "AUTH" => auth(arg),
+        "EXPN" | "ETRN" | "ATRN" | "TURN" => Ok(Command::NotImplemented),
         _ => Err(CommandError::Unknown),
     }
 }
@@ -278,6 +289,30 @@ fn rcpt(arg: &str, ext: Extensions) -> Result<Command, CommandError> {
     Ok(Command::Rcpt(path, RcptParams::default()))
 }
 
+/// `AUTH mechanism [initial-response]`; mechanism names are RFC 4422 `sasl-mech`
+/// (1 to 20 of upper-case letters, digits, `-` and `_`; accepted in any case).
+fn auth(arg: &str) -> Result<Command, CommandError> {
+    let mut words = arg.split(' ').filter(|w| !w.is_empty());
+    let mechanism = words
+        .next()
+        .ok_or(CommandError::Syntax("AUTH needs a mechanism"))?;
+    if mechanism.len() > 20
+        || !mechanism
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(CommandError::Syntax("bad mechanism name"));
+    }
+    let initial = words.next().map(str::to_string);
+    if words.next().is_some() {
+        return Err(CommandError::Syntax("too many AUTH arguments"));
+    }
+    Ok(Command::Auth {
+        mechanism: mechanism.to_ascii_uppercase(),
+        initial,
+    })
+}
+
 fn bdat(arg: &str) -> Result<Command, CommandError> {
     let mut words = arg.split(' ').filter(|w| !w.is_empty());
     let size = words
@@ -364,6 +399,29 @@ mod tests {
         assert_eq!(p("VRFY bob"), Ok(Command::Vrfy("bob".into())));
         assert!(matches!(p("VRFY"), Err(CommandError::Syntax(_))));
         assert_eq!(p("EXPN list"), Ok(Command::NotImplemented));
+        assert_eq!(p("starttls"), Ok(Command::StartTls));
+        assert!(matches!(p("STARTTLS now"), Err(CommandError::Syntax(_))));
+        assert_eq!(
+            p("auth plain AGEAYg=="),
+            Ok(Command::Auth {
+                mechanism: "PLAIN".into(),
+                initial: Some("AGEAYg==".into())
+            })
+        );
+        assert_eq!(
+            p("AUTH CRAM-MD5"),
+            Ok(Command::Auth {
+                mechanism: "CRAM-MD5".into(),
+                initial: None
+            })
+        );
+        assert!(matches!(p("AUTH"), Err(CommandError::Syntax(_))));
+        assert!(matches!(p("AUTH PLAIN a b"), Err(CommandError::Syntax(_))));
+        assert!(matches!(p("AUTH PL@IN"), Err(CommandError::Syntax(_))));
+        assert!(matches!(
+            p("AUTH ABCDEFGHIJKLMNOPQRSTU"),
+            Err(CommandError::Syntax(_))
+        ));
         assert_eq!(p("XYZZY"), Err(CommandError::Unknown));
         assert_eq!(p(""), Err(CommandError::Unknown));
         assert_eq!(parse(b"NOOP \xff", EXT), Err(CommandError::NotUtf8));

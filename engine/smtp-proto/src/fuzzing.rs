@@ -4,7 +4,7 @@
 use std::rc::Rc;
 
 use crate::data::{DataScanner, Scan};
-use crate::{Decision, Event, Reply, ReplyParser, Session, SessionConfig};
+use crate::{AuthOutcome, AuthSecret, Decision, Event, Reply, ReplyParser, Session, SessionConfig};
 
 /// A tiny deterministic PRNG (xorshift64*), so the harness needs no dependency.
 #[derive(Debug, Clone)]
@@ -36,8 +36,8 @@ impl XorShift {
     }
 }
 
-/// Runs a server session over `data`: the first 8 bytes choose the configuration and the
-/// PRNG seed for split points and decisions; the rest is the client's input, fed in random
+/// Runs a server session over `data`: the first 8 bytes choose the configuration (including
+/// STARTTLS and AUTH settings) and the PRNG seed for split points and decisions; the rest is the client's input, fed in random
 /// pieces the way a driver would. Panics (fails the fuzz run) when an invariant breaks.
 pub fn session(data: &[u8]) {
     if data.len() < 8 {
@@ -62,10 +62,23 @@ pub fn session(data: &[u8]) {
     }
     cfg.max_recipients = usize::from(head[4] % 8);
     cfg.max_bad_commands = u32::from(head[5] % 16);
-    let cap = cfg.max_command_line.max(8);
+    let tls_knobs = head[6];
+    cfg.starttls = tls_knobs & 1 != 0;
+    if tls_knobs & 2 != 0 {
+        cfg.auth_mechanisms = vec!["PLAIN".into(), "LOGIN".into(), "CRAM-MD5".into()];
+    }
+    cfg.auth_plain_needs_tls = tls_knobs & 4 != 0;
+    cfg.require_auth = tls_knobs & 8 != 0;
+    cfg.require_tls = tls_knobs & 16 != 0;
+    if tls_knobs & 32 != 0 {
+        cfg.max_auth_line = 8 + usize::from(head[7]);
+    }
+    cfg.max_auth_failures = u32::from(head[7] % 4);
     let max_size = cfg.max_message_size;
 
     let mut s = Session::new(Rc::new(cfg));
+    s.set_auth_entropy(rng.next_u64(), 1_700_000_000);
+    let cap = s.max_line();
     s.greet();
     let mut buf: Vec<u8> = Vec::new();
     let mut fed = 0;
@@ -123,6 +136,50 @@ pub fn session(data: &[u8]) {
                 Event::MessageAborted => {
                     assert!(in_message);
                     in_message = false;
+                }
+                Event::StartTls => {
+                    assert!(!in_message);
+                    assert!(!s.is_tls());
+                    // Everything after the command is reported consumed, and stays ignored
+                    // until the handshake is reported.
+                    assert_eq!(n, buf.len(), "plaintext after STARTTLS left for the driver");
+                    assert_eq!(s.feed(b"MAIL FROM:<e@x.y>\r\n"), (19, Event::StartTls));
+                    s.tls_started();
+                    assert!(s.is_tls());
+                    assert!(s.envelope().helo.is_none());
+                }
+                Event::Auth {
+                    mechanism,
+                    ref authcid,
+                    ref authzid,
+                    ref secret,
+                } => {
+                    assert!(!in_message);
+                    // The Debug output does not depend on the secret at all.
+                    let other = match secret {
+                        AuthSecret::Password(_) => AuthSecret::Password("x".into()),
+                        AuthSecret::CramResponse { challenge, .. } => AuthSecret::CramResponse {
+                            challenge: challenge.clone(),
+                            digest: "0".into(),
+                        },
+                    };
+                    let twin = Event::Auth {
+                        mechanism,
+                        authcid: authcid.clone(),
+                        authzid: authzid.clone(),
+                        secret: other,
+                    };
+                    assert_eq!(format!("{ev:?}"), format!("{twin:?}"));
+                    let (n2, _) = s.feed(&buf[n..]);
+                    assert_eq!(n2, 0);
+                    s.auth_result(match rng.below(3) {
+                        0 => AuthOutcome::Ok,
+                        1 => AuthOutcome::Failed,
+                        _ => AuthOutcome::TempFail,
+                    });
+                    if s.envelope().auth_user.is_some() && s.envelope().esmtp {
+                        assert!(s.protocol().ends_with('A'));
+                    }
                 }
                 Event::Close => {
                     assert!(s.is_closed());
@@ -252,6 +309,21 @@ mod tests {
         b"hello world",
         b"VRFY x\r\n",
         b"HELP\r\n",
+        b"STARTTLS\r\n",
+        b"STARTTLS\r\nMAIL FROM:<evil@e.example>\r\n",
+        b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n",
+        b"AUTH PLAIN\r\n",
+        b"AUTH LOGIN\r\n",
+        b"AUTH LOGIN YWxpY2U=\r\n",
+        b"AUTH CRAM-MD5\r\n",
+        b"AUTH XOAUTH2 abc\r\n",
+        b"YWxpY2U=\r\n",
+        b"c2VjcmV0\r\n",
+        b"dGltIGI5MTNhNjAyYzdlZGE3YTQ5NWI0ZTZlNzMzNGQzODkw\r\n",
+        b"AGFsaWNlAHNlY3JldA==\r\n",
+        b"*\r\n",
+        b"=\r\n",
+        b"!!!\r\n",
     ];
 
     fn input(rng: &mut XorShift) -> Vec<u8> {

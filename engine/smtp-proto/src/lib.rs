@@ -1,13 +1,16 @@
 //! Sans-I/O SMTP protocol core (RFC 5321 with SIZE, PIPELINING, CHUNKING, ENHANCEDSTATUSCODES,
 //! 8BITMIME and SMTPUTF8).
 //!
-//! What it does: the server session state machine ([`Session`]): command parsing, address
+//! What it does: the server session state machine ([`Session`]), including STARTTLS
+//! (RFC 3207) and SMTP AUTH (RFC 4954: PLAIN, LOGIN, CRAM-MD5 and CRAM-SHA*): command parsing, address
 //! parsing ([`address`]), the DATA scanner with dot-unstuffing and strict `CRLF.CRLF` end
 //! detection (no SMTP smuggling), BDAT chunks, replies with RFC 3463 codes ([`Reply`]); and for
 //! the client side a reply parser ([`ReplyParser`]), a dot-stuffer ([`dot_stuff`],
 //! [`DotStuffer`]) and the client session state machine ([`client::ClientSession`]).
 //!
-//! What it does not do: any I/O. There are no sockets, no runtime, no timers and no TLS here;
+//! What it does not do: any I/O. There are no sockets, no runtime, no timers, no randomness and
+//! no TLS here (the driver runs the handshake on [`Event::StartTls`] and verifies credentials on
+//! [`Event::Auth`]);
 //! a driver owns the connection, feeds received bytes in, writes [`Session::output`] out and
 //! answers the questions the session asks (policy on MAIL/RCPT, durable commit of a message).
 //! Policy (relay rules, recipient checks, greylisting) and spooling belong to the driver.
@@ -16,6 +19,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod address;
+mod auth;
 pub mod client;
 mod command;
 mod data;
@@ -25,6 +29,7 @@ mod reply;
 mod session;
 
 pub use address::{AddressError, Domain, ForwardPath, Mailbox, ReversePath};
+pub use auth::{AuthMechanism, AuthOutcome, AuthSecret};
 pub use command::{Body, Command, CommandError, MailParams, RcptParams};
 pub use data::{dot_stuff, DotStuffer};
 pub use reply::{EnhancedCode, Reply, ReplyError, ReplyParser};

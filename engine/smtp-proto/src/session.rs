@@ -7,10 +7,15 @@
 //! I/O (is this sender or recipient acceptable? is the message committed?) pause the session: it
 //! consumes nothing more until the driver answers with [`Session::decide`] or
 //! [`Session::message_committed`], so pipelined commands are answered in order.
+//!
+//! STARTTLS (RFC 3207) and AUTH (RFC 4954) follow the same pattern: [`Event::StartTls`] asks the
+//! driver to run the TLS handshake and call [`Session::tls_started`]; [`Event::Auth`] asks it to
+//! verify credentials and call [`Session::auth_result`].
 
 use std::rc::Rc;
 
 use crate::address::{ForwardPath, ReversePath};
+use crate::auth::{self, Attempt, AuthMechanism, AuthOutcome, AuthSecret, SaslError};
 use crate::command::{self, Command, CommandError, Extensions, MailParams, RcptParams};
 use crate::data::{DataError, DataScanner, Scan};
 use crate::reply::Reply;
@@ -47,9 +52,30 @@ pub struct SessionConfig {
     pub eightbitmime: bool,
     /// VRFY answers 252 2.5.2 when true, 502 5.5.1 when false (env `DISABLE_VRFY`).
     pub vrfy_enabled: bool,
-    /// Extra EHLO keywords (e.g. `STARTTLS`, `AUTH LOGIN PLAIN`), listed after the built-in
-    /// ones and before `HELP`.
+    /// Extra EHLO keywords, listed after the built-in ones and before `HELP`. (STARTTLS and
+    /// AUTH have their own settings below; do not list them here too.)
     pub extra_ehlo: Vec<String>,
+    /// Offer and accept STARTTLS (RFC 3207; env `STARTTLS`). Advertised only while the session
+    /// is not under TLS yet. The driver must have a usable certificate before enabling it.
+    pub starttls: bool,
+    /// SASL mechanisms offered in `AUTH`, in order, e.g. `["LOGIN", "PLAIN", "CRAM-MD5"]`
+    /// (IndiMail: AUTH on when auth programs are configured, minus `DISABLE_AUTH_*`). Names the
+    /// core cannot run (see [`AuthMechanism`]) are ignored. Empty: AUTH is not offered and the
+    /// command gets 502.
+    pub auth_mechanisms: Vec<String>,
+    /// Offer PLAIN and LOGIN only under TLS (env `SECURE_AUTH`); trying them in clear text gets
+    /// `538 5.7.11`.
+    pub auth_plain_needs_tls: bool,
+    /// No MAIL before a successful AUTH: `530 5.7.0` (env `REQUIREAUTH`; submission).
+    pub require_auth: bool,
+    /// No MAIL, RCPT or AUTH before STARTTLS: `530 5.7.0 Must issue a STARTTLS command first`
+    /// (env `FORCE_TLS`). AUTH is not advertised before TLS then.
+    pub require_tls: bool,
+    /// Failed AUTH attempts before `421 4.7.0` and close. 0 means no limit.
+    pub max_auth_failures: u32,
+    /// Longest AUTH command line and SASL response line, CRLF included (RFC 4954 section 4:
+    /// 12288). Longer responses end the exchange with `500 5.5.6`.
+    pub max_auth_line: usize,
 }
 
 impl SessionConfig {
@@ -70,6 +96,13 @@ impl SessionConfig {
             eightbitmime: true,
             vrfy_enabled: true,
             extra_ehlo: Vec::new(),
+            starttls: false,
+            auth_mechanisms: Vec::new(),
+            auth_plain_needs_tls: true,
+            require_auth: false,
+            require_tls: false,
+            max_auth_failures: 3,
+            max_auth_line: 12288,
         }
     }
 }
@@ -102,6 +135,9 @@ pub struct Envelope {
     pub mail_params: MailParams,
     /// Accepted recipients, in order.
     pub recipients: Vec<Recipient>,
+    /// The SASL authentication identity (authcid) after a successful AUTH (IndiMail exports it
+    /// as `AUTHINFO`). Kept across transactions; cleared by STARTTLS.
+    pub auth_user: Option<String>,
 }
 
 /// What the driver must do after [`Session::feed`].
@@ -138,6 +174,24 @@ pub enum Event<'a> {
     MessageAborted,
     /// 221 or 421 is queued: flush the output and close the connection.
     Close,
+    /// `220 2.0.0 Ready to start TLS` is queued after a STARTTLS: flush the output, drop every
+    /// byte of input still buffered (the session reported all of it consumed; RFC 3207 section
+    /// 5: plaintext pipelined after STARTTLS must not be processed), run the TLS handshake as
+    /// the server, then call [`Session::tls_started`] and feed the decrypted stream. If the
+    /// handshake fails, close the connection.
+    StartTls,
+    /// A complete AUTH exchange: verify the credentials, then call [`Session::auth_result`]
+    /// before feeding more. The secret is redacted in `Debug` output.
+    Auth {
+        /// The mechanism used.
+        mechanism: AuthMechanism,
+        /// The authentication identity (user name as given, e.g. `user@domain`).
+        authcid: String,
+        /// The authorization identity, when the client asked to act as someone else (PLAIN).
+        authzid: Option<String>,
+        /// The password, or the CRAM challenge and digest.
+        secret: AuthSecret,
+    },
 }
 
 /// The driver's answer to [`Event::Mail`] or [`Event::Rcpt`].
@@ -175,8 +229,32 @@ enum Mode {
     },
     /// The driver's commit result after MessageEnd.
     ExpectCommit,
+    /// A SASL response line from the client.
+    ExpectSaslResponse(Sasl),
+    /// The rest of an over-long SASL response line, to be discarded.
+    DiscardLongSaslLine,
+    /// The driver's verdict on a complete AUTH exchange.
+    ExpectAuthResult(Attempt),
+    /// The driver's TLS handshake after STARTTLS; all input is discarded meanwhile.
+    ExpectTls,
     /// 221/421 sent.
     Closed,
+}
+
+/// Where a SASL exchange stands, i.e. what the next response line is.
+#[derive(Debug)]
+enum Sasl {
+    /// The PLAIN response.
+    Plain,
+    /// The LOGIN user name.
+    LoginUser,
+    /// The LOGIN password.
+    LoginPassword { user: String },
+    /// The CRAM response to `challenge`.
+    Cram {
+        mechanism: AuthMechanism,
+        challenge: String,
+    },
 }
 
 /// One SMTP server conversation.
@@ -193,6 +271,11 @@ pub struct Session {
     bdat_error: Option<DataError>,
     tls: bool,
     authenticated: bool,
+    auth_failures: u32,
+    /// Driver-supplied randomness and clock for CRAM challenges.
+    auth_random: u64,
+    auth_time: u64,
+    challenges: u64,
 }
 
 impl Session {
@@ -209,6 +292,10 @@ impl Session {
             bdat_error: None,
             tls: false,
             authenticated: false,
+            auth_failures: 0,
+            auth_random: 0,
+            auth_time: 0,
+            challenges: 0,
         }
     }
 
@@ -251,9 +338,77 @@ impl Session {
         }
     }
 
-    /// Records that the connection is under TLS (SMTPS, or after STARTTLS).
+    /// Records that the connection is under TLS from the start (SMTPS, port 465): call it
+    /// before [`Session::greet`]. After STARTTLS use [`Session::tls_started`] instead.
     pub fn set_tls(&mut self, tls: bool) {
         self.tls = tls;
+    }
+
+    /// The connection is under TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// Reports that the TLS handshake after [`Event::StartTls`] succeeded. The session forgets
+    /// everything the client said before (RFC 3207 section 4.2: HELO/EHLO, the transaction, any
+    /// authentication) and expects a new EHLO. Without a pending STARTTLS this does nothing.
+    pub fn tls_started(&mut self) {
+        if !matches!(self.mode, Mode::ExpectTls) {
+            return;
+        }
+        self.mode = Mode::ExpectCommand;
+        self.tls = true;
+        self.reset_transaction();
+        self.envelope = Envelope::default();
+        self.authenticated = false;
+    }
+
+    /// Supplies the randomness and the clock (Unix seconds) CRAM challenges are made of,
+    /// `<random.time@hostname>` (RFC 2195). Call it once per connection before feeding, with a
+    /// value from a real random source; later challenges of the same session are derived from
+    /// it so that none repeats. The core has no randomness of its own, to stay deterministic.
+    pub fn set_auth_entropy(&mut self, random: u64, unix_time: u64) {
+        self.auth_random = random;
+        self.auth_time = unix_time;
+        self.challenges = 0;
+    }
+
+    /// Answers a pending [`Event::Auth`]: `Ok` replies 235 and marks the session
+    /// authenticated ([`Envelope::auth_user`], the `A` in [`Session::protocol`]); `Failed`
+    /// replies 535 and, after [`SessionConfig::max_auth_failures`], 421 and closes; `TempFail`
+    /// replies 454. Without a pending question this does nothing.
+    pub fn auth_result(&mut self, outcome: AuthOutcome) {
+        if !matches!(self.mode, Mode::ExpectAuthResult(_)) {
+            return;
+        }
+        let Mode::ExpectAuthResult(attempt) =
+            std::mem::replace(&mut self.mode, Mode::ExpectCommand)
+        else {
+            return;
+        };
+        match outcome {
+            AuthOutcome::Ok => {
+                self.reply(235, (2, 7, 0), "Authentication successful");
+                self.authenticated = true;
+                self.envelope.auth_user = Some(attempt.authcid);
+            }
+            AuthOutcome::Failed => {
+                self.reply(535, (5, 7, 8), "Authentication credentials invalid");
+                self.auth_failures = self.auth_failures.saturating_add(1);
+                let max = self.config.max_auth_failures;
+                if max > 0 && self.auth_failures >= max {
+                    let text = format!(
+                        "{} Too many authentication failures, closing connection",
+                        self.config.hostname
+                    );
+                    self.reply(421, (4, 7, 0), &text);
+                    self.mode = Mode::Closed;
+                }
+            }
+            AuthOutcome::TempFail => {
+                self.reply(454, (4, 7, 0), "Temporary authentication failure");
+            }
+        }
     }
 
     /// Records that the client authenticated.
@@ -266,17 +421,25 @@ impl Session {
         matches!(self.mode, Mode::Closed)
     }
 
-    /// The session waits for [`Session::decide`] or [`Session::message_committed`].
+    /// The session waits for [`Session::decide`], [`Session::message_committed`],
+    /// [`Session::auth_result`] or [`Session::tls_started`].
     pub fn is_paused(&self) -> bool {
-        matches!(self.mode, Mode::ExpectDecision(_) | Mode::ExpectCommit)
+        matches!(
+            self.mode,
+            Mode::ExpectDecision(_)
+                | Mode::ExpectCommit
+                | Mode::ExpectAuthResult(_)
+                | Mode::ExpectTls
+        )
     }
 
     /// Feeds received bytes. Returns how many were consumed and what the driver must do next.
     /// Unconsumed bytes must be fed again, with more appended, after the driver acted.
     ///
     /// While a question is pending (after [`Event::Mail`], [`Event::Rcpt`] or
-    /// [`Event::MessageEnd`]) feeding consumes nothing and returns the same event again; after
-    /// [`Event::Close`] it consumes nothing and returns `Close`.
+    /// [`Event::MessageEnd`], [`Event::Auth`]) feeding consumes nothing and returns the same
+    /// event again; after [`Event::Close`] it consumes nothing and returns `Close`. After
+    /// [`Event::StartTls`], and until [`Session::tls_started`], all input is consumed unread.
     pub fn feed<'a>(&mut self, input: &'a [u8]) -> (usize, Event<'a>) {
         let mut pos = 0;
         loop {
@@ -297,17 +460,24 @@ impl Session {
                     return (pos, ev);
                 }
                 Mode::ExpectCommit => return (pos, Event::MessageEnd),
+                Mode::ExpectAuthResult(a) => return (pos, auth_event(a)),
+                // Plaintext after STARTTLS: never processed (RFC 3207 section 5).
+                Mode::ExpectTls => return (input.len(), Event::StartTls),
                 Mode::ExpectCommand => {
                     let rest = &input[pos..];
                     if rest.is_empty() {
                         return (pos, Event::NeedMore);
                     }
-                    let cap = self.config.max_command_line.max(8);
+                    let cap = self.command_cap(rest);
                     let window = &rest[..rest.len().min(cap)];
                     match window.iter().position(|&b| b == b'\n') {
                         Some(lf) => {
                             pos += lf + 1;
                             if let Some(ev) = self.command_line(&rest[..lf]) {
+                                if matches!(ev, Event::StartTls) {
+                                    // Whatever the client pipelined after STARTTLS is dropped.
+                                    return (input.len(), ev);
+                                }
                                 return (pos, ev);
                             }
                         }
@@ -326,6 +496,45 @@ impl Session {
                             pos += lf + 1;
                             self.mode = Mode::ExpectCommand;
                             let r = Reply::new(500, Some((5, 5, 2)), "Line too long");
+                            if let Some(ev) = self.bad(r) {
+                                return (pos, ev);
+                            }
+                        }
+                        None => return (input.len(), Event::NeedMore),
+                    }
+                }
+                Mode::ExpectSaslResponse(_) => {
+                    let rest = &input[pos..];
+                    if rest.is_empty() {
+                        return (pos, Event::NeedMore);
+                    }
+                    let cap = self.config.max_auth_line.max(8);
+                    let window = &rest[..rest.len().min(cap)];
+                    match window.iter().position(|&b| b == b'\n') {
+                        Some(lf) => {
+                            pos += lf + 1;
+                            if let Some(ev) = self.sasl_line(&rest[..lf]) {
+                                return (pos, ev);
+                            }
+                        }
+                        None if rest.len() >= cap => {
+                            pos += cap;
+                            self.mode = Mode::DiscardLongSaslLine;
+                        }
+                        None => return (pos, Event::NeedMore),
+                    }
+                }
+                Mode::DiscardLongSaslLine => {
+                    let rest = &input[pos..];
+                    match rest.iter().position(|&b| b == b'\n') {
+                        Some(lf) => {
+                            pos += lf + 1;
+                            self.mode = Mode::ExpectCommand;
+                            let r = Reply::new(
+                                500,
+                                Some((5, 5, 6)),
+                                "Authentication Exchange line is too long",
+                            );
                             if let Some(ev) = self.bad(r) {
                                 return (pos, ev);
                             }
@@ -488,6 +697,48 @@ impl Session {
         Event::MessageAborted
     }
 
+    /// Longest command line accepted at the start of `rest`: AUTH lines may be longer
+    /// (RFC 4954 section 4) when AUTH is on. Decided by the first five bytes, which are always
+    /// there when the cap matters.
+    fn command_cap(&self, rest: &[u8]) -> usize {
+        let cap = self.config.max_command_line.max(8);
+        if !self.config.auth_mechanisms.is_empty()
+            && rest.len() >= 5
+            && rest[..5].eq_ignore_ascii_case(b"AUTH ")
+        {
+            cap.max(self.config.max_auth_line)
+        } else {
+            cap
+        }
+    }
+
+    /// The longest line the driver may have to hold: see [`SessionConfig::max_auth_line`].
+    pub fn max_line(&self) -> usize {
+        let cap = self.config.max_command_line.max(8);
+        if self.config.auth_mechanisms.is_empty() {
+            cap
+        } else {
+            cap.max(self.config.max_auth_line.max(8))
+        }
+    }
+
+    /// Mechanisms offered now: the configured ones the core can run, minus PLAIN and LOGIN in
+    /// clear text when they need TLS.
+    fn offered_mechanisms(&self) -> impl Iterator<Item = AuthMechanism> + '_ {
+        let clear_ok = self.tls || !self.config.auth_plain_needs_tls;
+        let mut seen = Vec::new();
+        self.config
+            .auth_mechanisms
+            .iter()
+            .filter_map(|n| AuthMechanism::from_name(n))
+            .filter(move |m| clear_ok || !m.sends_password())
+            .filter(move |m| {
+                let new = !seen.contains(m);
+                seen.push(*m);
+                new
+            })
+    }
+
     fn ehlo_reply(&self) -> Reply {
         let c = &self.config;
         let mut lines = vec![c.hostname.clone()];
@@ -508,6 +759,16 @@ impl Session {
         }
         if c.chunking {
             lines.push("CHUNKING".into());
+        }
+        if c.starttls && !self.tls {
+            lines.push("STARTTLS".into());
+        }
+        // Under FORCE_TLS, AUTH is not offered before STARTTLS (it would be refused).
+        if !c.require_tls || self.tls {
+            let mechs: Vec<&str> = self.offered_mechanisms().map(|m| m.name()).collect();
+            if !mechs.is_empty() {
+                lines.push(format!("AUTH {}", mechs.join(" ")));
+            }
         }
         lines.extend(c.extra_ehlo.iter().map(|l| l.replace(['\r', '\n'], " ")));
         lines.push("HELP".into());
@@ -555,8 +816,14 @@ impl Session {
                 None
             }
             Command::Mail(from, params) => {
+                if self.config.require_tls && !self.tls {
+                    return self.bad(must_starttls());
+                }
                 if self.envelope.helo.is_none() {
                     return self.bad(Reply::new(503, Some((5, 5, 1)), "Send HELO/EHLO first"));
+                }
+                if self.config.require_auth && !self.authenticated {
+                    return self.bad(Reply::new(530, Some((5, 7, 0)), "Authentication required"));
                 }
                 if self.envelope.reverse_path.is_some() {
                     return self.bad(Reply::new(503, Some((5, 5, 1)), "Nested MAIL command"));
@@ -565,6 +832,9 @@ impl Session {
                 Some(Event::Mail { from, params })
             }
             Command::Rcpt(to, params) => {
+                if self.config.require_tls && !self.tls {
+                    return self.bad(must_starttls());
+                }
                 if self.envelope.reverse_path.is_none() {
                     return self.bad(Reply::new(503, Some((5, 5, 1)), "Need MAIL before RCPT"));
                 }
@@ -681,11 +951,191 @@ impl Session {
                 );
                 None
             }
+            Command::StartTls => {
+                if !self.config.starttls {
+                    self.reply(502, (5, 5, 1), "Command not implemented");
+                    return None;
+                }
+                if self.tls {
+                    return self.bad(Reply::new(503, Some((5, 5, 1)), "TLS already active"));
+                }
+                self.reply(220, (2, 0, 0), "Ready to start TLS");
+                self.mode = Mode::ExpectTls;
+                Some(Event::StartTls)
+            }
+            Command::Auth { mechanism, initial } => self.auth_command(&mechanism, initial),
             Command::NotImplemented => {
                 self.reply(502, (5, 5, 1), "Command not implemented");
                 None
             }
         }
+    }
+
+    /// `AUTH mechanism [initial-response]` (RFC 4954 section 4).
+    fn auth_command(&mut self, name: &str, initial: Option<String>) -> Option<Event<'static>> {
+        if self.config.auth_mechanisms.is_empty() {
+            self.reply(502, (5, 5, 1), "Command not implemented");
+            return None;
+        }
+        if self.config.require_tls && !self.tls {
+            return self.bad(must_starttls());
+        }
+        if self.envelope.helo.is_none() {
+            return self.bad(Reply::new(503, Some((5, 5, 1)), "Send EHLO first"));
+        }
+        if self.authenticated {
+            return self.bad(Reply::new(503, Some((5, 5, 1)), "Already authenticated"));
+        }
+        if self.envelope.reverse_path.is_some() {
+            return self.bad(Reply::new(
+                503,
+                Some((5, 5, 1)),
+                "AUTH not permitted during a mail transaction",
+            ));
+        }
+        let configured = self
+            .config
+            .auth_mechanisms
+            .iter()
+            .filter_map(|n| AuthMechanism::from_name(n))
+            .find(|m| m.name() == name);
+        let Some(mechanism) = configured else {
+            return self.bad(Reply::new(
+                504,
+                Some((5, 5, 4)),
+                "Unrecognized authentication type",
+            ));
+        };
+        if !self.offered_mechanisms().any(|m| m == mechanism) {
+            // Only PLAIN/LOGIN in clear text with auth_plain_needs_tls get here.
+            return self.bad(Reply::new(
+                538,
+                Some((5, 7, 11)),
+                "Encryption required for requested authentication mechanism",
+            ));
+        }
+        let state = match mechanism {
+            AuthMechanism::Plain => Sasl::Plain,
+            AuthMechanism::Login => Sasl::LoginUser,
+            m => {
+                if initial.is_some() {
+                    return self.bad(Reply::new(
+                        501,
+                        Some((5, 5, 4)),
+                        "Syntax error: no initial response allowed with this mechanism",
+                    ));
+                }
+                let challenge = self.next_challenge();
+                Reply::new(334, None, auth::encode(challenge.as_bytes())).write_to(&mut self.out);
+                self.mode = Mode::ExpectSaslResponse(Sasl::Cram {
+                    mechanism: m,
+                    challenge,
+                });
+                return None;
+            }
+        };
+        match initial {
+            Some(resp) => self.sasl_response(state, resp.as_bytes()),
+            None => {
+                self.prompt(&state);
+                self.mode = Mode::ExpectSaslResponse(state);
+                None
+            }
+        }
+    }
+
+    /// The 334 that asks for the response `state` expects. (CRAM's is sent with its challenge.)
+    fn prompt(&mut self, state: &Sasl) {
+        let text = match state {
+            Sasl::Plain | Sasl::Cram { .. } => String::new(),
+            Sasl::LoginUser => auth::encode(b"Username:"),
+            Sasl::LoginPassword { .. } => auth::encode(b"Password:"),
+        };
+        Reply::new(334, None, text).write_to(&mut self.out);
+    }
+
+    /// `<random.time@hostname>`; the first challenge uses the driver's random value as given,
+    /// later ones a value derived from it.
+    fn next_challenge(&mut self) -> String {
+        let n = self.challenges;
+        self.challenges = n.wrapping_add(1);
+        let random = if n == 0 {
+            self.auth_random
+        } else {
+            auth::mix(self.auth_random ^ auth::mix(n))
+        };
+        format!(
+            "<{random}.{}@{}>",
+            self.auth_time,
+            self.config.hostname.replace(['\r', '\n', '>'], "")
+        )
+    }
+
+    /// One SASL response line (without LF) while an exchange is under way.
+    fn sasl_line(&mut self, line: &[u8]) -> Option<Event<'static>> {
+        let Mode::ExpectSaslResponse(state) =
+            std::mem::replace(&mut self.mode, Mode::ExpectCommand)
+        else {
+            return None;
+        };
+        let Some(line) = line.strip_suffix(b"\r") else {
+            let r = Reply::new(501, Some((5, 5, 2)), "Syntax error: bare LF in response");
+            return self.bad(r);
+        };
+        self.sasl_response(state, line)
+    }
+
+    /// Decodes a response (initial or continuation) and moves the exchange on. The session is
+    /// in `ExpectCommand` when this is called; it sets the next mode.
+    fn sasl_response(&mut self, state: Sasl, line: &[u8]) -> Option<Event<'static>> {
+        let step = auth::decode(line).and_then(|data| match state {
+            Sasl::Plain => auth::plain(&data).map(Ok),
+            Sasl::LoginUser => {
+                auth::login_user(&data).map(|user| Err(Sasl::LoginPassword { user }))
+            }
+            Sasl::LoginPassword { user } => auth::login_password(user, &data).map(Ok),
+            Sasl::Cram {
+                mechanism,
+                challenge,
+            } => auth::cram(mechanism, challenge, &data).map(Ok),
+        });
+        match step {
+            Ok(Ok(attempt)) => {
+                let ev = auth_event(&attempt);
+                self.mode = Mode::ExpectAuthResult(attempt);
+                Some(ev)
+            }
+            Ok(Err(next)) => {
+                self.prompt(&next);
+                self.mode = Mode::ExpectSaslResponse(next);
+                None
+            }
+            Err(SaslError::Cancelled) => {
+                self.reply(501, (5, 0, 0), "Authentication cancelled");
+                None
+            }
+            Err(SaslError::BadBase64) => {
+                self.bad(Reply::new(501, Some((5, 5, 2)), "Cannot decode response"))
+            }
+            Err(SaslError::Malformed) => self.bad(Reply::new(
+                501,
+                Some((5, 5, 2)),
+                "Malformed authentication response",
+            )),
+        }
+    }
+}
+
+fn must_starttls() -> Reply {
+    Reply::new(530, Some((5, 7, 0)), "Must issue a STARTTLS command first")
+}
+
+fn auth_event(a: &Attempt) -> Event<'static> {
+    Event::Auth {
+        mechanism: a.mechanism,
+        authcid: a.authcid.clone(),
+        authzid: a.authzid.clone(),
+        secret: a.secret.clone(),
     }
 }
 

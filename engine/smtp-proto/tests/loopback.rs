@@ -77,6 +77,7 @@ fn serve(mut conn: TcpStream, inbox: Inbox) {
                 drop(inbox);
                 s.message_committed(Ok(format!("{id}")));
             }
+            Event::StartTls | Event::Auth { .. } => panic!("STARTTLS and AUTH are off here"),
             Event::MessageAborted => cur = None,
             Event::Close => close = true,
         }

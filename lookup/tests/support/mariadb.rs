@@ -124,7 +124,10 @@ impl MariaDb {
             .arg(format!("--port={port}"))
             .arg("--bind-address=127.0.0.1")
             .arg("--skip-grant-tables")
-            .arg(format!("--pid-file={}", dir.path().join("mysqld.pid").display()))
+            .arg(format!(
+                "--pid-file={}",
+                dir.path().join("mysqld.pid").display()
+            ))
             .arg(format!("--log-error={}", log.display()))
             .arg(format!("--tmpdir={}", dir.path().display()))
             .arg("--innodb-buffer-pool-size=16M")

@@ -8,9 +8,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
-use lookup::{
-    Admin, CachePolicy, Clock, Directory, DirectoryConfig, ManualClock, RefreshMode,
-};
+use lookup::{Admin, CachePolicy, Clock, Directory, DirectoryConfig, ManualClock, RefreshMode};
 
 /// Which store a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,8 +49,8 @@ impl TestEnv {
     /// Configuration without reading the environment, with a short query timeout.
     pub fn config(&self) -> DirectoryConfig {
         let h = self.home.path();
-        let mut c = DirectoryConfig::with_paths(h, h.join("control"), h.join("mail"))
-            .expect("config");
+        let mut c =
+            DirectoryConfig::with_paths(h, h.join("control"), h.join("mail")).expect("config");
         c.query_timeout = Duration::from_secs(3);
         c.cache = CachePolicy {
             positive_ttl: Duration::from_secs(60),

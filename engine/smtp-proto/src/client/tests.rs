@@ -66,6 +66,7 @@ fn exchange(
                         server.message_committed(Ok(format!("{}", run.stored.len())));
                     }
                 }
+                Event::StartTls | Event::Auth { .. } => panic!("STARTTLS and AUTH are off here"),
                 Event::MessageAborted => cur = None,
                 Event::Close => {
                     run.server_closed = true;

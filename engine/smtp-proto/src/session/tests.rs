@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::address::Mailbox;
+use crate::{AuthOutcome, AuthSecret};
 
 /// What a driver saw while running a session to the end of its input.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -16,6 +17,13 @@ struct Outcome {
     closed: bool,
     /// Unconsumed bytes left at the end.
     left: usize,
+    /// STARTTLS handshakes run.
+    starttls: usize,
+    /// AUTH attempts as `MECH authcid [authzid]` (never the secret).
+    auths: Vec<String>,
+    /// `auth_user` at the end.
+    auth_user: Option<String>,
+    protocol: &'static str,
 }
 
 type Policy = fn(&Event<'_>) -> Decision;
@@ -24,10 +32,34 @@ fn accept_all(_: &Event<'_>) -> Decision {
     Decision::Accept
 }
 
+/// The "directory": alice/secret is valid, password `down` is a temporary failure, and the
+/// CRAM-MD5 response of RFC 2195's example (tim, tanstaaftanstaaf) is valid for its challenge.
+fn check_auth(ev: &Event<'_>) -> AuthOutcome {
+    let Event::Auth {
+        authcid, secret, ..
+    } = ev
+    else {
+        panic!("not an auth event");
+    };
+    match secret {
+        AuthSecret::Password(p) if p == "down" => AuthOutcome::TempFail,
+        AuthSecret::Password(p) if authcid == "alice" && p == "secret" => AuthOutcome::Ok,
+        AuthSecret::CramResponse { challenge, digest }
+            if authcid == "tim"
+                && challenge == "<1896.697170952@postoffice.reston.mci.net>"
+                && digest == "b913a602c7eda7a495b4e6e7334d3890" =>
+        {
+            AuthOutcome::Ok
+        }
+        _ => AuthOutcome::Failed,
+    }
+}
+
 /// A driver: feeds `pieces` one after the other, keeping the unconsumed tail as a real driver
 /// would, accepting or rejecting per `policy`, committing every complete message.
 fn drive_with(cfg: &SessionConfig, pieces: &[&[u8]], policy: Policy) -> Outcome {
     let mut s = Session::new(Rc::new(cfg.clone()));
+    s.set_auth_entropy(1896, 697_170_952);
     s.greet();
     let mut o = Outcome::default();
     let mut buf: Vec<u8> = Vec::new();
@@ -78,6 +110,29 @@ fn drive_with(cfg: &SessionConfig, pieces: &[&[u8]], policy: Policy) -> Outcome 
                     assert!(s.is_closed());
                     assert_eq!(s.feed(b"NOOP\r\n"), (0, Event::Close));
                 }
+                Event::StartTls => {
+                    // The session took every byte; the driver drops them (drain below) and
+                    // what comes next is the decrypted stream.
+                    assert_eq!(n, buf.len());
+                    o.starttls += 1;
+                    s.tls_started();
+                }
+                Event::Auth {
+                    mechanism,
+                    ref authcid,
+                    ref authzid,
+                    ..
+                } => {
+                    let mut a = format!("{mechanism} {authcid}");
+                    if let Some(z) = authzid {
+                        a.push(' ');
+                        a.push_str(z);
+                    }
+                    o.auths.push(a);
+                    assert_eq!(s.feed(b"NOOP\r\n").0, 0);
+                    let verdict = check_auth(&ev);
+                    s.auth_result(verdict);
+                }
             }
             buf.drain(..n);
             consumed += n;
@@ -89,12 +144,8 @@ fn drive_with(cfg: &SessionConfig, pieces: &[&[u8]], policy: Policy) -> Outcome 
             }
             if stop {
                 // The core never makes the driver hold more than one command line.
-                if matches!(s.mode, Mode::ExpectCommand) {
-                    assert!(
-                        buf.len() < cfg.max_command_line.max(8),
-                        "tail {}",
-                        buf.len()
-                    );
+                if matches!(s.mode, Mode::ExpectCommand | Mode::ExpectSaslResponse(_)) {
+                    assert!(buf.len() < s.max_line(), "tail {}", buf.len());
                 } else {
                     assert!(buf.is_empty(), "tail in mode {:?}", s.mode);
                 }
@@ -104,6 +155,8 @@ fn drive_with(cfg: &SessionConfig, pieces: &[&[u8]], policy: Policy) -> Outcome 
     }
     o.left = total - consumed;
     o.output = String::from_utf8(out).unwrap();
+    o.auth_user = s.envelope().auth_user.clone();
+    o.protocol = s.protocol();
     o
 }
 
@@ -598,4 +651,436 @@ fn output_consumption() {
     assert_eq!(s.output(), b"mx.example ESMTP\r\n");
     s.consume_output(1000);
     assert!(s.output().is_empty());
+}
+
+// ---- STARTTLS (RFC 3207) ----
+
+fn tls_cfg() -> SessionConfig {
+    let mut c = cfg();
+    c.starttls = true;
+    c.chunking = false;
+    c.smtputf8 = false;
+    c
+}
+
+/// Runs `plain` (ending with the STARTTLS line) and then `secure` (the decrypted stream after
+/// the handshake), each split at every byte and fed a byte at a time; all runs must agree.
+fn drive_tls_all_splits(cfg: &SessionConfig, plain: &[u8], secure: &[u8]) -> Outcome {
+    let whole = drive_with(cfg, &[plain, secure], accept_all);
+    for k in 0..=plain.len() {
+        let o = drive_with(cfg, &[&plain[..k], &plain[k..], secure], accept_all);
+        assert_eq!(o, whole, "plain split at {k}");
+    }
+    for k in 0..=secure.len() {
+        let o = drive_with(cfg, &[plain, &secure[..k], &secure[k..]], accept_all);
+        assert_eq!(o, whole, "secure split at {k}");
+    }
+    let mut bytes: Vec<&[u8]> = plain.chunks(1).collect();
+    bytes.extend(secure.chunks(1));
+    assert_eq!(drive_with(cfg, &bytes, accept_all), whole, "byte at a time");
+    whole
+}
+
+const TLS_EHLO: &str = "250-mx.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE\r\n\
+    250-ENHANCEDSTATUSCODES\r\n250-STARTTLS\r\n250 HELP\r\n";
+const TLS_EHLO_AFTER: &str = "250-mx.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE\r\n\
+    250-ENHANCEDSTATUSCODES\r\n250 HELP\r\n";
+
+#[test]
+fn starttls_transcript_split_everywhere() {
+    let plain = b"EHLO client.example\r\nSTARTTLS\r\n";
+    let secure = b"EHLO client.example\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<x@y.z>\r\n\
+        DATA\r\nhi\r\n.\r\nQUIT\r\n";
+    let o = drive_tls_all_splits(&tls_cfg(), plain, secure);
+    assert_eq!(
+        o.output,
+        format!(
+            "220 mx.example ESMTP\r\n{TLS_EHLO}220 2.0.0 Ready to start TLS\r\n{TLS_EHLO_AFTER}\
+             250 2.1.0 Sender ok\r\n250 2.1.5 Recipient ok\r\n\
+             354 End data with <CR><LF>.<CR><LF>\r\n250 2.0.0 ok q1\r\n\
+             221 2.0.0 mx.example closing connection\r\n"
+        )
+    );
+    assert_eq!(o.starttls, 1);
+    assert_eq!(o.messages, vec![b"hi\r\n".to_vec()]);
+    assert_eq!(o.protocol, "ESMTPS");
+}
+
+/// CVE-2011-0411: commands pipelined after STARTTLS in the same packet are never executed,
+/// wherever the packet boundary fell before the STARTTLS line ended.
+#[test]
+fn starttls_pipelined_plaintext_is_discarded() {
+    let packet = b"EHLO c\r\nSTARTTLS\r\nMAIL FROM:<evil@e.example>\r\nRCPT TO:<victim@y.z>\r\n";
+    let end_of_starttls = b"EHLO c\r\nSTARTTLS\r\n".len();
+    // After the handshake the client has not said EHLO: MAIL must be refused, proving the
+    // pre-TLS EHLO was forgotten too.
+    let secure = b"MAIL FROM:<a@b.c>\r\nEHLO c\r\nNOOP\r\n";
+    for k in 0..end_of_starttls {
+        let o = drive_with(
+            &tls_cfg(),
+            &[&packet[..k], &packet[k..], secure],
+            accept_all,
+        );
+        assert!(o.mails.is_empty(), "split {k}: {:?}", o.mails);
+        assert!(o.rcpts.is_empty(), "split {k}");
+        assert_eq!(o.starttls, 1);
+        assert_eq!(
+            o.output,
+            format!(
+                "220 mx.example ESMTP\r\n{TLS_EHLO}220 2.0.0 Ready to start TLS\r\n\
+                 503 5.5.1 Send HELO/EHLO first\r\n{TLS_EHLO_AFTER}250 2.0.0 ok\r\n"
+            ),
+            "split {k}"
+        );
+        assert_eq!(o.left, 0);
+    }
+    // Feeding plaintext while the handshake runs consumes it all, unprocessed.
+    let mut s = Session::new(Rc::new(tls_cfg()));
+    assert_eq!(s.feed(b"STARTTLS\r\nQUIT\r\n"), (16, Event::StartTls));
+    assert!(s.is_paused());
+    assert_eq!(s.feed(b"QUIT\r\n"), (6, Event::StartTls));
+    assert!(!String::from_utf8_lossy(s.output()).contains("221"));
+    s.tls_started();
+    assert!(!s.is_paused());
+    assert!(s.is_tls());
+}
+
+#[test]
+fn starttls_refusals() {
+    // Not enabled: as before, not implemented.
+    let o = drive_all_splits(&cfg(), b"EHLO c\r\nSTARTTLS\r\n", accept_all);
+    assert!(o
+        .output
+        .ends_with("\r\n502 5.5.1 Command not implemented\r\n"));
+    assert!(!o.output.contains("STARTTLS"));
+    // Parameters.
+    let o = drive_all_splits(&tls_cfg(), b"STARTTLS now\r\n", accept_all);
+    assert!(o
+        .output
+        .ends_with("501 5.5.4 Syntax error: no parameters allowed\r\n"));
+    assert_eq!(o.starttls, 0);
+    // A second STARTTLS inside TLS.
+    let o = drive_tls_all_splits(
+        &tls_cfg(),
+        b"STARTTLS\r\n",
+        b"EHLO c\r\nSTARTTLS\r\nNOOP\r\n",
+    );
+    assert_eq!(o.starttls, 1);
+    assert!(o.output.ends_with(&format!(
+        "{TLS_EHLO_AFTER}503 5.5.1 TLS already active\r\n250 2.0.0 ok\r\n"
+    )));
+    // SMTPS: TLS from the start, STARTTLS neither offered nor accepted.
+    let mut s = Session::new(Rc::new(tls_cfg()));
+    s.set_tls(true);
+    let (_, ev) = s.feed(b"EHLO c\r\nSTARTTLS\r\n");
+    assert_eq!(ev, Event::NeedMore);
+    let out = String::from_utf8_lossy(s.output()).to_string();
+    assert_eq!(
+        out,
+        format!("{TLS_EHLO_AFTER}503 5.5.1 TLS already active\r\n")
+    );
+    assert_eq!(s.protocol(), "ESMTPS");
+    // tls_started without a pending STARTTLS changes nothing.
+    let mut s = Session::new(Rc::new(tls_cfg()));
+    s.tls_started();
+    assert!(!s.is_tls());
+}
+
+// ---- AUTH (RFC 4954) ----
+
+fn auth_cfg() -> SessionConfig {
+    let mut c = tls_cfg();
+    c.starttls = false;
+    c.auth_mechanisms = vec!["LOGIN".into(), "PLAIN".into(), "CRAM-MD5".into()];
+    c.auth_plain_needs_tls = false;
+    c
+}
+
+const AUTH_EHLO: &str = "250-mx.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE\r\n\
+    250-ENHANCEDSTATUSCODES\r\n250-AUTH LOGIN PLAIN CRAM-MD5\r\n250 HELP\r\n";
+
+fn b64(s: &[u8]) -> String {
+    crate::auth::encode(s)
+}
+
+#[test]
+fn auth_plain_with_initial_response() {
+    let input = b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\nMAIL FROM:<alice@b.c>\r\nQUIT\r\n";
+    let o = drive_all_splits(&auth_cfg(), input, accept_all);
+    assert_eq!(
+        o.output,
+        format!(
+            "220 mx.example ESMTP\r\n{AUTH_EHLO}235 2.7.0 Authentication successful\r\n\
+             250 2.1.0 Sender ok\r\n221 2.0.0 mx.example closing connection\r\n"
+        )
+    );
+    assert_eq!(o.auths, vec!["PLAIN alice"]);
+    assert_eq!(o.auth_user.as_deref(), Some("alice"));
+    assert_eq!(o.protocol, "ESMTPA");
+}
+
+#[test]
+fn auth_plain_without_initial_response_and_authzid() {
+    let resp = b64(b"admin\0alice\0secret");
+    let input = format!("EHLO c\r\nAUTH PLAIN\r\n{resp}\r\nNOOP\r\n");
+    let o = drive_all_splits(&auth_cfg(), input.as_bytes(), accept_all);
+    assert!(o
+        .output
+        .ends_with("\r\n334 \r\n235 2.7.0 Authentication successful\r\n250 2.0.0 ok\r\n"));
+    assert_eq!(o.auths, vec!["PLAIN alice admin"]);
+    // "=" is an empty initial response: not a valid PLAIN message.
+    let o = drive_all_splits(&auth_cfg(), b"EHLO c\r\nAUTH PLAIN =\r\n", accept_all);
+    assert!(o
+        .output
+        .ends_with("501 5.5.2 Malformed authentication response\r\n"));
+    assert!(o.auths.is_empty());
+}
+
+#[test]
+fn auth_login_transcript() {
+    let input = b"EHLO c\r\nAUTH LOGIN\r\nYWxpY2U=\r\nc2VjcmV0\r\nAUTH LOGIN\r\n";
+    let o = drive_all_splits(&auth_cfg(), input, accept_all);
+    assert!(o.output.ends_with(
+        "\r\n334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n235 2.7.0 Authentication successful\r\n\
+         503 5.5.1 Already authenticated\r\n"
+    ));
+    assert_eq!(o.auths, vec!["LOGIN alice"]);
+    // With the user name as initial response.
+    let input = b"EHLO c\r\nAUTH LOGIN YWxpY2U=\r\nd3Jvbmc=\r\n";
+    let o = drive_all_splits(&auth_cfg(), input, accept_all);
+    assert!(o
+        .output
+        .ends_with("\r\n334 UGFzc3dvcmQ6\r\n535 5.7.8 Authentication credentials invalid\r\n"));
+    assert_eq!(o.auth_user, None);
+    assert_eq!(o.protocol, "ESMTP");
+}
+
+/// RFC 2195 section 2's example, byte for byte.
+#[test]
+fn auth_cram_md5_rfc2195_example() {
+    let mut c = auth_cfg();
+    c.hostname = "postoffice.reston.mci.net".into();
+    c.greeting = "postoffice.reston.mci.net ESMTP".into();
+    let input = b"EHLO c\r\nAUTH CRAM-MD5\r\ndGltIGI5MTNhNjAyYzdlZGE3YTQ5NWI0ZTZlNzMzNGQzODkw\r\n";
+    let o = drive_all_splits(&c, input, accept_all);
+    assert!(o.output.ends_with(
+        "\r\n334 PDE4OTYuNjk3MTcwOTUyQHBvc3RvZmZpY2UucmVzdG9uLm1jaS5uZXQ+\r\n\
+         235 2.7.0 Authentication successful\r\n"
+    ));
+    assert_eq!(o.auths, vec!["CRAM-MD5 tim"]);
+    // Each later challenge of the session differs.
+    let mut s = Session::new(Rc::new(c));
+    s.set_auth_entropy(1896, 697_170_952);
+    let mut seen = std::collections::HashSet::new();
+    s.feed(b"EHLO c\r\n");
+    for _ in 0..20 {
+        s.consume_output(usize::MAX);
+        assert_eq!(s.feed(b"AUTH CRAM-MD5\r\n*\r\n").1, Event::NeedMore);
+        let out = String::from_utf8_lossy(s.output()).to_string();
+        let challenge = out.lines().next().unwrap().to_string();
+        assert!(challenge.starts_with("334 "), "{out}");
+        assert!(seen.insert(challenge));
+    }
+    // CRAM takes no initial response.
+    let o = drive(&auth_cfg(), b"EHLO c\r\nAUTH CRAM-MD5 abc\r\n");
+    assert!(o
+        .output
+        .ends_with("501 5.5.4 Syntax error: no initial response allowed with this mechanism\r\n"));
+}
+
+#[test]
+fn auth_cancel_and_bad_base64() {
+    let input = b"EHLO c\r\nAUTH LOGIN\r\n*\r\nAUTH PLAIN\r\n*\r\nAUTH PLAIN !!!\r\n\
+        AUTH LOGIN\r\nYWxp Y2U=\r\nAUTH LOGIN\r\n=\r\nNOOP\r\n";
+    let o = drive_all_splits(&auth_cfg(), input, accept_all);
+    assert!(o.output.ends_with(
+        "\r\n334 VXNlcm5hbWU6\r\n501 5.0.0 Authentication cancelled\r\n\
+         334 \r\n501 5.0.0 Authentication cancelled\r\n\
+         501 5.5.2 Cannot decode response\r\n\
+         334 VXNlcm5hbWU6\r\n501 5.5.2 Cannot decode response\r\n\
+         334 VXNlcm5hbWU6\r\n501 5.5.2 Malformed authentication response\r\n\
+         250 2.0.0 ok\r\n"
+    ));
+    assert!(o.auths.is_empty());
+    // A response line must end in CRLF too.
+    let o = drive(&auth_cfg(), b"EHLO c\r\nAUTH LOGIN\r\nYWxpY2U=\nNOOP\r\n");
+    assert!(o.output.ends_with(
+        "334 VXNlcm5hbWU6\r\n501 5.5.2 Syntax error: bare LF in response\r\n250 2.0.0 ok\r\n"
+    ));
+}
+
+#[test]
+fn auth_failures_close_the_connection() {
+    let bad = b64(b"\0alice\0wrong");
+    let down = b64(b"\0alice\0down");
+    let input = format!(
+        "EHLO c\r\nAUTH PLAIN {bad}\r\nAUTH PLAIN {down}\r\nAUTH PLAIN {bad}\r\n\
+         AUTH PLAIN {bad}\r\nNOOP\r\n"
+    );
+    let o = drive_all_splits(&auth_cfg(), input.as_bytes(), accept_all);
+    assert!(o.output.ends_with(
+        "\r\n535 5.7.8 Authentication credentials invalid\r\n\
+         454 4.7.0 Temporary authentication failure\r\n\
+         535 5.7.8 Authentication credentials invalid\r\n\
+         535 5.7.8 Authentication credentials invalid\r\n\
+         421 4.7.0 mx.example Too many authentication failures, closing connection\r\n"
+    ));
+    assert!(o.closed);
+    assert_eq!(o.auths.len(), 4);
+    assert!(o.left > 0, "the NOOP is never read");
+}
+
+#[test]
+fn auth_sequence_errors() {
+    let mut c = auth_cfg();
+    c.auth_mechanisms.push("SCRAM-SHA-256".into());
+    let input = b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\nEHLO c\r\nAUTH DIGEST-MD5\r\n\
+        MAIL FROM:<a@b.c>\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\nRSET\r\n\
+        AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n";
+    let o = drive_all_splits(&c, input, accept_all);
+    assert!(o
+        .output
+        .starts_with("220 mx.example ESMTP\r\n503 5.5.1 Send EHLO first\r\n"));
+    // SCRAM is not run by the core: not advertised.
+    assert!(o.output.contains("250-AUTH LOGIN PLAIN CRAM-MD5\r\n"));
+    assert!(o.output.ends_with(
+        "504 5.5.4 Unrecognized authentication type\r\n250 2.1.0 Sender ok\r\n\
+         503 5.5.1 AUTH not permitted during a mail transaction\r\n250 2.0.0 ok\r\n\
+         235 2.7.0 Authentication successful\r\n"
+    ));
+    // AUTH off: not implemented, as before.
+    let o = drive(&cfg(), b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n");
+    assert!(o.output.ends_with("502 5.5.1 Command not implemented\r\n"));
+    assert!(!o.output.contains("AUTH"));
+}
+
+#[test]
+fn secure_auth_offers_plain_and_login_only_under_tls() {
+    let mut c = auth_cfg();
+    c.auth_plain_needs_tls = true;
+    c.starttls = true;
+    let plain = b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\nAUTH LOGIN\r\nSTARTTLS\r\n";
+    let secure = b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n";
+    let o = drive_tls_all_splits(&c, plain, secure);
+    let before = "250-mx.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE\r\n\
+        250-ENHANCEDSTATUSCODES\r\n250-STARTTLS\r\n250-AUTH CRAM-MD5\r\n250 HELP\r\n";
+    let refused = "538 5.7.11 Encryption required for requested authentication mechanism\r\n";
+    assert_eq!(
+        o.output,
+        format!(
+            "220 mx.example ESMTP\r\n{before}{refused}{refused}\
+             220 2.0.0 Ready to start TLS\r\n{AUTH_EHLO}\
+             235 2.7.0 Authentication successful\r\n"
+        )
+    );
+    assert_eq!(o.protocol, "ESMTPSA");
+    assert_eq!(o.auth_user.as_deref(), Some("alice"));
+}
+
+#[test]
+fn starttls_forgets_authentication() {
+    let mut c = auth_cfg();
+    c.starttls = true;
+    let o = drive_tls_all_splits(
+        &c,
+        b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\nSTARTTLS\r\n",
+        b"EHLO c\r\n",
+    );
+    assert_eq!(o.auths.len(), 1);
+    assert_eq!(o.auth_user, None);
+    assert_eq!(o.protocol, "ESMTPS");
+}
+
+#[test]
+fn require_auth_submission() {
+    let mut c = auth_cfg();
+    c.require_auth = true;
+    let input = b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<x@y.z>\r\n\
+        AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\nMAIL FROM:<a@b.c>\r\n";
+    let o = drive_all_splits(&c, input, accept_all);
+    assert!(o.output.ends_with(&format!(
+        "{AUTH_EHLO}530 5.7.0 Authentication required\r\n503 5.5.1 Need MAIL before RCPT\r\n\
+         235 2.7.0 Authentication successful\r\n250 2.1.0 Sender ok\r\n"
+    )));
+    assert_eq!(o.mails, vec!["a@b.c"]);
+}
+
+#[test]
+fn require_tls_force_tls() {
+    let mut c = auth_cfg();
+    c.starttls = true;
+    c.require_tls = true;
+    c.require_auth = true;
+    c.auth_plain_needs_tls = true;
+    let plain =
+        b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<x@y.z>\r\nAUTH CRAM-MD5\r\nNOOP\r\nSTARTTLS\r\n";
+    let secure = b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n\
+        MAIL FROM:<a@b.c>\r\n";
+    let o = drive_tls_all_splits(&c, plain, secure);
+    let must = "530 5.7.0 Must issue a STARTTLS command first\r\n";
+    assert_eq!(
+        o.output,
+        format!(
+            "220 mx.example ESMTP\r\n{TLS_EHLO}{must}{must}{must}250 2.0.0 ok\r\n\
+             220 2.0.0 Ready to start TLS\r\n{AUTH_EHLO}\
+             530 5.7.0 Authentication required\r\n235 2.7.0 Authentication successful\r\n\
+             250 2.1.0 Sender ok\r\n"
+        )
+    );
+    assert_eq!(o.mails, vec!["a@b.c"]);
+}
+
+#[test]
+fn auth_line_caps() {
+    let mut c = auth_cfg();
+    c.max_command_line = 64;
+    c.max_auth_line = 1024;
+    // An AUTH command longer than max_command_line but within max_auth_line is read whole.
+    let mut long_user = "u".repeat(300);
+    long_user.insert(0, '\0');
+    long_user.push_str("\0secret");
+    let input = format!(
+        "EHLO c\r\nAUTH PLAIN {}\r\nNOOP\r\n",
+        b64(long_user.as_bytes())
+    );
+    let o = drive_all_splits(&c, input.as_bytes(), accept_all);
+    assert_eq!(o.auths, vec![format!("PLAIN {}", "u".repeat(300))]);
+    assert!(o
+        .output
+        .ends_with("535 5.7.8 Authentication credentials invalid\r\n250 2.0.0 ok\r\n"));
+    // Other commands keep the short cap.
+    let input = format!("EHLO c\r\nNOOP {}\r\nNOOP\r\n", "x".repeat(100));
+    let o = drive_all_splits(&c, input.as_bytes(), accept_all);
+    assert!(o
+        .output
+        .ends_with("500 5.5.2 Line too long\r\n250 2.0.0 ok\r\n"));
+    // A response longer than max_auth_line ends the exchange; it is never buffered.
+    let input = format!("EHLO c\r\nAUTH LOGIN\r\n{}\r\nNOOP\r\n", "A".repeat(3000));
+    let o = drive_all_splits(&c, input.as_bytes(), accept_all);
+    assert!(o.output.ends_with(
+        "334 VXNlcm5hbWU6\r\n500 5.5.6 Authentication Exchange line is too long\r\n250 2.0.0 ok\r\n"
+    ));
+    assert!(o.auths.is_empty());
+}
+
+#[test]
+fn secrets_never_in_debug_output() {
+    let mut s = Session::new(Rc::new(auth_cfg()));
+    let (_, ev) = s.feed(b"EHLO c\r\nAUTH LOGIN\r\nYWxpY2U=\r\naHVudGVyMg==\r\n");
+    let Event::Auth { ref secret, .. } = ev else {
+        panic!("{ev:?}");
+    };
+    assert_eq!(secret, &AuthSecret::Password("hunter2".into()));
+    let shown = format!("{ev:?} {s:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("<redacted>"));
+    // Pending: the same question again, nothing consumed.
+    assert_eq!(s.feed(b"NOOP\r\n").0, 0);
+    assert!(s.is_paused());
+    s.auth_result(AuthOutcome::Ok);
+    assert_eq!(s.envelope().auth_user.as_deref(), Some("alice"));
+    assert_eq!(s.protocol(), "ESMTPA");
+    // auth_result without a pending question changes nothing.
+    s.auth_result(AuthOutcome::Failed);
+    assert!(!String::from_utf8_lossy(s.output()).contains("535"));
 }

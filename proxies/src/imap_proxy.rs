@@ -1,0 +1,163 @@
+//! The IMAP proxy driver (`proxyimap`, spec 6): the not-authenticated state answered
+//! locally by [`ImapLogin`], then a relay to the user's mailstore.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use shard::io::{TcpListener, TcpStream};
+
+use crate::backend::imap_login;
+use crate::conn::{write, Inbuf};
+use crate::imap_login::{ImapEvent, ImapLogin, GREETING};
+use crate::relay::{relay, RelayEnd};
+use crate::{
+    accept_loop, authorize, log_line, logged_in, mailstore, ProxyContext, Refusal, Service,
+};
+
+/// Said before closing a connection that sent nothing for the command timeout, or a
+/// logged-in session idle for `DATA_TIMEOUT` (spec 6).
+const IDLE_BYE: &[u8] = b"* BYE Disconnected for inactivity.\r\n";
+
+/// Serve IMAP proxy connections from `listener` until `stop` resolves (then stop
+/// accepting; sessions in progress continue). Runs on a shard (inside `shard::io::run`).
+pub async fn serve_imap_proxy(
+    listener: TcpListener,
+    ctx: Rc<ProxyContext>,
+    stop: impl Future<Output = ()>,
+) {
+    accept_loop(listener, ctx, stop, "proxyimap", session).await
+}
+
+async fn session(s: TcpStream, peer: SocketAddr, ctx: Rc<ProxyContext>) {
+    if write(&s, GREETING.to_vec()).await.is_err() {
+        return;
+    }
+    let mut core = ImapLogin::new(ctx.config.imap_login(), false);
+    let mut inb = Inbuf::new();
+    loop {
+        let (n, ev) = core.feed(inb.pending());
+        inb.consume(n);
+        let out = match ev {
+            ImapEvent::NeedMore => match inb.fill_within(&s, core.config().command_timeout).await {
+                Ok(0) => return,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    let _ = write(&s, IDLE_BYE.to_vec()).await;
+                    return;
+                }
+                Err(_) => return,
+            },
+            ImapEvent::Reply(r) => r,
+            ImapEvent::Close(r) => {
+                let _ = write(&s, r).await;
+                return;
+            }
+            // Not offered (no TLS configuration), so the core never asks for it.
+            ImapEvent::StartTls(_) => return,
+            ImapEvent::Login(c) => match login(&ctx, &c.user, &c.password, peer).await {
+                Ok((backend, user, store)) => {
+                    let reply = core.accepted(backend.capability.as_deref());
+                    finish(&ctx, s, inb, backend, reply, &user, peer, store).await;
+                    return;
+                }
+                Err(why) => match core.refused(why) {
+                    ImapEvent::Close(r) => {
+                        let _ = write(&s, r).await;
+                        return;
+                    }
+                    ImapEvent::Reply(r) => r,
+                    _ => return,
+                },
+            },
+        };
+        if write(&s, out).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Verify, find the mailstore and log in there.
+async fn login(
+    ctx: &ProxyContext,
+    user: &str,
+    password: &str,
+    peer: SocketAddr,
+) -> Result<(crate::backend::Backend, Rc<lookup::User>, SocketAddr), Refusal> {
+    let u = authorize(ctx, user, password, Service::Imap).await?;
+    let Some(addr) = mailstore(ctx, &u, Service::Imap).await? else {
+        log_line(
+            ctx,
+            format_args!(
+                "proxyimap: WARN: no mailstore for {} and no IMAP_BACKEND",
+                u.email()
+            ),
+        );
+        return Err(Refusal::Unavailable);
+    };
+    let login_name = backend_user(ctx, &u, peer);
+    let cfg = &ctx.config;
+    match imap_login(
+        addr,
+        &login_name,
+        password,
+        cfg.connect_timeout,
+        cfg.command_timeout,
+    )
+    .await
+    {
+        Ok(b) => Ok((b, u, addr)),
+        Err(e) => {
+            log_line(ctx, format_args!("proxyimap: WARN: {e}"));
+            Err(e.refusal())
+        }
+    }
+}
+
+/// `user@domain:clientip`, or `user@domain` under `LEGACY_SERVER` (spec 6).
+pub(crate) fn backend_user(ctx: &ProxyContext, u: &lookup::User, peer: SocketAddr) -> String {
+    if ctx.config.legacy_server {
+        u.email()
+    } else {
+        format!("{}:{}", u.email(), peer.ip())
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    ctx: &ProxyContext,
+    client: TcpStream,
+    mut inb: Inbuf,
+    backend: crate::backend::Backend,
+    mut reply: Vec<u8>,
+    user: &lookup::User,
+    peer: SocketAddr,
+    store: SocketAddr,
+) {
+    // Our OK first, then anything the mailstore already sent after its own login reply.
+    reply.extend_from_slice(&backend.leftover);
+    if write(&client, reply).await.is_err() {
+        return;
+    }
+    // Commands the client pipelined after LOGIN belong to the mailstore.
+    if write(&backend.stream, inb.take()).await.is_err() {
+        return;
+    }
+    logged_in(ctx, user, peer, Service::Imap, &store.to_string()).await;
+    let end = relay(
+        Rc::new(client),
+        Rc::new(backend.stream),
+        ctx.config.idle_timeout,
+        IDLE_BYE,
+    )
+    .await;
+    log_line(
+        ctx,
+        format_args!(
+            "proxyimap: INFO: LOGOUT user={}, ip=[{}], mailstore=[{store}]{}",
+            user.email(),
+            peer.ip(),
+            if end == RelayEnd::Idle { " (idle)" } else { "" }
+        ),
+    );
+}

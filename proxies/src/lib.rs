@@ -1,0 +1,410 @@
+//! Reading mail: IndiMail's IMAP and POP3 proxies (`proxyimap`, `proxypop3`, spec 6) and a
+//! POP3 server on Maildir for the default (non-clustered) installation.
+//!
+//! What it does:
+//! * [`imap_login`] and [`pop3_login`] — sans-I/O cores of the not-authenticated states
+//!   (bytes in, events out; lines and literals capped), tested split at every byte.
+//! * [`serve_imap_proxy`] / [`serve_pop3_proxy`] — accept loops on a shard: answer the
+//!   login dialogue locally, verify the password against the [`lookup::Directory`] (unknown
+//!   users and bad passwords never reach a mailstore), refuse `NO_IMAP` / `NO_POP` accounts
+//!   and domains whose `vlimits` disable the service, find the user's mailstore
+//!   (`hostcntrl` → `host_table`, port from [`ProxyConfig::imap_port`] / `DESTPORT`; else the
+//!   configured default backend), log in there as `user@domain:clientip` (spec 6; without
+//!   `:clientip` under `LEGACY_SERVER`), hide the mailstore's greeting and login reply, answer
+//!   the client itself and then relay bytes both ways until either side closes or the
+//!   session is idle for [`ProxyConfig::idle_timeout`]. Successful logins insert the
+//!   POP/IMAP-before-SMTP relay row (spec 4.9).
+//! * [`serve_pop3`] — RFC 1939 POP3 (with CAPA, UIDL, TOP, USER/PASS, AUTH PLAIN, RFC 2449 /
+//!   3206 response codes) on `pw_dir/Maildir`: new mail moved to `cur/` on login, CRLF and
+//!   dot-stuffing on the wire, DELE applied only after a clean QUIT, one session per mailbox.
+//!   The POP3 proxy also serves a user this way when the user has no mailstore and no
+//!   default backend is configured (spec 6: "mailstore is a local interface → local login").
+//!
+//! What it does not do: TLS (`STARTTLS`/`STLS`/implicit TLS are not offered yet), an IMAP
+//! server, SASL mechanisms other than PLAIN, auto-provisioning of unknown users
+//! (`AUTOADDUSERS`), `lastauth` rows for proxy logins (the directory has no call for them),
+//! or locking a mailbox against other processes (the POP3 lock is per `indimail` process,
+//! across all its shards).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+mod backend;
+mod conn;
+pub mod imap_login;
+mod imap_proxy;
+mod maildir;
+pub mod pop3_login;
+mod pop3_proxy;
+mod pop3_server;
+mod relay;
+mod sasl;
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::time::Duration;
+
+pub use imap_proxy::serve_imap_proxy;
+pub use maildir::{dot_stuff, DotStuffer};
+pub use pop3_proxy::serve_pop3_proxy;
+pub use pop3_server::serve_pop3;
+pub use sasl::PlainError;
+
+/// What the proxies and the POP3 server need on a shard.
+pub struct ProxyContext {
+    /// The shard's directory handle.
+    pub directory: Rc<lookup::Directory>,
+    /// Settings.
+    pub config: ProxyConfig,
+}
+
+/// Settings of the proxies and the POP3 server. [`ProxyConfig::from_env`] reads IndiMail's
+/// variables; [`Default`] gives the spec's defaults.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// IMAP port on the mailstores (`DESTPORT=imap:<port>`, installer 143).
+    pub imap_port: u16,
+    /// POP3 port on the mailstores (`DESTPORT=pop3:<port>`, installer 110).
+    pub pop3_port: u16,
+    /// IMAP server for users without a `hostcntrl` entry (`IMAP_BACKEND=addr:port`). When
+    /// unset such logins are answered `NO [UNAVAILABLE]`.
+    pub default_imap_backend: Option<SocketAddr>,
+    /// POP3 server for users without a `hostcntrl` entry (`POP3_BACKEND=addr:port`). When
+    /// unset the POP3 proxy serves them from their Maildir itself.
+    pub default_pop3_backend: Option<SocketAddr>,
+    /// Log in to the mailstore as `user@domain` instead of `user@domain:clientip`
+    /// (`LEGACY_SERVER`).
+    pub legacy_server: bool,
+    /// Domain appended to a login without `@` (`DEFAULT_DOMAIN`).
+    pub default_domain: Option<String>,
+    /// Failed logins before disconnecting (`BADLOGINS`, default 5).
+    pub max_bad_logins: u32,
+    /// Longest wait for a command before login, and for each mailstore reply during the
+    /// mailstore login (spec 6: 60 s alarm).
+    pub command_timeout: Duration,
+    /// Disconnect a logged-in session after this long without traffic in either direction
+    /// (`DATA_TIMEOUT`, code default 1800 s). The IMAP proxy says
+    /// `* BYE Disconnected for inactivity.` first. Also the POP3 server's autologout timer.
+    pub idle_timeout: Duration,
+    /// Longest wait to connect to a mailstore.
+    pub connect_timeout: Duration,
+    /// Insert the POP/IMAP-before-SMTP relay row on each successful login (spec 4.9).
+    pub record_relay: bool,
+    /// Write `LOGIN`/`LOGOUT` lines to standard error (spec 6 log format).
+    pub log: bool,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            imap_port: 143,
+            pop3_port: 110,
+            default_imap_backend: None,
+            default_pop3_backend: None,
+            legacy_server: false,
+            default_domain: None,
+            max_bad_logins: 5,
+            command_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(1800),
+            connect_timeout: Duration::from_secs(30),
+            record_relay: true,
+            log: true,
+        }
+    }
+}
+
+/// A variable that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("${name}: {reason}: {value}")]
+pub struct ConfigError {
+    /// The variable.
+    pub name: &'static str,
+    /// Its value.
+    pub value: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+impl ProxyConfig {
+    /// Defaults overridden by `DESTPORT` (`imap:<port>` or `pop3:<port>`), `IMAP_BACKEND`,
+    /// `POP3_BACKEND`, `LEGACY_SERVER`, `DEFAULT_DOMAIN`, `BADLOGINS`, `DATA_TIMEOUT`
+    /// (seconds). Every bad variable is reported.
+    pub fn from_env() -> Result<ProxyConfig, Vec<ConfigError>> {
+        Self::from_vars(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+    }
+
+    /// [`ProxyConfig::from_env`] over any variable source.
+    pub fn from_vars(
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<ProxyConfig, Vec<ConfigError>> {
+        let mut c = ProxyConfig::default();
+        let mut errs = Vec::new();
+        let mut bad = |name, value: &str, reason| {
+            errs.push(ConfigError {
+                name,
+                value: value.to_string(),
+                reason,
+            })
+        };
+        if let Some(d) = var("DESTPORT") {
+            match d.split_once(':').map(|(s, p)| (s, p.parse::<u16>())) {
+                Some(("imap", Ok(p))) => c.imap_port = p,
+                Some(("pop3", Ok(p))) => c.pop3_port = p,
+                _ => bad("DESTPORT", &d, "expected imap:<port> or pop3:<port>"),
+            }
+        }
+        for (name, slot) in [
+            ("IMAP_BACKEND", &mut c.default_imap_backend),
+            ("POP3_BACKEND", &mut c.default_pop3_backend),
+        ] {
+            if let Some(v) = var(name) {
+                match v.parse() {
+                    Ok(a) => *slot = Some(a),
+                    Err(_) => bad(name, &v, "expected ADDR:PORT"),
+                }
+            }
+        }
+        c.legacy_server = var("LEGACY_SERVER").is_some();
+        c.default_domain = var("DEFAULT_DOMAIN");
+        if let Some(v) = var("BADLOGINS") {
+            match v.parse() {
+                Ok(n) if n > 0 => c.max_bad_logins = n,
+                _ => bad("BADLOGINS", &v, "expected a positive number"),
+            }
+        }
+        if let Some(v) = var("DATA_TIMEOUT") {
+            match v.parse::<u64>() {
+                Ok(n) if n > 0 => c.idle_timeout = Duration::from_secs(n),
+                _ => bad("DATA_TIMEOUT", &v, "expected a positive number of seconds"),
+            }
+        }
+        if errs.is_empty() {
+            Ok(c)
+        } else {
+            Err(errs)
+        }
+    }
+
+    fn imap_login(&self) -> imap_login::ImapLoginConfig {
+        imap_login::ImapLoginConfig {
+            max_bad_logins: self.max_bad_logins,
+            command_timeout: self.command_timeout,
+            ..imap_login::ImapLoginConfig::default()
+        }
+    }
+
+    fn pop3_login(&self) -> pop3_login::Pop3LoginConfig {
+        pop3_login::Pop3LoginConfig {
+            max_bad_logins: self.max_bad_logins,
+            command_timeout: self.command_timeout,
+            ..pop3_login::Pop3LoginConfig::default()
+        }
+    }
+}
+
+/// Why a login is refused, as the drivers tell the login cores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Unknown user, wrong password or inactive account (counts as a bad login).
+    AuthFailed,
+    /// The account or its domain may not use this service (`NO_IMAP`/`NO_POP`, vlimits;
+    /// counts as a bad login).
+    Disabled,
+    /// The mailstore could not be reached or failed.
+    Unavailable,
+    /// The directory could not answer (temporary).
+    TempFail,
+    /// The mailbox is in use by another session (POP3, RFC 2449 `IN-USE`).
+    InUse,
+}
+
+/// The service a login is for (flag and vlimits checks, log lines).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Service {
+    Imap,
+    Pop3,
+}
+
+impl Service {
+    fn name(self) -> &'static str {
+        match self {
+            Service::Imap => "proxyimap",
+            Service::Pop3 => "proxypop3",
+        }
+    }
+}
+
+/// Verify a login against the directory and check the account may use `service`.
+pub(crate) async fn authorize(
+    ctx: &ProxyContext,
+    user: &str,
+    password: &str,
+    service: Service,
+) -> Result<Rc<lookup::User>, Refusal> {
+    let email = match (user.contains('@'), &ctx.config.default_domain) {
+        (false, Some(d)) => format!("{user}@{d}"),
+        _ => user.to_string(),
+    };
+    if lookup::Address::parse(&email).is_err() {
+        return Err(Refusal::AuthFailed);
+    }
+    let dir = &ctx.directory;
+    let u = match dir.check_password(&email, password).await {
+        Ok(lookup::AuthResult::Ok(u)) => u,
+        Ok(_) => return Err(Refusal::AuthFailed),
+        Err(e) if e.is_temporary() => return Err(Refusal::TempFail),
+        Err(_) => return Err(Refusal::AuthFailed),
+    };
+    let (flag, limit): (u32, fn(&lookup::Limits) -> bool) = match service {
+        Service::Imap => (lookup::UserFlags::NO_IMAP, |l| l.disable_imap),
+        Service::Pop3 => (lookup::UserFlags::NO_POP, |l| l.disable_pop),
+    };
+    if u.flags.has(flag) {
+        return Err(Refusal::Disabled);
+    }
+    if !u.flags.has(lookup::UserFlags::V_OVERRIDE) {
+        match dir.limits(&u.domain).await {
+            Ok(Some(l)) if limit(&l) => return Err(Refusal::Disabled),
+            Ok(_) => {}
+            Err(e) if e.is_temporary() => return Err(Refusal::TempFail),
+            Err(_) => {}
+        }
+    }
+    Ok(u)
+}
+
+/// The mailstore of `user`: its `host_table` IP with the service's port, else the default
+/// backend. `Ok(None)`: no mailstore and no default.
+pub(crate) async fn mailstore(
+    ctx: &ProxyContext,
+    user: &lookup::User,
+    service: Service,
+) -> Result<Option<SocketAddr>, Refusal> {
+    let (port, default) = match service {
+        Service::Imap => (ctx.config.imap_port, ctx.config.default_imap_backend),
+        Service::Pop3 => (ctx.config.pop3_port, ctx.config.default_pop3_backend),
+    };
+    match ctx.directory.host_of(&user.email()).await {
+        Ok(Some(ms)) => match ms.ip.parse::<IpAddr>() {
+            Ok(ip) => Ok(Some(SocketAddr::new(ip, port))),
+            Err(_) => Err(Refusal::Unavailable),
+        },
+        Ok(None) => Ok(default),
+        Err(e) if e.is_temporary() => Err(Refusal::TempFail),
+        Err(_) => Err(Refusal::Unavailable),
+    }
+}
+
+/// After a successful login: the relay row (POP/IMAP-before-SMTP) and the log line.
+pub(crate) async fn logged_in(
+    ctx: &ProxyContext,
+    user: &lookup::User,
+    peer: SocketAddr,
+    service: Service,
+    mailstore: &str,
+) {
+    if ctx.config.record_relay {
+        if let Err(e) = ctx.directory.record_relay(&user.email(), peer.ip()).await {
+            log_line(
+                ctx,
+                format_args!("{}: WARN: relay row not recorded: {e}", service.name()),
+            );
+        }
+    }
+    log_line(
+        ctx,
+        format_args!(
+            "{}: INFO: LOGIN user={}, ip=[{}], mailstore=[{mailstore}]",
+            service.name(),
+            user.email(),
+            peer.ip()
+        ),
+    );
+}
+
+/// One log line on standard error, written whole (`<unix>.<micros> <text>`).
+pub(crate) fn log_line(ctx: &ProxyContext, args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if !ctx.config.log {
+        return;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut buf = Vec::with_capacity(160);
+    let _ = write!(buf, "{}.{:06} ", now.as_secs(), now.subsec_micros());
+    let _ = buf.write_fmt(args);
+    buf.push(b'\n');
+    let _ = std::io::stderr().lock().write_all(&buf);
+}
+
+/// The accept loop shared by the three servers: one `spawn_local` task per connection
+/// until `stop` resolves. Sessions already running are left to finish.
+pub(crate) async fn accept_loop<F, Fut>(
+    listener: shard::io::TcpListener,
+    ctx: Rc<ProxyContext>,
+    stop: impl Future<Output = ()>,
+    name: &'static str,
+    session: F,
+) where
+    F: Fn(shard::io::TcpStream, SocketAddr, Rc<ProxyContext>) -> Fut,
+    Fut: Future<Output = ()> + 'static,
+{
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            r = listener.accept() => match r {
+                Ok((s, peer)) => {
+                    let _ = s.set_nodelay(true);
+                    tokio::task::spawn_local(session(s, peer, Rc::clone(&ctx)));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning; the listener stays.
+                    log_line(&ctx, format_args!("{name}: WARN: accept failed: {e}"));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_from_vars() {
+        let vars = |k: &str| {
+            match k {
+                "DESTPORT" => Some("imap:1143"),
+                "POP3_BACKEND" => Some("127.0.0.1:1110"),
+                "LEGACY_SERVER" => Some("1"),
+                "DATA_TIMEOUT" => Some("30"),
+                _ => None,
+            }
+            .map(str::to_string)
+        };
+        let c = ProxyConfig::from_vars(vars).unwrap();
+        assert_eq!(c.imap_port, 1143);
+        assert_eq!(c.pop3_port, 110);
+        assert_eq!(
+            c.default_pop3_backend,
+            Some("127.0.0.1:1110".parse().unwrap())
+        );
+        assert!(c.legacy_server);
+        assert_eq!(c.idle_timeout, Duration::from_secs(30));
+        let bad = |k: &str| {
+            match k {
+                "DESTPORT" => Some("smtp:25"),
+                "BADLOGINS" => Some("x"),
+                _ => None,
+            }
+            .map(str::to_string)
+        };
+        let e = ProxyConfig::from_vars(bad).unwrap_err();
+        assert_eq!(e.len(), 2);
+        assert!(e[0].to_string().starts_with("$DESTPORT:"), "{}", e[0]);
+    }
+}

@@ -1,0 +1,151 @@
+//! The POP3 proxy driver (`proxypop3`, spec 6): the AUTHORIZATION state answered locally
+//! by [`Pop3Login`], then a relay to the user's mailstore, or the local Maildir server when
+//! the user has no mailstore and no default backend is configured.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use shard::io::{TcpListener, TcpStream};
+
+use crate::backend::{pop3_login, Backend};
+use crate::conn::{write, Inbuf};
+use crate::imap_proxy::backend_user;
+use crate::pop3_login::{Pop3Event, Pop3Login};
+use crate::relay::{relay, RelayEnd};
+use crate::{
+    accept_loop, authorize, log_line, logged_in, mailstore, ProxyContext, Refusal, Service,
+};
+
+/// The greeting (no APOP timestamp: APOP is not offered).
+pub(crate) const GREETING: &[u8] = b"+OK POP3 Server Ready.\r\n";
+
+/// Serve POP3 proxy connections from `listener` until `stop` resolves (then stop
+/// accepting; sessions in progress continue).
+pub async fn serve_pop3_proxy(
+    listener: TcpListener,
+    ctx: Rc<ProxyContext>,
+    stop: impl Future<Output = ()>,
+) {
+    accept_loop(listener, ctx, stop, "proxypop3", session).await
+}
+
+enum Target {
+    Remote(Backend, SocketAddr),
+    Local,
+}
+
+async fn session(s: TcpStream, peer: SocketAddr, ctx: Rc<ProxyContext>) {
+    if write(&s, GREETING.to_vec()).await.is_err() {
+        return;
+    }
+    let mut core = Pop3Login::new(ctx.config.pop3_login(), false);
+    let mut inb = Inbuf::new();
+    loop {
+        let (n, ev) = core.feed(inb.pending());
+        inb.consume(n);
+        let out = match ev {
+            Pop3Event::NeedMore => match inb.fill_within(&s, core.config().command_timeout).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            },
+            Pop3Event::Reply(r) => r,
+            Pop3Event::Close(r) => {
+                let _ = write(&s, r).await;
+                return;
+            }
+            Pop3Event::StartTls(_) => return,
+            Pop3Event::Login(c) => match login(&ctx, &c.user, &c.password, peer).await {
+                Ok((Target::Remote(b, store), u)) => {
+                    let reply = core.accepted();
+                    remote(&ctx, s, inb, b, reply, &u, peer, store).await;
+                    return;
+                }
+                Ok((Target::Local, u)) => {
+                    crate::pop3_server::local_session(&ctx, s, inb, &mut core, &u, peer).await;
+                    return;
+                }
+                Err(why) => match core.refused(why) {
+                    Pop3Event::Close(r) => {
+                        let _ = write(&s, r).await;
+                        return;
+                    }
+                    Pop3Event::Reply(r) => r,
+                    _ => return,
+                },
+            },
+        };
+        if write(&s, out).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn login(
+    ctx: &ProxyContext,
+    user: &str,
+    password: &str,
+    peer: SocketAddr,
+) -> Result<(Target, Rc<lookup::User>), Refusal> {
+    let u = authorize(ctx, user, password, Service::Pop3).await?;
+    let Some(addr) = mailstore(ctx, &u, Service::Pop3).await? else {
+        return Ok((Target::Local, u));
+    };
+    if password.contains(['\r', '\n', '\0']) {
+        return Err(Refusal::AuthFailed);
+    }
+    let name = backend_user(ctx, &u, peer);
+    let cfg = &ctx.config;
+    match pop3_login(
+        addr,
+        &name,
+        password,
+        cfg.connect_timeout,
+        cfg.command_timeout,
+    )
+    .await
+    {
+        Ok(b) => Ok((Target::Remote(b, addr), u)),
+        Err(e) => {
+            log_line(ctx, format_args!("proxypop3: WARN: {e}"));
+            Err(e.refusal())
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn remote(
+    ctx: &ProxyContext,
+    client: TcpStream,
+    mut inb: Inbuf,
+    backend: Backend,
+    mut reply: Vec<u8>,
+    user: &lookup::User,
+    peer: SocketAddr,
+    store: SocketAddr,
+) {
+    reply.extend_from_slice(&backend.leftover);
+    if write(&client, reply).await.is_err() {
+        return;
+    }
+    if write(&backend.stream, inb.take()).await.is_err() {
+        return;
+    }
+    logged_in(ctx, user, peer, Service::Pop3, &store.to_string()).await;
+    let end = relay(
+        Rc::new(client),
+        Rc::new(backend.stream),
+        ctx.config.idle_timeout,
+        b"",
+    )
+    .await;
+    log_line(
+        ctx,
+        format_args!(
+            "proxypop3: INFO: LOGOUT user={}, ip=[{}], mailstore=[{store}]{}",
+            user.email(),
+            peer.ip(),
+            if end == RelayEnd::Idle { " (idle)" } else { "" }
+        ),
+    );
+}

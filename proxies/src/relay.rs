@@ -1,0 +1,84 @@
+//! Relaying a logged-in session both ways until either side closes or the session idles.
+//!
+//! Two pumps run concurrently on the same task, each with its own owned buffer, because a
+//! mailstore may speak at any time (IMAP IDLE, EXISTS updates) while the client is silent.
+//! Neither pump's read is ever cancelled while the other works (on io_uring a cancelled
+//! read can lose the bytes it received); only the end of the whole relay drops them.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use shard::io::TcpStream;
+use tokio::time::Instant;
+
+/// Bytes read per socket read while relaying.
+const RELAY_BUF: usize = 32 * 1024;
+
+/// How a relay ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RelayEnd {
+    /// One side closed and the other finished.
+    Closed,
+    /// No traffic for the idle timeout.
+    Idle,
+}
+
+/// Copy `from` → `to` until end of file or an error; then end the write side of `to`, so
+/// the peer sees the close. Every successful read marks activity.
+async fn pump(from: &TcpStream, to: &TcpStream, active: &Cell<Instant>) {
+    let mut buf = Vec::with_capacity(RELAY_BUF);
+    loop {
+        buf.clear();
+        let (r, b) = from.read(buf).await;
+        buf = b;
+        match r {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        active.set(Instant::now());
+        let (r, b) = to.write_all(buf).await;
+        buf = b;
+        if r.is_err() {
+            break;
+        }
+        active.set(Instant::now());
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+/// Relay between `client` and `backend`. `bye` is written to the client when the session
+/// ends for inactivity.
+pub(crate) async fn relay(
+    client: Rc<TcpStream>,
+    backend: Rc<TcpStream>,
+    idle: Duration,
+    bye: &[u8],
+) -> RelayEnd {
+    let active = Cell::new(Instant::now());
+    let both = async {
+        tokio::join!(
+            pump(&client, &backend, &active),
+            pump(&backend, &client, &active)
+        )
+    };
+    let watch = async {
+        loop {
+            let deadline = active.get() + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    };
+    let end = tokio::select! {
+        _ = both => RelayEnd::Closed,
+        _ = watch => RelayEnd::Idle,
+    };
+    if end == RelayEnd::Idle && !bye.is_empty() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), client.write_all(bye.to_vec())).await;
+    }
+    let _ = client.shutdown(std::net::Shutdown::Both);
+    let _ = backend.shutdown(std::net::Shutdown::Both);
+    end
+}

@@ -1,0 +1,249 @@
+//! POP3: the proxy against a real Dovecot, and the Maildir server (raw sessions and
+//! Python's poplib), on both drivers.
+
+mod support;
+
+use std::process::Command;
+
+use support::dovecot::Dovecot;
+use support::{config, dead_port, deliver, Client, Home, Kind, Sentinel, Server, DRIVERS};
+
+const MSG1: &str =
+    "From: a@example.org\nSubject: one\n\nfirst body\n.starts with dot\n..two dots\nlast line\n";
+const MSG2: &str = "From: b@example.org\nSubject: two\n\nl1\nl2\nl3\n";
+
+#[test]
+fn proxy_through_dovecot() {
+    let dc = Dovecot::start();
+    dc.deliver("amy", "1700000000.M1P1.test", MSG1);
+    let home = Home::new();
+    for d in DRIVERS {
+        let mut cfg = config();
+        cfg.default_pop3_backend = Some(dc.pop3);
+        let srv = Server::start(Kind::Pop3Proxy, d, &home, cfg);
+        let mut c = Client::connect(srv.addr);
+        assert!(c.line().starts_with("+OK"));
+        assert!(c.pop("CAPA").starts_with("+OK"));
+        let capa = c.multiline();
+        assert!(capa.contains("SASL PLAIN"), "{capa}");
+        assert_eq!(c.pop("USER amy@example.com"), "+OK Password required.\r\n");
+        // STAT pipelined after PASS goes to Dovecot.
+        c.send("PASS secret\r\nSTAT\r\n");
+        assert_eq!(c.line(), "+OK Logged in.\r\n");
+        let stat = c.line();
+        assert!(stat.starts_with("+OK 1 "), "{d:?}: {stat}");
+        assert!(c.pop("RETR 1").starts_with("+OK"));
+        let body = c.multiline();
+        assert!(body.contains("Subject: one\r\n"), "{body}");
+        assert!(body.contains("\r\n..starts with dot\r\n"), "{body}");
+        assert!(c.pop("QUIT").starts_with("+OK"));
+        assert!(c.closed());
+
+        // AUTH PLAIN with a continuation.
+        let mut c = Client::connect(srv.addr);
+        c.line();
+        assert_eq!(c.pop("AUTH PLAIN"), "+ \r\n");
+        assert_eq!(
+            c.pop("AGFteUBleGFtcGxlLmNvbQBzZWNyZXQ="),
+            "+OK Logged in.\r\n"
+        );
+        assert!(c.pop("UIDL").starts_with("+OK"));
+        assert_eq!(c.multiline().lines().count(), 1);
+        assert!(c.pop("QUIT").starts_with("+OK"));
+    }
+    assert!(
+        dc.log().contains("amy@example.com:127.0.0.1"),
+        "{}",
+        dc.log()
+    );
+    assert!(home.relay_allowed());
+}
+
+#[test]
+fn proxy_refusals_and_mailstore_down() {
+    let home = Home::new();
+    let sentinel = Sentinel::new();
+    for d in DRIVERS {
+        let mut cfg = config();
+        cfg.default_pop3_backend = Some(sentinel.addr());
+        let srv = Server::start(Kind::Pop3Proxy, d, &home, cfg.clone());
+        let mut c = Client::connect(srv.addr);
+        c.line();
+        c.pop("USER amy@example.com");
+        assert_eq!(c.pop("PASS nope"), "-ERR [AUTH] Authentication failed.\r\n");
+        c.pop("USER ghost@example.com");
+        assert_eq!(
+            c.pop("PASS secret"),
+            "-ERR [AUTH] Authentication failed.\r\n"
+        );
+        c.pop("USER bob@example.com");
+        assert!(c
+            .pop("PASS secret")
+            .starts_with("-ERR [AUTH] POP3 access is disabled"));
+        assert_eq!(
+            c.pop("STAT"),
+            "-ERR Unknown command or not allowed before login.\r\n"
+        );
+        assert_eq!(c.pop("QUIT"), "+OK Phir Khab Miloge.\r\n");
+        drop(srv);
+
+        cfg.default_pop3_backend = Some(dead_port());
+        let srv = Server::start(Kind::Pop3Proxy, d, &home, cfg);
+        let mut c = Client::connect(srv.addr);
+        c.line();
+        c.pop("USER amy@example.com");
+        assert_eq!(
+            c.pop("PASS secret"),
+            "-ERR [SYS/TEMP] Backend unavailable\r\n"
+        );
+    }
+    assert!(!sentinel.touched(), "the mailstore was contacted");
+}
+
+fn login(c: &mut Client) {
+    assert!(c.line().starts_with("+OK"));
+    assert_eq!(c.pop("USER amy@example.com"), "+OK Password required.\r\n");
+    assert_eq!(c.pop("PASS secret"), "+OK Logged in.\r\n");
+}
+
+#[test]
+fn maildir_server_full_session() {
+    for d in DRIVERS {
+        let home = Home::new();
+        let md = home.maildir("amy@example.com");
+        deliver(&md, "1700000001.M1P1.test", MSG1);
+        deliver(&md, "1700000002.M1P1.test", MSG2);
+        let srv = Server::start(Kind::Pop3, d, &home, config());
+
+        let mut c = Client::connect(srv.addr);
+        login(&mut c);
+        // New mail moved to cur/ on login.
+        assert_eq!(std::fs::read_dir(md.join("new")).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(md.join("cur")).unwrap().count(), 2);
+        let total = MSG1.len() + MSG2.len();
+        assert_eq!(c.pop("STAT"), format!("+OK 2 {total}\r\n"));
+        assert_eq!(c.pop("LIST"), "+OK\r\n");
+        assert_eq!(
+            c.multiline(),
+            format!("1 {}\r\n2 {}\r\n", MSG1.len(), MSG2.len())
+        );
+        assert_eq!(c.pop("LIST 2"), format!("+OK 2 {}\r\n", MSG2.len()));
+        assert_eq!(c.pop("LIST 3"), "-ERR No such message.\r\n");
+        assert_eq!(c.pop("UIDL"), "+OK\r\n");
+        assert_eq!(
+            c.multiline(),
+            "1 1700000001.M1P1.test,S=73\r\n2 1700000002.M1P1.test,S=44\r\n"
+                .replace("S=73", &format!("S={}", MSG1.len()))
+                .replace("S=44", &format!("S={}", MSG2.len()))
+        );
+        assert_eq!(c.pop("TOP 2 1"), "+OK\r\n");
+        assert_eq!(
+            c.multiline(),
+            "From: b@example.org\r\nSubject: two\r\n\r\nl1\r\n"
+        );
+        assert_eq!(c.pop("RETR 1"), format!("+OK {} octets\r\n", MSG1.len()));
+        assert_eq!(
+            c.multiline(),
+            "From: a@example.org\r\nSubject: one\r\n\r\nfirst body\r\n..starts with dot\r\n\
+             ...two dots\r\nlast line\r\n"
+        );
+        assert_eq!(c.pop("DELE 1"), "+OK Message 1 deleted.\r\n");
+        assert_eq!(c.pop("RETR 1"), "-ERR Message already deleted.\r\n");
+        assert_eq!(c.pop("STAT"), format!("+OK 1 {}\r\n", MSG2.len()));
+
+        // A second session while this one holds the mailbox.
+        let mut other = Client::connect(srv.addr);
+        other.line();
+        other.pop("USER amy@example.com");
+        assert_eq!(
+            other.pop("PASS secret"),
+            "-ERR [IN-USE] Mailbox is locked by another session.\r\n"
+        );
+
+        // Disconnect without QUIT: nothing is deleted.
+        drop(c);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let mut c = Client::connect(srv.addr);
+        login(&mut c);
+        assert_eq!(c.pop("STAT"), format!("+OK 2 {total}\r\n"));
+        assert_eq!(c.pop("DELE 1"), "+OK Message 1 deleted.\r\n");
+        assert_eq!(c.pop("RSET"), "+OK Maildrop has 2 messages.\r\n");
+        assert_eq!(c.pop("DELE 2"), "+OK Message 2 deleted.\r\n");
+        assert_eq!(c.pop("NOOP"), "+OK\r\n");
+        assert_eq!(c.pop("QUIT"), "+OK Bye.\r\n");
+        assert!(c.closed());
+        let left: Vec<_> = std::fs::read_dir(md.join("cur"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert!(left[0].starts_with("1700000001."), "{left:?}");
+        // The lock was released.
+        let mut c = Client::connect(srv.addr);
+        login(&mut c);
+        assert_eq!(c.pop("STAT"), format!("+OK 1 {}\r\n", MSG1.len()));
+    }
+}
+
+#[test]
+fn pop3_proxy_serves_locally_without_a_mailstore() {
+    let home = Home::new();
+    let md = home.maildir("amy@example.com");
+    deliver(&md, "1700000003.M1P1.test", MSG2);
+    for d in DRIVERS {
+        let srv = Server::start(Kind::Pop3Proxy, d, &home, config());
+        let mut c = Client::connect(srv.addr);
+        login(&mut c);
+        assert_eq!(c.pop("STAT"), format!("+OK 1 {}\r\n", MSG2.len()));
+        assert_eq!(c.pop("QUIT"), "+OK Bye.\r\n");
+    }
+}
+
+const POPLIB: &str = r#"
+import poplib, sys
+p = poplib.POP3(sys.argv[1], int(sys.argv[2]), timeout=20)
+p.user("amy@example.com")
+p.pass_("secret")
+n, size = p.stat()
+assert n == 2, (n, size)
+resp, lines, octets = p.retr(1)
+assert resp.startswith(b"+OK"), resp
+assert b".starts with dot" in lines, lines
+assert b"..two dots" in lines, lines
+resp, lines, octets = p.top(2, 1)
+assert lines[-1] == b"l1", lines
+uids = p.uidl()[1]
+assert len(uids) == 2, uids
+p.dele(2)
+p.quit()
+print("ok")
+"#;
+
+#[test]
+fn python_poplib_against_maildir_server() {
+    assert!(
+        std::path::Path::new("/usr/bin/python3").exists(),
+        "/usr/bin/python3 is missing (Debian package python3)"
+    );
+    for d in DRIVERS {
+        let home = Home::new();
+        let md = home.maildir("amy@example.com");
+        deliver(&md, "1700000001.M1P1.test", MSG1);
+        deliver(&md, "1700000002.M1P1.test", MSG2);
+        let srv = Server::start(Kind::Pop3, d, &home, config());
+        let out = Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(POPLIB)
+            .arg(srv.addr.ip().to_string())
+            .arg(srv.addr.port().to_string())
+            .output()
+            .expect("run python3");
+        assert!(
+            out.status.success(),
+            "{d:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(std::fs::read_dir(md.join("cur")).unwrap().count(), 1);
+    }
+}
