@@ -13,6 +13,7 @@ command -v swaks >/dev/null 2>&1 || need+=(swaks)
 command -v mariadb-install-db >/dev/null 2>&1 || need+=(mariadb-server)
 [ -x /usr/sbin/dovecot ] || need+=(dovecot-imapd dovecot-pop3d)
 /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || need+=(python3-aiosmtpd)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 
 if [ ${#need[@]} -eq 0 ]; then
   echo "install-test-deps: everything present"

@@ -72,7 +72,7 @@ const TAG: &str = "P1";
 
 async fn read(
     inb: &mut Inbuf,
-    s: &TcpStream,
+    s: &mut TcpStream,
     addr: SocketAddr,
     limit: Duration,
 ) -> Result<Vec<u8>, BackendError> {
@@ -97,9 +97,9 @@ pub(crate) async fn imap_login(
             Refusal::AuthFailed,
         ));
     }
-    let s = connect(addr, connect_timeout).await?;
+    let mut s = connect(addr, connect_timeout).await?;
     let mut inb = Inbuf::new();
-    let greeting = read(&mut inb, &s, addr, reply_timeout).await?;
+    let greeting = read(&mut inb, &mut s, addr, reply_timeout).await?;
     if !greeting.starts_with(b"* OK") {
         return Err(proto(
             addr,
@@ -133,11 +133,11 @@ pub(crate) async fn imap_login(
     let last = pieces.len() - 1;
     let mut capability = None;
     for (i, p) in pieces.into_iter().enumerate() {
-        write(&s, p)
+        write(&mut s, p)
             .await
             .map_err(|e| proto(addr, format!("sending LOGIN: {e}")))?;
         if i < last {
-            let l = read(&mut inb, &s, addr, reply_timeout).await?;
+            let l = read(&mut inb, &mut s, addr, reply_timeout).await?;
             if !l.starts_with(b"+") {
                 return Err(imap_status(addr, &l)
                     .err()
@@ -146,7 +146,7 @@ pub(crate) async fn imap_login(
         }
     }
     loop {
-        let l = read(&mut inb, &s, addr, reply_timeout).await?;
+        let l = read(&mut inb, &mut s, addr, reply_timeout).await?;
         if let Some(c) = l.strip_prefix(b"* CAPABILITY ") {
             capability = Some(String::from_utf8_lossy(c).into_owned());
             continue;
@@ -199,10 +199,10 @@ pub(crate) async fn pop3_login(
     connect_timeout: Duration,
     reply_timeout: Duration,
 ) -> Result<Backend, BackendError> {
-    let s = connect(addr, connect_timeout).await?;
+    let mut s = connect(addr, connect_timeout).await?;
     let mut inb = Inbuf::new();
     let greeting = inb
-        .line(&s, MAX_REPLY, reply_timeout)
+        .line(&mut s, MAX_REPLY, reply_timeout)
         .await
         .map_err(|e| proto(addr, format!("reading greeting: {e}")))?;
     if !greeting.starts_with(b"+OK") {
@@ -212,11 +212,11 @@ pub(crate) async fn pop3_login(
         ));
     }
     for cmd in [format!("USER {user}\r\n"), format!("PASS {password}\r\n")] {
-        write(&s, cmd.into_bytes())
+        write(&mut s, cmd.into_bytes())
             .await
             .map_err(|e| proto(addr, format!("sending login: {e}")))?;
         let l = inb
-            .line(&s, MAX_REPLY, reply_timeout)
+            .line(&mut s, MAX_REPLY, reply_timeout)
             .await
             .map_err(|e| proto(addr, format!("reading login reply: {e}")))?;
         if l.starts_with(b"+OK") {

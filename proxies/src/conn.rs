@@ -6,6 +6,53 @@ use std::time::Duration;
 
 use shard::io::TcpStream;
 
+/// A byte stream with owned-buffer I/O: a plain socket, or plain-or-TLS
+/// ([`tls::MaybeTls`], whose reads and writes need `&mut`).
+pub(crate) trait Io {
+    /// Reads into the spare capacity of `buf`; 0 means the peer closed.
+    async fn read(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>);
+    /// Writes all of `buf`.
+    async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>);
+    /// Ends the session (close_notify first under TLS) and both directions of the socket.
+    async fn close(&mut self);
+    /// Shuts the reading side down at once (a goodbye can still be written). Needed after
+    /// a read was cancelled by a timeout: on io_uring the descriptor stays open until the
+    /// cancelled read completes, which a silent peer never lets happen; `SHUT_RD` completes
+    /// it.
+    fn abort(&self);
+}
+
+impl Io for TcpStream {
+    async fn read(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        TcpStream::read(self, buf).await
+    }
+    async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        TcpStream::write_all(self, buf).await
+    }
+    async fn close(&mut self) {
+        let _ = self.shutdown(std::net::Shutdown::Both);
+    }
+    fn abort(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Read);
+    }
+}
+
+impl Io for tls::MaybeTls {
+    async fn read(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        tls::MaybeTls::read(self, buf).await
+    }
+    async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        tls::MaybeTls::write_all(self, buf).await
+    }
+    async fn close(&mut self) {
+        let _ = self.shutdown().await;
+        let _ = self.tcp().shutdown(std::net::Shutdown::Both);
+    }
+    fn abort(&self) {
+        let _ = self.tcp().shutdown(std::net::Shutdown::Read);
+    }
+}
+
 /// Bytes asked of the socket per read.
 const READ_SIZE: usize = 16 * 1024;
 
@@ -47,7 +94,7 @@ impl Inbuf {
     }
 
     /// One socket read appended after the pending bytes; 0 means the peer closed.
-    pub(crate) async fn fill(&mut self, s: &TcpStream) -> io::Result<usize> {
+    pub(crate) async fn fill<S: Io>(&mut self, s: &mut S) -> io::Result<usize> {
         if self.start > 0 {
             self.buf.drain(..self.start);
             self.start = 0;
@@ -60,22 +107,25 @@ impl Inbuf {
     }
 
     /// [`Inbuf::fill`] bounded by `limit`; a timeout is an `io::ErrorKind::TimedOut` error.
-    pub(crate) async fn fill_within(
+    pub(crate) async fn fill_within<S: Io>(
         &mut self,
-        s: &TcpStream,
+        s: &mut S,
         limit: Duration,
     ) -> io::Result<usize> {
         match tokio::time::timeout(limit, self.fill(s)).await {
             Ok(r) => r,
-            Err(_) => Err(io::ErrorKind::TimedOut.into()),
+            Err(_) => {
+                s.abort();
+                Err(io::ErrorKind::TimedOut.into())
+            }
         }
     }
 
     /// The next line (without CRLF/LF), reading as needed. A line longer than `max`, a
     /// closed peer or a timeout is an error.
-    pub(crate) async fn line(
+    pub(crate) async fn line<S: Io>(
         &mut self,
-        s: &TcpStream,
+        s: &mut S,
         max: usize,
         limit: Duration,
     ) -> io::Result<Vec<u8>> {
@@ -99,9 +149,89 @@ impl Inbuf {
 }
 
 /// Writes all of `bytes`.
-pub(crate) async fn write(s: &TcpStream, bytes: Vec<u8>) -> io::Result<()> {
+pub(crate) async fn write<S: Io>(s: &mut S, bytes: Vec<u8>) -> io::Result<()> {
     if bytes.is_empty() {
         return Ok(());
     }
     s.write_all(bytes).await.0
+}
+
+/// The client side of a proxy session: plain, or TLS that reads and writes at once.
+pub(crate) enum ClientConn {
+    Plain(TcpStream),
+    Tls(Box<crate::duplex_tls::DuplexTls>),
+}
+
+impl ClientConn {
+    pub(crate) async fn read_shared(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        match self {
+            ClientConn::Plain(s) => s.read(buf).await,
+            ClientConn::Tls(t) => t.read(buf).await,
+        }
+    }
+
+    pub(crate) async fn write_shared(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        match self {
+            ClientConn::Plain(s) => s.write_all(buf).await,
+            ClientConn::Tls(t) => t.write_all(buf).await,
+        }
+    }
+
+    pub(crate) fn tcp(&self) -> &TcpStream {
+        match self {
+            ClientConn::Plain(s) => s,
+            ClientConn::Tls(t) => t.tcp(),
+        }
+    }
+
+    /// Ends the sending direction (close_notify first under TLS).
+    pub(crate) async fn shutdown_write(&self) {
+        match self {
+            ClientConn::Plain(s) => {
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            }
+            ClientConn::Tls(t) => t.shutdown_write().await,
+        }
+    }
+
+    /// Upgrades a plain connection (STARTTLS/STLS or implicit TLS) within `limit`. `None`
+    /// (socket shut down) when the handshake failed, timed out, or TLS was already on.
+    pub(crate) async fn upgrade(
+        self,
+        store: &tls::CertStore,
+        limit: Duration,
+    ) -> Option<ClientConn> {
+        let ClientConn::Plain(s) = self else {
+            return None;
+        };
+        let _ = store.reload_if_changed();
+        let t = match crate::duplex_tls::DuplexTls::new(s, store.config()) {
+            Ok(t) => t,
+            Err(_) => return None,
+        };
+        match tokio::time::timeout(limit, t.handshake()).await {
+            Ok(Ok(())) => Some(ClientConn::Tls(Box::new(t))),
+            _ => {
+                // A cancelled io_uring read would otherwise hold the descriptor open.
+                let _ = t.tcp().shutdown(std::net::Shutdown::Both);
+                None
+            }
+        }
+    }
+}
+
+impl Io for ClientConn {
+    async fn read(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        self.read_shared(buf).await
+    }
+    async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        self.write_shared(buf).await
+    }
+    async fn close(&mut self) {
+        self.shutdown_write().await;
+        let _ = self.tcp().shutdown(std::net::Shutdown::Both);
+    }
+    fn abort(&self) {
+        let _ = self.tcp().shutdown(std::net::Shutdown::Read);
+    }
 }

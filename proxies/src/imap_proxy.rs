@@ -8,7 +8,7 @@ use std::rc::Rc;
 use shard::io::{TcpListener, TcpStream};
 
 use crate::backend::imap_login;
-use crate::conn::{write, Inbuf};
+use crate::conn::{write, ClientConn, Inbuf};
 use crate::imap_login::{ImapEvent, ImapLogin, GREETING};
 use crate::relay::{relay, RelayEnd};
 use crate::{
@@ -26,35 +26,75 @@ pub async fn serve_imap_proxy(
     ctx: Rc<ProxyContext>,
     stop: impl Future<Output = ()>,
 ) {
-    accept_loop(listener, ctx, stop, "proxyimap", session).await
+    accept_loop(listener, ctx, stop, "proxyimap", |s, peer, ctx| {
+        session(s, peer, ctx, false)
+    })
+    .await
 }
 
-async fn session(s: TcpStream, peer: SocketAddr, ctx: Rc<ProxyContext>) {
-    if write(&s, GREETING.to_vec()).await.is_err() {
+/// [`serve_imap_proxy`] with implicit TLS (port 993, RFC 8314). Needs
+/// [`ProxyContext::tls`]; without it connections are closed at once.
+pub async fn serve_imaps_proxy(
+    listener: TcpListener,
+    ctx: Rc<ProxyContext>,
+    stop: impl Future<Output = ()>,
+) {
+    accept_loop(listener, ctx, stop, "proxyimap", |s, peer, ctx| {
+        session(s, peer, ctx, true)
+    })
+    .await
+}
+
+async fn session(s: TcpStream, peer: SocketAddr, ctx: Rc<ProxyContext>, implicit_tls: bool) {
+    let mut s = ClientConn::Plain(s);
+    if implicit_tls {
+        let Some(store) = &ctx.tls else { return };
+        s = match s.upgrade(store, ctx.config.command_timeout).await {
+            Some(t) => t,
+            None => return,
+        };
+    }
+    if write(&mut s, GREETING.to_vec()).await.is_err() {
         return;
     }
-    let mut core = ImapLogin::new(ctx.config.imap_login(), false);
+    let mut cfg = ctx.config.imap_login();
+    cfg.starttls = ctx.tls.is_some();
+    let mut core = ImapLogin::new(cfg, implicit_tls);
     let mut inb = Inbuf::new();
     loop {
         let (n, ev) = core.feed(inb.pending());
         inb.consume(n);
         let out = match ev {
-            ImapEvent::NeedMore => match inb.fill_within(&s, core.config().command_timeout).await {
-                Ok(0) => return,
-                Ok(_) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                    let _ = write(&s, IDLE_BYE.to_vec()).await;
-                    return;
+            ImapEvent::NeedMore => {
+                match inb.fill_within(&mut s, core.config().command_timeout).await {
+                    Ok(0) => return,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                        let _ = write(&mut s, IDLE_BYE.to_vec()).await;
+                        return;
+                    }
+                    Err(_) => return,
                 }
-                Err(_) => return,
-            },
+            }
             ImapEvent::Reply(r) => r,
             ImapEvent::Close(r) => {
-                let _ = write(&s, r).await;
+                let _ = write(&mut s, r).await;
                 return;
             }
-            // Not offered (no TLS configuration), so the core never asks for it.
-            ImapEvent::StartTls(_) => return,
+            ImapEvent::StartTls(r) => {
+                if write(&mut s, r).await.is_err() {
+                    return;
+                }
+                // Plaintext pipelined after STARTTLS is never trusted (RFC 9051 §6.2.1).
+                inb.clear();
+                let Some(store) = &ctx.tls else { return };
+                s = match s.upgrade(store, core.config().command_timeout).await {
+                    Some(t) => t,
+                    None => return,
+                };
+                core.tls_started();
+                continue;
+            }
             ImapEvent::Login(c) => match login(&ctx, &c.user, &c.password, peer).await {
                 Ok((backend, user, store)) => {
                     let reply = core.accepted(backend.capability.as_deref());
@@ -63,7 +103,7 @@ async fn session(s: TcpStream, peer: SocketAddr, ctx: Rc<ProxyContext>) {
                 }
                 Err(why) => match core.refused(why) {
                     ImapEvent::Close(r) => {
-                        let _ = write(&s, r).await;
+                        let _ = write(&mut s, r).await;
                         return;
                     }
                     ImapEvent::Reply(r) => r,
@@ -71,7 +111,7 @@ async fn session(s: TcpStream, peer: SocketAddr, ctx: Rc<ProxyContext>) {
                 },
             },
         };
-        if write(&s, out).await.is_err() {
+        if write(&mut s, out).await.is_err() {
             return;
         }
     }
@@ -126,9 +166,9 @@ pub(crate) fn backend_user(ctx: &ProxyContext, u: &lookup::User, peer: SocketAdd
 #[allow(clippy::too_many_arguments)]
 async fn finish(
     ctx: &ProxyContext,
-    client: TcpStream,
+    mut client: ClientConn,
     mut inb: Inbuf,
-    backend: crate::backend::Backend,
+    mut backend: crate::backend::Backend,
     mut reply: Vec<u8>,
     user: &lookup::User,
     peer: SocketAddr,
@@ -136,11 +176,11 @@ async fn finish(
 ) {
     // Our OK first, then anything the mailstore already sent after its own login reply.
     reply.extend_from_slice(&backend.leftover);
-    if write(&client, reply).await.is_err() {
+    if write(&mut client, reply).await.is_err() {
         return;
     }
     // Commands the client pipelined after LOGIN belong to the mailstore.
-    if write(&backend.stream, inb.take()).await.is_err() {
+    if write(&mut backend.stream, inb.take()).await.is_err() {
         return;
     }
     logged_in(ctx, user, peer, Service::Imap, &store.to_string()).await;

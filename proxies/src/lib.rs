@@ -20,9 +20,16 @@
 //!   The POP3 proxy also serves a user this way when the user has no mailstore and no
 //!   default backend is configured (spec 6: "mailstore is a local interface → local login").
 //!
-//! What it does not do: TLS (`STARTTLS`/`STLS`/implicit TLS are not offered yet), an IMAP
-//! server, SASL mechanisms other than PLAIN, auto-provisioning of unknown users
-//! (`AUTOADDUSERS`), `lastauth` rows for proxy logins (the directory has no call for them),
+//! TLS (when [`ProxyContext::tls`] holds the server certificate): `STARTTLS` (IMAP) and
+//! `STLS` (POP3) in all three servers, implicit TLS through [`serve_imaps_proxy`],
+//! [`serve_pop3s_proxy`] and [`serve_pop3s`]. Plaintext pipelined after the upgrade command
+//! is dropped. The proxies' client side uses their own full-duplex TLS session
+//! (`duplex_tls`, rustls under a `RefCell`), because the relay reads both ways at once and
+//! `tls::TlsStream` needs `&mut` for each read and write. The connection to the mailstore
+//! is plain text (spec 6), as the original proxies do.
+//!
+//! What it does not do: TLS towards the mailstore, an IMAP server, SASL mechanisms other
+//! than PLAIN, auto-provisioning of unknown users (`AUTOADDUSERS`), `lastauth` rows for proxy logins (the directory has no call for them),
 //! or locking a mailbox against other processes (the POP3 lock is per `indimail` process,
 //! across all its shards).
 
@@ -31,6 +38,7 @@
 
 mod backend;
 mod conn;
+mod duplex_tls;
 pub mod imap_login;
 mod imap_proxy;
 mod maildir;
@@ -45,10 +53,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
 
-pub use imap_proxy::serve_imap_proxy;
+pub use imap_proxy::{serve_imap_proxy, serve_imaps_proxy};
 pub use maildir::{dot_stuff, DotStuffer};
-pub use pop3_proxy::serve_pop3_proxy;
-pub use pop3_server::serve_pop3;
+pub use pop3_proxy::{serve_pop3_proxy, serve_pop3s_proxy};
+pub use pop3_server::{serve_pop3, serve_pop3s};
 pub use sasl::PlainError;
 
 /// What the proxies and the POP3 server need on a shard.
@@ -57,6 +65,9 @@ pub struct ProxyContext {
     pub directory: Rc<lookup::Directory>,
     /// Settings.
     pub config: ProxyConfig,
+    /// The server certificate (`servercert.pem`): with it the POP3 server offers `STLS`
+    /// and [`serve_pop3s`] works. `None`: plain text only.
+    pub tls: Option<Rc<tls::CertStore>>,
 }
 
 /// Settings of the proxies and the POP3 server. [`ProxyConfig::from_env`] reads IndiMail's

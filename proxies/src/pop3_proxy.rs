@@ -9,7 +9,7 @@ use std::rc::Rc;
 use shard::io::{TcpListener, TcpStream};
 
 use crate::backend::{pop3_login, Backend};
-use crate::conn::{write, Inbuf};
+use crate::conn::{write, ClientConn, Inbuf};
 use crate::imap_proxy::backend_user;
 use crate::pop3_login::{Pop3Event, Pop3Login};
 use crate::relay::{relay, RelayEnd};
@@ -27,7 +27,23 @@ pub async fn serve_pop3_proxy(
     ctx: Rc<ProxyContext>,
     stop: impl Future<Output = ()>,
 ) {
-    accept_loop(listener, ctx, stop, "proxypop3", session).await
+    accept_loop(listener, ctx, stop, "proxypop3", |s, peer, ctx| {
+        session(s, peer, ctx, false)
+    })
+    .await
+}
+
+/// [`serve_pop3_proxy`] with implicit TLS (port 995, RFC 8314). Needs
+/// [`ProxyContext::tls`]; without it connections are closed at once.
+pub async fn serve_pop3s_proxy(
+    listener: TcpListener,
+    ctx: Rc<ProxyContext>,
+    stop: impl Future<Output = ()>,
+) {
+    accept_loop(listener, ctx, stop, "proxypop3", |s, peer, ctx| {
+        session(s, peer, ctx, true)
+    })
+    .await
 }
 
 enum Target {
@@ -35,26 +51,51 @@ enum Target {
     Local,
 }
 
-async fn session(s: TcpStream, peer: SocketAddr, ctx: Rc<ProxyContext>) {
-    if write(&s, GREETING.to_vec()).await.is_err() {
+async fn session(s: TcpStream, peer: SocketAddr, ctx: Rc<ProxyContext>, implicit_tls: bool) {
+    let mut s = ClientConn::Plain(s);
+    if implicit_tls {
+        let Some(store) = &ctx.tls else { return };
+        s = match s.upgrade(store, ctx.config.command_timeout).await {
+            Some(t) => t,
+            None => return,
+        };
+    }
+    if write(&mut s, GREETING.to_vec()).await.is_err() {
         return;
     }
-    let mut core = Pop3Login::new(ctx.config.pop3_login(), false);
+    let mut cfg = ctx.config.pop3_login();
+    cfg.stls = ctx.tls.is_some();
+    let mut core = Pop3Login::new(cfg, implicit_tls);
     let mut inb = Inbuf::new();
     loop {
         let (n, ev) = core.feed(inb.pending());
         inb.consume(n);
         let out = match ev {
-            Pop3Event::NeedMore => match inb.fill_within(&s, core.config().command_timeout).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => continue,
-            },
+            Pop3Event::NeedMore => {
+                match inb.fill_within(&mut s, core.config().command_timeout).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
             Pop3Event::Reply(r) => r,
             Pop3Event::Close(r) => {
-                let _ = write(&s, r).await;
+                let _ = write(&mut s, r).await;
                 return;
             }
-            Pop3Event::StartTls(_) => return,
+            Pop3Event::StartTls(r) => {
+                if write(&mut s, r).await.is_err() {
+                    return;
+                }
+                // Plaintext pipelined after STLS is never trusted (RFC 2595 §4).
+                inb.clear();
+                let Some(store) = &ctx.tls else { return };
+                s = match s.upgrade(store, core.config().command_timeout).await {
+                    Some(t) => t,
+                    None => return,
+                };
+                core.tls_started();
+                continue;
+            }
             Pop3Event::Login(c) => match login(&ctx, &c.user, &c.password, peer).await {
                 Ok((Target::Remote(b, store), u)) => {
                     let reply = core.accepted();
@@ -67,7 +108,7 @@ async fn session(s: TcpStream, peer: SocketAddr, ctx: Rc<ProxyContext>) {
                 }
                 Err(why) => match core.refused(why) {
                     Pop3Event::Close(r) => {
-                        let _ = write(&s, r).await;
+                        let _ = write(&mut s, r).await;
                         return;
                     }
                     Pop3Event::Reply(r) => r,
@@ -75,7 +116,7 @@ async fn session(s: TcpStream, peer: SocketAddr, ctx: Rc<ProxyContext>) {
                 },
             },
         };
-        if write(&s, out).await.is_err() {
+        if write(&mut s, out).await.is_err() {
             return;
         }
     }
@@ -116,19 +157,19 @@ async fn login(
 #[allow(clippy::too_many_arguments)]
 async fn remote(
     ctx: &ProxyContext,
-    client: TcpStream,
+    mut client: ClientConn,
     mut inb: Inbuf,
-    backend: Backend,
+    mut backend: Backend,
     mut reply: Vec<u8>,
     user: &lookup::User,
     peer: SocketAddr,
     store: SocketAddr,
 ) {
     reply.extend_from_slice(&backend.leftover);
-    if write(&client, reply).await.is_err() {
+    if write(&mut client, reply).await.is_err() {
         return;
     }
-    if write(&backend.stream, inb.take()).await.is_err() {
+    if write(&mut backend.stream, inb.take()).await.is_err() {
         return;
     }
     logged_in(ctx, user, peer, Service::Pop3, &store.to_string()).await;

@@ -11,8 +11,9 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use shard::io::{TcpListener, TcpStream};
+use tls::MaybeTls;
 
-use crate::conn::{write, Inbuf};
+use crate::conn::{write, Inbuf, Io};
 use crate::maildir::{scan, DotStuffer, MailboxLock, Message};
 use crate::pop3_login::{Pop3Event, Pop3Login};
 use crate::pop3_proxy::GREETING;
@@ -25,63 +26,162 @@ const MAX_LINE: usize = 512;
 const CHUNK: usize = 64 * 1024;
 
 /// Serve POP3 from the users' Maildirs on `listener` until `stop` resolves (then stop
-/// accepting; sessions in progress continue).
+/// accepting; sessions in progress continue). `STLS` is offered when [`ProxyContext::tls`]
+/// is set.
 pub async fn serve_pop3(
     listener: TcpListener,
     ctx: Rc<ProxyContext>,
     stop: impl Future<Output = ()>,
 ) {
-    accept_loop(listener, ctx, stop, "pop3d", session).await
+    accept_loop(listener, ctx, stop, "pop3d", |s, peer, ctx| {
+        session(s, peer, ctx, false)
+    })
+    .await
 }
 
-async fn session(s: TcpStream, peer: SocketAddr, ctx: Rc<ProxyContext>) {
-    if write(&s, GREETING.to_vec()).await.is_err() {
+/// [`serve_pop3`] with implicit TLS (port 995, RFC 8314): the handshake comes first.
+/// Without [`ProxyContext::tls`] every connection is closed at once (and logged).
+pub async fn serve_pop3s(
+    listener: TcpListener,
+    ctx: Rc<ProxyContext>,
+    stop: impl Future<Output = ()>,
+) {
+    accept_loop(listener, ctx, stop, "pop3d", |s, peer, ctx| {
+        session(s, peer, ctx, true)
+    })
+    .await
+}
+
+async fn session(s: TcpStream, peer: SocketAddr, ctx: Rc<ProxyContext>, implicit_tls: bool) {
+    let mut conn = MaybeTls::Plain(s);
+    if implicit_tls {
+        let Some(store) = &ctx.tls else {
+            log_line(
+                &ctx,
+                format_args!("pop3d: WARN: implicit TLS without a certificate"),
+            );
+            return;
+        };
+        conn = match start_tls(conn, store, ctx.config.command_timeout).await {
+            Some(c) => c,
+            None => return,
+        };
+    }
+    let mut cfg = ctx.config.pop3_login();
+    cfg.stls = ctx.tls.is_some();
+    let mut core = Pop3Login::new(cfg, implicit_tls);
+    if write(&mut conn, GREETING.to_vec()).await.is_err() {
         return;
     }
-    let mut core = Pop3Login::new(ctx.config.pop3_login(), false);
-    let mut inb = Inbuf::new();
+    authorization(&ctx, conn, Inbuf::new(), &mut core, peer).await
+}
+
+/// The server side of a TLS handshake within `limit`; `None` (socket shut down) when it
+/// failed or timed out.
+async fn start_tls(
+    conn: MaybeTls,
+    store: &tls::CertStore,
+    limit: std::time::Duration,
+) -> Option<MaybeTls> {
+    let MaybeTls::Plain(tcp) = conn else {
+        return None;
+    };
+    let _ = store.reload_if_changed();
+    let mut t = match tls::TlsStream::server(tcp, store.config()) {
+        Ok(t) => t,
+        Err(_) => return None,
+    };
+    match tokio::time::timeout(limit, t.handshake()).await {
+        Ok(Ok(())) => Some(MaybeTls::Tls(Box::new(t))),
+        _ => {
+            // See `Io::abort`: a cancelled read must not keep the socket open.
+            let _ = t.get_ref().shutdown(std::net::Shutdown::Both);
+            None
+        }
+    }
+}
+
+/// The AUTHORIZATION state of the Maildir server (also after a refused local login).
+async fn authorization<S: Io + IntoTls>(
+    ctx: &ProxyContext,
+    mut s: S,
+    mut inb: Inbuf,
+    core: &mut Pop3Login,
+    peer: SocketAddr,
+) {
     loop {
         let (n, ev) = core.feed(inb.pending());
         inb.consume(n);
         let out = match ev {
-            Pop3Event::NeedMore => match inb.fill_within(&s, core.config().command_timeout).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => continue,
-            },
+            Pop3Event::NeedMore => {
+                match inb.fill_within(&mut s, core.config().command_timeout).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
             Pop3Event::Reply(r) => r,
             Pop3Event::Close(r) => {
-                let _ = write(&s, r).await;
+                let _ = write(&mut s, r).await;
                 return;
             }
-            Pop3Event::StartTls(_) => return,
-            Pop3Event::Login(c) => match authorize(&ctx, &c.user, &c.password, Service::Pop3).await
-            {
-                Ok(u) => {
-                    local_session(&ctx, s, inb, &mut core, &u, peer).await;
+            Pop3Event::StartTls(r) => {
+                if write(&mut s, r).await.is_err() {
                     return;
                 }
-                Err(why) => match core.refused(why) {
-                    Pop3Event::Close(r) => {
-                        let _ = write(&s, r).await;
-                        return;
-                    }
-                    Pop3Event::Reply(r) => r,
-                    _ => return,
-                },
-            },
+                // RFC 2595 §4 / RFC 3207 §5: nothing read before the handshake is kept.
+                inb.clear();
+                let Some(store) = &ctx.tls else { return };
+                s = match s.into_tls(store, core.config().command_timeout).await {
+                    Some(t) => t,
+                    None => return,
+                };
+                core.tls_started();
+                continue;
+            }
+            Pop3Event::Login(c) => {
+                match authorize(ctx, &c.user, &c.password, Service::Pop3).await {
+                    Ok(u) => return Box::pin(local_session(ctx, s, inb, core, &u, peer)).await,
+                    Err(why) => match core.refused(why) {
+                        Pop3Event::Close(r) => {
+                            let _ = write(&mut s, r).await;
+                            return;
+                        }
+                        Pop3Event::Reply(r) => r,
+                        _ => return,
+                    },
+                }
+            }
         };
-        if write(&s, out).await.is_err() {
+        if write(&mut s, out).await.is_err() {
             return;
         }
+    }
+}
+
+/// A stream that can be upgraded to TLS after `STLS`: the Maildir server's [`MaybeTls`]
+/// and the POP3 proxy's client connection (for its local sessions).
+pub(crate) trait IntoTls: Sized {
+    async fn into_tls(self, store: &tls::CertStore, limit: std::time::Duration) -> Option<Self>;
+}
+
+impl IntoTls for MaybeTls {
+    async fn into_tls(self, store: &tls::CertStore, limit: std::time::Duration) -> Option<Self> {
+        start_tls(self, store, limit).await
+    }
+}
+
+impl IntoTls for crate::conn::ClientConn {
+    async fn into_tls(self, store: &tls::CertStore, limit: std::time::Duration) -> Option<Self> {
+        self.upgrade(store, limit).await
     }
 }
 
 /// Serve an authenticated user from `pw_dir/Maildir`: lock, list, answer `+OK Logged in.`,
 /// then the TRANSACTION state. A lock held elsewhere or an unreadable Maildir is a refusal
 /// through `core` (and the connection continues in AUTHORIZATION, as RFC 1939 allows).
-pub(crate) async fn local_session(
+pub(crate) async fn local_session<S: Io + IntoTls>(
     ctx: &ProxyContext,
-    s: TcpStream,
+    mut s: S,
     mut inb: Inbuf,
     core: &mut Pop3Login,
     user: &lookup::User,
@@ -102,12 +202,12 @@ pub(crate) async fn local_session(
                     let _ = shard::io::sync_dir(maildir.join("new")).await;
                     let _ = shard::io::sync_dir(maildir.join("cur")).await;
                 }
-                if write(&s, core.accepted()).await.is_err() {
+                if write(&mut s, core.accepted()).await.is_err() {
                     return;
                 }
                 logged_in(ctx, user, peer, Service::Pop3, "local").await;
                 let mut t = Transaction {
-                    s: &s,
+                    s: &mut s,
                     msgs,
                     maildir: &maildir,
                 };
@@ -140,52 +240,11 @@ pub(crate) async fn local_session(
             }
         },
     };
-    if write(&s, out).await.is_err() || close {
+    if write(&mut s, out).await.is_err() || close {
         return;
     }
     // Back to AUTHORIZATION on the same connection.
-    Box::pin(continue_authorization(ctx, s, inb, core, peer)).await
-}
-
-async fn continue_authorization(
-    ctx: &ProxyContext,
-    s: TcpStream,
-    mut inb: Inbuf,
-    core: &mut Pop3Login,
-    peer: SocketAddr,
-) {
-    loop {
-        let (n, ev) = core.feed(inb.pending());
-        inb.consume(n);
-        let out = match ev {
-            Pop3Event::NeedMore => match inb.fill_within(&s, core.config().command_timeout).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => continue,
-            },
-            Pop3Event::Reply(r) => r,
-            Pop3Event::Close(r) => {
-                let _ = write(&s, r).await;
-                return;
-            }
-            Pop3Event::StartTls(_) => return,
-            Pop3Event::Login(c) => {
-                match authorize(ctx, &c.user, &c.password, Service::Pop3).await {
-                    Ok(u) => return Box::pin(local_session(ctx, s, inb, core, &u, peer)).await,
-                    Err(why) => match core.refused(why) {
-                        Pop3Event::Close(r) => {
-                            let _ = write(&s, r).await;
-                            return;
-                        }
-                        Pop3Event::Reply(r) => r,
-                        _ => return,
-                    },
-                }
-            }
-        };
-        if write(&s, out).await.is_err() {
-            return;
-        }
-    }
+    Box::pin(authorization(ctx, s, inb, core, peer)).await
 }
 
 /// A TRANSACTION-state command (RFC 1939 §5, RFC 2449 CAPA).
@@ -238,13 +297,13 @@ pub(crate) fn parse_command(line: &[u8]) -> Result<Command, &'static str> {
     Ok(c)
 }
 
-struct Transaction<'a> {
-    s: &'a TcpStream,
+struct Transaction<'a, S> {
+    s: &'a mut S,
     msgs: Vec<Message>,
     maildir: &'a std::path::Path,
 }
 
-impl Transaction<'_> {
+impl<S: Io> Transaction<'_, S> {
     /// Returns true after a clean QUIT.
     async fn run(&mut self, ctx: &ProxyContext, inb: &mut Inbuf) -> bool {
         loop {
@@ -273,7 +332,7 @@ impl Transaction<'_> {
                 Command::Quit => {
                     let r = self.update().await;
                     let _ = write(self.s, r).await;
-                    let _ = self.s.shutdown(std::net::Shutdown::Both);
+                    self.s.close().await;
                     return true;
                 }
                 Command::Retr(n) => self.send_message(n, None).await,

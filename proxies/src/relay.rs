@@ -12,6 +12,8 @@ use std::time::Duration;
 use shard::io::TcpStream;
 use tokio::time::Instant;
 
+use crate::conn::ClientConn;
+
 /// Bytes read per socket read while relaying.
 const RELAY_BUF: usize = 32 * 1024;
 
@@ -24,9 +26,40 @@ pub(crate) enum RelayEnd {
     Idle,
 }
 
+/// One side of a relay, usable from both pumps at once through `&self`.
+trait Side {
+    async fn read(&self, buf: Vec<u8>) -> (std::io::Result<usize>, Vec<u8>);
+    async fn write_all(&self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>);
+    async fn shutdown_write(&self);
+}
+
+impl Side for TcpStream {
+    async fn read(&self, buf: Vec<u8>) -> (std::io::Result<usize>, Vec<u8>) {
+        TcpStream::read(self, buf).await
+    }
+    async fn write_all(&self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
+        TcpStream::write_all(self, buf).await
+    }
+    async fn shutdown_write(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+impl Side for ClientConn {
+    async fn read(&self, buf: Vec<u8>) -> (std::io::Result<usize>, Vec<u8>) {
+        self.read_shared(buf).await
+    }
+    async fn write_all(&self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
+        self.write_shared(buf).await
+    }
+    async fn shutdown_write(&self) {
+        ClientConn::shutdown_write(self).await
+    }
+}
+
 /// Copy `from` → `to` until end of file or an error; then end the write side of `to`, so
 /// the peer sees the close. Every successful read marks activity.
-async fn pump(from: &TcpStream, to: &TcpStream, active: &Cell<Instant>) {
+async fn pump(from: &impl Side, to: &impl Side, active: &Cell<Instant>) {
     let mut buf = Vec::with_capacity(RELAY_BUF);
     loop {
         buf.clear();
@@ -44,13 +77,13 @@ async fn pump(from: &TcpStream, to: &TcpStream, active: &Cell<Instant>) {
         }
         active.set(Instant::now());
     }
-    let _ = to.shutdown(std::net::Shutdown::Write);
+    to.shutdown_write().await;
 }
 
 /// Relay between `client` and `backend`. `bye` is written to the client when the session
 /// ends for inactivity.
 pub(crate) async fn relay(
-    client: Rc<TcpStream>,
+    client: Rc<ClientConn>,
     backend: Rc<TcpStream>,
     idle: Duration,
     bye: &[u8],
@@ -58,8 +91,8 @@ pub(crate) async fn relay(
     let active = Cell::new(Instant::now());
     let both = async {
         tokio::join!(
-            pump(&client, &backend, &active),
-            pump(&backend, &client, &active)
+            pump(&*client, &*backend, &active),
+            pump(&*backend, &*client, &active)
         )
     };
     let watch = async {
@@ -76,9 +109,10 @@ pub(crate) async fn relay(
         _ = watch => RelayEnd::Idle,
     };
     if end == RelayEnd::Idle && !bye.is_empty() {
-        let _ = tokio::time::timeout(Duration::from_secs(5), client.write_all(bye.to_vec())).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), client.write_shared(bye.to_vec())).await;
     }
-    let _ = client.shutdown(std::net::Shutdown::Both);
+    let _ = client.tcp().shutdown(std::net::Shutdown::Both);
     let _ = backend.shutdown(std::net::Shutdown::Both);
     end
 }

@@ -6,7 +6,7 @@
 mod support;
 
 use support::dovecot::Dovecot;
-use support::{config, dead_port, Client, Home, Kind, Sentinel, Server, DRIVERS};
+use support::{config, dead_port, self_signed, Client, Home, Kind, Sentinel, Server, DRIVERS};
 
 const MSG: &str = "From: a@example.org\nTo: amy@example.com\nSubject: proxied\n\nhello through the proxy\n.dot line\n";
 
@@ -163,4 +163,87 @@ fn hostcntrl_routing_and_legacy_server() {
         !log.contains("amy@example.com:127.0.0.1"),
         "LEGACY_SERVER: {log}"
     );
+}
+
+#[test]
+fn idle_and_command_timeouts() {
+    let dc = Dovecot::start();
+    let home = Home::new();
+    for d in DRIVERS {
+        let mut cfg = config();
+        cfg.default_imap_backend = Some(dc.imap);
+        cfg.idle_timeout = std::time::Duration::from_secs(1);
+        cfg.command_timeout = std::time::Duration::from_secs(1);
+        let srv = Server::start(Kind::ImapProxy, d, &home, cfg);
+        // Silent before login: the per-command timeout.
+        let mut c = Client::connect(srv.addr);
+        c.line();
+        assert_eq!(c.line(), "* BYE Disconnected for inactivity.\r\n");
+        assert!(c.closed());
+        // Silent after login: DATA_TIMEOUT.
+        let mut c = Client::connect(srv.addr);
+        c.line();
+        assert!(c
+            .imap("a", "LOGIN amy@example.com secret")
+            .starts_with("a OK"));
+        assert_eq!(c.line(), "* BYE Disconnected for inactivity.\r\n");
+        assert!(c.closed());
+    }
+}
+
+const IMAPLIB_TLS: &str = r#"
+import imaplib, ssl, sys
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+host, port, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+if mode == "implicit":
+    m = imaplib.IMAP4_SSL(host, port, ssl_context=ctx, timeout=20)
+else:
+    m = imaplib.IMAP4(host, port, timeout=20)
+    assert "STARTTLS" in m.capabilities, m.capabilities
+    m.starttls(ssl_context=ctx)
+typ, _ = m.login("amy@example.com", "secret")
+assert typ == "OK", typ
+typ, data = m.select("INBOX")
+assert typ == "OK" and data[0] == b"1", data
+typ, data = m.fetch("1", "(BODY.PEEK[])")
+assert b"hello through the proxy" in data[0][1], data
+# A large response crosses many TLS records in the relay.
+typ, data = m.fetch("1", "(BODY.PEEK[])")
+m.logout()
+print("ok")
+"#;
+
+#[test]
+fn starttls_and_implicit_tls_through_dovecot() {
+    let dc = Dovecot::start();
+    let big = format!("{MSG}{}\n", "x".repeat(200_000));
+    dc.deliver("amy", "1700000000.M3P3.test", &big);
+    let home = Home::new();
+    let certs = self_signed();
+    for d in DRIVERS {
+        for (kind, mode) in [
+            (Kind::ImapProxy, "starttls"),
+            (Kind::ImapsProxy, "implicit"),
+        ] {
+            let mut cfg = config();
+            cfg.default_imap_backend = Some(dc.imap);
+            let srv = Server::start_tls(kind, d, &home, cfg, Some(certs.path().to_path_buf()));
+            let out = std::process::Command::new("/usr/bin/python3")
+                .arg("-c")
+                .arg(IMAPLIB_TLS)
+                .arg(srv.addr.ip().to_string())
+                .arg(srv.addr.port().to_string())
+                .arg(mode)
+                .output()
+                .expect("run python3");
+            assert!(
+                out.status.success(),
+                "{d:?} {mode}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
 }

@@ -6,7 +6,9 @@ mod support;
 use std::process::Command;
 
 use support::dovecot::Dovecot;
-use support::{config, dead_port, deliver, Client, Home, Kind, Sentinel, Server, DRIVERS};
+use support::{
+    config, dead_port, deliver, self_signed, Client, Home, Kind, Sentinel, Server, DRIVERS,
+};
 
 const MSG1: &str =
     "From: a@example.org\nSubject: one\n\nfirst body\n.starts with dot\n..two dots\nlast line\n";
@@ -245,5 +247,96 @@ fn python_poplib_against_maildir_server() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert_eq!(std::fs::read_dir(md.join("cur")).unwrap().count(), 1);
+    }
+}
+
+const POPLIB_TLS: &str = r#"
+import poplib, ssl, sys
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+host, port, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+if mode == "implicit":
+    p = poplib.POP3_SSL(host, port, context=ctx, timeout=20)
+else:
+    p = poplib.POP3(host, port, timeout=20)
+    assert "STLS" in p.capa(), p.capa()
+    p.stls(context=ctx)
+    assert "STLS" not in p.capa(), p.capa()
+p.user("amy@example.com")
+p.pass_("secret")
+n, size = p.stat()
+assert n == 1, (n, size)
+resp, lines, octets = p.retr(1)
+assert b"l3" in lines, lines
+p.quit()
+print("ok")
+"#;
+
+#[test]
+fn maildir_server_stls_and_implicit_tls() {
+    let certs = self_signed();
+    for d in DRIVERS {
+        let home = Home::new();
+        let md = home.maildir("amy@example.com");
+        deliver(&md, "1700000001.M1P1.test", MSG2);
+        for (kind, mode) in [(Kind::Pop3, "stls"), (Kind::Pop3s, "implicit")] {
+            let srv = Server::start_tls(kind, d, &home, config(), Some(certs.path().to_path_buf()));
+            let out = Command::new("/usr/bin/python3")
+                .arg("-c")
+                .arg(POPLIB_TLS)
+                .arg(srv.addr.ip().to_string())
+                .arg(srv.addr.port().to_string())
+                .arg(mode)
+                .output()
+                .expect("run python3");
+            assert!(
+                out.status.success(),
+                "{d:?} {mode}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // Plaintext pipelined after STLS is dropped, never executed.
+        let mut cfg = config();
+        cfg.command_timeout = std::time::Duration::from_secs(2);
+        let srv = Server::start_tls(Kind::Pop3, d, &home, cfg, Some(certs.path().to_path_buf()));
+        let mut c = Client::connect(srv.addr);
+        c.line();
+        c.send("STLS\r\nUSER amy@example.com\r\n");
+        assert_eq!(c.line(), "+OK Begin TLS negotiation now.\r\n");
+        // The pipelined USER line was not answered: the server took it for the start of the
+        // handshake, which then timed out and the connection was closed.
+        let rest = c.rest();
+        assert!(!rest.contains("+OK"), "{rest}");
+    }
+}
+
+#[test]
+fn proxy_stls_and_implicit_tls_through_dovecot() {
+    let dc = Dovecot::start();
+    dc.deliver("amy", "1700000000.M1P1.test", MSG2);
+    let home = Home::new();
+    let certs = self_signed();
+    for d in DRIVERS {
+        for (kind, mode) in [(Kind::Pop3Proxy, "stls"), (Kind::Pop3sProxy, "implicit")] {
+            let mut cfg = config();
+            cfg.default_pop3_backend = Some(dc.pop3);
+            let srv = Server::start_tls(kind, d, &home, cfg, Some(certs.path().to_path_buf()));
+            let out = Command::new("/usr/bin/python3")
+                .arg("-c")
+                .arg(POPLIB_TLS)
+                .arg(srv.addr.ip().to_string())
+                .arg(srv.addr.port().to_string())
+                .arg(mode)
+                .output()
+                .expect("run python3");
+            assert!(
+                out.status.success(),
+                "{d:?} {mode}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 }

@@ -22,7 +22,8 @@
 //! | `maxrecipients` | recipients per message (`MAXRECIPIENTS`) | 100 |
 //! | `maxperip` | connections per client IP per shard (`MAXPERIP`) | 20 |
 //! | `maxdaemons` | connections per shard (`MAXDAEMONS`) | 1000 |
-//! | `listeners` | lines `smtp ADDR:PORT` | `smtp 127.0.0.1:2525` |
+//! | `listeners` | lines `smtp|submission|smtps ADDR:PORT` | `smtp 127.0.0.1:2525` |
+//! | `servercert.pem` | TLS certificate + key (`CERTDIR`, `SERVERCERT` override) | a self-signed demo certificate |
 //! | `cpus` | CPU list for shards (`0-3,6`) | one shard per online CPU |
 
 use std::net::SocketAddr;
@@ -191,8 +192,8 @@ pub struct SmtpSettings {
 pub struct ServeConfig {
     /// Locations.
     pub paths: Paths,
-    /// SMTP listeners.
-    pub smtp_listeners: Vec<SocketAddr>,
+    /// Listeners per service, in `control/listeners` / command-line order.
+    pub listeners: Vec<(crate::smtp::Service, SocketAddr)>,
     /// CPUs for shards (from `control/cpus` or `--cpus`); `None` = all.
     pub cpus: Option<Vec<usize>>,
     /// SMTP settings.
@@ -204,9 +205,11 @@ pub const DEFAULT_SMTP_LISTENER: &str = "127.0.0.1:2525";
 
 impl ServeConfig {
     /// Reads every control file, reporting all problems at once.
+    /// `overrides` are the listeners given on the command line; when any is
+    /// given, `control/listeners` is not read.
     pub fn load(
         paths: Paths,
-        smtp_override: &[SocketAddr],
+        overrides: &[(crate::smtp::Service, SocketAddr)],
     ) -> Result<ServeConfig, Vec<ControlError>> {
         let mut errors = Vec::new();
         let c = &paths.control;
@@ -261,22 +264,34 @@ impl ServeConfig {
             },
         };
 
-        let mut smtp_listeners = Vec::new();
-        if smtp_override.is_empty() {
+        use crate::smtp::Service;
+        let mut listeners = Vec::new();
+        if overrides.is_empty() {
             match c.lines("listeners") {
-                Ok(None) => smtp_listeners.push(DEFAULT_SMTP_LISTENER.parse().expect("valid")),
+                Ok(None) => {
+                    listeners.push((Service::Smtp, DEFAULT_SMTP_LISTENER.parse().expect("valid")))
+                }
                 Ok(Some(lines)) => {
                     for (line, text) in lines {
                         let mut words = text.split_whitespace();
                         let (service, addr) = (words.next().unwrap_or(""), words.next());
-                        let problem = match (service, addr.map(str::parse::<SocketAddr>)) {
-                            ("smtp", Some(Ok(a))) => {
-                                smtp_listeners.push(a);
+                        let svc = match service {
+                            "smtp" => Some(Service::Smtp),
+                            "submission" => Some(Service::Submission),
+                            "smtps" => Some(Service::Smtps),
+                            _ => None,
+                        };
+                        let problem = match (svc, addr.map(str::parse::<SocketAddr>)) {
+                            (Some(svc), Some(Ok(a))) => {
+                                listeners.push((svc, a));
                                 None
                             }
-                            ("smtp", _) => Some(format!("`{text}`: expected `smtp ADDRESS:PORT`")),
-                            // Other services are added by later parts of the system.
-                            _ => None,
+                            (Some(_), _) => {
+                                Some(format!("`{text}`: expected `{service} ADDRESS:PORT`"))
+                            }
+                            (None, _) => Some(format!(
+                                "`{service}`: unknown service (expected smtp, submission or smtps)"
+                            )),
                         };
                         if let Some(problem) = problem {
                             errors.push(ControlError {
@@ -290,7 +305,7 @@ impl ServeConfig {
                 Err(e) => errors.push(e),
             }
         } else {
-            smtp_listeners.extend_from_slice(smtp_override);
+            listeners.extend_from_slice(overrides);
         }
 
         let rules_path = paths.tcp_rules();
@@ -335,7 +350,7 @@ impl ServeConfig {
                 check_recipient: std::env::var("CHECKRECIPIENT").map_or(true, |v| v.trim() != "0"),
             },
             paths,
-            smtp_listeners,
+            listeners,
             cpus,
         })
     }
@@ -388,6 +403,21 @@ pub fn prepare_home(paths: &Paths) -> std::io::Result<Vec<PathBuf>> {
     for (name, content) in defaults {
         if c.create_default(name, &content)? {
             made.push(c.file(name));
+        }
+    }
+    // A demo certificate so STARTTLS and SMTPS work out of the box; an
+    // operator replaces servercert.pem with a real one (reloaded live).
+    let certs = tls::CertPaths::from_env(c.path());
+    if !certs.exists() {
+        if let Some(dir) = certs.cert.parent() {
+            std::fs::create_dir_all(dir)?;
+            match tls::create_self_signed(dir, &me) {
+                Ok(made_cert) => {
+                    crate::log!("created {made_cert}");
+                    made.push(made_cert.path.clone());
+                }
+                Err(e) => crate::log!("warning: cannot create a demo certificate: {e}"),
+            }
         }
     }
     let rules = paths.tcp_rules();

@@ -44,9 +44,16 @@ struct Cli {
 enum Command {
     /// Run the mail system in the foreground until SIGTERM.
     Serve {
-        /// SMTP listener ADDRESS:PORT (repeatable; overrides control/listeners).
+        /// SMTP listener ADDRESS:PORT (repeatable; any listener option
+        /// replaces control/listeners).
         #[arg(long = "smtp", value_name = "ADDR:PORT")]
         smtp: Vec<SocketAddr>,
+        /// Submission listener (AUTH required, port 587 style).
+        #[arg(long = "submission", value_name = "ADDR:PORT")]
+        submission: Vec<SocketAddr>,
+        /// Implicit-TLS SMTP listener (port 465 style).
+        #[arg(long = "smtps", value_name = "ADDR:PORT")]
+        smtps: Vec<SocketAddr>,
         /// CPUs to run shards on, e.g. `0-3,6` (overrides control/cpus).
         #[arg(long, value_name = "LIST")]
         cpus: Option<String>,
@@ -125,13 +132,28 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let paths = Paths::resolve(cli.home.as_deref());
     match cli.command {
-        Command::Serve { smtp, cpus, driver } => match run_serve(paths, &smtp, cpus, driver) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("indimail serve: {e:#}");
-                ExitCode::from(111)
+        Command::Serve {
+            smtp,
+            submission,
+            smtps,
+            cpus,
+            driver,
+        } => {
+            use smtp::Service;
+            let listeners: Vec<(Service, SocketAddr)> = smtp
+                .into_iter()
+                .map(|a| (Service::Smtp, a))
+                .chain(submission.into_iter().map(|a| (Service::Submission, a)))
+                .chain(smtps.into_iter().map(|a| (Service::Smtps, a)))
+                .collect();
+            match run_serve(paths, &listeners, cpus, driver) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("indimail serve: {e:#}");
+                    ExitCode::from(111)
+                }
             }
-        },
+        }
         Command::Queue { command } => match command {
             QueueCommand::Inject => exit(inject::qmail_queue_main(&paths)),
             QueueCommand::List => match queue_list(&paths) {
@@ -163,7 +185,7 @@ fn exit(code: i32) -> ExitCode {
 
 fn run_serve(
     paths: Paths,
-    smtp: &[SocketAddr],
+    smtp: &[(smtp::Service, SocketAddr)],
     cpus: Option<String>,
     driver: Option<String>,
 ) -> anyhow::Result<()> {

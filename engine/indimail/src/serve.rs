@@ -19,7 +19,7 @@ struct Shared {
     /// Queue specs per shard.
     assignment: Vec<Vec<QueueSpec>>,
     /// The resolved listener addresses (port 0 replaced by the real port).
-    smtp_addrs: Vec<SocketAddr>,
+    addrs: Vec<(crate::smtp::Service, SocketAddr)>,
     /// Sockets bound by the main thread (to learn ephemeral ports), handed
     /// to shard 0; the other shards bind the same addresses with
     /// SO_REUSEPORT.
@@ -85,9 +85,9 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
     // (address in use, permission) are reported before any shard starts.
     let mut first = Vec::new();
     let mut addrs = Vec::new();
-    for a in &config.smtp_listeners {
+    for (svc, a) in &config.listeners {
         let l = io::bind_reuseport(*a, 1024).with_context(|| format!("cannot listen on {a}"))?;
-        addrs.push(l.local_addr()?);
+        addrs.push((*svc, l.local_addr()?));
         first.push(l);
     }
 
@@ -96,7 +96,7 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         settings: Arc::new(config.smtp.clone()),
         assignment,
-        smtp_addrs: addrs.clone(),
+        addrs: addrs.clone(),
         first_listeners: Mutex::new(Some(first)),
         ready: Mutex::new(ready_tx),
         home: config.paths.home.clone(),
@@ -127,8 +127,8 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
         "status: {shards} shards driver={} placement={placement}",
         driver.name()
     );
-    for a in &addrs {
-        println!("smtp listening on {a}");
+    for (svc, a) in &addrs {
+        println!("{} listening on {a}", svc.name());
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -178,11 +178,14 @@ async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<MetricsSnaps
         queues_text.join(",")
     )));
 
-    for l in listeners {
+    for (l, (svc, _)) in listeners.into_iter().zip(&shared.addrs) {
         let stop = info.shutdown.clone();
-        tokio::task::spawn_local(smtp::accept_loop(Rc::clone(&smtp_shard), l, async move {
-            stop.wait().await
-        }));
+        tokio::task::spawn_local(smtp::accept_loop(
+            Rc::clone(&smtp_shard),
+            l,
+            *svc,
+            async move { stop.wait().await },
+        ));
     }
     // Import messages injected locally (qmail-queue, sendmail) into this
     // shard's queues. Injectors write durable drop files, so a poll costs
@@ -277,7 +280,7 @@ async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, Strin
             .unwrap_or_default()
     } else {
         let mut v = Vec::new();
-        for a in &shared.smtp_addrs {
+        for (_, a) in &shared.addrs {
             v.push(io::bind_reuseport(*a, 1024).map_err(|e| format!("cannot listen on {a}: {e}"))?);
         }
         v
@@ -294,12 +297,33 @@ async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, Strin
     let directory = Rc::new(crate::directory::DirectoryHandle::new(shared.home.clone()));
     let _ = directory.get().await;
     let queues = Rc::new(queues);
+    let cert_paths = tls::CertPaths::from_env(shared.control.path());
+    let certs = if cert_paths.exists() {
+        match tls::CertStore::load(cert_paths, tls::ServerOptions::default()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                log!("shard{} warning: TLS disabled: {e}", info.index);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if certs.is_none()
+        && shared
+            .addrs
+            .iter()
+            .any(|(s, _)| *s == crate::smtp::Service::Smtps)
+    {
+        return Err("an smtps listener needs a server certificate (control/servercert.pem)".into());
+    }
     let smtp_shard = Rc::new(SmtpShard::new(
         settings,
         Rc::clone(&queues),
         Rc::new(ShardMetrics::default()),
         info.index,
         directory.clone(),
+        certs,
     ));
     let delivery = if shared.no_delivery {
         None

@@ -3,9 +3,15 @@
 //! spooling each message into a queue the shard owns.
 //!
 //! The driver is deliberately thin: the protocol core decides every reply;
-//! this file only moves bytes, applies the connection-level policy (access
-//! rules, per-IP and per-shard limits, idle timeout), answers the core's
-//! MAIL/RCPT questions (relaying) and commits messages.
+//! this file only moves bytes (plain or TLS, see [`tls::MaybeTls`]),
+//! applies the connection-level policy (access rules, per-IP and per-shard
+//! limits, idle timeout), answers the core's questions (relaying, recipient
+//! checks, AUTH against the directory, STARTTLS) and commits messages.
+//!
+//! Three services share this driver: `smtp` (port 25 style: STARTTLS and
+//! AUTH offered), `submission` (587: AUTH required before MAIL, sender must
+//! match the authenticated user unless `MASQUERADE` is set) and `smtps`
+//! (465: implicit TLS, RFC 8314).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -14,7 +20,8 @@ use std::rc::Rc;
 use std::time::SystemTime;
 
 use shard::io::{TcpListener, TcpStream};
-use smtp_proto::{Decision, Event, Reply, Session, SessionConfig};
+use smtp_proto::{AuthOutcome, AuthSecret, Decision, Event, Reply, Session, SessionConfig};
+use tls::MaybeTls;
 
 use crate::config::SmtpSettings;
 use crate::log;
@@ -25,12 +32,43 @@ use crate::queues::ShardQueues;
 /// line cap, so this only bounds one read.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Longest a TLS handshake may take before the connection is dropped (a
+/// slow TLS client must not hold a slot for long).
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Which SMTP service a listener offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// Plain SMTP with STARTTLS and optional AUTH (port 25).
+    Smtp,
+    /// Message submission (RFC 6409, port 587): AUTH required.
+    Submission,
+    /// Implicit TLS (RFC 8314, port 465).
+    Smtps,
+}
+
+impl Service {
+    /// Name in logs, `control/listeners` and the ready lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Smtp => "smtp",
+            Service::Submission => "submission",
+            Service::Smtps => "smtps",
+        }
+    }
+}
+
 /// Per-shard state shared by the shard's SMTP connections (single thread).
 pub struct SmtpShard {
     /// Settings read at start-up.
     pub settings: Rc<SmtpSettings>,
-    /// Protocol settings derived from them.
-    pub proto: Rc<SessionConfig>,
+    /// Protocol settings per service (smtp, submission, smtps).
+    protos: [Rc<SessionConfig>; 3],
+    /// The server certificate, reloaded when its files change.
+    certs: Option<tls::CertStore>,
+    /// Failed AUTH attempts per client IP on this shard: later attempts from
+    /// an IP with many failures are answered more slowly.
+    auth_failures: RefCell<HashMap<IpAddr, u32>>,
     /// The queues this shard owns.
     pub queues: Rc<ShardQueues>,
     /// Counters.
@@ -51,11 +89,16 @@ impl SmtpShard {
         metrics: Rc<ShardMetrics>,
         index: usize,
         directory: Rc<crate::directory::DirectoryHandle>,
+        certs: Option<tls::CertStore>,
     ) -> SmtpShard {
-        let proto = Rc::new(session_config(&settings));
+        let tls = certs.is_some();
+        let protos = [Service::Smtp, Service::Submission, Service::Smtps]
+            .map(|svc| Rc::new(session_config(&settings, svc, tls)));
         SmtpShard {
             settings,
-            proto,
+            protos,
+            certs,
+            auth_failures: RefCell::new(HashMap::new()),
             queues,
             metrics,
             index,
@@ -73,14 +116,39 @@ impl SmtpShard {
     }
 }
 
-/// Protocol-core settings from the control files.
-pub fn session_config(s: &SmtpSettings) -> SessionConfig {
+/// Protocol-core settings from the control files and variables, for one
+/// service. `tls` says whether a server certificate is available.
+///
+/// * STARTTLS is offered when a certificate is available, unless
+///   `STARTTLS=0`.
+/// * AUTH PLAIN, LOGIN and CRAM-MD5 are offered; PLAIN and LOGIN only under
+///   TLS unless `SECURE_AUTH=0` (IndiMail's `SECURE_AUTH`). `DISABLE_AUTH_*`
+///   drops a mechanism.
+/// * `REQUIREAUTH` (always on for submission) and `FORCE_TLS`.
+pub fn session_config(s: &SmtpSettings, service: Service, tls: bool) -> SessionConfig {
+    let var_off = |v: &str| std::env::var(v).is_ok_and(|x| x.trim() == "0");
+    let var_on = |v: &str| std::env::var(v).is_ok_and(|x| !x.trim().is_empty() && x.trim() != "0");
+    let mut mechs = Vec::new();
+    for (m, var) in [
+        ("PLAIN", "DISABLE_AUTH_PLAIN"),
+        ("LOGIN", "DISABLE_AUTH_LOGIN"),
+        ("CRAM-MD5", "DISABLE_CRAM_MD5"),
+    ] {
+        if !var_on(var) {
+            mechs.push(m.to_string());
+        }
+    }
     SessionConfig {
         hostname: s.me.clone(),
         greeting: s.greeting.clone(),
         max_message_size: s.databytes,
         max_recipients: s.max_recipients,
-        ..SessionConfig::default()
+        starttls: tls && service != Service::Smtps && !var_off("STARTTLS"),
+        auth_mechanisms: mechs,
+        auth_plain_needs_tls: !var_off("SECURE_AUTH"),
+        require_auth: service == Service::Submission || var_on("REQUIREAUTH"),
+        require_tls: var_on("FORCE_TLS"),
+        ..SessionConfig::new(s.me.clone())
     }
 }
 
@@ -88,6 +156,7 @@ pub fn session_config(s: &SmtpSettings) -> SessionConfig {
 pub async fn accept_loop(
     shard: Rc<SmtpShard>,
     listener: TcpListener,
+    service: Service,
     stop: impl std::future::Future<Output = ()>,
 ) {
     let local = listener.local_addr().ok();
@@ -101,7 +170,7 @@ pub async fn accept_loop(
             Ok((stream, peer)) => {
                 let shard = Rc::clone(&shard);
                 tokio::task::spawn_local(async move {
-                    connection(shard, stream, peer, local).await;
+                    connection(shard, stream, peer, local, service).await;
                 });
             }
             Err(e) => {
@@ -139,6 +208,7 @@ async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     local: Option<SocketAddr>,
+    service: Service,
 ) {
     let ip = peer.ip();
     let rule = shard.settings.rules.lookup(ip);
@@ -204,14 +274,61 @@ async fn connection(
         Some(v) => v != "0" && !v.is_empty(),
         None => shard.settings.check_recipient,
     };
+    let proto = match service {
+        Service::Smtp => &shard.protos[0],
+        Service::Submission => &shard.protos[1],
+        Service::Smtps => &shard.protos[2],
+    };
+    let mut session = Session::new(Rc::clone(proto));
+    let random = tls::random_u64()
+        .unwrap_or_else(|_| u64::from(peer.port()) << 32 | u64::from(std::process::id()));
+    session.set_auth_entropy(random, crate::deliver::unix_now());
+    let stream = if service == Service::Smtps {
+        let Some(certs) = &shard.certs else {
+            log!(
+                "shard{} smtps drop ip={ip} reason=no server certificate",
+                shard.index
+            );
+            return;
+        };
+        match tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            MaybeTls::Plain(stream).start_tls_server(certs.config()),
+        )
+        .await
+        {
+            Ok(Ok(s)) => {
+                session.set_tls(true);
+                s
+            }
+            Ok(Err(e)) => {
+                log!(
+                    "shard{} smtps tls handshake failed ip={ip} reason={e}",
+                    shard.index
+                );
+                return;
+            }
+            Err(_) => {
+                log!("shard{} smtps tls handshake timeout ip={ip}", shard.index);
+                return;
+            }
+        }
+    } else {
+        MaybeTls::Plain(stream)
+    };
+    let check_relay = std::env::var("CHECKRELAY").map_or(true, |v| v.trim() != "0");
     let mut conn = Connection {
         shard: Rc::clone(&shard),
-        stream,
+        stream: Some(stream),
         peer,
         local,
+        service,
         relay,
         check_rcpt,
-        session: Session::new(Rc::clone(&shard.proto)),
+        check_relay,
+        auth_user: None,
+        auth_failures: 0,
+        session,
         spool: None,
         spool_failed: None,
         message_bytes: 0,
@@ -219,8 +336,9 @@ async fn connection(
         scratch: Vec::new(),
     };
     log!(
-        "shard{} smtp connect ip={ip} port={} relay={}",
+        "shard{} {} connect ip={ip} port={} relay={}",
         shard.index,
+        service.name(),
         peer.port(),
         relay
     );
@@ -231,15 +349,27 @@ async fn connection(
     if let Some(w) = conn.spool.take() {
         w.abort().await;
     }
+    if let Some(s) = conn.stream.as_ref() {
+        let _ = s.tcp().shutdown(std::net::Shutdown::Both);
+    }
 }
 
 struct Connection {
     shard: Rc<SmtpShard>,
-    stream: TcpStream,
+    /// `None` only while STARTTLS replaces the plain stream by a TLS one.
+    stream: Option<MaybeTls>,
     peer: SocketAddr,
     #[allow(dead_code)]
     local: Option<SocketAddr>,
+    service: Service,
     relay: bool,
+    /// POP/IMAP-before-SMTP (`CHECKRELAY`, default on): a recent login from
+    /// this IP recorded in the relay table allows relaying.
+    check_relay: bool,
+    /// The authenticated user, after a successful AUTH.
+    auth_user: Option<String>,
+    /// Failed AUTH attempts on this connection.
+    auth_failures: u32,
     /// CHECKRECIPIENT in force for this connection.
     check_rcpt: bool,
     session: Session,
@@ -257,6 +387,8 @@ struct Connection {
 enum ConnError {
     #[error("idle timeout")]
     Timeout,
+    #[error("tls: {0}")]
+    Tls(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -272,10 +404,21 @@ impl Connection {
                 let (consumed, event) = self.session.feed(&buf[start..]);
                 let more = !matches!(event, Event::NeedMore);
                 let closed = matches!(event, Event::Close);
+                if matches!(event, Event::StartTls) {
+                    // RFC 3207 / CVE-2011-0411: whatever the client sent
+                    // after STARTTLS in plain text is discarded, never
+                    // executed inside the TLS session.
+                    self.flush().await?;
+                    buf.clear();
+                    start = 0;
+                    self.start_tls().await?;
+                    continue;
+                }
                 // Copy what the event borrows out of `buf` before awaiting.
                 match event {
                     Event::NeedMore => {}
                     Event::Close => {}
+                    Event::StartTls => {}
                     Event::Data(chunk) => self.spool_data(chunk).await,
                     other => {
                         let owned = OwnedEvent::from(other);
@@ -285,7 +428,7 @@ impl Connection {
                 start += consumed;
                 if closed {
                     self.flush().await?;
-                    let _ = self.stream.shutdown(std::net::Shutdown::Both);
+                    let _ = self.io().shutdown().await;
                     return Ok(());
                 }
                 if !more {
@@ -304,7 +447,7 @@ impl Connection {
                 buf.reserve(READ_CHUNK);
             }
             let timeout = self.shard.settings.timeout;
-            let (r, b) = match tokio::time::timeout(timeout, self.stream.read(buf)).await {
+            let (r, b) = match tokio::time::timeout(timeout, self.io().read(buf)).await {
                 Ok(x) => x,
                 Err(_) => {
                     let r = Reply::new(
@@ -312,7 +455,10 @@ impl Connection {
                         Some((4, 4, 2)),
                         format!("{} timeout, closing connection", self.shard.settings.me),
                     );
-                    let _ = self.stream.write_all(r.to_wire()).await;
+                    let _ = self.io().write_all(r.to_wire()).await;
+                    // On io_uring the timed-out read is still in flight and
+                    // keeps the socket open; shutting it down ends both.
+                    let _ = self.io().tcp().shutdown(std::net::Shutdown::Both);
                     return Err(ConnError::Timeout);
                 }
             };
@@ -332,16 +478,65 @@ impl Connection {
         }
         let bytes = out.to_vec();
         let n = bytes.len();
-        let (r, _) = self.stream.write_all(bytes).await;
+        let (r, _) = self.io().write_all(bytes).await;
         self.session.consume_output(n);
         r
     }
 
+    fn io(&mut self) -> &mut MaybeTls {
+        self.stream
+            .as_mut()
+            .expect("stream present outside start_tls")
+    }
+
+    async fn start_tls(&mut self) -> Result<(), ConnError> {
+        let Some(certs) = &self.shard.certs else {
+            return Err(ConnError::Tls("STARTTLS without a certificate".into()));
+        };
+        let config = certs.config();
+        let plain = self.stream.take().expect("stream present");
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, plain.start_tls_server(config)).await {
+            Ok(Ok(s)) => {
+                let (proto, cipher) = match s.tls() {
+                    Some(t) => (
+                        t.protocol_name().unwrap_or("?"),
+                        t.cipher_name().unwrap_or("?"),
+                    ),
+                    None => ("?", "?"),
+                };
+                log!(
+                    "shard{} {} starttls ip={} protocol={proto} cipher={cipher}",
+                    self.shard.index,
+                    self.service.name(),
+                    self.peer.ip()
+                );
+                self.stream = Some(s);
+                self.session.tls_started();
+                // Authentication does not survive STARTTLS (RFC 3207).
+                self.auth_user = None;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(ConnError::Tls(e.to_string())),
+            Err(_) => Err(ConnError::Tls("handshake timeout".into())),
+        }
+    }
+
     async fn handle(&mut self, ev: OwnedEvent) {
         match ev {
-            OwnedEvent::Mail => self.session.decide(Decision::Accept),
+            OwnedEvent::Mail { sender } => {
+                let d = self.mail_decision(&sender);
+                self.session.decide(d);
+            }
+            OwnedEvent::Auth {
+                mechanism,
+                authcid,
+                secret,
+            } => {
+                let outcome = self.authenticate(&mechanism, &authcid, secret).await;
+                self.session.auth_result(outcome);
+            }
             OwnedEvent::Rcpt { domain, address } => {
-                let mut d = self.rcpt_decision(domain.as_deref());
+                let mut d = self.rcpt_decision(domain.as_deref()).await;
                 if let (Decision::Accept, Some(addr)) = (&d, address) {
                     d = self.check_recipient(&addr).await;
                 }
@@ -362,7 +557,30 @@ impl Connection {
         }
     }
 
-    fn rcpt_decision(&self, domain: Option<&str>) -> Decision {
+    /// Submission's anti-spoofing (IndiMail's CHECKSENDER/MASQUERADE): an
+    /// authenticated client may only use its own address as the envelope
+    /// sender, unless `MASQUERADE` is set (to anything).
+    fn mail_decision(&self, sender: &str) -> Decision {
+        if self.service != Service::Submission || std::env::var_os("MASQUERADE").is_some() {
+            return Decision::Accept;
+        }
+        match &self.auth_user {
+            Some(user) if !sender.is_empty() && !sender.eq_ignore_ascii_case(user) => {
+                log!(
+                    "shard{} submission sender refused user={user} sender=<{sender}>",
+                    self.shard.index
+                );
+                Decision::Reject(Reply::new(
+                    553,
+                    Some((5, 7, 1)),
+                    "sender address does not match the authenticated user",
+                ))
+            }
+            _ => Decision::Accept,
+        }
+    }
+
+    async fn rcpt_decision(&self, domain: Option<&str>) -> Decision {
         if self.relay {
             return Decision::Accept;
         }
@@ -370,11 +588,102 @@ impl Connection {
             // <postmaster> is always accepted (RFC 5321 4.5.1).
             None => Decision::Accept,
             Some(d) if self.shard.settings.rcpthosts.contains(d) => Decision::Accept,
+            Some(_) if self.check_relay && self.relay_table_allows().await => Decision::Accept,
             Some(_) => Decision::Reject(Reply::new(
                 553,
                 Some((5, 7, 1)),
                 "sorry, that domain isn't in my list of allowed rcpthosts",
             )),
+        }
+    }
+
+    /// POP/IMAP-before-SMTP: the relay table has a recent login from this IP.
+    async fn relay_table_allows(&self) -> bool {
+        match self.shard.directory.get().await {
+            Ok(dir) => dir.relay_allowed(self.peer.ip()).await.unwrap_or(false),
+            Err(_) => false,
+        }
+    }
+
+    /// Verifies an AUTH exchange against the directory. The secret is never
+    /// logged. Failures are delayed, more for IPs with many failures on this
+    /// shard.
+    async fn authenticate(
+        &mut self,
+        mechanism: &str,
+        authcid: &str,
+        secret: AuthSecret,
+    ) -> AuthOutcome {
+        let user = authcid.trim().to_ascii_lowercase();
+        let ip = self.peer.ip();
+        let dir = match self.shard.directory.get().await {
+            Ok(d) => d,
+            Err(e) => {
+                log!(
+                    "shard{} auth tempfail user={user} ip={ip} reason={e}",
+                    self.shard.index
+                );
+                return AuthOutcome::TempFail;
+            }
+        };
+        let verdict: Result<Option<Rc<lookup::User>>, lookup::LookupError> = match secret {
+            AuthSecret::Password(pw) => match dir.check_password(&user, &pw).await {
+                Ok(lookup::AuthResult::Ok(u)) => Ok(Some(u)),
+                Ok(_) => Ok(None),
+                Err(e) => Err(e),
+            },
+            AuthSecret::CramResponse { challenge, digest } => match dir.cram_secret(&user).await {
+                Ok(Some(clear))
+                    if cram_md5_hex(&clear, &challenge).eq_ignore_ascii_case(digest.trim()) =>
+                {
+                    dir.user(&user).await.map(|u| u.filter(|u| u.active))
+                }
+                Ok(_) => Ok(None),
+                Err(e) => Err(e),
+            },
+        };
+        match verdict {
+            Ok(Some(u)) => {
+                let no_relay = u.flags.has(lookup::UserFlags::NO_RELAY);
+                if !no_relay {
+                    self.relay = true;
+                }
+                self.auth_user = Some(u.email());
+                self.shard.auth_failures.borrow_mut().remove(&ip);
+                log!(
+                    "shard{} auth ok user={} mech={mechanism} ip={ip} relay={}",
+                    self.shard.index,
+                    u.email(),
+                    !no_relay
+                );
+                AuthOutcome::Ok
+            }
+            Ok(None) => {
+                self.auth_failures += 1;
+                let ip_failures = {
+                    let mut m = self.shard.auth_failures.borrow_mut();
+                    let n = m.entry(ip).or_insert(0);
+                    *n = n.saturating_add(1);
+                    *n
+                };
+                log!(
+                    "shard{} auth failed user={user} mech={mechanism} ip={ip} failures={} ip_failures={ip_failures}",
+                    self.shard.index,
+                    self.auth_failures
+                );
+                // PENALTY-style delay: 1 s, growing with the IP's failures
+                // on this shard up to 10 s. Only this session waits.
+                let delay = std::time::Duration::from_millis(500 * u64::from(ip_failures.min(20)));
+                tokio::time::sleep(delay).await;
+                AuthOutcome::Failed
+            }
+            Err(e) => {
+                log!(
+                    "shard{} auth tempfail user={user} ip={ip} reason={e}",
+                    self.shard.index
+                );
+                AuthOutcome::TempFail
+            }
         }
     }
 
@@ -455,8 +764,12 @@ impl Connection {
             [one] => format!("\n\tfor <{}>", one.path),
             _ => String::new(),
         };
+        let auth = match &self.auth_user {
+            Some(u) => format!(" (AUTH: {u})"),
+            None => String::new(),
+        };
         format!(
-            "Received: from {helo} ([{ip}]) by {} (indimail-rs) with {}{for_clause};\n\t{}\n",
+            "Received: from {helo} ([{ip}]){auth} by {} (indimail-rs) with {}{for_clause};\n\t{}\n",
             self.shard.settings.me,
             self.session.protocol(),
             log::rfc5322_date(SystemTime::now())
@@ -495,6 +808,7 @@ impl Connection {
         let mut envelope = queue_store::Envelope::new(sender.clone(), recipients);
         envelope.client_ip = Some(self.peer.ip());
         envelope.helo = helo;
+        envelope.auth_user = self.auth_user.clone();
         let rcpt_count = envelope.recipients.len();
         match w.commit(envelope).await {
             Ok(id) => {
@@ -545,6 +859,20 @@ pub fn to_queue_form(chunk: &[u8], pending_cr: &mut bool, out: &mut Vec<u8>) {
     out.extend_from_slice(rest);
 }
 
+/// CRAM-MD5 (RFC 2195): hex HMAC-MD5 of the challenge keyed by the
+/// clear-text secret.
+fn cram_md5_hex(secret: &str, challenge: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<md5::Md5> as Mac>::new_from_slice(secret.as_bytes())
+        .expect("HMAC takes any key length");
+    mac.update(challenge.as_bytes());
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// `"5.1.1"` → `(5, 1, 1)`.
 fn parse_enhanced(s: &str) -> Option<(u8, u16, u16)> {
     let mut it = s.split('.');
@@ -566,7 +894,14 @@ fn queue_full_reply() -> Reply {
 /// The parts of an [`Event`] the driver needs after the input buffer is
 /// released (events borrow the input).
 enum OwnedEvent {
-    Mail,
+    Mail {
+        sender: String,
+    },
+    Auth {
+        mechanism: String,
+        authcid: String,
+        secret: AuthSecret,
+    },
     Rcpt {
         domain: Option<String>,
         address: Option<String>,
@@ -579,7 +914,19 @@ enum OwnedEvent {
 impl From<Event<'_>> for OwnedEvent {
     fn from(e: Event<'_>) -> OwnedEvent {
         match e {
-            Event::Mail { .. } => OwnedEvent::Mail,
+            Event::Mail { from, .. } => OwnedEvent::Mail {
+                sender: from.to_string(),
+            },
+            Event::Auth {
+                mechanism,
+                authcid,
+                secret,
+                ..
+            } => OwnedEvent::Auth {
+                mechanism: mechanism.name().to_string(),
+                authcid,
+                secret,
+            },
             Event::Rcpt { to, .. } => match &to {
                 smtp_proto::ForwardPath::Postmaster => OwnedEvent::Rcpt {
                     domain: None,
@@ -593,11 +940,7 @@ impl From<Event<'_>> for OwnedEvent {
             Event::DataStart => OwnedEvent::DataStart,
             Event::MessageEnd => OwnedEvent::MessageEnd,
             Event::MessageAborted => OwnedEvent::MessageAborted,
-            Event::NeedMore
-            | Event::Close
-            | Event::Data(_)
-            | Event::StartTls
-            | Event::Auth { .. } => {
+            Event::NeedMore | Event::Close | Event::Data(_) | Event::StartTls => {
                 unreachable!("handled by the caller")
             }
         }

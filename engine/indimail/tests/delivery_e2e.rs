@@ -52,6 +52,7 @@ fn swaks_to_virtual_user_maildir_both_drivers() {
         let md = setup_users(h.path(), &["alice"]);
         let s = Server::start(h.path(), d);
         let out = Command::new("/usr/bin/swaks")
+            .stdin(Stdio::null())
             .args([
                 "--server",
                 "127.0.0.1",

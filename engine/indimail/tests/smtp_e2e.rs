@@ -259,6 +259,7 @@ fn swaks_delivers_into_the_queue() {
         let h = home();
         let s = Server::start(h.path(), d);
         let out = Command::new(swaks)
+            .stdin(std::process::Stdio::null())
             .args([
                 "--server",
                 "127.0.0.1",

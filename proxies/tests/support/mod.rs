@@ -107,6 +107,12 @@ pub enum Kind {
     ImapProxy,
     Pop3Proxy,
     Pop3,
+    /// The Maildir server with implicit TLS.
+    Pop3s,
+    /// The IMAP proxy with implicit TLS.
+    ImapsProxy,
+    /// The POP3 proxy with implicit TLS.
+    Pop3sProxy,
 }
 
 /// One of our servers on its own shard thread; stopped and joined on drop.
@@ -118,6 +124,17 @@ pub struct Server {
 
 impl Server {
     pub fn start(kind: Kind, driver: Driver, home: &Home, config: ProxyConfig) -> Server {
+        Server::start_tls(kind, driver, home, config, None)
+    }
+
+    /// With `servercert.pem` from `cert_dir` (see [`self_signed`]).
+    pub fn start_tls(
+        kind: Kind,
+        driver: Driver,
+        home: &Home,
+        config: ProxyConfig,
+        cert_dir: Option<PathBuf>,
+    ) -> Server {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = l.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -125,9 +142,19 @@ impl Server {
         let thread = std::thread::spawn(move || {
             shard::io::run(driver, async move {
                 let directory = lookup::Directory::open(dcfg).await.expect("directory");
+                let tls = cert_dir.map(|d| {
+                    Rc::new(
+                        tls::CertStore::load(
+                            tls::CertPaths::in_dir(d),
+                            tls::ServerOptions::default(),
+                        )
+                        .expect("cert store"),
+                    )
+                });
                 let ctx = Rc::new(ProxyContext {
                     directory: Rc::new(directory),
                     config,
+                    tls,
                 });
                 let listener = shard::io::TcpListener::from_std(l).expect("listener");
                 let stop = async {
@@ -137,6 +164,9 @@ impl Server {
                     Kind::ImapProxy => proxies::serve_imap_proxy(listener, ctx, stop).await,
                     Kind::Pop3Proxy => proxies::serve_pop3_proxy(listener, ctx, stop).await,
                     Kind::Pop3 => proxies::serve_pop3(listener, ctx, stop).await,
+                    Kind::Pop3s => proxies::serve_pop3s(listener, ctx, stop).await,
+                    Kind::ImapsProxy => proxies::serve_imaps_proxy(listener, ctx, stop).await,
+                    Kind::Pop3sProxy => proxies::serve_pop3s_proxy(listener, ctx, stop).await,
                 }
             })
         });
@@ -237,6 +267,13 @@ impl Client {
         }
     }
 
+    /// Everything until the server closes (lossy text).
+    pub fn rest(&mut self) -> String {
+        let mut v = Vec::new();
+        self.r.read_to_end(&mut v).expect("server closes");
+        String::from_utf8_lossy(&v).into_owned()
+    }
+
     /// True when the server closed the connection (read returns 0).
     pub fn closed(&mut self) -> bool {
         let mut b = [0u8; 1];
@@ -278,4 +315,11 @@ impl Sentinel {
     pub fn touched(&self) -> bool {
         self.0.accept().is_ok()
     }
+}
+
+/// A directory holding a self-signed `servercert.pem` for `localhost`.
+pub fn self_signed() -> tempfile::TempDir {
+    let d = tempfile::tempdir().expect("tempdir");
+    tls::create_self_signed(d.path(), "localhost").expect("self-signed cert");
+    d
 }
