@@ -3,20 +3,25 @@
 # run, alternating the two, several times, and prints each figure's median and the ratio
 # indimail/Postfix as a markdown table.
 #
-#   loadtest/compare.sh [--quick] [--postfix-only | --indimail-only] [--runs N]
+#   loadtest/compare.sh [--quick] [--postfix-only | --indimail-only] [--no-ceiling] [--runs N]
 #                       [--workloads accept,relay,virtual] [--sizes 1024,102400] [--rcpts 1,10]
 #                       [--messages M] [--sessions S] [--per-session P] [--users U]
-#                       [--out FILE] [--keep]
+#                       [--half-rate] [--tsv FILE] [--out FILE] [--keep]
 #
 # Workloads (each at every size and recipient count):
 #   accept   accept only. Postfix: queue manager disabled (smtpd + cleanup, queue file fsynced
 #            before 250). indimail: INDIMAIL_NO_DELIVERY=1 (queue commit, no delivery).
-#            Figure: msgs/s seen by the generator.
+#            Figure: msgs/s seen by the generator. The same load is also sent to Postfix's
+#            smtp-sink (stores nothing, replies 250 at once): the ceiling of tool and machine
+#            (--no-ceiling leaves it out).
 #   relay    accept and relay to an indimail-loadtest sink; the figure is end to end: from the
 #            first message sent until the sink has counted every message.
 #   virtual  deliver to U (default 1000) virtual users' Maildirs; end to end until every
 #            recipient's file is in a Maildir new/.
 # Durability is each MTA's default (both fsync before 250 and on Maildir delivery).
+# --half-rate: after each closed-loop run (and its drain), the same instance gets an open-loop
+# run at half the rate it just reached (half the messages, so as long): latency at half load.
+# Each run also records the CPU time used by the server's processes and by the whole machine.
 #
 # Needs root (Postfix's master), Debian's postfix (installed if missing by postfix-instance.sh).
 set -euo pipefail
@@ -25,7 +30,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 DOMAIN=example.com
 
-runs=3 quick=0 only="" out="" keep=0
+runs=3 quick=0 only="" out="" keep=0 ceiling=1 half_rate=0 tsv=""
 workloads="accept,relay,virtual" sizes="1024,102400" rcpts_list="1,10"
 messages="" sessions=20 per_session=1 users=1000
 while [[ $# -gt 0 ]]; do
@@ -43,7 +48,10 @@ while [[ $# -gt 0 ]]; do
         --users) users=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
         --keep) keep=1; shift ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        --no-ceiling) ceiling=0; shift ;;
+        --half-rate) half_rate=1; shift ;;
+        --tsv) tsv=$2; shift 2 ;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -55,10 +63,12 @@ fi
 messages=${messages:-10000}
 mtas=(postfix indimail)
 [[ -n $only ]] && mtas=("$only")
+[[ -n $only ]] && ceiling=0
 
 log() { echo "compare: $*" >&2; }
 die() { log "$*"; exit 1; }
 [[ $(id -u) -eq 0 ]] || die "must run as root (Postfix's master needs it)"
+[[ $ceiling -eq 0 || -x /usr/sbin/smtp-sink ]] || die "/usr/sbin/smtp-sink missing (Debian package postfix); or pass --no-ceiling"
 
 # --- build ---------------------------------------------------------------------------------
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -75,7 +85,7 @@ fi
 WORK=$(mktemp -d /tmp/indimail-compare.XXXXXX)
 # Postfix daemons run as the postfix user and must be able to reach their directories.
 chmod 755 "$WORK"
-RESULTS=$WORK/results.tsv
+RESULTS=${tsv:-$WORK/results.tsv}
 : > "$RESULTS"
 pids=()
 cleanup() {
@@ -109,7 +119,7 @@ now() { date +%s.%N; }
 
 json() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))" "$@"; }
 
-# Waits until "$@" prints a number >= target (or 600 s pass); prints nothing, returns 1 on timeout.
+# Waits until "$@" prints a number >= target (or 600 s pass); returns 1 on timeout.
 wait_count() {
     local target=$1; shift
     local deadline=$((SECONDS + 600)) n
@@ -122,7 +132,46 @@ wait_count() {
 }
 
 sink_count() { json "$1" "d['messages']"; }
-maildir_count() { find "$1" -path '*/new/*' -type f 2>/dev/null | wc -l; }
+# Only Maildir new/ directories count (indimail's home also holds queue/ and control/).
+maildir_count() { find "$1" -path '*/Maildir/new/*' -type f 2>/dev/null | wc -l; }
+postfix_maildir_count() { find "$1/mail" -path '*/new/*' -type f 2>/dev/null | wc -l; }
+
+# CPU ticks (utime+stime+cutime+cstime) of a process and all its live descendants; exited
+# children that were waited for are in their parent's cutime/cstime.
+tree_ticks() { # pid
+    python3 - "$1" <<'PY'
+import os, sys
+root = int(sys.argv[1])
+procs = {}
+for p in os.listdir("/proc"):
+    if not p.isdigit():
+        continue
+    try:
+        f = open(f"/proc/{p}/stat").read()
+    except OSError:
+        continue
+    rest = f[f.rindex(")") + 2:].split()
+    procs[int(p)] = (int(rest[1]), sum(int(x) for x in rest[11:15]))
+kids = {}
+for p, (pp, _) in procs.items():
+    kids.setdefault(pp, []).append(p)
+total, todo = 0, [root]
+while todo:
+    p = todo.pop()
+    if p in procs:
+        total += procs[p][1]
+        todo.extend(kids.get(p, []))
+print(total)
+PY
+}
+# Busy ticks of the whole machine (all CPUs), from /proc/stat.
+sys_busy() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
+server_pid() { # mta dir
+    case $1 in
+        postfix) tr -d ' ' < "$2/queue/pid/master.pid" ;;
+        *) echo "$MTA_PID" ;;
+    esac
+}
 
 start_sink() { # dir -> sets SINK_PORT, SINK_STATS
     SINK_PORT=$(free_port)
@@ -132,8 +181,29 @@ start_sink() { # dir -> sets SINK_PORT, SINK_STATS
     wait_port "$SINK_PORT" || die "sink did not start"
 }
 
-start_mta() { # mta workload dir port
+# indimail's virtual-user home is built once (1,000 `user add` runs take a while) at a fixed
+# path, kept as a copy, and restored before each run: the directory stores absolute Maildir
+# paths, so each run's home must be at the same place.
+IM_VHOME=$WORK/indimail-vhome
+IM_VTEMPLATE=$WORK/indimail-vhome.template
+build_indimail_vhome() {
+    [[ -d $IM_VTEMPLATE ]] && { rm -rf "$IM_VHOME"; cp -a "$IM_VTEMPLATE" "$IM_VHOME"; return; }
+    log "creating $users indimail users (once)"
+    mkdir -p "$IM_VHOME/control"
+    echo "$DOMAIN" > "$IM_VHOME/control/rcpthosts"
+    "$IM" domain add "$DOMAIN" --home "$IM_VHOME" >>"$WORK/indimail-users.log" 2>&1 \
+        || die "indimail domain add failed (see $WORK/indimail-users.log)"
+    local n
+    for ((n = 1; n <= users; n++)); do
+        "$IM" user add "user$n@$DOMAIN" --password "pw$n" --home "$IM_VHOME" >>"$WORK/indimail-users.log" 2>&1 \
+            || die "indimail user add failed (see $WORK/indimail-users.log)"
+    done
+    cp -a "$IM_VHOME" "$IM_VTEMPLATE"
+}
+
+start_mta() { # mta workload dir port; sets MTA_HOME (where its Maildirs are)
     local mta=$1 workload=$2 dir=$3 port=$4
+    MTA_HOME=$dir
     case $mta in
         postfix)
             case $workload in
@@ -142,24 +212,34 @@ start_mta() { # mta workload dir port
                 virtual) "$HERE/postfix-instance.sh" start --mode virtual --domain $DOMAIN --users "$users" "$dir" "$port" ;;
             esac 2>>"$dir.log"
             ;;
+        smtp-sink)
+            # Postfix's own test server: answers 250 at once and stores nothing.
+            /usr/sbin/smtp-sink -u nobody "127.0.0.1:$port" 1024 >>"$dir.log" 2>&1 &
+            MTA_PID=$!; pids+=("$MTA_PID")
+            wait_port "$port" || die "smtp-sink did not listen on $port (see $dir.log)"
+            ;;
         indimail)
-            mkdir -p "$dir/control"
-            echo "$DOMAIN" > "$dir/control/rcpthosts"
             local env=()
             case $workload in
-                accept) env=(INDIMAIL_NO_DELIVERY=1) ;;
-                relay) echo "$DOMAIN:127.0.0.1:$SINK_PORT" > "$dir/control/smtproutes" ;;
+                accept)
+                    mkdir -p "$dir/control"; echo "$DOMAIN" > "$dir/control/rcpthosts"
+                    env=(INDIMAIL_NO_DELIVERY=1) ;;
+                relay)
+                    mkdir -p "$dir/control"; echo "$DOMAIN" > "$dir/control/rcpthosts"
+                    # smtproutes is domain:host:port; the domain is not a virtual domain here.
+                    echo "$DOMAIN:127.0.0.1:$SINK_PORT" > "$dir/control/smtproutes" ;;
                 virtual)
-                    "$IM" domain add "$DOMAIN" --home "$dir" >>"$dir.log" 2>&1 || die "indimail domain add failed (see $dir.log)"
-                    local n
-                    for ((n = 1; n <= users; n++)); do
-                        "$IM" user add "user$n@$DOMAIN" --password "pw$n" --home "$dir" >>"$dir.log" 2>&1 \
-                            || die "indimail user add failed (see $dir.log)"
-                    done
-                    ;;
+                    build_indimail_vhome
+                    MTA_HOME=$IM_VHOME ;;
             esac
-            env "${env[@]}" "$IM" serve --home "$dir" --smtp "127.0.0.1:$port" >>"$dir.log" 2>&1 &
+            env "${env[@]}" "$IM" serve --home "$MTA_HOME" --smtp "127.0.0.1:$port" >>"$dir.log" 2>&1 &
             MTA_PID=$!; pids+=("$MTA_PID")
+            local i
+            for ((i = 0; i < 300; i++)); do
+                grep -q "smtp listening on" "$dir.log" 2>/dev/null && break
+                kill -0 "$MTA_PID" 2>/dev/null || die "indimail serve exited (see $dir.log)"
+                sleep 0.1
+            done
             wait_port "$port" || die "indimail serve did not listen on $port (see $dir.log)"
             ;;
     esac
@@ -168,14 +248,34 @@ start_mta() { # mta workload dir port
 stop_mta() { # mta dir
     case $1 in
         postfix) "$HERE/postfix-instance.sh" stop "$2" 2>>"$2.log" ;;
-        indimail)
+        indimail|smtp-sink)
             kill -TERM "$MTA_PID" 2>/dev/null || true
             wait "$MTA_PID" 2>/dev/null || true
             ;;
     esac
 }
 
-# One measurement: prints "msgs_per_sec p99_ms e2e_msgs_per_sec" (e2e is "-" for accept).
+# Waits until everything accepted so far has left (relay) or landed (virtual); prints the
+# count reached.
+drain() { # mta workload expected
+    local mta=$1 workload=$2 expected=$3
+    case $workload in
+        relay) wait_count "$expected" sink_count "$SINK_STATS" || true; sink_count "$SINK_STATS" ;;
+        virtual)
+            if [[ $mta == postfix ]]; then
+                wait_count "$expected" postfix_maildir_count "$MTA_HOME" || true; postfix_maildir_count "$MTA_HOME"
+            else
+                wait_count "$expected" maildir_count "$MTA_HOME" || true; maildir_count "$MTA_HOME"
+            fi ;;
+        *) echo "$expected" ;;
+    esac
+}
+
+lat() { # report step field
+    json "$1" "d['latency'].get('$2', {}).get('$3', 0)"
+}
+
+# One measurement; appends a row to $RESULTS.
 measure() { # mta workload size rcpts run
     local mta=$1 workload=$2 size=$3 rcpts=$4 run=$5
     local dir=$WORK/run-$workload-$size-$rcpts-$run
@@ -183,38 +283,75 @@ measure() { # mta workload size rcpts run
     local port; port=$(free_port)
     [[ $workload == relay ]] && start_sink "$dir"
     start_mta "$mta" "$workload" "$dir/$mta" "$port"
-    local t0 t1 report=$dir/$mta-report.json
+    local spid; spid=$(server_pid "$mta" "$dir/$mta")
+    local t0 t1 report=$dir/$mta-report.json c0 c1 b0 b1
+    c0=$(tree_ticks "$spid"); b0=$(sys_busy)
     t0=$(now)
     "$LT" send --quiet --target "127.0.0.1:$port" --messages "$messages" --sessions "$sessions" \
         --per-session "$per_session" --size "$size" --rcpts "$rcpts" --users "$users" \
         --rcpt-domain $DOMAIN --pipelining --json "$report" >"$dir/$mta-send.txt" 2>&1 \
         || die "send failed (see $dir/$mta-send.txt)"
-    local accepted e2e="-"
+    local accepted e2e="-" got expected
     accepted=$(json "$report" "d['messages_accepted']")
-    case $workload in
-        relay) wait_count "$accepted" sink_count "$SINK_STATS" || true ;;
-        virtual) wait_count $((accepted * rcpts)) maildir_count "$dir/$mta" || true ;;
-    esac
+    expected=$accepted
+    [[ $workload == virtual ]] && expected=$(json "$report" "d['recipients_accepted']")
+    got=$(drain "$mta" "$workload" "$expected")
     t1=$(now)
+    c1=$(tree_ticks "$spid"); b1=$(sys_busy)
+    [[ $got -ge $expected ]] || log "$mta $workload size=$size rcpts=$rcpts: NOT DRAINED: $got of $expected (see $dir)"
     if [[ $workload != accept ]]; then
         e2e=$(python3 -c "print(round($accepted / ($t1 - $t0), 1))")
     fi
-    stop_mta "$mta" "$dir/$mta"
-    if [[ $workload == relay ]]; then kill -TERM "$SINK_PID" 2>/dev/null || true; wait "$SINK_PID" 2>/dev/null || true; fi
-    local rate p99 failed
+    # CPU over the whole measured window (send + drain), in % of one CPU.
+    local cpu sysb
+    cpu=$(python3 -c "print(round(($c1 - $c0) / ($t1 - $t0), 1))")
+    sysb=$(python3 -c "print(round(($b1 - $b0) / ($t1 - $t0), 1))")
+    local rate failed
     rate=$(json "$report" "round(d['msgs_per_sec'], 1)")
-    p99=$(json "$report" "d['latency'].get('message', {}).get('p99_ms', 0)")
     failed=$(json "$report" "d['messages_failed']")
     [[ $failed -eq 0 ]] || log "$mta $workload: $failed messages failed: $(json "$report" "d['errors']")"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$workload" "$size" "$rcpts" "$mta" "$run" "$rate" "$p99" "$e2e" >> "$RESULTS"
-    log "$workload size=$size rcpts=$rcpts run=$run $mta: accept $rate msgs/s, p99 $p99 ms, end-to-end $e2e msgs/s"
-    [[ $keep -eq 1 ]] || rm -rf "$dir/$mta"
+
+    # Open loop at half the rate just reached, on the same instance.
+    local hr="-" hp50="-" hp99="-" hm99="-" hgot="-"
+    if [[ $half_rate -eq 1 ]]; then
+        local hreport=$dir/$mta-half.json
+        hr=$(python3 -c "print(max(1, round($rate / 2, 1)))")
+        "$LT" send --quiet --target "127.0.0.1:$port" --messages $((messages / 2)) --rate "$hr" \
+            --sessions $((sessions * 5)) --per-session "$per_session" --size "$size" --rcpts "$rcpts" \
+            --users "$users" --rcpt-domain $DOMAIN --pipelining --json "$hreport" >"$dir/$mta-half.txt" 2>&1 \
+            || die "send failed (see $dir/$mta-half.txt)"
+        hp50=$(lat "$hreport" data_end p50_ms); hp99=$(lat "$hreport" data_end p99_ms)
+        hm99=$(lat "$hreport" message p99_ms)
+        local hacc hexp
+        hacc=$(json "$hreport" "d['messages_accepted']")
+        hexp=$((expected + hacc))
+        [[ $workload == virtual ]] && hexp=$((expected + $(json "$hreport" "d['recipients_accepted']")))
+        hgot=$(drain "$mta" "$workload" "$hexp")
+        [[ $hgot -ge $hexp ]] || log "$mta $workload half rate: NOT DRAINED: $hgot of $hexp (see $dir)"
+        local hf; hf=$(json "$hreport" "d['messages_failed']")
+        [[ $hf -eq 0 ]] || log "$mta $workload half rate: $hf messages failed: $(json "$hreport" "d['errors']")"
+    fi
+
+    stop_mta "$mta" "$dir/$mta"
+    if [[ $workload == relay ]]; then kill -TERM "$SINK_PID" 2>/dev/null || true; wait "$SINK_PID" 2>/dev/null || true; fi
+    printf '%s\t' "$workload" "$size" "$rcpts" "$mta" "$run" "$rate" \
+        "$(lat "$report" message p50_ms)" "$(lat "$report" message p99_ms)" \
+        "$(lat "$report" data_end p50_ms)" "$(lat "$report" data_end p99_ms)" \
+        "$e2e" "$expected" "$got" "$failed" "$cpu" "$sysb" "$hr" "$hp50" "$hp99" "$hm99" >> "$RESULTS"
+    printf '%s\n' "$hgot" >> "$RESULTS"
+    log "$workload size=$size rcpts=$rcpts run=$run $mta: accept $rate msgs/s, 250 p50/p99 $(lat "$report" data_end p50_ms)/$(lat "$report" data_end p99_ms) ms, end-to-end $e2e msgs/s ($got of $expected), server CPU $cpu%, machine $sysb%${half_rate:+, half rate $hr/s: 250 p99 $hp99 ms}"
+    if [[ $keep -ne 1 ]]; then
+        rm -rf "$dir/$mta"
+        [[ $mta == indimail && $workload == virtual ]] && rm -rf "$IM_VHOME"
+    fi
+    return 0
 }
 
 IFS=, read -ra W <<< "$workloads"
 IFS=, read -ra S <<< "$sizes"
 IFS=, read -ra R <<< "$rcpts_list"
-log "workloads ${W[*]}, sizes ${S[*]}, rcpts ${R[*]}, $messages messages, $sessions sessions, $runs runs, MTAs ${mtas[*]}"
+log "workloads ${W[*]}, sizes ${S[*]}, rcpts ${R[*]}, $messages messages, $sessions sessions, $runs runs, MTAs ${mtas[*]}$([[ $ceiling -eq 1 ]] && echo ' (+ smtp-sink on accept)')"
+log "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 for workload in "${W[@]}"; do
     for size in "${S[@]}"; do
         for rcpts in "${R[@]}"; do
@@ -222,6 +359,7 @@ for workload in "${W[@]}"; do
                 # Alternate which MTA goes first so drift on the machine hits both alike.
                 order=("${mtas[@]}")
                 if (( run % 2 == 0 && ${#mtas[@]} == 2 )); then order=("${mtas[1]}" "${mtas[0]}"); fi
+                [[ $workload == accept && $ceiling -eq 1 ]] && order+=(smtp-sink)
                 for mta in "${order[@]}"; do
                     measure "$mta" "$workload" "$size" "$rcpts" "$run"
                 done
@@ -229,42 +367,11 @@ for workload in "${W[@]}"; do
         done
     done
 done
+log "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # --- table ---------------------------------------------------------------------------------
-table=$(python3 - "$RESULTS" <<'PY'
-import sys, statistics, collections
-rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
-data = collections.defaultdict(list)
-order = []
-for w, size, rcpts, mta, run, rate, p99, e2e in rows:
-    key = (w, int(size), int(rcpts))
-    if key not in order:
-        order.append(key)
-    data[key + (mta, "rate")].append(float(rate))
-    data[key + (mta, "p99")].append(float(p99))
-    if e2e != "-":
-        data[key + (mta, "e2e")].append(float(e2e))
-def med(key):
-    v = data.get(key)
-    return statistics.median(v) if v else None
-def fmt(x, unit=""):
-    return "-" if x is None else f"{x:,.1f}{unit}"
-print("| workload | size | rcpts | figure | Postfix | indimail | indimail/Postfix |")
-print("|---|---:|---:|---|---:|---:|---:|")
-for key in order:
-    w, size, rcpts = key
-    figures = [("rate", "accepted msgs/s (generator)")]
-    if w != "accept":
-        figures.append(("e2e", "end-to-end msgs/s (drained)"))
-    figures.append(("p99", "message p99 latency ms"))
-    for fig, label in figures:
-        p = med(key + ("postfix", fig))
-        i = med(key + ("indimail", fig))
-        ratio = f"{i / p:.2f}" if p and i else "-"
-        print(f"| {w} | {size} | {rcpts} | {label} | {fmt(p)} | {fmt(i)} | {ratio} |")
-PY
-)
-header="Medians of $runs runs; $messages messages per run, $sessions sessions, $per_session per connection, pipelining; $(nproc) CPUs; $(date -u '+%Y-%m-%d %H:%M UTC')."
+table=$(python3 "$HERE/table.py" "$RESULTS")
+header="Medians of $runs runs; $messages messages per run, $sessions sessions, $per_session per connection, pipelining; $(nproc) CPUs; load average at end $(cut -d' ' -f1-3 /proc/loadavg); $(date -u '+%Y-%m-%d %H:%M UTC')."
 printf '%s\n\n%s\n' "$header" "$table"
 if [[ -n $out ]]; then
     printf '%s\n\n%s\n' "$header" "$table" > "$out"

@@ -22,7 +22,7 @@
 //! | `maxrecipients` | recipients per message (`MAXRECIPIENTS`) | 100 |
 //! | `maxperip` | connections per client IP per shard (`MAXPERIP`) | 20 |
 //! | `maxdaemons` | connections per shard (`MAXDAEMONS`) | 1000 |
-//! | `listeners` | lines `smtp|submission|smtps ADDR:PORT` | `smtp 127.0.0.1:2525` |
+//! | `listeners` | lines `SERVICE ADDR:PORT`; services `smtp`, `submission`, `smtps`, `pop3`, `pop3s`, `imap-proxy`, `imaps-proxy`, `pop3-proxy`, `pop3s-proxy` | `smtp 127.0.0.1:2525` |
 //! | `servercert.pem` | TLS certificate + key (`CERTDIR`, `SERVERCERT` override) | a self-signed demo certificate |
 //! | `cpus` | CPU list for shards (`0-3,6`) | one shard per online CPU |
 
@@ -275,12 +275,7 @@ impl ServeConfig {
                     for (line, text) in lines {
                         let mut words = text.split_whitespace();
                         let (service, addr) = (words.next().unwrap_or(""), words.next());
-                        let svc = match service {
-                            "smtp" => Some(Service::Smtp),
-                            "submission" => Some(Service::Submission),
-                            "smtps" => Some(Service::Smtps),
-                            _ => None,
-                        };
+                        let svc = Service::from_name(service);
                         let problem = match (svc, addr.map(str::parse::<SocketAddr>)) {
                             (Some(svc), Some(Ok(a))) => {
                                 listeners.push((svc, a));
@@ -290,7 +285,8 @@ impl ServeConfig {
                                 Some(format!("`{text}`: expected `{service} ADDRESS:PORT`"))
                             }
                             (None, _) => Some(format!(
-                                "`{service}`: unknown service (expected smtp, submission or smtps)"
+                                "`{service}`: unknown service (expected one of {})",
+                                Service::ALL.map(|s| s.name()).join(", ")
                             )),
                         };
                         if let Some(problem) = problem {

@@ -54,6 +54,24 @@ enum Command {
         /// Implicit-TLS SMTP listener (port 465 style).
         #[arg(long = "smtps", value_name = "ADDR:PORT")]
         smtps: Vec<SocketAddr>,
+        /// POP3 server on the users' Maildirs (STLS offered).
+        #[arg(long = "pop3", value_name = "ADDR:PORT")]
+        pop3: Vec<SocketAddr>,
+        /// POP3 server with implicit TLS.
+        #[arg(long = "pop3s", value_name = "ADDR:PORT")]
+        pop3s: Vec<SocketAddr>,
+        /// IMAP proxy to each user's mailstore.
+        #[arg(long = "imap-proxy", value_name = "ADDR:PORT")]
+        imap_proxy: Vec<SocketAddr>,
+        /// IMAP proxy with implicit TLS.
+        #[arg(long = "imaps-proxy", value_name = "ADDR:PORT")]
+        imaps_proxy: Vec<SocketAddr>,
+        /// POP3 proxy to each user's mailstore.
+        #[arg(long = "pop3-proxy", value_name = "ADDR:PORT")]
+        pop3_proxy: Vec<SocketAddr>,
+        /// POP3 proxy with implicit TLS.
+        #[arg(long = "pop3s-proxy", value_name = "ADDR:PORT")]
+        pop3s_proxy: Vec<SocketAddr>,
         /// CPUs to run shards on, e.g. `0-3,6` (overrides control/cpus).
         #[arg(long, value_name = "LIST")]
         cpus: Option<String>,
@@ -136,16 +154,30 @@ fn main() -> ExitCode {
             smtp,
             submission,
             smtps,
+            pop3,
+            pop3s,
+            imap_proxy,
+            imaps_proxy,
+            pop3_proxy,
+            pop3s_proxy,
             cpus,
             driver,
         } => {
             use smtp::Service;
-            let listeners: Vec<(Service, SocketAddr)> = smtp
-                .into_iter()
-                .map(|a| (Service::Smtp, a))
-                .chain(submission.into_iter().map(|a| (Service::Submission, a)))
-                .chain(smtps.into_iter().map(|a| (Service::Smtps, a)))
-                .collect();
+            let mut listeners: Vec<(Service, SocketAddr)> = Vec::new();
+            for (svc, addrs) in [
+                (Service::Smtp, smtp),
+                (Service::Submission, submission),
+                (Service::Smtps, smtps),
+                (Service::Pop3, pop3),
+                (Service::Pop3s, pop3s),
+                (Service::ImapProxy, imap_proxy),
+                (Service::ImapsProxy, imaps_proxy),
+                (Service::Pop3Proxy, pop3_proxy),
+                (Service::Pop3sProxy, pop3s_proxy),
+            ] {
+                listeners.extend(addrs.into_iter().map(|a| (svc, a)));
+            }
             match run_serve(paths, &listeners, cpus, driver) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

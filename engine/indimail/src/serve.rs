@@ -160,7 +160,7 @@ async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<MetricsSnaps
         .map(|t| t.clone())
         .map_err(|e| e.to_string())?;
     let started = start_shard(&info, &shared).await;
-    let (smtp_shard, listeners, delivery) = match started {
+    let (smtp_shard, listeners, delivery, proxy) = match started {
         Ok(x) => x,
         Err(e) => {
             let _ = ready.send(Err(format!("shard{}: {e}", info.index)));
@@ -180,12 +180,30 @@ async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<MetricsSnaps
 
     for (l, (svc, _)) in listeners.into_iter().zip(&shared.addrs) {
         let stop = info.shutdown.clone();
-        tokio::task::spawn_local(smtp::accept_loop(
-            Rc::clone(&smtp_shard),
-            l,
-            *svc,
-            async move { stop.wait().await },
-        ));
+        let stop = async move { stop.wait().await };
+        use crate::smtp::Service;
+        if svc.is_smtp() {
+            tokio::task::spawn_local(smtp::accept_loop(Rc::clone(&smtp_shard), l, *svc, stop));
+            continue;
+        }
+        let Some(ctx) = proxy.clone() else { continue };
+        match svc {
+            Service::Pop3 => drop(tokio::task::spawn_local(proxies::serve_pop3(l, ctx, stop))),
+            Service::Pop3s => drop(tokio::task::spawn_local(proxies::serve_pop3s(l, ctx, stop))),
+            Service::ImapProxy => drop(tokio::task::spawn_local(proxies::serve_imap_proxy(
+                l, ctx, stop,
+            ))),
+            Service::ImapsProxy => drop(tokio::task::spawn_local(proxies::serve_imaps_proxy(
+                l, ctx, stop,
+            ))),
+            Service::Pop3Proxy => drop(tokio::task::spawn_local(proxies::serve_pop3_proxy(
+                l, ctx, stop,
+            ))),
+            Service::Pop3sProxy => drop(tokio::task::spawn_local(proxies::serve_pop3s_proxy(
+                l, ctx, stop,
+            ))),
+            Service::Smtp | Service::Submission | Service::Smtps => {}
+        }
     }
     // Import messages injected locally (qmail-queue, sendmail) into this
     // shard's queues. Injectors write durable drop files, so a poll costs
@@ -224,6 +242,7 @@ type Started = (
     Rc<SmtpShard>,
     Vec<shard::io::TcpListener>,
     Option<Rc<crate::deliver::DeliveryShard>>,
+    Option<Rc<proxies::ProxyContext>>,
 );
 
 fn build_remote(shared: &Shared) -> Result<delivery::remote::Remote, String> {
@@ -300,7 +319,7 @@ async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, Strin
     let cert_paths = tls::CertPaths::from_env(shared.control.path());
     let certs = if cert_paths.exists() {
         match tls::CertStore::load(cert_paths, tls::ServerOptions::default()) {
-            Ok(c) => Some(c),
+            Ok(c) => Some(Rc::new(c)),
             Err(e) => {
                 log!("shard{} warning: TLS disabled: {e}", info.index);
                 None
@@ -309,14 +328,33 @@ async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, Strin
     } else {
         None
     };
-    if certs.is_none()
-        && shared
-            .addrs
-            .iter()
-            .any(|(s, _)| *s == crate::smtp::Service::Smtps)
-    {
-        return Err("an smtps listener needs a server certificate (control/servercert.pem)".into());
+    if certs.is_none() {
+        if let Some((s, _)) = shared.addrs.iter().find(|(s, _)| s.implicit_tls()) {
+            return Err(format!(
+                "the {} listener needs a server certificate (control/servercert.pem)",
+                s.name()
+            ));
+        }
     }
+    let proxy = if shared.addrs.iter().any(|(s, _)| !s.is_smtp()) {
+        let dir = directory
+            .get()
+            .await
+            .map_err(|e| format!("IMAP/POP3 services need the user directory: {e}"))?;
+        let config = proxies::ProxyConfig::from_env().map_err(|errs| {
+            errs.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        Some(Rc::new(proxies::ProxyContext {
+            directory: dir,
+            config,
+            tls: certs.clone(),
+        }))
+    } else {
+        None
+    };
     let smtp_shard = Rc::new(SmtpShard::new(
         settings,
         Rc::clone(&queues),
@@ -341,7 +379,7 @@ async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, Strin
             remote,
         )))
     };
-    Ok((smtp_shard, listeners, delivery))
+    Ok((smtp_shard, listeners, delivery, proxy))
 }
 
 /// Blocks SIGTERM/SIGINT/SIGHUP in this thread (and so in every thread

@@ -36,7 +36,8 @@ const READ_CHUNK: usize = 64 * 1024;
 /// slow TLS client must not hold a slot for long).
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Which SMTP service a listener offers.
+/// Which service a listener offers (SMTP here; the IMAP/POP3 ones are
+/// served by the `proxies` crate).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Service {
     /// Plain SMTP with STARTTLS and optional AUTH (port 25).
@@ -45,16 +46,65 @@ pub enum Service {
     Submission,
     /// Implicit TLS (RFC 8314, port 465).
     Smtps,
+    /// POP3 server on the users' Maildirs (STLS offered).
+    Pop3,
+    /// POP3 server, implicit TLS.
+    Pop3s,
+    /// IMAP proxy to the user's mailstore (STARTTLS offered).
+    ImapProxy,
+    /// IMAP proxy, implicit TLS.
+    ImapsProxy,
+    /// POP3 proxy to the user's mailstore (STLS offered).
+    Pop3Proxy,
+    /// POP3 proxy, implicit TLS.
+    Pop3sProxy,
 }
 
 impl Service {
-    /// Name in logs, `control/listeners` and the ready lines.
+    /// Every service, in the order of their names.
+    pub const ALL: [Service; 9] = [
+        Service::Smtp,
+        Service::Submission,
+        Service::Smtps,
+        Service::Pop3,
+        Service::Pop3s,
+        Service::ImapProxy,
+        Service::ImapsProxy,
+        Service::Pop3Proxy,
+        Service::Pop3sProxy,
+    ];
+
+    /// Name in logs, `control/listeners`, `--NAME` options and the ready lines.
     pub fn name(self) -> &'static str {
         match self {
             Service::Smtp => "smtp",
             Service::Submission => "submission",
             Service::Smtps => "smtps",
+            Service::Pop3 => "pop3",
+            Service::Pop3s => "pop3s",
+            Service::ImapProxy => "imap-proxy",
+            Service::ImapsProxy => "imaps-proxy",
+            Service::Pop3Proxy => "pop3-proxy",
+            Service::Pop3sProxy => "pop3s-proxy",
         }
+    }
+
+    /// The service called `name`.
+    pub fn from_name(name: &str) -> Option<Service> {
+        Service::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// Whether the listener starts with TLS (needs a certificate).
+    pub fn implicit_tls(self) -> bool {
+        matches!(
+            self,
+            Service::Smtps | Service::Pop3s | Service::ImapsProxy | Service::Pop3sProxy
+        )
+    }
+
+    /// Whether this is one of the SMTP services.
+    pub fn is_smtp(self) -> bool {
+        matches!(self, Service::Smtp | Service::Submission | Service::Smtps)
     }
 }
 
@@ -65,7 +115,7 @@ pub struct SmtpShard {
     /// Protocol settings per service (smtp, submission, smtps).
     protos: [Rc<SessionConfig>; 3],
     /// The server certificate, reloaded when its files change.
-    certs: Option<tls::CertStore>,
+    certs: Option<Rc<tls::CertStore>>,
     /// Failed AUTH attempts per client IP on this shard: later attempts from
     /// an IP with many failures are answered more slowly.
     auth_failures: RefCell<HashMap<IpAddr, u32>>,
@@ -89,7 +139,7 @@ impl SmtpShard {
         metrics: Rc<ShardMetrics>,
         index: usize,
         directory: Rc<crate::directory::DirectoryHandle>,
-        certs: Option<tls::CertStore>,
+        certs: Option<Rc<tls::CertStore>>,
     ) -> SmtpShard {
         let tls = certs.is_some();
         let protos = [Service::Smtp, Service::Submission, Service::Smtps]
@@ -275,9 +325,9 @@ async fn connection(
         None => shard.settings.check_recipient,
     };
     let proto = match service {
-        Service::Smtp => &shard.protos[0],
         Service::Submission => &shard.protos[1],
         Service::Smtps => &shard.protos[2],
+        _ => &shard.protos[0],
     };
     let mut session = Session::new(Rc::clone(proto));
     let random = tls::random_u64()

@@ -1,0 +1,109 @@
+//! Reading mail from the default installation: SMTP in, local delivery,
+//! then the POP3 server of `indimail serve`, driven by Python's poplib.
+
+mod common;
+
+use common::*;
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+
+#[test]
+fn smtp_in_pop3_out() {
+    for d in DRIVERS {
+        let h = tempfile::tempdir().unwrap();
+        let home = h.path();
+        assert_eq!(indimail(home, &["domain", "add", "example.com"]).0, 0);
+        assert_eq!(
+            indimail(
+                home,
+                &[
+                    "user",
+                    "add",
+                    "carol@example.com",
+                    "--password",
+                    "Pop-Pass-1"
+                ]
+            )
+            .0,
+            0
+        );
+        let log = std::fs::File::create(home.join("serve.log")).unwrap();
+        let mut child = Command::new(bin())
+            .args(["serve", "--home"])
+            .arg(home)
+            .args(["--smtp", "127.0.0.1:0", "--pop3", "127.0.0.1:0"])
+            .env("INDIMAIL_DRIVER", d)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut ports = std::collections::HashMap::new();
+        for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+            let line = line.unwrap();
+            if let Some((svc, addr)) = line.split_once(" listening on ") {
+                ports.insert(
+                    svc.to_string(),
+                    addr.parse::<std::net::SocketAddr>().unwrap(),
+                );
+            }
+            if ports.len() == 2 {
+                break;
+            }
+        }
+        let mut server = Server {
+            child: Some(child),
+            home: home.to_path_buf(),
+            smtp: ports["smtp"],
+            driver: d.into(),
+        };
+        let (code, text) = send_message(
+            server.smtp,
+            "dave@example.org",
+            &["carol@example.com"],
+            b"Subject: pop me\r\n\r\nfirst line\r\n..dotted\r\n.\r\n",
+        );
+        assert_eq!(code, 250, "{text}");
+        wait_until(20, "queue drained", || queue_list(home).is_empty());
+        let script = format!(
+            r#"
+import poplib
+p = poplib.POP3("127.0.0.1", {port}, timeout=20)
+p.user("carol@example.com"); p.pass_("Pop-Pass-1")
+count, size = p.stat()
+assert count == 1, (count, size)
+resp, lines, octets = p.retr(1)
+text = b"\n".join(lines)
+assert b"Subject: pop me" in text, text
+assert b"\n.dotted" in text, text
+assert b"Delivered-To: carol@example.com" in text, text
+p.dele(1)
+p.quit()
+p = poplib.POP3("127.0.0.1", {port}, timeout=20)
+try:
+    p.user("carol@example.com"); p.pass_("wrong")
+    raise SystemExit("bad password accepted")
+except poplib.error_proto:
+    pass
+p = poplib.POP3("127.0.0.1", {port}, timeout=20)
+p.user("carol@example.com"); p.pass_("Pop-Pass-1")
+assert p.stat()[0] == 0
+p.quit()
+print("ok")
+"#,
+            port = ports["pop3"].port()
+        );
+        let out = Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{d}: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            server.log()
+        );
+        server.stop();
+    }
+}
