@@ -892,6 +892,9 @@ impl Connection {
 /// dropped only when an LF follows it, also across chunk boundaries
 /// (`pending_cr`); any other CR (possible in BDAT data) is kept.
 pub fn to_queue_form(chunk: &[u8], pending_cr: &mut bool, out: &mut Vec<u8>) {
+    if chunk.is_empty() {
+        return;
+    }
     out.reserve(chunk.len() + 1);
     let mut rest = chunk;
     if std::mem::take(pending_cr) && rest.first() != Some(&b'\n') {

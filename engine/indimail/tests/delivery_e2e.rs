@@ -50,7 +50,7 @@ fn swaks_to_virtual_user_maildir_both_drivers() {
     for d in DRIVERS {
         let h = tempfile::tempdir().unwrap();
         let md = setup_users(h.path(), &["alice"]);
-        let s = Server::start(h.path(), d);
+        let s = Server::start_delivering(h.path(), d);
         let out = Command::new("/usr/bin/swaks")
             .stdin(Stdio::null())
             .args([
@@ -179,7 +179,7 @@ fn relay_to_capture_server_with_many_recipients() {
     let (mut cap, port, dir) = capture("ok");
     for d in DRIVERS {
         let h = route_home(port, &[]);
-        let s = Server::start(h.path(), d);
+        let s = Server::start_delivering(h.path(), d);
         let before = captured(dir.path()).len();
         let rcpts: Vec<String> = (0..25).map(|i| format!("user{i}@remote.test")).collect();
         let refs: Vec<&str> = rcpts.iter().map(String::as_str).collect();
@@ -209,7 +209,7 @@ fn relay_to_capture_server_with_many_recipients() {
 fn temporary_failure_is_retried_then_delivered() {
     let (mut cap, port, dir) = capture("tempfirst");
     let h = route_home(port, &[("chanskipremote", "1\n")]);
-    let s = Server::start(h.path(), "uring");
+    let s = Server::start_delivering(h.path(), "uring");
     let (code, _) = send_message(
         s.smtp,
         "sender@example.org",
@@ -231,7 +231,7 @@ fn permanent_failure_bounces_to_local_sender() {
     let (mut cap, port, _dir) = capture("reject");
     let h = route_home(port, &[]);
     let md = setup_users(h.path(), &["sender"]);
-    let s = Server::start(h.path(), "epoll");
+    let s = Server::start_delivering(h.path(), "epoll");
     let (code, _) = send_message(
         s.smtp,
         "sender@example.com",
@@ -288,10 +288,10 @@ fn sigkill_during_delivery_delivers_everything_at_least_once() {
     }
     s.stop();
     let count = |mds: &[PathBuf]| mds.iter().map(|m| maildir_files(m).len()).sum::<usize>();
-    let mut s = Server::start(h.path(), "uring");
+    let mut s = Server::start_delivering(h.path(), "uring");
     wait_until(60, "some deliveries", || count(&mds) >= 20);
     s.kill();
-    let mut s = Server::start(h.path(), "epoll");
+    let mut s = Server::start_delivering(h.path(), "epoll");
     wait_until(60, "queue drained after restart", || {
         queue_list(h.path()).is_empty()
     });

@@ -229,7 +229,11 @@ fn idle_timeout_and_per_ip_limit() {
         std::fs::write(h.path().join("control/timeoutsmtpd"), "1\n").unwrap();
         // One shard, so the per-shard per-IP count is the whole count.
         std::fs::write(h.path().join("control/cpus"), "0\n").unwrap();
-        let s = Server::start_with(h.path(), d, &[("MAXPERIP", "2")]);
+        let s = Server::start_with(
+            h.path(),
+            d,
+            &[("MAXPERIP", "2"), ("INDIMAIL_NO_DELIVERY", "1")],
+        );
         let mut a = Client::connect(s.smtp);
         assert_eq!(a.reply().0, 220);
         let mut b = Client::connect(s.smtp);

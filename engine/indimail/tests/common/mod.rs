@@ -23,8 +23,15 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts a server on `home` with one SMTP listener on an ephemeral port.
+    /// Starts a server on `home` with one SMTP listener on an ephemeral
+    /// port, accepting and queueing only (delivery off), so tests of the
+    /// accept path can look at the queue.
     pub fn start(home: &Path, driver: &str) -> Server {
+        Self::start_with(home, driver, &[("INDIMAIL_NO_DELIVERY", "1")])
+    }
+
+    /// Like `start`, with delivery on.
+    pub fn start_delivering(home: &Path, driver: &str) -> Server {
         Self::start_with(home, driver, &[])
     }
 

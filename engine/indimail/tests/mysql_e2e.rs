@@ -1,0 +1,64 @@
+//! The directory in a real MariaDB (a private instance started by the test):
+//! users are added with the same commands, mail to them is accepted and
+//! delivered, unknown users are refused with 550; with MariaDB stopped,
+//! cached users still receive mail and unknown ones get 451.
+
+mod common;
+#[path = "../../../lookup/tests/support/mariadb.rs"]
+mod mariadb;
+
+use common::*;
+
+#[test]
+fn directory_in_mariadb_and_outage() {
+    let mut db = mariadb::MariaDb::start();
+    let h = tempfile::tempdir().unwrap();
+    let home = h.path();
+    std::fs::create_dir_all(home.join("control")).unwrap();
+    std::fs::write(
+        home.join("control/host.mysql"),
+        format!("{}\n", db.host_mysql()),
+    )
+    .unwrap();
+    let (c, _, e) = indimail(home, &["domain", "add", "example.com"]);
+    assert_eq!(c, 0, "{e}");
+    let (c, _, e) = indimail(
+        home,
+        &["user", "add", "erin@example.com", "--password", "Db-Pass-1"],
+    );
+    assert_eq!(c, 0, "{e}");
+    let (_, info, _) = indimail(home, &["user", "info", "erin@example.com"]);
+    let dir = info
+        .lines()
+        .find_map(|l| l.strip_prefix("dir: "))
+        .expect("dir")
+        .trim()
+        .to_string();
+    let maildir = std::path::Path::new(&dir).join("Maildir/new");
+
+    // One shard, so the cache that saw erin is the one asked again later.
+    std::fs::write(home.join("control/cpus"), "0\n").unwrap();
+    let s = Server::start_delivering(home, "uring");
+    let body = b"Subject: via mariadb\r\n\r\nhello\r\n.\r\n";
+    let (code, text) = send_message(s.smtp, "x@example.org", &["erin@example.com"], body);
+    assert_eq!(code, 250, "{text}");
+    let (code, text) = send_message(s.smtp, "x@example.org", &["ghost@example.com"], body);
+    assert_eq!(code, 550, "{text}");
+    assert!(text.contains("5.1.1"), "{text}");
+    wait_until(30, "delivery", || {
+        std::fs::read_dir(&maildir).map(|r| r.count()).unwrap_or(0) == 1
+    });
+
+    // The database goes away.
+    db.stop();
+    let (code, text) = send_message(s.smtp, "x@example.org", &["erin@example.com"], body);
+    assert_eq!(
+        code,
+        250,
+        "cached user while MariaDB is down: {text}\n{}",
+        s.log()
+    );
+    let (code, text) = send_message(s.smtp, "x@example.org", &["nobody@example.com"], body);
+    assert_eq!(code, 451, "unknown user while MariaDB is down: {text}");
+    assert!(text.contains("4.3.0"), "{text}");
+}
