@@ -48,6 +48,8 @@ pub struct DeliverySettings {
     pub bounce: BounceConfig,
     /// Concurrency limits.
     pub limits: ConcurrencyLimits,
+    /// `SMTPROUTE`: a route (smtproutes syntax) that beats `smtproutes`.
+    pub smtproute: Option<delivery::routes::SmtpRoutes>,
 }
 
 impl DeliverySettings {
@@ -106,7 +108,21 @@ impl DeliverySettings {
             qmaillocal: std::env::var_os("QMAILLOCAL").map(Into::into),
             ..LocalConfig::default()
         };
+        let smtproute = match std::env::var("SMTPROUTE") {
+            Ok(v) if !v.trim().is_empty() => Some(
+                delivery::routes::SmtpRoutes::parse("$SMTPROUTE", &v.replace(';', "\n")).map_err(
+                    |errs| {
+                        errs.iter()
+                            .map(|e| e.to_string())
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    },
+                )?,
+            ),
+            _ => None,
+        };
         Ok(DeliverySettings {
+            smtproute,
             locals: DomainList::new(locals),
             virtualdomains: DomainList::new(virtualdomains),
             local,
@@ -445,7 +461,12 @@ impl DeliveryShard {
             sender: &env.sender,
             recipients: &addrs,
             message: &message,
-            route: None,
+            route: self
+                .settings
+                .smtproute
+                .as_ref()
+                .and_then(|r| r.lookup(&domain, env.sender.is_empty()))
+                .cloned(),
             qqeh: "",
         };
         let outcomes = self.remote.deliver(&job).await;

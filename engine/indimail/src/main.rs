@@ -80,6 +80,14 @@ enum Command {
         #[arg(long, value_name = "DRIVER")]
         driver: Option<String>,
     },
+    /// Create a home directory with commented default control files, the
+    /// queues and a demo certificate; never overwrites an existing file.
+    Init,
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Queue tools.
     Queue {
         #[command(subcommand)]
@@ -98,9 +106,19 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate every control file and variable; report all problems with file and line.
+    Check,
+    /// Print the effective configuration (the role of qmail-showctl).
+    Show,
+}
+
+#[derive(Subcommand)]
 enum QueueCommand {
     /// List queued messages (works on a running or stopped server).
     List,
+    /// Counts per queue: messages, recipients pending/done/failed, bytes (qmail-qstat).
+    Stat,
     /// Queue one message: qmail-queue protocol (message on fd 0, envelope on fd 1).
     Inject,
 }
@@ -186,7 +204,25 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Init => match init(&paths) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("indimail init: {e:#}");
+                ExitCode::from(111)
+            }
+        },
+        Command::Config { command } => match command {
+            ConfigCommand::Check => exit(config_check(&paths)),
+            ConfigCommand::Show => exit(config_show(&paths)),
+        },
         Command::Queue { command } => match command {
+            QueueCommand::Stat => match queue_stat(&paths) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("indimail queue stat: {e:#}");
+                    ExitCode::from(111)
+                }
+            },
             QueueCommand::Inject => exit(inject::qmail_queue_main(&paths)),
             QueueCommand::List => match queue_list(&paths) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -318,4 +354,189 @@ fn queue_store_line(queue: u32, m: &queue_store::QueuedMessage, now: u64) -> Str
         m.envelope.sender,
         rcpts.join(",")
     )
+}
+
+fn init(paths: &Paths) -> anyhow::Result<()> {
+    let mut made = config::prepare_home(paths)?;
+    for q in paths
+        .queues(default_queue_count(paths))
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+    {
+        if !q.dir.exists() {
+            std::fs::create_dir_all(&q.dir)?;
+            made.push(q.dir);
+        }
+    }
+    if made.is_empty() {
+        println!(
+            "{}: nothing to create, everything is in place",
+            paths.home.display()
+        );
+    }
+    for p in made {
+        println!("created {}", p.display());
+    }
+    Ok(())
+}
+
+/// Every configuration problem, as `file:line: problem` lines.
+fn config_problems(paths: &Paths) -> (Option<ServeConfig>, Vec<String>) {
+    let mut problems = Vec::new();
+    let cfg = match ServeConfig::load(paths.clone(), &[]) {
+        Ok(c) => Some(c),
+        Err(errs) => {
+            problems.extend(errs.iter().map(|e| e.to_string()));
+            None
+        }
+    };
+    match paths.queues(default_queue_count(paths)) {
+        Ok(queues) => {
+            let me = config::system_hostname();
+            let me = paths.control.string("me").ok().flatten().unwrap_or(me);
+            if let Err(e) = deliver::DeliverySettings::load(&paths.control, &me, &queues) {
+                problems.push(e);
+            }
+        }
+        Err(e) => problems.push(e.to_string()),
+    }
+    let routes = paths.control.file("smtproutes");
+    if routes.exists() {
+        if let Err(errs) = delivery::routes::SmtpRoutes::load(&routes) {
+            problems.extend(errs.iter().map(|e| e.to_string()));
+        }
+    }
+    let certs = tls::CertPaths::from_env(paths.control.path());
+    if certs.exists() {
+        if let Err(e) = tls::CertStore::load(certs, tls::ServerOptions::default()) {
+            problems.push(format!("TLS certificate: {e}"));
+        }
+    }
+    if let Err(e) = shard::io::Driver::from_env() {
+        problems.push(e);
+    }
+    (cfg, problems)
+}
+
+fn config_check(paths: &Paths) -> i32 {
+    let (_, problems) = config_problems(paths);
+    if problems.is_empty() {
+        println!("{}: configuration ok", paths.control.path().display());
+        0
+    } else {
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        eprintln!("{} problem(s)", problems.len());
+        1
+    }
+}
+
+fn config_show(paths: &Paths) -> i32 {
+    let (cfg, problems) = config_problems(paths);
+    println!("home: {}", paths.home.display());
+    println!("control: {}", paths.control.path().display());
+    if let Some(c) = cfg {
+        let s = &c.smtp;
+        println!("me: {}", s.me);
+        println!("smtpgreeting: {}", s.greeting);
+        println!("databytes: {}", s.databytes);
+        println!("timeoutsmtpd: {}", s.timeout.as_secs());
+        println!("maxrecipients: {}", s.max_recipients);
+        println!("maxperip: {}", s.max_per_ip);
+        println!("maxdaemons: {}", s.max_connections);
+        println!("checkrecipient: {}", s.check_recipient);
+        println!("relayclient (everyone): {}", s.relay_everyone);
+        for (svc, a) in &c.listeners {
+            println!("listener: {} {a}", svc.name());
+        }
+        let shards = c
+            .cpus
+            .as_ref()
+            .map_or(shard::online_cpus().len(), |v| v.len());
+        println!(
+            "cpus: {}",
+            c.cpus
+                .as_ref()
+                .map_or("all online".to_string(), |v| format!("{v:?}"))
+        );
+        if let Ok(qs) = paths.queues(default_queue_count(paths)) {
+            for (i, q) in qs.iter().enumerate() {
+                println!(
+                    "queue{} {} -> shard {}",
+                    q.number,
+                    q.dir.display(),
+                    i % shards.min(qs.len()).max(1)
+                );
+            }
+        }
+    }
+    let certs = tls::CertPaths::from_env(paths.control.path());
+    println!(
+        "tls certificate: {} ({})",
+        certs.cert.display(),
+        if certs.exists() {
+            "present"
+        } else {
+            "missing: STARTTLS off"
+        }
+    );
+    let mysql = paths.control.file("host.mysql");
+    println!(
+        "directory: {}",
+        if mysql.exists() {
+            format!("MySQL ({})", mysql.display())
+        } else {
+            format!(
+                "embedded SQLite ({})",
+                paths.home.join("db/indimail.sqlite").display()
+            )
+        }
+    );
+    for p in &problems {
+        println!("problem: {p}");
+    }
+    i32::from(!problems.is_empty())
+}
+
+fn queue_stat(paths: &Paths) -> anyhow::Result<()> {
+    let queues = paths
+        .queues(default_queue_count(paths))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (mut tm, mut tp) = (0usize, 0usize);
+    for q in &queues {
+        let msgs = if q.dir.join("seg").is_dir() {
+            queue_store::scan(&q.dir)?
+        } else {
+            Vec::new()
+        };
+        let (mut pending, mut done, mut failed, mut bytes) = (0, 0, 0, 0u64);
+        for m in &msgs {
+            bytes += m.size;
+            for r in &m.recipients {
+                match r.state {
+                    queue_store::RecipientState::Pending => pending += 1,
+                    queue_store::RecipientState::Done => done += 1,
+                    queue_store::RecipientState::Failed => failed += 1,
+                }
+            }
+        }
+        let drops = std::fs::read_dir(inject::drop_dir(&q.dir))
+            .map(|r| {
+                r.flatten()
+                    .filter(|e| {
+                        !e.file_name().to_string_lossy().starts_with("tmp.") && e.path().is_file()
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        println!(
+            "queue{}: messages {} recipients pending {pending} done {done} failed {failed} bytes {bytes} awaiting-import {drops}",
+            q.number,
+            msgs.len()
+        );
+        tm += msgs.len() + drops;
+        tp += pending;
+    }
+    println!("total: messages {tm} recipients pending {tp}");
+    Ok(())
 }

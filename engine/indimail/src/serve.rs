@@ -257,6 +257,9 @@ fn build_remote(shared: &Shared) -> Result<delivery::remote::Remote, String> {
                 .join("; ")
         })?;
     }
+    cfg.qmailremote = std::env::var_os("QMAILREMOTE")
+        .filter(|v| !v.is_empty())
+        .map(Into::into);
     let dns = match std::env::var("INDIMAIL_DNS") {
         Ok(ns) => delivery::dns::DnsConfig::Nameserver(
             ns.parse()
