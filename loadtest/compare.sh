@@ -339,7 +339,7 @@ measure() { # mta workload size rcpts run
         "$(lat "$report" data_end p50_ms)" "$(lat "$report" data_end p99_ms)" \
         "$e2e" "$expected" "$got" "$failed" "$cpu" "$sysb" "$hr" "$hp50" "$hp99" "$hm99" >> "$RESULTS"
     printf '%s\n' "$hgot" >> "$RESULTS"
-    log "$workload size=$size rcpts=$rcpts run=$run $mta: accept $rate msgs/s, 250 p50/p99 $(lat "$report" data_end p50_ms)/$(lat "$report" data_end p99_ms) ms, end-to-end $e2e msgs/s ($got of $expected), server CPU $cpu%, machine $sysb%${half_rate:+, half rate $hr/s: 250 p99 $hp99 ms}"
+    log "$workload size=$size rcpts=$rcpts run=$run $mta: accept $rate msgs/s, 250 p50/p99 $(lat "$report" data_end p50_ms)/$(lat "$report" data_end p99_ms) ms, end-to-end $e2e msgs/s ($got of $expected), server CPU $cpu%, machine $sysb%$([[ $half_rate -eq 1 ]] && echo ", half rate $hr/s: 250 p50/p99 $hp50/$hp99 ms")"
     if [[ $keep -ne 1 ]]; then
         rm -rf "$dir/$mta"
         [[ $mta == indimail && $workload == virtual ]] && rm -rf "$IM_VHOME"

@@ -74,8 +74,8 @@ fn run_crash(first: &str, second: &str, sessions: usize) {
         })
         .collect();
     // Let a good number of messages through, then kill mid-stream.
-    wait_until(60, "some accepted messages", || {
-        ledger.lock().unwrap().acked.len() >= 300
+    wait_until(120, "some accepted messages", || {
+        ledger.lock().unwrap().acked.len() >= 200
     });
     s.kill();
     stop.store(true, Ordering::Relaxed);
