@@ -25,6 +25,8 @@ struct Shared {
     /// SO_REUSEPORT.
     first_listeners: Mutex<Option<Vec<std::net::TcpListener>>>,
     ready: Mutex<mpsc::Sender<Result<String, String>>>,
+    /// New SMTP settings after a reload.
+    reload: tokio::sync::watch::Receiver<Arc<SmtpSettings>>,
     /// The home directory (directory store, mailboxes).
     home: std::path::PathBuf,
     /// The control directory.
@@ -92,6 +94,7 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
     }
 
     block_signals();
+    let (reload_tx, reload_rx) = tokio::sync::watch::channel(Arc::new(config.smtp.clone()));
     let (ready_tx, ready_rx) = mpsc::channel();
     let shared = Arc::new(Shared {
         settings: Arc::new(config.smtp.clone()),
@@ -99,6 +102,7 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
         addrs: addrs.clone(),
         first_listeners: Mutex::new(Some(first)),
         ready: Mutex::new(ready_tx),
+        reload: reload_rx,
         home: config.paths.home.clone(),
         control: config.paths.control.clone(),
         no_delivery: std::env::var_os("INDIMAIL_NO_DELIVERY")
@@ -133,7 +137,29 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
-    let sig = wait_for_signal();
+    // Hot reload: on SIGHUP, or when a control file or the access rules
+    // change, the configuration is read again; a good one replaces the old
+    // one on every shard (new connections use it), a bad one is reported
+    // with file and line and the old one stays. Listeners and CPUs need a
+    // restart.
+    let mut fingerprint = config_fingerprint(&config.paths);
+    let sig = loop {
+        match wait_for_signal(std::time::Duration::from_secs(2)) {
+            Some(Sig::Hup) => {
+                reload(&config, &reload_tx, "SIGHUP");
+                fingerprint = config_fingerprint(&config.paths);
+            }
+            Some(Sig::Term) => break "TERM",
+            Some(Sig::Int) => break "INT",
+            None => {
+                let now = config_fingerprint(&config.paths);
+                if now != fingerprint {
+                    fingerprint = now;
+                    reload(&config, &reload_tx, "control files changed");
+                }
+            }
+        }
+    };
     log!("status: signal {sig}, stopping");
     shutdown.trigger();
     let mut total = MetricsSnapshot::default();
@@ -225,6 +251,16 @@ async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<MetricsSnaps
     }
     if let Some(d) = delivery {
         tokio::task::spawn_local(d.run(info.shutdown.clone()));
+    }
+    {
+        let mut rx = shared.reload.clone();
+        let smtp = Rc::clone(&smtp_shard);
+        tokio::task::spawn_local(async move {
+            while rx.changed().await.is_ok() {
+                let new = rx.borrow_and_update().clone();
+                smtp.reload(Rc::new((*new).clone()));
+            }
+        });
     }
     info.shutdown.wait().await;
     // Give sessions in flight a moment to finish their transaction; what
@@ -399,20 +435,66 @@ fn block_signals() {
     }
 }
 
-fn wait_for_signal() -> &'static str {
-    // SAFETY: as above; sigwait fills `sig`.
+enum Sig {
+    Term,
+    Int,
+    Hup,
+}
+
+/// Waits up to `timeout` for SIGTERM, SIGINT or SIGHUP.
+fn wait_for_signal(timeout: std::time::Duration) -> Option<Sig> {
+    // SAFETY: plain libc calls on a zeroed sigset and timespec.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for s in [libc::SIGTERM, libc::SIGINT] {
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
             libc::sigaddset(&mut set, s);
         }
-        let mut sig = 0;
-        libc::sigwait(&set, &mut sig);
-        if sig == libc::SIGINT {
-            "INT"
-        } else {
-            "TERM"
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: 0,
+        };
+        match libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) {
+            libc::SIGTERM => Some(Sig::Term),
+            libc::SIGINT => Some(Sig::Int),
+            libc::SIGHUP => Some(Sig::Hup),
+            _ => None,
+        }
+    }
+}
+
+/// Names, sizes and mtimes of the control files and the access rules: a
+/// change in any of them triggers a reload.
+fn config_fingerprint(
+    paths: &crate::config::Paths,
+) -> Vec<(std::path::PathBuf, u64, Option<std::time::SystemTime>)> {
+    let mut v = Vec::new();
+    let mut add = |p: std::path::PathBuf| {
+        if let Ok(m) = std::fs::metadata(&p) {
+            v.push((p, m.len(), m.modified().ok()));
+        }
+    };
+    if let Ok(rd) = std::fs::read_dir(paths.control.path()) {
+        for e in rd.flatten() {
+            add(e.path());
+        }
+    }
+    add(paths.tcp_rules());
+    v.sort();
+    v
+}
+
+fn reload(config: &ServeConfig, tx: &tokio::sync::watch::Sender<Arc<SmtpSettings>>, why: &str) {
+    match ServeConfig::load(config.paths.clone(), &config.listeners) {
+        Ok(new) => {
+            tx.send_replace(Arc::new(new.smtp));
+            log!("status: configuration reloaded ({why})");
+        }
+        Err(errors) => {
+            for e in errors {
+                log!("reload failed: {e}");
+            }
+            log!("status: configuration kept ({why}: errors above)");
         }
     }
 }

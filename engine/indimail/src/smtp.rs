@@ -108,12 +108,18 @@ impl Service {
     }
 }
 
-/// Per-shard state shared by the shard's SMTP connections (single thread).
-pub struct SmtpShard {
-    /// Settings read at start-up.
-    pub settings: Rc<SmtpSettings>,
+/// The settings a connection runs with: taken whole when it starts, so a
+/// reload never changes a session midway.
+struct Generation {
+    settings: Rc<SmtpSettings>,
     /// Protocol settings per service (smtp, submission, smtps).
     protos: [Rc<SessionConfig>; 3],
+}
+
+/// Per-shard state shared by the shard's SMTP connections (single thread).
+pub struct SmtpShard {
+    /// Current settings; replaced whole by [`SmtpShard::reload`].
+    current: RefCell<Rc<Generation>>,
     /// The server certificate, reloaded when its files change.
     certs: Option<Rc<tls::CertStore>>,
     /// Failed AUTH attempts per client IP on this shard: later attempts from
@@ -141,12 +147,9 @@ impl SmtpShard {
         directory: Rc<crate::directory::DirectoryHandle>,
         certs: Option<Rc<tls::CertStore>>,
     ) -> SmtpShard {
-        let tls = certs.is_some();
-        let protos = [Service::Smtp, Service::Submission, Service::Smtps]
-            .map(|svc| Rc::new(session_config(&settings, svc, tls)));
+        let current = RefCell::new(Rc::new(generation(settings, certs.is_some())));
         SmtpShard {
-            settings,
-            protos,
+            current,
             certs,
             auth_failures: RefCell::new(HashMap::new()),
             queues,
@@ -159,7 +162,20 @@ impl SmtpShard {
     }
 }
 
+fn generation(settings: Rc<SmtpSettings>, tls: bool) -> Generation {
+    let protos = [Service::Smtp, Service::Submission, Service::Smtps]
+        .map(|svc| Rc::new(session_config(&settings, svc, tls)));
+    Generation { settings, protos }
+}
+
 impl SmtpShard {
+    /// Swaps in new settings (hot reload); connections already open keep
+    /// the ones they started with.
+    pub fn reload(&self, settings: Rc<SmtpSettings>) {
+        let g = generation(settings, self.certs.is_some());
+        *self.current.borrow_mut() = Rc::new(g);
+    }
+
     /// Connections open right now.
     pub fn active_connections(&self) -> u32 {
         self.connections.get()
@@ -261,14 +277,16 @@ async fn connection(
     service: Service,
 ) {
     let ip = peer.ip();
-    let rule = shard.settings.rules.lookup(ip);
+    let generation = Rc::clone(&shard.current.borrow());
+    let settings = Rc::clone(&generation.settings);
+    let rule = settings.rules.lookup(ip);
     let _ = stream.set_nodelay(true);
     if rule.deny {
         log!("shard{} smtp deny ip={ip} rule=tcp.smtp", shard.index);
         let r = Reply::new(
             554,
             Some((5, 7, 1)),
-            format!("{} access denied to your IP address", shard.settings.me),
+            format!("{} access denied to your IP address", settings.me),
         );
         let _ = stream.write_all(r.to_wire()).await;
         return;
@@ -276,7 +294,7 @@ async fn connection(
     let max_per_ip = rule
         .var("MAXPERIP")
         .and_then(|v| v.parse().ok())
-        .unwrap_or(shard.settings.max_per_ip);
+        .unwrap_or(settings.max_per_ip);
     let per_ip = {
         let mut m = shard.per_ip.borrow_mut();
         let n = m.entry(ip).or_insert(0);
@@ -288,7 +306,7 @@ async fn connection(
         shard: Rc::clone(&shard),
         ip,
     };
-    if shard.connections.get() > shard.settings.max_connections {
+    if shard.connections.get() > settings.max_connections {
         log!(
             "shard{} smtp busy ip={ip} connections={}",
             shard.index,
@@ -297,7 +315,7 @@ async fn connection(
         let r = Reply::new(
             421,
             Some((4, 3, 2)),
-            format!("{} too many connections, try later", shard.settings.me),
+            format!("{} too many connections, try later", settings.me),
         );
         let _ = stream.write_all(r.to_wire()).await;
         return;
@@ -310,7 +328,7 @@ async fn connection(
         let r = Reply::new(
             421,
             Some((4, 7, 0)),
-            format!("{} too many connections from your IP", shard.settings.me),
+            format!("{} too many connections from your IP", settings.me),
         );
         let _ = stream.write_all(r.to_wire()).await;
         return;
@@ -319,15 +337,15 @@ async fn connection(
         .metrics
         .connections
         .set(shard.metrics.connections.get() + 1);
-    let relay = shard.settings.relay_everyone || rule.var("RELAYCLIENT").is_some();
+    let relay = settings.relay_everyone || rule.var("RELAYCLIENT").is_some();
     let check_rcpt = match rule.var("CHECKRECIPIENT") {
         Some(v) => v != "0" && !v.is_empty(),
-        None => shard.settings.check_recipient,
+        None => settings.check_recipient,
     };
     let proto = match service {
-        Service::Submission => &shard.protos[1],
-        Service::Smtps => &shard.protos[2],
-        _ => &shard.protos[0],
+        Service::Submission => &generation.protos[1],
+        Service::Smtps => &generation.protos[2],
+        _ => &generation.protos[0],
     };
     let mut session = Session::new(Rc::clone(proto));
     let random = tls::random_u64()
@@ -369,6 +387,7 @@ async fn connection(
     let check_relay = std::env::var("CHECKRELAY").map_or(true, |v| v.trim() != "0");
     let mut conn = Connection {
         shard: Rc::clone(&shard),
+        settings,
         stream: Some(stream),
         peer,
         local,
@@ -406,6 +425,8 @@ async fn connection(
 
 struct Connection {
     shard: Rc<SmtpShard>,
+    /// The settings this connection started with.
+    settings: Rc<SmtpSettings>,
     /// `None` only while STARTTLS replaces the plain stream by a TLS one.
     stream: Option<MaybeTls>,
     peer: SocketAddr,
@@ -496,14 +517,14 @@ impl Connection {
             if buf.capacity() - buf.len() < READ_CHUNK / 4 {
                 buf.reserve(READ_CHUNK);
             }
-            let timeout = self.shard.settings.timeout;
+            let timeout = self.settings.timeout;
             let (r, b) = match tokio::time::timeout(timeout, self.io().read(buf)).await {
                 Ok(x) => x,
                 Err(_) => {
                     let r = Reply::new(
                         421,
                         Some((4, 4, 2)),
-                        format!("{} timeout, closing connection", self.shard.settings.me),
+                        format!("{} timeout, closing connection", self.settings.me),
                     );
                     let _ = self.io().write_all(r.to_wire()).await;
                     // On io_uring the timed-out read is still in flight and
@@ -637,7 +658,7 @@ impl Connection {
         match domain {
             // <postmaster> is always accepted (RFC 5321 4.5.1).
             None => Decision::Accept,
-            Some(d) if self.shard.settings.rcpthosts.contains(d) => Decision::Accept,
+            Some(d) if self.settings.rcpthosts.contains(d) => Decision::Accept,
             Some(_) if self.check_relay && self.relay_table_allows().await => Decision::Accept,
             Some(_) => Decision::Reject(Reply::new(
                 553,
@@ -820,7 +841,7 @@ impl Connection {
         };
         format!(
             "Received: from {helo} ([{ip}]){auth} by {} (indimail-rs) with {}{for_clause};\n\t{}\n",
-            self.shard.settings.me,
+            self.settings.me,
             self.session.protocol(),
             log::rfc5322_date(SystemTime::now())
         )
