@@ -132,9 +132,11 @@ fn single_flight(kind: Kind) {
             assert!(matches!(t.await.unwrap().unwrap(), UserStatus::Active(_)));
         }
         let s = dir.cache_stats();
-        // One fetch for the domain key, one for the user key; everyone else waited.
+        // One fetch for the domain key, one for the user key; everyone else
+        // waited for them or (when a fetch finished before a task first
+        // looked, as on a loaded machine) found the answer cached.
         assert_eq!(s.misses, 2, "{s:?}");
-        assert!(s.waits >= 19, "{s:?}");
+        assert!(s.waits + s.hits >= 38, "{s:?}");
     });
 }
 

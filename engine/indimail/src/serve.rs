@@ -93,6 +93,16 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
         first.push(l);
     }
 
+    // Open the directory once before the shards start, so a fresh embedded
+    // store gets its tables from one writer instead of every shard racing
+    // to create them.
+    let home = config.paths.home.clone();
+    if let Err(e) = io::run(Driver::Epoll, async move {
+        lookup::Directory::open_home(&home).await.map(drop)
+    }) {
+        log!("warning: user directory unavailable at start: {e}");
+    }
+
     block_signals();
     let (reload_tx, reload_rx) = tokio::sync::watch::channel(Arc::new(config.smtp.clone()));
     let (ready_tx, ready_rx) = mpsc::channel();
