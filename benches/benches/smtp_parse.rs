@@ -53,7 +53,7 @@ fn message() -> Vec<u8> {
     let mut m = Vec::with_capacity(1 << 20);
     let mut i = 0u32;
     while m.len() < (1 << 20) - 82 {
-        if i % 50 == 0 {
+        if i.is_multiple_of(50) {
             m.push(b'.');
         }
         for k in 0..78u32 {

@@ -577,7 +577,7 @@ async fn list_users(
                 if u.active { "" } else { " inactive" }
             )?;
             n += 1;
-            if n % PROGRESS_EVERY == 0 {
+            if n.is_multiple_of(PROGRESS_EVERY) {
                 eprint!("\rlisted {n} users");
             }
         }

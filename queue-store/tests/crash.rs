@@ -21,7 +21,7 @@ fn config(dir: &str) -> QueueConfig {
 
 fn body(seq: u64) -> Vec<u8> {
     let mut b = format!("Subject: {seq}\r\n\r\n").into_bytes();
-    if seq % 10 == 0 {
+    if seq.is_multiple_of(10) {
         // Some bodies spill to big/.
         b.extend(std::iter::repeat_n(b'x', 300_000));
     }
@@ -52,7 +52,7 @@ fn crash_child() {
                     e.arrival = seq;
                     let id = w.commit(e).await.expect("commit");
                     println!("COMMITTED {id} {seq}");
-                    if seq % 3 == 0 {
+                    if seq.is_multiple_of(3) {
                         q.record_outcomes(
                             &id,
                             &[(

@@ -73,7 +73,7 @@ fn commit_read_reopen_round_trip() {
                 w.write(c).await.unwrap();
             }
             let mut e = env(1 + i % 3);
-            e.auth_user = (i % 2 == 0).then(|| "alice".to_string());
+            e.auth_user = i.is_multiple_of(2).then(|| "alice".to_string());
             let id = w.commit(e.clone()).await.unwrap();
             assert_eq!(*q.envelope(&id).unwrap(), e);
             ids.push((id, body, e));
@@ -239,7 +239,7 @@ fn torn_tail_at_every_byte_of_the_last_record() {
             assert!(q.envelope(&ids[0]).is_some() && q.envelope(&ids[1]).is_some());
             assert_eq!(q.envelope(&ids[2]).is_some(), complete);
             // The file was truncated: appends continue cleanly.
-            if cut % 13 == 0 || complete {
+            if cut.is_multiple_of(13) || complete {
                 let id = put(&q, b"after\r\n", 1).await;
                 drop(q);
                 let (q, rep) = Queue::open(cfg(&work)).await.unwrap();

@@ -67,27 +67,6 @@ impl ShardQueues {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn round_robin_assignment() {
-        let specs: Vec<QueueSpec> = (1..=5)
-            .map(|n| QueueSpec {
-                number: n,
-                dir: format!("/q/queue{n}").into(),
-            })
-            .collect();
-        let a = assign(&specs, 2);
-        let nums: Vec<Vec<u32>> = a
-            .iter()
-            .map(|v| v.iter().map(|q| q.number).collect())
-            .collect();
-        assert_eq!(nums, vec![vec![1, 3, 5], vec![2, 4]]);
-    }
-}
-
 /// Drop files older than this that are still `tmp.*` belong to an injector
 /// that died; qmail's OSSIFIED (36 hours).
 const OSSIFIED: std::time::Duration = std::time::Duration::from_secs(129_600);
@@ -179,5 +158,26 @@ impl ShardQueues {
             }
         }
         imported
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_robin_assignment() {
+        let specs: Vec<QueueSpec> = (1..=5)
+            .map(|n| QueueSpec {
+                number: n,
+                dir: format!("/q/queue{n}").into(),
+            })
+            .collect();
+        let a = assign(&specs, 2);
+        let nums: Vec<Vec<u32>> = a
+            .iter()
+            .map(|v| v.iter().map(|q| q.number).collect())
+            .collect();
+        assert_eq!(nums, vec![vec![1, 3, 5], vec![2, 4]]);
     }
 }

@@ -418,7 +418,7 @@ async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, Strin
         let specs = shared.assignment[info.index].clone();
         let settings =
             crate::deliver::DeliverySettings::load(&shared.control, &shared.settings.me, &specs)?;
-        let remote = build_remote(&shared)?;
+        let remote = build_remote(shared)?;
         Some(Rc::new(crate::deliver::DeliveryShard::new(
             info.index,
             queues,

@@ -120,7 +120,7 @@ impl Peer {
 fn capture(mode: &str) -> (Peer, u16, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/capture_smtpd.py");
-    let mut child = Command::new("/usr/bin/python3")
+    let child = Command::new("/usr/bin/python3")
         .arg(script)
         .arg(dir.path())
         .arg(mode)
