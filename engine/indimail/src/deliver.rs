@@ -50,6 +50,11 @@ pub struct DeliverySettings {
     pub limits: ConcurrencyLimits,
     /// `SMTPROUTE`: a route (smtproutes syntax) that beats `smtproutes`.
     pub smtproute: Option<delivery::routes::SmtpRoutes>,
+    /// `control/hostid`: this host's id in `host_table`. When set, the
+    /// directory's placement (hostcntrl → host_table → smtp_port) decides
+    /// whether a virtual user's mail is delivered here or relayed by SMTP to
+    /// the user's mailstore (IndiMail's dynamic SMTPROUTE, `ROUTES=smtp`).
+    pub hostid: Option<String>,
 }
 
 impl DeliverySettings {
@@ -121,8 +126,10 @@ impl DeliverySettings {
             ),
             _ => None,
         };
+        let hostid = control.string("hostid").map_err(|e| e.to_string())?;
         Ok(DeliverySettings {
             smtproute,
+            hostid,
             locals: DomainList::new(locals),
             virtualdomains: DomainList::new(virtualdomains),
             local,
@@ -246,14 +253,25 @@ impl DeliveryShard {
         }
         for (id, rcpts) in by_msg {
             let mut local = Vec::new();
-            let mut remote: BTreeMap<String, Vec<DueRecipient>> = BTreeMap::new();
+            // One transaction per destination: (domain, mailstore route).
+            let mut remote: BTreeMap<
+                (String, Option<String>),
+                (Option<delivery::routes::Route>, Vec<DueRecipient>),
+            > = BTreeMap::new();
             for r in rcpts {
                 match self.classify(&r.recipient).await {
-                    Ok(Channel::Local) => local.push(r),
-                    Ok(Channel::Remote) => remote
-                        .entry(domain_of(&r.recipient).to_ascii_lowercase())
-                        .or_default()
-                        .push(r),
+                    Ok(Dest::Local) => local.push(r),
+                    Ok(Dest::Remote(route)) => {
+                        let key = (
+                            domain_of(&r.recipient).to_ascii_lowercase(),
+                            route.as_ref().map(|(store, _)| store.clone()),
+                        );
+                        remote
+                            .entry(key)
+                            .or_insert_with(|| (route.map(|(_, r)| r), Vec::new()))
+                            .1
+                            .push(r)
+                    }
                     Err(why) => {
                         // Directory down: defer without an attempt counted
                         // as a delivery failure of the mailbox.
@@ -276,13 +294,13 @@ impl DeliveryShard {
                     None => local.iter().for_each(|r| q.release(&id, r.rcpt)),
                 }
             }
-            for (domain, rcpts) in remote {
+            for ((domain, _), (route, rcpts)) in remote {
                 match self.accountant.try_acquire(Channel::Remote, &qname) {
                     Some(permit) => {
                         let me = Rc::clone(self);
                         let q = Rc::clone(q);
                         tokio::task::spawn_local(async move {
-                            me.remote_job(&q, id, domain, rcpts).await;
+                            me.remote_job(&q, id, domain, route, rcpts).await;
                             drop(permit);
                             me.slot_freed.notify_one();
                         });
@@ -294,21 +312,38 @@ impl DeliveryShard {
     }
 
     /// Local if the domain is in `locals`, `virtualdomains` or is a virtual
-    /// domain known to the directory; `Err` when the directory cannot say.
-    async fn classify(&self, rcpt: &str) -> Result<Channel, String> {
+    /// domain known to the directory, unless (with `control/hostid`) the
+    /// directory places the user on another mailstore: then remote, routed
+    /// to that mailstore. `Err` when the directory cannot say (deferral,
+    /// never a bounce and never delivery elsewhere).
+    async fn classify(&self, rcpt: &str) -> Result<Dest, String> {
         let domain = domain_of(rcpt);
-        if self.settings.locals.contains(domain) || self.settings.virtualdomains.contains(domain) {
-            return Ok(Channel::Local);
+        let unavailable = |e: String| format!("directory unavailable: {e} (#4.3.0)");
+        let listed =
+            self.settings.locals.contains(domain) || self.settings.virtualdomains.contains(domain);
+        let dir = match self.directory.get().await {
+            Ok(d) => d,
+            Err(_) if listed && self.settings.hostid.is_none() => return Ok(Dest::Local),
+            Err(e) => return Err(unavailable(e)),
+        };
+        let virtual_domain = listed
+            || dir
+                .is_virtual_domain(domain)
+                .await
+                .map_err(|e| unavailable(e.to_string()))?;
+        if !virtual_domain {
+            return Ok(Dest::Remote(None));
         }
-        let dir = self
-            .directory
-            .get()
-            .await
-            .map_err(|e| format!("directory unavailable: {e} (#4.3.0)"))?;
-        match dir.is_virtual_domain(domain).await {
-            Ok(true) => Ok(Channel::Local),
-            Ok(false) => Ok(Channel::Remote),
-            Err(e) => Err(format!("directory unavailable: {e} (#4.3.0)")),
+        let Some(me) = &self.settings.hostid else {
+            return Ok(Dest::Local);
+        };
+        match dir.host_of(&rcpt.to_ascii_lowercase()).await {
+            Ok(Some(store)) if !store.host_id.eq_ignore_ascii_case(me) => {
+                let route = delivery::routes::Route::relay(&store.ip, store.port);
+                Ok(Dest::Remote(Some((store.host_id.clone(), route))))
+            }
+            Ok(_) => Ok(Dest::Local),
+            Err(e) => Err(unavailable(e.to_string())),
         }
     }
 
@@ -432,6 +467,7 @@ impl DeliveryShard {
         q: &Rc<Queue>,
         id: MessageId,
         domain: String,
+        route: Option<delivery::routes::Route>,
         rcpts: Vec<DueRecipient>,
     ) {
         let Some(env) = q.envelope(&id) else {
@@ -461,12 +497,13 @@ impl DeliveryShard {
             sender: &env.sender,
             recipients: &addrs,
             message: &message,
-            route: self
-                .settings
-                .smtproute
-                .as_ref()
-                .and_then(|r| r.lookup(&domain, env.sender.is_empty()))
-                .cloned(),
+            route: route.or_else(|| {
+                self.settings
+                    .smtproute
+                    .as_ref()
+                    .and_then(|r| r.lookup(&domain, env.sender.is_empty()))
+                    .cloned()
+            }),
             qqeh: "",
         };
         let outcomes = self.remote.deliver(&job).await;
@@ -614,6 +651,15 @@ impl DeliveryShard {
         );
         Ok(id)
     }
+}
+
+/// Where a recipient goes.
+enum Dest {
+    /// This host's Maildirs.
+    Local,
+    /// SMTP; with the mailstore (host id) and route when the directory
+    /// placed the user on another host.
+    Remote(Option<(String, delivery::routes::Route)>),
 }
 
 fn log_outcome(shard: usize, d: u64, o: &Outcome) {

@@ -96,6 +96,13 @@ enum Command {
     /// Users, domains, aliases and cluster placement (vadddomain, vadduser, ...).
     #[command(flatten)]
     Directory(lookup::cli::DirectoryCommand),
+    /// Host and placement tools (topology, plan, check): runs `indimail-tuning`.
+    #[command(disable_help_flag = true)]
+    Tuning {
+        /// Arguments for indimail-tuning.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// sendmail-compatible injection (-t, -f, -i, recipients).
     #[command(disable_help_flag = true)]
     Sendmail {
@@ -233,6 +240,24 @@ fn main() -> ExitCode {
             },
         },
         Command::Sendmail { args } => exit(sendmail::main(&paths, &args)),
+        Command::Tuning { args } => {
+            // The tuning tool is its own program (nothing in the server
+            // depends on it); it is installed beside this binary.
+            let tool = std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(|d| d.join("indimail-tuning")))
+                .filter(|p| p.exists());
+            let Some(tool) = tool else {
+                eprintln!("indimail tuning: indimail-tuning not found beside this binary (cargo build -p indimail-tuning)");
+                return ExitCode::from(111);
+            };
+            use std::os::unix::process::CommandExt;
+            let mut cmd = std::process::Command::new(&tool);
+            cmd.args(&args).env("INDIMAIL_HOME", &paths.home);
+            let err = cmd.exec();
+            eprintln!("indimail tuning: cannot run {}: {err}", tool.display());
+            ExitCode::from(111)
+        }
         Command::Directory(cmd) => {
             let mut out = std::io::stdout().lock();
             match lookup::cli::run(cmd, &paths.home, &mut out) {

@@ -1,0 +1,165 @@
+//! Reading qmail control files the way `control_readfile()` does.
+//!
+//! A control file is a list of lines: trailing white space is stripped, empty lines and lines
+//! whose first character is `#` are skipped. A missing file is not an error: it is an empty
+//! list, exactly as qmail-smtpd treats it.
+
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::error::{PolicyError, PolicyErrorKind};
+
+/// One kept line of a control file with its 1-based line number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Line {
+    pub(crate) no: usize,
+    pub(crate) text: String,
+}
+
+/// The lines of one control file, or `None` when it does not exist.
+#[derive(Debug, Clone)]
+pub(crate) struct ControlFile {
+    pub(crate) path: PathBuf,
+    /// Just the file name part, used in rule labels (`badmailfrom:12`).
+    pub(crate) label: String,
+    pub(crate) lines: Option<Vec<Line>>,
+}
+
+impl ControlFile {
+    pub(crate) fn exists(&self) -> bool {
+        self.lines.is_some()
+    }
+
+    pub(crate) fn lines(&self) -> &[Line] {
+        self.lines.as_deref().unwrap_or(&[])
+    }
+
+    pub(crate) fn error(&self, line: usize, kind: PolicyErrorKind) -> PolicyError {
+        PolicyError::new(&self.path, Some(line), kind)
+    }
+}
+
+/// Resolves a control file name as qmail does: absolute names are used as they are, relative
+/// ones are looked up in the control directory.
+pub(crate) fn resolve(control_dir: &Path, name: &str) -> PathBuf {
+    let p = Path::new(name);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        control_dir.join(p)
+    }
+}
+
+/// Collects the files read and their modification times so the caller can reload on change.
+#[derive(Debug, Default)]
+pub(crate) struct Reader {
+    pub(crate) sources: Vec<(PathBuf, Option<SystemTime>)>,
+    pub(crate) errors: Vec<PolicyError>,
+}
+
+impl Reader {
+    /// Reads `path`. Every path asked for is recorded in `sources` (a missing one with `None`),
+    /// so that creating a file that did not exist also triggers a reload.
+    pub(crate) fn read(&mut self, path: PathBuf) -> ControlFile {
+        let label = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        if !self.sources.iter().any(|(p, _)| *p == path) {
+            let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+            self.sources.push((path.clone(), mtime));
+        }
+        let lines = match std::fs::read(&path) {
+            Ok(bytes) => Some(split_lines(&bytes)),
+            Err(e) if e.kind() == ErrorKind::NotFound => None,
+            Err(e) => {
+                self.errors.push(PolicyError::new(
+                    &path,
+                    None,
+                    PolicyErrorKind::Io(e.to_string()),
+                ));
+                None
+            }
+        };
+        ControlFile { path, label, lines }
+    }
+}
+
+/// `control_readfile()` line rules. Bytes that are not UTF-8 are replaced (addresses and
+/// patterns are ASCII; a Latin-1 comment must not make a whole file unreadable).
+pub(crate) fn split_lines(bytes: &[u8]) -> Vec<Line> {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = Vec::new();
+    for (i, raw) in text.split('\n').enumerate() {
+        let line = raw.trim_end_matches([' ', '\t', '\r', '\n']);
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        out.push(Line {
+            no: i + 1,
+            text: line.to_string(),
+        });
+    }
+    out
+}
+
+/// Integer control (`qregex`): the first line, parsed like `scan_int` (leading sign and digits).
+pub(crate) fn first_int(file: &ControlFile) -> Result<Option<i64>, PolicyError> {
+    let Some(first) = file.lines().first() else {
+        return Ok(None);
+    };
+    scan_int(&first.text)
+        .map(Some)
+        .ok_or_else(|| file.error(first.no, PolicyErrorKind::Number(first.text.clone())))
+}
+
+/// `scan_int`: optional sign then digits; trailing garbage ignored, no digits at all is `None`.
+pub(crate) fn scan_int(s: &str) -> Option<i64> {
+    let s = s.trim_start();
+    let (neg, rest) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let digits: &str = &rest[..rest.bytes().take_while(u8::is_ascii_digit).count()];
+    if digits.is_empty() {
+        return None;
+    }
+    let v: i64 = digits.parse().ok()?;
+    Some(if neg { -v } else { v })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_follow_control_readfile() {
+        let l = split_lines(b"# comment\n\nfoo@bar  \n\t\n@baz\r\nlast");
+        assert_eq!(
+            l,
+            vec![
+                Line {
+                    no: 3,
+                    text: "foo@bar".into()
+                },
+                Line {
+                    no: 5,
+                    text: "@baz".into()
+                },
+                Line {
+                    no: 6,
+                    text: "last".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn scan_int_like_qmail() {
+        assert_eq!(scan_int("1"), Some(1));
+        assert_eq!(scan_int("-5x"), Some(-5));
+        assert_eq!(scan_int("x"), None);
+    }
+}

@@ -1,0 +1,625 @@
+//! The [`Policy`] snapshot: loading every control file, and the HELO / connect / MAIL / RCPT
+//! checks in the order qmail-smtpd applies them (spec 2.2, 2.4, 2.5).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::accesslist::AccessList;
+use crate::addrlist::{AddrRule, ListFile, PatFile};
+use crate::bodycheck::{BodyRules, BodyScanner};
+use crate::control::{first_int, resolve, scan_int, Reader};
+use crate::envrules::{EnvAssign, EnvRules};
+use crate::error::PolicyError;
+use crate::hostaccess::HostAccess;
+use crate::{Conn, MailVerdict, Verdict};
+
+/// Which list a file-name variable selects. `(variable, default file, role)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Role {
+    List,
+    Patterns,
+    HostAccess,
+    AccessList,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    BadMailFrom,
+    BlackholedSender,
+    BlackholedRcpt,
+    BadRcptTo,
+    GoodRcptTo,
+    Host,
+    Acl,
+}
+
+/// Variables that name a control file and may be switched per sender by `from.envrules`.
+const FILE_VARS: &[(&str, &str, Role, Slot)] = &[
+    ("BADMAILFROM", "badmailfrom", Role::List, Slot::BadMailFrom),
+    (
+        "BADMAILPATTERNS",
+        "badmailpatterns",
+        Role::Patterns,
+        Slot::BadMailFrom,
+    ),
+    (
+        "BLACKHOLEDSENDER",
+        "blackholedsender",
+        Role::List,
+        Slot::BlackholedSender,
+    ),
+    (
+        "BLACKHOLEDPATTERNS",
+        "blackholedpatterns",
+        Role::Patterns,
+        Slot::BlackholedSender,
+    ),
+    (
+        "BLACKHOLEDRCPT",
+        "blackholedrcpt",
+        Role::List,
+        Slot::BlackholedRcpt,
+    ),
+    (
+        "BLACKHOLEDRCPTPATTERNS",
+        "blackholedrcptpatterns",
+        Role::Patterns,
+        Slot::BlackholedRcpt,
+    ),
+    ("BADRCPTTO", "badrcptto", Role::List, Slot::BadRcptTo),
+    (
+        "BADRCPTPATTERNS",
+        "badrcptpatterns",
+        Role::Patterns,
+        Slot::BadRcptTo,
+    ),
+    ("GOODRCPTTO", "goodrcptto", Role::List, Slot::GoodRcptTo),
+    (
+        "GOODRCPTPATTERNS",
+        "goodrcptpatterns",
+        Role::Patterns,
+        Slot::GoodRcptTo,
+    ),
+    ("HOSTACCESS", "hostaccess", Role::HostAccess, Slot::Host),
+    ("ACCESSLIST", "accesslist", Role::AccessList, Slot::Acl),
+];
+
+/// Flag variables `from.envrules` may set or unset per sender with an effect on these checks.
+const FLAG_VARS: &[&str] = &["PARANOID", "DOMAIN_MASQUERADE", "BOUNCEMAIL"];
+
+#[derive(Debug, Clone)]
+enum Loaded {
+    List(Option<Arc<ListFile>>),
+    Patterns(Option<Arc<PatFile>>),
+    Host(Arc<HostAccess>),
+    Acl(Arc<AccessList>),
+}
+
+/// An immutable snapshot of every SMTP access control IndiMail reads from its control
+/// directory. Cheap to share (`Send + Sync`); reload by building a new one and swapping it in.
+#[derive(Debug)]
+pub struct Policy {
+    sources: Vec<(PathBuf, Option<SystemTime>)>,
+    qregex: bool,
+    enforce_fqdn_helo: bool,
+    badhelo: Option<AddrRule>,
+    badip: Option<AddrRule>,
+    bmf: AddrRule,
+    bhs: AddrRule,
+    bhr: AddrRule,
+    brt: AddrRule,
+    grt: AddrRule,
+    rmf: AddrRule,
+    chkrcpt: AddrRule,
+    host: Arc<HostAccess>,
+    acl: Arc<AccessList>,
+    paranoid: bool,
+    masquerade: bool,
+    bouncemail: Option<String>,
+    from_rules: EnvRules,
+    auth_rules: EnvRules,
+    domainqueue: EnvRules,
+    /// Files `from.envrules` may switch to, by (role, name as written).
+    pool: HashMap<(Role, String), Loaded>,
+    /// True when some `from.envrules` line changes a file or flag RCPT checks use, so
+    /// `check_rcpt` must re-evaluate the rules for the sender.
+    rules_touch_rcpt: bool,
+    rules_touch_mail: bool,
+    body: Option<Arc<BodyRules>>,
+}
+
+/// The per-transaction view after `from.envrules` switched files or flags.
+struct Effective<'a> {
+    bmf: Cow<'a, AddrRule>,
+    bhs: Cow<'a, AddrRule>,
+    bhr: Cow<'a, AddrRule>,
+    brt: Cow<'a, AddrRule>,
+    grt: Cow<'a, AddrRule>,
+    host: &'a HostAccess,
+    acl: &'a AccessList,
+    paranoid: bool,
+    masquerade: bool,
+    bouncemail: Option<Cow<'a, str>>,
+}
+
+fn nonempty(v: Option<String>) -> Option<String> {
+    v.filter(|s| !s.is_empty())
+}
+
+/// The client address as tcpserver prints it (`TCPREMOTEIP`): IPv4-mapped IPv6 as dotted quad.
+fn ip_text(ip: IpAddr) -> String {
+    crate::canonical_ip(ip).to_string()
+}
+
+fn reject(code: u16, enhanced: (u8, u16, u16), text: impl Into<String>, rule: String) -> Verdict {
+    Verdict::Reject {
+        code,
+        enhanced,
+        text: text.into(),
+        rule,
+    }
+}
+
+impl Policy {
+    /// Reads every control file that exists in `control_dir`, honouring the environment
+    /// overrides the spec names (looked up through `env`, normally `|k| std::env::var(k).ok()`
+    /// or the tcprules environment of the listener). Missing files are empty lists, as in
+    /// qmail-smtpd. Every problem found (unreadable file, bad regex, malformed line) is
+    /// reported with its file and line; the policy is only built when there are none.
+    pub fn load(
+        control_dir: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Policy, Vec<PolicyError>> {
+        let mut rd = Reader::default();
+        let mut errors = Vec::new();
+        let file = |name: &str| resolve(control_dir, name);
+
+        // QREGEX: the environment wins; else control/qregex. Non-zero = regex mode.
+        let qregex = match env("QREGEX") {
+            Some(v) => scan_int(&v).unwrap_or(0) != 0,
+            None => {
+                let f = rd.read(file("qregex"));
+                match first_int(&f) {
+                    Ok(v) => v.unwrap_or(0) != 0,
+                    Err(e) => {
+                        errors.push(e);
+                        false
+                    }
+                }
+            }
+        };
+
+        let mut pool: HashMap<(Role, String), Loaded> = HashMap::new();
+        let mut load_into_pool = |rd: &mut Reader,
+                                  errors: &mut Vec<PolicyError>,
+                                  role: Role,
+                                  name: &str| {
+            if pool.contains_key(&(role, name.to_string())) {
+                return;
+            }
+            let f = rd.read(resolve(control_dir, name));
+            let loaded = match role {
+                Role::List => Loaded::List(ListFile::load(&f, qregex, errors)),
+                // Patterns files are not consulted in QREGEX mode.
+                Role::Patterns => Loaded::Patterns(if qregex { None } else { PatFile::load(&f) }),
+                Role::HostAccess => Loaded::Host(Arc::new(HostAccess::load(&f, errors))),
+                Role::AccessList => Loaded::Acl(Arc::new(AccessList::load(&f, qregex, errors))),
+            };
+            pool.insert((role, name.to_string()), loaded);
+        };
+
+        // The per-sender rules come first: the files they may switch to are loaded with the rest.
+        let from_rules = {
+            let f = rd.read(file(
+                &nonempty(env("FROMRULES")).unwrap_or_else(|| "from.envrules".into()),
+            ));
+            EnvRules::load(&f, qregex, &mut errors)
+        };
+        let auth_rules = {
+            let f = rd.read(file(
+                &nonempty(env("AUTHRULES")).unwrap_or_else(|| "auth.envrules".into()),
+            ));
+            EnvRules::load(&f, qregex, &mut errors)
+        };
+        let domainqueue = {
+            let f = rd.read(file(
+                &nonempty(env("DOMAINQUEUE")).unwrap_or_else(|| "domainqueue".into()),
+            ));
+            EnvRules::load(&f, false, &mut errors)
+        };
+
+        let mut defaults: HashMap<&str, String> = HashMap::new();
+        for (var, default, role, _) in FILE_VARS {
+            let name = nonempty(env(var)).unwrap_or_else(|| default.to_string());
+            load_into_pool(&mut rd, &mut errors, *role, &name);
+            // `VAR=` in a rule reverts to the file's standard name.
+            load_into_pool(&mut rd, &mut errors, *role, default);
+            defaults.insert(var, name);
+        }
+        let (mut rules_touch_rcpt, mut rules_touch_mail) = (false, false);
+        let rule_names: Vec<(String, Option<String>)> = from_rules
+            .all_assignments()
+            .map(|(_, a)| a.clone())
+            .collect();
+        for (k, v) in &rule_names {
+            if let Some((_, _, role, slot)) = FILE_VARS.iter().find(|(var, ..)| var == k) {
+                if let Some(name) = v {
+                    load_into_pool(&mut rd, &mut errors, *role, name);
+                }
+                match slot {
+                    Slot::BadMailFrom | Slot::BlackholedSender | Slot::Host => {
+                        rules_touch_mail = true
+                    }
+                    _ => rules_touch_rcpt = true,
+                }
+            }
+            if FLAG_VARS.contains(&k.as_str()) {
+                rules_touch_mail = true;
+            }
+        }
+
+        let get_rule = |pool: &HashMap<(Role, String), Loaded>, slot: Slot| -> AddrRule {
+            let mut rule = AddrRule::default();
+            for (var, _, role, s) in FILE_VARS {
+                if *s != slot {
+                    continue;
+                }
+                match pool.get(&(*role, defaults[var].clone())) {
+                    Some(Loaded::List(l)) => rule.list = l.clone(),
+                    Some(Loaded::Patterns(p)) => rule.pats = p.clone(),
+                    _ => {}
+                }
+            }
+            rule
+        };
+        let bmf = get_rule(&pool, Slot::BadMailFrom);
+        let bhs = get_rule(&pool, Slot::BlackholedSender);
+        let bhr = get_rule(&pool, Slot::BlackholedRcpt);
+        let brt = get_rule(&pool, Slot::BadRcptTo);
+        let grt = get_rule(&pool, Slot::GoodRcptTo);
+        let host = match pool.get(&(Role::HostAccess, defaults["HOSTACCESS"].clone())) {
+            Some(Loaded::Host(h)) => h.clone(),
+            _ => Arc::new(HostAccess::default()),
+        };
+        let acl = match pool.get(&(Role::AccessList, defaults["ACCESSLIST"].clone())) {
+            Some(Loaded::Acl(a)) => a.clone(),
+            _ => Arc::new(AccessList::default()),
+        };
+
+        let plain_list = |rd: &mut Reader, errors: &mut Vec<PolicyError>, name: &str| AddrRule {
+            list: ListFile::load(&rd.read(file(name)), qregex, errors),
+            pats: None,
+        };
+        let rmf = plain_list(&mut rd, &mut errors, "relaymailfrom");
+        let chkrcpt = plain_list(&mut rd, &mut errors, "chkrcptdomains");
+        // badhelo / badip are only consulted when enabled: BADHELOCHECK or BADHELO (file name).
+        let badhelo = (env("BADHELOCHECK").is_some() || env("BADHELO").is_some()).then(|| {
+            let name = nonempty(env("BADHELO")).unwrap_or_else(|| "badhelo".into());
+            plain_list(&mut rd, &mut errors, &name)
+        });
+        let badip = (env("BADIPCHECK").is_some() || env("BADIP").is_some()).then(|| {
+            let name = nonempty(env("BADIP")).unwrap_or_else(|| "badip".into());
+            plain_list(&mut rd, &mut errors, &name)
+        });
+        // BODYCHECK enables content rules. Its value names the rules file when such a file
+        // exists; otherwise (BODYCHECK=1, BODYCHECK=) the standard `bodycheck` is used, which is
+        // what qmail-smtpd ends up reading in those cases.
+        let body = env("BODYCHECK").and_then(|v| {
+            let name = if !v.is_empty() && file(&v).is_file() {
+                v
+            } else {
+                "bodycheck".into()
+            };
+            BodyRules::load(&rd.read(file(&name)), &mut errors)
+        });
+
+        errors.append(&mut rd.errors);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Policy {
+            sources: rd.sources,
+            qregex,
+            enforce_fqdn_helo: env("ENFORCE_FQDN_HELO").is_some(),
+            badhelo,
+            badip,
+            bmf,
+            bhs,
+            bhr,
+            brt,
+            grt,
+            rmf,
+            chkrcpt,
+            host,
+            acl,
+            paranoid: env("PARANOID").is_some(),
+            masquerade: env("DOMAIN_MASQUERADE").is_some(),
+            bouncemail: env("BOUNCEMAIL"),
+            from_rules,
+            auth_rules,
+            domainqueue,
+            pool,
+            rules_touch_rcpt,
+            rules_touch_mail,
+            body,
+        })
+    }
+
+    /// Every file consulted (existing or not) with its modification time at load. A reloader
+    /// compares these against the file system and builds a new `Policy` when one differs.
+    pub fn sources(&self) -> &[(PathBuf, Option<SystemTime>)] {
+        &self.sources
+    }
+
+    /// True when any source file changed, appeared or disappeared since this snapshot was read.
+    pub fn is_stale(&self) -> bool {
+        self.sources
+            .iter()
+            .any(|(p, t)| std::fs::metadata(p).and_then(|m| m.modified()).ok() != *t)
+    }
+
+    /// True when list files are regexes (QREGEX / `control/qregex` non-zero).
+    pub fn qregex(&self) -> bool {
+        self.qregex
+    }
+
+    /// HELO/EHLO argument checks (spec 2.2/2.3). `ENFORCE_FQDN_HELO`: the name must contain a
+    /// dot (`451 4.3.0`; qmail-smtpd applies it to non-relay clients only, so a driver skips the
+    /// call for those). `badhelo` (when `BADHELOCHECK`/`BADHELO` enable it): `553 5.7.1`.
+    pub fn check_helo(&self, helo: &str) -> Verdict {
+        if self.enforce_fqdn_helo && !helo.contains('.') {
+            return reject(
+                451,
+                (4, 3, 0),
+                "unable to accept non-FQDN HELO",
+                "ENFORCE_FQDN_HELO".into(),
+            );
+        }
+        if let Some(rule) = &self.badhelo {
+            if let Some(hit) = rule.matches(&helo.to_ascii_lowercase()) {
+                return reject(
+                    553,
+                    (5, 7, 1),
+                    "sorry, your HELO/EHLO greeting is in my badhelo list",
+                    hit,
+                );
+            }
+        }
+        Verdict::Accept
+    }
+
+    /// Connection check before the greeting (spec 2.2 step 3): `badip`, when `BADIPCHECK` or
+    /// `BADIP` enables it, gives `421 4.7.1` (the driver sends it and closes).
+    pub fn check_connect(&self, ip: IpAddr) -> Verdict {
+        if let Some(rule) = &self.badip {
+            let text = ip_text(ip);
+            if let Some(hit) = rule.matches(&text) {
+                return reject(
+                    421,
+                    (4, 7, 1),
+                    format!("sorry, your IP ({text}) is temporarily denied"),
+                    hit,
+                );
+            }
+        }
+        Verdict::Accept
+    }
+
+    fn effective<'a>(&'a self, env: &[EnvAssign]) -> Effective<'a> {
+        let mut eff = Effective {
+            bmf: Cow::Borrowed(&self.bmf),
+            bhs: Cow::Borrowed(&self.bhs),
+            bhr: Cow::Borrowed(&self.bhr),
+            brt: Cow::Borrowed(&self.brt),
+            grt: Cow::Borrowed(&self.grt),
+            host: &self.host,
+            acl: &self.acl,
+            paranoid: self.paranoid,
+            masquerade: self.masquerade,
+            bouncemail: self.bouncemail.as_deref().map(Cow::Borrowed),
+        };
+        for (k, v) in env {
+            match k.as_str() {
+                "PARANOID" => eff.paranoid = v.is_some(),
+                "DOMAIN_MASQUERADE" => eff.masquerade = v.is_some(),
+                "BOUNCEMAIL" => eff.bouncemail = v.as_deref().map(|s| Cow::Owned(s.to_string())),
+                _ => {}
+            }
+            let Some((_, default, role, slot)) = FILE_VARS.iter().find(|(var, ..)| var == k) else {
+                continue;
+            };
+            let name = v.as_deref().unwrap_or(default);
+            let Some(loaded) = self.pool.get(&(*role, name.to_string())) else {
+                continue;
+            };
+            let target = match slot {
+                Slot::BadMailFrom => &mut eff.bmf,
+                Slot::BlackholedSender => &mut eff.bhs,
+                Slot::BlackholedRcpt => &mut eff.bhr,
+                Slot::BadRcptTo => &mut eff.brt,
+                Slot::GoodRcptTo => &mut eff.grt,
+                Slot::Host => {
+                    if let Loaded::Host(h) = loaded {
+                        eff.host = h;
+                    }
+                    continue;
+                }
+                Slot::Acl => {
+                    if let Loaded::Acl(a) = loaded {
+                        eff.acl = a;
+                    }
+                    continue;
+                }
+            };
+            match loaded {
+                Loaded::List(l) => target.to_mut().list = l.clone(),
+                Loaded::Patterns(p) => target.to_mut().pats = p.clone(),
+                _ => {}
+            }
+        }
+        eff
+    }
+
+    /// MAIL FROM checks in spec 2.4 order: `from.envrules` (its assignments are returned in
+    /// [`MailVerdict::env`] for this transaction; file and flag variables among them also
+    /// switch the files used below), `hostaccess` (553 5.7.1), `blackholedsender`
+    /// (+patterns: the message will be discarded, `NULLQUEUE=1` is added to `env`),
+    /// `badmailfrom` (+`badmailpatterns`: 553 5.7.1), `BOUNCEMAIL` (553 with its text) and
+    /// `relaymailfrom` (sets [`MailVerdict::relay`] for a client not already relaying).
+    /// `sender` is the reverse path without brackets, empty for `<>`.
+    pub fn check_mail(&self, c: &Conn<'_>, sender: &str) -> MailVerdict {
+        let lower = sender.to_ascii_lowercase();
+        let (mut env, _hits) = if self.from_rules.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            self.from_rules.apply(&lower)
+        };
+        let eff = if self.rules_touch_mail || self.rules_touch_rcpt {
+            self.effective(&env)
+        } else {
+            self.effective(&[])
+        };
+        let done = |verdict, env| MailVerdict {
+            verdict,
+            env,
+            relay: false,
+        };
+
+        if !eff.host.is_empty() {
+            let domain = lower.rfind('@').map(|i| &lower[i + 1..]).unwrap_or("");
+            if let Some(rule) = eff
+                .host
+                .check(&ip_text(c.ip), domain, eff.paranoid, eff.masquerade)
+            {
+                return done(
+                    reject(553, (5, 7, 1), "sorry, your host has been denied", rule),
+                    env,
+                );
+            }
+        }
+        let blackholed = if eff.bhs.is_empty() {
+            None
+        } else {
+            eff.bhs.matches(&lower)
+        };
+        if let Some(rule) = eff.bmf.matches(&lower) {
+            return done(
+                reject(
+                    553,
+                    (5, 7, 1),
+                    "sorry, your envelope sender has been denied",
+                    rule,
+                ),
+                env,
+            );
+        }
+        if let Some(text) = &eff.bouncemail {
+            return done(
+                reject(553, (5, 7, 1), text.to_string(), "BOUNCEMAIL".into()),
+                env,
+            );
+        }
+        let relay = !c.relay_client && self.rmf.matches(&lower).is_some();
+        let verdict = match blackholed {
+            Some(rule) => {
+                crate::envrules::merge(&mut env, &[("NULLQUEUE".into(), Some("1".into()))]);
+                Verdict::Blackhole { rule }
+            }
+            None => Verdict::Accept,
+        };
+        MailVerdict {
+            verdict,
+            env,
+            relay,
+        }
+    }
+
+    /// RCPT TO checks in spec 2.5 order: relay probes (`%`, `!` or a second `@` in the local
+    /// part: `550 5.7.1 we don't relay`, as qmail-smtpd answers), `goodrcptto` /
+    /// `goodrcptpatterns` (a match skips the bad and blackhole lists), `badrcptto` /
+    /// `badrcptpatterns` (553 5.7.1), `accesslist` (553 5.7.1), `blackholedrcpt` (+patterns:
+    /// `Blackhole`). Relaying (`rcpthosts`), CHECKRECIPIENT, limits and tarpitting stay with
+    /// the driver; [`Policy::chkrcpt_applies`] answers the `chkrcptdomains` question.
+    pub fn check_rcpt(&self, c: &Conn<'_>, sender: &str, rcpt: &str) -> Verdict {
+        let _ = c;
+        let lower = rcpt.to_ascii_lowercase();
+        let local = lower.rfind('@').map(|i| &lower[..i]).unwrap_or(&lower);
+        if local.bytes().any(|b| matches!(b, b'@' | b'%' | b'!')) {
+            return reject(550, (5, 7, 1), "we don't relay", "relay-probe".into());
+        }
+        let lsender = sender.to_ascii_lowercase();
+        let env = if self.rules_touch_rcpt {
+            self.from_rules.apply(&lsender).0
+        } else {
+            Vec::new()
+        };
+        let eff = self.effective(&env);
+        let good = !eff.grt.is_empty() && eff.grt.matches(&lower).is_some();
+        if !good {
+            if let Some(rule) = eff.brt.matches(&lower) {
+                return reject(
+                    553,
+                    (5, 7, 1),
+                    "sorry, your envelope recipient has been denied",
+                    rule,
+                );
+            }
+        }
+        if let Some(rule) = eff.acl.check(&lsender, &lower) {
+            return reject(
+                553,
+                (5, 7, 1),
+                "sorry, sites access list denies transaction",
+                rule,
+            );
+        }
+        if !good {
+            if let Some(rule) = eff.bhr.matches(&lower) {
+                return Verdict::Blackhole { rule };
+            }
+        }
+        Verdict::Accept
+    }
+
+    /// `chkrcptdomains`: whether CHECKRECIPIENT applies to this recipient (an address, or a
+    /// bare domain). With no such file it applies to every rcpthosts domain.
+    pub fn chkrcpt_applies(&self, rcpt_or_domain: &str) -> bool {
+        if self.chkrcpt.is_empty() {
+            return true;
+        }
+        let lower = rcpt_or_domain.to_ascii_lowercase();
+        if lower.contains('@') {
+            self.chkrcpt.matches(&lower).is_some()
+        } else {
+            self.chkrcpt.matches(&format!("@{lower}")).is_some()
+        }
+    }
+
+    /// `auth.envrules` (AUTHRULES), applied at DATA for relay or authenticated clients:
+    /// the assignments of its null-pattern lines (the original matches them against "").
+    pub fn auth_env(&self) -> Vec<EnvAssign> {
+        self.auth_rules.apply("").0
+    }
+
+    /// `domainqueue` (DOMAINQUEUE) `domain:VAR=val,...` for one recipient: wildmat on its
+    /// domain, later lines winning. Typically sets QUEUEDIR for the recipient's domain.
+    pub fn domain_queue_env(&self, rcpt: &str) -> Vec<EnvAssign> {
+        match rcpt.rfind('@') {
+            Some(i) if i + 1 < rcpt.len() => {
+                self.domainqueue
+                    .apply(&rcpt[i + 1..].to_ascii_lowercase())
+                    .0
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// A fresh content scanner for one message, when BODYCHECK enabled rules that exist.
+    pub fn body_scanner(&self) -> Option<BodyScanner> {
+        self.body.as_ref().map(|r| BodyScanner::new(r.clone()))
+    }
+}
