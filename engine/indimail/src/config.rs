@@ -185,6 +185,9 @@ pub struct SmtpSettings {
     /// `CHECKRECIPIENT`: refuse unknown or inactive users of virtual
     /// domains at RCPT (default on; `CHECKRECIPIENT=0` turns it off).
     pub check_recipient: bool,
+    /// IndiMail's access controls (badmailfrom, badrcptto, accesslist,
+    /// hostaccess, envrules, bodycheck, badip, ...), see the `policy` crate.
+    pub policy: std::sync::Arc<policy::Policy>,
 }
 
 /// Configuration of `indimail serve`.
@@ -324,9 +327,22 @@ impl ServeConfig {
             }
         };
 
+        let env = |name: &str| std::env::var(name).ok();
+        let policy = match policy::Policy::load(c.path(), &env) {
+            Ok(p) => Some(std::sync::Arc::new(p)),
+            Err(errs) => {
+                errors.extend(errs.into_iter().map(|e| ControlError {
+                    path: e.file.clone(),
+                    line: e.line,
+                    problem: e.kind.to_string(),
+                }));
+                None
+            }
+        };
         if !errors.is_empty() {
             return Err(errors);
         }
+        let policy = policy.expect("no errors means the policy loaded");
         Ok(ServeConfig {
             smtp: SmtpSettings {
                 me,
@@ -344,6 +360,7 @@ impl ServeConfig {
                 relay_everyone: std::env::var_os("RELAYCLIENT").is_some(),
                 rules,
                 check_recipient: std::env::var("CHECKRECIPIENT").map_or(true, |v| v.trim() != "0"),
+                policy,
             },
             paths,
             listeners,

@@ -291,6 +291,18 @@ async fn connection(
         let _ = stream.write_all(r.to_wire()).await;
         return;
     }
+    if let policy::Verdict::Reject {
+        code,
+        enhanced,
+        text,
+        rule,
+    } = settings.policy.check_connect(ip)
+    {
+        log!("shard{} smtp refused ip={ip} rule={rule}", shard.index);
+        let r = Reply::new(code, Some(enhanced), text);
+        let _ = stream.write_all(r.to_wire()).await;
+        return;
+    }
     let max_per_ip = rule
         .var("MAXPERIP")
         .and_then(|v| v.parse().ok())
@@ -396,6 +408,7 @@ async fn connection(
         check_rcpt,
         check_relay,
         auth_user: None,
+        txn: Txn::default(),
         auth_failures: 0,
         session,
         spool: None,
@@ -423,6 +436,22 @@ async fn connection(
     }
 }
 
+/// What the access controls decided for the current transaction.
+#[derive(Default)]
+struct Txn {
+    /// Envelope sender as given at MAIL.
+    sender: String,
+    /// `relaymailfrom` or an envrules `RELAYCLIENT`: relay for this message.
+    relay: bool,
+    /// Blackholed (blackholedsender/rcpt, bodycheck blackhole, NULLQUEUE):
+    /// answer 250 and store nothing.
+    nullqueue: bool,
+    /// An envrules `DATABYTES` for this message only.
+    databytes: Option<u64>,
+    /// bodycheck, scanning the message once as it streams in.
+    scanner: Option<policy::BodyScanner>,
+}
+
 struct Connection {
     shard: Rc<SmtpShard>,
     /// The settings this connection started with.
@@ -439,6 +468,8 @@ struct Connection {
     check_relay: bool,
     /// The authenticated user, after a successful AUTH.
     auth_user: Option<String>,
+    /// Per-transaction state set by the access controls at MAIL.
+    txn: Txn,
     /// Failed AUTH attempts on this connection.
     auth_failures: u32,
     /// CHECKRECIPIENT in force for this connection.
@@ -595,7 +626,11 @@ impl Connection {
     async fn handle(&mut self, ev: OwnedEvent) {
         match ev {
             OwnedEvent::Mail { sender } => {
-                let d = self.mail_decision(&sender);
+                let d = self.mail_policy(&sender);
+                let d = match d {
+                    Decision::Accept => self.mail_decision(&sender),
+                    reject => reject,
+                };
                 self.session.decide(d);
             }
             OwnedEvent::Auth {
@@ -607,9 +642,17 @@ impl Connection {
                 self.session.auth_result(outcome);
             }
             OwnedEvent::Rcpt { domain, address } => {
-                let mut d = self.rcpt_decision(domain.as_deref()).await;
+                let mut d = match &address {
+                    Some(addr) => self.rcpt_policy(addr),
+                    None => Decision::Accept,
+                };
+                if let Decision::Accept = d {
+                    d = self.rcpt_decision(domain.as_deref()).await;
+                }
                 if let (Decision::Accept, Some(addr)) = (&d, address) {
-                    d = self.check_recipient(&addr).await;
+                    if self.settings.policy.chkrcpt_applies(&addr) {
+                        d = self.check_recipient(&addr).await;
+                    }
                 }
                 self.session.decide(d);
             }
@@ -651,8 +694,100 @@ impl Connection {
         }
     }
 
+    fn policy_conn(&self) -> (IpAddr, String) {
+        let helo = self.session.envelope().helo.clone().unwrap_or_default();
+        (self.peer.ip(), helo)
+    }
+
+    /// MAIL-time access controls (spec 2.4): from.envrules, hostaccess,
+    /// blackholedsender, badmailfrom, relaymailfrom. Starts a new
+    /// transaction's state.
+    fn mail_policy(&mut self, sender: &str) -> Decision {
+        let (ip, helo) = self.policy_conn();
+        let conn = policy::Conn {
+            ip,
+            relay_client: self.relay,
+            authenticated: self.auth_user.as_deref(),
+            helo: &helo,
+        };
+        let v = self.settings.policy.check_mail(&conn, sender);
+        let mut txn = Txn {
+            sender: sender.to_string(),
+            relay: v.relay,
+            ..Txn::default()
+        };
+        for (var, value) in &v.env {
+            match (var.as_str(), value) {
+                ("DATABYTES", Some(n)) => txn.databytes = n.trim().parse().ok(),
+                ("DATABYTES", None) => txn.databytes = None,
+                ("RELAYCLIENT", Some(_)) => txn.relay = true,
+                ("RELAYCLIENT", None) => txn.relay = false,
+                ("NULLQUEUE", Some(_)) => txn.nullqueue = true,
+                ("NULLQUEUE", None) => txn.nullqueue = false,
+                _ => {}
+            }
+        }
+        if !v.env.is_empty() {
+            log!(
+                "shard{} envrules sender=<{sender}> set={}",
+                self.shard.index,
+                v.env
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_deref().unwrap_or("<unset>")))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+        }
+        let d = self.verdict(v.verdict, &mut txn, sender);
+        self.txn = txn;
+        d
+    }
+
+    /// RCPT-time access controls (spec 2.5): relay probes, goodrcptto,
+    /// badrcptto, accesslist, blackholedrcpt.
+    fn rcpt_policy(&mut self, rcpt: &str) -> Decision {
+        let (ip, helo) = self.policy_conn();
+        let conn = policy::Conn {
+            ip,
+            relay_client: self.relay || self.txn.relay,
+            authenticated: self.auth_user.as_deref(),
+            helo: &helo,
+        };
+        let sender = self.txn.sender.clone();
+        let v = self.settings.policy.check_rcpt(&conn, &sender, rcpt);
+        let mut txn = std::mem::take(&mut self.txn);
+        let d = self.verdict(v, &mut txn, rcpt);
+        self.txn = txn;
+        d
+    }
+
+    /// Turns a policy verdict into a decision, logging the rule that matched.
+    fn verdict(&self, v: policy::Verdict, txn: &mut Txn, what: &str) -> Decision {
+        match v {
+            policy::Verdict::Accept => Decision::Accept,
+            policy::Verdict::Blackhole { rule } => {
+                log!("shard{} blackhole <{what}> rule={rule}", self.shard.index);
+                txn.nullqueue = true;
+                Decision::Accept
+            }
+            policy::Verdict::Reject {
+                code,
+                enhanced,
+                text,
+                rule,
+            } => {
+                log!(
+                    "shard{} policy refused <{what}> ip={} reply={code} rule={rule}",
+                    self.shard.index,
+                    self.peer.ip()
+                );
+                Decision::Reject(Reply::new(code, Some(enhanced), text))
+            }
+        }
+    }
+
     async fn rcpt_decision(&self, domain: Option<&str>) -> Decision {
-        if self.relay {
+        if self.relay || self.txn.relay {
             return Decision::Accept;
         }
         match domain {
@@ -805,6 +940,7 @@ impl Connection {
         self.spool_failed = None;
         self.message_bytes = 0;
         self.pending_cr = false;
+        self.txn.scanner = self.settings.policy.body_scanner();
         let mut w = self.shard.queues.begin();
         let received = self.received_header();
         if let Err(e) = w.write(received.as_bytes()).await {
@@ -815,7 +951,20 @@ impl Connection {
 
     async fn spool_data(&mut self, chunk: &[u8]) {
         self.message_bytes += chunk.len() as u64;
+        if let Some(s) = self.txn.scanner.as_mut() {
+            s.feed(chunk);
+        }
         if self.spool_failed.is_some() {
+            return;
+        }
+        if self
+            .txn
+            .databytes
+            .is_some_and(|max| max > 0 && self.message_bytes > max)
+        {
+            // An envrules DATABYTES for this sender: stop storing; the
+            // commit answers 552.
+            self.spool_failed = Some(TOO_BIG.into());
             return;
         }
         if let Some(w) = self.spool.as_mut() {
@@ -861,12 +1010,47 @@ impl Connection {
         }
         if let Some(reason) = self.spool_failed.take() {
             w.abort().await;
+            if reason == TOO_BIG {
+                log!(
+                    "shard{} message too big for sender <{}> (envrules DATABYTES)",
+                    self.shard.index,
+                    self.txn.sender
+                );
+                self.session.message_committed(Err(Reply::new(
+                    552,
+                    Some((5, 3, 4)),
+                    "sorry, that message size exceeds my databytes limit",
+                )));
+                return;
+            }
             log!(
                 "shard{} smtp spool failed ip={} reason={reason}",
                 self.shard.index,
                 self.peer.ip()
             );
             self.session.message_committed(Err(queue_full_reply()));
+            return;
+        }
+        if let Some(mut scanner) = self.txn.scanner.take() {
+            let mut txn = std::mem::take(&mut self.txn);
+            let d = self.verdict(scanner.finish(), &mut txn, "message body");
+            self.txn = txn;
+            if let Decision::Reject(r) = d {
+                w.abort().await;
+                self.session.message_committed(Err(r));
+                return;
+            }
+        }
+        if self.txn.nullqueue {
+            // Blackholed: the client is told "ok", nothing is stored.
+            w.abort().await;
+            log!(
+                "shard{} blackholed msg from=<{}> ip={}",
+                self.shard.index,
+                self.txn.sender,
+                self.peer.ip()
+            );
+            self.session.message_committed(Ok("blackholed".into()));
             return;
         }
         let env = self.session.envelope();
@@ -956,6 +1140,9 @@ fn parse_enhanced(s: &str) -> Option<(u8, u16, u16)> {
         it.next()?.parse().ok()?,
     ))
 }
+
+/// Marker in `spool_failed` for a message over an envrules DATABYTES.
+const TOO_BIG: &str = "message too big";
 
 fn queue_full_reply() -> Reply {
     Reply::new(

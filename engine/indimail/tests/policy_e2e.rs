@@ -1,0 +1,138 @@
+//! IndiMail's access controls over a real socket: each control with an
+//! accepted and a refused transcript, checking code and enhanced code.
+
+mod common;
+
+use common::*;
+
+fn home_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let h = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(h.path().join("control")).unwrap();
+    std::fs::create_dir_all(h.path().join("tcp")).unwrap();
+    // Ordinary (non-relay) clients, local domain example.com.
+    std::fs::write(h.path().join("tcp/tcp.smtp"), ":allow\n").unwrap();
+    std::fs::write(h.path().join("control/rcpthosts"), "example.com\n").unwrap();
+    for (name, text) in files {
+        std::fs::write(h.path().join("control").join(name), text).unwrap();
+    }
+    h
+}
+
+fn transaction(s: &Server, from: &str, to: &str, body: &str) -> Vec<(u16, String)> {
+    let mut c = Client::connect(s.smtp);
+    let mut out = vec![c.reply()];
+    out.push(c.cmd("EHLO client.example.org"));
+    let mail = c.cmd(&format!("MAIL FROM:<{from}>"));
+    let ok = mail.0 == 250;
+    out.push(mail);
+    if !ok {
+        return out;
+    }
+    let rcpt = c.cmd(&format!("RCPT TO:<{to}>"));
+    let ok = rcpt.0 == 250;
+    out.push(rcpt);
+    if !ok {
+        return out;
+    }
+    out.push(c.cmd("DATA"));
+    c.send(format!("Subject: t\r\n\r\n{body}\r\n.\r\n").as_bytes());
+    out.push(c.reply());
+    c.cmd("QUIT");
+    out
+}
+
+fn last(t: &[(u16, String)]) -> (u16, String) {
+    t.last().cloned().unwrap()
+}
+
+#[test]
+fn badmailfrom_badrcptto_accesslist_bodycheck_envrules_blackhole() {
+    let h = home_with(&[
+        ("badmailfrom", "spammer@bad.example\n@worse.example\n"),
+        ("badrcptto", "noone@example.com\n"),
+        (
+            "accesslist",
+            "from:intern@partner.example:boss@example.com\n",
+        ),
+        ("bodycheck", "buy now:spam words\n"),
+        ("from.envrules", "small@example.org:DATABYTES=100\n"),
+        ("blackholedsender", "void@sink.example\n"),
+    ]);
+    let s = Server::start_with(
+        h.path(),
+        "uring",
+        &[("BODYCHECK", "bodycheck"), ("INDIMAIL_NO_DELIVERY", "1")],
+    );
+    // badmailfrom: exact and @domain; others accepted.
+    let t = transaction(&s, "spammer@bad.example", "a@example.com", "x");
+    assert_eq!(last(&t).0, 553, "{t:?}");
+    assert!(last(&t).1.contains("5.7.1"), "{t:?}");
+    assert_eq!(
+        last(&transaction(&s, "x@worse.example", "a@example.com", "x")).0,
+        553
+    );
+    assert_eq!(
+        last(&transaction(&s, "fine@good.example", "a@example.com", "x")).0,
+        250
+    );
+    // badrcptto.
+    let t = transaction(&s, "fine@good.example", "noone@example.com", "x");
+    assert_eq!(last(&t).0, 553, "{t:?}");
+    // accesslist: intern may only mail boss.
+    assert_eq!(
+        last(&transaction(
+            &s,
+            "intern@partner.example",
+            "boss@example.com",
+            "x"
+        ))
+        .0,
+        250
+    );
+    let t = transaction(&s, "intern@partner.example", "other@example.com", "x");
+    assert_eq!(last(&t).0, 553, "{t:?}");
+    // bodycheck at end of DATA.
+    let t = transaction(&s, "fine@good.example", "a@example.com", "please buy now");
+    assert_eq!(last(&t).0, 554, "{t:?}");
+    assert!(last(&t).1.contains("5.7.1"), "{t:?}");
+    // envrules DATABYTES=100 for one sender only.
+    let long = "z".repeat(70) + "\r\n" + &"z".repeat(70);
+    let t = transaction(&s, "small@example.org", "a@example.com", &long);
+    assert_eq!(last(&t).0, 552, "{t:?}");
+    assert_eq!(
+        last(&transaction(&s, "big@example.org", "a@example.com", &long)).0,
+        250
+    );
+    // blackholedsender: told ok, nothing stored.
+    let before = queue_list(h.path()).len();
+    let t = transaction(&s, "void@sink.example", "a@example.com", "x");
+    assert_eq!(last(&t).0, 250, "{t:?}");
+    assert_eq!(queue_list(h.path()).len(), before);
+}
+
+#[test]
+fn badip_refuses_at_connect() {
+    let h = home_with(&[("badip", "127.0.0.1\n")]);
+    let s = Server::start_with(
+        h.path(),
+        "epoll",
+        &[("BADIPCHECK", "1"), ("INDIMAIL_NO_DELIVERY", "1")],
+    );
+    let mut c = Client::connect(s.smtp);
+    let (code, text) = c.reply();
+    assert_eq!(code, 421, "{text}");
+}
+
+#[test]
+fn badmailfrom_change_applies_without_restart() {
+    let h = home_with(&[]);
+    let s = Server::start(h.path(), "uring");
+    assert_eq!(
+        last(&transaction(&s, "late@bad.example", "a@example.com", "x")).0,
+        250
+    );
+    std::fs::write(h.path().join("control/badmailfrom"), "@bad.example\n").unwrap();
+    wait_until(20, "badmailfrom reloaded", || {
+        last(&transaction(&s, "late@bad.example", "a@example.com", "x")).0 == 553
+    });
+}
