@@ -255,7 +255,7 @@ impl DeliveryShard {
             let mut local = Vec::new();
             // One transaction per destination: (domain, mailstore route).
             let mut remote: BTreeMap<
-                (String, Option<String>),
+                DestKey,
                 (Option<delivery::routes::Route>, Vec<DueRecipient>),
             > = BTreeMap::new();
             for r in rcpts {
@@ -652,6 +652,9 @@ impl DeliveryShard {
         Ok(id)
     }
 }
+
+/// Remote recipients of one message are grouped by (domain, mailstore).
+type DestKey = (String, Option<String>);
 
 /// Where a recipient goes.
 enum Dest {
