@@ -272,7 +272,20 @@ async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<MetricsSnaps
             }
         });
     }
+    {
+        let smtp = Rc::clone(&smtp_shard);
+        let stop = info.shutdown.clone();
+        tokio::task::spawn_local(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.wait() => break,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(300)) => smtp.save_greylist(),
+                }
+            }
+        });
+    }
     info.shutdown.wait().await;
+    smtp_shard.save_greylist();
     // Give sessions in flight a moment to finish their transaction; what
     // has not been answered 250 by then is not accepted (nothing is lost).
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -412,6 +425,11 @@ async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, Strin
         directory.clone(),
         certs,
     ));
+    smtp_shard.set_greylisting(crate::smtp::Greylisting::from_config(
+        &shared.control,
+        &shared.home,
+        info.index,
+    )?);
     let delivery = if shared.no_delivery {
         None
     } else {

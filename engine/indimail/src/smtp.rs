@@ -135,6 +135,101 @@ pub struct SmtpShard {
     per_ip: RefCell<HashMap<IpAddr, u32>>,
     /// The user directory, for CHECKRECIPIENT.
     directory: Rc<crate::directory::DirectoryHandle>,
+    /// Greylisting, when enabled (see [`Greylisting`]).
+    greylisting: RefCell<Option<Greylisting>>,
+}
+
+/// Greylisting (RFC 6647) at RCPT for clients that are neither relay
+/// clients nor authenticated: either IndiMail's `qmail-greyd` asked over
+/// UDP (`GREYIP=ip[@port]`), or built in, with its state per shard in
+/// `<home>/greylist/shard<N>.state` (saved every few minutes and at stop,
+/// so a restart does not greylist everyone again). Built-in greylisting is
+/// on when `control/greylist` exists (optional line: `min-resend window
+/// timeout` in seconds; default IndiMail's installer values 120 86400
+/// 2592000) or `GREYLIST=1`; `control/greylist.white` lists networks never
+/// greylisted.
+pub enum Greylisting {
+    /// Ask a qmail-greyd server.
+    Server(SocketAddr),
+    /// The shard's own state.
+    BuiltIn {
+        /// Triplets and passed networks.
+        state: policy::greylist::Greylist,
+        /// Where it is saved.
+        path: std::path::PathBuf,
+    },
+}
+
+impl Greylisting {
+    /// What the configuration asks for on shard `index`, loading saved state.
+    pub fn from_config(
+        control: &crate::control::ControlDir,
+        home: &std::path::Path,
+        index: usize,
+    ) -> Result<Option<Greylisting>, String> {
+        if let Ok(v) = std::env::var("GREYIP") {
+            return match policy::greylist::udp::parse_greyip(&v) {
+                Ok(Some(addr)) => Ok(Some(Greylisting::Server(addr))),
+                Ok(None) => Ok(None),
+                Err(e) => Err(format!("GREYIP: {e}")),
+            };
+        }
+        let file = control.lines("greylist").map_err(|e| e.to_string())?;
+        let env_on = std::env::var("GREYLIST").is_ok_and(|v| !v.is_empty() && v != "0");
+        if file.is_none() && !env_on {
+            return Ok(None);
+        }
+        let mut config = policy::greylist::GreylistConfig::indimail_installer();
+        if let Some((line, text)) = file.and_then(|v| v.into_iter().next()) {
+            let nums: Vec<u64> = text
+                .split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            match nums.as_slice() {
+                [m, w, t] => {
+                    config.min_resend = std::time::Duration::from_secs(*m);
+                    config.window = std::time::Duration::from_secs(*w);
+                    config.timeout = std::time::Duration::from_secs(*t);
+                }
+                _ => {
+                    return Err(format!(
+                        "{}:{line}: expected `min-resend window timeout` in seconds",
+                        control.file("greylist").display()
+                    ))
+                }
+            }
+        }
+        let white_path = control.file("greylist.white");
+        let whitelist = if white_path.exists() {
+            policy::greylist::Whitelist::load(&white_path).map_err(|errs| {
+                errs.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })?
+        } else {
+            policy::greylist::Whitelist::default()
+        };
+        let dir = home.join("greylist");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let path = dir.join(format!("shard{index}.state"));
+        let state = match policy::greylist::Greylist::load(
+            &path,
+            config.clone(),
+            whitelist.clone(),
+            SystemTime::now(),
+        ) {
+            Ok(g) => g,
+            Err(e) => {
+                log!(
+                    "shard{index} greylist state {} unreadable, starting empty: {e}",
+                    path.display()
+                );
+                policy::greylist::Greylist::new(config, whitelist)
+            }
+        };
+        Ok(Some(Greylisting::BuiltIn { state, path }))
+    }
 }
 
 impl SmtpShard {
@@ -158,6 +253,7 @@ impl SmtpShard {
             connections: Cell::new(0),
             per_ip: RefCell::new(HashMap::new()),
             directory,
+            greylisting: RefCell::new(None),
         }
     }
 }
@@ -169,6 +265,21 @@ fn generation(settings: Rc<SmtpSettings>, tls: bool) -> Generation {
 }
 
 impl SmtpShard {
+    /// Turns greylisting on for this shard.
+    pub fn set_greylisting(&self, g: Option<Greylisting>) {
+        *self.greylisting.borrow_mut() = g;
+    }
+
+    /// Saves the built-in greylisting state (periodically and at stop).
+    pub fn save_greylist(&self) {
+        if let Some(Greylisting::BuiltIn { state, path }) = &mut *self.greylisting.borrow_mut() {
+            state.purge(SystemTime::now());
+            if let Err(e) = state.save(path) {
+                log!("shard{} greylist state not saved: {e}", self.index);
+            }
+        }
+    }
+
     /// Swaps in new settings (hot reload); connections already open keep
     /// the ones they started with.
     pub fn reload(&self, settings: Rc<SmtpSettings>) {
@@ -653,6 +764,9 @@ impl Connection {
                     if self.settings.policy.chkrcpt_applies(&addr) {
                         d = self.check_recipient(&addr).await;
                     }
+                    if let Decision::Accept = d {
+                        d = self.greylist(&addr).await;
+                    }
                 }
                 self.session.decide(d);
             }
@@ -759,6 +873,55 @@ impl Connection {
         let d = self.verdict(v, &mut txn, rcpt);
         self.txn = txn;
         d
+    }
+
+    /// Greylisting for clients that are neither relay clients nor
+    /// authenticated (see [`Greylisting`]).
+    async fn greylist(&mut self, rcpt: &str) -> Decision {
+        if self.relay || self.txn.relay || self.auth_user.is_some() {
+            return Decision::Accept;
+        }
+        let ip = self.peer.ip();
+        let sender = self.txn.sender.clone();
+        let server = match &mut *self.shard.greylisting.borrow_mut() {
+            None => return Decision::Accept,
+            Some(Greylisting::BuiltIn { state, .. }) => {
+                let d = state.check(ip, &sender, &[rcpt], SystemTime::now());
+                let mut txn = std::mem::take(&mut self.txn);
+                let decision = self.verdict(d.verdict(), &mut txn, rcpt);
+                self.txn = txn;
+                return decision;
+            }
+            Some(Greylisting::Server(addr)) => *addr,
+        };
+        let request = policy::greylist::udp::encode_request(ip, &sender, &[rcpt]);
+        let answer = async {
+            let bind = if server.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            };
+            let sock = tokio::net::UdpSocket::bind(bind).await?;
+            sock.send_to(&request, server).await?;
+            let mut buf = [0u8; 16];
+            let n = sock.recv(&mut buf).await?;
+            Ok::<_, std::io::Error>(buf[..n].to_vec())
+        };
+        let verdict =
+            match tokio::time::timeout(policy::greylist::udp::DEFAULT_TIMEOUT, answer).await {
+                Ok(Ok(bytes)) => match policy::greylist::udp::decode_reply(&bytes) {
+                    Ok(reply) => reply.verdict(),
+                    Err(e) => policy::greylist::udp::temporary_failure(&format!(
+                        "bad reply from {server}: {e}"
+                    )),
+                },
+                Ok(Err(e)) => policy::greylist::udp::temporary_failure(&format!("{server}: {e}")),
+                Err(_) => policy::greylist::udp::temporary_failure(&format!("{server}: timeout")),
+            };
+        let mut txn = std::mem::take(&mut self.txn);
+        let decision = self.verdict(verdict, &mut txn, rcpt);
+        self.txn = txn;
+        decision
     }
 
     /// Turns a policy verdict into a decision, logging the rule that matched.
