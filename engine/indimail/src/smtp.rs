@@ -215,7 +215,7 @@ impl Greylisting {
         let path = dir.join(format!("shard{index}.state"));
         let state = match policy::greylist::Greylist::load(
             &path,
-            config.clone(),
+            config,
             whitelist.clone(),
             SystemTime::now(),
         ) {
