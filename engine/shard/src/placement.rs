@@ -112,6 +112,11 @@ pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, PlacementError> {
     if out.is_empty() {
         return Err(bad());
     }
+    // A CPU listed twice would start two shards on one core.
+    let mut seen = std::collections::HashSet::new();
+    if !out.iter().all(|c| seen.insert(*c)) {
+        return Err(bad());
+    }
     Ok(out)
 }
 
@@ -160,6 +165,8 @@ mod tests {
         assert!(parse_cpu_list("").is_err());
         assert!(parse_cpu_list("3-1").is_err());
         assert!(parse_cpu_list("a").is_err());
+        assert!(parse_cpu_list("0,0").is_err());
+        assert!(parse_cpu_list("0-2,1").is_err());
     }
 
     #[test]
