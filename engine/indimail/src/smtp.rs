@@ -28,9 +28,14 @@ use crate::log;
 use crate::metrics::ShardMetrics;
 use crate::queues::ShardQueues;
 
-/// Read buffer size; a line longer than this is handled by the core's
-/// line cap, so this only bounds one read.
+/// Largest read buffer: a connection streaming a message reads in pieces
+/// this big. A line longer than this is handled by the core's line cap.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// Buffer of a connection between messages: small, so that many idle
+/// sessions cost little memory (on io_uring a pending read holds its
+/// buffer); it grows to `READ_CHUNK` while data streams in.
+const IDLE_CHUNK: usize = 4 * 1024;
 
 /// Longest a TLS handshake may take before the connection is dropped (a
 /// slow TLS client must not hold a slot for long).
@@ -609,7 +614,10 @@ enum ConnError {
 impl Connection {
     async fn run(&mut self) -> Result<(), ConnError> {
         self.session.greet();
-        let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+        let mut buf: Vec<u8> = Vec::with_capacity(IDLE_CHUNK);
+        // Whether the last read filled the buffer: then the client is
+        // streaming and a bigger buffer saves reads.
+        let mut filled = false;
         let mut start = 0usize;
         loop {
             // Process what is buffered.
@@ -656,9 +664,14 @@ impl Connection {
                 buf.drain(..start);
                 start = 0;
             }
-            if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-                buf.reserve(READ_CHUNK);
+            if filled && buf.capacity() < READ_CHUNK {
+                buf.reserve(READ_CHUNK - buf.len());
+            } else if buf.is_empty() && buf.capacity() > IDLE_CHUNK {
+                buf = Vec::with_capacity(IDLE_CHUNK);
+            } else if buf.capacity() - buf.len() < IDLE_CHUNK / 2 {
+                buf.reserve(IDLE_CHUNK);
             }
+            let room = buf.capacity() - buf.len();
             let timeout = self.settings.timeout;
             let (r, b) = match tokio::time::timeout(timeout, self.io().read(buf)).await {
                 Ok(x) => x,
@@ -678,7 +691,7 @@ impl Connection {
             buf = b;
             match r {
                 Ok(0) => return Ok(()),
-                Ok(_) => {}
+                Ok(n) => filled = n == room,
                 Err(e) => return Err(e.into()),
             }
         }
