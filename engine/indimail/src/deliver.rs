@@ -357,17 +357,8 @@ impl DeliveryShard {
         let Some(env) = q.envelope(&id) else {
             return;
         };
-        let message = match q.read_message(&id).await {
-            Ok(m) => m,
-            Err(e) => {
-                let why = format!("cannot read message from queue: {e} (#4.3.0)");
-                let outs = rcpts
-                    .into_iter()
-                    .map(|r| (r, Outcome::Temporary(why.clone())))
-                    .collect();
-                self.finish(q, id, outs, Channel::Local).await;
-                return;
-            }
+        let Some(message) = self.read_or_defer(q, id, &rcpts, Channel::Local).await else {
+            return;
         };
         // Outcomes are recorded as soon as each recipient is done, so a crash
         // re-delivers at most the recipient in hand; permanent failures are
@@ -473,17 +464,8 @@ impl DeliveryShard {
         let Some(env) = q.envelope(&id) else {
             return;
         };
-        let message = match q.read_message(&id).await {
-            Ok(m) => m,
-            Err(e) => {
-                let why = format!("cannot read message from queue: {e} (#4.3.0)");
-                let outs = rcpts
-                    .into_iter()
-                    .map(|r| (r, Outcome::Temporary(why.clone())))
-                    .collect();
-                self.finish(q, id, outs, Channel::Remote).await;
-                return;
-            }
+        let Some(message) = self.read_or_defer(q, id, &rcpts, Channel::Remote).await else {
+            return;
         };
         let d = self.delivery_no();
         let addrs: Vec<String> = rcpts.iter().map(|r| r.recipient.clone()).collect();
@@ -522,6 +504,29 @@ impl DeliveryShard {
             outs.push((r, o));
         }
         self.finish(q, id, outs, Channel::Remote).await;
+    }
+
+    /// The message body; when the queue cannot give it, every recipient of
+    /// the job is deferred and `None` returned.
+    async fn read_or_defer(
+        &self,
+        q: &Rc<Queue>,
+        id: MessageId,
+        rcpts: &[DueRecipient],
+        channel: Channel,
+    ) -> Option<Vec<u8>> {
+        match q.read_message(&id).await {
+            Ok(m) => Some(m),
+            Err(e) => {
+                let why = format!("cannot read message from queue: {e} (#4.3.0)");
+                let outs = rcpts
+                    .iter()
+                    .map(|r| (r.clone(), Outcome::Temporary(why.clone())))
+                    .collect();
+                self.finish(q, id, outs, channel).await;
+                None
+            }
+        }
     }
 
     /// Applies the lifetime, bounces permanent failures, records outcomes.
