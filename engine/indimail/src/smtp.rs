@@ -330,6 +330,10 @@ pub fn session_config(s: &SmtpSettings, service: Service, tls: bool) -> SessionC
         auth_plain_needs_tls: !var_off("SECURE_AUTH"),
         require_auth: service == Service::Submission || var_on("REQUIREAUTH"),
         require_tls: var_on("FORCE_TLS"),
+        max_auth_failures: std::env::var("MAX_AUTH_FAILURES")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(3),
         ..SessionConfig::new(s.me.clone())
     }
 }
@@ -837,6 +841,23 @@ impl Connection {
             authenticated: self.auth_user.as_deref(),
             helo: &helo,
         };
+        // badhelo: the protocol core answers HELO itself, so the HELO name
+        // is judged at the first MAIL after it (same reply class).
+        if !self.relay {
+            if let policy::Verdict::Reject {
+                code,
+                enhanced,
+                text,
+                rule,
+            } = self.settings.policy.check_helo(&helo)
+            {
+                log!(
+                    "shard{} policy refused helo <{helo}> ip={ip} reply={code} rule={rule}",
+                    self.shard.index
+                );
+                return Decision::Reject(Reply::new(code, Some(enhanced), text));
+            }
+        }
         let v = self.settings.policy.check_mail(&conn, sender);
         let mut txn = Txn {
             sender: sender.to_string(),

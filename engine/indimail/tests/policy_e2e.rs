@@ -136,3 +136,22 @@ fn badmailfrom_change_applies_without_restart() {
         last(&transaction(&s, "late@bad.example", "a@example.com", "x")).0 == 553
     });
 }
+
+#[test]
+fn badhelo_refuses_the_transaction() {
+    let h = home_with(&[("badhelo", "evil.example\n")]);
+    let s = Server::start_with(
+        h.path(),
+        "uring",
+        &[("BADHELOCHECK", "1"), ("INDIMAIL_NO_DELIVERY", "1")],
+    );
+    let mut c = Client::connect(s.smtp);
+    c.reply();
+    c.cmd("HELO evil.example");
+    let (code, text) = c.cmd("MAIL FROM:<a@b.example>");
+    assert_eq!(code / 100, 5, "{text}");
+    let mut c = Client::connect(s.smtp);
+    c.reply();
+    c.cmd("HELO good.example");
+    assert_eq!(c.cmd("MAIL FROM:<a@b.example>").0, 250);
+}
