@@ -152,6 +152,7 @@ pub struct DeliveryShard {
     /// Woken when a job finishes (a concurrency slot is free again).
     slot_freed: tokio::sync::Notify,
     next_delivery: std::cell::Cell<u64>,
+    metrics: std::sync::Arc<crate::metrics::ShardMetrics>,
 }
 
 impl DeliveryShard {
@@ -163,6 +164,7 @@ impl DeliveryShard {
         directory: Rc<crate::directory::DirectoryHandle>,
         settings: Rc<DeliverySettings>,
         remote: Remote,
+        metrics: std::sync::Arc<crate::metrics::ShardMetrics>,
     ) -> DeliveryShard {
         DeliveryShard {
             index,
@@ -174,6 +176,7 @@ impl DeliveryShard {
             remote,
             slot_freed: tokio::sync::Notify::new(),
             next_delivery: std::cell::Cell::new(1),
+            metrics,
         }
     }
 
@@ -546,6 +549,12 @@ impl DeliveryShard {
         let mut failed = Vec::new();
         for (r, o) in outs {
             let o = self.settings.retry.finalize(o, env.arrival, now, null);
+            use crate::metrics::Counter;
+            self.metrics.inc(match &o {
+                Outcome::Delivered(_) => Counter::Delivered,
+                Outcome::Temporary(_) => Counter::Deferred,
+                Outcome::Permanent(_) => Counter::Failed,
+            });
             let rec = match o {
                 Outcome::Delivered(t) => RecipientOutcome::Delivered { reply: t },
                 Outcome::Temporary(t) => RecipientOutcome::Deferred {
@@ -628,6 +637,7 @@ impl DeliveryShard {
                 let new = self
                     .inject(&b.sender, b.recipients.clone(), b.message)
                     .await?;
+                self.metrics.inc(crate::metrics::Counter::Bounces);
                 log!("shard{} bounce msg {id} qp {new}", self.index);
                 Ok(())
             }

@@ -72,6 +72,9 @@ enum Command {
         /// POP3 proxy with implicit TLS.
         #[arg(long = "pop3s-proxy", value_name = "ADDR:PORT")]
         pop3s_proxy: Vec<SocketAddr>,
+        /// Prometheus metrics (HTTP `GET /metrics`), summed over shards.
+        #[arg(long = "metrics", value_name = "ADDR:PORT")]
+        metrics: Vec<SocketAddr>,
         /// CPUs to run shards on, e.g. `0-3,6` (overrides control/cpus).
         #[arg(long, value_name = "LIST")]
         cpus: Option<String>,
@@ -185,6 +188,7 @@ fn main() -> ExitCode {
             imaps_proxy,
             pop3_proxy,
             pop3s_proxy,
+            metrics,
             cpus,
             driver,
         } => {
@@ -200,6 +204,7 @@ fn main() -> ExitCode {
                 (Service::ImapsProxy, imaps_proxy),
                 (Service::Pop3Proxy, pop3_proxy),
                 (Service::Pop3sProxy, pop3s_proxy),
+                (Service::Metrics, metrics),
             ] {
                 listeners.extend(addrs.into_iter().map(|a| (svc, a)));
             }

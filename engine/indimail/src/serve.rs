@@ -9,7 +9,7 @@ use shard::{Placement, ShardInfo, Shutdown};
 
 use crate::config::{QueueSpec, ServeConfig, SmtpSettings};
 use crate::log;
-use crate::metrics::{MetricsSnapshot, ShardMetrics};
+use crate::metrics::{Counter, Registry};
 use crate::queues::{self, ShardQueues};
 use crate::smtp::{self, SmtpShard};
 
@@ -25,6 +25,8 @@ struct Shared {
     /// SO_REUSEPORT.
     first_listeners: Mutex<Option<Vec<std::net::TcpListener>>>,
     ready: Mutex<mpsc::Sender<Result<String, String>>>,
+    /// Every shard's counters.
+    registry: Registry,
     /// New SMTP settings after a reload.
     reload: tokio::sync::watch::Receiver<Arc<SmtpSettings>>,
     /// The home directory (directory store, mailboxes).
@@ -103,6 +105,7 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
         log!("warning: user directory unavailable at start: {e}");
     }
 
+    let registry = Registry::new(shards);
     block_signals();
     let (reload_tx, reload_rx) = tokio::sync::watch::channel(Arc::new(config.smtp.clone()));
     let (ready_tx, ready_rx) = mpsc::channel();
@@ -113,6 +116,7 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
         first_listeners: Mutex::new(Some(first)),
         ready: Mutex::new(ready_tx),
         reload: reload_rx,
+        registry: registry.clone(),
         home: config.paths.home.clone(),
         control: config.paths.control.clone(),
         no_delivery: std::env::var_os("INDIMAIL_NO_DELIVERY")
@@ -172,24 +176,25 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
     };
     log!("status: signal {sig}, stopping");
     shutdown.trigger();
-    let mut total = MetricsSnapshot::default();
     for (i, r) in handles.join().into_iter().enumerate() {
         match r {
-            Ok(Ok(m)) => total = total + m,
+            Ok(Ok(())) => {}
             Ok(Err(e)) => log!("shard{i} error: {e}"),
             Err(p) => log!("shard{i} panicked: {p}"),
         }
     }
     log!(
-        "status: stopped connections={} accepted={} rejected={}",
-        total.connections,
-        total.accepted,
-        total.rejected
+        "status: stopped connections={} accepted={} rejected={} delivered={} bounced={}",
+        registry.total(Counter::Connections),
+        registry.total(Counter::Accepted),
+        registry.total(Counter::Rejected),
+        registry.total(Counter::Delivered),
+        registry.total(Counter::Failed)
     );
     Ok(())
 }
 
-async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<MetricsSnapshot, String> {
+async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<(), String> {
     let ready = shared
         .ready
         .lock()
@@ -222,6 +227,10 @@ async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<MetricsSnaps
             tokio::task::spawn_local(smtp::accept_loop(Rc::clone(&smtp_shard), l, *svc, stop));
             continue;
         }
+        if *svc == Service::Metrics {
+            tokio::task::spawn_local(crate::metrics::serve(l, shared.registry.clone(), stop));
+            continue;
+        }
         let Some(ctx) = proxy.clone() else { continue };
         match svc {
             Service::Pop3 => drop(tokio::task::spawn_local(proxies::serve_pop3(l, ctx, stop))),
@@ -238,6 +247,7 @@ async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<MetricsSnaps
             Service::Pop3sProxy => drop(tokio::task::spawn_local(proxies::serve_pop3s_proxy(
                 l, ctx, stop,
             ))),
+            Service::Metrics => {}
             Service::Smtp | Service::Submission | Service::Smtps => {}
         }
     }
@@ -292,7 +302,7 @@ async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<MetricsSnaps
     while smtp_shard.active_connections() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    Ok(smtp_shard.metrics.snapshot())
+    Ok(())
 }
 
 use std::rc::Rc;
@@ -398,7 +408,11 @@ async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, Strin
             ));
         }
     }
-    let proxy = if shared.addrs.iter().any(|(s, _)| !s.is_smtp()) {
+    let proxy = if shared
+        .addrs
+        .iter()
+        .any(|(s, _)| !s.is_smtp() && *s != crate::smtp::Service::Metrics)
+    {
         let dir = directory
             .get()
             .await
@@ -420,7 +434,7 @@ async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, Strin
     let smtp_shard = Rc::new(SmtpShard::new(
         settings,
         Rc::clone(&queues),
-        Rc::new(ShardMetrics::default()),
+        shared.registry.shard(info.index),
         info.index,
         directory.clone(),
         certs,
@@ -444,6 +458,7 @@ async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, Strin
             directory,
             Rc::new(settings),
             remote,
+            shared.registry.shard(info.index),
         )))
     };
     Ok((smtp_shard, listeners, delivery, proxy))

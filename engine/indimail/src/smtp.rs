@@ -63,11 +63,13 @@ pub enum Service {
     Pop3Proxy,
     /// POP3 proxy, implicit TLS.
     Pop3sProxy,
+    /// Prometheus metrics over HTTP.
+    Metrics,
 }
 
 impl Service {
     /// Every service, in the order of their names.
-    pub const ALL: [Service; 9] = [
+    pub const ALL: [Service; 10] = [
         Service::Smtp,
         Service::Submission,
         Service::Smtps,
@@ -77,6 +79,7 @@ impl Service {
         Service::ImapsProxy,
         Service::Pop3Proxy,
         Service::Pop3sProxy,
+        Service::Metrics,
     ];
 
     /// Name in logs, `control/listeners`, `--NAME` options and the ready lines.
@@ -91,6 +94,7 @@ impl Service {
             Service::ImapsProxy => "imaps-proxy",
             Service::Pop3Proxy => "pop3-proxy",
             Service::Pop3sProxy => "pop3s-proxy",
+            Service::Metrics => "metrics",
         }
     }
 
@@ -133,7 +137,7 @@ pub struct SmtpShard {
     /// The queues this shard owns.
     pub queues: Rc<ShardQueues>,
     /// Counters.
-    pub metrics: Rc<ShardMetrics>,
+    pub metrics: std::sync::Arc<ShardMetrics>,
     /// Shard index, for logs.
     pub index: usize,
     connections: Cell<u32>,
@@ -242,7 +246,7 @@ impl SmtpShard {
     pub fn new(
         settings: Rc<SmtpSettings>,
         queues: Rc<ShardQueues>,
-        metrics: Rc<ShardMetrics>,
+        metrics: std::sync::Arc<ShardMetrics>,
         index: usize,
         directory: Rc<crate::directory::DirectoryHandle>,
         certs: Option<Rc<tls::CertStore>>,
@@ -465,10 +469,7 @@ async fn connection(
         let _ = stream.write_all(r.to_wire()).await;
         return;
     }
-    shard
-        .metrics
-        .connections
-        .set(shard.metrics.connections.get() + 1);
+    shard.metrics.inc(crate::metrics::Counter::Connections);
     let relay = settings.relay_everyone || rule.var("RELAYCLIENT").is_some();
     let check_rcpt = match rule.var("CHECKRECIPIENT") {
         Some(v) => v != "0" && !v.is_empty(),
@@ -794,10 +795,7 @@ impl Connection {
                     w.abort().await;
                 }
                 self.spool_failed = None;
-                self.shard
-                    .metrics
-                    .rejected
-                    .set(self.shard.metrics.rejected.get() + 1);
+                self.shard.metrics.inc(crate::metrics::Counter::Rejected);
             }
         }
     }
@@ -1069,6 +1067,9 @@ impl Connection {
                     *n = n.saturating_add(1);
                     *n
                 };
+                self.shard
+                    .metrics
+                    .inc(crate::metrics::Counter::AuthFailures);
                 log!(
                     "shard{} auth failed user={user} mech={mechanism} ip={ip} failures={} ip_failures={ip_failures}",
                     self.shard.index,
@@ -1264,10 +1265,7 @@ impl Connection {
         let rcpt_count = envelope.recipients.len();
         match w.commit(envelope).await {
             Ok(id) => {
-                self.shard
-                    .metrics
-                    .accepted
-                    .set(self.shard.metrics.accepted.get() + 1);
+                self.shard.metrics.inc(crate::metrics::Counter::Accepted);
                 log!(
                     "shard{} new msg {id} bytes={} from=<{sender}> rcpts={} ip={}",
                     self.shard.index,
