@@ -9,7 +9,7 @@
 //!   ([`routes`]), MX resolution ([`dns`]), the per-destination backoff
 //!   table ([`backoff`]), an SMTP client ([`smtp_client`] core driven over
 //!   `shard::io::TcpStream` by [`transport`]) with PIPELINING,
-//!   opportunistic STARTTLS (rustls), connection reuse, and the
+//!   opportunistic STARTTLS (the `tls` crate, as the server), connection reuse, and the
 //!   `QMAILREMOTE` hook.
 //! - [`bounce`]: RFC 3464 DSNs in qmail-send's QSBMF words, and the
 //!   bounce / double-bounce / drop decision.

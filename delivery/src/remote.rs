@@ -29,7 +29,7 @@ use crate::dns::{DnsError, Resolver};
 use crate::program::{self, ProgramSpec};
 use crate::routes::{Route, SmtpRoutes, SMTP_PORT};
 use crate::smtp_client::{dot_stuff, Action, ClientConfig, ClientSession, Envelope};
-use crate::transport::{tls_config, Connection, TlsVerify, TransportError};
+use crate::transport::{Connection, TransportError};
 use crate::Outcome;
 
 /// Remote delivery settings.
@@ -73,7 +73,12 @@ impl RemoteConfig {
             routes: SmtpRoutes::default(),
             mx_port: SMTP_PORT,
             starttls: true,
-            tls: tls_config(&TlsVerify::AcceptAny)?,
+            tls: tls::ClientTlsConfig::new(tls::ClientVerify::AcceptAny)
+                .build()
+                .map_err(|e| match e {
+                    tls::TlsError::Tls(e) => e,
+                    other => rustls::Error::General(other.to_string()),
+                })?,
             penalty: DEFAULT_PENALTY,
             max_tolerance: DEFAULT_MAX_TOLERANCE,
             qmailremote: None,

@@ -194,6 +194,25 @@ impl ClientConn {
         }
     }
 
+    /// A freshly accepted client of a proxy: under TLS at once on the implicit-TLS ports
+    /// (993, 995; RFC 8314), then greeted. `None` (connection over) when implicit TLS has no
+    /// certificate, the handshake failed or the greeting could not be sent.
+    pub(crate) async fn accepted(
+        s: TcpStream,
+        ctx: &crate::ProxyContext,
+        implicit_tls: bool,
+        greeting: &[u8],
+    ) -> Option<ClientConn> {
+        let mut s = ClientConn::Plain(s);
+        if implicit_tls {
+            s = s
+                .upgrade(ctx.tls.as_ref()?, ctx.config.command_timeout)
+                .await?;
+        }
+        write(&mut s, greeting.to_vec()).await.ok()?;
+        Some(s)
+    }
+
     /// Upgrades a plain connection (STARTTLS/STLS or implicit TLS) within `limit`. `None`
     /// (socket shut down) when the handshake failed, timed out, or TLS was already on.
     pub(crate) async fn upgrade(
@@ -218,6 +237,39 @@ impl ClientConn {
             }
         }
     }
+}
+
+/// A stream that can be upgraded to TLS after STARTTLS/STLS: the Maildir server's
+/// [`tls::MaybeTls`] and the proxies' [`ClientConn`].
+pub(crate) trait IntoTls: Sized {
+    /// The server side of the handshake within `limit`; `None` (socket shut down) when it
+    /// failed, timed out, or TLS was already on.
+    async fn into_tls(self, store: &tls::CertStore, limit: Duration) -> Option<Self>;
+}
+
+impl IntoTls for ClientConn {
+    async fn into_tls(self, store: &tls::CertStore, limit: Duration) -> Option<Self> {
+        self.upgrade(store, limit).await
+    }
+}
+
+/// The STARTTLS/STLS switch shared by the IMAP and POP3 login phases: sends the go-ahead
+/// `reply` in the clear, drops every byte read so far (RFC 3207 §5, RFC 2595 §4, RFC 9051
+/// §6.2.1: nothing pipelined before the handshake may be trusted), then runs the handshake
+/// within `limit`. `None`: the connection is over (write failed, no certificate, or the
+/// handshake failed).
+pub(crate) async fn switch_to_tls<S: Io + IntoTls>(
+    mut s: S,
+    reply: Vec<u8>,
+    inb: &mut Inbuf,
+    store: Option<&tls::CertStore>,
+    limit: Duration,
+) -> Option<S> {
+    if write(&mut s, reply).await.is_err() {
+        return None;
+    }
+    inb.clear();
+    s.into_tls(store?, limit).await
 }
 
 impl Io for ClientConn {

@@ -8,12 +8,10 @@ use std::rc::Rc;
 use shard::io::{TcpListener, TcpStream};
 
 use crate::backend::imap_login;
-use crate::conn::{write, ClientConn, Inbuf};
+use crate::conn::{switch_to_tls, write, ClientConn, Inbuf};
 use crate::imap_login::{ImapEvent, ImapLogin, GREETING};
-use crate::relay::{relay, RelayEnd};
-use crate::{
-    accept_loop, authorize, log_line, logged_in, mailstore, ProxyContext, Refusal, Service,
-};
+use crate::relay::hand_over;
+use crate::{accept_loop, authorize, log_line, mailstore, ProxyContext, Refusal, Service};
 
 /// Said before closing a connection that sent nothing for the command timeout, or a
 /// logged-in session idle for `DATA_TIMEOUT` (spec 6).
@@ -46,17 +44,9 @@ pub async fn serve_imaps_proxy(
 }
 
 async fn session(s: TcpStream, peer: SocketAddr, ctx: Rc<ProxyContext>, implicit_tls: bool) {
-    let mut s = ClientConn::Plain(s);
-    if implicit_tls {
-        let Some(store) = &ctx.tls else { return };
-        s = match s.upgrade(store, ctx.config.command_timeout).await {
-            Some(t) => t,
-            None => return,
-        };
-    }
-    if write(&mut s, GREETING.to_vec()).await.is_err() {
+    let Some(mut s) = ClientConn::accepted(s, &ctx, implicit_tls, GREETING).await else {
         return;
-    }
+    };
     let mut cfg = ctx.config.imap_login();
     cfg.starttls = ctx.tls.is_some();
     let mut core = ImapLogin::new(cfg, implicit_tls);
@@ -82,13 +72,8 @@ async fn session(s: TcpStream, peer: SocketAddr, ctx: Rc<ProxyContext>, implicit
                 return;
             }
             ImapEvent::StartTls(r) => {
-                if write(&mut s, r).await.is_err() {
-                    return;
-                }
-                // Plaintext pipelined after STARTTLS is never trusted (RFC 9051 §6.2.1).
-                inb.clear();
-                let Some(store) = &ctx.tls else { return };
-                s = match s.upgrade(store, core.config().command_timeout).await {
+                let limit = core.config().command_timeout;
+                s = match switch_to_tls(s, r, &mut inb, ctx.tls.as_deref(), limit).await {
                     Some(t) => t,
                     None => return,
                 };
@@ -98,7 +83,19 @@ async fn session(s: TcpStream, peer: SocketAddr, ctx: Rc<ProxyContext>, implicit
             ImapEvent::Login(c) => match login(&ctx, &c.user, &c.password, peer).await {
                 Ok((backend, user, store)) => {
                     let reply = core.accepted(backend.capability.as_deref());
-                    finish(&ctx, s, inb, backend, reply, &user, peer, store).await;
+                    hand_over(
+                        &ctx,
+                        s,
+                        inb,
+                        backend,
+                        reply,
+                        &user,
+                        peer,
+                        store,
+                        Service::Imap,
+                        IDLE_BYE,
+                    )
+                    .await;
                     return;
                 }
                 Err(why) => match core.refused(why) {
@@ -161,43 +158,4 @@ pub(crate) fn backend_user(ctx: &ProxyContext, u: &lookup::User, peer: SocketAdd
     } else {
         format!("{}:{}", u.email(), peer.ip())
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn finish(
-    ctx: &ProxyContext,
-    mut client: ClientConn,
-    mut inb: Inbuf,
-    mut backend: crate::backend::Backend,
-    mut reply: Vec<u8>,
-    user: &lookup::User,
-    peer: SocketAddr,
-    store: SocketAddr,
-) {
-    // Our OK first, then anything the mailstore already sent after its own login reply.
-    reply.extend_from_slice(&backend.leftover);
-    if write(&mut client, reply).await.is_err() {
-        return;
-    }
-    // Commands the client pipelined after LOGIN belong to the mailstore.
-    if write(&mut backend.stream, inb.take()).await.is_err() {
-        return;
-    }
-    logged_in(ctx, user, peer, Service::Imap, &store.to_string()).await;
-    let end = relay(
-        Rc::new(client),
-        Rc::new(backend.stream),
-        ctx.config.idle_timeout,
-        IDLE_BYE,
-    )
-    .await;
-    log_line(
-        ctx,
-        format_args!(
-            "proxyimap: INFO: LOGOUT user={}, ip=[{}], mailstore=[{store}]{}",
-            user.email(),
-            peer.ip(),
-            if end == RelayEnd::Idle { " (idle)" } else { "" }
-        ),
-    );
 }

@@ -9,13 +9,11 @@ use std::rc::Rc;
 use shard::io::{TcpListener, TcpStream};
 
 use crate::backend::{pop3_login, Backend};
-use crate::conn::{write, ClientConn, Inbuf};
+use crate::conn::{switch_to_tls, write, ClientConn, Inbuf};
 use crate::imap_proxy::backend_user;
 use crate::pop3_login::{Pop3Event, Pop3Login};
-use crate::relay::{relay, RelayEnd};
-use crate::{
-    accept_loop, authorize, log_line, logged_in, mailstore, ProxyContext, Refusal, Service,
-};
+use crate::relay::hand_over;
+use crate::{accept_loop, authorize, log_line, mailstore, ProxyContext, Refusal, Service};
 
 /// The greeting (no APOP timestamp: APOP is not offered).
 pub(crate) const GREETING: &[u8] = b"+OK POP3 Server Ready.\r\n";
@@ -52,17 +50,9 @@ enum Target {
 }
 
 async fn session(s: TcpStream, peer: SocketAddr, ctx: Rc<ProxyContext>, implicit_tls: bool) {
-    let mut s = ClientConn::Plain(s);
-    if implicit_tls {
-        let Some(store) = &ctx.tls else { return };
-        s = match s.upgrade(store, ctx.config.command_timeout).await {
-            Some(t) => t,
-            None => return,
-        };
-    }
-    if write(&mut s, GREETING.to_vec()).await.is_err() {
+    let Some(mut s) = ClientConn::accepted(s, &ctx, implicit_tls, GREETING).await else {
         return;
-    }
+    };
     let mut cfg = ctx.config.pop3_login();
     cfg.stls = ctx.tls.is_some();
     let mut core = Pop3Login::new(cfg, implicit_tls);
@@ -83,13 +73,8 @@ async fn session(s: TcpStream, peer: SocketAddr, ctx: Rc<ProxyContext>, implicit
                 return;
             }
             Pop3Event::StartTls(r) => {
-                if write(&mut s, r).await.is_err() {
-                    return;
-                }
-                // Plaintext pipelined after STLS is never trusted (RFC 2595 §4).
-                inb.clear();
-                let Some(store) = &ctx.tls else { return };
-                s = match s.upgrade(store, core.config().command_timeout).await {
+                let limit = core.config().command_timeout;
+                s = match switch_to_tls(s, r, &mut inb, ctx.tls.as_deref(), limit).await {
                     Some(t) => t,
                     None => return,
                 };
@@ -99,7 +84,7 @@ async fn session(s: TcpStream, peer: SocketAddr, ctx: Rc<ProxyContext>, implicit
             Pop3Event::Login(c) => match login(&ctx, &c.user, &c.password, peer).await {
                 Ok((Target::Remote(b, store), u)) => {
                     let reply = core.accepted();
-                    remote(&ctx, s, inb, b, reply, &u, peer, store).await;
+                    hand_over(&ctx, s, inb, b, reply, &u, peer, store, Service::Pop3, b"").await;
                     return;
                 }
                 Ok((Target::Local, u)) => {
@@ -152,41 +137,4 @@ async fn login(
             Err(e.refusal())
         }
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn remote(
-    ctx: &ProxyContext,
-    mut client: ClientConn,
-    mut inb: Inbuf,
-    mut backend: Backend,
-    mut reply: Vec<u8>,
-    user: &lookup::User,
-    peer: SocketAddr,
-    store: SocketAddr,
-) {
-    reply.extend_from_slice(&backend.leftover);
-    if write(&mut client, reply).await.is_err() {
-        return;
-    }
-    if write(&mut backend.stream, inb.take()).await.is_err() {
-        return;
-    }
-    logged_in(ctx, user, peer, Service::Pop3, &store.to_string()).await;
-    let end = relay(
-        Rc::new(client),
-        Rc::new(backend.stream),
-        ctx.config.idle_timeout,
-        b"",
-    )
-    .await;
-    log_line(
-        ctx,
-        format_args!(
-            "proxypop3: INFO: LOGOUT user={}, ip=[{}], mailstore=[{store}]{}",
-            user.email(),
-            peer.ip(),
-            if end == RelayEnd::Idle { " (idle)" } else { "" }
-        ),
-    );
 }

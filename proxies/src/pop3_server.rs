@@ -13,7 +13,7 @@ use std::rc::Rc;
 use shard::io::{TcpListener, TcpStream};
 use tls::MaybeTls;
 
-use crate::conn::{write, Inbuf, Io};
+use crate::conn::{switch_to_tls, write, Inbuf, IntoTls, Io};
 use crate::maildir::{scan, DotStuffer, MailboxLock, Message};
 use crate::pop3_login::{Pop3Event, Pop3Login};
 use crate::pop3_proxy::GREETING;
@@ -125,13 +125,8 @@ async fn authorization<S: Io + IntoTls>(
                 return;
             }
             Pop3Event::StartTls(r) => {
-                if write(&mut s, r).await.is_err() {
-                    return;
-                }
-                // RFC 2595 §4 / RFC 3207 §5: nothing read before the handshake is kept.
-                inb.clear();
-                let Some(store) = &ctx.tls else { return };
-                s = match s.into_tls(store, core.config().command_timeout).await {
+                let limit = core.config().command_timeout;
+                s = match switch_to_tls(s, r, &mut inb, ctx.tls.as_deref(), limit).await {
                     Some(t) => t,
                     None => return,
                 };
@@ -158,21 +153,9 @@ async fn authorization<S: Io + IntoTls>(
     }
 }
 
-/// A stream that can be upgraded to TLS after `STLS`: the Maildir server's [`MaybeTls`]
-/// and the POP3 proxy's client connection (for its local sessions).
-pub(crate) trait IntoTls: Sized {
-    async fn into_tls(self, store: &tls::CertStore, limit: std::time::Duration) -> Option<Self>;
-}
-
 impl IntoTls for MaybeTls {
     async fn into_tls(self, store: &tls::CertStore, limit: std::time::Duration) -> Option<Self> {
         start_tls(self, store, limit).await
-    }
-}
-
-impl IntoTls for crate::conn::ClientConn {
-    async fn into_tls(self, store: &tls::CertStore, limit: std::time::Duration) -> Option<Self> {
-        self.upgrade(store, limit).await
     }
 }
 

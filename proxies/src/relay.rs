@@ -6,16 +6,64 @@
 //! read can lose the bytes it received); only the end of the whole relay drops them.
 
 use std::cell::Cell;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
 use shard::io::TcpStream;
 use tokio::time::Instant;
 
-use crate::conn::ClientConn;
+use crate::backend::Backend;
+use crate::conn::{write, ClientConn, Inbuf};
+use crate::{log_line, logged_in, ProxyContext, Service};
 
 /// Bytes read per socket read while relaying.
 const RELAY_BUF: usize = 32 * 1024;
+
+/// After the mailstore accepted the login: sends the client our OK `reply` followed by
+/// whatever the mailstore already sent after its own login reply, passes on the commands the
+/// client pipelined after its login (they belong to the mailstore), logs the login, relays
+/// until either side closes or the session idles (sending `idle_bye` to the client then),
+/// and logs the logout (`store`: the mailstore's address).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn hand_over(
+    ctx: &ProxyContext,
+    mut client: ClientConn,
+    mut inb: Inbuf,
+    mut backend: Backend,
+    mut reply: Vec<u8>,
+    user: &lookup::User,
+    peer: SocketAddr,
+    store: SocketAddr,
+    service: Service,
+    idle_bye: &[u8],
+) {
+    reply.extend_from_slice(&backend.leftover);
+    if write(&mut client, reply).await.is_err() {
+        return;
+    }
+    if write(&mut backend.stream, inb.take()).await.is_err() {
+        return;
+    }
+    logged_in(ctx, user, peer, service, &store.to_string()).await;
+    let end = relay(
+        Rc::new(client),
+        Rc::new(backend.stream),
+        ctx.config.idle_timeout,
+        idle_bye,
+    )
+    .await;
+    log_line(
+        ctx,
+        format_args!(
+            "{}: INFO: LOGOUT user={}, ip=[{}], mailstore=[{store}]{}",
+            service.name(),
+            user.email(),
+            peer.ip(),
+            if end == RelayEnd::Idle { " (idle)" } else { "" }
+        ),
+    );
+}
 
 /// How a relay ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

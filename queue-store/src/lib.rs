@@ -257,16 +257,13 @@ pub struct QueuedMessage {
     pub spilled: bool,
 }
 
-/// Lists the live messages of a queue directory with plain std I/O and no
-/// runtime, for CLI tools (`indimail queue list`). Read-only: works on a
-/// running queue (a tail being written is seen as torn and ignored) or a
-/// stopped one; never truncates or deletes anything. Oldest first.
-pub fn scan(dir: &Path) -> Result<Vec<QueuedMessage>, QueueError> {
-    let seg_dir = dir.join("seg");
+/// The numbers of the segment files in `seg_dir`, ascending (oldest first); other
+/// files are ignored. Shared by recovery at open and by [`scan`].
+pub(crate) fn segment_numbers(seg_dir: &Path) -> Result<Vec<u32>, QueueError> {
     let mut nums = Vec::new();
-    let rd = std::fs::read_dir(&seg_dir).map_err(|e| QueueError::io("readdir", &seg_dir, e))?;
+    let rd = std::fs::read_dir(seg_dir).map_err(|e| QueueError::io("readdir", seg_dir, e))?;
     for ent in rd {
-        let ent = ent.map_err(|e| QueueError::io("readdir", &seg_dir, e))?;
+        let ent = ent.map_err(|e| QueueError::io("readdir", seg_dir, e))?;
         if let Some(n) = ent
             .file_name()
             .to_str()
@@ -276,6 +273,16 @@ pub fn scan(dir: &Path) -> Result<Vec<QueuedMessage>, QueueError> {
         }
     }
     nums.sort_unstable();
+    Ok(nums)
+}
+
+/// Lists the live messages of a queue directory with plain std I/O and no
+/// runtime, for CLI tools (`indimail queue list`). Read-only: works on a
+/// running queue (a tail being written is seen as torn and ignored) or a
+/// stopped one; never truncates or deletes anything. Oldest first.
+pub fn scan(dir: &Path) -> Result<Vec<QueuedMessage>, QueueError> {
+    let seg_dir = dir.join("seg");
+    let nums = segment_numbers(&seg_dir)?;
     let mut index = index::Index::default();
     let mut queue_no = None;
     for n in nums {

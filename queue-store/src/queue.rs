@@ -238,19 +238,7 @@ impl Queue {
         }
 
         let mut report = RecoveryReport::default();
-        let mut nums = Vec::new();
-        let rd = std::fs::read_dir(&seg_dir).map_err(|e| QueueError::io("readdir", &seg_dir, e))?;
-        for ent in rd {
-            let ent = ent.map_err(|e| QueueError::io("readdir", &seg_dir, e))?;
-            if let Some(n) = ent
-                .file_name()
-                .to_str()
-                .and_then(format::parse_segment_file_name)
-            {
-                nums.push(n);
-            }
-        }
-        nums.sort_unstable();
+        let nums = crate::segment_numbers(&seg_dir)?;
 
         let mut index = Index::default();
         let mut segs = BTreeMap::new();
