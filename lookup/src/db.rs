@@ -342,13 +342,22 @@ fn from_mysql(v: mysql_async::Value) -> SqlValue {
 
 impl MysqlDb {
     fn opts(cfg: &MysqlConfig, db: bool, pool_max: usize) -> mysql_async::Opts {
-        let constraints = mysql_async::PoolConstraints::new(0, pool_max.max(1)).unwrap_or_default();
+        // Keep connections: with no idle minimum, an inactive TTL of 0 and a
+        // reset on every return, each lookup paid a TCP connect, a session
+        // setup and a fresh PREPARE (measured: ~4 statements per lookup).
+        // We keep no session state, so no reset is needed either.
+        let constraints = mysql_async::PoolConstraints::new(1, pool_max.max(1)).unwrap_or_default();
         let mut b = mysql_async::OptsBuilder::default()
             .ip_or_hostname(cfg.host.clone())
             .user(Some(cfg.user.clone()))
             .pass(Some(cfg.password.clone()))
             .db_name(db.then(|| cfg.database.clone()))
-            .pool_opts(mysql_async::PoolOpts::default().with_constraints(constraints))
+            .pool_opts(
+                mysql_async::PoolOpts::default()
+                    .with_constraints(constraints)
+                    .with_inactive_connection_ttl(std::time::Duration::from_secs(60))
+                    .with_reset_connection(false),
+            )
             .tcp_nodelay(true);
         b = match &cfg.socket {
             Some(s) => b.socket(Some(s.to_string_lossy().into_owned())),
