@@ -6,7 +6,7 @@
 #   loadtest/compare.sh [--quick] [--postfix-only | --indimail-only] [--no-ceiling] [--runs N]
 #                       [--workloads accept,relay,virtual] [--sizes 1024,102400] [--rcpts 1,10]
 #                       [--messages M] [--sessions S] [--per-session P] [--users U]
-#                       [--half-rate] [--tsv FILE] [--out FILE] [--keep]
+#                       [--half-rate] [--no-build] [--tsv FILE] [--out FILE] [--keep]
 #
 # Workloads (each at every size and recipient count):
 #   accept   accept only. Postfix: queue manager disabled (smtpd + cleanup, queue file fsynced
@@ -21,7 +21,8 @@
 # Durability is each MTA's default (both fsync before 250 and on Maildir delivery).
 # --half-rate: after each closed-loop run (and its drain), the same instance gets an open-loop
 # run at half the rate it just reached (half the messages, so as long): latency at half load.
-# Each run also records the CPU time used by the server's processes and by the whole machine.
+# Each run also records the CPU time used by the server's processes, the generator and the
+# whole machine. --no-build uses the binaries already in $CARGO_TARGET_DIR/release.
 #
 # Needs root (Postfix's master), Debian's postfix (installed if missing by postfix-instance.sh).
 set -euo pipefail
@@ -30,7 +31,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 DOMAIN=example.com
 
-runs=3 quick=0 only="" out="" keep=0 ceiling=1 half_rate=0 tsv=""
+runs=3 quick=0 only="" out="" keep=0 ceiling=1 half_rate=0 tsv="" build=1
 workloads="accept,relay,virtual" sizes="1024,102400" rcpts_list="1,10"
 messages="" sessions=20 per_session=1 users=1000
 while [[ $# -gt 0 ]]; do
@@ -50,8 +51,9 @@ while [[ $# -gt 0 ]]; do
         --keep) keep=1; shift ;;
         --no-ceiling) ceiling=0; shift ;;
         --half-rate) half_rate=1; shift ;;
+        --no-build) build=0; shift ;;
         --tsv) tsv=$2; shift 2 ;;
-        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -72,14 +74,20 @@ die() { log "$*"; exit 1; }
 
 # --- build ---------------------------------------------------------------------------------
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-log "building indimail-loadtest (release) in $CARGO_TARGET_DIR"
-(cd "$ROOT" && cargo build --release -q -p indimail-loadtest) || die "building indimail-loadtest failed"
+if [[ $build -eq 1 ]]; then
+    log "building indimail-loadtest (release) in $CARGO_TARGET_DIR"
+    (cd "$ROOT" && cargo build --release -q -p indimail-loadtest) || die "building indimail-loadtest failed"
+fi
 LT=$CARGO_TARGET_DIR/release/indimail-loadtest
+[[ -x $LT ]] || die "$LT missing"
 IM=""
 if [[ " ${mtas[*]} " == *" indimail "* ]]; then
-    log "building indimail (release)"
-    (cd "$ROOT" && cargo build --release -q -p indimail) || die "building indimail failed"
+    if [[ $build -eq 1 ]]; then
+        log "building indimail (release)"
+        (cd "$ROOT" && cargo build --release -q -p indimail) || die "building indimail failed"
+    fi
     IM=$CARGO_TARGET_DIR/release/indimail
+    [[ -x $IM ]] || die "$IM missing"
 fi
 
 WORK=$(mktemp -d /tmp/indimail-compare.XXXXXX)
@@ -98,10 +106,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Below the kernel's ephemeral range (32768-60999 by default): a port picked inside it can be
+# the local port of one of the many client connections of the previous run, and the server's
+# bind then fails with EADDRINUSE.
 free_port() {
-    local p
+    local p lo
+    lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
     while :; do
-        p=$((20000 + RANDOM % 20000))
+        p=$((20000 + RANDOM % (lo > 21000 ? lo - 20000 : 1000)))
         (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
     done
 }
@@ -173,21 +185,28 @@ server_pid() { # mta dir
     esac
 }
 
-start_sink() { # dir -> sets SINK_PORT, SINK_STATS
+start_sink() { # dir mta -> sets SINK_PORT, SINK_STATS
     SINK_PORT=$(free_port)
-    SINK_STATS=$1/sink.json
-    "$LT" sink --listen "127.0.0.1:$SINK_PORT" --stats "$SINK_STATS" >/dev/null 2>"$1/sink.err" &
+    SINK_STATS=$1/sink-$2.json
+    "$LT" sink --listen "127.0.0.1:$SINK_PORT" --stats "$SINK_STATS" >/dev/null 2>"$1/sink-$2.err" &
     SINK_PID=$!; pids+=("$SINK_PID")
     wait_port "$SINK_PORT" || die "sink did not start"
 }
 
 # indimail's virtual-user home is built once (1,000 `user add` runs take a while) at a fixed
 # path, kept as a copy, and restored before each run: the directory stores absolute Maildir
-# paths, so each run's home must be at the same place.
+# paths, so each run's home must be at the same place. The previous run's home is moved
+# aside, not deleted, until the end: on ext4 without a journal, inodes freed in the last
+# minutes are skipped (and their inode-table blocks read) by every file creation, so deleting
+# thousands of delivered files just before a run would slow that run's Maildir deliveries.
 IM_VHOME=$WORK/indimail-vhome
 IM_VTEMPLATE=$WORK/indimail-vhome.template
 build_indimail_vhome() {
-    [[ -d $IM_VTEMPLATE ]] && { rm -rf "$IM_VHOME"; cp -a "$IM_VTEMPLATE" "$IM_VHOME"; return; }
+    if [[ -d $IM_VTEMPLATE ]]; then
+        [[ -d $IM_VHOME ]] && mv "$IM_VHOME" "$(mktemp -d "$WORK/old-vhome.XXXXXX")"
+        cp -a "$IM_VTEMPLATE" "$IM_VHOME"
+        return
+    fi
     log "creating $users indimail users (once)"
     mkdir -p "$IM_VHOME/control"
     echo "$DOMAIN" > "$IM_VHOME/control/rcpthosts"
@@ -220,6 +239,9 @@ start_mta() { # mta workload dir port; sets MTA_HOME (where its Maildirs are)
             ;;
         indimail)
             local env=()
+            # Postfix exempts mynetworks from its per-client limits; qmail's maxperip (20 by
+            # default) would refuse the half-rate run's extra sessions, so lift it alike.
+            mkdir -p "$dir/control"
             case $workload in
                 accept)
                     mkdir -p "$dir/control"; echo "$DOMAIN" > "$dir/control/rcpthosts"
@@ -232,6 +254,7 @@ start_mta() { # mta workload dir port; sets MTA_HOME (where its Maildirs are)
                     build_indimail_vhome
                     MTA_HOME=$IM_VHOME ;;
             esac
+            echo 0 > "$MTA_HOME/control/maxperip"
             env "${env[@]}" "$IM" serve --home "$MTA_HOME" --smtp "127.0.0.1:$port" >>"$dir.log" 2>&1 &
             MTA_PID=$!; pids+=("$MTA_PID")
             local i
@@ -281,31 +304,43 @@ measure() { # mta workload size rcpts run
     local dir=$WORK/run-$workload-$size-$rcpts-$run
     mkdir -p "$dir"
     local port; port=$(free_port)
-    [[ $workload == relay ]] && start_sink "$dir"
+    [[ $workload == relay ]] && start_sink "$dir" "$mta"
     start_mta "$mta" "$workload" "$dir/$mta" "$port"
     local spid; spid=$(server_pid "$mta" "$dir/$mta")
-    local t0 t1 report=$dir/$mta-report.json c0 c1 b0 b1
+    local t0 t1 report=$dir/$mta-report.json c0 c1 b0 b1 g0 g1
     c0=$(tree_ticks "$spid"); b0=$(sys_busy)
     t0=$(now)
+    times > "$dir/times0"
     "$LT" send --quiet --target "127.0.0.1:$port" --messages "$messages" --sessions "$sessions" \
         --per-session "$per_session" --size "$size" --rcpts "$rcpts" --users "$users" \
         --rcpt-domain $DOMAIN --pipelining --json "$report" >"$dir/$mta-send.txt" 2>&1 \
         || die "send failed (see $dir/$mta-send.txt)"
+    times > "$dir/times1"
     local accepted e2e="-" got expected
     accepted=$(json "$report" "d['messages_accepted']")
     expected=$accepted
     [[ $workload == virtual ]] && expected=$(json "$report" "d['recipients_accepted']")
     got=$(drain "$mta" "$workload" "$expected")
-    t1=$(now)
-    c1=$(tree_ticks "$spid"); b1=$(sys_busy)
+    b1=$(sys_busy); t1=$(now)
+    c1=$(tree_ticks "$spid")
     [[ $got -ge $expected ]] || log "$mta $workload size=$size rcpts=$rcpts: NOT DRAINED: $got of $expected (see $dir)"
     if [[ $workload != accept ]]; then
         e2e=$(python3 -c "print(round($accepted / ($t1 - $t0), 1))")
     fi
     # CPU over the whole measured window (send + drain), in % of one CPU.
-    local cpu sysb
+    # The generator's own CPU (the shell's children times around the send) over its run time.
+    local cpu sysb gen
     cpu=$(python3 -c "print(round(($c1 - $c0) / ($t1 - $t0), 1))")
     sysb=$(python3 -c "print(round(($b1 - $b0) / ($t1 - $t0), 1))")
+    gen=$(python3 - "$dir/times0" "$dir/times1" "$report" <<'PY'
+import json, re, sys
+def child(path):
+    line = open(path).read().splitlines()[1]
+    return sum(int(m) * 60 + float(s) for m, s in re.findall(r"(\d+)m([\d.]+)s", line))
+el = json.load(open(sys.argv[3]))["elapsed_s"]
+print(round(100 * (child(sys.argv[2]) - child(sys.argv[1])) / el, 1) if el > 0 else "-")
+PY
+)
     local rate failed
     rate=$(json "$report" "round(d['msgs_per_sec'], 1)")
     failed=$(json "$report" "d['messages_failed']")
@@ -316,8 +351,10 @@ measure() { # mta workload size rcpts run
     if [[ $half_rate -eq 1 ]]; then
         local hreport=$dir/$mta-half.json
         hr=$(python3 -c "print(max(1, round($rate / 2, 1)))")
-        "$LT" send --quiet --target "127.0.0.1:$port" --messages $((messages / 2)) --rate "$hr" \
-            --sessions $((sessions * 5)) --per-session "$per_session" --size "$size" --rcpts "$rcpts" \
+        # Long enough (8 s) that start-up transients of either side do not make the p99.
+        "$LT" send --quiet --target "127.0.0.1:$port" --duration 8 \
+            --messages "$(python3 -c "print(int($hr * 8) + 1)")" --rate "$hr" \
+            --sessions $((sessions * 2)) --per-session "$per_session" --size "$size" --rcpts "$rcpts" \
             --users "$users" --rcpt-domain $DOMAIN --pipelining --json "$hreport" >"$dir/$mta-half.txt" 2>&1 \
             || die "send failed (see $dir/$mta-half.txt)"
         hp50=$(lat "$hreport" data_end p50_ms); hp99=$(lat "$hreport" data_end p99_ms)
@@ -337,12 +374,12 @@ measure() { # mta workload size rcpts run
     printf '%s\t' "$workload" "$size" "$rcpts" "$mta" "$run" "$rate" \
         "$(lat "$report" message p50_ms)" "$(lat "$report" message p99_ms)" \
         "$(lat "$report" data_end p50_ms)" "$(lat "$report" data_end p99_ms)" \
-        "$e2e" "$expected" "$got" "$failed" "$cpu" "$sysb" "$hr" "$hp50" "$hp99" "$hm99" >> "$RESULTS"
-    printf '%s\n' "$hgot" >> "$RESULTS"
-    log "$workload size=$size rcpts=$rcpts run=$run $mta: accept $rate msgs/s, 250 p50/p99 $(lat "$report" data_end p50_ms)/$(lat "$report" data_end p99_ms) ms, end-to-end $e2e msgs/s ($got of $expected), server CPU $cpu%, machine $sysb%$([[ $half_rate -eq 1 ]] && echo ", half rate $hr/s: 250 p50/p99 $hp50/$hp99 ms")"
+        "$e2e" "$expected" "$got" "$failed" "$cpu" "$sysb" "$hr" "$hp50" "$hp99" "$hm99" "$hgot" >> "$RESULTS"
+    printf '%s\n' "$gen" >> "$RESULTS"
+    log "$workload size=$size rcpts=$rcpts run=$run $mta: accept $rate msgs/s, 250 p50/p99 $(lat "$report" data_end p50_ms)/$(lat "$report" data_end p99_ms) ms, end-to-end $e2e msgs/s ($got of $expected), server CPU $cpu%, generator $gen%, machine $sysb%$([[ $half_rate -eq 1 ]] && echo ", half rate $hr/s: 250 p50/p99 $hp50/$hp99 ms")"
     if [[ $keep -ne 1 ]]; then
-        rm -rf "$dir/$mta"
-        [[ $mta == indimail && $workload == virtual ]] && rm -rf "$IM_VHOME"
+        # Deleted at exit, not now (see build_indimail_vhome).
+        mv "$dir/$mta" "$(mktemp -d "$WORK/old-run.XXXXXX")"
     fi
     return 0
 }
