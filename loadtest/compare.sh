@@ -379,7 +379,7 @@ PY
     log "$workload size=$size rcpts=$rcpts run=$run $mta: accept $rate msgs/s, 250 p50/p99 $(lat "$report" data_end p50_ms)/$(lat "$report" data_end p99_ms) ms, end-to-end $e2e msgs/s ($got of $expected), server CPU $cpu%, generator $gen%, machine $sysb%$([[ $half_rate -eq 1 ]] && echo ", half rate $hr/s: 250 p50/p99 $hp50/$hp99 ms")"
     if [[ $keep -ne 1 ]]; then
         # Deleted at exit, not now (see build_indimail_vhome).
-        mv "$dir/$mta" "$(mktemp -d "$WORK/old-run.XXXXXX")"
+        if [[ -e $dir/$mta ]]; then mv "$dir/$mta" "$(mktemp -d "$WORK/old-run.XXXXXX")"; fi
     fi
     return 0
 }
