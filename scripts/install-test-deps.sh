@@ -1,19 +1,27 @@
 #!/usr/bin/env bash
 # Installs, from Debian's packages, what the test suite needs when it is
-# missing: Postfix's smtp-sink/smtp-source (package postfix), swaks,
+# missing: Postfix's smtp-sink/smtp-source (package postfix), swaks (with
+# Perl's TLS modules),
 # MariaDB's server binaries (the tests start private instances; the system
-# service is never started or used), Dovecot, and Python's aiosmtpd.
+# service is never started or used), Dovecot, Python's aiosmtpd, and
+# dnsmasq's binary (package dnsmasq-base: a private DNS server for DNSBL/SPF
+# tests; no service).
 # Never starts a system service and never touches port 25.
 set -euo pipefail
 
 need=()
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
+# swaks --tls / --tls-on-connect need Perl's TLS modules (only Recommends of swaks).
+perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl libio-socket-ssl-perl)
 { [ -x /usr/sbin/smtp-sink ] && [ -x /usr/sbin/smtp-source ]; } || need+=(postfix)
 { command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ]; } || need+=(mariadb-server)
 command -v mariadb-install-db >/dev/null 2>&1 || need+=(mariadb-server)
 [ -x /usr/sbin/dovecot ] || need+=(dovecot-imapd dovecot-pop3d)
 /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || need+=(python3-aiosmtpd)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+[ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
+# dkimpy (+ PyNaCl for ed25519): the independent DKIM verifier of msgproc_e2e.
+/usr/bin/python3 -c 'import dkim, nacl' >/dev/null 2>&1 || need+=(python3-dkim python3-nacl)
 
 if [ ${#need[@]} -eq 0 ]; then
   echo "install-test-deps: everything present"

@@ -22,6 +22,20 @@ pub enum DnsConfig {
     Nameserver(SocketAddr),
 }
 
+impl DnsConfig {
+    /// `INDIMAIL_DNS=ADDRESS:PORT` (one nameserver, e.g. a local cache or a
+    /// test's DNS server), else the system's configuration.
+    pub fn from_env() -> Result<DnsConfig, DnsError> {
+        match std::env::var("INDIMAIL_DNS") {
+            Ok(ns) => ns
+                .parse()
+                .map(DnsConfig::Nameserver)
+                .map_err(|_| DnsError::Config(format!("INDIMAIL_DNS: `{ns}` is not ADDRESS:PORT"))),
+            Err(_) => Ok(DnsConfig::System),
+        }
+    }
+}
+
 /// Why a name could not be resolved.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DnsError {
@@ -155,6 +169,39 @@ impl Resolver {
                 None => Err(DnsError::Temporary(host.to_string(), e.to_string())),
             },
         }
+    }
+
+    /// The IPv4 addresses `name` has (A records); none when the name does
+    /// not exist or has no A record (a DNSBL's "not listed").
+    pub async fn ipv4(&self, name: &str) -> Result<Vec<std::net::Ipv4Addr>, DnsError> {
+        match self.inner.ipv4_lookup(fqdn(name)).await {
+            Ok(l) => Ok(l.iter().map(|a| a.0).collect()),
+            Err(e) if no_records(&e).is_some() => Ok(Vec::new()),
+            Err(e) => Err(DnsError::Temporary(name.to_string(), e.to_string())),
+        }
+    }
+
+    /// The TXT records of `name`, each record's strings joined; none when
+    /// the name does not exist.
+    pub async fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
+        match self.inner.txt_lookup(fqdn(name)).await {
+            Ok(l) => Ok(l
+                .iter()
+                .map(|t| {
+                    t.txt_data()
+                        .iter()
+                        .map(|d| String::from_utf8_lossy(d).into_owned())
+                        .collect::<String>()
+                })
+                .collect()),
+            Err(e) if no_records(&e).is_some() => Ok(Vec::new()),
+            Err(e) => Err(DnsError::Temporary(name.to_string(), e.to_string())),
+        }
+    }
+
+    /// The underlying hickory resolver, for libraries that take one (SPF).
+    pub fn hickory(&self) -> &TokioAsyncResolver {
+        &self.inner
     }
 }
 

@@ -156,6 +156,9 @@ pub struct LocalEnvelope<'a> {
     pub sender: &'a str,
     /// The recipient (`local@domain`) as written in `Delivered-To`.
     pub recipient: &'a str,
+    /// Variables exported to delivery programs besides qmail-local's own
+    /// (the message's `envheaders` values, `NAME`, `value`).
+    pub vars: &'a [(String, String)],
 }
 
 /// Counts `Delivered-To:` header lines equal to `recipient` (case-insensitive),
@@ -436,6 +439,7 @@ fn program_env(
         h = h.rsplit_once('.').map(|(l, _)| l).unwrap_or("");
         v.push((format!("HOST{i}"), h.to_string()));
     }
+    v.extend(env.vars.iter().cloned());
     v
 }
 
@@ -508,7 +512,7 @@ async fn run_qmaillocal(
             String::new(),
         ],
         cwd: Some(target.home.clone()),
-        env: Vec::new(),
+        env: env.vars.to_vec(),
     };
     match program::run(spec, Arc::new(message.to_vec())).await {
         Err(e) => Outcome::Temporary(format!("Unable to run {}: {e} (#4.3.0)", prog.display())),
@@ -577,6 +581,7 @@ mod tests {
             LocalEnvelope {
                 sender: "s@x",
                 recipient: "u-a-b-c@mail.example.com",
+                vars: &[],
             },
             "rp",
             "dt",

@@ -2,13 +2,11 @@
 //! (`maildirsize`, spec 4.7).
 //!
 //! A message is Delivered only after: the file in `tmp/` is written and
-//! `fdatasync`ed, hard-linked into `new/`, the `tmp/` name unlinked, and
-//! `new/` itself fsynced (the link must survive a crash on ext4 without a
-//! journal). A crash in between leaves either nothing in `new/` (retry) or
+//! `fdatasync`ed, renamed into `new/`, and `new/` itself fsynced (the
+//! rename must survive a crash on ext4 without a journal). A crash in between leaves either nothing in `new/` (retry) or
 //! a complete message (possibly delivered twice on retry: at-least-once).
 
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -52,12 +50,16 @@ pub fn safe_host(host: &str) -> String {
 }
 
 /// Writes `data` into the Maildir `dir` and returns the path in `new/`.
+///
+/// Every file-system step is an io_uring operation on that driver (create,
+/// write, fdatasync, statx, rename, the directory's open and fsync), so the
+/// shard keeps serving other work while a big Maildir's directory is locked.
+/// The file moves from `tmp/` to `new/` by `rename(2)` (Dovecot's way; the
+/// new name holds the file's inode and device, so it cannot collide), which
+/// io_uring offers where it has no `link(2)`.
 pub async fn write(dir: &Path, host: &str, data: Vec<u8>) -> Result<PathBuf, MaildirError> {
     let tmp_dir = dir.join("tmp");
     let new_dir = dir.join("new");
-    if !tmp_dir.is_dir() || !new_dir.is_dir() {
-        return Err(MaildirError::NotAMaildir(dir.to_path_buf()));
-    }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -69,18 +71,22 @@ pub async fn write(dir: &Path, host: &str, data: Vec<u8>) -> Result<PathBuf, Mai
     let q = COUNTER.fetch_add(1, Ordering::Relaxed);
     let tmp_path = tmp_dir.join(format!("{sec}.M{usec}P{pid}Q{q}.{host}"));
     let size = data.len();
+    let not_a_maildir = |e: std::io::Error, op: &'static str, path: &Path| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            MaildirError::NotAMaildir(dir.to_path_buf())
+        } else {
+            io_err(op, path)(e)
+        }
+    };
 
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    let file = shard::io::File::open(&tmp_path, &opts)
+    let file = shard::io::File::create_new(&tmp_path)
         .await
-        .map_err(io_err("create", &tmp_path))?;
+        .map_err(|e| not_a_maildir(e, "create", &tmp_path))?;
     let result = async {
         let (r, _) = file.write_all_at(data, 0).await;
         r.map_err(io_err("write", &tmp_path))?;
         file.sync_data().await.map_err(io_err("sync", &tmp_path))?;
-        let st = std::fs::metadata(&tmp_path).map_err(io_err("stat", &tmp_path))?;
-        Ok::<_, MaildirError>((st.ino(), st.dev()))
+        file.inode().await.map_err(io_err("stat", &tmp_path))
     }
     .await;
     let close = file.close().await;
@@ -88,18 +94,17 @@ pub async fn write(dir: &Path, host: &str, data: Vec<u8>) -> Result<PathBuf, Mai
     {
         Ok(v) => v,
         Err(e) => {
-            let _ = std::fs::remove_file(&tmp_path);
+            let _ = shard::io::remove_file(&tmp_path).await;
             return Err(e);
         }
     };
     let new_path = new_dir.join(format!(
         "{sec}.I{ino:x}V{dev:x}M{usec}P{pid}.{host},S={size}"
     ));
-    if let Err(e) = std::fs::hard_link(&tmp_path, &new_path) {
-        let _ = std::fs::remove_file(&tmp_path);
-        return Err(io_err("link into", &new_path)(e));
+    if let Err(e) = shard::io::rename(&tmp_path, &new_path).await {
+        let _ = shard::io::remove_file(&tmp_path).await;
+        return Err(not_a_maildir(e, "move into", &new_path));
     }
-    let _ = std::fs::remove_file(&tmp_path);
     shard::io::sync_dir(&new_dir)
         .await
         .map_err(io_err("sync", &new_dir))?;
@@ -252,7 +257,13 @@ pub fn usage(maildir: &Path, quota: Quota, policy: &QuotaPolicy) -> std::io::Res
         }
     }
     let u = recalculate(maildir)?;
-    let tmp = maildir.join(format!("tmp/maildirsize.{}", std::process::id()));
+    // Unique per call: deliveries to one Maildir run concurrently, and a
+    // shared temporary name would be renamed away under another's feet.
+    let tmp = maildir.join(format!(
+        "tmp/maildirsize.{}.{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::write(
         &tmp,
         format!("{}\n{} {}\n", quota.to_maildirsize(), u.bytes, u.count),

@@ -33,6 +33,7 @@ fn env<'a>() -> LocalEnvelope<'a> {
     LocalEnvelope {
         sender: "a@example.org",
         recipient: "u@example.com",
+        vars: &[],
     }
 }
 

@@ -268,7 +268,34 @@ impl Connection {
         self.read_reply().await
     }
 
-    /// Upgrades to TLS after a 220 to STARTTLS.
+    /// The negotiated TLS version and cipher suite, e.g. `TLSv1_3 TLS13_AES_256_GCM_SHA384`,
+    /// once under TLS.
+    pub fn tls_description(&self) -> Option<String> {
+        match self.stream.as_ref()? {
+            Stream::Client(s) => {
+                let c = s.get_ref().1;
+                Some(format!(
+                    "{:?} {:?}",
+                    c.protocol_version()?,
+                    c.negotiated_cipher_suite()?.suite()
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    /// True when the TLS handshake resumed an earlier session (no certificate signature).
+    pub fn tls_resumed(&self) -> bool {
+        match self.stream.as_ref() {
+            Some(Stream::Client(s)) => {
+                s.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+            }
+            _ => false,
+        }
+    }
+
+    /// Upgrades to TLS: after a 220 to STARTTLS, or right after connecting for implicit TLS
+    /// (RFC 8314).
     pub async fn start_tls(
         &mut self,
         config: Arc<rustls::ClientConfig>,
@@ -299,6 +326,14 @@ impl Connection {
     /// True once STARTTLS has succeeded.
     pub fn is_tls(&self) -> bool {
         self.stream.as_ref().is_some_and(Stream::is_tls)
+    }
+
+    /// Closes the connection (TLS close_notify, then FIN) once the 221 to QUIT has been
+    /// read, waiting at most half a second.
+    pub async fn close(mut self) {
+        if let Some(mut s) = self.stream.take() {
+            let _ = tokio::time::timeout(Duration::from_millis(500), s.shutdown()).await;
+        }
     }
 
     /// Sends QUIT and waits briefly for 221; errors are irrelevant at this point.

@@ -8,6 +8,8 @@
 //!   aborting, and can log every accepted message so a crash test knows what was acknowledged.
 //! - [`sink`] is a fast SMTP server that counts and discards what it receives (or writes it to a
 //!   Maildir), with optional delay and 4xx/5xx fault injection: a stand-in for remote servers.
+//! - [`handshake`] opens and closes mail-less sessions (with STARTTLS, implicit TLS or in
+//!   cleartext) as fast as the server answers: connections, or TLS handshakes, per second.
 //! - [`target`] keeps the generator on loopback unless the user explicitly allows otherwise.
 //!
 //! What it does not do: it is not an MTA, it never relays or resolves MX records, and it does
@@ -18,6 +20,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod client;
+pub mod handshake;
 pub mod message;
 pub mod send;
 pub mod sink;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
+use indimail_loadtest::handshake::{self, TlsMode};
 use indimail_loadtest::sink::{self, FailAt, SinkConfig, SinkCounters};
 use indimail_loadtest::{send, target};
 
@@ -27,6 +28,49 @@ enum Command {
     Send(SendArgs),
     /// Run an SMTP server that counts and discards what it receives.
     Sink(SinkArgs),
+    /// Open and close sessions without mail (connect, [TLS], EHLO, QUIT) as fast as the
+    /// server answers: connections or TLS handshakes per second.
+    Handshake(HandshakeArgs),
+}
+
+#[derive(Args)]
+struct HandshakeArgs {
+    /// Server to load, HOST:PORT (loopback only unless --allow-remote-target).
+    #[arg(long)]
+    target: String,
+    /// Allow a target outside 127.0.0.0/8 and ::1.
+    #[arg(long)]
+    allow_remote_target: bool,
+    /// Concurrent sessions.
+    #[arg(long, default_value_t = 20)]
+    sessions: usize,
+    /// Total sessions (default 1000 when --duration is not given).
+    #[arg(long)]
+    connections: Option<u64>,
+    /// Run length in seconds.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// STARTTLS after EHLO, then EHLO again.
+    #[arg(long, conflicts_with = "tls_on_connect")]
+    starttls: bool,
+    /// TLS from the first byte (implicit TLS, port 465 style).
+    #[arg(long)]
+    tls_on_connect: bool,
+    /// Let TLS sessions resume (default: a full handshake every time).
+    #[arg(long)]
+    tls_resume: bool,
+    /// EHLO name.
+    #[arg(long, default_value = "loadtest.example.org")]
+    helo: String,
+    /// Timeout of each read or write, seconds.
+    #[arg(long, default_value_t = 60.0)]
+    timeout: f64,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// No progress lines.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -80,8 +124,14 @@ struct SendArgs {
     #[arg(long)]
     chunking: bool,
     /// Use STARTTLS (certificates are not verified; see the README).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tls_on_connect")]
     starttls: bool,
+    /// TLS from the first byte (implicit TLS, port 465 style).
+    #[arg(long)]
+    tls_on_connect: bool,
+    /// Let TLS sessions resume (default: a full handshake on every connection).
+    #[arg(long)]
+    tls_resume: bool,
     /// AUTH PLAIN credentials, user:pass.
     #[arg(long)]
     auth: Option<String>,
@@ -128,6 +178,9 @@ struct SinkArgs {
     /// Offer STARTTLS with a fresh self-signed certificate.
     #[arg(long)]
     tls: bool,
+    /// With --tls: TLS from the first byte instead of STARTTLS (implicit TLS).
+    #[arg(long, requires = "tls")]
+    tls_on_connect: bool,
     /// Write the counts as JSON to this file (every 200 ms and at exit).
     #[arg(long)]
     stats: Option<PathBuf>,
@@ -141,7 +194,56 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Send(args) => runtime.block_on(run_send(args)),
         Command::Sink(args) => runtime.block_on(run_sink(args)),
+        Command::Handshake(args) => runtime.block_on(run_handshake(args)),
     }
+}
+
+/// The name for TLS SNI: the target's host, or `localhost` for an IP address.
+fn server_name(target: &str) -> String {
+    let host = target
+        .rsplit_once(':')
+        .map_or("localhost", |(h, _)| h.trim_matches(['[', ']']));
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        "localhost".into()
+    } else {
+        host.to_string()
+    }
+}
+
+fn seconds(s: f64, name: &str) -> Result<Duration> {
+    Duration::try_from_secs_f64(s)
+        .with_context(|| format!("--{name} must be a non-negative number of seconds"))
+}
+
+async fn run_handshake(a: HandshakeArgs) -> Result<()> {
+    let addr = target::resolve_target(&a.target, a.allow_remote_target)?;
+    let duration = a.duration.map(|d| seconds(d, "duration")).transpose()?;
+    let config = handshake::HandshakeConfig {
+        target: addr,
+        server_name: server_name(&a.target),
+        sessions: a.sessions,
+        connections: match (a.connections, duration) {
+            (None, None) => Some(1000),
+            (n, _) => n,
+        },
+        duration,
+        tls: match (a.starttls, a.tls_on_connect) {
+            (true, _) => TlsMode::Starttls,
+            (_, true) => TlsMode::OnConnect,
+            _ => TlsMode::None,
+        },
+        tls_resumption: a.tls_resume,
+        helo: a.helo,
+        timeout: seconds(a.timeout, "timeout")?,
+        progress: !a.quiet,
+    };
+    let report = handshake::run(config).await?;
+    print!("{}", report.summary_text());
+    if let Some(path) = &a.json {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 async fn run_send(a: SendArgs) -> Result<()> {
@@ -153,26 +255,14 @@ async fn run_send(a: SendArgs) -> Result<()> {
             None => bail!("--auth must be user:pass"),
         },
     };
-    let secs = |s: f64, name: &str| -> Result<Duration> {
-        Duration::try_from_secs_f64(s)
-            .with_context(|| format!("--{name} must be a non-negative number of seconds"))
-    };
-    let duration = a.duration.map(|d| secs(d, "duration")).transpose()?;
+    let duration = a.duration.map(|d| seconds(d, "duration")).transpose()?;
     let messages = match (a.messages, duration) {
         (None, None) => Some(1000),
         (m, _) => m,
     };
-    let host = a
-        .target
-        .rsplit_once(':')
-        .map_or("localhost", |(h, _)| h.trim_matches(['[', ']']));
     let config = send::SendConfig {
         target: addr,
-        server_name: if host.parse::<std::net::IpAddr>().is_ok() {
-            "localhost".into()
-        } else {
-            host.to_string()
-        },
+        server_name: server_name(&a.target),
         sessions: a.sessions,
         rate: a.rate,
         messages,
@@ -189,8 +279,10 @@ async fn run_send(a: SendArgs) -> Result<()> {
         pipelining: a.pipelining,
         chunking: a.chunking,
         starttls: a.starttls,
+        tls_on_connect: a.tls_on_connect,
+        tls_resumption: a.tls_resume,
         auth,
-        timeout: secs(a.timeout, "timeout")?,
+        timeout: seconds(a.timeout, "timeout")?,
         accepted_log: a.accepted_log,
         progress: !a.quiet,
     };
@@ -227,6 +319,7 @@ async fn run_sink(a: SinkArgs) -> Result<()> {
         maildir: a.maildir,
         fsync: a.fsync,
         tls,
+        tls_on_connect: a.tls_on_connect,
         ..SinkConfig::default()
     });
     let listener = tokio::net::TcpListener::bind(a.listen)

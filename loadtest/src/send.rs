@@ -73,6 +73,10 @@ pub struct SendConfig {
     pub chunking: bool,
     /// Use STARTTLS (the server must offer it).
     pub starttls: bool,
+    /// Start TLS right after connecting (implicit TLS, RFC 8314, port 465 style).
+    pub tls_on_connect: bool,
+    /// Let TLS sessions resume (see [`crate::tls::client_config`]); off: full handshakes.
+    pub tls_resumption: bool,
     /// AUTH PLAIN credentials.
     pub auth: Option<(String, String)>,
     /// Per read/write timeout.
@@ -176,6 +180,11 @@ pub async fn run(config: SendConfig) -> Result<Report, SendError> {
     if config.rcpts == 0 {
         return Err(SendError::Config("--rcpts must be at least 1".into()));
     }
+    if config.starttls && config.tls_on_connect {
+        return Err(SendError::Config(
+            "--starttls and --tls-on-connect exclude each other".into(),
+        ));
+    }
     let accepted_log = match &config.accepted_log {
         None => None,
         Some(p) => Some(Mutex::new(
@@ -186,8 +195,8 @@ pub async fn run(config: SendConfig) -> Result<Report, SendError> {
                 .map_err(|e| SendError::AcceptedLog(p.clone(), e))?,
         )),
     };
-    let tls = if config.starttls {
-        Some(crate::tls::client_config()?)
+    let tls = if config.starttls || config.tls_on_connect {
+        Some(crate::tls::client_config(config.tls_resumption)?)
     } else {
         None
     };
@@ -256,6 +265,7 @@ pub async fn run(config: SendConfig) -> Result<Report, SendError> {
         pipelining: c.pipelining,
         chunking: c.chunking,
         starttls: c.starttls,
+        tls_on_connect: c.tls_on_connect,
         elapsed_s,
         messages_attempted: accepted + failed,
         messages_accepted: accepted,
@@ -368,6 +378,11 @@ impl Session {
         let mut conn = Connection::connect(c.target, c.timeout).await?;
         self.hist.record("connect", t.elapsed());
         self.shared.connections.fetch_add(1, Ordering::Relaxed);
+        if let (true, Some(tls)) = (c.tls_on_connect, &self.shared.tls) {
+            let t = Instant::now();
+            conn.start_tls(tls.clone(), &c.server_name).await?;
+            self.hist.record("tls", t.elapsed());
+        }
         let t = Instant::now();
         let greeting = conn.read_reply().await?;
         self.hist.record("greeting", t.elapsed());
@@ -378,7 +393,7 @@ impl Session {
         self.hist.record("ehlo", t.elapsed());
         expect(&reply, "ehlo")?;
         let mut caps = Capabilities::from_ehlo(&reply);
-        if let Some(tls) = &self.shared.tls {
+        if let (true, Some(tls)) = (c.starttls, &self.shared.tls) {
             if !caps.starttls {
                 return Err(SmtpError::Tls("server does not offer STARTTLS".into()));
             }
@@ -626,6 +641,8 @@ mod tests {
             pipelining: false,
             chunking: false,
             starttls: false,
+            tls_on_connect: false,
+            tls_resumption: false,
             auth: None,
             timeout: Duration::from_secs(1),
             accepted_log: None,

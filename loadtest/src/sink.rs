@@ -54,6 +54,8 @@ pub struct SinkConfig {
     pub max_message_size: usize,
     /// TLS configuration for STARTTLS; None does not offer it.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// With `tls`: TLS from the first byte (implicit TLS, port 465 style) instead of STARTTLS.
+    pub tls_on_connect: bool,
 }
 
 impl Default for SinkConfig {
@@ -68,6 +70,7 @@ impl Default for SinkConfig {
             fsync: false,
             max_message_size: 64 << 20,
             tls: None,
+            tls_on_connect: false,
         }
     }
 }
@@ -179,6 +182,8 @@ struct SinkSession {
     delay_pending: bool,
     quit: bool,
     starttls: bool,
+    /// The connection is under TLS: STARTTLS is no longer offered.
+    in_tls: bool,
     /// Waiting for the AUTH PLAIN response line.
     auth_pending: bool,
     seq: u64,
@@ -205,6 +210,7 @@ impl SinkSession {
             delay_pending: false,
             quit: false,
             starttls: false,
+            in_tls: false,
             auth_pending: false,
             seq: 0,
         }
@@ -212,7 +218,19 @@ impl SinkSession {
 
     async fn run(mut self, tcp: TcpStream) {
         let _ = tcp.set_nodelay(true);
-        let mut stream = Stream::Plain(tcp);
+        let mut stream = match (&self.config.tls, self.config.tls_on_connect) {
+            (Some(tls), true) => match tokio_rustls::TlsAcceptor::from(tls.clone())
+                .accept(tcp)
+                .await
+            {
+                Ok(s) => {
+                    self.in_tls = true;
+                    Stream::Server(Box::new(s))
+                }
+                Err(_) => return,
+            },
+            _ => Stream::Plain(tcp),
+        };
         let mut out = format!(
             "220 {} ESMTP indimail-loadtest sink\r\n",
             self.config.hostname
@@ -247,7 +265,10 @@ impl SinkSession {
                 stream = match stream {
                     Stream::Plain(tcp) => {
                         match tokio_rustls::TlsAcceptor::from(tls).accept(tcp).await {
-                            Ok(s) => Stream::Server(Box::new(s)),
+                            Ok(s) => {
+                                self.in_tls = true;
+                                Stream::Server(Box::new(s))
+                            }
                             Err(_) => return,
                         }
                     }
@@ -505,7 +526,7 @@ impl SinkSession {
                     "250-{}\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE {}\r\n250-CHUNKING\r\n",
                     self.config.hostname, self.config.max_message_size
                 );
-                if self.config.tls.is_some() {
+                if self.config.tls.is_some() && !self.in_tls {
                     r.push_str("250-STARTTLS\r\n");
                 }
                 r.push_str("250-AUTH PLAIN\r\n250 ENHANCEDSTATUSCODES\r\n");
@@ -586,7 +607,7 @@ impl SinkSession {
                 out.extend_from_slice(b"221 2.0.0 Bye\r\n");
                 self.quit = true;
             }
-            b"STARTTLS" if self.config.tls.is_some() => {
+            b"STARTTLS" if self.config.tls.is_some() && !self.in_tls => {
                 out.extend_from_slice(b"220 2.0.0 Ready to start TLS\r\n");
                 self.starttls = true;
             }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 pub const STEPS: &[&str] = &[
     "start_lag",
     "connect",
+    "tls",
     "greeting",
     "ehlo",
     "starttls",
@@ -24,6 +25,7 @@ pub const STEPS: &[&str] = &[
     "data_end",
     "bdat",
     "message",
+    "session",
 ];
 
 /// One histogram per step.
@@ -137,6 +139,9 @@ pub struct Report {
     pub chunking: bool,
     /// STARTTLS used.
     pub starttls: bool,
+    /// Implicit TLS (TLS from the first byte) used.
+    #[serde(default)]
+    pub tls_on_connect: bool,
     /// Wall time of the run, seconds.
     pub elapsed_s: f64,
     /// Messages started.

@@ -1,4 +1,4 @@
-//! TLS configurations for STARTTLS on both sides.
+//! TLS configurations for STARTTLS and implicit TLS on both sides.
 //!
 //! The generator does not verify the server's certificate: its targets are test servers on
 //! loopback with self-signed certificates, and what is measured is the cost of the handshake
@@ -77,13 +77,21 @@ impl ServerCertVerifier for AcceptAnyCertificate {
 }
 
 /// Client configuration for the generator (see the module docs about verification).
-pub fn client_config() -> Result<Arc<rustls::ClientConfig>, TlsSetupError> {
+///
+/// Without `resumption` every connection makes a full handshake (key exchange and
+/// certificate signature), the cost a server pays for a client it has not seen; with it the
+/// generator keeps rustls's session cache, shared by all its sessions, and resumes where the
+/// server allows (TLS 1.3 tickets, TLS 1.2 session IDs).
+pub fn client_config(resumption: bool) -> Result<Arc<rustls::ClientConfig>, TlsSetupError> {
     let provider = provider();
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
         .with_no_client_auth();
+    if !resumption {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
     Ok(Arc::new(config))
 }
 

@@ -381,3 +381,145 @@ fn closed_loop_duration_ends_by_itself() {
     assert!(u(&report["messages_accepted"]) > 0);
     assert_eq!(u(&report["messages_failed"]), 0);
 }
+
+/// Runs `handshake` with a JSON report and returns it.
+fn handshake_report(dir: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let json = dir.join("handshake.json");
+    let out = std::process::Command::new(common::BIN)
+        .args(["handshake", "--quiet", "--json"])
+        .arg(&json)
+        .args(args)
+        .output()
+        .expect("run handshake");
+    assert!(
+        out.status.success(),
+        "handshake failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&std::fs::read_to_string(&json).expect("report file"))
+        .expect("report JSON")
+}
+
+#[test]
+fn handshake_rate_plain_starttls_and_implicit_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    for (sink_args, mode, step) in [
+        (&[][..], &[][..], None),
+        (&["--tls"][..], &["--starttls"][..], Some("starttls")),
+        (
+            &["--tls", "--tls-on-connect"][..],
+            &["--tls-on-connect"][..],
+            Some("tls"),
+        ),
+    ] {
+        let sink = Sink::start(dir.path(), sink_args);
+        let mut args = vec![
+            "--target",
+            &sink.target()[..],
+            "--connections",
+            "60",
+            "--sessions",
+            "4",
+        ]
+        .into_iter()
+        .map(str::to_string)
+        .collect::<Vec<_>>();
+        args.extend(mode.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let report = handshake_report(dir.path(), &args);
+        let (stats, _) = sink.stop();
+        assert_eq!(u(&report["completed"]), 60, "{report}");
+        assert_eq!(u(&report["failed"]), 0, "{report}");
+        assert_eq!(u(&stats["connections"]), 60);
+        assert_eq!(u(&stats["messages"]), 0);
+        assert_eq!(u(&report["latency"]["session"]["count"]), 60);
+        match step {
+            Some(s) => {
+                assert_eq!(u(&report["latency"][s]["count"]), 60, "{report}");
+                let t = report["tls_negotiated"].as_str().unwrap();
+                assert!(t.starts_with("TLSv1_3"), "{t}");
+            }
+            None => assert!(report["tls_negotiated"].is_null()),
+        }
+    }
+    // Full handshakes unless resumption is allowed.
+    let sink = Sink::start(dir.path(), &["--tls", "--tls-on-connect"]);
+    let target = sink.target();
+    let base = [
+        "--target",
+        &target,
+        "--connections",
+        "20",
+        "--sessions",
+        "2",
+        "--tls-on-connect",
+    ];
+    let full = handshake_report(dir.path(), &base);
+    let mut args = base.to_vec();
+    args.push("--tls-resume");
+    let resumed = handshake_report(dir.path(), &args);
+    drop(sink);
+    assert_eq!(u(&full["tls_resumed"]), 0, "{full}");
+    assert!(u(&resumed["tls_resumed"]) >= 10, "{resumed}");
+    // A TLS handshake against a cleartext server fails, counted, not fatal.
+    let sink = Sink::start(dir.path(), &[]);
+    let report = handshake_report(
+        dir.path(),
+        &[
+            "--target",
+            &sink.target(),
+            "--connections",
+            "3",
+            "--sessions",
+            "1",
+            "--tls-on-connect",
+            "--timeout",
+            "2",
+        ],
+    );
+    drop(sink);
+    assert_eq!(u(&report["failed"]), 3, "{report}");
+    assert_eq!(u(&report["completed"]), 0);
+}
+
+#[test]
+fn send_over_implicit_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(dir.path(), &["--tls", "--tls-on-connect"]);
+    let report = send_report(
+        dir.path(),
+        &[
+            "--target",
+            &sink.target(),
+            "--messages",
+            "40",
+            "--sessions",
+            "4",
+            "--per-session",
+            "5",
+            "--tls-on-connect",
+            "--tls-resume",
+            "--pipelining",
+        ],
+    );
+    let (stats, _) = sink.stop();
+    assert_eq!(u(&report["messages_accepted"]), 40);
+    assert!(report["tls_on_connect"].as_bool().unwrap());
+    let conns = u(&report["connections"]);
+    assert_eq!(u(&report["latency"]["tls"]["count"]), conns);
+    assert!(report["latency"].get("starttls").is_none());
+    assert_eq!(u(&stats["messages"]), 40);
+    // --starttls and --tls-on-connect exclude each other.
+    let out = send(&[
+        "--target",
+        &sink_target_unused(),
+        "--starttls",
+        "--tls-on-connect",
+    ]);
+    assert!(!out.status.success());
+}
+
+fn sink_target_unused() -> String {
+    format!("127.0.0.1:{}", common::free_port())
+}

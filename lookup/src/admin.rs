@@ -65,6 +65,8 @@ pub struct UserOptions {
     pub encrypted: bool,
     /// `-C`: keep the clear text for CRAM.
     pub cram: bool,
+    /// `-m SCRAM-SHA-256`: also store a SCRAM secret.
+    pub scram: Option<ScramOptions>,
     /// `-i`: create inactive (in `indibak`).
     pub inactive: bool,
     /// `-B`: mailbox base.
@@ -72,7 +74,7 @@ pub struct UserOptions {
 }
 
 /// Options of a password change.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct PasswordOptions {
     /// `-h`.
     pub hash: Option<HashMethod>,
@@ -80,6 +82,20 @@ pub struct PasswordOptions {
     pub encrypted: bool,
     /// `-C`.
     pub cram: bool,
+    /// `-m SCRAM-SHA-256`: also store a SCRAM secret. Without it a password change clears the
+    /// `scram` column, since a secret derived from the old password would still log in.
+    pub scram: Option<ScramOptions>,
+}
+
+/// `-m SCRAM-SHA-256` (IndiMail's `vadduser`/`vpasswd`/`vmoduser`): store a SCRAM-SHA-256
+/// secret ([`password::scram_sha256`]) in the `scram` column beside `pw_passwd`, for SMTP
+/// AUTH SCRAM-SHA-256. Needs the clear-text password (not with `-e`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScramOptions {
+    /// `-S`: the salt (these bytes); 16 random bytes when `None`.
+    pub salt: Option<String>,
+    /// `-I`: iteration count; [`password::SCRAM_DEFAULT_ITERATIONS`] when `None`.
+    pub iterations: Option<u32>,
 }
 
 /// Changes of `user mod` (unset fields are left alone).
@@ -483,6 +499,34 @@ impl Admin {
         })
     }
 
+    /// `pw_passwd` and `scram` column values for a new password.
+    fn stored_secrets(
+        &self,
+        password: &str,
+        hash: Option<HashMethod>,
+        encrypted: bool,
+        cram: bool,
+        scram: Option<&ScramOptions>,
+    ) -> Result<(String, Option<String>), LookupError> {
+        let scram = match scram {
+            None => None,
+            Some(_) if encrypted => {
+                return Err(LookupError::InvalidPassword(
+                    "a SCRAM secret needs the clear-text password (not an encrypted one)".into(),
+                ))
+            }
+            Some(o) => Some(password::scram_sha256(
+                password,
+                o.salt.as_deref().map(str::as_bytes),
+                o.iterations.unwrap_or(password::SCRAM_DEFAULT_ITERATIONS),
+            )?),
+        };
+        Ok((
+            self.stored_password(password, hash, encrypted, cram)?,
+            scram,
+        ))
+    }
+
     fn stored_password(
         &self,
         password: &str,
@@ -547,7 +591,13 @@ impl Admin {
             .clone()
             .unwrap_or_else(|| addr.user().to_string());
         check_gecos(&gecos)?;
-        let stored = self.stored_password(password, opts.hash, opts.encrypted, opts.cram)?;
+        let (stored, scram) = self.stored_secrets(
+            password,
+            opts.hash,
+            opts.encrypted,
+            opts.cram,
+            opts.scram.as_ref(),
+        )?;
         let quota = match opts.quota {
             Some(q) => q,
             None => self.default_quota(&domain).await?,
@@ -585,10 +635,10 @@ impl Admin {
             .db
             .exec(
                 &format!(
-                    "INSERT INTO {table} (pw_name, pw_domain, pw_passwd, pw_uid, pw_gid, pw_gecos, pw_dir, pw_shell) \
-                     VALUES (?, ?, ?, 1, 0, ?, ?, ?)"
+                    "INSERT INTO {table} (pw_name, pw_domain, pw_passwd, pw_uid, pw_gid, pw_gecos, pw_dir, pw_shell, scram) \
+                     VALUES (?, ?, ?, 1, 0, ?, ?, ?, ?)"
                 ),
-                params![addr.user(), &domain, &stored, &gecos, &dir_s, quota.to_column()],
+                params![addr.user(), &domain, &stored, &gecos, &dir_s, quota.to_column(), scram],
             )
             .await;
         if let Err(e) = insert {
@@ -681,12 +731,20 @@ impl Admin {
         opts: PasswordOptions,
     ) -> Result<(), LookupError> {
         let (addr, user) = self.find_user(email).await?;
-        let stored = self.stored_password(password, opts.hash, opts.encrypted, opts.cram)?;
+        let (stored, scram) = self.stored_secrets(
+            password,
+            opts.hash,
+            opts.encrypted,
+            opts.cram,
+            opts.scram.as_ref(),
+        )?;
         let table = if user.active { "indimail" } else { "indibak" };
         self.db
             .exec(
-                &format!("UPDATE {table} SET pw_passwd = ? WHERE pw_name = ? AND pw_domain = ?"),
-                params![&stored, addr.user(), addr.domain()],
+                &format!(
+                    "UPDATE {table} SET pw_passwd = ?, scram = ? WHERE pw_name = ? AND pw_domain = ?"
+                ),
+                params![&stored, scram, addr.user(), addr.domain()],
             )
             .await?;
         self.lastauth(addr.user(), addr.domain(), "pass", &user.gecos)
@@ -762,13 +820,19 @@ impl Admin {
                 .await?;
         }
         if let Some((pw, opts)) = &change.password {
-            let stored = self.stored_password(pw, opts.hash, opts.encrypted, opts.cram)?;
+            let (stored, scram) = self.stored_secrets(
+                pw,
+                opts.hash,
+                opts.encrypted,
+                opts.cram,
+                opts.scram.as_ref(),
+            )?;
             self.db
                 .exec(
                     &format!(
-                        "UPDATE {table} SET pw_passwd = ? WHERE pw_name = ? AND pw_domain = ?"
+                        "UPDATE {table} SET pw_passwd = ?, scram = ? WHERE pw_name = ? AND pw_domain = ?"
                     ),
-                    params![&stored, u, d],
+                    params![&stored, scram, u, d],
                 )
                 .await?;
         }
@@ -1080,6 +1144,105 @@ impl Admin {
             )
             .await?;
         self.db.bump_changes().await
+    }
+
+    /// vatrn -i: `email` may turn `domain` with ATRN (an `atrn_map` row).
+    pub async fn atrn_add(&self, email: &str, domain: &str) -> Result<(), LookupError> {
+        let a = Address::parse(email)?;
+        let d = normalize_domain(domain)?;
+        if d.len() > 67 {
+            return Err(LookupError::FieldTooLong {
+                field: "atrn_map.domain_list",
+                max: 67,
+            });
+        }
+        let exists = !self
+            .db
+            .query(
+                "SELECT domain_list FROM atrn_map WHERE pw_name = ? AND pw_domain = ? AND domain_list = ?",
+                params![a.user(), a.domain(), &d],
+            )
+            .await?
+            .is_empty();
+        if exists {
+            return Err(LookupError::AtrnMapExists(format!("{a} {d}")));
+        }
+        self.db
+            .exec(
+                "INSERT INTO atrn_map (pw_name, pw_domain, domain_list) VALUES (?, ?, ?)",
+                params![a.user(), a.domain(), &d],
+            )
+            .await?;
+        self.db.bump_changes().await
+    }
+
+    /// vatrn -d: remove one domain of `email`, or all of them when `domain` is `None`.
+    pub async fn atrn_del(&self, email: &str, domain: Option<&str>) -> Result<(), LookupError> {
+        let a = Address::parse(email)?;
+        let n = match domain {
+            Some(d) => {
+                let d = normalize_domain(d)?;
+                self.db
+                    .exec(
+                        "DELETE FROM atrn_map WHERE pw_name = ? AND pw_domain = ? AND domain_list = ?",
+                        params![a.user(), a.domain(), &d],
+                    )
+                    .await?
+            }
+            None => {
+                self.db
+                    .exec(
+                        "DELETE FROM atrn_map WHERE pw_name = ? AND pw_domain = ?",
+                        params![a.user(), a.domain()],
+                    )
+                    .await?
+            }
+        };
+        if n == 0 {
+            return Err(LookupError::AtrnMapNotFound(match domain {
+                Some(d) => format!("{a} {d}"),
+                None => a.to_string(),
+            }));
+        }
+        self.db.bump_changes().await
+    }
+
+    /// vatrn -u old -i new: replace one domain of `email`.
+    pub async fn atrn_update(&self, email: &str, old: &str, new: &str) -> Result<(), LookupError> {
+        self.atrn_del(email, Some(old)).await?;
+        self.atrn_add(email, new).await
+    }
+
+    /// vatrn -s: `(user@domain, domain)` rows of one address, or all, sorted.
+    pub async fn atrn_list(
+        &self,
+        email: Option<&str>,
+    ) -> Result<Vec<(String, String)>, LookupError> {
+        let rows = match email {
+            Some(e) => {
+                let a = Address::parse(e)?;
+                self.db
+                    .query(
+                        "SELECT pw_name, pw_domain, domain_list FROM atrn_map \
+                         WHERE pw_name = ? AND pw_domain = ? ORDER BY domain_list",
+                        params![a.user(), a.domain()],
+                    )
+                    .await?
+            }
+            None => {
+                self.db
+                    .query(
+                        "SELECT pw_name, pw_domain, domain_list FROM atrn_map \
+                         ORDER BY pw_domain, pw_name, domain_list",
+                        vec![],
+                    )
+                    .await?
+            }
+        };
+        Ok(rows
+            .iter()
+            .map(|r| (format!("{}@{}", r.text(0), r.text(1)), r.text(2)))
+            .collect())
     }
 
     /// Set or clear the BOUNCE_MAIL flag (delivery does this when a mailbox goes over quota

@@ -6,6 +6,16 @@
 //! Dovecot's userdb lookups call the checker with `AUTHORIZED=1` in the environment: then the
 //! password is not checked (the user was authenticated otherwise) and `AUTHORIZED=2` is
 //! exported to the reply program, as Dovecot's documentation requires.
+//!
+//! With Dovecot (`passdb { driver = checkpassword, args = indimail --home H checkpassword }`,
+//! `userdb { driver = prefetch }`), the program exec'd is Dovecot's `checkpassword-reply`,
+//! which turns the environment into the login's fields: `USER` becomes the canonical user
+//! name (`user@domain`), `HOME` the userdb home (`pw_dir`, so `mail_location =
+//! maildir:~/Maildir` finds the user's Maildir), and the variables named in `EXTRA` are
+//! passed on. The checker exports `userdb_uid` and `userdb_gid` there: the owner of `pw_dir`,
+//! the account that delivers into it (Dovecot's recommended way rather than `setuid`). A
+//! login name of the proxies' form `user@domain:clientip` (spec 6) is checked as
+//! `user@domain`.
 
 use std::io::Read;
 use std::path::Path;
@@ -66,6 +76,7 @@ pub async fn decide(
     let Some((mut user, pass)) = parse_request(request) else {
         return Outcome::Exit(EXIT_MISUSE);
     };
+    strip_client_ip(&mut user);
     if !user.contains('@') {
         match default_domain {
             Some(d) if !d.is_empty() => user = format!("{user}@{d}"),
@@ -92,6 +103,11 @@ pub async fn decide(
                 ("USER".to_string(), u.email()),
                 ("HOME".to_string(), u.dir.to_string_lossy().into_owned()),
             ];
+            if let Some((uid, gid)) = owner(&u.dir) {
+                env.push(("userdb_uid".to_string(), uid.to_string()));
+                env.push(("userdb_gid".to_string(), gid.to_string()));
+                env.push(("EXTRA".to_string(), "userdb_uid userdb_gid".to_string()));
+            }
             if userdb_only {
                 env.push(("AUTHORIZED".to_string(), "2".to_string()));
             }
@@ -106,6 +122,25 @@ pub async fn decide(
         }
         Err(_) => Outcome::Exit(EXIT_TEMP),
     }
+}
+
+/// `user@domain:clientip` → `user@domain`: the login name the proxies use towards a
+/// mailstore (spec 6). IndiMail's own auth modules strip the suffix the same way. The part
+/// after the first `:` of the domain is dropped (a domain never holds `:`, an IPv6 address
+/// does).
+pub fn strip_client_ip(user: &mut String) {
+    if let Some(at) = user.rfind('@') {
+        if let Some(colon) = user[at..].find(':') {
+            user.truncate(at + colon);
+        }
+    }
+}
+
+/// uid and gid owning `dir`, when it exists.
+fn owner(dir: &Path) -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(dir).ok()?;
+    Some((m.uid(), m.gid()))
 }
 
 /// The whole program: read fd 3, decide, exec or return the exit code.
@@ -193,5 +228,20 @@ mod tests {
         assert_eq!(parse_request(b"a@b"), None);
         assert_eq!(parse_request(b"\0pw\0"), None);
         assert_eq!(parse_request(b"a@b\0\xff\0"), None);
+    }
+
+    #[test]
+    fn client_ip_suffix() {
+        for (given, want) in [
+            ("a@b.c:127.0.0.1", "a@b.c"),
+            ("a@b.c:::1", "a@b.c"),
+            ("a@b.c", "a@b.c"),
+            ("a:x@b.c", "a:x@b.c"),
+            ("nodomain", "nodomain"),
+        ] {
+            let mut u = given.to_string();
+            strip_client_ip(&mut u);
+            assert_eq!(u, want, "{given}");
+        }
     }
 }

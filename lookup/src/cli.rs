@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     Admin, DirectoryConfig, DomainInfo, DomainOptions, HashMethod, LookupError, PasswordOptions,
-    Quota, User, UserChange, UserFlags, UserOptions,
+    Quota, ScramOptions, User, UserChange, UserFlags, UserOptions,
 };
 
 /// Directory subcommands of the `indimail` binary.
@@ -29,6 +29,9 @@ pub enum DirectoryCommand {
     /// Cluster placement: hostcntrl, host_table and smtp_port rows.
     #[command(subcommand)]
     Hostcntrl(HostCommand),
+    /// Domains a user may turn with ATRN (atrn_map rows; vatrn).
+    #[command(subcommand)]
+    Atrn(AtrnCommand),
     /// The checkpassword interface: read `user\0password\0timestamp\0` on fd 3.
     Checkpassword(CheckpasswordArgs),
 }
@@ -83,6 +86,16 @@ pub struct PasswordArgs {
     /// Keep the clear text for CRAM-MD5 as {CRAM}clear,crypt (-C).
     #[arg(long)]
     pub cram: bool,
+    /// Also store a SCRAM secret for SMTP AUTH with this mechanism; only SCRAM-SHA-256 (-m).
+    /// Without it, a password change clears any SCRAM secret.
+    #[arg(short = 'm', long = "scram", value_name = "MECHANISM")]
+    pub scram: Option<String>,
+    /// SCRAM salt (its bytes; -S). Random when absent.
+    #[arg(long = "scram-salt", value_name = "SALT", requires = "scram")]
+    pub scram_salt: Option<String>,
+    /// SCRAM iteration count (-I). Default 4096.
+    #[arg(long = "scram-iterations", value_name = "N", requires = "scram")]
+    pub scram_iterations: Option<u32>,
 }
 
 /// `indimail user ...`
@@ -252,6 +265,39 @@ pub enum HostCommand {
     },
 }
 
+/// `indimail atrn ...` (IndiMail's vatrn)
+#[derive(Debug, Clone, Subcommand)]
+pub enum AtrnCommand {
+    /// Let a user turn a domain with ATRN (vatrn -i).
+    Add {
+        /// user@domain
+        email: String,
+        /// The domain whose mail the user may receive by ATRN.
+        domain: String,
+    },
+    /// Remove one domain of a user, or all (vatrn -d).
+    Del {
+        /// user@domain
+        email: String,
+        /// The domain (all when absent).
+        domain: Option<String>,
+    },
+    /// Replace one domain of a user by another (vatrn -u old -i new).
+    Mod {
+        /// user@domain
+        email: String,
+        /// The domain to replace.
+        old: String,
+        /// The new domain.
+        new: String,
+    },
+    /// List mappings, of one user or all (vatrn -s).
+    List {
+        /// user@domain (all when absent).
+        email: Option<String>,
+    },
+}
+
 /// `indimail checkpassword [PROGRAM ARGS...]`
 #[derive(Debug, Clone, Args)]
 pub struct CheckpasswordArgs {
@@ -321,7 +367,22 @@ fn pw_opts(a: &PasswordArgs) -> Result<PasswordOptions, CliError> {
         hash: parse_hash(&a.hash)?,
         encrypted: a.encrypted,
         cram: a.cram,
+        scram: scram_opts(a)?,
     })
+}
+
+/// `-m MECHANISM [-S salt] [-I iterations]`.
+fn scram_opts(a: &PasswordArgs) -> Result<Option<ScramOptions>, CliError> {
+    match a.scram.as_deref() {
+        None => Ok(None),
+        Some(m) if m.eq_ignore_ascii_case("SCRAM-SHA-256") => Ok(Some(ScramOptions {
+            salt: a.scram_salt.clone(),
+            iterations: a.scram_iterations,
+        })),
+        Some(m) => Err(CliError::Usage(format!(
+            "SCRAM mechanism {m} not supported (only SCRAM-SHA-256)"
+        ))),
+    }
 }
 
 fn flags_of(names: &[String]) -> Result<u32, CliError> {
@@ -336,6 +397,9 @@ fn flags_of(names: &[String]) -> Result<u32, CliError> {
 pub fn print_user(out: &mut dyn Write, u: &User) -> std::io::Result<()> {
     writeln!(out, "name: {}", u.email())?;
     writeln!(out, "passwd: {}", u.passwd)?;
+    if let Some(s) = &u.scram {
+        writeln!(out, "scram: {s}")?;
+    }
     writeln!(out, "uid: {}", u.uid)?;
     writeln!(out, "gid: {}", u.flags.0)?;
     writeln!(out, "flags: {}", u.flags)?;
@@ -437,6 +501,7 @@ async fn run_admin(
                     hash: parse_hash(&pw.hash)?,
                     encrypted: pw.encrypted,
                     cram: pw.cram,
+                    scram: scram_opts(&pw)?,
                     inactive,
                     base_path,
                 };
@@ -538,6 +603,29 @@ async fn run_admin(
             } => {
                 admin.smtp_port_set(&domain, &host, &src_host, port).await?;
                 writeln!(out, "{domain} on {host}: port {port}")?;
+            }
+        },
+        DirectoryCommand::Atrn(c) => match c {
+            AtrnCommand::Add { email, domain } => {
+                admin.atrn_add(&email, &domain).await?;
+                writeln!(out, "{email} may turn {}", domain.to_ascii_lowercase())?;
+            }
+            AtrnCommand::Del { email, domain } => {
+                admin.atrn_del(&email, domain.as_deref()).await?;
+                writeln!(out, "removed ATRN map of {email}")?;
+            }
+            AtrnCommand::Mod { email, old, new } => {
+                admin.atrn_update(&email, &old, &new).await?;
+                writeln!(
+                    out,
+                    "{email} may turn {} instead of {old}",
+                    new.to_ascii_lowercase()
+                )?;
+            }
+            AtrnCommand::List { email } => {
+                for (who, domain) in admin.atrn_list(email.as_deref()).await? {
+                    writeln!(out, "{who} {domain}")?;
+                }
             }
         },
         DirectoryCommand::Checkpassword(_) => {
@@ -667,15 +755,21 @@ const VMODUSER_FLAGS: [(char, u32); 13] = [
 ];
 
 fn program_command(name: &str, args: &[String]) -> Result<DirectoryCommand, CliError> {
-    let pw_from = |opts: &[(char, String)]| -> PasswordArgs {
-        PasswordArgs {
-            hash: opts
-                .iter()
-                .rfind(|(c, _)| *c == 'h')
-                .map(|(_, v)| v.clone()),
+    let pw_from = |opts: &[(char, String)]| -> Result<PasswordArgs, CliError> {
+        let last = |l: char| opts.iter().rfind(|(c, _)| *c == l).map(|(_, v)| v.clone());
+        Ok(PasswordArgs {
+            hash: last('h'),
             encrypted: opts.iter().any(|(c, _)| *c == 'e'),
             cram: opts.iter().any(|(c, _)| *c == 'C'),
-        }
+            scram: last('m'),
+            scram_salt: last('S'),
+            scram_iterations: last('I')
+                .map(|v| {
+                    v.parse()
+                        .map_err(|_| CliError::Usage(format!("bad -I {v}")))
+                })
+                .transpose()?,
+        })
     };
     let val = |opts: &[(char, String)], c: char| -> Option<String> {
         opts.iter().rfind(|(o, _)| *o == c).map(|(_, v)| v.clone())
@@ -716,7 +810,7 @@ fn program_command(name: &str, args: &[String]) -> Result<DirectoryCommand, CliE
             })
         }
         "vadduser" => {
-            let (o, r) = getopt(args, "q:c:h:eCiB:dbr:l")?;
+            let (o, r) = getopt(args, "q:c:h:eCiB:dbr:lm:S:I:")?;
             DirectoryCommand::User(UserCommand::Add {
                 email: operand(&r, 0, "address")?,
                 password: operand(&r, 1, "password")?,
@@ -724,7 +818,7 @@ fn program_command(name: &str, args: &[String]) -> Result<DirectoryCommand, CliE
                 gecos: val(&o, 'c'),
                 inactive: o.iter().any(|(c, _)| *c == 'i'),
                 base_path: val(&o, 'B').map(PathBuf::from),
-                pw: pw_from(&o),
+                pw: pw_from(&o)?,
             })
         }
         "vdeluser" => {
@@ -738,11 +832,11 @@ fn program_command(name: &str, args: &[String]) -> Result<DirectoryCommand, CliE
             DirectoryCommand::User(UserCommand::Passwd {
                 email: operand(&r, 0, "address")?,
                 password: operand(&r, 1, "password")?,
-                pw: pw_from(&o),
+                pw: pw_from(&o)?,
             })
         }
         "vmoduser" => {
-            let (o, r) = getopt(args, "nq:c:P:h:eCxtdpwibruas0123")?;
+            let (o, r) = getopt(args, "nq:c:P:h:eCxtdpwibruas0123m:S:I:")?;
             let mut set = Vec::new();
             for (c, _) in &o {
                 if let Some((_, bit)) = VMODUSER_FLAGS.iter().find(|(f, _)| f == c) {
@@ -760,7 +854,7 @@ fn program_command(name: &str, args: &[String]) -> Result<DirectoryCommand, CliE
                 clear: Vec::new(),
                 reset_flags: o.iter().any(|(c, _)| *c == 'x'),
                 password: val(&o, 'P'),
-                pw: pw_from(&o),
+                pw: pw_from(&o)?,
             })
         }
         "vuserinfo" => {
@@ -822,12 +916,40 @@ fn program_command(name: &str, args: &[String]) -> Result<DirectoryCommand, CliE
                 ));
             }
         }
+        "vatrn" => {
+            let (o, r) = getopt(args, "vsd:i:u:")?;
+            let email = r.first().cloned();
+            match (val(&o, 'u'), val(&o, 'i'), val(&o, 'd')) {
+                (Some(old), Some(new), _) => DirectoryCommand::Atrn(AtrnCommand::Mod {
+                    email: operand(&r, 0, "address")?,
+                    old,
+                    new,
+                }),
+                (None, Some(domain), _) => DirectoryCommand::Atrn(AtrnCommand::Add {
+                    email: operand(&r, 0, "address")?,
+                    domain,
+                }),
+                (None, None, Some(domain)) => DirectoryCommand::Atrn(AtrnCommand::Del {
+                    email: operand(&r, 0, "address")?,
+                    domain: Some(domain),
+                }),
+                (None, None, None) if o.iter().any(|(c, _)| *c == 's') => {
+                    DirectoryCommand::Atrn(AtrnCommand::List { email })
+                }
+                _ => {
+                    return Err(CliError::Usage(
+                        "vatrn -i domain addr | -d domain addr | -u old -i new addr | -s [addr]"
+                            .into(),
+                    ))
+                }
+            }
+        }
         other => return Err(CliError::Usage(format!("unknown program {other}"))),
     })
 }
 
 /// IndiMail program names this crate implements.
-pub const PROGRAMS: [&str; 13] = [
+pub const PROGRAMS: [&str; 14] = [
     "vadddomain",
     "vdeldomain",
     "vdominfo",
@@ -840,6 +962,7 @@ pub const PROGRAMS: [&str; 13] = [
     "vsetuserquota",
     "valias",
     "hostcntrl",
+    "vatrn",
     "checkpassword",
 ];
 
@@ -899,6 +1022,39 @@ mod tests {
     }
 
     #[test]
+    fn vatrn_options() {
+        let c = program_command("vatrn", &s(&["-i", "node.example", "a@b.c"])).unwrap();
+        assert!(
+            matches!(c, DirectoryCommand::Atrn(AtrnCommand::Add { ref email, ref domain })
+            if email == "a@b.c" && domain == "node.example")
+        );
+        let c = program_command("vatrn", &s(&["-d", "node.example", "a@b.c"])).unwrap();
+        assert!(matches!(
+            c,
+            DirectoryCommand::Atrn(AtrnCommand::Del {
+                domain: Some(_),
+                ..
+            })
+        ));
+        let c = program_command(
+            "vatrn",
+            &s(&["-u", "old.example", "-i", "new.example", "a@b.c"]),
+        )
+        .unwrap();
+        assert!(
+            matches!(c, DirectoryCommand::Atrn(AtrnCommand::Mod { ref old, ref new, .. })
+            if old == "old.example" && new == "new.example")
+        );
+        let c = program_command("vatrn", &s(&["-s"])).unwrap();
+        assert!(matches!(
+            c,
+            DirectoryCommand::Atrn(AtrnCommand::List { email: None })
+        ));
+        assert!(program_command("vatrn", &s(&["a@b.c"])).is_err());
+        assert!(program_command("vatrn", &s(&["-i", "node.example"])).is_err());
+    }
+
+    #[test]
     fn program_names_map_to_commands() {
         let c = program_command("vadduser", &s(&["-q", "1M", "a@b.c", "pw"])).unwrap();
         assert!(
@@ -910,6 +1066,67 @@ mod tests {
         };
         assert_eq!(set, s(&["no-pop", "no-relay"]));
         assert!(program_command("vadduser", &s(&["a@b.c"])).is_err());
+    }
+
+    #[test]
+    fn scram_options() {
+        let c = program_command(
+            "vpasswd",
+            &s(&[
+                "-m",
+                "SCRAM-SHA-256",
+                "-I",
+                "8192",
+                "-S",
+                "salty",
+                "a@b.c",
+                "pw",
+            ]),
+        )
+        .unwrap();
+        let DirectoryCommand::User(UserCommand::Passwd { pw, .. }) = c else {
+            panic!()
+        };
+        assert_eq!(
+            pw_opts(&pw).unwrap().scram,
+            Some(ScramOptions {
+                salt: Some("salty".into()),
+                iterations: Some(8192)
+            })
+        );
+        let c = program_command("vadduser", &s(&["-m", "SCRAM-SHA-1", "a@b.c", "pw"])).unwrap();
+        let DirectoryCommand::User(UserCommand::Add { pw, .. }) = c else {
+            panic!()
+        };
+        assert!(matches!(pw_opts(&pw), Err(CliError::Usage(_))));
+        assert!(program_command("vpasswd", &s(&["-I", "many", "a@b.c", "pw"])).is_err());
+        let c = DirectoryCli::try_parse_from([
+            "indimail",
+            "user",
+            "add",
+            "a@b.c",
+            "--password",
+            "x",
+            "-m",
+            "SCRAM-SHA-256",
+        ])
+        .unwrap();
+        let DirectoryCommand::User(UserCommand::Add { pw, .. }) = c.command else {
+            panic!()
+        };
+        assert_eq!(pw_opts(&pw).unwrap().scram, Some(ScramOptions::default()));
+        // Salt and iterations only with a mechanism.
+        assert!(DirectoryCli::try_parse_from([
+            "indimail",
+            "user",
+            "passwd",
+            "a@b.c",
+            "--password",
+            "x",
+            "--scram-salt",
+            "s",
+        ])
+        .is_err());
     }
 
     #[test]

@@ -45,6 +45,16 @@ impl From<&String> for SqlValue {
         SqlValue::Text(s.clone())
     }
 }
+impl From<Option<String>> for SqlValue {
+    fn from(s: Option<String>) -> Self {
+        s.map_or(SqlValue::Null, SqlValue::Text)
+    }
+}
+impl From<&Option<String>> for SqlValue {
+    fn from(s: &Option<String>) -> Self {
+        s.clone().into()
+    }
+}
 impl From<i64> for SqlValue {
     fn from(n: i64) -> Self {
         SqlValue::Int(n)

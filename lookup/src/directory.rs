@@ -25,7 +25,7 @@ use crate::cache::{Cache, CacheStats, Clock, Lookup, SystemClock, Ticket};
 use crate::config::DirectoryConfig;
 use crate::db::{params, Db};
 use crate::model::{
-    normalize_domain, Address, AuthResult, Limits, MailStore, User, UserFlags, UserStatus,
+    normalize_domain, Address, AuthResult, LastAuth, Limits, MailStore, User, UserFlags, UserStatus,
 };
 use crate::{password, queries, LookupError};
 
@@ -306,6 +306,89 @@ impl Directory {
             )
             .await
             .map(|_| ())
+    }
+
+    /// Record that `user` authenticated for `service` (`pop3`, `imap`, `webm`, at most 10
+    /// characters) from `ip`: the `lastauth` row IndiMail's login tasks write (spec 6, "run
+    /// login tasks"), one per user and service, replaced on each login. Not cached.
+    pub async fn record_lastauth(
+        &self,
+        user: &User,
+        service: &str,
+        ip: IpAddr,
+    ) -> Result<(), LookupError> {
+        if service.is_empty() || service.len() > 10 {
+            return Err(LookupError::FieldTooLong {
+                field: "lastauth.service",
+                max: 10,
+            });
+        }
+        let now = self.inner.clock.unix_seconds();
+        // The time comes from the directory's clock (not the database's), in the column's
+        // native type: FROM_UNIXTIME and UNIX_TIMESTAMP agree in any session time zone, and
+        // SQLite's `unixepoch` text is UTC like its CURRENT_TIMESTAMP.
+        let ts = match self.inner.db.dialect() {
+            crate::Dialect::Mysql => "FROM_UNIXTIME(?)",
+            crate::Dialect::Sqlite => "datetime(?, 'unixepoch')",
+        };
+        self.inner
+            .db
+            .exec(
+                &format!(
+                    "REPLACE INTO lastauth (user, domain, service, remote_ip, quota, gecos, timestamp) \
+                     VALUES (?, ?, ?, ?, 0, ?, {ts})"
+                ),
+                params![
+                    &user.name,
+                    &user.domain,
+                    service,
+                    ip.to_string(),
+                    &user.gecos,
+                    now
+                ],
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// The `lastauth` rows of `email` (one per service), oldest first. Not cached.
+    pub async fn lastauth(&self, email: &str) -> Result<Vec<LastAuth>, LookupError> {
+        let addr = Address::parse(email)?;
+        let domain = self
+            .real_domain(addr.domain())
+            .await?
+            .unwrap_or_else(|| addr.domain().to_string());
+        let ts = match self.inner.db.dialect() {
+            crate::Dialect::Mysql => "UNIX_TIMESTAMP(timestamp)",
+            crate::Dialect::Sqlite => "CAST(strftime('%s', timestamp) AS INTEGER)",
+        };
+        Ok(self
+            .inner
+            .db
+            .query(
+                &format!(
+                    "SELECT service, remote_ip, {ts} FROM lastauth WHERE user = ? AND domain = ? \
+                     ORDER BY 3, service"
+                ),
+                params![addr.user(), domain],
+            )
+            .await?
+            .iter()
+            .map(|r| LastAuth {
+                service: r.text(0),
+                remote_ip: r.text(1),
+                time: r.int(2),
+            })
+            .collect())
+    }
+
+    /// The domains `email` may turn with ATRN (RFC 2645, IndiMail's ODMR): its `atrn_map`
+    /// rows (`vatrn -i`). A `domain_list` may hold several domains separated by commas.
+    /// Lower-cased, sorted, without duplicates. Not cached: asked once per ATRN, and
+    /// a change must count at once.
+    pub async fn atrn_domains(&self, email: &str) -> Result<Vec<String>, LookupError> {
+        let addr = Address::parse(email)?;
+        queries::atrn_domains(&self.inner.db, addr.user(), addr.domain()).await
     }
 
     /// The domain's `vlimits` row (domain or `user@domain`), after alias resolution.

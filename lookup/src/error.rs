@@ -94,6 +94,12 @@ pub enum LookupError {
     /// A hostcntrl entry exists already.
     #[error("host entry already exists: {0}")]
     HostExists(String),
+    /// No such `atrn_map` row (vatrn -d / -u).
+    #[error("ATRN map not found: {0}")]
+    AtrnMapNotFound(String),
+    /// The `atrn_map` row exists already (vatrn -i).
+    #[error("ATRN map already exists: {0}")]
+    AtrnMapExists(String),
 }
 
 impl LookupError {

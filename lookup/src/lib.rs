@@ -8,13 +8,15 @@
 //! * [`Directory`] — the per-shard, `!Send` query API used by the SMTP server (RCPT checks,
 //!   AUTH), delivery (user, aliases, host) and the proxies: [`Directory::user_status`],
 //!   [`Directory::check_password`], [`Directory::real_domain`], [`Directory::aliases`],
-//!   [`Directory::host_of`], [`Directory::relay_allowed`], [`Directory::limits`]. Answers go
+//!   [`Directory::host_of`], [`Directory::relay_allowed`], [`Directory::limits`], and the
+//!   login records [`Directory::record_relay`] and [`Directory::record_lastauth`]. Answers go
 //!   through a [`Cache`] (TTLs, negative entries, single flight, stale-while-refresh,
 //!   invalidation by a change counter). Database failures are always temporary
 //!   ([`LookupError::is_temporary`], [`SmtpReply::TEMPFAIL`]), never a 5xx.
 //! * [`UserStatus::smtp_reply`] — the CHECKRECIPIENT replies (550 5.1.1, 550 5.2.1,
 //!   552 5.2.2, 451 4.3.0) so the SMTP layer does not invent them.
-//! * [`password`] — crypt(3) DES, `$1$`, `$5$`, `$6$`, yescrypt `$y$`, and `{CRAM}` forms.
+//! * [`password`] — crypt(3) DES, `$1$`, `$5$`, `$6$`, yescrypt `$y$`, and `{CRAM}` forms, and
+//!   the SCRAM-SHA-256 secrets of the `scram` column ([`ScramOptions`], `-m SCRAM-SHA-256`).
 //! * [`Admin`] — the admin changes (vadddomain, vdeldomain, vadduser, vdeluser, vpasswd,
 //!   vmoduser, valias, hostcntrl, vsetuserquota, vlimit), which also maintain the domain
 //!   dirs, Maildirs and control files (`rcpthosts`, `morercpthosts`, `virtualdomains`).
@@ -44,16 +46,16 @@ mod queries;
 mod schema;
 
 pub use admin::{
-    hash_dir, Admin, DomainInfo, DomainOptions, HostEntry, PasswordOptions, UserChange,
-    UserOptions, DEFAULT_HARD_QUOTA, DEFAULT_USERS_PER_LEVEL, RCPTHOSTS_MAX,
+    hash_dir, Admin, DomainInfo, DomainOptions, HostEntry, PasswordOptions, ScramOptions,
+    UserChange, UserOptions, DEFAULT_HARD_QUOTA, DEFAULT_USERS_PER_LEVEL, RCPTHOSTS_MAX,
 };
 pub use cache::{Cache, CachePolicy, CacheStats, Clock, Lookup, ManualClock, SystemClock};
 pub use config::{BackendConfig, DirectoryConfig, MysqlConfig};
 pub use directory::{Directory, RefreshMode};
 pub use error::LookupError;
 pub use model::{
-    bucket, normalize_domain, Address, AuthResult, Limits, MailStore, Quota, SmtpReply, User,
-    UserFlags, UserStatus, MAX_DOMAIN_LEN, MAX_GECOS_LEN, MAX_PASSWD_LEN, MAX_USER_LEN,
+    bucket, normalize_domain, Address, AuthResult, LastAuth, Limits, MailStore, Quota, SmtpReply,
+    User, UserFlags, UserStatus, MAX_DOMAIN_LEN, MAX_GECOS_LEN, MAX_PASSWD_LEN, MAX_USER_LEN,
 };
 pub use password::HashMethod;
 pub use schema::Dialect;

@@ -436,6 +436,18 @@ impl fmt::Display for MailStore {
     }
 }
 
+/// A `lastauth` row (spec 4.2): the last time a user authenticated for one service
+/// (`pop3`, `imap`, `webm`, ... and the admin markers `add`, `pass`, `ACTI`, `INAC`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastAuth {
+    /// The service (`lastauth.service`, at most 10 characters).
+    pub service: String,
+    /// `lastauth.remote_ip`.
+    pub remote_ip: String,
+    /// `lastauth.timestamp` as Unix seconds.
+    pub time: i64,
+}
+
 /// A `vlimits` row (domain limits). −1 means "no limit" as in IndiMail.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Limits {

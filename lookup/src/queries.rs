@@ -186,3 +186,28 @@ pub(crate) async fn limits(db: &Db, domain: &str) -> Result<Option<Limits>, Look
         disable_smtp: r.int(18) != 0,
     }))
 }
+
+/// `atrn_map` rows of `name@domain`: the domains it may turn (ATRN), lower-cased, without
+/// duplicates; a `domain_list` may hold several separated by commas.
+pub(crate) async fn atrn_domains(
+    db: &Db,
+    name: &str,
+    domain: &str,
+) -> Result<Vec<String>, LookupError> {
+    let rows = db
+        .query(
+            "SELECT domain_list FROM atrn_map WHERE pw_name = ? AND pw_domain = ? ORDER BY domain_list",
+            params![name, domain],
+        )
+        .await?;
+    let mut out: Vec<String> = Vec::new();
+    for r in &rows {
+        for d in r.text(0).split([',', ' ', '\t']) {
+            let d = d.trim().to_ascii_lowercase();
+            if !d.is_empty() && !out.contains(&d) {
+                out.push(d);
+            }
+        }
+    }
+    Ok(out)
+}

@@ -206,6 +206,18 @@ const TABLES: &[Table] = &[
         timestamp: true,
     },
     Table {
+        name: "atrn_map",
+        columns: &[
+            "pw_name char(40) NOT NULL",
+            "pw_domain char(67) NOT NULL",
+            "domain_list char(67) NOT NULL",
+        ],
+        primary: None,
+        unique: &["pw_name, pw_domain, domain_list"],
+        indexes: &[],
+        timestamp: true,
+    },
+    Table {
         name: "dir_changes",
         columns: &["id int NOT NULL", "counter bigint NOT NULL"],
         primary: Some("id"),

@@ -376,6 +376,44 @@ fn hosts_limits_relay(kind: Kind) {
         assert!(dir.relay_allowed(ip).await.unwrap());
         clock.advance(Duration::from_secs(2 * 60));
         assert!(!dir.relay_allowed(ip).await.unwrap());
+
+        // lastauth: one row per user and service, replaced on each login.
+        let bob = dir.user("bob@example.com").await.unwrap().unwrap();
+        let before = dir.lastauth("bob@example.com").await.unwrap();
+        assert!(before.iter().all(|r| r.service == "add"), "{before:?}");
+        dir.record_lastauth(&bob, "imap", ip).await.unwrap();
+        clock.advance(Duration::from_secs(10));
+        dir.record_lastauth(&bob, "pop3", ip).await.unwrap();
+        clock.advance(Duration::from_secs(10));
+        let ip2: IpAddr = "2001:db8::7".parse().unwrap();
+        dir.record_lastauth(&bob, "pop3", ip2).await.unwrap();
+        let rows: Vec<_> = dir
+            .lastauth("bob@example.com")
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.service != "add")
+            .collect();
+        let t = T0 + 61 * 60;
+        assert_eq!(
+            rows,
+            vec![
+                lookup::LastAuth {
+                    service: "imap".into(),
+                    remote_ip: "192.0.2.7".into(),
+                    time: t,
+                },
+                lookup::LastAuth {
+                    service: "pop3".into(),
+                    remote_ip: "2001:db8::7".into(),
+                    time: t + 20,
+                },
+            ]
+        );
+        assert!(matches!(
+            dir.record_lastauth(&bob, "much-too-long", ip).await,
+            Err(LookupError::FieldTooLong { .. })
+        ));
     });
 }
 
@@ -533,16 +571,27 @@ fn checkpassword_protocol(kind: Kind) {
         let prog = vec!["/bin/true".to_string()];
         let ok =
             checkpassword::decide(&dir, b"eve@example.com\0pw\x00123\0", &prog, None, None).await;
-        assert_eq!(
-            ok,
-            Outcome::Exec {
-                program: prog.clone(),
-                env: vec![
-                    ("USER".into(), "eve@example.com".into()),
-                    ("HOME".into(), u.dir.to_string_lossy().into_owned()),
-                ]
-            }
-        );
+        // Dovecot's checkpassword-reply: USER, HOME, and the uid/gid owning the home named
+        // in EXTRA.
+        let meta = std::fs::metadata(&u.dir).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let expected = Outcome::Exec {
+            program: prog.clone(),
+            env: vec![
+                ("USER".into(), "eve@example.com".into()),
+                ("HOME".into(), u.dir.to_string_lossy().into_owned()),
+                ("userdb_uid".into(), meta.uid().to_string()),
+                ("userdb_gid".into(), meta.gid().to_string()),
+                ("EXTRA".into(), "userdb_uid userdb_gid".into()),
+            ],
+        };
+        assert_eq!(ok, expected);
+        // The proxies' login name `user@domain:clientip` (spec 6).
+        let r = checkpassword::decide(&dir, b"eve@example.com:192.0.2.1\0pw\0", &prog, None, None)
+            .await;
+        assert_eq!(r, expected);
+        let r = checkpassword::decide(&dir, b"eve@example.com:::1\0bad\0", &[], None, None).await;
+        assert_eq!(r, Outcome::Exit(1));
         let r = checkpassword::decide(&dir, b"eve@example.com\0bad\0", &[], None, None).await;
         assert_eq!(r, Outcome::Exit(1));
         let r = checkpassword::decide(&dir, b"eve\0pw\0", &[], None, Some("example.com")).await;
@@ -560,7 +609,127 @@ fn checkpassword_protocol(kind: Kind) {
     });
 }
 
+/// `-m SCRAM-SHA-256`: the `scram` column is filled beside `pw_passwd`, replaced or cleared
+/// by password changes, kept when the user moves between active and inactive.
+fn scram_secrets(kind: Kind) {
+    let env = TestEnv::new(kind);
+    run(async {
+        let admin = env.admin().await;
+        admin
+            .domain_add("example.com", &DomainOptions::default())
+            .await
+            .unwrap();
+        let with_scram = |salt: Option<&str>, iterations: Option<u32>| {
+            Some(lookup::ScramOptions {
+                salt: salt.map(str::to_string),
+                iterations,
+            })
+        };
+        admin
+            .user_add(
+                "sam@example.com",
+                "pencil",
+                &UserOptions {
+                    scram: with_scram(Some("NaCl-salt"), None),
+                    ..opts()
+                },
+            )
+            .await
+            .unwrap();
+        let expected = lookup::password::scram_sha256("pencil", Some(b"NaCl-salt"), 4096).unwrap();
+        let clock = Rc::new(ManualClock::new(T0));
+        let dir = env.directory(clock.clone(), env.config()).await;
+        let sync = || async {
+            clock.advance(Duration::from_secs(2));
+            dir.sync_changes().await.unwrap();
+        };
+        assert_eq!(
+            dir.scram_secret("sam@example.com").await.unwrap(),
+            Some(expected)
+        );
+        assert!(matches!(
+            dir.check_password("sam@example.com", "pencil")
+                .await
+                .unwrap(),
+            AuthResult::Ok(_)
+        ));
+        // Users added without -m have none.
+        admin
+            .user_add("plain@example.com", "pw", &opts())
+            .await
+            .unwrap();
+        assert_eq!(dir.scram_secret("plain@example.com").await.unwrap(), None);
+
+        // A new password without -m clears the old secret (it would still log in).
+        admin
+            .user_passwd("sam@example.com", "new", PasswordOptions::default())
+            .await
+            .unwrap();
+        sync().await;
+        assert_eq!(dir.scram_secret("sam@example.com").await.unwrap(), None);
+        admin
+            .user_passwd(
+                "sam@example.com",
+                "new",
+                PasswordOptions {
+                    scram: with_scram(None, None),
+                    ..PasswordOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+        sync().await;
+        let s = dir.scram_secret("sam@example.com").await.unwrap().unwrap();
+        assert!(s.starts_with("{SCRAM-SHA-256}4096,"), "{s}");
+        let u = admin
+            .user_mod(
+                "sam@example.com",
+                &UserChange {
+                    password: Some((
+                        "third".into(),
+                        PasswordOptions {
+                            scram: with_scram(None, Some(5000)),
+                            ..PasswordOptions::default()
+                        },
+                    )),
+                    ..UserChange::default()
+                },
+            )
+            .await
+            .unwrap();
+        let s = u.scram.clone().unwrap();
+        assert!(s.starts_with("{SCRAM-SHA-256}5000,"), "{s}");
+        let u = admin
+            .user_mod(
+                "sam@example.com",
+                &UserChange {
+                    toggle_active: true,
+                    ..UserChange::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(!u.active);
+        assert_eq!(u.scram, Some(s));
+        // An encrypted password cannot give a SCRAM secret.
+        let e = admin
+            .user_passwd(
+                "sam@example.com",
+                "$5$abc$def",
+                PasswordOptions {
+                    encrypted: true,
+                    scram: with_scram(None, None),
+                    ..PasswordOptions::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, LookupError::InvalidPassword(_)), "{e}");
+    });
+}
+
 both_backends!(
+    scram_secrets,
     domain_and_user_lifecycle,
     aliases_and_alias_domains,
     hosts_limits_relay,

@@ -164,11 +164,28 @@ impl DuplexTls {
         }
     }
 
-    /// Encrypts and sends all of `buf`.
+    /// Encrypts and sends all of `buf`. rustls buffers a limited amount of plaintext (64 KiB
+    /// by default), so a larger `buf` goes in pieces, each sent before the next is taken.
     pub(crate) async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         let _g = self.wlock.lock().await;
-        if let Err(e) = self.conn.borrow_mut().writer().write_all(&buf) {
-            return (Err(e), buf);
+        let mut off = 0;
+        let mut stalled = false;
+        while off < buf.len() {
+            let r = self.conn.borrow_mut().writer().write(&buf[off..]);
+            match r {
+                Ok(0) if stalled => return (Err(io::ErrorKind::WriteZero.into()), buf),
+                Ok(0) => stalled = true,
+                Ok(n) => {
+                    off += n;
+                    stalled = false;
+                    continue;
+                }
+                Err(e) => return (Err(e), buf),
+            }
+            // The buffer is full: send what is encrypted, then go on.
+            if let Err(e) = self.flush_locked().await {
+                return (Err(e), buf);
+            }
         }
         (self.flush_locked().await, buf)
     }

@@ -13,7 +13,8 @@
 //!   `:clientip` under `LEGACY_SERVER`), hide the mailstore's greeting and login reply, answer
 //!   the client itself and then relay bytes both ways until either side closes or the
 //!   session is idle for [`ProxyConfig::idle_timeout`]. Successful logins insert the
-//!   POP/IMAP-before-SMTP relay row (spec 4.9).
+//!   POP/IMAP-before-SMTP relay row (spec 4.9) and the user's `lastauth` row (service
+//!   `imap` or `pop3`), in a task of their own so the login does not wait for the writes.
 //! * [`serve_pop3`] — RFC 1939 POP3 (with CAPA, UIDL, TOP, USER/PASS, AUTH PLAIN, RFC 2449 /
 //!   3206 response codes) on `pw_dir/Maildir`: new mail moved to `cur/` on login, CRLF and
 //!   dot-stuffing on the wire, DELE applied only after a clean QUIT, one session per mailbox.
@@ -29,9 +30,12 @@
 //! is plain text (spec 6), as the original proxies do.
 //!
 //! What it does not do: TLS towards the mailstore, an IMAP server, SASL mechanisms other
-//! than PLAIN, auto-provisioning of unknown users (`AUTOADDUSERS`), `lastauth` rows for proxy logins (the directory has no call for them),
-//! or locking a mailbox against other processes (the POP3 lock is per `indimail` process,
-//! across all its shards).
+//! than PLAIN, auto-provisioning of unknown users (`AUTOADDUSERS`), or locking a mailbox
+//! against other processes (the POP3 lock is per `indimail` process, across all its shards).
+//!
+//! The directory is reached through a [`DirectorySource`], so a server can start while the
+//! database is down: logins are then answered `NO [UNAVAILABLE]` / `-ERR [SYS/TEMP]` until
+//! it can be opened.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
@@ -50,6 +54,7 @@ mod sasl;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -59,10 +64,30 @@ pub use pop3_proxy::{serve_pop3_proxy, serve_pop3s_proxy};
 pub use pop3_server::{serve_pop3, serve_pop3s};
 pub use sasl::PlainError;
 
+/// Where the servers get the shard's directory: already open, or opened on demand (the
+/// engine's per-shard handle, which reopens after a failure).
+pub trait DirectorySource {
+    /// The open directory, or why it cannot be had now (always temporary: logins are
+    /// answered `NO [UNAVAILABLE]` / `-ERR [SYS/TEMP]`).
+    fn directory(
+        &self,
+    ) -> Pin<Box<dyn Future<Output = Result<Rc<lookup::Directory>, String>> + '_>>;
+}
+
+/// An open directory is always available.
+impl DirectorySource for Rc<lookup::Directory> {
+    fn directory(
+        &self,
+    ) -> Pin<Box<dyn Future<Output = Result<Rc<lookup::Directory>, String>> + '_>> {
+        let d = Rc::clone(self);
+        Box::pin(async move { Ok(d) })
+    }
+}
+
 /// What the proxies and the POP3 server need on a shard.
 pub struct ProxyContext {
-    /// The shard's directory handle.
-    pub directory: Rc<lookup::Directory>,
+    /// The shard's directory.
+    pub directory: Rc<dyn DirectorySource>,
     /// Settings.
     pub config: ProxyConfig,
     /// The server certificate (`servercert.pem`): with it the POP3 server offers `STLS`
@@ -102,6 +127,8 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// Insert the POP/IMAP-before-SMTP relay row on each successful login (spec 4.9).
     pub record_relay: bool,
+    /// Write the user's `lastauth` row (service `imap` / `pop3`) on each successful login.
+    pub record_lastauth: bool,
     /// Write `LOGIN`/`LOGOUT` lines to standard error (spec 6 log format).
     pub log: bool,
 }
@@ -120,6 +147,7 @@ impl Default for ProxyConfig {
             idle_timeout: Duration::from_secs(1800),
             connect_timeout: Duration::from_secs(30),
             record_relay: true,
+            record_lastauth: true,
             log: true,
         }
     }
@@ -138,7 +166,8 @@ pub struct ConfigError {
 }
 
 impl ProxyConfig {
-    /// Defaults overridden by `DESTPORT` (`imap:<port>` or `pop3:<port>`), `IMAP_BACKEND`,
+    /// Defaults overridden by `DESTPORT` (`imap:<port>` or `pop3:<port>`; one process serving
+    /// both proxies may give both, separated by a comma: `imap:1143,pop3:1110`), `IMAP_BACKEND`,
     /// `POP3_BACKEND`, `LEGACY_SERVER`, `DEFAULT_DOMAIN`, `BADLOGINS`, `DATA_TIMEOUT`
     /// (seconds). Every bad variable is reported.
     pub fn from_env() -> Result<ProxyConfig, Vec<ConfigError>> {
@@ -159,10 +188,15 @@ impl ProxyConfig {
             })
         };
         if let Some(d) = var("DESTPORT") {
-            match d.split_once(':').map(|(s, p)| (s, p.parse::<u16>())) {
-                Some(("imap", Ok(p))) => c.imap_port = p,
-                Some(("pop3", Ok(p))) => c.pop3_port = p,
-                _ => bad("DESTPORT", &d, "expected imap:<port> or pop3:<port>"),
+            for item in d.split(',').map(str::trim) {
+                match item.split_once(':').map(|(s, p)| (s, p.parse::<u16>())) {
+                    Some(("imap", Ok(p))) => c.imap_port = p,
+                    Some(("pop3", Ok(p))) => c.pop3_port = p,
+                    _ => {
+                        bad("DESTPORT", &d, "expected imap:<port> or pop3:<port>");
+                        break;
+                    }
+                }
             }
         }
         for (name, slot) in [
@@ -244,6 +278,14 @@ impl Service {
             Service::Pop3 => "proxypop3",
         }
     }
+
+    /// `lastauth.service` (spec 4.2).
+    fn lastauth(self) -> &'static str {
+        match self {
+            Service::Imap => "imap",
+            Service::Pop3 => "pop3",
+        }
+    }
 }
 
 /// Verify a login against the directory and check the account may use `service`.
@@ -260,7 +302,7 @@ pub(crate) async fn authorize(
     if lookup::Address::parse(&email).is_err() {
         return Err(Refusal::AuthFailed);
     }
-    let dir = &ctx.directory;
+    let dir = directory(ctx, service).await?;
     let u = match dir.check_password(&email, password).await {
         Ok(lookup::AuthResult::Ok(u)) => u,
         Ok(_) => return Err(Refusal::AuthFailed),
@@ -296,7 +338,7 @@ pub(crate) async fn mailstore(
         Service::Imap => (ctx.config.imap_port, ctx.config.default_imap_backend),
         Service::Pop3 => (ctx.config.pop3_port, ctx.config.default_pop3_backend),
     };
-    match ctx.directory.host_of(&user.email()).await {
+    match directory(ctx, service).await?.host_of(&user.email()).await {
         Ok(Some(ms)) => match ms.ip.parse::<IpAddr>() {
             Ok(ip) => Ok(Some(SocketAddr::new(ip, port))),
             Err(_) => Err(Refusal::Unavailable),
@@ -307,7 +349,20 @@ pub(crate) async fn mailstore(
     }
 }
 
-/// After a successful login: the relay row (POP/IMAP-before-SMTP) and the log line.
+/// The directory, or [`Refusal::TempFail`] (logged) when it cannot be opened now.
+async fn directory(ctx: &ProxyContext, service: Service) -> Result<Rc<lookup::Directory>, Refusal> {
+    ctx.directory.directory().await.map_err(|e| {
+        log_line(
+            ctx,
+            format_args!("{}: WARN: directory unavailable: {e}", service.name()),
+        );
+        Refusal::TempFail
+    })
+}
+
+/// After a successful login: the relay row (POP/IMAP-before-SMTP) and the `lastauth` row,
+/// written by a task of their own (the session does not wait for the database; a failure
+/// is logged), and the log line.
 pub(crate) async fn logged_in(
     ctx: &ProxyContext,
     user: &lookup::User,
@@ -315,13 +370,33 @@ pub(crate) async fn logged_in(
     service: Service,
     mailstore: &str,
 ) {
-    if ctx.config.record_relay {
-        if let Err(e) = ctx.directory.record_relay(&user.email(), peer.ip()).await {
-            log_line(
-                ctx,
-                format_args!("{}: WARN: relay row not recorded: {e}", service.name()),
-            );
-        }
+    let (relay, lastauth) = (ctx.config.record_relay, ctx.config.record_lastauth);
+    if relay || lastauth {
+        let source = Rc::clone(&ctx.directory);
+        let user = user.clone();
+        let log = ctx.config.log;
+        tokio::task::spawn_local(async move {
+            let dir = match source.directory().await {
+                Ok(d) => d,
+                Err(e) => {
+                    let text = format!("relay/lastauth rows not recorded: {e}");
+                    return warn(log, service, &text);
+                }
+            };
+            if relay {
+                if let Err(e) = dir.record_relay(&user.email(), peer.ip()).await {
+                    warn(log, service, &format!("relay row not recorded: {e}"));
+                }
+            }
+            if lastauth {
+                if let Err(e) = dir
+                    .record_lastauth(&user, service.lastauth(), peer.ip())
+                    .await
+                {
+                    warn(log, service, &format!("lastauth row not recorded: {e}"));
+                }
+            }
+        });
     }
     log_line(
         ctx,
@@ -334,12 +409,21 @@ pub(crate) async fn logged_in(
     );
 }
 
+fn warn(log: bool, service: Service, text: &str) {
+    if log {
+        write_log(format_args!("{}: WARN: {text}", service.name()));
+    }
+}
+
 /// One log line on standard error, written whole (`<unix>.<micros> <text>`).
 pub(crate) fn log_line(ctx: &ProxyContext, args: std::fmt::Arguments<'_>) {
-    use std::io::Write;
-    if !ctx.config.log {
-        return;
+    if ctx.config.log {
+        write_log(args);
     }
+}
+
+fn write_log(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -414,6 +498,9 @@ mod tests {
             }
             .map(str::to_string)
         };
+        let both = |k: &str| (k == "DESTPORT").then(|| "imap:1143, pop3:1110".to_string());
+        let c = ProxyConfig::from_vars(both).unwrap();
+        assert_eq!((c.imap_port, c.pop3_port), (1143, 1110));
         let e = ProxyConfig::from_vars(bad).unwrap_err();
         assert_eq!(e.len(), 2);
         assert!(e[0].to_string().starts_with("$DESTPORT:"), "{}", e[0]);

@@ -17,8 +17,16 @@ use crate::backend::Backend;
 use crate::conn::{write, ClientConn, Inbuf};
 use crate::{log_line, logged_in, ProxyContext, Service};
 
-/// Bytes read per socket read while relaying.
-const RELAY_BUF: usize = 32 * 1024;
+/// Bytes read per socket read while relaying, at first and again after a quiet spell: most
+/// of a session's life is idle (IMAP IDLE, a client between commands) with a read pending,
+/// and on io_uring that read owns its buffer, so thousands of idle sessions must hold small
+/// ones.
+const RELAY_BUF: usize = 16 * 1024;
+/// Largest read buffer, reached by doubling while reads fill the buffer (a large FETCH or
+/// RETR streaming): fewer, larger reads and writes.
+const RELAY_BUF_MAX: usize = 256 * 1024;
+/// A read shorter than this lets a grown buffer shrink back to [`RELAY_BUF`].
+const RELAY_QUIET: usize = 4 * 1024;
 
 /// After the mailstore accepted the login: sends the client our OK `reply` followed by
 /// whatever the mailstore already sent after its own login reply, passes on the commands the
@@ -106,17 +114,19 @@ impl Side for ClientConn {
 }
 
 /// Copy `from` → `to` until end of file or an error; then end the write side of `to`, so
-/// the peer sees the close. Every successful read marks activity.
+/// the peer sees the close. Every successful read marks activity. The buffer grows while
+/// reads fill it and shrinks after a short read (see [`RELAY_BUF`]).
 async fn pump(from: &impl Side, to: &impl Side, active: &Cell<Instant>) {
     let mut buf = Vec::with_capacity(RELAY_BUF);
     loop {
         buf.clear();
+        let cap = buf.capacity();
         let (r, b) = from.read(buf).await;
         buf = b;
-        match r {
+        let n = match r {
             Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
+            Ok(n) => n,
+        };
         active.set(Instant::now());
         let (r, b) = to.write_all(buf).await;
         buf = b;
@@ -124,6 +134,11 @@ async fn pump(from: &impl Side, to: &impl Side, active: &Cell<Instant>) {
             break;
         }
         active.set(Instant::now());
+        if n >= cap && cap < RELAY_BUF_MAX {
+            buf = Vec::with_capacity((cap * 2).min(RELAY_BUF_MAX));
+        } else if n < RELAY_QUIET && buf.capacity() > RELAY_BUF {
+            buf = Vec::with_capacity(RELAY_BUF);
+        }
     }
     to.shutdown_write().await;
 }

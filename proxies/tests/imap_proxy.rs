@@ -71,6 +71,11 @@ fn login_select_list_fetch_logout_through_dovecot() {
         c.imap("c3", "LOGOUT");
     }
     assert!(home.relay_allowed(), "IMAP login records the relay row");
+    let rows = home.lastauth("amy@example.com", "imap");
+    assert!(
+        rows.contains(&("imap".into(), "127.0.0.1".into())),
+        "lastauth row of the IMAP login: {rows:?}"
+    );
     let log = dc.log();
     assert!(
         log.contains("amy@example.com:127.0.0.1"),
@@ -106,6 +111,72 @@ fn refusals_never_reach_the_mailstore() {
     }
     assert!(!sentinel.touched(), "the mailstore was contacted");
     assert!(!home.relay_allowed());
+    let rows = home.lastauth("amy@example.com", "imap");
+    assert!(rows.iter().all(|(s, _)| s != "imap"), "{rows:?}");
+}
+
+/// A client announcing a 100 MB literal before login: a synchronizing one is refused at once
+/// with a tagged BAD (nothing of it is read, the connection stays usable); a LITERAL+ one,
+/// whose bytes are already on the way, closes the connection after a BYE. Neither makes
+/// the proxy read 100 MB or hang.
+#[test]
+fn huge_literals_before_login() {
+    use std::io::Write;
+    let home = Home::new();
+    let sentinel = Sentinel::new();
+    for d in DRIVERS {
+        let mut cfg = config();
+        cfg.default_imap_backend = Some(sentinel.addr());
+        let srv = Server::start(Kind::ImapProxy, d, &home, cfg);
+
+        let mut c = Client::connect(srv.addr);
+        c.line();
+        let started = std::time::Instant::now();
+        c.send("a LOGIN {104857600}\r\n");
+        assert_eq!(c.line(), "a BAD Literal too large.\r\n");
+        assert_eq!(c.imap("b", "NOOP"), "b OK NOOP completed.\r\n");
+        // The user name as a huge literal, after a normal-sized one.
+        c.send("c LOGIN {3}\r\n");
+        assert_eq!(c.line(), "+ Ready for literal data\r\n");
+        c.send("amy {104857600}\r\n");
+        assert_eq!(c.line(), "c BAD Literal too large.\r\n");
+        assert_eq!(c.imap("d", "NOOP"), "d OK NOOP completed.\r\n");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+
+        // LITERAL+: the client streams the payload without waiting.
+        let s = std::net::TcpStream::connect(srv.addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        let mut w = s.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            w.write_all(b"a LOGIN {104857600+}\r\n")?;
+            let chunk = vec![b'x'; 1 << 20];
+            let mut sent = 0usize;
+            for _ in 0..100 {
+                w.write_all(&chunk)?;
+                sent += chunk.len();
+            }
+            Ok::<usize, std::io::Error>(sent)
+        });
+        let mut r = std::io::BufReader::new(s);
+        let mut greeting = String::new();
+        std::io::BufRead::read_line(&mut r, &mut greeting).unwrap();
+        assert!(greeting.starts_with("* OK"), "{greeting}");
+        // The BYE, unless the reset for the unread payload overtook it; then the end.
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut r, &mut rest);
+        let rest = String::from_utf8_lossy(&rest);
+        assert!(
+            rest.is_empty() || rest == "* BYE Literal too large.\r\n",
+            "{d:?}: {rest}"
+        );
+        let sent = writer.join().unwrap();
+        assert!(
+            sent.is_err(),
+            "{d:?}: the proxy read the whole 100 MB literal"
+        );
+    }
+    assert!(!sentinel.touched(), "the mailstore was contacted");
 }
 
 #[test]

@@ -59,6 +59,60 @@ fn proxy_through_dovecot() {
         dc.log()
     );
     assert!(home.relay_allowed());
+    let rows = home.lastauth("amy@example.com", "pop3");
+    assert!(
+        rows.contains(&("pop3".into(), "127.0.0.1".into())),
+        "lastauth row of the POP3 login: {rows:?}"
+    );
+}
+
+/// Before login: a silent client is dropped after the command timeout and an endless line
+/// is cut off. After login: a session idle for DATA_TIMEOUT is closed.
+#[test]
+fn proxy_timeouts_and_long_lines() {
+    use std::io::Write;
+    let dc = Dovecot::start();
+    let home = Home::new();
+    for d in DRIVERS {
+        let mut cfg = config();
+        cfg.default_pop3_backend = Some(dc.pop3);
+        cfg.command_timeout = std::time::Duration::from_secs(1);
+        cfg.idle_timeout = std::time::Duration::from_secs(1);
+        let srv = Server::start(Kind::Pop3Proxy, d, &home, cfg);
+        let mut c = Client::connect(srv.addr);
+        c.line();
+        let t = std::time::Instant::now();
+        assert!(c.closed(), "silent client kept");
+        assert!(t.elapsed() < std::time::Duration::from_secs(15));
+
+        let mut c = Client::connect(srv.addr);
+        login(&mut c);
+        let t = std::time::Instant::now();
+        assert_eq!(c.rest(), "", "{d:?}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(15));
+
+        // 10 MB without a line end.
+        let s = std::net::TcpStream::connect(srv.addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        let mut w = s.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            let chunk = vec![b'x'; 1 << 20];
+            for _ in 0..10 {
+                w.write_all(&chunk)?;
+            }
+            Ok::<(), std::io::Error>(())
+        });
+        let mut all = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut &s, &mut all);
+        let all = String::from_utf8_lossy(&all);
+        assert!(all.starts_with("+OK"), "{all}");
+        assert!(
+            all.ends_with("-ERR Line too long.\r\n") || all.lines().count() == 1,
+            "{d:?}: {all}"
+        );
+        assert!(writer.join().unwrap().is_err(), "{d:?}: 10 MB line read");
+    }
 }
 
 #[test]

@@ -11,6 +11,15 @@
 //! layout is in `FORMAT.md`; the recipient state machine is the table in
 //! [`state`].
 //!
+//! On-demand delivery (ETRN/ATRN): [`Queue::hold`] keeps a due recipient
+//! out of the schedule (memory only) until [`Queue::take_matching`] leases
+//! it for a flush or [`Queue::unhold`] returns it.
+//!
+//! Queue tools: [`Queue::freeze`] / [`Queue::thaw`] put whole messages on
+//! operator hold (durable, in `<queue>/hold`), [`Queue::take_where`] leases
+//! recipients chosen by envelope (delete, bounce), [`Queue::retry_now`]
+//! makes deferred recipients due at once (flush).
+//!
 //! What it does not do: decide *when* to retry (the caller passes
 //! `next_attempt`), classify recipients, deliver, bounce, or parse mail. It
 //! is not qmail's file layout (one file per message per state); it keeps
@@ -255,6 +264,8 @@ pub struct QueuedMessage {
     pub size: u64,
     /// Whether the body is in a spill file.
     pub spilled: bool,
+    /// Whether the message is on operator hold ([`Queue::freeze`]).
+    pub held: bool,
 }
 
 /// The numbers of the segment files in `seg_dir`, ascending (oldest first); other
@@ -299,6 +310,8 @@ pub fn scan(dir: &Path) -> Result<Vec<QueuedMessage>, QueueError> {
         index::scan_segment(&buf, |off, len, d| index.apply(n, off, len, d));
     }
     let q = queue_no.unwrap_or(0);
+    let held: std::collections::HashSet<MessageId> =
+        queue::read_hold_file(dir).into_iter().collect();
     let mut out: Vec<QueuedMessage> = index
         .messages
         .into_iter()
@@ -306,6 +319,7 @@ pub fn scan(dir: &Path) -> Result<Vec<QueuedMessage>, QueueError> {
             id: MessageId::from_key(q, k),
             size: e.body.len(),
             spilled: matches!(e.body, format::BodyLoc::Spilled { .. }),
+            held: held.contains(&MessageId::from_key(q, k)),
             envelope: e.envelope,
             recipients: e.rcpts,
         })

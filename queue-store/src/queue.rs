@@ -69,6 +69,11 @@ pub struct QueueStats {
     pub recipients_pending: u64,
     /// Recipients handed out by `due` and not yet answered.
     pub recipients_leased: u64,
+    /// Recipients held back by [`Queue::hold`] (ETRN/ATRN domains), part of
+    /// `recipients_pending`.
+    pub recipients_held: u64,
+    /// Messages on operator hold ([`Queue::freeze`]).
+    pub messages_frozen: u64,
     /// Segment files present.
     pub segments: u64,
     /// Current (append) segment number.
@@ -163,6 +168,12 @@ struct State {
     /// not handed out.
     schedule: BTreeSet<(u64, u64, u32)>,
     leased: HashSet<(u64, u32)>,
+    /// Pending recipients neither scheduled nor leased: held for an ETRN or
+    /// ATRN (memory only; a restart schedules them again).
+    held: HashSet<(u64, u32)>,
+    /// Messages on operator hold ([`Queue::freeze`]): none of their
+    /// recipients is scheduled; persisted in `<queue>/hold`.
+    frozen: HashSet<u64>,
     /// Outcome writes in flight per message (compaction waits for zero).
     busy: HashMap<u64, u32>,
     /// Messages being copied forward (outcomes wait).
@@ -190,6 +201,16 @@ struct State {
     /// outcomes that killed its messages).
     unsynced_delete: bool,
     stats: QueueStats,
+}
+
+/// The operator-hold list of a queue: one message id per line.
+pub(crate) const HOLD_FILE: &str = "hold";
+
+/// The ids in `<dir>/hold` (missing file or bad lines: none / skipped).
+pub(crate) fn read_hold_file(dir: &Path) -> Vec<MessageId> {
+    std::fs::read_to_string(dir.join(HOLD_FILE))
+        .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 fn now_secs() -> u64 {
@@ -347,8 +368,16 @@ impl Queue {
         };
         // Sorted first: BTreeSet builds from a sorted sequence in one pass,
         // much cheaper than a million inserts.
+        st.frozen = read_hold_file(&config.dir)
+            .into_iter()
+            .filter(|id| id.queue == config.queue_no && st.index.messages.contains_key(&id.key()))
+            .map(|id| id.key())
+            .collect();
         let mut due: Vec<(u64, u64, u32)> = Vec::with_capacity(st.index.messages.len());
         for (&key, e) in &st.index.messages {
+            if st.frozen.contains(&key) {
+                continue;
+            }
             for (i, r) in e.rcpts.iter().enumerate() {
                 if r.state == RecipientState::Pending {
                     due.push((r.next_attempt, key, i as u32));
@@ -451,7 +480,7 @@ impl Queue {
     pub fn release(&self, id: &MessageId, rcpt: usize) {
         let mut st = self.sh.st.borrow_mut();
         let key = id.key();
-        if st.leased.remove(&(key, rcpt as u32)) {
+        if st.leased.remove(&(key, rcpt as u32)) && !st.frozen.contains(&key) {
             if let Some(next) = st
                 .index
                 .messages
@@ -463,6 +492,262 @@ impl Queue {
                 st.schedule.insert((next, key, rcpt as u32));
             }
         }
+    }
+
+    /// Holds a leased recipient back: it is not handed out by [`Queue::due`]
+    /// again until [`Queue::take_matching`] or [`Queue::unhold`] releases it
+    /// (on-demand delivery: ETRN, ATRN). Memory only: a restart schedules it
+    /// again at its recorded next attempt, where the caller holds it anew.
+    /// Returns false (and does nothing) when the recipient is not leased.
+    pub fn hold(&self, id: &MessageId, rcpt: usize) -> bool {
+        let mut st = self.sh.st.borrow_mut();
+        let k = (id.key(), rcpt as u32);
+        if id.queue != self.sh.cfg.queue_no || !st.leased.remove(&k) {
+            return false;
+        }
+        // On operator hold: it stays out of the schedule until thawed.
+        if !st.frozen.contains(&k.0) {
+            st.held.insert(k);
+        }
+        true
+    }
+
+    /// Returns held recipients whose address satisfies `matches` to the
+    /// schedule, due at their recorded next attempt (a domain no longer held
+    /// after a reload). Returns how many.
+    pub fn unhold(&self, mut matches: impl FnMut(&str) -> bool) -> usize {
+        let mut st = self.sh.st.borrow_mut();
+        let st = &mut *st;
+        let mut back = Vec::new();
+        for &(key, idx) in &st.held {
+            let Some(e) = st.index.messages.get(&key) else {
+                continue;
+            };
+            if e.envelope
+                .recipients
+                .get(idx as usize)
+                .is_some_and(|a| matches(a))
+            {
+                back.push((e.rcpts[idx as usize].next_attempt, key, idx));
+            }
+        }
+        for &(next, key, idx) in &back {
+            st.held.remove(&(key, idx));
+            st.schedule.insert((next, key, idx));
+        }
+        back.len()
+    }
+
+    /// Leases every pending recipient whose address satisfies `matches` and
+    /// that is not leased already, whether held or scheduled (at any time,
+    /// also in the future): what an ETRN or ATRN flushes now. Messages on
+    /// operator hold ([`Queue::freeze`]) are left alone. Oldest message
+    /// first. The caller records outcomes or [`Queue::release`]s them.
+    pub fn take_matching(&self, mut matches: impl FnMut(&str) -> bool) -> Vec<DueRecipient> {
+        let frozen = self.sh.st.borrow().frozen.clone();
+        self.take_where(|id, env, idx| !frozen.contains(&id.key()) && matches(&env.recipients[idx]))
+    }
+
+    /// Leases every pending recipient for which `matches(id, envelope,
+    /// index)` holds and that is not leased already: scheduled, held or on
+    /// operator hold alike (queue tools: delete, bounce). Oldest message
+    /// first. The caller records outcomes or [`Queue::release`]s them.
+    pub fn take_where(
+        &self,
+        mut matches: impl FnMut(MessageId, &Envelope, usize) -> bool,
+    ) -> Vec<DueRecipient> {
+        let queue_no = self.sh.cfg.queue_no;
+        let mut st = self.sh.st.borrow_mut();
+        let st = &mut *st;
+        let mut picked: Vec<(u64, u32)> = Vec::new();
+        for (&key, e) in &st.index.messages {
+            let id = MessageId::from_key(queue_no, key);
+            for (idx, r) in e.rcpts.iter().enumerate() {
+                let k = (key, idx as u32);
+                if r.state == RecipientState::Pending
+                    && !st.leased.contains(&k)
+                    && matches(id, &e.envelope, idx)
+                {
+                    picked.push(k);
+                }
+            }
+        }
+        picked.sort_unstable();
+        let mut out = Vec::with_capacity(picked.len());
+        for (key, idx) in picked {
+            let e = &st.index.messages[&key];
+            let r = &e.rcpts[idx as usize];
+            if !st.held.remove(&(key, idx)) {
+                st.schedule.remove(&(r.next_attempt, key, idx));
+            }
+            st.leased.insert((key, idx));
+            out.push(DueRecipient {
+                id: MessageId::from_key(queue_no, key),
+                rcpt: idx as usize,
+                recipient: e.envelope.recipients[idx as usize].clone(),
+                attempts: r.attempts,
+                next_attempt: r.next_attempt,
+            });
+        }
+        out
+    }
+
+    /// Makes every scheduled recipient for which `matches(id, envelope,
+    /// index)` holds due at `now` (an operator's "retry now"); leased, held
+    /// and frozen ones are left alone. Memory only: after a restart the
+    /// recorded next attempt applies again. Returns how many; wake the
+    /// scheduler with [`Queue::subscribe`] afterwards.
+    pub fn retry_now(
+        &self,
+        now: u64,
+        mut matches: impl FnMut(MessageId, &Envelope, usize) -> bool,
+    ) -> usize {
+        let queue_no = self.sh.cfg.queue_no;
+        let mut st = self.sh.st.borrow_mut();
+        let st = &mut *st;
+        let moved: Vec<(u64, u64, u32)> = st
+            .schedule
+            .iter()
+            .filter(|&&(next, key, idx)| {
+                next > now
+                    && st.index.messages.get(&key).is_some_and(|e| {
+                        matches(
+                            MessageId::from_key(queue_no, key),
+                            &e.envelope,
+                            idx as usize,
+                        )
+                    })
+            })
+            .copied()
+            .collect();
+        for &(next, key, idx) in &moved {
+            st.schedule.remove(&(next, key, idx));
+            if let Some(e) = st.index.messages.get_mut(&key) {
+                e.rcpts[idx as usize].next_attempt = now;
+            }
+            st.schedule.insert((now, key, idx));
+        }
+        moved.len()
+    }
+
+    /// Puts a live message on operator hold (postsuper -h): none of its
+    /// pending recipients is handed out by [`Queue::due`] or
+    /// [`Queue::take_matching`] until [`Queue::thaw`]; deliveries already in
+    /// flight finish. Durable: the set is rewritten to `<queue>/hold` (small
+    /// file, written with plain std I/O: an operator action, rarely run)
+    /// before this returns. Returns false when it was held already.
+    pub fn freeze(&self, id: &MessageId) -> Result<bool, QueueError> {
+        let key = id.key();
+        {
+            let mut st = self.sh.st.borrow_mut();
+            let st = &mut *st;
+            let e = st
+                .index
+                .messages
+                .get(&key)
+                .filter(|_| id.queue == self.sh.cfg.queue_no)
+                .ok_or(QueueError::UnknownMessage(*id))?;
+            if !st.frozen.insert(key) {
+                return Ok(false);
+            }
+            for (idx, r) in e.rcpts.iter().enumerate() {
+                let k = (key, idx as u32);
+                if r.state == RecipientState::Pending && !st.leased.contains(&k) {
+                    st.held.remove(&k);
+                    st.schedule.remove(&(r.next_attempt, key, idx as u32));
+                }
+            }
+        }
+        if let Err(e) = self.write_hold_file() {
+            self.thaw_in_memory(key, None);
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    /// Takes a message off operator hold; its pending recipients are due at
+    /// `now` (or their recorded next attempt, if earlier). Durable like
+    /// [`Queue::freeze`]. Returns false when it was not held.
+    pub fn thaw(&self, id: &MessageId, now: u64) -> Result<bool, QueueError> {
+        let key = id.key();
+        if id.queue != self.sh.cfg.queue_no || !self.sh.st.borrow().frozen.contains(&key) {
+            return Ok(false);
+        }
+        self.thaw_in_memory(key, Some(now));
+        if let Err(e) = self.write_hold_file() {
+            // Not durable: put it back on hold, as on disk.
+            let _ = self.refreeze_in_memory(key);
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    /// Whether a message is on operator hold.
+    pub fn is_frozen(&self, id: &MessageId) -> bool {
+        id.queue == self.sh.cfg.queue_no && self.sh.st.borrow().frozen.contains(&id.key())
+    }
+
+    fn thaw_in_memory(&self, key: u64, now: Option<u64>) {
+        let mut st = self.sh.st.borrow_mut();
+        let st = &mut *st;
+        if !st.frozen.remove(&key) {
+            return;
+        }
+        let Some(e) = st.index.messages.get_mut(&key) else {
+            return;
+        };
+        for (idx, r) in e.rcpts.iter_mut().enumerate() {
+            let k = (key, idx as u32);
+            if r.state == RecipientState::Pending && !st.leased.contains(&k) {
+                if let Some(now) = now {
+                    r.next_attempt = r.next_attempt.min(now);
+                }
+                st.schedule.insert((r.next_attempt, key, idx as u32));
+            }
+        }
+    }
+
+    fn refreeze_in_memory(&self, key: u64) -> bool {
+        let mut st = self.sh.st.borrow_mut();
+        let st = &mut *st;
+        let Some(e) = st.index.messages.get(&key) else {
+            return false;
+        };
+        for (idx, r) in e.rcpts.iter().enumerate() {
+            st.schedule.remove(&(r.next_attempt, key, idx as u32));
+        }
+        st.frozen.insert(key)
+    }
+
+    /// Rewrites `<queue>/hold` with the frozen set: temp file, fsync,
+    /// rename, directory fsync.
+    fn write_hold_file(&self) -> Result<(), QueueError> {
+        use std::io::Write;
+        let mut ids: Vec<MessageId> = {
+            let st = self.sh.st.borrow();
+            st.frozen
+                .iter()
+                .map(|&k| MessageId::from_key(self.sh.cfg.queue_no, k))
+                .collect()
+        };
+        ids.sort_unstable();
+        let mut text = String::new();
+        for id in ids {
+            text.push_str(&id.to_string());
+            text.push('\n');
+        }
+        let dir = &self.sh.cfg.dir;
+        let tmp = dir.join("hold.tmp");
+        let path = dir.join(HOLD_FILE);
+        let mut f = std::fs::File::create(&tmp).map_err(|e| QueueError::io("create", &tmp, e))?;
+        f.write_all(text.as_bytes())
+            .map_err(|e| QueueError::io("write", &tmp, e))?;
+        f.sync_all().map_err(|e| QueueError::io("fsync", &tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| QueueError::io("rename", &path, e))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| QueueError::io("fsync dir", dir, e))?;
+        Ok(())
     }
 
     /// Earliest next-attempt time among scheduled (not leased) recipients.
@@ -658,12 +943,14 @@ impl Queue {
                     st.schedule.remove(&(slot.next_attempt, key, idx));
                 }
                 st.leased.remove(&(key, idx));
-                if new.state == RecipientState::Pending {
+                st.held.remove(&(key, idx));
+                if new.state == RecipientState::Pending && !st.frozen.contains(&key) {
                     st.schedule.insert((new.next_attempt, key, idx));
                 }
                 *slot = new;
             }
             if e.is_dead() {
+                st.frozen.remove(&key);
                 st.index.remove(key)
             } else {
                 None
@@ -700,7 +987,21 @@ impl Queue {
         let mut s = st.stats.clone();
         s.messages = st.index.messages.len() as u64;
         s.recipients_leased = st.leased.len() as u64;
-        s.recipients_pending = st.schedule.len() as u64 + s.recipients_leased;
+        s.recipients_held = st.held.len() as u64;
+        s.messages_frozen = st.frozen.len() as u64;
+        s.recipients_pending = st.schedule.len() as u64 + s.recipients_leased + s.recipients_held;
+        for &key in &st.frozen {
+            if let Some(e) = st.index.messages.get(&key) {
+                s.recipients_pending += e
+                    .rcpts
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, r)| {
+                        r.state == RecipientState::Pending && !st.leased.contains(&(key, *i as u32))
+                    })
+                    .count() as u64;
+            }
+        }
         s.segments = st.segs.len() as u64;
         s.current_segment = st.cur_seg;
         s

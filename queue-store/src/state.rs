@@ -6,6 +6,9 @@
 //! | Pending         | `due()` hands it out (lease) | Pending, leased                      | nothing (memory only)  |
 //! | Pending, leased | `release`                    | Pending                              | nothing                |
 //! | Pending, leased | restart                      | Pending (lease forgotten)            | nothing                |
+//! | Pending, leased | `hold` (ETRN/ATRN domain)    | Pending, held (not due)              | nothing (memory only)  |
+//! | Pending, held   | `take_matching` / `unhold`   | Pending, leased / Pending            | nothing                |
+//! | Pending, held   | restart                      | Pending (hold forgotten)             | nothing                |
 //! | Pending (leased or not) | `Deferred { next }`  | Pending { attempts+1, next }         | OUTCOME record         |
 //! | Pending (leased or not) | `Delivered`          | Done { attempts+1 }                  | OUTCOME record         |
 //! | Pending (leased or not) | `Failed`             | Failed { attempts+1 }                | OUTCOME record         |

@@ -521,3 +521,149 @@ fn segments_roll_and_ids_stay_valid() {
         }
     });
 }
+
+#[test]
+fn held_recipients_wait_for_take_matching() {
+    on_both(|_, dir| async move {
+        let (q, _) = Queue::open(cfg(&dir)).await.unwrap();
+        // Two messages, one recipient each at a held domain, plus one elsewhere.
+        let mut w = q.begin();
+        w.write(b"Subject: 1\n\nx\n").await.unwrap();
+        let mut e = env(0);
+        e.recipients = vec!["a@held.example".into(), "b@other.example".into()];
+        let m1 = w.commit(e).await.unwrap();
+        let mut w = q.begin();
+        w.write(b"Subject: 2\n\ny\n").await.unwrap();
+        let mut e = env(0);
+        e.recipients = vec!["c@held.example".into()];
+        let m2 = w.commit(e).await.unwrap();
+        let held = |a: &str| a.ends_with("@held.example");
+
+        // The scheduler holds what is due for the held domain.
+        let due = q.due(u64::MAX, 100);
+        assert_eq!(due.len(), 3);
+        for d in &due {
+            if held(&d.recipient) {
+                assert!(q.hold(&d.id, d.rcpt));
+            } else {
+                q.record_outcomes(&d.id, &[(d.rcpt, delivered())])
+                    .await
+                    .unwrap();
+            }
+        }
+        assert!(!q.hold(&m1, 1), "not leased: nothing to hold");
+        let st = q.stats();
+        assert_eq!((st.recipients_held, st.recipients_pending), (2, 2));
+        assert!(q.due(u64::MAX, 100).is_empty(), "held ones are not due");
+        assert_eq!(q.next_due_time(), None);
+
+        // ETRN/ATRN: take them (leased), oldest first; a second take finds nothing.
+        let taken = q.take_matching(held);
+        let got: Vec<(MessageId, &str)> =
+            taken.iter().map(|d| (d.id, d.recipient.as_str())).collect();
+        assert_eq!(got, vec![(m1, "a@held.example"), (m2, "c@held.example")]);
+        assert!(q.take_matching(held).is_empty());
+        assert_eq!(q.stats().recipients_held, 0);
+        // One delivered, one deferred into the future: the deferred one is
+        // taken again at once by the next flush, whatever its next attempt.
+        q.record_outcomes(&m1, &[(0, delivered())]).await.unwrap();
+        let later = RecipientOutcome::Deferred {
+            reply: "451 later".into(),
+            next_attempt: u64::MAX - 1,
+        };
+        q.record_outcomes(&m2, &[(0, later)]).await.unwrap();
+        assert!(q.envelope(&m1).is_none(), "m1 is finished");
+        let again = q.take_matching(held);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].id, m2);
+        assert_eq!(again[0].attempts, 1);
+        // Held again, then released to the schedule when the domain is no
+        // longer held (reload).
+        assert!(q.hold(&m2, 0));
+        assert_eq!(q.unhold(|a| a.starts_with("x")), 0);
+        assert_eq!(q.unhold(held), 1);
+        assert_eq!(q.next_due_time(), Some(u64::MAX - 1));
+        assert_eq!(q.stats().recipients_held, 0);
+    });
+}
+
+#[test]
+fn operator_hold_survives_restart_and_tools_select_by_envelope() {
+    on_both(|d, dir| async move {
+        let (q, _) = Queue::open(cfg(&dir)).await.unwrap();
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            let mut w = q.begin();
+            w.write(format!("Subject: {i}\n\nx\n").as_bytes())
+                .await
+                .unwrap();
+            ids.push(w.commit(env(2)).await.unwrap());
+        }
+        // Hold the first: its recipients are neither due nor taken by ETRN.
+        assert!(q.freeze(&ids[0]).unwrap());
+        assert!(!q.freeze(&ids[0]).unwrap(), "already held");
+        assert!(q.is_frozen(&ids[0]));
+        let due = q.due(u64::MAX, 100);
+        assert_eq!(due.len(), 4, "two messages x two recipients");
+        assert!(due.iter().all(|r| r.id != ids[0]));
+        for r in &due {
+            q.release(&r.id, r.rcpt);
+        }
+        assert!(q.take_matching(|_| true).iter().all(|r| r.id != ids[0]));
+        // (take_matching leased the others: give them back.)
+        for id in &ids[1..] {
+            q.release(id, 0);
+            q.release(id, 1);
+        }
+        assert_eq!(q.stats().messages_frozen, 1);
+        assert_eq!(q.stats().recipients_pending, 6);
+        let listed = scan(&dir).unwrap();
+        assert_eq!(
+            listed.iter().map(|m| m.held).collect::<Vec<_>>(),
+            vec![true, false, false]
+        );
+        drop(q);
+
+        // After a restart it is still held; thaw makes it due now.
+        let (q, _) = Queue::open(cfg(&dir)).await.unwrap();
+        assert!(q.is_frozen(&ids[0]));
+        assert!(q.due(u64::MAX, 100).iter().all(|r| r.id != ids[0]));
+        for id in &ids[1..] {
+            q.release(id, 0);
+            q.release(id, 1);
+        }
+        assert!(q.thaw(&ids[0], 5).unwrap());
+        assert!(!q.thaw(&ids[0], 5).unwrap());
+        assert_eq!(q.next_due_time(), Some(5));
+
+        // take_where picks by envelope and recipient, held or not.
+        assert!(q.freeze(&ids[1]).unwrap());
+        let taken = q.take_where(|id, _, idx| id == ids[1] && idx == 1);
+        assert_eq!(taken.len(), 1);
+        assert_eq!((taken[0].id, taken[0].rcpt), (ids[1], 1));
+        let failed = RecipientOutcome::Failed {
+            reply: "deleted".into(),
+        };
+        q.record_outcomes(&ids[1], &[(1, failed.clone())])
+            .await
+            .unwrap();
+        let rest = q.take_where(|id, _, _| id == ids[1]);
+        assert_eq!(rest.len(), 1);
+        q.record_outcomes(&ids[1], &[(0, failed)]).await.unwrap();
+        assert!(q.envelope(&ids[1]).is_none(), "gone when every rcpt failed");
+        assert_eq!(q.stats().messages_frozen, 0);
+
+        // retry_now: a deferred recipient becomes due at once.
+        let r = q.take_where(|id, _, idx| id == ids[2] && idx == 0);
+        let later = RecipientOutcome::Deferred {
+            reply: "451 later".into(),
+            next_attempt: 1 << 40,
+        };
+        q.record_outcomes(&ids[2], &[(r[0].rcpt, later)])
+            .await
+            .unwrap();
+        let _ = d;
+        assert_eq!(q.retry_now(7, |id, _, idx| id == ids[2] && idx == 0), 1);
+        assert!(q.due(7, 100).iter().any(|r| r.id == ids[2] && r.rcpt == 0));
+    });
+}

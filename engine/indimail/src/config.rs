@@ -16,15 +16,21 @@
 //! |---|---|---|
 //! | `me` | this host's name | the system host name |
 //! | `smtpgreeting` | text of the 220 greeting | `<me> ESMTP` |
-//! | `rcpthosts`, `morercpthosts` | domains we accept mail for | none (only relay clients may send) |
+//! | `rcpthosts`, `morercpthosts` (or `morercpthosts.cdb`) | domains we accept mail for | none (only relay clients may send) |
 //! | `databytes` | maximum message size, 0 = unlimited | 0 |
 //! | `timeoutsmtpd` | idle seconds before an SMTP client is dropped | 1200 |
 //! | `maxrecipients` | recipients per message (`MAXRECIPIENTS`) | 100 |
 //! | `maxperip` | connections per client IP per shard (`MAXPERIP`) | 20 |
 //! | `maxdaemons` | connections per shard (`MAXDAEMONS`) | 1000 |
-//! | `listeners` | lines `SERVICE ADDR:PORT`; services `smtp`, `submission`, `smtps`, `pop3`, `pop3s`, `imap-proxy`, `imaps-proxy`, `pop3-proxy`, `pop3s-proxy` | `smtp 127.0.0.1:2525` |
+//! | `rcptrate`, `msgrate` | RCPTs / messages per minute per client IP (IPv6: per /64) per shard (`RCPTRATE`, `MSGRATE`); over it: `451 4.7.0` | 0 = unlimited |
+//! | `authrcptrate`, `authmsgrate` | the same per authenticated user (`AUTHRCPTRATE`, `AUTHMSGRATE`) | 0 = unlimited |
+//! | `dnsbllist` | DNSBL zones, one per line (`DNSBLLIST` names another file; `SKIPDNSBL` in the environment or a tcp.smtp rule skips) | none |
+//! | `spfbehavior` | SPF level 0-6 (`SPFBEHAVIOR`), see `policy::spf` | 0 (off) |
+//! | `listeners` | lines `SERVICE ADDR:PORT`; services `smtp`, `submission`, `smtps`, `odmr`, `pop3`, `pop3s`, `imap-proxy`, `imaps-proxy`, `pop3-proxy`, `pop3s-proxy` | `smtp 127.0.0.1:2525` |
 //! | `servercert.pem` | TLS certificate + key (`CERTDIR`, `SERVERCERT` override) | a self-signed demo certificate |
 //! | `cpus` | CPU list for shards (`0-3,6`) | one shard per online CPU |
+//! | `etrnhosts` | domains whose mail is held for ETRN/ATRN (`.domain` = subdomains) | none |
+//! | `atrnaccess` | `user@domain:dom1,dom2` — who may turn which domains with ATRN | none |
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -185,9 +191,34 @@ pub struct SmtpSettings {
     /// `CHECKRECIPIENT`: refuse unknown or inactive users of virtual
     /// domains at RCPT (default on; `CHECKRECIPIENT=0` turns it off).
     pub check_recipient: bool,
+    /// Rate limits per minute (0 = none): RCPTs and messages per client
+    /// address, RCPTs and messages per authenticated user.
+    pub rates: Rates,
+    /// `dnsbllist`: DNSBL zones asked about each client (port 25 service).
+    pub dnsbl_zones: Vec<String>,
+    /// `spfbehavior` / `SPFBEHAVIOR`.
+    pub spf: policy::spf::SpfBehavior,
     /// IndiMail's access controls (badmailfrom, badrcptto, accesslist,
     /// hostaccess, envrules, bodycheck, badip, ...), see the `policy` crate.
     pub policy: std::sync::Arc<policy::Policy>,
+    /// `etrnhosts` and `atrnaccess`: ETRN / ATRN (see [`crate::turn`]).
+    pub turn: std::sync::Arc<crate::turn::TurnConfig>,
+    /// Queue-time message processing: `removeheaders`, `envheaders`,
+    /// `logheaders`, `quarantine`, `extraqueue`, `NULLQUEUE` (see `msgproc`).
+    pub msgproc: std::sync::Arc<msgproc::QueueRules>,
+}
+
+/// Rate limits per minute; 0 = unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rates {
+    /// `rcptrate` / `RCPTRATE`.
+    pub rcpt_per_ip: u32,
+    /// `msgrate` / `MSGRATE`.
+    pub msg_per_ip: u32,
+    /// `authrcptrate` / `AUTHRCPTRATE`.
+    pub rcpt_per_user: u32,
+    /// `authmsgrate` / `AUTHMSGRATE`.
+    pub msg_per_user: u32,
 }
 
 /// Configuration of `indimail serve`.
@@ -227,7 +258,7 @@ impl ServeConfig {
             .flatten()
             .unwrap_or_else(|| format!("{me} ESMTP"));
         let mut hosts = take(&mut errors, c.list("rcpthosts")).unwrap_or_default();
-        hosts.extend(take(&mut errors, c.list("morercpthosts")).unwrap_or_default());
+        hosts.extend(take(&mut errors, c.list_or_cdb("morercpthosts")).unwrap_or_default());
         let databytes = take(
             &mut errors,
             var_or_control(c, "DATABYTES", "databytes", 0u64),
@@ -249,6 +280,31 @@ impl ServeConfig {
             var_or_control(c, "MAXDAEMONS", "maxdaemons", 1000u32),
         )
         .unwrap_or(1000);
+        let mut rate = |var: &str, file: &str| {
+            take(&mut errors, var_or_control(c, var, file, 0u32)).unwrap_or(0)
+        };
+        let rates = Rates {
+            rcpt_per_ip: rate("RCPTRATE", "rcptrate"),
+            msg_per_ip: rate("MSGRATE", "msgrate"),
+            rcpt_per_user: rate("AUTHRCPTRATE", "authrcptrate"),
+            msg_per_user: rate("AUTHMSGRATE", "authmsgrate"),
+        };
+        let dnsbl_file = std::env::var("DNSBLLIST")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| "dnsbllist".into());
+        let dnsbl_zones = take(&mut errors, c.list(&dnsbl_file))
+            .unwrap_or_default()
+            .iter()
+            .map(|z| z.trim_end_matches('.').to_ascii_lowercase())
+            .collect();
+        let spf = policy::spf::SpfBehavior::new(
+            take(
+                &mut errors,
+                var_or_control(c, "SPFBEHAVIOR", "spfbehavior", 0u64),
+            )
+            .unwrap_or(0),
+        );
         let cpus = match take(&mut errors, c.lines("cpus"))
             .flatten()
             .and_then(|v| v.into_iter().next())
@@ -327,6 +383,13 @@ impl ServeConfig {
             }
         };
 
+        let turn = match crate::turn::TurnConfig::load(c) {
+            Ok(t) => std::sync::Arc::new(t),
+            Err(mut e) => {
+                errors.append(&mut e);
+                Default::default()
+            }
+        };
         let env = |name: &str| std::env::var(name).ok();
         let policy = match policy::Policy::load(c.path(), &env) {
             Ok(p) => Some(std::sync::Arc::new(p)),
@@ -337,6 +400,17 @@ impl ServeConfig {
                     problem: e.kind.to_string(),
                 }));
                 None
+            }
+        };
+        let msgproc = match msgproc::QueueRules::load(c.path(), &env) {
+            Ok(r) => std::sync::Arc::new(r),
+            Err(e) => {
+                errors.push(ControlError {
+                    path: c.path().to_path_buf(),
+                    line: None,
+                    problem: e.to_string(),
+                });
+                Default::default()
             }
         };
         if !errors.is_empty() {
@@ -360,7 +434,12 @@ impl ServeConfig {
                 relay_everyone: std::env::var_os("RELAYCLIENT").is_some(),
                 rules,
                 check_recipient: std::env::var("CHECKRECIPIENT").map_or(true, |v| v.trim() != "0"),
+                rates,
+                dnsbl_zones,
+                spf,
                 policy,
+                turn,
+                msgproc,
             },
             paths,
             listeners,

@@ -88,6 +88,33 @@ impl ControlDir {
             .collect())
     }
 
+    /// The list in `name`, or when that file is missing, the keys of its
+    /// compiled form `name.cdb` (IndiMail keeps `morercpthosts.cdb`).
+    pub fn list_or_cdb(&self, name: &str) -> Result<Vec<String>, ControlError> {
+        if self.lines(name)?.is_some() {
+            return self.list(name);
+        }
+        let path = self.file(&format!("{name}.cdb"));
+        if !path.exists() {
+            return Ok(Vec::new());
+        }
+        let bad = |e: std::io::Error| ControlError {
+            path: path.clone(),
+            line: None,
+            problem: format!("cannot read: {e}"),
+        };
+        let db = cdb::CDB::open(&path).map_err(bad)?;
+        let mut out = Vec::new();
+        for kv in db.iter() {
+            let (key, _) = kv.map_err(bad)?;
+            let key = String::from_utf8_lossy(&key).trim().to_string();
+            if !key.is_empty() {
+                out.push(key);
+            }
+        }
+        Ok(out)
+    }
+
     /// The first meaningful line of `name`, if the file exists and has one.
     pub fn string(&self, name: &str) -> Result<Option<String>, ControlError> {
         Ok(self

@@ -55,6 +55,12 @@ pub struct DeliverySettings {
     /// whether a virtual user's mail is delivered here or relayed by SMTP to
     /// the user's mailstore (IndiMail's dynamic SMTPROUTE, `ROUTES=smtp`).
     pub hostid: Option<String>,
+    /// DKIM signing of remote mail per `From:` domain (`DKIMSIGN`, default
+    /// `control/domainkeys/%/default`; `DKIMSIGN=` empty turns it off).
+    pub dkim: Option<msgproc::dkim::Signer>,
+    /// `ELIMINATE_DUPS`: the duplicate eliminator's window in seconds
+    /// (`ELIMINATE_DUPS_INT`, default 900), `None` when off.
+    pub dups_window: Option<u64>,
 }
 
 impl DeliverySettings {
@@ -127,7 +133,21 @@ impl DeliverySettings {
             _ => None,
         };
         let hostid = control.string("hostid").map_err(|e| e.to_string())?;
+        let env = |n: &str| std::env::var(n).ok();
+        let dkim = match std::env::var("DKIMSIGN") {
+            Ok(v) if v.trim().is_empty() => None,
+            _ => Some(msgproc::dkim::Signer::from_env(control.path(), &env)),
+        };
+        let dups_window = match std::env::var_os("ELIMINATE_DUPS") {
+            None => None,
+            Some(_) => Some(
+                crate::config::env_number("ELIMINATE_DUPS_INT", msgproc::dups::DEFAULT_WINDOW)
+                    .map_err(|e| e.to_string())?,
+            ),
+        };
         Ok(DeliverySettings {
+            dkim,
+            dups_window,
             smtproute,
             hostid,
             locals: DomainList::new(locals),
@@ -153,6 +173,9 @@ pub struct DeliveryShard {
     slot_freed: tokio::sync::Notify,
     next_delivery: std::cell::Cell<u64>,
     metrics: std::sync::Arc<crate::metrics::ShardMetrics>,
+    /// `etrnhosts`: domains whose mail is held for ETRN/ATRN (see
+    /// [`crate::turn`]); replaced on reload.
+    turn: std::cell::RefCell<std::sync::Arc<crate::turn::TurnConfig>>,
 }
 
 impl DeliveryShard {
@@ -177,6 +200,178 @@ impl DeliveryShard {
             slot_freed: tokio::sync::Notify::new(),
             next_delivery: std::cell::Cell::new(1),
             metrics,
+            turn: std::cell::RefCell::new(Default::default()),
+        }
+    }
+
+    /// Sets the held domains (`etrnhosts`; at start and on reload). Mail of
+    /// a domain no longer held goes back to the retry schedule.
+    pub fn set_turn(&self, cfg: std::sync::Arc<crate::turn::TurnConfig>) {
+        let released: usize = self
+            .queues
+            .all()
+            .iter()
+            .map(|q| q.unhold(|a| !cfg.is_held(crate::turn::domain_of(a))))
+            .sum();
+        if released > 0 {
+            log!(
+                "shard{} {released} held recipients released (no longer in etrnhosts)",
+                self.index
+            );
+            // Wake the scheduler: they are due now.
+            self.slot_freed.notify_one();
+        }
+        *self.turn.borrow_mut() = cfg;
+    }
+
+    /// Serves the shard's turn channel: ETRN flushes and ATRN hand-overs of
+    /// the mail in this shard's queues (see [`crate::turn`]).
+    pub async fn serve_turns(
+        self: Rc<Self>,
+        mut rx: shard::MeshReceiver<crate::turn::TurnRequest>,
+        stop: shard::Shutdown,
+    ) {
+        use crate::turn::TurnRequest;
+        loop {
+            let req = tokio::select! {
+                _ = stop.wait() => break,
+                r = rx.recv() => r,
+            };
+            match req {
+                None => break,
+                Some(TurnRequest::Flush { node, reply }) => {
+                    let n = self.flush(&node);
+                    let _ = reply.send(n);
+                }
+                Some(TurnRequest::Take { node, count, items }) => {
+                    let me = Rc::clone(&self);
+                    tokio::task::spawn_local(me.hand_over(node, count, items));
+                }
+            }
+        }
+    }
+
+    /// Leases the held mail `node` covers in every queue of this shard,
+    /// grouped by message (oldest first).
+    fn take_held(
+        &self,
+        node: &crate::turn::NodeMatch,
+        held_only: bool,
+    ) -> Vec<(Rc<Queue>, MessageId, Vec<DueRecipient>)> {
+        let turn = std::sync::Arc::clone(&self.turn.borrow());
+        let mut out: Vec<(Rc<Queue>, MessageId, Vec<DueRecipient>)> = Vec::new();
+        for q in self.queues.all() {
+            let taken = q.take_matching(|a| {
+                let d = crate::turn::domain_of(a);
+                node.matches_domain(d) && (!held_only || turn.is_held(d))
+            });
+            for r in taken {
+                match out.last_mut() {
+                    Some((lq, id, v)) if Rc::ptr_eq(lq, q) && *id == r.id => v.push(r),
+                    _ => out.push((Rc::clone(q), r.id, vec![r])),
+                }
+            }
+        }
+        out
+    }
+
+    /// ETRN: delivers the held mail `node` covers now, by the usual route
+    /// (smtproutes, else MX), one message after another (one connection,
+    /// reused); returns the number of messages. Not counted against
+    /// `concurrencyremote`: one sequential job per ETRN.
+    fn flush(self: &Rc<Self>, node: &crate::turn::NodeMatch) -> usize {
+        let jobs = self.take_held(node, true);
+        let n = jobs.len();
+        if n > 0 {
+            log!(
+                "shard{} etrn flush node={} messages={n}",
+                self.index,
+                node.name()
+            );
+            let me = Rc::clone(self);
+            tokio::task::spawn_local(async move {
+                for (q, id, rcpts) in jobs {
+                    let mut by_domain: BTreeMap<String, Vec<DueRecipient>> = BTreeMap::new();
+                    for r in rcpts {
+                        by_domain
+                            .entry(domain_of(&r.recipient).to_ascii_lowercase())
+                            .or_default()
+                            .push(r);
+                    }
+                    for (domain, rcpts) in by_domain {
+                        me.remote_job(&q, id, domain, None, rcpts).await;
+                    }
+                }
+            });
+        }
+        n
+    }
+
+    /// ATRN: leases the mail `node` covers, says how many messages, then
+    /// hands them to the ATRN session one at a time and records the
+    /// outcomes it sends back. Whatever is not answered goes back to the
+    /// queue untouched.
+    async fn hand_over(
+        self: Rc<Self>,
+        node: crate::turn::NodeMatch,
+        count: tokio::sync::oneshot::Sender<usize>,
+        items: tokio::sync::mpsc::Sender<crate::turn::TurnItem>,
+    ) {
+        let mut jobs = self.take_held(&node, false).into_iter();
+        if count.send(jobs.len()).is_err() {
+            for (q, id, rcpts) in jobs {
+                rcpts.iter().for_each(|r| q.release(&id, r.rcpt));
+            }
+            return;
+        }
+        while let Some((q, id, rcpts)) = jobs.next() {
+            let Some(env) = q.envelope(&id) else {
+                continue;
+            };
+            let Some(body) = self.read_or_defer(&q, id, &rcpts, Channel::Remote).await else {
+                continue;
+            };
+            let d = self.delivery_no();
+            let addrs: Vec<String> = rcpts.iter().map(|r| r.recipient.clone()).collect();
+            log!(
+                "shard{} starting delivery {d}: msg {id} to atrn {}",
+                self.index,
+                addrs.join(",")
+            );
+            let (done, answer) = tokio::sync::oneshot::channel();
+            let item = crate::turn::TurnItem {
+                sender: env.sender.clone(),
+                recipients: addrs,
+                body,
+                done,
+            };
+            if items.send(item).await.is_err() {
+                // The session is gone: this and the rest stay queued.
+                log!("shard{} delivery {d}: atrn session ended", self.index);
+                rcpts.iter().for_each(|r| q.release(&id, r.rcpt));
+                for (q, id, rcpts) in jobs.by_ref() {
+                    rcpts.iter().for_each(|r| q.release(&id, r.rcpt));
+                }
+                break;
+            }
+            match answer.await {
+                Ok(outcomes) => {
+                    let mut outs = Vec::with_capacity(rcpts.len());
+                    let missing = Outcome::Temporary("no result from ATRN session (#4.3.0)".into());
+                    for (r, o) in rcpts
+                        .into_iter()
+                        .zip(outcomes.into_iter().chain(std::iter::repeat(missing)))
+                    {
+                        log_outcome(self.index, d, &o);
+                        outs.push((r, o));
+                    }
+                    self.finish(&q, id, outs, Channel::Remote).await;
+                }
+                Err(_) => {
+                    log!("shard{} delivery {d}: atrn session ended", self.index);
+                    rcpts.iter().for_each(|r| q.release(&id, r.rcpt));
+                }
+            }
         }
     }
 
@@ -261,7 +456,19 @@ impl DeliveryShard {
                 DestKey,
                 (Option<delivery::routes::Route>, Vec<DueRecipient>),
             > = BTreeMap::new();
+            let turn = std::sync::Arc::clone(&self.turn.borrow());
             for r in rcpts {
+                if turn.is_held(domain_of(&r.recipient)) {
+                    // An etrnhosts domain: kept for ETRN/ATRN.
+                    if q.hold(&id, r.rcpt) {
+                        log!(
+                            "shard{} held msg {id} to <{}> for ETRN/ATRN",
+                            self.index,
+                            r.recipient
+                        );
+                    }
+                    continue;
+                }
                 match self.classify(&r.recipient).await {
                     Ok(Dest::Local) => local.push(r),
                     Ok(Dest::Remote(route)) => {
@@ -283,19 +490,22 @@ impl DeliveryShard {
                     }
                 }
             }
-            if !local.is_empty() {
+            // `concurrencylocal` counts local deliveries (recipients), as
+            // qmail's does: each recipient takes a slot; those that get none
+            // wait for the next round.
+            let mut slotted = Vec::new();
+            for r in local {
                 match self.accountant.try_acquire(Channel::Local, &qname) {
-                    Some(permit) => {
-                        let me = Rc::clone(self);
-                        let q = Rc::clone(q);
-                        tokio::task::spawn_local(async move {
-                            me.local_job(&q, id, local).await;
-                            drop(permit);
-                            me.slot_freed.notify_one();
-                        });
-                    }
-                    None => local.iter().for_each(|r| q.release(&id, r.rcpt)),
+                    Some(permit) => slotted.push((r, permit)),
+                    None => q.release(&id, r.rcpt),
                 }
+            }
+            if !slotted.is_empty() {
+                let me = Rc::clone(self);
+                let q = Rc::clone(q);
+                tokio::task::spawn_local(async move {
+                    me.local_job(&q, id, slotted).await;
+                });
             }
             for ((domain, _), (route, rcpts)) in remote {
                 match self.accountant.try_acquire(Channel::Remote, &qname) {
@@ -356,62 +566,130 @@ impl DeliveryShard {
         n
     }
 
-    async fn local_job(&self, q: &Rc<Queue>, id: MessageId, rcpts: Vec<DueRecipient>) {
+    async fn local_job(
+        &self,
+        q: &Rc<Queue>,
+        id: MessageId,
+        slotted: Vec<(DueRecipient, delivery::schedule::Permit)>,
+    ) {
         let Some(env) = q.envelope(&id) else {
+            drop(slotted);
+            self.slot_freed.notify_one();
             return;
         };
+        let (rcpts, permits): (Vec<_>, Vec<_>) = slotted.into_iter().unzip();
         let Some(message) = self.read_or_defer(q, id, &rcpts, Channel::Local).await else {
+            drop(permits);
+            self.slot_freed.notify_one();
             return;
         };
-        // Outcomes are recorded as soon as each recipient is done, so a crash
-        // re-delivers at most the recipient in hand; permanent failures are
-        // gathered into one bounce at the end.
-        let mut failed = Vec::new();
-        for r in rcpts {
-            let d = self.delivery_no();
-            log!(
-                "shard{} starting delivery {d}: msg {id} to local {}",
-                self.index,
-                r.recipient
-            );
-            let outcome = match self.resolve_local(&r.recipient).await {
-                Err(why) => Outcome::Temporary(why),
-                Ok(None) => Outcome::Permanent(format!(
-                    "Sorry, no mailbox here by that name: {} (#5.1.1)",
-                    r.recipient
-                )),
-                Ok(Some(target)) => {
-                    let envl = LocalEnvelope {
-                        sender: &env.sender,
-                        recipient: &r.recipient,
-                    };
-                    let report =
-                        delivery::local::deliver(&self.settings.local, &target, envl, &message)
-                            .await;
-                    if let (Outcome::Delivered(_), Some(fwd)) = (&report.outcome, &report.forward) {
-                        if let Err(e) = self
-                            .inject(&env.sender, fwd.recipients.clone(), fwd.message(&message))
-                            .await
-                        {
-                            // The forward could not be queued: retry the
-                            // whole recipient later (it may deliver twice).
-                            let o = Outcome::Temporary(format!("cannot queue forward: {e}"));
-                            self.finish(q, id, vec![(r, o)], Channel::Local).await;
-                            continue;
-                        }
-                    }
-                    report.outcome
-                }
-            };
-            log_outcome(self.index, d, &outcome);
-            if matches!(outcome, Outcome::Permanent(_)) {
-                failed.push((r, outcome));
-            } else {
-                self.finish(q, id, vec![(r, outcome)], Channel::Local).await;
-            }
-        }
+        // The recipients are delivered at once (their Maildir writes and
+        // fsyncs overlap, and their outcome records share the queue's group
+        // commits). Each outcome is recorded as soon as that recipient is
+        // done, so a crash re-delivers at most the recipients in hand;
+        // permanent failures are gathered into one bounce at the end.
+        let (env, message) = (&env, &message);
+        let failed: Vec<(DueRecipient, Outcome)> =
+            futures_util::future::join_all(rcpts.into_iter().zip(permits).map(
+                |(r, permit)| async move {
+                    let failed = self.local_recipient(q, id, env, message, r).await;
+                    // This recipient's slot is free once its outcome is known.
+                    drop(permit);
+                    self.slot_freed.notify_one();
+                    failed
+                },
+            ))
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         if !failed.is_empty() {
             self.finish(q, id, failed, Channel::Local).await;
+        }
+    }
+
+    /// Delivers one local recipient and records its outcome, except a
+    /// permanent failure, which is returned for the message's one bounce.
+    async fn local_recipient(
+        &self,
+        q: &Rc<Queue>,
+        id: MessageId,
+        env: &queue_store::Envelope,
+        message: &[u8],
+        r: DueRecipient,
+    ) -> Option<(DueRecipient, Outcome)> {
+        let d = self.delivery_no();
+        log!(
+            "shard{} starting delivery {d}: msg {id} to local {}",
+            self.index,
+            r.recipient
+        );
+        let outcome = match self.resolve_local(&r.recipient).await {
+            Err(why) => Outcome::Temporary(why),
+            Ok(None) => Outcome::Permanent(format!(
+                "Sorry, no mailbox here by that name: {} (#5.1.1)",
+                r.recipient
+            )),
+            Ok(Some(target)) if self.duplicate(&target, message) => {
+                log!(
+                    "shard{} msg {id} to {} is a duplicate (ELIMINATE_DUPS): dropped",
+                    self.index,
+                    r.recipient
+                );
+                Outcome::Delivered("duplicate message discarded".into())
+            }
+            Ok(Some(target)) => {
+                let vars = envheader_vars(&env.extra);
+                let envl = LocalEnvelope {
+                    sender: &env.sender,
+                    recipient: &r.recipient,
+                    vars: &vars,
+                };
+                let report =
+                    delivery::local::deliver(&self.settings.local, &target, envl, message).await;
+                match (&report.outcome, &report.forward) {
+                    (Outcome::Delivered(_), Some(fwd)) => match self
+                        .inject(&env.sender, fwd.recipients.clone(), fwd.message(message))
+                        .await
+                    {
+                        // The forward could not be queued: retry the whole
+                        // recipient later (it may deliver twice).
+                        Err(e) => Outcome::Temporary(format!("cannot queue forward: {e}")),
+                        Ok(_) => report.outcome,
+                    },
+                    _ => report.outcome,
+                }
+            }
+        };
+        log_outcome(self.index, d, &outcome);
+        if matches!(outcome, Outcome::Permanent(_)) {
+            return Some((r, outcome));
+        }
+        self.finish(q, id, vec![(r, outcome)], Channel::Local).await;
+        None
+    }
+
+    /// The duplicate eliminator (spec 9.2): for a mailbox (not a .qmail
+    /// alias), whether this message was delivered there within the window.
+    /// A state file that cannot be kept never stops a delivery.
+    fn duplicate(&self, target: &LocalTarget, message: &[u8]) -> bool {
+        let Some(window) = self.settings.dups_window else {
+            return false;
+        };
+        if !target.instructions.is_empty() {
+            return false;
+        }
+        let _ = std::fs::create_dir_all(&target.maildir);
+        match msgproc::dups::seen_before(&target.maildir, message, window, unix_now()) {
+            Ok(dup) => dup,
+            Err(e) => {
+                log!(
+                    "shard{} warning: duplicate state in {}: {e}",
+                    self.index,
+                    target.maildir.display()
+                );
+                false
+            }
         }
     }
 
@@ -467,9 +745,24 @@ impl DeliveryShard {
         let Some(env) = q.envelope(&id) else {
             return;
         };
-        let Some(message) = self.read_or_defer(q, id, &rcpts, Channel::Remote).await else {
+        let Some(mut message) = self.read_or_defer(q, id, &rcpts, Channel::Remote).await else {
             return;
         };
+        // DKIM: remote mail is signed as it leaves, as the `From:` domain,
+        // when that domain has a key (IndiMail's `*:remote:qmail-dkim`).
+        if let Some(signer) = &self.settings.dkim {
+            if let Some(domain) = msgproc::dkim::from_domain(&message) {
+                match signer.sign(&domain, &message) {
+                    Ok(Some(header)) => {
+                        let mut signed = header.into_bytes();
+                        signed.extend_from_slice(&message);
+                        message = signed;
+                    }
+                    Ok(None) => {}
+                    Err(e) => log!("shard{} msg {id} not signed: {e}", self.index),
+                }
+            }
+        }
         let d = self.delivery_no();
         let addrs: Vec<String> = rcpts.iter().map(|r| r.recipient.clone()).collect();
         log!(
@@ -690,6 +983,16 @@ fn log_outcome(shard: usize, d: u64, o: &Outcome) {
         "shard{shard} delivery {d}: {word}: {}",
         text.replace('\n', "/")
     );
+}
+
+/// The envheaders values of an envelope as `(NAME, value)` variables.
+fn envheader_vars(extra: &[(String, String)]) -> Vec<(String, String)> {
+    extra
+        .iter()
+        .filter(|(k, _)| k == msgproc::headers::ENVELOPE_KEY)
+        .filter_map(|(_, v)| v.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn domain_of(addr: &str) -> &str {

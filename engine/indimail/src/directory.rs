@@ -1,7 +1,8 @@
 //! The user directory as one shard sees it: opened lazily and reopened
 //! after a failure, so a database that is down when the server starts (or
-//! later) turns into temporary failures (451 / deferrals) until it is back,
-//! never into permanent answers.
+//! later) turns into temporary failures (451 / deferrals, `NO [UNAVAILABLE]`
+//! / `-ERR [SYS/TEMP]` at IMAP/POP3 logins) until it is back, never into
+//! permanent answers.
 
 use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
@@ -63,5 +64,18 @@ impl DirectoryHandle {
                 Err(text)
             }
         }
+    }
+}
+
+/// The IMAP/POP3 proxies and the POP3 server take their directory from the same lazy
+/// handle: they start while the database is down and answer logins `NO [UNAVAILABLE]` /
+/// `-ERR [SYS/TEMP]` until it is back.
+impl proxies::DirectorySource for DirectoryHandle {
+    fn directory(
+        &self,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Rc<lookup::Directory>, String>> + '_>,
+    > {
+        Box::pin(self.get())
     }
 }

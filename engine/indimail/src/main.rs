@@ -8,14 +8,20 @@ mod config;
 mod control;
 mod deliver;
 mod directory;
+mod dnscheck;
 mod inject;
 mod log;
+mod logsummary;
 mod metrics;
+mod queuectl;
 mod queues;
 mod sendmail;
 mod serve;
 mod smtp;
+mod svctool;
 mod tcprules;
+mod tools;
+mod turn;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -54,6 +60,9 @@ enum Command {
         /// Implicit-TLS SMTP listener (port 465 style).
         #[arg(long = "smtps", value_name = "ADDR:PORT")]
         smtps: Vec<SocketAddr>,
+        /// On-Demand Mail Relay listener (RFC 2645, port 366 style): AUTH, then ATRN.
+        #[arg(long = "odmr", value_name = "ADDR:PORT")]
+        odmr: Vec<SocketAddr>,
         /// POP3 server on the users' Maildirs (STLS offered).
         #[arg(long = "pop3", value_name = "ADDR:PORT")]
         pop3: Vec<SocketAddr>,
@@ -106,12 +115,56 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Create symlinks DIR/<name> -> this binary for every program name it
+    /// answers to (qmail-queue, sendmail, qmail-qread, vadduser, ...).
+    InstallLinks {
+        /// Where to create the links (e.g. /usr/local/bin).
+        dir: PathBuf,
+        /// Replace existing files of those names.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Service files (the role of IndiMail's svctool).
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
+    /// Log tools (the role of qmailanalog).
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
+    /// DKIM tools (the role of IndiMail's dknewkey).
+    Dkim {
+        #[command(subcommand)]
+        command: DkimCommand,
+    },
     /// sendmail-compatible injection (-t, -f, -i, recipients).
     #[command(disable_help_flag = true)]
     Sendmail {
         /// sendmail options and recipients.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DkimCommand {
+    /// Make a signing key control/domainkeys/DOMAIN/SELECTOR (+ .pub) and
+    /// print the DNS TXT record to publish at SELECTOR._domainkey.DOMAIN.
+    Keygen {
+        /// The signing domain.
+        domain: String,
+        /// Selector (= key file name); `default` is what signing uses
+        /// unless DKIMSIGN names another.
+        #[arg(long, default_value = "default")]
+        selector: String,
+        /// `rsa` (rsa-sha256) or `ed25519` (ed25519-sha256).
+        #[arg(long = "type", default_value = "rsa")]
+        kind: String,
+        /// RSA key size (2048-4096).
+        #[arg(long, default_value_t = 2048)]
+        bits: u32,
     },
 }
 
@@ -131,6 +184,86 @@ enum QueueCommand {
     Stat,
     /// Queue one message: qmail-queue protocol (message on fd 0, envelope on fd 1).
     Inject,
+    /// Envelope and headers of a message (--body: the whole message).
+    Show {
+        /// Message id, as `queue list` prints it (e.g. 1-1-32).
+        id: String,
+        /// Print the whole message, not only the headers.
+        #[arg(long)]
+        body: bool,
+    },
+    /// Remove messages (their pending recipients) without a bounce.
+    Delete {
+        #[command(flatten)]
+        sel: tools::SelectArgs,
+        /// Do not ask for confirmation (needed when not on a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+    /// Bounce messages (their pending recipients) to the sender now.
+    Bounce {
+        #[command(flatten)]
+        sel: tools::SelectArgs,
+        /// Do not ask for confirmation (needed when not on a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+    /// Put messages on hold: kept, not delivered, until released (durable).
+    Hold {
+        #[command(flatten)]
+        sel: tools::SelectArgs,
+    },
+    /// Take messages off hold; they are tried at once.
+    Release {
+        #[command(flatten)]
+        sel: tools::SelectArgs,
+    },
+    /// Retry deferred mail now (all, or the selected messages / --domain).
+    Flush {
+        #[command(flatten)]
+        sel: tools::SelectArgs,
+    },
+    /// Pending recipients by destination domain and age (like Postfix qshape).
+    Shape {
+        /// Group by sender domain instead of recipient domain.
+        #[arg(long)]
+        by_sender: bool,
+        /// Rows to print (the largest domains), 0 = all.
+        #[arg(long, default_value_t = 0)]
+        top: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// Write a systemd unit (and with --daemontools a supervise `run`
+    /// script) for `indimail serve` on this home into DIR.
+    Install {
+        /// Output directory (e.g. /etc/systemd/system).
+        dir: PathBuf,
+        /// Also write DIR/indimail/run and DIR/indimail/log/run (daemontools).
+        #[arg(long)]
+        daemontools: bool,
+        /// User to run as (systemd User=, daemontools setuidgid).
+        #[arg(long)]
+        user: Option<String>,
+        /// The binary to run (default: this one).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Seconds systemd waits after SIGTERM before killing.
+        #[arg(long, default_value_t = 30)]
+        stop_timeout: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Messages, recipients, bytes, deliveries by result and delivery
+    /// latency percentiles from a log (the role of qmailanalog's zoverall).
+    Summary {
+        /// Log file (`-` = standard input).
+        file: PathBuf,
+    },
 }
 
 /// Queue count when `QUEUE_COUNT` is unset: one per shard, i.e. one per
@@ -163,6 +296,12 @@ fn main() -> ExitCode {
             let args: Vec<String> = std::env::args().skip(1).collect();
             return exit(sendmail::main(&paths, &args));
         }
+        "qmail-qread" => return exit(tools::qmail_qread(&Paths::resolve(None))),
+        "qmail-qstat" => return exit(tools::qmail_qstat(&Paths::resolve(None))),
+        "qmail-rm" => {
+            let args: Vec<String> = std::env::args().skip(1).collect();
+            return exit(tools::qmail_rm(&Paths::resolve(None), &args));
+        }
         "indimail" | "" => {}
         other => {
             // vadddomain, vadduser, vuserinfo, ... (IndiMail's admin tools).
@@ -182,6 +321,7 @@ fn main() -> ExitCode {
             smtp,
             submission,
             smtps,
+            odmr,
             pop3,
             pop3s,
             imap_proxy,
@@ -198,6 +338,7 @@ fn main() -> ExitCode {
                 (Service::Smtp, smtp),
                 (Service::Submission, submission),
                 (Service::Smtps, smtps),
+                (Service::Odmr, odmr),
                 (Service::Pop3, pop3),
                 (Service::Pop3s, pop3s),
                 (Service::ImapProxy, imap_proxy),
@@ -243,7 +384,82 @@ fn main() -> ExitCode {
                     ExitCode::from(111)
                 }
             },
+            QueueCommand::Show { id, body } => exit(tools::show(&paths, &id, body)),
+            QueueCommand::Delete { sel, yes } => {
+                exit(tools::change(&paths, tools::Change::Delete, &sel, yes))
+            }
+            QueueCommand::Bounce { sel, yes } => {
+                exit(tools::change(&paths, tools::Change::Bounce, &sel, yes))
+            }
+            QueueCommand::Hold { sel } => {
+                exit(tools::change(&paths, tools::Change::Hold, &sel, true))
+            }
+            QueueCommand::Release { sel } => {
+                exit(tools::change(&paths, tools::Change::Release, &sel, true))
+            }
+            QueueCommand::Flush { sel } => {
+                exit(tools::change(&paths, tools::Change::Flush, &sel, true))
+            }
+            QueueCommand::Shape { by_sender, top } => exit(tools::shape(&paths, by_sender, top)),
         },
+        Command::InstallLinks { dir, force } => exit(tools::install_links(&dir, force)),
+        Command::Service { command } => match command {
+            ServiceCommand::Install {
+                dir,
+                daemontools,
+                user,
+                binary,
+                stop_timeout,
+            } => exit(svctool::install(
+                &paths,
+                &svctool::Options {
+                    dir,
+                    daemontools,
+                    user,
+                    binary,
+                    stop_timeout,
+                },
+            )),
+        },
+        Command::Log { command } => match command {
+            LogCommand::Summary { file } => exit(logsummary::main(&file)),
+        },
+        Command::Dkim {
+            command:
+                DkimCommand::Keygen {
+                    domain,
+                    selector,
+                    kind,
+                    bits,
+                },
+        } => {
+            let kind = match kind.as_str() {
+                "rsa" if (2048..=4096).contains(&bits) => msgproc::dkim::KeyType::Rsa(bits),
+                "rsa" => {
+                    eprintln!("indimail dkim keygen: --bits must be 2048-4096");
+                    return ExitCode::from(100);
+                }
+                "ed25519" => msgproc::dkim::KeyType::Ed25519,
+                other => {
+                    eprintln!("indimail dkim keygen: unknown --type `{other}` (rsa or ed25519)");
+                    return ExitCode::from(100);
+                }
+            };
+            match msgproc::dkim::keygen(paths.control.path(), &domain, &selector, kind) {
+                Ok((path, record)) => {
+                    eprintln!("indimail dkim keygen: wrote {}", path.display());
+                    println!(
+                        "{selector}._domainkey.{} IN TXT \"{record}\"",
+                        domain.to_ascii_lowercase()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("indimail dkim keygen: {e}");
+                    ExitCode::from(111)
+                }
+            }
+        }
         Command::Sendmail { args } => exit(sendmail::main(&paths, &args)),
         Command::Tuning { args } => {
             // The tuning tool is its own program (nothing in the server
@@ -377,12 +593,13 @@ fn queue_store_line(queue: u32, m: &queue_store::QueuedMessage, now: u64) -> Str
         })
         .collect();
     format!(
-        "queue{queue} {} age={}s size={} from=<{}> to={}",
+        "queue{queue} {} age={}s size={} from=<{}> to={}{}",
         m.id,
         now.saturating_sub(m.envelope.arrival),
         m.size,
         m.envelope.sender,
-        rcpts.join(",")
+        rcpts.join(","),
+        if m.held { " held" } else { "" }
     )
 }
 
@@ -476,6 +693,13 @@ fn config_show(paths: &Paths) -> i32 {
         println!("maxdaemons: {}", s.max_connections);
         println!("checkrecipient: {}", s.check_recipient);
         println!("relayclient (everyone): {}", s.relay_everyone);
+        println!(
+            "rcptrate: {} msgrate: {} authrcptrate: {} authmsgrate: {} (per minute, 0 = unlimited)",
+            s.rates.rcpt_per_ip, s.rates.msg_per_ip, s.rates.rcpt_per_user, s.rates.msg_per_user
+        );
+        println!("dnsbllist: {}", s.dnsbl_zones.join(" "));
+        println!("spfbehavior: {}", s.spf.0);
+        println!("etrnhosts: {}", s.turn.held_domains().join(" "));
         for (svc, a) in &c.listeners {
             println!("listener: {} {a}", svc.name());
         }
@@ -540,6 +764,7 @@ fn queue_stat(paths: &Paths) -> anyhow::Result<()> {
             Vec::new()
         };
         let (mut pending, mut done, mut failed, mut bytes) = (0, 0, 0, 0u64);
+        let held = msgs.iter().filter(|m| m.held).count();
         for m in &msgs {
             bytes += m.size;
             for r in &m.recipients {
@@ -560,7 +785,7 @@ fn queue_stat(paths: &Paths) -> anyhow::Result<()> {
             })
             .unwrap_or(0);
         println!(
-            "queue{}: messages {} recipients pending {pending} done {done} failed {failed} bytes {bytes} awaiting-import {drops}",
+            "queue{}: messages {} recipients pending {pending} done {done} failed {failed} bytes {bytes} awaiting-import {drops} held {held}",
             q.number,
             msgs.len()
         );

@@ -25,6 +25,37 @@ pub fn assign(queues: &[QueueSpec], shards: usize) -> Vec<Vec<QueueSpec>> {
 pub struct ShardQueues {
     queues: Vec<Rc<Queue>>,
     next: Cell<usize>,
+    /// `<queue>/lock`, held (flock) while the queues are open.
+    _locks: Vec<std::fs::File>,
+}
+
+/// Takes the exclusive lock of a queue directory (`<queue>/lock`, flock):
+/// one process at a time owns a queue (the server, or a queue tool working
+/// on a stopped server). Released when the file is closed, also when the
+/// process dies. `Err` names the queue when another process holds it.
+pub fn lock_queue(dir: &std::path::Path) -> Result<std::fs::File, String> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: flock(2) on a descriptor this function owns.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            format!(
+                "{} is in use by another process (a running server?)",
+                dir.display()
+            )
+        } else {
+            format!("{}: lock: {e}", path.display())
+        });
+    }
+    Ok(f)
 }
 
 impl ShardQueues {
@@ -34,10 +65,12 @@ impl ShardQueues {
     ) -> Result<(ShardQueues, Vec<(QueueSpec, RecoveryReport)>), String> {
         let mut queues = Vec::new();
         let mut reports = Vec::new();
+        let mut locks = Vec::new();
         for spec in specs {
             std::fs::create_dir_all(&spec.dir).map_err(|e| {
                 format!("{}: cannot create queue directory: {e}", spec.dir.display())
             })?;
+            locks.push(lock_queue(&spec.dir)?);
             let config = QueueConfig::new(spec.dir.clone(), spec.number);
             let (q, report) = Queue::open(config)
                 .await
@@ -49,6 +82,7 @@ impl ShardQueues {
             ShardQueues {
                 queues,
                 next: Cell::new(0),
+                _locks: locks,
             },
             reports,
         ))

@@ -36,6 +36,13 @@ struct Shared {
     /// `INDIMAIL_NO_DELIVERY`: accept and queue only (benchmarks of the
     /// accept path).
     no_delivery: bool,
+    /// Every shard's turn channel (ETRN, ATRN; see [`crate::turn`]).
+    turn_hub: crate::turn::TurnHub,
+    /// The receiving ends, taken by each shard at start.
+    turn_rx: Mutex<Vec<Option<shard::MeshReceiver<crate::turn::TurnRequest>>>>,
+    /// Queue-tool requests from the control socket (see [`crate::queuectl`]),
+    /// taken by each shard at start.
+    ctl_rx: Mutex<Vec<Option<shard::MeshReceiver<crate::queuectl::CtlRequest>>>>,
 }
 
 /// Runs the server until SIGTERM or SIGINT.
@@ -109,7 +116,12 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
     block_signals();
     let (reload_tx, reload_rx) = tokio::sync::watch::channel(Arc::new(config.smtp.clone()));
     let (ready_tx, ready_rx) = mpsc::channel();
+    let turn_mesh = shard::Mesh::new(shards, 64);
+    let ctl_mesh = shard::Mesh::new(shards, 16);
     let shared = Arc::new(Shared {
+        ctl_rx: Mutex::new(ctl_mesh.receivers.into_iter().map(Some).collect()),
+        turn_hub: crate::turn::TurnHub::new(turn_mesh.senders),
+        turn_rx: Mutex::new(turn_mesh.receivers.into_iter().map(Some).collect()),
         settings: Arc::new(config.smtp.clone()),
         assignment,
         addrs: addrs.clone(),
@@ -145,6 +157,17 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
         "status: {shards} shards driver={} placement={placement}",
         driver.name()
     );
+    // Queue tools talk to the shards through the control socket.
+    let control_socket = match crate::queuectl::ControlSocket::start(
+        crate::queuectl::socket_path(&config.paths.home),
+        ctl_mesh.senders,
+    ) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            log!("warning: no control socket, queue tools cannot reach this server: {e}");
+            None
+        }
+    };
     for (svc, a) in &addrs {
         println!("{} listening on {a}", svc.name());
     }
@@ -175,6 +198,9 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
         }
     };
     log!("status: signal {sig}, stopping");
+    if let Some(c) = control_socket {
+        c.stop();
+    }
     shutdown.trigger();
     for (i, r) in handles.join().into_iter().enumerate() {
         match r {
@@ -248,7 +274,7 @@ async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<(), String> 
                 l, ctx, stop,
             ))),
             Service::Metrics => {}
-            Service::Smtp | Service::Submission | Service::Smtps => {}
+            Service::Smtp | Service::Submission | Service::Smtps | Service::Odmr => {}
         }
     }
     // Import messages injected locally (qmail-queue, sendmail) into this
@@ -269,15 +295,59 @@ async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<(), String> 
             }
         });
     }
-    if let Some(d) = delivery {
+    // ETRN / ATRN requests from any shard for this shard's queues.
+    let turn_rx = shared
+        .turn_rx
+        .lock()
+        .ok()
+        .and_then(|mut v| v.get_mut(info.index).and_then(Option::take));
+    smtp_shard.set_turn(shared.turn_hub.clone());
+    // Queue tools (show, delete, bounce, hold, release, flush).
+    {
+        let ctx = Rc::new(crate::queuectl::Ctx {
+            who: format!("shard{}", info.index),
+            control: shared.control.clone(),
+            me: shared.settings.me.clone(),
+            specs: shared.assignment[info.index].clone(),
+        });
+        crate::queuectl::apply_recorded_flushes(&smtp_shard.queues, &ctx).await;
+        let rx = shared
+            .ctl_rx
+            .lock()
+            .ok()
+            .and_then(|mut v| v.get_mut(info.index).and_then(Option::take));
+        if let Some(rx) = rx {
+            tokio::task::spawn_local(crate::queuectl::serve_shard(
+                rx,
+                Rc::clone(&smtp_shard.queues),
+                ctx,
+                info.shutdown.clone(),
+            ));
+        }
+    }
+    match (&delivery, turn_rx) {
+        (Some(d), Some(rx)) => {
+            d.set_turn(Arc::clone(&shared.settings.turn));
+            tokio::task::spawn_local(Rc::clone(d).serve_turns(rx, info.shutdown.clone()));
+        }
+        (None, Some(rx)) => {
+            tokio::task::spawn_local(crate::turn::answer_idle(rx, info.shutdown.clone()));
+        }
+        (_, None) => {}
+    }
+    if let Some(d) = delivery.clone() {
         tokio::task::spawn_local(d.run(info.shutdown.clone()));
     }
     {
         let mut rx = shared.reload.clone();
         let smtp = Rc::clone(&smtp_shard);
+        let delivery = delivery.clone();
         tokio::task::spawn_local(async move {
             while rx.changed().await.is_ok() {
                 let new = rx.borrow_and_update().clone();
+                if let Some(d) = &delivery {
+                    d.set_turn(Arc::clone(&new.turn));
+                }
                 smtp.reload(Rc::new((*new).clone()));
             }
         });
@@ -329,13 +399,7 @@ fn build_remote(shared: &Shared) -> Result<delivery::remote::Remote, String> {
     cfg.qmailremote = std::env::var_os("QMAILREMOTE")
         .filter(|v| !v.is_empty())
         .map(Into::into);
-    let dns = match std::env::var("INDIMAIL_DNS") {
-        Ok(ns) => delivery::dns::DnsConfig::Nameserver(
-            ns.parse()
-                .map_err(|_| format!("INDIMAIL_DNS: `{ns}` is not ADDRESS:PORT"))?,
-        ),
-        Err(_) => delivery::dns::DnsConfig::System,
-    };
+    let dns = delivery::dns::DnsConfig::from_env().map_err(|e| e.to_string())?;
     let resolver = delivery::dns::Resolver::new(&dns).map_err(|e| e.to_string())?;
     Ok(delivery::remote::Remote::new(cfg, resolver))
 }
@@ -413,10 +477,6 @@ async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, Strin
         .iter()
         .any(|(s, _)| !s.is_smtp() && *s != crate::smtp::Service::Metrics)
     {
-        let dir = directory
-            .get()
-            .await
-            .map_err(|e| format!("IMAP/POP3 services need the user directory: {e}"))?;
         let config = proxies::ProxyConfig::from_env().map_err(|errs| {
             errs.iter()
                 .map(|e| e.to_string())
@@ -424,7 +484,7 @@ async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, Strin
                 .join("; ")
         })?;
         Some(Rc::new(proxies::ProxyContext {
-            directory: dir,
+            directory: directory.clone(),
             config,
             tls: certs.clone(),
         }))

@@ -8,10 +8,11 @@
 //! limits, idle timeout), answers the core's questions (relaying, recipient
 //! checks, AUTH against the directory, STARTTLS) and commits messages.
 //!
-//! Three services share this driver: `smtp` (port 25 style: STARTTLS and
+//! Four services share this driver: `smtp` (port 25 style: STARTTLS and
 //! AUTH offered), `submission` (587: AUTH required before MAIL, sender must
-//! match the authenticated user unless `MASQUERADE` is set) and `smtps`
-//! (465: implicit TLS, RFC 8314).
+//! match the authenticated user unless `MASQUERADE` is set), `smtps`
+//! (465: implicit TLS, RFC 8314) and `odmr` (366: AUTH then ATRN, RFC 2645;
+//! ETRN and ATRN are in [`crate::turn`]).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -20,7 +21,9 @@ use std::rc::Rc;
 use std::time::SystemTime;
 
 use shard::io::{TcpListener, TcpStream};
-use smtp_proto::{AuthOutcome, AuthSecret, Decision, Event, Reply, Session, SessionConfig};
+use smtp_proto::{
+    AuthOutcome, AuthSecret, Decision, Event, Reply, ScramCredentials, Session, SessionConfig,
+};
 use tls::MaybeTls;
 
 use crate::config::SmtpSettings;
@@ -51,6 +54,9 @@ pub enum Service {
     Submission,
     /// Implicit TLS (RFC 8314, port 465).
     Smtps,
+    /// On-Demand Mail Relay (RFC 2645, port 366): AUTH, then ATRN turns the
+    /// connection around (see [`crate::turn`]).
+    Odmr,
     /// POP3 server on the users' Maildirs (STLS offered).
     Pop3,
     /// POP3 server, implicit TLS.
@@ -69,10 +75,11 @@ pub enum Service {
 
 impl Service {
     /// Every service, in the order of their names.
-    pub const ALL: [Service; 10] = [
+    pub const ALL: [Service; 11] = [
         Service::Smtp,
         Service::Submission,
         Service::Smtps,
+        Service::Odmr,
         Service::Pop3,
         Service::Pop3s,
         Service::ImapProxy,
@@ -88,6 +95,7 @@ impl Service {
             Service::Smtp => "smtp",
             Service::Submission => "submission",
             Service::Smtps => "smtps",
+            Service::Odmr => "odmr",
             Service::Pop3 => "pop3",
             Service::Pop3s => "pop3s",
             Service::ImapProxy => "imap-proxy",
@@ -113,7 +121,10 @@ impl Service {
 
     /// Whether this is one of the SMTP services.
     pub fn is_smtp(self) -> bool {
-        matches!(self, Service::Smtp | Service::Submission | Service::Smtps)
+        matches!(
+            self,
+            Service::Smtp | Service::Submission | Service::Smtps | Service::Odmr
+        )
     }
 }
 
@@ -121,8 +132,8 @@ impl Service {
 /// reload never changes a session midway.
 struct Generation {
     settings: Rc<SmtpSettings>,
-    /// Protocol settings per service (smtp, submission, smtps).
-    protos: [Rc<SessionConfig>; 3],
+    /// Protocol settings per service (smtp, submission, smtps, odmr).
+    protos: [Rc<SessionConfig>; 4],
 }
 
 /// Per-shard state shared by the shard's SMTP connections (single thread).
@@ -146,6 +157,26 @@ pub struct SmtpShard {
     directory: Rc<crate::directory::DirectoryHandle>,
     /// Greylisting, when enabled (see [`Greylisting`]).
     greylisting: RefCell<Option<Greylisting>>,
+    /// Every shard's turn channel, for ETRN and ATRN (see [`crate::turn`]).
+    turn: RefCell<Option<crate::turn::TurnHub>>,
+    /// RCPT and message rates per client address and per user (`rcptrate`,
+    /// `msgrate`, `authrcptrate`, `authmsgrate`), counted on this shard.
+    rates: RefCell<policy::rate::RateLimits>,
+    /// DNSBL and SPF lookups.
+    dns: crate::dnscheck::DnsChecks,
+}
+
+/// Most client addresses / users a shard's rate limiter remembers.
+const RATE_KEYS: usize = 100_000;
+
+fn rate_limits(r: &crate::config::Rates) -> policy::rate::RateLimits {
+    policy::rate::RateLimits::new(
+        r.rcpt_per_ip,
+        r.msg_per_ip,
+        r.rcpt_per_user,
+        r.msg_per_user,
+        RATE_KEYS,
+    )
 }
 
 /// Greylisting (RFC 6647) at RCPT for clients that are neither relay
@@ -251,8 +282,11 @@ impl SmtpShard {
         directory: Rc<crate::directory::DirectoryHandle>,
         certs: Option<Rc<tls::CertStore>>,
     ) -> SmtpShard {
+        let rates = RefCell::new(rate_limits(&settings.rates));
         let current = RefCell::new(Rc::new(generation(settings, certs.is_some())));
         SmtpShard {
+            rates,
+            dns: crate::dnscheck::DnsChecks::new(index),
             current,
             certs,
             auth_failures: RefCell::new(HashMap::new()),
@@ -263,17 +297,28 @@ impl SmtpShard {
             per_ip: RefCell::new(HashMap::new()),
             directory,
             greylisting: RefCell::new(None),
+            turn: RefCell::new(None),
         }
     }
 }
 
 fn generation(settings: Rc<SmtpSettings>, tls: bool) -> Generation {
-    let protos = [Service::Smtp, Service::Submission, Service::Smtps]
-        .map(|svc| Rc::new(session_config(&settings, svc, tls)));
+    let protos = [
+        Service::Smtp,
+        Service::Submission,
+        Service::Smtps,
+        Service::Odmr,
+    ]
+    .map(|svc| Rc::new(session_config(&settings, svc, tls)));
     Generation { settings, protos }
 }
 
 impl SmtpShard {
+    /// Connects this shard to every shard's turn channel (ETRN, ATRN).
+    pub fn set_turn(&self, hub: crate::turn::TurnHub) {
+        *self.turn.borrow_mut() = Some(hub);
+    }
+
     /// Turns greylisting on for this shard.
     pub fn set_greylisting(&self, g: Option<Greylisting>) {
         *self.greylisting.borrow_mut() = g;
@@ -292,6 +337,13 @@ impl SmtpShard {
     /// Swaps in new settings (hot reload); connections already open keep
     /// the ones they started with.
     pub fn reload(&self, settings: Rc<SmtpSettings>) {
+        let r = settings.rates;
+        self.rates.borrow_mut().set_rates(
+            r.rcpt_per_ip,
+            r.msg_per_ip,
+            r.rcpt_per_user,
+            r.msg_per_user,
+        );
         let g = generation(settings, self.certs.is_some());
         *self.current.borrow_mut() = Rc::new(g);
     }
@@ -307,9 +359,12 @@ impl SmtpShard {
 ///
 /// * STARTTLS is offered when a certificate is available, unless
 ///   `STARTTLS=0`.
-/// * AUTH PLAIN, LOGIN and CRAM-MD5 are offered; PLAIN and LOGIN only under
-///   TLS unless `SECURE_AUTH=0` (IndiMail's `SECURE_AUTH`). `DISABLE_AUTH_*`
-///   drops a mechanism.
+/// * AUTH PLAIN, LOGIN, CRAM-MD5 and SCRAM-SHA-256 are offered; PLAIN and
+///   LOGIN only under TLS unless `SECURE_AUTH=0` (IndiMail's `SECURE_AUTH`).
+///   `DISABLE_AUTH_*`, `DISABLE_CRAM_MD5` and `DISABLE_SCRAM_SHA256` drop a
+///   mechanism. SCRAM-SHA-256 checks the `scram` column of the directory
+///   (always configured: SQLite or MySQL), set by `user add/passwd -m`; a
+///   user without one fails with 535 like a wrong password.
 /// * `REQUIREAUTH` (always on for submission) and `FORCE_TLS`.
 pub fn session_config(s: &SmtpSettings, service: Service, tls: bool) -> SessionConfig {
     let var_off = |v: &str| std::env::var(v).is_ok_and(|x| x.trim() == "0");
@@ -319,11 +374,13 @@ pub fn session_config(s: &SmtpSettings, service: Service, tls: bool) -> SessionC
         ("PLAIN", "DISABLE_AUTH_PLAIN"),
         ("LOGIN", "DISABLE_AUTH_LOGIN"),
         ("CRAM-MD5", "DISABLE_CRAM_MD5"),
+        ("SCRAM-SHA-256", "DISABLE_SCRAM_SHA256"),
     ] {
         if !var_on(var) {
             mechs.push(m.to_string());
         }
     }
+    let odmr = service == Service::Odmr || (service != Service::Submission && var_on("ODMR"));
     SessionConfig {
         hostname: s.me.clone(),
         greeting: s.greeting.clone(),
@@ -338,6 +395,11 @@ pub fn session_config(s: &SmtpSettings, service: Service, tls: bool) -> SessionC
             .ok()
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(3),
+        // ETRN everywhere but submission; ODMR (ATRN) on the odmr service,
+        // or on smtp/smtps when `ODMR` is set (IndiMail's port table).
+        etrn: service != Service::Submission,
+        atrn: odmr,
+        odmr,
         ..SessionConfig::new(s.me.clone())
     }
 }
@@ -478,6 +540,7 @@ async fn connection(
     let proto = match service {
         Service::Submission => &generation.protos[1],
         Service::Smtps => &generation.protos[2],
+        Service::Odmr => &generation.protos[3],
         _ => &generation.protos[0],
     };
     let mut session = Session::new(Rc::clone(proto));
@@ -518,7 +581,25 @@ async fn connection(
         MaybeTls::Plain(stream)
     };
     let check_relay = std::env::var("CHECKRELAY").map_or(true, |v| v.trim() != "0");
+    // DNSBL (rblsmtpd's job in IndiMail): asked while the client reads the
+    // greeting, answered at its first MAIL; not for submission, relay
+    // clients, or where SKIPDNSBL is set (environment or tcp.smtp rule).
+    let dnsbl = if service != Service::Submission
+        && !relay
+        && !settings.dnsbl_zones.is_empty()
+        && std::env::var_os("SKIPDNSBL").is_none()
+        && rule.var("SKIPDNSBL").is_none()
+    {
+        let shard = Rc::clone(&shard);
+        let zones = settings.dnsbl_zones.clone();
+        Dnsbl::Pending(tokio::task::spawn_local(async move {
+            shard.dns.dnsbl(ip, &zones).await
+        }))
+    } else {
+        Dnsbl::Done(None)
+    };
     let mut conn = Connection {
+        dnsbl,
         shard: Rc::clone(&shard),
         settings,
         stream: Some(stream),
@@ -537,6 +618,7 @@ async fn connection(
         message_bytes: 0,
         pending_cr: false,
         scratch: Vec::new(),
+        turned: None,
     };
     log!(
         "shard{} {} connect ip={ip} port={} relay={}",
@@ -557,9 +639,17 @@ async fn connection(
     }
 }
 
+/// A connection's DNSBL answer: asked at connect, needed at MAIL.
+enum Dnsbl {
+    Pending(tokio::task::JoinHandle<Option<policy::Verdict>>),
+    Done(Option<policy::Verdict>),
+}
+
 /// What the access controls decided for the current transaction.
 #[derive(Default)]
 struct Txn {
+    /// `Received-SPF:` for the message, when SPF was evaluated.
+    spf_header: Option<String>,
     /// Envelope sender as given at MAIL.
     sender: String,
     /// `relaymailfrom` or an envrules `RELAYCLIENT`: relay for this message.
@@ -571,10 +661,20 @@ struct Txn {
     databytes: Option<u64>,
     /// bodycheck, scanning the message once as it streams in.
     scanner: Option<policy::BodyScanner>,
+    /// An envrules `QUARANTINE` address for this message.
+    quarantine: Option<String>,
+    /// Header rules (`removeheaders`, `envheaders`, `logheaders`) applied
+    /// once as the header block streams in, and its output buffer.
+    headers: Option<msgproc::HeaderProcessor>,
+    header_out: Vec<u8>,
 }
 
 struct Connection {
     shard: Rc<SmtpShard>,
+    /// An accepted ATRN, until the connection is turned around.
+    turned: Option<crate::turn::Turned>,
+    /// The client's DNSBL listing, if any (see [`Dnsbl`]).
+    dnsbl: Dnsbl,
     /// The settings this connection started with.
     settings: Rc<SmtpSettings>,
     /// `None` only while STARTTLS replaces the plain stream by a TLS one.
@@ -628,6 +728,19 @@ impl Connection {
             // Process what is buffered.
             loop {
                 let (consumed, event) = self.session.feed(&buf[start..]);
+                if matches!(event, Event::Turn) {
+                    // ATRN accepted (RFC 2645): send the 250, then this host
+                    // is the client on this connection; what the node sent
+                    // after ATRN (its 220) belongs to that session.
+                    self.flush().await?;
+                    let rest = buf[start..].to_vec();
+                    if let Some(t) = self.turned.take() {
+                        let (me, timeout) = (self.settings.me.clone(), self.settings.timeout);
+                        let (index, peer) = (self.shard.index, self.peer);
+                        crate::turn::reverse(self.io(), rest, t, &me, timeout, index, peer).await;
+                    }
+                    return Ok(());
+                }
                 let more = !matches!(event, Event::NeedMore);
                 let closed = matches!(event, Event::Close);
                 if matches!(event, Event::StartTls) {
@@ -760,6 +873,10 @@ impl Connection {
                     Decision::Accept => self.mail_decision(&sender),
                     reject => reject,
                 };
+                let d = match d {
+                    Decision::Accept => self.mail_dns_and_rate(&sender).await,
+                    reject => reject,
+                };
                 self.session.decide(d);
             }
             OwnedEvent::Auth {
@@ -770,11 +887,15 @@ impl Connection {
                 let outcome = self.authenticate(&mechanism, &authcid, secret).await;
                 self.session.auth_result(outcome);
             }
+            OwnedEvent::ScramLookup { authcid } => {
+                let (credentials, nonce) = self.scram_lookup(&authcid).await;
+                self.session.scram_credentials(credentials, &nonce);
+            }
             OwnedEvent::Rcpt { domain, address } => {
-                let mut d = match &address {
-                    Some(addr) => self.rcpt_policy(addr),
-                    None => Decision::Accept,
-                };
+                let mut d = self.rate_check(false);
+                if let (Decision::Accept, Some(addr)) = (&d, &address) {
+                    d = self.rcpt_policy(addr);
+                }
                 if let Decision::Accept = d {
                     d = self.rcpt_decision(domain.as_deref()).await;
                 }
@@ -788,6 +909,38 @@ impl Connection {
                 }
                 self.session.decide(d);
             }
+            OwnedEvent::Etrn { node } => {
+                let hub = self.shard.turn.borrow().clone();
+                let r = crate::turn::etrn(
+                    hub.as_ref(),
+                    &self.settings.turn,
+                    &node,
+                    self.shard.index,
+                    self.peer.ip(),
+                )
+                .await;
+                self.session.etrn_result(r);
+            }
+            OwnedEvent::Atrn { domains } => {
+                let hub = self.shard.turn.borrow().clone();
+                let r = crate::turn::atrn(
+                    hub.as_ref(),
+                    &self.settings.turn,
+                    &self.shard.directory,
+                    self.auth_user.as_deref(),
+                    &domains,
+                    self.shard.index,
+                    self.peer.ip(),
+                )
+                .await;
+                match r {
+                    Ok(t) => {
+                        self.turned = Some(t);
+                        self.session.atrn_result(Ok(()));
+                    }
+                    Err(reply) => self.session.atrn_result(Err(reply)),
+                }
+            }
             OwnedEvent::DataStart => self.begin_message().await,
             OwnedEvent::MessageEnd => self.commit().await,
             OwnedEvent::MessageAborted => {
@@ -797,6 +950,90 @@ impl Connection {
                 self.spool_failed = None;
                 self.shard.metrics.inc(crate::metrics::Counter::Rejected);
             }
+        }
+    }
+
+    /// The MAIL checks that ask DNS or count: the client's DNSBL listing
+    /// (not for authenticated users), the message rate, then SPF
+    /// (`spfbehavior`; not for relay clients or authenticated users), which
+    /// also prepares the `Received-SPF:` header.
+    async fn mail_dns_and_rate(&mut self, sender: &str) -> Decision {
+        if let Dnsbl::Pending(task) = &mut self.dnsbl {
+            let listed = task.await.ok().flatten();
+            self.dnsbl = Dnsbl::Done(listed);
+        }
+        let mut txn = std::mem::take(&mut self.txn);
+        let d = self.mail_dns_checks(sender, &mut txn).await;
+        self.txn = txn;
+        d
+    }
+
+    async fn mail_dns_checks(&mut self, sender: &str, txn: &mut Txn) -> Decision {
+        if self.auth_user.is_none() {
+            if let Dnsbl::Done(Some(v)) = &self.dnsbl {
+                return self.verdict(v.clone(), txn, sender);
+            }
+        }
+        if let d @ Decision::Reject(_) = self.rate_check(true) {
+            return d;
+        }
+        let spf = self.settings.spf;
+        if !spf.enabled() || self.relay || txn.relay || self.auth_user.is_some() {
+            return Decision::Accept;
+        }
+        let (ip, helo) = self.policy_conn();
+        let found = self
+            .shard
+            .dns
+            .spf(ip, &helo, sender, &self.settings.me)
+            .await;
+        log!(
+            "shard{} spf ip={ip} sender=<{sender}> domain={} result={}",
+            self.shard.index,
+            found.domain,
+            found.result
+        );
+        txn.spf_header = Some(policy::spf::received_spf(
+            found.result,
+            &self.settings.me,
+            ip,
+            sender,
+            &helo,
+        ));
+        let v = spf.verdict(found.result, &found.domain, found.explanation.as_deref());
+        self.verdict(v, txn, sender)
+    }
+
+    /// One message (at MAIL) or one recipient (at RCPT) against the rate
+    /// limits: the authenticated user's, else the client address's.
+    fn rate_check(&self, message: bool) -> Decision {
+        let ip = self.peer.ip();
+        let user = self.auth_user.as_deref();
+        let now = std::time::Instant::now();
+        let d = {
+            let mut rates = self.shard.rates.borrow_mut();
+            if message {
+                rates.check_message(ip, user, now)
+            } else {
+                rates.check_rcpt(ip, user, now)
+            }
+        };
+        match d.verdict() {
+            policy::Verdict::Reject {
+                code,
+                enhanced,
+                text,
+                ..
+            } => {
+                log!(
+                    "shard{} rate limited ip={ip} user={} what={}",
+                    self.shard.index,
+                    user.unwrap_or("-"),
+                    if message { "message" } else { "rcpt" }
+                );
+                Decision::Reject(Reply::new(code, Some(enhanced), text))
+            }
+            _ => Decision::Accept,
         }
     }
 
@@ -870,6 +1107,7 @@ impl Connection {
                 ("RELAYCLIENT", None) => txn.relay = false,
                 ("NULLQUEUE", Some(_)) => txn.nullqueue = true,
                 ("NULLQUEUE", None) => txn.nullqueue = false,
+                ("QUARANTINE", q) => txn.quarantine = q.clone().filter(|q| !q.is_empty()),
                 _ => {}
             }
         }
@@ -1006,6 +1244,62 @@ impl Connection {
         }
     }
 
+    /// SCRAM-SHA-256 after the client-first message: the user's stored
+    /// secret (the `scram` column) and a fresh server nonce. A user who does
+    /// not exist, has no SCRAM secret or an unusable one gets a decoy, so the
+    /// exchange looks the same and fails with 535 at its end; `None` (454)
+    /// only when the directory cannot answer now.
+    async fn scram_lookup(&self, authcid: &str) -> (Option<ScramCredentials>, String) {
+        let user = authcid.trim().to_ascii_lowercase();
+        let ip = self.peer.ip();
+        let random = || tls::random_u64().ok();
+        let Some(nonce) = (|| {
+            Some(format!(
+                "{:016x}{:016x}{:016x}",
+                random()?,
+                random()?,
+                random()?
+            ))
+        })() else {
+            log!(
+                "shard{} auth tempfail user={user} ip={ip} reason=no randomness",
+                self.shard.index
+            );
+            return (None, String::new());
+        };
+        let secret = match self.shard.directory.get().await {
+            Ok(dir) => dir.scram_secret(&user).await,
+            Err(e) => Err(lookup::LookupError::Unavailable(e)),
+        };
+        let decoy = || {
+            ScramCredentials::decoy(
+                &user,
+                scram_decoy_key(),
+                smtp_proto::SCRAM_DEFAULT_ITERATIONS,
+            )
+        };
+        let credentials = match secret {
+            Ok(Some(column)) => ScramCredentials::parse(&column).unwrap_or_else(|e| {
+                log!(
+                    "shard{} auth scram secret of {user} unusable: {e}",
+                    self.shard.index
+                );
+                decoy()
+            }),
+            Ok(None) => decoy(),
+            Err(e) if e.is_temporary() => {
+                log!(
+                    "shard{} auth tempfail user={user} ip={ip} reason={e}",
+                    self.shard.index
+                );
+                return (None, nonce);
+            }
+            // Not a user name the directory can hold: fails like an unknown user.
+            Err(_) => decoy(),
+        };
+        (Some(credentials), nonce)
+    }
+
     /// Verifies an AUTH exchange against the directory. The secret is never
     /// logged. Failures are delayed, more for IPs with many failures on this
     /// shard.
@@ -1033,6 +1327,11 @@ impl Connection {
                 Ok(_) => Ok(None),
                 Err(e) => Err(e),
             },
+            // The core checked the proof against the secret from scram_lookup.
+            AuthSecret::Scram { proof_valid: true } => {
+                dir.user(&user).await.map(|u| u.filter(|u| u.active))
+            }
+            AuthSecret::Scram { proof_valid: false } => Ok(None),
             AuthSecret::CramResponse { challenge, digest } => match dir.cram_secret(&user).await {
                 Ok(Some(clear))
                     if cram_md5_hex(&clear, &challenge).eq_ignore_ascii_case(digest.trim()) =>
@@ -1139,8 +1438,28 @@ impl Connection {
         self.message_bytes = 0;
         self.pending_cr = false;
         self.txn.scanner = self.settings.policy.body_scanner();
+        let rules = std::sync::Arc::clone(&self.settings.msgproc);
+        if self.txn.nullqueue || rules.nullqueue {
+            // NULLQUEUE / blackholed at MAIL or RCPT: the client is told
+            // "ok" and nothing touches the disk (spec 1.11).
+            self.txn.nullqueue = true;
+            return;
+        }
+        self.txn.headers = (!rules.headers.is_empty())
+            .then(|| msgproc::HeaderProcessor::new(std::sync::Arc::clone(&rules.headers)));
         let mut w = self.shard.queues.begin();
-        let received = self.received_header();
+        let mut received = self.txn.spf_header.clone().unwrap_or_default();
+        received.push_str(&self.received_header());
+        let rcpts = self
+            .session
+            .envelope()
+            .recipients
+            .iter()
+            .map(|r| r.path.to_string())
+            .collect();
+        if let (_, Some(q)) = rules.recipients(self.txn.quarantine.as_deref(), rcpts) {
+            received.push_str(&q);
+        }
         if let Err(e) = w.write(received.as_bytes()).await {
             self.spool_failed = Some(e.to_string());
         }
@@ -1168,7 +1487,15 @@ impl Connection {
         if let Some(w) = self.spool.as_mut() {
             self.scratch.clear();
             to_queue_form(chunk, &mut self.pending_cr, &mut self.scratch);
-            if let Err(e) = w.write(&self.scratch).await {
+            let data = match self.txn.headers.as_mut() {
+                Some(h) if !h.in_body() => {
+                    self.txn.header_out.clear();
+                    h.feed(&self.scratch, &mut self.txn.header_out);
+                    &self.txn.header_out
+                }
+                _ => &self.scratch,
+            };
+            if let Err(e) = w.write(data).await {
                 self.spool_failed = Some(e.to_string());
             }
         }
@@ -1195,14 +1522,40 @@ impl Connection {
     }
 
     async fn commit(&mut self) {
+        if self.txn.nullqueue && self.spool.is_none() {
+            log!(
+                "shard{} blackholed msg from=<{}> ip={} (nothing stored)",
+                self.shard.index,
+                self.txn.sender,
+                self.peer.ip()
+            );
+            self.session.message_committed(Ok("blackholed".into()));
+            return;
+        }
         let Some(mut w) = self.spool.take() else {
             let r = Reply::new(451, Some((4, 3, 0)), "internal error: no spool for message");
             self.session.message_committed(Err(r));
             return;
         };
-        // A CR at the very end of the data was not followed by LF.
-        if std::mem::take(&mut self.pending_cr) && self.spool_failed.is_none() {
-            if let Err(e) = w.write(b"\r").await {
+        // A CR at the very end of the data was not followed by LF; what the
+        // header rules still hold is written too.
+        let tail: &[u8] = if std::mem::take(&mut self.pending_cr) {
+            b"\r"
+        } else {
+            b""
+        };
+        let mut found = None;
+        let mut out = std::mem::take(&mut self.txn.header_out);
+        out.clear();
+        match self.txn.headers.as_mut() {
+            Some(h) => {
+                h.feed(tail, &mut out);
+                found = Some(h.finish(&mut out));
+            }
+            None => out.extend_from_slice(tail),
+        }
+        if !out.is_empty() && self.spool_failed.is_none() {
+            if let Err(e) = w.write(&out).await {
                 self.spool_failed = Some(e.to_string());
             }
         }
@@ -1258,10 +1611,23 @@ impl Connection {
             .map_or(String::new(), |p| p.to_string());
         let recipients: Vec<String> = env.recipients.iter().map(|r| r.path.to_string()).collect();
         let helo = env.helo.clone().unwrap_or_default();
+        // quarantine replaces the recipients, extraqueue adds some.
+        let (recipients, _) = self
+            .settings
+            .msgproc
+            .recipients(self.txn.quarantine.as_deref(), recipients);
         let mut envelope = queue_store::Envelope::new(sender.clone(), recipients);
         envelope.client_ip = Some(self.peer.ip());
         envelope.helo = helo;
         envelope.auth_user = self.auth_user.clone();
+        let found = found.unwrap_or_default();
+        // envheaders travel with the envelope; delivery exports them.
+        envelope.extra.extend(found.env.iter().map(|(k, v)| {
+            (
+                msgproc::headers::ENVELOPE_KEY.to_string(),
+                format!("{k}={v}"),
+            )
+        }));
         let rcpt_count = envelope.recipients.len();
         match w.commit(envelope).await {
             Ok(id) => {
@@ -1273,6 +1639,13 @@ impl Connection {
                     rcpt_count,
                     self.peer.ip()
                 );
+                if !found.logged.is_empty() {
+                    log!(
+                        "shard{} headers msg {id} {}",
+                        self.shard.index,
+                        found.logged.join(" | ").replace(['\n', '\r'], " ")
+                    );
+                }
                 self.session.message_committed(Ok(id.to_string()));
             }
             Err(e) => {
@@ -1326,6 +1699,24 @@ fn cram_md5_hex(secret: &str, challenge: &str) -> String {
         .collect()
 }
 
+/// This process's key for SCRAM decoys ([`ScramCredentials::decoy`]): the
+/// salt shown for an unknown user stays the same while the server runs, as a
+/// real user's would.
+fn scram_decoy_key() -> &'static [u8] {
+    static KEY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        (0..4)
+            .flat_map(|i| {
+                tls::random_u64()
+                    .unwrap_or_else(|_| {
+                        u64::from(std::process::id()) ^ crate::deliver::unix_now() ^ i
+                    })
+                    .to_le_bytes()
+            })
+            .collect()
+    })
+}
+
 /// `"5.1.1"` → `(5, 1, 1)`.
 fn parse_enhanced(s: &str) -> Option<(u8, u16, u16)> {
     let mut it = s.split('.');
@@ -1358,6 +1749,9 @@ enum OwnedEvent {
         authcid: String,
         secret: AuthSecret,
     },
+    ScramLookup {
+        authcid: String,
+    },
     Rcpt {
         domain: Option<String>,
         address: Option<String>,
@@ -1365,6 +1759,12 @@ enum OwnedEvent {
     DataStart,
     MessageEnd,
     MessageAborted,
+    Etrn {
+        node: smtp_proto::EtrnNode,
+    },
+    Atrn {
+        domains: Vec<String>,
+    },
 }
 
 impl From<Event<'_>> for OwnedEvent {
@@ -1383,6 +1783,7 @@ impl From<Event<'_>> for OwnedEvent {
                 authcid,
                 secret,
             },
+            Event::ScramLookup { authcid, .. } => OwnedEvent::ScramLookup { authcid },
             Event::Rcpt { to, .. } => match &to {
                 smtp_proto::ForwardPath::Postmaster => OwnedEvent::Rcpt {
                     domain: None,
@@ -1396,7 +1797,9 @@ impl From<Event<'_>> for OwnedEvent {
             Event::DataStart => OwnedEvent::DataStart,
             Event::MessageEnd => OwnedEvent::MessageEnd,
             Event::MessageAborted => OwnedEvent::MessageAborted,
-            Event::NeedMore | Event::Close | Event::Data(_) | Event::StartTls => {
+            Event::Etrn { node } => OwnedEvent::Etrn { node },
+            Event::Atrn { domains } => OwnedEvent::Atrn { domains },
+            Event::NeedMore | Event::Close | Event::Data(_) | Event::StartTls | Event::Turn => {
                 unreachable!("handled by the caller")
             }
         }

@@ -292,9 +292,20 @@ fn sigkill_during_delivery_delivers_everything_at_least_once() {
     wait_until(60, "some deliveries", || count(&mds) >= 20);
     s.kill();
     let mut s = Server::start_delivering(h.path(), "epoll");
-    wait_until(60, "queue drained after restart", || {
-        queue_list(h.path()).is_empty()
-    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !queue_list(h.path()).is_empty() {
+        if std::time::Instant::now() > deadline {
+            // Show what is stuck and why: the queue and the deferrals.
+            let log = s.log();
+            let deferrals: Vec<&str> = log.lines().filter(|l| l.contains("deferral")).collect();
+            panic!(
+                "queue not drained after restart: {:?}\n{}",
+                queue_list(h.path()),
+                deferrals.join("\n")
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     s.stop();
     // Every (message, recipient) pair delivered at least once; duplicates
     // only for deliveries in flight at the kill (at most the local

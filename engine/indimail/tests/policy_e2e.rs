@@ -155,3 +155,142 @@ fn badhelo_refuses_the_transaction() {
     c.cmd("HELO good.example");
     assert_eq!(c.cmd("MAIL FROM:<a@b.example>").0, 250);
 }
+
+#[test]
+fn hostaccess_relaymailfrom_goodrcptto_patterns_blackholedrcpt_qregex() {
+    // hostaccess: 127.0.0.* may send only as ok.example (IndiMail's reading: an address
+    // listed for some domain is bound to it; PARANOID would also bind listed domains).
+    let h = home_with(&[(
+        "hostaccess",
+        "corp.example:10.1.1-20.*\nok.example:127.0.0.*\n",
+    )]);
+    let s = Server::start_with(h.path(), "uring", &[("INDIMAIL_NO_DELIVERY", "1")]);
+    let t = transaction(&s, "ceo@corp.example", "a@example.com", "x");
+    assert_eq!(last(&t).0, 553, "{t:?}");
+    assert!(last(&t).1.contains("5.7.1"), "{t:?}");
+    assert_eq!(
+        last(&transaction(&s, "ceo@ok.example", "a@example.com", "x")).0,
+        250
+    );
+    drop(s);
+
+    let h = home_with(&[
+        ("relaymailfrom", "@partner.example\n"),
+        ("badmailpatterns", "*@*.biz\n"),
+        ("badrcptpatterns", "trap-*@example.com\n"),
+        ("goodrcptto", "trap-vip@example.com\n"),
+        ("blackholedrcpt", "hole@example.com\n"),
+    ]);
+    let s = Server::start_with(h.path(), "epoll", &[("INDIMAIL_NO_DELIVERY", "1")]);
+    // relaymailfrom: this sender may relay; others may not.
+    assert_eq!(
+        last(&transaction(
+            &s,
+            "x@partner.example",
+            "far@away.example",
+            "x"
+        ))
+        .0,
+        250
+    );
+    let t = transaction(&s, "x@other.example", "far@away.example", "x");
+    assert_eq!(last(&t).0, 553, "{t:?}");
+    // badmailpatterns.
+    let t = transaction(&s, "deal@cheap.biz", "a@example.com", "x");
+    assert_eq!(last(&t).0, 553, "{t:?}");
+    assert_eq!(
+        last(&transaction(&s, "deal@cheap.example", "a@example.com", "x")).0,
+        250
+    );
+    // badrcptpatterns, with goodrcptto overriding.
+    let t = transaction(&s, "a@good.example", "trap-1@example.com", "x");
+    assert_eq!(last(&t).0, 553, "{t:?}");
+    assert_eq!(
+        last(&transaction(
+            &s,
+            "a@good.example",
+            "trap-vip@example.com",
+            "x"
+        ))
+        .0,
+        250
+    );
+    // blackholedrcpt: 250, nothing stored.
+    let before = queue_list(h.path()).len();
+    let t = transaction(&s, "a@good.example", "hole@example.com", "x");
+    assert_eq!(last(&t).0, 250, "{t:?}");
+    assert_eq!(queue_list(h.path()).len(), before);
+    drop(s);
+
+    // QREGEX=1: list lines are regular expressions.
+    let h = home_with(&[("badmailfrom", "^spam[0-9]+@\n")]);
+    let s = Server::start_with(
+        h.path(),
+        "uring",
+        &[("QREGEX", "1"), ("INDIMAIL_NO_DELIVERY", "1")],
+    );
+    let t = transaction(&s, "spam42@any.example", "a@example.com", "x");
+    assert_eq!(last(&t).0, 553, "{t:?}");
+    assert_eq!(
+        last(&transaction(&s, "spam@any.example", "a@example.com", "x")).0,
+        250
+    );
+}
+
+#[test]
+fn chkrcptdomains_limits_recipient_checks() {
+    let h = home_with(&[("chkrcptdomains", "@example.com\n")]);
+    for d in ["example.com", "example.net"] {
+        let (c, _, e) = indimail(h.path(), &["domain", "add", d]);
+        assert_eq!(c, 0, "{e}");
+    }
+    std::fs::write(
+        h.path().join("control/rcpthosts"),
+        "example.com\nexample.net\n",
+    )
+    .unwrap();
+    let s = Server::start_with(h.path(), "uring", &[("INDIMAIL_NO_DELIVERY", "1")]);
+    // Checked domain: an unknown user is refused at RCPT.
+    let t = transaction(&s, "a@good.example", "nobody@example.com", "x");
+    assert_eq!(last(&t).0, 550, "{t:?}");
+    assert!(last(&t).1.contains("5.1.1"), "{t:?}");
+    // Unlisted domain: not checked, accepted.
+    assert_eq!(
+        last(&transaction(
+            &s,
+            "a@good.example",
+            "nobody@example.net",
+            "x"
+        ))
+        .0,
+        250
+    );
+}
+
+#[test]
+fn compiled_cdb_control_files_are_read() {
+    let h = home_with(&[]);
+    for (name, keys) in [
+        ("morercpthosts.cdb", &["example.org"][..]),
+        ("badmailfrom.cdb", &["spammer@bad.example"][..]),
+    ] {
+        let path = h.path().join("control").join(name);
+        let mut w = cdb::CDBWriter::create(path.display().to_string()).unwrap();
+        for k in keys {
+            w.add(k.as_bytes(), b"").unwrap();
+        }
+        w.finish().unwrap();
+    }
+    let s = Server::start_with(h.path(), "uring", &[("INDIMAIL_NO_DELIVERY", "1")]);
+    // morercpthosts.cdb adds example.org to the accepted domains.
+    assert_eq!(
+        last(&transaction(&s, "a@good.example", "x@example.org", "x")).0,
+        250
+    );
+    let t = transaction(&s, "a@good.example", "x@elsewhere.example", "x");
+    assert_eq!(last(&t).0, 553, "{t:?}");
+    // badmailfrom.cdb.
+    let t = transaction(&s, "spammer@bad.example", "x@example.org", "x");
+    assert_eq!(last(&t).0, 553, "{t:?}");
+    assert!(s.log().contains("rule=badmailfrom.cdb:1"), "{}", s.log());
+}

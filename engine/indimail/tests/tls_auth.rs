@@ -1,7 +1,8 @@
 //! Secure submission with real clients: swaks (STARTTLS and implicit TLS,
 //! AUTH PLAIN/LOGIN/CRAM-MD5), Python smtplib, openssl s_client; the
 //! STARTTLS injection case; relaying with and without AUTH; NO_RELAY users;
-//! submission without AUTH.
+//! submission without AUTH; SCRAM-SHA-256 against a client written here in
+//! Python (its standard library has no SCRAM).
 
 mod common;
 
@@ -29,6 +30,11 @@ fn port_of(log: &str, service: &str) -> u16 {
 /// A server with smtp, submission and smtps listeners, domain example.com
 /// with users alice (normal, CRAM secret kept) and norelay (NO_RELAY).
 fn start(driver: &str) -> Tls {
+    start_with_setup(driver, |_| {})
+}
+
+/// Like [`start`], running `setup` on the home before the server starts.
+fn start_with_setup(driver: &str, setup: impl FnOnce(&Path)) -> Tls {
     let h = tempfile::tempdir().unwrap();
     let home = h.path();
     assert_eq!(indimail(home, &["domain", "add", "example.com"]).0, 0);
@@ -64,6 +70,7 @@ fn start(driver: &str) -> Tls {
     // test clients ordinary remote clients.
     std::fs::create_dir_all(home.join("tcp")).unwrap();
     std::fs::write(home.join("tcp/tcp.smtp"), ":allow\n").unwrap();
+    setup(home);
     let server = start_listeners(home, driver);
     let log = server.stdout_lines.join("\n");
     Tls {
@@ -444,4 +451,151 @@ fn garbage_instead_of_tls_handshake_does_not_hurt_the_shard() {
         &["--from", "x@remote.example", "--to", "alice@example.com"],
     );
     assert!(ok, "{out}");
+}
+
+/// The client side of SCRAM-SHA-256 (RFC 5802, RFC 7677), written from the
+/// RFC with Python's hashlib/hmac over smtplib's `docmd`: independent of the
+/// server's Rust code. `scram(s, user, password)` returns the final reply;
+/// it checks the server's signature when the proof was accepted.
+const PY_SCRAM: &str = r#"
+import base64, hashlib, hmac, os, smtplib, ssl, sys
+b64 = lambda b: base64.b64encode(b).decode()
+def scram(s, user, password):
+    cnonce = b64(os.urandom(18))
+    bare = "n=%s,r=%s" % (user.replace("=", "=3D").replace(",", "=2C"), cnonce)
+    code, resp = s.docmd("AUTH", "SCRAM-SHA-256 " + b64(b"n,," + bare.encode()))
+    if code != 334:
+        return code, resp
+    server_first = base64.b64decode(resp).decode()
+    attrs = dict(a.split("=", 1) for a in server_first.split(","))
+    assert attrs["r"].startswith(cnonce) and len(attrs["r"]) > len(cnonce), server_first
+    assert int(attrs["i"]) >= 4096 and base64.b64decode(attrs["s"]), server_first
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(attrs["s"]), int(attrs["i"]))
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    without_proof = "c=biws,r=" + attrs["r"]
+    auth_message = ("%s,%s,%s" % (bare, server_first, without_proof)).encode()
+    signature = hmac.digest(hashlib.sha256(client_key).digest(), auth_message, "sha256")
+    proof = bytes(a ^ b for a, b in zip(client_key, signature))
+    code, resp = s.docmd(b64(("%s,p=%s" % (without_proof, b64(proof))).encode()))
+    if code != 334:
+        return code, resp
+    server_key = hmac.digest(salted, b"Server Key", "sha256")
+    want = "v=" + b64(hmac.digest(server_key, auth_message, "sha256"))
+    assert base64.b64decode(resp).decode() == want, "server signature"
+    return s.docmd("")
+"#;
+
+fn python(script: &str) -> String {
+    let out = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(format!("{PY_SCRAM}\n{script}"))
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+#[test]
+fn scram_sha256_with_an_independent_client() {
+    let t = start_with_setup("uring", |home| {
+        // IndiMail's `vadduser -m SCRAM-SHA-256`: the secret goes into the
+        // `scram` column beside the crypt password.
+        let (c, out, e) = indimail(
+            home,
+            &[
+                "user",
+                "add",
+                "sam@example.com",
+                "--password",
+                "Pencil-7",
+                "-m",
+                "SCRAM-SHA-256",
+            ],
+        );
+        assert_eq!(c, 0, "{out}{e}");
+        let (_, info, _) = indimail(home, &["user", "info", "sam@example.com"]);
+        assert!(info.contains("scram: {SCRAM-SHA-256}4096,"), "{info}");
+    });
+    let script = format!(
+        r#"
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+# Port 25 style, clear text: SCRAM sends no password, so it is offered
+# where PLAIN and LOGIN are not.
+with smtplib.SMTP("127.0.0.1", {smtp}) as s:
+    s.ehlo("py")
+    mechs = s.esmtp_features["auth"].split()
+    assert "SCRAM-SHA-256" in mechs and "PLAIN" not in mechs, mechs
+    code, resp = scram(s, "sam@example.com", "Pencil-7")
+    assert code == 235, (code, resp)
+    # Authenticated: relaying is allowed.
+    s.sendmail("sam@example.com", ["friend@remote.example"], "Subject: scram relay\r\n\r\nhi\r\n")
+# Wrong password, unknown user, a user without a SCRAM secret: all 535,
+# and the exchange looks the same up to the end.
+for user, pw in [("sam@example.com", "pencil-7"), ("ghost@example.com", "x"), ("alice@example.com", "Secret-1")]:
+    with smtplib.SMTP("127.0.0.1", {smtp}) as s:
+        s.ehlo("py")
+        code, resp = scram(s, user, pw)
+        assert code == 535 and b"5.7.8" in resp, (user, code, resp)
+        # Not authenticated: no relaying.
+        s.ehlo("py")
+        code, resp = s.docmd("MAIL", "FROM:<sam@example.com>")
+        assert code == 250, (code, resp)
+        code, resp = s.docmd("RCPT", "TO:<friend@remote.example>")
+        assert code == 553, (user, code, resp)
+# Cancelled after client-first: 501.
+with smtplib.SMTP("127.0.0.1", {smtp}) as s:
+    s.ehlo("py")
+    code, _ = s.docmd("AUTH", "SCRAM-SHA-256 " + b64(b"n,,n=sam@example.com,r=abc"))
+    assert code == 334
+    assert s.docmd("*")[0] == 501
+# Submission over implicit TLS, to a local mailbox.
+with smtplib.SMTP_SSL("127.0.0.1", {smtps}, context=ctx) as s:
+    s.ehlo("py")
+    code, resp = scram(s, "sam@example.com", "Pencil-7")
+    assert code == 235, (code, resp)
+    s.sendmail("sam@example.com", ["alice@example.com"], "Subject: scram local\r\n\r\nhi\r\n")
+print("ok")
+"#,
+        smtp = t.smtp,
+        smtps = t.smtps
+    );
+    assert!(python(&script).contains("ok"));
+    // The log names the mechanism and never a secret.
+    let log = std::fs::read_to_string(t.server.home.join("serve.log")).unwrap();
+    assert!(
+        log.contains("auth ok user=sam@example.com mech=SCRAM-SHA-256"),
+        "{log}"
+    );
+    assert!(log.contains("auth failed user=ghost@example.com mech=SCRAM-SHA-256"));
+    assert!(!log.contains("Pencil-7"));
+    wait_until(20, "delivery to alice", || {
+        let (_, info, _) = indimail(&t.server.home, &["user", "info", "alice@example.com"]);
+        let dir = info
+            .lines()
+            .find_map(|l| l.strip_prefix("dir: "))
+            .unwrap()
+            .trim()
+            .to_string();
+        std::fs::read_dir(Path::new(&dir).join("Maildir/new"))
+            .map(|r| r.count())
+            .unwrap_or(0)
+            >= 1
+    });
+}
+
+#[test]
+fn scram_can_be_disabled() {
+    let h = tempfile::tempdir().unwrap();
+    let server = Server::start_with(h.path(), "epoll", &[("DISABLE_SCRAM_SHA256", "1")]);
+    let mut c = Client::connect(server.smtp);
+    c.reply();
+    let (_, ehlo) = c.cmd("EHLO x");
+    assert!(
+        ehlo.contains("CRAM-MD5") && !ehlo.contains("SCRAM"),
+        "{ehlo}"
+    );
+    assert_eq!(c.cmd("AUTH SCRAM-SHA-256").0, 504);
+    c.cmd("QUIT");
 }

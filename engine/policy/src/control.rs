@@ -84,6 +84,66 @@ impl Reader {
         };
         ControlFile { path, label, lines }
     }
+
+    /// Reads a list file (`badmailfrom`, `badrcptto`, ...): the text file, or when there is
+    /// none, the keys of its compiled form `<name>.cdb` (as `qmail-cdb` writes it; keys are the
+    /// lines, values unused), so a control directory that only keeps the `.cdb` works too.
+    pub(crate) fn read_list(&mut self, path: PathBuf) -> ControlFile {
+        let text = self.read(path.clone());
+        if text.exists() {
+            return text;
+        }
+        let mut cdb_path = path.into_os_string();
+        cdb_path.push(".cdb");
+        let cdb_path = PathBuf::from(cdb_path);
+        let mtime = std::fs::metadata(&cdb_path).and_then(|m| m.modified()).ok();
+        if !self.sources.iter().any(|(p, _)| *p == cdb_path) {
+            self.sources.push((cdb_path.clone(), mtime));
+        }
+        if mtime.is_none() {
+            return text;
+        }
+        let label = cdb_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let lines = match cdb::CDB::open(&cdb_path) {
+            Ok(db) => {
+                let mut lines = Vec::new();
+                for kv in db.iter() {
+                    match kv {
+                        Ok((key, _)) => lines.push(Line {
+                            no: lines.len() + 1,
+                            text: String::from_utf8_lossy(&key).trim().to_string(),
+                        }),
+                        Err(e) => {
+                            self.errors.push(PolicyError::new(
+                                &cdb_path,
+                                None,
+                                PolicyErrorKind::Io(format!("corrupt cdb: {e}")),
+                            ));
+                            break;
+                        }
+                    }
+                }
+                lines.retain(|l| !l.text.is_empty());
+                Some(lines)
+            }
+            Err(e) => {
+                self.errors.push(PolicyError::new(
+                    &cdb_path,
+                    None,
+                    PolicyErrorKind::Io(e.to_string()),
+                ));
+                None
+            }
+        };
+        ControlFile {
+            path: cdb_path,
+            label,
+            lines,
+        }
+    }
 }
 
 /// `control_readfile()` line rules. Bytes that are not UTF-8 are replaced (addresses and

@@ -15,12 +15,14 @@
 //! * [`greylist`]: RFC 6647 greylisting state for one shard (injected clock, bounded, saved
 //!   atomically), and the qmail-greyd UDP wire format ([`greylist::udp`]).
 //! * [`rate`]: token buckets per client IP / authenticated user.
+//! * [`dnsbl`] and [`spf`]: DNSBL query names and replies, SPF levels (`spfbehavior`) and the
+//!   `Received-SPF` header; the driver does the DNS.
 //!
 //! What it does not do: any network or DNS I/O, timers or threads. Files are read only by
 //! [`Policy::load`] and [`greylist::Greylist::save`] / [`greylist::Greylist::load`]. The
 //! driver owns `rcpthosts`, relaying, CHECKRECIPIENT lookups, SPF, DNS checks, tarpitting and
-//! the UDP socket to qmail-greyd. `.cdb` and `.sql` variants of the list files are not read
-//! (plain files only). `QREGEX` cannot be switched per sender by `from.envrules` (file-name and
+//! the UDP socket to qmail-greyd. A list file's compiled `<name>.cdb` (qmail-cdb) is read when
+//! the text file is missing; `.sql` variants are not read. `QREGEX` cannot be switched per sender by `from.envrules` (file-name and
 //! `PARANOID`/`DOMAIN_MASQUERADE`/`BOUNCEMAIL` switches can).
 //!
 //! Matching, as in IndiMail: list entries are `addr` or `@domain` (O(1) hash lookups),
@@ -43,6 +45,7 @@ mod accesslist;
 mod addrlist;
 mod bodycheck;
 mod control;
+pub mod dnsbl;
 mod envrules;
 mod error;
 pub mod greylist;
@@ -50,6 +53,7 @@ mod hostaccess;
 mod pattern;
 mod policy;
 pub mod rate;
+pub mod spf;
 mod wildmat;
 
 use std::fmt;

@@ -201,7 +201,12 @@ impl Policy {
             if pool.contains_key(&(role, name.to_string())) {
                 return;
             }
-            let f = rd.read(resolve(control_dir, name));
+            let path = resolve(control_dir, name);
+            let f = if role == Role::List {
+                rd.read_list(path)
+            } else {
+                rd.read(path)
+            };
             let loaded = match role {
                 Role::List => Loaded::List(ListFile::load(&f, qregex, errors)),
                 // Patterns files are not consulted in QREGEX mode.
@@ -291,7 +296,7 @@ impl Policy {
         };
 
         let plain_list = |rd: &mut Reader, errors: &mut Vec<PolicyError>, name: &str| AddrRule {
-            list: ListFile::load(&rd.read(file(name)), qregex, errors),
+            list: ListFile::load(&rd.read_list(file(name)), qregex, errors),
             pats: None,
         };
         let rmf = plain_list(&mut rd, &mut errors, "relaymailfrom");

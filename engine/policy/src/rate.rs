@@ -76,6 +76,16 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         }
     }
 
+    /// Changes the rate (and the burst, to the same size) keeping the buckets, so a limit
+    /// changed by a reload applies to clients already counted.
+    pub fn set_per_minute(&mut self, per_minute: u32) {
+        self.per_sec = f64::from(per_minute) / 60.0;
+        self.burst = f64::from(per_minute.max(1));
+        for b in self.buckets.values_mut() {
+            b.tokens = b.tokens.min(self.burst);
+        }
+    }
+
     /// Number of keys tracked.
     pub fn len(&self) -> usize {
         self.buckets.len()
@@ -176,6 +186,14 @@ impl RateLimits {
             rcpt_per_user: RateLimiter::new(rcpt_user, max_keys),
             msg_per_user: RateLimiter::new(msg_user, max_keys),
         }
+    }
+
+    /// New rates (a reload), keeping what each client has used.
+    pub fn set_rates(&mut self, rcpt_ip: u32, msg_ip: u32, rcpt_user: u32, msg_user: u32) {
+        self.rcpt_per_ip.set_per_minute(rcpt_ip);
+        self.msg_per_ip.set_per_minute(msg_ip);
+        self.rcpt_per_user.set_per_minute(rcpt_user);
+        self.msg_per_user.set_per_minute(msg_user);
     }
 
     /// One RCPT: the user's limit when authenticated, else the address's.
@@ -285,5 +303,21 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn rate_change_keeps_counts() {
+        let t0 = Instant::now();
+        let mut l = RateLimiter::new(0, 10);
+        assert_eq!(l.check(&"a", t0), RateDecision::Allowed);
+        l.set_per_minute(2);
+        assert_eq!(l.check(&"a", t0), RateDecision::Allowed);
+        assert_eq!(l.check(&"a", t0), RateDecision::Allowed);
+        assert!(matches!(l.check(&"a", t0), RateDecision::Limited { .. }));
+        // Lowered further: the bucket keeps what was used.
+        l.set_per_minute(1);
+        assert!(matches!(l.check(&"a", t0), RateDecision::Limited { .. }));
+        l.set_per_minute(0);
+        assert_eq!(l.check(&"a", t0), RateDecision::Allowed);
     }
 }

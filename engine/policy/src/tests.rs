@@ -703,3 +703,46 @@ fn policy_is_send_and_sync() {
     shareable::<Policy>();
     shareable::<crate::BodyScanner>();
 }
+
+#[test]
+fn compiled_cdb_lists_are_read_when_the_text_file_is_missing() {
+    let mut d = Dir::new();
+    for (name, keys) in [
+        (
+            "badmailfrom.cdb",
+            &["spammer@bad.example", "@worse.example"][..],
+        ),
+        ("badrcptto.cdb", &["noone@example.com"][..]),
+    ] {
+        let mut w = cdb::CDBWriter::create(d.dir.path().join(name).display().to_string()).unwrap();
+        for k in keys {
+            w.add(k.as_bytes(), b"").unwrap();
+        }
+        w.finish().unwrap();
+    }
+    let p = d.load();
+    let c = Conn {
+        ip: "192.0.2.1".parse().unwrap(),
+        relay_client: false,
+        authenticated: None,
+        helo: "h.example",
+    };
+    let v = p.check_mail(&c, "spammer@bad.example").verdict;
+    match &v {
+        Verdict::Reject { code, rule, .. } => {
+            assert_eq!(*code, 553);
+            assert!(rule.starts_with("badmailfrom.cdb:"), "{rule}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!p.check_mail(&c, "x@worse.example").verdict.is_accept());
+    assert!(p.check_mail(&c, "ok@good.example").verdict.is_accept());
+    assert!(!p
+        .check_rcpt(&c, "a@b.example", "noone@example.com")
+        .is_accept());
+    // The text file, when present, wins.
+    d.file("badmailfrom", "other@bad.example\n");
+    let p = d.load();
+    assert!(p.check_mail(&c, "spammer@bad.example").verdict.is_accept());
+    assert!(!p.check_mail(&c, "other@bad.example").verdict.is_accept());
+}

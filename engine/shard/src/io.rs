@@ -158,6 +158,53 @@ impl File {
         Ok(File::from_std(f))
     }
 
+    /// Creates a new file for writing (`O_CREAT|O_EXCL`, mode 0666 less the
+    /// umask). On io_uring the `openat` is an io_uring operation, so a slow
+    /// directory (a big Maildir, a busy journal) never stalls the shard;
+    /// on epoll it runs on the blocking pool.
+    pub async fn create_new(path: impl AsRef<Path>) -> io::Result<File> {
+        match current_driver() {
+            Driver::Uring => {
+                let f = tokio_uring::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(path)
+                    .await?;
+                Ok(File {
+                    inner: FileInner::Uring(f),
+                })
+            }
+            Driver::Epoll => {
+                let path = path.as_ref().to_path_buf();
+                let f = blocking(move || {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(path)
+                })
+                .await?;
+                Ok(File::from_std(f))
+            }
+        }
+    }
+
+    /// The file's inode number and device (`st_ino`, `st_dev`), from the
+    /// open descriptor.
+    pub async fn inode(&self) -> io::Result<(u64, u64)> {
+        match &self.inner {
+            FileInner::Uring(f) => {
+                let st = f.statx().await?;
+                let dev = libc::makedev(st.stx_dev_major, st.stx_dev_minor);
+                Ok((st.stx_ino, dev))
+            }
+            FileInner::Epoll(f) => {
+                use std::os::unix::fs::MetadataExt;
+                let m = f.metadata()?;
+                Ok((m.ino(), m.dev()))
+            }
+        }
+    }
+
     /// Wraps an already open file.
     pub fn from_std(f: std::fs::File) -> File {
         let inner = match current_driver() {
@@ -280,9 +327,47 @@ impl AsRawFd for File {
 
 /// fsyncs a directory, making the creates, renames and links inside it
 /// durable (needed on this ext4 without a journal, see MEASUREMENTS.md).
+/// The open is an io_uring operation on that driver.
 pub async fn sync_dir(path: impl AsRef<Path>) -> io::Result<()> {
-    let dir = std::fs::File::open(path.as_ref())?;
-    File::from_std(dir).sync_all().await
+    match current_driver() {
+        Driver::Uring => {
+            let dir = tokio_uring::fs::OpenOptions::new()
+                .read(true)
+                .open(path)
+                .await?;
+            let r = dir.sync_all().await;
+            let c = dir.close().await;
+            r.and(c)
+        }
+        Driver::Epoll => {
+            let path = path.as_ref().to_path_buf();
+            blocking(move || std::fs::File::open(path)?.sync_all()).await
+        }
+    }
+}
+
+/// `rename(2)`, as an io_uring operation on that driver (on the blocking
+/// pool on epoll).
+pub async fn rename(from: impl AsRef<Path>, to: impl AsRef<Path>) -> io::Result<()> {
+    match current_driver() {
+        Driver::Uring => tokio_uring::fs::rename(from, to).await,
+        Driver::Epoll => {
+            let (from, to) = (from.as_ref().to_path_buf(), to.as_ref().to_path_buf());
+            blocking(move || std::fs::rename(from, to)).await
+        }
+    }
+}
+
+/// `unlink(2)`, as an io_uring operation on that driver (on the blocking
+/// pool on epoll).
+pub async fn remove_file(path: impl AsRef<Path>) -> io::Result<()> {
+    match current_driver() {
+        Driver::Uring => tokio_uring::fs::remove_file(path).await,
+        Driver::Epoll => {
+            let path = path.as_ref().to_path_buf();
+            blocking(move || std::fs::remove_file(path)).await
+        }
+    }
 }
 
 /// The spare capacity of `buf` as a tokio-uring slice: tokio-uring reads

@@ -1,14 +1,20 @@
 //! SMTP AUTH (RFC 4954) pieces the session uses: mechanisms, the secret handed to the driver
 //! (redacted in Debug), the driver's verdict, and the decoding of SASL responses for PLAIN
 //! (RFC 4616), LOGIN (draft-murchison-sasl-login) and CRAM-MD5 (RFC 2195) and its CRAM-SHA*
-//! siblings, which differ only in the digest the driver computes.
+//! siblings, which differ only in the digest the driver computes; SCRAM-SHA-256 is in
+//! [`scram`].
 //!
-//! The core never verifies a secret: it decodes the exchange and asks the driver, which looks
-//! the user up (directory, checkpassword chain) asynchronously.
+//! For PLAIN, LOGIN and CRAM the core never verifies a secret: it decodes the exchange and asks
+//! the driver, which looks the user up (directory, checkpassword chain) asynchronously. SCRAM
+//! interleaves proof and answer (the server-final message is computed from the stored
+//! secret), so there the driver supplies the stored secret instead and the core checks the
+//! proof, a pure computation; the driver still gives the final verdict (account active, ...).
 
 use std::fmt;
 
 use base64::Engine;
+
+pub(crate) mod scram;
 
 /// A SASL mechanism the session can run. The numbers of [`AuthMechanism::checkpassword_code`]
 /// are those IndiMail passes to its checkpassword chain (spec 2.10).
@@ -33,11 +39,13 @@ pub enum AuthMechanism {
     CramSha512,
     /// `CRAM-RIPEMD`.
     CramRipemd,
+    /// `SCRAM-SHA-256` (RFC 5802, RFC 7677), without channel binding (no `-PLUS`).
+    ScramSha256,
 }
 
 impl AuthMechanism {
     /// Every mechanism the core runs, in IndiMail's advertising order.
-    pub const ALL: [AuthMechanism; 9] = [
+    pub const ALL: [AuthMechanism; 10] = [
         AuthMechanism::Login,
         AuthMechanism::Plain,
         AuthMechanism::CramMd5,
@@ -47,6 +55,7 @@ impl AuthMechanism {
         AuthMechanism::CramSha384,
         AuthMechanism::CramSha512,
         AuthMechanism::CramRipemd,
+        AuthMechanism::ScramSha256,
     ];
 
     /// The registered name, as advertised and as given in `AUTH`.
@@ -61,6 +70,7 @@ impl AuthMechanism {
             AuthMechanism::CramSha384 => "CRAM-SHA384",
             AuthMechanism::CramSha512 => "CRAM-SHA512",
             AuthMechanism::CramRipemd => "CRAM-RIPEMD",
+            AuthMechanism::ScramSha256 => "SCRAM-SHA-256",
         }
     }
 
@@ -71,7 +81,8 @@ impl AuthMechanism {
             .find(|m| m.name().eq_ignore_ascii_case(name))
     }
 
-    /// The method byte of IndiMail's checkpassword protocol (LOGIN 1, PLAIN 2, CRAM-MD5 3 ...).
+    /// The method byte of IndiMail's checkpassword protocol (LOGIN 1, PLAIN 2, CRAM-MD5 3 ...,
+    /// SCRAM-SHA256 12).
     pub fn checkpassword_code(self) -> u8 {
         match self {
             AuthMechanism::Login => 1,
@@ -83,6 +94,7 @@ impl AuthMechanism {
             AuthMechanism::CramSha384 => 7,
             AuthMechanism::CramSha512 => 8,
             AuthMechanism::CramRipemd => 9,
+            AuthMechanism::ScramSha256 => 12,
         }
     }
 
@@ -113,6 +125,13 @@ pub enum AuthSecret {
         /// The client's digest, lower-case hex as sent.
         digest: String,
     },
+    /// SCRAM: the core checked the client's proof against the stored secret the driver
+    /// supplied ([`crate::Session::scram_credentials`]); the driver only decides whether the
+    /// account may log in. Nothing secret is left at this point.
+    Scram {
+        /// Nonce, channel binding and ClientProof all matched (never for a decoy).
+        proof_valid: bool,
+    },
 }
 
 impl fmt::Debug for AuthSecret {
@@ -123,6 +142,10 @@ impl fmt::Debug for AuthSecret {
                 .debug_struct("CramResponse")
                 .field("challenge", challenge)
                 .field("digest", &"<redacted>")
+                .finish(),
+            AuthSecret::Scram { proof_valid } => f
+                .debug_struct("Scram")
+                .field("proof_valid", proof_valid)
                 .finish(),
         }
     }
@@ -159,6 +182,8 @@ pub(crate) enum SaslError {
     BadBase64,
     /// Decoded, but not the shape the mechanism needs.
     Malformed,
+    /// SCRAM `p=`: channel binding asked for, but no `-PLUS` mechanism is offered.
+    ChannelBindingUnsupported,
 }
 
 /// Base64 as clients send it: the standard alphabet, padding optional, no whitespace.
@@ -278,6 +303,12 @@ mod tests {
             Some(AuthMechanism::CramMd5)
         );
         assert_eq!(AuthMechanism::from_name("SCRAM-SHA-1"), None);
+        assert_eq!(AuthMechanism::from_name("SCRAM-SHA-256-PLUS"), None);
+        assert_eq!(
+            AuthMechanism::from_name("scram-sha-256"),
+            Some(AuthMechanism::ScramSha256)
+        );
+        assert!(!AuthMechanism::ScramSha256.sends_password());
         assert_eq!(AuthMechanism::Plain.checkpassword_code(), 2);
         assert_eq!(AuthMechanism::CramRipemd.checkpassword_code(), 9);
         for m in AuthMechanism::ALL {

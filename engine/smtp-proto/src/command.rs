@@ -74,8 +74,87 @@ pub enum Command {
         /// The initial response as sent (base64, or `=` for an empty one).
         initial: Option<String>,
     },
-    /// A known verb this server does not implement (EXPN, ETRN, ATRN, TURN).
+    /// `ETRN node` (RFC 1985): the argument as given, trimmed; the session checks it.
+    Etrn(String),
+    /// `ATRN [domain[,domain]*]` (RFC 2645): the argument as given, trimmed (may be empty);
+    /// the session checks it.
+    Atrn(String),
+    /// A known verb this server does not implement (EXPN, TURN).
     NotImplemented,
+}
+
+/// The node an `ETRN` asks for (RFC 1985 section 5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EtrnNode {
+    /// `ETRN example.com`: that domain (lower-cased).
+    Domain(String),
+    /// `ETRN @example.com`: the domain and its subdomains (lower-cased, without the `@`).
+    Subdomains(String),
+    /// `ETRN #name`: a queue named by the server (case kept, without the `#`).
+    Queue(String),
+}
+
+/// Checks a domain name: dot-separated labels of letters, digits and `-` (not at either end
+/// of a label), at most 255 octets. Returns it lower-cased.
+fn domain_name(s: &str) -> Option<String> {
+    let s = s.strip_suffix('.').unwrap_or(s);
+    let ok = !s.is_empty()
+        && s.len() <= 255
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    ok.then(|| s.to_ascii_lowercase())
+}
+
+/// The argument of `ETRN`: `domain`, `@domain` or `#queue` (RFC 1985 section 5).
+pub(crate) fn parse_etrn_node(arg: &str) -> Result<EtrnNode, CommandError> {
+    let arg = arg.trim();
+    if arg.is_empty() {
+        return Err(CommandError::Syntax("ETRN needs a node name"));
+    }
+    if arg.contains(' ') {
+        return Err(CommandError::Syntax("ETRN takes one node name"));
+    }
+    let bad = CommandError::Syntax("bad node name");
+    if let Some(q) = arg.strip_prefix('#') {
+        let ok = !q.is_empty()
+            && q.len() <= 255
+            && q.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+        return if ok {
+            Ok(EtrnNode::Queue(q.to_string()))
+        } else {
+            Err(bad)
+        };
+    }
+    if let Some(d) = arg.strip_prefix('@') {
+        return domain_name(d).map(EtrnNode::Subdomains).ok_or(bad);
+    }
+    domain_name(arg).map(EtrnNode::Domain).ok_or(bad)
+}
+
+/// The argument of `ATRN`: empty (every domain the client may turn) or a comma-separated list
+/// of domains (RFC 2645 section 4.2). Returns them lower-cased, without duplicates.
+pub(crate) fn parse_atrn_domains(arg: &str) -> Result<Vec<String>, CommandError> {
+    let arg = arg.trim();
+    if arg.is_empty() {
+        return Ok(Vec::new());
+    }
+    if arg.contains(' ') {
+        return Err(CommandError::Syntax("ATRN takes one comma-separated list"));
+    }
+    let mut out: Vec<String> = Vec::new();
+    for d in arg.split(',') {
+        let d = domain_name(d).ok_or(CommandError::Syntax("bad domain in ATRN"))?;
+        if !out.contains(&d) {
+            out.push(d);
+        }
+    }
+    Ok(out)
 }
 
 /// What the server supports, as far as parsing MAIL parameters is concerned.
@@ -200,7 +279,9 @@ pub(crate) fn parse(line: &[u8], ext: Extensions) -> Result<Command, CommandErro
         }
         "STARTTLS" => no_arg(Command::StartTls),
         "AUTH" => auth(arg),
-        "EXPN" | "ETRN" | "ATRN" | "TURN" => Ok(Command::NotImplemented),
+        "ETRN" => Ok(Command::Etrn(arg.trim().to_string())),
+        "ATRN" => Ok(Command::Atrn(arg.trim().to_string())),
+        "EXPN" | "TURN" => Ok(Command::NotImplemented),
         _ => Err(CommandError::Unknown),
     }
 }
@@ -399,6 +480,16 @@ mod tests {
         assert_eq!(p("VRFY bob"), Ok(Command::Vrfy("bob".into())));
         assert!(matches!(p("VRFY"), Err(CommandError::Syntax(_))));
         assert_eq!(p("EXPN list"), Ok(Command::NotImplemented));
+        assert_eq!(
+            p("etrn example.com"),
+            Ok(Command::Etrn("example.com".into()))
+        );
+        assert_eq!(p("ETRN"), Ok(Command::Etrn(String::new())));
+        assert_eq!(
+            p("ATRN a.example,b.example"),
+            Ok(Command::Atrn("a.example,b.example".into()))
+        );
+        assert_eq!(p("atrn"), Ok(Command::Atrn(String::new())));
         assert_eq!(p("starttls"), Ok(Command::StartTls));
         assert!(matches!(p("STARTTLS now"), Err(CommandError::Syntax(_))));
         assert_eq!(
@@ -568,5 +659,48 @@ mod tests {
             CommandError::Recipient(AddressError::Domain).reply().code(),
             501
         );
+    }
+
+    #[test]
+    fn etrn_and_atrn_arguments() {
+        assert_eq!(
+            parse_etrn_node(" Example.COM "),
+            Ok(EtrnNode::Domain("example.com".into()))
+        );
+        assert_eq!(
+            parse_etrn_node("@example.com"),
+            Ok(EtrnNode::Subdomains("example.com".into()))
+        );
+        assert_eq!(
+            parse_etrn_node("#Queue_1"),
+            Ok(EtrnNode::Queue("Queue_1".into()))
+        );
+        for bad in [
+            "",
+            "a b",
+            "-x.example",
+            "x..example",
+            "@",
+            "#",
+            "#a b",
+            "ex@mple",
+            "x_y.example",
+        ] {
+            assert!(parse_etrn_node(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_atrn_domains(""), Ok(vec![]));
+        assert_eq!(
+            parse_atrn_domains("A.example,b.example,a.example"),
+            Ok(vec!["a.example".to_string(), "b.example".to_string()])
+        );
+        for bad in [
+            "a.example,",
+            ",a.example",
+            "a.example b.example",
+            "a,,b",
+            "a!b",
+        ] {
+            assert!(parse_atrn_domains(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -4,7 +4,10 @@
 use std::rc::Rc;
 
 use crate::data::{DataScanner, Scan};
-use crate::{AuthOutcome, AuthSecret, Decision, Event, Reply, ReplyParser, Session, SessionConfig};
+use crate::{
+    AuthOutcome, AuthSecret, Decision, Event, Reply, ReplyParser, ScramCredentials, Session,
+    SessionConfig,
+};
 
 /// A tiny deterministic PRNG (xorshift64*), so the harness needs no dependency.
 #[derive(Debug, Clone)]
@@ -65,7 +68,12 @@ pub fn session(data: &[u8]) {
     let tls_knobs = head[6];
     cfg.starttls = tls_knobs & 1 != 0;
     if tls_knobs & 2 != 0 {
-        cfg.auth_mechanisms = vec!["PLAIN".into(), "LOGIN".into(), "CRAM-MD5".into()];
+        cfg.auth_mechanisms = vec![
+            "PLAIN".into(),
+            "LOGIN".into(),
+            "CRAM-MD5".into(),
+            "SCRAM-SHA-256".into(),
+        ];
     }
     cfg.auth_plain_needs_tls = tls_knobs & 4 != 0;
     cfg.require_auth = tls_knobs & 8 != 0;
@@ -74,6 +82,9 @@ pub fn session(data: &[u8]) {
         cfg.max_auth_line = 8 + usize::from(head[7]);
     }
     cfg.max_auth_failures = u32::from(head[7] % 4);
+    cfg.etrn = tls_knobs & 64 != 0;
+    cfg.atrn = tls_knobs & 128 != 0;
+    cfg.odmr = knobs & 64 != 0;
     let max_size = cfg.max_message_size;
 
     let mut s = Session::new(Rc::new(cfg));
@@ -162,6 +173,9 @@ pub fn session(data: &[u8]) {
                             challenge: challenge.clone(),
                             digest: "0".into(),
                         },
+                        AuthSecret::Scram { proof_valid } => AuthSecret::Scram {
+                            proof_valid: *proof_valid,
+                        },
                     };
                     let twin = Event::Auth {
                         mechanism,
@@ -180,6 +194,40 @@ pub fn session(data: &[u8]) {
                     if s.envelope().auth_user.is_some() && s.envelope().esmtp {
                         assert!(s.protocol().ends_with('A'));
                     }
+                }
+                Event::ScramLookup { ref authcid, .. } => {
+                    assert!(!in_message);
+                    let (n2, _) = s.feed(&buf[n..]);
+                    assert_eq!(n2, 0);
+                    let creds = match rng.below(3) {
+                        0 => None,
+                        _ => Some(ScramCredentials::decoy(authcid, b"fuzz", 4096)),
+                    };
+                    s.scram_credentials(creds, "c2VydmVyLW5vbmNl");
+                    assert!(!s.is_paused());
+                }
+                Event::Etrn { ref node } => {
+                    assert!(!in_message);
+                    let again = Event::Etrn { node: node.clone() };
+                    assert_eq!(s.feed(&buf[n..]), (0, again));
+                    s.etrn_result(Reply::new(251, Some((2, 0, 0)), "no message waiting"));
+                }
+                Event::Atrn { .. } => {
+                    assert!(!in_message);
+                    assert!(s.envelope().auth_user.is_some());
+                    if rng.below(2) == 0 {
+                        s.atrn_result(Ok(()));
+                        assert!(s.is_turned());
+                    } else {
+                        s.atrn_result(Err(Reply::new(453, Some((4, 3, 0)), "no mail")));
+                    }
+                }
+                Event::Turn => {
+                    assert!(s.is_turned());
+                    assert_eq!(s.feed(b"NOOP\r\n"), (0, Event::Turn));
+                    consumed_total += n;
+                    output_total += s.output().len();
+                    break 'outer;
                 }
                 Event::Close => {
                     assert!(s.is_closed());
@@ -324,6 +372,12 @@ mod tests {
         b"*\r\n",
         b"=\r\n",
         b"!!!\r\n",
+        b"ETRN held.example\r\n",
+        b"ETRN @b.c\r\n",
+        b"ETRN\r\n",
+        b"ATRN a.example,b.example\r\n",
+        b"ATRN\r\n",
+        b"220 node.example ESMTP\r\n",
     ];
 
     fn input(rng: &mut XorShift) -> Vec<u8> {

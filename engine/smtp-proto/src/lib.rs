@@ -2,8 +2,10 @@
 //! 8BITMIME and SMTPUTF8).
 //!
 //! What it does: the server session state machine ([`Session`]), including STARTTLS
-//! (RFC 3207) and SMTP AUTH (RFC 4954: PLAIN, LOGIN, CRAM-MD5 and CRAM-SHA*): command parsing, address
-//! parsing ([`address`]), the DATA scanner with dot-unstuffing and strict `CRLF.CRLF` end
+//! (RFC 3207) and SMTP AUTH (RFC 4954: PLAIN, LOGIN, CRAM-MD5, CRAM-SHA*, and SCRAM-SHA-256
+//! per RFC 5802/7677 without channel binding, see [`ScramCredentials`]), ETRN (RFC 1985) and
+//! ATRN / On-Demand Mail Relay (RFC 2645, [`Event::Turn`]): command parsing,
+//! address parsing ([`address`]), the DATA scanner with dot-unstuffing and strict `CRLF.CRLF` end
 //! detection (no SMTP smuggling), BDAT chunks, replies with RFC 3463 codes ([`Reply`]); and for
 //! the client side a reply parser ([`ReplyParser`]), a dot-stuffer ([`dot_stuff`],
 //! [`DotStuffer`]) and the client session state machine ([`client::ClientSession`]).
@@ -29,8 +31,12 @@ mod reply;
 mod session;
 
 pub use address::{AddressError, Domain, ForwardPath, Mailbox, ReversePath};
+pub use auth::scram::{
+    ScramCredentials, ScramSecretError, DEFAULT_ITERATIONS as SCRAM_DEFAULT_ITERATIONS,
+    SCRAM_SHA256_PREFIX,
+};
 pub use auth::{AuthMechanism, AuthOutcome, AuthSecret};
-pub use command::{Body, Command, CommandError, MailParams, RcptParams};
+pub use command::{Body, Command, CommandError, EtrnNode, MailParams, RcptParams};
 pub use data::{dot_stuff, DotStuffer};
 pub use reply::{EnhancedCode, Reply, ReplyError, ReplyParser};
 pub use session::{Decision, Envelope, Event, Recipient, Session, SessionConfig};

@@ -10,13 +10,16 @@
 //!
 //! STARTTLS (RFC 3207) and AUTH (RFC 4954) follow the same pattern: [`Event::StartTls`] asks the
 //! driver to run the TLS handshake and call [`Session::tls_started`]; [`Event::Auth`] asks it to
-//! verify credentials and call [`Session::auth_result`].
+//! verify credentials and call [`Session::auth_result`]. SCRAM-SHA-256 asks one more question
+//! in the middle of its exchange: [`Event::ScramLookup`], answered with
+//! [`Session::scram_credentials`] (the user's stored secret and a fresh server nonce).
 
 use std::rc::Rc;
 
 use crate::address::{ForwardPath, ReversePath};
+use crate::auth::scram::{self, ScramCredentials};
 use crate::auth::{self, Attempt, AuthMechanism, AuthOutcome, AuthSecret, SaslError};
-use crate::command::{self, Command, CommandError, Extensions, MailParams, RcptParams};
+use crate::command::{self, Command, CommandError, EtrnNode, Extensions, MailParams, RcptParams};
 use crate::data::{DataError, DataScanner, Scan};
 use crate::reply::Reply;
 
@@ -76,6 +79,15 @@ pub struct SessionConfig {
     /// Longest AUTH command line and SASL response line, CRLF included (RFC 4954 section 4:
     /// 12288). Longer responses end the exchange with `500 5.5.6`.
     pub max_auth_line: usize,
+    /// Advertise and accept ETRN (RFC 1985); off: 502 (IndiMail's submission port).
+    pub etrn: bool,
+    /// Advertise and accept ATRN (RFC 2645; IndiMail's ODMR port 366). ATRN needs a
+    /// successful AUTH first (`530 5.7.0`).
+    pub atrn: bool,
+    /// On-Demand Mail Relay mode (RFC 2645, port 366): only HELO, EHLO, AUTH, STARTTLS, ATRN,
+    /// ETRN, HELP, NOOP, RSET and QUIT are served; mail transactions and VRFY get 502 and the
+    /// EHLO reply lists only what applies.
+    pub odmr: bool,
 }
 
 impl SessionConfig {
@@ -103,6 +115,9 @@ impl SessionConfig {
             require_tls: false,
             max_auth_failures: 3,
             max_auth_line: 12288,
+            etrn: false,
+            atrn: false,
+            odmr: false,
         }
     }
 }
@@ -189,9 +204,36 @@ pub enum Event<'a> {
         authcid: String,
         /// The authorization identity, when the client asked to act as someone else (PLAIN).
         authzid: Option<String>,
-        /// The password, or the CRAM challenge and digest.
+        /// The password, the CRAM challenge and digest, or the SCRAM proof check.
         secret: AuthSecret,
     },
+    /// A SCRAM exchange needs the user's stored secret before it can answer the client-first
+    /// message: look `authcid` up, then call [`Session::scram_credentials`] before feeding
+    /// more.
+    ScramLookup {
+        /// The mechanism (SCRAM-SHA-256).
+        mechanism: AuthMechanism,
+        /// The user name of the client-first message (`n=`, unescaped).
+        authcid: String,
+    },
+    /// A valid `ETRN` (RFC 1985): decide, start the flush if allowed, then call
+    /// [`Session::etrn_result`] with the reply before feeding more.
+    Etrn {
+        /// The node asked for.
+        node: EtrnNode,
+    },
+    /// A valid `ATRN` from an authenticated client (RFC 2645): check which domains the
+    /// client may turn and whether mail waits for them, then call [`Session::atrn_result`]
+    /// before feeding more.
+    Atrn {
+        /// The domains asked for, lower-cased; empty means every domain the client may turn.
+        domains: Vec<String>,
+    },
+    /// `250 OK now reversing the connection` is queued after [`Session::atrn_result`]: flush
+    /// the output; the server session is over and the connection now carries an SMTP session
+    /// in the other direction, this host being the client (RFC 2645 section 4.3). Bytes the
+    /// session did not consume belong to that session.
+    Turn,
 }
 
 /// The driver's answer to [`Event::Mail`] or [`Event::Rcpt`].
@@ -235,8 +277,16 @@ enum Mode {
     DiscardLongSaslLine,
     /// The driver's verdict on a complete AUTH exchange.
     ExpectAuthResult(Attempt),
+    /// The driver's lookup of the SCRAM secret after the client-first message.
+    ExpectScramCredentials(scram::ClientFirst),
     /// The driver's TLS handshake after STARTTLS; all input is discarded meanwhile.
     ExpectTls,
+    /// The driver's answer to an ETRN.
+    ExpectEtrnResult(EtrnNode),
+    /// The driver's answer to an ATRN.
+    ExpectAtrnResult(Vec<String>),
+    /// ATRN accepted: the connection is turned around (RFC 2645).
+    Turned,
     /// 221/421 sent.
     Closed,
 }
@@ -255,6 +305,34 @@ enum Sasl {
         mechanism: AuthMechanism,
         challenge: String,
     },
+    /// The SCRAM client-first message.
+    ScramFirst,
+    /// The SCRAM client-final message, after our server-first.
+    ScramFinal(Box<ScramExchange>),
+    /// The client's empty response to our SCRAM server-final message; the proof was good.
+    ScramAck(Attempt),
+}
+
+/// A SCRAM exchange between server-first and client-final.
+#[derive(Debug)]
+struct ScramExchange {
+    first: scram::ClientFirst,
+    server_first: String,
+    /// Client nonce + server nonce.
+    nonce: String,
+    credentials: ScramCredentials,
+}
+
+/// What one SASL response leads to.
+enum Step {
+    /// The exchange is complete: ask the driver.
+    Done(Attempt),
+    /// Prompt for the next response with the state's usual 334.
+    Next(Sasl),
+    /// Send `334 <base64 text>`, then expect the state's response.
+    Challenge(String, Sasl),
+    /// SCRAM client-first parsed: ask the driver for the stored secret.
+    ScramLookup(scram::ClientFirst),
 }
 
 /// One SMTP server conversation.
@@ -411,6 +489,38 @@ impl Session {
         }
     }
 
+    /// Answers a pending [`Event::ScramLookup`] with the user's stored secret and a fresh
+    /// server nonce (printable ASCII without `,`, e.g. the base64 of 18 random bytes; the core
+    /// has no randomness of its own). For a user who does not exist or has no SCRAM secret,
+    /// pass [`ScramCredentials::decoy`]: the exchange then goes on as for a real user and ends
+    /// in 535, so that a client cannot tell (RFC 5802 section 9). `None` means the lookup
+    /// failed for now: `454 4.7.0`. The session then sends server-first and expects
+    /// client-final. Without a pending lookup this does nothing.
+    pub fn scram_credentials(&mut self, credentials: Option<ScramCredentials>, server_nonce: &str) {
+        if !matches!(self.mode, Mode::ExpectScramCredentials(_)) {
+            return;
+        }
+        let Mode::ExpectScramCredentials(first) =
+            std::mem::replace(&mut self.mode, Mode::ExpectCommand)
+        else {
+            return;
+        };
+        let Some(credentials) = credentials.filter(|_| scram::valid_server_nonce(server_nonce))
+        else {
+            self.reply(454, (4, 7, 0), "Temporary authentication failure");
+            return;
+        };
+        let nonce = format!("{}{server_nonce}", first.nonce);
+        let server_first = scram::server_first(&nonce, &credentials);
+        Reply::new(334, None, auth::encode(server_first.as_bytes())).write_to(&mut self.out);
+        self.mode = Mode::ExpectSaslResponse(Sasl::ScramFinal(Box::new(ScramExchange {
+            first,
+            server_first,
+            nonce,
+            credentials,
+        })));
+    }
+
     /// Records that the client authenticated.
     pub fn set_authenticated(&mut self, authenticated: bool) {
         self.authenticated = authenticated;
@@ -422,15 +532,55 @@ impl Session {
     }
 
     /// The session waits for [`Session::decide`], [`Session::message_committed`],
-    /// [`Session::auth_result`] or [`Session::tls_started`].
+    /// [`Session::auth_result`], [`Session::tls_started`], [`Session::etrn_result`] or
+    /// [`Session::atrn_result`].
     pub fn is_paused(&self) -> bool {
         matches!(
             self.mode,
             Mode::ExpectDecision(_)
                 | Mode::ExpectCommit
                 | Mode::ExpectAuthResult(_)
+                | Mode::ExpectScramCredentials(_)
                 | Mode::ExpectTls
+                | Mode::ExpectEtrnResult(_)
+                | Mode::ExpectAtrnResult(_)
         )
+    }
+
+    /// ATRN was accepted: the connection now belongs to the reverse SMTP session.
+    pub fn is_turned(&self) -> bool {
+        matches!(self.mode, Mode::Turned)
+    }
+
+    /// Answers a pending [`Event::Etrn`] with the reply to send (RFC 1985 section 5: 250,
+    /// 251, 252, 253, 458, 459, or the site's refusal). Without a pending ETRN this does
+    /// nothing.
+    pub fn etrn_result(&mut self, reply: Reply) {
+        if !matches!(self.mode, Mode::ExpectEtrnResult(_)) {
+            return;
+        }
+        self.mode = Mode::ExpectCommand;
+        reply.write_to(&mut self.out);
+    }
+
+    /// Answers a pending [`Event::Atrn`]: `Ok` queues `250 2.0.0 OK now reversing the
+    /// connection` and turns the session (the next [`Session::feed`] returns [`Event::Turn`]);
+    /// `Err(reply)` refuses (RFC 2645: e.g. 453 no mail waiting, 450 try later, 553 not
+    /// allowed) and the session goes on. Without a pending ATRN this does nothing.
+    pub fn atrn_result(&mut self, r: Result<(), Reply>) {
+        if !matches!(self.mode, Mode::ExpectAtrnResult(_)) {
+            return;
+        }
+        match r {
+            Ok(()) => {
+                self.reply(250, (2, 0, 0), "OK now reversing the connection");
+                self.mode = Mode::Turned;
+            }
+            Err(reply) => {
+                reply.write_to(&mut self.out);
+                self.mode = Mode::ExpectCommand;
+            }
+        }
     }
 
     /// Feeds received bytes. Returns how many were consumed and what the driver must do next.
@@ -461,6 +611,15 @@ impl Session {
                 }
                 Mode::ExpectCommit => return (pos, Event::MessageEnd),
                 Mode::ExpectAuthResult(a) => return (pos, auth_event(a)),
+                Mode::ExpectScramCredentials(first) => return (pos, scram_lookup_event(first)),
+                Mode::ExpectEtrnResult(node) => return (pos, Event::Etrn { node: node.clone() }),
+                Mode::ExpectAtrnResult(domains) => {
+                    let ev = Event::Atrn {
+                        domains: domains.clone(),
+                    };
+                    return (pos, ev);
+                }
+                Mode::Turned => return (pos, Event::Turn),
                 // Plaintext after STARTTLS: never processed (RFC 3207 section 5).
                 Mode::ExpectTls => return (input.len(), Event::StartTls),
                 Mode::ExpectCommand => {
@@ -742,22 +901,28 @@ impl Session {
     fn ehlo_reply(&self) -> Reply {
         let c = &self.config;
         let mut lines = vec![c.hostname.clone()];
-        if c.pipelining {
+        // ODMR (RFC 2645) takes no mail: the transaction extensions do not apply.
+        if c.pipelining && !c.odmr {
             lines.push("PIPELINING".into());
         }
-        if c.eightbitmime {
+        if c.eightbitmime && !c.odmr {
             lines.push("8BITMIME".into());
         }
-        lines.push(if c.max_message_size > 0 {
-            format!("SIZE {}", c.max_message_size)
-        } else {
-            "SIZE".into()
-        });
+        if !c.odmr {
+            lines.push(if c.max_message_size > 0 {
+                format!("SIZE {}", c.max_message_size)
+            } else {
+                "SIZE".into()
+            });
+        }
+        if c.etrn {
+            lines.push("ETRN".into());
+        }
         lines.push("ENHANCEDSTATUSCODES".into());
-        if c.smtputf8 {
+        if c.smtputf8 && !c.odmr {
             lines.push("SMTPUTF8".into());
         }
-        if c.chunking {
+        if c.chunking && !c.odmr {
             lines.push("CHUNKING".into());
         }
         if c.starttls && !self.tls {
@@ -769,6 +934,9 @@ impl Session {
             if !mechs.is_empty() {
                 lines.push(format!("AUTH {}", mechs.join(" ")));
             }
+        }
+        if c.atrn {
+            lines.push("ATRN".into());
         }
         lines.extend(c.extra_ehlo.iter().map(|l| l.replace(['\r', '\n'], " ")));
         lines.push("HELP".into());
@@ -798,8 +966,35 @@ impl Session {
                 CommandError::SizeExceeded.reply().write_to(&mut self.out);
                 return None;
             }
+            // ODMR's table has no MAIL (IndiMail's port 366): not implemented, whatever its
+            // arguments.
+            Err(_) if self.config.odmr && odmr_refuses(line) => {
+                self.reply(502, (5, 5, 1), "Command not implemented");
+                return None;
+            }
             Err(e) => return self.bad(e.reply()),
         };
+        if self.config.odmr
+            && matches!(
+                cmd,
+                Command::Mail(..)
+                    | Command::Rcpt(..)
+                    | Command::Data
+                    | Command::Bdat { .. }
+                    | Command::Vrfy(_)
+            )
+        {
+            self.reply(502, (5, 5, 1), "Command not implemented");
+            if let Command::Bdat { size, .. } = cmd {
+                // The chunk follows regardless (RFC 3030 section 3): read and drop it.
+                self.mode = Mode::ExpectChunk {
+                    remaining: size,
+                    last: true,
+                    discard: true,
+                };
+            }
+            return None;
+        }
         match cmd {
             Command::Helo(name) => {
                 self.reset_transaction();
@@ -964,11 +1159,65 @@ impl Session {
                 Some(Event::StartTls)
             }
             Command::Auth { mechanism, initial } => self.auth_command(&mechanism, initial),
+            Command::Etrn(arg) => self.etrn_command(&arg),
+            Command::Atrn(arg) => self.atrn_command(&arg),
             Command::NotImplemented => {
                 self.reply(502, (5, 5, 1), "Command not implemented");
                 None
             }
         }
+    }
+
+    /// `ETRN node` (RFC 1985): HELO/EHLO first, no mail transaction open.
+    fn etrn_command(&mut self, arg: &str) -> Option<Event<'static>> {
+        if !self.config.etrn {
+            self.reply(502, (5, 5, 1), "Command not implemented");
+            return None;
+        }
+        if self.envelope.helo.is_none() {
+            return self.bad(Reply::new(503, Some((5, 5, 1)), "Send HELO/EHLO first"));
+        }
+        if self.envelope.reverse_path.is_some() {
+            return self.bad(Reply::new(
+                503,
+                Some((5, 5, 1)),
+                "ETRN not permitted during a mail transaction",
+            ));
+        }
+        let node = match command::parse_etrn_node(arg) {
+            Ok(n) => n,
+            Err(e) => return self.bad(e.reply()),
+        };
+        self.mode = Mode::ExpectEtrnResult(node.clone());
+        Some(Event::Etrn { node })
+    }
+
+    /// `ATRN [domains]` (RFC 2645 section 4.2): EHLO first, authenticated, no mail
+    /// transaction open.
+    fn atrn_command(&mut self, arg: &str) -> Option<Event<'static>> {
+        if !self.config.atrn {
+            self.reply(502, (5, 5, 1), "Command not implemented");
+            return None;
+        }
+        if self.envelope.helo.is_none() {
+            return self.bad(Reply::new(503, Some((5, 5, 1)), "Send EHLO first"));
+        }
+        if self.envelope.reverse_path.is_some() {
+            return self.bad(Reply::new(
+                503,
+                Some((5, 5, 1)),
+                "ATRN not permitted during a mail transaction",
+            ));
+        }
+        if !self.authenticated {
+            return self.bad(Reply::new(530, Some((5, 7, 0)), "Authentication required"));
+        }
+        let domains = match command::parse_atrn_domains(arg) {
+            Ok(d) => d,
+            Err(e) => return self.bad(e.reply()),
+        };
+        self.mode = Mode::ExpectAtrnResult(domains.clone());
+        Some(Event::Atrn { domains })
     }
 
     /// `AUTH mechanism [initial-response]` (RFC 4954 section 4).
@@ -1017,6 +1266,8 @@ impl Session {
         let state = match mechanism {
             AuthMechanism::Plain => Sasl::Plain,
             AuthMechanism::Login => Sasl::LoginUser,
+            // Client-first: the initial response, when given, is the client-first message.
+            AuthMechanism::ScramSha256 => Sasl::ScramFirst,
             m => {
                 if initial.is_some() {
                     return self.bad(Reply::new(
@@ -1047,7 +1298,11 @@ impl Session {
     /// The 334 that asks for the response `state` expects. (CRAM's is sent with its challenge.)
     fn prompt(&mut self, state: &Sasl) {
         let text = match state {
-            Sasl::Plain | Sasl::Cram { .. } => String::new(),
+            Sasl::Plain
+            | Sasl::Cram { .. }
+            | Sasl::ScramFirst
+            | Sasl::ScramFinal(_)
+            | Sasl::ScramAck(_) => String::new(),
             Sasl::LoginUser => auth::encode(b"Username:"),
             Sasl::LoginPassword { .. } => auth::encode(b"Password:"),
         };
@@ -1089,27 +1344,46 @@ impl Session {
     /// in `ExpectCommand` when this is called; it sets the next mode.
     fn sasl_response(&mut self, state: Sasl, line: &[u8]) -> Option<Event<'static>> {
         let step = auth::decode(line).and_then(|data| match state {
-            Sasl::Plain => auth::plain(&data).map(Ok),
+            Sasl::Plain => auth::plain(&data).map(Step::Done),
             Sasl::LoginUser => {
-                auth::login_user(&data).map(|user| Err(Sasl::LoginPassword { user }))
+                auth::login_user(&data).map(|user| Step::Next(Sasl::LoginPassword { user }))
             }
-            Sasl::LoginPassword { user } => auth::login_password(user, &data).map(Ok),
+            Sasl::LoginPassword { user } => auth::login_password(user, &data).map(Step::Done),
             Sasl::Cram {
                 mechanism,
                 challenge,
-            } => auth::cram(mechanism, challenge, &data).map(Ok),
+            } => auth::cram(mechanism, challenge, &data).map(Step::Done),
+            Sasl::ScramFirst => scram::client_first(&data).map(Step::ScramLookup),
+            Sasl::ScramFinal(x) => scram::client_final(&data).map(|fin| scram_final(*x, &fin)),
+            Sasl::ScramAck(attempt) if data.is_empty() => Ok(Step::Done(attempt)),
+            Sasl::ScramAck(_) => Err(SaslError::Malformed),
         });
         match step {
-            Ok(Ok(attempt)) => {
+            Ok(Step::Done(attempt)) => {
                 let ev = auth_event(&attempt);
                 self.mode = Mode::ExpectAuthResult(attempt);
                 Some(ev)
             }
-            Ok(Err(next)) => {
+            Ok(Step::Next(next)) => {
                 self.prompt(&next);
                 self.mode = Mode::ExpectSaslResponse(next);
                 None
             }
+            Ok(Step::Challenge(text, next)) => {
+                Reply::new(334, None, text).write_to(&mut self.out);
+                self.mode = Mode::ExpectSaslResponse(next);
+                None
+            }
+            Ok(Step::ScramLookup(first)) => {
+                let ev = scram_lookup_event(&first);
+                self.mode = Mode::ExpectScramCredentials(first);
+                Some(ev)
+            }
+            Err(SaslError::ChannelBindingUnsupported) => self.bad(Reply::new(
+                501,
+                Some((5, 5, 4)),
+                "Channel binding not supported (no -PLUS mechanism is offered)",
+            )),
             Err(SaslError::Cancelled) => {
                 self.reply(501, (5, 0, 0), "Authentication cancelled");
                 None
@@ -1126,8 +1400,47 @@ impl Session {
     }
 }
 
+/// Whether a command line that failed to parse is one ODMR does not serve anyway (its
+/// arguments do not matter then).
+fn odmr_refuses(line: &[u8]) -> bool {
+    let verb = line.split(|&b| b == b' ').next().unwrap_or(b"");
+    ["MAIL", "RCPT", "DATA", "BDAT", "VRFY"]
+        .iter()
+        .any(|v| verb.eq_ignore_ascii_case(v.as_bytes()))
+}
+
 fn must_starttls() -> Reply {
     Reply::new(530, Some((5, 7, 0)), "Must issue a STARTTLS command first")
+}
+
+/// SCRAM client-final: a good proof gets the server-final message (as a 334 challenge the
+/// client answers with an empty line) before the driver is asked; a bad one goes to the driver
+/// at once, to be answered 535 and counted like any failure.
+fn scram_final(x: ScramExchange, fin: &scram::ClientFinal) -> Step {
+    let v = scram::verify(&x.credentials, &x.first, &x.server_first, &x.nonce, fin);
+    let attempt = Attempt {
+        mechanism: AuthMechanism::ScramSha256,
+        authcid: x.first.username,
+        authzid: x.first.authzid,
+        secret: AuthSecret::Scram {
+            proof_valid: v.valid,
+        },
+    };
+    if v.valid {
+        Step::Challenge(
+            auth::encode(v.server_final.as_bytes()),
+            Sasl::ScramAck(attempt),
+        )
+    } else {
+        Step::Done(attempt)
+    }
+}
+
+fn scram_lookup_event(first: &scram::ClientFirst) -> Event<'static> {
+    Event::ScramLookup {
+        mechanism: AuthMechanism::ScramSha256,
+        authcid: first.username.clone(),
+    }
 }
 
 fn auth_event(a: &Attempt) -> Event<'static> {

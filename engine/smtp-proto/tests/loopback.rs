@@ -77,7 +77,12 @@ fn serve(mut conn: TcpStream, inbox: Inbox) {
                 drop(inbox);
                 s.message_committed(Ok(format!("{id}")));
             }
-            Event::StartTls | Event::Auth { .. } => panic!("STARTTLS and AUTH are off here"),
+            Event::StartTls
+            | Event::Auth { .. }
+            | Event::ScramLookup { .. }
+            | Event::Etrn { .. }
+            | Event::Atrn { .. }
+            | Event::Turn => panic!("STARTTLS, AUTH, ETRN and ATRN are off here"),
             Event::MessageAborted => cur = None,
             Event::Close => close = true,
         }

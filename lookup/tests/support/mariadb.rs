@@ -5,7 +5,8 @@
 //! error log in `<datadir>/error.log`. The system MariaDB on 3306 is never touched. The data
 //! directory is initialised once per test process with `mariadb-install-db` and copied for
 //! each server, so starting one costs about a second. The server is killed on drop, or
-//! earlier with [`MariaDb::stop`] (to test outages).
+//! earlier with [`MariaDb::stop`] (to test outages), and started again on the same data and
+//! port with [`MariaDb::restart`].
 //!
 //! When `mariadbd` is not installed this panics naming the Debian package `mariadb-server`:
 //! a missing database must fail the suite, never skip it.
@@ -115,21 +116,42 @@ impl MariaDb {
         let data = dir.path().join("data");
         copy_dir(&template, &data);
         let socket = dir.path().join("mysqld.sock");
-        let log = dir.path().join("error.log");
-        let port = free_port();
+        let mut db = MariaDb {
+            child: None,
+            dir,
+            port: free_port(),
+            socket,
+        };
+        db.spawn();
+        db
+    }
+
+    /// Start the server again after [`MariaDb::stop`], on the same data and port (the end
+    /// of an outage).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let data = self.dir.path().join("data");
+        let log = self.dir.path().join("error.log");
+        // Readiness is judged by the log's last start only.
+        let _ = std::fs::remove_file(&log);
+        let port = self.port;
         let mut cmd = Command::new(require("mariadbd"));
         cmd.arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
-            .arg(format!("--socket={}", socket.display()))
+            .arg(format!("--socket={}", self.socket.display()))
             .arg(format!("--port={port}"))
             .arg("--bind-address=127.0.0.1")
             .arg("--skip-grant-tables")
             .arg(format!(
                 "--pid-file={}",
-                dir.path().join("mysqld.pid").display()
+                self.dir.path().join("mysqld.pid").display()
             ))
             .arg(format!("--log-error={}", log.display()))
-            .arg(format!("--tmpdir={}", dir.path().display()))
+            .arg(format!("--tmpdir={}", self.dir.path().display()))
             .arg("--innodb-buffer-pool-size=16M")
             .arg("--skip-log-bin")
             .arg("--max-connections=200")
@@ -139,16 +161,10 @@ impl MariaDb {
         if is_root() {
             cmd.arg("--user=root");
         }
-        let child = cmd.spawn().expect("spawn mariadbd");
-        let mut db = MariaDb {
-            child: Some(child),
-            dir,
-            port,
-            socket,
-        };
+        self.child = Some(cmd.spawn().expect("spawn mariadbd"));
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(c) = db.child.as_mut() {
+            if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
                     panic!(
                         "mariadbd exited with {status}; log:\n{}",
@@ -166,7 +182,7 @@ impl MariaDb {
                 )
                 .is_ok()
             {
-                return db;
+                return;
             }
             assert!(
                 Instant::now() < deadline,

@@ -102,6 +102,28 @@ impl Home {
     }
 }
 
+impl Home {
+    /// `email`'s `lastauth` rows as `(service, remote_ip)`, waiting up to 10 s for a row of
+    /// `service` (the proxies write it from a task of its own after the login).
+    pub fn lastauth(&self, email: &str, service: &str) -> Vec<(String, String)> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let cfg = self.config();
+            let email = email.to_string();
+            let rows = shard::io::run(Driver::Epoll, async move {
+                let d = lookup::Directory::open(cfg).await.expect("dir");
+                d.lastauth(&email).await.expect("lastauth")
+            });
+            let rows: Vec<(String, String)> =
+                rows.into_iter().map(|r| (r.service, r.remote_ip)).collect();
+            if rows.iter().any(|(s, _)| s == service) || std::time::Instant::now() > deadline {
+                return rows;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub enum Kind {
     ImapProxy,
@@ -152,7 +174,7 @@ impl Server {
                     )
                 });
                 let ctx = Rc::new(ProxyContext {
-                    directory: Rc::new(directory),
+                    directory: Rc::new(Rc::new(directory)),
                     config,
                     tls,
                 });

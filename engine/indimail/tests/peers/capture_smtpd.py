@@ -7,7 +7,8 @@ usage: capture_smtpd.py OUTDIR MODE
   MODE tempfirst 451 the first RCPT of each recipient address, then accept
 Prints "listening on HOST:PORT" when ready; writes each message to OUTDIR/<n>.eml
 with the envelope in OUTDIR/<n>.env (sender line, then recipients). Supports STARTTLS
-when CERT and KEY environment variables name a PEM certificate and key.
+when CERT and KEY environment variables name a PEM certificate and key; PORT picks
+the port (default: a free one).
 """
 import asyncio, os, ssl, sys
 from aiosmtpd.controller import Controller
@@ -44,10 +45,12 @@ if cert and key:
     ctx.load_cert_chain(cert, key)
     kwargs["tls_context"] = ctx
 import socket
-probe = socket.socket()
-probe.bind(("127.0.0.1", 0))
-port = probe.getsockname()[1]
-probe.close()
+port = int(os.environ.get("PORT", "0"))  # a fixed port (a route written before the peer starts)
+if port == 0:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
 controller = Controller(Handler(), hostname="127.0.0.1", port=port, decode_data=False, **kwargs)
 controller.start()
 print("listening on 127.0.0.1:%d" % port, flush=True)

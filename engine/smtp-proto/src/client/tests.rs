@@ -66,7 +66,12 @@ fn exchange(
                         server.message_committed(Ok(format!("{}", run.stored.len())));
                     }
                 }
-                Event::StartTls | Event::Auth { .. } => panic!("STARTTLS and AUTH are off here"),
+                Event::StartTls
+                | Event::Auth { .. }
+                | Event::ScramLookup { .. }
+                | Event::Etrn { .. }
+                | Event::Atrn { .. }
+                | Event::Turn => panic!("STARTTLS, AUTH, ETRN and ATRN are off here"),
                 Event::MessageAborted => cur = None,
                 Event::Close => {
                     run.server_closed = true;

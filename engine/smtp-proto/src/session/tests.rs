@@ -24,6 +24,10 @@ struct Outcome {
     /// `auth_user` at the end.
     auth_user: Option<String>,
     protocol: &'static str,
+    /// ETRN and ATRN requests, as `ETRN {node:?}` / `ATRN d1,d2`.
+    turns: Vec<String>,
+    /// The session turned around (ATRN accepted).
+    turned: bool,
 }
 
 type Policy = fn(&Event<'_>) -> Decision;
@@ -44,6 +48,7 @@ fn check_auth(ev: &Event<'_>) -> AuthOutcome {
     match secret {
         AuthSecret::Password(p) if p == "down" => AuthOutcome::TempFail,
         AuthSecret::Password(p) if authcid == "alice" && p == "secret" => AuthOutcome::Ok,
+        AuthSecret::Scram { proof_valid: true } if authcid != "disabled" => AuthOutcome::Ok,
         AuthSecret::CramResponse { challenge, digest }
             if authcid == "tim"
                 && challenge == "<1896.697170952@postoffice.reston.mci.net>"
@@ -133,13 +138,47 @@ fn drive_with(cfg: &SessionConfig, pieces: &[&[u8]], policy: Policy) -> Outcome 
                     let verdict = check_auth(&ev);
                     s.auth_result(verdict);
                 }
+                Event::ScramLookup { ref authcid, .. } => {
+                    o.auths.push(format!("lookup {authcid}"));
+                    assert_eq!(s.feed(b"NOOP\r\n").0, 0);
+                    assert!(s.is_paused());
+                    s.scram_credentials(scram_directory(authcid), RFC7677_SERVER_NONCE);
+                }
+                Event::Etrn { ref node } => {
+                    o.turns.push(format!("ETRN {node:?}"));
+                    assert_eq!(s.feed(b"NOOP\r\n").0, 0);
+                    // The "etrnhosts": held.example, with 2 messages waiting.
+                    let r = match node {
+                        EtrnNode::Domain(d) if d == "held.example" => Reply::new(
+                            253,
+                            Some((2, 0, 0)),
+                            "OK, 2 pending messages for node held.example started",
+                        ),
+                        _ => Reply::new(553, Some((5, 7, 1)), "etrn service rejected"),
+                    };
+                    s.etrn_result(r);
+                }
+                Event::Atrn { ref domains } => {
+                    o.turns.push(format!("ATRN {}", domains.join(",")));
+                    assert_eq!(s.feed(b"NOOP\r\n").0, 0);
+                    if domains.iter().any(|d| d == "nomail.example") {
+                        s.atrn_result(Err(Reply::new(453, Some((4, 3, 0)), "No message waiting")));
+                    } else {
+                        s.atrn_result(Ok(()));
+                    }
+                }
+                Event::Turn => {
+                    assert!(s.is_turned());
+                    assert_eq!(s.feed(b"NOOP\r\n"), (0, Event::Turn));
+                    o.turned = true;
+                }
             }
             buf.drain(..n);
             consumed += n;
             out.extend_from_slice(s.output());
             let len = s.output().len();
             s.consume_output(len);
-            if o.closed {
+            if o.closed || o.turned {
                 break 'pieces;
             }
             if stop {
@@ -941,8 +980,10 @@ fn auth_sequence_errors() {
     assert!(o
         .output
         .starts_with("220 mx.example ESMTP\r\n503 5.5.1 Send EHLO first\r\n"));
-    // SCRAM is not run by the core: not advertised.
-    assert!(o.output.contains("250-AUTH LOGIN PLAIN CRAM-MD5\r\n"));
+    // SCRAM needs no TLS: advertised in clear text too.
+    assert!(o
+        .output
+        .contains("250-AUTH LOGIN PLAIN CRAM-MD5 SCRAM-SHA-256\r\n"));
     assert!(o.output.ends_with(
         "504 5.5.4 Unrecognized authentication type\r\n250 2.1.0 Sender ok\r\n\
          503 5.5.1 AUTH not permitted during a mail transaction\r\n250 2.0.0 ok\r\n\
@@ -1083,4 +1124,388 @@ fn secrets_never_in_debug_output() {
     // auth_result without a pending question changes nothing.
     s.auth_result(AuthOutcome::Failed);
     assert!(!String::from_utf8_lossy(s.output()).contains("535"));
+}
+
+// ---- SCRAM-SHA-256 (RFC 5802, RFC 7677) ----
+
+/// RFC 7677 section 3's exchange: user "user", password "pencil".
+const RFC7677_SECRET: &str = "{SCRAM-SHA-256}4096,W22ZaJ0SNY7soEsUEjb6gQ==,\
+    WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=,wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU=";
+const RFC7677_SERVER_NONCE: &str = "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
+const RFC7677_CLIENT_FIRST: &str = "n,,n=user,r=rOprNGfwEbeRWgbNEkqO";
+const RFC7677_SERVER_FIRST: &str = "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,\
+    s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+const RFC7677_CLIENT_FINAL: &str = "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,\
+    p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
+const RFC7677_SERVER_FINAL: &str = "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=";
+
+/// The SCRAM "directory": `user` and `disabled` hold RFC 7677's secret, `down` is a lookup
+/// that fails for now, anyone else gets a decoy.
+fn scram_directory(authcid: &str) -> Option<ScramCredentials> {
+    match authcid {
+        "user" | "disabled" => Some(ScramCredentials::parse(RFC7677_SECRET).unwrap()),
+        "down" => None,
+        other => Some(ScramCredentials::decoy(other, b"server key", 4096)),
+    }
+}
+
+/// The client side for `n=<user>,r=rOprNGfwEbeRWgbNEkqO` against the RFC 7677 secret and
+/// server nonce: client-final and the server-final to expect (RFC 5802 section 3).
+fn scram_client_final(user: &str, password: &str) -> (String, String) {
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    use sha2::{Digest, Sha256};
+    let hmac = |k: &[u8], d: &[u8]| -> Vec<u8> {
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(k).unwrap();
+        m.update(d);
+        m.finalize().into_bytes().to_vec()
+    };
+    let e = base64::engine::general_purpose::STANDARD;
+    let salt = e.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
+    let mut salted = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), &salt, 4096, &mut salted);
+    let without_proof = "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
+    let auth_message =
+        format!("n={user},r=rOprNGfwEbeRWgbNEkqO,{RFC7677_SERVER_FIRST},{without_proof}");
+    let client_key = hmac(&salted, b"Client Key");
+    let signature = hmac(&Sha256::digest(&client_key), auth_message.as_bytes());
+    let proof: Vec<u8> = client_key
+        .iter()
+        .zip(&signature)
+        .map(|(a, b)| a ^ b)
+        .collect();
+    let server_key = hmac(&salted, b"Server Key");
+    (
+        format!("{without_proof},p={}", e.encode(proof)),
+        format!("v={}", e.encode(hmac(&server_key, auth_message.as_bytes()))),
+    )
+}
+
+fn scram_cfg() -> SessionConfig {
+    let mut c = auth_cfg();
+    c.auth_mechanisms.push("SCRAM-SHA-256".into());
+    c.auth_plain_needs_tls = true;
+    c
+}
+
+#[test]
+fn scram_rfc7677_exchange_split_everywhere() {
+    let input = format!(
+        "EHLO c\r\nAUTH SCRAM-SHA-256 {}\r\n{}\r\n\r\nMAIL FROM:<user@b.c>\r\n",
+        b64(RFC7677_CLIENT_FIRST.as_bytes()),
+        b64(RFC7677_CLIENT_FINAL.as_bytes())
+    );
+    let o = drive_all_splits(&scram_cfg(), input.as_bytes(), accept_all);
+    // Offered in clear text, unlike PLAIN and LOGIN: no password crosses the wire.
+    assert!(
+        o.output.contains("250-AUTH CRAM-MD5 SCRAM-SHA-256\r\n"),
+        "{}",
+        o.output
+    );
+    assert!(
+        o.output.ends_with(&format!(
+            "334 {}\r\n334 {}\r\n235 2.7.0 Authentication successful\r\n250 2.1.0 Sender ok\r\n",
+            b64(RFC7677_SERVER_FIRST.as_bytes()),
+            b64(RFC7677_SERVER_FINAL.as_bytes())
+        )),
+        "{}",
+        o.output
+    );
+    assert_eq!(o.auths, vec!["lookup user", "SCRAM-SHA-256 user"]);
+    assert_eq!(o.auth_user.as_deref(), Some("user"));
+    assert_eq!(o.protocol, "ESMTPA");
+
+    // Without an initial response: an empty 334 first. "=" answers server-final too.
+    let input = format!(
+        "EHLO c\r\nAUTH SCRAM-SHA-256\r\n{}\r\n{}\r\n=\r\n",
+        b64(RFC7677_CLIENT_FIRST.as_bytes()),
+        b64(RFC7677_CLIENT_FINAL.as_bytes())
+    );
+    let o = drive_all_splits(&scram_cfg(), input.as_bytes(), accept_all);
+    assert!(o.output.contains("\r\n334 \r\n334 "), "{}", o.output);
+    assert!(o
+        .output
+        .ends_with("235 2.7.0 Authentication successful\r\n"));
+}
+
+/// Runs one SCRAM exchange for `user` whose client-final is `client_final`, then `after`
+/// and NOOP.
+fn scram_run(user: &str, client_final: &str, after: &str) -> Outcome {
+    let first = format!("n,,n={user},r=rOprNGfwEbeRWgbNEkqO");
+    let input = format!(
+        "EHLO c\r\nAUTH SCRAM-SHA-256 {}\r\n{}\r\n{after}NOOP\r\n",
+        b64(first.as_bytes()),
+        b64(client_final.as_bytes())
+    );
+    drive_all_splits(&scram_cfg(), input.as_bytes(), accept_all)
+}
+
+#[test]
+fn scram_failures_are_535_and_do_not_reveal_the_user() {
+    const FAILED: &str = "535 5.7.8 Authentication credentials invalid\r\n250 2.0.0 ok\r\n";
+    let server_first = format!("334 {}\r\n", b64(RFC7677_SERVER_FIRST.as_bytes()));
+    // A wrong password: a different proof. No server-final, 535, counted by the driver.
+    let wrong = RFC7677_CLIENT_FINAL.replace("p=dHzb", "p=dHzc");
+    let o = scram_run("user", &wrong, "");
+    assert!(
+        o.output.ends_with(&format!("{server_first}{FAILED}")),
+        "{}",
+        o.output
+    );
+    assert_eq!(o.auths, vec!["lookup user", "SCRAM-SHA-256 user"]);
+    assert_eq!(o.auth_user, None);
+    // An unknown user runs the same exchange against a decoy and fails the same way; the
+    // decoy's salt is stable, as a real one would be.
+    let o = scram_run("ghost", RFC7677_CLIENT_FINAL, "");
+    assert!(o.output.ends_with(FAILED), "{}", o.output);
+    let nonce = b64(b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=");
+    assert!(
+        o.output
+            .contains(&format!("334 {}", &nonce[..nonce.len() - 4])),
+        "{}",
+        o.output
+    );
+    assert_eq!(o.auths, vec!["lookup ghost", "SCRAM-SHA-256 ghost"]);
+    assert_eq!(
+        scram_run("ghost", RFC7677_CLIENT_FINAL, "").output,
+        o.output
+    );
+    // The right proof but another nonce (a replayed client-final): 535.
+    let replay = RFC7677_CLIENT_FINAL.replace("k0,p=", "k1,p=");
+    let o = scram_run("user", &replay, "");
+    assert!(o.output.ends_with(FAILED), "{}", o.output);
+    // c= that is not the gs2 header (here "y,,"), even with the right proof: 535.
+    let cb = RFC7677_CLIENT_FINAL.replace("c=biws", "c=eSws");
+    let o = scram_run("user", &cb, "");
+    assert!(o.output.ends_with(FAILED), "{}", o.output);
+    // A good proof for an account the driver refuses: server-final, then 535.
+    let (fin, server_final) = scram_client_final("disabled", "pencil");
+    let o = scram_run("disabled", &fin, "\r\n");
+    assert!(
+        o.output
+            .ends_with(&format!("334 {}\r\n{FAILED}", b64(server_final.as_bytes()))),
+        "{}",
+        o.output
+    );
+    // Failures count towards max_auth_failures like any other mechanism's.
+    let bad = b64(wrong.as_bytes());
+    let first = b64(RFC7677_CLIENT_FIRST.as_bytes());
+    let input = format!(
+        "EHLO c\r\n{}",
+        format!("AUTH SCRAM-SHA-256 {first}\r\n{bad}\r\n").repeat(3)
+    );
+    let o = drive_all_splits(&scram_cfg(), input.as_bytes(), accept_all);
+    assert!(o.closed);
+    assert!(o
+        .output
+        .ends_with("Too many authentication failures, closing connection\r\n"));
+}
+
+#[test]
+fn scram_malformed_messages_and_cancels() {
+    let first = b64(RFC7677_CLIENT_FIRST.as_bytes());
+    let fin = b64(RFC7677_CLIENT_FINAL.as_bytes());
+    let server_first = format!("334 {}\r\n", b64(RFC7677_SERVER_FIRST.as_bytes()));
+    let cases: Vec<(String, String)> = vec![
+        // Client-first: bad base64, missing attributes, channel binding asked for, cancel.
+        (
+            "AUTH SCRAM-SHA-256 !!!!\r\n".into(),
+            "501 5.5.2 Cannot decode response\r\n".into(),
+        ),
+        (
+            format!("AUTH SCRAM-SHA-256 {}\r\n", b64(b"n,,n=user")),
+            "501 5.5.2 Malformed authentication response\r\n".into(),
+        ),
+        (
+            format!("AUTH SCRAM-SHA-256 {}\r\n", b64(b"n,,r=abc")),
+            "501 5.5.2 Malformed authentication response\r\n".into(),
+        ),
+        (
+            format!("AUTH SCRAM-SHA-256 {}\r\n", b64(b"x,,n=user,r=abc")),
+            "501 5.5.2 Malformed authentication response\r\n".into(),
+        ),
+        (
+            format!(
+                "AUTH SCRAM-SHA-256 {}\r\n",
+                b64(b"p=tls-exporter,,n=user,r=abc")
+            ),
+            "501 5.5.4 Channel binding not supported (no -PLUS mechanism is offered)\r\n".into(),
+        ),
+        (
+            "AUTH SCRAM-SHA-256 =\r\n".into(),
+            "501 5.5.2 Malformed authentication response\r\n".into(),
+        ),
+        (
+            "AUTH SCRAM-SHA-256\r\n*\r\n".into(),
+            "334 \r\n501 5.0.0 Authentication cancelled\r\n".into(),
+        ),
+        // Client-final: cancel, bad base64, missing proof.
+        (
+            format!("AUTH SCRAM-SHA-256 {first}\r\n*\r\n"),
+            format!("{server_first}501 5.0.0 Authentication cancelled\r\n"),
+        ),
+        (
+            format!("AUTH SCRAM-SHA-256 {first}\r\nc=biws\r\n"),
+            format!("{server_first}501 5.5.2 Cannot decode response\r\n"),
+        ),
+        (
+            format!("AUTH SCRAM-SHA-256 {first}\r\n{}\r\n", b64(b"c=biws,r=x")),
+            format!("{server_first}501 5.5.2 Malformed authentication response\r\n"),
+        ),
+        // Server-final acknowledged with something else, or cancelled: not authenticated.
+        (
+            format!("AUTH SCRAM-SHA-256 {first}\r\n{fin}\r\n*\r\n"),
+            format!(
+                "{server_first}334 {}\r\n501 5.0.0 Authentication cancelled\r\n",
+                b64(RFC7677_SERVER_FINAL.as_bytes())
+            ),
+        ),
+        (
+            format!("AUTH SCRAM-SHA-256 {first}\r\n{fin}\r\nYWJj\r\n"),
+            format!(
+                "{server_first}334 {}\r\n501 5.5.2 Malformed authentication response\r\n",
+                b64(RFC7677_SERVER_FINAL.as_bytes())
+            ),
+        ),
+        // The directory cannot answer: 454, nothing sent to the client about the user.
+        (
+            format!("AUTH SCRAM-SHA-256 {}\r\n", b64(b"n,,n=down,r=abc")),
+            "454 4.7.0 Temporary authentication failure\r\n".into(),
+        ),
+    ];
+    for (auth, reply) in cases {
+        let input = format!("EHLO c\r\n{auth}NOOP\r\n");
+        let o = drive_all_splits(&scram_cfg(), input.as_bytes(), accept_all);
+        assert!(
+            o.output.ends_with(&format!("{reply}250 2.0.0 ok\r\n")),
+            "{auth:?}:\n{}",
+            o.output
+        );
+        assert_eq!(o.auth_user, None, "{auth:?}");
+    }
+    // A bad server nonce from the driver is a temporary failure, not a panic.
+    let mut s = Session::new(Rc::new(scram_cfg()));
+    let input = format!("EHLO c\r\nAUTH SCRAM-SHA-256 {first}\r\n");
+    let (_, ev) = s.feed(input.as_bytes());
+    assert!(matches!(ev, Event::ScramLookup { ref authcid, .. } if authcid == "user"));
+    s.consume_output(usize::MAX);
+    s.scram_credentials(scram_directory("user"), "a,b");
+    assert_eq!(
+        s.output(),
+        b"454 4.7.0 Temporary authentication failure\r\n"
+    );
+    // Answers without a pending lookup change nothing.
+    s.consume_output(usize::MAX);
+    s.scram_credentials(scram_directory("user"), "abc");
+    assert!(s.output().is_empty());
+}
+
+#[test]
+fn etrn_is_not_implemented_unless_enabled() {
+    let o = drive(&cfg(), b"EHLO c\r\nETRN example.com\r\nQUIT\r\n");
+    assert_eq!(
+        o.output,
+        format!(
+            "220 mx.example ESMTP\r\n{EHLO_REPLY}502 5.5.1 Command not implemented\r\n\
+            221 2.0.0 mx.example closing connection\r\n"
+        )
+    );
+    assert!(o.turns.is_empty());
+}
+
+#[test]
+fn etrn_transcript_split_everywhere() {
+    let mut c = cfg();
+    c.etrn = true;
+    let input = b"ETRN held.example\r\nEHLO c\r\nETRN\r\nETRN bad..name\r\n\
+        ETRN held.example\r\nETRN @Sub.Example\r\nETRN #q1\r\nETRN other.example\r\n\
+        MAIL FROM:<a@b.c>\r\nETRN held.example\r\nQUIT\r\n";
+    let o = drive_all_splits(&c, input, accept_all);
+    let ehlo = "250-mx.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE\r\n250-ETRN\r\n\
+        250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250 HELP\r\n";
+    assert_eq!(
+        o.output,
+        format!(
+            "220 mx.example ESMTP\r\n\
+            503 5.5.1 Send HELO/EHLO first\r\n\
+            {ehlo}\
+            501 5.5.4 Syntax error: ETRN needs a node name\r\n\
+            501 5.5.4 Syntax error: bad node name\r\n\
+            253 2.0.0 OK, 2 pending messages for node held.example started\r\n\
+            553 5.7.1 etrn service rejected\r\n\
+            553 5.7.1 etrn service rejected\r\n\
+            553 5.7.1 etrn service rejected\r\n\
+            250 2.1.0 Sender ok\r\n\
+            503 5.5.1 ETRN not permitted during a mail transaction\r\n\
+            221 2.0.0 mx.example closing connection\r\n"
+        )
+    );
+    assert_eq!(
+        o.turns,
+        vec![
+            r#"ETRN Domain("held.example")"#,
+            r#"ETRN Subdomains("sub.example")"#,
+            r#"ETRN Queue("q1")"#,
+            r#"ETRN Domain("other.example")"#,
+        ]
+    );
+}
+
+fn odmr_cfg() -> SessionConfig {
+    let mut c = cfg();
+    c.odmr = true;
+    c.atrn = true;
+    c.etrn = true;
+    c.auth_mechanisms = vec!["PLAIN".into()];
+    c.auth_plain_needs_tls = false;
+    c
+}
+
+#[test]
+fn odmr_atrn_turns_the_connection_split_everywhere() {
+    // RFC 2645 section 4: EHLO, AUTH, ATRN refused while no mail waits, then accepted; what
+    // follows the ATRN line (the customer's 220 greeting) is left for the reverse session.
+    let input = b"EHLO c\r\nATRN a.example\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<x@y.z>\r\n\
+        VRFY bob\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\nATRN a.example,,b\r\n\
+        ATRN nomail.example\r\nATRN A.example,b.example\r\n220 customer.example ESMTP\r\n";
+    let o = drive_all_splits(&odmr_cfg(), input, accept_all);
+    assert_eq!(
+        o.output,
+        "220 mx.example ESMTP\r\n\
+        250-mx.example\r\n250-ETRN\r\n250-ENHANCEDSTATUSCODES\r\n250-AUTH PLAIN\r\n\
+        250-ATRN\r\n250 HELP\r\n\
+        530 5.7.0 Authentication required\r\n\
+        502 5.5.1 Command not implemented\r\n\
+        502 5.5.1 Command not implemented\r\n\
+        502 5.5.1 Command not implemented\r\n\
+        235 2.7.0 Authentication successful\r\n\
+        501 5.5.4 Syntax error: bad domain in ATRN\r\n\
+        453 4.3.0 No message waiting\r\n\
+        250 2.0.0 OK now reversing the connection\r\n"
+    );
+    assert_eq!(
+        o.turns,
+        vec!["ATRN nomail.example", "ATRN a.example,b.example"]
+    );
+    assert!(o.turned);
+    assert_eq!(o.left, b"220 customer.example ESMTP\r\n".len());
+}
+
+#[test]
+fn atrn_is_not_implemented_outside_odmr() {
+    let mut c = odmr_cfg();
+    c.odmr = false;
+    c.atrn = false;
+    let o = drive(
+        &c,
+        b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\nATRN a.example\r\nQUIT\r\n",
+    );
+    assert!(
+        o.output
+            .contains("\r\n502 5.5.1 Command not implemented\r\n"),
+        "{}",
+        o.output
+    );
+    assert!(!o.output.contains("ATRN"), "{}", o.output);
+    assert!(o.turns.is_empty());
 }

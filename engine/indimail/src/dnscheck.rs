@@ -1,0 +1,128 @@
+//! The DNS questions the SMTP listener asks about a client: DNSBL listings
+//! (`dnsbllist`) and SPF (`spfbehavior`). Asked on the shard's runtime
+//! (hickory over the shard's sockets), never blocking it; what the answers
+//! mean is decided by `policy::dnsbl` and `policy::spf`.
+
+use std::net::IpAddr;
+
+use delivery::dns::{DnsConfig, Resolver};
+use policy::spf::SpfResult;
+
+use crate::log;
+
+/// One shard's resolver for client checks, made on first use.
+pub struct DnsChecks {
+    shard: usize,
+    resolver: std::cell::OnceCell<Option<Resolver>>,
+}
+
+/// What an SPF check found.
+pub struct SpfFinding {
+    /// The result.
+    pub result: SpfResult,
+    /// The domain checked (sender's, or the HELO name for a null sender).
+    pub domain: String,
+    /// The domain's `exp=` explanation, when it gave one.
+    pub explanation: Option<String>,
+}
+
+impl DnsChecks {
+    /// Checks for shard `shard`.
+    pub fn new(shard: usize) -> DnsChecks {
+        DnsChecks {
+            shard,
+            resolver: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn resolver(&self) -> Option<&Resolver> {
+        self.resolver
+            .get_or_init(
+                || match DnsConfig::from_env().and_then(|c| Resolver::new(&c)) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        log!("shard{} dns checks disabled: {e}", self.shard);
+                        None
+                    }
+                },
+            )
+            .as_ref()
+    }
+
+    /// The first of `zones` listing `ip`, as a reply (`554 5.7.1` with the
+    /// list's TXT reason). All zones are asked at once. A zone that cannot
+    /// be asked (timeout, SERVFAIL) does not block mail; it is logged.
+    pub async fn dnsbl(&self, ip: IpAddr, zones: &[String]) -> Option<policy::Verdict> {
+        let resolver = self.resolver()?;
+        let asks = zones.iter().map(|zone| async move {
+            let name = policy::dnsbl::query_name(ip, zone);
+            match resolver.ipv4(&name).await {
+                Ok(a) if a.iter().any(|a| policy::dnsbl::is_listing(*a)) => {
+                    let reason = resolver
+                        .txt(&name)
+                        .await
+                        .ok()
+                        .and_then(|t| t.into_iter().next());
+                    Some(policy::dnsbl::listed_verdict(ip, zone, reason.as_deref()))
+                }
+                Ok(_) => None,
+                Err(e) => {
+                    log!("shard{} dnsbl {zone} unanswered ip={ip}: {e}", self.shard);
+                    None
+                }
+            }
+        });
+        // Zones in the file's order: the first listing wins.
+        futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .next()
+    }
+
+    /// The SPF result for `sender` (or, for the null sender, the HELO
+    /// name) sending from `ip` (RFC 7208 via `mail-auth`).
+    pub async fn spf(&self, ip: IpAddr, helo: &str, sender: &str, me: &str) -> SpfFinding {
+        let domain = match sender.rsplit_once('@') {
+            Some((_, d)) if !sender.is_empty() => d.to_ascii_lowercase(),
+            _ => helo.to_ascii_lowercase(),
+        };
+        let Some(resolver) = self.resolver() else {
+            return SpfFinding {
+                result: SpfResult::TempError,
+                domain,
+                explanation: None,
+            };
+        };
+        let auth = mail_auth::MessageAuthenticator(resolver.hickory().clone());
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        let out = if sender.is_empty() {
+            auth.verify_spf(mail_auth::spf::verify::SpfParameters::verify_ehlo(
+                ip, helo, me,
+            ))
+            .await
+        } else {
+            auth.verify_spf(mail_auth::spf::verify::SpfParameters::verify_mail_from(
+                ip, helo, me, sender,
+            ))
+            .await
+        };
+        let result = match out.result() {
+            mail_auth::SpfResult::Pass => SpfResult::Pass,
+            mail_auth::SpfResult::Fail => SpfResult::Fail,
+            mail_auth::SpfResult::SoftFail => SpfResult::SoftFail,
+            mail_auth::SpfResult::Neutral => SpfResult::Neutral,
+            mail_auth::SpfResult::None => SpfResult::None,
+            mail_auth::SpfResult::TempError => SpfResult::TempError,
+            mail_auth::SpfResult::PermError => SpfResult::PermError,
+        };
+        SpfFinding {
+            result,
+            domain,
+            explanation: out.explanation().map(str::to_string),
+        }
+    }
+}

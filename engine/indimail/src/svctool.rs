@@ -1,0 +1,173 @@
+//! `indimail service install DIR`: service files for `indimail serve` (the
+//! role of IndiMail's `svctool --smtp/--queueParam ...`).
+//!
+//! One process serves every listener of `control/listeners` (SMTP,
+//! submission, SMTPS, ODMR, POP3, the proxies) and delivers every queue, so
+//! one unit is written: `DIR/indimail.service` (systemd), and with
+//! `--daemontools` a supervise directory `DIR/indimail/` with `run` and
+//! `log/run` (multilog into `/var/log/svc/indimail`, spec 8.1). The CPU
+//! placement is the one of `control/cpus` (written by `indimail tuning`):
+//! the unit's `CPUAffinity=` keeps the process on those CPUs and the server
+//! pins one shard per CPU inside it; the queue layout comes from the same
+//! control files and variables the server reads, which are passed through
+//! (`QUEUE_BASE`, `QUEUE_COUNT`, `QUEUE_START`, `CONTROLDIR`).
+//!
+//! Nothing is written outside DIR; existing files are replaced (they are
+//! generated: regenerate rather than edit).
+
+use std::path::{Path, PathBuf};
+
+use crate::config::Paths;
+
+/// What to write.
+pub struct Options {
+    /// Output directory.
+    pub dir: PathBuf,
+    /// Also daemontools `run` scripts.
+    pub daemontools: bool,
+    /// User to run as.
+    pub user: Option<String>,
+    /// Binary (default: the running one).
+    pub binary: Option<PathBuf>,
+    /// Seconds between SIGTERM and SIGKILL.
+    pub stop_timeout: u64,
+}
+
+/// The variables passed through from the environment of the install.
+const PASSED: [&str; 5] = [
+    "QUEUE_BASE",
+    "QUEUE_COUNT",
+    "QUEUE_START",
+    "CONTROLDIR",
+    "INDIMAIL_DRIVER",
+];
+
+/// The unit text.
+pub fn systemd_unit(paths: &Paths, o: &Options, exe: &Path) -> String {
+    let home = paths.home.display();
+    let mut env = vec![format!("INDIMAIL_HOME={home}")];
+    for v in PASSED {
+        if let Ok(val) = std::env::var(v) {
+            if !val.is_empty() {
+                env.push(format!("{v}={val}"));
+            }
+        }
+    }
+    let listeners: Vec<String> = paths
+        .control
+        .lines("listeners")
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(_, l)| l)
+        .collect();
+    let cpus = paths.control.string("cpus").ok().flatten();
+    let mut u = String::new();
+    u.push_str("# Written by `indimail service install`; regenerate rather than edit.\n");
+    if listeners.is_empty() {
+        u.push_str("# Listeners: the default (smtp 127.0.0.1:2525); see control/listeners.\n");
+    } else {
+        u.push_str(&format!(
+            "# Listeners (control/listeners): {}\n",
+            listeners.join("; ")
+        ));
+    }
+    u.push_str("[Unit]\n");
+    u.push_str(&format!("Description=IndiMail mail server (home {home})\n"));
+    u.push_str("After=network-online.target\nWants=network-online.target\n\n");
+    u.push_str("[Service]\nType=simple\n");
+    u.push_str(&format!(
+        "ExecStart={} serve --home {home}\n",
+        exe.display()
+    ));
+    u.push_str("ExecReload=/bin/kill -HUP $MAINPID\n");
+    u.push_str("KillSignal=SIGTERM\nKillMode=mixed\n");
+    u.push_str(&format!("TimeoutStopSec={}\n", o.stop_timeout));
+    u.push_str("Restart=on-failure\nRestartSec=2\nLimitNOFILE=65536\n");
+    for e in &env {
+        u.push_str(&format!("Environment=\"{e}\"\n"));
+    }
+    if let Some(c) = &cpus {
+        // control/cpus uses the same list syntax as CPUAffinity (0-3,6).
+        u.push_str(&format!("CPUAffinity={}\n", c.replace(',', " ")));
+    }
+    if let Some(user) = &o.user {
+        u.push_str(&format!("User={user}\n"));
+        // Privileged ports (25, 465, 587) without running as root.
+        u.push_str("AmbientCapabilities=CAP_NET_BIND_SERVICE\n");
+    }
+    u.push_str("\n[Install]\nWantedBy=multi-user.target\n");
+    u
+}
+
+/// The daemontools `run` script.
+pub fn run_script(paths: &Paths, o: &Options, exe: &Path) -> String {
+    let home = paths.home.display();
+    let mut s = String::from("#!/bin/sh\n# Written by `indimail service install`.\nexec 2>&1\n");
+    let mut env = vec![format!("INDIMAIL_HOME={home}")];
+    for v in PASSED {
+        if let Ok(val) = std::env::var(v) {
+            if !val.is_empty() {
+                env.push(format!("{v}={val}"));
+            }
+        }
+    }
+    let mut cmd = format!("exec env {} ", env.join(" "));
+    if let Some(c) = paths.control.string("cpus").ok().flatten() {
+        cmd.push_str(&format!("taskset -c {c} "));
+    }
+    if let Some(user) = &o.user {
+        cmd.push_str(&format!("setuidgid {user} "));
+    }
+    cmd.push_str(&format!("{} serve --home {home}\n", exe.display()));
+    s.push_str(&cmd);
+    s
+}
+
+fn write(path: &Path, text: &str, mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+fn install_inner(paths: &Paths, o: &Options) -> Result<(), String> {
+    let exe = match &o.binary {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()
+            .and_then(|p| p.canonicalize())
+            .map_err(|e| format!("cannot find this binary: {e}"))?,
+    };
+    std::fs::create_dir_all(&o.dir).map_err(|e| format!("{}: {e}", o.dir.display()))?;
+    write(
+        &o.dir.join("indimail.service"),
+        &systemd_unit(paths, o, &exe),
+        0o644,
+    )?;
+    if o.daemontools {
+        let svc = o.dir.join("indimail");
+        let log = svc.join("log");
+        std::fs::create_dir_all(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        write(&svc.join("run"), &run_script(paths, o, &exe), 0o755)?;
+        write(
+            &log.join("run"),
+            "#!/bin/sh\nexec multilog t /var/log/svc/indimail\n",
+            0o755,
+        )?;
+    }
+    Ok(())
+}
+
+/// `indimail service install`.
+pub fn install(paths: &Paths, o: &Options) -> i32 {
+    match install_inner(paths, o) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("indimail service install: {e}");
+            111
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Message processing at queue time (IndiMail's qmail-queue line
+//! processing, spec 1.7-1.11) and the mail-authentication and duplicate
+//! checks of spec section 9.
+//!
+//! * [`headers`]: a sans-I/O processor that sees the header block once as
+//!   the message streams into the queue (lines may be split across chunks
+//!   and folded) and applies `removeheaders`, `envheaders` and `logheaders`.
+//! * [`QueueRules`]: those header rules plus `quarantine`, `extraqueue` and
+//!   `NULLQUEUE`, read from the control directory and the environment.
+//! * [`dkim`]: signing with keys kept as IndiMail keeps them
+//!   (`control/domainkeys/<domain>/<selector>`), key generation, and
+//!   verification producing `Authentication-Results:`.
+//! * [`dups`]: the duplicate eliminator (`ELIMINATE_DUPS`).
+
+pub mod dkim;
+pub mod dups;
+pub mod headers;
+mod rules;
+
+pub use headers::{HeaderProcessor, HeaderRules};
+pub use rules::QueueRules;
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A control file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A control file line is malformed.
+    #[error("{path}:{line}: {problem}")]
+    Syntax {
+        /// The file.
+        path: std::path::PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A DKIM key could not be used or made.
+    #[error("dkim key {path}: {problem}")]
+    Key {
+        /// The key file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// Signing failed.
+    #[error("dkim signing failed: {0}")]
+    Sign(String),
+}
+
+/// Reads a control file's meaningful lines (trimmed, without blank lines
+/// and `#` comments), with their 1-based numbers; `None` when missing.
+pub(crate) fn control_lines(path: &std::path::Path) -> Result<Option<Vec<(usize, String)>>, Error> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(
+            text.lines()
+                .enumerate()
+                .map(|(i, l)| (i + 1, l.trim().to_string()))
+                .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+                .collect(),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
