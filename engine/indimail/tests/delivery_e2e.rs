@@ -6,44 +6,8 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-
-fn setup_users(home: &Path, users: &[&str]) -> Vec<PathBuf> {
-    let (c, _, e) = indimail(home, &["domain", "add", "example.com"]);
-    assert_eq!(c, 0, "{e}");
-    users
-        .iter()
-        .map(|u| {
-            let (c, _, e) = indimail(
-                home,
-                &[
-                    "user",
-                    "add",
-                    &format!("{u}@example.com"),
-                    "--password",
-                    "pw12345",
-                ],
-            );
-            assert_eq!(c, 0, "{e}");
-            let (_, out, _) = indimail(home, &["user", "info", &format!("{u}@example.com")]);
-            let dir = out
-                .lines()
-                .find_map(|l| l.strip_prefix("dir: "))
-                .expect("dir line");
-            PathBuf::from(dir.trim()).join("Maildir")
-        })
-        .collect()
-}
-
-fn maildir_files(maildir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(maildir.join("new"))
-        .map(|r| r.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    v.sort();
-    v
-}
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 
 #[test]
 fn swaks_to_virtual_user_maildir_both_drivers() {
@@ -98,65 +62,6 @@ fn swaks_to_virtual_user_maildir_both_drivers() {
         );
         assert_eq!(code, 550, "{text}");
     }
-}
-
-/// Kills the capture server however the test ends.
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Peer {
-    fn kill(&mut self) -> std::io::Result<()> {
-        self.0.kill()
-    }
-}
-
-/// The capture server: (child, port, outdir).
-fn capture(mode: &str) -> (Peer, u16, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/capture_smtpd.py");
-    let child = Command::new("/usr/bin/python3")
-        .arg(script)
-        .arg(dir.path())
-        .arg(mode)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 with aiosmtpd (Debian python3-aiosmtpd)");
-    let mut child = Peer(child);
-    let mut line = String::new();
-    BufReader::new(child.0.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line
-        .trim()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| {
-            panic!("capture server did not start: {line:?} (is python3-aiosmtpd installed?)")
-        });
-    (child, port, dir)
-}
-
-fn captured(dir: &Path) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for n in 1.. {
-        let eml = dir.join(format!("{n}.eml"));
-        if !eml.exists() {
-            break;
-        }
-        out.push((
-            std::fs::read_to_string(dir.join(format!("{n}.env"))).unwrap(),
-            std::fs::read_to_string(eml).unwrap(),
-        ));
-    }
-    out
 }
 
 fn route_home(port: u16, extra_control: &[(&str, &str)]) -> tempfile::TempDir {

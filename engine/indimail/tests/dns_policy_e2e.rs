@@ -7,7 +7,6 @@ mod dnsmasq;
 
 use common::*;
 use dnsmasq::Dnsmasq;
-use std::path::{Path, PathBuf};
 
 fn home_with(files: &[(&str, &str)], rules: &str) -> tempfile::TempDir {
     let h = tempfile::tempdir().unwrap();
@@ -83,29 +82,13 @@ fn dnsbl_listed_client_refused_with_the_lists_reason() {
     assert_eq!(mail_from(&s, "a@example.org").0, 250);
 }
 
-fn setup_user(home: &Path) -> PathBuf {
-    let (c, _, e) = indimail(home, &["domain", "add", "example.com"]);
-    assert_eq!(c, 0, "{e}");
-    let (c, _, e) = indimail(
-        home,
-        &["user", "add", "alice@example.com", "--password", "pw12345"],
-    );
-    assert_eq!(c, 0, "{e}");
-    let (_, out, _) = indimail(home, &["user", "info", "alice@example.com"]);
-    let dir = out
-        .lines()
-        .find_map(|l| l.strip_prefix("dir: "))
-        .expect("dir line");
-    PathBuf::from(dir.trim()).join("Maildir")
-}
-
 #[test]
 fn spf_levels_and_received_spf_header() {
     let ns = dns();
     let ns_addr = ns.addr.to_string();
     // Level 3: fail refused; softfail, permerror accepted; pass annotated.
     let h = home_with(&[("spfbehavior", "3\n")], ":allow\n");
-    let maildir = setup_user(h.path());
+    let maildir = setup_users(h.path(), &["alice"]).remove(0);
     let s = Server::start_with(h.path(), "uring", &[("INDIMAIL_DNS", &ns_addr)]);
     let (code, text) = mail_from(&s, "someone@bad.test");
     assert_eq!(code, 550, "{text}");

@@ -93,59 +93,6 @@ impl Serve {
     }
 }
 
-/// Kills a helper process however the test ends.
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The aiosmtpd capture server of `delivery_e2e`: (process, port, outdir).
-fn capture() -> (Peer, u16, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/capture_smtpd.py");
-    let mut child = Peer(
-        Command::new("/usr/bin/python3")
-            .arg(script)
-            .arg(dir.path())
-            .arg("ok")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 with aiosmtpd (Debian python3-aiosmtpd)"),
-    );
-    let mut line = String::new();
-    BufReader::new(child.0.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line
-        .trim()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("capture server did not start: {line:?}"));
-    (child, port, dir)
-}
-
-/// Captured messages as (envelope file, message) in arrival order.
-fn captured(dir: &Path) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for n in 1.. {
-        let eml = dir.join(format!("{n}.eml"));
-        if !eml.exists() {
-            break;
-        }
-        out.push((
-            std::fs::read_to_string(dir.join(format!("{n}.env"))).unwrap(),
-            std::fs::read_to_string(eml).unwrap(),
-        ));
-    }
-    out
-}
-
 fn write_control(home: &Path, files: &[(&str, String)]) {
     let control = home.join("control");
     std::fs::create_dir_all(&control).unwrap();
@@ -166,7 +113,7 @@ fn count(log: &str, needle: &str) -> usize {
 
 #[test]
 fn etrn_delivers_held_domain_to_sink_both_drivers() {
-    let (_cap, port, out) = capture();
+    let (_cap, port, out) = capture("ok");
     for d in DRIVERS {
         let before = captured(out.path()).len();
         let h = tempfile::tempdir().unwrap();
@@ -289,16 +236,6 @@ fn odmr_client_tls(
         String::from_utf8_lossy(&out.stderr)
     );
     stdout.lines().map(str::to_string).collect()
-}
-
-fn maildir_of(home: &Path, email: &str) -> PathBuf {
-    let (c, out, e) = indimail(home, &["user", "info", email]);
-    assert_eq!(c, 0, "{e}");
-    let dir = out
-        .lines()
-        .find_map(|l| l.strip_prefix("dir: "))
-        .expect("dir line");
-    PathBuf::from(dir.trim()).join("Maildir")
 }
 
 #[test]
@@ -498,7 +435,7 @@ fn atrn_needs_auth_and_is_only_on_odmr() {
 
 #[test]
 fn etrnhosts_reload_holds_and_releases_without_restart() {
-    let (_cap, port, out) = capture();
+    let (_cap, port, out) = capture("ok");
     let h = tempfile::tempdir().unwrap();
     write_control(
         h.path(),

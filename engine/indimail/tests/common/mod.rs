@@ -268,3 +268,102 @@ pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Kills a helper process (capture server, ...) however the test ends.
+pub struct Peer(pub Child);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Peer {
+    pub fn kill(&mut self) -> std::io::Result<()> {
+        self.0.kill()
+    }
+}
+
+/// Starts the aiosmtpd capture server (tests/peers/capture_smtpd.py) in
+/// `mode` (`ok`, or a failure mode the script knows): (process, port,
+/// directory the messages are written to).
+pub fn capture(mode: &str) -> (Peer, u16, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/capture_smtpd.py");
+    let child = Command::new("/usr/bin/python3")
+        .arg(script)
+        .arg(dir.path())
+        .arg(mode)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 with aiosmtpd (Debian python3-aiosmtpd)");
+    let mut child = Peer(child);
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| {
+            panic!("capture server did not start: {line:?} (is python3-aiosmtpd installed?)")
+        });
+    (child, port, dir)
+}
+
+/// The messages the capture server received, as (envelope file, message)
+/// in arrival order.
+pub fn captured(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for n in 1.. {
+        let eml = dir.join(format!("{n}.eml"));
+        if !eml.exists() {
+            break;
+        }
+        out.push((
+            std::fs::read_to_string(dir.join(format!("{n}.env"))).unwrap(),
+            std::fs::read_to_string(eml).unwrap(),
+        ));
+    }
+    out
+}
+
+/// The Maildir of virtual user `email` (from `indimail user info`).
+pub fn maildir_of(home: &Path, email: &str) -> PathBuf {
+    let (c, out, e) = indimail(home, &["user", "info", email]);
+    assert_eq!(c, 0, "{e}");
+    let dir = out
+        .lines()
+        .find_map(|l| l.strip_prefix("dir: "))
+        .expect("dir line");
+    PathBuf::from(dir.trim()).join("Maildir")
+}
+
+/// Adds the virtual domain example.com and `users` in it (password
+/// `pw12345`); returns their Maildirs.
+pub fn setup_users(home: &Path, users: &[&str]) -> Vec<PathBuf> {
+    let (c, _, e) = indimail(home, &["domain", "add", "example.com"]);
+    assert_eq!(c, 0, "{e}");
+    users
+        .iter()
+        .map(|u| {
+            let email = format!("{u}@example.com");
+            let (c, _, e) = indimail(home, &["user", "add", &email, "--password", "pw12345"]);
+            assert_eq!(c, 0, "{e}");
+            maildir_of(home, &email)
+        })
+        .collect()
+}
+
+/// The files in a Maildir's `new/`, sorted.
+pub fn maildir_files(maildir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(maildir.join("new"))
+        .map(|r| r.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
