@@ -26,6 +26,8 @@
 #
 # Needs root (Postfix's master), Debian's postfix (installed if missing by postfix-instance.sh).
 set -euo pipefail
+# Run as root here: the server stays root instead of refusing (README, "Running as root").
+export INDIMAIL_ALLOW_ROOT="${INDIMAIL_ALLOW_ROOT:-1}"
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)

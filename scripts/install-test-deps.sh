@@ -22,6 +22,12 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
 # dkimpy (+ PyNaCl for ed25519): the independent DKIM verifier of msgproc_e2e.
 /usr/bin/python3 -c 'import dkim, nacl' >/dev/null 2>&1 || need+=(python3-dkim python3-nacl)
+# clamd (virus scanning over INSTREAM; the test writes its own signature
+# database and starts clamd itself) and bogofilter (spam tagging).
+[ -x /usr/sbin/clamd ] || need+=(clamav-daemon clamav)
+[ -x /usr/bin/bogofilter ] || need+=(bogofilter)
+# altermime: the MIME-aware disclaimer filter run through FILTERARGS.
+[ -x /usr/bin/altermime ] || need+=(altermime)
 
 if [ ${#need[@]} -eq 0 ]; then
   echo "install-test-deps: everything present"

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use crate::config::DirectoryConfig;
 use crate::db::{params, Db};
 use crate::model::{
-    bucket, normalize_domain, Address, Limits, Quota, User, UserFlags, MAX_DIR_LEN, MAX_GECOS_LEN,
-    MAX_VALIAS_LEN,
+    bucket, normalize_domain, Address, Limits, MailStore, Quota, User, UserFlags, MAX_DIR_LEN,
+    MAX_GECOS_LEN, MAX_VALIAS_LEN,
 };
 use crate::password::{self, HashMethod};
 use crate::{queries, LookupError};
@@ -128,6 +128,20 @@ pub struct HostEntry {
     pub host: String,
 }
 
+/// A cluster host: its `host_table` row, its `smtp_port` rows and how many `hostcntrl`
+/// entries place users on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterHost {
+    /// Host id.
+    pub host: String,
+    /// `host_table.ipaddr`.
+    pub ip: String,
+    /// `smtp_port` rows: (domain, src_host, port).
+    pub ports: Vec<(String, String, u16)>,
+    /// `hostcntrl` rows naming this host.
+    pub users: u64,
+}
+
 /// The admin side of the directory: uncached, one database handle.
 pub struct Admin {
     db: Db,
@@ -199,8 +213,23 @@ pub fn hash_dir(n: u64, per_level: u64) -> Option<String> {
 }
 
 fn make_maildir(home: &Path) -> Result<(), LookupError> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     let maildir = home.join("Maildir");
+    // New directories take the owner of the nearest one that exists: an
+    // admin command run as root inside a home the server's (unprivileged)
+    // user owns must not leave it mailboxes it cannot write (IndiMail's
+    // tools chown to the indimail user the same way).
+    let mut created = Vec::new();
+    let mut owner = None;
+    for a in maildir.ancestors() {
+        match std::fs::metadata(a) {
+            Ok(m) => {
+                owner = Some((m.uid(), m.gid()));
+                break;
+            }
+            Err(_) => created.push(a.to_path_buf()),
+        }
+    }
     for sub in ["cur", "new", "tmp"] {
         let p = maildir.join(sub);
         std::fs::DirBuilder::new()
@@ -208,6 +237,15 @@ fn make_maildir(home: &Path) -> Result<(), LookupError> {
             .mode(0o700)
             .create(&p)
             .map_err(io_err(&p))?;
+    }
+    if let Some((uid, gid)) = owner {
+        created.extend(["cur", "new", "tmp"].map(|s| maildir.join(s)));
+        for p in &created {
+            let differs = std::fs::metadata(p).is_ok_and(|m| m.uid() != uid || m.gid() != gid);
+            if differs {
+                std::os::unix::fs::chown(p, Some(uid), Some(gid)).map_err(io_err(p))?;
+            }
+        }
     }
     // Make the new directory entries durable (admin answered "done").
     for p in [maildir.as_path(), home, home.parent().unwrap_or(home)] {
@@ -1013,7 +1051,17 @@ impl Admin {
                 params![host, &u, &d],
             )
             .await?;
-        if n == 0 {
+        // MySQL counts changed rows, not matched ones: a move to the same host is 0.
+        let found = n > 0
+            || !self
+                .db
+                .query(
+                    "SELECT host FROM hostcntrl WHERE pw_name = ? AND pw_domain = ?",
+                    params![&u, &d],
+                )
+                .await?
+                .is_empty();
+        if !found {
             return Err(LookupError::HostNotFound(format!("{u}@{d}")));
         }
         self.db.bump_changes().await
@@ -1091,6 +1139,125 @@ impl Admin {
         self.db.bump_changes().await
     }
 
+    /// The hosts of the cluster (`host_table`), with their SMTP ports and user counts, by
+    /// host id. Host ids named only by `hostcntrl` or `smtp_port` (no address yet) are
+    /// listed too, with an empty address.
+    pub async fn cluster_hosts(&self) -> Result<Vec<ClusterHost>, LookupError> {
+        use std::collections::BTreeMap;
+        fn host(hosts: &mut BTreeMap<String, ClusterHost>, h: String) -> &mut ClusterHost {
+            hosts.entry(h.clone()).or_insert_with(|| ClusterHost {
+                host: h,
+                ip: String::new(),
+                ports: Vec::new(),
+                users: 0,
+            })
+        }
+        let mut hosts = BTreeMap::new();
+        for r in self
+            .db
+            .query("SELECT host, ipaddr FROM host_table", vec![])
+            .await?
+        {
+            host(&mut hosts, r.text(0)).ip = r.text(1);
+        }
+        for r in self
+            .db
+            .query(
+                "SELECT host, domain, src_host, port FROM smtp_port ORDER BY domain, src_host",
+                vec![],
+            )
+            .await?
+        {
+            let port = u16::try_from(r.int(3)).unwrap_or(0);
+            host(&mut hosts, r.text(0))
+                .ports
+                .push((r.text(1), r.text(2), port));
+        }
+        for r in self
+            .db
+            .query("SELECT host, COUNT(*) FROM hostcntrl GROUP BY host", vec![])
+            .await?
+        {
+            host(&mut hosts, r.text(0)).users = u64::try_from(r.int(1)).unwrap_or(0);
+        }
+        Ok(hosts.into_values().collect())
+    }
+
+    /// Remove a host from the cluster: its `smtp_port` rows and its `host_table` row.
+    /// Refused while `hostcntrl` still places users on it, unless `force` (their mail would
+    /// then defer: the relay cannot resolve the host).
+    pub async fn cluster_host_del(&self, host: &str, force: bool) -> Result<(), LookupError> {
+        let users = self
+            .db
+            .query(
+                "SELECT COUNT(*) FROM hostcntrl WHERE host = ?",
+                params![host],
+            )
+            .await?
+            .first()
+            .map(|r| u64::try_from(r.int(0)).unwrap_or(0))
+            .unwrap_or(0);
+        if users > 0 && !force {
+            return Err(LookupError::HostInUse(host.to_string(), users));
+        }
+        let ports = self
+            .db
+            .exec("DELETE FROM smtp_port WHERE host = ?", params![host])
+            .await?;
+        let rows = self
+            .db
+            .exec("DELETE FROM host_table WHERE host = ?", params![host])
+            .await?;
+        if ports + rows == 0 {
+            return Err(LookupError::HostNotFound(host.to_string()));
+        }
+        self.db.bump_changes().await
+    }
+
+    /// Place `email` (or `*@domain`) on `host`, adding or changing its `hostcntrl` row
+    /// (hostcntrl -i or -m). The host must be in `host_table`, so that mail and logins
+    /// never follow a row to nowhere. Returns the previous host, if any.
+    pub async fn cluster_move(
+        &self,
+        email: &str,
+        host: &str,
+    ) -> Result<Option<String>, LookupError> {
+        let known = !self
+            .db
+            .query(
+                "SELECT ipaddr FROM host_table WHERE host = ?",
+                params![host],
+            )
+            .await?
+            .is_empty();
+        if !known {
+            return Err(LookupError::HostNotFound(host.to_string()));
+        }
+        let (u, d) = self.host_key(email)?;
+        let before = self
+            .db
+            .query(
+                "SELECT host FROM hostcntrl WHERE pw_name = ? AND pw_domain = ?",
+                params![&u, &d],
+            )
+            .await?
+            .first()
+            .map(|r| r.text(0));
+        match &before {
+            Some(h) if h == host => {}
+            Some(_) => self.hostcntrl_mod(email, host).await?,
+            None => self.hostcntrl_add(email, host).await?,
+        }
+        Ok(before)
+    }
+
+    /// Where mail and logins for `email` go (HOST_QUERY, uncached): the mailstore from
+    /// hostcntrl → host_table → smtp_port, or `None` when no row places the user.
+    pub async fn mailstore_of(&self, email: &str) -> Result<Option<MailStore>, LookupError> {
+        let a = Address::parse(email)?;
+        queries::host_of(&self.db, a.user(), a.domain()).await
+    }
+
     /// vsmtp -i/-u: SMTP port of `host` for `domain` (`src_host` `*` = any sender).
     pub async fn smtp_port_set(
         &self,
@@ -1106,6 +1273,29 @@ impl Admin {
                 params![host, src_host, &d, i64::from(port)],
             )
             .await?;
+        self.db.bump_changes().await
+    }
+
+    /// vsmtp -d: remove the SMTP port row of `host` for `domain` and `src_host`.
+    pub async fn smtp_port_del(
+        &self,
+        domain: &str,
+        host: &str,
+        src_host: &str,
+    ) -> Result<(), LookupError> {
+        let d = normalize_domain(domain)?;
+        let n = self
+            .db
+            .exec(
+                "DELETE FROM smtp_port WHERE domain = ? AND host = ? AND src_host = ?",
+                params![&d, host, src_host],
+            )
+            .await?;
+        if n == 0 {
+            return Err(LookupError::HostNotFound(format!(
+                "{host}@{d} ({src_host})"
+            )));
+        }
         self.db.bump_changes().await
     }
 

@@ -1,4 +1,4 @@
-//! The admin command line: `indimail domain|user|alias|hostcntrl|checkpassword ...`
+//! The admin command line: `indimail domain|user|alias|hostcntrl|cluster|atrn|checkpassword ...`
 //! (clap-derive, for the `indimail` binary to flatten into its own parser) and IndiMail's
 //! program names (`vadddomain`, `vadduser`, ...) with their main getopt options
 //! ([`run_as_program`]).
@@ -29,6 +29,10 @@ pub enum DirectoryCommand {
     /// Cluster placement: hostcntrl, host_table and smtp_port rows.
     #[command(subcommand)]
     Hostcntrl(HostCommand),
+    /// The hosts of a multi-host installation and which one holds each user (host_table,
+    /// smtp_port and hostcntrl together; vhostid, vsmtp and hostcntrl in one place).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Domains a user may turn with ATRN (atrn_map rows; vatrn).
     #[command(subcommand)]
     Atrn(AtrnCommand),
@@ -251,6 +255,16 @@ pub enum HostCommand {
         /// Host id.
         host: String,
     },
+    /// Remove the SMTP port row of a host for a domain (vsmtp -d).
+    DelPort {
+        /// Domain.
+        domain: String,
+        /// Host id.
+        host: String,
+        /// Sending host (`*` = any).
+        #[arg(long, default_value = "*")]
+        src_host: String,
+    },
     /// Set the SMTP port of a host for a domain (vsmtp).
     SetPort {
         /// Domain.
@@ -262,6 +276,55 @@ pub enum HostCommand {
         /// Sending host (`*` = any).
         #[arg(long, default_value = "*")]
         src_host: String,
+    },
+}
+
+/// `indimail cluster ...`
+///
+/// Every change bumps the directory's change counter: hosts sharing the directory see it
+/// within their change poll (one second) plus one query, without a restart.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ClusterCommand {
+    /// Register a host (or change its address): its host_table row (vhostid -i), and with
+    /// `--smtp-port` the port its SMTP server takes mail on for each `--domain` (vsmtp -i).
+    AddHost {
+        /// Host id (the host's `control/hostid`).
+        host: String,
+        /// The address relays and proxies connect to.
+        ip: IpAddr,
+        /// A domain the host holds users of (repeatable).
+        #[arg(long = "domain")]
+        domains: Vec<String>,
+        /// SMTP port of the host for those domains (default 25 when no row exists).
+        #[arg(long, requires = "domains")]
+        smtp_port: Option<u16>,
+        /// Sending host the port applies to (`*` = any).
+        #[arg(long, default_value = "*")]
+        src_host: String,
+    },
+    /// Remove a host: its smtp_port and host_table rows. Refused while users are placed on
+    /// it, unless `--force`.
+    DelHost {
+        /// Host id.
+        host: String,
+        /// Remove even with users placed on it (their mail defers until they are moved).
+        #[arg(long)]
+        force: bool,
+    },
+    /// List hosts: address, user count and SMTP ports.
+    Hosts,
+    /// Place a user (or `*@domain`, the domain default) on a registered host: new mail and
+    /// new logins go there (hostcntrl -i / -m).
+    Move {
+        /// user@domain or *@domain
+        email: String,
+        /// Host id (must be registered with add-host).
+        host: String,
+    },
+    /// Where mail and logins for a user go: `domain:ip:port host`, uncached.
+    Where {
+        /// user@domain
+        email: String,
     },
 }
 
@@ -416,6 +479,66 @@ fn print_domain(out: &mut dyn Write, d: &DomainInfo) -> std::io::Result<()> {
     writeln!(out, "users: {}", d.users)?;
     writeln!(out, "users per level: {}", d.users_per_level)?;
     writeln!(out, "aliases: {}", d.aliases.join(" "))
+}
+
+async fn run_cluster(
+    admin: &Admin,
+    cmd: ClusterCommand,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    match cmd {
+        ClusterCommand::AddHost {
+            host,
+            ip,
+            domains,
+            smtp_port,
+            src_host,
+        } => {
+            admin.host_set(&host, ip).await?;
+            writeln!(out, "host {host} is {ip}")?;
+            if let Some(port) = smtp_port {
+                for d in &domains {
+                    admin.smtp_port_set(d, &host, &src_host, port).await?;
+                    writeln!(out, "{} on {host}: port {port}", d.to_ascii_lowercase())?;
+                }
+            }
+        }
+        ClusterCommand::DelHost { host, force } => {
+            admin.cluster_host_del(&host, force).await?;
+            writeln!(out, "removed host {host}")?;
+        }
+        ClusterCommand::Hosts => {
+            for h in admin.cluster_hosts().await? {
+                let ip = if h.ip.is_empty() { "-" } else { &h.ip };
+                let ports: Vec<String> = h
+                    .ports
+                    .iter()
+                    .map(|(d, src, p)| format!("{d}:{src}:{p}"))
+                    .collect();
+                writeln!(
+                    out,
+                    "{} {ip} users={} smtp={}",
+                    h.host,
+                    h.users,
+                    if ports.is_empty() {
+                        "-".to_string()
+                    } else {
+                        ports.join(",")
+                    }
+                )?;
+            }
+        }
+        ClusterCommand::Move { email, host } => match admin.cluster_move(&email, &host).await? {
+            Some(old) if old == host => writeln!(out, "{email} is on {host} already")?,
+            Some(old) => writeln!(out, "moved {email} from {old} to {host}")?,
+            None => writeln!(out, "placed {email} on {host}")?,
+        },
+        ClusterCommand::Where { email } => match admin.mailstore_of(&email).await? {
+            Some(m) => writeln!(out, "{m} {}", m.host_id)?,
+            None => writeln!(out, "{email}: not placed (local to every host)")?,
+        },
+    }
+    Ok(())
 }
 
 /// Run a directory command against the home `home`, writing results to `out`.
@@ -595,6 +718,14 @@ async fn run_admin(
                 admin.host_del(&host).await?;
                 writeln!(out, "removed host {host}")?;
             }
+            HostCommand::DelPort {
+                domain,
+                host,
+                src_host,
+            } => {
+                admin.smtp_port_del(&domain, &host, &src_host).await?;
+                writeln!(out, "{domain} on {host}: port removed")?;
+            }
             HostCommand::SetPort {
                 domain,
                 host,
@@ -605,6 +736,7 @@ async fn run_admin(
                 writeln!(out, "{domain} on {host}: port {port}")?;
             }
         },
+        DirectoryCommand::Cluster(c) => run_cluster(admin, c, out).await?,
         DirectoryCommand::Atrn(c) => match c {
             AtrnCommand::Add { email, domain } => {
                 admin.atrn_add(&email, &domain).await?;
@@ -916,6 +1048,60 @@ fn program_command(name: &str, args: &[String]) -> Result<DirectoryCommand, CliE
                 ));
             }
         }
+        "vhostid" => {
+            let (o, r) = getopt(args, "Ssd:i:u:")?;
+            let ip = |v: String| {
+                v.parse::<IpAddr>()
+                    .map_err(|_| CliError::Usage(format!("not an IP address: {v}")))
+            };
+            if let Some(host) = val(&o, 'd') {
+                DirectoryCommand::Hostcntrl(HostCommand::DelHost { host })
+            } else if let Some(v) = val(&o, 'i').or_else(|| val(&o, 'u')) {
+                DirectoryCommand::Hostcntrl(HostCommand::SetHost {
+                    host: operand(&r, 0, "host id")?,
+                    ip: ip(v)?,
+                })
+            } else if o.iter().any(|(c, _)| *c == 's' || *c == 'S') {
+                DirectoryCommand::Cluster(ClusterCommand::Hosts)
+            } else {
+                return Err(CliError::Usage(
+                    "vhostid -s | -d id | -i ip id | -u ip id".into(),
+                ));
+            }
+        }
+        "vsmtp" => {
+            let (o, r) = getopt(args, "sdi:u:m:")?;
+            if o.iter().any(|(c, _)| *c == 's') {
+                DirectoryCommand::Cluster(ClusterCommand::Hosts)
+            } else {
+                let target = operand(&r, 0, "hostid@domain")?;
+                let Some((host, domain)) = target.rsplit_once('@') else {
+                    return Err(CliError::Usage(format!("expected hostid@domain: {target}")));
+                };
+                let (host, domain) = (host.to_string(), domain.to_string());
+                let src_host = val(&o, 'm').unwrap_or_else(|| "*".into());
+                if o.iter().any(|(c, _)| *c == 'd') {
+                    DirectoryCommand::Hostcntrl(HostCommand::DelPort {
+                        domain,
+                        host,
+                        src_host,
+                    })
+                } else if let Some(p) = val(&o, 'i').or_else(|| val(&o, 'u')) {
+                    DirectoryCommand::Hostcntrl(HostCommand::SetPort {
+                        domain,
+                        host,
+                        port: p
+                            .parse()
+                            .map_err(|_| CliError::Usage(format!("not a port: {p}")))?,
+                        src_host,
+                    })
+                } else {
+                    return Err(CliError::Usage(
+                        "vsmtp -s | -d -m mta hostid@dom | -i port -m mta hostid@dom".into(),
+                    ));
+                }
+            }
+        }
         "vatrn" => {
             let (o, r) = getopt(args, "vsd:i:u:")?;
             let email = r.first().cloned();
@@ -949,7 +1135,7 @@ fn program_command(name: &str, args: &[String]) -> Result<DirectoryCommand, CliE
 }
 
 /// IndiMail program names this crate implements.
-pub const PROGRAMS: [&str; 14] = [
+pub const PROGRAMS: [&str; 16] = [
     "vadddomain",
     "vdeldomain",
     "vdominfo",
@@ -962,6 +1148,8 @@ pub const PROGRAMS: [&str; 14] = [
     "vsetuserquota",
     "valias",
     "hostcntrl",
+    "vhostid",
+    "vsmtp",
     "vatrn",
     "checkpassword",
 ];

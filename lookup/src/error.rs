@@ -94,6 +94,9 @@ pub enum LookupError {
     /// A hostcntrl entry exists already.
     #[error("host entry already exists: {0}")]
     HostExists(String),
+    /// A host id still has users placed on it (`cluster del-host` without `--force`).
+    #[error("host {0} still has {1} hostcntrl entries; move them first")]
+    HostInUse(String, u64),
     /// No such `atrn_map` row (vatrn -d / -u).
     #[error("ATRN map not found: {0}")]
     AtrnMapNotFound(String),

@@ -419,6 +419,101 @@ fn indimail_program_names(kind: Kind) {
     assert_eq!(cli::run_as_program("qmail-smtpd", &[], h, &mut out), None);
 }
 
+/// `indimail cluster ...` and vhostid/vsmtp: hosts registered with their ports, users
+/// placed and moved, removal refused while users remain.
+fn cluster_commands(kind: Kind) {
+    let env = TestEnv::new(kind);
+    let h = env.path();
+    ok(h, &["domain", "add", "example.com"]);
+    ok(
+        h,
+        &[
+            "cluster",
+            "add-host",
+            "store1",
+            "10.0.0.1",
+            "--domain",
+            "example.com",
+            "--smtp-port",
+            "2525",
+        ],
+    );
+    ok(h, &["cluster", "add-host", "store2", "10.0.0.2"]);
+    // A host must be registered before users go to it.
+    assert!(matches!(
+        err(h, &["cluster", "move", "ann@example.com", "store9"]),
+        CliError::Lookup(LookupError::HostNotFound(_))
+    ));
+    assert_eq!(
+        ok(h, &["cluster", "move", "ann@example.com", "store1"]),
+        "placed ann@example.com on store1\n"
+    );
+    assert_eq!(
+        ok(h, &["cluster", "where", "ann@example.com"]),
+        "example.com:10.0.0.1:2525 store1\n"
+    );
+    assert_eq!(
+        ok(h, &["cluster", "move", "ann@example.com", "store2"]),
+        "moved ann@example.com from store1 to store2\n"
+    );
+    assert_eq!(
+        ok(h, &["cluster", "move", "ann@example.com", "store2"]),
+        "ann@example.com is on store2 already\n"
+    );
+    // No smtp_port row for store2: port 25.
+    assert_eq!(
+        ok(h, &["cluster", "where", "ann@example.com"]),
+        "example.com:10.0.0.2:25 store2\n"
+    );
+    assert!(ok(h, &["cluster", "where", "bob@example.com"]).contains("not placed"));
+    assert_eq!(
+        ok(h, &["cluster", "hosts"]),
+        "store1 10.0.0.1 users=0 smtp=example.com:*:2525\nstore2 10.0.0.2 users=1 smtp=-\n"
+    );
+    let e = err(h, &["cluster", "del-host", "store2"]);
+    assert!(
+        matches!(e, CliError::Lookup(LookupError::HostInUse(_, 1))),
+        "{e}"
+    );
+    ok(h, &["cluster", "move", "ann@example.com", "store1"]);
+    ok(h, &["cluster", "del-host", "store2"]);
+    assert!(matches!(
+        err(h, &["cluster", "del-host", "store2"]),
+        CliError::Lookup(LookupError::HostNotFound(_))
+    ));
+    ok(h, &["cluster", "del-host", "store1", "--force"]);
+    assert_eq!(
+        ok(h, &["cluster", "hosts"]),
+        "store1 - users=1 smtp=-\n",
+        "still named by hostcntrl"
+    );
+
+    // The IndiMail names: vhostid (host_table) and vsmtp (smtp_port).
+    assert_eq!(program(h, "vhostid", &["-i", "10.0.0.7", "store7"]).0, 0);
+    assert_eq!(program(h, "vhostid", &["-i", "nonsense", "store7"]).0, 2);
+    assert_eq!(
+        program(h, "vsmtp", &["-i", "587", "-m", "*", "store7@example.com"]).0,
+        0
+    );
+    let (code, out) = program(h, "vhostid", &["-s"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("store7 10.0.0.7 users=0 smtp=example.com:*:587"),
+        "{out}"
+    );
+    assert_eq!(
+        program(h, "vsmtp", &["-d", "-m", "*", "store7@example.com"]).0,
+        0
+    );
+    assert_eq!(
+        program(h, "vsmtp", &["-d", "-m", "*", "store7@example.com"]).0,
+        1
+    );
+    assert_eq!(program(h, "vsmtp", &["store7"]).0, 2);
+    assert_eq!(program(h, "vhostid", &["-d", "store7"]).0, 0);
+    assert_eq!(program(h, "vhostid", &["-d", "store7"]).0, 1);
+}
+
 /// A temporary failure (the database is gone) exits 111.
 #[test]
 fn unreachable_database_exits_111() {
@@ -442,4 +537,4 @@ fn bad_host_mysql_names_file_and_line() {
     );
 }
 
-both_backends!(subcommands, indimail_program_names);
+both_backends!(subcommands, indimail_program_names, cluster_commands);

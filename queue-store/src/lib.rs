@@ -292,6 +292,27 @@ pub(crate) fn segment_numbers(seg_dir: &Path) -> Result<Vec<u32>, QueueError> {
 /// running queue (a tail being written is seen as torn and ignored) or a
 /// stopped one; never truncates or deletes anything. Oldest first.
 pub fn scan(dir: &Path) -> Result<Vec<QueuedMessage>, QueueError> {
+    scan_with_progress(dir, |_| {})
+}
+
+/// Total size in bytes of the segment files of a queue directory (what
+/// [`scan`] reads), for progress reports; 0 when there are none.
+pub fn segment_bytes(dir: &Path) -> u64 {
+    let seg_dir = dir.join("seg");
+    segment_numbers(&seg_dir).map_or(0, |nums| {
+        nums.iter()
+            .filter_map(|n| std::fs::metadata(seg_dir.join(format::segment_file_name(*n))).ok())
+            .map(|m| m.len())
+            .sum()
+    })
+}
+
+/// [`scan`], calling `progress` with the size of each segment file once
+/// it is read (the sizes add up to about [`segment_bytes`]).
+pub fn scan_with_progress(
+    dir: &Path,
+    mut progress: impl FnMut(u64),
+) -> Result<Vec<QueuedMessage>, QueueError> {
     let seg_dir = dir.join("seg");
     let nums = segment_numbers(&seg_dir)?;
     let mut index = index::Index::default();
@@ -308,6 +329,7 @@ pub fn scan(dir: &Path) -> Result<Vec<QueuedMessage>, QueueError> {
             queue_no = Some(u32::from_le_bytes([buf[12], buf[13], buf[14], buf[15]]));
         }
         index::scan_segment(&buf, |off, len, d| index.apply(n, off, len, d));
+        progress(buf.len() as u64);
     }
     let q = queue_no.unwrap_or(0);
     let held: std::collections::HashSet<MessageId> =

@@ -29,6 +29,8 @@
 //! | `listeners` | lines `SERVICE ADDR:PORT`; services `smtp`, `submission`, `smtps`, `odmr`, `pop3`, `pop3s`, `imap-proxy`, `imaps-proxy`, `pop3-proxy`, `pop3s-proxy` | `smtp 127.0.0.1:2525` |
 //! | `servercert.pem` | TLS certificate + key (`CERTDIR`, `SERVERCERT` override) | a self-signed demo certificate |
 //! | `cpus` | CPU list for shards (`0-3,6`) | one shard per online CPU |
+//! | `shutdowntimeout` | seconds SIGTERM waits for SMTP transactions in flight before closing them (unanswered ones are not accepted) | 5 |
+//! | `user` | user `serve` drops to when started as root (`INDIMAIL_USER`), see `privs` | `indimail` if it exists |
 //! | `etrnhosts` | domains whose mail is held for ETRN/ATRN (`.domain` = subdomains) | none |
 //! | `atrnaccess` | `user@domain:dom1,dom2` — who may turn which domains with ATRN | none |
 
@@ -232,6 +234,8 @@ pub struct ServeConfig {
     pub cpus: Option<Vec<usize>>,
     /// SMTP settings.
     pub smtp: SmtpSettings,
+    /// `shutdowntimeout`: how long SIGTERM waits for sessions in flight.
+    pub shutdown_timeout: Duration,
 }
 
 /// Default listener for a fresh home: loopback, unprivileged.
@@ -265,6 +269,23 @@ impl ServeConfig {
         )
         .unwrap_or(0);
         let timeout = take(&mut errors, c.number("timeoutsmtpd", 1200u64)).unwrap_or(1200);
+        let shutdown_timeout = take(&mut errors, c.number("shutdowntimeout", 5u64)).unwrap_or(5);
+        // The user to drop to must exist (used when started as root).
+        if let Some(user) = take(&mut errors, c.string("user")).flatten() {
+            match crate::privs::lookup_user(&user) {
+                Ok(Some(_)) => {}
+                Ok(None) => errors.push(ControlError {
+                    path: c.file("user"),
+                    line: Some(1),
+                    problem: format!("no user named {user}"),
+                }),
+                Err(e) => errors.push(ControlError {
+                    path: c.file("user"),
+                    line: Some(1),
+                    problem: e,
+                }),
+            }
+        }
         let max_recipients = take(
             &mut errors,
             var_or_control(c, "MAXRECIPIENTS", "maxrecipients", 100usize),
@@ -418,6 +439,7 @@ impl ServeConfig {
         }
         let policy = policy.expect("no errors means the policy loaded");
         Ok(ServeConfig {
+            shutdown_timeout: Duration::from_secs(shutdown_timeout),
             smtp: SmtpSettings {
                 me,
                 greeting,

@@ -61,6 +61,9 @@ pub struct DeliverySettings {
     /// `ELIMINATE_DUPS`: the duplicate eliminator's window in seconds
     /// (`ELIMINATE_DUPS_INT`, default 900), `None` when off.
     pub dups_window: Option<u64>,
+    /// The vacation autoresponder's interval: one reply per sender per
+    /// this many seconds (`AUTORESPONDER_INTERVAL`, default a week).
+    pub autoreply_interval: u64,
 }
 
 impl DeliverySettings {
@@ -145,7 +148,13 @@ impl DeliverySettings {
                     .map_err(|e| e.to_string())?,
             ),
         };
+        let autoreply_interval = crate::config::env_number(
+            "AUTORESPONDER_INTERVAL",
+            msgproc::autoreply::DEFAULT_INTERVAL,
+        )
+        .map_err(|e| e.to_string())?;
         Ok(DeliverySettings {
+            autoreply_interval,
             dkim,
             dups_window,
             smtproute,
@@ -657,6 +666,10 @@ impl DeliveryShard {
                         Err(e) => Outcome::Temporary(format!("cannot queue forward: {e}")),
                         Ok(_) => report.outcome,
                     },
+                    (Outcome::Delivered(_), None) => {
+                        self.autoreply(&target, env, &r.recipient, message).await;
+                        report.outcome
+                    }
                     _ => report.outcome,
                 }
             }
@@ -667,6 +680,77 @@ impl DeliveryShard {
         }
         self.finish(q, id, vec![(r, outcome)], Channel::Local).await;
         None
+    }
+
+    /// The vacation autoresponder (spec 9.3, RFC 3834): a mailbox whose
+    /// home holds `.vacation.msg` answers, through the queue with a null
+    /// sender, unless the message must not be answered or the sender was
+    /// answered within the interval. Never changes the delivery's outcome.
+    async fn autoreply(
+        &self,
+        target: &LocalTarget,
+        env: &queue_store::Envelope,
+        recipient: &str,
+        message: &[u8],
+    ) {
+        if !target.instructions.is_empty() {
+            return;
+        }
+        let Ok(template) =
+            std::fs::read_to_string(target.home.join(msgproc::autoreply::MESSAGE_FILE))
+        else {
+            return;
+        };
+        if let Some(why) = msgproc::autoreply::refusal(&env.sender, recipient, message) {
+            log!(
+                "shard{} autoresponder {recipient}: no reply to <{}> ({why})",
+                self.index,
+                env.sender
+            );
+            return;
+        }
+        let now = std::time::SystemTime::now();
+        let dir = target.home.join(msgproc::autoreply::RATE_DIR);
+        if !msgproc::autoreply::rate_allows(
+            &dir,
+            &env.sender,
+            self.settings.autoreply_interval,
+            now,
+        ) {
+            log!(
+                "shard{} autoresponder {recipient}: <{}> already answered",
+                self.index,
+                env.sender
+            );
+            return;
+        }
+        let id = format!(
+            "<{}.{}.{}.autoreply@{}>",
+            unix_now(),
+            std::process::id(),
+            self.delivery_no(),
+            self.settings.local.hostname
+        );
+        let reply = msgproc::autoreply::compose(
+            &template,
+            &env.sender,
+            recipient,
+            message,
+            &crate::log::rfc5322_date(now),
+            &id,
+        );
+        match self.inject("", vec![env.sender.clone()], reply).await {
+            Ok(_) => log!(
+                "shard{} autoresponder {recipient}: replied to <{}>",
+                self.index,
+                env.sender
+            ),
+            Err(e) => log!(
+                "shard{} autoresponder {recipient}: cannot queue reply to <{}>: {e}",
+                self.index,
+                env.sender
+            ),
+        }
     }
 
     /// The duplicate eliminator (spec 9.2): for a mailbox (not a .qmail
@@ -848,6 +932,10 @@ impl DeliveryShard {
                 Outcome::Temporary(_) => Counter::Deferred,
                 Outcome::Permanent(_) => Counter::Failed,
             });
+            if let Outcome::Delivered(_) = &o {
+                self.metrics
+                    .observe_delivery(now.saturating_sub(env.arrival));
+            }
             let rec = match o {
                 Outcome::Delivered(t) => RecipientOutcome::Delivered { reply: t },
                 Outcome::Temporary(t) => RecipientOutcome::Deferred {

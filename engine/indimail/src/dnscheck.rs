@@ -80,6 +80,18 @@ impl DnsChecks {
             .next()
     }
 
+    /// DKIM verification of an incoming message (`DKIMVERIFY`): the
+    /// `Authentication-Results:` header and the result letter.
+    pub async fn verify_dkim(
+        &self,
+        me: &str,
+        message: &[u8],
+        spf: Option<(&str, &str)>,
+    ) -> msgproc::dkim::Verification {
+        let resolver = self.resolver().map(Resolver::hickory);
+        msgproc::dkim::verify(resolver, me, message, spf).await
+    }
+
     /// The SPF result for `sender` (or, for the null sender, the HELO
     /// name) sending from `ip` (RFC 7208 via `mail-auth`).
     pub async fn spf(&self, ip: IpAddr, helo: &str, sender: &str, me: &str) -> SpfFinding {

@@ -4,6 +4,7 @@
 //! tools. Invoked under an IndiMail/qmail program name (`qmail-queue`,
 //! `sendmail`, ...) it behaves as that program.
 
+mod adminsrv;
 mod config;
 mod control;
 mod deliver;
@@ -13,8 +14,13 @@ mod inject;
 mod log;
 mod logsummary;
 mod metrics;
+mod plugins;
+mod privs;
+mod progress;
+mod qmailimport;
 mod queuectl;
 mod queues;
+mod scanners;
 mod sendmail;
 mod serve;
 mod smtp;
@@ -84,6 +90,10 @@ enum Command {
         /// Prometheus metrics (HTTP `GET /metrics`), summed over shards.
         #[arg(long = "metrics", value_name = "ADDR:PORT")]
         metrics: Vec<SocketAddr>,
+        /// Remote administration endpoint (indisrvr's role): HTTP/JSON over TLS only,
+        /// users and permissions in control/adminusers.
+        #[arg(long = "admin", value_name = "ADDR:PORT")]
+        admin: Option<SocketAddr>,
         /// CPUs to run shards on, e.g. `0-3,6` (overrides control/cpus).
         #[arg(long, value_name = "LIST")]
         cpus: Option<String>,
@@ -108,6 +118,33 @@ enum Command {
     /// Users, domains, aliases and cluster placement (vadddomain, vadduser, ...).
     #[command(flatten)]
     Directory(lookup::cli::DirectoryCommand),
+    /// Run a directory or queue command on a remote host's admin endpoint (adminclient).
+    Admin {
+        /// The endpoint, HOST:PORT.
+        #[arg(long)]
+        host: String,
+        /// Admin user (a line of the server's control/adminusers).
+        #[arg(long)]
+        user: String,
+        /// File holding the password (first line).
+        #[arg(long, value_name = "FILE")]
+        password_file: PathBuf,
+        /// PEM certificate(s) to trust (a private CA, or the server's self-signed
+        /// certificate); default: the public roots.
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
+        /// Name to expect in the server's certificate (default: the host part).
+        #[arg(long, value_name = "NAME")]
+        server_name: Option<String>,
+        /// The command, e.g. `user add ann@example.com --password ...`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
+    },
+    /// Users of this host's admin endpoint (mgmtpass and vpriv): control/adminusers.
+    AdminUsers {
+        #[command(subcommand)]
+        command: AdminUsersCommand,
+    },
     /// Host and placement tools (topology, plan, check): runs `indimail-tuning`.
     #[command(disable_help_flag = true)]
     Tuning {
@@ -123,6 +160,20 @@ enum Command {
         /// Replace existing files of those names.
         #[arg(long)]
         force: bool,
+    },
+    /// Move the messages of a stopped qmail/IndiMail queue (DIR = a queue
+    /// with mess/, or a queue base holding queue1, queue2, ...) into this
+    /// home's queues; the server must be stopped. Safe to re-run.
+    ImportQmailQueue {
+        /// The qmail queue (e.g. /var/indimail/queue/queue1) or queue base.
+        dir: PathBuf,
+        /// The old control directory, for its virtualdomains (undoes the
+        /// `<prepend>-` qmail added to local recipients).
+        #[arg(long, value_name = "DIR")]
+        control: Option<PathBuf>,
+        /// Only count what would be imported; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Service files (the role of IndiMail's svctool).
     Service {
@@ -146,6 +197,25 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum AdminUsersCommand {
+    /// Add or replace a user: password from a file, allowed operations (`*`, `user.*`,
+    /// `domain.list`, `queue.stat`, ...).
+    Set {
+        name: String,
+        /// File holding the password (first line).
+        #[arg(long, value_name = "FILE")]
+        password_file: PathBuf,
+        /// Comma-separated operations.
+        #[arg(long, value_delimiter = ',', required = true)]
+        allow: Vec<String>,
+    },
+    /// Remove a user.
+    Del { name: String },
+    /// List users and their operations.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -178,8 +248,12 @@ enum ConfigCommand {
 
 #[derive(Subcommand)]
 enum QueueCommand {
-    /// List queued messages (works on a running or stopped server).
-    List,
+    /// List queued messages (works on a running or stopped server);
+    /// --sender/--rcpt/--domain/ids narrow the list.
+    List {
+        #[command(flatten)]
+        sel: tools::ListArgs,
+    },
     /// Counts per queue: messages, recipients pending/done/failed, bytes (qmail-qstat).
     Stat,
     /// Queue one message: qmail-queue protocol (message on fd 0, envelope on fd 1).
@@ -329,10 +403,20 @@ fn main() -> ExitCode {
             pop3_proxy,
             pop3s_proxy,
             metrics,
+            admin,
             cpus,
             driver,
         } => {
             use smtp::Service;
+            if let Some(addr) = admin {
+                match adminsrv::start(&paths, addr) {
+                    Ok(a) => println!("admin listening on {a}"),
+                    Err(e) => {
+                        eprintln!("indimail serve: {e}");
+                        return ExitCode::from(111);
+                    }
+                }
+            }
             let mut listeners: Vec<(Service, SocketAddr)> = Vec::new();
             for (svc, addrs) in [
                 (Service::Smtp, smtp),
@@ -377,7 +461,7 @@ fn main() -> ExitCode {
                 }
             },
             QueueCommand::Inject => exit(inject::qmail_queue_main(&paths)),
-            QueueCommand::List => match queue_list(&paths) {
+            QueueCommand::List { sel } => match queue_list(&paths, &sel) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("indimail queue list: {e:#}");
@@ -402,7 +486,28 @@ fn main() -> ExitCode {
             }
             QueueCommand::Shape { by_sender, top } => exit(tools::shape(&paths, by_sender, top)),
         },
+        Command::Admin {
+            host,
+            user,
+            password_file,
+            ca,
+            server_name,
+            args,
+        } => exit(adminsrv::client(&adminsrv::ClientArgs {
+            host,
+            user,
+            password_file,
+            ca,
+            server_name,
+            args,
+        })),
+        Command::AdminUsers { command } => exit(admin_users(&paths, command)),
         Command::InstallLinks { dir, force } => exit(tools::install_links(&dir, force)),
+        Command::ImportQmailQueue {
+            dir,
+            control,
+            dry_run,
+        } => exit(qmailimport::main(&paths, &dir, control.as_deref(), dry_run)),
         Command::Service { command } => match command {
             ServiceCommand::Install {
                 dir,
@@ -493,6 +598,56 @@ fn main() -> ExitCode {
     }
 }
 
+/// `indimail admin-users set|del|list` on control/adminusers.
+fn admin_users(paths: &Paths, cmd: AdminUsersCommand) -> i32 {
+    let file = paths.control.path().join(adminsrv::USERS_FILE);
+    let r = match cmd {
+        AdminUsersCommand::Set {
+            name,
+            password_file,
+            allow,
+        } => (|| {
+            let pw = std::fs::read_to_string(&password_file)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", password_file.display()))?;
+            let pw = pw.lines().next().unwrap_or("");
+            if pw.is_empty() {
+                anyhow::bail!("{}: empty password", password_file.display());
+            }
+            let hash = lookup::password::hash(lookup::HashMethod::Sha512, pw, None)?;
+            let user = adminsrv::AdminUser {
+                name: name.clone(),
+                hash,
+                ops: allow,
+            };
+            adminsrv::set_user(&file, &user)?;
+            println!("admin user {name} set");
+            Ok(())
+        })(),
+        AdminUsersCommand::Del { name } => match adminsrv::del_user(&file, &name) {
+            Ok(true) => {
+                println!("admin user {name} removed");
+                Ok(())
+            }
+            Ok(false) => Err(anyhow::anyhow!("no admin user {name}")),
+            Err(e) => Err(e.into()),
+        },
+        AdminUsersCommand::List => adminsrv::read_users(&file)
+            .map(|users| {
+                for u in users {
+                    println!("{} {}", u.name, u.ops.join(","));
+                }
+            })
+            .map_err(Into::into),
+    };
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("indimail admin-users: {e:#}");
+            1
+        }
+    }
+}
+
 fn exit(code: i32) -> ExitCode {
     ExitCode::from(code.clamp(0, 255) as u8)
 }
@@ -503,6 +658,8 @@ fn run_serve(
     cpus: Option<String>,
     driver: Option<String>,
 ) -> anyhow::Result<()> {
+    // Refuse root with no user to drop to before creating anything.
+    privs::decide(&paths).map_err(anyhow::Error::msg)?;
     let made = config::prepare_home(&paths)?;
     for p in made {
         log!("created {}", p.display());
@@ -521,7 +678,8 @@ fn run_serve(
     serve::serve(cfg, driver)
 }
 
-fn queue_list(paths: &Paths) -> anyhow::Result<()> {
+fn queue_list(paths: &Paths, args: &tools::ListArgs) -> anyhow::Result<()> {
+    let sel = args.selection().map_err(anyhow::Error::msg)?;
     let queues = paths
         .queues(default_queue_count(paths))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -529,20 +687,36 @@ fn queue_list(paths: &Paths) -> anyhow::Result<()> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let mut total = 0usize;
+    // A large queue takes a while to read: a bar on a terminal, a line
+    // every few seconds otherwise (stderr; the list is on stdout).
+    let bytes: u64 = queues
+        .iter()
+        .map(|q| queue_store::segment_bytes(&q.dir))
+        .sum();
+    let mut progress = progress::Progress::new("queue list: scanning (bytes)", bytes);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    use std::io::Write as _;
     for q in &queues {
         if !q.dir.exists() {
             continue;
         }
         // A queue that was never opened by a server has no log yet.
         let msgs = if q.dir.join("seg").is_dir() {
-            queue_store::scan(&q.dir)?
+            queue_store::scan_with_progress(&q.dir, |n| progress.inc(n))?
         } else {
             Vec::new()
         };
-        for m in &msgs {
-            println!("{}", queue_store_line(q.number, m, now));
+        for m in msgs
+            .iter()
+            .filter(|m| sel.envelope_matches(m.id, &m.envelope))
+        {
+            writeln!(out, "{}", queue_store_line(q.number, m, now))?;
+            total += 1;
         }
-        total += msgs.len();
+        if !sel.ids.is_empty() {
+            // Drop files have no id yet.
+            continue;
+        }
         // Messages still in the drop directory are queued too: they are
         // durable and will be imported by the owning shard.
         let drops = inject::drop_dir(&q.dir);
@@ -556,7 +730,20 @@ fn queue_list(paths: &Paths) -> anyhow::Result<()> {
                     .map_err(|e| e.to_string())
                     .and_then(|b| inject::read_drop(&b))
                 {
-                    println!(
+                    let env = queue_store::Envelope::new(
+                        d.envelope.sender.clone(),
+                        d.envelope.recipients.clone(),
+                    );
+                    let any = queue_store::MessageId {
+                        queue: q.number,
+                        segment: 0,
+                        offset: 0,
+                    };
+                    if !sel.envelope_matches(any, &env) {
+                        continue;
+                    }
+                    writeln!(
+                        out,
                         "queue{} inject/{name} size={} from=<{}> to={} state=awaiting-import",
                         q.number,
                         d.body.len(),
@@ -567,12 +754,15 @@ fn queue_list(paths: &Paths) -> anyhow::Result<()> {
                             .map(|r| format!("<{r}>"))
                             .collect::<Vec<_>>()
                             .join(",")
-                    );
+                    )?;
                     total += 1;
                 }
             }
         }
     }
+    out.flush()?;
+    drop(out);
+    progress.finish();
     eprintln!("{total} messages");
     Ok(())
 }
@@ -700,6 +890,15 @@ fn config_show(paths: &Paths) -> i32 {
         println!("dnsbllist: {}", s.dnsbl_zones.join(" "));
         println!("spfbehavior: {}", s.spf.0);
         println!("etrnhosts: {}", s.turn.held_domains().join(" "));
+        println!("shutdowntimeout: {}", c.shutdown_timeout.as_secs());
+        match privs::decide(paths) {
+            Ok(privs::Decision::AsIs) => println!("user: (not root: runs as the invoking user)"),
+            Ok(privs::Decision::Drop(u)) => {
+                println!("user: {} (uid {} gid {})", u.name, u.uid, u.gid)
+            }
+            Ok(privs::Decision::StayRoot) => println!("user: root (INDIMAIL_ALLOW_ROOT)"),
+            Err(e) => println!("user: {e}"),
+        }
         for (svc, a) in &c.listeners {
             println!("listener: {} {a}", svc.name());
         }

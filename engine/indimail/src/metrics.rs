@@ -1,9 +1,11 @@
-//! Counters, one set per shard, summed when read.
+//! Counters, one set per shard, summed when read; gauges per queue.
 //!
 //! Each shard only ever increments its own set (relaxed atomics on a cache
 //! line no other shard writes, so the hot path never contends); a reader —
 //! the `--metrics` endpoint, the final `status: stopped` log line — sums
-//! the sets of all shards.
+//! the sets of all shards. Queue gauges (messages, pending recipients,
+//! oldest message age) are written every [`QUEUE_GAUGE_EVERY`] by the shard
+//! owning the queue ([`QueueGauges::update`]), off the mail path.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -53,11 +55,19 @@ pub enum Counter {
     Bounces,
 }
 
+/// Upper bounds (seconds) of the delivery latency histogram buckets
+/// (arrival to successful delivery; arrival has a one-second resolution).
+pub const LATENCY_BUCKETS: [u64; 10] = [1, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400];
+
 /// One shard's counters (padded so shards do not share a cache line).
 #[derive(Default, Debug)]
 #[repr(align(128))]
 pub struct ShardMetrics {
     values: [AtomicU64; COUNTERS.len()],
+    /// Delivery latency: one count per bucket of [`LATENCY_BUCKETS`], then
+    /// the ones above the last bound.
+    latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    latency_sum: AtomicU64,
 }
 
 impl ShardMetrics {
@@ -66,24 +76,97 @@ impl ShardMetrics {
         self.values[c as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Records the latency of one successful delivery (seconds from
+    /// arrival).
+    pub fn observe_delivery(&self, secs: u64) {
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.latency[i].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum.fetch_add(secs, Ordering::Relaxed);
+    }
+
     /// Current value of one counter.
     pub fn get(&self, c: Counter) -> u64 {
         self.values[c as usize].load(Ordering::Relaxed)
     }
 }
 
-/// Every shard's counters, for summing.
+/// How often a shard refreshes the gauges of its queues.
+pub const QUEUE_GAUGE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The gauges of one queue, written by the shard that owns it.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct QueueGauges {
+    /// Queue number.
+    pub number: u32,
+    messages: AtomicU64,
+    pending: AtomicU64,
+    /// Arrival (unix seconds) of the oldest message; 0 = empty.
+    oldest: AtomicU64,
+}
+
+impl QueueGauges {
+    /// Reads the queue's state (on its shard's thread). Walks the envelopes
+    /// for the oldest arrival: O(messages), once per [`QUEUE_GAUGE_EVERY`].
+    pub fn update(&self, q: &queue_store::Queue) {
+        let st = q.stats();
+        let oldest = q
+            .message_ids()
+            .iter()
+            .filter_map(|id| q.envelope(id).map(|e| e.arrival))
+            .min()
+            .unwrap_or(0);
+        self.messages.store(st.messages, Ordering::Relaxed);
+        self.pending.store(st.recipients_pending, Ordering::Relaxed);
+        self.oldest.store(oldest, Ordering::Relaxed);
+    }
+}
+
+/// The queue gauges: (name, help).
+const GAUGES: [(&str, &str); 3] = [
+    ("queue_messages", "messages in the queue"),
+    (
+        "queue_recipients_pending",
+        "recipients not yet delivered or failed",
+    ),
+    (
+        "queue_oldest_age_seconds",
+        "age of the oldest message in the queue (0 when empty)",
+    ),
+];
+
+/// Every shard's counters, for summing, and every queue's gauges.
 #[derive(Clone, Default)]
 pub struct Registry {
     shards: Arc<Vec<Arc<ShardMetrics>>>,
+    queues: Arc<Vec<Arc<QueueGauges>>>,
 }
 
 impl Registry {
-    /// Counters for `n` shards.
-    pub fn new(n: usize) -> Registry {
+    /// Counters for `n` shards and gauges for the queues numbered `queues`.
+    pub fn with_queues(n: usize, queues: &[u32]) -> Registry {
         Registry {
             shards: Arc::new((0..n).map(|_| Arc::new(ShardMetrics::default())).collect()),
+            queues: Arc::new(
+                queues
+                    .iter()
+                    .map(|&number| {
+                        Arc::new(QueueGauges {
+                            number,
+                            ..QueueGauges::default()
+                        })
+                    })
+                    .collect(),
+            ),
         }
+    }
+
+    /// The gauges of queue `number`, if registered.
+    pub fn queue(&self, number: u32) -> Option<Arc<QueueGauges>> {
+        self.queues.iter().find(|q| q.number == number).cloned()
     }
 
     /// Shard `i`'s counters.
@@ -114,6 +197,52 @@ impl Registry {
                     "indimail_{name}{{shard=\"{n}\"}} {}\n",
                     s.values[i].load(Ordering::Relaxed)
                 ));
+            }
+        }
+        // Delivery latency, summed over shards (Prometheus histogram:
+        // cumulative buckets).
+        let name = "indimail_delivery_latency_seconds";
+        out.push_str(&format!(
+            "# HELP {name} seconds from arrival to successful delivery, per recipient\n# TYPE {name} histogram\n"
+        ));
+        let mut cumulative = 0;
+        for i in 0..=LATENCY_BUCKETS.len() {
+            cumulative += self
+                .shards
+                .iter()
+                .map(|s| s.latency[i].load(Ordering::Relaxed))
+                .sum::<u64>();
+            let le = LATENCY_BUCKETS
+                .get(i)
+                .map_or("+Inf".to_string(), |b| b.to_string());
+            out.push_str(&format!("{name}_bucket{{le=\"{le}\"}} {cumulative}\n"));
+        }
+        let sum: u64 = self
+            .shards
+            .iter()
+            .map(|s| s.latency_sum.load(Ordering::Relaxed))
+            .sum();
+        out.push_str(&format!("{name}_sum {sum}\n{name}_count {cumulative}\n"));
+        if self.queues.is_empty() {
+            return out;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        for (i, (name, help)) in GAUGES.iter().enumerate() {
+            out.push_str(&format!(
+                "# HELP indimail_{name} {help}\n# TYPE indimail_{name} gauge\n"
+            ));
+            for q in self.queues.iter() {
+                let v = match i {
+                    0 => q.messages.load(Ordering::Relaxed),
+                    1 => q.pending.load(Ordering::Relaxed),
+                    _ => match q.oldest.load(Ordering::Relaxed) {
+                        0 => 0,
+                        t => now.saturating_sub(t),
+                    },
+                };
+                out.push_str(&format!("indimail_{name}{{queue=\"{}\"}} {v}\n", q.number));
             }
         }
         out
@@ -169,7 +298,7 @@ mod tests {
 
     #[test]
     fn sums_over_shards() {
-        let r = Registry::new(2);
+        let r = Registry::with_queues(2, &[]);
         r.shard(0).inc(Counter::Accepted);
         r.shard(1).inc(Counter::Accepted);
         r.shard(1).inc(Counter::Connections);
@@ -183,5 +312,37 @@ mod tests {
             text.contains("indimail_smtp_connections_total{shard=\"1\"} 1\n"),
             "{text}"
         );
+        assert!(!text.contains("queue_messages"));
+        r.shard(0).observe_delivery(0);
+        r.shard(1).observe_delivery(7);
+        r.shard(1).observe_delivery(100_000);
+        let text = r.render();
+        for line in [
+            "indimail_delivery_latency_seconds_bucket{le=\"1\"} 1\n",
+            "indimail_delivery_latency_seconds_bucket{le=\"5\"} 1\n",
+            "indimail_delivery_latency_seconds_bucket{le=\"10\"} 2\n",
+            "indimail_delivery_latency_seconds_bucket{le=\"86400\"} 2\n",
+            "indimail_delivery_latency_seconds_bucket{le=\"+Inf\"} 3\n",
+            "indimail_delivery_latency_seconds_sum 100007\n",
+            "indimail_delivery_latency_seconds_count 3\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        let r = Registry::with_queues(1, &[3]);
+        r.queue(3).unwrap().messages.store(7, Ordering::Relaxed);
+        let text = r.render();
+        assert!(
+            text.contains("# TYPE indimail_queue_messages gauge\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("indimail_queue_messages{queue=\"3\"} 7\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("indimail_queue_oldest_age_seconds{queue=\"3\"} 0\n"),
+            "{text}"
+        );
+        assert!(r.queue(4).is_none());
     }
 }

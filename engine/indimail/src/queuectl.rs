@@ -79,7 +79,9 @@ impl Selection {
             && self.grep.is_none()
     }
 
-    fn envelope_matches(&self, id: MessageId, env: &Envelope) -> bool {
+    /// Whether message `id` with envelope `env` is selected (ids, sender,
+    /// recipient, domain; not `grep`, which needs the message).
+    pub fn envelope_matches(&self, id: MessageId, env: &Envelope) -> bool {
         (self.ids.is_empty() || self.ids.contains(&id))
             && self
                 .sender

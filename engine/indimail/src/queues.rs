@@ -29,6 +29,12 @@ pub struct ShardQueues {
     _locks: Vec<std::fs::File>,
 }
 
+/// Present in a queue directory while `indimail import-qmail-queue` has not
+/// finished (see [`crate::qmailimport`]): the queue is not opened until a
+/// re-run completes the import, so nothing imported is delivered or deleted
+/// while its original may still exist.
+pub const IMPORT_MARKER: &str = "import.pending";
+
 /// Takes the exclusive lock of a queue directory (`<queue>/lock`, flock):
 /// one process at a time owns a queue (the server, or a queue tool working
 /// on a stopped server). Released when the file is closed, also when the
@@ -71,6 +77,14 @@ impl ShardQueues {
                 format!("{}: cannot create queue directory: {e}", spec.dir.display())
             })?;
             locks.push(lock_queue(&spec.dir)?);
+            let marker = spec.dir.join(IMPORT_MARKER);
+            if marker.exists() {
+                return Err(format!(
+                    "{}: an `indimail import-qmail-queue` run was interrupted; run it again to \
+                     finish the import (or remove this file if its source queue is gone)",
+                    marker.display()
+                ));
+            }
             let config = QueueConfig::new(spec.dir.clone(), spec.number);
             let (q, report) = Queue::open(config)
                 .await

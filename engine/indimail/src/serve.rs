@@ -20,10 +20,10 @@ struct Shared {
     assignment: Vec<Vec<QueueSpec>>,
     /// The resolved listener addresses (port 0 replaced by the real port).
     addrs: Vec<(crate::smtp::Service, SocketAddr)>,
-    /// Sockets bound by the main thread (to learn ephemeral ports), handed
-    /// to shard 0; the other shards bind the same addresses with
-    /// SO_REUSEPORT.
-    first_listeners: Mutex<Option<Vec<std::net::TcpListener>>>,
+    /// Every shard's sockets, bound by the main thread (to learn ephemeral
+    /// ports, and before privileges are dropped: see [`crate::privs`]):
+    /// shard `i` takes entry `i`; the same addresses with SO_REUSEPORT.
+    shard_listeners: Mutex<Vec<Option<Vec<std::net::TcpListener>>>>,
     ready: Mutex<mpsc::Sender<Result<String, String>>>,
     /// Every shard's counters.
     registry: Registry,
@@ -33,6 +33,9 @@ struct Shared {
     home: std::path::PathBuf,
     /// The control directory.
     control: crate::control::ControlDir,
+    /// `control/shutdowntimeout`: how long a stopping shard waits for SMTP
+    /// sessions in flight.
+    shutdown_timeout: std::time::Duration,
     /// `INDIMAIL_NO_DELIVERY`: accept and queue only (benchmarks of the
     /// accept path).
     no_delivery: bool,
@@ -47,6 +50,8 @@ struct Shared {
 
 /// Runs the server until SIGTERM or SIGINT.
 pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
+    // Refuse early (before binding) when root has no user to drop to.
+    let privileges = crate::privs::decide(&config.paths).map_err(anyhow::Error::msg)?;
     let (driver, fallback) = io::choose_driver(requested);
     if let Some(why) = fallback {
         log!("warning: {why}");
@@ -101,6 +106,33 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
         addrs.push((*svc, l.local_addr()?));
         first.push(l);
     }
+    // Every other shard's sockets too, while binding a port below 1024 is
+    // still allowed.
+    let mut shard_listeners = vec![Some(first)];
+    for _ in 1..shards {
+        let mut v = Vec::new();
+        for (_, a) in &addrs {
+            v.push(io::bind_reuseport(*a, 1024).with_context(|| format!("cannot listen on {a}"))?);
+        }
+        shard_listeners.push(Some(v));
+    }
+    match &privileges {
+        crate::privs::Decision::AsIs => {}
+        crate::privs::Decision::StayRoot => {
+            log!("warning: running as root (INDIMAIL_ALLOW_ROOT): deliveries write as root")
+        }
+        crate::privs::Decision::Drop(user) => {
+            crate::privs::prepare_ownership(&config.paths, &queues, user)
+                .and_then(|()| crate::privs::drop_to(user))
+                .map_err(|e| anyhow::anyhow!("dropping privileges to {}: {e}", user.name))?;
+            log!(
+                "status: listeners bound, running as {} uid={} gid={}",
+                user.name,
+                user.uid,
+                user.gid
+            );
+        }
+    }
 
     // Open the directory once before the shards start, so a fresh embedded
     // store gets its tables from one writer instead of every shard racing
@@ -112,7 +144,8 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
         log!("warning: user directory unavailable at start: {e}");
     }
 
-    let registry = Registry::new(shards);
+    let queue_numbers: Vec<u32> = queues.iter().map(|q| q.number).collect();
+    let registry = Registry::with_queues(shards, &queue_numbers);
     block_signals();
     let (reload_tx, reload_rx) = tokio::sync::watch::channel(Arc::new(config.smtp.clone()));
     let (ready_tx, ready_rx) = mpsc::channel();
@@ -125,12 +158,13 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
         settings: Arc::new(config.smtp.clone()),
         assignment,
         addrs: addrs.clone(),
-        first_listeners: Mutex::new(Some(first)),
+        shard_listeners: Mutex::new(shard_listeners),
         ready: Mutex::new(ready_tx),
         reload: reload_rx,
         registry: registry.clone(),
         home: config.paths.home.clone(),
         control: config.paths.control.clone(),
+        shutdown_timeout: config.shutdown_timeout,
         no_delivery: std::env::var_os("INDIMAIL_NO_DELIVERY")
             .is_some_and(|v| !v.is_empty() && v != "0"),
     });
@@ -364,13 +398,45 @@ async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<(), String> 
             }
         });
     }
+    // Queue gauges for the metrics endpoint, refreshed off the mail path.
+    {
+        let queues = Rc::clone(&smtp_shard.queues);
+        let gauges: Vec<_> = shared.assignment[info.index]
+            .iter()
+            .map(|spec| shared.registry.queue(spec.number))
+            .collect();
+        let stop = info.shutdown.clone();
+        tokio::task::spawn_local(async move {
+            loop {
+                for (q, g) in queues.all().iter().zip(&gauges) {
+                    if let Some(g) = g {
+                        g.update(q);
+                    }
+                }
+                tokio::select! {
+                    _ = stop.wait() => break,
+                    _ = tokio::time::sleep(crate::metrics::QUEUE_GAUGE_EVERY) => {}
+                }
+            }
+        });
+    }
     info.shutdown.wait().await;
     smtp_shard.save_greylist();
-    // Give sessions in flight a moment to finish their transaction; what
-    // has not been answered 250 by then is not accepted (nothing is lost).
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    // Give sessions in flight `shutdowntimeout` to finish their
+    // transaction; the ones still open then are closed when the runtime
+    // ends: what has not been answered 250 is not accepted (the client
+    // keeps it and retries), nothing that was is lost.
+    let deadline = tokio::time::Instant::now() + shared.shutdown_timeout;
     while smtp_shard.active_connections() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let open = smtp_shard.active_connections();
+    if open > 0 {
+        log!(
+            "shard{} stopping: closing {open} smtp sessions still open after {}s",
+            info.index,
+            shared.shutdown_timeout.as_secs()
+        );
     }
     Ok(())
 }
@@ -426,20 +492,13 @@ async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, Strin
             );
         }
     }
-    let std_listeners = if info.index == 0 {
-        shared
-            .first_listeners
-            .lock()
-            .map_err(|e| e.to_string())?
-            .take()
-            .unwrap_or_default()
-    } else {
-        let mut v = Vec::new();
-        for (_, a) in &shared.addrs {
-            v.push(io::bind_reuseport(*a, 1024).map_err(|e| format!("cannot listen on {a}: {e}"))?);
-        }
-        v
-    };
+    let std_listeners = shared
+        .shard_listeners
+        .lock()
+        .map_err(|e| e.to_string())?
+        .get_mut(info.index)
+        .and_then(Option::take)
+        .ok_or("no listening sockets for this shard")?;
     let listeners = std_listeners
         .into_iter()
         .map(shard::io::TcpListener::from_std)

@@ -667,6 +667,13 @@ struct Txn {
     /// once as the header block streams in, and its output buffer.
     headers: Option<msgproc::HeaderProcessor>,
     header_out: Vec<u8>,
+    /// The SPF result word and MAIL FROM, for `Authentication-Results:`.
+    spf_result: Option<(String, String)>,
+    /// Message plugins on: the message as received (SMTP form), held until
+    /// the end of DATA, and the trace lines to write after the headers the
+    /// plugins make (see [`Connection::release_held`]).
+    held: Option<Vec<u8>>,
+    held_prefix: String,
 }
 
 struct Connection {
@@ -947,6 +954,7 @@ impl Connection {
                 if let Some(w) = self.spool.take() {
                     w.abort().await;
                 }
+                self.txn.held = None;
                 self.spool_failed = None;
                 self.shard.metrics.inc(crate::metrics::Counter::Rejected);
             }
@@ -993,6 +1001,7 @@ impl Connection {
             found.domain,
             found.result
         );
+        txn.spf_result = Some((found.result.to_string(), sender.to_string()));
         txn.spf_header = Some(policy::spf::received_spf(
             found.result,
             &self.settings.me,
@@ -1460,6 +1469,15 @@ impl Connection {
         if let (_, Some(q)) = rules.recipients(self.txn.quarantine.as_deref(), rcpts) {
             received.push_str(&q);
         }
+        if crate::plugins::any(&rules) {
+            // Message plugins: hold the message until its end, when the
+            // headers they make (`Authentication-Results:`, `X-QHPSI:`)
+            // go first.
+            self.txn.held = Some(Vec::new());
+            self.txn.held_prefix = received;
+            self.spool = Some(w);
+            return;
+        }
         if let Err(e) = w.write(received.as_bytes()).await {
             self.spool_failed = Some(e.to_string());
         }
@@ -1484,6 +1502,19 @@ impl Connection {
             self.spool_failed = Some(TOO_BIG.into());
             return;
         }
+        if let Some(held) = self.txn.held.as_mut() {
+            held.extend_from_slice(chunk);
+            return;
+        }
+        self.spool_write(chunk).await;
+    }
+
+    /// Writes a piece of the message (SMTP form) to the spool, through the
+    /// header rules.
+    async fn spool_write(&mut self, chunk: &[u8]) {
+        if self.spool_failed.is_some() {
+            return;
+        }
         if let Some(w) = self.spool.as_mut() {
             self.scratch.clear();
             to_queue_form(chunk, &mut self.pending_cr, &mut self.scratch);
@@ -1499,6 +1530,90 @@ impl Connection {
                 self.spool_failed = Some(e.to_string());
             }
         }
+    }
+
+    /// The message plugins (`crate::plugins`: DKIM verification, clamd,
+    /// spam filter, external filter) on the held message; then its header
+    /// lines, the trace lines and the (possibly replaced) message go to
+    /// the spool. A refusal is returned. The message is held in memory
+    /// because the checks need all of it and the headers they yield go
+    /// first: up to `databytes` per message being received, on top of
+    /// what the spool buffers.
+    async fn release_held(&mut self) -> Option<Reply> {
+        let mut held = self.txn.held.take()?;
+        if self.spool_failed.is_some() {
+            return None;
+        }
+        let rules = std::sync::Arc::clone(&self.settings.msgproc);
+        let recipients: Vec<String> = self
+            .session
+            .envelope()
+            .recipients
+            .iter()
+            .map(|r| r.path.to_string())
+            .collect();
+        let spf = self.txn.spf_result.clone();
+        let max_output = match self.txn.databytes.filter(|d| *d > 0) {
+            Some(d) => d as usize + 64 * 1024,
+            None => held.len().saturating_mul(4).max(1 << 20),
+        };
+        let mut prefix = String::new();
+        for plugin in crate::plugins::builtins(&rules) {
+            let cx = crate::plugins::Context {
+                shard: self.shard.index,
+                me: &self.settings.me,
+                dns: &self.shard.dns,
+                sender: &self.txn.sender,
+                recipients: &recipients,
+                ip: self.peer.ip(),
+                relay: self.relay || self.txn.relay || self.auth_user.is_some(),
+                spf: spf.as_ref().map(|(r, f)| (r.as_str(), f.as_str())),
+                max_output,
+            };
+            match plugin.check(&cx, &held).await {
+                crate::plugins::Verdict::Pass { header, message } => {
+                    prefix.push_str(&header);
+                    if let Some(m) = message {
+                        held = m;
+                    }
+                }
+                crate::plugins::Verdict::Reject(r) => {
+                    log!(
+                        "shard{} {} refused msg from=<{}> ip={}",
+                        self.shard.index,
+                        plugin.name(),
+                        self.txn.sender,
+                        self.peer.ip()
+                    );
+                    return Some(r);
+                }
+                crate::plugins::Verdict::Discard => {
+                    // Blackholed: nothing more is written.
+                    self.txn.nullqueue = true;
+                    return None;
+                }
+                crate::plugins::Verdict::Quarantine { address, header } => {
+                    prefix.push_str(&header);
+                    // The X-Quarantine-ID line written at DATA (if a
+                    // quarantine was already in force) names the old
+                    // address; this one is the one in force.
+                    if let (_, Some(q)) = rules.recipients(Some(&address), recipients.clone()) {
+                        prefix.push_str(&q);
+                    }
+                    self.txn.quarantine = Some(address);
+                }
+            }
+        }
+        prefix.push_str(&std::mem::take(&mut self.txn.held_prefix));
+        if let Some(w) = self.spool.as_mut() {
+            if let Err(e) = w.write(prefix.as_bytes()).await {
+                self.spool_failed = Some(e.to_string());
+            }
+        }
+        for piece in held.chunks(64 * 1024) {
+            self.spool_write(piece).await;
+        }
+        None
     }
 
     fn received_header(&self) -> String {
@@ -1530,6 +1645,13 @@ impl Connection {
                 self.peer.ip()
             );
             self.session.message_committed(Ok("blackholed".into()));
+            return;
+        }
+        if let Some(r) = self.release_held().await {
+            if let Some(w) = self.spool.take() {
+                w.abort().await;
+            }
+            self.session.message_committed(Err(r));
             return;
         }
         let Some(mut w) = self.spool.take() else {

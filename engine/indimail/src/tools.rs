@@ -57,6 +57,42 @@ impl SelectArgs {
     }
 }
 
+/// Which messages `queue list` shows: ids and/or envelope patterns, all of
+/// which must match (the selection of the other queue commands without
+/// `--grep`, which needs the messages themselves).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ListArgs {
+    /// Message ids (e.g. 1-1-32).
+    pub ids: Vec<String>,
+    /// Envelope sender: an address, `@domain`, or `<>` for bounces.
+    #[arg(long)]
+    pub sender: Option<String>,
+    /// A recipient: an address or `@domain`.
+    #[arg(long)]
+    pub rcpt: Option<String>,
+    /// A recipient domain.
+    #[arg(long)]
+    pub domain: Option<String>,
+}
+
+impl ListArgs {
+    /// The selection these arguments make.
+    pub fn selection(&self) -> Result<Selection, String> {
+        let mut ids = Vec::new();
+        for i in &self.ids {
+            ids.push(i.parse::<MessageId>().map_err(|e| e.to_string())?);
+        }
+        Ok(Selection {
+            ids,
+            sender: self.sender.clone(),
+            rcpt: self.rcpt.clone(),
+            domain: self.domain.clone(),
+            grep: None,
+            icase: false,
+        })
+    }
+}
+
 /// A command that changes the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {

@@ -41,6 +41,7 @@ impl Serve {
         let mut cmd = Command::new(bin());
         cmd.args(["serve", "--home"])
             .arg(home)
+            .env("INDIMAIL_ALLOW_ROOT", "1")
             .args(["--smtp", "127.0.0.1:0"])
             .args(["--submission", "127.0.0.1:0"])
             .args(["--odmr", "127.0.0.1:0"])

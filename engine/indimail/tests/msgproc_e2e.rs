@@ -3,7 +3,11 @@
 //! QMAILLOCAL program), extraqueue, quarantine, NULLQUEUE, the duplicate
 //! eliminator, and DKIM signing of relayed mail checked by dkimpy.
 
+#[path = "common/clamd.rs"]
+mod clamd;
 mod common;
+#[path = "common/dnsmasq.rs"]
+mod dnsmasq;
 
 use common::*;
 use std::io::{BufRead, BufReader};
@@ -366,4 +370,479 @@ fn dkim_signed_relay_verified_by_dkimpy() {
         .find(|t| t.contains("<nokey@id>"))
         .unwrap();
     assert!(!unsigned.contains("DKIM-Signature"), "{unsigned}");
+}
+
+/// Runs a command, panicking with its stderr when it fails.
+fn run(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd.output().expect("run");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[test]
+fn dkim_signature_by_dkimpy_verified_at_queue_time() {
+    // An RSA key made by openssl; dkimpy signs with it, its public half is
+    // served as the selector's TXT record by dnsmasq.
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("sel.pem");
+    run(Command::new("openssl")
+        .args(["genrsa", "-traditional", "-out"])
+        .arg(&key)
+        .arg("2048"));
+    let der = run(Command::new("openssl")
+        .args(["rsa", "-pubout", "-outform", "DER", "-in"])
+        .arg(&key));
+    let p = {
+        use std::io::Write;
+        let mut child = Command::new("base64")
+            .arg("-w0")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&der).unwrap();
+        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+    };
+    // TXT strings are at most 255 bytes: dnsmasq takes them comma-separated.
+    let record = format!("v=DKIM1; k=rsa; p={p}");
+    let pieces: Vec<String> = record
+        .as_bytes()
+        .chunks(200)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    let txt = pieces.join(",");
+    let ns = dnsmasq::Dnsmasq::start(
+        &[],
+        &[
+            ("sel._domainkey.signer.test", &txt),
+            ("signer.test", "v=spf1 ip4:127.0.0.0/8 -all"),
+            ("_dmarc.signer.test", "v=DMARC1; p=reject"),
+        ],
+    );
+    let h = tempfile::tempdir().unwrap();
+    let md = setup_users(h.path(), &["alice"]);
+    control(
+        h.path(),
+        &[("spfbehavior", "1\n"), ("me", "mx.example.com\n")],
+    );
+    // Not a relay client, so SPF is evaluated.
+    std::fs::create_dir_all(h.path().join("tcp")).unwrap();
+    std::fs::write(h.path().join("tcp/tcp.smtp"), ":allow\n").unwrap();
+    let sign = |body: &str| -> Vec<u8> {
+        let f = keys.path().join("msg.eml");
+        std::fs::write(
+            &f,
+            format!(
+                "From: Bob <bob@signer.test>\r\nTo: alice@example.com\r\nSubject: signed\r\nMessage-ID: <{body}@signer.test>\r\n\r\n{body}\r\nsecond line\r\n"
+            ),
+        )
+        .unwrap();
+        run(Command::new("/usr/bin/python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/peers/dkim_sign.py"
+            ))
+            .arg(&key)
+            .args(["sel", "signer.test"])
+            .arg(&f))
+    };
+    let ns_addr = ns.addr.to_string();
+    let s = Server::start_with(
+        h.path(),
+        DRIVER,
+        &[("DKIMVERIFY", ""), ("INDIMAIL_DNS", &ns_addr)],
+    );
+    let send = |data: Vec<u8>| {
+        let mut data = data;
+        data.extend_from_slice(b".\r\n");
+        let (code, text) = send_message(s.smtp, "bob@signer.test", &["alice@example.com"], &data);
+        assert_eq!(code, 250, "{text}");
+        wait_until(20, "delivered", || queue_list(h.path()).is_empty());
+    };
+    send(sign("good"));
+    let tampered = String::from_utf8(sign("evil"))
+        .unwrap()
+        .replace("second line", "second line changed")
+        .into_bytes();
+    send(tampered);
+    send(b"From: bob@signer.test\r\nSubject: plain\r\nMessage-ID: <plain@signer.test>\r\n\r\nunsigned\r\n".to_vec());
+    wait_until(20, "three delivered", || {
+        files(&md[0].join("new")).len() == 3
+    });
+    let got: Vec<String> = files(&md[0].join("new"))
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    let find = |needle: &str| {
+        got.iter()
+            .find(|m| m.contains(needle))
+            .expect(needle)
+            .clone()
+    };
+    for (needle, dkim) in [
+        ("<good@signer.test>", "dkim=pass"),
+        ("<evil@signer.test>", "dkim=fail"),
+        ("<plain@signer.test>", "dkim=none"),
+    ] {
+        let m = find(needle);
+        // Authentication-Results comes first, ahead of our Received line.
+        let ar_start = m
+            .find("\nAuthentication-Results: mx.example.com;")
+            .expect("Authentication-Results");
+        let ar_end = m.find("\nReceived-SPF:").expect("Received-SPF");
+        let ar = &m[ar_start..ar_end];
+        assert!(ar.contains(dkim), "{needle}: {ar}");
+        assert!(
+            ar.contains("spf=pass smtp.mailfrom=bob@signer.test"),
+            "{ar}"
+        );
+        assert!(m.find("\nReceived: from").unwrap() > ar_end, "{m}");
+        if dkim != "dkim=none" {
+            assert!(ar.contains("header.i=@signer.test header.s=sel"), "{ar}");
+        }
+        // SPF passes for an aligned MAIL FROM: DMARC passes (reported only).
+        assert!(
+            ar.contains("dmarc=pass header.from=signer.test policy.dmarc=reject"),
+            "{ar}"
+        );
+    }
+    // Unsigned, and MAIL FROM of another domain: not aligned, DMARC fails.
+    let (code, text) = send_message(
+        s.smtp,
+        "bob@elsewhere.test",
+        &["alice@example.com"],
+        b"From: bob@signer.test\r\nTo: alice@example.com\r\nMessage-ID: <spoof@signer.test>\r\n\r\nspoofed\r\n.\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
+    wait_until(20, "four delivered", || {
+        files(&md[0].join("new")).len() == 4
+    });
+    let m = files(&md[0].join("new"))
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .find(|m| m.contains("<spoof@signer.test>"))
+        .unwrap();
+    assert!(m.contains("\tdkim=none;\n"), "{m}");
+    assert!(m.contains("dmarc=fail"), "{m}");
+    assert!(
+        m.contains("header.from=signer.test policy.dmarc=reject"),
+        "{m}"
+    );
+    assert!(
+        m.contains("spf=none smtp.mailfrom=bob@elsewhere.test"),
+        "{m}"
+    );
+    drop(s);
+
+    // A letter set refusing "no valid signature" (T) and "body hash
+    // mismatch" (U) permanently: the tampered message is refused at DATA.
+    let h2 = tempfile::tempdir().unwrap();
+    setup_users(h2.path(), &["alice"]);
+    let s = Server::start_with(
+        h2.path(),
+        DRIVER,
+        &[("DKIMVERIFY", "TU"), ("INDIMAIL_DNS", &ns_addr)],
+    );
+    let mut bad = String::from_utf8(sign("evil2"))
+        .unwrap()
+        .replace("second line", "second line changed")
+        .into_bytes();
+    bad.extend_from_slice(b".\r\n");
+    let (code, text) = send_message(s.smtp, "bob@signer.test", &["alice@example.com"], &bad);
+    assert_eq!(code, 554, "{text}");
+    assert!(text.contains("5.7.1"), "{text}");
+    let mut good = sign("good2");
+    good.extend_from_slice(b".\r\n");
+    let (code, text) = send_message(s.smtp, "bob@signer.test", &["alice@example.com"], &good);
+    assert_eq!(code, 250, "{text}");
+}
+
+#[test]
+fn vacation_autoresponder_replies_once_and_never_to_lists() {
+    let h = tempfile::tempdir().unwrap();
+    let md = setup_users(h.path(), &["alice", "bob", "carol"]);
+    // alice is away: her home (the Maildir's parent) holds the message.
+    let home = md[0].parent().unwrap();
+    std::fs::write(
+        home.join(".vacation.msg"),
+        "Subject: Away: %S\n\nI am away until Monday; %t will answer \"%S\" then.\n",
+    )
+    .unwrap();
+    let s = Server::start_with(h.path(), DRIVER, &[("AUTORESPONDER_INTERVAL", "3600")]);
+    let send = |from: &str, extra: &str, id: &str| {
+        let msg = format!(
+            "From: {from}\r\nTo: alice@example.com\r\n{extra}Subject: plans\r\nMessage-ID: <{id}@example.com>\r\n\r\nhello\r\n.\r\n"
+        );
+        let (code, text) = send_message(s.smtp, from, &["alice@example.com"], msg.as_bytes());
+        assert_eq!(code, 250, "{text}");
+        wait_until(20, "delivered", || queue_list(h.path()).is_empty());
+    };
+    send("bob@example.com", "", "first");
+    wait_until(20, "reply to bob", || files(&md[1].join("new")).len() == 1);
+    let reply = std::fs::read_to_string(&files(&md[1].join("new"))[0]).unwrap();
+    assert!(reply.starts_with("Return-Path: <>\n"), "{reply}");
+    for want in [
+        "\nFrom: alice@example.com\n",
+        "\nTo: bob@example.com\n",
+        "\nSubject: Away: plans\n",
+        "\nAuto-Submitted: auto-replied\n",
+        "\nIn-Reply-To: <first@example.com>\n",
+        "\nReferences: <first@example.com>\n",
+        "\n\nI am away until Monday; alice@example.com will answer \"plans\" then.\n",
+    ] {
+        assert!(reply.contains(want), "{want:?} in {reply}");
+    }
+    // The same sender again within the interval: no second reply.
+    send("bob@example.com", "", "second");
+    // List, bulk and automatic mail, and a null sender: no reply.
+    send(
+        "carol@example.com",
+        "List-Id: <team.example.com>\r\n",
+        "list",
+    );
+    send("carol@example.com", "Precedence: bulk\r\n", "bulk");
+    send(
+        "carol@example.com",
+        "Auto-Submitted: auto-generated\r\n",
+        "auto",
+    );
+    send("", "", "bounce");
+    wait_until(20, "all six delivered to alice", || {
+        files(&md[0].join("new")).len() == 6
+    });
+    // carol is answered once she writes in person.
+    send("carol@example.com", "", "personal");
+    wait_until(20, "reply to carol", || {
+        files(&md[2].join("new")).len() == 1
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(files(&md[1].join("new")).len(), 1, "bob answered once");
+    assert_eq!(files(&md[2].join("new")).len(), 1, "carol answered once");
+    let log = s.log();
+    assert!(log.contains("already answered"), "{log}");
+    assert!(log.contains("(list mail)"), "{log}");
+    assert!(log.contains("(bulk mail)"), "{log}");
+    assert!(log.contains("(auto-submitted)"), "{log}");
+    assert!(log.contains("(null sender)"), "{log}");
+}
+
+#[test]
+fn clamd_scans_at_end_of_data() {
+    let av = clamd::Clamd::start();
+    let sock = av.socket.display().to_string();
+    let h = tempfile::tempdir().unwrap();
+    let md = setup_users(h.path(), &["alice", "quarantine"]);
+    let msg = |body: &str| format!("From: bob@example.org\r\nSubject: scan\r\n\r\n{body}\r\n.\r\n");
+    let infected = msg(&format!("attachment: {}", clamd::TEST_VIRUS));
+    let send = |s: &Server, data: &str| {
+        send_message(
+            s.smtp,
+            "bob@example.org",
+            &["alice@example.com"],
+            data.as_bytes(),
+        )
+    };
+
+    // Default (REJECTVIRUS=1): infected refused at DATA; clean tagged.
+    let s = Server::start_with(h.path(), DRIVER, &[("CLAMDSOCKET", &sock)]);
+    let (code, text) = send(&s, &infected);
+    assert_eq!(code, 554, "{text}");
+    assert!(
+        text.contains("5.7.1") && text.contains(clamd::TEST_SIGNATURE),
+        "{text}"
+    );
+    let (code, text) = send(&s, &msg("nothing to see"));
+    assert_eq!(code, 250, "{text}");
+    wait_until(20, "clean delivered", || {
+        files(&md[0].join("new")).len() == 1
+    });
+    let m = std::fs::read_to_string(&files(&md[0].join("new"))[0]).unwrap();
+    assert!(m.contains("\nX-QHPSI: clean\n"), "{m}");
+    assert!(m.contains("nothing to see"));
+    assert!(s.log().contains(&format!(
+        "rcpts=1 signature={} action=reject",
+        clamd::TEST_SIGNATURE
+    )));
+    drop(s);
+
+    // VIRUSFORWARD: infected mail goes to the quarantine address only.
+    let s = Server::start_with(
+        h.path(),
+        DRIVER,
+        &[
+            ("CLAMDSOCKET", &sock),
+            ("VIRUSFORWARD", "quarantine@example.com"),
+        ],
+    );
+    let (code, text) = send(&s, &infected);
+    assert_eq!(code, 250, "{text}");
+    wait_until(20, "quarantined", || files(&md[1].join("new")).len() == 1);
+    let m = std::fs::read_to_string(&files(&md[1].join("new"))[0]).unwrap();
+    assert!(
+        m.contains(&format!(
+            "\nX-QHPSI: Virus found ({})\n",
+            clamd::TEST_SIGNATURE
+        )),
+        "{m}"
+    );
+    assert!(
+        m.contains("\nX-Quarantine-ID: quarantine@example.com,alice@example.com\n"),
+        "{m}"
+    );
+    wait_until(10, "queue drained", || queue_list(h.path()).is_empty());
+    assert_eq!(files(&md[0].join("new")).len(), 1, "alice got nothing more");
+    drop(s);
+
+    // Scanner down: 451 by default, accepted and tagged with QHPSIFAILOPEN.
+    let gone = h.path().join("no-clamd.sock").display().to_string();
+    let s = Server::start_with(h.path(), DRIVER, &[("CLAMDSOCKET", &gone)]);
+    let (code, text) = send(&s, &msg("while down"));
+    assert_eq!(code, 451, "{text}");
+    assert!(text.contains("4.3.0"), "{text}");
+    drop(s);
+    let s = Server::start_with(
+        h.path(),
+        DRIVER,
+        &[("CLAMDSOCKET", &gone), ("QHPSIFAILOPEN", "1")],
+    );
+    let (code, text) = send(&s, &msg("while down"));
+    assert_eq!(code, 250, "{text}");
+    wait_until(20, "delivered unscanned", || {
+        files(&md[0].join("new")).len() == 2
+    });
+    let got: Vec<String> = files(&md[0].join("new"))
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert!(
+        got.iter().any(
+            |m| m.contains("\nX-QHPSI: not scanned (scanner unavailable)\n")
+                && m.contains("while down")
+        ),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn bogofilter_tags_spam_and_refuses_it_when_asked() {
+    // A small corpus, trained with bogofilter itself.
+    let db = tempfile::tempdir().unwrap();
+    let train = |flag: &str, text: &str| {
+        use std::io::Write;
+        let mut c = Command::new("/usr/bin/bogofilter")
+            .args(["-d", db.path().to_str().unwrap(), flag])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("bogofilter (Debian package bogofilter)");
+        c.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        assert!(c.wait().unwrap().success());
+    };
+    for i in 0..8 {
+        train(
+            "-s",
+            &format!("From: s{i}@spam.test\nSubject: cheap pills viagra offer\n\nBuy cheap pills now, viagra casino lottery winner prize money offer {i}\n"),
+        );
+        train(
+            "-n",
+            &format!("From: h{i}@example.org\nSubject: meeting agenda project\n\nHi team, the project meeting agenda for thursday review notes schedule {i}\n"),
+        );
+    }
+    let h = tempfile::tempdir().unwrap();
+    let md = setup_users(h.path(), &["alice"]);
+    let filter = format!("/usr/bin/bogofilter -p -d {}", db.path().display());
+    let spam = "From: x@spam.test\r\nSubject: cheap viagra\r\n\r\ncheap pills casino lottery prize offer\r\n.\r\n";
+    let ham = "From: bob@example.org\r\nSubject: project meeting\r\n\r\nagenda for the project review meeting thursday\r\n.\r\n";
+    let send = |s: &Server, data: &str| {
+        send_message(
+            s.smtp,
+            "bob@example.org",
+            &["alice@example.com"],
+            data.as_bytes(),
+        )
+    };
+    let s = Server::start_with(h.path(), DRIVER, &[("SPAMFILTER", &filter)]);
+    assert_eq!(send(&s, spam).0, 250);
+    assert_eq!(send(&s, ham).0, 250);
+    wait_until(20, "both delivered", || {
+        files(&md[0].join("new")).len() == 2
+    });
+    let got: Vec<String> = files(&md[0].join("new"))
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    let find = |needle: &str| got.iter().find(|m| m.contains(needle)).unwrap().clone();
+    let m = find("cheap pills");
+    assert!(m.contains("\nX-Bogosity: Spam, tests=bogofilter"), "{m}");
+    let m = find("agenda for the project");
+    assert!(m.contains("\nX-Bogosity: Ham, tests=bogofilter"), "{m}");
+    assert!(s.log().contains("verdict=spam"), "{}", s.log());
+    drop(s);
+
+    // REJECTSPAM=1: spam refused at DATA, ham still accepted.
+    let s = Server::start_with(
+        h.path(),
+        DRIVER,
+        &[("SPAMFILTER", &filter), ("REJECTSPAM", "1")],
+    );
+    let (code, text) = send(&s, spam);
+    assert_eq!(code, 554, "{text}");
+    assert!(text.contains("5.7.1 spam threshold exceeded"), "{text}");
+    assert_eq!(send(&s, ham).0, 250);
+    drop(s);
+
+    // A filter that cannot run: 451.
+    let s = Server::start_with(
+        h.path(),
+        DRIVER,
+        &[("SPAMFILTER", "/nonexistent/bogofilter")],
+    );
+    let (code, text) = send(&s, ham);
+    assert_eq!(code, 451, "{text}");
+}
+
+#[test]
+fn filterargs_altermime_adds_a_mime_aware_disclaimer() {
+    let h = tempfile::tempdir().unwrap();
+    let md = setup_users(h.path(), &["alice"]);
+    let disc = h.path().join("control/disclaimer");
+    std::fs::write(&disc, "Sent through example.com; mind the disclaimer.\n").unwrap();
+    let filter = format!(
+        "/usr/bin/altermime --input=- --disclaimer={0} --disclaimer-html={0}",
+        disc.display()
+    );
+    let s = Server::start_with(h.path(), DRIVER, &[("FILTERARGS", &filter)]);
+    let msg = "From: bob@example.org\r\nSubject: alt\r\nMIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=\"BB\"\r\n\r\n--BB\r\nContent-Type: text/plain\r\n\r\nplain part\r\n--BB\r\nContent-Type: text/html\r\n\r\n<html><body>html part</body></html>\r\n--BB--\r\n.\r\n";
+    let (code, text) = send_message(
+        s.smtp,
+        "bob@example.org",
+        &["alice@example.com"],
+        msg.as_bytes(),
+    );
+    assert_eq!(code, 250, "{text}");
+    wait_until(20, "delivered", || files(&md[0].join("new")).len() == 1);
+    let m = std::fs::read_to_string(&files(&md[0].join("new"))[0]).unwrap();
+    // Both parts carry the text; the MIME structure is intact.
+    assert!(
+        m.contains("plain part\nSent through example.com; mind the disclaimer.\n--BB\n"),
+        "{m}"
+    );
+    let html = &m[m.find("Content-Type: text/html").unwrap()..];
+    assert!(html.contains("mind the disclaimer"), "{m}");
+    assert!(m.trim_end().ends_with("--BB--"), "{m}");
+    drop(s);
+
+    // A failing filter: temporary refusal, nothing queued.
+    let s = Server::start_with(h.path(), DRIVER, &[("FILTERARGS", "/bin/false")]);
+    let (code, text) = send_message(
+        s.smtp,
+        "bob@example.org",
+        &["alice@example.com"],
+        msg.as_bytes(),
+    );
+    assert_eq!(code, 451, "{text}");
+    assert!(queue_list(h.path()).is_empty());
 }

@@ -31,6 +31,7 @@ fn smtp_in_pop3_out() {
         let mut child = Command::new(bin())
             .args(["serve", "--home"])
             .arg(home)
+            .env("INDIMAIL_ALLOW_ROOT", "1")
             .args(["--smtp", "127.0.0.1:0", "--pop3", "127.0.0.1:0"])
             .env("INDIMAIL_DRIVER", d)
             .stdout(Stdio::piped())

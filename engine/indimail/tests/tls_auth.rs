@@ -95,6 +95,7 @@ fn start_listeners(home: &Path, driver: &str) -> Started {
     let mut child = Command::new(bin())
         .args(["serve", "--home"])
         .arg(home)
+        .env("INDIMAIL_ALLOW_ROOT", "1")
         .args([
             "--smtp",
             "127.0.0.1:0",

@@ -331,40 +331,157 @@ pub fn keygen(
     Ok((path, record))
 }
 
-/// The `Authentication-Results:` header (LF line ends) for an incoming
-/// message: its DKIM signatures checked over DNS, plus the SPF result
-/// found at MAIL (`spf` = result word and the MAIL FROM address).
-pub async fn authentication_results(
-    resolver: &hickory_resolver::TokioAsyncResolver,
+/// What checking an incoming message's DKIM signatures found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    /// The `Authentication-Results:` header, LF line ends.
+    pub header: String,
+    /// The result as the letter of IndiMail's `DKIMVERIFY` set (spec
+    /// 9.1): `A` a signature verified, `S` no signatures, `T` no valid
+    /// signature, `U` body hash mismatch; `None` when a DNS failure left
+    /// the answer open (never a reason to refuse).
+    pub code: Option<char>,
+}
+
+/// What `DKIMVERIFY` (the letter set) says about a result letter: `None`
+/// accept, `Some(true)` permanent refusal (the letter is in the set in
+/// upper case), `Some(false)` temporary refusal (in lower case).
+pub fn verify_action(letters: &str, code: Option<char>) -> Option<bool> {
+    let c = code?;
+    if letters.contains(c.to_ascii_uppercase()) {
+        Some(true)
+    } else if letters.contains(c.to_ascii_lowercase()) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// Checks the DKIM signatures of an incoming `message` (as received, CRLF
+/// or LF line ends) and its DMARC policy over DNS, and makes the
+/// `Authentication-Results:` header naming `hostname`: `dkim=`, `spf=`
+/// (the result found at MAIL: `spf` = result word and MAIL FROM address)
+/// and `dmarc=` (alignment with the `From:` domain; organizational domain
+/// = the domain itself, no public suffix list). DMARC is reported, not
+/// enforced.
+pub async fn verify(
+    resolver: Option<&hickory_resolver::TokioAsyncResolver>,
     hostname: &str,
     message: &[u8],
     spf: Option<(&str, &str)>,
-) -> String {
-    let auth = mail_auth::MessageAuthenticator(resolver.clone());
-    let mut ar = mail_auth::AuthenticationResults::new(hostname);
-    let mut text = match mail_auth::AuthenticatedMessage::parse(message) {
-        Some(msg) => {
-            let results = auth.verify_dkim(&msg).await;
-            let from = from_domain(message).unwrap_or_default();
-            if results.is_empty() {
-                String::new()
+) -> Verification {
+    use mail_auth::{DkimResult, Error as AuthError};
+    let mut code = Some('S');
+    let mut text = String::new();
+    let parsed = mail_auth::AuthenticatedMessage::parse(message);
+    let mailfrom = spf
+        .map(|(_, f)| f.replace(['\n', '\r', ';', ' '], ""))
+        .unwrap_or_default();
+    let mailfrom_domain = mailfrom
+        .rsplit_once('@')
+        .map_or(String::new(), |(_, d)| d.to_ascii_lowercase());
+    match (resolver, parsed) {
+        (Some(resolver), Some(msg)) => {
+            let auth = mail_auth::MessageAuthenticator(resolver.clone());
+            let results = if msg.dkim_headers.is_empty() {
+                Vec::new()
             } else {
+                auth.verify_dkim(&msg).await
+            };
+            // A body that does not match its hash is a failed signature
+            // (RFC 6376 6.1.3: PERMFAIL), not a neutral one.
+            let results: Vec<_> = results
+                .iter()
+                .map(|r| match (r.result(), r.signature()) {
+                    (DkimResult::Neutral(AuthError::FailedBodyHashMatch), Some(sig)) => {
+                        mail_auth::DkimOutput::fail(AuthError::FailedBodyHashMatch)
+                            .with_signature(sig)
+                    }
+                    _ => r.clone(),
+                })
+                .collect();
+            let from = from_domain(message).unwrap_or_default();
+            if !results.is_empty() {
+                code = if results.iter().any(|r| r.result() == &DkimResult::Pass) {
+                    Some('A')
+                } else if results
+                    .iter()
+                    .any(|r| matches!(r.result(), DkimResult::TempError(_)))
+                {
+                    None
+                } else if results
+                    .iter()
+                    .any(|r| matches!(r.result(), DkimResult::Fail(AuthError::FailedBodyHashMatch)))
+                {
+                    Some('U')
+                } else {
+                    Some('T')
+                };
+            }
+            let spf_result = match spf.map(|(r, _)| r) {
+                Some("pass") => mail_auth::SpfResult::Pass,
+                Some("fail") => mail_auth::SpfResult::Fail,
+                Some("softfail") => mail_auth::SpfResult::SoftFail,
+                Some("neutral") => mail_auth::SpfResult::Neutral,
+                Some("temperror") => mail_auth::SpfResult::TempError,
+                Some("permerror") => mail_auth::SpfResult::PermError,
+                _ => mail_auth::SpfResult::None,
+            };
+            let spf_output =
+                mail_auth::SpfOutput::new(mailfrom_domain.clone()).with_result(spf_result);
+            let dmarc = auth
+                .verify_dmarc(mail_auth::dmarc::verify::DmarcParameters::new(
+                    &msg,
+                    &results,
+                    &mailfrom_domain,
+                    &spf_output,
+                ))
+                .await;
+            // The domain publishes DMARC but neither SPF nor DKIM passed:
+            // that is a failure (RFC 7489 6.6.2), which mail-auth reports
+            // as "none".
+            let dmarc = if dmarc.dmarc_record().is_some()
+                && dmarc.spf_result() == &mail_auth::DmarcResult::None
+                && dmarc.dkim_result() == &mail_auth::DmarcResult::None
+            {
+                dmarc.with_spf_result(mail_auth::DmarcResult::Fail(AuthError::NotAligned))
+            } else {
+                dmarc
+            };
+            let mut ar = mail_auth::AuthenticationResults::new(hostname);
+            if !results.is_empty() {
                 ar = ar.with_dkim_results(&results, &from);
-                ar.to_header()
+            }
+            if !from.is_empty() {
+                ar = ar.with_dmarc_result(&dmarc);
+            }
+            text = ar.to_header();
+            if results.is_empty() {
+                text = text.replacen(
+                    &format!("Authentication-Results: {hostname}"),
+                    &format!("Authentication-Results: {hostname};\r\n\tdkim=none"),
+                    1,
+                );
             }
         }
-        None => String::new(),
-    };
+        (None, Some(msg)) if !msg.dkim_headers.is_empty() => {
+            code = None;
+            text = format!(
+                "Authentication-Results: {hostname};\r\n\tdkim=temperror (no resolver)\r\n"
+            );
+        }
+        (_, None) => code = Some('T'),
+        _ => {}
+    }
     if text.is_empty() {
         text = format!("Authentication-Results: {hostname};\r\n\tdkim=none\r\n");
     }
-    let mut text = text.trim_end().replace("\r\n", "\n");
-    if let Some((result, mailfrom)) = spf {
-        let mailfrom = mailfrom.replace(['\n', '\r', ';'], "");
+    let mut text = text.trim_end().replace("\r\n", "\n").replace("; none", "");
+    if let Some((result, _)) = spf {
         text.push_str(&format!(";\n\tspf={result} smtp.mailfrom={mailfrom}"));
     }
     text.push('\n');
-    text
+    Verification { header: text, code }
 }
 
 #[cfg(test)]

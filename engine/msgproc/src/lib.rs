@@ -11,11 +11,15 @@
 //!   (`control/domainkeys/<domain>/<selector>`), key generation, and
 //!   verification producing `Authentication-Results:`.
 //! * [`dups`]: the duplicate eliminator (`ELIMINATE_DUPS`).
+//! * [`scan`]: virus scanning with clamd (INSTREAM), sans I/O.
+//! * [`autoreply`]: the vacation autoresponder of local users (RFC 3834).
 
+pub mod autoreply;
 pub mod dkim;
 pub mod dups;
 pub mod headers;
 mod rules;
+pub mod scan;
 
 pub use headers::{HeaderProcessor, HeaderRules};
 pub use rules::QueueRules;

@@ -18,6 +18,17 @@ pub struct QueueRules {
     pub extra_recipients: Vec<String>,
     /// `NULLQUEUE` in the server's environment: accept and discard.
     pub nullqueue: bool,
+    /// `DKIMVERIFY` (or the control file `dkimverify`): verify incoming
+    /// DKIM signatures and add `Authentication-Results:`; the value is the
+    /// set of result letters that refuse the message (empty: annotate
+    /// only). See [`crate::dkim::verify_action`].
+    pub dkim_verify: Option<String>,
+    /// Virus scanning with clamd (`CLAMDSOCKET` / `clamdsocket`).
+    pub virus: Option<crate::scan::VirusScan>,
+    /// `SPAMFILTER`: the spam filter (e.g. bogofilter).
+    pub spam: Option<crate::scan::SpamFilter>,
+    /// `FILTERARGS`: an external filter every message passes through.
+    pub filter: Option<crate::scan::Filter>,
 }
 
 /// Which file a rule is read from: the variable, when set, names the file
@@ -85,7 +96,10 @@ impl QueueRules {
                 .map(|(_, a)| a)
                 .collect(),
         };
+        let (spam, filter) = crate::scan::load_filters(env)?;
         Ok(QueueRules {
+            spam,
+            filter,
             headers: std::sync::Arc::new(HeaderRules {
                 remove,
                 env: envh,
@@ -94,6 +108,12 @@ impl QueueRules {
             quarantine,
             extra_recipients,
             nullqueue: env("NULLQUEUE").is_some(),
+            virus: crate::scan::VirusScan::load(control, env)?,
+            dkim_verify: match env("DKIMVERIFY") {
+                Some(v) => Some(v.trim().to_string()),
+                None => control_lines(&control.join("dkimverify"))?
+                    .map(|l| l.into_iter().next().map(|(_, v)| v).unwrap_or_default()),
+            },
         })
     }
 

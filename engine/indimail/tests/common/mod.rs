@@ -47,6 +47,9 @@ impl Server {
             .arg(home)
             .args(["--smtp", "127.0.0.1:0"])
             .env("INDIMAIL_DRIVER", driver)
+            // Tests run as root: stay root (serve refuses root without a
+            // user to drop to, see privs.rs); a test may override.
+            .env("INDIMAIL_ALLOW_ROOT", "1")
             .env_remove("QUEUEDIR")
             .env_remove("INDIMAIL_HOME")
             .stdout(Stdio::piped())

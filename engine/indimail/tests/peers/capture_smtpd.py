@@ -8,7 +8,7 @@ usage: capture_smtpd.py OUTDIR MODE
 Prints "listening on HOST:PORT" when ready; writes each message to OUTDIR/<n>.eml
 with the envelope in OUTDIR/<n>.env (sender line, then recipients). Supports STARTTLS
 when CERT and KEY environment variables name a PEM certificate and key; PORT picks
-the port (default: a free one).
+the port (default: a free one), HOST the loopback address (default 127.0.0.1).
 """
 import asyncio, os, ssl, sys
 from aiosmtpd.controller import Controller
@@ -46,14 +46,15 @@ if cert and key:
     kwargs["tls_context"] = ctx
 import socket
 port = int(os.environ.get("PORT", "0"))  # a fixed port (a route written before the peer starts)
+host = os.environ.get("HOST", "127.0.0.1")
 if port == 0:
     probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
+    probe.bind((host, 0))
     port = probe.getsockname()[1]
     probe.close()
-controller = Controller(Handler(), hostname="127.0.0.1", port=port, decode_data=False, **kwargs)
+controller = Controller(Handler(), hostname=host, port=port, decode_data=False, **kwargs)
 controller.start()
-print("listening on 127.0.0.1:%d" % port, flush=True)
+print("listening on %s:%d" % (host, port), flush=True)
 try:
     asyncio.get_event_loop().run_until_complete(asyncio.sleep(3600))
 except KeyboardInterrupt:

@@ -1,0 +1,772 @@
+//! Remote administration (the role of IndiMail's `indisrvr` and `adminclient`): an
+//! authenticated, TLS-only HTTP/JSON endpoint that runs directory and queue commands, and
+//! its client.
+//!
+//! **Server** (`indimail serve --admin ADDR`). A dedicated thread accepts connections; each
+//! one is served on a thread of its own with blocking rustls (admin traffic is a few
+//! requests, never on the mail path, so it stays off the shards). The certificate is the
+//! server's (`servercert.pem` from `SERVERCERT`, `CERTDIR` or the control directory, reloaded
+//! when it changes); without one the endpoint does not start. One request per connection:
+//!
+//! ```text
+//! POST /v1/run HTTP/1.1
+//! Authorization: Basic base64(user:password)
+//! Content-Type: application/json
+//!
+//! {"args": ["user", "add", "ann@example.com", "--password", "..."]}
+//! ```
+//!
+//! answered `200` with `{"status": <exit code>, "stdout": "...", "stderr": "..."}` once the
+//! command ran (as `indimail --home <home> <args...>`, a child process: a failing command
+//! cannot disturb the server), `400` for a malformed request or a command outside the
+//! whitelist, `401` for a bad user or password, `403` for a command the user may not run,
+//! `429` while the user is locked out.
+//!
+//! **Whitelist.** `domain add|del|list|info|add-alias`, `user add|del|passwd|mod|info|list|
+//! quota`, `alias add|del|list`, `hostcntrl ...`, `cluster ...`, `atrn ...`, `queue stat|list`.
+//! An operation is named `<group>.<verb>` (`user.add`, `queue.stat`); `--home` is refused.
+//!
+//! **Users and permissions** (mgmtpass and vpriv): `control/adminusers`, one user a line,
+//! `name:password-hash:operations`, where the hash is a crypt string (as `indimail
+//! admin-users set` writes) and operations a comma-separated list of `*`, `<group>.*` or
+//! `<group>.<verb>`. The file is read on every request: changes apply at once.
+//!
+//! **Lock-out.** After `ADMIN_MAX_FAILURES` (default 5) failed logins in a row a user is
+//! refused, even with the right password, for `ADMIN_LOCKOUT` seconds (default 900). The
+//! count is kept in memory: a restart clears it.
+//!
+//! **Log.** One line per request on the server's log, naming the admin, the client address,
+//! the operation, its arguments (passwords masked) and the outcome: `indisrvr: run
+//! user=alice ip=127.0.0.1 op=user.add status=0 args="user add ann@example.com --password
+//! ***"`; refusals as `indisrvr: refused ...`.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use tls::rustls;
+
+use crate::config::Paths;
+use crate::log;
+
+/// The permissions file in the control directory.
+pub const USERS_FILE: &str = "adminusers";
+/// Most requests served at once.
+const MAX_CONNECTIONS: usize = 16;
+/// Largest request head and body.
+const MAX_HEAD: usize = 16 * 1024;
+const MAX_BODY: usize = 64 * 1024;
+/// Per-connection read/write timeout.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Commands the endpoint runs: group and the verbs allowed (`None`: every verb).
+const WHITELIST: &[(&str, Option<&[&str]>)] = &[
+    ("domain", Some(&["add", "del", "list", "info", "add-alias"])),
+    (
+        "user",
+        Some(&["add", "del", "passwd", "mod", "info", "list", "quota"]),
+    ),
+    ("alias", Some(&["add", "del", "list"])),
+    ("hostcntrl", None),
+    ("cluster", None),
+    ("atrn", None),
+    ("queue", Some(&["stat", "list"])),
+];
+
+/// Why the endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// No usable certificate: the endpoint is TLS-only.
+    #[error("admin endpoint is TLS-only and the certificate is unusable: {0}")]
+    Tls(#[from] tls::TlsError),
+    /// Binding the listener failed.
+    #[error("admin endpoint: bind {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    /// The control file is malformed.
+    #[error("{path}:{line}: {reason}")]
+    Users {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    /// Reading a file failed.
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+}
+
+/// One line of `control/adminusers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminUser {
+    pub name: String,
+    pub hash: String,
+    pub ops: Vec<String>,
+}
+
+impl AdminUser {
+    /// May this user run `op` (`group.verb`)?
+    pub fn allows(&self, op: &str) -> bool {
+        let group = op.split('.').next().unwrap_or(op);
+        self.ops
+            .iter()
+            .any(|p| p == "*" || p == op || p.strip_suffix(".*").is_some_and(|g| g == group))
+    }
+}
+
+/// Parses `control/adminusers` (missing file: no users).
+pub fn read_users(path: &Path) -> Result<Vec<AdminUser>, AdminError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(AdminError::Io(path.to_path_buf(), e)),
+    };
+    let mut users = Vec::new();
+    for (i, l) in text.lines().enumerate() {
+        let l = l.trim();
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        let bad = |reason: &str| AdminError::Users {
+            path: path.to_path_buf(),
+            line: i + 1,
+            reason: reason.to_string(),
+        };
+        let mut f = l.splitn(3, ':');
+        let (Some(name), Some(hash), Some(ops)) = (f.next(), f.next(), f.next()) else {
+            return Err(bad("expected name:password-hash:operations"));
+        };
+        if name.is_empty() || hash.is_empty() {
+            return Err(bad("empty name or password hash"));
+        }
+        let ops: Vec<String> = ops
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(str::to_string)
+            .collect();
+        if let Some(o) = ops.iter().find(|o| !known_op(o)) {
+            return Err(bad(&format!("unknown operation {o}")));
+        }
+        users.push(AdminUser {
+            name: name.to_string(),
+            hash: hash.to_string(),
+            ops,
+        });
+    }
+    Ok(users)
+}
+
+/// `*`, `<group>.*` or a whitelisted `<group>.<verb>`.
+fn known_op(o: &str) -> bool {
+    o == "*"
+        || o.split_once('.').is_some_and(|(g, v)| {
+            WHITELIST
+                .iter()
+                .any(|(wg, verbs)| *wg == g && (v == "*" || verbs.is_none_or(|vs| vs.contains(&v))))
+        })
+}
+
+/// Writes `control/adminusers` with `user` added or replaced (mgmtpass), atomically.
+pub fn set_user(path: &Path, user: &AdminUser) -> Result<(), AdminError> {
+    if let Some(o) = user.ops.iter().find(|o| !known_op(o)) {
+        return Err(AdminError::Users {
+            path: path.to_path_buf(),
+            line: 0,
+            reason: format!("unknown operation {o}"),
+        });
+    }
+    if user.name.is_empty() || user.name.contains(':') || user.hash.contains(':') {
+        return Err(AdminError::Users {
+            path: path.to_path_buf(),
+            line: 0,
+            reason: format!("bad user name or hash for {:?}", user.name),
+        });
+    }
+    let mut users = read_users(path)?;
+    users.retain(|u| u.name != user.name);
+    users.push(user.clone());
+    write_users(path, &users)
+}
+
+/// Removes a user; `false` when there was none of that name.
+pub fn del_user(path: &Path, name: &str) -> Result<bool, AdminError> {
+    let mut users = read_users(path)?;
+    let before = users.len();
+    users.retain(|u| u.name != name);
+    if users.len() == before {
+        return Ok(false);
+    }
+    write_users(path, &users)?;
+    Ok(true)
+}
+
+fn write_users(path: &Path, users: &[AdminUser]) -> Result<(), AdminError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |e| AdminError::Io(path.to_path_buf(), e);
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io)?;
+        writeln!(
+            f,
+            "# indimail admin endpoint users: name:password-hash:operations"
+        )
+        .map_err(io)?;
+        for u in users {
+            writeln!(f, "{}:{}:{}", u.name, u.hash, u.ops.join(",")).map_err(io)?;
+        }
+        f.sync_all().map_err(io)?;
+    }
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// The operation (`group.verb`) of a command line, if whitelisted.
+pub fn operation(args: &[String]) -> Result<String, String> {
+    let group = args.first().ok_or("empty command")?;
+    let verb = args.get(1).ok_or("missing subcommand")?;
+    if args
+        .iter()
+        .any(|a| a == "--home" || a.starts_with("--home="))
+    {
+        return Err("--home is not accepted".into());
+    }
+    let allowed = WHITELIST
+        .iter()
+        .find(|(g, _)| g == group)
+        .is_some_and(|(_, verbs)| verbs.is_none_or(|vs| vs.contains(&verb.as_str())));
+    if !allowed {
+        return Err(format!("{group} {verb} is not available remotely"));
+    }
+    Ok(format!("{group}.{verb}"))
+}
+
+/// Arguments with secrets masked, for the log.
+fn masked(args: &[String]) -> String {
+    let mut out = Vec::with_capacity(args.len());
+    let mut hide_next = false;
+    for a in args {
+        if hide_next {
+            out.push("***".to_string());
+            hide_next = false;
+        } else if let Some((k, _)) = a.split_once('=').filter(|(k, _)| k.contains("password")) {
+            out.push(format!("{k}=***"));
+        } else {
+            hide_next = a.starts_with("--") && a.contains("password");
+            out.push(a.clone());
+        }
+    }
+    out.join(" ").replace('"', "'")
+}
+
+/// Failed-login counts and lock-outs.
+#[derive(Debug)]
+struct Lockout {
+    max_failures: u32,
+    duration: Duration,
+    state: Mutex<HashMap<String, (u32, Option<Instant>)>>,
+}
+
+impl Lockout {
+    fn from_env() -> Lockout {
+        let num = |k: &str, d: u64| {
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(d)
+        };
+        Lockout {
+            max_failures: u32::try_from(num("ADMIN_MAX_FAILURES", 5).max(1)).unwrap_or(5),
+            duration: Duration::from_secs(num("ADMIN_LOCKOUT", 900)),
+            state: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn locked(&self, user: &str) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match s.get(user) {
+            Some((_, Some(until))) if Instant::now() < *until => true,
+            Some((_, Some(_))) => {
+                s.remove(user);
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Records a failure; returns (failures so far, now locked).
+    fn fail(&self, user: &str) -> (u32, bool) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let e = s.entry(user.to_string()).or_insert((0, None));
+        e.0 += 1;
+        if e.0 >= self.max_failures {
+            e.1 = Some(Instant::now() + self.duration);
+        }
+        (e.0, e.1.is_some())
+    }
+
+    fn succeed(&self, user: &str) {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(user);
+    }
+}
+
+struct Shared {
+    home: PathBuf,
+    users_file: PathBuf,
+    exe: PathBuf,
+    lockout: Lockout,
+    active: AtomicUsize,
+}
+
+/// Starts the endpoint on `addr`; returns the bound address. Fails when there is no
+/// usable certificate (TLS-only) or the address cannot be bound.
+pub fn start(paths: &Paths, addr: SocketAddr) -> Result<SocketAddr, AdminError> {
+    let cert_paths = tls::CertPaths::from_env(paths.control.path());
+    // Load once here so that a missing certificate fails the start, loudly.
+    tls::CertStore::load(cert_paths.clone(), tls::ServerOptions::default())?;
+    let users_file = paths.control.path().join(USERS_FILE);
+    read_users(&users_file)?;
+    let listener = TcpListener::bind(addr).map_err(|e| AdminError::Bind(addr, e))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| AdminError::Bind(addr, e))?;
+    let shared = Arc::new(Shared {
+        home: paths.home.clone(),
+        users_file,
+        exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("indimail")),
+        lockout: Lockout::from_env(),
+        active: AtomicUsize::new(0),
+    });
+    std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || {
+            // The store is not shareable between threads; this thread owns it and hands
+            // each connection the current configuration.
+            let store = match tls::CertStore::load(cert_paths, tls::ServerOptions::default()) {
+                Ok(s) => s,
+                Err(e) => {
+                    log!("indisrvr: alert: cannot load the certificate: {e}");
+                    return;
+                }
+            };
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let config = store.config();
+                if let Some(e) = store.take_reload_error() {
+                    log!("indisrvr: warning: certificate reload failed: {e}");
+                }
+                if shared.active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                    shared.active.fetch_sub(1, Ordering::SeqCst);
+                    continue;
+                }
+                let shared = Arc::clone(&shared);
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("admin-conn".into())
+                        .spawn(move || {
+                            serve_conn(&shared, conn, config);
+                            shared.active.fetch_sub(1, Ordering::SeqCst);
+                        });
+                if spawned.is_err() {
+                    log!("indisrvr: warning: cannot start a connection thread");
+                }
+            }
+        })
+        .map_err(|e| AdminError::Bind(addr, e))?;
+    Ok(local)
+}
+
+/// An HTTP response: status, reason, JSON body.
+struct Reply(u16, &'static str, Value);
+
+fn serve_conn(shared: &Shared, tcp: TcpStream, config: Arc<rustls::ServerConfig>) {
+    let ip = tcp
+        .peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let _ = tcp.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = tcp.set_write_timeout(Some(IO_TIMEOUT));
+    let Ok(conn) = rustls::ServerConnection::new(config) else {
+        return;
+    };
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let reply = match read_request(&mut tls) {
+        Ok((auth, body)) => handle(shared, ip, auth.as_deref(), &body),
+        Err(Some(r)) => r,
+        // The handshake failed or the client went away: nothing to answer.
+        Err(None) => return,
+    };
+    let Reply(code, reason, body) = reply;
+    let body = body.to_string();
+    let mut head = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    if code == 401 {
+        head.push_str("WWW-Authenticate: Basic realm=\"indimail\"\r\n");
+    }
+    head.push_str("\r\n");
+    let _ = tls.write_all(head.as_bytes());
+    let _ = tls.write_all(body.as_bytes());
+    let _ = tls.flush();
+    tls.conn.send_close_notify();
+    let _ = tls.flush();
+}
+
+fn error(code: u16, reason: &'static str, text: &str) -> Reply {
+    Reply(code, reason, json!({ "error": text }))
+}
+
+/// Reads one request: the Authorization header's value and the body. `Err(None)`: no
+/// answer possible (TLS or I/O failure).
+type Request = (Option<String>, Vec<u8>);
+
+fn read_request<S: Read>(s: &mut S) -> Result<Request, Option<Reply>> {
+    let mut r = BufReader::new(s.take((MAX_HEAD + MAX_BODY) as u64));
+    let mut line = String::new();
+    let mut head_len = 0;
+    let mut read_line = |r: &mut BufReader<_>, line: &mut String| -> Result<(), Option<Reply>> {
+        line.clear();
+        match r.read_line(line) {
+            Ok(0) | Err(_) if head_len == 0 => Err(None),
+            Ok(0) | Err(_) => Err(Some(error(400, "Bad Request", "truncated request"))),
+            Ok(n) => {
+                head_len += n;
+                if head_len > MAX_HEAD {
+                    return Err(Some(error(400, "Bad Request", "request head too large")));
+                }
+                Ok(())
+            }
+        }
+    };
+    read_line(&mut r, &mut line)?;
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if method != "POST" || target != "/v1/run" {
+        return Err(Some(error(404, "Not Found", "only POST /v1/run is served")));
+    }
+    let mut auth = None;
+    let mut length = 0usize;
+    loop {
+        read_line(&mut r, &mut line)?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let Some((k, v)) = l.split_once(':') else {
+            return Err(Some(error(400, "Bad Request", "malformed header")));
+        };
+        let v = v.trim();
+        if k.eq_ignore_ascii_case("authorization") {
+            auth = Some(v.to_string());
+        } else if k.eq_ignore_ascii_case("content-length") {
+            length = v
+                .parse()
+                .map_err(|_| Some(error(400, "Bad Request", "bad Content-Length")))?;
+        }
+    }
+    if length > MAX_BODY {
+        return Err(Some(error(413, "Payload Too Large", "body too large")));
+    }
+    let mut body = vec![0; length];
+    r.read_exact(&mut body)
+        .map_err(|_| Some(error(400, "Bad Request", "truncated body")))?;
+    Ok((auth, body))
+}
+
+/// `Basic base64(user:password)` → (user, password).
+fn basic(auth: &str) -> Option<(String, String)> {
+    let (scheme, b64) = auth.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (u, p) = text.split_once(':')?;
+    Some((u.to_string(), p.to_string()))
+}
+
+fn handle(shared: &Shared, ip: IpAddr, auth: Option<&str>, body: &[u8]) -> Reply {
+    let Some((user, password)) = auth.and_then(basic) else {
+        log!("indisrvr: refused ip={ip} reason=no-credentials");
+        return error(401, "Unauthorized", "credentials required");
+    };
+    if shared.lockout.locked(&user) {
+        log!("indisrvr: refused user={user} ip={ip} reason=locked-out");
+        return error(429, "Too Many Requests", "locked out after failed logins");
+    }
+    let users = match read_users(&shared.users_file) {
+        Ok(u) => u,
+        Err(e) => {
+            log!("indisrvr: alert: {e}");
+            return error(500, "Internal Server Error", "admin users file unusable");
+        }
+    };
+    let Some(admin) = users
+        .iter()
+        .find(|u| u.name == user && lookup::password::verify(&u.hash, &password))
+    else {
+        let (n, locked) = shared.lockout.fail(&user);
+        log!(
+            "indisrvr: refused user={user} ip={ip} reason=bad-login failures={n}{}",
+            if locked { " locked-out" } else { "" }
+        );
+        return error(401, "Unauthorized", "bad user or password");
+    };
+    shared.lockout.succeed(&user);
+    let args: Vec<String> = match serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("args").cloned())
+        .and_then(|a| serde_json::from_value(a).ok())
+    {
+        Some(a) => a,
+        None => {
+            return error(
+                400,
+                "Bad Request",
+                "expected a JSON object {\"args\": [strings]}",
+            )
+        }
+    };
+    let op = match operation(&args) {
+        Ok(op) => op,
+        Err(e) => {
+            log!(
+                "indisrvr: refused user={user} ip={ip} reason=not-available args=\"{}\"",
+                masked(&args)
+            );
+            return error(400, "Bad Request", &e);
+        }
+    };
+    if !admin.allows(&op) {
+        log!(
+            "indisrvr: refused user={user} ip={ip} op={op} reason=not-permitted args=\"{}\"",
+            masked(&args)
+        );
+        return error(403, "Forbidden", &format!("{user} may not run {op}"));
+    }
+    let out = std::process::Command::new(&shared.exe)
+        .args(&args)
+        .arg("--home")
+        .arg(&shared.home)
+        .stdin(std::process::Stdio::null())
+        .output();
+    match out {
+        Ok(o) => {
+            let status = o.status.code().unwrap_or(111);
+            log!(
+                "indisrvr: run user={user} ip={ip} op={op} status={status} args=\"{}\"",
+                masked(&args)
+            );
+            Reply(
+                200,
+                "OK",
+                json!({
+                    "status": status,
+                    "stdout": String::from_utf8_lossy(&o.stdout),
+                    "stderr": String::from_utf8_lossy(&o.stderr),
+                }),
+            )
+        }
+        Err(e) => {
+            log!("indisrvr: alert: user={user} ip={ip} op={op} cannot run: {e}");
+            error(500, "Internal Server Error", "cannot run the command")
+        }
+    }
+}
+
+/// `indimail admin --host H:PORT --user U --password-file F ARGS...`: runs ARGS on the
+/// remote endpoint, prints its output, returns its exit status (111 when the request could
+/// not be made, 1 when it was refused).
+pub struct ClientArgs {
+    pub host: String,
+    pub user: String,
+    pub password_file: PathBuf,
+    /// PEM file of the CA (or the server's own self-signed certificate) to trust; else the
+    /// compiled-in public roots.
+    pub ca: Option<PathBuf>,
+    /// Name expected in the certificate (default: the host part of `host`).
+    pub server_name: Option<String>,
+    pub args: Vec<String>,
+}
+
+pub fn client(a: &ClientArgs) -> i32 {
+    match client_request(a) {
+        Ok((code, body)) => {
+            let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            if code == 200 {
+                print!("{}", v["stdout"].as_str().unwrap_or(""));
+                eprint!("{}", v["stderr"].as_str().unwrap_or(""));
+                let status = v["status"].as_i64().unwrap_or(111);
+                i32::try_from(status).unwrap_or(111)
+            } else {
+                eprintln!(
+                    "indimail admin: {code}: {}",
+                    v["error"].as_str().unwrap_or(body.trim())
+                );
+                if code >= 500 {
+                    111
+                } else {
+                    1
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("indimail admin: {e}");
+            111
+        }
+    }
+}
+
+fn client_request(a: &ClientArgs) -> Result<(u16, String), String> {
+    let password = std::fs::read_to_string(&a.password_file)
+        .map_err(|e| format!("{}: {e}", a.password_file.display()))?;
+    let password = password.trim_end_matches(['\r', '\n']);
+    let verify = match &a.ca {
+        Some(p) => tls::ClientVerify::CaFile(p.clone()),
+        None => tls::ClientVerify::WebPkiRoots,
+    };
+    let config = tls::ClientTlsConfig::new(verify)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let host_part = match a.host.rsplit_once(':') {
+        Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
+        None => a.host.as_str(),
+    };
+    let name = a.server_name.as_deref().unwrap_or(host_part).to_string();
+    let server_name = rustls::pki_types::ServerName::try_from(name.clone())
+        .map_err(|_| format!("bad server name {name}"))?;
+    let tcp = TcpStream::connect(&a.host).map_err(|e| format!("{}: {e}", a.host))?;
+    let _ = tcp.set_read_timeout(Some(IO_TIMEOUT * 4));
+    let _ = tcp.set_write_timeout(Some(IO_TIMEOUT));
+    let conn = rustls::ClientConnection::new(config, server_name).map_err(|e| e.to_string())?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let body = json!({ "args": a.args }).to_string();
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{}:{password}", a.user));
+    let req = format!(
+        "POST /v1/run HTTP/1.1\r\nHost: {}\r\nAuthorization: Basic {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        a.host,
+        body.len()
+    );
+    tls.write_all(req.as_bytes())
+        .and_then(|_| tls.flush())
+        .map_err(|e| format!("{}: {e}", a.host))?;
+    let mut resp = Vec::new();
+    match tls.read_to_end(&mut resp) {
+        Ok(_) => {}
+        // A peer that closes without close_notify after a complete response.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !resp.is_empty() => {}
+        Err(e) => return Err(format!("{}: {e}", a.host)),
+    }
+    let text = String::from_utf8_lossy(&resp);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| "malformed response".to_string())?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| "malformed status line".to_string())?;
+    Ok((code, body.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn operations_and_permissions() {
+        assert_eq!(operation(&s(&["user", "add", "a@b"])).unwrap(), "user.add");
+        assert_eq!(operation(&s(&["queue", "stat"])).unwrap(), "queue.stat");
+        assert!(operation(&s(&["queue", "delete"])).is_err());
+        assert!(operation(&s(&["serve"])).is_err());
+        assert!(operation(&s(&["domain", "list", "--home", "/etc"])).is_err());
+        assert!(operation(&s(&["domain", "list", "--home=/etc"])).is_err());
+        let u = AdminUser {
+            name: "a".into(),
+            hash: "x".into(),
+            ops: s(&["user.*", "domain.list"]),
+        };
+        assert!(u.allows("user.add") && u.allows("domain.list"));
+        assert!(!u.allows("domain.del") && !u.allows("queue.list"));
+    }
+
+    #[test]
+    fn users_file_round_trip_and_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join(USERS_FILE);
+        let u = AdminUser {
+            name: "alice".into(),
+            hash: "$6$salt$hash".into(),
+            ops: s(&["*"]),
+        };
+        set_user(&p, &u).unwrap();
+        assert_eq!(read_users(&p).unwrap(), vec![u]);
+        assert!(del_user(&p, "alice").unwrap());
+        assert!(!del_user(&p, "alice").unwrap());
+        std::fs::write(&p, "bob:h:user.fly\n").unwrap();
+        let e = read_users(&p).unwrap_err().to_string();
+        assert!(e.ends_with(":1: unknown operation user.fly"), "{e}");
+        std::fs::write(&p, "\n# c\nbob\n").unwrap();
+        assert!(read_users(&p).unwrap_err().to_string().contains(":3:"));
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        assert_eq!(
+            masked(&s(&["user", "add", "a@b", "--password", "pw"])),
+            "user add a@b --password ***"
+        );
+        assert_eq!(
+            masked(&s(&["user", "passwd", "--password=pw"])),
+            "user passwd --password=***"
+        );
+    }
+
+    #[test]
+    fn basic_auth() {
+        let h = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("al:p:w")
+        );
+        assert_eq!(basic(&h), Some(("al".into(), "p:w".into())));
+        assert_eq!(basic("Bearer x"), None);
+        assert_eq!(basic("Basic !!"), None);
+    }
+
+    #[test]
+    fn request_parsing() {
+        let req =
+            b"POST /v1/run HTTP/1.1\r\nAuthorization: Basic eA==\r\nContent-Length: 2\r\n\r\n{}";
+        let (auth, body) = read_request(&mut &req[..]).ok().unwrap();
+        assert_eq!(auth.as_deref(), Some("Basic eA=="));
+        assert_eq!(body, b"{}");
+        let Err(Some(Reply(404, ..))) = read_request(&mut &b"GET / HTTP/1.1\r\n\r\n"[..]) else {
+            panic!("GET refused")
+        };
+        let Err(Some(Reply(413, ..))) =
+            read_request(&mut &b"POST /v1/run HTTP/1.1\r\nContent-Length: 999999\r\n\r\n"[..])
+        else {
+            panic!("large body refused")
+        };
+        assert!(matches!(read_request(&mut &b""[..]), Err(None)));
+    }
+}
