@@ -21,6 +21,7 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use delivery::bounce::{self, BounceConfig, FailedRecipient, Original};
 use delivery::local::{LocalConfig, LocalEnvelope, LocalTarget};
@@ -512,20 +513,39 @@ impl DeliveryShard {
             if !slotted.is_empty() {
                 let me = Rc::clone(self);
                 let q = Rc::clone(q);
-                tokio::task::spawn_local(async move {
-                    me.local_job(&q, id, slotted).await;
-                });
+                let span = tracing::info_span!(
+                    "local_delivery",
+                    shard = self.index,
+                    msg = %id,
+                    rcpts = slotted.len()
+                );
+                tokio::task::spawn_local(
+                    async move {
+                        me.local_job(&q, id, slotted).await;
+                    }
+                    .instrument(span),
+                );
             }
             for ((domain, _), (route, rcpts)) in remote {
                 match self.accountant.try_acquire(Channel::Remote, &qname) {
                     Some(permit) => {
                         let me = Rc::clone(self);
                         let q = Rc::clone(q);
-                        tokio::task::spawn_local(async move {
-                            me.remote_job(&q, id, domain, route, rcpts).await;
-                            drop(permit);
-                            me.slot_freed.notify_one();
-                        });
+                        let span = tracing::info_span!(
+                            "remote_delivery",
+                            shard = self.index,
+                            msg = %id,
+                            domain = %domain,
+                            rcpts = rcpts.len()
+                        );
+                        tokio::task::spawn_local(
+                            async move {
+                                me.remote_job(&q, id, domain, route, rcpts).await;
+                                drop(permit);
+                                me.slot_freed.notify_one();
+                            }
+                            .instrument(span),
+                        );
                     }
                     None => rcpts.iter().for_each(|r| q.release(&id, r.rcpt)),
                 }

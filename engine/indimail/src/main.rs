@@ -351,6 +351,7 @@ pub fn default_queue_count(paths: &Paths) -> usize {
 }
 
 fn main() -> ExitCode {
+    init_tracing();
     let argv0 = std::env::args()
         .next()
         .map(|a| {
@@ -993,4 +994,25 @@ fn queue_stat(paths: &Paths) -> anyhow::Result<()> {
     }
     println!("total: messages {tm} recipients pending {tp}");
     Ok(())
+}
+
+/// `INDIMAIL_TRACE=<filter>` (e.g. `info`, `indimail=debug,hickory_resolver=debug`) turns on
+/// `tracing` output on stderr, beside the qmail-style log: spans for each SMTP session
+/// (`smtp_session`: shard, service, client ip) and each delivery job (`local_delivery`,
+/// `remote_delivery`: shard, message, domain, recipients), printed when they close with their
+/// busy and idle time, plus the events of the libraries (DNS, TLS). Off by default: with no
+/// subscriber the spans cost next to nothing.
+fn init_tracing() {
+    let Ok(filter) = std::env::var("INDIMAIL_TRACE") else {
+        return;
+    };
+    if filter.trim().is_empty() {
+        return;
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
 }

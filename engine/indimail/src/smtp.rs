@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::SystemTime;
+use tracing::Instrument;
 
 use shard::io::{TcpListener, TcpStream};
 use smtp_proto::{
@@ -420,10 +421,19 @@ pub async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let span = tracing::info_span!(
+                    "smtp_session",
+                    shard = shard.index,
+                    service = service.name(),
+                    ip = %peer.ip()
+                );
                 let shard = Rc::clone(&shard);
-                tokio::task::spawn_local(async move {
-                    connection(shard, stream, peer, local, service).await;
-                });
+                tokio::task::spawn_local(
+                    async move {
+                        connection(shard, stream, peer, local, service).await;
+                    }
+                    .instrument(span),
+                );
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly rather than spin.

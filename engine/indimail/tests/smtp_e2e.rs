@@ -345,3 +345,26 @@ fn bad_commands_get_standard_replies() {
     assert_eq!(c.cmd("NOOP").0, 250);
     assert_eq!(c.cmd("QUIT").0, 221);
 }
+
+#[test]
+fn tracing_spans_when_asked() {
+    let h = tempfile::tempdir().unwrap();
+    let s = Server::start_with(
+        h.path(),
+        "uring",
+        &[("INDIMAIL_NO_DELIVERY", "1"), ("INDIMAIL_TRACE", "info")],
+    );
+    let (code, text) = send_message(
+        s.smtp,
+        "a@example.org",
+        &["b@localhost"],
+        b"Subject: traced\r\n\r\nx\r\n.\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
+    wait_until(10, "session span closed", || {
+        let log = s.log();
+        log.lines().any(|l| {
+            l.contains("smtp_session") && l.contains("close") && l.contains("ip=127.0.0.1")
+        })
+    });
+}
