@@ -521,6 +521,15 @@ fn run(paths: &Paths, dir: &Path, control: Option<&Path>) -> Result<Summary, Str
             };
             let parsed = match parse(src, &vdoms) {
                 Ok(State::Queued(p)) => p,
+                Ok(State::Uncommitted)
+                    if done.contains(&key) || done.contains(&format!("{key}#bounce")) =>
+                {
+                    // An interrupted run committed it and removed all but
+                    // `mess` (removed last): finish the removal.
+                    remove_originals(src, &mut touched)?;
+                    s.resumed += 1;
+                    continue;
+                }
                 Ok(State::Uncommitted) => {
                     s.uncommitted += 1;
                     continue;
@@ -632,17 +641,7 @@ fn run(paths: &Paths, dir: &Path, control: Option<&Path>) -> Result<Summary, Str
                 s.resumed += 1;
             }
             // Committed (durably): now the originals go, mess last.
-            for f in src.files() {
-                match std::fs::remove_file(&f) {
-                    Ok(()) => {
-                        if let Some(p) = f.parent() {
-                            touched.insert(p.to_path_buf());
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(format!("{}: {e}", f.display())),
-                }
-            }
+            remove_originals(src, &mut touched)?;
         }
         progress.finish();
         for d in &touched {
@@ -657,6 +656,23 @@ fn run(paths: &Paths, dir: &Path, control: Option<&Path>) -> Result<Summary, Str
     }
     drop(locks);
     Ok(summary)
+}
+
+/// Removes a committed source message's files (`mess` last, see
+/// `Source::files`), noting the directories to fsync.
+fn remove_originals(src: &Source, touched: &mut HashSet<PathBuf>) -> Result<(), String> {
+    for f in src.files() {
+        match std::fs::remove_file(&f) {
+            Ok(()) => {
+                if let Some(p) = f.parent() {
+                    touched.insert(p.to_path_buf());
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", f.display())),
+        }
+    }
+    Ok(())
 }
 
 async fn commit(q: &Queue, body: &[u8], env: Envelope) -> Result<queue_store::MessageId, String> {
