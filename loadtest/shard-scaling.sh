@@ -30,6 +30,8 @@ pids=()
 trap 'for p in "${pids[@]}"; do kill $p 2>/dev/null || true; done; rm -rf "$WORK"' EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+
 one_run() { # $1 = CPU list; prints deliveries/s
     local cpus=$1 shards h sink_port port sink t_first n
     shards=$(echo "$cpus" | tr ',' '\n' | wc -l)
@@ -50,8 +52,12 @@ one_run() { # $1 = CPU list; prints deliveries/s
     pids+=($!)
     until grep -q "success" "$h.log" 2>/dev/null; do sleep 0.05; done
     t_first=$(grep -c "success" "$h.log" || true)
+    local c0 s0 c1 s1
+    c0=$(ticks "${pids[-1]}"); s0=$(ticks "$sink")
     sleep "$seconds"
     n=$(grep -c "success" "$h.log" || true)
+    c1=$(ticks "${pids[-1]}"); s1=$(ticks "$sink")
+    log "cpus=$cpus: server $(( (c1 - c0) * 100 / seconds / $(getconf CLK_TCK) ))% of a core, sink $(( (s1 - s0) * 100 / seconds / $(getconf CLK_TCK) ))%"
     kill "${pids[-1]}" "$sink" 2>/dev/null || true
     wait "${pids[-1]}" 2>/dev/null || true
     rm -rf "$h"
