@@ -62,7 +62,7 @@ fn bench_commit(c: &mut Criterion) {
     let mut g = c.benchmark_group("queue_commit_1k_fdatasync");
     g.throughput(Throughput::Elements(1));
     g.measurement_time(Duration::from_secs(8));
-    for conc in [1u64, 64] {
+    for conc in [1u64, 16, 64] {
         g.bench_with_input(BenchmarkId::new("concurrency", conc), &conc, |b, &conc| {
             b.iter_custom(|iters| {
                 let tmp = tempfile::tempdir().unwrap();
