@@ -10,7 +10,7 @@ use common::*;
 use std::collections::HashMap;
 use std::io::{BufRead, Read, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -188,20 +188,6 @@ fn scrape(addr: SocketAddr) -> HashMap<String, u64> {
         assert_eq!(total, shards, "{metric}: total vs shards");
     }
     samples
-}
-
-fn add_user(home: &Path, user: &str) -> PathBuf {
-    let (c, _, e) = indimail(home, &["domain", "add", "example.com"]);
-    assert!(c == 0 || e.contains("exists"), "{e}");
-    let email = format!("{user}@example.com");
-    let (c, _, e) = indimail(home, &["user", "add", &email, "--password", "pw12345"]);
-    assert_eq!(c, 0, "{e}");
-    let (_, out, _) = indimail(home, &["user", "info", &email]);
-    let dir = out
-        .lines()
-        .find_map(|l| l.strip_prefix("dir: "))
-        .expect("dir line");
-    PathBuf::from(dir.trim()).join("Maildir")
 }
 
 #[test]

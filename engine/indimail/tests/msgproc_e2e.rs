@@ -10,30 +10,10 @@ mod common;
 mod dnsmasq;
 
 use common::*;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 const DRIVER: &str = DRIVERS[0];
-
-fn setup_users(home: &Path, users: &[&str]) -> Vec<PathBuf> {
-    let (c, _, e) = indimail(home, &["domain", "add", "example.com"]);
-    assert_eq!(c, 0, "{e}");
-    users
-        .iter()
-        .map(|u| {
-            let addr = format!("{u}@example.com");
-            let (c, _, e) = indimail(home, &["user", "add", &addr, "--password", "pw12345"]);
-            assert_eq!(c, 0, "{e}");
-            let (_, out, _) = indimail(home, &["user", "info", &addr]);
-            let dir = out
-                .lines()
-                .find_map(|l| l.strip_prefix("dir: "))
-                .expect("dir line");
-            PathBuf::from(dir.trim()).join("Maildir")
-        })
-        .collect()
-}
 
 fn files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -213,44 +193,9 @@ fn duplicate_eliminator_delivers_once() {
     assert!(md[0].join("dupmd5").exists());
 }
 
-/// Kills the capture server however the test ends.
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn capture() -> (Peer, u16, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/capture_smtpd.py");
-    let child = Command::new("/usr/bin/python3")
-        .arg(script)
-        .arg(dir.path())
-        .arg("ok")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 with aiosmtpd");
-    let mut child = Peer(child);
-    let mut line = String::new();
-    BufReader::new(child.0.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line
-        .trim()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("capture server did not start: {line:?}"));
-    (child, port, dir)
-}
-
 #[test]
 fn dkim_signed_relay_verified_by_dkimpy() {
-    let (_cap, port, dir) = capture();
+    let (_cap, port, dir) = capture("ok");
     let h = tempfile::tempdir().unwrap();
     control(
         h.path(),

@@ -20,20 +20,6 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn add_user(home: &Path, user: &str) -> PathBuf {
-    let (c, _, e) = indimail(home, &["domain", "add", "example.com"]);
-    assert!(c == 0 || e.contains("exists"), "{e}");
-    let email = format!("{user}@example.com");
-    let (c, _, e) = indimail(home, &["user", "add", &email, "--password", "pw12345"]);
-    assert_eq!(c, 0, "{e}");
-    let (_, out, _) = indimail(home, &["user", "info", &email]);
-    let dir = out
-        .lines()
-        .find_map(|l| l.strip_prefix("dir: "))
-        .expect("dir line");
-    PathBuf::from(dir.trim()).join("Maildir")
-}
-
 /// A free loopback port below 1024 (never 25), from 1000 up.
 fn privileged_port() -> u16 {
     (1000..1024)

@@ -10,61 +10,11 @@ mod common;
 
 use common::*;
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 /// qmail's conf-split of the test queue.
 const SPLIT: u64 = 23;
-
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn capture_on(port: u16) -> (Peer, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/capture_smtpd.py");
-    let child = Command::new("/usr/bin/python3")
-        .arg(script)
-        .arg(dir.path())
-        .arg("ok")
-        .env("PORT", port.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 with aiosmtpd (Debian python3-aiosmtpd)");
-    let mut child = Peer(child);
-    let mut line = String::new();
-    BufReader::new(child.0.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.contains("listening"), "capture server: {line:?}");
-    (child, dir)
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-fn add_user(home: &Path, user: &str) -> PathBuf {
-    let (c, _, e) = indimail(home, &["domain", "add", "example.com"]);
-    assert!(c == 0 || e.contains("exists"), "{e}");
-    let email = format!("{user}@example.com");
-    let (c, _, e) = indimail(home, &["user", "add", &email, "--password", "pw12345"]);
-    assert_eq!(c, 0, "{e}");
-    let (_, out, _) = indimail(home, &["user", "info", &email]);
-    let dir = out
-        .lines()
-        .find_map(|l| l.strip_prefix("dir: "))
-        .expect("dir line");
-    PathBuf::from(dir.trim()).join("Maildir")
-}
 
 fn maildir_texts(md: &Path) -> Vec<String> {
     std::fs::read_dir(md.join("new"))

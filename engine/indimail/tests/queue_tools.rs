@@ -12,51 +12,12 @@ mod common;
 
 use common::*;
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Kills the capture server however the test ends.
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The capture server on `port`, writing into a new directory.
-fn capture_on(port: u16) -> (Peer, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/capture_smtpd.py");
-    let child = Command::new("/usr/bin/python3")
-        .arg(script)
-        .arg(dir.path())
-        .arg("ok")
-        .env("PORT", port.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 with aiosmtpd (Debian python3-aiosmtpd)");
-    let mut child = Peer(child);
-    let mut line = String::new();
-    BufReader::new(child.0.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.contains("listening"), "capture server: {line:?}");
-    (child, dir)
-}
-
-/// A loopback port nothing listens on (yet).
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
 
 /// Subjects of the captured messages.
 fn captured_subjects(dir: &Path) -> Vec<String> {
@@ -92,20 +53,6 @@ fn home_with_route(port: u16) -> (tempfile::TempDir, PathBuf) {
     std::fs::write(control.join("chanskipremote"), "3000\n").unwrap();
     let md = add_user(h.path(), "alice");
     (h, md)
-}
-
-fn add_user(home: &Path, user: &str) -> PathBuf {
-    let (c, _, e) = indimail(home, &["domain", "add", "example.com"]);
-    assert!(c == 0 || e.contains("exists"), "{e}");
-    let email = format!("{user}@example.com");
-    let (c, _, e) = indimail(home, &["user", "add", &email, "--password", "pw12345"]);
-    assert_eq!(c, 0, "{e}");
-    let (_, out, _) = indimail(home, &["user", "info", &email]);
-    let dir = out
-        .lines()
-        .find_map(|l| l.strip_prefix("dir: "))
-        .expect("dir line");
-    PathBuf::from(dir.trim()).join("Maildir")
 }
 
 fn maildir_texts(md: &Path) -> Vec<String> {

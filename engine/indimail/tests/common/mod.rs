@@ -292,14 +292,29 @@ impl Peer {
 /// `mode` (`ok`, or a failure mode the script knows): (process, port,
 /// directory the messages are written to).
 pub fn capture(mode: &str) -> (Peer, u16, tempfile::TempDir) {
+    start_capture(mode, None)
+}
+
+/// The capture server (mode `ok`) on a given `port` (e.g. one a test routes
+/// to before the server exists).
+pub fn capture_on(port: u16) -> (Peer, tempfile::TempDir) {
+    let (peer, _, dir) = start_capture("ok", Some(port));
+    (peer, dir)
+}
+
+fn start_capture(mode: &str, port: Option<u16>) -> (Peer, u16, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/capture_smtpd.py");
-    let child = Command::new("/usr/bin/python3")
-        .arg(script)
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.arg(script)
         .arg(dir.path())
         .arg(mode)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(p) = port {
+        cmd.env("PORT", p.to_string());
+    }
+    let child = cmd
         .spawn()
         .expect("python3 with aiosmtpd (Debian python3-aiosmtpd)");
     let mut child = Peer(child);
@@ -316,6 +331,12 @@ pub fn capture(mode: &str) -> (Peer, u16, tempfile::TempDir) {
             panic!("capture server did not start: {line:?} (is python3-aiosmtpd installed?)")
         });
     (child, port, dir)
+}
+
+/// A loopback port nothing listens on (yet).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
 }
 
 /// The messages the capture server received, as (envelope file, message)
@@ -360,6 +381,17 @@ pub fn setup_users(home: &Path, users: &[&str]) -> Vec<PathBuf> {
             maildir_of(home, &email)
         })
         .collect()
+}
+
+/// Adds `user@example.com` (and the domain, if it is not there yet);
+/// returns the Maildir.
+pub fn add_user(home: &Path, user: &str) -> PathBuf {
+    let (c, _, e) = indimail(home, &["domain", "add", "example.com"]);
+    assert!(c == 0 || e.contains("exists"), "{e}");
+    let email = format!("{user}@example.com");
+    let (c, _, e) = indimail(home, &["user", "add", &email, "--password", "pw12345"]);
+    assert_eq!(c, 0, "{e}");
+    maildir_of(home, &email)
 }
 
 /// The files in a Maildir's `new/`, sorted.
