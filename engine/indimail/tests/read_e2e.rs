@@ -18,7 +18,7 @@ use std::io::BufRead;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -32,62 +32,12 @@ fn serve(
     services: &[&str],
     env: &[(&str, String)],
 ) -> (Server, HashMap<String, SocketAddr>) {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(home.join("serve.log"))
-        .unwrap();
-    let mut cmd = Command::new(bin());
-    cmd.args(["serve", "--home"]).arg(home);
-    // Tests run as root; serve refuses root without a user to drop to.
-    cmd.env("INDIMAIL_ALLOW_ROOT", "1");
-    for s in services {
-        cmd.arg(format!("--{s}")).arg("127.0.0.1:0");
-    }
-    cmd.env("INDIMAIL_DRIVER", driver)
-        .env_remove("QUEUEDIR")
-        .env_remove("INDIMAIL_HOME")
-        .stdout(Stdio::piped())
-        .stderr(log);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn indimail serve");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some((svc, a)) = line.split_once(" listening on ") {
-                let _ = tx.send((svc.to_string(), a.trim().parse::<SocketAddr>().unwrap()));
-            }
-        }
-    });
-    let mut ports = HashMap::new();
-    while ports.len() < services.len() {
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok((s, a)) => {
-                ports.insert(s, a);
-            }
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "server did not start; log:\n{}",
-                    std::fs::read_to_string(home.join("serve.log")).unwrap_or_default()
-                );
-            }
-        }
-    }
-    let server = Server {
-        child: Some(child),
-        home: home.to_path_buf(),
-        smtp: ports
-            .get("smtp")
-            .copied()
-            .unwrap_or(([127, 0, 0, 1], 0).into()),
-        driver: driver.into(),
-    };
-    (server, ports)
+    let listeners: Vec<(&str, SocketAddr)> = services
+        .iter()
+        .map(|s| (*s, SocketAddr::from(([127, 0, 0, 1], 0))))
+        .collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Server::start_services(home, driver, &listeners, &env)
 }
 
 fn admin(home: &Path, args: &[&str]) -> String {

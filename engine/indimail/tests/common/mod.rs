@@ -36,6 +36,20 @@ impl Server {
     }
 
     pub fn start_with(home: &Path, driver: &str, env: &[(&str, &str)]) -> Server {
+        let listeners = [("smtp", SocketAddr::from(([127, 0, 0, 1], 0)))];
+        Self::start_services(home, driver, &listeners, env).0
+    }
+
+    /// `indimail serve` with the given listeners (service name as in
+    /// `--<service>`, address; port 0 = ephemeral); returns the server (its
+    /// `smtp` field is the smtp listener, or port 0 when there is none) and
+    /// every listener's address by service name.
+    pub fn start_services(
+        home: &Path,
+        driver: &str,
+        listeners: &[(&str, SocketAddr)],
+        env: &[(&str, &str)],
+    ) -> (Server, std::collections::HashMap<String, SocketAddr>) {
         std::fs::create_dir_all(home).unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -43,10 +57,11 @@ impl Server {
             .open(home.join("serve.log"))
             .unwrap();
         let mut cmd = Command::new(bin());
-        cmd.args(["serve", "--home"])
-            .arg(home)
-            .args(["--smtp", "127.0.0.1:0"])
-            .env("INDIMAIL_DRIVER", driver)
+        cmd.args(["serve", "--home"]).arg(home);
+        for (svc, addr) in listeners {
+            cmd.arg(format!("--{svc}")).arg(addr.to_string());
+        }
+        cmd.env("INDIMAIL_DRIVER", driver)
             // Tests run as root: stay root (serve refuses root without a
             // user to drop to, see privs.rs); a test may override.
             .env("INDIMAIL_ALLOW_ROOT", "1")
@@ -63,25 +78,37 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(a) = line.strip_prefix("smtp listening on ") {
-                    let _ = tx.send(a.trim().parse::<SocketAddr>().unwrap());
+                if let Some((svc, a)) = line.split_once(" listening on ") {
+                    if let Ok(a) = a.trim().parse::<SocketAddr>() {
+                        let _ = tx.send((svc.to_string(), a));
+                    }
                 }
             }
         });
-        let smtp = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                let log = std::fs::read_to_string(home.join("serve.log")).unwrap_or_default();
-                panic!("server did not start; log:\n{log}");
+        let mut ports = std::collections::HashMap::new();
+        while ports.len() < listeners.len() {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok((svc, a)) => {
+                    ports.insert(svc, a);
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let log = std::fs::read_to_string(home.join("serve.log")).unwrap_or_default();
+                    panic!("server did not start; log:\n{log}");
+                }
             }
-        };
-        Server {
+        }
+        let smtp = ports
+            .get("smtp")
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let server = Server {
             child: Some(child),
             home: home.to_path_buf(),
             smtp,
             driver: driver.to_string(),
-        }
+        };
+        (server, ports)
     }
 
     /// SIGTERM and wait; returns the exit status code.
