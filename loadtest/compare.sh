@@ -7,6 +7,7 @@
 #                       [--workloads accept,relay,virtual] [--sizes 1024,102400] [--rcpts 1,10]
 #                       [--messages M] [--sessions S] [--per-session P] [--users U]
 #                       [--half-rate] [--no-build] [--tsv FILE] [--out FILE] [--keep]
+#                       [--indimail-control NAME=VALUE]...
 #
 # Workloads (each at every size and recipient count):
 #   accept   accept only. Postfix: queue manager disabled (smtpd + cleanup, queue file fsynced
@@ -23,6 +24,8 @@
 # run at half the rate it just reached (half the messages, so as long): latency at half load.
 # Each run also records the CPU time used by the server's processes, the generator and the
 # whole machine. --no-build uses the binaries already in $CARGO_TARGET_DIR/release.
+# --indimail-control NAME=VALUE writes control/NAME for every indimail instance (for A/B runs
+# of a setting, e.g. concurrencylocal=60). The default load is the issue's: 50 sessions.
 #
 # Needs root (Postfix's master), Debian's postfix (installed if missing by postfix-instance.sh).
 set -euo pipefail
@@ -35,7 +38,7 @@ DOMAIN=example.com
 
 runs=3 quick=0 only="" out="" keep=0 ceiling=1 half_rate=0 tsv="" build=1
 workloads="accept,relay,virtual" sizes="1024,102400" rcpts_list="1,10"
-messages="" sessions=20 per_session=1 users=1000
+messages="" sessions=50 per_session=1 users=1000 im_controls=()
 while [[ $# -gt 0 ]]; do
     case $1 in
         --quick) quick=1; shift ;;
@@ -55,7 +58,10 @@ while [[ $# -gt 0 ]]; do
         --half-rate) half_rate=1; shift ;;
         --no-build) build=0; shift ;;
         --tsv) tsv=$2; shift 2 ;;
-        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+        --indimail-control)
+            [[ $2 == *=* && ${2%%=*} =~ ^[a-z0-9.]+$ ]] || { echo "compare.sh: --indimail-control wants NAME=VALUE, got $2" >&2; exit 2; }
+            im_controls+=("$2"); shift 2 ;;
+        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -72,6 +78,8 @@ mtas=(postfix indimail)
 log() { echo "compare: $*" >&2; }
 die() { log "$*"; exit 1; }
 [[ $(id -u) -eq 0 ]] || die "must run as root (Postfix's master needs it)"
+# Postfix is the peer and smtp-sink (same package) the ceiling: install them first if missing.
+[[ $only == indimail ]] || "$HERE/postfix-instance.sh" ensure
 [[ $ceiling -eq 0 || -x /usr/sbin/smtp-sink ]] || die "/usr/sbin/smtp-sink missing (Debian package postfix); or pass --no-ceiling"
 
 # --- build ---------------------------------------------------------------------------------
@@ -95,6 +103,9 @@ fi
 WORK=$(mktemp -d /tmp/indimail-compare.XXXXXX)
 # Postfix daemons run as the postfix user and must be able to reach their directories.
 chmod 755 "$WORK"
+# Spread WORK's subdirectories over the file system's block groups, as top-level directories
+# are (ext4's Orlov allocator): see place_run_dir.
+chattr +T "$WORK" 2>/dev/null || true
 RESULTS=${tsv:-$WORK/results.tsv}
 : > "$RESULTS"
 pids=()
@@ -196,30 +207,29 @@ start_sink() { # dir mta -> sets SINK_PORT, SINK_STATS
 }
 
 # indimail's virtual-user home is built once (1,000 `user add` runs take a while) at a fixed
-# path, kept as a copy, and restored before each run: the directory stores absolute Maildir
-# paths, so each run's home must be at the same place. The previous run's home is moved
-# aside, not deleted, until the end: on ext4 without a journal, inodes freed in the last
-# minutes are skipped (and their inode-table blocks read) by every file creation, so deleting
-# thousands of delivered files just before a run would slow that run's Maildir deliveries.
-IM_VHOME=$WORK/indimail-vhome
+# path and kept as a template. The directory stores absolute Maildir paths under that fixed
+# path, so each run gets a fresh copy of the template in its own directory (see
+# place_run_dir) and the fixed path becomes a symbolic link to that copy.
+IM_VHOME_LINK=$WORK/indimail-vhome
 IM_VTEMPLATE=$WORK/indimail-vhome.template
-build_indimail_vhome() {
-    if [[ -d $IM_VTEMPLATE ]]; then
-        [[ -d $IM_VHOME ]] && mv "$IM_VHOME" "$(mktemp -d "$WORK/old-vhome.XXXXXX")"
-        cp -a "$IM_VTEMPLATE" "$IM_VHOME"
-        return
+build_indimail_vhome() { # dir: the run's directory; sets IM_VHOME (the copy)
+    if [[ ! -d $IM_VTEMPLATE ]]; then
+        log "creating $users indimail users (once)"
+        mkdir -p "$IM_VHOME_LINK/control"
+        echo "$DOMAIN" > "$IM_VHOME_LINK/control/rcpthosts"
+        "$IM" domain add "$DOMAIN" --home "$IM_VHOME_LINK" >>"$WORK/indimail-users.log" 2>&1 \
+            || die "indimail domain add failed (see $WORK/indimail-users.log)"
+        local n
+        for ((n = 1; n <= users; n++)); do
+            "$IM" user add "user$n@$DOMAIN" --password "pw$n" --home "$IM_VHOME_LINK" >>"$WORK/indimail-users.log" 2>&1 \
+                || die "indimail user add failed (see $WORK/indimail-users.log)"
+        done
+        mv "$IM_VHOME_LINK" "$IM_VTEMPLATE"
     fi
-    log "creating $users indimail users (once)"
-    mkdir -p "$IM_VHOME/control"
-    echo "$DOMAIN" > "$IM_VHOME/control/rcpthosts"
-    "$IM" domain add "$DOMAIN" --home "$IM_VHOME" >>"$WORK/indimail-users.log" 2>&1 \
-        || die "indimail domain add failed (see $WORK/indimail-users.log)"
-    local n
-    for ((n = 1; n <= users; n++)); do
-        "$IM" user add "user$n@$DOMAIN" --password "pw$n" --home "$IM_VHOME" >>"$WORK/indimail-users.log" 2>&1 \
-            || die "indimail user add failed (see $WORK/indimail-users.log)"
-    done
-    cp -a "$IM_VHOME" "$IM_VTEMPLATE"
+    IM_VHOME=$1/indimail-vhome
+    cp -a "$IM_VTEMPLATE" "$IM_VHOME"
+    rm -f "$IM_VHOME_LINK"
+    ln -s "$IM_VHOME" "$IM_VHOME_LINK"
 }
 
 start_mta() { # mta workload dir port; sets MTA_HOME (where its Maildirs are)
@@ -253,10 +263,12 @@ start_mta() { # mta workload dir port; sets MTA_HOME (where its Maildirs are)
                     # smtproutes is domain:host:port; the domain is not a virtual domain here.
                     echo "$DOMAIN:127.0.0.1:$SINK_PORT" > "$dir/control/smtproutes" ;;
                 virtual)
-                    build_indimail_vhome
+                    build_indimail_vhome "$(dirname "$dir")"
                     MTA_HOME=$IM_VHOME ;;
             esac
             echo 0 > "$MTA_HOME/control/maxperip"
+            local c
+            for c in "${im_controls[@]}"; do echo "${c#*=}" > "$MTA_HOME/control/${c%%=*}"; done
             env "${env[@]}" "$IM" serve --home "$MTA_HOME" --smtp "127.0.0.1:$port" >>"$dir.log" 2>&1 &
             MTA_PID=$!; pids+=("$MTA_PID")
             local i
@@ -300,11 +312,44 @@ lat() { # report step field
     json "$1" "d['latency'].get('$2', {}).get('$3', 0)"
 }
 
+# Creates directory $1 (under WORK) where creating files is fast, and logs the cost found.
+# ext4 without a journal (this machine's) skips every inode freed in the last 30 s to 5 min
+# when it allocates one, reading each one's inode-table block: in a block group where
+# thousands of files were just deleted (a Postfix run deletes every queue file it delivered)
+# each create costs 0.3-0.6 ms instead of 0.03. Which MTA ran before would then decide the
+# next one's Maildir rate, so every run, of either MTA, starts in a directory probed to be in
+# a clean group: up to 12 tries (siblings land in other groups, see chattr +T above), waiting
+# a little between them for the kernel's "recent" window to pass.
+place_run_dir() { # dir
+    local dir=$1 try cost
+    for ((try = 1; try <= 12; try++)); do
+        mkdir -p "$dir"
+        cost=$(python3 - "$dir/probe" <<'PY'
+import os, sys, time
+d = sys.argv[1]
+os.makedirs(d)
+n, t = 200, time.perf_counter()
+for i in range(n):
+    fd = os.open(f"{d}/{i}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    os.write(fd, b"x" * 1024)
+    os.close(fd)
+print(round((time.perf_counter() - t) / n * 1000, 3))
+PY
+)
+        python3 -c "import sys; sys.exit(0 if $cost <= 0.1 else 1)" && break
+        [[ $try -eq 12 ]] && break # no clean group found: run here, the log shows the cost
+        # Moved aside, not deleted: deleting would make the next group slow in turn.
+        mv "$dir" "$(mktemp -d "$WORK/slow-dir.XXXXXX")"
+        [[ $try -ge 4 ]] && sleep 5
+    done
+    echo "$cost"
+}
+
 # One measurement; appends a row to $RESULTS.
 measure() { # mta workload size rcpts run
     local mta=$1 workload=$2 size=$3 rcpts=$4 run=$5
-    local dir=$WORK/run-$workload-$size-$rcpts-$run
-    mkdir -p "$dir"
+    local dir=$WORK/run-$workload-$size-$rcpts-$run-$mta
+    local create_ms; create_ms=$(place_run_dir "$dir")
     local port; port=$(free_port)
     [[ $workload == relay ]] && start_sink "$dir" "$mta"
     start_mta "$mta" "$workload" "$dir/$mta" "$port"
@@ -378,11 +423,8 @@ PY
         "$(lat "$report" data_end p50_ms)" "$(lat "$report" data_end p99_ms)" \
         "$e2e" "$expected" "$got" "$failed" "$cpu" "$sysb" "$hr" "$hp50" "$hp99" "$hm99" "$hgot" >> "$RESULTS"
     printf '%s\n' "$gen" >> "$RESULTS"
-    log "$workload size=$size rcpts=$rcpts run=$run $mta: accept $rate msgs/s, 250 p50/p99 $(lat "$report" data_end p50_ms)/$(lat "$report" data_end p99_ms) ms, end-to-end $e2e msgs/s ($got of $expected), server CPU $cpu%, generator $gen%, machine $sysb%$([[ $half_rate -eq 1 ]] && echo ", half rate $hr/s: 250 p50/p99 $hp50/$hp99 ms")"
-    if [[ $keep -ne 1 ]]; then
-        # Deleted at exit, not now (see build_indimail_vhome).
-        if [[ -e $dir/$mta ]]; then mv "$dir/$mta" "$(mktemp -d "$WORK/old-run.XXXXXX")"; fi
-    fi
+    log "$workload size=$size rcpts=$rcpts run=$run $mta: file create $create_ms ms, accept $rate msgs/s, 250 p50/p99 $(lat "$report" data_end p50_ms)/$(lat "$report" data_end p99_ms) ms, end-to-end $e2e msgs/s ($got of $expected), server CPU $cpu%, generator $gen%, machine $sysb%$([[ $half_rate -eq 1 ]] && echo ", half rate $hr/s: 250 p50/p99 $hp50/$hp99 ms")"
+    # Nothing is deleted before exit: see place_run_dir.
     return 0
 }
 

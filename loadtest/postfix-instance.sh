@@ -4,6 +4,7 @@
 #   postfix-instance.sh start [--mode accept|relay|virtual] [--domain D] [--users N] DIR PORT [RELAYHOST]
 #   postfix-instance.sh stop DIR
 #   postfix-instance.sh queue-count DIR     # messages still in the instance's queue
+#   postfix-instance.sh ensure              # install Debian's postfix if it is missing
 #
 # Everything lives under DIR: DIR/conf (generated main.cf/master.cf), DIR/queue, DIR/data,
 # DIR/mail (virtual Maildirs), DIR/maillog. smtpd listens on 127.0.0.1:PORT only; port 25 and
@@ -228,5 +229,6 @@ case ${1:-} in
     start) shift; cmd_start "$@" ;;
     stop) shift; cmd_stop "$@" ;;
     queue-count) shift; cmd_queue_count "$@" ;;
-    *) die "usage: $0 start|stop|queue-count ..." ;;
+    ensure) ensure_postfix ;;
+    *) die "usage: $0 start|stop|queue-count|ensure ..." ;;
 esac

@@ -3,8 +3,8 @@
 //! returns — on `$TMPDIR`'s file system, driver from `INDIMAIL_DRIVER`.
 //!
 //! * `maildir_write_1k/concurrency/1`: one delivery at a time into one Maildir.
-//! * `maildir_write_1k/concurrency/16`: 16 at once, spread over 16 Maildirs
-//!   (a shard delivering to many users).
+//! * `maildir_write_1k/concurrency/{16,64}`: 16 or 64 at once, spread over
+//!   as many Maildirs (a shard delivering to many users).
 //!
 //! Baseline beside them: `queue_commit_1k_fdatasync` (bench `queue_commit`),
 //! the durable write of the same bytes into the queue.
@@ -35,7 +35,7 @@ fn bench_maildir(c: &mut Criterion) {
     let mut g = c.benchmark_group("maildir_write_1k");
     g.throughput(Throughput::Elements(1));
     g.measurement_time(Duration::from_secs(8));
-    for conc in [1usize, 16] {
+    for conc in [1usize, 16, 64] {
         g.bench_with_input(BenchmarkId::new("concurrency", conc), &conc, |b, &conc| {
             b.iter_custom(|iters| {
                 let tmp = tempfile::tempdir().expect("tempdir");

@@ -247,7 +247,7 @@ impl Remote {
             sender: job.sender.to_string(),
             recipients: job.recipients.to_vec(),
             size: job.message.len() as u64,
-            eightbit: job.message.iter().any(|b| *b >= 0x80),
+            eightbit: !job.message.is_ascii(),
         };
         let mut last_error: Option<String> = None;
         let mut permanent_dns: Option<DnsError> = None;

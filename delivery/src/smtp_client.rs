@@ -143,21 +143,29 @@ fn check_prefix(partial: &[u8]) -> Result<(), ReplyError> {
 /// CRLFs are kept; a lone CR is sent as is.
 pub fn dot_stuff(msg: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(msg.len() + msg.len() / 40 + 5);
-    let mut bol = true;
-    let mut prev = 0u8;
-    for &b in msg {
-        if bol && b == b'.' {
+    // Line by line with a SIMD search for LF: a byte loop here cost 16% of a
+    // relaying shard's CPU at 100 KiB messages.
+    let mut rest = msg;
+    while !rest.is_empty() {
+        if rest[0] == b'.' {
             out.push(b'.');
         }
-        if b == b'\n' && prev != b'\r' {
-            out.push(b'\r');
+        match memchr::memchr(b'\n', rest) {
+            Some(p) => {
+                if p > 0 && rest[p - 1] == b'\r' {
+                    out.extend_from_slice(&rest[..=p]);
+                } else {
+                    out.extend_from_slice(&rest[..p]);
+                    out.extend_from_slice(b"\r\n");
+                }
+                rest = &rest[p + 1..];
+            }
+            None => {
+                out.extend_from_slice(rest);
+                out.extend_from_slice(b"\r\n");
+                rest = &[];
+            }
         }
-        out.push(b);
-        bol = b == b'\n';
-        prev = b;
-    }
-    if !msg.is_empty() && !bol {
-        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b".\r\n");
     out
@@ -702,6 +710,42 @@ mod tests {
         assert_eq!(dot_stuff(b".x"), b"..x\r\n.\r\n");
         assert_eq!(dot_stuff(b"a\r\nb\n"), b"a\r\nb\r\n.\r\n");
         assert_eq!(dot_stuff(b""), b".\r\n");
+    }
+
+    /// The line-wise `dot_stuff` against the byte-at-a-time definition, on
+    /// random mixes of the bytes that matter.
+    #[test]
+    fn dot_stuffing_matches_bytewise_definition() {
+        fn reference(msg: &[u8]) -> Vec<u8> {
+            let (mut out, mut bol, mut prev) = (Vec::new(), true, 0u8);
+            for &b in msg {
+                if bol && b == b'.' {
+                    out.push(b'.');
+                }
+                if b == b'\n' && prev != b'\r' {
+                    out.push(b'\r');
+                }
+                out.push(b);
+                bol = b == b'\n';
+                prev = b;
+            }
+            if !msg.is_empty() && !bol {
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b".\r\n");
+            out
+        }
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..5000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 24) as usize;
+            let msg: Vec<u8> = (0..len)
+                .map(|i| b".\r\nab"[((seed >> (i * 2 % 60)) % 5) as usize])
+                .collect();
+            assert_eq!(dot_stuff(&msg), reference(&msg), "input {msg:?}");
+        }
     }
 
     fn session(ext: &str) -> ClientSession {

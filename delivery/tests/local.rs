@@ -75,6 +75,48 @@ fn maildir_delivery_writes_new_and_cleans_tmp() {
 }
 
 #[test]
+fn concurrent_deliveries_are_complete() {
+    both(|_| async {
+        let home = tempfile::tempdir().unwrap();
+        let targets: Vec<LocalTarget> = (0..8)
+            .map(|i| {
+                let h = home.path().join(format!("u{i}"));
+                std::fs::create_dir_all(&h).unwrap();
+                target(&h)
+            })
+            .collect();
+        let cfg = std::rc::Rc::new(LocalConfig::default());
+        // 40 deliveries in flight at once, 5 per Maildir: every one must end
+        // complete in new/ under its own name, nothing left in tmp/.
+        let mut tasks = Vec::new();
+        for n in 0..40 {
+            let (cfg, t) = (cfg.clone(), targets[n % 8].clone());
+            tasks.push(tokio::task::spawn_local(async move {
+                let body = format!("Subject: {n}\n\nmessage {n}\n");
+                deliver(&cfg, &t, env(), body.as_bytes()).await
+            }));
+        }
+        for t in tasks {
+            let r = t.await.unwrap();
+            assert!(matches!(r.outcome, Outcome::Delivered(_)), "{r:?}");
+        }
+        let mut seen = Vec::new();
+        for t in &targets {
+            assert!(files(&t.maildir.join("tmp")).is_empty());
+            let new = files(&t.maildir.join("new"));
+            assert_eq!(new.len(), 5);
+            for f in new {
+                let data = String::from_utf8(std::fs::read(f).unwrap()).unwrap();
+                let n = data.rsplit("message ").next().unwrap().trim().to_string();
+                seen.push(n.parse::<usize>().unwrap());
+            }
+        }
+        seen.sort();
+        assert_eq!(seen, (0..40).collect::<Vec<_>>());
+    });
+}
+
+#[test]
 fn loop_detected() {
     both(|_| async {
         let home = tempfile::tempdir().unwrap();

@@ -1805,7 +1805,7 @@ pub fn to_queue_form(chunk: &[u8], pending_cr: &mut bool, out: &mut Vec<u8>) {
     if std::mem::take(pending_cr) && rest.first() != Some(&b'\n') {
         out.push(b'\r');
     }
-    while let Some(p) = rest.iter().position(|&b| b == b'\r') {
+    while let Some(p) = memchr::memchr(b'\r', rest) {
         out.extend_from_slice(&rest[..p]);
         match rest.get(p + 1) {
             Some(b'\n') => {}

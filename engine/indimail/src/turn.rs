@@ -538,7 +538,7 @@ async fn drive(
                         from: item.sender.clone(),
                         to: item.recipients.clone(),
                         size: Some(item.body.len() as u64),
-                        eight_bit: item.body.iter().any(|b| *b >= 0x80),
+                        eight_bit: !item.body.is_ascii(),
                         smtputf8: !item.sender.is_ascii()
                             || item.recipients.iter().any(|r| !r.is_ascii()),
                     };

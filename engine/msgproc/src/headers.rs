@@ -149,7 +149,7 @@ impl HeaderProcessor {
                 out.extend_from_slice(chunk);
                 return;
             }
-            match chunk.iter().position(|&b| b == b'\n') {
+            match memchr::memchr(b'\n', chunk) {
                 Some(p) => {
                     let (line, rest) = chunk.split_at(p + 1);
                     chunk = rest;

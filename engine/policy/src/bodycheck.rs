@@ -181,7 +181,7 @@ impl BodyScanner {
     /// Scans `chunk`. Work stops at the first match; later calls return at once.
     pub fn feed(&mut self, mut chunk: &[u8]) {
         while self.hit.is_none() && !chunk.is_empty() {
-            match chunk.iter().position(|&b| b == b'\n') {
+            match memchr::memchr(b'\n', chunk) {
                 Some(i) => {
                     self.push(&chunk[..i]);
                     self.end_line();

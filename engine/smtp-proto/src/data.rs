@@ -150,10 +150,7 @@ impl DataScanner {
                     if run.is_none() && self.error.is_none() {
                         run = Some(i);
                     }
-                    let seg = input[i..]
-                        .iter()
-                        .position(|&c| c == b'\r' || c == b'\n')
-                        .unwrap_or(input.len() - i);
+                    let seg = memchr::memchr2(b'\r', b'\n', &input[i..]).unwrap_or(input.len() - i);
                     let seg_start = i;
                     self.line_len += seg;
                     i += seg;
@@ -245,10 +242,7 @@ impl DotStuffer {
             if self.at_line_start && src[i] == b'.' {
                 out.push(b'.');
             }
-            let seg = src[i..]
-                .iter()
-                .position(|&c| c == b'\r' || c == b'\n')
-                .unwrap_or(src.len() - i);
+            let seg = memchr::memchr2(b'\r', b'\n', &src[i..]).unwrap_or(src.len() - i);
             out.extend_from_slice(&src[i..i + seg]);
             if seg > 0 {
                 self.at_line_start = false;

@@ -629,7 +629,7 @@ impl Session {
                     }
                     let cap = self.command_cap(rest);
                     let window = &rest[..rest.len().min(cap)];
-                    match window.iter().position(|&b| b == b'\n') {
+                    match memchr::memchr(b'\n', window) {
                         Some(lf) => {
                             pos += lf + 1;
                             if let Some(ev) = self.command_line(&rest[..lf]) {
@@ -650,7 +650,7 @@ impl Session {
                 }
                 Mode::DiscardLongLine => {
                     let rest = &input[pos..];
-                    match rest.iter().position(|&b| b == b'\n') {
+                    match memchr::memchr(b'\n', rest) {
                         Some(lf) => {
                             pos += lf + 1;
                             self.mode = Mode::ExpectCommand;
@@ -669,7 +669,7 @@ impl Session {
                     }
                     let cap = self.config.max_auth_line.max(8);
                     let window = &rest[..rest.len().min(cap)];
-                    match window.iter().position(|&b| b == b'\n') {
+                    match memchr::memchr(b'\n', window) {
                         Some(lf) => {
                             pos += lf + 1;
                             if let Some(ev) = self.sasl_line(&rest[..lf]) {
@@ -685,7 +685,7 @@ impl Session {
                 }
                 Mode::DiscardLongSaslLine => {
                     let rest = &input[pos..];
-                    match rest.iter().position(|&b| b == b'\n') {
+                    match memchr::memchr(b'\n', rest) {
                         Some(lf) => {
                             pos += lf + 1;
                             self.mode = Mode::ExpectCommand;
