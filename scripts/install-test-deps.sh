@@ -10,15 +10,20 @@
 set -euo pipefail
 
 need=()
-command -v swaks >/dev/null 2>&1 || need+=(swaks)
+[ -x /usr/bin/swaks ] || need+=(swaks)
 # swaks --tls / --tls-on-connect need Perl's TLS modules (only Recommends of swaks).
 perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl libio-socket-ssl-perl)
 { [ -x /usr/sbin/smtp-sink ] && [ -x /usr/sbin/smtp-source ]; } || need+=(postfix)
 { command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ]; } || need+=(mariadb-server)
 command -v mariadb-install-db >/dev/null 2>&1 || need+=(mariadb-server)
-[ -x /usr/sbin/dovecot ] || need+=(dovecot-imapd dovecot-pop3d)
+# Dovecot: each protocol binary a test starts, not only the master (a machine
+# with dovecot-imapd but without dovecot-pop3d failed the POP3 tests).
+[ -x /usr/sbin/dovecot ] || need+=(dovecot-core)
+[ -x /usr/lib/dovecot/imap ] || need+=(dovecot-imapd)
+[ -x /usr/lib/dovecot/pop3 ] || need+=(dovecot-pop3d)
+[ -x /usr/lib/dovecot/checkpassword-reply ] || need+=(dovecot-core)
 /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || need+=(python3-aiosmtpd)
-command -v openssl >/dev/null 2>&1 || need+=(openssl)
+[ -x /usr/bin/openssl ] || need+=(openssl)
 [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
 # dkimpy (+ PyNaCl for ed25519): the independent DKIM verifier of msgproc_e2e.
 /usr/bin/python3 -c 'import dkim, nacl' >/dev/null 2>&1 || need+=(python3-dkim python3-nacl)
