@@ -63,7 +63,10 @@ use std::rc::Rc;
 use std::str::FromStr;
 
 pub use error::QueueError;
-pub use queue::{DueRecipient, MessageWriter, Queue, QueueStats, RecoveryReport};
+pub use queue::{
+    DueRecipient, MessageWriter, Queue, QueueStats, RecoveryReport, StoreFailure, QUARANTINE_DIR,
+    STORE_BACKOFF_MAX, STORE_BACKOFF_MIN,
+};
 pub use state::{RecipientOutcome, RecipientState, RecipientStatus, TransitionError};
 
 /// How hard a commit pushes data to stable storage.

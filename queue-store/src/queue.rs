@@ -27,6 +27,32 @@ use crate::{Durability, Envelope, MessageId, QueueConfig};
 const SPILL_WRITE: usize = 256 * 1024;
 /// Failed sync epochs remembered for waiters that have not looked yet.
 const FAILED_EPOCHS_KEPT: usize = 64;
+/// First pause (seconds) of delivery after the store failed a write or
+/// flush; doubled by each failed [`Queue::probe`] up to [`STORE_BACKOFF_MAX`].
+pub const STORE_BACKOFF_MIN: u64 = 1;
+/// Longest pause (seconds) between two probes of a failing store.
+pub const STORE_BACKOFF_MAX: u64 = 60;
+/// Directory (inside the queue directory) of messages recovery could not
+/// read whole: `<id>.env` (what was known of the envelope, and why) and
+/// `<id>.body` (whatever was left of a spilled body).
+pub const QUARANTINE_DIR: &str = "quarantine";
+
+/// The write path of a queue is failing (a write or flush failed and no
+/// flush has succeeded since). While it lasts [`Queue::due`] hands nothing
+/// out: a delivery whose outcome cannot be recorded would only be repeated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreFailure {
+    /// Unix seconds of the first failure of this episode.
+    pub since: u64,
+    /// Failed writes, flushes and outcome records in this episode.
+    pub errors: u64,
+    /// The latest error, as text.
+    pub last_error: String,
+    /// When the store may be probed again ([`Queue::probe`]).
+    pub retry_at: u64,
+    /// The current pause between probes, in seconds.
+    pub backoff: u64,
+}
 
 /// What recovery found when the queue was opened.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -56,6 +82,11 @@ pub struct RecoveryReport {
     pub orphan_spill_files: u64,
     /// Segments deleted because nothing in them was live.
     pub segments_deleted: u64,
+    /// Messages moved to `quarantine/` because their body could not be
+    /// read whole (spill file missing, short or failing its checksum), as
+    /// "id: reason". Their recipients are recorded Failed: never retried,
+    /// never silent.
+    pub quarantined: Vec<String>,
     /// Wall time of the recovery, in milliseconds.
     pub millis: u64,
 }
@@ -98,6 +129,12 @@ pub struct QueueStats {
     pub compacted: u64,
     /// Failures while deleting segments or spill files (retried later).
     pub reclaim_errors: u64,
+    /// Segments sealed after a failed flush (never written again).
+    pub segments_sealed: u64,
+    /// Whether the write path is failing now (see [`StoreFailure`]).
+    pub store_failing: bool,
+    /// Messages moved to `quarantine/` by the recovery of this open.
+    pub quarantined: u64,
 }
 
 /// A recipient whose next attempt is due, handed out by [`Queue::due`].
@@ -200,7 +237,33 @@ struct State {
     /// durable oldest first, or a resurrected old segment could outlive the
     /// outcomes that killed its messages).
     unsynced_delete: bool,
+    /// Segments whose flush failed (fsyncgate: after a failed fsync the
+    /// kernel may have dropped dirty pages and a later fsync can succeed
+    /// without them), so no record in them written since is trusted.
+    sealed: HashSet<u32>,
+    /// Set while the write path fails; cleared by a successful flush.
+    failure: Option<StoreFailure>,
     stats: QueueStats,
+}
+
+/// Notes a failed write or flush in the store's health.
+fn note_failure(st: &mut State, msg: String) {
+    let now = now_secs();
+    match &mut st.failure {
+        Some(f) => {
+            f.errors += 1;
+            f.last_error = msg;
+        }
+        None => {
+            st.failure = Some(StoreFailure {
+                since: now,
+                errors: 1,
+                last_error: msg,
+                retry_at: now + STORE_BACKOFF_MIN,
+                backoff: STORE_BACKOFF_MIN,
+            })
+        }
+    }
 }
 
 /// The operator-hold list of a queue: one message id per line.
@@ -211,6 +274,41 @@ pub(crate) fn read_hold_file(dir: &Path) -> Vec<MessageId> {
     std::fs::read_to_string(dir.join(HOLD_FILE))
         .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
         .unwrap_or_default()
+}
+
+/// Checks a spill file against the length and CRC32C its record names.
+async fn verify_spill(path: &Path, len: u64, crc: u32) -> Result<(), String> {
+    let name = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let meta = std::fs::metadata(path).map_err(|e| format!("spill file big/{name}: {e}"))?;
+    if meta.len() != len {
+        return Err(format!(
+            "spill file big/{name} is {} bytes, its record says {len}",
+            meta.len()
+        ));
+    }
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true);
+    let f = File::open(path, &o)
+        .await
+        .map_err(|e| format!("spill file big/{name}: {e}"))?;
+    let (r, body) = f.read_exact_at(Vec::with_capacity(len as usize), 0).await;
+    let _ = f.close().await;
+    r.map_err(|e| format!("spill file big/{name}: {e}"))?;
+    if crc32c::crc32c(&body) != crc {
+        return Err(format!("spill file big/{name} fails its checksum"));
+    }
+    Ok(())
+}
+
+/// Writes a whole file and makes it durable (data, then the directory
+/// entry is the caller's: it fsyncs the directory).
+fn write_durable(path: &Path, data: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(data)?;
+    f.sync_all()
 }
 
 fn now_secs() -> u64 {
@@ -335,21 +433,27 @@ impl Queue {
                 on_disk.insert(name);
             }
         }
+        // Every spilled body is checked whole (length and CRC32C): a
+        // record is only written once its body is durable, so a body that
+        // does not verify is damage, and the message is quarantined rather
+        // than deferred forever.
         let mut referenced = HashSet::new();
-        let mut missing = Vec::new();
+        let mut damaged: Vec<(u64, String)> = Vec::new();
         for (&key, e) in &index.messages {
-            if let BodyLoc::Spilled { name, .. } = &e.body {
+            if let BodyLoc::Spilled { name, len, crc } = &e.body {
                 if on_disk.contains(name) {
                     referenced.insert(name.clone());
+                    if let Err(why) = verify_spill(&big_dir.join(name), *len, *crc).await {
+                        damaged.push((key, why));
+                    }
                 } else {
-                    missing.push(key);
+                    report.missing_bodies += 1;
+                    damaged.push((key, format!("spill file big/{name} missing")));
                 }
             }
         }
-        for key in missing {
-            index.remove(key);
-            report.missing_bodies += 1;
-        }
+        damaged.sort();
+        let damaged_keys: HashSet<u64> = damaged.iter().map(|d| d.0).collect();
         for name in on_disk.difference(&referenced) {
             let p = big_dir.join(name);
             if std::fs::remove_file(&p).is_ok() {
@@ -375,7 +479,7 @@ impl Queue {
             .collect();
         let mut due: Vec<(u64, u64, u32)> = Vec::with_capacity(st.index.messages.len());
         for (&key, e) in &st.index.messages {
-            if st.frozen.contains(&key) {
+            if st.frozen.contains(&key) || damaged_keys.contains(&key) {
                 continue;
             }
             for (i, r) in e.rcpts.iter().enumerate() {
@@ -422,11 +526,93 @@ impl Queue {
                 st.write_pos = SEG_HEADER_LEN as u64;
             }
         }
+        for (key, why) in damaged {
+            let id = MessageId::from_key(q.sh.cfg.queue_no, key);
+            q.quarantine(key, &why).await?;
+            report.quarantined.push(format!("{id}: {why}"));
+        }
+        report.messages = q.sh.st.borrow().index.messages.len() as u64;
         let before = q.sh.st.borrow().stats.segments_deleted;
         q.reclaim().await?;
         report.segments_deleted = q.sh.st.borrow().stats.segments_deleted - before;
         report.millis = started.elapsed().as_millis() as u64;
         Ok((q, report))
+    }
+
+    /// Moves a message whose body cannot be read whole to `quarantine/`
+    /// (`<id>.env` says what is known and why, `<id>.body` keeps what is
+    /// left of the body) and records its pending recipients Failed, so it
+    /// is neither retried forever nor lost without a trace.
+    async fn quarantine(&self, key: u64, why: &str) -> Result<(), QueueError> {
+        let id = MessageId::from_key(self.sh.cfg.queue_no, key);
+        let (env, body, pending) = {
+            let st = self.sh.st.borrow();
+            let Some(e) = st.index.messages.get(&key) else {
+                return Ok(());
+            };
+            let pending: Vec<usize> = e
+                .rcpts
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.state == RecipientState::Pending)
+                .map(|(i, _)| i)
+                .collect();
+            (Rc::clone(&e.envelope), e.body.clone(), pending)
+        };
+        let dir = self.sh.cfg.dir.join(QUARANTINE_DIR);
+        let created = !dir.is_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| QueueError::io("mkdir", &dir, e))?;
+        let mut text = format!(
+            "id {id}\nreason {why}\narrival {}\nsender <{}>\n",
+            env.arrival, env.sender
+        );
+        for (i, r) in env.recipients.iter().enumerate() {
+            let state = if pending.contains(&i) {
+                "pending"
+            } else {
+                "final"
+            };
+            text.push_str(&format!("recipient <{r}> {state}\n"));
+        }
+        let env_path = dir.join(format!("{id}.env"));
+        write_durable(&env_path, text.as_bytes())
+            .map_err(|e| QueueError::io("write", &env_path, e))?;
+        if let BodyLoc::Spilled { name, .. } = &body {
+            let from = self.sh.big_dir.join(name);
+            let to = dir.join(format!("{id}.body"));
+            match std::fs::rename(&from, &to) {
+                Ok(()) => sync_dir(&self.sh.big_dir)
+                    .await
+                    .map_err(|e| QueueError::io("fsync dir", &self.sh.big_dir, e))?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(QueueError::io("rename", &from, e)),
+            }
+        }
+        sync_dir(&dir)
+            .await
+            .map_err(|e| QueueError::io("fsync dir", &dir, e))?;
+        if created {
+            sync_dir(&self.sh.cfg.dir)
+                .await
+                .map_err(|e| QueueError::io("fsync dir", &self.sh.cfg.dir, e))?;
+        }
+        let reply = format!("message quarantined: {why} (#4.3.0)");
+        let outs: Vec<(usize, RecipientOutcome)> = pending
+            .into_iter()
+            .map(|i| {
+                (
+                    i,
+                    RecipientOutcome::Failed {
+                        reply: reply.clone(),
+                    },
+                )
+            })
+            .collect();
+        // Marks the recipients leased so `record_outcomes` finds them in the
+        // state it expects; they were never scheduled.
+        self.record_outcomes(&id, &outs).await?;
+        self.sh.st.borrow_mut().stats.quarantined += 1;
+        Ok(())
     }
 
     /// Starts a message (one per SMTP transaction).
@@ -446,6 +632,11 @@ impl Queue {
     /// or it is [`Queue::release`]d; a restart forgets leases.
     pub fn due(&self, now: u64, limit: usize) -> Vec<DueRecipient> {
         let mut st = self.sh.st.borrow_mut();
+        if st.failure.is_some() {
+            // The outcome could not be recorded: delivering now would only
+            // deliver again (see `StoreFailure`).
+            return Vec::new();
+        }
         let picked: Vec<(u64, u64, u32)> = st
             .schedule
             .iter()
@@ -492,6 +683,62 @@ impl Queue {
                 st.schedule.insert((next, key, rcpt as u32));
             }
         }
+    }
+
+    /// Returns a leased recipient to the schedule, due no sooner than
+    /// `not_before` nor than its recorded next attempt. Memory only: for an
+    /// outcome that could not be recorded (a restart schedules it at its
+    /// recorded time, which is at-least-once).
+    pub fn release_at(&self, id: &MessageId, rcpt: usize, not_before: u64) {
+        let mut st = self.sh.st.borrow_mut();
+        let key = id.key();
+        if st.leased.remove(&(key, rcpt as u32)) && !st.frozen.contains(&key) {
+            if let Some(next) = st
+                .index
+                .messages
+                .get(&key)
+                .and_then(|e| e.rcpts.get(rcpt))
+                .filter(|r| r.state == RecipientState::Pending)
+                .map(|r| r.next_attempt.max(not_before))
+            {
+                st.schedule.insert((next, key, rcpt as u32));
+            }
+        }
+    }
+
+    /// Whether (and since when, how often) the write path is failing.
+    pub fn store_failure(&self) -> Option<StoreFailure> {
+        self.sh.st.borrow().failure.clone()
+    }
+
+    /// Tries the write path of a failing store: starts a fresh segment and
+    /// flushes it. Success ends the failure episode (delivery resumes);
+    /// failure doubles the pause before the next probe (up to
+    /// [`STORE_BACKOFF_MAX`]). Does nothing on a healthy store.
+    pub async fn probe(&self) -> Result<(), QueueError> {
+        if self.sh.st.borrow().failure.is_none() {
+            return Ok(());
+        }
+        self.sh.st.borrow_mut().force_roll = true;
+        let res = async {
+            let resv = self.reserve(0).await?;
+            drop(resv);
+            self.wait_durable().await
+        }
+        .await;
+        if let Err(e) = &res {
+            let mut st = self.sh.st.borrow_mut();
+            let now = now_secs();
+            if st.failure.is_none() {
+                note_failure(&mut st, e.to_string());
+            }
+            if let Some(f) = &mut st.failure {
+                f.backoff = (f.backoff * 2).clamp(STORE_BACKOFF_MIN, STORE_BACKOFF_MAX);
+                f.retry_at = now + f.backoff;
+                f.last_error = e.to_string();
+            }
+        }
+        res
     }
 
     /// Holds a leased recipient back: it is not handed out by [`Queue::due`]
@@ -752,7 +999,12 @@ impl Queue {
 
     /// Earliest next-attempt time among scheduled (not leased) recipients.
     pub fn next_due_time(&self) -> Option<u64> {
-        self.sh.st.borrow().schedule.first().map(|k| k.0)
+        let st = self.sh.st.borrow();
+        if let Some(f) = &st.failure {
+            // Nothing is due while the store fails; the next probe is.
+            return Some(f.retry_at);
+        }
+        st.schedule.first().map(|k| k.0)
     }
 
     /// The scheduler's wake-up: `notify_one` is called after every commit,
@@ -925,10 +1177,22 @@ impl Queue {
             return Err(QueueError::EnvelopeTooLarge);
         }
         finish_record(&mut rec);
-        let resv = self.reserve(rec.len() as u64).await?;
-        self.write_record(&resv, rec).await?;
-        drop(resv);
-        self.wait_durable().await?;
+        let written = async {
+            let resv = self.reserve(rec.len() as u64).await?;
+            self.write_record(&resv, rec).await?;
+            let seg = resv.seg;
+            drop(resv);
+            self.wait_durable_in(seg).await
+        }
+        .await;
+        if let Err(e) = written {
+            let mut st = self.sh.st.borrow_mut();
+            match &mut st.failure {
+                Some(f) => f.errors += 1,
+                None => note_failure(&mut st, e.to_string()),
+            }
+            return Err(e);
+        }
 
         let dead = {
             let mut st = self.sh.st.borrow_mut();
@@ -961,8 +1225,11 @@ impl Queue {
                 // The final outcome is durable, so the body is no longer
                 // needed; if this unlink is lost in a crash, recovery removes
                 // the unreferenced file.
-                if std::fs::remove_file(self.sh.big_dir.join(name)).is_err() {
-                    self.sh.st.borrow_mut().stats.reclaim_errors += 1;
+                match std::fs::remove_file(self.sh.big_dir.join(name)) {
+                    Ok(()) => {}
+                    // Moved to quarantine/.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(_) => self.sh.st.borrow_mut().stats.reclaim_errors += 1,
                 }
             }
             if self.reclaim().await.is_err() {
@@ -1004,6 +1271,7 @@ impl Queue {
         }
         s.segments = st.segs.len() as u64;
         s.current_segment = st.cur_seg;
+        s.store_failing = st.failure.is_some();
         s
     }
 
@@ -1061,7 +1329,13 @@ impl Queue {
                 st.cur_seg + 1
             };
             let guard = RollGuard { sh: &self.sh };
-            let file = self.create_segment(roll_to).await?;
+            let file = match self.create_segment(roll_to).await {
+                Ok(f) => f,
+                Err(e) => {
+                    note_failure(&mut self.sh.st.borrow_mut(), e.to_string());
+                    return Err(e);
+                }
+            };
             let mut st = self.sh.st.borrow_mut();
             st.segs.insert(roll_to, SegFile { file, pending: 0 });
             st.cur_seg = roll_to;
@@ -1092,7 +1366,9 @@ impl Queue {
             Err(e) => {
                 st.stats.write_errors += 1;
                 st.force_roll = true;
-                Err(QueueError::io("write", self.seg_path(resv.seg), e))
+                let e = QueueError::io("write", self.seg_path(resv.seg), e);
+                note_failure(&mut st, e.to_string());
+                Err(e)
             }
         }
     }
@@ -1132,6 +1408,21 @@ impl Queue {
         }
     }
 
+    /// [`Queue::wait_durable`] for a record written in segment `seg`: also
+    /// fails when that segment was sealed meanwhile (a later flush that
+    /// "succeeded" proves nothing about it, see `State::sealed`).
+    async fn wait_durable_in(&self, seg: u32) -> Result<(), QueueError> {
+        self.wait_durable().await?;
+        if self.sh.st.borrow().sealed.contains(&seg) {
+            return Err(QueueError::io(
+                "fdatasync",
+                self.seg_path(seg),
+                io::Error::other("segment sealed after a failed flush"),
+            ));
+        }
+        Ok(())
+    }
+
     async fn run_sync(&self, epoch: u64, files: Vec<Rc<File>>, seg_dir: bool, big_dir: bool) {
         let res = self.sync_all(&files, seg_dir, big_dir).await;
         let mut st = self.sh.st.borrow_mut();
@@ -1141,12 +1432,28 @@ impl Queue {
         if let Err(f) = res {
             st.stats.sync_errors += 1;
             st.force_roll = true;
+            note_failure(&mut st, f.to_error().to_string());
+            // fsyncgate: never trust these segments again.
+            let hit: Vec<u32> = st
+                .segs
+                .iter()
+                .filter(|(_, sf)| files.iter().any(|f| Rc::ptr_eq(f, &sf.file)))
+                .map(|(&n, _)| n)
+                .collect();
+            for n in hit {
+                if st.sealed.insert(n) {
+                    st.stats.segments_sealed += 1;
+                }
+            }
             st.dirty_seg_dir |= seg_dir;
             st.dirty_big_dir |= big_dir;
             st.failed_epochs.insert(epoch, f);
             while st.failed_epochs.len() > FAILED_EPOCHS_KEPT {
                 st.failed_epochs.pop_first();
             }
+        } else if !files.is_empty() || seg_dir || big_dir {
+            // Something reached stable storage: the write path works again.
+            st.failure = None;
         }
         drop(st);
         self.sh.synced.notify_waiters();
@@ -1321,6 +1628,16 @@ impl Queue {
             moved.push((key, new_loc, body_len));
         }
         self.wait_durable().await?;
+        if resvs
+            .iter()
+            .any(|r| self.sh.st.borrow().sealed.contains(&r.seg))
+        {
+            return Err(QueueError::io(
+                "fdatasync",
+                &self.sh.seg_dir,
+                io::Error::other("segment sealed after a failed flush"),
+            ));
+        }
         drop(resvs);
         let n = moved.len() as u64;
         {
@@ -1522,7 +1839,11 @@ impl MessageWriter {
         let buf = std::mem::take(&mut self.buf);
         let n = buf.len() as u64;
         let (r, mut buf) = sp.file.write_all_at(buf, sp.written).await;
-        r.map_err(|e| QueueError::io("write", &sp.path, e))?;
+        if let Err(e) = r {
+            let e = QueueError::io("write", &sp.path, e);
+            note_failure(&mut self.q.sh.st.borrow_mut(), e.to_string());
+            return Err(e);
+        }
         sp.written += n;
         buf.clear();
         self.buf = buf;
@@ -1538,6 +1859,17 @@ impl MessageWriter {
         }
         self.flush_spill().await?;
         let q = self.q.clone();
+        if let Some(sp) = &self.spill {
+            // Body before record (FORMAT.md): the spill file and its
+            // directory entry are durable before any record names them, so
+            // a record that survives a crash always finds its whole body.
+            {
+                let mut st = q.sh.st.borrow_mut();
+                push_dirty(&mut st, Rc::clone(&sp.file));
+                st.dirty_big_dir = true;
+            }
+            q.wait_durable().await?;
+        }
         let rcpts = vec![RecipientStatus::new(envelope.arrival); envelope.recipients.len()];
         let body = match &self.spill {
             Some(sp) => BodyRef::Spilled {
@@ -1568,12 +1900,7 @@ impl MessageWriter {
         patch_key(&mut rec, key);
         finish_record(&mut rec);
         q.write_record(&resv, rec).await?;
-        if let Some(sp) = &self.spill {
-            let mut st = q.sh.st.borrow_mut();
-            push_dirty(&mut st, Rc::clone(&sp.file));
-            st.dirty_big_dir = true;
-        }
-        q.wait_durable().await?;
+        q.wait_durable_in(resv.seg).await?;
         {
             let mut st = q.sh.st.borrow_mut();
             for i in 0..envelope.recipients.len() {

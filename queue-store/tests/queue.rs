@@ -667,3 +667,58 @@ fn operator_hold_survives_restart_and_tools_select_by_envelope() {
         assert!(q.due(7, 100).iter().any(|r| r.id == ids[2] && r.rcpt == 0));
     });
 }
+
+#[test]
+fn damaged_spill_body_is_quarantined_not_deferred_forever() {
+    on_both(|_, dir| async move {
+        let mut c = cfg(&dir);
+        c.spill_threshold = 1024;
+        let (q, _) = Queue::open(c.clone()).await.unwrap();
+        let short = put(&q, &vec![b'a'; 4096], 2).await;
+        let empty = put(&q, &vec![b'b'; 4096], 1).await;
+        let flipped = put(&q, &vec![b'c'; 4096], 1).await;
+        let whole = put(&q, &vec![b'd'; 4096], 1).await;
+        drop(q);
+        let mut spills = files_in(&dir.join("big"));
+        assert_eq!(spills.len(), 4);
+        // Names grow with the nonce: the order of the commits.
+        spills.sort();
+        let big = dir.join("big");
+        std::fs::write(big.join(&spills[0]), vec![b'a'; 100]).unwrap();
+        std::fs::write(big.join(&spills[1]), b"").unwrap();
+        let mut body = vec![b'c'; 4096];
+        body[7] = b'x';
+        std::fs::write(big.join(&spills[2]), body).unwrap();
+        let (q, rep) = Queue::open(c.clone()).await.unwrap();
+        assert_eq!(rep.quarantined.len(), 3, "{:?}", rep.quarantined);
+        assert!(rep.quarantined[0].starts_with(&short.to_string()));
+        assert!(
+            rep.quarantined[0].contains("100 bytes"),
+            "{:?}",
+            rep.quarantined
+        );
+        assert!(rep.quarantined[1].starts_with(&empty.to_string()));
+        assert!(rep.quarantined[2].contains("checksum"));
+        assert_eq!(rep.messages, 1);
+        assert_eq!(q.stats().quarantined, 3);
+        for id in [short, empty, flipped] {
+            assert!(q.envelope(&id).is_none());
+            let env =
+                std::fs::read_to_string(dir.join("quarantine").join(format!("{id}.env"))).unwrap();
+            assert!(
+                env.contains("recipient <rcpt0@example.net> pending"),
+                "{env}"
+            );
+            assert!(dir.join("quarantine").join(format!("{id}.body")).exists());
+        }
+        // Nothing of them is ever due again; the whole one is.
+        let due = q.due(u64::MAX, 100);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].id, whole);
+        drop(q);
+        // Durable: a second recovery finds nothing more to do.
+        let (_, rep) = Queue::open(c).await.unwrap();
+        assert!(rep.quarantined.is_empty());
+        assert_eq!(rep.messages, 1);
+    });
+}
