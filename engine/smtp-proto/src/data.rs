@@ -200,6 +200,58 @@ impl DataScanner {
     }
 }
 
+/// Line-end checker for BDAT chunks (RFC 3030): chunk octets are not dot-stuffed, but they are
+/// held to the same rules as a DATA body, so that a message received by BDAT can never carry a
+/// bare CR or bare LF (or an over-long line) on to the next hop, where it could be read as an end
+/// of data. State is kept across chunks: a CR ending one chunk may be completed by the LF that
+/// starts the next.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LineEnds {
+    pending_cr: bool,
+    line_len: usize,
+}
+
+impl LineEnds {
+    /// Checks `chunk`; `max_line` counts the CRLF, 0 means no limit.
+    pub(crate) fn check(&mut self, chunk: &[u8], max_line: usize) -> Result<(), DataError> {
+        let mut i = 0;
+        while i < chunk.len() {
+            if self.pending_cr {
+                if chunk[i] != b'\n' {
+                    return Err(DataError::BareCrLf);
+                }
+                self.pending_cr = false;
+                self.line_len = 0;
+                i += 1;
+                continue;
+            }
+            let seg = memchr::memchr2(b'\r', b'\n', &chunk[i..]).unwrap_or(chunk.len() - i);
+            self.line_len += seg;
+            if max_line > 0 && self.line_len + 2 > max_line {
+                return Err(DataError::LineTooLong);
+            }
+            i += seg;
+            if i < chunk.len() {
+                if chunk[i] == b'\n' {
+                    return Err(DataError::BareCrLf);
+                }
+                self.pending_cr = true;
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// The last chunk is complete: a CR still waiting for its LF is a bare CR.
+    pub(crate) fn finish(&self) -> Result<(), DataError> {
+        if self.pending_cr {
+            Err(DataError::BareCrLf)
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// Stateful client-side dot-stuffer (RFC 5321 4.5.2): doubles a leading `.` on every line and
 /// turns bare LF and bare CR into CRLF, so that what is sent can never contain a premature or
 /// ambiguous end of data. Feed the body in pieces with [`DotStuffer::push`], then
@@ -344,6 +396,37 @@ mod tests {
             assert_eq!((end, err), (true, Some(DataError::TooBig)));
             assert!(b.len() <= 8);
         }
+    }
+
+    #[test]
+    fn bdat_line_ends() {
+        let check = |chunks: &[&[u8]], max: usize| {
+            let mut l = LineEnds::default();
+            for c in chunks {
+                l.check(c, max)?;
+            }
+            l.finish()
+        };
+        assert_eq!(check(&[b"a\r\nb\r\n"], 0), Ok(()));
+        assert_eq!(check(&[b"a\r", b"", b"\nb"], 0), Ok(()));
+        for bad in [
+            &b"a\nb"[..],
+            b"a\r.\r\n",
+            b"\r.\r",
+            b"a\r",
+            b"\n.\n",
+            b"x\r\r\n",
+        ] {
+            for k in 0..=bad.len() {
+                assert_eq!(
+                    check(&[&bad[..k], &bad[k..]], 0),
+                    Err(DataError::BareCrLf),
+                    "{bad:?} split {k}"
+                );
+            }
+        }
+        assert_eq!(check(&[b"1234\r\n"], 6), Ok(()));
+        assert_eq!(check(&[b"123", b"45\r\n"], 6), Err(DataError::LineTooLong));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::address::{ForwardPath, ReversePath};
 use crate::auth::scram::{self, ScramCredentials};
 use crate::auth::{self, Attempt, AuthMechanism, AuthOutcome, AuthSecret, SaslError};
 use crate::command::{self, Command, CommandError, EtrnNode, Extensions, MailParams, RcptParams};
-use crate::data::{DataError, DataScanner, Scan};
+use crate::data::{DataError, DataScanner, LineEnds, Scan};
 use crate::reply::Reply;
 
 /// Settings of one listener, shared by its sessions. Mirrors qmail-smtpd's control files
@@ -347,6 +347,8 @@ pub struct Session {
     bdat_active: bool,
     bdat_size: u64,
     bdat_error: Option<DataError>,
+    /// Line ends of the BDAT octets so far: held to DATA's rules.
+    bdat_lines: LineEnds,
     tls: bool,
     authenticated: bool,
     auth_failures: u32,
@@ -368,6 +370,7 @@ impl Session {
             bdat_active: false,
             bdat_size: 0,
             bdat_error: None,
+            bdat_lines: LineEnds::default(),
             tls: false,
             authenticated: false,
             auth_failures: 0,
@@ -737,7 +740,12 @@ impl Session {
                         }
                         let max = self.config.max_message_size;
                         if self.bdat_error.is_none() {
-                            if max > 0 && self.bdat_size + take as u64 > max {
+                            let lines = self
+                                .bdat_lines
+                                .check(&rest[..take], self.config.max_text_line);
+                            if let Err(e) = lines {
+                                self.bdat_error = Some(e);
+                            } else if max > 0 && self.bdat_size + take as u64 > max {
                                 self.bdat_error = Some(DataError::TooBig);
                             } else {
                                 self.bdat_size += take as u64;
@@ -750,6 +758,9 @@ impl Session {
                     self.mode = Mode::ExpectCommand;
                     if discard {
                         continue;
+                    }
+                    if last && self.bdat_error.is_none() {
+                        self.bdat_error = self.bdat_lines.finish().err();
                     }
                     if self.bdat_error.is_some() {
                         return (pos, self.message_end(self.bdat_error));
@@ -818,6 +829,7 @@ impl Session {
         self.bdat_active = false;
         self.bdat_size = 0;
         self.bdat_error = None;
+        self.bdat_lines = LineEnds::default();
     }
 
     /// Sends an error reply for a client mistake and counts it; closes after too many.

@@ -467,14 +467,53 @@ fn text_line_too_long() {
 #[test]
 fn bdat_chunks() {
     let input = b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<x@y.z>\r\n\
-        BDAT 7\r\nab\n.\r\n\rBDAT 0\r\nBDAT 3 LAST\r\nxyzQUIT\r\n";
+        BDAT 7\r\nb\r\n.\r\n\rBDAT 0\r\nBDAT 3 LAST\r\n\nyzQUIT\r\n";
     let o = drive_all_splits(&cfg(), input, accept_all);
-    assert_eq!(o.messages, vec![b"ab\n.\r\n\rxyz".to_vec()]);
+    // A CR ending one chunk is completed by the LF starting a later one.
+    assert_eq!(o.messages, vec![b"b\r\n.\r\n\r\nyz".to_vec()]);
     assert_eq!(o.data_starts, 1);
     assert!(o.output.ends_with(
         "250 2.1.5 Recipient ok\r\n250 2.0.0 7 octets received\r\n250 2.0.0 7 octets received\r\n\
          250 2.0.0 ok q1\r\n221 2.0.0 mx.example closing connection\r\n"
     ));
+}
+
+/// BDAT octets are held to DATA's rules: a bare CR or LF anywhere (SMTP smuggling through a
+/// chunk, e.g. `\r.\r`) refuses the message, and a CR left open by the last chunk is bare too.
+#[test]
+fn bdat_bare_cr_lf_refused() {
+    for body in [
+        &b"a\r.\r\nb\r\n"[..],
+        b"a\n.\nb\r\n",
+        b"a\r\n.\rb\r\n",
+        b"ab\r\n\r",
+    ] {
+        let mut input = b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<x@y.z>\r\n".to_vec();
+        input.extend_from_slice(format!("BDAT {} LAST\r\n", body.len()).as_bytes());
+        input.extend_from_slice(body);
+        input.extend_from_slice(b"MAIL FROM:<a@b.c>\r\nQUIT\r\n");
+        let o = drive_all_splits(&cfg(), &input, accept_all);
+        assert!(o.messages.is_empty(), "{body:?}");
+        assert_eq!(o.aborted, 1, "{body:?}");
+        assert!(
+            o.output.ends_with(
+                "550 5.6.11 bare CR or LF in message refused\r\n250 2.1.0 Sender ok\r\n\
+                 221 2.0.0 mx.example closing connection\r\n"
+            ),
+            "{body:?}: {}",
+            o.output
+        );
+    }
+    // Split over two chunks, the first one's bare LF is refused when that chunk completes.
+    let input =
+        b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<x@y.z>\r\nBDAT 3\r\na\n.BDAT 2 LAST\r\n\r\n";
+    let o = drive_all_splits(&cfg(), input, accept_all);
+    assert!(o.messages.is_empty());
+    assert!(
+        o.output.contains("550 5.6.11 bare CR or LF"),
+        "{}",
+        o.output
+    );
 }
 
 #[test]
