@@ -108,7 +108,63 @@ pub async fn write(dir: &Path, host: &str, data: Vec<u8>) -> Result<PathBuf, Mai
     shard::io::sync_dir(&new_dir)
         .await
         .map_err(io_err("sync", &new_dir))?;
+    clean_tmp_now_and_then(dir, sec);
     Ok(new_path)
+}
+
+/// Age (seconds) after which a file in a Maildir's `tmp/` is an orphan of a
+/// crashed delivery and is removed (qmail's 36 hours: no delivery takes
+/// that long).
+pub const TMP_ORPHAN_AGE: u64 = 36 * 3600;
+/// How often (seconds) one shard looks at the `tmp/` of one Maildir.
+const TMP_CLEAN_EVERY: u64 = 3600;
+
+thread_local! {
+    /// When this thread (one shard) last cleaned each Maildir's `tmp/`.
+    static TMP_CLEANED: std::cell::RefCell<std::collections::HashMap<PathBuf, u64>> =
+        Default::default();
+}
+
+/// Cleans `dir/tmp` after a delivery, at most once an hour per Maildir and
+/// shard, so orphans left by crashes do not pile up and the hot path pays
+/// one map lookup.
+fn clean_tmp_now_and_then(dir: &Path, now: u64) {
+    let due = TMP_CLEANED.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.get(dir).is_some_and(|&t| now < t + TMP_CLEAN_EVERY) {
+            return false;
+        }
+        if m.len() >= 65_536 {
+            m.clear();
+        }
+        m.insert(dir.to_path_buf(), now);
+        true
+    });
+    if due {
+        let _ = clean_tmp(dir, now);
+    }
+}
+
+/// Removes the files of `dir/tmp` last modified more than
+/// [`TMP_ORPHAN_AGE`] before `now` (unix seconds); returns how many.
+pub fn clean_tmp(dir: &Path, now: u64) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir.join("tmp"))? {
+        let entry = entry?;
+        let Ok(meta) = entry.metadata() else { continue };
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(now, |d| d.as_secs());
+        if meta.is_file()
+            && now.saturating_sub(modified) > TMP_ORPHAN_AGE
+            && std::fs::remove_file(entry.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// A Maildir++ quota; 0 in a field means no limit on it.

@@ -75,6 +75,30 @@ fn maildir_delivery_writes_new_and_cleans_tmp() {
 }
 
 #[test]
+fn delivery_removes_tmp_orphans_older_than_36_hours() {
+    both(|_| async {
+        let home = tempfile::tempdir().unwrap();
+        let t = target(home.path());
+        // Left by crashed deliveries: one 37 hours old, one 1 hour old.
+        let now = std::time::SystemTime::now();
+        let hour = std::time::Duration::from_secs(3600);
+        for (name, age) in [("old.orphan", 37 * hour), ("young.orphan", hour)] {
+            let f = std::fs::File::create(t.maildir.join("tmp").join(name)).unwrap();
+            f.set_modified(now - age).unwrap();
+        }
+        let cfg = LocalConfig::default();
+        let r = deliver(&cfg, &t, env(), MSG).await;
+        assert!(matches!(r.outcome, Outcome::Delivered(_)), "{r:?}");
+        let left: Vec<_> = files(&t.maildir.join("tmp"))
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["young.orphan"]);
+        assert_eq!(files(&t.maildir.join("new")).len(), 1);
+    });
+}
+
+#[test]
 fn concurrent_deliveries_are_complete() {
     both(|_| async {
         let home = tempfile::tempdir().unwrap();

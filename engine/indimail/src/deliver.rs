@@ -413,6 +413,9 @@ impl DeliveryShard {
         loop {
             let now = unix_now();
             for (q, spec) in self.queues.all().iter().zip(&self.specs) {
+                if !self.store_healthy(q, spec, now).await {
+                    continue;
+                }
                 self.dispatch(q, spec, now).await;
             }
             let next_due = self
@@ -435,6 +438,42 @@ impl DeliveryShard {
                 _ = commit => {}
                 _ = self.slot_freed.notified() => {}
                 _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+
+    /// Whether the queue's store takes writes. A failing store is probed
+    /// when its back-off allows (one log line per probe, so at most one a
+    /// second), and delivery of that queue resumes by itself once a probe
+    /// succeeds.
+    async fn store_healthy(&self, q: &Queue, spec: &QueueSpec, now: u64) -> bool {
+        let Some(f) = q.store_failure() else {
+            return true;
+        };
+        if now < f.retry_at {
+            return false;
+        }
+        match q.probe().await {
+            Ok(()) => {
+                log!(
+                    "shard{} queue{} store healed after {}s and {} errors; delivery resumes",
+                    self.index,
+                    spec.number,
+                    now.saturating_sub(f.since),
+                    f.errors
+                );
+                true
+            }
+            Err(e) => {
+                let next = q.store_failure().map_or(0, |f| f.backoff);
+                log!(
+                    "shard{} queue{} store failing since {}s errors={} last={e}; delivery paused, next probe in {next}s",
+                    self.index,
+                    spec.number,
+                    now.saturating_sub(f.since),
+                    f.errors
+                );
+                false
             }
         }
     }
@@ -989,12 +1028,25 @@ impl DeliveryShard {
             }
         }
         if let Err(e) = q.record_outcomes(&id, &records).await {
+            // The store is failing: the recipients go back no sooner than
+            // the store's next probe (never at their old, past time, which
+            // would deliver them again at once), and no sooner than their
+            // own retry schedule for a deferral. One line per message
+            // finishing while it fails; `due` hands out nothing meanwhile.
+            let probe_at = q.store_failure().map_or(now + 1, |f| f.retry_at);
             log!(
-                "shard{} cannot record outcomes of msg {id}: {e}",
-                self.index
+                "shard{} cannot record outcomes of msg {id}: {e}; retry after {}s",
+                self.index,
+                probe_at.saturating_sub(now)
             );
-            for (rcpt, _) in &records {
-                q.release(&id, *rcpt);
+            for (rcpt, rec) in &records {
+                let not_before = match rec {
+                    RecipientOutcome::Deferred { next_attempt, .. } => {
+                        (*next_attempt).max(probe_at)
+                    }
+                    _ => probe_at,
+                };
+                q.release_at(&id, *rcpt, not_before);
             }
             return;
         }

@@ -760,12 +760,51 @@ fn queue_list(paths: &Paths, args: &tools::ListArgs) -> anyhow::Result<()> {
                 }
             }
         }
+        total += list_quarantined(&mut out, q)?;
     }
     out.flush()?;
     drop(out);
     progress.finish();
     eprintln!("{total} messages");
     Ok(())
+}
+
+/// Lists the messages recovery moved to `quarantine/` (their body could not
+/// be read whole): they are never delivered or retried, and stay listed
+/// until the operator removes them.
+fn list_quarantined(out: &mut impl std::io::Write, q: &config::QueueSpec) -> anyhow::Result<usize> {
+    let Ok(entries) = std::fs::read_dir(q.dir.join(queue_store::QUARANTINE_DIR)) else {
+        return Ok(0);
+    };
+    let mut n = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(id) = name.strip_suffix(".env") else {
+            continue;
+        };
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        let field = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .unwrap_or("")
+                .to_string()
+        };
+        let to: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("recipient "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        writeln!(
+            out,
+            "queue{} quarantine/{id} from={} to={} state=quarantined reason={}",
+            q.number,
+            field("sender "),
+            to.join(","),
+            field("reason ")
+        )?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 fn queue_store_line(queue: u32, m: &queue_store::QueuedMessage, now: u64) -> String {
@@ -802,6 +841,7 @@ fn init(paths: &Paths) -> anyhow::Result<()> {
     {
         if !q.dir.exists() {
             std::fs::create_dir_all(&q.dir)?;
+            config::make_durable(std::slice::from_ref(&q.dir))?;
             made.push(q.dir);
         }
     }

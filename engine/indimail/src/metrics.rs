@@ -106,6 +106,12 @@ pub struct QueueGauges {
     pending: AtomicU64,
     /// Arrival (unix seconds) of the oldest message; 0 = empty.
     oldest: AtomicU64,
+    /// 1 while the queue's write path fails (delivery paused), else 0.
+    store_failing: AtomicU64,
+    /// Failed writes/flushes/outcome records of the current failure episode.
+    store_errors: AtomicU64,
+    /// Messages recovery moved to `quarantine/` at this start.
+    quarantined: AtomicU64,
 }
 
 impl QueueGauges {
@@ -122,11 +128,17 @@ impl QueueGauges {
         self.messages.store(st.messages, Ordering::Relaxed);
         self.pending.store(st.recipients_pending, Ordering::Relaxed);
         self.oldest.store(oldest, Ordering::Relaxed);
+        let failure = q.store_failure();
+        self.store_failing
+            .store(u64::from(failure.is_some()), Ordering::Relaxed);
+        self.store_errors
+            .store(failure.map_or(0, |f| f.errors), Ordering::Relaxed);
+        self.quarantined.store(st.quarantined, Ordering::Relaxed);
     }
 }
 
 /// The queue gauges: (name, help).
-const GAUGES: [(&str, &str); 3] = [
+const GAUGES: [(&str, &str); 6] = [
     ("queue_messages", "messages in the queue"),
     (
         "queue_recipients_pending",
@@ -135,6 +147,18 @@ const GAUGES: [(&str, &str); 3] = [
     (
         "queue_oldest_age_seconds",
         "age of the oldest message in the queue (0 when empty)",
+    ),
+    (
+        "queue_store_failing",
+        "1 while the queue cannot write or flush (delivery paused until it heals)",
+    ),
+    (
+        "queue_store_errors",
+        "failed writes, flushes and outcome records since the store began failing",
+    ),
+    (
+        "queue_quarantined_messages",
+        "messages recovery moved to quarantine/ (body unreadable) at this start",
     ),
 ];
 
@@ -237,6 +261,9 @@ impl Registry {
                 let v = match i {
                     0 => q.messages.load(Ordering::Relaxed),
                     1 => q.pending.load(Ordering::Relaxed),
+                    3 => q.store_failing.load(Ordering::Relaxed),
+                    4 => q.store_errors.load(Ordering::Relaxed),
+                    5 => q.quarantined.load(Ordering::Relaxed),
                     _ => match q.oldest.load(Ordering::Relaxed) {
                         0 => 0,
                         t => now.saturating_sub(t),

@@ -474,7 +474,7 @@ async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, Strin
     let (queues, reports) = ShardQueues::open(&shared.assignment[info.index]).await?;
     for (spec, r) in reports {
         log!(
-            "shard{} queue{} recovered: messages={} pending={} segments={} torn_bytes={} corrupt={} ms={}",
+            "shard{} queue{} recovered: messages={} pending={} segments={} torn_bytes={} corrupt={} quarantined={} ms={}",
             info.index,
             spec.number,
             r.messages,
@@ -482,8 +482,17 @@ async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, Strin
             r.segments,
             r.torn_bytes,
             r.corrupt_records.len(),
+            r.quarantined.len(),
             r.millis
         );
+        for q in &r.quarantined {
+            log!(
+                "shard{} queue{} quarantined msg {q} (kept in {}/quarantine)",
+                info.index,
+                spec.number,
+                spec.dir.display()
+            );
+        }
         for c in &r.corrupt_records {
             log!(
                 "shard{} queue{} corrupt record skipped: {c}",

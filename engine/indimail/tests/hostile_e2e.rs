@@ -51,7 +51,7 @@ impl RawSink {
                 let _ = w.write_all(b"354 go\r\n");
                 let mut body = Vec::new();
                 let mut byte = [0u8; 1];
-                while !body.ends_with(b"\r\n.\r\n") && !(body == b".\r\n") {
+                while !body.ends_with(b"\r\n.\r\n") && body != b".\r\n" {
                     if r.read(&mut byte).unwrap_or(0) == 0 {
                         return;
                     }
