@@ -714,9 +714,9 @@ struct Connection {
     check_rcpt: bool,
     session: Session,
     spool: Option<queue_store::MessageWriter>,
-    /// Set when writing the spool failed mid-message: the commit then
-    /// answers 452 instead of 250.
-    spool_failed: Option<String>,
+    /// Set when storing the message failed mid-message: the commit then
+    /// answers with the failure's reply instead of 250.
+    spool_failed: Option<SpoolFailure>,
     message_bytes: u64,
     /// CRLF → LF conversion state and scratch buffer (see [`to_queue_form`]).
     pending_cr: bool,
@@ -1489,7 +1489,7 @@ impl Connection {
             return;
         }
         if let Err(e) = w.write(received.as_bytes()).await {
-            self.spool_failed = Some(e.to_string());
+            self.spool_failed = Some(SpoolFailure::Queue(e));
         }
         self.spool = Some(w);
     }
@@ -1509,7 +1509,7 @@ impl Connection {
         {
             // An envrules DATABYTES for this sender: stop storing; the
             // commit answers 552.
-            self.spool_failed = Some(TOO_BIG.into());
+            self.spool_failed = Some(SpoolFailure::OverSenderLimit);
             return;
         }
         if let Some(held) = self.txn.held.as_mut() {
@@ -1537,7 +1537,7 @@ impl Connection {
                 _ => &self.scratch,
             };
             if let Err(e) = w.write(data).await {
-                self.spool_failed = Some(e.to_string());
+                self.spool_failed = Some(SpoolFailure::Queue(e));
             }
         }
     }
@@ -1617,7 +1617,7 @@ impl Connection {
         prefix.push_str(&std::mem::take(&mut self.txn.held_prefix));
         if let Some(w) = self.spool.as_mut() {
             if let Err(e) = w.write(prefix.as_bytes()).await {
-                self.spool_failed = Some(e.to_string());
+                self.spool_failed = Some(SpoolFailure::Queue(e));
             }
         }
         for piece in held.chunks(64 * 1024) {
@@ -1688,30 +1688,24 @@ impl Connection {
         }
         if !out.is_empty() && self.spool_failed.is_none() {
             if let Err(e) = w.write(&out).await {
-                self.spool_failed = Some(e.to_string());
+                self.spool_failed = Some(SpoolFailure::Queue(e));
             }
         }
-        if let Some(reason) = self.spool_failed.take() {
+        if let Some(failure) = self.spool_failed.take() {
             w.abort().await;
-            if reason == TOO_BIG {
-                log!(
+            match &failure {
+                SpoolFailure::OverSenderLimit => log!(
                     "shard{} message too big for sender <{}> (envrules DATABYTES)",
                     self.shard.index,
                     self.txn.sender
-                );
-                self.session.message_committed(Err(Reply::new(
-                    552,
-                    Some((5, 3, 4)),
-                    "sorry, that message size exceeds my databytes limit",
-                )));
-                return;
+                ),
+                SpoolFailure::Queue(e) => log!(
+                    "shard{} smtp spool failed ip={} reason={e}",
+                    self.shard.index,
+                    self.peer.ip()
+                ),
             }
-            log!(
-                "shard{} smtp spool failed ip={} reason={reason}",
-                self.shard.index,
-                self.peer.ip()
-            );
-            self.session.message_committed(Err(queue_full_reply()));
+            self.session.message_committed(Err(failure.reply()));
             return;
         }
         if let Some(mut scanner) = self.txn.scanner.take() {
@@ -1786,7 +1780,8 @@ impl Connection {
                     self.shard.index,
                     self.peer.ip()
                 );
-                self.session.message_committed(Err(queue_full_reply()));
+                self.session
+                    .message_committed(Err(SpoolFailure::Queue(e).reply()));
             }
         }
     }
@@ -1859,15 +1854,37 @@ fn parse_enhanced(s: &str) -> Option<(u8, u16, u16)> {
     ))
 }
 
-/// Marker in `spool_failed` for a message over an envrules DATABYTES.
-const TOO_BIG: &str = "message too big";
+/// Why a message could not be stored; answered at the end of DATA.
+#[derive(Debug)]
+enum SpoolFailure {
+    /// Over the DATABYTES an envrules line set for this sender.
+    OverSenderLimit,
+    /// The queue refused (full disk, failed flush, sealed segment, an
+    /// envelope too large...): its own reply class says temporary or not.
+    Queue(queue_store::QueueError),
+}
 
-fn queue_full_reply() -> Reply {
-    Reply::new(
-        452,
-        Some((4, 3, 1)),
-        "insufficient system storage, message not queued; try later",
-    )
+impl SpoolFailure {
+    /// The one place a storing failure becomes an SMTP reply.
+    fn reply(&self) -> Reply {
+        match self {
+            SpoolFailure::OverSenderLimit => Reply::new(
+                552,
+                Some((5, 3, 4)),
+                "sorry, that message size exceeds my databytes limit",
+            ),
+            SpoolFailure::Queue(e) => {
+                let (code, enhanced) = e.smtp_reply();
+                let text = match code {
+                    452 => "insufficient system storage, message not queued; try later",
+                    451 => "local error in processing, message not queued; try later",
+                    552 => "envelope too large for the queue",
+                    _ => "message not queued",
+                };
+                Reply::new(code, parse_enhanced(enhanced), text)
+            }
+        }
+    }
 }
 
 /// The parts of an [`Event`] the driver needs after the input buffer is
@@ -1940,7 +1957,28 @@ impl From<Event<'_>> for OwnedEvent {
 
 #[cfg(test)]
 mod tests {
-    use super::to_queue_form;
+    use super::{to_queue_form, SpoolFailure};
+    use queue_store::QueueError;
+
+    #[test]
+    fn storing_failures_keep_their_reply_class() {
+        let r = SpoolFailure::Queue(QueueError::EnvelopeTooLarge).reply();
+        assert_eq!(
+            (r.code(), r.to_string().contains("5.3.4")),
+            (552, true),
+            "{r}"
+        );
+        let r = SpoolFailure::Queue(QueueError::NoRecipients).reply();
+        assert_eq!(r.code(), 554);
+        let r = SpoolFailure::OverSenderLimit.reply();
+        assert_eq!(r.code(), 552);
+        let io = QueueError::Corrupt {
+            path: "seg".into(),
+            offset: 0,
+            reason: "torn",
+        };
+        assert_eq!(SpoolFailure::Queue(io).reply().code() / 100, 4);
+    }
 
     #[test]
     fn crlf_to_lf_across_every_split() {

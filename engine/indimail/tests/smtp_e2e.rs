@@ -176,7 +176,7 @@ fn chunking_bdat() {
         c.cmd("MAIL FROM:<a@b.org>");
         c.cmd("RCPT TO:<r@localhost>");
         let part1 = b"Subject: bdat\r\n\r\nline one\r\n";
-        let part2 = b".leading dot stays\r\nbare\nLF is fine in BDAT\r\n";
+        let part2 = b".leading dot stays\r\nlast line\r\n";
         c.send(format!("BDAT {}\r\n", part1.len()).as_bytes());
         c.send(part1);
         assert_eq!(c.reply().0, 250);
@@ -184,6 +184,15 @@ fn chunking_bdat() {
         c.send(part2);
         let (code, text) = c.reply();
         assert_eq!(code, 250, "{text}");
+        // BDAT is held to DATA's line-end rule: a bare LF is refused (it
+        // could be relayed as a smuggled end of data).
+        c.cmd("MAIL FROM:<a@b.org>");
+        c.cmd("RCPT TO:<r@localhost>");
+        let bare = b"Subject: bare\r\n\r\nbare\nLF\r\n";
+        c.send(format!("BDAT {} LAST\r\n", bare.len()).as_bytes());
+        c.send(bare);
+        let (code, text) = c.reply();
+        assert_eq!(code, 550, "{text}");
         c.cmd("QUIT");
         let list = queue_list(h.path());
         assert_eq!(list.len(), 1);
