@@ -33,6 +33,9 @@ command -v mariadb-install-db >/dev/null 2>&1 || need+=(mariadb-server)
 [ -x /usr/bin/bogofilter ] || need+=(bogofilter)
 # altermime: the MIME-aware disclaimer filter run through FILTERARGS.
 [ -x /usr/bin/altermime ] || need+=(altermime)
+# faults.rs loop-mounts a small ext4 to fill its queue's disk (as root).
+[ -x /sbin/mkfs.ext4 ] || need+=(e2fsprogs)
+[ -x /bin/mount ] || need+=(mount)
 
 if [ ${#need[@]} -eq 0 ]; then
   echo "install-test-deps: everything present"

@@ -5,6 +5,8 @@ usage: capture_smtpd.py OUTDIR MODE
   MODE ok        accept everything
   MODE reject    550 every RCPT
   MODE tempfirst 451 the first RCPT of each recipient address, then accept
+  MODE gate      accept, but hold each DATA (writing OUTDIR/waiting.<n>) until
+                 the file OUTDIR/open exists
 Prints "listening on HOST:PORT" when ready; writes each message to OUTDIR/<n>.eml
 with the envelope in OUTDIR/<n>.env (sender line, then recipients). Supports STARTTLS
 when CERT and KEY environment variables name a PEM certificate and key; PORT picks
@@ -29,6 +31,11 @@ class Handler:
 
     async def handle_DATA(self, server, session, envelope):
         global count
+        if mode == "gate":
+            waiting = os.path.join(outdir, "waiting.%d" % id(envelope))
+            open(waiting, "w").close()
+            while not os.path.exists(os.path.join(outdir, "open")):
+                await asyncio.sleep(0.05)
         count += 1
         base = os.path.join(outdir, str(count))
         with open(base + ".eml.tmp", "wb") as f:
