@@ -31,16 +31,24 @@ pub struct ImapLoginConfig {
     pub starttls: bool,
     /// Longest wait for one command before the driver disconnects (spec 6: 60 s).
     pub command_timeout: Duration,
+    /// Whether `LOGIN` and `AUTHENTICATE PLAIN` are allowed before TLS (the client is in
+    /// [`crate::ProxyConfig::plaintext_auth`]). Otherwise the capabilities say
+    /// `LOGINDISABLED` (RFC 9051 §7.2.2) and logins get `NO [PRIVACYREQUIRED]` (RFC 5530)
+    /// until TLS is active.
+    pub plaintext_without_tls: bool,
 }
 
 impl Default for ImapLoginConfig {
     fn default() -> Self {
         ImapLoginConfig {
-            max_line: 8192,
+            // RFC 2971 allows an ID of 30 fields of 1024 octets each (imaptest's `id` test
+            // sends about 30 KB); the whole command, literals included, stays bounded.
+            max_line: 64 * 1024,
             max_literal: 4096,
             max_bad_logins: 5,
             starttls: false,
             command_timeout: Duration::from_secs(60),
+            plaintext_without_tls: false,
         }
     }
 }
@@ -145,8 +153,17 @@ impl ImapLogin {
         if self.cfg.starttls && !self.tls_active {
             c.push_str(" STARTTLS");
         }
-        c.push_str(" AUTH=PLAIN");
+        if self.login_allowed() {
+            c.push_str(" AUTH=PLAIN");
+        } else {
+            c.push_str(" LOGINDISABLED");
+        }
         c
+    }
+
+    /// Whether a clear-text password may be sent now.
+    fn login_allowed(&self) -> bool {
+        self.tls_active || self.cfg.plaintext_without_tls
     }
 
     /// Feed input; returns how many bytes were used and what to do. Call again with the
@@ -314,6 +331,10 @@ impl ImapLogin {
                     )
                 }
             }
+            "LOGIN" | "AUTHENTICATE" if !self.login_allowed() => reply(format!(
+                "{tag} NO [PRIVACYREQUIRED] Plaintext authentication disallowed on \
+                 non-secure (SSL/TLS) connections.\r\n"
+            )),
             "LOGIN" if args.len() == 2 => {
                 let mut a = args.into_iter();
                 let (Some(user), Some(pass)) = (a.next(), a.next()) else {
@@ -587,6 +608,7 @@ mod tests {
         ImapLogin::new(
             ImapLoginConfig {
                 starttls: true,
+                plaintext_without_tls: true,
                 ..ImapLoginConfig::default()
             },
             false,
@@ -795,6 +817,74 @@ mod tests {
             ev,
             ImapEvent::Close(b"* BYE Literal too large.\r\n".to_vec())
         );
+    }
+
+    #[test]
+    fn clear_text_login_needs_tls() {
+        let cfg = ImapLoginConfig {
+            starttls: true,
+            ..ImapLoginConfig::default()
+        };
+        let no = "NO [PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure \
+                  (SSL/TLS) connections.\r\n";
+        let b64 = "AGFteUBleGFtcGxlLmNvbQBzZWNyZXQ=";
+        let input = format!(
+            "a CAPABILITY\r\nb LOGIN amy pw\r\nc AUTHENTICATE PLAIN {b64}\r\n\
+             d AUTHENTICATE PLAIN\r\ne STARTTLS\r\n"
+        );
+        for step in 1..=input.len() {
+            let mut c = ImapLogin::new(cfg.clone(), false);
+            let (out, ev, _) = run(&mut c, input.as_bytes(), step);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                format!(
+                    "* CAPABILITY IMAP4rev1 LITERAL+ SASL-IR ID STARTTLS LOGINDISABLED\r\n\
+                     a OK Capability completed.\r\nb {no}c {no}d {no}"
+                )
+            );
+            assert!(matches!(ev, Some(ImapEvent::StartTls(_))));
+            assert_eq!(c.bad_logins(), 0);
+            c.tls_started();
+            let (_, ev) = c.feed(b"x CAPABILITY\r\n");
+            assert_eq!(
+                ev,
+                ImapEvent::Reply(
+                    b"* CAPABILITY IMAP4rev1 LITERAL+ SASL-IR ID AUTH=PLAIN\r\n\
+                      x OK Capability completed.\r\n"
+                        .to_vec()
+                )
+            );
+            assert_eq!(
+                c.feed(b"y LOGIN amy pw\r\n").1,
+                login("y", "amy", "pw").unwrap()
+            );
+        }
+        // Implicit TLS: allowed from the start.
+        let mut c = ImapLogin::new(cfg, true);
+        assert!(matches!(
+            c.feed(b"y LOGIN amy pw\r\n").1,
+            ImapEvent::Login(_)
+        ));
+    }
+
+    #[test]
+    fn rfc2971_id_of_30_kb() {
+        let fields: Vec<String> = (0..30)
+            .map(|i| format!("\"field{i}\" \"{}\"", "v".repeat(1000)))
+            .collect();
+        let cmd = format!("i ID ({})\r\n", fields.join(" "));
+        assert!(cmd.len() > 30_000);
+        let mut c = core();
+        let (n, ev) = c.feed(cmd.as_bytes());
+        assert_eq!(n, cmd.len());
+        assert_eq!(
+            ev,
+            ImapEvent::Reply(b"* ID NIL\r\ni OK ID completed.\r\n".to_vec())
+        );
+        // Beyond 64 KiB the line is still refused.
+        let mut c = core();
+        let (_, ev) = c.feed(&vec![b'a'; 64 * 1024 + 1]);
+        assert_eq!(ev, ImapEvent::Close(b"* BYE Line too long.\r\n".to_vec()));
     }
 
     #[test]

@@ -47,7 +47,7 @@ async fn session(s: TcpStream, peer: SocketAddr, ctx: Rc<ProxyContext>, implicit
     let Some(mut s) = ClientConn::accepted(s, &ctx, implicit_tls, GREETING).await else {
         return;
     };
-    let mut cfg = ctx.config.imap_login();
+    let mut cfg = ctx.config.imap_login(peer.ip());
     cfg.starttls = ctx.tls.is_some();
     let mut core = ImapLogin::new(cfg, implicit_tls);
     let mut inb = Inbuf::new();

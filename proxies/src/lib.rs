@@ -131,6 +131,58 @@ pub struct ProxyConfig {
     pub record_lastauth: bool,
     /// Write `LOGIN`/`LOGOUT` lines to standard error (spec 6 log format).
     pub log: bool,
+    /// Client networks that may log in with a clear-text password on a connection that is
+    /// not encrypted (`PLAINTEXT_AUTH_NETS`, default none). Everyone else must use TLS
+    /// first (implicit, `STARTTLS` or `STLS`), as Dovecot's `disable_plaintext_auth` does:
+    /// before TLS the IMAP capabilities say `LOGINDISABLED` without `AUTH=PLAIN` and a login
+    /// is answered `NO [PRIVACYREQUIRED]` (RFC 5530); POP3 `CAPA` lists neither `USER` nor
+    /// `SASL PLAIN` and `USER`/`AUTH` are answered `-ERR [AUTH]` (RFC 2449, RFC 3206).
+    pub plaintext_auth: Vec<Network>,
+}
+
+/// An IP network: an address and how many leading bits must match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    addr: IpAddr,
+    bits: u8,
+}
+
+impl Network {
+    /// Whether `ip` is in the network (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let (a, b, len) = match (self.addr, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                (u128::from(u32::from(a)), u128::from(u32::from(b)), 32)
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), 128),
+            _ => return false,
+        };
+        let shift = len - u32::from(self.bits);
+        shift >= len || a >> shift == b >> shift
+    }
+}
+
+impl std::str::FromStr for Network {
+    type Err = ();
+
+    /// `ADDR` or `ADDR/BITS`, IPv4 or IPv6.
+    fn from_str(s: &str) -> Result<Network, ()> {
+        let (a, bits) = match s.split_once('/') {
+            Some((a, b)) => (a, Some(b.parse::<u8>().map_err(|_| ())?)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a.parse().map_err(|_| ())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let bits = bits.unwrap_or(max);
+        if bits > max {
+            return Err(());
+        }
+        Ok(Network { addr, bits })
+    }
 }
 
 impl Default for ProxyConfig {
@@ -149,6 +201,7 @@ impl Default for ProxyConfig {
             record_relay: true,
             record_lastauth: true,
             log: true,
+            plaintext_auth: Vec::new(),
         }
     }
 }
@@ -169,7 +222,9 @@ impl ProxyConfig {
     /// Defaults overridden by `DESTPORT` (`imap:<port>` or `pop3:<port>`; one process serving
     /// both proxies may give both, separated by a comma: `imap:1143,pop3:1110`), `IMAP_BACKEND`,
     /// `POP3_BACKEND`, `LEGACY_SERVER`, `DEFAULT_DOMAIN`, `BADLOGINS`, `DATA_TIMEOUT`
-    /// (seconds). Every bad variable is reported.
+    /// (seconds), `PLAINTEXT_AUTH_NETS` (networks separated by commas or spaces, each
+    /// `ADDR` or `ADDR/BITS`, e.g. `127.0.0.1,::1,10.1.0.0/16`). Every bad variable is
+    /// reported.
     pub fn from_env() -> Result<ProxyConfig, Vec<ConfigError>> {
         Self::from_vars(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
     }
@@ -224,6 +279,17 @@ impl ProxyConfig {
                 _ => bad("DATA_TIMEOUT", &v, "expected a positive number of seconds"),
             }
         }
+        if let Some(v) = var("PLAINTEXT_AUTH_NETS") {
+            for n in v.split([',', ' ']).filter(|n| !n.is_empty()) {
+                match n.parse() {
+                    Ok(net) => c.plaintext_auth.push(net),
+                    Err(()) => {
+                        bad("PLAINTEXT_AUTH_NETS", &v, "expected ADDR or ADDR/BITS, ...");
+                        break;
+                    }
+                }
+            }
+        }
         if errs.is_empty() {
             Ok(c)
         } else {
@@ -231,18 +297,25 @@ impl ProxyConfig {
         }
     }
 
-    fn imap_login(&self) -> imap_login::ImapLoginConfig {
+    /// Whether a client at `ip` may send a clear-text password without TLS.
+    pub fn plaintext_allowed(&self, ip: IpAddr) -> bool {
+        self.plaintext_auth.iter().any(|n| n.contains(ip))
+    }
+
+    fn imap_login(&self, peer: IpAddr) -> imap_login::ImapLoginConfig {
         imap_login::ImapLoginConfig {
             max_bad_logins: self.max_bad_logins,
             command_timeout: self.command_timeout,
+            plaintext_without_tls: self.plaintext_allowed(peer),
             ..imap_login::ImapLoginConfig::default()
         }
     }
 
-    fn pop3_login(&self) -> pop3_login::Pop3LoginConfig {
+    fn pop3_login(&self, peer: IpAddr) -> pop3_login::Pop3LoginConfig {
         pop3_login::Pop3LoginConfig {
             max_bad_logins: self.max_bad_logins,
             command_timeout: self.command_timeout,
+            plaintext_without_tls: self.plaintext_allowed(peer),
             ..pop3_login::Pop3LoginConfig::default()
         }
     }
@@ -504,5 +577,18 @@ mod tests {
         let e = ProxyConfig::from_vars(bad).unwrap_err();
         assert_eq!(e.len(), 2);
         assert!(e[0].to_string().starts_with("$DESTPORT:"), "{}", e[0]);
+        let nets = |k: &str| {
+            (k == "PLAINTEXT_AUTH_NETS").then(|| "127.0.0.1, 10.1.0.0/16 ::1".to_string())
+        };
+        let c = ProxyConfig::from_vars(nets).unwrap();
+        let ok = |ip: &str| c.plaintext_allowed(ip.parse().unwrap());
+        assert!(ok("127.0.0.1") && ok("10.1.200.3") && ok("::1") && ok("::ffff:10.1.0.9"));
+        assert!(!ok("127.0.0.2") && !ok("10.2.0.1") && !ok("::2"));
+        assert!(!ProxyConfig::default().plaintext_allowed("127.0.0.1".parse().unwrap()));
+        let all = |k: &str| (k == "PLAINTEXT_AUTH_NETS").then(|| "0.0.0.0/0".to_string());
+        let c = ProxyConfig::from_vars(all).unwrap();
+        assert!(c.plaintext_allowed("192.0.2.1".parse().unwrap()));
+        let bad = |k: &str| (k == "PLAINTEXT_AUTH_NETS").then(|| "10.0.0.0/33".to_string());
+        assert_eq!(ProxyConfig::from_vars(bad).unwrap_err().len(), 1);
     }
 }

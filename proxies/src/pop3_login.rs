@@ -24,6 +24,10 @@ pub struct Pop3LoginConfig {
     pub stls: bool,
     /// Longest wait for one command before the driver disconnects (spec 6: 60 s).
     pub command_timeout: Duration,
+    /// Whether `USER`/`PASS` and `AUTH PLAIN` are allowed before TLS (the client is in
+    /// [`crate::ProxyConfig::plaintext_auth`]). Otherwise `CAPA` lists neither `USER` nor
+    /// `SASL PLAIN` and they are answered `-ERR [AUTH]` until TLS is active.
+    pub plaintext_without_tls: bool,
 }
 
 impl Default for Pop3LoginConfig {
@@ -33,6 +37,7 @@ impl Default for Pop3LoginConfig {
             max_bad_logins: 5,
             stls: false,
             command_timeout: Duration::from_secs(60),
+            plaintext_without_tls: false,
         }
     }
 }
@@ -113,15 +118,21 @@ impl Pop3Login {
 
     /// The `CAPA` response before login.
     pub fn capa(&self) -> Vec<u8> {
-        let mut s = String::from(
-            "+OK Capability list follows\r\nTOP\r\nUIDL\r\nUSER\r\nSASL PLAIN\r\nRESP-CODES\r\n\
-             AUTH-RESP-CODE\r\nPIPELINING\r\n",
-        );
+        let mut s = String::from("+OK Capability list follows\r\nTOP\r\nUIDL\r\n");
+        if self.login_allowed() {
+            s.push_str("USER\r\nSASL PLAIN\r\n");
+        }
+        s.push_str("RESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\n");
         if self.cfg.stls && !self.tls_active {
             s.push_str("STLS\r\n");
         }
         s.push_str("IMPLEMENTATION indimail-rs\r\n.\r\n");
         s.into_bytes()
+    }
+
+    /// Whether a clear-text password may be sent now.
+    fn login_allowed(&self) -> bool {
+        self.tls_active || self.cfg.plaintext_without_tls
     }
 
     /// Feed input; returns how many bytes were used and what to do. Call again with the
@@ -169,6 +180,11 @@ impl Pop3Login {
         let cmd = String::from_utf8_lossy(cmd).to_ascii_uppercase();
         match (cmd.as_str(), arg) {
             ("CAPA", None) => Pop3Event::Reply(self.capa()),
+            ("USER" | "PASS" | "AUTH", Some(_)) if !self.login_allowed() => reply(
+                "-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) \
+                 connections.",
+            ),
+            ("AUTH", None) if !self.login_allowed() => reply("+OK\r\n."),
             ("QUIT", None) => {
                 self.state = State::Done;
                 Pop3Event::Close(QUIT_REPLY.to_vec())
@@ -291,6 +307,7 @@ mod tests {
         Pop3Login::new(
             Pop3LoginConfig {
                 stls: true,
+                plaintext_without_tls: true,
                 ..Pop3LoginConfig::default()
             },
             false,
@@ -367,6 +384,35 @@ mod tests {
             c.feed(b"STLS\r\n").1,
             Pop3Event::Reply(b"-ERR TLS is already active.\r\n".to_vec())
         );
+    }
+
+    #[test]
+    fn clear_text_login_needs_tls() {
+        let cfg = Pop3LoginConfig {
+            stls: true,
+            ..Pop3LoginConfig::default()
+        };
+        let no = "-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) \
+                  connections.\r\n";
+        let input = b"CAPA\r\nUSER amy\r\nPASS pw\r\nAUTH PLAIN AGFAYg==\r\nAUTH\r\nSTLS\r\n";
+        for step in 1..=input.len() {
+            let mut c = Pop3Login::new(cfg.clone(), false);
+            let (out, ev, _) = run(&mut c, input, step);
+            let out = String::from_utf8(out).unwrap();
+            let (capa, rest) = out.split_once("\r\n.\r\n").unwrap();
+            assert!(!capa.contains("USER") && !capa.contains("SASL"), "{capa}");
+            assert!(capa.contains("\r\nSTLS"), "{capa}");
+            assert_eq!(rest, format!("{no}{no}{no}+OK\r\n.\r\n"));
+            assert!(matches!(ev, Some(Pop3Event::StartTls(_))));
+            c.tls_started();
+            let capa = String::from_utf8(c.capa()).unwrap();
+            assert!(capa.contains("\r\nUSER\r\nSASL PLAIN\r\n"), "{capa}");
+            c.feed(b"USER amy\r\n");
+            assert_eq!(c.feed(b"PASS pw\r\n").1, login("amy", "pw").unwrap());
+        }
+        let mut c = Pop3Login::new(cfg, true);
+        c.feed(b"USER amy\r\n");
+        assert!(matches!(c.feed(b"PASS pw\r\n").1, Pop3Event::Login(_)));
     }
 
     #[test]

@@ -53,7 +53,7 @@ async fn session(s: TcpStream, peer: SocketAddr, ctx: Rc<ProxyContext>, implicit
     let Some(mut s) = ClientConn::accepted(s, &ctx, implicit_tls, GREETING).await else {
         return;
     };
-    let mut cfg = ctx.config.pop3_login();
+    let mut cfg = ctx.config.pop3_login(peer.ip());
     cfg.stls = ctx.tls.is_some();
     let mut core = Pop3Login::new(cfg, implicit_tls);
     let mut inb = Inbuf::new();

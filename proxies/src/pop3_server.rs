@@ -67,7 +67,7 @@ async fn session(s: TcpStream, peer: SocketAddr, ctx: Rc<ProxyContext>, implicit
             None => return,
         };
     }
-    let mut cfg = ctx.config.pop3_login();
+    let mut cfg = ctx.config.pop3_login(peer.ip());
     cfg.stls = ctx.tls.is_some();
     let mut core = Pop3Login::new(cfg, implicit_tls);
     if write(&mut conn, GREETING.to_vec()).await.is_err() {

@@ -64,7 +64,9 @@ fn serve(
         .iter()
         .map(|(s, port)| (*s, SocketAddr::from((ip, *port))))
         .collect();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // Clear-text logins from loopback without TLS (the proxies' default needs TLS first).
+    env.push(("PLAINTEXT_AUTH_NETS", "127.0.0.0/8"));
     Server::start_services(home, "uring", &listeners, &env)
 }
 

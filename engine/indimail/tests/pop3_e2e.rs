@@ -34,6 +34,7 @@ fn smtp_in_pop3_out() {
             .env("INDIMAIL_ALLOW_ROOT", "1")
             .args(["--smtp", "127.0.0.1:0", "--pop3", "127.0.0.1:0"])
             .env("INDIMAIL_DRIVER", d)
+            .env("PLAINTEXT_AUTH_NETS", "127.0.0.1")
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

@@ -36,7 +36,9 @@ fn serve(
         .iter()
         .map(|s| (*s, SocketAddr::from(([127, 0, 0, 1], 0))))
         .collect();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // Clear-text logins from loopback without TLS (the proxies' default needs TLS first).
+    env.push(("PLAINTEXT_AUTH_NETS", "127.0.0.0/8"));
     Server::start_services(home, driver, &listeners, &env)
 }
 

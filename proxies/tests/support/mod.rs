@@ -220,6 +220,8 @@ pub fn config() -> ProxyConfig {
         log: false,
         command_timeout: Duration::from_secs(10),
         connect_timeout: Duration::from_secs(5),
+        // Clear-text logins from loopback without TLS (the default needs TLS first).
+        plaintext_auth: vec!["127.0.0.0/8".parse().unwrap(), "::1".parse().unwrap()],
         ..ProxyConfig::default()
     }
 }
