@@ -109,3 +109,60 @@ print("ok")
         server.stop();
     }
 }
+
+/// Without TLS a password is never taken in clear text (unless the client
+/// is in PLAINTEXT_AUTH_NETS): CAPA offers STLS but not USER, USER is
+/// answered `-ERR [AUTH]`; after STLS the same login works.
+#[test]
+fn clear_text_login_only_after_stls() {
+    for d in DRIVERS {
+        let h = tempfile::tempdir().unwrap();
+        let home = h.path();
+        assert_eq!(indimail(home, &["domain", "add", "example.com"]).0, 0);
+        let add = [
+            "user",
+            "add",
+            "erin@example.com",
+            "--password",
+            "Pop-Pass-2",
+        ];
+        assert_eq!(indimail(home, &add).0, 0);
+        let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let (mut server, ports) =
+            Server::start_services(home, d, &[("smtp", any), ("pop3", any)], &[]);
+        let script = format!(
+            r#"
+import poplib, ssl
+p = poplib.POP3("127.0.0.1", {port}, timeout=20)
+capa = p.capa()
+assert "STLS" in capa and "USER" not in capa and "SASL" not in capa, capa
+try:
+    p.user("erin@example.com")
+    raise SystemExit("USER accepted before TLS")
+except poplib.error_proto as e:
+    assert b"[AUTH]" in e.args[0], e
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+p.stls(ctx)
+assert "USER" in p.capa()
+p.user("erin@example.com"); p.pass_("Pop-Pass-2")
+assert p.stat()[0] == 0
+p.quit()
+print("ok")
+"#,
+            port = ports["pop3"].port()
+        );
+        let out = Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{d}: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            server.log()
+        );
+        server.stop();
+    }
+}
