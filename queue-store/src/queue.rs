@@ -669,20 +669,7 @@ impl Queue {
     /// Returns a leased recipient to the schedule without an outcome (e.g.
     /// at shutdown), due at its recorded next attempt time.
     pub fn release(&self, id: &MessageId, rcpt: usize) {
-        let mut st = self.sh.st.borrow_mut();
-        let key = id.key();
-        if st.leased.remove(&(key, rcpt as u32)) && !st.frozen.contains(&key) {
-            if let Some(next) = st
-                .index
-                .messages
-                .get(&key)
-                .and_then(|e| e.rcpts.get(rcpt))
-                .filter(|r| r.state == RecipientState::Pending)
-                .map(|r| r.next_attempt)
-            {
-                st.schedule.insert((next, key, rcpt as u32));
-            }
-        }
+        self.release_at(id, rcpt, 0);
     }
 
     /// Returns a leased recipient to the schedule, due no sooner than
