@@ -94,18 +94,7 @@ print("ok")
 "#,
             port = ports["pop3"].port()
         );
-        let out = Command::new("/usr/bin/python3")
-            .arg("-c")
-            .arg(&script)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{d}: {}{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            server.log()
-        );
+        run_python(&script, &format!("driver {d}\n{}", server.log()));
         server.stop();
     }
 }
@@ -151,18 +140,7 @@ print("ok")
 "#,
             port = ports["pop3"].port()
         );
-        let out = Command::new("/usr/bin/python3")
-            .arg("-c")
-            .arg(&script)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{d}: {}{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            server.log()
-        );
+        run_python(&script, &format!("driver {d}\n{}", server.log()));
         server.stop();
     }
 }

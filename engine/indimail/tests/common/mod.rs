@@ -360,6 +360,22 @@ fn start_capture(mode: &str, port: Option<u16>) -> (Peer, u16, tempfile::TempDir
     (child, port, dir)
 }
 
+/// Runs a Python client script (`python3 -c`); panics with its output and
+/// `context` (e.g. the server log) unless it exits 0.
+pub fn run_python(script: &str, context: &str) {
+    let out = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}\n{context}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A loopback port nothing listens on (yet).
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
