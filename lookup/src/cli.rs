@@ -53,7 +53,8 @@ pub enum DomainCommand {
         /// Mailbox base for this domain (vadddomain -B).
         #[arg(long)]
         base_path: Option<PathBuf>,
-        /// Also create postmaster@DOMAIN with this password.
+        /// Password of postmaster@DOMAIN (always created); a random one,
+        /// printed once, when not given.
         #[arg(long)]
         postmaster_password: Option<String>,
     },
@@ -580,16 +581,22 @@ async fn run_admin(
                         },
                     )
                     .await?;
-                if let Some(pw) = postmaster_password {
-                    admin
-                        .user_add(
-                            &format!("postmaster@{}", info.name),
-                            &pw,
-                            &UserOptions::default(),
-                        )
-                        .await?;
-                }
+                // vadddomain: every domain gets its postmaster mailbox
+                // (RFC 5321 4.5.1); without a password given, a random one
+                // the operator is shown once.
+                let generated = postmaster_password.is_none();
+                let pw = match postmaster_password {
+                    Some(pw) => pw,
+                    None => crate::password::random_salt(16)?,
+                };
+                let postmaster = format!("postmaster@{}", info.name);
+                admin
+                    .user_add(&postmaster, &pw, &UserOptions::default())
+                    .await?;
                 writeln!(out, "added domain {}", info.name)?;
+                if generated {
+                    writeln!(out, "{postmaster} password: {pw}")?;
+                }
             }
             DomainCommand::Del { domain } => {
                 admin.domain_del(&domain).await?;

@@ -237,10 +237,12 @@ fn subcommands(kind: Kind) {
     );
     let list = ok(h, &["user", "list", "example.com"]);
     let lines: Vec<&str> = list.lines().collect();
-    assert_eq!(lines.len(), 2, "{list}");
+    // domain add made postmaster@example.com (as vadddomain does).
+    assert_eq!(lines.len(), 3, "{list}");
     assert!(lines[0].starts_with("anna@example.com ") && lines[0].ends_with(" inactive"));
     assert!(lines[1].starts_with("manny@example.com "));
-    assert_eq!(ok(h, &["user", "list"]).lines().count(), 3);
+    assert!(lines[2].starts_with("postmaster@example.com "));
+    assert_eq!(ok(h, &["user", "list"]).lines().count(), 4);
 
     // alias
     ok(

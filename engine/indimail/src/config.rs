@@ -18,7 +18,9 @@
 //! | `smtpgreeting` | text of the 220 greeting | `<me> ESMTP` |
 //! | `rcpthosts`, `morercpthosts` (or `morercpthosts.cdb`) | domains we accept mail for | none (only relay clients may send) |
 //! | `databytes` | maximum message size, 0 = unlimited | 0 |
-//! | `timeoutsmtpd` | idle seconds before an SMTP client is dropped | 1200 |
+//! | `timeoutsmtpd` | seconds an SMTP client has for each whole command line (and DATA, see `mindatarate`) before it is dropped with `421 4.4.2` | 1200 |
+//! | `timeoutstress` | the same while the shard is under stress (¾ of `maxdaemons` in use), as Postfix's stress-dependent `smtpd_timeout` | 10 |
+//! | `mindatarate` | bytes per second a DATA/BDAT transfer must keep on average: each byte extends the deadline by 1/rate s (Postfix's `smtpd_min_data_rate`) | 500 |
 //! | `maxrecipients` | recipients per message (`MAXRECIPIENTS`) | 100 |
 //! | `maxperip` | connections per client IP per shard (`MAXPERIP`) | 20 |
 //! | `maxdaemons` | connections per shard (`MAXDAEMONS`) | 1000 |
@@ -178,8 +180,12 @@ pub struct SmtpSettings {
     pub rcpthosts: DomainList,
     /// `databytes` / `DATABYTES`; 0 = unlimited.
     pub databytes: u64,
-    /// `timeoutsmtpd`.
+    /// `timeoutsmtpd`: deadline of each command line (not of each read).
     pub timeout: Duration,
+    /// `timeoutstress`: the deadline while the shard is under stress.
+    pub stress_timeout: Duration,
+    /// `mindatarate`: bytes per second a message transfer must keep.
+    pub min_data_rate: u64,
     /// `maxrecipients` / `MAXRECIPIENTS`; 0 = the protocol default (100).
     pub max_recipients: usize,
     /// `maxperip` / `MAXPERIP`: connections per client IP per shard.
@@ -269,6 +275,8 @@ impl ServeConfig {
         )
         .unwrap_or(0);
         let timeout = take(&mut errors, c.number("timeoutsmtpd", 1200u64)).unwrap_or(1200);
+        let stress_timeout = take(&mut errors, c.number("timeoutstress", 10u64)).unwrap_or(10);
+        let min_data_rate = take(&mut errors, c.number("mindatarate", 500u64)).unwrap_or(500);
         let shutdown_timeout = take(&mut errors, c.number("shutdowntimeout", 5u64)).unwrap_or(5);
         // The user to drop to must exist (used when started as root).
         if let Some(user) = take(&mut errors, c.string("user")).flatten() {
@@ -446,6 +454,8 @@ impl ServeConfig {
                 rcpthosts: DomainList::new(hosts),
                 databytes,
                 timeout: Duration::from_secs(timeout),
+                stress_timeout: Duration::from_secs(stress_timeout.clamp(1, timeout.max(1))),
+                min_data_rate: min_data_rate.max(1),
                 max_recipients: if max_recipients == 0 {
                     100
                 } else {

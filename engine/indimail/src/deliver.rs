@@ -65,6 +65,11 @@ pub struct DeliverySettings {
     /// The vacation autoresponder's interval: one reply per sender per
     /// this many seconds (`AUTORESPONDER_INTERVAL`, default a week).
     pub autoreply_interval: u64,
+    /// The host postmaster's home (`HOME/alias`, qmail's alias user): mail
+    /// to `postmaster` of a local domain with no mailbox of its own is
+    /// delivered by `.qmail-postmaster` there, else to its `Maildir/`.
+    /// `None` (tools that never deliver): no such fallback.
+    pub postmaster_home: Option<std::path::PathBuf>,
 }
 
 impl DeliverySettings {
@@ -155,6 +160,7 @@ impl DeliverySettings {
         )
         .map_err(|e| e.to_string())?;
         Ok(DeliverySettings {
+            postmaster_home: None,
             autoreply_interval,
             dkim,
             dups_window,
@@ -599,6 +605,11 @@ impl DeliveryShard {
     /// never a bounce and never delivery elsewhere).
     async fn classify(&self, rcpt: &str) -> Result<Dest, String> {
         let domain = domain_of(rcpt);
+        if domain.is_empty() {
+            // qmail's envnoathost: an address without a domain is one of
+            // this host's (`me`); it never leaves for a remote host.
+            return Ok(Dest::Local);
+        }
         let unavailable = |e: String| format!("directory unavailable: {e} (#4.3.0)");
         let listed =
             self.settings.locals.contains(domain) || self.settings.virtualdomains.contains(domain);
@@ -843,7 +854,10 @@ impl DeliveryShard {
             .await
             .map_err(|e| format!("user directory unavailable: {e} (#4.3.0)"))?;
         let temp = |e: lookup::LookupError| format!("directory lookup failed: {e} (#4.3.0)");
-        let email = rcpt.to_ascii_lowercase();
+        let mut email = rcpt.to_ascii_lowercase();
+        if !email.contains('@') {
+            email = format!("{email}@{}", self.settings.local.hostname);
+        }
         if let Some(user) = dir.user(&email).await.map_err(temp)? {
             let quota = match user.quota {
                 lookup::Quota::Unlimited => None,
@@ -864,7 +878,7 @@ impl DeliveryShard {
         }
         let aliases = dir.aliases(&email).await.map_err(temp)?;
         if aliases.is_empty() {
-            return Ok(None);
+            return Ok(self.host_postmaster(&email));
         }
         Ok(Some(LocalTarget {
             user: email.clone(),
@@ -875,6 +889,35 @@ impl DeliveryShard {
             dash: String::new(),
             ext: String::new(),
         }))
+    }
+
+    /// RFC 5321 4.5.1: `postmaster` of every domain delivered here reaches
+    /// someone. Without a mailbox or alias of its own it goes to the host
+    /// postmaster (see [`DeliverySettings::postmaster_home`]).
+    fn host_postmaster(&self, email: &str) -> Option<LocalTarget> {
+        let home = self.settings.postmaster_home.as_ref()?;
+        let (local, _) = email.split_once('@')?;
+        if !local.eq_ignore_ascii_case("postmaster") {
+            return None;
+        }
+        let instructions: Vec<String> = std::fs::read_to_string(home.join(".qmail-postmaster"))
+            .map(|t| t.lines().map(str::to_string).collect())
+            .unwrap_or_default();
+        if instructions.is_empty() {
+            // Made on first use, so a home from before this fallback works.
+            for sub in ["cur", "new", "tmp"] {
+                let _ = std::fs::create_dir_all(home.join("Maildir").join(sub));
+            }
+        }
+        Some(LocalTarget {
+            user: "postmaster".into(),
+            home: home.clone(),
+            maildir: home.join("Maildir"),
+            quota: None,
+            instructions,
+            dash: String::new(),
+            ext: String::new(),
+        })
     }
 
     async fn remote_job(

@@ -576,8 +576,9 @@ async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, Strin
         None
     } else {
         let specs = shared.assignment[info.index].clone();
-        let settings =
+        let mut settings =
             crate::deliver::DeliverySettings::load(&shared.control, &shared.settings.me, &specs)?;
+        settings.postmaster_home = Some(shared.home.join("alias"));
         let remote = build_remote(shared)?;
         Some(Rc::new(crate::deliver::DeliveryShard::new(
             info.index,

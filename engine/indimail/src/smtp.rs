@@ -629,6 +629,9 @@ async fn connection(
         pending_cr: false,
         scratch: Vec::new(),
         turned: None,
+        waiting_since: tokio::time::Instant::now(),
+        data_credit: std::time::Duration::ZERO,
+        stressed: false,
     };
     log!(
         "shard{} {} connect ip={ip} port={} relay={}",
@@ -647,6 +650,30 @@ async fn connection(
     if let Some(s) = conn.stream.as_ref() {
         let _ = s.tcp().shutdown(std::net::Shutdown::Both);
     }
+}
+
+/// What an authenticated user may do over SMTP: `None` when the user's
+/// NO_SMTP flag or the domain's `disable_smtp` limit refuses SMTP
+/// altogether, else whether relaying is allowed (NO_RELAY, `disable_relay`).
+/// The `override` flag exempts a user from the domain limits, as in vlimit.
+async fn smtp_permissions(
+    dir: &lookup::Directory,
+    u: &lookup::User,
+) -> Result<Option<bool>, lookup::LookupError> {
+    use lookup::UserFlags;
+    if u.flags.has(UserFlags::NO_SMTP) {
+        return Ok(None);
+    }
+    let mut relay = !u.flags.has(UserFlags::NO_RELAY);
+    if !u.flags.has(UserFlags::V_OVERRIDE) {
+        if let Some(l) = dir.limits(&u.domain).await? {
+            if l.disable_smtp {
+                return Ok(None);
+            }
+            relay &= !l.disable_relay;
+        }
+    }
+    Ok(Some(relay))
 }
 
 /// A connection's DNSBL answer: asked at connect, needed at MAIL.
@@ -684,6 +711,8 @@ struct Txn {
     /// plugins make (see [`Connection::release_held`]).
     held: Option<Vec<u8>>,
     held_prefix: String,
+    /// `Received:`/`Delivered-To:` fields of the message (loop guard).
+    hops: smtp_proto::HopCounter,
 }
 
 struct Connection {
@@ -721,6 +750,37 @@ struct Connection {
     /// CRLF → LF conversion state and scratch buffer (see [`to_queue_form`]).
     pending_cr: bool,
     scratch: Vec<u8>,
+    /// Slow-client deadlines (see [`read_deadline`]): when the command or
+    /// message transfer now awaited began, and the time its bytes so far
+    /// have earned at `mindatarate`.
+    waiting_since: tokio::time::Instant,
+    data_credit: std::time::Duration,
+    /// This connection has seen its shard under stress.
+    stressed: bool,
+}
+
+/// When the client must have sent what the session waits for: a whole
+/// command line within `timeoutsmtpd` of the previous one (a byte every few
+/// seconds does not keep a connection alive, as it did with a per-read
+/// timeout), a message transfer within the same plus 1/`mindatarate` s per
+/// byte received. Under stress (¾ of `maxdaemons` in use on the shard) the
+/// base shrinks to `timeoutstress`, for waits already under way too; a
+/// connection that saw stress keeps the short base (as a Postfix smtpd
+/// started under stress does), so a flood is cut whole, not down to ¾.
+fn read_deadline(
+    shard: &SmtpShard,
+    settings: &SmtpSettings,
+    since: tokio::time::Instant,
+    credit: std::time::Duration,
+    stressed: &mut bool,
+) -> tokio::time::Instant {
+    *stressed |= u64::from(shard.connections.get()) * 4 >= u64::from(settings.max_connections) * 3;
+    let base = if *stressed {
+        settings.stress_timeout
+    } else {
+        settings.timeout
+    };
+    since + base + credit
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -741,6 +801,7 @@ impl Connection {
         // streaming and a bigger buffer saves reads.
         let mut filled = false;
         let mut start = 0usize;
+        let mut progressed = false;
         loop {
             // Process what is buffered.
             loop {
@@ -768,7 +829,11 @@ impl Connection {
                     buf.clear();
                     start = 0;
                     self.start_tls().await?;
+                    progressed = true;
                     continue;
+                }
+                if let Event::Data(chunk) = &event {
+                    self.earn_data_credit(chunk.len());
                 }
                 // Copy what the event borrows out of `buf` before awaiting.
                 match event {
@@ -791,9 +856,18 @@ impl Connection {
                     break;
                 }
             }
+            // A reply means a whole command (or message) was taken: the
+            // client earns a new deadline (see `read_deadline`).
+            progressed |= !self.session.output().is_empty();
             // Flush replies before waiting for input (PIPELINING batches
             // replies until the client's input is drained).
             self.flush().await?;
+            if std::mem::take(&mut progressed) {
+                // The client's clock for its next command starts now, not
+                // while this server was answering the last one.
+                self.waiting_since = tokio::time::Instant::now();
+                self.data_credit = std::time::Duration::ZERO;
+            }
             // Keep the unconsumed tail at the front, then read after it.
             if start > 0 {
                 buf.drain(..start);
@@ -807,16 +881,45 @@ impl Connection {
                 buf.reserve(IDLE_CHUNK);
             }
             let room = buf.capacity() - buf.len();
-            let timeout = self.settings.timeout;
-            let (r, b) = match tokio::time::timeout(timeout, self.io().read(buf)).await {
-                Ok(x) => x,
-                Err(_) => {
+            let read = {
+                let io = self
+                    .stream
+                    .as_mut()
+                    .expect("stream present outside start_tls");
+                let read = io.read(buf);
+                tokio::pin!(read);
+                loop {
+                    let now = tokio::time::Instant::now();
+                    let deadline = read_deadline(
+                        &self.shard,
+                        &self.settings,
+                        self.waiting_since,
+                        self.data_credit,
+                        &mut self.stressed,
+                    );
+                    if now >= deadline {
+                        break None;
+                    }
+                    // Wake now and then to notice stress beginning.
+                    let wake = deadline.min(now + self.settings.stress_timeout);
+                    tokio::select! {
+                        r = &mut read => break Some(r),
+                        _ = tokio::time::sleep_until(wake) => {}
+                    }
+                }
+            };
+            let (r, b) = match read {
+                Some(x) => x,
+                None => {
                     let r = Reply::new(
                         421,
                         Some((4, 4, 2)),
                         format!("{} timeout, closing connection", self.settings.me),
                     );
                     let _ = self.io().write_all(r.to_wire()).await;
+                    // close_notify under TLS, so the client can tell this
+                    // end from a truncation attack.
+                    let _ = self.io().shutdown().await;
                     // On io_uring the timed-out read is still in flight and
                     // keeps the socket open; shutting it down ends both.
                     let _ = self.io().tcp().shutdown(std::net::Shutdown::Both);
@@ -825,11 +928,25 @@ impl Connection {
             };
             buf = b;
             match r {
-                Ok(0) => return Ok(()),
+                Ok(0) => {
+                    // The client closed (under TLS: sent close_notify, or
+                    // cut the TCP connection); answer with ours.
+                    let _ = self.io().shutdown().await;
+                    return Ok(());
+                }
                 Ok(n) => filled = n == room,
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// A piece of a message arrived: it extends the transfer's deadline by
+    /// its share at `mindatarate`, never beyond `timeoutsmtpd` from now.
+    fn earn_data_credit(&mut self, bytes: usize) {
+        let earned =
+            std::time::Duration::from_secs_f64(bytes as f64 / self.settings.min_data_rate as f64);
+        let elapsed = self.waiting_since.elapsed();
+        self.data_credit = (self.data_credit + earned).min(elapsed);
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
@@ -1361,9 +1478,28 @@ impl Connection {
                 Err(e) => Err(e),
             },
         };
+        // User flags and domain limits (vlimit) decide what a valid login
+        // may do: NO_SMTP / disable_smtp refuse it like a bad password
+        // (IndiMail's vchkpass), NO_RELAY / disable_relay keep it local.
+        let verdict = match verdict {
+            Ok(Some(u)) => match smtp_permissions(&dir, &u).await {
+                Ok(Some(relay)) => Ok(Some((u, relay))),
+                Ok(None) => {
+                    log!(
+                        "shard{} auth refused user={} ip={ip} reason=no-smtp",
+                        self.shard.index,
+                        u.email()
+                    );
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            },
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
         match verdict {
-            Ok(Some(u)) => {
-                let no_relay = u.flags.has(lookup::UserFlags::NO_RELAY);
+            Ok(Some((u, may_relay))) => {
+                let no_relay = !may_relay;
                 if !no_relay {
                     self.relay = true;
                 }
@@ -1414,7 +1550,12 @@ impl Connection {
     /// environment or tcp.smtp rule) turns it off. A directory that cannot
     /// answer gives 451, never a permanent refusal.
     async fn check_recipient(&self, addr: &str) -> Decision {
-        if !self.check_rcpt {
+        // RFC 5321 4.5.1: postmaster of a domain we accept mail for is
+        // always accepted; delivery falls back to the host postmaster.
+        let postmaster = addr
+            .rsplit_once('@')
+            .is_some_and(|(l, _)| l.eq_ignore_ascii_case("postmaster"));
+        if !self.check_rcpt || postmaster {
             return Decision::Accept;
         }
         let status = match self.shard.directory.get().await {
@@ -1449,6 +1590,21 @@ impl Connection {
         }
     }
 
+    /// The envelope recipients as queued: the bare `<postmaster>` of
+    /// RFC 5321 4.1.1.3 becomes `postmaster@me`, so it is delivered here
+    /// and never taken for a remote address.
+    fn queue_recipients(&self) -> Vec<String> {
+        self.session
+            .envelope()
+            .recipients
+            .iter()
+            .map(|r| match &r.path {
+                smtp_proto::ForwardPath::Postmaster => format!("postmaster@{}", self.settings.me),
+                p => p.to_string(),
+            })
+            .collect()
+    }
+
     async fn begin_message(&mut self) {
         if let Some(w) = self.spool.take() {
             w.abort().await;
@@ -1456,6 +1612,7 @@ impl Connection {
         self.spool_failed = None;
         self.message_bytes = 0;
         self.pending_cr = false;
+        self.txn.hops = smtp_proto::HopCounter::new();
         self.txn.scanner = self.settings.policy.body_scanner();
         let rules = std::sync::Arc::clone(&self.settings.msgproc);
         if self.txn.nullqueue || rules.nullqueue {
@@ -1469,13 +1626,7 @@ impl Connection {
         let mut w = self.shard.queues.begin();
         let mut received = self.txn.spf_header.clone().unwrap_or_default();
         received.push_str(&self.received_header());
-        let rcpts = self
-            .session
-            .envelope()
-            .recipients
-            .iter()
-            .map(|r| r.path.to_string())
-            .collect();
+        let rcpts = self.queue_recipients();
         if let (_, Some(q)) = rules.recipients(self.txn.quarantine.as_deref(), rcpts) {
             received.push_str(&q);
         }
@@ -1496,6 +1647,7 @@ impl Connection {
 
     async fn spool_data(&mut self, chunk: &[u8]) {
         self.message_bytes += chunk.len() as u64;
+        self.txn.hops.feed(chunk);
         if let Some(s) = self.txn.scanner.as_mut() {
             s.feed(chunk);
         }
@@ -1555,13 +1707,7 @@ impl Connection {
             return None;
         }
         let rules = std::sync::Arc::clone(&self.settings.msgproc);
-        let recipients: Vec<String> = self
-            .session
-            .envelope()
-            .recipients
-            .iter()
-            .map(|r| r.path.to_string())
-            .collect();
+        let recipients = self.queue_recipients();
         let spf = self.txn.spf_result.clone();
         let max_output = match self.txn.databytes.filter(|d| *d > 0) {
             Some(d) => d as usize + 64 * 1024,
@@ -1708,6 +1854,23 @@ impl Connection {
             self.session.message_committed(Err(failure.reply()));
             return;
         }
+        if self.txn.hops.looping() {
+            w.abort().await;
+            log!(
+                "shard{} refused looping msg from=<{}> ip={} hops={}",
+                self.shard.index,
+                self.txn.sender,
+                self.peer.ip(),
+                self.txn.hops.hops()
+            );
+            let r = Reply::new(
+                554,
+                Some((5, 4, 6)),
+                "too many hops, this message is looping",
+            );
+            self.session.message_committed(Err(r));
+            return;
+        }
         if let Some(mut scanner) = self.txn.scanner.take() {
             let mut txn = std::mem::take(&mut self.txn);
             let d = self.verdict(scanner.finish(), &mut txn, "message body");
@@ -1735,7 +1898,7 @@ impl Connection {
             .reverse_path
             .as_ref()
             .map_or(String::new(), |p| p.to_string());
-        let recipients: Vec<String> = env.recipients.iter().map(|r| r.path.to_string()).collect();
+        let recipients = self.queue_recipients();
         let helo = env.helo.clone().unwrap_or_default();
         // quarantine replaces the recipients, extraqueue adds some.
         let (recipients, _) = self

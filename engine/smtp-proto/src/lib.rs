@@ -27,6 +27,7 @@ mod command;
 mod data;
 #[doc(hidden)]
 pub mod fuzzing;
+mod hops;
 mod reply;
 mod session;
 
@@ -38,5 +39,6 @@ pub use auth::scram::{
 pub use auth::{AuthMechanism, AuthOutcome, AuthSecret};
 pub use command::{Body, Command, CommandError, EtrnNode, MailParams, RcptParams};
 pub use data::{dot_stuff, DotStuffer};
+pub use hops::{HopCounter, MAX_HOPS};
 pub use reply::{EnhancedCode, Reply, ReplyError, ReplyParser};
 pub use session::{Decision, Envelope, Event, Recipient, Session, SessionConfig};
