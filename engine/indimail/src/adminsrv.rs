@@ -641,7 +641,12 @@ fn serve_conn(
         }
         Err(Some(r)) => r,
         // The handshake failed, the client went away or was too slow: nothing to answer.
-        Err(None) => return,
+        // (The slot goes back before the socket closes: a client that sees the close may
+        // connect again at once.)
+        Err(None) => {
+            slot.release();
+            return;
+        }
     };
     let Reply(code, reason, body) = reply;
     let body = body.to_string();
@@ -658,6 +663,7 @@ fn serve_conn(
     let _ = tls.flush();
     tls.conn.send_close_notify();
     let _ = tls.flush();
+    slot.release();
 }
 
 fn error(code: u16, reason: &'static str, text: &str) -> Reply {
