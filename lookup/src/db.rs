@@ -237,6 +237,23 @@ impl SqliteDb {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| LookupError::io(dir, e))?;
             }
+            // Password hashes: owner-only from the start, and fixed if found looser. SQLite
+            // gives its -wal and -shm files the database file's mode; older ones are fixed too.
+            // A reader that is not the owner (EPERM) cannot fix them: not its business.
+            let mode = crate::fsmode::SECRET_FILE_MODE;
+            let mine = |r: std::io::Result<()>, p: &Path| match r {
+                Err(e) if e.kind() != std::io::ErrorKind::PermissionDenied => {
+                    Err(LookupError::io(p, e))
+                }
+                _ => Ok(()),
+            };
+            mine(crate::fsmode::create_restricted(&path, mode), &path)?;
+            for side in ["-wal", "-shm"] {
+                let mut p = path.clone().into_os_string();
+                p.push(side);
+                let p = PathBuf::from(p);
+                mine(crate::fsmode::restrict_mode(&p, mode).map(|_| ()), &p)?;
+            }
             let c = rusqlite::Connection::open(&path).map_err(|e| LookupError::Io {
                 path: path.clone(),
                 reason: e.to_string(),

@@ -40,6 +40,7 @@ mod config;
 mod db;
 mod directory;
 mod error;
+pub mod fsmode;
 mod model;
 pub mod password;
 mod queries;

@@ -20,7 +20,7 @@
 //! command ran (as `indimail --home <home> <args...>`, a child process: a failing command
 //! cannot disturb the server), `400` for a malformed request or a command outside the
 //! whitelist, `401` for a bad user or password, `403` for a command the user may not run,
-//! `429` while the user is locked out.
+//! `429` while the user is locked out, `408` for a request that did not arrive in time.
 //!
 //! **Whitelist.** `domain add|del|list|info|add-alias`, `user add|del|passwd|mod|info|list|
 //! quota`, `alias add|del|list`, `hostcntrl ...`, `cluster ...`, `atrn ...`, `queue stat|list`.
@@ -31,9 +31,18 @@
 //! admin-users set` writes) and operations a comma-separated list of `*`, `<group>.*` or
 //! `<group>.<verb>`. The file is read on every request: changes apply at once.
 //!
-//! **Lock-out.** After `ADMIN_MAX_FAILURES` (default 5) failed logins in a row a user is
-//! refused, even with the right password, for `ADMIN_LOCKOUT` seconds (default 900). The
-//! count is kept in memory: a restart clears it.
+//! **Lock-out.** After `ADMIN_MAX_FAILURES` (default 5) failed logins in a row from one client
+//! address a user is refused from that address, even with the right password, for
+//! `ADMIN_LOCKOUT` seconds (default 900); the same user from another address is not (else
+//! anyone could lock an operator out). Addresses count as IPv4 addresses and IPv6 /64s. The
+//! count is kept in memory: a restart clears it. An unknown user name costs one password
+//! verification against a dummy hash of the same kind, so it answers no faster than a known one.
+//!
+//! **Hostile clients.** At most `ADMIN_MAX_PER_IP` (default 4) connections per client address
+//! may be waiting for their request to arrive and be authenticated, so one address cannot take
+//! all `MAX_CONNECTIONS` slots; the whole request (TLS handshake, head and body) must arrive
+//! within `ADMIN_REQUEST_TIMEOUT` seconds (default 10), not per read, so trickling clients are
+//! closed.
 //!
 //! **Log.** One line per request on the server's log, naming the admin, the client address,
 //! the operation, its arguments (passwords masked) and the outcome: `indisrvr: run
@@ -64,6 +73,8 @@ const MAX_HEAD: usize = 16 * 1024;
 const MAX_BODY: usize = 64 * 1024;
 /// Per-connection read/write timeout.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Lock-out entries kept before stale ones are dropped (bounds memory under a name spray).
+const MAX_LOCKOUT_ENTRIES: usize = 4096;
 
 /// Commands the endpoint runs: group and the verbs allowed (`None`: every verb).
 const WHITELIST: &[(&str, Option<&[&str]>)] = &[
@@ -268,57 +279,252 @@ fn masked(args: &[String]) -> String {
     out.join(" ").replace('"', "'")
 }
 
-/// Failed-login counts and lock-outs.
+/// The client a limit or lock-out applies to: an IPv4 address (IPv4-mapped IPv6 included)
+/// or an IPv6 /64, since one host usually holds a whole /64.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut seg = v6.segments();
+                seg[4..].fill(0);
+                IpAddr::V6(seg.into())
+            }
+        },
+    }
+}
+
+/// Numeric environment knob with a default.
+fn env_num(k: &str, d: u64) -> u64 {
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(d)
+}
+
+/// Failures of one (user, client) pair.
+#[derive(Debug)]
+struct Failures {
+    count: u32,
+    last: Instant,
+    until: Option<Instant>,
+}
+
+/// Failed-login counts and lock-outs, per (user name, client address).
 #[derive(Debug)]
 struct Lockout {
     max_failures: u32,
     duration: Duration,
-    state: Mutex<HashMap<String, (u32, Option<Instant>)>>,
+    state: Mutex<HashMap<(String, IpAddr), Failures>>,
 }
 
 impl Lockout {
     fn from_env() -> Lockout {
-        let num = |k: &str, d: u64| {
-            std::env::var(k)
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(d)
-        };
+        Lockout::new(
+            u32::try_from(env_num("ADMIN_MAX_FAILURES", 5).max(1)).unwrap_or(5),
+            Duration::from_secs(env_num("ADMIN_LOCKOUT", 900)),
+        )
+    }
+
+    fn new(max_failures: u32, duration: Duration) -> Lockout {
         Lockout {
-            max_failures: u32::try_from(num("ADMIN_MAX_FAILURES", 5).max(1)).unwrap_or(5),
-            duration: Duration::from_secs(num("ADMIN_LOCKOUT", 900)),
+            max_failures,
+            duration,
             state: Mutex::new(HashMap::new()),
         }
     }
 
-    fn locked(&self, user: &str) -> bool {
+    fn key(user: &str, ip: IpAddr) -> (String, IpAddr) {
+        (user.to_string(), client_key(ip))
+    }
+
+    fn locked(&self, user: &str, ip: IpAddr) -> bool {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        match s.get(user) {
-            Some((_, Some(until))) if Instant::now() < *until => true,
-            Some((_, Some(_))) => {
-                s.remove(user);
+        let key = Lockout::key(user, ip);
+        match s.get(&key).and_then(|f| f.until) {
+            Some(until) if Instant::now() < until => true,
+            Some(_) => {
+                s.remove(&key);
                 false
             }
-            _ => false,
+            None => false,
         }
     }
 
     /// Records a failure; returns (failures so far, now locked).
-    fn fail(&self, user: &str) -> (u32, bool) {
+    fn fail(&self, user: &str, ip: IpAddr) -> (u32, bool) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let e = s.entry(user.to_string()).or_insert((0, None));
-        e.0 += 1;
-        if e.0 >= self.max_failures {
-            e.1 = Some(Instant::now() + self.duration);
+        let now = Instant::now();
+        if s.len() >= MAX_LOCKOUT_ENTRIES {
+            // Forget expired lock-outs and counts idle for a lock-out period; failing
+            // that, every count that did not lock (a spray of names must not grow memory).
+            let d = self.duration;
+            s.retain(|_, f| match f.until {
+                Some(until) => now < until,
+                None => now.duration_since(f.last) < d,
+            });
+            if s.len() >= MAX_LOCKOUT_ENTRIES {
+                s.retain(|_, f| f.until.is_some());
+            }
         }
-        (e.0, e.1.is_some())
+        let f = s.entry(Lockout::key(user, ip)).or_insert(Failures {
+            count: 0,
+            last: now,
+            until: None,
+        });
+        f.count = f.count.saturating_add(1);
+        f.last = now;
+        if f.count >= self.max_failures {
+            f.until = Some(now + self.duration);
+        }
+        (f.count, f.until.is_some())
     }
 
-    fn succeed(&self, user: &str) {
+    fn succeed(&self, user: &str, ip: IpAddr) {
         self.state
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(user);
+            .remove(&Lockout::key(user, ip));
+    }
+}
+
+/// Connections per client address still waiting for an authenticated request.
+#[derive(Debug)]
+struct PreAuth {
+    max_per_ip: usize,
+    count: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PreAuth {
+    /// A slot for `ip`, or `None` when that address already holds its share.
+    fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<PreAuthSlot> {
+        let key = client_key(ip);
+        let mut m = self.count.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(key).or_insert(0);
+        if *n >= self.max_per_ip {
+            return None;
+        }
+        *n += 1;
+        Some(PreAuthSlot {
+            owner: Arc::clone(self),
+            key,
+            held: true,
+        })
+    }
+}
+
+/// One pre-authentication slot; given back on [`PreAuthSlot::release`] or drop.
+#[derive(Debug)]
+struct PreAuthSlot {
+    owner: Arc<PreAuth>,
+    key: IpAddr,
+    held: bool,
+}
+
+impl PreAuthSlot {
+    fn release(&mut self) {
+        if !std::mem::replace(&mut self.held, false) {
+            return;
+        }
+        let mut m = self.owner.count.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl Drop for PreAuthSlot {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// The socket under TLS, with a deadline for the whole request: each read may wait only
+/// for what is left of it, so a client trickling a byte at a time is still cut off.
+struct Deadlined {
+    tcp: TcpStream,
+    deadline: Option<Instant>,
+}
+
+impl Read for Deadlined {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(d) = self.deadline {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "request deadline passed",
+                ));
+            }
+            self.tcp.set_read_timeout(Some(left.min(IO_TIMEOUT)))?;
+        }
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for Deadlined {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tcp.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+/// Dummy hashes, one per scheme, verified for unknown user names (see [`authenticate`]).
+fn dummy_hash(like: Option<&str>) -> &'static str {
+    use lookup::HashMethod as M;
+    use std::sync::OnceLock;
+    static DUMMIES: [OnceLock<String>; 5] = [const { OnceLock::new() }; 5];
+    // Only the cost of verifying against it matters: the result is thrown away.
+    const PASSWORD: &str = "indimail-admin-dummy";
+    let crypted = like
+        .map(|h| {
+            h.strip_prefix(lookup::password::CRAM_PREFIX)
+                .and_then(|r| r.rsplit_once(',').map(|(_, c)| c))
+                .unwrap_or(h)
+        })
+        .unwrap_or("$6$");
+    let (i, method) = if crypted.starts_with("$y$") {
+        (0, M::Yescrypt)
+    } else if crypted.starts_with("$5$") {
+        (1, M::Sha256)
+    } else if crypted.starts_with("$1$") {
+        (2, M::Md5)
+    } else if crypted.len() == 13 && !crypted.starts_with('$') {
+        (3, M::Des)
+    } else {
+        (4, M::Sha512)
+    };
+    DUMMIES[i].get_or_init(|| {
+        lookup::password::hash(method, PASSWORD, None)
+            .or_else(|_| lookup::password::hash(M::Sha512, PASSWORD, Some("indimailadmindum")))
+            // Unreachable in practice (hashing a fixed short password); never matches.
+            .unwrap_or_else(|_| "*".to_string())
+    })
+}
+
+/// Finds `name` and checks `password` with `verify`. An unknown name is still verified, once,
+/// against a dummy hash of the same kind as the first user's, so that a prober cannot tell
+/// known names from unknown ones by the time the answer takes.
+fn authenticate<'a>(
+    users: &'a [AdminUser],
+    name: &str,
+    password: &str,
+    mut verify: impl FnMut(&str, &str) -> bool,
+) -> Option<&'a AdminUser> {
+    match users.iter().find(|u| u.name == name) {
+        Some(u) => verify(&u.hash, password).then_some(u),
+        None => {
+            let dummy = dummy_hash(users.first().map(|u| u.hash.as_str()));
+            // The result is meaningless: only the cost matters.
+            let _ = verify(dummy, password);
+            None
+        }
     }
 }
 
@@ -328,6 +534,9 @@ struct Shared {
     exe: PathBuf,
     lockout: Lockout,
     active: AtomicUsize,
+    preauth: Arc<PreAuth>,
+    /// Time for a whole request to arrive (handshake, head, body).
+    request_timeout: Duration,
 }
 
 /// Starts the endpoint on `addr`; returns the bound address. Fails when there is no
@@ -348,6 +557,11 @@ pub fn start(paths: &Paths, addr: SocketAddr) -> Result<SocketAddr, AdminError> 
         exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("indimail")),
         lockout: Lockout::from_env(),
         active: AtomicUsize::new(0),
+        preauth: Arc::new(PreAuth {
+            max_per_ip: usize::try_from(env_num("ADMIN_MAX_PER_IP", 4).max(1)).unwrap_or(4),
+            count: Mutex::new(HashMap::new()),
+        }),
+        request_timeout: Duration::from_secs(env_num("ADMIN_REQUEST_TIMEOUT", 10).max(1)),
     });
     std::thread::Builder::new()
         .name("admin".into())
@@ -367,19 +581,29 @@ pub fn start(paths: &Paths, addr: SocketAddr) -> Result<SocketAddr, AdminError> 
                 if let Some(e) = store.take_reload_error() {
                     log!("indisrvr: warning: certificate reload failed: {e}");
                 }
+                // The address's share first, so one address's surplus never holds a
+                // global slot, even briefly.
+                let Some(ip) = conn.peer_addr().ok().map(|a| a.ip()) else {
+                    continue;
+                };
+                let Some(slot) = shared.preauth.acquire(ip) else {
+                    continue;
+                };
                 if shared.active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
                     shared.active.fetch_sub(1, Ordering::SeqCst);
                     continue;
                 }
-                let shared = Arc::clone(&shared);
+                let mine = Arc::clone(&shared);
                 let spawned =
                     std::thread::Builder::new()
                         .name("admin-conn".into())
                         .spawn(move || {
-                            serve_conn(&shared, conn, config);
-                            shared.active.fetch_sub(1, Ordering::SeqCst);
+                            serve_conn(&mine, conn, ip, slot, config);
+                            mine.active.fetch_sub(1, Ordering::SeqCst);
                         });
                 if spawned.is_err() {
+                    // The closure (and its slots) was dropped unrun: give the count back.
+                    shared.active.fetch_sub(1, Ordering::SeqCst);
                     log!("indisrvr: warning: cannot start a connection thread");
                 }
             }
@@ -391,22 +615,38 @@ pub fn start(paths: &Paths, addr: SocketAddr) -> Result<SocketAddr, AdminError> 
 /// An HTTP response: status, reason, JSON body.
 struct Reply(u16, &'static str, Value);
 
-fn serve_conn(shared: &Shared, tcp: TcpStream, config: Arc<rustls::ServerConfig>) {
-    let ip = tcp
-        .peer_addr()
-        .map(|a| a.ip())
-        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+fn serve_conn(
+    shared: &Shared,
+    tcp: TcpStream,
+    ip: IpAddr,
+    mut slot: PreAuthSlot,
+    config: Arc<rustls::ServerConfig>,
+) {
     let _ = tcp.set_read_timeout(Some(IO_TIMEOUT));
     let _ = tcp.set_write_timeout(Some(IO_TIMEOUT));
     let Ok(conn) = rustls::ServerConnection::new(config) else {
         return;
     };
+    let tcp = Deadlined {
+        tcp,
+        deadline: Some(Instant::now() + shared.request_timeout),
+    };
     let mut tls = rustls::StreamOwned::new(conn, tcp);
     let reply = match read_request(&mut tls) {
-        Ok((auth, body)) => handle(shared, ip, auth.as_deref(), &body),
+        Ok((auth, body)) => {
+            // The request is in: no deadline for the answer (a command may take long).
+            tls.sock.deadline = None;
+            let _ = tls.sock.tcp.set_read_timeout(Some(IO_TIMEOUT));
+            handle(shared, ip, &mut slot, auth.as_deref(), &body)
+        }
         Err(Some(r)) => r,
-        // The handshake failed or the client went away: nothing to answer.
-        Err(None) => return,
+        // The handshake failed, the client went away or was too slow: nothing to answer.
+        // (The slot goes back before the socket closes: a client that sees the close may
+        // connect again at once.)
+        Err(None) => {
+            slot.release();
+            return;
+        }
     };
     let Reply(code, reason, body) = reply;
     let body = body.to_string();
@@ -423,10 +663,23 @@ fn serve_conn(shared: &Shared, tcp: TcpStream, config: Arc<rustls::ServerConfig>
     let _ = tls.flush();
     tls.conn.send_close_notify();
     let _ = tls.flush();
+    slot.release();
 }
 
 fn error(code: u16, reason: &'static str, text: &str) -> Reply {
     Reply(code, reason, json!({ "error": text }))
+}
+
+/// A read that hit the request deadline (or the socket timeout under it).
+fn timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+    )
+}
+
+fn too_slow() -> Reply {
+    error(408, "Request Timeout", "request not received in time")
 }
 
 /// Reads one request: the Authorization header's value and the body. `Err(None)`: no
@@ -441,6 +694,7 @@ fn read_request<S: Read>(s: &mut S) -> Result<Request, Option<Reply>> {
         line.clear();
         match r.read_line(line) {
             Ok(0) | Err(_) if head_len == 0 => Err(None),
+            Err(e) if timed_out(&e) => Err(Some(too_slow())),
             Ok(0) | Err(_) => Err(Some(error(400, "Bad Request", "truncated request"))),
             Ok(n) => {
                 head_len += n;
@@ -481,8 +735,13 @@ fn read_request<S: Read>(s: &mut S) -> Result<Request, Option<Reply>> {
         return Err(Some(error(413, "Payload Too Large", "body too large")));
     }
     let mut body = vec![0; length];
-    r.read_exact(&mut body)
-        .map_err(|_| Some(error(400, "Bad Request", "truncated body")))?;
+    r.read_exact(&mut body).map_err(|e| {
+        Some(if timed_out(&e) {
+            too_slow()
+        } else {
+            error(400, "Bad Request", "truncated body")
+        })
+    })?;
     Ok((auth, body))
 }
 
@@ -500,12 +759,18 @@ fn basic(auth: &str) -> Option<(String, String)> {
     Some((u.to_string(), p.to_string()))
 }
 
-fn handle(shared: &Shared, ip: IpAddr, auth: Option<&str>, body: &[u8]) -> Reply {
+fn handle(
+    shared: &Shared,
+    ip: IpAddr,
+    slot: &mut PreAuthSlot,
+    auth: Option<&str>,
+    body: &[u8],
+) -> Reply {
     let Some((user, password)) = auth.and_then(basic) else {
         log!("indisrvr: refused ip={ip} reason=no-credentials");
         return error(401, "Unauthorized", "credentials required");
     };
-    if shared.lockout.locked(&user) {
+    if shared.lockout.locked(&user, ip) {
         log!("indisrvr: refused user={user} ip={ip} reason=locked-out");
         return error(429, "Too Many Requests", "locked out after failed logins");
     }
@@ -516,18 +781,17 @@ fn handle(shared: &Shared, ip: IpAddr, auth: Option<&str>, body: &[u8]) -> Reply
             return error(500, "Internal Server Error", "admin users file unusable");
         }
     };
-    let Some(admin) = users
-        .iter()
-        .find(|u| u.name == user && lookup::password::verify(&u.hash, &password))
-    else {
-        let (n, locked) = shared.lockout.fail(&user);
+    let Some(admin) = authenticate(&users, &user, &password, lookup::password::verify) else {
+        let (n, locked) = shared.lockout.fail(&user, ip);
         log!(
             "indisrvr: refused user={user} ip={ip} reason=bad-login failures={n}{}",
             if locked { " locked-out" } else { "" }
         );
         return error(401, "Unauthorized", "bad user or password");
     };
-    shared.lockout.succeed(&user);
+    shared.lockout.succeed(&user, ip);
+    // Authenticated: no longer counts against the address's pre-authentication share.
+    slot.release();
     let args: Vec<String> = match serde_json::from_slice::<Value>(body)
         .ok()
         .and_then(|v| v.get("args").cloned())
@@ -768,5 +1032,100 @@ mod tests {
             panic!("large body refused")
         };
         assert!(matches!(read_request(&mut &b""[..]), Err(None)));
+    }
+
+    #[test]
+    fn unknown_user_costs_one_verification_of_the_same_kind() {
+        let users = vec![AdminUser {
+            name: "alice".into(),
+            hash: lookup::password::hash(lookup::HashMethod::Sha512, "pw", None).unwrap(),
+            ops: s(&["*"]),
+        }];
+        let mut seen = Vec::new();
+        let mut rec = |h: &str, p: &str| {
+            seen.push(h.to_string());
+            lookup::password::verify(h, p)
+        };
+        assert!(authenticate(&users, "alice", "pw", &mut rec).is_some());
+        assert!(authenticate(&users, "alice", "bad", &mut rec).is_none());
+        assert!(authenticate(&users, "mallory", "pw", &mut rec).is_none());
+        // One verification per attempt, the unknown name's against a SHA-512 dummy.
+        assert_eq!(seen.len(), 3);
+        assert!(
+            seen[2].starts_with("$6$") && seen[2] != users[0].hash,
+            "{seen:?}"
+        );
+        assert!(!lookup::password::verify(&seen[2], "pw"));
+        assert!(dummy_hash(Some("$5$abc$def")).starts_with("$5$"));
+        assert!(dummy_hash(None).starts_with("$6$"));
+    }
+
+    #[test]
+    fn lockout_is_per_user_and_address() {
+        let l = Lockout::new(3, Duration::from_secs(60));
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        for n in 1..=3 {
+            assert_eq!(l.fail("bob", a), (n, n == 3));
+        }
+        assert!(l.locked("bob", a));
+        assert!(!l.locked("bob", b), "another address is not locked out");
+        assert!(!l.locked("alice", a), "another user is not locked out");
+        // IPv4-mapped IPv6 is the same client.
+        assert!(l.locked("bob", "::ffff:192.0.2.1".parse().unwrap()));
+        l.succeed("bob", b);
+        assert!(l.locked("bob", a));
+        let l = Lockout::new(1, Duration::ZERO);
+        l.fail("x", a);
+        assert!(!l.locked("x", a), "expired");
+    }
+
+    #[test]
+    fn preauth_share_per_address() {
+        let p = Arc::new(PreAuth {
+            max_per_ip: 2,
+            count: Mutex::new(HashMap::new()),
+        });
+        let ip = |t: &str| t.parse::<IpAddr>().unwrap();
+        let mut one = p.acquire(ip("10.0.0.1")).unwrap();
+        let _two = p.acquire(ip("10.0.0.1")).unwrap();
+        assert!(p.acquire(ip("10.0.0.1")).is_none());
+        assert!(p.acquire(ip("10.0.0.2")).is_some());
+        one.release();
+        one.release();
+        let _three = p.acquire(ip("10.0.0.1")).unwrap();
+        assert!(
+            p.acquire(ip("10.0.0.1")).is_none(),
+            "double release counted once"
+        );
+        // One IPv6 /64 is one client.
+        let _a = p.acquire(ip("2001:db8::1")).unwrap();
+        let _b = p.acquire(ip("2001:db8::2")).unwrap();
+        assert!(p.acquire(ip("2001:db8::ffff:1")).is_none());
+        assert!(p.acquire(ip("2001:db8:0:1::1")).is_some());
+    }
+
+    #[test]
+    fn slow_request_answers_408() {
+        struct Slow(&'static [u8]);
+        impl Read for Slow {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if self.0.is_empty() {
+                    return Err(std::io::ErrorKind::TimedOut.into());
+                }
+                buf[0] = self.0[0];
+                self.0 = &self.0[1..];
+                Ok(1)
+            }
+        }
+        let Err(Some(Reply(408, ..))) = read_request(&mut Slow(b"POST /v1/run HTTP/1.1\r\nX"))
+        else {
+            panic!("deadline in the head")
+        };
+        let Err(Some(Reply(408, ..))) = read_request(&mut Slow(
+            b"POST /v1/run HTTP/1.1\r\nContent-Length: 9\r\n\r\n{",
+        )) else {
+            panic!("deadline in the body")
+        };
+        assert!(matches!(read_request(&mut Slow(b"")), Err(None)));
     }
 }

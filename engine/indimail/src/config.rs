@@ -499,8 +499,16 @@ pub fn system_hostname() -> String {
 /// the paths it created.
 pub fn prepare_home(paths: &Paths) -> std::io::Result<Vec<PathBuf>> {
     let mut made = Vec::new();
+    // The home holds the user store and the admin users: not for every local user to read.
+    if !paths.home.exists() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(HOME_MODE)
+            .create(&paths.home)?;
+        made.push(paths.home.clone());
+    }
     for d in [
-        paths.home.clone(),
         paths.control.path().to_path_buf(),
         paths.home.join("tcp"),
         paths.home.join("queue"),
@@ -553,7 +561,49 @@ pub fn prepare_home(paths: &Paths) -> std::io::Result<Vec<PathBuf>> {
         made.push(rules);
     }
     make_durable(&made)?;
+    tighten_secrets(paths);
     Ok(made)
+}
+
+/// Mode of the home directory `init` creates (and tightens to).
+pub const HOME_MODE: u32 = 0o750;
+
+/// Tightens the home and the secret files in it that were found looser than they should be
+/// (made by an older release, restored from a backup, copied by hand). A failure is a
+/// warning: a file that is not ours to change must not stop the server.
+fn tighten_secrets(paths: &Paths) {
+    use lookup::fsmode::{restrict_mode, SECRET_FILE_MODE};
+    let db = paths.home.join("db").join("indimail.sqlite");
+    let mut secrets = vec![
+        paths.control.path().join(crate::adminsrv::USERS_FILE),
+        PathBuf::from(format!("{}-wal", db.display())),
+        PathBuf::from(format!("{}-shm", db.display())),
+        db,
+    ];
+    // TLS keys, only where `init` writes them (the control directory): a key elsewhere may
+    // be shared with other software on purpose (a group-readable key).
+    let certs = tls::CertPaths::from_env(paths.control.path());
+    let key = certs
+        .key
+        .clone()
+        .or_else(|| certs.cert.parent().map(|d| d.join("serverkey.pem")));
+    secrets.extend(
+        std::iter::once(certs.cert)
+            .chain(key)
+            .filter(|p| p.parent() == Some(paths.control.path())),
+    );
+    let fix = |p: &Path, mode: u32| match restrict_mode(p, mode) {
+        Ok(true) => crate::log!("{}: mode tightened to {mode:o}", p.display()),
+        Ok(false) => {}
+        Err(e) => crate::log!(
+            "warning: {}: cannot tighten mode to {mode:o}: {e}",
+            p.display()
+        ),
+    };
+    fix(&paths.home, HOME_MODE);
+    for p in &secrets {
+        fix(p, SECRET_FILE_MODE);
+    }
 }
 
 /// Makes freshly created files and directories durable: each one's data
