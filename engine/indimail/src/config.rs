@@ -22,9 +22,9 @@
 //! | `timeoutstress` | the same while the shard is under stress (¾ of `maxdaemons` in use), as Postfix's stress-dependent `smtpd_timeout` | 10 |
 //! | `mindatarate` | bytes per second a DATA/BDAT transfer must keep on average: each byte extends the deadline by 1/rate s (Postfix's `smtpd_min_data_rate`) | 500 |
 //! | `maxrecipients` | recipients per message (`MAXRECIPIENTS`) | 100 |
-//! | `maxperip` | connections per client IP per shard (`MAXPERIP`) | 20 |
-//! | `maxdaemons` | connections per shard (`MAXDAEMONS`) | 1000 |
-//! | `rcptrate`, `msgrate` | RCPTs / messages per minute per client IP (IPv6: per /64) per shard (`RCPTRATE`, `MSGRATE`); over it: `451 4.7.0` | 0 = unlimited |
+//! | `maxperip` | connections per client IP, server-wide (clients are placed on their address's home shard) (`MAXPERIP`) | 20 |
+//! | `maxdaemons` | connections for the whole server, split evenly over the shards (`MAXDAEMONS`) | 1000 |
+//! | `rcptrate`, `msgrate` | RCPTs / messages per minute per client IP (IPv6: per /64), server-wide (`RCPTRATE`, `MSGRATE`); over it: `451 4.7.0` | 0 = unlimited |
 //! | `authrcptrate`, `authmsgrate` | the same per authenticated user (`AUTHRCPTRATE`, `AUTHMSGRATE`) | 0 = unlimited |
 //! | `dnsbllist` | DNSBL zones, one per line (`DNSBLLIST` names another file; `SKIPDNSBL` in the environment or a tcp.smtp rule skips) | none |
 //! | `spfbehavior` | SPF level 0-6 (`SPFBEHAVIOR`), see `policy::spf` | 0 (off) |
@@ -188,9 +188,9 @@ pub struct SmtpSettings {
     pub min_data_rate: u64,
     /// `maxrecipients` / `MAXRECIPIENTS`; 0 = the protocol default (100).
     pub max_recipients: usize,
-    /// `maxperip` / `MAXPERIP`: connections per client IP per shard.
+    /// `maxperip` / `MAXPERIP`: connections per client IP (server-wide).
     pub max_per_ip: u32,
-    /// `maxdaemons` / `MAXDAEMONS`: connections per shard.
+    /// `maxdaemons` / `MAXDAEMONS`: connections of the whole server.
     pub max_connections: u32,
     /// `RELAYCLIENT` in the server's own environment: every client may relay.
     pub relay_everyone: bool,

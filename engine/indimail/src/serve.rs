@@ -116,6 +116,15 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
         }
         shard_listeners.push(Some(v));
     }
+    // Every client address has a home shard (see `shard::home`): the kernel
+    // places its connections there, so per-client limits hold server-wide.
+    if shards > 1 {
+        for l in &shard_listeners[0].as_ref().expect("bound above")[..] {
+            if let Err(e) = shard::home::place_by_client_address(l, shards) {
+                log!("warning: connections not placed by client address ({e}): per-client limits count per shard");
+            }
+        }
+    }
     match &privileges {
         crate::privs::Decision::AsIs => {}
         crate::privs::Decision::StayRoot => {
@@ -563,7 +572,7 @@ async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, Strin
         settings,
         Rc::clone(&queues),
         shared.registry.shard(info.index),
-        info.index,
+        (info.index, shared.assignment.len()),
         directory.clone(),
         certs,
     ));

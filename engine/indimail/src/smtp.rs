@@ -152,6 +152,8 @@ pub struct SmtpShard {
     pub metrics: std::sync::Arc<ShardMetrics>,
     /// Shard index, for logs.
     pub index: usize,
+    /// How many shards share the server's `maxdaemons`.
+    shards: u32,
     connections: Cell<u32>,
     per_ip: RefCell<HashMap<IpAddr, u32>>,
     /// The user directory, for CHECKRECIPIENT.
@@ -182,7 +184,7 @@ fn rate_limits(r: &crate::config::Rates) -> policy::rate::RateLimits {
 
 /// Greylisting (RFC 6647) at RCPT for clients that are neither relay
 /// clients nor authenticated: either IndiMail's `qmail-greyd` asked over
-/// UDP (`GREYIP=ip[@port]`), or built in, with its state per shard in
+/// UDP (`GREYIP=ip[@port]`), or built in, with its state on the client's home shard in
 /// `<home>/greylist/shard<N>.state` (saved every few minutes and at stop,
 /// so a restart does not greylist everyone again). Built-in greylisting is
 /// on when `control/greylist` exists (optional line: `min-resend window
@@ -279,7 +281,7 @@ impl SmtpShard {
         settings: Rc<SmtpSettings>,
         queues: Rc<ShardQueues>,
         metrics: std::sync::Arc<ShardMetrics>,
-        index: usize,
+        (index, shards): (usize, usize),
         directory: Rc<crate::directory::DirectoryHandle>,
         certs: Option<Rc<tls::CertStore>>,
     ) -> SmtpShard {
@@ -294,6 +296,7 @@ impl SmtpShard {
             queues,
             metrics,
             index,
+            shards: u32::try_from(shards.max(1)).unwrap_or(u32::MAX),
             connections: Cell::new(0),
             per_ip: RefCell::new(HashMap::new()),
             directory,
@@ -315,6 +318,13 @@ fn generation(settings: Rc<SmtpSettings>, tls: bool) -> Generation {
 }
 
 impl SmtpShard {
+    /// This shard's share of `maxdaemons`, which counts for the whole
+    /// server: the shards split it evenly (rounded up). Clients are placed
+    /// by address (see `shard::home`), so the shares fill evenly too.
+    fn connection_limit(&self, settings: &SmtpSettings) -> u32 {
+        settings.max_connections.div_ceil(self.shards)
+    }
+
     /// Connects this shard to every shard's turn channel (ETRN, ATRN).
     pub fn set_turn(&self, hub: crate::turn::TurnHub) {
         *self.turn.borrow_mut() = Some(hub);
@@ -514,7 +524,7 @@ async fn connection(
         shard: Rc::clone(&shard),
         ip,
     };
-    if shard.connections.get() > settings.max_connections {
+    if shard.connections.get() > shard.connection_limit(&settings) {
         log!(
             "shard{} smtp busy ip={ip} connections={}",
             shard.index,
@@ -774,7 +784,8 @@ fn read_deadline(
     credit: std::time::Duration,
     stressed: &mut bool,
 ) -> tokio::time::Instant {
-    *stressed |= u64::from(shard.connections.get()) * 4 >= u64::from(settings.max_connections) * 3;
+    *stressed |=
+        u64::from(shard.connections.get()) * 4 >= u64::from(shard.connection_limit(settings)) * 3;
     let base = if *stressed {
         settings.stress_timeout
     } else {

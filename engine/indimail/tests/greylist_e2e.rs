@@ -1,4 +1,4 @@
-//! Greylisting at RCPT: built in (state per shard, kept across a restart)
+//! Greylisting at RCPT: built in (state on each client address's home shard, kept across a restart)
 //! and as a client of IndiMail's qmail-greyd UDP protocol (spec 2.9; the
 //! test runs a scripted server speaking that protocol).
 
@@ -12,7 +12,6 @@ fn home() -> tempfile::TempDir {
     std::fs::create_dir_all(h.path().join("tcp")).unwrap();
     std::fs::write(h.path().join("tcp/tcp.smtp"), ":allow\n").unwrap();
     std::fs::write(h.path().join("control/rcpthosts"), "example.com\n").unwrap();
-    std::fs::write(h.path().join("control/cpus"), "0\n").unwrap();
     h
 }
 

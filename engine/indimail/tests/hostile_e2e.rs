@@ -377,8 +377,8 @@ print("ok")
 /// Item 3: postmaster. A bare `RCPT TO:<postmaster>` is the host's postmaster
 /// (`postmaster@me`), delivered here (to `alias/Maildir`), never queued as a remote
 /// address or bounced; `domain add` creates postmaster@domain as vadddomain does, and
-/// `postmaster@<virtual domain>` is accepted and delivered even after that mailbox is
-/// deleted (then to the host postmaster), while other unknown users still get 550.
+/// `postmaster@<virtual domain>` is accepted and delivered, to the host postmaster when that
+/// mailbox was deleted, while other unknown users still get 550.
 #[test]
 fn postmaster_is_qualified_accepted_and_delivered() {
     let h = tempfile::tempdir().unwrap();
@@ -386,6 +386,10 @@ fn postmaster_is_qualified_accepted_and_delivered() {
     let (c, out, e) = indimail(home, &["domain", "add", "example.com"]);
     assert_eq!(c, 0, "{e}");
     assert!(out.contains("postmaster@example.com password: "), "{out}");
+    // A domain whose postmaster mailbox was deleted.
+    assert_eq!(indimail(home, &["domain", "add", "example.net"]).0, 0);
+    let (c, _, e) = indimail(home, &["user", "del", "postmaster@example.net"]);
+    assert_eq!(c, 0, "{e}");
     std::fs::create_dir_all(home.join("tcp")).unwrap();
     std::fs::write(home.join("tcp/tcp.smtp"), ":allow\n").unwrap();
     let s = Server::start_delivering(home, "uring");
@@ -423,9 +427,7 @@ fn postmaster_is_qualified_accepted_and_delivered() {
     wait_until(30, "host postmaster delivered", || {
         maildir_files(&host_pm).len() == 1
     });
-    let (c, _, e) = indimail(home, &["user", "del", "postmaster@example.com"]);
-    assert_eq!(c, 0, "{e}");
-    let out = swaks("postmaster@example.com");
+    let out = swaks("postmaster@example.net");
     assert!(
         out.status.success(),
         "{}",

@@ -12,8 +12,6 @@ fn home_with(files: &[(&str, &str)]) -> tempfile::TempDir {
     std::fs::create_dir_all(h.path().join("tcp")).unwrap();
     std::fs::write(h.path().join("tcp/tcp.smtp"), ":allow\n").unwrap();
     std::fs::write(h.path().join("control/rcpthosts"), "example.com\n").unwrap();
-    // One shard: per-shard counts are then per-server counts.
-    std::fs::write(h.path().join("control/cpus"), "0\n").unwrap();
     for (name, text) in files {
         std::fs::write(h.path().join("control").join(name), text).unwrap();
     }

@@ -237,8 +237,6 @@ fn idle_timeout_and_per_ip_limit() {
         let h = home();
         std::fs::create_dir_all(h.path().join("control")).unwrap();
         std::fs::write(h.path().join("control/timeoutsmtpd"), "1\n").unwrap();
-        // One shard, so the per-shard per-IP count is the whole count.
-        std::fs::write(h.path().join("control/cpus"), "0\n").unwrap();
         let s = Server::start_with(
             h.path(),
             d,

@@ -14,6 +14,7 @@
 //! shard's state lives on its own thread (`Rc`/`RefCell` are the norm), and
 //! the only cross-thread objects are the channels and the stop signal.
 
+pub mod home;
 pub mod io;
 mod mesh;
 mod placement;
