@@ -41,7 +41,7 @@ pub struct RemoteConfig {
     pub timeout_connect: Duration,
     /// `timeoutremote` (1200 s): each read or write.
     pub timeout_remote: Duration,
-    /// `smtproutes`.
+    /// `smtproutes` at start (later tables: [`Remote::set_routes`]).
     pub routes: SmtpRoutes,
     /// Port used for MX hosts (25; tests use an ephemeral port).
     pub mx_port: u16,
@@ -125,6 +125,8 @@ pub struct RemoteStats {
 /// The per-shard remote delivery agent.
 pub struct Remote {
     cfg: RemoteConfig,
+    /// `smtproutes`, replaced whole on a reload (see [`Remote::set_routes`]).
+    routes: RefCell<Arc<SmtpRoutes>>,
     resolver: Resolver,
     backoff: RefCell<Backoff>,
     pool: RefCell<HashMap<SocketAddr, Vec<Pooled>>>,
@@ -147,14 +149,22 @@ enum Attempt {
 
 impl Remote {
     /// A remote agent for one shard.
-    pub fn new(cfg: RemoteConfig, resolver: Resolver) -> Remote {
+    pub fn new(mut cfg: RemoteConfig, resolver: Resolver) -> Remote {
+        let routes = RefCell::new(Arc::new(std::mem::take(&mut cfg.routes)));
         Remote {
             cfg,
+            routes,
             resolver,
             backoff: RefCell::new(Backoff::new()),
             pool: RefCell::new(HashMap::new()),
             stats: RefCell::new(RemoteStats::default()),
         }
+    }
+
+    /// Replaces the `smtproutes` table (hot reload); deliveries under way
+    /// keep the route they started with.
+    pub fn set_routes(&self, routes: Arc<SmtpRoutes>) {
+        *self.routes.borrow_mut() = routes;
     }
 
     /// Counters.
@@ -205,8 +215,8 @@ impl Remote {
         }
         let n = job.recipients.len();
         let route = job.route.clone().or_else(|| {
-            self.cfg
-                .routes
+            self.routes
+                .borrow()
                 .lookup(job.domain, job.sender.is_empty())
                 .cloned()
         });

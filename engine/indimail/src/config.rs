@@ -211,6 +211,9 @@ pub struct SmtpSettings {
     pub policy: std::sync::Arc<policy::Policy>,
     /// `etrnhosts` and `atrnaccess`: ETRN / ATRN (see [`crate::turn`]).
     pub turn: std::sync::Arc<crate::turn::TurnConfig>,
+    /// `smtproutes`, read with the rest so that one reload covers it
+    /// (remote delivery's table; see `delivery::routes`).
+    pub smtproutes: std::sync::Arc<delivery::routes::SmtpRoutes>,
     /// Queue-time message processing: `removeheaders`, `envheaders`,
     /// `logheaders`, `quarantine`, `extraqueue`, `NULLQUEUE` (see `msgproc`).
     pub msgproc: std::sync::Arc<msgproc::QueueRules>,
@@ -334,6 +337,17 @@ impl ServeConfig {
             )
             .unwrap_or(0),
         );
+        let smtproutes = match delivery::routes::SmtpRoutes::load(&c.file("smtproutes")) {
+            Ok(r) => r,
+            Err(errs) => {
+                errors.extend(errs.into_iter().map(|e| ControlError {
+                    path: PathBuf::from(e.file),
+                    line: (e.line > 0).then_some(e.line),
+                    problem: e.reason,
+                }));
+                Default::default()
+            }
+        };
         let cpus = match take(&mut errors, c.lines("cpus"))
             .flatten()
             .and_then(|v| v.into_iter().next())
@@ -472,6 +486,7 @@ impl ServeConfig {
                 policy,
                 turn,
                 msgproc,
+                smtproutes: std::sync::Arc::new(smtproutes),
             },
             paths,
             listeners,

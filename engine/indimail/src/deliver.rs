@@ -182,7 +182,9 @@ pub struct DeliveryShard {
     queues: Rc<ShardQueues>,
     specs: Vec<QueueSpec>,
     directory: Rc<crate::directory::DirectoryHandle>,
-    settings: Rc<DeliverySettings>,
+    /// Replaced whole on reload (see [`DeliveryShard::set_settings`]);
+    /// a delivery under way keeps the settings it started with.
+    settings: std::cell::RefCell<Rc<DeliverySettings>>,
     remote: Remote,
     accountant: Accountant,
     /// Woken when a job finishes (a concurrency slot is free again).
@@ -211,13 +213,30 @@ impl DeliveryShard {
             queues,
             specs,
             directory,
-            settings,
+            settings: std::cell::RefCell::new(settings),
             remote,
             slot_freed: tokio::sync::Notify::new(),
             next_delivery: std::cell::Cell::new(1),
             metrics,
             turn: std::cell::RefCell::new(Default::default()),
         }
+    }
+
+    /// The delivery settings now in force.
+    fn settings(&self) -> Rc<DeliverySettings> {
+        Rc::clone(&self.settings.borrow())
+    }
+
+    /// Replaces the delivery settings (control files changed): new
+    /// deliveries use them, concurrency limits included.
+    pub fn set_settings(&self, settings: DeliverySettings) {
+        self.accountant.set_limits(settings.limits.clone());
+        *self.settings.borrow_mut() = Rc::new(settings);
+    }
+
+    /// Sets the `smtproutes` table (on reload).
+    pub fn set_routes(&self, routes: std::sync::Arc<delivery::routes::SmtpRoutes>) {
+        self.remote.set_routes(routes);
     }
 
     /// Sets the held domains (`etrnhosts`; at start and on reload). Mail of
@@ -611,11 +630,11 @@ impl DeliveryShard {
             return Ok(Dest::Local);
         }
         let unavailable = |e: String| format!("directory unavailable: {e} (#4.3.0)");
-        let listed =
-            self.settings.locals.contains(domain) || self.settings.virtualdomains.contains(domain);
+        let settings = self.settings();
+        let listed = settings.locals.contains(domain) || settings.virtualdomains.contains(domain);
         let dir = match self.directory.get().await {
             Ok(d) => d,
-            Err(_) if listed && self.settings.hostid.is_none() => return Ok(Dest::Local),
+            Err(_) if listed && settings.hostid.is_none() => return Ok(Dest::Local),
             Err(e) => return Err(unavailable(e)),
         };
         let virtual_domain = listed
@@ -626,7 +645,7 @@ impl DeliveryShard {
         if !virtual_domain {
             return Ok(Dest::Remote(None));
         }
-        let Some(me) = &self.settings.hostid else {
+        let Some(me) = &settings.hostid else {
             return Ok(Dest::Local);
         };
         match dir.host_of(&rcpt.to_ascii_lowercase()).await {
@@ -725,7 +744,7 @@ impl DeliveryShard {
                     vars: &vars,
                 };
                 let report =
-                    delivery::local::deliver(&self.settings.local, &target, envl, message).await;
+                    delivery::local::deliver(&self.settings().local, &target, envl, message).await;
                 match (&report.outcome, &report.forward) {
                     (Outcome::Delivered(_), Some(fwd)) => match self
                         .inject(&env.sender, fwd.recipients.clone(), fwd.message(message))
@@ -784,7 +803,7 @@ impl DeliveryShard {
         if !msgproc::autoreply::rate_allows(
             &dir,
             &env.sender,
-            self.settings.autoreply_interval,
+            self.settings().autoreply_interval,
             now,
         ) {
             log!(
@@ -799,7 +818,7 @@ impl DeliveryShard {
             unix_now(),
             std::process::id(),
             self.delivery_no(),
-            self.settings.local.hostname
+            self.settings().local.hostname
         );
         let reply = msgproc::autoreply::compose(
             &template,
@@ -827,7 +846,7 @@ impl DeliveryShard {
     /// alias), whether this message was delivered there within the window.
     /// A state file that cannot be kept never stops a delivery.
     fn duplicate(&self, target: &LocalTarget, message: &[u8]) -> bool {
-        let Some(window) = self.settings.dups_window else {
+        let Some(window) = self.settings().dups_window else {
             return false;
         };
         if !target.instructions.is_empty() {
@@ -856,7 +875,7 @@ impl DeliveryShard {
         let temp = |e: lookup::LookupError| format!("directory lookup failed: {e} (#4.3.0)");
         let mut email = rcpt.to_ascii_lowercase();
         if !email.contains('@') {
-            email = format!("{email}@{}", self.settings.local.hostname);
+            email = format!("{email}@{}", self.settings().local.hostname);
         }
         if let Some(user) = dir.user(&email).await.map_err(temp)? {
             let quota = match user.quota {
@@ -895,7 +914,8 @@ impl DeliveryShard {
     /// someone. Without a mailbox or alias of its own it goes to the host
     /// postmaster (see [`DeliverySettings::postmaster_home`]).
     fn host_postmaster(&self, email: &str) -> Option<LocalTarget> {
-        let home = self.settings.postmaster_home.as_ref()?;
+        let settings = self.settings();
+        let home = settings.postmaster_home.as_ref()?;
         let (local, _) = email.split_once('@')?;
         if !local.eq_ignore_ascii_case("postmaster") {
             return None;
@@ -936,7 +956,8 @@ impl DeliveryShard {
         };
         // DKIM: remote mail is signed as it leaves, as the `From:` domain,
         // when that domain has a key (IndiMail's `*:remote:qmail-dkim`).
-        if let Some(signer) = &self.settings.dkim {
+        let settings = self.settings();
+        if let Some(signer) = &settings.dkim {
             if let Some(domain) = msgproc::dkim::from_domain(&message) {
                 match signer.sign(&domain, &message) {
                     Ok(Some(header)) => {
@@ -962,7 +983,7 @@ impl DeliveryShard {
             recipients: &addrs,
             message: &message,
             route: route.or_else(|| {
-                self.settings
+                settings
                     .smtproute
                     .as_ref()
                     .and_then(|r| r.lookup(&domain, env.sender.is_empty()))
@@ -1027,7 +1048,7 @@ impl DeliveryShard {
         let mut records = Vec::with_capacity(outs.len());
         let mut failed = Vec::new();
         for (r, o) in outs {
-            let o = self.settings.retry.finalize(o, env.arrival, now, null);
+            let o = self.settings().retry.finalize(o, env.arrival, now, null);
             use crate::metrics::Counter;
             self.metrics.inc(match &o {
                 Outcome::Delivered(_) => Counter::Delivered,
@@ -1042,7 +1063,7 @@ impl DeliveryShard {
                 Outcome::Delivered(t) => RecipientOutcome::Delivered { reply: t },
                 Outcome::Temporary(t) => RecipientOutcome::Deferred {
                     reply: t,
-                    next_attempt: self.settings.retry.next_retry(channel, env.arrival, now),
+                    next_attempt: self.settings().retry.next_retry(channel, env.arrival, now),
                 },
                 Outcome::Permanent(t) => {
                     failed.push(FailedRecipient {
@@ -1106,7 +1127,7 @@ impl DeliveryShard {
         arrival: u64,
         failed: &[FailedRecipient],
     ) -> Result<(), String> {
-        let decision = bounce::decide(&self.settings.bounce, sender);
+        let decision = bounce::decide(&self.settings().bounce, sender);
         let message = q.read_message(&id).await.map_err(|e| e.to_string())?;
         let idtext = id.to_string();
         let original = Original {
@@ -1116,7 +1137,7 @@ impl DeliveryShard {
             message: &message,
         };
         match bounce::build(
-            &self.settings.bounce,
+            &self.settings().bounce,
             &decision,
             original,
             failed,

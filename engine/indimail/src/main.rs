@@ -877,12 +877,6 @@ fn config_problems(paths: &Paths) -> (Option<ServeConfig>, Vec<String>) {
         }
         Err(e) => problems.push(e.to_string()),
     }
-    let routes = paths.control.file("smtproutes");
-    if routes.exists() {
-        if let Err(errs) = delivery::routes::SmtpRoutes::load(&routes) {
-            problems.extend(errs.iter().map(|e| e.to_string()));
-        }
-    }
     let certs = tls::CertPaths::from_env(paths.control.path());
     if certs.exists() {
         if let Err(e) = tls::CertStore::load(certs, tls::ServerOptions::default()) {

@@ -385,11 +385,18 @@ async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<(), String> 
         let mut rx = shared.reload.clone();
         let smtp = Rc::clone(&smtp_shard);
         let delivery = delivery.clone();
+        let (control, home) = (shared.control.clone(), shared.home.clone());
+        let (index, specs) = (info.index, shared.assignment[info.index].clone());
         tokio::task::spawn_local(async move {
             while rx.changed().await.is_ok() {
                 let new = rx.borrow_and_update().clone();
                 if let Some(d) = &delivery {
                     d.set_turn(Arc::clone(&new.turn));
+                    d.set_routes(Arc::clone(&new.smtproutes));
+                    match delivery_settings(&control, &home, &new.me, &specs) {
+                        Ok(settings) => d.set_settings(settings),
+                        Err(e) => log!("shard{index} delivery settings kept: {e}"),
+                    }
                 }
                 smtp.reload(Rc::new((*new).clone()));
             }
@@ -459,18 +466,22 @@ type Started = (
     Option<Rc<proxies::ProxyContext>>,
 );
 
+/// The delivery settings of a shard owning `specs` (at start and reload).
+fn delivery_settings(
+    control: &crate::control::ControlDir,
+    home: &std::path::Path,
+    me: &str,
+    specs: &[QueueSpec],
+) -> Result<crate::deliver::DeliverySettings, String> {
+    let mut settings = crate::deliver::DeliverySettings::load(control, me, specs)?;
+    settings.postmaster_home = Some(home.join("alias"));
+    Ok(settings)
+}
+
 fn build_remote(shared: &Shared) -> Result<delivery::remote::Remote, String> {
     let mut cfg =
         delivery::remote::RemoteConfig::new(&shared.settings.me).map_err(|e| e.to_string())?;
-    let routes = shared.control.file("smtproutes");
-    if routes.exists() {
-        cfg.routes = delivery::routes::SmtpRoutes::load(&routes).map_err(|errs| {
-            errs.iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("; ")
-        })?;
-    }
+    cfg.routes = (*shared.settings.smtproutes).clone();
     cfg.qmailremote = std::env::var_os("QMAILREMOTE")
         .filter(|v| !v.is_empty())
         .map(Into::into);
@@ -585,9 +596,8 @@ async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, Strin
         None
     } else {
         let specs = shared.assignment[info.index].clone();
-        let mut settings =
-            crate::deliver::DeliverySettings::load(&shared.control, &shared.settings.me, &specs)?;
-        settings.postmaster_home = Some(shared.home.join("alias"));
+        let settings =
+            delivery_settings(&shared.control, &shared.home, &shared.settings.me, &specs)?;
         let remote = build_remote(shared)?;
         Some(Rc::new(crate::deliver::DeliveryShard::new(
             info.index,

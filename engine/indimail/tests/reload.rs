@@ -98,3 +98,78 @@ fn per_ip_limit_changed_while_running() {
         assert_eq!(c.cmd("NOOP").0, 250);
     }
 }
+
+/// `smtproutes` is reloaded like the other control files: after the file
+/// changes, remote mail takes the new route (on every shard), and a bad line
+/// keeps the old table, reported with file and line. Delivery's control
+/// files (`locals` here) are reloaded as well.
+#[test]
+fn smtproutes_change_reroutes_remote_mail() {
+    let (_a, port_a, dir_a) = capture("ok");
+    let (_b, port_b, dir_b) = capture("ok");
+    let h = tempfile::tempdir().unwrap();
+    let home = h.path();
+    std::fs::create_dir_all(home.join("control")).unwrap();
+    std::fs::write(
+        home.join("control/smtproutes"),
+        format!("remote.test:127.0.0.1:{port_a}\n"),
+    )
+    .unwrap();
+    let s = Server::start_delivering(home, "uring");
+    let send = |n: usize| {
+        for i in 0..n {
+            let (code, text) = send_message(
+                s.smtp,
+                "a@example.org",
+                &["r@remote.test"],
+                format!("Subject: m{i}\r\n\r\nx\r\n.\r\n").as_bytes(),
+            );
+            assert_eq!(code, 250, "{text}");
+        }
+    };
+    send(4);
+    wait_until(30, "4 at the first route", || {
+        captured(dir_a.path()).len() == 4
+    });
+    std::fs::write(
+        home.join("control/smtproutes"),
+        format!("remote.test:127.0.0.1:{port_b}\n"),
+    )
+    .unwrap();
+    wait_until(20, "reload", || s.log().contains("configuration reloaded"));
+    send(4);
+    wait_until(30, "4 at the new route", || {
+        captured(dir_b.path()).len() == 4
+    });
+    assert_eq!(captured(dir_a.path()).len(), 4);
+    std::fs::write(
+        home.join("control/smtproutes"),
+        "remote.test:127.0.0.1:notaport\n",
+    )
+    .unwrap();
+    wait_until(20, "reload failure logged", || {
+        s.log().contains("reload failed") && s.log().contains("smtproutes:1:")
+    });
+    send(1);
+    wait_until(30, "the old table kept", || {
+        captured(dir_b.path()).len() == 5
+    });
+    // Delivery's own control files reload too: remote.test made local, its
+    // postmaster is now delivered here (the host postmaster's Maildir).
+    let reloads = || s.log().matches("configuration reloaded").count();
+    let before = reloads();
+    std::fs::write(home.join("control/locals"), "remote.test\n").unwrap();
+    std::fs::write(home.join("control/smtproutes"), "").unwrap();
+    wait_until(20, "reload", || reloads() > before);
+    let (code, text) = send_message(
+        s.smtp,
+        "a@example.org",
+        &["postmaster@remote.test"],
+        b"Subject: local now\r\n\r\nx\r\n.\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
+    wait_until(30, "delivered locally", || {
+        maildir_files(&home.join("alias/Maildir")).len() == 1
+    });
+    assert_eq!(captured(dir_b.path()).len(), 5);
+}
