@@ -92,11 +92,15 @@ pub struct LocalReport {
     pub outcome: Outcome,
     /// Forwards to inject; only present when `outcome` is Delivered.
     pub forward: Option<Forward>,
+    /// The mailbox was over quota (the outcome says bounce or hold): the
+    /// caller sets the user's BOUNCE_MAIL flag (spec 4.7).
+    pub over_quota: bool,
 }
 
 impl LocalReport {
     fn fail(outcome: Outcome) -> LocalReport {
         LocalReport {
+            over_quota: false,
             outcome,
             forward: None,
         }
@@ -287,6 +291,12 @@ pub async fn deliver(
             Step::Ok(text) => done.push(text),
             Step::Stop(_) => unreachable!("handled above"),
             Step::Fail(o) => return LocalReport::fail(o),
+            Step::OverQuota(o) => {
+                return LocalReport {
+                    over_quota: true,
+                    ..LocalReport::fail(o)
+                }
+            }
         }
     }
     let forward = (!forwards.is_empty()).then(|| {
@@ -299,6 +309,7 @@ pub async fn deliver(
     LocalReport {
         outcome: Outcome::Delivered(done.join("; ")),
         forward,
+        over_quota: false,
     }
 }
 
@@ -306,6 +317,8 @@ enum Step {
     Ok(String),
     Stop(String),
     Fail(Outcome),
+    /// A failure because the mailbox is over quota.
+    OverQuota(Outcome),
 }
 
 async fn deliver_maildir(
@@ -324,8 +337,8 @@ async fn deliver_maildir(
     if let Some(q) = quota {
         match maildir::check(dir, q, size, &cfg.quota) {
             Ok(QuotaCheck::Ok) => {}
-            Ok(QuotaCheck::OverBounce(why)) => return Step::Fail(Outcome::Permanent(why)),
-            Ok(QuotaCheck::OverHold(why)) => return Step::Fail(Outcome::Temporary(why)),
+            Ok(QuotaCheck::OverBounce(why)) => return Step::OverQuota(Outcome::Permanent(why)),
+            Ok(QuotaCheck::OverHold(why)) => return Step::OverQuota(Outcome::Temporary(why)),
             Err(e) => {
                 return Step::Fail(Outcome::Temporary(format!(
                     "unable to read quota of {}: {e} (#4.3.0)",

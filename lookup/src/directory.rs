@@ -294,6 +294,33 @@ impl Directory {
         queries::relay_allowed(&self.inner.db, &ip.to_string(), since).await
     }
 
+    /// Set or clear the BOUNCE_MAIL flag of an active user: delivery sets it when the
+    /// mailbox is over quota (RCPT then answers 552 5.2.2, server-wide once the other
+    /// shards see the change), a login clears it. Returns whether a row changed.
+    pub async fn set_bounce_flag(&self, email: &str, on: bool) -> Result<bool, LookupError> {
+        let addr = Address::parse(email)?;
+        let Some(real) = self.real_domain(addr.domain()).await? else {
+            return Ok(false);
+        };
+        let bit = i64::from(UserFlags::BOUNCE_MAIL);
+        let sql = if on {
+            "UPDATE indimail SET pw_gid = pw_gid | ? WHERE pw_name = ? AND pw_domain = ? AND (pw_gid & ?) = 0"
+        } else {
+            "UPDATE indimail SET pw_gid = pw_gid & ~? WHERE pw_name = ? AND pw_domain = ? AND (pw_gid & ?) <> 0"
+        };
+        let changed = self
+            .inner
+            .db
+            .exec(sql, params![bit, addr.user(), real.as_str(), bit])
+            .await?;
+        if changed == 0 {
+            return Ok(false);
+        }
+        self.inner.db.bump_changes().await?;
+        self.inner.cache.borrow_mut().invalidate_all();
+        Ok(true)
+    }
+
     /// Record a successful POP/IMAP login from `ip` (what IndiMail's auth modules insert).
     pub async fn record_relay(&self, email: &str, ip: IpAddr) -> Result<(), LookupError> {
         let addr = Address::parse(email)?;

@@ -469,6 +469,13 @@ pub(crate) async fn logged_in(
                     warn(log, service, &format!("lastauth row not recorded: {e}"));
                 }
             }
+            // A login clears BOUNCE_MAIL (spec 4.7: the user can now free
+            // space); still over quota, the next delivery sets it again.
+            if user.flags.has(lookup::UserFlags::BOUNCE_MAIL) {
+                if let Err(e) = dir.set_bounce_flag(&user.email(), false).await {
+                    warn(log, service, &format!("BOUNCE_MAIL not cleared: {e}"));
+                }
+            }
         });
     }
     log_line(

@@ -745,6 +745,9 @@ impl DeliveryShard {
                 };
                 let report =
                     delivery::local::deliver(&self.settings().local, &target, envl, message).await;
+                if report.over_quota {
+                    self.flag_over_quota(&target.user).await;
+                }
                 match (&report.outcome, &report.forward) {
                     (Outcome::Delivered(_), Some(fwd)) => match self
                         .inject(&env.sender, fwd.recipients.clone(), fwd.message(message))
@@ -908,6 +911,24 @@ impl DeliveryShard {
             dash: String::new(),
             ext: String::new(),
         }))
+    }
+
+    /// A mailbox went over quota: its user gets the BOUNCE_MAIL flag, so
+    /// that RCPT refuses further mail with 552 5.2.2 instead of accepting
+    /// it only to bounce it (spec 4.7); a login clears the flag. A failure
+    /// here never changes the delivery's outcome.
+    async fn flag_over_quota(&self, user: &str) {
+        let Ok(dir) = self.directory.get().await else {
+            return;
+        };
+        match dir.set_bounce_flag(user, true).await {
+            Ok(true) => log!("shard{} {user} over quota: BOUNCE_MAIL set", self.index),
+            Ok(false) => {}
+            Err(e) => log!(
+                "shard{} {user} over quota: BOUNCE_MAIL not set: {e}",
+                self.index
+            ),
+        }
     }
 
     /// RFC 5321 4.5.1: `postmaster` of every domain delivered here reaches
