@@ -26,6 +26,8 @@
 //! and listing the queue base; the crate depends on no other crate of the
 //! project.
 
+#![warn(missing_docs, unreachable_pub)]
+
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 

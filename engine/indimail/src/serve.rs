@@ -20,12 +20,6 @@ struct Shared {
     assignment: Vec<Vec<QueueSpec>>,
     /// The resolved listener addresses (port 0 replaced by the real port).
     addrs: Vec<(crate::smtp::Service, SocketAddr)>,
-    /// The queue base, to pick up `queueN` drop directories created after
-    /// start (an injector that chose before `run/queues` was written);
-    /// `None` with `QUEUEDIR`.
-    stray_base: Option<std::path::PathBuf>,
-    /// Numbers of the queues in the layout (the others are strays).
-    known_queues: Vec<u32>,
     /// Every shard's sockets, bound by the main thread (to learn ephemeral
     /// ports, and before privileges are dropped: see [`crate::privs`]):
     /// shard `i` takes entry `i`; the same addresses with SO_REUSEPORT.
@@ -52,6 +46,12 @@ struct Shared {
     /// Queue-tool requests from the control socket (see [`crate::queuectl`]),
     /// taken by each shard at start.
     ctl_rx: Mutex<Vec<Option<shard::MeshReceiver<crate::queuectl::CtlRequest>>>>,
+    /// The queue base, to pick up `queueN` drop directories created after
+    /// start (an injector that chose before `run/queues` was written);
+    /// `None` with `QUEUEDIR`.
+    stray_base: Option<std::path::PathBuf>,
+    /// Numbers of the queues in the layout (the others are strays).
+    known_queues: Vec<u32>,
 }
 
 /// The shard placement of a layout: every online CPU stays `PerCpu` so the
@@ -89,7 +89,9 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
     }
     let adopted = layout.adopt_existing();
     let placement = placement_of(&layout);
-    placement.validate().context("control/cpus")?;
+    placement
+        .validate()
+        .context("shard CPUs (--cpus, control/cpus)")?;
     if let Some(asked) = layout.shards_asked {
         log!(
             "note: {} queues for {asked} cpus: running {} shards",
