@@ -56,6 +56,18 @@ pub fn lock_queue(dir: &std::path::Path) -> Result<std::fs::File, String> {
     Ok(f)
 }
 
+/// Whether another process holds the lock of the queue in `dir` (another
+/// server sharing the queue base). The lock is released at once.
+pub fn queue_in_use(dir: &std::path::Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(f) = std::fs::File::open(dir.join("lock")) else {
+        return false;
+    };
+    // SAFETY: flock(2) on a descriptor this function owns.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
+}
+
 impl ShardQueues {
     /// Opens (and recovers) each queue; returns the reports for logging.
     pub async fn open(
@@ -213,5 +225,20 @@ impl ShardQueues {
             let _ = shard::io::sync_dir(dir).await;
         }
         imported
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_use_only_while_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!queue_in_use(dir.path()), "no lock file");
+        let held = lock_queue(dir.path()).unwrap();
+        assert!(queue_in_use(dir.path()));
+        drop(held);
+        assert!(!queue_in_use(dir.path()));
     }
 }

@@ -87,7 +87,22 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
     if let Err(e) = crate::inject::write_serving(&config.paths.home, &layout.configured()) {
         log!("warning: cannot record the queues served: {e}");
     }
-    let adopted = layout.adopt_existing();
+    let mut adopted = layout.adopt_existing();
+    // A stray another running server (sharing the base) holds is its own.
+    adopted.retain(|n| {
+        let dir = queue_layout::queue_path(&layout.base, *n);
+        let busy = crate::queues::queue_in_use(&dir);
+        if busy {
+            log!(
+                "queue{n} {} is in use by another process: not adopted",
+                dir.display()
+            );
+        }
+        !busy
+    });
+    layout
+        .queues
+        .retain(|q| !q.adopted || adopted.contains(&q.spec.number));
     let placement = placement_of(&layout);
     placement
         .validate()
@@ -360,10 +375,15 @@ async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<(), String> 
                         if shared.known_queues.contains(&n) || n as usize % info.count != index {
                             continue;
                         }
+                        let qdir = queue_layout::queue_path(base, n);
+                        // A queue log means another server opened it: its mail.
+                        if qdir.join("seg").exists() {
+                            continue;
+                        }
                         if seen.insert(n) {
                             log!("shard{index} adopted drops of queue{n} (created after start)");
                         }
-                        let dir = crate::inject::drop_dir(&queue_layout::queue_path(base, n));
+                        let dir = crate::inject::drop_dir(&qdir);
                         queues.import_dir(0, &dir, n, index).await;
                     }
                 }
