@@ -3,60 +3,17 @@
 use crate::TuningError;
 
 /// Parses a CPU list such as `0-3,6,8-9` into CPU numbers, in the order
-/// written (the engine starts shard `k` on the `k`-th listed CPU, so order
-/// matters and is kept). Duplicates are rejected: a CPU listed twice would
-/// give the engine two shards fighting over one core.
+/// written (the engine starts shard `k` on the `k`-th listed CPU). The
+/// parser is the engine's own (`queue-layout`), so both read a list alike.
 pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, TuningError> {
-    let bad = |why: &str| TuningError::BadCpuList {
+    queue_layout::parse_cpu_list(text).map_err(|e| TuningError::BadCpuList {
         list: text.trim().to_string(),
-        problem: why.to_string(),
-    };
-    let mut out: Vec<usize> = Vec::new();
-    for part in text.trim().split(',').map(str::trim) {
-        if part.is_empty() {
-            // sysfs writes an empty line for an empty set; `0,,1` is a typo.
-            if text.trim().is_empty() {
-                break;
-            }
-            return Err(bad("empty element"));
-        }
-        let (first, last) = match part.split_once('-') {
-            Some((a, b)) => (number(a.trim()), number(b.trim())),
-            None => (number(part), number(part)),
-        };
-        let (first, last) = match (first, last) {
-            (Some(a), Some(b)) => (a, b),
-            _ => return Err(bad(&format!("`{part}` is not a CPU number or range"))),
-        };
-        if first > last {
-            return Err(bad(&format!("range `{part}` runs backwards")));
-        }
-        // CPU_SETSIZE is 1024 on Linux; anything far beyond is a typo, and
-        // refusing it keeps `0-4294967295` from allocating gigabytes.
-        if last >= MAX_CPUS {
-            return Err(bad(&format!("CPU {last} is beyond {}", MAX_CPUS - 1)));
-        }
-        for cpu in first..=last {
-            if out.contains(&cpu) {
-                return Err(bad(&format!("CPU {cpu} listed twice")));
-            }
-            out.push(cpu);
-        }
-    }
-    Ok(out)
+        problem: e.to_string(),
+    })
 }
 
-/// Highest CPU number accepted plus one (the kernel's `CPU_SETSIZE` ×4, so
-/// large hosts pass while typos do not).
-pub const MAX_CPUS: usize = 4096;
-
-fn number(s: &str) -> Option<usize> {
-    // `str::parse` accepts a leading `+`; CPU lists never have one.
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
-}
+/// Highest CPU number accepted plus one.
+pub const MAX_CPUS: usize = queue_layout::MAX_CPUS;
 
 /// Formats CPUs as a compact list, keeping their order: each ascending run
 /// of two or more becomes a range (`0-3`, `0-1`), as the kernel writes them.

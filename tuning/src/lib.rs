@@ -4,9 +4,9 @@
 //! - [`topology`] reads the host as the kernel reports it — online CPUs and
 //!   their SMT siblings, NUMA nodes, block devices, mounts — straight from
 //!   `/sys` and `/proc`, and says which filesystem and disk hold each queue
-//!   directory ([`queues`] resolves those exactly as the engine does:
-//!   `QUEUEDIR`, `QUEUE_BASE` / `control/queue_base`, `QUEUE_START`,
-//!   `QUEUE_COUNT`, `control/cpus`).
+//!   directory ([`queues`] resolves those with the engine's own
+//!   `queue-layout` crate: `QUEUEDIR`, `QUEUE_BASE` / `control/queue_base`,
+//!   `QUEUE_START`, `QUEUE_COUNT`, `control/cpus`, `INDIMAIL_SHARDS`).
 //! - [`plan`] proposes a placement: one shard and one queue per physical
 //!   core, grouped by NUMA node, queue directories spread over the disks
 //!   given; it can write `control/cpus` and the `queue<N>` symlinks, never
@@ -63,6 +63,10 @@ pub enum TuningError {
         /// What is wrong with it.
         problem: String,
     },
+    /// The queue layout (variables, `control/cpus`, `control/queue_base`)
+    /// is invalid; every problem is listed.
+    #[error("queue layout: {0}")]
+    Layout(#[from] queue_layout::LayoutErrors),
     /// An environment variable the engine reads has a bad value.
     #[error("${name}: {problem}")]
     BadVariable {

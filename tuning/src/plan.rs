@@ -262,8 +262,8 @@ impl Plan {
             .collect();
         if !stray.is_empty() {
             warnings.push(format!(
-                "{} exist under {} but are outside the plan: the engine will not read mail left \
-                 in them",
+                "{} exist under {} but are outside the plan: the engine adopts them (queue N \
+                 to shard N % shards) so their mail is delivered; remove them once empty",
                 stray.join(", "),
                 layout.base.display()
             ));

@@ -1,8 +1,8 @@
-//! Which queue directories the engine will use, resolved the way it does
-//! (spec 1.1: `QUEUEDIR`; else `QUEUE_BASE`, `control/queue_base` or
-//! `<home>/queue`; `QUEUE_START` default 1; `QUEUE_COUNT` default one per
-//! shard, i.e. per CPU of `control/cpus`, else per CPU this process may
-//! run on).
+//! Which queue directories the engine will use, resolved by the engine's
+//! own `queue-layout` crate (spec 1.1: `QUEUEDIR`; else `QUEUE_BASE`,
+//! `control/queue_base` or `<home>/queue`; `QUEUE_START` default 1;
+//! `QUEUE_COUNT` default one per shard: `INDIMAIL_SHARDS`, the CPUs of
+//! `control/cpus`, else the CPUs this process may run on).
 //!
 //! Variables are read through a lookup function rather than the process
 //! environment so that callers (and tests) can say exactly what the engine
@@ -13,45 +13,33 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::cpulist::parse_cpu_list;
 use crate::{lossy, lossy_opt, TuningError};
+
+pub use queue_layout::{existing_queues, queue_path};
 
 /// The home directory when neither `--home` nor `INDIMAIL_HOME` is given:
 /// the engine's own default (`/var/indimail` for root, else
 /// `$HOME/.indimail`).
 pub fn default_home() -> PathBuf {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        PathBuf::from("/var/indimail")
-    } else {
-        std::env::var_os("HOME")
-            .map(|h| PathBuf::from(h).join(".indimail"))
-            .unwrap_or_else(|| PathBuf::from(".indimail"))
-    }
+    queue_layout::resolve_home(None, &|k| {
+        (k != "INDIMAIL_HOME")
+            .then(|| std::env::var_os(k))
+            .flatten()
+    })
 }
 
 /// The control directory: `CONTROLDIR` (absolute, or relative to home),
 /// else `<home>/control`.
 pub fn control_dir(home: &Path, var: &dyn Fn(&str) -> Option<OsString>) -> PathBuf {
-    match var("CONTROLDIR") {
-        Some(c) if Path::new(&c).is_absolute() => PathBuf::from(c),
-        Some(c) => home.join(c),
-        None => home.join("control"),
-    }
+    queue_layout::control_dir(home, var)
 }
 
 /// First meaningful line of a control file (trimmed, skipping blanks and
 /// `#` comments, as the engine reads them); `None` when the file is absent.
 pub fn control_line(control: &Path, name: &str) -> Result<Option<String>, TuningError> {
-    let path = control.join(name);
-    match std::fs::read(&path) {
-        Ok(bytes) => Ok(String::from_utf8_lossy(&bytes)
-            .lines()
-            .map(str::trim)
-            .find(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(str::to_string)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(TuningError::io(&path, e)),
+    match queue_layout::control_line(control, name) {
+        Ok(l) => Ok(l.map(|(_, text)| text)),
+        Err(e) => Err(TuningError::Layout(queue_layout::LayoutErrors(vec![e]))),
     }
 }
 
@@ -84,6 +72,11 @@ pub struct QueueLayout {
     pub count: u32,
     /// Where `count` came from (`control` = one per CPU of `control/cpus`).
     pub count_from: Source,
+    /// Number of shards the engine runs.
+    pub shards: usize,
+    /// The configured queues.
+    #[serde(skip)]
+    dirs: Vec<(u32, PathBuf)>,
 }
 
 impl QueueLayout {
@@ -94,101 +87,42 @@ impl QueueLayout {
         var: &dyn Fn(&str) -> Option<OsString>,
         cpus_allowed: usize,
     ) -> Result<QueueLayout, TuningError> {
-        let control = control_dir(home, var);
-        let queuedir = var("QUEUEDIR").map(PathBuf::from);
-        let (base, base_from) = match var("QUEUE_BASE") {
-            Some(b) => (PathBuf::from(b), Source::Environment),
-            None => match control_line(&control, "queue_base")? {
-                Some(b) => (PathBuf::from(b), Source::Control),
-                None => (home.join("queue"), Source::Default),
-            },
-        };
-        let start = number_var(var, "QUEUE_START")?.unwrap_or(1);
-        let (count, count_from) = match number_var(var, "QUEUE_COUNT")? {
-            Some(0) => {
-                return Err(TuningError::BadVariable {
-                    name: "QUEUE_COUNT".into(),
-                    problem: "must be at least 1".into(),
-                })
+        let online: Vec<usize> = (0..cpus_allowed.max(1)).collect();
+        let l = queue_layout::Layout::resolve(&queue_layout::Inputs {
+            home,
+            var,
+            cpus_arg: None,
+            online: &online,
+        })?;
+        let source = |s| match s {
+            queue_layout::Source::Argument | queue_layout::Source::Environment => {
+                Source::Environment
             }
-            Some(n) => (n, Source::Environment),
-            // The engine falls back to one queue when control/cpus is bad;
-            // its own `config check` reports the file, so we just agree.
-            None => match control_line(&control, "cpus")? {
-                Some(list) => (
-                    parse_cpu_list(&list).map_or(1, |v| v.len().max(1) as u32),
-                    Source::Control,
-                ),
-                None => (cpus_allowed.max(1) as u32, Source::Default),
-            },
+            queue_layout::Source::Control => Source::Control,
+            queue_layout::Source::Default => Source::Default,
         };
-        if start.checked_add(count).is_none() {
-            return Err(TuningError::BadVariable {
-                name: "QUEUE_START".into(),
-                problem: format!("{start} + {count} queues overflows"),
-            });
-        }
+        // `Default` count = one per shard: say where the shards came from.
+        let count_from = match l.count_from {
+            queue_layout::Source::Default => source(l.shards_from),
+            s => source(s),
+        };
         Ok(QueueLayout {
-            queuedir,
-            base,
-            base_from,
-            start,
-            count,
+            dirs: l.specs().into_iter().map(|q| (q.number, q.dir)).collect(),
+            shards: l.shards(),
+            queuedir: l.queuedir,
+            base: l.base,
+            base_from: source(l.base_from),
+            start: l.start,
+            count: l.count,
             count_from,
         })
     }
 
-    /// `(N, directory)` of each queue the engine will open.
+    /// `(N, directory)` of each queue the engine will open (strays it
+    /// would adopt aside).
     pub fn dirs(&self) -> Vec<(u32, PathBuf)> {
-        if let Some(dir) = &self.queuedir {
-            let n = dir
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_prefix("queue"))
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(1);
-            return vec![(n, dir.clone())];
-        }
-        (self.start..self.start + self.count)
-            .map(|n| (n, queue_path(&self.base, n)))
-            .collect()
+        self.dirs.clone()
     }
-}
-
-/// `<base>/queue<N>`.
-pub fn queue_path(base: &Path, n: u32) -> PathBuf {
-    base.join(format!("queue{n}"))
-}
-
-fn number_var(
-    var: &dyn Fn(&str) -> Option<OsString>,
-    name: &str,
-) -> Result<Option<u32>, TuningError> {
-    match var(name) {
-        None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .and_then(|s| s.trim().parse().ok())
-            .map(Some)
-            .ok_or_else(|| TuningError::BadVariable {
-                name: name.to_string(),
-                problem: format!("`{}` is not a number", v.to_string_lossy()),
-            }),
-    }
-}
-
-/// Queue directories under `base` named `queue<N>`, with their numbers,
-/// ascending: what is already there, planned or not.
-pub fn existing_queues(base: &Path) -> Vec<u32> {
-    let mut v: Vec<u32> = std::fs::read_dir(base)
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str()?.strip_prefix("queue")?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort_unstable();
-    v
 }
 
 #[cfg(test)]

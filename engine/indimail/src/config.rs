@@ -30,7 +30,7 @@
 //! | `spfbehavior` | SPF level 0-6 (`SPFBEHAVIOR`), see `policy::spf` | 0 (off) |
 //! | `listeners` | lines `SERVICE ADDR:PORT`; services `smtp`, `submission`, `smtps`, `odmr`, `pop3`, `pop3s`, `imap-proxy`, `imaps-proxy`, `pop3-proxy`, `pop3s-proxy` | `smtp 127.0.0.1:2525` |
 //! | `servercert.pem` | TLS certificate + key (`CERTDIR`, `SERVERCERT` override) | a self-signed demo certificate |
-//! | `cpus` | CPU list for shards (`0-3,6`) | one shard per online CPU |
+//! | `cpus` | CPU list for shards (`0-3,6`; `--cpus` and `INDIMAIL_SHARDS` override, see `queue-layout`) | one shard per online CPU |
 //! | `shutdowntimeout` | seconds SIGTERM waits for SMTP transactions in flight before closing them (unanswered ones are not accepted) | 5 |
 //! | `user` | user `serve` drops to when started as root (`INDIMAIL_USER`), see `privs` | `indimail` if it exists |
 //! | `etrnhosts` | domains whose mail is held for ETRN/ATRN (`.domain` = subdomains) | none |
@@ -54,23 +54,11 @@ pub struct Paths {
 
 impl Paths {
     /// Resolves the home (`--home`, `INDIMAIL_HOME`, default) and the
-    /// control directory (`CONTROLDIR`).
+    /// control directory (`CONTROLDIR`), as `queue-layout` does.
     pub fn resolve(home_arg: Option<&Path>) -> Paths {
-        let home = home_arg
-            .map(Path::to_path_buf)
-            .or_else(|| std::env::var_os("INDIMAIL_HOME").map(PathBuf::from))
-            .unwrap_or_else(default_home);
-        let control = match std::env::var_os("CONTROLDIR") {
-            Some(c) => {
-                let c = PathBuf::from(c);
-                if c.is_absolute() {
-                    c
-                } else {
-                    home.join(c)
-                }
-            }
-            None => home.join("control"),
-        };
+        let var = |k: &str| std::env::var_os(k);
+        let home = queue_layout::resolve_home(home_arg, &var);
+        let control = queue_layout::control_dir(&home, &var);
         Paths {
             home,
             control: ControlDir::new(control),
@@ -82,59 +70,22 @@ impl Paths {
         self.home.join("tcp").join("tcp.smtp")
     }
 
-    /// The queues, from `QUEUEDIR` or `QUEUE_BASE`/`QUEUE_START`/`QUEUE_COUNT`
-    /// (spec 1.5). `default_count` is used when `QUEUE_COUNT` is unset.
-    pub fn queues(&self, default_count: usize) -> Result<Vec<QueueSpec>, ControlError> {
-        if let Some(dir) = std::env::var_os("QUEUEDIR") {
-            let dir = PathBuf::from(dir);
-            let number = dir
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_prefix("queue"))
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(1);
-            return Ok(vec![QueueSpec { number, dir }]);
-        }
-        let base = match std::env::var_os("QUEUE_BASE") {
-            Some(b) => PathBuf::from(b),
-            None => match self.control.string("queue_base")? {
-                Some(b) => PathBuf::from(b),
-                None => self.home.join("queue"),
-            },
-        };
-        let start = env_number("QUEUE_START", 1u32)?;
-        let count = env_number("QUEUE_COUNT", default_count as u32)?;
-        if count == 0 {
-            return Err(env_error("QUEUE_COUNT", "must be at least 1"));
-        }
-        Ok((start..start + count)
-            .map(|n| QueueSpec {
-                number: n,
-                dir: base.join(format!("queue{n}")),
-            })
-            .collect())
+    /// The queues and the shard owning each (see the `queue-layout`
+    /// crate); `cpus_arg` is `serve --cpus`.
+    pub fn layout(&self, cpus_arg: Option<&str>) -> Result<queue_layout::Layout, LayoutErrors> {
+        queue_layout::Layout::from_env(&self.home, cpus_arg, &shard::online_cpus())
+    }
+
+    /// The layout plus every `queueN` directory found outside it: what the
+    /// queue tools look at (mail there is queued too).
+    pub fn layout_with_existing(&self) -> Result<queue_layout::Layout, LayoutErrors> {
+        let mut l = self.layout(None)?;
+        l.adopt_existing();
+        Ok(l)
     }
 }
 
-/// One queue: its number and directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueSpec {
-    /// N in `queueN`.
-    pub number: u32,
-    /// Its directory (may be a symlink to another disk).
-    pub dir: PathBuf,
-}
-
-fn default_home() -> PathBuf {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        PathBuf::from("/var/indimail")
-    } else {
-        std::env::var_os("HOME")
-            .map(|h| PathBuf::from(h).join(".indimail"))
-            .unwrap_or_else(|| PathBuf::from(".indimail"))
-    }
-}
+pub use queue_layout::{LayoutErrors, QueueSpec};
 
 fn env_error(name: &str, problem: &str) -> ControlError {
     ControlError {
@@ -239,8 +190,8 @@ pub struct ServeConfig {
     pub paths: Paths,
     /// Listeners per service, in `control/listeners` / command-line order.
     pub listeners: Vec<(crate::smtp::Service, SocketAddr)>,
-    /// CPUs for shards (from `control/cpus` or `--cpus`); `None` = all.
-    pub cpus: Option<Vec<usize>>,
+    /// `serve --cpus` (overrides `control/cpus`; see `queue-layout`).
+    pub cpus_arg: Option<String>,
     /// SMTP settings.
     pub smtp: SmtpSettings,
     /// `shutdowntimeout`: how long SIGTERM waits for sessions in flight.
@@ -348,24 +299,6 @@ impl ServeConfig {
                 Default::default()
             }
         };
-        let cpus = match take(&mut errors, c.lines("cpus"))
-            .flatten()
-            .and_then(|v| v.into_iter().next())
-        {
-            None => None,
-            Some((line, text)) => match shard::parse_cpu_list(&text) {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    errors.push(ControlError {
-                        path: c.file("cpus"),
-                        line: Some(line),
-                        problem: e.to_string(),
-                    });
-                    None
-                }
-            },
-        };
-
         use crate::smtp::Service;
         let mut listeners = Vec::new();
         if overrides.is_empty() {
@@ -490,7 +423,7 @@ impl ServeConfig {
             },
             paths,
             listeners,
-            cpus,
+            cpus_arg: None,
         })
     }
 }

@@ -172,14 +172,101 @@ pub fn envelope_bytes(e: &Envelope) -> Vec<u8> {
     v
 }
 
-/// The queue an injection goes to: `QUEUEDIR`, else a random queue among
-/// `QUEUE_START..QUEUE_START+QUEUE_COUNT` (spec 1.5).
+/// The queue an injection goes to (spec 1.5): `QUEUEDIR` verbatim; else a
+/// random queue among those a running server imports from (its
+/// [`serving_path`] file: the server may run with `--cpus` or
+/// `INDIMAIL_SHARDS`, which this process cannot see); else among the
+/// layout's queues. A server adopts every `queueN` it finds at start, so
+/// even a stale choice is delivered, never stranded.
 pub fn choose_queue(paths: &Paths) -> Result<QueueSpec, InjectError> {
-    let queues = paths
-        .queues(crate::default_queue_count(paths))
-        .map_err(|e| InjectError::new(exit::CONFIG, e.to_string()))?;
-    let pick = (std::process::id() as usize ^ now_nanos() as usize) % queues.len();
-    Ok(queues[pick].clone())
+    if let Some(dir) = std::env::var_os("QUEUEDIR").filter(|d| !d.is_empty()) {
+        let dir = PathBuf::from(dir);
+        let number = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(queue_layout::queue_number)
+            .unwrap_or(1);
+        return Ok(QueueSpec { number, dir });
+    }
+    let queues = match read_serving(&paths.home) {
+        Some(q) => q,
+        None => paths
+            .layout(None)
+            .map_err(|e| InjectError::new(exit::CONFIG, e.to_string()))?
+            .configured(),
+    };
+    let pick = (std::process::id() as usize ^ now_nanos() as usize) % queues.len().max(1);
+    queues
+        .get(pick)
+        .cloned()
+        .ok_or_else(|| InjectError::new(exit::CONFIG, "no queue configured"))
+}
+
+/// `<home>/run/queues`: written by a running `serve`, the queues it imports
+/// drop files from (first line `pid N`, then `NUMBER DIR` per queue).
+pub fn serving_path(home: &Path) -> PathBuf {
+    home.join("run").join("queues")
+}
+
+/// Records the queues this server imports from (see [`choose_queue`]).
+pub fn write_serving(home: &Path, queues: &[QueueSpec]) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = serving_path(home);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut text = format!("pid {}\n", std::process::id()).into_bytes();
+    for q in queues {
+        text.extend_from_slice(format!("{} ", q.number).as_bytes());
+        text.extend_from_slice(q.dir.as_os_str().as_bytes());
+        text.push(b'\n');
+    }
+    // Renamed into place: an injector never reads half a list.
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, &text)?;
+    std::fs::rename(&tmp, &path)
+}
+
+/// Removes the file written by [`write_serving`], if it is this process's.
+pub fn remove_serving(home: &Path) {
+    let path = serving_path(home);
+    if serving_pid(&std::fs::read(&path).unwrap_or_default()) == Some(std::process::id() as i32) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+fn serving_pid(bytes: &[u8]) -> Option<i32> {
+    let first = bytes.split(|&b| b == b'\n').next()?;
+    std::str::from_utf8(first.strip_prefix(b"pid ")?)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The queues of a running server; `None` when there is no file, it is
+/// malformed, or its server is gone (a crash leaves the file behind).
+fn read_serving(home: &Path) -> Option<Vec<QueueSpec>> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = std::fs::read(serving_path(home)).ok()?;
+    let pid = serving_pid(&bytes).filter(|p| *p > 0)?;
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    let alive = unsafe { libc::kill(pid, 0) } == 0
+        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    if !alive {
+        return None;
+    }
+    let mut out = Vec::new();
+    for line in bytes.split(|&b| b == b'\n').skip(1) {
+        if line.is_empty() {
+            continue;
+        }
+        let sp = line.iter().position(|&b| b == b' ')?;
+        let number = std::str::from_utf8(&line[..sp]).ok()?.parse().ok()?;
+        let dir = PathBuf::from(std::ffi::OsStr::from_bytes(&line[sp + 1..]));
+        out.push(QueueSpec { number, dir });
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 fn now_nanos() -> u128 {
@@ -370,6 +457,23 @@ fn with_received(body: Vec<u8>, from_ip: Option<&str>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serving_file_round_trip_and_stale() {
+        let home = tempfile::tempdir().unwrap();
+        assert!(read_serving(home.path()).is_none());
+        let qs = vec![QueueSpec {
+            number: 3,
+            dir: home.path().join("q dir/queue3"),
+        }];
+        write_serving(home.path(), &qs).unwrap();
+        assert_eq!(read_serving(home.path()), Some(qs));
+        // A dead server's file is ignored.
+        std::fs::write(serving_path(home.path()), "pid 2147483646\n1 /q/queue1\n").unwrap();
+        assert!(read_serving(home.path()).is_none());
+        remove_serving(home.path());
+        assert!(serving_path(home.path()).exists(), "not ours: kept");
+    }
 
     #[test]
     fn envelope_round_trip() {

@@ -340,16 +340,6 @@ enum LogCommand {
     },
 }
 
-/// Queue count when `QUEUE_COUNT` is unset: one per shard, i.e. one per
-/// CPU of `control/cpus` or per online CPU. `serve` and the injectors must
-/// agree on it, so both call this.
-pub fn default_queue_count(paths: &Paths) -> usize {
-    match paths.control.string("cpus").ok().flatten() {
-        Some(list) => shard::parse_cpu_list(&list).map_or(1, |v| v.len()),
-        None => shard::online_cpus().len(),
-    }
-}
-
 fn main() -> ExitCode {
     init_tracing();
     let argv0 = std::env::args()
@@ -669,9 +659,8 @@ fn run_serve(
         let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         anyhow::anyhow!("configuration errors:\n  {}", lines.join("\n  "))
     })?;
-    if let Some(list) = cpus {
-        cfg.cpus = Some(shard::parse_cpu_list(&list)?);
-    }
+    // Checked with the rest of the layout by `serve` (queue-layout).
+    cfg.cpus_arg = cpus;
     let driver = match driver {
         Some(d) => d.parse().map_err(anyhow::Error::msg)?,
         None => shard::io::Driver::from_env().map_err(anyhow::Error::msg)?,
@@ -682,8 +671,9 @@ fn run_serve(
 fn queue_list(paths: &Paths, args: &tools::ListArgs) -> anyhow::Result<()> {
     let sel = args.selection().map_err(anyhow::Error::msg)?;
     let queues = paths
-        .queues(default_queue_count(paths))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .layout_with_existing()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .specs();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -836,8 +826,9 @@ fn queue_store_line(queue: u32, m: &queue_store::QueuedMessage, now: u64) -> Str
 fn init(paths: &Paths) -> anyhow::Result<()> {
     let mut made = config::prepare_home(paths)?;
     for q in paths
-        .queues(default_queue_count(paths))
+        .layout(None)
         .map_err(|e| anyhow::anyhow!("{e}"))?
+        .configured()
     {
         if !q.dir.exists() {
             std::fs::create_dir_all(&q.dir)?;
@@ -867,15 +858,16 @@ fn config_problems(paths: &Paths) -> (Option<ServeConfig>, Vec<String>) {
             None
         }
     };
-    match paths.queues(default_queue_count(paths)) {
-        Ok(queues) => {
+    match paths.layout_with_existing() {
+        Ok(layout) => {
+            let queues = layout.specs();
             let me = config::system_hostname();
             let me = paths.control.string("me").ok().flatten().unwrap_or(me);
             if let Err(e) = deliver::DeliverySettings::load(&paths.control, &me, &queues) {
                 problems.push(e);
             }
         }
-        Err(e) => problems.push(e.to_string()),
+        Err(e) => problems.extend(e.0.iter().map(|e| e.to_string())),
     }
     let certs = tls::CertPaths::from_env(paths.control.path());
     if certs.exists() {
@@ -937,25 +929,44 @@ fn config_show(paths: &Paths) -> i32 {
         for (svc, a) in &c.listeners {
             println!("listener: {} {a}", svc.name());
         }
-        let shards = c
-            .cpus
-            .as_ref()
-            .map_or(shard::online_cpus().len(), |v| v.len());
+    }
+    // The same layout `serve` resolves (without its --cpus), strays included.
+    if let Ok(l) = paths.layout_with_existing() {
+        let cpus: Vec<String> = l
+            .shard_cpus
+            .iter()
+            .map(|c| c.map_or("any".to_string(), |c| c.to_string()))
+            .collect();
+        let from = match l.shards_from {
+            queue_layout::Source::Argument => "--cpus",
+            queue_layout::Source::Environment => "INDIMAIL_SHARDS",
+            queue_layout::Source::Control => "control/cpus",
+            queue_layout::Source::Default => "all online",
+        };
         println!(
-            "cpus: {}",
-            c.cpus
-                .as_ref()
-                .map_or("all online".to_string(), |v| format!("{v:?}"))
+            "shards: {} (cpus {}; from {from})",
+            l.shards(),
+            cpus.join(",")
         );
-        if let Ok(qs) = paths.queues(default_queue_count(paths)) {
-            for (i, q) in qs.iter().enumerate() {
-                println!(
-                    "queue{} {} -> shard {}",
-                    q.number,
-                    q.dir.display(),
-                    i % shards.min(qs.len()).max(1)
-                );
-            }
+        if let Some(asked) = l.shards_asked {
+            println!(
+                "note: {} queues for {asked} cpus: {} shards run",
+                l.count,
+                l.shards()
+            );
+        }
+        for q in &l.queues {
+            println!(
+                "queue{} {} -> shard {}{}",
+                q.spec.number,
+                q.spec.dir.display(),
+                q.shard,
+                if q.adopted {
+                    " (adopted: outside QUEUE_START..QUEUE_COUNT)"
+                } else {
+                    ""
+                }
+            );
         }
     }
     let certs = tls::CertPaths::from_env(paths.control.path());
@@ -988,8 +999,9 @@ fn config_show(paths: &Paths) -> i32 {
 
 fn queue_stat(paths: &Paths) -> anyhow::Result<()> {
     let queues = paths
-        .queues(default_queue_count(paths))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .layout_with_existing()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .specs();
     let (mut tm, mut tp) = (0usize, 0usize);
     for q in &queues {
         let msgs = if q.dir.join("seg").is_dir() {

@@ -466,9 +466,7 @@ fn run(paths: &Paths, dir: &Path, control: Option<&Path>) -> Result<Summary, Str
     for r in &roots {
         sources.extend(messages(r)?);
     }
-    let specs = paths
-        .queues(crate::default_queue_count(paths))
-        .map_err(|e| e.to_string())?;
+    let specs = paths.layout(None).map_err(|e| e.to_string())?.configured();
     let mut locks = Vec::new();
     for spec in &specs {
         std::fs::create_dir_all(&spec.dir).map_err(|e| format!("{}: {e}", spec.dir.display()))?;

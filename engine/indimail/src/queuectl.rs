@@ -1012,9 +1012,11 @@ pub fn execute(paths: &Paths, op: &Op) -> Result<Answer, String> {
 /// The stopped-server path: lock and open every queue, import waiting drop
 /// files, apply.
 fn execute_stopped(paths: &Paths, op: &Op) -> Result<Answer, String> {
+    // Strays too: a stopped server's tools act on all mail queued here.
     let specs = paths
-        .queues(crate::default_queue_count(paths))
-        .map_err(|e| e.to_string())?;
+        .layout_with_existing()
+        .map_err(|e| e.to_string())?
+        .specs();
     let specs: Vec<QueueSpec> = specs.into_iter().filter(|s| s.dir.exists()).collect();
     if specs.is_empty() {
         return parse_answer(&Report::default().render(op));

@@ -1,7 +1,8 @@
 //! The queues one shard owns, and how queues are mapped to shards.
 //!
-//! Queues are assigned to shards round-robin: queue `QUEUE_START + k` goes
-//! to shard `k % shards`. A message accepted by a shard goes to one of that
+//! Which shard owns which queue is decided by the `queue-layout` crate
+//! (queue `QUEUE_START + k` to shard `k % shards`, an adopted `queueN` to
+//! shard `N % shards`). A message accepted by a shard goes to one of that
 //! shard's own queues (round-robin when it owns several), so the commit path
 //! never crosses threads.
 
@@ -11,15 +12,6 @@ use std::rc::Rc;
 use queue_store::{MessageWriter, Queue, QueueConfig, RecoveryReport};
 
 use crate::config::QueueSpec;
-
-/// Which queues each shard owns: `result[shard]` lists its queue specs.
-pub fn assign(queues: &[QueueSpec], shards: usize) -> Vec<Vec<QueueSpec>> {
-    let mut out = vec![Vec::new(); shards];
-    for (k, q) in queues.iter().enumerate() {
-        out[k % shards].push(q.clone());
-    }
-    out
-}
 
 /// The open queues of one shard.
 pub struct ShardQueues {
@@ -62,6 +54,18 @@ pub fn lock_queue(dir: &std::path::Path) -> Result<std::fs::File, String> {
         });
     }
     Ok(f)
+}
+
+/// Whether another process holds the lock of the queue in `dir` (another
+/// server sharing the queue base). The lock is released at once.
+pub fn queue_in_use(dir: &std::path::Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(f) = std::fs::File::open(dir.join("lock")) else {
+        return false;
+    };
+    // SAFETY: flock(2) on a descriptor this function owns.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
 }
 
 impl ShardQueues {
@@ -125,85 +129,100 @@ impl ShardQueues {
     /// Returns how many messages were imported.
     pub async fn import_drops(&self, specs: &[QueueSpec], shard: usize) -> usize {
         let mut imported = 0;
-        for (q, spec) in self.queues.iter().zip(specs) {
+        for (i, spec) in specs.iter().enumerate().take(self.queues.len()) {
             let dir = crate::inject::drop_dir(&spec.dir);
-            let Ok(entries) = std::fs::read_dir(&dir) else {
+            imported += self.import_dir(i, &dir, spec.number, shard).await;
+        }
+        imported
+    }
+
+    /// Imports the drop files of `dir` (the drop directory of queue
+    /// `number`, this shard's or a stray one) into this shard's queue
+    /// `index`. Returns how many messages were imported.
+    pub async fn import_dir(
+        &self,
+        index: usize,
+        dir: &std::path::Path,
+        number: u32,
+        shard: usize,
+    ) -> usize {
+        let Some(q) = self.queues.get(index) else {
+            return 0;
+        };
+        let mut imported = 0;
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        let mut names: Vec<_> = entries.filter_map(|e| e.ok()).collect();
+        names.sort_by_key(|e| e.file_name());
+        let mut removed = false;
+        for e in names {
+            let path = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("tmp.") {
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > OSSIFIED);
+                if old {
+                    let _ = std::fs::remove_file(&path);
+                }
+                continue;
+            }
+            let Ok(bytes) = std::fs::read(&path) else {
                 continue;
             };
-            let mut names: Vec<_> = entries.filter_map(|e| e.ok()).collect();
-            names.sort_by_key(|e| e.file_name());
-            let mut removed = false;
-            for e in names {
-                let path = e.path();
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with("tmp.") {
-                    let old = e
-                        .metadata()
-                        .and_then(|m| m.modified())
-                        .ok()
-                        .and_then(|t| t.elapsed().ok())
-                        .is_some_and(|age| age > OSSIFIED);
-                    if old {
-                        let _ = std::fs::remove_file(&path);
-                    }
+            let drop = match crate::inject::read_drop(&bytes) {
+                Ok(d) => d,
+                Err(why) => {
+                    // Never delete what might be mail: set it aside.
+                    let bad = dir.join("bad");
+                    let _ = std::fs::create_dir_all(&bad);
+                    let _ = std::fs::rename(&path, bad.join(&name));
+                    crate::log!(
+                        "shard{shard} queue{} drop file {name} set aside: {why}",
+                        number
+                    );
                     continue;
                 }
-                let Ok(bytes) = std::fs::read(&path) else {
-                    continue;
-                };
-                let drop = match crate::inject::read_drop(&bytes) {
-                    Ok(d) => d,
-                    Err(why) => {
-                        // Never delete what might be mail: set it aside.
-                        let bad = dir.join("bad");
-                        let _ = std::fs::create_dir_all(&bad);
-                        let _ = std::fs::rename(&path, bad.join(&name));
-                        crate::log!(
-                            "shard{shard} queue{} drop file {name} set aside: {why}",
-                            spec.number
-                        );
-                        continue;
-                    }
-                };
-                let mut w = q.begin();
-                let committed = match w.write(&drop.body).await {
-                    Ok(()) => {
-                        let env = queue_store::Envelope::new(
-                            drop.envelope.sender.clone(),
-                            drop.envelope.recipients.clone(),
-                        );
-                        w.commit(env).await
-                    }
-                    Err(e) => {
-                        w.abort().await;
-                        Err(e)
-                    }
-                };
-                match committed {
-                    Ok(id) => {
-                        crate::log!(
-                            "shard{shard} new msg {id} bytes={} from=<{}> rcpts={} injected={name}",
-                            drop.body.len(),
-                            drop.envelope.sender,
-                            drop.envelope.recipients.len()
-                        );
-                        let _ = std::fs::remove_file(&path);
-                        removed = true;
-                        imported += 1;
-                    }
-                    Err(e) => {
-                        // Leave the file: it is retried on the next pass.
-                        crate::log!(
-                            "shard{shard} queue{} import of {name} failed: {e}",
-                            spec.number
-                        );
-                        break;
-                    }
+            };
+            let mut w = q.begin();
+            let committed = match w.write(&drop.body).await {
+                Ok(()) => {
+                    let env = queue_store::Envelope::new(
+                        drop.envelope.sender.clone(),
+                        drop.envelope.recipients.clone(),
+                    );
+                    w.commit(env).await
+                }
+                Err(e) => {
+                    w.abort().await;
+                    Err(e)
+                }
+            };
+            match committed {
+                Ok(id) => {
+                    crate::log!(
+                        "shard{shard} new msg {id} bytes={} from=<{}> rcpts={} injected={name}",
+                        drop.body.len(),
+                        drop.envelope.sender,
+                        drop.envelope.recipients.len()
+                    );
+                    let _ = std::fs::remove_file(&path);
+                    removed = true;
+                    imported += 1;
+                }
+                Err(e) => {
+                    // Leave the file: it is retried on the next pass.
+                    crate::log!("shard{shard} queue{} import of {name} failed: {e}", number);
+                    break;
                 }
             }
-            if removed {
-                let _ = shard::io::sync_dir(&dir).await;
-            }
+        }
+        if removed {
+            let _ = shard::io::sync_dir(dir).await;
         }
         imported
     }
@@ -214,18 +233,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn round_robin_assignment() {
-        let specs: Vec<QueueSpec> = (1..=5)
-            .map(|n| QueueSpec {
-                number: n,
-                dir: format!("/q/queue{n}").into(),
-            })
-            .collect();
-        let a = assign(&specs, 2);
-        let nums: Vec<Vec<u32>> = a
-            .iter()
-            .map(|v| v.iter().map(|q| q.number).collect())
-            .collect();
-        assert_eq!(nums, vec![vec![1, 3, 5], vec![2, 4]]);
+    fn in_use_only_while_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!queue_in_use(dir.path()), "no lock file");
+        let held = lock_queue(dir.path()).unwrap();
+        assert!(queue_in_use(dir.path()));
+        drop(held);
+        assert!(!queue_in_use(dir.path()));
     }
 }

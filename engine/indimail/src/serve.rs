@@ -10,7 +10,7 @@ use shard::{Placement, ShardInfo, Shutdown};
 use crate::config::{QueueSpec, ServeConfig, SmtpSettings};
 use crate::log;
 use crate::metrics::{Counter, Registry};
-use crate::queues::{self, ShardQueues};
+use crate::queues::ShardQueues;
 use crate::smtp::{self, SmtpShard};
 
 /// What every shard is handed at start-up.
@@ -46,6 +46,25 @@ struct Shared {
     /// Queue-tool requests from the control socket (see [`crate::queuectl`]),
     /// taken by each shard at start.
     ctl_rx: Mutex<Vec<Option<shard::MeshReceiver<crate::queuectl::CtlRequest>>>>,
+    /// The queue base, to pick up `queueN` drop directories created after
+    /// start (an injector that chose before `run/queues` was written);
+    /// `None` with `QUEUEDIR`.
+    stray_base: Option<std::path::PathBuf>,
+    /// Numbers of the queues in the layout (the others are strays).
+    known_queues: Vec<u32>,
+}
+
+/// The shard placement of a layout: every online CPU stays `PerCpu` so the
+/// log says so; a list is `Fixed`; `INDIMAIL_SHARDS` is `Unpinned`.
+fn placement_of(layout: &queue_layout::Layout) -> Placement {
+    let pinned: Vec<usize> = layout.shard_cpus.iter().flatten().copied().collect();
+    if pinned.len() < layout.shard_cpus.len() {
+        Placement::Unpinned(layout.shard_cpus.len())
+    } else if layout.shards_from == queue_layout::Source::Default && layout.shards_asked.is_none() {
+        Placement::PerCpu
+    } else {
+        Placement::Fixed(pinned)
+    }
 }
 
 /// Runs the server until SIGTERM or SIGINT.
@@ -57,34 +76,54 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
         log!("warning: {why}");
     }
 
-    let mut placement = match &config.cpus {
-        Some(v) => Placement::Fixed(v.clone()),
-        None => Placement::PerCpu,
-    };
-    placement.validate().context("control/cpus")?;
-    let queues = config
+    // The one layout every program resolves (queue-layout), plus every
+    // `queueN` left outside it: mail injected there is never stranded.
+    let mut layout = config
         .paths
-        .queues(placement.len())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    if queues.len() < placement.len() {
-        // Every shard must own a queue so a message it accepts is committed
-        // on its own thread; fewer queues than CPUs means fewer shards.
-        let cpus: Vec<usize> = placement
-            .cpus()
-            .into_iter()
-            .flatten()
-            .take(queues.len())
-            .collect();
-        log!(
-            "note: {} queues for {} cpus: running {} shards",
-            queues.len(),
-            placement.len(),
-            queues.len()
-        );
-        placement = Placement::Fixed(cpus);
+        .layout(config.cpus_arg.as_deref())
+        .map_err(|e| anyhow::anyhow!("queue layout: {e}"))?;
+    // Before looking for strays: an injector that reads this list from now
+    // on writes only into queues this server imports.
+    if let Err(e) = crate::inject::write_serving(&config.paths.home, &layout.configured()) {
+        log!("warning: cannot record the queues served: {e}");
     }
+    let mut adopted = layout.adopt_existing();
+    // A stray another running server (sharing the base) holds is its own.
+    adopted.retain(|n| {
+        let dir = queue_layout::queue_path(&layout.base, *n);
+        let busy = crate::queues::queue_in_use(&dir);
+        if busy {
+            log!(
+                "queue{n} {} is in use by another process: not adopted",
+                dir.display()
+            );
+        }
+        !busy
+    });
+    layout
+        .queues
+        .retain(|q| !q.adopted || adopted.contains(&q.spec.number));
+    let placement = placement_of(&layout);
+    placement
+        .validate()
+        .context("shard CPUs (--cpus, control/cpus)")?;
+    if let Some(asked) = layout.shards_asked {
+        log!(
+            "note: {} queues for {asked} cpus: running {} shards",
+            layout.configured().len(),
+            layout.shards()
+        );
+    }
+    for n in &adopted {
+        log!(
+            "adopted queue{n} {} (outside the configured queues): shard {} imports and delivers it",
+            queue_layout::queue_path(&layout.base, *n).display(),
+            layout.shard_of(*n).unwrap_or(0)
+        );
+    }
+    let queues = layout.specs();
     let shards = placement.len();
-    let assignment = queues::assign(&queues, shards);
+    let assignment = layout.assignment();
     let cpus = placement.cpus();
     for (i, qs) in assignment.iter().enumerate() {
         for q in qs {
@@ -166,6 +205,8 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
         turn_rx: Mutex::new(turn_mesh.receivers.into_iter().map(Some).collect()),
         settings: Arc::new(config.smtp.clone()),
         assignment,
+        stray_base: layout.queuedir.is_none().then(|| layout.base.clone()),
+        known_queues: queue_numbers.clone(),
         addrs: addrs.clone(),
         shard_listeners: Mutex::new(shard_listeners),
         ready: Mutex::new(ready_tx),
@@ -194,6 +235,7 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
     if let Some(e) = failed {
         shutdown.trigger();
         let _ = handles.join();
+        crate::inject::remove_serving(&config.paths.home);
         bail!("start-up failed: {e}");
     }
     log!(
@@ -241,6 +283,7 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
         }
     };
     log!("status: signal {sig}, stopping");
+    crate::inject::remove_serving(&config.paths.home);
     if let Some(c) = control_socket {
         c.stop();
     }
@@ -328,9 +371,32 @@ async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<(), String> 
         let specs = shared.assignment[info.index].clone();
         let stop = info.shutdown.clone();
         let index = info.index;
+        let shared = Arc::clone(&shared);
         tokio::task::spawn_local(async move {
+            let mut pass = 0u64;
+            let mut seen = std::collections::BTreeSet::new();
             loop {
                 queues.import_drops(&specs, index).await;
+                // Every 2 s: drops in a `queueN` made after start, queue N
+                // being this shard's by N % shards.
+                if let (Some(base), 0) = (&shared.stray_base, pass % 10) {
+                    for n in queue_layout::existing_queues(base) {
+                        if shared.known_queues.contains(&n) || n as usize % info.count != index {
+                            continue;
+                        }
+                        let qdir = queue_layout::queue_path(base, n);
+                        // A queue log means another server opened it: its mail.
+                        if qdir.join("seg").exists() {
+                            continue;
+                        }
+                        if seen.insert(n) {
+                            log!("shard{index} adopted drops of queue{n} (created after start)");
+                        }
+                        let dir = crate::inject::drop_dir(&qdir);
+                        queues.import_dir(0, &dir, n, index).await;
+                    }
+                }
+                pass += 1;
                 tokio::select! {
                     _ = stop.wait() => break,
                     _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}

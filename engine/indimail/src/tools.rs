@@ -228,8 +228,9 @@ pub fn show(paths: &Paths, id: &str, body: bool) -> i32 {
 /// not), with its queue number.
 fn scan_all(paths: &Paths) -> Result<Vec<(u32, queue_store::QueuedMessage)>, String> {
     let queues = paths
-        .queues(crate::default_queue_count(paths))
-        .map_err(|e| e.to_string())?;
+        .layout_with_existing()
+        .map_err(|e| e.to_string())?
+        .specs();
     let mut out = Vec::new();
     for q in queues {
         if !q.dir.join("seg").is_dir() {
@@ -387,7 +388,7 @@ pub fn qmail_qstat(paths: &Paths) -> i32 {
         }
     };
     let mut drops = 0;
-    if let Ok(queues) = paths.queues(crate::default_queue_count(paths)) {
+    if let Ok(queues) = paths.layout_with_existing().map(|l| l.specs()) {
         for q in queues {
             if let Ok(rd) = std::fs::read_dir(crate::inject::drop_dir(&q.dir)) {
                 drops += rd

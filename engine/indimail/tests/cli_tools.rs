@@ -59,6 +59,52 @@ fn config_check_reports_every_problem_with_file_and_line() {
     assert!(out.contains("problem: "), "{out}");
 }
 
+/// The queue layout's problems are reported by name, and `config show`
+/// prints the same queue-to-shard mapping as `serve`, strays included.
+#[test]
+fn config_reports_the_queue_layout() {
+    let h = tempfile::tempdir().unwrap();
+    let home = h.path();
+    assert_eq!(indimail(home, &["init"]).0, 0);
+    std::fs::write(home.join("control/cpus"), "0,0\n").unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["config", "check", "--home"])
+        .arg(home)
+        .env("QUEUE_COUNT", "0")
+        .env_remove("QUEUEDIR")
+        .env_remove("INDIMAIL_SHARDS")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("control/cpus:1: bad CPU list `0,0`: CPU 0 listed twice"),
+        "{err}"
+    );
+    assert!(err.contains("$QUEUE_COUNT: must be at least 1"), "{err}");
+
+    std::fs::write(home.join("control/cpus"), "0\n").unwrap();
+    std::fs::create_dir_all(home.join("queue/queue5")).unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["config", "show", "--home"])
+        .arg(home)
+        .env("INDIMAIL_SHARDS", "2")
+        .env_remove("QUEUEDIR")
+        .env_remove("QUEUE_COUNT")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("shards: 2 (cpus any,any; from INDIMAIL_SHARDS)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("queue2 ") && text.contains("-> shard 1\n"),
+        "{text}"
+    );
+    assert!(text.contains("-> shard 1 (adopted"), "{text}");
+}
+
 #[test]
 fn config_show_prints_the_effective_values() {
     let h = tempfile::tempdir().unwrap();

@@ -143,3 +143,142 @@ fn runs_as_qmail_queue_and_sendmail_by_name() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
 }
+
+/// Injects `n` messages to `rcpt`, alternately through `indimail sendmail`
+/// and the `qmail-queue` name; each must exit 0. The injectors see none of
+/// the server's `--cpus` / `INDIMAIL_SHARDS`: they must still pick queues
+/// the server imports.
+fn inject_many(home: &Path, n: usize, rcpt: &str) {
+    let bindir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(bin(), bindir.path().join("qmail-queue")).unwrap();
+    for i in 0..n {
+        let body = format!("Subject: layout {i}\n\nmessage {i}\n");
+        if i % 2 == 0 {
+            let mut child = Command::new(bin())
+                .args(["sendmail", "-f", "robot@example.org", rcpt])
+                .env("INDIMAIL_HOME", home)
+                .env_remove("QUEUEDIR")
+                .env_remove("INDIMAIL_SHARDS")
+                .stdin(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(body.as_bytes())
+                .unwrap();
+            assert!(child.wait().unwrap().success(), "sendmail {i}");
+        } else {
+            let mut qq = Command::new(bindir.path().join("qmail-queue"));
+            qq.env("INDIMAIL_HOME", home)
+                .env_remove("QUEUEDIR")
+                .env_remove("INDIMAIL_SHARDS");
+            let env = format!("Frobot@example.org\0T{rcpt}\0\0");
+            let (code, err) = qmail_queue(&mut qq, body.as_bytes(), env.as_bytes());
+            assert_eq!(code, 0, "qmail-queue {i}: {err}");
+        }
+    }
+}
+
+/// Serves `home` (delivering) with `args`/`env`, injects 12 messages to a
+/// virtual user and expects all 12 in the Maildir.
+fn twelve_of_twelve(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+    let maildir = add_user(home, "ann");
+    let listeners = [("smtp", std::net::SocketAddr::from(([127, 0, 0, 1], 0)))];
+    let (s, _) = Server::start_full(home, "epoll", &listeners, args, env);
+    inject_many(home, 12, "ann@example.com");
+    wait_until(60, "12 of 12 delivered", || {
+        maildir_files(&maildir).len() == 12
+    });
+    let awaiting: Vec<String> = queue_list(home)
+        .into_iter()
+        .filter(|l| l.contains("awaiting-import"))
+        .collect();
+    assert!(awaiting.is_empty(), "{awaiting:?}\n{}", s.log());
+    s
+}
+
+#[test]
+fn layout_one_shard_from_control_cpus() {
+    let h = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(h.path().join("control")).unwrap();
+    std::fs::write(h.path().join("control/cpus"), "0\n").unwrap();
+    let s = twelve_of_twelve(h.path(), &[], &[]);
+    assert!(s.log().contains("status: 1 shards"), "{}", s.log());
+}
+
+/// The reported bug: `serve --cpus 0` owned queue1 only while injectors
+/// spread over one queue per online CPU, stranding the rest.
+#[test]
+fn layout_one_shard_from_cpus_argument() {
+    let h = tempfile::tempdir().unwrap();
+    let s = twelve_of_twelve(h.path(), &["--cpus", "0"], &[]);
+    assert!(s.log().contains("status: 1 shards"), "{}", s.log());
+}
+
+#[test]
+fn layout_two_shards() {
+    let h = tempfile::tempdir().unwrap();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let env: &[(&str, &str)] = if cpus >= 2 {
+        std::fs::create_dir_all(h.path().join("control")).unwrap();
+        std::fs::write(h.path().join("control/cpus"), "0-1\n").unwrap();
+        &[]
+    } else {
+        &[("INDIMAIL_SHARDS", "2")]
+    };
+    let s = twelve_of_twelve(h.path(), &[], env);
+    assert!(s.log().contains("status: 2 shards"), "{}", s.log());
+}
+
+#[test]
+fn layout_eight_unpinned_shards_test_mode() {
+    let h = tempfile::tempdir().unwrap();
+    let s = twelve_of_twelve(h.path(), &[], &[("INDIMAIL_SHARDS", "8")]);
+    let log = s.log();
+    assert!(log.contains("status: 8 shards"), "{log}");
+    assert!(log.contains("placement=8 unpinned"), "{log}");
+}
+
+/// Drop files in `queueN` directories outside the layout (an older layout,
+/// or made after start) are delivered, not stranded.
+#[test]
+fn stray_queue_drops_are_delivered() {
+    let h = tempfile::tempdir().unwrap();
+    let maildir = add_user(h.path(), "ann");
+    std::fs::create_dir_all(h.path().join("control")).unwrap();
+    std::fs::write(h.path().join("control/cpus"), "0\n").unwrap();
+    let stray = |n: u32, subject: &str| {
+        let mut c = Command::new(bin());
+        c.args(["queue", "inject", "--home"])
+            .arg(h.path())
+            .env("QUEUEDIR", h.path().join(format!("queue/queue{n}")));
+        let (code, err) = qmail_queue(
+            &mut c,
+            format!("Subject: {subject}\n\nx\n").as_bytes(),
+            b"Fold@example.org\0Tann@example.com\0\0",
+        );
+        assert_eq!(code, 0, "{err}");
+    };
+    stray(5, "older layout");
+    assert!(h.path().join("queue/queue5/inject").is_dir());
+    // Queue tools see it while the server is stopped.
+    let list = queue_list(h.path());
+    assert!(
+        list.iter()
+            .any(|l| l.starts_with("queue5 ") && l.contains("awaiting-import")),
+        "{list:?}"
+    );
+    let s = Server::start_delivering(h.path(), "epoll");
+    wait_until(30, "stray queue5 delivered", || {
+        maildir_files(&maildir).len() == 1
+    });
+    assert!(s.log().contains("adopted queue5"), "{}", s.log());
+    // A stray made while the server runs is picked up too.
+    stray(7, "after start");
+    wait_until(30, "stray queue7 delivered", || {
+        maildir_files(&maildir).len() == 2
+    });
+    assert!(s.log().contains("adopted drops of queue7"), "{}", s.log());
+}

@@ -9,7 +9,7 @@ mod common;
 use common::*;
 
 /// The shard counts every test runs with.
-const SHARDS: [&str; 1] = ["2"];
+const SHARDS: [&str; 2] = ["2", "8"];
 
 fn home_with(files: &[(&str, &str)]) -> tempfile::TempDir {
     let h = tempfile::tempdir().unwrap();

@@ -20,7 +20,8 @@ mod mesh;
 mod placement;
 
 pub use mesh::{Mesh, MeshReceiver, MeshSender, SendError};
-pub use placement::{online_cpus, parse_cpu_list, pin_current_thread, Placement, PlacementError};
+// CPU lists are parsed by the `queue-layout` crate (one parser for every program).
+pub use placement::{online_cpus, pin_current_thread, Placement, PlacementError};
 
 use std::sync::Arc;
 use tokio::sync::watch;

@@ -16,9 +16,6 @@ pub enum Placement {
 /// A placement that cannot be honoured.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlacementError {
-    /// The CPU list text is malformed.
-    #[error("bad cpu list `{0}`: expected numbers and ranges like `0-3,6`")]
-    BadList(String),
     /// A listed CPU is not online or not in this process's affinity mask.
     #[error("cpu {cpu} is not available (available: {available})")]
     Unavailable {
@@ -92,34 +89,6 @@ fn fmt_list(v: &[usize]) -> String {
         .join(",")
 }
 
-/// Parses a Linux-style CPU list: `0-3,6,8-9`.
-pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, PlacementError> {
-    let bad = || PlacementError::BadList(s.to_string());
-    let mut out = Vec::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let a: usize = a.trim().parse().map_err(|_| bad())?;
-                let b: usize = b.trim().parse().map_err(|_| bad())?;
-                if a > b || b - a > 4096 {
-                    return Err(bad());
-                }
-                out.extend(a..=b);
-            }
-            None => out.push(part.parse().map_err(|_| bad())?),
-        }
-    }
-    if out.is_empty() {
-        return Err(bad());
-    }
-    // A CPU listed twice would start two shards on one core.
-    let mut seen = std::collections::HashSet::new();
-    if !out.iter().all(|c| seen.insert(*c)) {
-        return Err(bad());
-    }
-    Ok(out)
-}
-
 /// CPUs this process may run on (its affinity mask), ascending.
 pub fn online_cpus() -> Vec<usize> {
     // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it.
@@ -157,17 +126,6 @@ pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cpu_lists() {
-        assert_eq!(parse_cpu_list("0-3,6").unwrap(), vec![0, 1, 2, 3, 6]);
-        assert_eq!(parse_cpu_list(" 1 ").unwrap(), vec![1]);
-        assert!(parse_cpu_list("").is_err());
-        assert!(parse_cpu_list("3-1").is_err());
-        assert!(parse_cpu_list("a").is_err());
-        assert!(parse_cpu_list("0,0").is_err());
-        assert!(parse_cpu_list("0-2,1").is_err());
-    }
 
     #[test]
     fn validate_rejects_missing_cpu() {

@@ -50,6 +50,17 @@ impl Server {
         listeners: &[(&str, SocketAddr)],
         env: &[(&str, &str)],
     ) -> (Server, std::collections::HashMap<String, SocketAddr>) {
+        Self::start_full(home, driver, listeners, &[], env)
+    }
+
+    /// Like `start_services`, with extra `serve` arguments (e.g. `--cpus 0`).
+    pub fn start_full(
+        home: &Path,
+        driver: &str,
+        listeners: &[(&str, SocketAddr)],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> (Server, std::collections::HashMap<String, SocketAddr>) {
         std::fs::create_dir_all(home).unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -61,6 +72,7 @@ impl Server {
         for (svc, addr) in listeners {
             cmd.arg(format!("--{svc}")).arg(addr.to_string());
         }
+        cmd.args(args);
         cmd.env("INDIMAIL_DRIVER", driver)
             // Tests run as root: stay root (serve refuses root without a
             // user to drop to, see privs.rs); a test may override.
