@@ -392,6 +392,28 @@ pub fn qmail_queue_main(paths: &Paths) -> i32 {
 }
 
 fn qmail_queue(paths: &Paths) -> Result<String, InjectError> {
+    let (body, envelope) = read_queue_input()?;
+    check_size(paths, body.len())?;
+    let queue = choose_queue(paths)?;
+    let body = with_received(body, None);
+    write_drop(&queue.dir, &envelope, &body)
+}
+
+/// `qmail-nullqueue`: speaks the qmail-queue protocol and discards the
+/// message (IndiMail's blackhole `QMAILQUEUE`); a bad envelope is still an
+/// error, as it would be for qmail-queue.
+pub fn qmail_nullqueue_main() -> i32 {
+    match read_queue_input() {
+        Ok(_) => exit::OK,
+        Err(e) => {
+            eprintln!("qmail-nullqueue: {} (exit {})", e.text, e.code);
+            e.code
+        }
+    }
+}
+
+/// The message (fd 0) and the envelope (fd 1) of the qmail-queue protocol.
+fn read_queue_input() -> Result<(Vec<u8>, Envelope), InjectError> {
     // Message first: the caller writes it before the envelope (qmail_open).
     let mut body = Vec::new();
     std::io::stdin()
@@ -405,11 +427,7 @@ fn qmail_queue(paths: &Paths) -> Result<String, InjectError> {
     fd1.read_to_end(&mut env)
         .map_err(|e| InjectError::new(exit::READ, format!("read error on envelope: {e}")))?;
     std::mem::forget(fd1);
-    let envelope = parse_envelope(&env)?;
-    check_size(paths, body.len())?;
-    let queue = choose_queue(paths)?;
-    let body = with_received(body, None);
-    write_drop(&queue.dir, &envelope, &body)
+    Ok((body, parse_envelope(&env)?))
 }
 
 fn check_size(paths: &Paths, len: usize) -> Result<(), InjectError> {

@@ -356,6 +356,7 @@ fn main() -> ExitCode {
             let paths = Paths::resolve(None);
             return exit(inject::qmail_queue_main(&paths));
         }
+        "qmail-nullqueue" => return exit(inject::qmail_nullqueue_main()),
         "sendmail" => {
             let paths = Paths::resolve(None);
             let args: Vec<String> = std::env::args().skip(1).collect();

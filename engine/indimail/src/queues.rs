@@ -19,6 +19,10 @@ pub struct ShardQueues {
     next: Cell<usize>,
     /// `<queue>/lock`, held (flock) while the queues are open.
     _locks: Vec<std::fs::File>,
+    /// The queue's line processing for injected mail (set by `serve`, on
+    /// reload too): the same rules SMTP applies, see
+    /// [`msgproc::QueueRules::apply`].
+    rules: std::cell::RefCell<Option<std::sync::Arc<msgproc::QueueRules>>>,
 }
 
 /// Present in a queue directory while `indimail import-qmail-queue` has not
@@ -101,9 +105,15 @@ impl ShardQueues {
                 queues,
                 next: Cell::new(0),
                 _locks: locks,
+                rules: Default::default(),
             },
             reports,
         ))
+    }
+
+    /// Sets the line processing applied to injected mail.
+    pub fn set_rules(&self, rules: std::sync::Arc<msgproc::QueueRules>) {
+        *self.rules.borrow_mut() = Some(rules);
     }
 
     /// Starts a message on the next queue in turn.
@@ -188,13 +198,36 @@ impl ShardQueues {
                     continue;
                 }
             };
+            let rules = self.rules.borrow().clone();
+            let processed = match &rules {
+                Some(r) => r.apply(drop.envelope.recipients.clone(), &drop.body),
+                None => Some(msgproc::Processed {
+                    recipients: drop.envelope.recipients.clone(),
+                    message: drop.body.clone(),
+                    found: Default::default(),
+                }),
+            };
+            let Some(processed) = processed else {
+                // NULLQUEUE: the injector was told "queued"; nothing is kept.
+                crate::log!("shard{shard} blackholed injected={name} (NULLQUEUE)");
+                let _ = std::fs::remove_file(&path);
+                removed = true;
+                continue;
+            };
             let mut w = q.begin();
-            let committed = match w.write(&drop.body).await {
+            let committed = match w.write(&processed.message).await {
                 Ok(()) => {
-                    let env = queue_store::Envelope::new(
+                    let mut env = queue_store::Envelope::new(
                         drop.envelope.sender.clone(),
-                        drop.envelope.recipients.clone(),
+                        processed.recipients.clone(),
                     );
+                    // envheaders travel with the envelope, as from SMTP.
+                    env.extra.extend(processed.found.env.iter().map(|(k, v)| {
+                        (
+                            msgproc::headers::ENVELOPE_KEY.to_string(),
+                            format!("{k}={v}"),
+                        )
+                    }));
                     w.commit(env).await
                 }
                 Err(e) => {
@@ -206,10 +239,20 @@ impl ShardQueues {
                 Ok(id) => {
                     crate::log!(
                         "shard{shard} new msg {id} bytes={} from=<{}> rcpts={} injected={name}",
-                        drop.body.len(),
+                        processed.message.len(),
                         drop.envelope.sender,
-                        drop.envelope.recipients.len()
+                        processed.recipients.len()
                     );
+                    if !processed.found.logged.is_empty() {
+                        crate::log!(
+                            "shard{shard} headers msg {id} {}",
+                            processed
+                                .found
+                                .logged
+                                .join(" | ")
+                                .replace(['\n', '\r'], " ")
+                        );
+                    }
                     let _ = std::fs::remove_file(&path);
                     removed = true;
                     imported += 1;

@@ -368,6 +368,8 @@ async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<(), String> 
     // latency only, never safety.
     {
         let queues = Rc::clone(&smtp_shard.queues);
+        // The queue's line processing acts on injected mail too.
+        queues.set_rules(Arc::clone(&shared.settings.msgproc));
         let specs = shared.assignment[info.index].clone();
         let stop = info.shutdown.clone();
         let index = info.index;
@@ -464,6 +466,7 @@ async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<(), String> 
                         Err(e) => log!("shard{index} delivery settings kept: {e}"),
                     }
                 }
+                smtp.queues.set_rules(Arc::clone(&new.msgproc));
                 smtp.reload(Rc::new((*new).clone()));
             }
         });

@@ -465,6 +465,7 @@ pub fn qmail_rm(paths: &Paths, args: &[String]) -> i32 {
 pub fn program_names() -> Vec<&'static str> {
     let mut v = vec![
         "qmail-queue",
+        "qmail-nullqueue",
         "sendmail",
         "qmail-qread",
         "qmail-qstat",

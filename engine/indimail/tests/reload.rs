@@ -73,7 +73,6 @@ fn per_ip_limit_changed_while_running() {
     let h = tempfile::tempdir().unwrap();
     let home = h.path();
     std::fs::create_dir_all(home.join("control")).unwrap();
-    std::fs::write(home.join("control/cpus"), "0\n").unwrap();
     let s = Server::start(home, "uring");
     let mut held: Vec<Client> = (0..3).map(|_| Client::connect(s.smtp)).collect();
     for c in held.iter_mut() {

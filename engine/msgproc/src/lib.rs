@@ -22,7 +22,7 @@ mod rules;
 pub mod scan;
 
 pub use headers::{HeaderProcessor, HeaderRules};
-pub use rules::QueueRules;
+pub use rules::{Processed, QueueRules};
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]

@@ -144,6 +144,51 @@ impl QueueRules {
     }
 }
 
+/// A whole message after the queue's line processing (see [`QueueRules::apply`]).
+#[derive(Debug, Clone, Default)]
+pub struct Processed {
+    /// The recipients to queue (quarantine / extraqueue applied).
+    pub recipients: Vec<String>,
+    /// The message to queue (an `X-Quarantine-ID:` line first when
+    /// quarantined; `removeheaders` fields gone).
+    pub message: Vec<u8>,
+    /// What the header rules found (`envheaders`, `logheaders`).
+    pub found: crate::headers::HeaderFindings,
+}
+
+impl QueueRules {
+    /// qmail-queue's line processing for a message that arrives whole (from
+    /// `sendmail`, `qmail-queue`, a forward), so that the rules of the queue
+    /// act on every way into it, not only SMTP: `NULLQUEUE` (then `None`:
+    /// store nothing), `quarantine`, `extraqueue`, and the header rules.
+    /// `message` is in queue form (LF line ends). The message plugins
+    /// (DKIM verification, scanners) stay with SMTP, where a refusal can
+    /// still be answered.
+    pub fn apply(&self, recipients: Vec<String>, message: &[u8]) -> Option<Processed> {
+        if self.nullqueue {
+            return None;
+        }
+        let (recipients, quarantine_line) = self.recipients(None, recipients);
+        let mut out = Vec::with_capacity(message.len() + 64);
+        if let Some(line) = quarantine_line {
+            out.extend_from_slice(line.as_bytes());
+        }
+        let found = if self.headers.is_empty() {
+            out.extend_from_slice(message);
+            crate::headers::HeaderFindings::default()
+        } else {
+            let mut p = crate::HeaderProcessor::new(std::sync::Arc::clone(&self.headers));
+            p.feed(message, &mut out);
+            p.finish(&mut out)
+        };
+        Some(Processed {
+            recipients,
+            message: out,
+            found,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
