@@ -1610,7 +1610,10 @@ impl Admin {
     pub async fn user_rename(&self, old: &str, new: &str) -> Result<User, LookupError> {
         let (oa, user) = self.find_user(old).await?;
         let na = Address::parse(new)?;
-        let nd = self.require_domain(na.domain()).await?;
+        // An alias domain stands for its real domain, as in `user add`'s lookups.
+        let nd = queries::real_domain(&self.db, na.domain())
+            .await?
+            .ok_or_else(|| LookupError::DomainNotFound(na.domain().to_string()))?;
         let na = na.with_domain(&nd);
         if na == oa {
             return Err(LookupError::Refused(format!("{oa} is already its name")));

@@ -616,10 +616,19 @@ fn domain_tools(kind: Kind) {
             "3",
             "--flags",
             "x",
+            "--passwd-expiry",
+            "-1",
+            "--max-aliases",
+            "-1",
         ],
     );
     let out = program(h, "vlimit", &["-s", "example.com"]).1;
     assert_eq!(line(&out, "max forwards"), "3");
+    assert_eq!(line(&out, "password expiry"), "never");
+    assert_eq!(
+        line(&out, "domain expiry"),
+        "2030-01-02 00:00:00 (1893542400)"
+    );
     assert_eq!(line(&out, "max pop accounts"), "5");
     assert_eq!(line(&out, "flags"), "none");
     assert_eq!(program(h, "vlimit", &["-P", "many", "example.com"]).0, 2);
@@ -675,6 +684,16 @@ fn domain_tools(kind: Kind) {
         ),
         CliError::Lookup(LookupError::UserExists(_))
     ));
+    // A new name in an alias domain lands in the real domain.
+    ok(h, &["domain", "add-alias", "alias.example", "example.com"]);
+    ok(h, &["user", "add", "tmp@example.com", "--password", "pw"]);
+    assert!(ok(
+        h,
+        &["user", "rename", "tmp@example.com", "tim@alias.example"]
+    )
+    .starts_with("renamed user tmp@example.com to tim@example.com\n"));
+    ok(h, &["user", "del", "tim@example.com"]);
+    ok(h, &["domain", "del", "alias.example"]);
     assert_eq!(
         program(h, "vrenameuser", &["nobody@example.com", "x@example.com"]).0,
         1
