@@ -197,3 +197,18 @@ pub fn install(paths: &Paths, o: &Options) -> i32 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn man_dir_beside_the_prefix_bin() {
+        let t = tempfile::tempdir().unwrap();
+        let exe = t.path().join("bin/indimail");
+        assert_eq!(prefix_man_dir(&exe), None, "no share/man yet");
+        std::fs::create_dir_all(t.path().join("share/man")).unwrap();
+        assert_eq!(prefix_man_dir(&exe), Some(t.path().join("share/man")));
+        assert_eq!(prefix_man_dir(&t.path().join("debug/indimail")), None);
+    }
+}
