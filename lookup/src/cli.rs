@@ -1096,6 +1096,7 @@ const LIMIT_FLAGS: [(char, &str); 7] = [
     ('s', "no-smtp"),
 ];
 
+/// The `disable_*` columns in [`LIMIT_FLAGS`] order.
 fn flag_slots(l: &mut Limits) -> [&mut bool; 7] {
     [
         &mut l.disable_dialup,
@@ -1307,11 +1308,19 @@ fn print_limits(out: &mut dyn Write, l: &Limits, stored: bool) -> std::io::Resul
     writeln!(out, "max msgcount: {}", size(l.maxmsgcount))?;
     writeln!(out, "default quota: {}", size(l.defaultquota))?;
     writeln!(out, "default maxmsgcount: {}", size(l.defaultmaxmsgcount))?;
-    let mut l2 = l.clone();
-    let on: Vec<&str> = flag_slots(&mut l2)
+    let values = [
+        l.disable_dialup,
+        l.disable_passwordchanging,
+        l.disable_pop,
+        l.disable_webmail,
+        l.disable_imap,
+        l.disable_relay,
+        l.disable_smtp,
+    ];
+    let on: Vec<&str> = values
         .into_iter()
         .zip(LIMIT_FLAGS)
-        .filter(|(v, _)| **v)
+        .filter(|(v, _)| *v)
         .map(|(_, (_, n))| n)
         .collect();
     writeln!(
@@ -1990,6 +1999,31 @@ mod tests {
             "s",
         ])
         .is_err());
+    }
+
+    #[test]
+    fn expiry_forms() {
+        assert_eq!(parse_expiry("e", "1970-01-01").unwrap(), 0);
+        assert_eq!(parse_expiry("e", "never").unwrap(), -1);
+        assert_eq!(parse_expiry("e", "86400").unwrap(), 86_400);
+        let t = parse_expiry("e", "2000-02-29 12:30").unwrap();
+        assert_eq!(t, 951_827_400);
+        assert_eq!(format_time(t), "2000-02-29 12:30:00");
+        assert_eq!(format_time(1_893_542_400), "2030-01-02 00:00:00");
+        for bad in [
+            "-5",
+            "2030-00-01",
+            "2030-01-01 24:00",
+            "tomorrow",
+            "2030-01",
+        ] {
+            assert!(parse_expiry("e", bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_perm("p", "cd").unwrap(), 5);
+        assert_eq!(parse_perm("p", "a").unwrap(), 7);
+        assert!(parse_perm("p", "q").is_err());
+        assert_eq!(parse_size("q", "1K").unwrap(), 1024);
+        assert_eq!(parse_size("q", "NOQUOTA").unwrap(), 0);
     }
 
     #[test]
