@@ -1308,8 +1308,9 @@ impl Admin {
                 "REPLACE INTO vlimits (domain, domain_expiry, passwd_expiry, maxpopaccounts, maxaliases, \
                  maxforwards, maxautoresponders, maxmailinglists, diskquota, maxmsgcount, defaultquota, \
                  defaultmaxmsgcount, disable_pop, disable_imap, disable_dialup, disable_passwordchanging, \
-                 disable_webmail, disable_relay, disable_smtp) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 disable_webmail, disable_relay, disable_smtp, perm_account, perm_alias, perm_forward, \
+                 perm_autoresponder, perm_maillist, perm_quota, perm_defaultquota) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 params![
                     &d,
                     limits.domain_expiry,
@@ -1329,7 +1330,14 @@ impl Admin {
                     b(limits.disable_passwordchanging),
                     b(limits.disable_webmail),
                     b(limits.disable_relay),
-                    b(limits.disable_smtp)
+                    b(limits.disable_smtp),
+                    limits.perm_account,
+                    limits.perm_alias,
+                    limits.perm_forward,
+                    limits.perm_autoresponder,
+                    limits.perm_maillist,
+                    limits.perm_quota,
+                    limits.perm_defaultquota
                 ],
             )
             .await?;
@@ -1456,9 +1464,439 @@ impl Admin {
     }
 }
 
+/// Changes of `domain mod` (vmoddomain); unset fields are left alone.
+#[derive(Debug, Clone, Default)]
+pub struct DomainChange {
+    /// `-l 1|0`: the domain's limits are (not) in force (`.domain_limits` in its dir).
+    pub limits: Option<bool>,
+    /// `-h`: what vdelivermail does with mail for unknown users (`.qmail-default`).
+    pub handler: Option<String>,
+}
+
+/// What `domain mod` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainSettings {
+    /// Domain name.
+    pub name: String,
+    /// `.domain_limits` exists.
+    pub limits: bool,
+    /// vdelivermail's instruction for unknown users.
+    pub handler: String,
+}
+
+/// A user `user expire` found: address and last authentication (Unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleUser {
+    /// user@domain
+    pub email: String,
+    /// Newest `lastauth` row of any service (`add` counts: new users are not stale).
+    pub last: i64,
+}
+
+/// Now as Unix seconds (admin commands use the system clock).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The unknown-user instruction in a `.qmail-default` line
+/// (`| /usr/sbin/vdelivermail '' <instruction>`).
+fn handler_of(qmail_default: &str) -> String {
+    qmail_default
+        .lines()
+        .find_map(|l| l.split_once("vdelivermail '' ").map(|(_, h)| h.trim()))
+        .unwrap_or("bounce-no-mailbox")
+        .to_string()
+}
+
+fn check_handler(h: &str) -> Result<(), LookupError> {
+    let ok = match h {
+        "bounce-no-mailbox" | "delete" => true,
+        _ if h.contains(['\n', '\0', '\'', ' ']) => false,
+        _ if h.starts_with('/') => true,
+        _ if h.contains('@') => Address::parse(h).is_ok(),
+        // domain:ip:port (hand the mail to that SMTP server).
+        _ => h.splitn(3, ':').count() == 3,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(LookupError::Refused(format!(
+            "bad handler {h:?}: expected bounce-no-mailbox, delete, /path/to/Maildir, user@domain or domain:ip:port"
+        )))
+    }
+}
+
+fn rename_path(from: &Path, to: &Path) -> Result<(), LookupError> {
+    if to.exists() {
+        return Err(LookupError::Refused(format!(
+            "{} exists already",
+            to.display()
+        )));
+    }
+    if let Some(p) = to.parent() {
+        std::fs::create_dir_all(p).map_err(io_err(p))?;
+    }
+    std::fs::rename(from, to).map_err(io_err(from))
+}
+
+/// `dir` with its `<bucket>/<old>` component pair renamed to `<bucket>/<new>` (spec 4.3),
+/// and the directory pair that has to move; `None` when the path is not of that form.
+fn renamed_domain_dir(dir: &Path, old: &str, new: &str) -> Option<(PathBuf, PathBuf, PathBuf)> {
+    let parts: Vec<_> = dir.components().collect();
+    let i = (1..parts.len()).find(|&i| {
+        parts[i].as_os_str() == old
+            && ["A2E", "F2K", "L2P", "Q2S", "T2Zsym"]
+                .iter()
+                .any(|b| parts[i - 1].as_os_str() == *b)
+    })?;
+    let from: PathBuf = parts[..=i].iter().collect();
+    let to = from.with_file_name(new);
+    let rest: PathBuf = parts[i + 1..].iter().collect();
+    Some((to.join(rest), from, to))
+}
+
+impl Admin {
+    /// vlimit -s: the domain's `vlimits` row, `None` when it has none (defaults apply).
+    pub async fn limits_get(&self, domain: &str) -> Result<Option<Limits>, LookupError> {
+        let d = self.require_domain(domain).await?;
+        queries::limits(&self.db, &d).await
+    }
+
+    /// vlimit -d: remove the domain's `vlimits` row (back to the defaults).
+    pub async fn limits_del(&self, domain: &str) -> Result<(), LookupError> {
+        let d = self.require_domain(domain).await?;
+        let n = self
+            .db
+            .exec("DELETE FROM vlimits WHERE domain = ?", params![&d])
+            .await?;
+        if n == 0 {
+            return Err(LookupError::LimitsNotFound(d));
+        }
+        self.db.bump_changes().await
+    }
+
+    /// The home a new user `user` of `domain` gets (spec 4.3), as `user add` computes it.
+    async fn new_home(&self, user: &str, domain: &str) -> Result<PathBuf, LookupError> {
+        let cur_users = self
+            .db
+            .query(
+                "SELECT cur_users FROM dir_control WHERE domain = ?",
+                params![domain],
+            )
+            .await?
+            .first()
+            .map(|r| u64::try_from(r.int(0)).unwrap_or(0))
+            .unwrap_or(0);
+        let mut dir = self.domain_base(domain).join(bucket(user)).join(domain);
+        if let Some(h) = hash_dir(cur_users, self.users_per_level(domain)) {
+            dir = dir.join(h);
+        }
+        let dir = dir.join(user);
+        if dir.to_string_lossy().len() > MAX_DIR_LEN {
+            return Err(LookupError::FieldTooLong {
+                field: "home directory",
+                max: MAX_DIR_LEN,
+            });
+        }
+        Ok(dir)
+    }
+
+    /// vrenameuser: the user gets the new name (and domain), keeping password, SCRAM secret,
+    /// flags, gecos, quota and active state; the home directory moves to where a new user
+    /// of that name would live; alias, hostcntrl, lastauth and userquota rows follow.
+    pub async fn user_rename(&self, old: &str, new: &str) -> Result<User, LookupError> {
+        let (oa, user) = self.find_user(old).await?;
+        let na = Address::parse(new)?;
+        // An alias domain stands for its real domain, as in `user add`'s lookups.
+        let nd = queries::real_domain(&self.db, na.domain())
+            .await?
+            .ok_or_else(|| LookupError::DomainNotFound(na.domain().to_string()))?;
+        let na = na.with_domain(&nd);
+        if na == oa {
+            return Err(LookupError::Refused(format!("{oa} is already its name")));
+        }
+        if queries::user(&self.db, na.user(), &nd).await?.is_some() {
+            return Err(LookupError::UserExists(na.to_string()));
+        }
+        let new_dir = self.new_home(na.user(), &nd).await?;
+        // Move the mailbox first: if that fails nothing has changed yet.
+        let moved = user.dir.exists();
+        if moved {
+            rename_path(&user.dir, &new_dir)?;
+        } else {
+            make_maildir(&new_dir)?;
+        }
+        let table = if user.active { "indimail" } else { "indibak" };
+        let (ou, od, nu) = (oa.user(), oa.domain(), na.user());
+        let dir_s = new_dir.to_string_lossy().into_owned();
+        let r = self
+            .db
+            .exec(
+                &format!(
+                    "UPDATE {table} SET pw_name = ?, pw_domain = ?, pw_dir = ? WHERE pw_name = ? AND pw_domain = ?"
+                ),
+                params![nu, &nd, &dir_s, ou, od],
+            )
+            .await;
+        if let Err(e) = r {
+            if moved {
+                let _ = std::fs::rename(&new_dir, &user.dir);
+            }
+            return Err(e);
+        }
+        for (t, uc, dc) in [
+            ("valias", "alias", "domain"),
+            ("hostcntrl", "pw_name", "pw_domain"),
+            ("lastauth", "user", "domain"),
+            ("userquota", "user", "domain"),
+            ("atrn_map", "pw_name", "pw_domain"),
+        ] {
+            self.db
+                .exec(
+                    &format!("UPDATE {t} SET {uc} = ?, {dc} = ? WHERE {uc} = ? AND {dc} = ?"),
+                    params![nu, &nd, ou, od],
+                )
+                .await?;
+        }
+        if od != nd {
+            self.db
+                .exec(
+                    "UPDATE dir_control SET cur_users = cur_users - 1 WHERE domain = ? AND cur_users > 0",
+                    params![od],
+                )
+                .await?;
+            self.db
+                .exec(
+                    "UPDATE dir_control SET cur_users = cur_users + 1 WHERE domain = ?",
+                    params![&nd],
+                )
+                .await?;
+        }
+        self.db.bump_changes().await?;
+        self.user_info(&na.to_string()).await
+    }
+
+    /// vrenamedomain: every row of the domain, its users' homes (`<bucket>/<old>` becomes
+    /// `<bucket>/<new>`), its config dir and its control-file lines take the new name; alias
+    /// domains follow.
+    pub async fn domain_rename(&self, old: &str, new: &str) -> Result<DomainInfo, LookupError> {
+        let od = self.require_domain(old).await?;
+        let nd = normalize_domain(new)?;
+        if queries::domain_exists(&self.db, &nd).await? {
+            return Err(LookupError::DomainExists(nd));
+        }
+        if !self
+            .db
+            .query(
+                "SELECT alias FROM aliasdomain WHERE alias = ?",
+                params![&nd],
+            )
+            .await?
+            .is_empty()
+        {
+            return Err(LookupError::AliasDomainExists(nd));
+        }
+        let new_cfg = self.domain_dir(&nd);
+        if new_cfg.exists() {
+            return Err(LookupError::Refused(format!(
+                "{} exists already",
+                new_cfg.display()
+            )));
+        }
+        // Homes to move, and each user's new pw_dir.
+        let mut moves: Vec<(PathBuf, PathBuf)> = Vec::new();
+        let mut dirs: Vec<(&str, String, String)> = Vec::new();
+        for table in ["indimail", "indibak"] {
+            let rows = self
+                .db
+                .query(
+                    &format!("SELECT pw_name, pw_dir FROM {table} WHERE pw_domain = ?"),
+                    params![&od],
+                )
+                .await?;
+            for r in &rows {
+                let dir = PathBuf::from(r.text(1));
+                if let Some((nd_dir, from, to)) = renamed_domain_dir(&dir, &od, &nd) {
+                    if !moves.iter().any(|(f, _)| f == &from) {
+                        moves.push((from, to));
+                    }
+                    dirs.push((table, r.text(0), nd_dir.to_string_lossy().into_owned()));
+                }
+            }
+        }
+        for (_, to) in &moves {
+            if to.exists() {
+                return Err(LookupError::Refused(format!(
+                    "{} exists already",
+                    to.display()
+                )));
+            }
+        }
+        for (t, c) in [
+            ("indimail", "pw_domain"),
+            ("indibak", "pw_domain"),
+            ("valias", "domain"),
+            ("hostcntrl", "pw_domain"),
+            ("smtp_port", "domain"),
+            ("lastauth", "domain"),
+            ("userquota", "domain"),
+            ("vlimits", "domain"),
+            ("dir_control", "domain"),
+            ("aliasdomain", "domain"),
+            ("atrn_map", "pw_domain"),
+        ] {
+            self.db
+                .exec(
+                    &format!("UPDATE {t} SET {c} = ? WHERE {c} = ?"),
+                    params![&nd, &od],
+                )
+                .await?;
+        }
+        for (table, name, dir) in &dirs {
+            self.db
+                .exec(
+                    &format!("UPDATE {table} SET pw_dir = ? WHERE pw_name = ? AND pw_domain = ?"),
+                    params![dir, name, &nd],
+                )
+                .await?;
+        }
+        for (from, to) in &moves {
+            if from.exists() {
+                rename_path(from, to)?;
+            }
+        }
+        let old_cfg = self.domain_dir(&od);
+        if old_cfg.exists() {
+            rename_path(&old_cfg, &new_cfg)?;
+        }
+        self.remove_control(&od)?;
+        self.add_control(&nd, &nd)?;
+        let aliases: Vec<String> = self
+            .db
+            .query(
+                "SELECT alias FROM aliasdomain WHERE domain = ?",
+                params![&nd],
+            )
+            .await?
+            .iter()
+            .map(|r| r.text(0))
+            .collect();
+        for a in &aliases {
+            self.add_control(a, &nd)?;
+        }
+        self.db.bump_changes().await?;
+        self.domain_info(&nd).await
+    }
+
+    /// vmoddomain: apply `change` and report the domain's settings.
+    pub async fn domain_mod(
+        &self,
+        domain: &str,
+        change: &DomainChange,
+    ) -> Result<DomainSettings, LookupError> {
+        let d = self.require_domain(domain).await?;
+        let dir = self.domain_dir(&d);
+        let marker = dir.join(".domain_limits");
+        match change.limits {
+            Some(true) => std::fs::write(&marker, "").map_err(io_err(&marker))?,
+            Some(false) => match std::fs::remove_file(&marker) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(LookupError::io(&marker, e))
+                }
+                _ => {}
+            },
+            None => {}
+        }
+        let qd = dir.join(".qmail-default");
+        if let Some(h) = &change.handler {
+            check_handler(h)?;
+            rewrite_lines(&qd, &[format!("| /usr/sbin/vdelivermail '' {h}")])?;
+        }
+        if change.limits.is_some() || change.handler.is_some() {
+            self.db.bump_changes().await?;
+        }
+        Ok(DomainSettings {
+            limits: marker.exists(),
+            handler: handler_of(&std::fs::read_to_string(&qd).unwrap_or_default()),
+            name: d,
+        })
+    }
+
+    /// vdeloldusers: users (of `domain`, or all) whose newest `lastauth` row is older than
+    /// `before` (Unix seconds), oldest first. postmaster is never listed; users without any
+    /// `lastauth` row are not either (their age is unknown).
+    pub async fn stale_users(
+        &self,
+        domain: Option<&str>,
+        before: i64,
+    ) -> Result<Vec<StaleUser>, LookupError> {
+        let d = match domain {
+            Some(d) => Some(self.require_domain(d).await?),
+            None => None,
+        };
+        let ts = match self.db.dialect() {
+            crate::Dialect::Mysql => "UNIX_TIMESTAMP(MAX(timestamp))",
+            crate::Dialect::Sqlite => "CAST(strftime('%s', MAX(timestamp)) AS INTEGER)",
+        };
+        let (filter, p) = match &d {
+            Some(d) => ("WHERE domain = ?", params![d.as_str()]),
+            None => ("", vec![]),
+        };
+        let rows = self
+            .db
+            .query(
+                &format!("SELECT user, domain, {ts} FROM lastauth {filter} GROUP BY user, domain"),
+                p,
+            )
+            .await?;
+        let mut out = Vec::new();
+        for r in &rows {
+            let (u, dom, last) = (r.text(0), r.text(1), r.int(2));
+            if last >= before || u == "postmaster" {
+                continue;
+            }
+            if queries::user(&self.db, &u, &dom).await?.is_some() {
+                out.push(StaleUser {
+                    email: format!("{u}@{dom}"),
+                    last,
+                });
+            }
+        }
+        out.sort_by(|a, b| (a.last, &a.email).cmp(&(b.last, &b.email)));
+        Ok(out)
+    }
+
+    /// clearopensmtp: delete `relay` rows older than `before` (Unix seconds); how many.
+    pub async fn relay_clear(&self, before: i64) -> Result<u64, LookupError> {
+        let n = self
+            .db
+            .exec("DELETE FROM relay WHERE timestamp < ?", params![before])
+            .await?;
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn domain_dirs_rename() {
+        let (dir, from, to) =
+            renamed_domain_dir(Path::new("/m/L2P/old.org/0/manny"), "old.org", "new.org").unwrap();
+        assert_eq!(dir, Path::new("/m/L2P/new.org/0/manny"));
+        assert_eq!(from, Path::new("/m/L2P/old.org"));
+        assert_eq!(to, Path::new("/m/L2P/new.org"));
+        assert!(renamed_domain_dir(Path::new("/m/x/old.org/u"), "old.org", "n").is_none());
+        assert!(check_handler("bounce-no-mailbox").is_ok());
+        assert!(check_handler("a@b.org").is_ok());
+        assert!(check_handler("b.org:10.0.0.1:25").is_ok());
+        assert!(check_handler("rm -rf").is_err());
+        assert_eq!(handler_of("| /usr/sbin/vdelivermail '' delete\n"), "delete");
+    }
 
     #[test]
     fn hash_dirs_fill_levels() {

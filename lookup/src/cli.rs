@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    Admin, DirectoryConfig, DomainInfo, DomainOptions, HashMethod, LookupError, PasswordOptions,
-    Quota, ScramOptions, User, UserChange, UserFlags, UserOptions,
+    Admin, DirectoryConfig, DomainChange, DomainInfo, DomainOptions, HashMethod, Limits,
+    LookupError, PasswordOptions, Quota, ScramOptions, User, UserChange, UserFlags, UserOptions,
 };
 
 /// Directory subcommands of the `indimail` binary.
@@ -38,6 +38,93 @@ pub enum DirectoryCommand {
     Atrn(AtrnCommand),
     /// The checkpassword interface: read `user\0password\0timestamp\0` on fd 3.
     Checkpassword(CheckpasswordArgs),
+    /// POP/IMAP-before-SMTP relay rows (clearopensmtp).
+    #[command(subcommand)]
+    Relay(RelayCommand),
+}
+
+/// `indimail relay ...`
+#[derive(Debug, Clone, Subcommand)]
+pub enum RelayCommand {
+    /// Delete relay rows older than the relay window (clearopensmtp; run from cron).
+    Clear {
+        /// Age in minutes; default RELAY_CLEAR_MINUTES, else 60 (the window smtpd honours).
+        #[arg(long)]
+        minutes: Option<u64>,
+    },
+}
+
+/// `indimail domain limits` (vlimit): every value is kept as given and checked in one place
+/// for both command lines.
+#[derive(Debug, Clone, Args, Default)]
+pub struct LimitsArgs {
+    /// Domain name.
+    pub domain: String,
+    /// Show the limits (the default when nothing is set) (-s).
+    #[arg(long)]
+    pub show: bool,
+    /// Delete the domain's limits: the defaults apply again (-d / -D).
+    #[arg(long, conflicts_with = "show")]
+    pub delete: bool,
+    /// Domain expiry: -1 (never), Unix seconds or YYYY-MM-DD[ HH:MM[:SS]] UTC (-e).
+    #[arg(long, value_name = "WHEN", allow_hyphen_values = true)]
+    pub domain_expiry: Option<String>,
+    /// Password expiry, as --domain-expiry (-t).
+    #[arg(long, value_name = "WHEN", allow_hyphen_values = true)]
+    pub passwd_expiry: Option<String>,
+    /// Domain disk quota: bytes[K|M|G], 0 or NOQUOTA for none (-Q).
+    #[arg(long, value_name = "QUOTA")]
+    pub disk_quota: Option<String>,
+    /// Domain message count quota, 0 for none (-M).
+    #[arg(long, value_name = "N")]
+    pub max_msgcount: Option<String>,
+    /// Default quota of new users: bytes[K|M|G], 0 for the hard quota (-q).
+    #[arg(long, value_name = "QUOTA")]
+    pub default_quota: Option<String>,
+    /// Default message count quota of new users (-m).
+    #[arg(long, value_name = "N")]
+    pub default_maxmsgcount: Option<String>,
+    /// Maximum mailboxes, -1 unlimited (-P).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub max_pop_accounts: Option<String>,
+    /// Maximum aliases, -1 unlimited (-A).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub max_aliases: Option<String>,
+    /// Maximum forwards, -1 unlimited (-F).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub max_forwards: Option<String>,
+    /// Maximum autoresponders, -1 unlimited (-R).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub max_autoresponders: Option<String>,
+    /// Maximum mailing lists, -1 unlimited (-L).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub max_mailinglists: Option<String>,
+    /// Services denied to the whole domain, replacing the current set (-g): letters
+    /// u dialup, d password changing, p POP, w webmail, i IMAP, r relay, s SMTP; x none.
+    #[arg(long, value_name = "LETTERS")]
+    pub flags: Option<String>,
+    /// What non-postmaster admins may not do to accounts (-p): letters c create,
+    /// m modify, d delete, a all; x none.
+    #[arg(long, value_name = "LETTERS")]
+    pub perm_account: Option<String>,
+    /// ... to aliases (-a).
+    #[arg(long, value_name = "LETTERS")]
+    pub perm_alias: Option<String>,
+    /// ... to forwards (-f).
+    #[arg(long, value_name = "LETTERS")]
+    pub perm_forward: Option<String>,
+    /// ... to autoresponders (-r).
+    #[arg(long, value_name = "LETTERS")]
+    pub perm_autoresponder: Option<String>,
+    /// ... to mailing lists (-l).
+    #[arg(long, value_name = "LETTERS")]
+    pub perm_maillist: Option<String>,
+    /// ... to quotas (-x).
+    #[arg(long, value_name = "LETTERS")]
+    pub perm_quota: Option<String>,
+    /// ... to the default quota (-z).
+    #[arg(long, value_name = "LETTERS")]
+    pub perm_defaultquota: Option<String>,
 }
 
 /// `indimail domain ...`
@@ -76,6 +163,27 @@ pub enum DomainCommand {
         alias: String,
         /// The existing real domain.
         domain: String,
+    },
+    /// Show, set or delete the domain's limits (vlimit).
+    Limits(Box<LimitsArgs>),
+    /// Rename a domain: its users, homes, rows and control-file lines (vrenamedomain).
+    Rename {
+        /// Current name.
+        old: String,
+        /// New name.
+        new: String,
+    },
+    /// Change a domain's settings, or show them (vmoddomain).
+    Mod {
+        /// Domain name.
+        domain: String,
+        /// 1: the domain's limits are in force, 0: not (-l).
+        #[arg(long, value_name = "0|1")]
+        limits: Option<String>,
+        /// What to do with mail for unknown users: bounce-no-mailbox, delete,
+        /// /path/to/Maildir, user@domain or domain:ip:port (-h).
+        #[arg(long)]
+        handler: Option<String>,
     },
 }
 
@@ -191,7 +299,30 @@ pub enum UserCommand {
         /// NOQUOTA, bytes[K|M|G] or bytes,count.
         quota: String,
     },
+    /// Rename a mailbox, keeping password, flags and mail (vrenameuser).
+    Rename {
+        /// Current user@domain.
+        old: String,
+        /// New user@domain (the domain must exist).
+        new: String,
+    },
+    /// Delete users who have not logged in for DAYS days (vdeloldusers). Lists them
+    /// unless --yes is given.
+    Expire {
+        /// Only this domain (-d).
+        #[arg(long)]
+        domain: Option<String>,
+        /// Days without a login (-a).
+        #[arg(long, default_value_t = DEFAULT_EXPIRE_DAYS)]
+        days: u64,
+        /// Really delete them (-y).
+        #[arg(long)]
+        yes: bool,
+    },
 }
+
+/// vdeloldusers' default age.
+pub const DEFAULT_EXPIRE_DAYS: u64 = 60;
 
 /// `indimail alias ...`
 #[derive(Debug, Clone, Subcommand)]
@@ -614,6 +745,38 @@ async fn run_admin(
                 admin.alias_domain_add(&alias, &domain).await?;
                 writeln!(out, "added alias domain {alias} -> {domain}")?;
             }
+            DomainCommand::Limits(a) => run_limits(admin, *a, out).await?,
+            DomainCommand::Rename { old, new } => {
+                let info = admin.domain_rename(&old, &new).await?;
+                writeln!(
+                    out,
+                    "renamed domain {} to {}",
+                    old.to_ascii_lowercase(),
+                    info.name
+                )?;
+            }
+            DomainCommand::Mod {
+                domain,
+                limits,
+                handler,
+            } => {
+                let limits = match limits.as_deref() {
+                    None => None,
+                    Some("1") => Some(true),
+                    Some("0") => Some(false),
+                    Some(v) => {
+                        return Err(CliError::Usage(format!(
+                            "limits: expected 0 or 1, got {v:?}"
+                        )))
+                    }
+                };
+                let s = admin
+                    .domain_mod(&domain, &DomainChange { limits, handler })
+                    .await?;
+                writeln!(out, "domain: {}", s.name)?;
+                writeln!(out, "limits: {}", if s.limits { "on" } else { "off" })?;
+                writeln!(out, "handler: {}", s.handler)?;
+            }
         },
         DirectoryCommand::User(c) => match c {
             UserCommand::Add {
@@ -682,6 +845,41 @@ async fn run_admin(
             UserCommand::Quota { email, quota } => {
                 admin.set_quota(&email, parse_quota(&quota)?).await?;
                 writeln!(out, "quota of {email} set to {quota}")?;
+            }
+            UserCommand::Rename { old, new } => {
+                let u = admin.user_rename(&old, &new).await?;
+                writeln!(out, "renamed user {old} to {}", u.email())?;
+                writeln!(out, "dir: {}", u.dir.display())?;
+            }
+            UserCommand::Expire { domain, days, yes } => {
+                let age = i64::try_from(days.saturating_mul(86_400)).unwrap_or(i64::MAX);
+                let before = crate::unix_now().saturating_sub(age);
+                let stale = admin.stale_users(domain.as_deref(), before).await?;
+                for s in &stale {
+                    if yes {
+                        admin.user_del(&s.email).await?;
+                        writeln!(
+                            out,
+                            "deleted {} (last login {})",
+                            s.email,
+                            format_time(s.last)
+                        )?;
+                    } else {
+                        writeln!(
+                            out,
+                            "would delete {} (last login {})",
+                            s.email,
+                            format_time(s.last)
+                        )?;
+                    }
+                }
+                if !yes && !stale.is_empty() {
+                    writeln!(
+                        out,
+                        "{} users not deleted: give --yes (-y) to delete them",
+                        stale.len()
+                    )?;
+                }
             }
         },
         DirectoryCommand::Alias(c) => match c {
@@ -767,9 +965,404 @@ async fn run_admin(
                 }
             }
         },
+        DirectoryCommand::Relay(RelayCommand::Clear { minutes }) => {
+            let window = match minutes {
+                Some(m) => m.saturating_mul(60),
+                None => admin.config().relay_window.as_secs(),
+            };
+            let before =
+                crate::unix_now().saturating_sub(i64::try_from(window).unwrap_or(i64::MAX));
+            let n = admin.relay_clear(before).await?;
+            writeln!(
+                out,
+                "cleared {n} relay entries older than {} minutes",
+                window / 60
+            )?;
+        }
         DirectoryCommand::Checkpassword(_) => {
             return Err(CliError::Usage("checkpassword is run by run()".into()))
         }
+    }
+    Ok(())
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// `YYYY-MM-DD HH:MM:SS` UTC.
+pub fn format_time(t: i64) -> String {
+    let (y, m, d) = civil_from_days(t.div_euclid(86_400));
+    let s = t.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
+/// An expiry: `-1`/`never`, Unix seconds, or `YYYY-MM-DD[ HH:MM[:SS]]` (UTC).
+fn parse_expiry(what: &str, v: &str) -> Result<i64, CliError> {
+    let bad = || {
+        CliError::Usage(format!(
+            "{what}: expected -1, Unix seconds or YYYY-MM-DD[ HH:MM[:SS]], got {v:?}"
+        ))
+    };
+    let v = v.trim();
+    if v == "-1" || v.eq_ignore_ascii_case("never") {
+        return Ok(-1);
+    }
+    if let Ok(n) = v.parse::<i64>() {
+        return if n >= 0 { Ok(n) } else { Err(bad()) };
+    }
+    let (date, time) = v.split_once([' ', 'T']).unwrap_or((v, "00:00:00"));
+    let num = |s: &str, lo: i64, hi: i64| -> Result<i64, CliError> {
+        s.parse::<i64>()
+            .ok()
+            .filter(|n| (lo..=hi).contains(n))
+            .ok_or_else(bad)
+    };
+    let dp: Vec<&str> = date.split('-').collect();
+    let tp: Vec<&str> = time.split(':').collect();
+    if dp.len() != 3 || !(2..=3).contains(&tp.len()) {
+        return Err(bad());
+    }
+    let (y, m, d) = (
+        num(dp[0], 1970, 9999)?,
+        num(dp[1], 1, 12)?,
+        num(dp[2], 1, 31)?,
+    );
+    let secs = num(tp[0], 0, 23)? * 3600
+        + num(tp[1], 0, 59)? * 60
+        + tp.get(2).map(|s| num(s, 0, 60)).transpose()?.unwrap_or(0);
+    Ok(days_from_civil(y, m, d) * 86_400 + secs)
+}
+
+/// A count: `-1`/`unlimited` or a non-negative number.
+fn parse_count(what: &str, v: &str) -> Result<i64, CliError> {
+    if v == "-1" || v.eq_ignore_ascii_case("unlimited") {
+        return Ok(-1);
+    }
+    v.parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| CliError::Usage(format!("{what}: expected -1 or a count, got {v:?}")))
+}
+
+/// A size in bytes: `bytes[K|M|G]`, `0` or `NOQUOTA` (none).
+fn parse_size(what: &str, v: &str) -> Result<i64, CliError> {
+    if v == "0" {
+        return Ok(0);
+    }
+    match Quota::parse(v) {
+        Ok(Quota::Unlimited) => Ok(0),
+        Ok(Quota::Limit { bytes, .. }) => {
+            i64::try_from(bytes).map_err(|_| CliError::Usage(format!("{what}: {v} is too large")))
+        }
+        Err(_) => Err(CliError::Usage(format!(
+            "{what}: expected bytes[K|M|G] or NOQUOTA, got {v:?}"
+        ))),
+    }
+}
+
+/// vlimit -g letters and the columns they set.
+const LIMIT_FLAGS: [(char, &str); 7] = [
+    ('u', "no-dialup"),
+    ('d', "no-passwd-change"),
+    ('p', "no-pop"),
+    ('w', "no-webmail"),
+    ('i', "no-imap"),
+    ('r', "no-relay"),
+    ('s', "no-smtp"),
+];
+
+/// The `disable_*` columns in [`LIMIT_FLAGS`] order.
+fn flag_slots(l: &mut Limits) -> [&mut bool; 7] {
+    [
+        &mut l.disable_dialup,
+        &mut l.disable_passwordchanging,
+        &mut l.disable_pop,
+        &mut l.disable_webmail,
+        &mut l.disable_imap,
+        &mut l.disable_relay,
+        &mut l.disable_smtp,
+    ]
+}
+
+/// Permission letters: c create 1, m modify 2, d delete 4, a all 7; x none.
+fn parse_perm(what: &str, v: &str) -> Result<i64, CliError> {
+    v.chars().try_fold(0i64, |acc, c| match c {
+        'c' => Ok(acc | 1),
+        'm' => Ok(acc | 2),
+        'd' => Ok(acc | 4),
+        'a' => Ok(acc | 7),
+        'x' => Ok(acc),
+        _ => Err(CliError::Usage(format!(
+            "{what}: unknown permission letter {c:?} (c, m, d, a or x)"
+        ))),
+    })
+}
+
+fn perm_names(p: i64) -> String {
+    let n: Vec<&str> = [(1, "create"), (2, "modify"), (4, "delete")]
+        .iter()
+        .filter(|(b, _)| p & b != 0)
+        .map(|(_, n)| *n)
+        .collect();
+    if n.is_empty() {
+        "none".into()
+    } else {
+        format!("deny {}", n.join(","))
+    }
+}
+
+/// Apply the set options of `a` to `l`; whether any was given.
+fn apply_limits(a: &LimitsArgs, l: &mut Limits) -> Result<bool, CliError> {
+    type Parse = fn(&str, &str) -> Result<i64, CliError>;
+    let nonneg: Parse = |w, v| parse_count(w, v).map(|n| n.max(0));
+    let fields: [(&Option<String>, &str, Parse, &mut i64); 18] = [
+        (
+            &a.domain_expiry,
+            "domain expiry",
+            parse_expiry,
+            &mut l.domain_expiry,
+        ),
+        (
+            &a.passwd_expiry,
+            "password expiry",
+            parse_expiry,
+            &mut l.passwd_expiry,
+        ),
+        (&a.disk_quota, "disk quota", parse_size, &mut l.diskquota),
+        (&a.max_msgcount, "max msgcount", nonneg, &mut l.maxmsgcount),
+        (
+            &a.default_quota,
+            "default quota",
+            parse_size,
+            &mut l.defaultquota,
+        ),
+        (
+            &a.default_maxmsgcount,
+            "default maxmsgcount",
+            nonneg,
+            &mut l.defaultmaxmsgcount,
+        ),
+        (
+            &a.max_pop_accounts,
+            "max pop accounts",
+            parse_count,
+            &mut l.maxpopaccounts,
+        ),
+        (
+            &a.max_aliases,
+            "max aliases",
+            parse_count,
+            &mut l.maxaliases,
+        ),
+        (
+            &a.max_forwards,
+            "max forwards",
+            parse_count,
+            &mut l.maxforwards,
+        ),
+        (
+            &a.max_autoresponders,
+            "max autoresponders",
+            parse_count,
+            &mut l.maxautoresponders,
+        ),
+        (
+            &a.max_mailinglists,
+            "max mailing lists",
+            parse_count,
+            &mut l.maxmailinglists,
+        ),
+        (
+            &a.perm_account,
+            "account permissions",
+            parse_perm,
+            &mut l.perm_account,
+        ),
+        (
+            &a.perm_alias,
+            "alias permissions",
+            parse_perm,
+            &mut l.perm_alias,
+        ),
+        (
+            &a.perm_forward,
+            "forward permissions",
+            parse_perm,
+            &mut l.perm_forward,
+        ),
+        (
+            &a.perm_autoresponder,
+            "autoresponder permissions",
+            parse_perm,
+            &mut l.perm_autoresponder,
+        ),
+        (
+            &a.perm_maillist,
+            "mailing list permissions",
+            parse_perm,
+            &mut l.perm_maillist,
+        ),
+        (
+            &a.perm_quota,
+            "quota permissions",
+            parse_perm,
+            &mut l.perm_quota,
+        ),
+        (
+            &a.perm_defaultquota,
+            "default quota permissions",
+            parse_perm,
+            &mut l.perm_defaultquota,
+        ),
+    ];
+    let mut any = false;
+    for (v, what, parse, slot) in fields {
+        if let Some(v) = v {
+            *slot = parse(what, v)?;
+            any = true;
+        }
+    }
+    if let Some(v) = &a.flags {
+        let mut on = [false; 7];
+        for c in v.chars() {
+            match LIMIT_FLAGS.iter().position(|(f, _)| *f == c) {
+                Some(i) => on[i] = true,
+                None if c == 'x' => on = [false; 7],
+                None => {
+                    return Err(CliError::Usage(format!(
+                        "flags: unknown letter {c:?} (u d p w i r s, or x)"
+                    )))
+                }
+            }
+        }
+        for (slot, v) in flag_slots(l).into_iter().zip(on) {
+            *slot = v;
+        }
+        any = true;
+    }
+    Ok(any)
+}
+
+/// vlimit -s: one `key: value` line per limit.
+fn print_limits(out: &mut dyn Write, l: &Limits, stored: bool) -> std::io::Result<()> {
+    let when = |t: i64| {
+        if t < 0 {
+            "never".to_string()
+        } else {
+            format!("{} ({t})", format_time(t))
+        }
+    };
+    let count = |n: i64| {
+        if n < 0 {
+            "unlimited".to_string()
+        } else {
+            n.to_string()
+        }
+    };
+    let size = |n: i64| {
+        if n <= 0 {
+            "none".to_string()
+        } else {
+            n.to_string()
+        }
+    };
+    writeln!(out, "domain: {}", l.domain)?;
+    writeln!(
+        out,
+        "source: {}",
+        if stored { "vlimits" } else { "defaults" }
+    )?;
+    writeln!(out, "domain expiry: {}", when(l.domain_expiry))?;
+    writeln!(out, "password expiry: {}", when(l.passwd_expiry))?;
+    writeln!(out, "max pop accounts: {}", count(l.maxpopaccounts))?;
+    writeln!(out, "max aliases: {}", count(l.maxaliases))?;
+    writeln!(out, "max forwards: {}", count(l.maxforwards))?;
+    writeln!(out, "max autoresponders: {}", count(l.maxautoresponders))?;
+    writeln!(out, "max mailing lists: {}", count(l.maxmailinglists))?;
+    writeln!(out, "disk quota: {}", size(l.diskquota))?;
+    writeln!(out, "max msgcount: {}", size(l.maxmsgcount))?;
+    writeln!(out, "default quota: {}", size(l.defaultquota))?;
+    writeln!(out, "default maxmsgcount: {}", size(l.defaultmaxmsgcount))?;
+    let values = [
+        l.disable_dialup,
+        l.disable_passwordchanging,
+        l.disable_pop,
+        l.disable_webmail,
+        l.disable_imap,
+        l.disable_relay,
+        l.disable_smtp,
+    ];
+    let on: Vec<&str> = values
+        .into_iter()
+        .zip(LIMIT_FLAGS)
+        .filter(|(v, _)| *v)
+        .map(|(_, (_, n))| n)
+        .collect();
+    writeln!(
+        out,
+        "flags: {}",
+        if on.is_empty() {
+            "none".to_string()
+        } else {
+            on.join(",")
+        }
+    )?;
+    for (what, p) in [
+        ("account", l.perm_account),
+        ("alias", l.perm_alias),
+        ("forward", l.perm_forward),
+        ("autoresponder", l.perm_autoresponder),
+        ("maillist", l.perm_maillist),
+        ("quota", l.perm_quota),
+        ("defaultquota", l.perm_defaultquota),
+    ] {
+        writeln!(out, "perm {what}: {}", perm_names(p))?;
+    }
+    Ok(())
+}
+
+async fn run_limits(admin: &Admin, a: LimitsArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    if a.delete {
+        admin.limits_del(&a.domain).await?;
+        writeln!(out, "limits of {} deleted", a.domain.to_ascii_lowercase())?;
+        return Ok(());
+    }
+    let stored = admin.limits_get(&a.domain).await?;
+    let had = stored.is_some();
+    let mut l = stored.unwrap_or_else(|| Limits::defaults(&a.domain.to_ascii_lowercase()));
+    if apply_limits(&a, &mut l)? {
+        admin.limits_set(&l).await?;
+        writeln!(out, "limits of {} set", l.domain)?;
+        if a.show {
+            print_limits(out, &l, true)?;
+        }
+    } else {
+        print_limits(out, &l, had)?;
     }
     Ok(())
 }
@@ -1137,12 +1730,90 @@ fn program_command(name: &str, args: &[String]) -> Result<DirectoryCommand, CliE
                 }
             }
         }
+        "vlimit" => {
+            let (o, r) = getopt(args, "vsdDe:t:Q:M:q:m:P:A:F:R:L:g:p:a:f:r:l:x:z:")?;
+            let has = |l: char| o.iter().any(|(c, _)| *c == l);
+            DirectoryCommand::Domain(DomainCommand::Limits(Box::new(LimitsArgs {
+                domain: operand(&r, 0, "domain")?,
+                show: has('s'),
+                delete: has('d') || has('D'),
+                domain_expiry: val(&o, 'e'),
+                passwd_expiry: val(&o, 't'),
+                disk_quota: val(&o, 'Q'),
+                max_msgcount: val(&o, 'M'),
+                default_quota: val(&o, 'q'),
+                default_maxmsgcount: val(&o, 'm'),
+                max_pop_accounts: val(&o, 'P'),
+                max_aliases: val(&o, 'A'),
+                max_forwards: val(&o, 'F'),
+                max_autoresponders: val(&o, 'R'),
+                max_mailinglists: val(&o, 'L'),
+                flags: val(&o, 'g'),
+                perm_account: val(&o, 'p'),
+                perm_alias: val(&o, 'a'),
+                perm_forward: val(&o, 'f'),
+                perm_autoresponder: val(&o, 'r'),
+                perm_maillist: val(&o, 'l'),
+                perm_quota: val(&o, 'x'),
+                perm_defaultquota: val(&o, 'z'),
+            })))
+        }
+        "vrenameuser" => {
+            let (_, r) = getopt(args, "v")?;
+            DirectoryCommand::User(UserCommand::Rename {
+                old: operand(&r, 0, "old address")?,
+                new: operand(&r, 1, "new address")?,
+            })
+        }
+        "vrenamedomain" => {
+            let (_, r) = getopt(args, "v")?;
+            DirectoryCommand::Domain(DomainCommand::Rename {
+                old: operand(&r, 0, "old domain")?,
+                new: operand(&r, 1, "new domain")?,
+            })
+        }
+        "vmoddomain" => {
+            let (o, r) = getopt(args, "vl:h:")?;
+            DirectoryCommand::Domain(DomainCommand::Mod {
+                domain: operand(&r, 0, "domain")?,
+                limits: val(&o, 'l'),
+                handler: val(&o, 'h'),
+            })
+        }
+        "vdeloldusers" => {
+            // --yes as well as -y: the flag guards a mass delete, accept the spelling
+            // the `indimail user expire` help shows.
+            let args: Vec<String> = args
+                .iter()
+                .map(|a| if a == "--yes" { "-y".into() } else { a.clone() })
+                .collect();
+            let (o, _) = getopt(&args, "vd:a:y")?;
+            DirectoryCommand::User(UserCommand::Expire {
+                domain: val(&o, 'd'),
+                days: match val(&o, 'a') {
+                    Some(v) => v
+                        .parse()
+                        .map_err(|_| CliError::Usage(format!("bad -a {v}: days expected")))?,
+                    None => DEFAULT_EXPIRE_DAYS,
+                },
+                yes: o.iter().any(|(c, _)| *c == 'y'),
+            })
+        }
+        "clearopensmtp" => {
+            let (_, r) = getopt(args, "v")?;
+            if let Some(extra) = r.first() {
+                return Err(CliError::Usage(format!(
+                    "clearopensmtp takes no operand: {extra}"
+                )));
+            }
+            DirectoryCommand::Relay(RelayCommand::Clear { minutes: None })
+        }
         other => return Err(CliError::Usage(format!("unknown program {other}"))),
     })
 }
 
 /// IndiMail program names this crate implements.
-pub const PROGRAMS: [&str; 16] = [
+pub const PROGRAMS: [&str; 22] = [
     "vadddomain",
     "vdeldomain",
     "vdominfo",
@@ -1159,6 +1830,12 @@ pub const PROGRAMS: [&str; 16] = [
     "vsmtp",
     "vatrn",
     "checkpassword",
+    "vlimit",
+    "vrenameuser",
+    "vrenamedomain",
+    "vmoddomain",
+    "vdeloldusers",
+    "clearopensmtp",
 ];
 
 /// Run as the IndiMail program named by `argv0`'s basename (`vadddomain`, `vadduser`, ...)
@@ -1322,6 +1999,31 @@ mod tests {
             "s",
         ])
         .is_err());
+    }
+
+    #[test]
+    fn expiry_forms() {
+        assert_eq!(parse_expiry("e", "1970-01-01").unwrap(), 0);
+        assert_eq!(parse_expiry("e", "never").unwrap(), -1);
+        assert_eq!(parse_expiry("e", "86400").unwrap(), 86_400);
+        let t = parse_expiry("e", "2000-02-29 12:30").unwrap();
+        assert_eq!(t, 951_827_400);
+        assert_eq!(format_time(t), "2000-02-29 12:30:00");
+        assert_eq!(format_time(1_893_542_400), "2030-01-02 00:00:00");
+        for bad in [
+            "-5",
+            "2030-00-01",
+            "2030-01-01 24:00",
+            "tomorrow",
+            "2030-01",
+        ] {
+            assert!(parse_expiry("e", bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_perm("p", "cd").unwrap(), 5);
+        assert_eq!(parse_perm("p", "a").unwrap(), 7);
+        assert!(parse_perm("p", "q").is_err());
+        assert_eq!(parse_size("q", "1K").unwrap(), 1024);
+        assert_eq!(parse_size("q", "NOQUOTA").unwrap(), 0);
     }
 
     #[test]

@@ -103,6 +103,12 @@ pub enum LookupError {
     /// The `atrn_map` row exists already (vatrn -i).
     #[error("ATRN map already exists: {0}")]
     AtrnMapExists(String),
+    /// The domain has no `vlimits` row (vlimit -d).
+    #[error("no limits set for domain: {0}")]
+    LimitsNotFound(String),
+    /// A rename onto a name that is taken, or a change that cannot be made as asked.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl LookupError {

@@ -47,9 +47,9 @@ mod queries;
 mod schema;
 
 pub use admin::{
-    hash_dir, Admin, ClusterHost, DomainInfo, DomainOptions, HostEntry, PasswordOptions,
-    ScramOptions, UserChange, UserOptions, DEFAULT_HARD_QUOTA, DEFAULT_USERS_PER_LEVEL,
-    RCPTHOSTS_MAX,
+    hash_dir, unix_now, Admin, ClusterHost, DomainChange, DomainInfo, DomainOptions,
+    DomainSettings, HostEntry, PasswordOptions, ScramOptions, StaleUser, UserChange, UserOptions,
+    DEFAULT_HARD_QUOTA, DEFAULT_USERS_PER_LEVEL, RCPTHOSTS_MAX,
 };
 pub use cache::{Cache, CachePolicy, CacheStats, Clock, Lookup, ManualClock, SystemClock};
 pub use config::{BackendConfig, DirectoryConfig, MysqlConfig};

@@ -489,6 +489,38 @@ pub struct Limits {
     pub disable_relay: bool,
     /// SMTP disabled.
     pub disable_smtp: bool,
+    /// Permission bits for non-postmaster admins (create 1, modify 2, delete 4): accounts.
+    pub perm_account: i64,
+    /// ... aliases.
+    pub perm_alias: i64,
+    /// ... forwards.
+    pub perm_forward: i64,
+    /// ... autoresponders.
+    pub perm_autoresponder: i64,
+    /// ... mailing lists.
+    pub perm_maillist: i64,
+    /// ... quotas.
+    pub perm_quota: i64,
+    /// ... the default quota.
+    pub perm_defaultquota: i64,
+}
+
+impl Limits {
+    /// The limits of a domain without a `vlimits` row: the column defaults (counts and
+    /// expiries −1, quotas 0 = none, nothing disabled).
+    pub fn defaults(domain: &str) -> Limits {
+        Limits {
+            domain: domain.to_string(),
+            domain_expiry: -1,
+            passwd_expiry: -1,
+            maxpopaccounts: -1,
+            maxaliases: -1,
+            maxforwards: -1,
+            maxautoresponders: -1,
+            maxmailinglists: -1,
+            ..Limits::default()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -159,7 +159,9 @@ pub(crate) async fn limits(db: &Db, domain: &str) -> Result<Option<Limits>, Look
             "SELECT domain, domain_expiry, passwd_expiry, maxpopaccounts, maxaliases, maxforwards, \
              maxautoresponders, maxmailinglists, diskquota, maxmsgcount, defaultquota, \
              defaultmaxmsgcount, disable_pop, disable_imap, disable_dialup, \
-             disable_passwordchanging, disable_webmail, disable_relay, disable_smtp \
+             disable_passwordchanging, disable_webmail, disable_relay, disable_smtp, \
+             perm_account, perm_alias, perm_forward, perm_autoresponder, perm_maillist, \
+             perm_quota, perm_defaultquota \
              FROM vlimits WHERE domain = ?",
             params![domain],
         )
@@ -184,6 +186,13 @@ pub(crate) async fn limits(db: &Db, domain: &str) -> Result<Option<Limits>, Look
         disable_webmail: r.int(16) != 0,
         disable_relay: r.int(17) != 0,
         disable_smtp: r.int(18) != 0,
+        perm_account: r.int(19),
+        perm_alias: r.int(20),
+        perm_forward: r.int(21),
+        perm_autoresponder: r.int(22),
+        perm_maillist: r.int(23),
+        perm_quota: r.int(24),
+        perm_defaultquota: r.int(25),
     }))
 }
 

@@ -516,6 +516,286 @@ fn cluster_commands(kind: Kind) {
     assert_eq!(program(h, "vhostid", &["-d", "store7"]).0, 1);
 }
 
+/// Backdate `email`'s every `lastauth` row and add a relay row, as logins `days` ago would
+/// have left them (through the directory, with a manual clock).
+fn age_user(env: &TestEnv, email: &str, days: i64) {
+    let now = lookup::unix_now();
+    let clock = std::rc::Rc::new(lookup::ManualClock::new(now - days * 86_400));
+    support::run(async {
+        let dir = env.directory(clock, env.config()).await;
+        let u = dir.user(email).await.unwrap().expect("user exists");
+        let ip: std::net::IpAddr = "192.0.2.9".parse().unwrap();
+        for service in ["add", "pop3"] {
+            dir.record_lastauth(&u, service, ip).await.unwrap();
+        }
+        dir.record_relay(email, ip).await.unwrap();
+        dir.close().await;
+    });
+}
+
+/// vlimit, vrenameuser, vrenamedomain, vmoddomain, vdeloldusers and clearopensmtp, by both
+/// names, against the store.
+fn domain_tools(kind: Kind) {
+    let env = TestEnv::new(kind);
+    let h = env.path();
+    ok(
+        h,
+        &[
+            "domain",
+            "add",
+            "example.com",
+            "--postmaster-password",
+            "pm",
+        ],
+    );
+
+    // vlimit: defaults until set, then the stored row; -d goes back to the defaults.
+    let (code, out) = program(h, "vlimit", &["-s", "example.com"]);
+    assert_eq!(code, 0);
+    assert_eq!(line(&out, "source"), "defaults");
+    assert_eq!(line(&out, "max pop accounts"), "unlimited");
+    assert_eq!(line(&out, "domain expiry"), "never");
+    let (code, out) = program(
+        h,
+        "vlimit",
+        &[
+            "-e",
+            "2030-01-02",
+            "-P",
+            "5",
+            "-A",
+            "-1",
+            "-q",
+            "10M",
+            "-m",
+            "100",
+            "-g",
+            "ps",
+            "-p",
+            "cd",
+            "example.com",
+        ],
+    );
+    assert_eq!((code, out.as_str()), (0, "limits of example.com set\n"));
+    let out = ok(h, &["domain", "limits", "example.com"]);
+    assert_eq!(line(&out, "source"), "vlimits");
+    assert_eq!(
+        line(&out, "domain expiry"),
+        "2030-01-02 00:00:00 (1893542400)"
+    );
+    assert_eq!(line(&out, "max pop accounts"), "5");
+    assert_eq!(line(&out, "max aliases"), "unlimited");
+    assert_eq!(line(&out, "default quota"), "10485760");
+    assert_eq!(line(&out, "default maxmsgcount"), "100");
+    assert_eq!(line(&out, "flags"), "no-pop,no-smtp");
+    assert_eq!(line(&out, "perm account"), "deny create,delete");
+    // The server side sees the row, and new users get the default quota from it.
+    let dl = support::run(async {
+        let clock = std::rc::Rc::new(lookup::ManualClock::new(lookup::unix_now()));
+        let dir = env.directory(clock, env.config()).await;
+        let l = dir.limits("example.com").await.unwrap().expect("limits");
+        let l = (*l).clone();
+        dir.close().await;
+        l
+    });
+    assert!(dl.disable_pop && dl.disable_smtp && !dl.disable_imap);
+    assert_eq!(dl.maxpopaccounts, 5);
+    ok(h, &["user", "add", "ann@example.com", "--password", "pw"]);
+    assert_eq!(
+        line(&ok(h, &["user", "info", "ann@example.com"]), "quota"),
+        "10485760S,100C"
+    );
+    // Changing one value keeps the others; -g x clears the flags.
+    ok(
+        h,
+        &[
+            "domain",
+            "limits",
+            "example.com",
+            "--max-forwards",
+            "3",
+            "--flags",
+            "x",
+            "--passwd-expiry",
+            "-1",
+            "--max-aliases",
+            "-1",
+        ],
+    );
+    let out = program(h, "vlimit", &["-s", "example.com"]).1;
+    assert_eq!(line(&out, "max forwards"), "3");
+    assert_eq!(line(&out, "password expiry"), "never");
+    assert_eq!(
+        line(&out, "domain expiry"),
+        "2030-01-02 00:00:00 (1893542400)"
+    );
+    assert_eq!(line(&out, "max pop accounts"), "5");
+    assert_eq!(line(&out, "flags"), "none");
+    assert_eq!(program(h, "vlimit", &["-P", "many", "example.com"]).0, 2);
+    assert_eq!(program(h, "vlimit", &["-g", "q", "example.com"]).0, 2);
+    assert_eq!(
+        program(h, "vlimit", &["-e", "2030-13-01", "example.com"]).0,
+        2
+    );
+    assert_eq!(program(h, "vlimit", &["-s", "nowhere.org"]).0, 1);
+    assert_eq!(program(h, "vlimit", &[]).0, 2);
+    assert_eq!(program(h, "vlimit", &["-d", "example.com"]).0, 0);
+    assert_eq!(
+        line(&program(h, "vlimit", &["-s", "example.com"]).1, "source"),
+        "defaults"
+    );
+    assert!(matches!(
+        err(h, &["domain", "limits", "example.com", "--delete"]),
+        CliError::Lookup(LookupError::LimitsNotFound(_))
+    ));
+
+    // vrenameuser: mail, password and flags move with the name.
+    let old_dir = line(&ok(h, &["user", "info", "ann@example.com"]), "dir").to_string();
+    std::fs::write(Path::new(&old_dir).join("Maildir/new/1.msg"), "hi\n").unwrap();
+    ok(h, &["user", "mod", "ann@example.com", "--set", "no-imap"]);
+    ok(h, &["alias", "add", "ann@example.com", "ann@elsewhere.org"]);
+    let passwd = line(&ok(h, &["user", "info", "ann@example.com"]), "passwd").to_string();
+    let (code, out) = program(h, "vrenameuser", &["ann@example.com", "zoe@example.com"]);
+    assert_eq!(code, 0, "{out}");
+    let info = ok(h, &["user", "info", "zoe@example.com"]);
+    assert_eq!(line(&info, "passwd"), passwd);
+    assert_eq!(line(&info, "flags"), "no-imap");
+    let new_dir = line(&info, "dir").to_string();
+    assert_eq!(Path::new(&new_dir), h.join("mail/T2Zsym/example.com/zoe"));
+    assert!(Path::new(&new_dir).join("Maildir/new/1.msg").is_file());
+    assert!(!Path::new(&old_dir).exists());
+    assert_eq!(
+        ok(h, &["alias", "list", "zoe@example.com"]),
+        "zoe@example.com -> ann@elsewhere.org\n"
+    );
+    assert!(matches!(
+        err(h, &["user", "info", "ann@example.com"]),
+        CliError::Lookup(LookupError::UserNotFound(_))
+    ));
+    assert!(matches!(
+        err(
+            h,
+            &[
+                "user",
+                "rename",
+                "zoe@example.com",
+                "postmaster@example.com"
+            ]
+        ),
+        CliError::Lookup(LookupError::UserExists(_))
+    ));
+    // A new name in an alias domain lands in the real domain.
+    ok(h, &["domain", "add-alias", "alias.example", "example.com"]);
+    ok(h, &["user", "add", "tmp@example.com", "--password", "pw"]);
+    assert!(ok(
+        h,
+        &["user", "rename", "tmp@example.com", "tim@alias.example"]
+    )
+    .starts_with("renamed user tmp@example.com to tim@example.com\n"));
+    ok(h, &["user", "del", "tim@example.com"]);
+    ok(h, &["domain", "del", "alias.example"]);
+    assert_eq!(
+        program(h, "vrenameuser", &["nobody@example.com", "x@example.com"]).0,
+        1
+    );
+    assert_eq!(program(h, "vrenameuser", &["zoe@example.com"]).0, 2);
+
+    // vmoddomain: show, then the unknown-user handler and the limits switch.
+    let out = program(h, "vmoddomain", &["example.com"]).1;
+    assert_eq!(
+        (line(&out, "limits"), line(&out, "handler")),
+        ("off", "bounce-no-mailbox")
+    );
+    let (code, out) = program(h, "vmoddomain", &["-l", "1", "-h", "delete", "example.com"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        (line(&out, "limits"), line(&out, "handler")),
+        ("on", "delete")
+    );
+    assert_eq!(
+        std::fs::read_to_string(h.join("domains/example.com/.qmail-default")).unwrap(),
+        "| /usr/sbin/vdelivermail '' delete\n"
+    );
+    assert!(h.join("domains/example.com/.domain_limits").exists());
+    assert!(err(
+        h,
+        &["domain", "mod", "example.com", "--handler", "rm -rf /"]
+    )
+    .to_string()
+    .contains("bad handler"));
+    assert_eq!(program(h, "vmoddomain", &["-l", "2", "example.com"]).0, 2);
+
+    // vrenamedomain: users, homes, config dir and control files follow.
+    ok(h, &["domain", "add-alias", "example.net", "example.com"]);
+    let (code, out) = program(h, "vrenamedomain", &["example.com", "example.org"]);
+    assert_eq!(code, 0, "{out}");
+    let info = ok(h, &["user", "info", "zoe@example.org"]);
+    let dir = line(&info, "dir").to_string();
+    assert_eq!(Path::new(&dir), h.join("mail/T2Zsym/example.org/zoe"));
+    assert!(Path::new(&dir).join("Maildir/new/1.msg").is_file());
+    assert_eq!(line(&info, "passwd"), passwd);
+    assert!(h.join("domains/example.org/.qmail-default").is_file());
+    assert!(!h.join("domains/example.com").exists());
+    assert_eq!(ok(h, &["domain", "list"]), "example.org\n");
+    let rcpt = std::fs::read_to_string(h.join("control/rcpthosts")).unwrap();
+    assert!(
+        rcpt.contains("example.org") && !rcpt.contains("example.com\n"),
+        "{rcpt}"
+    );
+    let vd = std::fs::read_to_string(h.join("control/virtualdomains")).unwrap();
+    assert!(
+        vd.contains("example.net:example.org") && vd.contains("example.org:example.org"),
+        "{vd}"
+    );
+    assert_eq!(
+        line(&ok(h, &["domain", "info", "example.org"]), "aliases"),
+        "example.net"
+    );
+    assert!(matches!(
+        err(h, &["domain", "rename", "example.org", "example.net"]),
+        CliError::Lookup(LookupError::AliasDomainExists(_))
+    ));
+    assert_eq!(program(h, "vrenamedomain", &["nowhere.org", "x.org"]).0, 1);
+
+    // vdeloldusers: lists without -y, deletes with it; recent users and postmaster stay.
+    ok(h, &["user", "add", "bob@example.org", "--password", "pw"]);
+    age_user(&env, "zoe@example.org", 90);
+    age_user(&env, "postmaster@example.org", 90);
+    let (code, out) = program(h, "vdeloldusers", &["-d", "example.org"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("would delete zoe@example.org (last login "),
+        "{out}"
+    );
+    assert!(out.contains("1 users not deleted"), "{out}");
+    ok(h, &["user", "info", "zoe@example.org"]);
+    assert_eq!(ok(h, &["user", "expire", "--days", "100", "--yes"]), "");
+    let (code, out) = program(h, "vdeloldusers", &["-a", "30", "--yes"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("deleted zoe@example.org"), "{out}");
+    assert!(!Path::new(&dir).exists());
+    ok(h, &["user", "info", "bob@example.org"]);
+    ok(h, &["user", "info", "postmaster@example.org"]);
+    assert_eq!(program(h, "vdeloldusers", &["-a", "soon"]).0, 2);
+    assert_eq!(program(h, "vdeloldusers", &["-d", "nowhere.org"]).0, 1);
+
+    // clearopensmtp: the two 90-day-old relay rows go, a fresh one stays.
+    age_user(&env, "bob@example.org", 0);
+    assert_eq!(
+        program(h, "clearopensmtp", &[]),
+        (
+            0,
+            "cleared 2 relay entries older than 60 minutes\n".to_string()
+        )
+    );
+    assert_eq!(
+        ok(h, &["relay", "clear", "--minutes", "0"]),
+        "cleared 0 relay entries older than 0 minutes\n",
+        "a row from this second is not older than now"
+    );
+    assert_eq!(program(h, "clearopensmtp", &["x"]).0, 2);
+}
+
 /// A temporary failure (the database is gone) exits 111.
 #[test]
 fn unreachable_database_exits_111() {
@@ -539,4 +819,9 @@ fn bad_host_mysql_names_file_and_line() {
     );
 }
 
-both_backends!(subcommands, indimail_program_names, cluster_commands);
+both_backends!(
+    subcommands,
+    indimail_program_names,
+    cluster_commands,
+    domain_tools
+);

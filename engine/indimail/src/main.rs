@@ -13,6 +13,7 @@ mod dnscheck;
 mod inject;
 mod log;
 mod logsummary;
+mod manpages;
 mod metrics;
 mod plugins;
 mod privs;
@@ -160,6 +161,12 @@ enum Command {
         /// Replace existing files of those names.
         #[arg(long)]
         force: bool,
+    },
+    /// Write the manual pages: one per command (section 8) and indimail-control(5).
+    Man {
+        /// Output directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
     /// Move the messages of a stopped qmail/IndiMail queue (DIR = a queue
     /// with mess/, or a queue base holding queue1, queue2, ...) into this
@@ -327,6 +334,10 @@ enum ServiceCommand {
         /// Seconds systemd waits after SIGTERM before killing.
         #[arg(long, default_value_t = 30)]
         stop_timeout: u64,
+        /// Write the manual pages under DIR/man8 and DIR/man5 (default:
+        /// <prefix>/share/man when the binary is <prefix>/bin/indimail).
+        #[arg(long, value_name = "DIR")]
+        man_dir: Option<PathBuf>,
     },
 }
 
@@ -495,6 +506,7 @@ fn main() -> ExitCode {
         })),
         Command::AdminUsers { command } => exit(admin_users(&paths, command)),
         Command::InstallLinks { dir, force } => exit(tools::install_links(&dir, force)),
+        Command::Man { out } => exit(manpages::main(&out)),
         Command::ImportQmailQueue {
             dir,
             control,
@@ -507,6 +519,7 @@ fn main() -> ExitCode {
                 user,
                 binary,
                 stop_timeout,
+                man_dir,
             } => exit(svctool::install(
                 &paths,
                 &svctool::Options {
@@ -515,6 +528,7 @@ fn main() -> ExitCode {
                     user,
                     binary,
                     stop_timeout,
+                    man_dir,
                 },
             )),
         },

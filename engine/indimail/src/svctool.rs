@@ -12,8 +12,12 @@
 //! control files and variables the server reads, which are passed through
 //! (`QUEUE_BASE`, `QUEUE_COUNT`, `QUEUE_START`, `CONTROLDIR`).
 //!
-//! Nothing is written outside DIR; existing files are replaced (they are
-//! generated: regenerate rather than edit).
+//! The manual pages (`indimail man`) go to `--man-dir DIR` (`DIR/man8`,
+//! `DIR/man5`), else to `<prefix>/share/man` when the binary is
+//! `<prefix>/bin/indimail` and that directory exists (a failure there is only
+//! a warning: the unit is what was asked for). Nothing else is written outside
+//! DIR; existing files are replaced (they are generated: regenerate rather
+//! than edit).
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +35,8 @@ pub struct Options {
     pub binary: Option<PathBuf>,
     /// Seconds between SIGTERM and SIGKILL.
     pub stop_timeout: u64,
+    /// Where the manual pages go (`man8/`, `man5/` under it).
+    pub man_dir: Option<PathBuf>,
 }
 
 /// The variables passed through from the environment of the install.
@@ -158,7 +164,27 @@ fn install_inner(paths: &Paths, o: &Options) -> Result<(), String> {
             0o755,
         )?;
     }
+    let (man, required) = match &o.man_dir {
+        Some(d) => (Some(d.clone()), true),
+        None => (prefix_man_dir(&exe), false),
+    };
+    if let Some(man) = man {
+        match crate::manpages::write_pages(&man.join("man8"), &man.join("man5")) {
+            Ok(pages) => println!("wrote {} manual pages under {}", pages.len(), man.display()),
+            Err(e) if required => return Err(e.to_string()),
+            Err(e) => eprintln!("indimail service install: manual pages not written: {e}"),
+        }
+    }
     Ok(())
+}
+
+/// `<prefix>/share/man` of a binary installed as `<prefix>/bin/NAME`, if it exists.
+fn prefix_man_dir(exe: &Path) -> Option<PathBuf> {
+    let bin = exe.parent()?;
+    if bin.file_name()? != "bin" {
+        return None;
+    }
+    Some(bin.parent()?.join("share/man")).filter(|d| d.is_dir())
 }
 
 /// `indimail service install`.
@@ -169,5 +195,20 @@ pub fn install(paths: &Paths, o: &Options) -> i32 {
             eprintln!("indimail service install: {e}");
             111
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn man_dir_beside_the_prefix_bin() {
+        let t = tempfile::tempdir().unwrap();
+        let exe = t.path().join("bin/indimail");
+        assert_eq!(prefix_man_dir(&exe), None, "no share/man yet");
+        std::fs::create_dir_all(t.path().join("share/man")).unwrap();
+        assert_eq!(prefix_man_dir(&exe), Some(t.path().join("share/man")));
+        assert_eq!(prefix_man_dir(&t.path().join("debug/indimail")), None);
     }
 }

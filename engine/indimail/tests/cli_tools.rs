@@ -141,3 +141,142 @@ fn queue_stat_counts_queued_and_injected_mail() {
         "{out}"
     );
 }
+
+/// `man -l PAGE` as a pipe (plain text, wide enough that names are not hyphenated).
+fn man(page: &std::path::Path) -> (bool, String) {
+    let o = std::process::Command::new("man")
+        .arg("-l")
+        .arg(page)
+        .env("MANWIDTH", "250")
+        .env("MANPAGER", "cat")
+        .output()
+        .expect("man installed");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+    )
+}
+
+#[test]
+fn man_pages_render_for_every_command() {
+    let h = tempfile::tempdir().unwrap();
+    let out = h.path().join("man");
+    let (c, stdout, err) = indimail(h.path(), &["man", "--out", out.to_str().unwrap()]);
+    assert_eq!(c, 0, "{err}");
+    assert!(stdout.starts_with("wrote "), "{stdout}");
+    let mut pages: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    pages.sort();
+    for name in [
+        "indimail.8",
+        "indimail-serve.8",
+        "indimail-user.8",
+        "indimail-user-rename.8",
+        "indimail-domain-limits.8",
+        "indimail-relay-clear.8",
+        "indimail-man.8",
+        "indimail-control.5",
+    ] {
+        assert!(out.join(name).is_file(), "{name} missing: {pages:?}");
+    }
+    assert!(!out.join("indimail-help.8").exists());
+    for page in &pages {
+        let (ok, text) = man(page);
+        assert!(ok, "man -l {}: {text}", page.display());
+        let file = page.file_name().unwrap().to_str().unwrap();
+        let (stem, _) = file.rsplit_once('.').unwrap();
+        assert!(text.contains(stem), "{file} does not name {stem}:\n{text}");
+    }
+    let (_, control) = man(&out.join("indimail-control.5"));
+    for needle in ["rcpthosts", "databytes", "RELAYCLIENT", "badmailfrom"] {
+        assert!(control.contains(needle), "{needle} not in:\n{control}");
+    }
+    assert!(!control.contains("\\fB"), "{control}");
+    let (_, limits) = man(&out.join("indimail-domain-limits.8"));
+    // man justifies lines: compare with single spaces.
+    let words = limits.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        words.contains("SYNOPSIS indimail domain limits"),
+        "{limits}"
+    );
+    assert!(
+        words.contains("--max-pop-accounts <N> Maximum mailboxes"),
+        "{limits}"
+    );
+
+    // service install --man-dir puts them in man8/ and man5/.
+    let home = h.path().join("home");
+    assert_eq!(indimail(&home, &["init"]).0, 0);
+    let svc = h.path().join("svc");
+    let mandir = h.path().join("share/man");
+    let (c, stdout, err) = indimail(
+        &home,
+        &[
+            "service",
+            "install",
+            svc.to_str().unwrap(),
+            "--man-dir",
+            mandir.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(c, 0, "{err}");
+    assert!(stdout.contains("manual pages"), "{stdout}");
+    assert!(mandir.join("man8/indimail-serve.8").is_file());
+    assert!(mandir.join("man5/indimail-control.5").is_file());
+    assert!(svc.join("indimail.service").is_file());
+}
+
+/// The new directory tools answer to their IndiMail names through a link, and as
+/// `indimail` subcommands.
+#[test]
+fn directory_tools_by_link_name() {
+    let h = tempfile::tempdir().unwrap();
+    let home = h.path().join("home");
+    assert_eq!(indimail(&home, &["init"]).0, 0);
+    let links = h.path().join("bin");
+    let (c, _, err) = indimail(&home, &["install-links", links.to_str().unwrap()]);
+    assert_eq!(c, 0, "{err}");
+    let run = |name: &str, args: &[&str]| {
+        let o = std::process::Command::new(links.join(name))
+            .args(args)
+            .env("INDIMAIL_HOME", &home)
+            .output()
+            .unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    assert_eq!(run("vadddomain", &["example.com", "pm"]).0, 0);
+    let (c, out, err) = run("vlimit", &["-P", "3", "example.com"]);
+    assert_eq!(
+        (c, out.as_str()),
+        (0, "limits of example.com set\n"),
+        "{err}"
+    );
+    let (_, out, _) = indimail(&home, &["domain", "limits", "example.com"]);
+    assert!(out.contains("max pop accounts: 3"), "{out}");
+    assert_eq!(run("vadduser", &["ann@example.com", "pw"]).0, 0);
+    let (c, out, err) = run("vrenameuser", &["ann@example.com", "bea@example.com"]);
+    assert_eq!(c, 0, "{out}{err}");
+    assert_eq!(run("vuserinfo", &["bea@example.com"]).0, 0);
+    let (c, _, err) = run("vrenameuser", &["ann@example.com", "cy@example.com"]);
+    assert_eq!(c, 1);
+    assert!(
+        err.starts_with("vrenameuser: user not found: ann@example.com"),
+        "{err}"
+    );
+    assert_eq!(run("vmoddomain", &["-h", "delete", "example.com"]).0, 0);
+    assert_eq!(run("vrenamedomain", &["example.com", "example.org"]).0, 0);
+    let (c, out, _) = run("vdeloldusers", &["-d", "example.org"]);
+    assert_eq!((c, out.as_str()), (0, ""), "nobody is 60 days old");
+    let (c, out, _) = run("clearopensmtp", &[]);
+    assert_eq!(c, 0);
+    assert!(out.starts_with("cleared 0 relay entries"), "{out}");
+    let (c, _, err) = run("vlimit", &["-Z", "example.org"]);
+    assert_eq!(c, 2);
+    assert!(err.contains("unknown option -Z"), "{err}");
+}
