@@ -55,6 +55,56 @@ enum UserEntry {
     Missing,
 }
 
+/// A user's directory entry as it crosses from the shard that owns it (see [`UserHome`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SharedUser {
+    /// In `indimail`.
+    Active(User),
+    /// In `indibak`.
+    Inactive(User),
+    /// No mailbox, but aliases exist.
+    AliasOnly,
+    /// Neither.
+    Missing,
+}
+
+impl From<&UserEntry> for SharedUser {
+    fn from(e: &UserEntry) -> SharedUser {
+        match e {
+            UserEntry::Active(u) => SharedUser::Active((**u).clone()),
+            UserEntry::Inactive(u) => SharedUser::Inactive((**u).clone()),
+            UserEntry::AliasOnly => SharedUser::AliasOnly,
+            UserEntry::Missing => SharedUser::Missing,
+        }
+    }
+}
+
+impl From<SharedUser> for UserEntry {
+    fn from(e: SharedUser) -> UserEntry {
+        match e {
+            SharedUser::Active(u) => UserEntry::Active(Rc::new(u)),
+            SharedUser::Inactive(u) => UserEntry::Inactive(Rc::new(u)),
+            SharedUser::AliasOnly => UserEntry::AliasOnly,
+            SharedUser::Missing => UserEntry::Missing,
+        }
+    }
+}
+
+/// The future of a question to a user's home shard.
+pub type HomeAnswer =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Option<Result<SharedUser, LookupError>>>>>;
+
+/// Where user entries live when several shards share one directory: each user has a home
+/// shard whose cache alone holds the entry (so the database is asked once per user and TTL
+/// however many shards there are); the others ask it. Implemented by the server over its
+/// shard mesh.
+pub trait UserHome {
+    /// `None` when this shard is the home of `user@domain` (look it up here); else the
+    /// home shard's answer, which is itself `None` when the home cannot be reached (then
+    /// this shard looks the user up itself rather than fail).
+    fn ask(&self, user: &str, domain: &str) -> Option<HomeAnswer>;
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Value {
     User(UserEntry),
@@ -92,6 +142,9 @@ struct Inner {
     changes: Cell<Option<i64>>,
     last_poll: Cell<Option<u64>>,
     polling: Cell<bool>,
+    home: RefCell<Option<Rc<dyn UserHome>>>,
+    /// User records fetched from the database by this shard (first fetches and refreshes).
+    user_fetches: Cell<u64>,
 }
 
 /// Ends a flight even when the fetching future is dropped (a cancelled SMTP command): the
@@ -165,6 +218,8 @@ impl Directory {
             flights: RefCell::new(HashMap::new()),
             changes: Cell::new(Some(changes)),
             polling: Cell::new(false),
+            home: RefCell::new(None),
+            user_fetches: Cell::new(0),
         });
         Ok(Directory { inner })
     }
@@ -218,6 +273,34 @@ impl Directory {
     }
 
     async fn user_entry(&self, user: &str, domain: &str) -> Result<UserEntry, LookupError> {
+        let asked = self
+            .inner
+            .home
+            .borrow()
+            .as_ref()
+            .and_then(|h| h.ask(user, domain));
+        if let Some(answer) = asked {
+            if let Some(r) = answer.await {
+                return r.map(UserEntry::from);
+            }
+        }
+        self.user_entry_here(user, domain).await
+    }
+
+    /// Routes user lookups to their home shards (see [`UserHome`]).
+    pub fn set_user_home(&self, home: Rc<dyn UserHome>) {
+        *self.inner.home.borrow_mut() = Some(home);
+    }
+
+    /// The entry of `user@domain` (domain already resolved to a real one) from this shard's
+    /// cache or the database: what a home shard answers the others.
+    pub async fn shared_user(&self, user: &str, domain: &str) -> Result<SharedUser, LookupError> {
+        self.user_entry_here(user, domain)
+            .await
+            .map(|e| SharedUser::from(&e))
+    }
+
+    async fn user_entry_here(&self, user: &str, domain: &str) -> Result<UserEntry, LookupError> {
         match Inner::get(&self.inner, Key::User(user.into(), domain.into())).await? {
             Value::User(u) => Ok(u),
             _ => Err(LookupError::Corrupt("cache kind mismatch".into())),
@@ -438,7 +521,13 @@ impl Directory {
         Inner::apply_changes(&self.inner).await
     }
 
-    /// Cache counters of this shard.
+    /// User records this shard fetched from the database (with user homes set, only for
+    /// the users this shard is home to).
+    pub fn user_queries(&self) -> u64 {
+        self.inner.user_fetches.get()
+    }
+
+    /// Cache counters of this shard's directory.
     pub fn cache_stats(&self) -> CacheStats {
         self.inner.cache.borrow().stats()
     }
@@ -507,6 +596,9 @@ impl Inner {
     }
 
     fn start_flight(this: &Rc<Inner>, key: Key) -> FlightGuard {
+        if matches!(key, Key::User(..)) {
+            this.user_fetches.set(this.user_fetches.get() + 1);
+        }
         let flight = Rc::new(Flight::default());
         this.flights
             .borrow_mut()

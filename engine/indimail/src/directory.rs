@@ -15,6 +15,8 @@ const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// A per-shard, lazily (re)opened [`lookup::Directory`].
 pub struct DirectoryHandle {
     home: PathBuf,
+    /// Routes user lookups to their home shards (several shards).
+    user_home: RefCell<Option<Rc<dyn lookup::UserHome>>>,
     dir: RefCell<Option<Rc<lookup::Directory>>>,
     last_failure: Cell<Option<Instant>>,
     last_error: RefCell<String>,
@@ -26,6 +28,7 @@ impl DirectoryHandle {
     pub fn new(home: PathBuf) -> DirectoryHandle {
         DirectoryHandle {
             home,
+            user_home: RefCell::new(None),
             dir: RefCell::new(None),
             last_failure: Cell::new(None),
             last_error: RefCell::new(String::new()),
@@ -51,6 +54,9 @@ impl DirectoryHandle {
         }
         match lookup::Directory::open_home(&self.home).await {
             Ok(d) => {
+                if let Some(h) = self.user_home.borrow().as_ref() {
+                    d.set_user_home(Rc::clone(h));
+                }
                 let d = Rc::new(d);
                 *self.dir.borrow_mut() = Some(Rc::clone(&d));
                 self.last_failure.set(None);
@@ -64,6 +70,91 @@ impl DirectoryHandle {
                 Err(text)
             }
         }
+    }
+}
+
+impl DirectoryHandle {
+    /// Routes user lookups to their home shards (before the first `get`).
+    pub fn set_user_home(&self, home: Rc<dyn lookup::UserHome>) {
+        *self.user_home.borrow_mut() = Some(home);
+    }
+
+    /// The directory if it is open now (for gauges; never opens it).
+    pub fn current(&self) -> Option<Rc<lookup::Directory>> {
+        self.dir.borrow().clone()
+    }
+}
+
+/// A question to a user's home shard, over the mesh.
+pub struct UserQuestion {
+    user: String,
+    domain: String,
+    reply: tokio::sync::oneshot::Sender<Result<lookup::SharedUser, lookup::LookupError>>,
+}
+
+/// Every user has a home shard ([`shard::home::home_shard_of_name`]) whose
+/// directory cache alone holds the user's entry; the other shards ask it
+/// over the mesh, so the database is asked once per user and TTL however
+/// many shards there are (IndiMail's inlookup keeps one cache per host for
+/// the same reason). A home that cannot be reached (stopping) is not
+/// waited for: the asking shard looks the user up itself.
+pub struct MeshUserHome {
+    index: usize,
+    senders: Vec<shard::MeshSender<UserQuestion>>,
+    metrics: std::sync::Arc<crate::metrics::ShardMetrics>,
+}
+
+impl MeshUserHome {
+    /// Shard `index`'s router; `senders[i]` reaches shard `i`.
+    pub fn new(
+        index: usize,
+        senders: Vec<shard::MeshSender<UserQuestion>>,
+        metrics: std::sync::Arc<crate::metrics::ShardMetrics>,
+    ) -> MeshUserHome {
+        MeshUserHome {
+            index,
+            senders,
+            metrics,
+        }
+    }
+}
+
+impl lookup::UserHome for MeshUserHome {
+    fn ask(&self, user: &str, domain: &str) -> Option<lookup::HomeAnswer> {
+        let home = shard::home::home_shard_of_name(&format!("{user}@{domain}"), self.senders.len());
+        if home == self.index {
+            return None;
+        }
+        self.metrics.inc(crate::metrics::Counter::HomeQuestions);
+        let tx = self.senders[home].clone();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let question = UserQuestion {
+            user: user.to_string(),
+            domain: domain.to_string(),
+            reply,
+        };
+        Some(Box::pin(async move {
+            tx.send(question).await.ok()?;
+            answer.await.ok()
+        }))
+    }
+}
+
+/// Answers the other shards' questions about the users this shard is home
+/// to, each in a task of its own (a slow database answer holds up no other).
+pub async fn answer_user_questions(
+    handle: Rc<DirectoryHandle>,
+    mut questions: shard::MeshReceiver<UserQuestion>,
+) {
+    while let Some(q) = questions.recv().await {
+        let handle = Rc::clone(&handle);
+        tokio::task::spawn_local(async move {
+            let answer = match handle.get().await {
+                Ok(d) => d.shared_user(&q.user, &q.domain).await,
+                Err(e) => Err(lookup::LookupError::Unavailable(e)),
+            };
+            let _ = q.reply.send(answer);
+        });
     }
 }
 

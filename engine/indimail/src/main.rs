@@ -29,6 +29,7 @@ mod svctool;
 mod tcprules;
 mod tools;
 mod turn;
+mod userrates;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

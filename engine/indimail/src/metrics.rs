@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// The counters, in exposition order: (name, help).
-pub const COUNTERS: [(&str, &str); 8] = [
+pub const COUNTERS: [(&str, &str); 10] = [
     ("smtp_connections_total", "SMTP connections accepted"),
     (
         "smtp_messages_accepted_total",
@@ -32,6 +32,14 @@ pub const COUNTERS: [(&str, &str); 8] = [
         "recipients failed permanently (bounced)",
     ),
     ("bounces_total", "bounce messages queued"),
+    (
+        "directory_user_queries_total",
+        "user records fetched from the database (first fetches and refreshes)",
+    ),
+    (
+        "directory_home_questions_total",
+        "user lookups answered by the user's home shard over the mesh",
+    ),
 ];
 
 /// Index of each counter in [`COUNTERS`].
@@ -53,6 +61,10 @@ pub enum Counter {
     Failed,
     /// See [`COUNTERS`].
     Bounces,
+    /// See [`COUNTERS`] (copied from the directory, see [`ShardMetrics::set`]).
+    DirectoryUserQueries,
+    /// See [`COUNTERS`].
+    HomeQuestions,
 }
 
 /// Upper bounds (seconds) of the delivery latency histogram buckets
@@ -74,6 +86,11 @@ impl ShardMetrics {
     /// Adds one.
     pub fn inc(&self, c: Counter) {
         self.values[c as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sets a counter kept elsewhere (the directory's own count).
+    pub fn set(&self, c: Counter, v: u64) {
+        self.values[c as usize].store(v, Ordering::Relaxed);
     }
 
     /// Records the latency of one successful delivery (seconds from

@@ -43,6 +43,14 @@ struct Shared {
     turn_hub: crate::turn::TurnHub,
     /// The receiving ends, taken by each shard at start.
     turn_rx: Mutex<Vec<Option<shard::MeshReceiver<crate::turn::TurnRequest>>>>,
+    /// Questions to users' home shards (see [`crate::directory::MeshUserHome`]).
+    user_tx: Vec<shard::MeshSender<crate::directory::UserQuestion>>,
+    /// Their receiving ends, taken by each shard at start.
+    user_rx: Mutex<Vec<Option<shard::MeshReceiver<crate::directory::UserQuestion>>>>,
+    /// Rate checks for authenticated users, sent to their home shards.
+    rate_tx: Vec<shard::MeshSender<crate::userrates::UserRateQuestion>>,
+    /// Their receiving ends, taken by each shard at start.
+    rate_rx: Mutex<Vec<Option<shard::MeshReceiver<crate::userrates::UserRateQuestion>>>>,
     /// Queue-tool requests from the control socket (see [`crate::queuectl`]),
     /// taken by each shard at start.
     ctl_rx: Mutex<Vec<Option<shard::MeshReceiver<crate::queuectl::CtlRequest>>>>,
@@ -199,7 +207,13 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
     let (ready_tx, ready_rx) = mpsc::channel();
     let turn_mesh = shard::Mesh::new(shards, 64);
     let ctl_mesh = shard::Mesh::new(shards, 16);
+    let user_mesh = shard::Mesh::new(shards, 1024);
+    let rate_mesh = shard::Mesh::new(shards, 1024);
     let shared = Arc::new(Shared {
+        rate_tx: rate_mesh.senders,
+        rate_rx: Mutex::new(rate_mesh.receivers.into_iter().map(Some).collect()),
+        user_tx: user_mesh.senders,
+        user_rx: Mutex::new(user_mesh.receivers.into_iter().map(Some).collect()),
         ctl_rx: Mutex::new(ctl_mesh.receivers.into_iter().map(Some).collect()),
         turn_hub: crate::turn::TurnHub::new(turn_mesh.senders),
         turn_rx: Mutex::new(turn_mesh.receivers.into_iter().map(Some).collect()),
@@ -407,12 +421,22 @@ async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<(), String> 
         });
     }
     // ETRN / ATRN requests from any shard for this shard's queues.
-    let turn_rx = shared
-        .turn_rx
-        .lock()
-        .ok()
-        .and_then(|mut v| v.get_mut(info.index).and_then(Option::take));
+    let turn_rx = take_receiver(&shared.turn_rx, info.index);
     smtp_shard.set_turn(shared.turn_hub.clone());
+    // Authenticated users' rates, counted on each user's home shard.
+    if shared.rate_tx.len() > 1 {
+        smtp_shard.set_user_rates(crate::userrates::UserRateRouter::new(
+            info.index,
+            shared.rate_tx.clone(),
+        ));
+        let questions = take_receiver(&shared.rate_rx, info.index);
+        if let Some(rx) = questions {
+            tokio::task::spawn_local(crate::userrates::answer_user_rate_questions(
+                Rc::clone(&smtp_shard),
+                rx,
+            ));
+        }
+    }
     // Queue tools (show, delete, bounce, hold, release, flush).
     {
         let ctx = Rc::new(crate::queuectl::Ctx {
@@ -422,11 +446,7 @@ async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<(), String> 
             specs: shared.assignment[info.index].clone(),
         });
         crate::queuectl::apply_recorded_flushes(&smtp_shard.queues, &ctx).await;
-        let rx = shared
-            .ctl_rx
-            .lock()
-            .ok()
-            .and_then(|mut v| v.get_mut(info.index).and_then(Option::take));
+        let rx = take_receiver(&shared.ctl_rx, info.index);
         if let Some(rx) = rx {
             tokio::task::spawn_local(crate::queuectl::serve_shard(
                 rx,
@@ -485,6 +505,8 @@ async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<(), String> 
     }
     // Queue gauges for the metrics endpoint, refreshed off the mail path.
     {
+        let directory = Rc::clone(&smtp_shard.directory);
+        let metrics = shared.registry.shard(info.index);
         let queues = Rc::clone(&smtp_shard.queues);
         let gauges: Vec<_> = shared.assignment[info.index]
             .iter()
@@ -497,6 +519,12 @@ async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<(), String> 
                     if let Some(g) = g {
                         g.update(q);
                     }
+                }
+                if let Some(d) = directory.current() {
+                    metrics.set(
+                        crate::metrics::Counter::DirectoryUserQueries,
+                        d.user_queries(),
+                    );
                 }
                 tokio::select! {
                     _ = stop.wait() => break,
@@ -607,6 +635,20 @@ async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, Strin
     // accepted, recipient checks answer 451 and local deliveries are
     // deferred until the directory is back.
     let directory = Rc::new(crate::directory::DirectoryHandle::new(shared.home.clone()));
+    if shared.user_tx.len() > 1 {
+        directory.set_user_home(Rc::new(crate::directory::MeshUserHome::new(
+            info.index,
+            shared.user_tx.clone(),
+            shared.registry.shard(info.index),
+        )));
+        let questions = take_receiver(&shared.user_rx, info.index);
+        if let Some(rx) = questions {
+            tokio::task::spawn_local(crate::directory::answer_user_questions(
+                Rc::clone(&directory),
+                rx,
+            ));
+        }
+    }
     let _ = directory.get().await;
     let queues = Rc::new(queues);
     let cert_paths = tls::CertPaths::from_env(shared.control.path());
@@ -757,4 +799,11 @@ fn reload(config: &ServeConfig, tx: &tokio::sync::watch::Sender<Arc<SmtpSettings
             log!("status: configuration kept ({why}: errors above)");
         }
     }
+}
+
+/// Shard `index`'s end of a mesh, taken once at its start.
+fn take_receiver<T>(ends: &Mutex<Vec<Option<T>>>, index: usize) -> Option<T> {
+    ends.lock()
+        .ok()
+        .and_then(|mut v| v.get_mut(index).and_then(Option::take))
 }

@@ -157,14 +157,17 @@ pub struct SmtpShard {
     connections: Cell<u32>,
     per_ip: RefCell<HashMap<IpAddr, u32>>,
     /// The user directory, for CHECKRECIPIENT.
-    directory: Rc<crate::directory::DirectoryHandle>,
+    pub(crate) directory: Rc<crate::directory::DirectoryHandle>,
     /// Greylisting, when enabled (see [`Greylisting`]).
     greylisting: RefCell<Option<Greylisting>>,
     /// Every shard's turn channel, for ETRN and ATRN (see [`crate::turn`]).
     turn: RefCell<Option<crate::turn::TurnHub>>,
     /// RCPT and message rates per client address and per user (`rcptrate`,
-    /// `msgrate`, `authrcptrate`, `authmsgrate`), counted on this shard.
+    /// `msgrate`, `authrcptrate`, `authmsgrate`), counted on this shard for
+    /// the clients and users it is home to.
     rates: RefCell<policy::rate::RateLimits>,
+    /// Reaches the home shards of users (several shards).
+    user_rates: RefCell<Option<Rc<crate::userrates::UserRateRouter>>>,
     /// DNSBL and SPF lookups.
     dns: crate::dnscheck::DnsChecks,
 }
@@ -289,6 +292,7 @@ impl SmtpShard {
         let current = RefCell::new(Rc::new(generation(settings, certs.is_some())));
         SmtpShard {
             rates,
+            user_rates: RefCell::new(None),
             dns: crate::dnscheck::DnsChecks::new(index),
             current,
             certs,
@@ -328,6 +332,16 @@ impl SmtpShard {
     /// Connects this shard to every shard's turn channel (ETRN, ATRN).
     pub fn set_turn(&self, hub: crate::turn::TurnHub) {
         *self.turn.borrow_mut() = Some(hub);
+    }
+
+    /// Counts authenticated users' rates on their home shards.
+    pub fn set_user_rates(&self, router: crate::userrates::UserRateRouter) {
+        *self.user_rates.borrow_mut() = Some(Rc::new(router));
+    }
+
+    /// This shard's rate limiters.
+    pub fn rates(&self) -> &RefCell<policy::rate::RateLimits> {
+        &self.rates
     }
 
     /// Turns greylisting on for this shard.
@@ -1037,7 +1051,7 @@ impl Connection {
                 self.session.scram_credentials(credentials, &nonce);
             }
             OwnedEvent::Rcpt { domain, address } => {
-                let mut d = self.rate_check(false);
+                let mut d = self.rate_check(false).await;
                 if let (Decision::Accept, Some(addr)) = (&d, &address) {
                     d = self.rcpt_policy(addr);
                 }
@@ -1120,7 +1134,7 @@ impl Connection {
                 return self.verdict(v.clone(), txn, sender);
             }
         }
-        if let d @ Decision::Reject(_) = self.rate_check(true) {
+        if let d @ Decision::Reject(_) = self.rate_check(true).await {
             return d;
         }
         let spf = self.settings.spf;
@@ -1153,16 +1167,22 @@ impl Connection {
 
     /// One message (at MAIL) or one recipient (at RCPT) against the rate
     /// limits: the authenticated user's, else the client address's.
-    fn rate_check(&self, message: bool) -> Decision {
+    async fn rate_check(&self, message: bool) -> Decision {
         let ip = self.peer.ip();
         let user = self.auth_user.as_deref();
-        let now = std::time::Instant::now();
-        let d = {
-            let mut rates = self.shard.rates.borrow_mut();
-            if message {
-                rates.check_message(ip, user, now)
-            } else {
-                rates.check_rcpt(ip, user, now)
+        let d = match user {
+            Some(u) => {
+                let router = self.shard.user_rates.borrow().clone();
+                crate::userrates::check_user(router.as_deref(), &self.shard.rates, u, message).await
+            }
+            None => {
+                let now = std::time::Instant::now();
+                let mut rates = self.shard.rates.borrow_mut();
+                if message {
+                    rates.check_message(ip, None, now)
+                } else {
+                    rates.check_rcpt(ip, None, now)
+                }
             }
         };
         match d.verdict() {

@@ -8,6 +8,12 @@ mod common;
 
 use common::*;
 
+/// Python's smtplib with a TLS context that takes the test certificate.
+const TLS_CLIENT: &str = "import smtplib, ssl
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE";
+
 /// The shard counts every test runs with.
 const SHARDS: [&str; 2] = ["2", "8"];
 
@@ -112,11 +118,7 @@ fn auth_failures_count_across_connections() {
         setup_users(h.path(), &["alice"]);
         let s = start(h.path(), shards);
         let script = format!(
-            r#"
-import smtplib, ssl
-ctx = ssl.create_default_context()
-ctx.check_hostname = False
-ctx.verify_mode = ssl.CERT_NONE
+            r#"{TLS_CLIENT}
 for i in range(4):
     c = smtplib.SMTP("127.0.0.1", {port}, timeout=60)
     c.starttls(context=ctx)
@@ -127,10 +129,94 @@ for i in range(4):
         assert e.smtp_code == 535, e
     c.quit()
 "#,
-            port = s.smtp.port()
+            port = s.smtp.port(),
         );
         run_python(&script, &s.log());
         let log = s.log();
         assert!(log.contains("ip_failures=4"), "{shards}: {log}");
+    }
+}
+
+/// Every user has a home shard whose directory cache alone holds the
+/// user's entry; the others ask it over the mesh. 24 clients, each from its
+/// own address (so spread over the shards), check the same three recipients:
+/// the database is asked once per user (3), at 2 shards as at 8.
+#[test]
+fn users_are_looked_up_once_whatever_the_shards() {
+    for shards in SHARDS {
+        let h = home_with(&[]);
+        setup_users(h.path(), &["alice", "bob"]);
+        let lo = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let (s, addrs) = Server::start_services(
+            h.path(),
+            "uring",
+            &[("smtp", lo), ("metrics", lo)],
+            &[("INDIMAIL_SHARDS", shards), ("INDIMAIL_NO_DELIVERY", "1")],
+        );
+        let status = format!("status: {shards} shards");
+        wait_until(10, &status, || s.log().contains(&status));
+        for i in 0..24u8 {
+            let mut c = Client::connect_from([127, 0, 0, 10 + i], s.smtp);
+            assert_eq!(c.reply().0, 220);
+            c.cmd("EHLO client.example.org");
+            assert_eq!(c.cmd("MAIL FROM:<someone@example.org>").0, 250);
+            assert_eq!(c.cmd("RCPT TO:<alice@example.com>").0, 250, "{shards}");
+            assert_eq!(c.cmd("RCPT TO:<Bob@example.com>").0, 250, "{shards}");
+            let (code, text) = c.cmd("RCPT TO:<nobody@example.com>");
+            assert_eq!(code, 550, "{shards}: {text}");
+            c.cmd("QUIT");
+        }
+        let metrics = addrs["metrics"];
+        let counter = |name: &str| metric(metrics, name);
+        // The gauge loop copies each shard's count once a second.
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        assert_eq!(
+            counter("indimail_directory_user_queries_total"),
+            3,
+            "{shards} shards: {}",
+            s.log()
+        );
+        assert!(
+            counter("indimail_directory_home_questions_total") > 0,
+            "{shards} shards: the other shards asked the homes"
+        );
+    }
+}
+
+/// One counter from the metrics endpoint (Prometheus text).
+fn metric(addr: std::net::SocketAddr, name: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// authmsgrate 3 per minute: an authenticated user sending from six
+/// addresses (so over several shards) gets three messages, counted on the
+/// user's home shard.
+#[test]
+fn user_rates_count_across_shards() {
+    for shards in SHARDS {
+        let h = home_with(&[("authmsgrate", "3\n")]);
+        setup_users(h.path(), &["alice"]);
+        let s = start(h.path(), shards);
+        let script = format!(
+            r#"{TLS_CLIENT}
+codes = []
+for i in range(6):
+    c = smtplib.SMTP("127.0.0.1", {port}, timeout=60, source_address=("127.0.1.%d" % (10 + i), 0))
+    c.starttls(context=ctx)
+    c.login("alice@example.com", "pw12345")
+    codes.append(c.mail("alice@example.com")[0])
+    c.quit()
+assert codes == [250, 250, 250, 451, 451, 451], codes
+"#,
+            port = s.smtp.port(),
+        );
+        run_python(&script, &format!("{shards} shards\n{}", s.log()));
     }
 }

@@ -11,6 +11,8 @@
 //! user space for anything that must find a client's shard.
 //!
 //! IPv6 clients are placed by their /64, the unit the rate limits count in.
+//! Users have a home shard too ([`home_shard_of_name`]): the one whose
+//! directory cache holds their entry.
 
 use std::io;
 use std::net::IpAddr;
@@ -40,6 +42,20 @@ pub fn home_shard(ip: IpAddr, shards: usize) -> usize {
         },
     };
     ((key.wrapping_mul(MULTIPLIER) >> 16) % shards as u32) as usize
+}
+
+/// The home shard of a name (a user's `user@domain`): FNV-1a over its
+/// lower-cased bytes, so every shard computes the same owner without asking.
+pub fn home_shard_of_name(name: &str, shards: usize) -> usize {
+    if shards <= 1 {
+        return 0;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b.to_ascii_lowercase());
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % shards as u64) as usize
 }
 
 /// The classic BPF program: source address (IPv4, or the /64 of IPv6),
@@ -129,6 +145,20 @@ mod tests {
             home_shard(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)), 8)
         );
         assert_eq!(home_shard(a.into(), 1), 0);
+    }
+
+    #[test]
+    fn names_spread_and_ignore_case() {
+        let mut seen = [0; 8];
+        for i in 0..200 {
+            seen[home_shard_of_name(&format!("user{i}@example.com"), 8)] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 5), "{seen:?}");
+        assert_eq!(
+            home_shard_of_name("Alice@Example.COM", 8),
+            home_shard_of_name("alice@example.com", 8)
+        );
+        assert_eq!(home_shard_of_name("x@y", 1), 0);
     }
 
     /// The kernel places connections where `home_shard` says.
