@@ -181,6 +181,19 @@ impl Resolver {
         }
     }
 
+    /// The first name the PTR records of `ip` give (the client's `TCPREMOTEHOST`), without the
+    /// final dot; `None` when it has none.
+    pub async fn ptr(&self, ip: IpAddr) -> Result<Option<String>, DnsError> {
+        match self.inner.reverse_lookup(ip).await {
+            Ok(l) => Ok(l
+                .iter()
+                .next()
+                .map(|n| n.to_utf8().trim_end_matches('.').to_string())),
+            Err(e) if no_records(&e).is_some() => Ok(None),
+            Err(e) => Err(DnsError::Temporary(ip.to_string(), e.to_string())),
+        }
+    }
+
     /// The TXT records of `name`, each record's strings joined; none when
     /// the name does not exist.
     pub async fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {

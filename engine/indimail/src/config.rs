@@ -162,6 +162,9 @@ pub struct SmtpSettings {
     pub policy: std::sync::Arc<policy::Policy>,
     /// `etrnhosts` and `atrnaccess`: ETRN / ATRN (see [`crate::turn`]).
     pub turn: std::sync::Arc<crate::turn::TurnConfig>,
+    /// `greetdelay`, `REQPTR`, tarpitting, `MAX_RCPT_ERRCOUNT`, `PENALTY`
+    /// (see [`crate::clientchecks`]).
+    pub client_checks: crate::clientchecks::ClientChecks,
     /// `smtproutes`, read with the rest so that one reload covers it
     /// (remote delivery's table; see `delivery::routes`).
     pub smtproutes: std::sync::Arc<delivery::routes::SmtpRoutes>,
@@ -288,6 +291,7 @@ impl ServeConfig {
             )
             .unwrap_or(0),
         );
+        let client_checks = crate::clientchecks::ClientChecks::load(c, &mut errors);
         let smtproutes = match delivery::routes::SmtpRoutes::load(&c.file("smtproutes")) {
             Ok(r) => r,
             Err(errs) => {
@@ -420,6 +424,7 @@ impl ServeConfig {
                 turn,
                 msgproc,
                 smtproutes: std::sync::Arc::new(smtproutes),
+                client_checks,
             },
             paths,
             listeners,

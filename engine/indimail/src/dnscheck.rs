@@ -49,6 +49,13 @@ impl DnsChecks {
             .as_ref()
     }
 
+    /// The client's host name from its PTR (`TCPREMOTEHOST`): `Ok(None)` when it has
+    /// none, `Err` when DNS could not say (or no resolver could be made).
+    pub async fn client_name(&self, ip: IpAddr) -> Result<Option<String>, String> {
+        let resolver = self.resolver().ok_or("no resolver")?;
+        resolver.ptr(ip).await.map_err(|e| e.to_string())
+    }
+
     /// The first of `zones` listing `ip`, as a reply (`554 5.7.1` with the
     /// list's TXT reason). All zones are asked at once. A zone that cannot
     /// be asked (timeout, SERVFAIL) does not block mail; it is logged.

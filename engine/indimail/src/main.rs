@@ -5,6 +5,7 @@
 //! `sendmail`, ...) it behaves as that program.
 
 mod adminsrv;
+mod clientchecks;
 mod config;
 mod control;
 mod deliver;

@@ -578,6 +578,8 @@ async fn connection(
         _ => &generation.protos[0],
     };
     let mut session = Session::new(Rc::clone(proto));
+    let checks = settings.client_checks.for_client(&rule);
+    session.set_max_rcpt_errors(checks.max_rcpt_errors);
     let random = tls::random_u64()
         .unwrap_or_else(|_| u64::from(peer.port()) << 32 | u64::from(std::process::id()));
     session.set_auth_entropy(random, crate::deliver::unix_now());
@@ -633,6 +635,7 @@ async fn connection(
         Dnsbl::Done(None)
     };
     let mut conn = Connection {
+        checks,
         dnsbl,
         shard: Rc::clone(&shard),
         settings,
@@ -664,7 +667,8 @@ async fn connection(
         peer.port(),
         relay
     );
-    match conn.run().await {
+    let greet = conn.before_greeting().await;
+    match if greet { conn.run().await } else { Ok(()) } {
         Ok(()) => {}
         Err(e) => log!("shard{} smtp drop ip={ip} reason={e}", shard.index),
     }
@@ -741,6 +745,8 @@ struct Txn {
 
 struct Connection {
     shard: Rc<SmtpShard>,
+    /// greetdelay, REQPTR, tarpitting, PENALTY for this client.
+    checks: crate::clientchecks::ClientChecks,
     /// An accepted ATRN, until the connection is turned around.
     turned: Option<crate::turn::Turned>,
     /// The client's DNSBL listing, if any (see [`Dnsbl`]).
@@ -974,6 +980,75 @@ impl Connection {
         self.data_credit = (self.data_credit + earned).min(elapsed);
     }
 
+    /// The checks before the greeting (see [`crate::clientchecks`]):
+    /// `greetdelay` (with the client's name looked up meanwhile when `REQPTR`
+    /// or `badhost` need it), then early talkers, REQPTR and badhost. `false`
+    /// when the client was refused (answered; the caller closes).
+    async fn before_greeting(&mut self) -> bool {
+        let ip = self.peer.ip();
+        let lookup = self.checks.wants_client_name(&self.settings.policy);
+        let delay = self.checks.greeting();
+        let shard = Rc::clone(&self.shard);
+        let (name, ()) = tokio::join!(
+            async move {
+                match lookup {
+                    true => Some(shard.dns.client_name(ip).await),
+                    false => None,
+                }
+            },
+            async {
+                if let Some((d, _)) = delay {
+                    tokio::time::sleep(d).await;
+                }
+            }
+        );
+        let me = self.settings.me.clone();
+        let early = matches!(delay, Some((_, true)))
+            && !self.session.is_tls()
+            && self.io().tcp().has_unread_input();
+        let refusal = if early {
+            Some((
+                crate::clientchecks::ClientChecks::early_talker(&me),
+                "GREETDELAY".to_string(),
+            ))
+        } else {
+            name.and_then(|n| {
+                self.checks
+                    .judge_client_name(&self.settings.policy, &n, &me)
+            })
+        };
+        let Some((reply, rule)) = refusal else {
+            // The client's clock starts at the greeting, not at connect.
+            self.waiting_since = tokio::time::Instant::now();
+            return true;
+        };
+        log!(
+            "shard{} smtp refused ip={ip} rule={rule} code={}",
+            self.shard.index,
+            reply.code()
+        );
+        let _ = self.io().write_all(reply.to_wire()).await;
+        let _ = self.io().shutdown().await;
+        false
+    }
+
+    /// Tarpitting before an accepted RCPT's answer, the penalty after a
+    /// refused one (see [`crate::clientchecks`]).
+    async fn slow_down_rcpt(&self, d: &Decision) {
+        let wait = match d {
+            Decision::Accept => self
+                .checks
+                .tarpit(self.session.envelope().recipients.len() + 1),
+            Decision::Reject(r) if r.code() >= 500 => {
+                Some(self.checks.penalty).filter(|p| !p.is_zero())
+            }
+            Decision::Reject(_) => None,
+        };
+        if let Some(wait) = wait {
+            tokio::time::sleep(wait).await;
+        }
+    }
+
     async fn flush(&mut self) -> std::io::Result<()> {
         let out = self.session.output();
         if out.is_empty() {
@@ -1066,6 +1141,7 @@ impl Connection {
                         d = self.greylist(&addr).await;
                     }
                 }
+                self.slow_down_rcpt(&d).await;
                 self.session.decide(d);
             }
             OwnedEvent::Etrn { node } => {

@@ -159,3 +159,66 @@ fn spf_levels_and_received_spf_header() {
     assert_eq!(code, 451, "{text}");
     assert!(text.starts_with("451 4.7.24 "), "{text}");
 }
+
+/// This machine's address on its network (not loopback: resolvers answer
+/// `localhost` for all of 127/8 and ::1 without asking, RFC 6761).
+fn own_address() -> std::net::Ipv4Addr {
+    let u = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    // Connecting a UDP socket sends nothing; it picks the source address.
+    u.connect("192.0.2.1:9")
+        .expect("a route off this machine (a non-loopback address for PTR tests)");
+    match u.local_addr().unwrap().ip() {
+        std::net::IpAddr::V4(a) if !a.is_loopback() => a,
+        other => panic!("no non-loopback IPv4 address for PTR tests (got {other})"),
+    }
+}
+
+/// REQPTR and badhost, before the greeting: a client whose name is in
+/// `badhost` gets 553, a loopback client (`localhost`) 220, one whose
+/// address has no PTR 553; with DNS down, REQPTR answers 421 (try later),
+/// never a permanent refusal.
+#[test]
+fn reqptr_and_badhost_refuse_before_the_greeting() {
+    let me = own_address();
+    let from = me.octets();
+    let h = home_with(&[("badhost", "*.dialup.test\n")], ":allow\n");
+    let start = |dns: &str| {
+        let env = [
+            ("INDIMAIL_NO_DELIVERY", "1"),
+            ("INDIMAIL_DNS", dns),
+            ("REQPTR", ""),
+            ("BADHOSTCHECK", "1"),
+        ];
+        Server::start_with(h.path(), "uring", &env)
+    };
+    let ns = Dnsmasq::start(&[("h2.dialup.test", &*me.to_string())], &[]);
+    let s = start(&ns.addr.to_string());
+    let (code, text) = Client::connect_from(from, s.smtp).reply();
+    assert_eq!(code, 553, "{text}\n{}", s.log());
+    assert!(text.contains("h2.dialup.test"), "{text}");
+    let mut c = Client::connect_from([127, 0, 0, 21], s.smtp);
+    assert_eq!(c.reply().0, 220);
+    assert_eq!(c.cmd("EHLO mx.good.test").0, 250);
+    let log = s.log();
+    assert!(
+        log.contains(&format!("smtp refused ip={me} rule=badhost:1")),
+        "{log}"
+    );
+    drop(s);
+    drop(ns);
+
+    // No PTR for the address: 553.
+    let ns = Dnsmasq::start(&[], &[]);
+    let s = start(&ns.addr.to_string());
+    let (code, text) = Client::connect_from(from, s.smtp).reply();
+    assert_eq!(code, 553, "{text}");
+    assert!(text.contains("no PTR record"), "{text}");
+    assert!(s.log().contains("rule=REQPTR"), "{}", s.log());
+    drop(s);
+
+    // DNS that does not answer: 421, not 553.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let s = start(&dead.local_addr().unwrap().to_string());
+    let (code, text) = Client::connect_from(from, s.smtp).reply();
+    assert_eq!(code, 421, "{text}");
+}

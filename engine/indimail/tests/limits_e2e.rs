@@ -94,3 +94,59 @@ fn rate_limit_changed_while_running_keeps_sessions() {
     // The session opened before the change was not dropped.
     assert_eq!(held.cmd("NOOP").0, 250);
 }
+
+/// greetdelay -2: a client that talks before the greeting gets 554 and is
+/// closed; a patient one is greeted after the delay.
+#[test]
+fn greetdelay_drops_early_talkers() {
+    let h = home_with(&[("greetdelay", "-2\n")]);
+    let s = Server::start(h.path(), "uring");
+    let mut eager = Client::connect(s.smtp);
+    eager.send(b"EHLO spammer.example\r\n");
+    let start = std::time::Instant::now();
+    let mut patient = Client::connect(s.smtp);
+    let (code, text) = eager.reply();
+    assert_eq!(code, 554, "{text}");
+    assert!(text.contains("talked before the greeting"), "{text}");
+    assert!(eager.is_closed());
+    assert_eq!(patient.reply().0, 220);
+    assert!(start.elapsed() >= std::time::Duration::from_millis(1500));
+    assert_eq!(patient.cmd("EHLO client.example.org").0, 250);
+    assert!(s.log().contains("rule=GREETDELAY"), "{}", s.log());
+}
+
+/// Tarpitting (TARPITCOUNT 2, TARPITDELAY 1, from tcp.smtp): the second and
+/// later recipients are answered a second late; MAX_RCPT_ERRCOUNT 3: the
+/// third refused recipient ends the connection with 421.
+#[test]
+fn tarpit_and_too_many_invalid_recipients() {
+    let h = home_with(&[]);
+    std::fs::write(
+        h.path().join("tcp/tcp.smtp"),
+        ":allow,TARPITCOUNT=\"2\",TARPITDELAY=\"1\",MAX_RCPT_ERRCOUNT=\"3\"\n",
+    )
+    .unwrap();
+    let s = Server::start(h.path(), "epoll");
+    let mut c = Client::connect(s.smtp);
+    assert_eq!(c.reply().0, 220);
+    assert_eq!(c.cmd("EHLO client.example.org").0, 250);
+    assert_eq!(c.cmd("MAIL FROM:<a@example.org>").0, 250);
+    let start = std::time::Instant::now();
+    assert_eq!(c.cmd("RCPT TO:<u1@example.com>").0, 250);
+    assert_eq!(c.cmd("RCPT TO:<u2@example.com>").0, 250);
+    assert_eq!(c.cmd("RCPT TO:<u3@example.com>").0, 250);
+    assert!(
+        start.elapsed() >= std::time::Duration::from_millis(1900),
+        "two tarpitted recipients"
+    );
+    for i in 0..2 {
+        let (code, text) = c.cmd(&format!("RCPT TO:<x{i}@elsewhere.example>"));
+        assert_eq!(code, 553, "{text}");
+    }
+    let (code, _) = c.cmd("RCPT TO:<x2@elsewhere.example>");
+    assert_eq!(code, 553);
+    let (code, text) = c.reply();
+    assert_eq!(code, 421, "{text}");
+    assert!(text.contains("too many invalid addresses"), "{text}");
+    assert!(c.is_closed());
+}

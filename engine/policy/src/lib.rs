@@ -5,7 +5,7 @@
 //! * [`Policy`] reads an IndiMail control directory once ([`Policy::load`]) into an immutable
 //!   snapshot and answers the HELO, connect, MAIL FROM and RCPT TO questions qmail-smtpd asks,
 //!   in its order and with its replies (plus RFC 3463 enhanced codes): `badhelo`
-//!   (+`ENFORCE_FQDN_HELO`), `badip`, `from.envrules`, `hostaccess`, `blackholedsender` /
+//!   (+`ENFORCE_FQDN_HELO`), `badip`, `badhost`, `from.envrules`, `hostaccess`, `blackholedsender` /
 //!   `blackholedpatterns`, `badmailfrom` / `badmailpatterns`, `relaymailfrom`, relay-probe
 //!   addresses, `goodrcptto` / `goodrcptpatterns`, `badrcptto` / `badrcptpatterns`,
 //!   `accesslist`, `blackholedrcpt` / `blackholedrcptpatterns`, `chkrcptdomains`,

@@ -108,6 +108,7 @@ pub struct Policy {
     enforce_fqdn_helo: bool,
     badhelo: Option<AddrRule>,
     badip: Option<AddrRule>,
+    badhost: Option<AddrRule>,
     bmf: AddrRule,
     bhs: AddrRule,
     bhr: AddrRule,
@@ -153,6 +154,20 @@ fn nonempty(v: Option<String>) -> Option<String> {
 /// The client address as tcpserver prints it (`TCPREMOTEIP`): IPv4-mapped IPv6 as dotted quad.
 fn ip_text(ip: IpAddr) -> String {
     crate::canonical_ip(ip).to_string()
+}
+
+/// `key` in an enabled connect-time list (`badip`, `badhost`): refused with `code`.
+fn listed(
+    rule: Option<&AddrRule>,
+    key: &str,
+    code: u16,
+    enhanced: (u8, u16, u16),
+    text: impl FnOnce() -> String,
+) -> Verdict {
+    match rule.and_then(|r| r.matches(key)) {
+        Some(hit) => reject(code, enhanced, text(), hit),
+        None => Verdict::Accept,
+    }
 }
 
 fn reject(code: u16, enhanced: (u8, u16, u16), text: impl Into<String>, rule: String) -> Verdict {
@@ -310,6 +325,11 @@ impl Policy {
             let name = nonempty(env("BADIP")).unwrap_or_else(|| "badip".into());
             plain_list(&mut rd, &mut errors, &name)
         });
+        // badhost (client host names from PTR) when BADHOSTCHECK or BADHOST (file name).
+        let badhost = (env("BADHOSTCHECK").is_some() || env("BADHOST").is_some()).then(|| {
+            let name = nonempty(env("BADHOST")).unwrap_or_else(|| "badhost".into());
+            plain_list(&mut rd, &mut errors, &name)
+        });
         // BODYCHECK enables content rules. Its value names the rules file when such a file
         // exists; otherwise (BODYCHECK=1, BODYCHECK=) the standard `bodycheck` is used, which is
         // what qmail-smtpd ends up reading in those cases.
@@ -332,6 +352,7 @@ impl Policy {
             enforce_fqdn_helo: env("ENFORCE_FQDN_HELO").is_some(),
             badhelo,
             badip,
+            badhost,
             bmf,
             bhs,
             bhr,
@@ -400,18 +421,25 @@ impl Policy {
     /// Connection check before the greeting (spec 2.2 step 3): `badip`, when `BADIPCHECK` or
     /// `BADIP` enables it, gives `421 4.7.1` (the driver sends it and closes).
     pub fn check_connect(&self, ip: IpAddr) -> Verdict {
-        if let Some(rule) = &self.badip {
-            let text = ip_text(ip);
-            if let Some(hit) = rule.matches(&text) {
-                return reject(
-                    421,
-                    (4, 7, 1),
-                    format!("sorry, your IP ({text}) is temporarily denied"),
-                    hit,
-                );
-            }
-        }
-        Verdict::Accept
+        let text = ip_text(ip);
+        listed(self.badip.as_ref(), &text, 421, (4, 7, 1), || {
+            format!("sorry, your IP ({text}) is temporarily denied")
+        })
+    }
+
+    /// Whether the client's host name (its PTR) is needed: `badhost` is enabled.
+    pub fn wants_client_name(&self) -> bool {
+        self.badhost.is_some()
+    }
+
+    /// Connection check before the greeting (spec 2.2 step 4): the client's host name
+    /// (`TCPREMOTEHOST`, from its PTR) in `badhost`, when `BADHOSTCHECK` or `BADHOST` enables
+    /// it, gives `553 5.7.1`. A client without a name is not matched.
+    pub fn check_client_name(&self, name: &str) -> Verdict {
+        let lower = name.trim_end_matches('.').to_ascii_lowercase();
+        listed(self.badhost.as_ref(), &lower, 553, (5, 7, 1), || {
+            format!("sorry, your host ({lower}) has been denied")
+        })
     }
 
     fn effective<'a>(&'a self, env: &[EnvAssign]) -> Effective<'a> {

@@ -398,6 +398,24 @@ fn badhelo_enabled_by_env_and_fqdn() {
 }
 
 #[test]
+fn badhost_gives_553() {
+    let mut d = Dir::new();
+    d.file("badhost", "dialup.example.net\n*.dyn.example.org\n");
+    let p = d.load();
+    assert!(!p.wants_client_name(), "needs BADHOSTCHECK");
+    assert!(p.check_client_name("dialup.example.net").is_accept());
+    d.env("BADHOSTCHECK", "");
+    let p = d.load();
+    assert!(p.wants_client_name());
+    assert_eq!(
+        p.check_client_name("Dialup.Example.NET.").to_string(),
+        "553 5.7.1 sorry, your host (dialup.example.net) has been denied"
+    );
+    assert_eq!(code(&p.check_client_name("h1.dyn.example.org")), Some(553));
+    assert!(p.check_client_name("mx.example.org").is_accept());
+}
+
+#[test]
 fn badip_gives_421() {
     let mut d = Dir::new();
     d.file("badip", "192.0.2.66\n198.51.100.*\n2001:db8::bad\n");

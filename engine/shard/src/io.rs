@@ -491,6 +491,23 @@ impl TcpStream {
         }
     }
 
+    /// Whether the peer has sent bytes not read yet (a peek: nothing is
+    /// consumed and it never waits), e.g. a client talking before the greeting.
+    pub fn has_unread_input(&self) -> bool {
+        let mut b = [0u8; 1];
+        // SAFETY: a one-byte buffer owned here; MSG_PEEK consumes nothing and
+        // MSG_DONTWAIT never blocks, whatever the socket's mode.
+        let n = unsafe {
+            libc::recv(
+                self.as_raw_fd(),
+                b.as_mut_ptr().cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n > 0
+    }
+
     /// The remote address.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         socket_ref(self.as_raw_fd(), |s| s.peer_addr())

@@ -352,6 +352,10 @@ pub struct Session {
     tls: bool,
     authenticated: bool,
     auth_failures: u32,
+    /// RCPTs refused permanently (5xx) in this connection.
+    rcpt_errors: u32,
+    /// Close with 421 after this many (`MAX_RCPT_ERRCOUNT`); 0 = never.
+    max_rcpt_errors: u32,
     /// Driver-supplied randomness and clock for CRAM challenges.
     auth_random: u64,
     auth_time: u64,
@@ -374,10 +378,24 @@ impl Session {
             tls: false,
             authenticated: false,
             auth_failures: 0,
+            rcpt_errors: 0,
+            max_rcpt_errors: 0,
             auth_random: 0,
             auth_time: 0,
             challenges: 0,
         }
+    }
+
+    /// Closes the connection with `421 4.7.0 too many invalid addresses` once
+    /// `max` recipients have been refused permanently (IndiMail's
+    /// `MAX_RCPT_ERRCOUNT`, a dictionary attack's end); 0 = never.
+    pub fn set_max_rcpt_errors(&mut self, max: u32) {
+        self.max_rcpt_errors = max;
+    }
+
+    /// Recipients refused permanently so far in this connection.
+    pub fn rcpt_errors(&self) -> u32 {
+        self.rcpt_errors
     }
 
     /// Queues the 220 greeting.
@@ -798,6 +816,18 @@ impl Session {
             (Pending::Rcpt(path, params), Decision::Accept) => {
                 self.envelope.recipients.push(Recipient { path, params });
                 self.reply(250, (2, 1, 5), "Recipient ok");
+            }
+            (Pending::Rcpt(..), Decision::Reject(r)) => {
+                r.write_to(&mut self.out);
+                if r.code() >= 500 {
+                    self.rcpt_errors = self.rcpt_errors.saturating_add(1);
+                    let max = self.max_rcpt_errors;
+                    if max > 0 && self.rcpt_errors >= max {
+                        let text = format!("{} too many invalid addresses", self.config.hostname);
+                        self.reply(421, (4, 7, 0), &text);
+                        self.mode = Mode::Closed;
+                    }
+                }
             }
             (_, Decision::Reject(r)) => r.write_to(&mut self.out),
         }

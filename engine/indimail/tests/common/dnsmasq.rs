@@ -1,7 +1,8 @@
 //! A private DNS server for tests: Debian's `dnsmasq` (package
 //! dnsmasq-base) on an ephemeral loopback port, authoritative for `.test`
-//! (anything not configured there is NXDOMAIN), with the A and TXT records
-//! a test gives. `indimail serve` is pointed at it with `INDIMAIL_DNS`.
+//! and for reverse names (anything not configured there is NXDOMAIN), with
+//! the A (and their PTR) and TXT records a test gives. `indimail serve` is
+//! pointed at it with `INDIMAIL_DNS`.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
@@ -34,6 +35,8 @@ impl Dnsmasq {
                 "--pid-file=",
                 "--user=root",
                 "--local=/test/",
+                // Reverse names too: a PTR the test did not give is NXDOMAIN.
+                "--local=/in-addr.arpa/",
                 "--log-facility=-",
             ])
             .arg(format!("--port={port}"));

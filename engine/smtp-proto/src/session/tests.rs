@@ -1548,3 +1548,35 @@ fn atrn_is_not_implemented_outside_odmr() {
     assert!(!o.output.contains("ATRN"), "{}", o.output);
     assert!(o.turns.is_empty());
 }
+
+/// MAX_RCPT_ERRCOUNT: the third permanently refused RCPT closes the
+/// connection with 421; temporary refusals do not count.
+#[test]
+fn too_many_invalid_recipients_close() {
+    let mut s = Session::new(Rc::new(cfg()));
+    s.set_max_rcpt_errors(3);
+    let input: &[u8] =
+        b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<a@y.z>\r\nRCPT TO:<b@y.z>\r\nRCPT TO:<c@y.z>\r\nRCPT TO:<d@y.z>\r\nRCPT TO:<e@y.z>\r\n";
+    let mut pos = 0;
+    let (n, ev) = s.feed(input);
+    pos += n;
+    assert!(matches!(ev, Event::Mail { .. }));
+    s.decide(Decision::Accept);
+    let answers = [
+        (451, (4, 2, 0)),
+        (550, (5, 1, 1)),
+        (550, (5, 1, 1)),
+        (553, (5, 7, 1)),
+    ];
+    for (code, enh) in answers {
+        let (n, ev) = s.feed(&input[pos..]);
+        pos += n;
+        assert!(matches!(ev, Event::Rcpt { .. }), "{ev:?}");
+        s.decide(Decision::Reject(Reply::new(code, Some(enh), "no")));
+    }
+    assert_eq!(s.rcpt_errors(), 3);
+    let (_, ev) = s.feed(&input[pos..]);
+    assert_eq!(ev, Event::Close);
+    assert!(String::from_utf8_lossy(s.output())
+        .ends_with("553 5.7.1 no\r\n421 4.7.0 mx.example too many invalid addresses\r\n"));
+}
