@@ -106,6 +106,24 @@ pub struct RemoteJob<'a> {
     pub qqeh: &'a str,
 }
 
+/// Idle connections are kept per address and per identity: a session that
+/// authenticated as one route's user never carries another route's mail.
+type PoolKey = (SocketAddr, Option<crate::routes::Credentials>);
+
+/// Where and as whom one attempt connects.
+struct Dest<'a> {
+    addr: SocketAddr,
+    host: &'a str,
+    implicit_tls: bool,
+    auth: Option<&'a crate::routes::Credentials>,
+}
+
+impl Dest<'_> {
+    fn key(&self) -> PoolKey {
+        (self.addr, self.auth.cloned())
+    }
+}
+
 struct Pooled {
     conn: Connection,
     session: ClientSession,
@@ -129,7 +147,7 @@ pub struct Remote {
     routes: RefCell<Arc<SmtpRoutes>>,
     resolver: Resolver,
     backoff: RefCell<Backoff>,
-    pool: RefCell<HashMap<SocketAddr, Vec<Pooled>>>,
+    pool: RefCell<HashMap<PoolKey, Vec<Pooled>>>,
     stats: RefCell<RemoteStats>,
 }
 
@@ -289,10 +307,13 @@ impl Remote {
                     });
                     continue;
                 }
-                match self
-                    .attempt(addr, host, implicit_tls, &envelope, &wire)
-                    .await
-                {
+                let dest = Dest {
+                    addr,
+                    host,
+                    implicit_tls,
+                    auth: route.as_ref().and_then(|r| r.credentials.as_ref()),
+                };
+                match self.attempt(&dest, &envelope, &wire).await {
                     Attempt::Done(outcomes) => return outcomes,
                     Attempt::Next(why) => last_error = Some(why),
                 }
@@ -311,9 +332,9 @@ impl Remote {
         ]
     }
 
-    fn checkout(&self, addr: SocketAddr) -> Option<Pooled> {
+    fn checkout(&self, key: &PoolKey) -> Option<Pooled> {
         let mut pool = self.pool.borrow_mut();
-        let list = pool.get_mut(&addr)?;
+        let list = pool.get_mut(key)?;
         while let Some(p) = list.pop() {
             if p.since.elapsed() < self.cfg.idle_timeout && p.session.is_reusable() {
                 return Some(p);
@@ -323,12 +344,12 @@ impl Remote {
         None
     }
 
-    fn checkin(&self, addr: SocketAddr, p: Pooled) -> Option<Pooled> {
+    fn checkin(&self, key: PoolKey, p: Pooled) -> Option<Pooled> {
         if !p.session.is_reusable() || p.uses >= self.cfg.max_reuse {
             return Some(p);
         }
         let mut pool = self.pool.borrow_mut();
-        let list = pool.entry(addr).or_default();
+        let list = pool.entry(key).or_default();
         if list.len() >= self.cfg.max_idle_per_dest {
             return Some(p);
         }
@@ -336,22 +357,16 @@ impl Remote {
         None
     }
 
-    async fn attempt(
-        &self,
-        addr: SocketAddr,
-        host: &str,
-        implicit_tls: bool,
-        env: &Envelope,
-        wire: &Arc<Vec<u8>>,
-    ) -> Attempt {
+    async fn attempt(&self, dest: &Dest<'_>, env: &Envelope, wire: &Arc<Vec<u8>>) -> Attempt {
+        let addr = dest.addr;
         // A pooled connection may have been closed by the peer while idle;
         // if it fails before any reply to this transaction, nothing was
         // accepted, so a fresh connection is tried instead.
-        if let Some(p) = self.checkout(addr) {
+        if let Some(p) = self.checkout(&dest.key()) {
             self.stats.borrow_mut().reused += 1;
             match self.transact(p, env, wire, true).await {
                 Ok((outcomes, p)) => {
-                    if let Some(p) = p.and_then(|p| self.checkin(addr, p)) {
+                    if let Some(p) = p.and_then(|p| self.checkin(dest.key(), p)) {
                         quit(p.conn, p.session).await;
                     }
                     return Attempt::Done(self.decorate(addr, outcomes));
@@ -360,7 +375,7 @@ impl Remote {
                 Err(Some(outcomes)) => return Attempt::Done(outcomes),
             }
         }
-        let (conn, session) = match self.open(addr, host, implicit_tls).await {
+        let (conn, session) = match self.open(dest).await {
             Ok(v) => v,
             Err(why) => return Attempt::Next(why),
         };
@@ -372,7 +387,7 @@ impl Remote {
         };
         match self.transact(p, env, wire, false).await {
             Ok((outcomes, p)) => {
-                if let Some(p) = p.and_then(|p| self.checkin(addr, p)) {
+                if let Some(p) = p.and_then(|p| self.checkin(dest.key(), p)) {
                     quit(p.conn, p.session).await;
                 }
                 Attempt::Done(self.decorate(addr, outcomes))
@@ -397,12 +412,8 @@ impl Remote {
     }
 
     /// Connects, reads the greeting, EHLO (HELO), STARTTLS when offered.
-    async fn open(
-        &self,
-        addr: SocketAddr,
-        host: &str,
-        implicit_tls: bool,
-    ) -> Result<(Connection, ClientSession), String> {
+    async fn open(&self, dest: &Dest<'_>) -> Result<(Connection, ClientSession), String> {
+        let (addr, host, implicit_tls) = (dest.addr, dest.host, dest.implicit_tls);
         self.stats.borrow_mut().connections += 1;
         let mut conn = match Connection::connect(
             addr,
@@ -427,6 +438,7 @@ impl Remote {
             ClientConfig {
                 helo: self.cfg.helo.clone(),
                 starttls: self.cfg.starttls,
+                auth: dest.auth.cloned(),
             },
             implicit_tls,
         );

@@ -26,9 +26,80 @@ pub struct Route {
     pub penalty: Option<u64>,
     /// Max tolerance in seconds, if given on the line.
     pub max_tolerance: Option<u64>,
-    /// AUTH credentials (`user password` or `/s`, `/r`, `/<token>`), kept
-    /// for the AUTH client; not used by this crate yet.
-    pub credentials: Option<String>,
+    /// AUTH credentials (`user password[ envstr]` after the route).
+    pub credentials: Option<Credentials>,
+}
+
+/// What the AUTH client sends a relay (qmail-remote's `smtproutes` credentials).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Credentials {
+    /// The user name.
+    pub user: String,
+    /// The password (never printed: `Debug` hides it).
+    pub password: String,
+    /// `AUTH_SMTP=` in the line's envstr: the mechanism to use (`PLAIN`, `LOGIN`); `None`
+    /// picks the best the relay offers.
+    pub mechanism: Option<String>,
+    /// `SECURE_AUTH=` in the envstr: never send the credentials outside TLS.
+    pub require_tls: bool,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("mechanism", &self.mechanism)
+            .field("require_tls", &self.require_tls)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The AUTH mechanisms the client speaks, best first.
+pub const AUTH_MECHANISMS: [&str; 2] = ["PLAIN", "LOGIN"];
+
+impl Credentials {
+    /// Parses `user password[ envstr]`, envstr being `VAR=val,VAR2=,...`. Of the variables,
+    /// `AUTH_SMTP` (a mechanism, or empty for the best offered) and `SECURE_AUTH` act here;
+    /// another is an error rather than silently ignored, as are the `remote_auth` lookups
+    /// (`/s`, `/r`, `/<token>`), which this server does not have.
+    pub fn parse(text: &str) -> Result<Credentials, String> {
+        let mut words = text.split_whitespace();
+        let user = words.next().unwrap_or_default();
+        if user.starts_with('/') {
+            return Err(format!(
+                "`{user}`: remote_auth lookups (/s, /r, /<token>) are not supported; \
+                 give `user password` on the line"
+            ));
+        }
+        let password = words
+            .next()
+            .ok_or_else(|| format!("user `{user}` has no password"))?;
+        let mut c = Credentials {
+            user: user.to_string(),
+            password: password.to_string(),
+            mechanism: None,
+            require_tls: false,
+        };
+        for assign in words.flat_map(|w| w.split(',')).filter(|a| !a.is_empty()) {
+            let (k, v) = assign.split_once('=').unwrap_or((assign, ""));
+            match k {
+                "AUTH_SMTP" if v.is_empty() => c.mechanism = None,
+                "AUTH_SMTP" => {
+                    let m = v.to_ascii_uppercase();
+                    if !AUTH_MECHANISMS.contains(&m.as_str()) {
+                        return Err(format!(
+                            "AUTH_SMTP={v}: not a mechanism this client speaks ({})",
+                            AUTH_MECHANISMS.join(", ")
+                        ));
+                    }
+                    c.mechanism = Some(m);
+                }
+                "SECURE_AUTH" => c.require_tls = true,
+                other => return Err(format!("`{other}` in the route's envstr is not supported")),
+            }
+        }
+        Ok(c)
+    }
 }
 
 impl Route {
@@ -148,7 +219,8 @@ impl SmtpRoutes {
 /// (also the value of `SMTPROUTE`).
 pub fn parse_line(line: &str) -> Result<(String, Route), String> {
     let (spec, creds) = match line.split_once(' ') {
-        Some((s, c)) => (s, Some(c.trim().to_string()).filter(|c| !c.is_empty())),
+        Some((s, c)) if !c.trim().is_empty() => (s, Some(Credentials::parse(c)?)),
+        Some((s, _)) => (s, None),
         None => (line, None),
     };
     // `!@` contains no colon, so the domain is everything before the first one.
@@ -231,13 +303,31 @@ mod tests {
             (d.relay.as_deref(), d.port),
             (Some("default.example.net"), 587)
         );
-        assert_eq!(d.credentials.as_deref(), Some("user secret"));
+        let c = d.credentials.as_ref().unwrap();
+        assert_eq!((c.user.as_str(), c.password.as_str()), ("user", "secret"));
+        assert!(!format!("{c:?}").contains("secret"));
         assert_eq!(r.lookup("example.com", true).unwrap().port, 26);
         assert_eq!(
             r.lookup("v6.example", false).unwrap().relay.as_deref(),
             Some("::1")
         );
         assert!(Route::relay("x", 465).implicit_tls());
+    }
+
+    #[test]
+    fn credentials_and_their_envstr() {
+        let (_, r) = parse_line("x:relay:587 u p AUTH_SMTP=login,SECURE_AUTH=").unwrap();
+        let c = r.credentials.unwrap();
+        assert_eq!(c.mechanism.as_deref(), Some("LOGIN"));
+        assert!(c.require_tls);
+        assert!(parse_line("x:relay u").unwrap_err().contains("no password"));
+        assert!(parse_line("x:relay /s")
+            .unwrap_err()
+            .contains("remote_auth"));
+        assert!(parse_line("x:relay u p FOO=1").unwrap_err().contains("FOO"));
+        assert!(parse_line("x:relay u p AUTH_SMTP=CRAM-MD5")
+            .unwrap_err()
+            .contains("CRAM-MD5"));
     }
 
     #[test]

@@ -192,6 +192,8 @@ pub struct ClientConfig {
     pub helo: String,
     /// Issue STARTTLS when offered (and the session is not TLS yet).
     pub starttls: bool,
+    /// Authenticate after EHLO (and STARTTLS) with these (RFC 4954).
+    pub auth: Option<crate::routes::Credentials>,
 }
 
 /// One mail transaction.
@@ -216,6 +218,9 @@ pub enum SessionError {
     /// EHLO and HELO were refused.
     #[error("HELO: {}", .0.text())]
     Helo(Reply),
+    /// AUTH could not be done or was refused (the text never holds the password).
+    #[error("AUTH: {0}")]
+    Auth(String),
     /// A call made in the wrong state (a driver bug).
     #[error("client core misuse: {0}")]
     Misuse(&'static str),
@@ -255,6 +260,7 @@ enum State {
     ExpectHelo,
     ExpectStartTls,
     Handshaking,
+    ExpectAuth(AuthStep),
     Ready,
     InTransaction,
     ExpectDataEnd,
@@ -262,6 +268,17 @@ enum State {
     ExpectQuit,
     Failed,
     Closed,
+}
+
+/// Where an AUTH exchange is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AuthStep {
+    /// AUTH LOGIN sent: the user name is asked for.
+    LoginUser,
+    /// The user name sent: the password is asked for.
+    LoginPassword,
+    /// Everything sent: 235 expected.
+    Outcome,
 }
 
 struct Tx {
@@ -360,8 +377,7 @@ impl ClientSession {
                         self.state = State::ExpectStartTls;
                         return Action::SendAndRead(b"STARTTLS\r\n".to_vec());
                     }
-                    self.state = State::Ready;
-                    Action::Ready
+                    self.authenticate()
                 }
                 5 => {
                     self.state = State::ExpectHelo;
@@ -374,8 +390,7 @@ impl ClientSession {
                     return self.fail(SessionError::Helo(r));
                 }
                 self.ext = Extensions::default();
-                self.state = State::Ready;
-                Action::Ready
+                self.authenticate()
             }
             State::ExpectStartTls => {
                 if r.code == 220 {
@@ -383,10 +398,10 @@ impl ClientSession {
                     Action::StartTls
                 } else {
                     // Opportunistic: a refused STARTTLS means plaintext.
-                    self.state = State::Ready;
-                    Action::Ready
+                    self.authenticate()
                 }
             }
+            State::ExpectAuth(step) => self.auth_reply(step, r),
             State::InTransaction => self.tx_reply(r),
             State::ExpectDataEnd => {
                 let tx = self.tx.take();
@@ -414,6 +429,87 @@ impl ClientSession {
             }
             State::Handshaking | State::Ready | State::Failed | State::Closed => {
                 self.fail(SessionError::Misuse("reply fed while none was expected"))
+            }
+        }
+    }
+
+    /// After EHLO (and STARTTLS): AUTH when credentials are configured
+    /// (PLAIN, else LOGIN, unless one is named), else ready.
+    fn authenticate(&mut self) -> Action {
+        let Some(c) = &self.cfg.auth else {
+            self.state = State::Ready;
+            return Action::Ready;
+        };
+        if c.require_tls && !self.tls {
+            return self.fail(SessionError::Auth(
+                "SECURE_AUTH: the relay offers no TLS, credentials not sent".into(),
+            ));
+        }
+        let offered = &self.ext.auth;
+        let mechanism = match &c.mechanism {
+            Some(m) => offered.contains(m).then(|| m.clone()),
+            None => crate::routes::AUTH_MECHANISMS
+                .iter()
+                .find(|m| offered.iter().any(|o| o == *m))
+                .map(|m| m.to_string()),
+        };
+        let Some(mechanism) = mechanism else {
+            let wanted = c
+                .mechanism
+                .clone()
+                .unwrap_or_else(|| "PLAIN or LOGIN".into());
+            return self.fail(SessionError::Auth(format!(
+                "the relay offers {} (wanted {wanted})",
+                if offered.is_empty() {
+                    "no AUTH".to_string()
+                } else {
+                    offered.join(" ")
+                }
+            )));
+        };
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        if mechanism == "PLAIN" {
+            let token = b64(format!("\0{}\0{}", c.user, c.password).as_bytes());
+            self.state = State::ExpectAuth(AuthStep::Outcome);
+            Action::SendAndRead(format!("AUTH PLAIN {token}\r\n").into_bytes())
+        } else {
+            self.state = State::ExpectAuth(AuthStep::LoginUser);
+            Action::SendAndRead(b"AUTH LOGIN\r\n".to_vec())
+        }
+    }
+
+    fn auth_reply(&mut self, step: AuthStep, r: Reply) -> Action {
+        use base64::Engine as _;
+        let Some(c) = &self.cfg.auth else {
+            return self.fail(SessionError::Misuse("AUTH reply without credentials"));
+        };
+        let send = |secret: &str| {
+            let mut line = base64::engine::general_purpose::STANDARD.encode(secret);
+            line.push_str("\r\n");
+            Action::SendAndRead(line.into_bytes())
+        };
+        match (step, r.code) {
+            (AuthStep::LoginUser, 334) => {
+                let a = send(&c.user);
+                self.state = State::ExpectAuth(AuthStep::LoginPassword);
+                a
+            }
+            (AuthStep::LoginPassword, 334) => {
+                let a = send(&c.password);
+                self.state = State::ExpectAuth(AuthStep::Outcome);
+                a
+            }
+            (AuthStep::Outcome, 235) => {
+                self.state = State::Ready;
+                Action::Ready
+            }
+            _ => {
+                let user = c.user.clone();
+                self.fail(SessionError::Auth(format!(
+                    "{user} was refused: {}",
+                    r.text()
+                )))
             }
         }
     }
@@ -742,6 +838,7 @@ mod tests {
             ClientConfig {
                 helo: "me".into(),
                 starttls: true,
+                auth: None,
             },
             false,
         );
@@ -754,6 +851,59 @@ mod tests {
             assert_eq!(a, Action::SendAndRead(b"STARTTLS\r\n".to_vec()));
         }
         s
+    }
+
+    fn auth_session(ext: &str, auth: &str, tls: bool) -> (ClientSession, Action) {
+        let (_, route) = crate::routes::parse_line(&format!("x:relay {auth}")).unwrap();
+        let mut s = ClientSession::new(
+            ClientConfig {
+                helo: "me".into(),
+                starttls: false,
+                auth: route.credentials,
+            },
+            tls,
+        );
+        s.on_reply(reply("220 hi\r\n"));
+        let a = s.on_reply(reply(ext));
+        (s, a)
+    }
+
+    #[test]
+    fn auth_plain_then_ready() {
+        let (mut s, a) = auth_session("250-me\r\n250 AUTH LOGIN PLAIN\r\n", "u p", false);
+        // base64("\0u\0p")
+        assert_eq!(a, Action::SendAndRead(b"AUTH PLAIN AHUAcA==\r\n".to_vec()));
+        assert_eq!(s.on_reply(reply("235 ok\r\n")), Action::Ready);
+        assert!(s.is_reusable());
+    }
+
+    #[test]
+    fn auth_login_steps_and_refusal() {
+        let (mut s, a) = auth_session(
+            "250-me\r\n250 AUTH PLAIN LOGIN\r\n",
+            "user pw AUTH_SMTP=LOGIN",
+            true,
+        );
+        assert_eq!(a, Action::SendAndRead(b"AUTH LOGIN\r\n".to_vec()));
+        let a = s.on_reply(reply("334 VXNlcm5hbWU6\r\n"));
+        assert_eq!(a, Action::SendAndRead(b"dXNlcg==\r\n".to_vec()));
+        let a = s.on_reply(reply("334 UGFzc3dvcmQ6\r\n"));
+        assert_eq!(a, Action::SendAndRead(b"cHc=\r\n".to_vec()));
+        let Action::Failed(e) = s.on_reply(reply("535 5.7.8 no\r\n")) else {
+            panic!("refusal must fail the session");
+        };
+        assert!(e.to_string().contains("user was refused"), "{e}");
+        assert!(!e.to_string().contains("pw"), "{e}");
+    }
+
+    #[test]
+    fn auth_needs_an_offered_mechanism_and_tls_when_secure() {
+        let (_, a) = auth_session("250 me\r\n", "u p", false);
+        assert!(matches!(a, Action::Failed(SessionError::Auth(_))), "{a:?}");
+        let (_, a) = auth_session("250-me\r\n250 AUTH PLAIN\r\n", "u p SECURE_AUTH=1", false);
+        assert!(matches!(a, Action::Failed(SessionError::Auth(_))), "{a:?}");
+        let (_, a) = auth_session("250-me\r\n250 AUTH PLAIN\r\n", "u p SECURE_AUTH=1", true);
+        assert!(matches!(a, Action::SendAndRead(_)), "{a:?}");
     }
 
     fn env(n: usize) -> Envelope {
@@ -826,6 +976,7 @@ mod tests {
             ClientConfig {
                 helo: "me".into(),
                 starttls: false,
+                auth: None,
             },
             false,
         );
@@ -839,6 +990,7 @@ mod tests {
             ClientConfig {
                 helo: "me".into(),
                 starttls: false,
+                auth: None,
             },
             false,
         );

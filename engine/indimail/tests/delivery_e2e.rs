@@ -237,3 +237,64 @@ fn sigkill_during_delivery_delivers_everything_at_least_once() {
     }
     assert!(dups <= 10, "{dups} duplicate deliveries");
 }
+
+/// smtproutes credentials: this server relays through another indimail
+/// server that relays only for authenticated users. With the right
+/// password (STARTTLS, then AUTH PLAIN) the message goes through; with a
+/// wrong one the relay answers 535 and the recipient stays queued,
+/// deferred (never bounced for a configuration mistake).
+#[test]
+fn smtproutes_credentials_authenticate_to_the_relay() {
+    let relay_home = tempfile::tempdir().unwrap();
+    setup_users(relay_home.path(), &["bob"]);
+    let relay = Server::start(relay_home.path(), "uring");
+    let port = relay.smtp.port();
+    let h = tempfile::tempdir().unwrap();
+    let control = h.path().join("control");
+    std::fs::create_dir_all(&control).unwrap();
+    std::fs::write(
+        control.join("smtproutes"),
+        format!(
+            "far.test:127.0.0.1:{port} bob@example.com pw12345\n\
+             wrong.test:127.0.0.1:{port} bob@example.com not-the-password AUTH_SMTP=LOGIN\n"
+        ),
+    )
+    .unwrap();
+    let s = Server::start_delivering(h.path(), "uring");
+    let (code, text) = send_message(
+        s.smtp,
+        "sender@example.org",
+        &["x@far.test"],
+        b"Subject: via an authenticated relay\r\n\r\nhi\r\n.\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
+    wait_until(30, "relayed with AUTH", || {
+        relay.log().contains("rcpts=1 ip=127.0.0.1")
+    });
+    let log = relay.log();
+    assert!(
+        log.contains("auth ok user=bob@example.com mech=PLAIN"),
+        "{log}"
+    );
+    wait_until(20, "delivered", || {
+        s.log().contains("x@far.test") && queue_list(h.path()).is_empty()
+    });
+
+    let (code, text) = send_message(
+        s.smtp,
+        "sender@example.org",
+        &["y@wrong.test"],
+        b"Subject: wrong password\r\n\r\nhi\r\n.\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
+    wait_until(30, "AUTH refused", || {
+        relay
+            .log()
+            .contains("auth failed user=bob@example.com mech=LOGIN")
+    });
+    wait_until(20, "deferred", || {
+        s.log().contains("AUTH: bob@example.com was refused")
+    });
+    assert_eq!(queue_list(h.path()).len(), 1, "still queued");
+    assert!(!s.log().contains("not-the-password"), "{}", s.log());
+}
