@@ -710,6 +710,34 @@ enum Dnsbl {
     Done(Option<policy::Verdict>),
 }
 
+/// `VAR=val,VAR2=<unset>` for the log.
+fn env_text(env: &[policy::EnvAssign]) -> String {
+    env.iter()
+        .map(|(k, v)| format!("{k}={}", v.as_deref().unwrap_or("<unset>")))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl Txn {
+    /// The variables an envrules line (`from.envrules`, `auth.envrules`)
+    /// sets for this message: DATABYTES, RELAYCLIENT, NULLQUEUE, QUARANTINE
+    /// (those naming control files act in the `policy` crate).
+    fn apply_env(&mut self, env: &[policy::EnvAssign]) {
+        for (var, value) in env {
+            match (var.as_str(), value) {
+                ("DATABYTES", Some(n)) => self.databytes = n.trim().parse().ok(),
+                ("DATABYTES", None) => self.databytes = None,
+                ("RELAYCLIENT", Some(_)) => self.relay = true,
+                ("RELAYCLIENT", None) => self.relay = false,
+                ("NULLQUEUE", Some(_)) => self.nullqueue = true,
+                ("NULLQUEUE", None) => self.nullqueue = false,
+                ("QUARANTINE", q) => self.quarantine = q.clone().filter(|q| !q.is_empty()),
+                _ => {}
+            }
+        }
+    }
+}
+
 /// What the access controls decided for the current transaction.
 #[derive(Default)]
 struct Txn {
@@ -1342,27 +1370,12 @@ impl Connection {
             relay: v.relay,
             ..Txn::default()
         };
-        for (var, value) in &v.env {
-            match (var.as_str(), value) {
-                ("DATABYTES", Some(n)) => txn.databytes = n.trim().parse().ok(),
-                ("DATABYTES", None) => txn.databytes = None,
-                ("RELAYCLIENT", Some(_)) => txn.relay = true,
-                ("RELAYCLIENT", None) => txn.relay = false,
-                ("NULLQUEUE", Some(_)) => txn.nullqueue = true,
-                ("NULLQUEUE", None) => txn.nullqueue = false,
-                ("QUARANTINE", q) => txn.quarantine = q.clone().filter(|q| !q.is_empty()),
-                _ => {}
-            }
-        }
         if !v.env.is_empty() {
+            txn.apply_env(&v.env);
             log!(
                 "shard{} envrules sender=<{sender}> set={}",
                 self.shard.index,
-                v.env
-                    .iter()
-                    .map(|(k, v)| format!("{k}={}", v.as_deref().unwrap_or("<unset>")))
-                    .collect::<Vec<_>>()
-                    .join(",")
+                env_text(&v.env)
             );
         }
         let d = self.verdict(v.verdict, &mut txn, sender);
@@ -1721,6 +1734,20 @@ impl Connection {
         self.pending_cr = false;
         self.txn.hops = smtp_proto::HopCounter::new();
         self.txn.scanner = self.settings.policy.body_scanner();
+        if self.relay || self.txn.relay || self.auth_user.is_some() {
+            // auth.envrules (AUTHRULES), at DATA for relay and
+            // authenticated clients (spec 2.6).
+            let env = self.settings.policy.auth_env();
+            if !env.is_empty() {
+                self.txn.apply_env(&env);
+                log!(
+                    "shard{} auth.envrules user={} set={}",
+                    self.shard.index,
+                    self.auth_user.as_deref().unwrap_or("-"),
+                    env_text(&env)
+                );
+            }
+        }
         let rules = std::sync::Arc::clone(&self.settings.msgproc);
         if self.txn.nullqueue || rules.nullqueue {
             // NULLQUEUE / blackholed at MAIL or RCPT: the client is told

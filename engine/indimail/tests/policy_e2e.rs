@@ -19,7 +19,10 @@ fn home_with(files: &[(&str, &str)]) -> tempfile::TempDir {
 }
 
 fn transaction(s: &Server, from: &str, to: &str, body: &str) -> Vec<(u16, String)> {
-    let mut c = Client::connect(s.smtp);
+    transaction_on(Client::connect(s.smtp), from, to, body)
+}
+
+fn transaction_on(mut c: Client, from: &str, to: &str, body: &str) -> Vec<(u16, String)> {
     let mut out = vec![c.reply()];
     out.push(c.cmd("EHLO client.example.org"));
     let mail = c.cmd(&format!("MAIL FROM:<{from}>"));
@@ -293,4 +296,29 @@ fn compiled_cdb_control_files_are_read() {
     let t = transaction(&s, "spammer@bad.example", "x@example.org", "x");
     assert_eq!(last(&t).0, 553, "{t:?}");
     assert!(s.log().contains("rule=badmailfrom.cdb:1"), "{}", s.log());
+}
+
+/// auth.envrules applies at DATA to relay (and authenticated) clients only:
+/// `:DATABYTES=100` refuses a relay client's long message with 552 and
+/// leaves an ordinary client's alone.
+#[test]
+fn auth_envrules_apply_to_relay_clients() {
+    let h = home_with(&[("auth.envrules", ":DATABYTES=100\n")]);
+    std::fs::write(
+        h.path().join("tcp/tcp.smtp"),
+        "127.0.0.5:allow,RELAYCLIENT=\"\"\n:allow\n",
+    )
+    .unwrap();
+    let s = Server::start(h.path(), "uring");
+    let long = "z".repeat(70) + "\r\n" + &"z".repeat(70);
+    let relay = Client::connect_from([127, 0, 0, 5], s.smtp);
+    let t = transaction_on(relay, "a@example.org", "x@far.example", &long);
+    assert_eq!(last(&t).0, 552, "{t:?}");
+    let t = transaction(&s, "a@example.org", "a@example.com", &long);
+    assert_eq!(last(&t).0, 250, "{t:?}");
+    assert!(
+        s.log().contains("auth.envrules user=- set=DATABYTES=100"),
+        "{}",
+        s.log()
+    );
 }
