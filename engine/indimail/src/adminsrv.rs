@@ -78,12 +78,27 @@ const MAX_LOCKOUT_ENTRIES: usize = 4096;
 
 /// Commands the endpoint runs: group and the verbs allowed (`None`: every verb).
 const WHITELIST: &[(&str, Option<&[&str]>)] = &[
-    ("domain", Some(&["add", "del", "list", "info", "add-alias"])),
+    (
+        "domain",
+        Some(&[
+            "add",
+            "del",
+            "list",
+            "info",
+            "add-alias",
+            "limits",
+            "rename",
+            "mod",
+        ]),
+    ),
     (
         "user",
-        Some(&["add", "del", "passwd", "mod", "info", "list", "quota"]),
+        Some(&[
+            "add", "del", "passwd", "mod", "info", "list", "quota", "rename", "expire",
+        ]),
     ),
     ("alias", Some(&["add", "del", "list"])),
+    ("relay", Some(&["clear"])),
     ("hostcntrl", None),
     ("cluster", None),
     ("atrn", None),
@@ -960,6 +975,18 @@ mod tests {
     fn operations_and_permissions() {
         assert_eq!(operation(&s(&["user", "add", "a@b"])).unwrap(), "user.add");
         assert_eq!(operation(&s(&["queue", "stat"])).unwrap(), "queue.stat");
+        // The IndiMail tools added later (vlimit, vrenameuser, vmoddomain, vdeloldusers,
+        // clearopensmtp) are reachable too.
+        for (g, v) in [
+            ("domain", "limits"),
+            ("domain", "rename"),
+            ("domain", "mod"),
+            ("user", "rename"),
+            ("user", "expire"),
+            ("relay", "clear"),
+        ] {
+            assert_eq!(operation(&s(&[g, v])).unwrap(), format!("{g}.{v}"));
+        }
         assert!(operation(&s(&["queue", "delete"])).is_err());
         assert!(operation(&s(&["serve"])).is_err());
         assert!(operation(&s(&["domain", "list", "--home", "/etc"])).is_err());
