@@ -157,6 +157,8 @@ pub struct SmtpSettings {
     pub dnsbl_zones: Vec<String>,
     /// `spfbehavior` / `SPFBEHAVIOR`.
     pub spf: policy::spf::SpfBehavior,
+    /// `spfrules`, `spfguess`, `spfexp` (and their variables).
+    pub spf_local: std::sync::Arc<policy::spf::SpfLocal>,
     /// IndiMail's access controls (badmailfrom, badrcptto, accesslist,
     /// hostaccess, envrules, bodycheck, badip, ...), see the `policy` crate.
     pub policy: std::sync::Arc<policy::Policy>,
@@ -292,6 +294,26 @@ impl ServeConfig {
             .unwrap_or(0),
         );
         let client_checks = crate::clientchecks::ClientChecks::load(c, &mut errors);
+        let mut spf_text = |var: &str, file: &str| match std::env::var(var) {
+            Ok(v) => Some(v).filter(|v| !v.trim().is_empty()),
+            Err(_) => take(&mut errors, c.string(file)).flatten(),
+        };
+        let spf_local = policy::spf::SpfLocal {
+            rules: spf_text("SPFRULES", "spfrules"),
+            guess: spf_text("SPFGUESS", "spfguess"),
+            exp: spf_text("SPFEXP", "spfexp"),
+        };
+        if let Some(g) = spf_local
+            .guess
+            .as_deref()
+            .filter(|g| !policy::spf::is_spf1(g))
+        {
+            errors.push(ControlError {
+                path: c.file("spfguess"),
+                line: Some(1),
+                problem: format!("`{g}` is not an SPF record (it must start with v=spf1)"),
+            });
+        }
         let smtproutes = match delivery::routes::SmtpRoutes::load(&c.file("smtproutes")) {
             Ok(r) => r,
             Err(errs) => {
@@ -425,6 +447,7 @@ impl ServeConfig {
                 msgproc,
                 smtproutes: std::sync::Arc::new(smtproutes),
                 client_checks,
+                spf_local: std::sync::Arc::new(spf_local),
             },
             paths,
             listeners,

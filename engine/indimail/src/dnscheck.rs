@@ -101,7 +101,16 @@ impl DnsChecks {
 
     /// The SPF result for `sender` (or, for the null sender, the HELO
     /// name) sending from `ip` (RFC 7208 via `mail-auth`).
-    pub async fn spf(&self, ip: IpAddr, helo: &str, sender: &str, me: &str) -> SpfFinding {
+    /// `local` adds qmail-spf's `spfrules` and `spfguess` to the domain's
+    /// record and `spfexp` to a failure the domain does not explain.
+    pub async fn spf(
+        &self,
+        ip: IpAddr,
+        helo: &str,
+        sender: &str,
+        me: &str,
+        local: &policy::spf::SpfLocal,
+    ) -> SpfFinding {
         let domain = match sender.rsplit_once('@') {
             Some((_, d)) if !sender.is_empty() => d.to_ascii_lowercase(),
             _ => helo.to_ascii_lowercase(),
@@ -118,16 +127,23 @@ impl DnsChecks {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
             v4 => v4,
         };
-        let out = if sender.is_empty() {
-            auth.verify_spf(mail_auth::spf::verify::SpfParameters::verify_ehlo(
-                ip, helo, me,
-            ))
-            .await
+        let params = if sender.is_empty() {
+            mail_auth::spf::verify::SpfParameters::verify_ehlo(ip, helo, me)
         } else {
-            auth.verify_spf(mail_auth::spf::verify::SpfParameters::verify_mail_from(
-                ip, helo, me, sender,
-            ))
-            .await
+            mail_auth::spf::verify::SpfParameters::verify_mail_from(ip, helo, me, sender)
+        };
+        let out = match self.local_record(resolver, &domain, local).await {
+            // The record with the local rules (or the guess) stands in for
+            // the domain's own, through mail-auth's TXT cache.
+            Some(txt) => {
+                let cache = OneTxt {
+                    key: format!("{domain}."),
+                    value: txt,
+                };
+                let params = mail_auth::Parameters::new(params).with_txt_cache(&cache);
+                auth.verify_spf(params).await
+            }
+            None => auth.verify_spf(params).await,
         };
         let result = match out.result() {
             mail_auth::SpfResult::Pass => SpfResult::Pass,
@@ -138,10 +154,71 @@ impl DnsChecks {
             mail_auth::SpfResult::TempError => SpfResult::TempError,
             mail_auth::SpfResult::PermError => SpfResult::PermError,
         };
+        let explanation = out.explanation().map(str::to_string).or_else(|| {
+            (result == SpfResult::Fail)
+                .then(|| local.explanation(sender, ip, helo, me))
+                .flatten()
+        });
         SpfFinding {
             result,
             domain,
-            explanation: out.explanation().map(str::to_string),
+            explanation,
         }
     }
+
+    /// The record `spfrules`/`spfguess` make for `domain`, parsed; `None`
+    /// when neither applies or DNS could not say (mail-auth then asks and
+    /// reports the error as usual).
+    async fn local_record(
+        &self,
+        resolver: &Resolver,
+        domain: &str,
+        local: &policy::spf::SpfLocal,
+    ) -> Option<mail_auth::Txt> {
+        if local.rules.is_none() && local.guess.is_none() {
+            return None;
+        }
+        let txts = resolver.txt(domain).await.ok()?;
+        let published = txts.iter().find(|t| policy::spf::is_spf1(t));
+        let record = local.record_for(published.map(String::as_str))?;
+        use mail_auth::common::parse::TxtRecordParser;
+        match mail_auth::spf::Spf::parse(record.as_bytes()) {
+            Ok(spf) => Some(mail_auth::Txt::Spf(std::sync::Arc::new(spf))),
+            Err(e) => {
+                log!(
+                    "shard{} spf local record for {domain} unusable ({e}): {record}",
+                    self.shard
+                );
+                None
+            }
+        }
+    }
+}
+
+/// A TXT cache holding one record: how a local SPF record replaces the
+/// domain's for one evaluation.
+struct OneTxt {
+    key: String,
+    value: mail_auth::Txt,
+}
+
+impl mail_auth::ResolverCache<String, mail_auth::Txt> for OneTxt {
+    fn get<Q>(&self, name: &Q) -> Option<mail_auth::Txt>
+    where
+        String: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        use std::borrow::Borrow;
+        (<String as Borrow<Q>>::borrow(&self.key) == name).then(|| self.value.clone())
+    }
+
+    fn remove<Q>(&self, _: &Q) -> Option<mail_auth::Txt>
+    where
+        String: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        None
+    }
+
+    fn insert(&self, _: String, _: mail_auth::Txt, _: std::time::Instant) {}
 }

@@ -1249,7 +1249,13 @@ impl Connection {
         let found = self
             .shard
             .dns
-            .spf(ip, &helo, sender, &self.settings.me)
+            .spf(
+                ip,
+                &helo,
+                sender,
+                &self.settings.me,
+                &self.settings.spf_local,
+            )
             .await;
         log!(
             "shard{} spf ip={ip} sender=<{sender}> domain={} result={}",

@@ -222,3 +222,47 @@ fn reqptr_and_badhost_refuse_before_the_greeting() {
     let (code, text) = Client::connect_from(from, s.smtp).reply();
     assert_eq!(code, 421, "{text}");
 }
+
+/// qmail-spf's local settings: `spfrules` mechanisms are tried before a
+/// domain's `-all` (bad.test passes from a locally trusted network),
+/// `spfguess` judges a domain without a record (nospf.test fails), and
+/// `spfexp` explains a failure the domain does not explain.
+#[test]
+fn spfrules_spfguess_spfexp() {
+    let ns = dns();
+    let ns_addr = ns.addr.to_string();
+    let h = home_with(
+        &[
+            ("spfbehavior", "3\n"),
+            ("spfrules", "ip4:127.0.0.0/8\n"),
+            ("spfguess", "v=spf1 ip4:192.0.2.0/24 -all\n"),
+            ("spfexp", "See https://why.test/?s=%{S}&i=%{I}&r=%{R}\n"),
+        ],
+        ":allow\n",
+    );
+    let env = [("INDIMAIL_NO_DELIVERY", "1"), ("INDIMAIL_DNS", &*ns_addr)];
+    let s = Server::start_with(h.path(), "uring", &env);
+    let (code, text) = mail_from(&s, "someone@bad.test");
+    assert_eq!(code, 250, "{text}\n{}", s.log());
+    let (code, text) = mail_from(&s, "someone@nospf.test");
+    assert_eq!(code, 550, "{text}");
+    assert!(
+        text.contains("See https://why.test/?s=someone@nospf.test&i=127.0.0.1&r=mx.example.com"),
+        "{text}"
+    );
+    assert!(
+        s.log().contains("domain=bad.test result=pass"),
+        "{}",
+        s.log()
+    );
+    drop(s);
+
+    // A guess that is not an SPF record is a configuration error, named.
+    std::fs::write(h.path().join("control/spfguess"), "a mx -all\n").unwrap();
+    let (code, out, err) = indimail(h.path(), &["config", "check"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("spfguess") || out.contains("spfguess"),
+        "{out}{err}"
+    );
+}

@@ -109,6 +109,87 @@ impl SpfBehavior {
     }
 }
 
+/// The local SPF settings of qmail-spf: `spfrules` (mechanisms tried before a domain's `all`),
+/// `spfguess` (a record for domains that publish none) and `spfexp` (the explanation of a
+/// failure when the domain gives none).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpfLocal {
+    /// `spfrules` / `SPFRULES`, e.g. `include:spf.trusted-forwarder.org`.
+    pub rules: Option<String>,
+    /// `spfguess` / `SPFGUESS`, e.g. `v=spf1 a/24 mx/24 ptr ?all`.
+    pub guess: Option<String>,
+    /// `spfexp` / `SPFEXP`, with the macros `%{S}` sender, `%{L}` its local part, `%{O}` and
+    /// `%{D}` its domain, `%{I}` client address, `%{H}` HELO name, `%{R}` this host.
+    pub exp: Option<String>,
+}
+
+impl SpfLocal {
+    /// The record to evaluate for a domain whose published SPF record is `published` (`None`:
+    /// it has none): the guess for a domain without one, the published record with the local
+    /// rules put before its final `all` (or after its last term when it has none). `None`
+    /// when nothing local applies (evaluate what DNS says).
+    pub fn record_for(&self, published: Option<&str>) -> Option<String> {
+        match published {
+            None => self.guess.clone().filter(|g| is_spf1(g)),
+            Some(r) => self
+                .rules
+                .as_deref()
+                .map(|rules| with_local_rules(r, rules)),
+        }
+    }
+
+    /// `spfexp` expanded for one failure; `None` when unset.
+    pub fn explanation(&self, sender: &str, ip: IpAddr, helo: &str, me: &str) -> Option<String> {
+        let t = self.exp.as_deref()?;
+        let (local, domain) = sender.rsplit_once('@').unwrap_or(("postmaster", helo));
+        let mut out = String::with_capacity(t.len() + 64);
+        let mut rest = t;
+        while let Some(i) = rest.find("%{") {
+            out.push_str(&rest[..i]);
+            let after = &rest[i + 2..];
+            let Some(end) = after.find('}') else {
+                out.push_str(&rest[i..]);
+                rest = "";
+                break;
+            };
+            match after[..end].chars().next().map(|c| c.to_ascii_uppercase()) {
+                Some('S') => out.push_str(sender),
+                Some('L') => out.push_str(local),
+                Some('O') | Some('D') => out.push_str(domain),
+                Some('I') => out.push_str(&crate::canonical_ip(ip).to_string()),
+                Some('H') => out.push_str(helo),
+                Some('R') => out.push_str(me),
+                _ => out.push_str(&rest[i..i + 3 + end]),
+            }
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        Some(out)
+    }
+}
+
+/// Whether `record` is an SPF version 1 record.
+pub fn is_spf1(record: &str) -> bool {
+    let r = record.trim_start();
+    r.len() >= 6
+        && r[..6].eq_ignore_ascii_case("v=spf1")
+        && r[6..].chars().next().is_none_or(|c| c == ' ')
+}
+
+/// `record` with `rules` put before its last `all` term (any qualifier), or at its end.
+pub fn with_local_rules(record: &str, rules: &str) -> String {
+    let terms: Vec<&str> = record.split_whitespace().collect();
+    let is_all = |t: &&str| {
+        t.trim_start_matches(['+', '-', '~', '?'])
+            .eq_ignore_ascii_case("all")
+    };
+    let at = terms.iter().rposition(is_all).unwrap_or(terms.len());
+    let mut out: Vec<&str> = terms[..at].to_vec();
+    out.extend(rules.split_whitespace());
+    out.extend(&terms[at..]);
+    out.join(" ")
+}
+
 /// The `Received-SPF:` header line (RFC 7208 section 9.1), with a trailing newline.
 pub fn received_spf(result: SpfResult, me: &str, ip: IpAddr, sender: &str, helo: &str) -> String {
     let (what, identity) = if sender.is_empty() {
@@ -152,6 +233,41 @@ pub fn received_spf(result: SpfResult, me: &str, ip: IpAddr, sender: &str, helo:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_rules_go_before_all_and_guess_only_without_a_record() {
+        let l = SpfLocal {
+            rules: Some("include:fwd.test a:relay.test".into()),
+            guess: Some("v=spf1 a/24 mx ?all".into()),
+            exp: None,
+        };
+        assert_eq!(
+            l.record_for(Some("v=spf1 ip4:192.0.2.1 -all")).as_deref(),
+            Some("v=spf1 ip4:192.0.2.1 include:fwd.test a:relay.test -all")
+        );
+        assert_eq!(
+            l.record_for(Some("v=spf1 mx redirect=x.test")).as_deref(),
+            Some("v=spf1 mx redirect=x.test include:fwd.test a:relay.test")
+        );
+        assert_eq!(l.record_for(None).as_deref(), Some("v=spf1 a/24 mx ?all"));
+        assert_eq!(SpfLocal::default().record_for(Some("v=spf1 -all")), None);
+        assert!(!is_spf1("v=spf10 -all") && is_spf1("V=SPF1"));
+    }
+
+    #[test]
+    fn explanation_macros() {
+        let l = SpfLocal {
+            exp: Some("See https://why.test/?s=%{S}&i=%{I}&r=%{R}&l=%{l}&d=%{d} %{x}".into()),
+            ..SpfLocal::default()
+        };
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        assert_eq!(
+            l.explanation("joe@bad.test", ip, "helo.test", "mx.me")
+                .unwrap(),
+            "See https://why.test/?s=joe@bad.test&i=192.0.2.9&r=mx.me&l=joe&d=bad.test %{x}"
+        );
+        assert_eq!(SpfLocal::default().explanation("a@b", ip, "h", "m"), None);
+    }
 
     #[test]
     fn levels() {
