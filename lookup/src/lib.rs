@@ -34,6 +34,7 @@
 
 mod admin;
 pub mod cache;
+pub mod catchall;
 pub mod checkpassword;
 pub mod cli;
 mod config;
@@ -53,7 +54,7 @@ pub use admin::{
 };
 pub use cache::{Cache, CachePolicy, CacheStats, Clock, Lookup, ManualClock, SystemClock};
 pub use config::{BackendConfig, DirectoryConfig, MysqlConfig};
-pub use directory::{Directory, HomeAnswer, RefreshMode, SharedUser, UserHome};
+pub use directory::{Destination, Directory, HomeAnswer, RefreshMode, SharedUser, UserHome};
 pub use error::LookupError;
 pub use model::{
     bucket, normalize_domain, Address, AuthResult, LastAuth, Limits, MailStore, Quota, SmtpReply,
