@@ -239,6 +239,17 @@ fn catch_all_domain_delivers_discards_and_bounces() {
     assert_eq!(maildir_files(&boxes[1]).len(), 2);
     assert_eq!(maildir_files(&other).len(), 1);
 
+    // domain:ip:port: handed to that SMTP server (a capture sink here).
+    let (mut cap, port, capdir) = capture("ok");
+    domain_mod_handler(home, &format!("example.com:127.0.0.1:{port}"));
+    send_message(s.smtp, "a@example.org", &["elsewhere@example.com"], msg);
+    wait_until(30, "relayed to the sink", || {
+        captured(capdir.path()).len() == 1
+    });
+    let (env, _) = captured(capdir.path()).pop().unwrap();
+    assert_eq!(env, "a@example.org\nelsewhere@example.com\n", "{env}");
+    let _ = cap.kill();
+
     // bounce-no-mailbox: 550 5.1.1 at RCPT; injected mail bounces.
     domain_mod_handler(home, "bounce-no-mailbox");
     let (code, text) = rcpt(&s, "nobody@example.com");
