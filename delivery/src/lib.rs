@@ -1,6 +1,8 @@
 //! Delivery of one message to local mailboxes and remote SMTP servers.
 //!
 //! What it does (spec sections 3 and 4.6-4.7):
+//! - [`dotqmail`]: the dot-qmail line format and qmail-local's `.qmail-ext`
+//!   file names (sans-I/O).
 //! - [`local`]: qmail-local/vdelivermail for one recipient: Maildir writes
 //!   (tmp → fdatasync → link into new → fsync new), mbox, `|program`
 //!   lines, forwards, `Delivered-To` loop detection, Maildir++ quota
@@ -39,6 +41,7 @@
 pub mod backoff;
 pub mod bounce;
 pub mod dns;
+pub mod dotqmail;
 pub mod local;
 pub mod maildir;
 pub mod program;

@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::dotqmail::{self, Instruction};
 use crate::maildir::{self, Quota, QuotaCheck, QuotaPolicy};
 use crate::program::{self, ProgramSpec};
 use crate::Outcome;
@@ -62,6 +63,9 @@ pub struct LocalTarget {
     pub dash: String,
     /// `EXT`: the address extension.
     pub ext: String,
+    /// Where `instructions` come from (a file's path, `valias`), for the
+    /// report when a line is bad.
+    pub source: String,
 }
 
 /// Addresses to forward to after a successful local delivery. The engine
@@ -107,50 +111,22 @@ impl LocalReport {
     }
 }
 
-/// One parsed dot-qmail line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Instruction {
-    /// `|command`: run with `/bin/sh -c`.
-    Program(String),
-    /// `/path/` or `./path/`: a Maildir.
-    Maildir(PathBuf),
-    /// `/path` or `./path`: an mbox file.
-    Mbox(PathBuf),
-    /// `&address` or a bare address.
-    Forward(String),
-}
-
-/// Parses one dot-qmail line relative to `home`; comments and blank lines
-/// give `None`. Follows qmail-local: the first character decides.
-pub fn parse_instruction(line: &str, home: &Path) -> Option<Instruction> {
-    let line = line.trim_end_matches(['\r', '\n']);
-    let first = line.chars().next()?;
-    match first {
-        '#' => None,
-        '|' => Some(Instruction::Program(line[1..].to_string())),
-        '.' | '/' => {
-            let path = if let Some(rest) = line.strip_prefix("./") {
-                home.join(rest)
-            } else if first == '.' {
-                home.join(line)
-            } else {
-                PathBuf::from(line)
-            };
-            if line.ends_with('/') {
-                Some(Instruction::Maildir(path))
-            } else {
-                Some(Instruction::Mbox(path))
-            }
-        }
-        '&' => {
-            let a = line[1..].trim();
-            (!a.is_empty()).then(|| Instruction::Forward(a.to_string()))
-        }
-        _ => {
-            let a = line.trim();
-            (!a.is_empty()).then(|| Instruction::Forward(a.to_string()))
+/// Finds the dot-qmail file for extension `ext` in `home` (see
+/// [`dotqmail::file_names`]: `.qmail` for none, else `.qmail-ext`, then the
+/// `-default` fallbacks) and returns its path and lines, or `None` when no
+/// such file exists. A file that exists but cannot be read (permissions, not
+/// UTF-8, a directory) is an error naming it: the delivery is deferred, not
+/// sent elsewhere.
+pub fn read_instructions(home: &Path, ext: &str) -> Result<Option<(PathBuf, Vec<String>)>, String> {
+    for name in dotqmail::file_names(ext) {
+        let path = home.join(&name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => return Ok(Some((path, text.lines().map(str::to_string).collect()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("cannot read {}: {e} (#4.3.0)", path.display())),
         }
     }
+    Ok(None)
 }
 
 /// Envelope of one local delivery.
@@ -237,11 +213,19 @@ pub async fn deliver(
     let instructions: Vec<Instruction> = if target.instructions.is_empty() {
         vec![Instruction::Maildir(target.maildir.clone())]
     } else {
-        target
-            .instructions
-            .iter()
-            .filter_map(|l| parse_instruction(l, &target.home))
-            .collect()
+        match dotqmail::parse(&target.instructions, &target.home) {
+            Ok(v) => v,
+            Err(e) => {
+                let source = if target.source.is_empty() {
+                    "the delivery instructions"
+                } else {
+                    &target.source
+                };
+                return LocalReport::fail(Outcome::Temporary(format!(
+                    "bad delivery instruction in {source}, {e} (#4.3.0)"
+                )));
+            }
+        }
     };
     if instructions.is_empty() {
         // qmail-local: a .qmail with only comments delivers nowhere, which
@@ -264,6 +248,13 @@ pub async fn deliver(
     let mut done = Vec::new();
     for ins in instructions {
         let r = match ins {
+            // A user's own address in its instructions means its mailbox
+            // (vdelivermail skips such a line as a loop; forwarding it would
+            // come back as one).
+            Instruction::Forward(a) if a.eq_ignore_ascii_case(env.recipient) => {
+                let quota = target.quota;
+                deliver_maildir(cfg, &target.maildir, quota, &rp, &dt, message).await
+            }
             Instruction::Forward(a) => {
                 forwards.push(a);
                 continue;
@@ -548,33 +539,6 @@ async fn run_qmaillocal(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn instructions() {
-        let h = Path::new("/home/u");
-        assert_eq!(parse_instruction("# c", h), None);
-        assert_eq!(parse_instruction("", h), None);
-        assert_eq!(
-            parse_instruction("./Maildir/", h),
-            Some(Instruction::Maildir("/home/u/Maildir/".into()))
-        );
-        assert_eq!(
-            parse_instruction("/var/mail/u", h),
-            Some(Instruction::Mbox("/var/mail/u".into()))
-        );
-        assert_eq!(
-            parse_instruction("&a@b.c", h),
-            Some(Instruction::Forward("a@b.c".into()))
-        );
-        assert_eq!(
-            parse_instruction("a@b.c", h),
-            Some(Instruction::Forward("a@b.c".into()))
-        );
-        assert_eq!(
-            parse_instruction("| /bin/prog x", h),
-            Some(Instruction::Program(" /bin/prog x".into()))
-        );
-    }
 
     #[test]
     fn loop_count_header_only() {

@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use common::both;
-use delivery::local::{deliver, LocalConfig, LocalEnvelope, LocalTarget};
+use delivery::local::{deliver, read_instructions, LocalConfig, LocalEnvelope, LocalTarget};
 use delivery::maildir::{Quota, QuotaPolicy};
 use delivery::Outcome;
 
@@ -304,6 +304,59 @@ fn forwards_returned_and_mbox() {
         assert!(r.forward.is_none());
         assert_eq!(r.outcome.letter(), 'Z');
     });
+}
+
+/// A user's own address in its instructions means its Maildir (no forward
+/// to itself); a line that cannot be followed defers, naming the file and
+/// line, and delivers nothing.
+#[test]
+fn self_forward_and_bad_lines() {
+    both(|_| async {
+        let home = tempfile::tempdir().unwrap();
+        let mut t = target(home.path());
+        t.instructions = vec!["&U@example.com".into(), "&x@example.net".into()];
+        let r = deliver(&LocalConfig::default(), &t, env(), MSG).await;
+        assert!(matches!(r.outcome, Outcome::Delivered(_)), "{r:?}");
+        assert_eq!(r.forward.unwrap().recipients, vec!["x@example.net"]);
+        assert_eq!(files(&t.maildir.join("new")).len(), 1);
+
+        t.instructions = vec!["./Maildir/".into(), "|".into()];
+        t.source = "/h/.qmail".into();
+        let r = deliver(&LocalConfig::default(), &t, env(), MSG).await;
+        assert_eq!(
+            r.outcome,
+            Outcome::Temporary(
+                "bad delivery instruction in /h/.qmail, line 2: a program line names no program (#4.3.0)"
+                    .into()
+            )
+        );
+        assert_eq!(files(&t.maildir.join("new")).len(), 1, "nothing delivered");
+    });
+}
+
+/// `.qmail-ext` files and their fallbacks, read from the home; an unreadable
+/// one is an error, never a silent default.
+#[test]
+fn reads_the_most_specific_dot_qmail() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    assert_eq!(read_instructions(h, "").unwrap(), None);
+    std::fs::write(h.join(".qmail-default"), "./Maildir/\n").unwrap();
+    std::fs::write(h.join(".qmail-list-default"), "|list\n").unwrap();
+    let (p, lines) = read_instructions(h, "list-rust").unwrap().unwrap();
+    assert_eq!(
+        (p, lines),
+        (h.join(".qmail-list-default"), vec!["|list".to_string()])
+    );
+    let (p, _) = read_instructions(h, "news").unwrap().unwrap();
+    assert_eq!(p, h.join(".qmail-default"));
+    assert_eq!(read_instructions(h, "").unwrap(), None, "no .qmail");
+    std::fs::create_dir(h.join(".qmail")).unwrap();
+    let e = read_instructions(h, "").unwrap_err();
+    assert!(
+        e.starts_with("cannot read ") && e.ends_with("(#4.3.0)"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! Concurrent admin commands are not serialized against each other beyond what the database
 //! does per statement (IndiMail's tools behave the same way).
 
+use crate::catchall::{qmail_default_line, Handler};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -381,7 +382,7 @@ impl Admin {
         };
         write(
             ".qmail-default",
-            "| /usr/sbin/vdelivermail '' bounce-no-mailbox\n".into(),
+            qmail_default_line("bounce-no-mailbox") + "\n",
         )?;
         if let Some(n) = opts.users_per_level {
             write(".users_per_level", format!("{}\n", n.max(1)))?;
@@ -1501,32 +1502,18 @@ pub fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-/// The unknown-user instruction in a `.qmail-default` line
-/// (`| /usr/sbin/vdelivermail '' <instruction>`).
+/// The unknown-user instruction in a `.qmail-default` (see [`crate::catchall`]).
 fn handler_of(qmail_default: &str) -> String {
-    qmail_default
-        .lines()
-        .find_map(|l| l.split_once("vdelivermail '' ").map(|(_, h)| h.trim()))
-        .unwrap_or("bounce-no-mailbox")
-        .to_string()
+    match Handler::parse(qmail_default) {
+        Ok(h) => h.instruction(),
+        Err((line, e)) => format!("unreadable (line {line}: {e})"),
+    }
 }
 
 fn check_handler(h: &str) -> Result<(), LookupError> {
-    let ok = match h {
-        "bounce-no-mailbox" | "delete" => true,
-        _ if h.contains(['\n', '\0', '\'', ' ']) => false,
-        _ if h.starts_with('/') => true,
-        _ if h.contains('@') => Address::parse(h).is_ok(),
-        // domain:ip:port (hand the mail to that SMTP server).
-        _ => h.splitn(3, ':').count() == 3,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(LookupError::Refused(format!(
-            "bad handler {h:?}: expected bounce-no-mailbox, delete, /path/to/Maildir, user@domain or domain:ip:port"
-        )))
-    }
+    Handler::parse_instruction(h)
+        .map(|_| ())
+        .map_err(LookupError::Refused)
 }
 
 fn rename_path(from: &Path, to: &Path) -> Result<(), LookupError> {
@@ -1813,7 +1800,7 @@ impl Admin {
         let qd = dir.join(".qmail-default");
         if let Some(h) = &change.handler {
             check_handler(h)?;
-            rewrite_lines(&qd, &[format!("| /usr/sbin/vdelivermail '' {h}")])?;
+            rewrite_lines(&qd, &[qmail_default_line(h)])?;
         }
         if change.limits.is_some() || change.handler.is_some() {
             self.db.bump_changes().await?;

@@ -22,6 +22,7 @@ use std::rc::Rc;
 use tokio::sync::Notify;
 
 use crate::cache::{Cache, CacheStats, Clock, Lookup, SystemClock, Ticket};
+use crate::catchall::Handler;
 use crate::config::DirectoryConfig;
 use crate::db::{params, Db};
 use crate::model::{
@@ -176,6 +177,49 @@ impl Drop for FlightGuard {
             self.release();
         }
     }
+}
+
+/// Where mail for an address of a virtual domain goes ([`Directory::destination`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// A user's mailbox; `ext` is what followed `user-` in the address (empty when the
+    /// address named the user itself).
+    User {
+        /// The user.
+        user: Rc<User>,
+        /// The extension.
+        ext: String,
+    },
+    /// valias lines (dot-qmail syntax).
+    Aliases {
+        /// The lines.
+        lines: Vec<String>,
+        /// The extension, as for `User`.
+        ext: String,
+    },
+    /// No mailbox and no alias: the domain's unknown-user handler.
+    CatchAll(Handler),
+}
+
+/// A lookup of a local part the table cannot hold (too long, odd characters) finds nothing
+/// rather than failing: such an address may still reach the domain's catch-all.
+fn table_ok<T>(r: Result<T, LookupError>) -> Result<Option<T>, LookupError> {
+    match r {
+        Err(LookupError::InvalidAddress(_) | LookupError::FieldTooLong { .. }) => Ok(None),
+        other => other.map(Some),
+    }
+}
+
+/// The user an extension address belongs to: the local part before its first `-`
+/// (vdelivermail with `QMAIL_EXT`), when extensions are on and there is one.
+fn extension_user(local: &str, extensions: bool) -> Option<&str> {
+    if !extensions {
+        return None;
+    }
+    local
+        .split_once('-')
+        .map(|(u, _)| u)
+        .filter(|u| !u.is_empty())
 }
 
 /// A shard's handle on the directory. `!Send`: one per shard.
@@ -353,6 +397,109 @@ impl Directory {
             Value::Aliases(a) => Ok(a.to_vec()),
             _ => Err(LookupError::Corrupt("cache kind mismatch".into())),
         }
+    }
+
+    /// The unknown-user handler of `domain` (after alias-domain resolution): the last
+    /// argument of vdelivermail in its `.qmail-default` (spec 4.6); `None` when it is not a
+    /// virtual domain. No file bounces (IndiMail's default). A file that cannot be read or
+    /// parsed is an error naming it, which callers treat as temporary.
+    pub async fn catch_all(&self, domain: &str) -> Result<Option<Handler>, LookupError> {
+        let Some(real) = self.real_domain(domain).await? else {
+            return Ok(None);
+        };
+        let path = self
+            .inner
+            .cfg
+            .domains_dir
+            .join(&real)
+            .join(".qmail-default");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                Handler::parse(&text)
+                    .map(Some)
+                    .map_err(|(line, reason)| LookupError::Config {
+                        file: path,
+                        line,
+                        reason,
+                    })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(Handler::Bounce)),
+            Err(e) => Err(LookupError::io(&path, e)),
+        }
+    }
+
+    /// CHECKRECIPIENT's question with vdelivermail's answers: [`Directory::user_status`],
+    /// then, for an address with no mailbox or alias, the user before the first `-` when
+    /// `extensions` is on (`QMAIL_EXT`: `user-ext@domain` is `user`'s), then the domain's
+    /// catch-all ([`UserStatus::CatchAll`] when its handler accepts the mail). A local part
+    /// the table cannot hold (too long, odd characters) has no mailbox of its own but may
+    /// still reach the catch-all.
+    pub async fn recipient_status(
+        &self,
+        email: &str,
+        extensions: bool,
+    ) -> Result<UserStatus, LookupError> {
+        let (local, domain) = email
+            .trim()
+            .rsplit_once('@')
+            .ok_or_else(|| LookupError::InvalidAddress(email.to_string()))?;
+        let status = table_ok(self.user_status(email).await)?.unwrap_or(UserStatus::NoSuchUser);
+        if status != UserStatus::NoSuchUser {
+            return Ok(status);
+        }
+        if let Some(user) = extension_user(local, extensions) {
+            match table_ok(self.user_status(&format!("{user}@{domain}")).await)? {
+                None | Some(UserStatus::NoSuchUser) => {}
+                Some(other) => return Ok(other),
+            }
+        }
+        Ok(match self.catch_all(domain).await? {
+            Some(h) if h.accepts() => UserStatus::CatchAll(h),
+            _ => UserStatus::NoSuchUser,
+        })
+    }
+
+    /// Where mail for `email` goes, in vdelivermail's order (spec 4.6): the user's mailbox;
+    /// with `extensions` (`QMAIL_EXT`), the mailbox of the user before the first `-`; the
+    /// address's valias lines, then those of that user; else the domain's catch-all.
+    /// `None` when the domain is not a virtual domain.
+    pub async fn destination(
+        &self,
+        email: &str,
+        extensions: bool,
+    ) -> Result<Option<Destination>, LookupError> {
+        let (local, domain) = email
+            .trim()
+            .rsplit_once('@')
+            .ok_or_else(|| LookupError::InvalidAddress(email.to_string()))?;
+        if self.real_domain(domain).await?.is_none() {
+            return Ok(None);
+        }
+        let local = local.to_ascii_lowercase();
+        let ext_user = extension_user(&local, extensions);
+        let mut candidates = vec![(local.as_str(), "")];
+        if let Some(u) = ext_user {
+            candidates.push((u, &local[u.len() + 1..]));
+        }
+        for (user, ext) in &candidates {
+            if let Some(Some(u)) = table_ok(self.user(&format!("{user}@{domain}")).await)? {
+                return Ok(Some(Destination::User {
+                    user: u,
+                    ext: ext.to_string(),
+                }));
+            }
+        }
+        for (user, ext) in &candidates {
+            if let Some(lines) = table_ok(self.aliases(&format!("{user}@{domain}")).await)? {
+                if !lines.is_empty() {
+                    return Ok(Some(Destination::Aliases {
+                        lines,
+                        ext: ext.to_string(),
+                    }));
+                }
+            }
+        }
+        Ok(self.catch_all(domain).await?.map(Destination::CatchAll))
     }
 
     /// The mail store holding `email` in a cluster (hostcntrl → host_table → smtp_port), or

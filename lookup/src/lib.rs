@@ -13,6 +13,9 @@
 //!   through a [`Cache`] (TTLs, negative entries, single flight, stale-while-refresh,
 //!   invalidation by a change counter). Database failures are always temporary
 //!   ([`LookupError::is_temporary`], [`SmtpReply::TEMPFAIL`]), never a 5xx.
+//! * [`catchall`] — the domain's unknown-user handler in `.qmail-default` (vdelivermail's
+//!   last argument), and [`Directory::recipient_status`] / [`Directory::destination`], which
+//!   answer as vdelivermail does: mailbox, extension address (`QMAIL_EXT`), valias, catch-all.
 //! * [`UserStatus::smtp_reply`] — the CHECKRECIPIENT replies (550 5.1.1, 550 5.2.1,
 //!   552 5.2.2, 451 4.3.0) so the SMTP layer does not invent them.
 //! * [`password`] — crypt(3) DES, `$1$`, `$5$`, `$6$`, yescrypt `$y$`, and `{CRAM}` forms, and
@@ -34,6 +37,7 @@
 
 mod admin;
 pub mod cache;
+pub mod catchall;
 pub mod checkpassword;
 pub mod cli;
 mod config;
@@ -53,7 +57,7 @@ pub use admin::{
 };
 pub use cache::{Cache, CachePolicy, CacheStats, Clock, Lookup, ManualClock, SystemClock};
 pub use config::{BackendConfig, DirectoryConfig, MysqlConfig};
-pub use directory::{Directory, HomeAnswer, RefreshMode, SharedUser, UserHome};
+pub use directory::{Destination, Directory, HomeAnswer, RefreshMode, SharedUser, UserHome};
 pub use error::LookupError;
 pub use model::{
     bucket, normalize_domain, Address, AuthResult, LastAuth, Limits, MailStore, Quota, SmtpReply,

@@ -330,6 +330,9 @@ pub enum UserStatus {
     /// The domain is not a virtual domain of this directory (the caller decides: `locals`,
     /// passwd, or no check).
     NotVirtualDomain,
+    /// No mailbox and no alias, but the domain's catch-all (`.qmail-default`) takes the
+    /// mail ([`Directory::recipient_status`](crate::Directory::recipient_status)).
+    CatchAll(crate::catchall::Handler),
 }
 
 /// An SMTP reply chosen by the directory: code, RFC 3463 enhanced status, text.
@@ -356,7 +359,10 @@ impl UserStatus {
     /// The RCPT reply for CHECKRECIPIENT (spec 2.5 step 9), or `None` to accept.
     pub fn smtp_reply(&self) -> Option<SmtpReply> {
         match self {
-            UserStatus::Active(_) | UserStatus::AliasOnly | UserStatus::NotVirtualDomain => None,
+            UserStatus::Active(_)
+            | UserStatus::AliasOnly
+            | UserStatus::CatchAll(_)
+            | UserStatus::NotVirtualDomain => None,
             UserStatus::NoSuchUser => Some(SmtpReply {
                 code: 550,
                 enhanced: "5.1.1",
@@ -387,7 +393,7 @@ impl UserStatus {
             UserStatus::NoSuchUser | UserStatus::NotVirtualDomain => 1,
             UserStatus::Inactive(_) => 2,
             UserStatus::OverQuota(_) => 3,
-            UserStatus::AliasOnly => 4,
+            UserStatus::AliasOnly | UserStatus::CatchAll(_) => 4,
         }
     }
 }

@@ -7,10 +7,11 @@ use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
+use lookup::catchall::Handler;
 use lookup::checkpassword::{self, Outcome};
 use lookup::{
-    AuthResult, DomainOptions, HashMethod, Limits, LookupError, ManualClock, PasswordOptions,
-    Quota, UserChange, UserFlags, UserOptions, UserStatus,
+    AuthResult, Destination, DomainChange, DomainOptions, HashMethod, Limits, LookupError,
+    ManualClock, PasswordOptions, Quota, UserChange, UserFlags, UserOptions, UserStatus,
 };
 use support::{run, Kind, TestEnv};
 
@@ -200,30 +201,32 @@ fn domain_and_user_lifecycle(kind: Kind) {
     });
 }
 
+/// example.com (alias domain example.net) with user anna and the alias sales
+/// (`anna@example.com`, `&boss@other.org`).
+async fn anna_and_sales(env: &TestEnv) -> lookup::Admin {
+    let admin = env.admin().await;
+    admin
+        .domain_add("example.com", &DomainOptions::default())
+        .await
+        .unwrap();
+    admin
+        .user_add("anna@example.com", "pw", &opts())
+        .await
+        .unwrap();
+    for line in ["anna@example.com", "&boss@other.org"] {
+        admin.alias_add("sales@example.com", line).await.unwrap();
+    }
+    admin
+        .alias_domain_add("example.net", "example.com")
+        .await
+        .unwrap();
+    admin
+}
+
 fn aliases_and_alias_domains(kind: Kind) {
     let env = TestEnv::new(kind);
     run(async {
-        let admin = env.admin().await;
-        admin
-            .domain_add("example.com", &DomainOptions::default())
-            .await
-            .unwrap();
-        admin
-            .user_add("anna@example.com", "pw", &opts())
-            .await
-            .unwrap();
-        admin
-            .alias_add("sales@example.com", "anna@example.com")
-            .await
-            .unwrap();
-        admin
-            .alias_add("sales@example.com", "&boss@other.org")
-            .await
-            .unwrap();
-        admin
-            .alias_domain_add("example.net", "example.com")
-            .await
-            .unwrap();
+        let admin = anna_and_sales(&env).await;
 
         let dir = env
             .directory(Rc::new(ManualClock::new(T0)), env.config())
@@ -728,6 +731,98 @@ fn scram_secrets(kind: Kind) {
     });
 }
 
+/// The domain's `.qmail-default` (catch-all) and extension addresses (`QMAIL_EXT`), as
+/// CHECKRECIPIENT and delivery see them (spec 4.6).
+fn catch_all_and_extensions(kind: Kind) {
+    let env = TestEnv::new(kind);
+    run(async {
+        let admin = anna_and_sales(&env).await;
+        let dir = env
+            .directory(Rc::new(ManualClock::new(T0)), env.config())
+            .await;
+        // Extensions: only with QMAIL_EXT, the user before the first dash.
+        assert_eq!(
+            dir.recipient_status("anna-news@example.com", false)
+                .await
+                .unwrap(),
+            UserStatus::NoSuchUser
+        );
+        assert!(matches!(
+            dir.recipient_status("anna-news-x@example.net", true).await.unwrap(),
+            UserStatus::Active(ref u) if u.name == "anna"
+        ));
+        assert_eq!(
+            dir.recipient_status("sales-q1@example.com", true)
+                .await
+                .unwrap(),
+            UserStatus::AliasOnly
+        );
+        match dir
+            .destination("Anna-News@example.com", true)
+            .await
+            .unwrap()
+        {
+            Some(Destination::User { user, ext }) => {
+                assert_eq!((user.name.as_str(), ext.as_str()), ("anna", "news"))
+            }
+            other => panic!("{other:?}"),
+        }
+        match dir.destination("sales-q1@example.com", true).await.unwrap() {
+            Some(Destination::Aliases { lines, ext }) => {
+                assert!(lines.contains(&"&boss@other.org".to_string()), "{lines:?}");
+                assert_eq!(ext, "q1");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            dir.destination("x@elsewhere.org", true).await.unwrap(),
+            None
+        );
+        // The default handler bounces; an address too long for the table is no error.
+        let long = format!("{}@example.com", "v".repeat(60));
+        assert_eq!(
+            dir.recipient_status(&long, true).await.unwrap(),
+            UserStatus::NoSuchUser
+        );
+        assert_eq!(
+            dir.destination("nobody@example.com", true).await.unwrap(),
+            Some(Destination::CatchAll(Handler::Bounce))
+        );
+        // domain mod --handler: any address is taken.
+        for (h, want) in [
+            ("delete", Handler::Delete),
+            ("all@other.org", Handler::Forward("all@other.org".into())),
+        ] {
+            admin
+                .domain_mod(
+                    "example.com",
+                    &DomainChange {
+                        handler: Some(h.into()),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                dir.recipient_status(&long, false).await.unwrap(),
+                UserStatus::CatchAll(want.clone())
+            );
+            assert_eq!(
+                dir.destination("nobody@example.net", false).await.unwrap(),
+                Some(Destination::CatchAll(want))
+            );
+        }
+        // A broken file is an error naming file and line, never a bounce.
+        let qd = env.path().join("domains/example.com/.qmail-default");
+        std::fs::write(&qd, "| /usr/sbin/vdelivermail '' what ever\n").unwrap();
+        let e = dir
+            .recipient_status("nobody@example.com", false)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains(".qmail-default:1:"), "{e}");
+    });
+}
+
 both_backends!(
     scram_secrets,
     domain_and_user_lifecycle,
@@ -736,4 +831,5 @@ both_backends!(
     admin_errors,
     hashed_directories_and_schemes,
     checkpassword_protocol,
+    catch_all_and_extensions,
 );

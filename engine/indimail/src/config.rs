@@ -95,6 +95,13 @@ fn env_error(name: &str, problem: &str) -> ControlError {
     }
 }
 
+/// `QMAIL_EXT` (spec 4.6): extension addresses of virtual users are resolved,
+/// `user-ext@domain` being `user`'s (the user before the first `-`), at RCPT
+/// and at delivery alike. Off unless set (and not `0`), as in IndiMail.
+pub fn qmail_ext() -> bool {
+    std::env::var("QMAIL_EXT").is_ok_and(|v| v.trim() != "0")
+}
+
 /// A number from the environment, or `default` when unset.
 pub fn env_number<T: std::str::FromStr>(name: &str, default: T) -> Result<T, ControlError> {
     match std::env::var(name) {
@@ -150,6 +157,9 @@ pub struct SmtpSettings {
     /// `CHECKRECIPIENT`: refuse unknown or inactive users of virtual
     /// domains at RCPT (default on; `CHECKRECIPIENT=0` turns it off).
     pub check_recipient: bool,
+    /// `QMAIL_EXT`: CHECKRECIPIENT accepts `user-ext@domain` of existing
+    /// users (see [`qmail_ext`]).
+    pub qmail_ext: bool,
     /// Rate limits per minute (0 = none): RCPTs and messages per client
     /// address, RCPTs and messages per authenticated user.
     pub rates: Rates,
@@ -439,6 +449,7 @@ impl ServeConfig {
                 relay_everyone: std::env::var_os("RELAYCLIENT").is_some(),
                 rules,
                 check_recipient: std::env::var("CHECKRECIPIENT").map_or(true, |v| v.trim() != "0"),
+                qmail_ext: qmail_ext(),
                 rates,
                 dnsbl_zones,
                 spf,

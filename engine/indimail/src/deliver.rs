@@ -70,6 +70,9 @@ pub struct DeliverySettings {
     /// delivered by `.qmail-postmaster` there, else to its `Maildir/`.
     /// `None` (tools that never deliver): no such fallback.
     pub postmaster_home: Option<std::path::PathBuf>,
+    /// `QMAIL_EXT`: `user-ext@domain` is delivered as `user`'s (its
+    /// `.qmail-ext` file, else its mailbox); see [`crate::config::qmail_ext`].
+    pub qmail_ext: bool,
 }
 
 impl DeliverySettings {
@@ -161,6 +164,7 @@ impl DeliverySettings {
         .map_err(|e| e.to_string())?;
         Ok(DeliverySettings {
             postmaster_home: None,
+            qmail_ext: crate::config::qmail_ext(),
             autoreply_interval,
             dkim,
             dups_window,
@@ -724,11 +728,19 @@ impl DeliveryShard {
         );
         let outcome = match self.resolve_local(&r.recipient).await {
             Err(why) => Outcome::Temporary(why),
-            Ok(None) => Outcome::Permanent(format!(
+            Ok(LocalDest::NoMailbox) => Outcome::Permanent(format!(
                 "Sorry, no mailbox here by that name: {} (#5.1.1)",
                 r.recipient
             )),
-            Ok(Some(target)) if self.duplicate(&target, message) => {
+            Ok(LocalDest::Discard) => Outcome::Delivered(
+                "no mailbox here by that name: discarded (the domain's .qmail-default says delete)"
+                    .into(),
+            ),
+            Ok(LocalDest::Relay(route)) => {
+                self.relay_unknown(id, env, &r.recipient, message, route)
+                    .await
+            }
+            Ok(LocalDest::Target(target)) if self.duplicate(&target, message) => {
                 log!(
                     "shard{} msg {id} to {} is a duplicate (ELIMINATE_DUPS): dropped",
                     self.index,
@@ -736,7 +748,7 @@ impl DeliveryShard {
                 );
                 Outcome::Delivered("duplicate message discarded".into())
             }
-            Ok(Some(target)) => {
+            Ok(LocalDest::Target(target)) => {
                 let vars = envheader_vars(&env.extra);
                 let envl = LocalEnvelope {
                     sender: &env.sender,
@@ -869,48 +881,176 @@ impl DeliveryShard {
         }
     }
 
-    async fn resolve_local(&self, rcpt: &str) -> Result<Option<LocalTarget>, String> {
+    /// What local delivery does with `rcpt`, in vdelivermail's order (spec
+    /// 4.6, [`lookup::Directory::destination`]): the user's mailbox, through
+    /// its `.qmail` (or, for `user-ext`, `.qmail-ext` and its `-default`
+    /// fallbacks) when it has one; valias lines; else the domain's
+    /// `.qmail-default` handler. `Err` (a deferral) when the directory or a
+    /// file cannot be read: never a bounce or a delivery elsewhere on a
+    /// failure.
+    async fn resolve_local(&self, rcpt: &str) -> Result<LocalDest, String> {
         let dir = self
             .directory
             .get()
             .await
             .map_err(|e| format!("user directory unavailable: {e} (#4.3.0)"))?;
         let temp = |e: lookup::LookupError| format!("directory lookup failed: {e} (#4.3.0)");
+        let settings = self.settings();
         let mut email = rcpt.to_ascii_lowercase();
         if !email.contains('@') {
-            email = format!("{email}@{}", self.settings().local.hostname);
+            email = format!("{email}@{}", settings.local.hostname);
         }
-        if let Some(user) = dir.user(&email).await.map_err(temp)? {
-            let quota = match user.quota {
-                lookup::Quota::Unlimited => None,
-                lookup::Quota::Limit { bytes, count } => Some(delivery::maildir::Quota {
-                    bytes,
-                    count: count.unwrap_or(0),
-                }),
-            };
-            return Ok(Some(LocalTarget {
-                user: user.email(),
-                home: user.dir.clone(),
-                maildir: user.maildir(),
-                quota,
-                instructions: Vec::new(),
-                dash: String::new(),
-                ext: String::new(),
-            }));
-        }
-        let aliases = dir.aliases(&email).await.map_err(temp)?;
-        if aliases.is_empty() {
-            return Ok(self.host_postmaster(&email));
-        }
-        Ok(Some(LocalTarget {
+        let dest = dir
+            .destination(&email, settings.qmail_ext)
+            .await
+            .map_err(temp)?;
+        let alias = |lines: Vec<String>, ext: String| LocalTarget {
             user: email.clone(),
             home: std::env::temp_dir(),
             maildir: std::env::temp_dir(),
             quota: None,
-            instructions: aliases,
+            instructions: lines,
+            dash: String::new(),
+            ext,
+            source: "valias".into(),
+        };
+        let handler = match dest {
+            Some(lookup::Destination::User { user, ext }) => {
+                let quota = match user.quota {
+                    lookup::Quota::Unlimited => None,
+                    lookup::Quota::Limit { bytes, count } => Some(delivery::maildir::Quota {
+                        bytes,
+                        count: count.unwrap_or(0),
+                    }),
+                };
+                let mut target = LocalTarget {
+                    user: user.email(),
+                    home: user.dir.clone(),
+                    maildir: user.maildir(),
+                    quota,
+                    instructions: Vec::new(),
+                    dash: if ext.is_empty() { "" } else { "-" }.into(),
+                    ext: ext.clone(),
+                    source: String::new(),
+                };
+                // `.qmail-ext` (and its fallbacks) for an extension, else the
+                // user's `.qmail`, else the mailbox.
+                let mut found = delivery::local::read_instructions(&user.dir, &ext)?;
+                if found.is_none() && !ext.is_empty() {
+                    found = delivery::local::read_instructions(&user.dir, "")?;
+                }
+                if let Some((path, lines)) = found {
+                    target.instructions = lines;
+                    target.source = path.display().to_string();
+                }
+                return Ok(LocalDest::Target(target));
+            }
+            Some(lookup::Destination::Aliases { lines, ext }) => {
+                return Ok(LocalDest::Target(alias(lines, ext)))
+            }
+            Some(lookup::Destination::CatchAll(h)) => h,
+            None => {
+                // Not a virtual domain (`locals`): valias lines, else the
+                // host postmaster.
+                let lines = dir.aliases(&email).await.map_err(temp)?;
+                if !lines.is_empty() {
+                    return Ok(LocalDest::Target(alias(lines, String::new())));
+                }
+                lookup::catchall::Handler::Bounce
+            }
+        };
+        self.catch_all(&dir, &email, handler).await
+    }
+
+    /// The domain's unknown-user handler (vdelivermail's last argument) for
+    /// `email`, which has no mailbox and no alias.
+    async fn catch_all(
+        &self,
+        dir: &lookup::Directory,
+        email: &str,
+        handler: lookup::catchall::Handler,
+    ) -> Result<LocalDest, String> {
+        use lookup::catchall::Handler;
+        let (_, domain) = email.rsplit_once('@').unwrap_or((email, ""));
+        let target = |instructions: Vec<String>, home: std::path::PathBuf| LocalTarget {
+            user: email.to_string(),
+            maildir: home.join("Maildir"),
+            home,
+            quota: None,
+            instructions,
             dash: String::new(),
             ext: String::new(),
-        }))
+            source: format!(".qmail-default of {domain}"),
+        };
+        Ok(match handler {
+            Handler::Bounce => match self.host_postmaster(email)? {
+                Some(t) => LocalDest::Target(t),
+                None => LocalDest::NoMailbox,
+            },
+            Handler::Delete => LocalDest::Discard,
+            Handler::Forward(a) => {
+                LocalDest::Target(target(vec![format!("&{a}")], std::env::temp_dir()))
+            }
+            Handler::Maildir(d) => {
+                // vdelivermail makes the catch-all Maildir when missing.
+                let md = std::path::Path::new(&d);
+                for sub in ["cur", "new", "tmp"] {
+                    if let Err(e) = std::fs::create_dir_all(md.join(sub)) {
+                        return Err(format!(
+                            "cannot make catch-all Maildir {d} of {domain}: {e} (#4.3.0)"
+                        ));
+                    }
+                }
+                LocalDest::Target(target(vec![d], std::env::temp_dir()))
+            }
+            Handler::Relay { host, port, .. } => {
+                LocalDest::Relay(delivery::routes::Route::relay(&host, port))
+            }
+            Handler::Lines(lines) => {
+                // Plain dot-qmail lines in `.qmail-default`: run in the
+                // domain's directory, as qmail-local would.
+                let real = dir
+                    .real_domain(domain)
+                    .await
+                    .map_err(|e| format!("directory lookup failed: {e} (#4.3.0)"))?
+                    .unwrap_or_else(|| domain.to_string());
+                LocalDest::Target(target(lines, dir.config().domains_dir.join(real)))
+            }
+        })
+    }
+
+    /// A catch-all `domain:ip:port`: the mail goes to that SMTP server, as
+    /// vdelivermail does with SMTPROUTE and qmail-remote.
+    async fn relay_unknown(
+        &self,
+        id: MessageId,
+        env: &queue_store::Envelope,
+        rcpt: &str,
+        message: &[u8],
+        route: delivery::routes::Route,
+    ) -> Outcome {
+        let domain = domain_of(rcpt).to_ascii_lowercase();
+        log!(
+            "shard{} msg {id} to {rcpt}: no mailbox, the domain's catch-all relays to {}:{}",
+            self.index,
+            route.relay.as_deref().unwrap_or(""),
+            route.port
+        );
+        let rcpts = [rcpt.to_string()];
+        let job = RemoteJob {
+            domain: &domain,
+            sender: &env.sender,
+            recipients: &rcpts,
+            message,
+            route: Some(route),
+            qqeh: "",
+        };
+        self.remote
+            .deliver(&job)
+            .await
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Outcome::Temporary("no result from remote delivery (#4.3.0)".into()))
     }
 
     /// A mailbox went over quota: its user gets the BOUNCE_MAIL flag, so
@@ -934,31 +1074,38 @@ impl DeliveryShard {
     /// RFC 5321 4.5.1: `postmaster` of every domain delivered here reaches
     /// someone. Without a mailbox or alias of its own it goes to the host
     /// postmaster (see [`DeliverySettings::postmaster_home`]).
-    fn host_postmaster(&self, email: &str) -> Option<LocalTarget> {
+    /// The alias user's dot-qmail files are read as any user's: extension
+    /// `postmaster`, so `.qmail-postmaster`, then `.qmail-default`. `Err`
+    /// when such a file exists but cannot be read.
+    fn host_postmaster(&self, email: &str) -> Result<Option<LocalTarget>, String> {
         let settings = self.settings();
-        let home = settings.postmaster_home.as_ref()?;
-        let (local, _) = email.split_once('@')?;
+        let Some(home) = settings.postmaster_home.as_ref() else {
+            return Ok(None);
+        };
+        let local = email.split_once('@').map_or(email, |(l, _)| l);
         if !local.eq_ignore_ascii_case("postmaster") {
-            return None;
+            return Ok(None);
         }
-        let instructions: Vec<String> = std::fs::read_to_string(home.join(".qmail-postmaster"))
-            .map(|t| t.lines().map(str::to_string).collect())
-            .unwrap_or_default();
+        let (source, instructions) = match delivery::local::read_instructions(home, "postmaster")? {
+            Some((path, lines)) => (path.display().to_string(), lines),
+            None => (String::new(), Vec::new()),
+        };
         if instructions.is_empty() {
             // Made on first use, so a home from before this fallback works.
             for sub in ["cur", "new", "tmp"] {
                 let _ = std::fs::create_dir_all(home.join("Maildir").join(sub));
             }
         }
-        Some(LocalTarget {
+        Ok(Some(LocalTarget {
             user: "postmaster".into(),
             home: home.clone(),
             maildir: home.join("Maildir"),
             quota: None,
             instructions,
-            dash: String::new(),
-            ext: String::new(),
-        })
+            dash: "-".into(),
+            ext: "postmaster".into(),
+            source,
+        }))
     }
 
     async fn remote_job(
@@ -1204,6 +1351,18 @@ impl DeliveryShard {
         );
         Ok(id)
     }
+}
+
+/// What local delivery does with one recipient ([`DeliveryShard::resolve_local`]).
+enum LocalDest {
+    /// Deliver to a mailbox, by dot-qmail lines or valias lines.
+    Target(LocalTarget),
+    /// No mailbox, and the domain's catch-all says `delete`.
+    Discard,
+    /// No mailbox, and the domain's catch-all hands the mail to this SMTP server.
+    Relay(delivery::routes::Route),
+    /// No mailbox here by that name (a bounce).
+    NoMailbox,
 }
 
 /// Remote recipients of one message are grouped by (domain, mailstore).

@@ -926,6 +926,7 @@ fn config_show(paths: &Paths) -> i32 {
         println!("maxperip: {}", s.max_per_ip);
         println!("maxdaemons: {}", s.max_connections);
         println!("checkrecipient: {}", s.check_recipient);
+        println!("qmail_ext (extension addresses): {}", s.qmail_ext);
         println!("relayclient (everyone): {}", s.relay_everyone);
         println!(
             "rcptrate: {} msgrate: {} authrcptrate: {} authmsgrate: {} (per minute, 0 = unlimited)",

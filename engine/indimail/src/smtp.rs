@@ -1685,8 +1685,11 @@ impl Connection {
             return Decision::Accept;
         }
         let status = match self.shard.directory.get().await {
+            // vdelivermail's view: extension addresses (QMAIL_EXT) and the
+            // domain's catch-all take mail with no mailbox of its own, so
+            // RCPT does not refuse what delivery would take.
             Ok(dir) => dir
-                .user_status(&addr.to_ascii_lowercase())
+                .recipient_status(&addr.to_ascii_lowercase(), self.settings.qmail_ext)
                 .await
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e),

@@ -82,9 +82,13 @@ p.quit()
 }
 
 fn sendmail(home: &std::path::Path, rcpt: &str, message: &[u8]) {
+    sendmail_from(home, "robot@example.org", rcpt, message)
+}
+
+fn sendmail_from(home: &std::path::Path, from: &str, rcpt: &str, message: &[u8]) {
     use std::io::Write;
     let mut child = std::process::Command::new(bin())
-        .args(["sendmail", "-f", "robot@example.org", rcpt])
+        .args(["sendmail", "-f", from, rcpt])
         .env("INDIMAIL_HOME", home)
         .env_remove("QUEUEDIR")
         .stdin(std::process::Stdio::piped())
@@ -158,4 +162,255 @@ fn queue_rules_apply_to_sendmail_and_nullqueue_discards() {
         .unwrap();
     assert!(child.wait().unwrap().success());
     assert!(queue_list(home).is_empty(), "{:?}", queue_list(home));
+}
+
+/// Waits for the `n`th message in `maildir` and checks that it was
+/// forwarded there: it starts with the return path and both hops'
+/// `Delivered-To:` lines (the mailbox's, then the forwarding address's).
+fn wait_forwarded(maildir: &std::path::Path, n: usize, lines: [&str; 3]) -> String {
+    wait_until(30, "forwarded copy", || maildir_files(maildir).len() == n);
+    let m = std::fs::read_to_string(&maildir_files(maildir)[n - 1]).unwrap();
+    let head = format!(
+        "Return-Path: <{}>\nDelivered-To: {}\nDelivered-To: {}\n",
+        lines[0], lines[1], lines[2]
+    );
+    assert!(m.starts_with(&head), "{m}");
+    m
+}
+
+fn domain_mod_handler(home: &std::path::Path, handler: &str) {
+    let (c, out, e) = indimail(
+        home,
+        &["domain", "mod", "example.com", "--handler", handler],
+    );
+    assert_eq!(c, 0, "{e}");
+    assert!(out.contains(&format!("handler: {handler}")), "{out}");
+}
+
+/// The domain's `.qmail-default` is its catch-all (spec 4.6), as `domain
+/// mod --handler` (vmoddomain -h) writes it: an address forwards, a Maildir
+/// or a user's home takes the mail, `delete` discards it, and the default
+/// `bounce-no-mailbox` refuses it at RCPT and bounces it at delivery. RCPT
+/// answers 250 for any address of a catch-all domain.
+#[test]
+fn catch_all_domain_delivers_discards_and_bounces() {
+    let h = tempfile::tempdir().unwrap();
+    let home = h.path();
+    let boxes = setup_users(home, &["ann", "catch"]);
+    let s = Server::start_delivering(home, "uring");
+    let msg = b"Subject: to nobody in particular\r\n\r\nbody\r\n.\r\n";
+
+    // An address.
+    domain_mod_handler(home, "catch@example.com");
+    assert_eq!(rcpt(&s, "anything@example.com").0, 250);
+    let (code, text) = send_message(s.smtp, "a@example.org", &["anything@example.com"], msg);
+    assert_eq!(code, 250, "{text}");
+    wait_forwarded(
+        &boxes[1],
+        1,
+        ["a@example.org", "catch@example.com", "anything@example.com"],
+    );
+
+    // A user's home (vdelivermail adds /Maildir/), and a Maildir path.
+    let catch_home = boxes[1].parent().unwrap().to_str().unwrap().to_string();
+    domain_mod_handler(home, &catch_home);
+    send_message(s.smtp, "a@example.org", &["who-ever@example.com"], msg);
+    wait_until(30, "delivered to the catch home", || {
+        maildir_files(&boxes[1]).len() == 2
+    });
+    let other = home.join("catchall/Maildir");
+    domain_mod_handler(home, other.to_str().unwrap());
+    send_message(s.smtp, "a@example.org", &["third@example.com"], msg);
+    wait_until(30, "delivered to the Maildir made for it", || {
+        maildir_files(&other).len() == 1
+    });
+    let m = std::fs::read_to_string(&maildir_files(&other)[0]).unwrap();
+    assert!(m.contains("Delivered-To: third@example.com\n"), "{m}");
+
+    // delete: accepted, delivered nowhere.
+    domain_mod_handler(home, "delete");
+    assert_eq!(rcpt(&s, "void@example.com").0, 250);
+    send_message(s.smtp, "a@example.org", &["void@example.com"], msg);
+    wait_until(30, "discarded", || {
+        s.log()
+            .contains("discarded (the domain's .qmail-default says delete)")
+    });
+    wait_until(10, "queue drained", || queue_list(home).is_empty());
+    assert_eq!(maildir_files(&boxes[1]).len(), 2);
+    assert_eq!(maildir_files(&other).len(), 1);
+
+    // domain:ip:port: handed to that SMTP server (a capture sink here).
+    let (mut cap, port, capdir) = capture("ok");
+    domain_mod_handler(home, &format!("example.com:127.0.0.1:{port}"));
+    send_message(s.smtp, "a@example.org", &["elsewhere@example.com"], msg);
+    wait_until(30, "relayed to the sink", || {
+        captured(capdir.path()).len() == 1
+    });
+    let (env, _) = captured(capdir.path()).pop().unwrap();
+    assert_eq!(env, "a@example.org\nelsewhere@example.com\n", "{env}");
+    let _ = cap.kill();
+
+    // bounce-no-mailbox: 550 5.1.1 at RCPT; injected mail bounces.
+    domain_mod_handler(home, "bounce-no-mailbox");
+    let (code, text) = rcpt(&s, "nobody@example.com");
+    assert!(code == 550 && text.contains("5.1.1"), "{code} {text}");
+    assert_eq!(rcpt(&s, "ann@example.com").0, 250);
+    sendmail_from(
+        home,
+        "ann@example.com",
+        "nobody@example.com",
+        b"Subject: lost\n\nx\n",
+    );
+    wait_until(30, "bounce to ann", || maildir_files(&boxes[0]).len() == 1);
+    let b = std::fs::read_to_string(&maildir_files(&boxes[0])[0]).unwrap();
+    assert!(b.contains("no mailbox here by that name"), "{b}");
+
+    // A file that cannot be followed defers (and says why), never bounces.
+    let qd = home.join("domains/example.com/.qmail-default");
+    std::fs::write(&qd, "| /usr/sbin/vdelivermail '' not a handler\n").unwrap();
+    let (code, _) = rcpt(&s, "nobody@example.com");
+    assert_eq!(code, 451);
+}
+
+/// A user's `.qmail` (dot-qmail(5)): a forward to another mailbox, its own
+/// Maildir, and a program run with qmail-local's environment and the
+/// message on its standard input; exit 99 ends the instructions with
+/// success.
+#[test]
+fn user_dot_qmail_forwards_delivers_and_runs_programs() {
+    let h = tempfile::tempdir().unwrap();
+    let home = h.path();
+    let boxes = setup_users(home, &["ann", "bob"]);
+    let ann_home = boxes[0].parent().unwrap().to_path_buf();
+    std::fs::write(
+        ann_home.join(".qmail"),
+        "# ann's instructions\n&bob@example.com\n./Maildir/\n|env > prog.env; cat > prog.msg\n",
+    )
+    .unwrap();
+    let s = Server::start_delivering(home, "epoll");
+    let (code, text) = send_message(
+        s.smtp,
+        "sender@example.org",
+        &["ann@example.com"],
+        b"Subject: for ann\r\n\r\nhello ann\r\n.\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
+    wait_until(30, "ann's copy", || maildir_files(&boxes[0]).len() == 1);
+    let fwd = wait_forwarded(
+        &boxes[1],
+        1,
+        ["sender@example.org", "bob@example.com", "ann@example.com"],
+    );
+    assert!(fwd.contains("hello ann"), "{fwd}");
+    let envf = std::fs::read_to_string(ann_home.join("prog.env")).unwrap();
+    for want in [
+        "SENDER=sender@example.org\n",
+        "RECIPIENT=ann@example.com\n",
+        "LOCAL=ann\n",
+        "HOST=example.com\n",
+        "EXT=\n",
+        "DTLINE=Delivered-To: ann@example.com\n",
+        "RPLINE=Return-Path: <sender@example.org>\n",
+        "USER=ann@example.com\n",
+        &format!("HOME={}\n", ann_home.display()),
+    ] {
+        assert!(envf.contains(want), "{want:?} missing from:\n{envf}");
+    }
+    let msg = std::fs::read_to_string(ann_home.join("prog.msg")).unwrap();
+    assert!(
+        msg.contains("Subject: for ann") && msg.contains("hello ann"),
+        "{msg}"
+    );
+    wait_until(10, "queue drained", || queue_list(home).is_empty());
+
+    // Exit 99: success, the lines after it are not followed.
+    std::fs::write(ann_home.join(".qmail"), "|exit 99\n&bob@example.com\n").unwrap();
+    send_message(
+        s.smtp,
+        "sender@example.org",
+        &["ann@example.com"],
+        b"x\r\n.\r\n",
+    );
+    wait_until(30, "delivered", || queue_list(home).is_empty());
+    assert_eq!(maildir_files(&boxes[1]).len(), 1, "no forward after 99");
+    // Exit 100: a bounce (to a local sender here).
+    std::fs::write(ann_home.join(".qmail"), "|echo no thanks; exit 100\n").unwrap();
+    send_message(
+        s.smtp,
+        "bob@example.com",
+        &["ann@example.com"],
+        b"x\r\n.\r\n",
+    );
+    wait_until(30, "bounce to bob", || maildir_files(&boxes[1]).len() == 2);
+    let b = std::fs::read_to_string(&maildir_files(&boxes[1])[1]).unwrap();
+    assert!(b.contains("no thanks"), "{b}");
+    // A bad line defers, with the file and line in the log.
+    std::fs::write(ann_home.join(".qmail"), "./Maildir/\n&\n").unwrap();
+    send_message(
+        s.smtp,
+        "sender@example.org",
+        &["ann@example.com"],
+        b"x\r\n.\r\n",
+    );
+    wait_until(30, "deferral logged", || {
+        s.log().contains(&format!(
+            "bad delivery instruction in {}, line 2",
+            ann_home.join(".qmail").display()
+        ))
+    });
+    assert_eq!(maildir_files(&boxes[0]).len(), 1);
+}
+
+/// Extension addresses with `QMAIL_EXT` (spec 4.6): `user-ext@domain`
+/// belongs to `user`; its `.qmail-ext` file (qmail-local's names, with the
+/// `-default` fallbacks) decides, else it lands in the user's Maildir. RCPT
+/// answers 250 for both; unknown users still get 550.
+#[test]
+fn extension_addresses_reach_dot_qmail_ext_or_the_mailbox() {
+    let h = tempfile::tempdir().unwrap();
+    let home = h.path();
+    let boxes = setup_users(home, &["carol"]);
+    let carol_home = boxes[0].parent().unwrap().to_path_buf();
+    let news = carol_home.join("News");
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(news.join(sub)).unwrap();
+    }
+    std::fs::write(carol_home.join(".qmail-news"), "./News/\n").unwrap();
+    std::fs::write(
+        carol_home.join(".qmail-list-default"),
+        "|echo \"$EXT $EXT2\" > list.ext\n",
+    )
+    .unwrap();
+    let (s, _) = Server::start_services(
+        home,
+        "uring",
+        &[("smtp", std::net::SocketAddr::from(([127, 0, 0, 1], 0)))],
+        &[("QMAIL_EXT", "1")],
+    );
+    for a in [
+        "carol-news@example.com",
+        "carol-misc@example.com",
+        "carol-list-rust@example.com",
+    ] {
+        assert_eq!(rcpt(&s, a).0, 250, "{a}");
+    }
+    assert_eq!(rcpt(&s, "nobody-news@example.com").0, 550);
+    let (code, text) = send_message(
+        s.smtp,
+        "a@example.org",
+        &[
+            "carol-news@example.com",
+            "Carol-Misc@example.com",
+            "carol-list-rust@example.com",
+        ],
+        b"Subject: ext\r\n\r\nx\r\n.\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
+    wait_until(30, "news folder", || maildir_files(&news).len() == 1);
+    wait_until(30, "mailbox", || maildir_files(&boxes[0]).len() == 1);
+    wait_until(30, "list program", || carol_home.join("list.ext").exists());
+    let m = std::fs::read_to_string(&maildir_files(&news)[0]).unwrap();
+    assert!(m.contains("Delivered-To: carol-news@example.com\n"), "{m}");
+    let ext = std::fs::read_to_string(carol_home.join("list.ext")).unwrap();
+    assert_eq!(ext.trim(), "list-rust rust");
 }
