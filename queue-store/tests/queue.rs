@@ -600,8 +600,8 @@ fn operator_hold_survives_restart_and_tools_select_by_envelope() {
             ids.push(w.commit(env(2)).await.unwrap());
         }
         // Hold the first: its recipients are neither due nor taken by ETRN.
-        assert!(q.freeze(&ids[0]).unwrap());
-        assert!(!q.freeze(&ids[0]).unwrap(), "already held");
+        assert!(q.freeze(&ids[0]).await.unwrap());
+        assert!(!q.freeze(&ids[0]).await.unwrap(), "already held");
         assert!(q.is_frozen(&ids[0]));
         let due = q.due(u64::MAX, 100);
         assert_eq!(due.len(), 4, "two messages x two recipients");
@@ -632,12 +632,12 @@ fn operator_hold_survives_restart_and_tools_select_by_envelope() {
             q.release(id, 0);
             q.release(id, 1);
         }
-        assert!(q.thaw(&ids[0], 5).unwrap());
-        assert!(!q.thaw(&ids[0], 5).unwrap());
+        assert!(q.thaw(&ids[0], 5).await.unwrap());
+        assert!(!q.thaw(&ids[0], 5).await.unwrap());
         assert_eq!(q.next_due_time(), Some(5));
 
         // take_where picks by envelope and recipient, held or not.
-        assert!(q.freeze(&ids[1]).unwrap());
+        assert!(q.freeze(&ids[1]).await.unwrap());
         let taken = q.take_where(|id, _, idx| id == ids[1] && idx == 1);
         assert_eq!(taken.len(), 1);
         assert_eq!((taken[0].id, taken[0].rcpt), (ids[1], 1));
