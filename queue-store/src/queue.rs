@@ -170,6 +170,12 @@ struct Shared {
     compacted: Notify,
     /// Woken when a reserved record's write finishes (or is abandoned).
     written: Notify,
+    /// One [`Queue::freeze`]/[`Queue::thaw`] at a time, from the change in
+    /// memory to the rewrite of the hold file (or its undoing): two
+    /// interleaved rewrites share `hold.tmp`, so the older set could be
+    /// renamed into place last (simulation seed 36), and one operation's
+    /// undo after a failed write could undo another's change (seed 7703).
+    hold_file: tokio::sync::Mutex<()>,
     /// The scheduler's wake-up: one permit per commit batch.
     arrivals: Rc<Notify>,
 }
@@ -226,6 +232,8 @@ struct State {
     /// Messages on operator hold ([`Queue::freeze`]): none of their
     /// recipients is scheduled; persisted in `<queue>/hold`.
     frozen: HashSet<u64>,
+    /// A rewrite of `<queue>/hold` failed: the file may not match `frozen`.
+    hold_file_stale: bool,
     /// Outcome writes in flight per message (compaction waits for zero).
     busy: HashMap<u64, u32>,
     /// Messages being copied forward (outcomes wait).
@@ -528,6 +536,7 @@ impl Queue {
             rolled: Notify::new(),
             compacted: Notify::new(),
             written: Notify::new(),
+            hold_file: tokio::sync::Mutex::new(()),
             arrivals: Rc::new(Notify::new()),
             cfg: config,
         });
@@ -682,6 +691,11 @@ impl Queue {
             let Some(addr) = e.envelope.recipients.get(idx as usize) else {
                 continue;
             };
+            if e.rcpts[idx as usize].state != RecipientState::Pending {
+                // Never hand out a finished recipient, whatever the schedule
+                // says.
+                continue;
+            }
             out.push(DueRecipient {
                 id: MessageId::from_key(self.sh.cfg.queue_no, key),
                 rcpt: idx as usize,
@@ -706,17 +720,22 @@ impl Queue {
     /// recorded time, which is at-least-once).
     pub fn release_at(&self, id: &MessageId, rcpt: usize, not_before: u64) {
         let mut st = self.sh.st.borrow_mut();
+        let st = &mut *st;
         let key = id.key();
         if st.leased.remove(&(key, rcpt as u32)) && !st.frozen.contains(&key) {
-            if let Some(next) = st
+            if let Some(r) = st
                 .index
                 .messages
-                .get(&key)
-                .and_then(|e| e.rcpts.get(rcpt))
+                .get_mut(&key)
+                .and_then(|e| e.rcpts.get_mut(rcpt))
                 .filter(|r| r.state == RecipientState::Pending)
-                .map(|r| r.next_attempt.max(not_before))
             {
-                st.schedule.insert((next, key, rcpt as u32));
+                // The schedule key must be the recipient's next_attempt:
+                // every later removal (outcome, freeze, take) looks it up by
+                // that time, and a stale entry would hand a finished
+                // recipient out again (simulation seed 1994).
+                r.next_attempt = r.next_attempt.max(not_before);
+                st.schedule.insert((r.next_attempt, key, rcpt as u32));
             }
         }
     }
@@ -899,8 +918,9 @@ impl Queue {
     /// file, written with plain std I/O: an operator action, rarely run)
     /// before this returns. Returns false when it was held already.
     pub async fn freeze(&self, id: &MessageId) -> Result<bool, QueueError> {
+        let _one = self.sh.hold_file.lock().await;
         let key = id.key();
-        {
+        let changed = {
             let mut st = self.sh.st.borrow_mut();
             let st = &mut *st;
             let e = st
@@ -909,39 +929,57 @@ impl Queue {
                 .get(&key)
                 .filter(|_| id.queue == self.sh.cfg.queue_no)
                 .ok_or(QueueError::UnknownMessage(*id))?;
-            if !st.frozen.insert(key) {
-                return Ok(false);
-            }
-            for (idx, r) in e.rcpts.iter().enumerate() {
-                let k = (key, idx as u32);
-                if r.state == RecipientState::Pending && !st.leased.contains(&k) {
-                    st.held.remove(&k);
-                    st.schedule.remove(&(r.next_attempt, key, idx as u32));
+            let changed = st.frozen.insert(key);
+            if changed {
+                for (idx, r) in e.rcpts.iter().enumerate() {
+                    let k = (key, idx as u32);
+                    if r.state == RecipientState::Pending && !st.leased.contains(&k) {
+                        st.held.remove(&k);
+                        st.schedule.remove(&(r.next_attempt, key, idx as u32));
+                    }
                 }
             }
+            changed
+        };
+        if !changed && !self.sh.st.borrow().hold_file_stale {
+            return Ok(false);
         }
         if let Err(e) = self.write_hold_file().await {
-            self.thaw_in_memory(key, None);
+            if changed {
+                self.thaw_in_memory(key, None);
+            }
             return Err(e);
         }
-        Ok(true)
+        Ok(changed)
     }
 
     /// Takes a message off operator hold; its pending recipients are due at
     /// `now` (or their recorded next attempt, if earlier). Durable like
     /// [`Queue::freeze`]. Returns false when it was not held.
     pub async fn thaw(&self, id: &MessageId, now: u64) -> Result<bool, QueueError> {
+        let _one = self.sh.hold_file.lock().await;
         let key = id.key();
-        if id.queue != self.sh.cfg.queue_no || !self.sh.st.borrow().frozen.contains(&key) {
+        let (frozen, stale) = {
+            let st = self.sh.st.borrow();
+            (
+                id.queue == self.sh.cfg.queue_no && st.frozen.contains(&key),
+                st.hold_file_stale,
+            )
+        };
+        if !frozen && !stale {
             return Ok(false);
         }
-        self.thaw_in_memory(key, Some(now));
+        if frozen {
+            self.thaw_in_memory(key, Some(now));
+        }
         if let Err(e) = self.write_hold_file().await {
-            // Not durable: put it back on hold, as on disk.
-            let _ = self.refreeze_in_memory(key);
+            if frozen {
+                // Not durable: put it back on hold, as on disk.
+                let _ = self.refreeze_in_memory(key);
+            }
             return Err(e);
         }
-        Ok(true)
+        Ok(frozen)
     }
 
     /// Whether a message is on operator hold.
@@ -983,7 +1021,17 @@ impl Queue {
 
     /// Rewrites `<queue>/hold` with the frozen set: temp file, fsync,
     /// rename, directory fsync.
+    /// The caller holds `Shared::hold_file`. After a failure the file on
+    /// disk may hold either set (the rename may have happened), so the next
+    /// freeze or thaw rewrites it even when it changes nothing in memory
+    /// (simulation seed 119).
     async fn write_hold_file(&self) -> Result<(), QueueError> {
+        let r = self.rewrite_hold_file().await;
+        self.sh.st.borrow_mut().hold_file_stale = r.is_err();
+        r
+    }
+
+    async fn rewrite_hold_file(&self) -> Result<(), QueueError> {
         let mut ids: Vec<MessageId> = {
             let st = self.sh.st.borrow();
             st.frozen

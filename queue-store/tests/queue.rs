@@ -722,3 +722,26 @@ fn damaged_spill_body_is_quarantined_not_deferred_forever() {
         assert_eq!(rep.messages, 1);
     });
 }
+
+/// A recipient released to a later time and then finished is never handed
+/// out again (the schedule entry moves with its `next_attempt`; simulation
+/// seed 1994).
+#[test]
+fn released_later_then_finished_is_not_due_again() {
+    on_both(|_, dir| async move {
+        let (q, _) = Queue::open(cfg(&dir)).await.unwrap();
+        let id = put(&q, b"Subject: x\r\n\r\nbody\r\n", 2).await;
+        let due = q.due(u64::MAX, 10);
+        assert_eq!(due.len(), 2);
+        q.release_at(&id, 0, 5_000);
+        assert_eq!(q.recipients(&id).unwrap()[0].next_attempt, 5_000);
+        assert!(q.due(4_999, 10).is_empty(), "released to 5000");
+        q.record_outcomes(&id, &[(0, delivered())]).await.unwrap();
+        assert!(
+            q.due(u64::MAX, 10).is_empty(),
+            "finished recipient due again"
+        );
+        q.record_outcomes(&id, &[(1, delivered())]).await.unwrap();
+        assert!(q.message_ids().is_empty());
+    });
+}

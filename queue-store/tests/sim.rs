@@ -41,6 +41,9 @@ struct Msg {
     /// Per recipient: a final outcome was attempted but its record failed
     /// (it may still have reached the disk: the delivery did happen).
     maybe_finished: Vec<bool>,
+    /// On operator hold, as last acknowledged by `freeze`/`thaw`; None
+    /// after one of them failed (either state may be on disk).
+    held: Option<bool>,
 }
 
 #[derive(Default)]
@@ -252,12 +255,13 @@ impl Worker {
                 let _ = self.q.probe().await;
                 continue;
             }
-            match self.rng.below(10) {
+            match self.rng.below(12) {
                 0..=5 => self.commit().await,
                 6..=8 => self.deliver().await,
-                _ => {
+                9 => {
                     let _ = self.q.maintain().await;
                 }
+                _ => self.toggle_hold().await,
             }
         }
     }
@@ -281,6 +285,7 @@ impl Worker {
                     finished: vec![false; rcpts],
                     attempts: vec![0; rcpts],
                     maybe_finished: vec![false; rcpts],
+                    held: Some(false),
                 },
             );
             seq
@@ -312,6 +317,34 @@ impl Worker {
                 m.commit_errors += 1;
                 m.trace.push(format!("commit seq {seq} failed: {e}"));
             }
+        }
+    }
+
+    /// Puts an acknowledged message on operator hold, or takes it off.
+    async fn toggle_hold(&mut self) {
+        let pick = {
+            let m = self.model.borrow();
+            let ids: Vec<(u64, MessageId)> = m
+                .msgs
+                .iter()
+                .filter_map(|(&seq, msg)| msg.id.map(|id| (seq, id)))
+                .collect();
+            if ids.is_empty() {
+                return;
+            }
+            ids[self.rng.below(ids.len() as u64) as usize]
+        };
+        let (seq, id) = pick;
+        let hold = !self.q.is_frozen(&id);
+        let r = if hold {
+            self.q.freeze(&id).await
+        } else {
+            self.q.thaw(&id, shard_now()).await
+        };
+        let mut m = self.model.borrow_mut();
+        m.trace.push(format!("hold {id} {hold}: {r:?}"));
+        if let Some(msg) = m.msgs.get_mut(&seq) {
+            msg.held = r.is_ok().then_some(hold);
         }
     }
 
@@ -389,6 +422,7 @@ struct Live {
     sender: String,
     body: Result<Vec<u8>, String>,
     rcpts: Vec<queue_store::RecipientStatus>,
+    held: bool,
 }
 
 async fn read_live(q: &Queue) -> Vec<Live> {
@@ -399,6 +433,7 @@ async fn read_live(q: &Queue) -> Vec<Live> {
             sender: q.envelope(&id).expect("live").sender.clone(),
             body: q.read_message(&id).await.map_err(|e| e.to_string()),
             rcpts: q.recipients(&id).expect("live"),
+            held: q.is_frozen(&id),
         });
     }
     out
@@ -414,6 +449,7 @@ fn verify(live: &[Live], report: &RecoveryReport, m: &mut Model) {
         sender,
         body: got,
         rcpts,
+        held,
     } in live
     {
         let id = *id;
@@ -439,6 +475,12 @@ fn verify(live: &[Live], report: &RecoveryReport, m: &mut Model) {
         };
         if msg.id.is_some_and(|a| a != id) {
             bad.push(format!("{id}: seq {seq} was acknowledged as {:?}", msg.id));
+        }
+        if msg.held.is_some_and(|h| h != *held) {
+            bad.push(format!(
+                "{id}: operator hold acknowledged as {:?}, {held} after recovery",
+                msg.held
+            ));
         }
         if rcpts.len() != msg.rcpts {
             bad.push(format!(
@@ -502,6 +544,7 @@ fn verify(live: &[Live], report: &RecoveryReport, m: &mut Model) {
             continue;
         };
         msg.id = Some(id);
+        msg.held = Some(l.held);
         for (i, r) in rcpts.iter().enumerate().take(msg.rcpts) {
             msg.finished[i] = r.state.is_final();
             msg.attempts[i] = r.attempts;
