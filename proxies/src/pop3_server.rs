@@ -397,7 +397,7 @@ impl<S: Io> Transaction<'_, S> {
             Ok(m) => m.clone(),
             Err(e) => return write(self.s, e).await.is_ok(),
         };
-        let mut opts = std::fs::OpenOptions::new();
+        let mut opts = shard::io::OpenOptions::new();
         opts.read(true);
         let f = match shard::io::File::open(&m.path, &opts).await {
             Ok(f) => f,

@@ -275,14 +275,9 @@ pub struct QueuedMessage {
 /// files are ignored. Shared by recovery at open and by [`scan`].
 pub(crate) fn segment_numbers(seg_dir: &Path) -> Result<Vec<u32>, QueueError> {
     let mut nums = Vec::new();
-    let rd = std::fs::read_dir(seg_dir).map_err(|e| QueueError::io("readdir", seg_dir, e))?;
-    for ent in rd {
-        let ent = ent.map_err(|e| QueueError::io("readdir", seg_dir, e))?;
-        if let Some(n) = ent
-            .file_name()
-            .to_str()
-            .and_then(format::parse_segment_file_name)
-        {
+    let names = shard::io::read_dir(seg_dir).map_err(|e| QueueError::io("readdir", seg_dir, e))?;
+    for name in names {
+        if let Some(n) = name.to_str().and_then(format::parse_segment_file_name) {
             nums.push(n);
         }
     }
@@ -336,7 +331,9 @@ pub fn scan_with_progress(
     }
     let q = queue_no.unwrap_or(0);
     let held: std::collections::HashSet<MessageId> =
-        queue::read_hold_file(dir).into_iter().collect();
+        queue::parse_hold_file(&std::fs::read(dir.join(queue::HOLD_FILE)).unwrap_or_default())
+            .into_iter()
+            .collect();
     let mut out: Vec<QueuedMessage> = index
         .messages
         .into_iter()

@@ -4,12 +4,11 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, UNIX_EPOCH};
 
-use shard::io::{sync_dir, File};
+use shard::io::{self as sio, sync_dir, File, OpenOptions};
 use tokio::sync::Notify;
 
 use crate::error::QueueError;
@@ -169,6 +168,14 @@ struct Shared {
     rolled: Notify,
     /// Woken when a compaction releases its messages.
     compacted: Notify,
+    /// Woken when a reserved record's write finishes (or is abandoned).
+    written: Notify,
+    /// One [`Queue::freeze`]/[`Queue::thaw`] at a time, from the change in
+    /// memory to the rewrite of the hold file (or its undoing): two
+    /// interleaved rewrites share `hold.tmp`, so the older set could be
+    /// renamed into place last (simulation seed 36), and one operation's
+    /// undo after a failed write could undo another's change (seed 7703).
+    hold_file: tokio::sync::Mutex<()>,
     /// The scheduler's wake-up: one permit per commit batch.
     arrivals: Rc<Notify>,
 }
@@ -178,6 +185,20 @@ struct SegFile {
     /// Reservations not yet finished (a commit whose MESSAGE record is in
     /// flight is not in the index yet; the segment must not go meanwhile).
     pending: u32,
+    /// Offsets of reservations whose record is not written yet. A record
+    /// is acknowledged only once every record reserved before it in its
+    /// segment is written (see [`Queue::wait_durable_in`]).
+    unwritten: BTreeSet<u64>,
+}
+
+impl SegFile {
+    fn new(file: Rc<File>) -> SegFile {
+        SegFile {
+            file,
+            pending: 0,
+            unwritten: BTreeSet::new(),
+        }
+    }
 }
 
 struct SyncFailure {
@@ -211,6 +232,8 @@ struct State {
     /// Messages on operator hold ([`Queue::freeze`]): none of their
     /// recipients is scheduled; persisted in `<queue>/hold`.
     frozen: HashSet<u64>,
+    /// A rewrite of `<queue>/hold` failed: the file may not match `frozen`.
+    hold_file_stale: bool,
     /// Outcome writes in flight per message (compaction waits for zero).
     busy: HashMap<u64, u32>,
     /// Messages being copied forward (outcomes wait).
@@ -269,10 +292,19 @@ fn note_failure(st: &mut State, msg: String) {
 /// The operator-hold list of a queue: one message id per line.
 pub(crate) const HOLD_FILE: &str = "hold";
 
-/// The ids in `<dir>/hold` (missing file or bad lines: none / skipped).
-pub(crate) fn read_hold_file(dir: &Path) -> Vec<MessageId> {
-    std::fs::read_to_string(dir.join(HOLD_FILE))
-        .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+/// The ids in the text of a hold file (bad lines skipped).
+pub(crate) fn parse_hold_file(text: &[u8]) -> Vec<MessageId> {
+    String::from_utf8_lossy(text)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// The ids in `<dir>/hold` (missing file: none).
+async fn read_hold_file(dir: &Path) -> Vec<MessageId> {
+    sio::read(dir.join(HOLD_FILE))
+        .await
+        .map(|t| parse_hold_file(&t))
         .unwrap_or_default()
 }
 
@@ -281,18 +313,21 @@ async fn verify_spill(path: &Path, len: u64, crc: u32) -> Result<(), String> {
     let name = path
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    let meta = std::fs::metadata(path).map_err(|e| format!("spill file big/{name}: {e}"))?;
-    if meta.len() != len {
-        return Err(format!(
-            "spill file big/{name} is {} bytes, its record says {len}",
-            meta.len()
-        ));
-    }
-    let mut o = std::fs::OpenOptions::new();
+    let mut o = OpenOptions::new();
     o.read(true);
     let f = File::open(path, &o)
         .await
         .map_err(|e| format!("spill file big/{name}: {e}"))?;
+    let size = f
+        .len()
+        .await
+        .map_err(|e| format!("spill file big/{name}: {e}"))?;
+    if size != len {
+        let _ = f.close().await;
+        return Err(format!(
+            "spill file big/{name} is {size} bytes, its record says {len}"
+        ));
+    }
     let (r, body) = f.read_exact_at(Vec::with_capacity(len as usize), 0).await;
     let _ = f.close().await;
     r.map_err(|e| format!("spill file big/{name}: {e}"))?;
@@ -302,24 +337,31 @@ async fn verify_spill(path: &Path, len: u64, crc: u32) -> Result<(), String> {
     Ok(())
 }
 
-/// Writes a whole file and makes it durable (data, then the directory
-/// entry is the caller's: it fsyncs the directory).
-fn write_durable(path: &Path, data: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path)?;
-    f.write_all(data)?;
-    f.sync_all()
+/// Writes a whole file (created or truncated) and makes its data durable;
+/// the directory entry is the caller's (it fsyncs the directory).
+async fn write_durable(path: &Path, data: Vec<u8>) -> io::Result<()> {
+    let mut o = OpenOptions::new();
+    o.write(true).create(true).truncate(true).mode(0o600);
+    let f = File::open(path, &o).await?;
+    let (r, _) = f.write_all_at(data, 0).await;
+    let r = match r {
+        Ok(()) => f.sync_all().await,
+        Err(e) => Err(e),
+    };
+    let c = f.close().await;
+    r.and(c)
 }
 
+/// Unix seconds by the I/O layer's clock (simulated under `Driver::Sim`).
 fn now_secs() -> u64 {
-    SystemTime::now()
+    sio::system_time()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
-fn rw_options(create_new: bool) -> std::fs::OpenOptions {
-    let mut o = std::fs::OpenOptions::new();
+fn rw_options(create_new: bool) -> OpenOptions {
+    let mut o = OpenOptions::new();
     o.read(true).write(true).mode(0o600);
     if create_new {
         o.create_new(true);
@@ -338,8 +380,8 @@ impl Queue {
         let big_dir = config.dir.join("big");
         let mut created = false;
         for d in [&config.dir, &seg_dir, &big_dir] {
-            if !d.is_dir() {
-                std::fs::create_dir_all(d).map_err(|e| QueueError::io("mkdir", d, e))?;
+            if !sio::is_dir(d) {
+                sio::create_dir_all(d).map_err(|e| QueueError::io("mkdir", d, e))?;
                 created = true;
             }
         }
@@ -365,18 +407,13 @@ impl Queue {
         let mut dir_changed = false;
         for &n in &nums {
             let path = seg_dir.join(segment_file_name(n));
-            let std_file = rw_options(false)
-                .open(&path)
+            let file = File::open(&path, &rw_options(false))
+                .await
                 .map_err(|e| QueueError::io("open", &path, e))?;
-            let len = std_file
-                .metadata()
-                .map_err(|e| QueueError::io("stat", &path, e))?
-                .len() as usize;
-            let file = File::from_std(
-                std_file
-                    .try_clone()
-                    .map_err(|e| QueueError::io("dup", &path, e))?,
-            );
+            let len = file
+                .len()
+                .await
+                .map_err(|e| QueueError::io("stat", &path, e))? as usize;
             let (r, buf) = file.read_exact_at(Vec::with_capacity(len), 0).await;
             r.map_err(|e| QueueError::io("read", &path, e))?;
             let scan = scan_segment(&buf, |off, l, d| index.apply(n, off, l, d));
@@ -394,27 +431,24 @@ impl Queue {
             if scan.valid_end == 0 {
                 // Not even a header: a segment whose creation was torn.
                 report.torn_bytes += scan.torn_bytes;
-                std::fs::remove_file(&path).map_err(|e| QueueError::io("unlink", &path, e))?;
+                let _ = file.close().await;
+                sio::remove_file(&path)
+                    .await
+                    .map_err(|e| QueueError::io("unlink", &path, e))?;
                 dir_changed = true;
                 continue;
             }
             if scan.torn_bytes > 0 {
                 report.torn_bytes += scan.torn_bytes;
-                std_file
-                    .set_len(scan.valid_end as u64)
+                file.set_len(scan.valid_end as u64)
+                    .await
                     .map_err(|e| QueueError::io("truncate", &path, e))?;
-                std_file
-                    .sync_all()
+                file.sync_all()
+                    .await
                     .map_err(|e| QueueError::io("fsync", &path, e))?;
             }
             last_end = scan.valid_end as u64;
-            segs.insert(
-                n,
-                SegFile {
-                    file: Rc::new(file),
-                    pending: 0,
-                },
-            );
+            segs.insert(n, SegFile::new(Rc::new(file)));
         }
         if dir_changed {
             sync_dir(&seg_dir)
@@ -425,11 +459,10 @@ impl Queue {
 
         // Spill files: drop messages whose body never became durable, delete
         // files no live message references.
-        let mut on_disk = HashSet::new();
-        let rd = std::fs::read_dir(&big_dir).map_err(|e| QueueError::io("readdir", &big_dir, e))?;
-        for ent in rd {
-            let ent = ent.map_err(|e| QueueError::io("readdir", &big_dir, e))?;
-            if let Ok(name) = ent.file_name().into_string() {
+        let mut on_disk = BTreeSet::new();
+        let names = sio::read_dir(&big_dir).map_err(|e| QueueError::io("readdir", &big_dir, e))?;
+        for name in names {
+            if let Ok(name) = name.into_string() {
                 on_disk.insert(name);
             }
         }
@@ -437,7 +470,7 @@ impl Queue {
         // record is only written once its body is durable, so a body that
         // does not verify is damage, and the message is quarantined rather
         // than deferred forever.
-        let mut referenced = HashSet::new();
+        let mut referenced = BTreeSet::new();
         let mut damaged: Vec<(u64, String)> = Vec::new();
         for (&key, e) in &index.messages {
             if let BodyLoc::Spilled { name, len, crc } = &e.body {
@@ -456,7 +489,7 @@ impl Queue {
         let damaged_keys: HashSet<u64> = damaged.iter().map(|d| d.0).collect();
         for name in on_disk.difference(&referenced) {
             let p = big_dir.join(name);
-            if std::fs::remove_file(&p).is_ok() {
+            if sio::remove_file(&p).await.is_ok() {
                 report.orphan_spill_files += 1;
             }
         }
@@ -464,7 +497,7 @@ impl Queue {
         let mut st = State {
             index,
             segs,
-            spill_nonce: SystemTime::now()
+            spill_nonce: sio::system_time()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(1),
@@ -473,6 +506,7 @@ impl Queue {
         // Sorted first: BTreeSet builds from a sorted sequence in one pass,
         // much cheaper than a million inserts.
         st.frozen = read_hold_file(&config.dir)
+            .await
             .into_iter()
             .filter(|id| id.queue == config.queue_no && st.index.messages.contains_key(&id.key()))
             .map(|id| id.key())
@@ -501,6 +535,8 @@ impl Queue {
             synced: Notify::new(),
             rolled: Notify::new(),
             compacted: Notify::new(),
+            written: Notify::new(),
+            hold_file: tokio::sync::Mutex::new(()),
             arrivals: Rc::new(Notify::new()),
             cfg: config,
         });
@@ -521,7 +557,7 @@ impl Queue {
                     .await
                     .map_err(|e| QueueError::io("fsync dir", &q.sh.seg_dir, e))?;
                 let mut st = q.sh.st.borrow_mut();
-                st.segs.insert(next, SegFile { file, pending: 0 });
+                st.segs.insert(next, SegFile::new(file));
                 st.cur_seg = next;
                 st.write_pos = SEG_HEADER_LEN as u64;
             }
@@ -560,8 +596,8 @@ impl Queue {
             (Rc::clone(&e.envelope), e.body.clone(), pending)
         };
         let dir = self.sh.cfg.dir.join(QUARANTINE_DIR);
-        let created = !dir.is_dir();
-        std::fs::create_dir_all(&dir).map_err(|e| QueueError::io("mkdir", &dir, e))?;
+        let created = !sio::is_dir(&dir);
+        sio::create_dir_all(&dir).map_err(|e| QueueError::io("mkdir", &dir, e))?;
         let mut text = format!(
             "id {id}\nreason {why}\narrival {}\nsender <{}>\n",
             env.arrival, env.sender
@@ -575,12 +611,13 @@ impl Queue {
             text.push_str(&format!("recipient <{r}> {state}\n"));
         }
         let env_path = dir.join(format!("{id}.env"));
-        write_durable(&env_path, text.as_bytes())
+        write_durable(&env_path, text.into_bytes())
+            .await
             .map_err(|e| QueueError::io("write", &env_path, e))?;
         if let BodyLoc::Spilled { name, .. } = &body {
             let from = self.sh.big_dir.join(name);
             let to = dir.join(format!("{id}.body"));
-            match std::fs::rename(&from, &to) {
+            match sio::rename(&from, &to).await {
                 Ok(()) => sync_dir(&self.sh.big_dir)
                     .await
                     .map_err(|e| QueueError::io("fsync dir", &self.sh.big_dir, e))?,
@@ -654,6 +691,11 @@ impl Queue {
             let Some(addr) = e.envelope.recipients.get(idx as usize) else {
                 continue;
             };
+            if e.rcpts[idx as usize].state != RecipientState::Pending {
+                // Never hand out a finished recipient, whatever the schedule
+                // says.
+                continue;
+            }
             out.push(DueRecipient {
                 id: MessageId::from_key(self.sh.cfg.queue_no, key),
                 rcpt: idx as usize,
@@ -678,17 +720,22 @@ impl Queue {
     /// recorded time, which is at-least-once).
     pub fn release_at(&self, id: &MessageId, rcpt: usize, not_before: u64) {
         let mut st = self.sh.st.borrow_mut();
+        let st = &mut *st;
         let key = id.key();
         if st.leased.remove(&(key, rcpt as u32)) && !st.frozen.contains(&key) {
-            if let Some(next) = st
+            if let Some(r) = st
                 .index
                 .messages
-                .get(&key)
-                .and_then(|e| e.rcpts.get(rcpt))
+                .get_mut(&key)
+                .and_then(|e| e.rcpts.get_mut(rcpt))
                 .filter(|r| r.state == RecipientState::Pending)
-                .map(|r| r.next_attempt.max(not_before))
             {
-                st.schedule.insert((next, key, rcpt as u32));
+                // The schedule key must be the recipient's next_attempt:
+                // every later removal (outcome, freeze, take) looks it up by
+                // that time, and a stale entry would hand a finished
+                // recipient out again (simulation seed 1994).
+                r.next_attempt = r.next_attempt.max(not_before);
+                st.schedule.insert((r.next_attempt, key, rcpt as u32));
             }
         }
     }
@@ -870,9 +917,10 @@ impl Queue {
     /// flight finish. Durable: the set is rewritten to `<queue>/hold` (small
     /// file, written with plain std I/O: an operator action, rarely run)
     /// before this returns. Returns false when it was held already.
-    pub fn freeze(&self, id: &MessageId) -> Result<bool, QueueError> {
+    pub async fn freeze(&self, id: &MessageId) -> Result<bool, QueueError> {
+        let _one = self.sh.hold_file.lock().await;
         let key = id.key();
-        {
+        let changed = {
             let mut st = self.sh.st.borrow_mut();
             let st = &mut *st;
             let e = st
@@ -881,39 +929,57 @@ impl Queue {
                 .get(&key)
                 .filter(|_| id.queue == self.sh.cfg.queue_no)
                 .ok_or(QueueError::UnknownMessage(*id))?;
-            if !st.frozen.insert(key) {
-                return Ok(false);
-            }
-            for (idx, r) in e.rcpts.iter().enumerate() {
-                let k = (key, idx as u32);
-                if r.state == RecipientState::Pending && !st.leased.contains(&k) {
-                    st.held.remove(&k);
-                    st.schedule.remove(&(r.next_attempt, key, idx as u32));
+            let changed = st.frozen.insert(key);
+            if changed {
+                for (idx, r) in e.rcpts.iter().enumerate() {
+                    let k = (key, idx as u32);
+                    if r.state == RecipientState::Pending && !st.leased.contains(&k) {
+                        st.held.remove(&k);
+                        st.schedule.remove(&(r.next_attempt, key, idx as u32));
+                    }
                 }
             }
+            changed
+        };
+        if !changed && !self.sh.st.borrow().hold_file_stale {
+            return Ok(false);
         }
-        if let Err(e) = self.write_hold_file() {
-            self.thaw_in_memory(key, None);
+        if let Err(e) = self.write_hold_file().await {
+            if changed {
+                self.thaw_in_memory(key, None);
+            }
             return Err(e);
         }
-        Ok(true)
+        Ok(changed)
     }
 
     /// Takes a message off operator hold; its pending recipients are due at
     /// `now` (or their recorded next attempt, if earlier). Durable like
     /// [`Queue::freeze`]. Returns false when it was not held.
-    pub fn thaw(&self, id: &MessageId, now: u64) -> Result<bool, QueueError> {
+    pub async fn thaw(&self, id: &MessageId, now: u64) -> Result<bool, QueueError> {
+        let _one = self.sh.hold_file.lock().await;
         let key = id.key();
-        if id.queue != self.sh.cfg.queue_no || !self.sh.st.borrow().frozen.contains(&key) {
+        let (frozen, stale) = {
+            let st = self.sh.st.borrow();
+            (
+                id.queue == self.sh.cfg.queue_no && st.frozen.contains(&key),
+                st.hold_file_stale,
+            )
+        };
+        if !frozen && !stale {
             return Ok(false);
         }
-        self.thaw_in_memory(key, Some(now));
-        if let Err(e) = self.write_hold_file() {
-            // Not durable: put it back on hold, as on disk.
-            let _ = self.refreeze_in_memory(key);
+        if frozen {
+            self.thaw_in_memory(key, Some(now));
+        }
+        if let Err(e) = self.write_hold_file().await {
+            if frozen {
+                // Not durable: put it back on hold, as on disk.
+                let _ = self.refreeze_in_memory(key);
+            }
             return Err(e);
         }
-        Ok(true)
+        Ok(frozen)
     }
 
     /// Whether a message is on operator hold.
@@ -955,8 +1021,17 @@ impl Queue {
 
     /// Rewrites `<queue>/hold` with the frozen set: temp file, fsync,
     /// rename, directory fsync.
-    fn write_hold_file(&self) -> Result<(), QueueError> {
-        use std::io::Write;
+    /// The caller holds `Shared::hold_file`. After a failure the file on
+    /// disk may hold either set (the rename may have happened), so the next
+    /// freeze or thaw rewrites it even when it changes nothing in memory
+    /// (simulation seed 119).
+    async fn write_hold_file(&self) -> Result<(), QueueError> {
+        let r = self.rewrite_hold_file().await;
+        self.sh.st.borrow_mut().hold_file_stale = r.is_err();
+        r
+    }
+
+    async fn rewrite_hold_file(&self) -> Result<(), QueueError> {
         let mut ids: Vec<MessageId> = {
             let st = self.sh.st.borrow();
             st.frozen
@@ -973,15 +1048,15 @@ impl Queue {
         let dir = &self.sh.cfg.dir;
         let tmp = dir.join("hold.tmp");
         let path = dir.join(HOLD_FILE);
-        let mut f = std::fs::File::create(&tmp).map_err(|e| QueueError::io("create", &tmp, e))?;
-        f.write_all(text.as_bytes())
+        write_durable(&tmp, text.into_bytes())
+            .await
             .map_err(|e| QueueError::io("write", &tmp, e))?;
-        f.sync_all().map_err(|e| QueueError::io("fsync", &tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| QueueError::io("rename", &path, e))?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| QueueError::io("fsync dir", dir, e))?;
-        Ok(())
+        sio::rename(&tmp, &path)
+            .await
+            .map_err(|e| QueueError::io("rename", &path, e))?;
+        sync_dir(dir)
+            .await
+            .map_err(|e| QueueError::io("fsync dir", dir, e))
     }
 
     /// Earliest next-attempt time among scheduled (not leased) recipients.
@@ -1078,7 +1153,7 @@ impl Queue {
             }
             BodyLoc::Spilled { name, len, crc } => {
                 let path = self.sh.big_dir.join(name);
-                let mut o = std::fs::OpenOptions::new();
+                let mut o = OpenOptions::new();
                 o.read(true);
                 let f = File::open(&path, &o)
                     .await
@@ -1167,9 +1242,9 @@ impl Queue {
         let written = async {
             let resv = self.reserve(rec.len() as u64).await?;
             self.write_record(&resv, rec).await?;
-            let seg = resv.seg;
+            let (seg, pos) = (resv.seg, resv.pos);
             drop(resv);
-            self.wait_durable_in(seg).await
+            self.wait_durable_in(seg, pos).await
         }
         .await;
         if let Err(e) = written {
@@ -1212,7 +1287,7 @@ impl Queue {
                 // The final outcome is durable, so the body is no longer
                 // needed; if this unlink is lost in a crash, recovery removes
                 // the unreferenced file.
-                match std::fs::remove_file(self.sh.big_dir.join(name)) {
+                match sio::remove_file(self.sh.big_dir.join(name)).await {
                     Ok(()) => {}
                     // Moved to quarantine/.
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -1280,7 +1355,8 @@ impl Queue {
         let hdr = segment_header(n, self.sh.cfg.queue_no, now_secs());
         let (r, _) = file.write_all_at(hdr, 0).await;
         if let Err(e) = r {
-            let _ = std::fs::remove_file(&path);
+            let _ = file.close().await;
+            let _ = sio::remove_file(&path).await;
             return Err(QueueError::io("write", &path, e));
         }
         Ok(Rc::new(file))
@@ -1305,6 +1381,9 @@ impl Queue {
                     st.write_pos += len;
                     let sf = st.segs.get_mut(&seg).expect("current segment is open");
                     sf.pending += 1;
+                    if len > 0 {
+                        sf.unwritten.insert(pos);
+                    }
                     return Ok(Reservation {
                         sh: Rc::clone(&self.sh),
                         seg,
@@ -1324,7 +1403,7 @@ impl Queue {
                 }
             };
             let mut st = self.sh.st.borrow_mut();
-            st.segs.insert(roll_to, SegFile { file, pending: 0 });
+            st.segs.insert(roll_to, SegFile::new(file));
             st.cur_seg = roll_to;
             st.write_pos = SEG_HEADER_LEN as u64;
             st.force_roll = false;
@@ -1344,6 +1423,10 @@ impl Queue {
         let n = rec.len() as u64;
         let (r, _) = resv.file.write_all_at(rec, resv.pos).await;
         let mut st = self.sh.st.borrow_mut();
+        if let Some(sf) = st.segs.get_mut(&resv.seg) {
+            sf.unwritten.remove(&resv.pos);
+        }
+        self.sh.written.notify_waiters();
         match r {
             Ok(()) => {
                 st.stats.bytes_written += n;
@@ -1353,6 +1436,12 @@ impl Queue {
             Err(e) => {
                 st.stats.write_errors += 1;
                 st.force_roll = true;
+                // A partly written record (a torn header) would end the
+                // segment's readable part at recovery: nothing after it
+                // may be acknowledged.
+                if st.sealed.insert(resv.seg) {
+                    st.stats.segments_sealed += 1;
+                }
                 let e = QueueError::io("write", self.seg_path(resv.seg), e);
                 note_failure(&mut st, e.to_string());
                 Err(e)
@@ -1395,10 +1484,40 @@ impl Queue {
         }
     }
 
-    /// [`Queue::wait_durable`] for a record written in segment `seg`: also
-    /// fails when that segment was sealed meanwhile (a later flush that
-    /// "succeeded" proves nothing about it, see `State::sealed`).
-    async fn wait_durable_in(&self, seg: u32) -> Result<(), QueueError> {
+    /// Waits until every record reserved before offset `pos` of segment
+    /// `seg` is written (or abandoned).
+    ///
+    /// Records are written in the order their tasks get to it, not in the
+    /// order of their offsets. Were a record acknowledged while an earlier
+    /// one's space was still empty, a power cut could keep the tail of the
+    /// earlier record but not its header (sectors and pages reach the disk
+    /// in any order); recovery, which cannot resynchronise inside damaged
+    /// bytes, would then end the segment there and lose the acknowledged
+    /// record after it (simulation seed 688).
+    async fn wait_written_before(&self, seg: u32, pos: u64) {
+        loop {
+            let wait = self.sh.written.notified();
+            let busy = self
+                .sh
+                .st
+                .borrow()
+                .segs
+                .get(&seg)
+                .is_some_and(|sf| sf.unwritten.range(..pos).next().is_some());
+            if !busy {
+                return;
+            }
+            wait.await;
+        }
+    }
+
+    /// [`Queue::wait_durable`] for a record written at `pos` in segment
+    /// `seg`: first waits for the records reserved before it there
+    /// ([`Queue::wait_written_before`]); also fails when that segment was
+    /// sealed meanwhile (a later flush that "succeeded" proves nothing
+    /// about it, see `State::sealed`).
+    async fn wait_durable_in(&self, seg: u32, pos: u64) -> Result<(), QueueError> {
+        self.wait_written_before(seg, pos).await;
         self.wait_durable().await?;
         if self.sh.st.borrow().sealed.contains(&seg) {
             return Err(QueueError::io(
@@ -1520,7 +1639,7 @@ impl Queue {
                 }
             };
             let path = self.seg_path(victim);
-            match std::fs::remove_file(&path) {
+            match sio::remove_file(&path).await {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(QueueError::io("unlink", &path, e)),
@@ -1614,6 +1733,9 @@ impl Queue {
             resvs.push(resv);
             moved.push((key, new_loc, body_len));
         }
+        for r in &resvs {
+            self.wait_written_before(r.seg, r.pos).await;
+        }
         self.wait_durable().await?;
         if resvs
             .iter()
@@ -1664,6 +1786,9 @@ impl Drop for Reservation {
     fn drop(&mut self) {
         if let Some(sf) = self.sh.st.borrow_mut().segs.get_mut(&self.seg) {
             sf.pending -= 1;
+            if sf.unwritten.remove(&self.pos) {
+                self.sh.written.notify_waiters();
+            }
         }
     }
 }
@@ -1755,7 +1880,9 @@ struct Spill {
 /// One message being received. Chunks are buffered in memory up to the
 /// spill threshold, then streamed to `big/<name>`. Dropping it (or
 /// [`MessageWriter::abort`]) removes the spill file: an aborted transaction
-/// leaves nothing behind.
+/// leaves nothing behind. A commit that fails after its record was written
+/// leaves the file to the next recovery (the record may have reached the
+/// disk anyway), which deletes it if no record names it.
 pub struct MessageWriter {
     q: Queue,
     buf: Vec<u8>,
@@ -1886,8 +2013,14 @@ impl MessageWriter {
         let key = (u64::from(resv.seg) << 32) | resv.pos;
         patch_key(&mut rec, key);
         finish_record(&mut rec);
+        // From the write on, the record may reach the disk even if this
+        // commit fails (a flush that fails may have written it): the spill
+        // file it names must stay, or recovery would find a record without
+        // its body (simulation seed 5). If no record survives, recovery
+        // deletes the file as an orphan.
+        let spilled = self.spill.take().is_some();
         q.write_record(&resv, rec).await?;
-        q.wait_durable_in(resv.seg).await?;
+        q.wait_durable_in(resv.seg, resv.pos).await?;
         {
             let mut st = q.sh.st.borrow_mut();
             for i in 0..envelope.recipients.len() {
@@ -1905,13 +2038,11 @@ impl MessageWriter {
                 },
             );
             st.stats.commits += 1;
-            if self.spill.is_some() {
+            if spilled {
                 st.stats.spilled += 1;
             }
         }
         drop(resv);
-        // Committed: the spill file now belongs to the queue.
-        self.spill = None;
         q.sh.arrivals.notify_one();
         Ok(MessageId::from_key(q.sh.cfg.queue_no, key))
     }
@@ -1926,7 +2057,7 @@ impl Drop for MessageWriter {
     fn drop(&mut self) {
         if let Some(sp) = self.spill.take() {
             // Best effort; recovery removes any spill file no record names.
-            let _ = std::fs::remove_file(&sp.path);
+            let _ = sio::remove_file_now(&sp.path);
         }
     }
 }

@@ -600,8 +600,8 @@ fn operator_hold_survives_restart_and_tools_select_by_envelope() {
             ids.push(w.commit(env(2)).await.unwrap());
         }
         // Hold the first: its recipients are neither due nor taken by ETRN.
-        assert!(q.freeze(&ids[0]).unwrap());
-        assert!(!q.freeze(&ids[0]).unwrap(), "already held");
+        assert!(q.freeze(&ids[0]).await.unwrap());
+        assert!(!q.freeze(&ids[0]).await.unwrap(), "already held");
         assert!(q.is_frozen(&ids[0]));
         let due = q.due(u64::MAX, 100);
         assert_eq!(due.len(), 4, "two messages x two recipients");
@@ -632,12 +632,12 @@ fn operator_hold_survives_restart_and_tools_select_by_envelope() {
             q.release(id, 0);
             q.release(id, 1);
         }
-        assert!(q.thaw(&ids[0], 5).unwrap());
-        assert!(!q.thaw(&ids[0], 5).unwrap());
+        assert!(q.thaw(&ids[0], 5).await.unwrap());
+        assert!(!q.thaw(&ids[0], 5).await.unwrap());
         assert_eq!(q.next_due_time(), Some(5));
 
         // take_where picks by envelope and recipient, held or not.
-        assert!(q.freeze(&ids[1]).unwrap());
+        assert!(q.freeze(&ids[1]).await.unwrap());
         let taken = q.take_where(|id, _, idx| id == ids[1] && idx == 1);
         assert_eq!(taken.len(), 1);
         assert_eq!((taken[0].id, taken[0].rcpt), (ids[1], 1));
@@ -720,5 +720,28 @@ fn damaged_spill_body_is_quarantined_not_deferred_forever() {
         let (_, rep) = Queue::open(c).await.unwrap();
         assert!(rep.quarantined.is_empty());
         assert_eq!(rep.messages, 1);
+    });
+}
+
+/// A recipient released to a later time and then finished is never handed
+/// out again (the schedule entry moves with its `next_attempt`; simulation
+/// seed 1994).
+#[test]
+fn released_later_then_finished_is_not_due_again() {
+    on_both(|_, dir| async move {
+        let (q, _) = Queue::open(cfg(&dir)).await.unwrap();
+        let id = put(&q, b"Subject: x\r\n\r\nbody\r\n", 2).await;
+        let due = q.due(u64::MAX, 10);
+        assert_eq!(due.len(), 2);
+        q.release_at(&id, 0, 5_000);
+        assert_eq!(q.recipients(&id).unwrap()[0].next_attempt, 5_000);
+        assert!(q.due(4_999, 10).is_empty(), "released to 5000");
+        q.record_outcomes(&id, &[(0, delivered())]).await.unwrap();
+        assert!(
+            q.due(u64::MAX, 10).is_empty(),
+            "finished recipient due again"
+        );
+        q.record_outcomes(&id, &[(1, delivered())]).await.unwrap();
+        assert!(q.message_ids().is_empty());
     });
 }

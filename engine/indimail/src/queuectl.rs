@@ -424,9 +424,9 @@ pub async fn apply(queues: &[Rc<Queue>], op: &Op, ctx: &Ctx) -> Report {
             Op::Hold(_) | Op::Release(_) => {
                 for id in ids {
                     let r = if matches!(op, Op::Hold(_)) {
-                        q.freeze(&id)
+                        q.freeze(&id).await
                     } else {
-                        q.thaw(&id, now)
+                        q.thaw(&id, now).await
                     };
                     match r {
                         Ok(true) => {

@@ -11,6 +11,13 @@
 //! On the epoll driver, sockets use tokio's reactor and file operations that
 //! may block on the device (`pwrite`, `fdatasync`) run on tokio's blocking
 //! pool, so one slow flush never stalls a shard's other sessions.
+//!
+//! With the cargo feature `sim` (tests only) a third driver,
+//! [`Driver::Sim`], runs every file operation here on a simulated,
+//! fault-injecting file system ([`sim`]); production builds carry none of it.
+
+#[cfg(feature = "sim")]
+pub mod sim;
 
 use std::cell::Cell;
 use std::future::Future;
@@ -27,6 +34,10 @@ pub enum Driver {
     Uring,
     /// epoll through tokio's reactor; file I/O on the blocking pool.
     Epoll,
+    /// The simulated file system of [`sim::SimFs::run`] (feature `sim`,
+    /// tests only; never chosen by `INDIMAIL_DRIVER`). No sockets.
+    #[cfg(feature = "sim")]
+    Sim,
 }
 
 impl Driver {
@@ -44,6 +55,8 @@ impl Driver {
         match self {
             Driver::Uring => "uring",
             Driver::Epoll => "epoll",
+            #[cfg(feature = "sim")]
+            Driver::Sim => "sim",
         }
     }
 }
@@ -76,6 +89,25 @@ pub fn current_driver() -> Driver {
         .expect("shard::io used outside shard::io::run")
 }
 
+/// Runs `f` with `driver` as this thread's current driver.
+fn with_driver<T>(driver: Driver, f: impl FnOnce() -> T) -> T {
+    let previous = CURRENT.with(|c| c.replace(Some(driver)));
+    struct Restore(Option<Driver>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CURRENT.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(previous);
+    f()
+}
+
+/// The simulated file system, when the simulation runs on this thread.
+#[cfg(feature = "sim")]
+fn sim_fs() -> Option<sim::SimFs> {
+    (CURRENT.with(|c| c.get()) == Some(Driver::Sim)).then(sim::current)
+}
+
 /// Whether io_uring can be set up on this machine (kernel support, not
 /// disabled by `kernel.io_uring_disabled`, not blocked by seccomp).
 /// Returns the error that prevented it otherwise.
@@ -93,6 +125,8 @@ pub fn probe_uring() -> Result<(), io::Error> {
 pub fn choose_driver(requested: Driver) -> (Driver, Option<String>) {
     match requested {
         Driver::Epoll => (Driver::Epoll, None),
+        #[cfg(feature = "sim")]
+        Driver::Sim => (Driver::Sim, None),
         Driver::Uring => match probe_uring() {
             Ok(()) => (Driver::Uring, None),
             Err(e) => (
@@ -110,17 +144,10 @@ pub fn choose_driver(requested: Driver) -> (Driver, Option<String>) {
 /// timers, sync primitives and `spawn_blocking` work on both drivers.
 ///
 /// # Panics
-/// If the runtime cannot be built (use [`choose_driver`] first to fall back).
+/// If the runtime cannot be built (use [`choose_driver`] first to fall back),
+/// or for [`Driver::Sim`], which needs its file system ([`sim::SimFs::run`]).
 pub fn run<F: Future>(driver: Driver, fut: F) -> F::Output {
-    let previous = CURRENT.with(|c| c.replace(Some(driver)));
-    struct Restore(Option<Driver>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            CURRENT.with(|c| c.set(self.0));
-        }
-    }
-    let _restore = Restore(previous);
-    match driver {
+    with_driver(driver, || match driver {
         Driver::Uring => {
             let rt = tokio_uring::Runtime::new(tokio_uring::builder().entries(1024))
                 .expect("io_uring runtime (use shard::io::choose_driver to fall back)");
@@ -134,6 +161,89 @@ pub fn run<F: Future>(driver: Driver, fut: F) -> F::Output {
             let local = tokio::task::LocalSet::new();
             local.block_on(&rt, fut)
         }
+        #[cfg(feature = "sim")]
+        Driver::Sim => panic!("Driver::Sim runs through shard::io::sim::SimFs::run"),
+    })
+}
+
+/// How to open a file: the subset of `std::fs::OpenOptions` the project
+/// uses, as plain fields so every driver (the simulated one too) can read
+/// them. New files get `mode` (default 0o666) less the umask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenOptions {
+    read: bool,
+    write: bool,
+    create: bool,
+    create_new: bool,
+    truncate: bool,
+    mode: u32,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions::new()
+    }
+}
+
+impl OpenOptions {
+    /// Nothing set; mode 0o666.
+    pub fn new() -> OpenOptions {
+        OpenOptions {
+            read: false,
+            write: false,
+            create: false,
+            create_new: false,
+            truncate: false,
+            mode: 0o666,
+        }
+    }
+
+    /// Open for reading.
+    pub fn read(&mut self, on: bool) -> &mut Self {
+        self.read = on;
+        self
+    }
+
+    /// Open for writing.
+    pub fn write(&mut self, on: bool) -> &mut Self {
+        self.write = on;
+        self
+    }
+
+    /// Create the file if it does not exist.
+    pub fn create(&mut self, on: bool) -> &mut Self {
+        self.create = on;
+        self
+    }
+
+    /// Create the file, failing if it exists (`O_CREAT|O_EXCL`).
+    pub fn create_new(&mut self, on: bool) -> &mut Self {
+        self.create_new = on;
+        self
+    }
+
+    /// Truncate an existing file to 0 bytes.
+    pub fn truncate(&mut self, on: bool) -> &mut Self {
+        self.truncate = on;
+        self
+    }
+
+    /// Permission bits of a created file (before the umask).
+    pub fn mode(&mut self, mode: u32) -> &mut Self {
+        self.mode = mode;
+        self
+    }
+
+    fn to_std(self) -> std::fs::OpenOptions {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut o = std::fs::OpenOptions::new();
+        o.read(self.read)
+            .write(self.write)
+            .create(self.create)
+            .create_new(self.create_new)
+            .truncate(self.truncate)
+            .mode(self.mode);
+        o
     }
 }
 
@@ -147,14 +257,23 @@ pub struct File {
 enum FileInner {
     Uring(tokio_uring::fs::File),
     Epoll(Arc<std::fs::File>),
+    #[cfg(feature = "sim")]
+    Sim(sim::SimFile),
 }
 
 impl File {
     /// Opens with the given options. The `open(2)` itself is synchronous: it
     /// is a metadata operation measured in microseconds, and doing it
     /// directly keeps error reporting identical on both drivers.
-    pub async fn open(path: impl AsRef<Path>, opts: &std::fs::OpenOptions) -> io::Result<File> {
-        let f = opts.open(path)?;
+    pub async fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> io::Result<File> {
+        #[cfg(feature = "sim")]
+        if let Some(fs) = sim_fs() {
+            fs.maybe_yield().await;
+            return Ok(File {
+                inner: FileInner::Sim(fs.open(path.as_ref(), opts)?),
+            });
+        }
+        let f = opts.to_std().open(path)?;
         Ok(File::from_std(f))
     }
 
@@ -185,6 +304,12 @@ impl File {
                 .await?;
                 Ok(File::from_std(f))
             }
+            #[cfg(feature = "sim")]
+            Driver::Sim => {
+                let mut o = OpenOptions::new();
+                o.write(true).create_new(true);
+                File::open(path, &o).await
+            }
         }
     }
 
@@ -202,14 +327,45 @@ impl File {
                 let m = f.metadata()?;
                 Ok((m.ino(), m.dev()))
             }
+            #[cfg(feature = "sim")]
+            FileInner::Sim(f) => Ok((f.ino(), 0)),
+        }
+    }
+
+    /// The file's size in bytes, from the open descriptor.
+    pub async fn len(&self) -> io::Result<u64> {
+        match &self.inner {
+            FileInner::Uring(f) => Ok(f.statx().await?.stx_size),
+            FileInner::Epoll(f) => Ok(f.metadata()?.len()),
+            #[cfg(feature = "sim")]
+            FileInner::Sim(f) => f.len(),
+        }
+    }
+
+    /// `ftruncate(2)`: sets the size (recovery cutting a torn tail; rare,
+    /// so on io_uring it is a direct system call).
+    pub async fn set_len(&self, len: u64) -> io::Result<()> {
+        match &self.inner {
+            FileInner::Uring(f) => with_std_file(f.as_raw_fd(), |s| s.set_len(len)),
+            FileInner::Epoll(f) => {
+                let f = Arc::clone(f);
+                blocking(move || f.set_len(len)).await
+            }
+            #[cfg(feature = "sim")]
+            FileInner::Sim(f) => f.set_len(len),
         }
     }
 
     /// Wraps an already open file.
+    ///
+    /// # Panics
+    /// On [`Driver::Sim`]: the simulation has no kernel files.
     pub fn from_std(f: std::fs::File) -> File {
         let inner = match current_driver() {
             Driver::Uring => FileInner::Uring(tokio_uring::fs::File::from_std(f)),
             Driver::Epoll => FileInner::Epoll(Arc::new(f)),
+            #[cfg(feature = "sim")]
+            Driver::Sim => panic!("File::from_std under the simulated file system"),
         };
         File { inner }
     }
@@ -226,6 +382,11 @@ impl File {
                     (r, buf)
                 })
                 .await
+            }
+            #[cfg(feature = "sim")]
+            FileInner::Sim(f) => {
+                let r = f.write_all_at(&buf, pos).await;
+                (r, buf)
             }
         }
     }
@@ -251,6 +412,17 @@ impl File {
                     (r, buf)
                 })
                 .await
+            }
+            #[cfg(feature = "sim")]
+            FileInner::Sim(f) => {
+                let mut buf = buf;
+                match f.read_at(pos, buf.capacity() - buf.len()).await {
+                    Ok(got) => {
+                        buf.extend_from_slice(&got);
+                        (Ok(got.len()), buf)
+                    }
+                    Err(e) => (Err(e), buf),
+                }
             }
         }
     }
@@ -279,6 +451,19 @@ impl File {
                 })
                 .await
             }
+            #[cfg(feature = "sim")]
+            FileInner::Sim(f) => {
+                let mut buf = buf;
+                let want = buf.capacity() - buf.len();
+                match f.read_at(pos, want).await {
+                    Ok(got) if got.len() == want => {
+                        buf.extend_from_slice(&got);
+                        (Ok(()), buf)
+                    }
+                    Ok(_) => (Err(io::ErrorKind::UnexpectedEof.into()), buf),
+                    Err(e) => (Err(e), buf),
+                }
+            }
         }
     }
 
@@ -290,6 +475,8 @@ impl File {
                 let f = Arc::clone(f);
                 blocking(move || f.sync_data()).await
             }
+            #[cfg(feature = "sim")]
+            FileInner::Sim(f) => f.sync().await,
         }
     }
 
@@ -301,6 +488,8 @@ impl File {
                 let f = Arc::clone(f);
                 blocking(move || f.sync_all()).await
             }
+            #[cfg(feature = "sim")]
+            FileInner::Sim(f) => f.sync().await,
         }
     }
 
@@ -312,17 +501,34 @@ impl File {
                 drop(f);
                 Ok(())
             }
+            #[cfg(feature = "sim")]
+            FileInner::Sim(f) => {
+                drop(f);
+                Ok(())
+            }
         }
     }
 }
 
+/// A simulated file has no descriptor: -1 (an `fcntl` on it fails EBADF).
 impl AsRawFd for File {
     fn as_raw_fd(&self) -> RawFd {
         match &self.inner {
             FileInner::Uring(f) => f.as_raw_fd(),
             FileInner::Epoll(f) => f.as_raw_fd(),
+            #[cfg(feature = "sim")]
+            FileInner::Sim(_) => -1,
         }
     }
+}
+
+/// Borrows a raw file descriptor as a `std::fs::File` for one call without
+/// taking ownership of it.
+fn with_std_file<T>(fd: RawFd, f: impl FnOnce(&std::fs::File) -> io::Result<T>) -> io::Result<T> {
+    // SAFETY: the fd is open for the duration of the borrow (owned by the
+    // caller's file) and ManuallyDrop prevents a double close.
+    let s = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+    f(&s)
 }
 
 /// fsyncs a directory, making the creates, renames and links inside it
@@ -343,6 +549,12 @@ pub async fn sync_dir(path: impl AsRef<Path>) -> io::Result<()> {
             let path = path.as_ref().to_path_buf();
             blocking(move || std::fs::File::open(path)?.sync_all()).await
         }
+        #[cfg(feature = "sim")]
+        Driver::Sim => {
+            let fs = sim::current();
+            fs.maybe_yield().await;
+            fs.sync_dir(path.as_ref())
+        }
     }
 }
 
@@ -355,6 +567,8 @@ pub async fn rename(from: impl AsRef<Path>, to: impl AsRef<Path>) -> io::Result<
             let (from, to) = (from.as_ref().to_path_buf(), to.as_ref().to_path_buf());
             blocking(move || std::fs::rename(from, to)).await
         }
+        #[cfg(feature = "sim")]
+        Driver::Sim => sim::current().rename(from.as_ref(), to.as_ref()),
     }
 }
 
@@ -367,7 +581,75 @@ pub async fn remove_file(path: impl AsRef<Path>) -> io::Result<()> {
             let path = path.as_ref().to_path_buf();
             blocking(move || std::fs::remove_file(path)).await
         }
+        #[cfg(feature = "sim")]
+        Driver::Sim => sim::current().remove_file(path.as_ref()),
     }
+}
+
+// Directory metadata calls, synchronous on every driver: each is a
+// microsecond system call made at open or from `Drop`, where awaiting is
+// not possible. They work without a runtime too (plain std), so tools that
+// read a queue directory share them.
+
+/// `unlink(2)` now, for `Drop` implementations that cannot await
+/// [`remove_file`].
+pub fn remove_file_now(path: impl AsRef<Path>) -> io::Result<()> {
+    #[cfg(feature = "sim")]
+    if let Some(fs) = sim_fs() {
+        return fs.remove_file(path.as_ref());
+    }
+    std::fs::remove_file(path)
+}
+
+/// `mkdir -p`. New directories are durable only once their parent is
+/// fsynced ([`sync_dir`]).
+pub fn create_dir_all(path: impl AsRef<Path>) -> io::Result<()> {
+    #[cfg(feature = "sim")]
+    if let Some(fs) = sim_fs() {
+        return fs.create_dir_all(path.as_ref());
+    }
+    std::fs::create_dir_all(path)
+}
+
+/// Whether `path` is a directory.
+pub fn is_dir(path: impl AsRef<Path>) -> bool {
+    #[cfg(feature = "sim")]
+    if let Some(fs) = sim_fs() {
+        return fs.is_dir(path.as_ref());
+    }
+    path.as_ref().is_dir()
+}
+
+/// The names in directory `path` (no `.`/`..`), in no particular order.
+pub fn read_dir(path: impl AsRef<Path>) -> io::Result<Vec<std::ffi::OsString>> {
+    #[cfg(feature = "sim")]
+    if let Some(fs) = sim_fs() {
+        return fs.read_dir(path.as_ref());
+    }
+    std::fs::read_dir(path)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect()
+}
+
+/// A whole (small) file, read with [`File`] positional reads.
+pub async fn read(path: impl AsRef<Path>) -> io::Result<Vec<u8>> {
+    let mut o = OpenOptions::new();
+    o.read(true);
+    let f = File::open(path, &o).await?;
+    let len = f.len().await?;
+    let (r, buf) = f.read_exact_at(Vec::with_capacity(len as usize), 0).await;
+    let c = f.close().await;
+    r.and(c).map(|()| buf)
+}
+
+/// The wall clock: `SystemTime::now()`, or the simulated clock under
+/// [`Driver::Sim`] (so a simulated run does not depend on real time).
+pub fn system_time() -> std::time::SystemTime {
+    #[cfg(feature = "sim")]
+    if let Some(fs) = sim_fs() {
+        return fs.now_time();
+    }
+    std::time::SystemTime::now()
 }
 
 /// The spare capacity of `buf` as a tokio-uring slice: tokio-uring reads
@@ -383,6 +665,15 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         Ok(v) => v,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
+}
+
+/// The simulation models storage only.
+#[cfg(feature = "sim")]
+fn no_sim_sockets() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "no sockets under the simulated driver",
+    )
 }
 
 /// A connected TCP stream.
@@ -401,6 +692,8 @@ impl TcpStream {
         let inner = match current_driver() {
             Driver::Uring => StreamInner::Uring(tokio_uring::net::TcpStream::connect(addr).await?),
             Driver::Epoll => StreamInner::Epoll(tokio::net::TcpStream::connect(addr).await?),
+            #[cfg(feature = "sim")]
+            Driver::Sim => return Err(no_sim_sockets()),
         };
         Ok(TcpStream { inner })
     }
@@ -413,6 +706,8 @@ impl TcpStream {
                 s.set_nonblocking(true)?;
                 StreamInner::Epoll(tokio::net::TcpStream::from_std(s)?)
             }
+            #[cfg(feature = "sim")]
+            Driver::Sim => return Err(no_sim_sockets()),
         };
         Ok(TcpStream { inner })
     }
@@ -560,6 +855,8 @@ impl TcpListener {
                 l.set_nonblocking(true)?;
                 ListenerInner::Epoll(tokio::net::TcpListener::from_std(l)?)
             }
+            #[cfg(feature = "sim")]
+            Driver::Sim => return Err(no_sim_sockets()),
         };
         Ok(TcpListener { inner })
     }
@@ -639,7 +936,7 @@ mod tests {
             let path = dir.join("f");
             run(d, async {
                 assert_eq!(current_driver(), d);
-                let mut o = std::fs::OpenOptions::new();
+                let mut o = OpenOptions::new();
                 o.read(true).write(true).create(true).truncate(true);
                 let f = File::open(&path, &o).await.unwrap();
                 let (r, _) = f.write_all_at(b"hello world".to_vec(), 0).await;
