@@ -253,7 +253,16 @@ pub async fn deliver(
             // come back as one).
             Instruction::Forward(a) if a.eq_ignore_ascii_case(env.recipient) => {
                 let quota = target.quota;
-                deliver_maildir(cfg, &target.maildir, quota, &rp, &dt, message).await
+                deliver_maildir(
+                    cfg,
+                    &target.maildir,
+                    quota,
+                    env.recipient,
+                    &rp,
+                    &dt,
+                    message,
+                )
+                .await
             }
             Instruction::Forward(a) => {
                 forwards.push(a);
@@ -265,7 +274,7 @@ pub async fn deliver(
                 } else {
                     None
                 };
-                deliver_maildir(cfg, &dir, quota, &rp, &dt, message).await
+                deliver_maildir(cfg, &dir, quota, env.recipient, &rp, &dt, message).await
             }
             Instruction::Mbox(path) => deliver_mbox(&path, env.sender, &rp, &dt, message).await,
             Instruction::Program(cmd) => {
@@ -312,10 +321,40 @@ enum Step {
     OverQuota(Outcome),
 }
 
+/// `OVERQUOTA_CMD maildir size cur_usage cur_count quota`, IndiMail's
+/// `overquota.sh` hook: told, never asked (its exit does not change the
+/// delivery's outcome; it has 30 seconds).
+async fn run_overquota_cmd(
+    policy: &maildir::QuotaPolicy,
+    dir: &Path,
+    size: u64,
+    usage: maildir::Usage,
+    quota: Quota,
+) {
+    let Some(cmd) = &policy.overquota_cmd else {
+        return;
+    };
+    let spec = crate::program::ProgramSpec {
+        program: cmd.clone(),
+        args: vec![
+            dir.display().to_string(),
+            size.to_string(),
+            usage.bytes.to_string(),
+            usage.count.to_string(),
+            quota.to_maildirsize(),
+        ],
+        cwd: None,
+        env: Vec::new(),
+    };
+    let run = crate::program::run(spec, std::sync::Arc::new(Vec::new()));
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), run).await;
+}
+
 async fn deliver_maildir(
     cfg: &LocalConfig,
     dir: &Path,
     quota: Option<Quota>,
+    rcpt: &str,
     rp: &str,
     dt: &str,
     message: &[u8],
@@ -325,25 +364,40 @@ async fn deliver_maildir(
     data.extend_from_slice(dt.as_bytes());
     data.extend_from_slice(message);
     let size = data.len() as u64;
+    let mut before = None;
     if let Some(q) = quota {
-        match maildir::check(dir, q, size, &cfg.quota) {
-            Ok(QuotaCheck::Ok) => {}
-            Ok(QuotaCheck::OverBounce(why)) => return Step::OverQuota(Outcome::Permanent(why)),
-            Ok(QuotaCheck::OverHold(why)) => return Step::OverQuota(Outcome::Temporary(why)),
+        let over = match maildir::check(dir, q, size, &cfg.quota) {
+            Ok((QuotaCheck::Ok, usage)) => {
+                before = Some((q, usage));
+                None
+            }
+            Ok((QuotaCheck::OverBounce(why), u)) => Some((Outcome::Permanent(why), u)),
+            Ok((QuotaCheck::OverHold(why), u)) => Some((Outcome::Temporary(why), u)),
             Err(e) => {
                 return Step::Fail(Outcome::Temporary(format!(
                     "unable to read quota of {}: {e} (#4.3.0)",
                     dir.display()
                 )))
             }
+        };
+        if let Some((outcome, usage)) = over {
+            run_overquota_cmd(&cfg.quota, dir, size, usage, q).await;
+            return Step::OverQuota(outcome);
         }
     }
     match maildir::write(dir, &cfg.hostname, data).await {
         Ok(path) => {
-            if quota.is_some() {
+            if let Some((q, usage)) = before {
                 // The message is safely delivered; a failed size update only
                 // makes the next check recalculate, so it is not an error.
                 let _ = maildir::append(dir, size as i64, 1);
+                let crossed = maildir::warning_crossed(&cfg.quota.warn_at, q, usage, size);
+                if let Some(percent) = crossed {
+                    // Best effort, like the size update: the delivery itself is done.
+                    let now = std::time::SystemTime::now();
+                    let warning = maildir::warning_message(&cfg.hostname, rcpt, percent, q, now);
+                    let _ = maildir::write(dir, &cfg.hostname, warning).await;
+                }
             }
             let name = path
                 .file_name()

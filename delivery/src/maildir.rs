@@ -227,6 +227,11 @@ pub struct QuotaPolicy {
     pub overquota_mailsize: u64,
     /// Defer instead of bounce when over quota (`HOLDOVERQUOTA` / control `holdoverquota`).
     pub hold: bool,
+    /// Run when a message does not fit (`OVERQUOTA_CMD`), as
+    /// `cmd maildir size cur_usage cur_count quota`.
+    pub overquota_cmd: Option<std::path::PathBuf>,
+    /// Usage percentages whose crossing puts a warning in the mailbox (`QUOTAWARN1..10`).
+    pub warn_at: Vec<u8>,
 }
 
 impl Default for QuotaPolicy {
@@ -236,7 +241,51 @@ impl Default for QuotaPolicy {
             max_age: 43_200,
             overquota_mailsize: 1000,
             hold: false,
+            overquota_cmd: None,
+            warn_at: Vec::new(),
         }
+    }
+}
+
+impl QuotaPolicy {
+    /// IndiMail's variables (`env` looks one up): `HOLDOVERQUOTA` (or `hold_file`, control
+    /// `holdoverquota` existing), `OVERQUOTA_MAILSIZE`, `MAILDIRSIZE_MAX_SIZE`,
+    /// `MAILDIRSIZE_MAX_AGE`, `OVERQUOTA_CMD`, `QUOTAWARN1` .. `QUOTAWARN10` (percentages).
+    /// A value that is not a number is an error naming the variable.
+    pub fn from_env(
+        env: &dyn Fn(&str) -> Option<String>,
+        hold_file: bool,
+    ) -> Result<QuotaPolicy, String> {
+        let num = |name: &str, default: u64| -> Result<u64, String> {
+            match env(name) {
+                None => Ok(default),
+                Some(v) => v
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("{name}={v}: not a number")),
+            }
+        };
+        let d = QuotaPolicy::default();
+        let mut warn_at = Vec::new();
+        for i in 1..=10 {
+            let name = format!("QUOTAWARN{i}");
+            if env(&name).is_some() {
+                match num(&name, 0)? {
+                    p @ 1..=100 => warn_at.push(p as u8),
+                    p => return Err(format!("{name}={p}: not a percentage (1-100)")),
+                }
+            }
+        }
+        Ok(QuotaPolicy {
+            max_size: num("MAILDIRSIZE_MAX_SIZE", d.max_size)?,
+            max_age: num("MAILDIRSIZE_MAX_AGE", d.max_age)?,
+            overquota_mailsize: num("OVERQUOTA_MAILSIZE", d.overquota_mailsize)?,
+            hold: hold_file || env("HOLDOVERQUOTA").is_some(),
+            overquota_cmd: env("OVERQUOTA_CMD")
+                .filter(|c| !c.trim().is_empty())
+                .map(Into::into),
+            warn_at,
+        })
     }
 }
 
@@ -261,18 +310,23 @@ pub enum QuotaCheck {
 }
 
 /// Reads (recalculating when stale) the usage of `maildir` and decides
-/// whether a message of `size` bytes fits in `quota`.
+/// whether a message of `size` bytes fits in `quota`; the usage it read
+/// comes back with the answer.
 pub fn check(
     maildir: &Path,
     quota: Quota,
     size: u64,
     policy: &QuotaPolicy,
-) -> std::io::Result<QuotaCheck> {
+) -> std::io::Result<(QuotaCheck, Usage)> {
     let usage = usage(maildir, quota, policy)?;
+    Ok((judge(usage, quota, size, policy), usage))
+}
+
+fn judge(usage: Usage, quota: Quota, size: u64, policy: &QuotaPolicy) -> QuotaCheck {
     let over_bytes = quota.bytes > 0 && usage.bytes.max(0) as u64 + size > quota.bytes;
     let over_count = quota.count > 0 && usage.count.max(0) as u64 + 1 > quota.count;
     if !(over_bytes || over_count) || size < policy.overquota_mailsize {
-        return Ok(QuotaCheck::Ok);
+        return QuotaCheck::Ok;
     }
     let why = format!(
         "The user's mailbox is over quota: {}/{} bytes, {}/{} messages; message is {} bytes (#{}.2.2)",
@@ -283,11 +337,53 @@ pub fn check(
         size,
         if policy.hold { 4 } else { 5 }
     );
-    Ok(if policy.hold {
+    if policy.hold {
         QuotaCheck::OverHold(why)
     } else {
         QuotaCheck::OverBounce(why)
-    })
+    }
+}
+
+/// The highest of `warn_at` (percent of the byte quota) that a delivery of
+/// `size` bytes crosses, from `before` usage; `None` when it crosses none.
+pub fn warning_crossed(warn_at: &[u8], quota: Quota, before: Usage, size: u64) -> Option<u8> {
+    if quota.bytes == 0 {
+        return None;
+    }
+    let pct = |bytes: i64| (bytes.max(0) as u128 * 100 / quota.bytes as u128) as u64;
+    let (from, to) = (pct(before.bytes), pct(before.bytes + size as i64));
+    warn_at
+        .iter()
+        .copied()
+        .filter(|&w| from < u64::from(w) && u64::from(w) <= to)
+        .max()
+}
+
+/// The warning put in a mailbox that crossed `percent` of its quota
+/// (queue form, LF line ends), from the mailer daemon of `host`.
+pub fn warning_message(
+    host: &str,
+    rcpt: &str,
+    percent: u8,
+    quota: Quota,
+    now: SystemTime,
+) -> Vec<u8> {
+    let secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    format!(
+        "From: Mail Delivery System <MAILER-DAEMON@{host}>\n\
+         To: <{rcpt}>\n\
+         Subject: Warning: your mailbox is {percent}% full\n\
+         Message-ID: <quotawarn.{secs}.{percent}@{host}>\n\
+         Auto-Submitted: auto-generated\n\
+         MIME-Version: 1.0\n\
+         Content-Type: text/plain; charset=us-ascii\n\
+         \n\
+         Your mailbox {rcpt} has reached {percent}% of its quota of {} bytes.\n\
+         When it is full, new mail will be returned to its senders.\n\
+         Please delete or move old messages.\n",
+        quota.bytes
+    )
+    .into_bytes()
 }
 
 /// Usage from `maildirsize`, recalculated (and the file rewritten) when it
@@ -429,6 +525,49 @@ pub(crate) fn lock_write(f: &std::fs::File) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quota_policy_from_variables() {
+        let vars = [
+            ("QUOTAWARN1", "90"),
+            ("QUOTAWARN2", "75"),
+            ("OVERQUOTA_MAILSIZE", "0"),
+            ("OVERQUOTA_CMD", "/usr/libexec/indimail/overquota.sh"),
+        ];
+        let env = |n: &str| {
+            vars.iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| v.to_string())
+        };
+        let p = QuotaPolicy::from_env(&env, true).unwrap();
+        assert_eq!(p.warn_at, vec![90, 75]);
+        assert_eq!(p.overquota_mailsize, 0);
+        assert!(p.hold);
+        assert!(p.overquota_cmd.is_some());
+        let bad = |n: &str| (n == "QUOTAWARN3").then(|| "150".to_string());
+        assert!(QuotaPolicy::from_env(&bad, false)
+            .unwrap_err()
+            .contains("QUOTAWARN3"));
+        let nan = |n: &str| (n == "MAILDIRSIZE_MAX_AGE").then(|| "soon".to_string());
+        assert!(QuotaPolicy::from_env(&nan, false).is_err());
+    }
+
+    #[test]
+    fn warnings_fire_once_when_crossed() {
+        let q = Quota {
+            bytes: 1000,
+            count: 0,
+        };
+        let u = |bytes| Usage { bytes, count: 0 };
+        assert_eq!(warning_crossed(&[50, 90], q, u(400), 50), None);
+        assert_eq!(warning_crossed(&[50, 90], q, u(400), 100), Some(50));
+        assert_eq!(warning_crossed(&[50, 90], q, u(400), 600), Some(90));
+        assert_eq!(warning_crossed(&[50, 90], q, u(500), 10), None);
+        assert_eq!(
+            warning_crossed(&[50], Quota { bytes: 0, count: 5 }, u(0), 10),
+            None
+        );
+    }
 
     #[test]
     fn quota_forms() {

@@ -126,9 +126,13 @@ impl DeliverySettings {
                 .collect::<Vec<_>>()
                 .join("; ")
         })?;
+        let env = |n: &str| std::env::var(n).ok();
+        let quota =
+            delivery::maildir::QuotaPolicy::from_env(&env, control.file("holdoverquota").exists())?;
         let local = LocalConfig {
             hostname: me.to_string(),
             qmaillocal: std::env::var_os("QMAILLOCAL").map(Into::into),
+            quota,
             ..LocalConfig::default()
         };
         let smtproute = match std::env::var("SMTPROUTE") {
