@@ -259,21 +259,33 @@ impl Greylisting {
         let dir = home.join("greylist");
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let path = dir.join(format!("shard{index}.state"));
-        let state = match policy::greylist::Greylist::load(
-            &path,
-            config,
-            whitelist.clone(),
-            SystemTime::now(),
-        ) {
-            Ok(g) => g,
-            Err(e) => {
-                log!(
-                    "shard{index} greylist state {} unreadable, starting empty: {e}",
-                    path.display()
-                );
-                policy::greylist::Greylist::new(config, whitelist)
+        let now = SystemTime::now();
+        let mut state =
+            match policy::greylist::Greylist::load(&path, config, whitelist.clone(), now) {
+                Ok(g) => g,
+                Err(e) => {
+                    log!(
+                        "shard{index} greylist state {} unreadable, starting empty: {e}",
+                        path.display()
+                    );
+                    policy::greylist::Greylist::new(config, whitelist)
+                }
+            };
+        // The other shards' files too: with another shard count than last
+        // run, a client's home shard is not the one that saved its triplets.
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let other = entry.path();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if other != path && name.starts_with("shard") && name.ends_with(".state") {
+                if let Err(e) = state.merge_file(&other, now) {
+                    log!(
+                        "shard{index} greylist state {} skipped: {e}",
+                        other.display()
+                    );
+                }
             }
-        };
+        }
         Ok(Some(Greylisting::BuiltIn { state, path }))
     }
 }

@@ -220,3 +220,30 @@ assert codes == [250, 250, 250, 451, 451, 451], codes
         run_python(&script, &format!("{shards} shards\n{}", s.log()));
     }
 }
+
+/// Greylisting state survives a restart with another shard count: a triplet
+/// that passed at 2 shards is accepted on every connection at 8, though its
+/// client's home shard is no longer the one that saved it.
+#[test]
+fn greylist_state_survives_a_change_of_shard_count() {
+    let h = home_with(&[("greylist", "1 3600 86400\n")]);
+    // 127.0.0.2's home is shard 0 of 2 but shard 6 of 8.
+    let rcpt = |s: &Server| {
+        let mut c = Client::connect_from([127, 0, 0, 2], s.smtp);
+        c.reply();
+        c.cmd("EHLO client.example.org");
+        assert_eq!(c.cmd("MAIL FROM:<kept@sender.example>").0, 250);
+        let r = c.cmd("RCPT TO:<a@example.com>");
+        c.cmd("QUIT");
+        r.0
+    };
+    let mut s = start(h.path(), "2");
+    assert_eq!(rcpt(&s), 451);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(rcpt(&s), 250);
+    s.stop(); // saves the state
+    drop(s);
+    let s = start(h.path(), "8");
+    let codes: Vec<u16> = (0..10).map(|_| rcpt(&s)).collect();
+    assert_eq!(codes, vec![250; 10], "{}", s.log());
+}

@@ -427,6 +427,21 @@ impl Greylist {
         g.purge(now);
         Ok(g)
     }
+
+    /// Adds what another state file holds and this state lacks (a key
+    /// already here keeps its own record): how a shard takes over the
+    /// clients of the other shards' files when the shard count changed
+    /// between runs. Same errors as [`Greylist::load`].
+    pub fn merge_file(&mut self, path: &Path, now: SystemTime) -> Result<(), GreylistError> {
+        let other = Greylist::load(path, self.config, self.whitelist.clone(), now)?;
+        for (net, until) in other.nets {
+            self.nets.entry(net).or_insert(until);
+        }
+        for (k, e) in other.triplets {
+            self.triplets.entry(k).or_insert(e);
+        }
+        Ok(())
+    }
 }
 
 fn put_ip(buf: &mut Vec<u8>, ip: IpAddr) {
