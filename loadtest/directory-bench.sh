@@ -29,28 +29,18 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# free_port, mariadb_start, mariadb_sql
+# shellcheck source=loadtest/bench-lib.sh
+. "$(dirname "$0")/bench-lib.sh"
 log() { echo "[$(date +%T)] $*" >&2; }
 
-ROOTARG=()
-[ "$(id -u)" = 0 ] && ROOTARG=(--user=root)
-
 # ---- private MariaDB ----
-PORT=$(free_port)
-log "mariadb on 127.0.0.1:$PORT (datadir $D/data)"
-mariadb-install-db --no-defaults --datadir="$D/data" --skip-test-db \
-    --auth-root-authentication-method=normal "${ROOTARG[@]}" >/dev/null
-mariadbd --no-defaults --datadir="$D/data" --socket="$D/sock" --port="$PORT" \
-    --bind-address=127.0.0.1 --skip-grant-tables --skip-networking=0 \
-    --pid-file="$D/mysqld.pid" --log-error="$D/err.log" --tmpdir="$D" --skip-log-bin \
-    --max-connections=500 "${ROOTARG[@]}" </dev/null >/dev/null 2>&1 &
-PIDS+=($!)
-for _ in $(seq 1 600); do
-    mariadb --socket="$D/sock" -e 'select 1' >/dev/null 2>&1 && break
-    sleep 0.1
-done
-mariadb --socket="$D/sock" -e 'select 1' >/dev/null
-SQL() { mariadb --socket="$D/sock" -N -B "$@"; }
+log "mariadb (datadir $D/data)"
+mariadb_start "$D"
+PIDS+=("$MARIADB_PID")
+PORT=$MARIADB_PORT
+log "mariadb on 127.0.0.1:$PORT"
+SQL() { mariadb_sql "$@"; }
 
 # Print the u1..uN rows as multi-row INSERTs of 5,000 rows, copying u0's row.
 # $1 = table name; stdin = u0's row, tab-separated: domain passwd uid gid gecos dir shell scram

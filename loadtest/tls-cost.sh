@@ -72,16 +72,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    local i
-    for ((i = 0; i < 300; i++)); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
-cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+# free_port, wait_port, cpu_ticks
+# shellcheck source=loadtest/bench-lib.sh
+. "$HERE/bench-lib.sh"
 json() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))" "$@"; }
 
 # --- the server: one home, one process, both listeners on the one shard ------------------

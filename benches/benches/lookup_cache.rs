@@ -7,8 +7,7 @@ use std::time::Duration;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use lookup::password::{hash, verify, HashMethod};
 use lookup::{
-    Admin, Cache, CachePolicy, Clock, Directory, DirectoryConfig, DomainOptions, Lookup,
-    ManualClock, RefreshMode, UserOptions,
+    Cache, CachePolicy, Clock, Directory, DirectoryConfig, Lookup, ManualClock, RefreshMode,
 };
 
 fn cache_policy_hit(c: &mut Criterion) {
@@ -31,15 +30,7 @@ fn directory_hit(c: &mut Criterion) {
         .expect("runtime");
     let cfg = DirectoryConfig::with_paths(h, h.join("control"), h.join("mail")).expect("config");
     let dir = rt.block_on(async {
-        let admin = Admin::open(cfg.clone()).await.expect("admin");
-        admin
-            .domain_add("example.com", &DomainOptions::default())
-            .await
-            .expect("domain");
-        admin
-            .user_add("manny@example.com", "pw", &UserOptions::default())
-            .await
-            .expect("user");
+        indimail_benches::add_domain_and_user(&cfg, "manny@example.com").await;
         let mut cfg = cfg;
         cfg.change_poll = Duration::from_secs(1_000_000);
         let clock: Rc<dyn Clock> = Rc::new(ManualClock::new(0));

@@ -9,9 +9,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use lookup::{
-    Admin, Clock, Directory, DirectoryConfig, DomainOptions, ManualClock, RefreshMode, UserOptions,
-};
+use lookup::{Clock, Directory, DirectoryConfig, ManualClock, RefreshMode};
 
 fn mariadb_miss_and_hit(c: &mut Criterion) {
     let db = mariadb::MariaDb::start();
@@ -25,15 +23,7 @@ fn mariadb_miss_and_hit(c: &mut Criterion) {
         .expect("runtime");
     let cfg = DirectoryConfig::with_paths(h, h.join("control"), h.join("mail")).expect("config");
     let dir = rt.block_on(async {
-        let admin = Admin::open(cfg.clone()).await.expect("admin");
-        admin
-            .domain_add("example.com", &DomainOptions::default())
-            .await
-            .expect("domain");
-        admin
-            .user_add("manny@example.com", "pw", &UserOptions::default())
-            .await
-            .expect("user");
+        indimail_benches::add_domain_and_user(&cfg, "manny@example.com").await;
         let mut cfg = cfg;
         cfg.change_poll = Duration::from_secs(1_000_000);
         let clock: Rc<dyn Clock> = Rc::new(ManualClock::new(0));

@@ -4,13 +4,13 @@
 //! Replies are capped (line length and line count) so a misbehaving server yields a typed
 //! error, never a hang or unbounded memory; every read carries a timeout.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::stream::Stream;
 
@@ -209,7 +209,31 @@ impl Connection {
     /// Connects to `addr`; every later read or write fails with [`SmtpError::Timeout`] after
     /// `timeout`.
     pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Self, SmtpError> {
-        let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        Connection::connect_from(addr, None, timeout).await
+    }
+
+    /// As [`Connection::connect`], from the local address `source` when given (any port):
+    /// a server that places clients by their address sees as many clients as sources.
+    pub async fn connect_from(
+        addr: SocketAddr,
+        source: Option<IpAddr>,
+        timeout: Duration,
+    ) -> Result<Self, SmtpError> {
+        let connect = async {
+            match source {
+                None => TcpStream::connect(addr).await,
+                Some(ip) => {
+                    let socket = if ip.is_ipv4() {
+                        TcpSocket::new_v4()?
+                    } else {
+                        TcpSocket::new_v6()?
+                    };
+                    socket.bind(SocketAddr::new(ip, 0))?;
+                    socket.connect(addr).await
+                }
+            }
+        };
+        let tcp = tokio::time::timeout(timeout, connect)
             .await
             .map_err(|_| SmtpError::Timeout)?
             .map_err(|e| SmtpError::Connect(e.to_string()))?;

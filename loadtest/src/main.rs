@@ -138,6 +138,10 @@ struct SendArgs {
     /// Timeout of each read or write, seconds.
     #[arg(long, default_value_t = 60.0)]
     timeout: f64,
+    /// Connect from this many loopback addresses, 127.1.0.1 upward, a new one per
+    /// connection (0: the kernel's choice); needs a loopback IPv4 target.
+    #[arg(long, default_value_t = 0)]
+    source_addrs: u32,
     /// Append "<Message-ID> <reply>" for every accepted message to this file.
     #[arg(long)]
     accepted_log: Option<PathBuf>,
@@ -248,6 +252,15 @@ async fn run_handshake(a: HandshakeArgs) -> Result<()> {
 
 async fn run_send(a: SendArgs) -> Result<()> {
     let addr = target::resolve_target(&a.target, a.allow_remote_target)?;
+    if a.source_addrs > 0 && !(addr.is_ipv4() && addr.ip().is_loopback()) {
+        bail!("--source-addrs needs a loopback IPv4 target (127.0.0.0/8)");
+    }
+    if a.source_addrs > 0xfe_fffe {
+        bail!(
+            "--source-addrs: at most {} addresses in 127.1.0.1 ..",
+            0xfe_fffe
+        );
+    }
     let auth = match &a.auth {
         None => None,
         Some(s) => match s.split_once(':') {
@@ -283,6 +296,7 @@ async fn run_send(a: SendArgs) -> Result<()> {
         tls_resumption: a.tls_resume,
         auth,
         timeout: seconds(a.timeout, "timeout")?,
+        source_addrs: a.source_addrs,
         accepted_log: a.accepted_log,
         progress: !a.quiet,
     };

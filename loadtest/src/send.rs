@@ -81,6 +81,9 @@ pub struct SendConfig {
     pub auth: Option<(String, String)>,
     /// Per read/write timeout.
     pub timeout: Duration,
+    /// Connect from this many loopback addresses (127.1.0.1 upward, one after the other per
+    /// connection) so a server placing clients by address sees many; 0 = the kernel's choice.
+    pub source_addrs: u32,
     /// File to append `<Message-ID> <reply>` to for every accepted message.
     pub accepted_log: Option<PathBuf>,
     /// Print a progress line to stderr every second.
@@ -88,6 +91,15 @@ pub struct SendConfig {
 }
 
 impl SendConfig {
+    /// The local address of connection `n` (see [`SendConfig::source_addrs`]).
+    pub fn source(&self, n: u64) -> Option<std::net::IpAddr> {
+        if self.source_addrs == 0 {
+            return None;
+        }
+        let k = (n % u64::from(self.source_addrs)) as u32;
+        Some(std::net::Ipv4Addr::from(0x7f01_0001u32 + k).into())
+    }
+
     /// Recipient `k` of message `seq`: spreads messages evenly over the users.
     pub fn recipient(&self, seq: u64, k: usize) -> String {
         let users = self.users.max(1);
@@ -108,6 +120,8 @@ struct Shared {
     rcpts_accepted: AtomicU64,
     bytes_accepted: AtomicU64,
     connections: AtomicU64,
+    /// Connection attempts so far: picks each one's source address.
+    next_source: AtomicU64,
     error_events: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
     accepted_log: Option<Mutex<File>>,
@@ -212,6 +226,7 @@ pub async fn run(config: SendConfig) -> Result<Report, SendError> {
         rcpts_accepted: AtomicU64::new(0),
         bytes_accepted: AtomicU64::new(0),
         connections: AtomicU64::new(0),
+        next_source: AtomicU64::new(0),
         error_events: AtomicU64::new(0),
         errors: Mutex::new(BTreeMap::new()),
         accepted_log,
@@ -375,7 +390,8 @@ impl Session {
     async fn open(&mut self) -> Result<(Connection, Capabilities), SmtpError> {
         let c = &self.shared.config;
         let t = Instant::now();
-        let mut conn = Connection::connect(c.target, c.timeout).await?;
+        let n = self.shared.next_source.fetch_add(1, Ordering::Relaxed);
+        let mut conn = Connection::connect_from(c.target, c.source(n), c.timeout).await?;
         self.hist.record("connect", t.elapsed());
         self.shared.connections.fetch_add(1, Ordering::Relaxed);
         if let (true, Some(tls)) = (c.tls_on_connect, &self.shared.tls) {
@@ -645,9 +661,21 @@ mod tests {
             tls_resumption: false,
             auth: None,
             timeout: Duration::from_secs(1),
+            source_addrs: 0,
             accepted_log: None,
             progress: false,
         }
+    }
+
+    #[test]
+    fn sources_cycle_over_loopback_addresses() {
+        let mut c = config();
+        assert_eq!(c.source(5), None);
+        c.source_addrs = 300;
+        assert_eq!(c.source(0), Some("127.1.0.1".parse().unwrap()));
+        assert_eq!(c.source(255), Some("127.1.1.0".parse().unwrap()));
+        assert_eq!(c.source(299), Some("127.1.1.44".parse().unwrap()));
+        assert_eq!(c.source(300), Some("127.1.0.1".parse().unwrap()));
     }
 
     #[test]

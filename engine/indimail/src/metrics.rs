@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// The counters, in exposition order: (name, help).
-pub const COUNTERS: [(&str, &str); 10] = [
+pub const COUNTERS: [(&str, &str); 12] = [
     ("smtp_connections_total", "SMTP connections accepted"),
     (
         "smtp_messages_accepted_total",
@@ -40,6 +40,14 @@ pub const COUNTERS: [(&str, &str); 10] = [
         "directory_home_questions_total",
         "user lookups answered by the user's home shard over the mesh",
     ),
+    (
+        "directory_cache_hits_total",
+        "directory lookups (users, domains, aliases, limits) answered from the shard's cache, fresh or stale",
+    ),
+    (
+        "directory_cache_misses_total",
+        "directory lookups that needed the database (fetches started, and callers waiting on one)",
+    ),
 ];
 
 /// Index of each counter in [`COUNTERS`].
@@ -65,6 +73,10 @@ pub enum Counter {
     DirectoryUserQueries,
     /// See [`COUNTERS`].
     HomeQuestions,
+    /// See [`COUNTERS`] (copied from the directory's cache, see [`ShardMetrics::set`]).
+    DirectoryCacheHits,
+    /// See [`COUNTERS`] (copied from the directory's cache).
+    DirectoryCacheMisses,
 }
 
 /// Upper bounds (seconds) of the delivery latency histogram buckets

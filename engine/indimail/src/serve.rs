@@ -521,10 +521,11 @@ async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<(), String> 
                     }
                 }
                 if let Some(d) = directory.current() {
-                    metrics.set(
-                        crate::metrics::Counter::DirectoryUserQueries,
-                        d.user_queries(),
-                    );
+                    use crate::metrics::Counter;
+                    metrics.set(Counter::DirectoryUserQueries, d.user_queries());
+                    let cache = d.cache_stats();
+                    metrics.set(Counter::DirectoryCacheHits, cache.hits + cache.stale_hits);
+                    metrics.set(Counter::DirectoryCacheMisses, cache.misses + cache.waits);
                 }
                 tokio::select! {
                     _ = stop.wait() => break,

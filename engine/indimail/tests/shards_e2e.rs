@@ -180,6 +180,19 @@ fn users_are_looked_up_once_whatever_the_shards() {
             counter("indimail_directory_home_questions_total") > 0,
             "{shards} shards: the other shards asked the homes"
         );
+        // Each of the 72 RCPTs looks up its domain on its own shard and its user on the
+        // user's home shard; only three users and at most one domain entry per shard miss.
+        let hits = counter("indimail_directory_cache_hits_total");
+        let misses = counter("indimail_directory_cache_misses_total");
+        let shard_count: u64 = shards.parse().unwrap();
+        assert!(
+            hits + misses >= 2 * 72,
+            "{shards} shards: {hits} + {misses}"
+        );
+        assert!(
+            misses <= 3 + shard_count,
+            "{shards} shards: {misses} misses"
+        );
     }
 }
 
