@@ -14,12 +14,7 @@ fn directory_in_mariadb_and_outage() {
     let mut db = mariadb::MariaDb::start();
     let h = tempfile::tempdir().unwrap();
     let home = h.path();
-    std::fs::create_dir_all(home.join("control")).unwrap();
-    std::fs::write(
-        home.join("control/host.mysql"),
-        format!("{}\n", db.host_mysql()),
-    )
-    .unwrap();
+    use_mariadb(home, &db);
     let (c, _, e) = indimail(home, &["domain", "add", "example.com"]);
     assert_eq!(c, 0, "{e}");
     let (c, _, e) = indimail(
@@ -61,4 +56,42 @@ fn directory_in_mariadb_and_outage() {
     let (code, text) = send_message(s.smtp, "x@example.org", &["nobody@example.com"], body);
     assert_eq!(code, 451, "unknown user while MariaDB is down: {text}");
     assert!(text.contains("4.3.0"), "{text}");
+}
+
+/// Every user's entry lives on its home shard, so with the directory in
+/// MariaDB the database is asked once per user however many shards run:
+/// 24 clients spread over 2, then 8 shards, check three recipients and
+/// cause three user fetches.
+#[test]
+fn mariadb_user_queries_do_not_grow_with_shards() {
+    let db = mariadb::MariaDb::start();
+    for shards in ["2", "8"] {
+        let h = tempfile::tempdir().unwrap();
+        let home = h.path();
+        use_mariadb(home, &db);
+        std::fs::write(home.join("control/rcpthosts"), "example.com\n").unwrap();
+        let (c, _, e) = indimail(home, &["domain", "add", "example.com"]);
+        assert!(c == 0 || e.contains("exists"), "{e}");
+        for u in ["alice", "bob"] {
+            let email = format!("{u}@example.com");
+            let (c, _, e) = indimail(home, &["user", "add", &email, "--password", "Db-Pass-1"]);
+            assert!(c == 0 || e.contains("exists"), "{e}");
+        }
+        let (s, metrics) = start_sharded_with_metrics(home, shards);
+        rcpts_from_24_clients(&s);
+        // The gauge loop copies each shard's count once a second.
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let queries = metric(metrics, "indimail_directory_user_queries_total");
+        assert_eq!(queries, 3, "{shards} shards: {}", s.log());
+    }
+}
+
+/// Points `home`'s directory at the private MariaDB (`control/host.mysql`).
+fn use_mariadb(home: &std::path::Path, db: &mariadb::MariaDb) {
+    std::fs::create_dir_all(home.join("control")).unwrap();
+    std::fs::write(
+        home.join("control/host.mysql"),
+        format!("{}\n", db.host_mysql()),
+    )
+    .unwrap();
 }

@@ -146,27 +146,8 @@ fn users_are_looked_up_once_whatever_the_shards() {
     for shards in SHARDS {
         let h = home_with(&[]);
         setup_users(h.path(), &["alice", "bob"]);
-        let lo = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-        let (s, addrs) = Server::start_services(
-            h.path(),
-            "uring",
-            &[("smtp", lo), ("metrics", lo)],
-            &[("INDIMAIL_SHARDS", shards), ("INDIMAIL_NO_DELIVERY", "1")],
-        );
-        let status = format!("status: {shards} shards");
-        wait_until(10, &status, || s.log().contains(&status));
-        for i in 0..24u8 {
-            let mut c = Client::connect_from([127, 0, 0, 10 + i], s.smtp);
-            assert_eq!(c.reply().0, 220);
-            c.cmd("EHLO client.example.org");
-            assert_eq!(c.cmd("MAIL FROM:<someone@example.org>").0, 250);
-            assert_eq!(c.cmd("RCPT TO:<alice@example.com>").0, 250, "{shards}");
-            assert_eq!(c.cmd("RCPT TO:<Bob@example.com>").0, 250, "{shards}");
-            let (code, text) = c.cmd("RCPT TO:<nobody@example.com>");
-            assert_eq!(code, 550, "{shards}: {text}");
-            c.cmd("QUIT");
-        }
-        let metrics = addrs["metrics"];
+        let (s, metrics) = start_sharded_with_metrics(h.path(), shards);
+        rcpts_from_24_clients(&s);
         let counter = |name: &str| metric(metrics, name);
         // The gauge loop copies each shard's count once a second.
         std::thread::sleep(std::time::Duration::from_millis(1500));
@@ -194,18 +175,6 @@ fn users_are_looked_up_once_whatever_the_shards() {
             "{shards} shards: {misses} misses"
         );
     }
-}
-
-/// One counter from the metrics endpoint (Prometheus text).
-fn metric(addr: std::net::SocketAddr, name: &str) -> u64 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
 /// authmsgrate 3 per minute: an authenticated user sending from six

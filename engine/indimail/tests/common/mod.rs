@@ -469,3 +469,46 @@ pub fn maildir_files(maildir: &Path) -> Vec<PathBuf> {
     v.sort();
     v
 }
+
+/// One counter from the metrics endpoint (Prometheus text).
+pub fn metric(addr: SocketAddr, name: &str) -> u64 {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// 24 clients, each from its own loopback address (so spread over the
+/// shards), check alice@ and Bob@example.com (250) and nobody@ (550).
+pub fn rcpts_from_24_clients(s: &Server) {
+    for i in 0..24u8 {
+        let mut c = Client::connect_from([127, 0, 0, 10 + i], s.smtp);
+        assert_eq!(c.reply().0, 220);
+        c.cmd("EHLO client.example.org");
+        assert_eq!(c.cmd("MAIL FROM:<someone@example.org>").0, 250);
+        assert_eq!(c.cmd("RCPT TO:<alice@example.com>").0, 250);
+        assert_eq!(c.cmd("RCPT TO:<Bob@example.com>").0, 250);
+        let (code, text) = c.cmd("RCPT TO:<nobody@example.com>");
+        assert_eq!(code, 550, "{text}");
+        c.cmd("QUIT");
+    }
+}
+
+/// `indimail serve` with `shards` unpinned shards (INDIMAIL_SHARDS), an SMTP
+/// and a metrics listener, no delivery; returns the server and the metrics
+/// address once every shard is up.
+pub fn start_sharded_with_metrics(home: &Path, shards: &str) -> (Server, SocketAddr) {
+    let lo = SocketAddr::from(([127, 0, 0, 1], 0));
+    let (s, addrs) = Server::start_services(
+        home,
+        "uring",
+        &[("smtp", lo), ("metrics", lo)],
+        &[("INDIMAIL_SHARDS", shards), ("INDIMAIL_NO_DELIVERY", "1")],
+    );
+    let status = format!("status: {shards} shards");
+    wait_until(10, &status, || s.log().contains(&status));
+    (s, addrs["metrics"])
+}
