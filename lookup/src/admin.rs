@@ -155,20 +155,58 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LookupError + '_ {
 
 /// Rewrite a control file atomically (temp file, fsync, rename, fsync dir).
 fn rewrite_lines(path: &Path, lines: &[String]) -> Result<(), LookupError> {
+    let mut text = Vec::new();
+    for l in lines {
+        text.extend_from_slice(l.as_bytes());
+        text.push(b'\n');
+    }
+    rewrite_file(path, &text)
+}
+
+/// Replace a file atomically and durably (temp file, fsync, rename, fsync dir).
+fn rewrite_file(path: &Path, bytes: &[u8]) -> Result<(), LookupError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let tmp = path.with_extension("tmp-indimail-rs");
     {
         let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-        for l in lines {
-            writeln!(f, "{l}").map_err(io_err(&tmp))?;
-        }
+        f.write_all(bytes).map_err(io_err(&tmp))?;
         f.sync_all().map_err(io_err(&tmp))?;
     }
     std::fs::rename(&tmp, path).map_err(io_err(path))?;
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))
+}
+
+/// vmoduser `-l`: installs `message` as the mailbox's vacation reply
+/// (`<home>/.vacation.msg`, owned like the home so delivery can read it) or,
+/// with `None`, removes it and the record of senders already answered.
+pub(crate) fn set_vacation(home: &Path, message: Option<&[u8]>) -> Result<(), LookupError> {
+    let path = home.join(".vacation.msg");
+    match message {
+        Some(m) => {
+            rewrite_file(&path, m)?;
+            let md = std::fs::metadata(home).map_err(io_err(home))?;
+            use std::os::unix::fs::MetadataExt;
+            std::os::unix::fs::chown(&path, Some(md.uid()), Some(md.gid())).map_err(io_err(&path))
+        }
+        None => {
+            for p in [path, home.join(".vacation.dir")] {
+                let r = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+                match r {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(LookupError::io(&p, e)),
+                }
+            }
+            Ok(())
+        }
+    }
 }
 
 fn read_lines(path: &Path) -> Result<Vec<String>, LookupError> {

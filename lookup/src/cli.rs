@@ -281,6 +281,10 @@ pub enum UserCommand {
         /// Password hashing options.
         #[command(flatten)]
         pw: PasswordArgs,
+        /// Vacation reply (vmoduser -l): FILE installs its text as `.vacation.msg` in the
+        /// home, `+` reads the text from standard input, `-` removes it.
+        #[arg(long, value_name = "FILE|+|-")]
+        vacation: Option<String>,
     },
     /// Show a mailbox (prints `dir: PATH`).
     Info {
@@ -824,6 +828,7 @@ async fn run_admin(
                 reset_flags,
                 password,
                 pw,
+                vacation,
             } => {
                 let change = UserChange {
                     gecos,
@@ -838,6 +843,23 @@ async fn run_admin(
                     },
                 };
                 let u = admin.user_mod(&email, &change).await?;
+                if let Some(v) = vacation {
+                    let text = match v.as_str() {
+                        "-" => None,
+                        "+" => {
+                            let mut t = Vec::new();
+                            std::io::Read::read_to_end(&mut std::io::stdin(), &mut t)
+                                .map_err(|e| CliError::Usage(format!("vacation text: {e}")))?;
+                            Some(t)
+                        }
+                        file => Some(std::fs::read(file).map_err(|e| {
+                            CliError::Usage(format!("vacation message {file}: {e}"))
+                        })?),
+                    };
+                    crate::admin::set_vacation(&u.dir, text.as_deref())?;
+                    let what = if text.is_some() { "set" } else { "removed" };
+                    writeln!(out, "vacation reply {what} for {email}")?;
+                }
                 print_user(out, &u)?;
             }
             UserCommand::Info { email } => print_user(out, &admin.user_info(&email).await?)?,
@@ -1568,7 +1590,7 @@ fn program_command(name: &str, args: &[String]) -> Result<DirectoryCommand, CliE
             })
         }
         "vmoduser" => {
-            let (o, r) = getopt(args, "nq:c:P:h:eCxtdpwibruas0123m:S:I:")?;
+            let (o, r) = getopt(args, "nq:c:P:h:eCxtdpwibruas0123m:S:I:l:")?;
             let mut set = Vec::new();
             for (c, _) in &o {
                 if let Some((_, bit)) = VMODUSER_FLAGS.iter().find(|(f, _)| f == c) {
@@ -1587,6 +1609,7 @@ fn program_command(name: &str, args: &[String]) -> Result<DirectoryCommand, CliE
                 reset_flags: o.iter().any(|(c, _)| *c == 'x'),
                 password: val(&o, 'P'),
                 pw: pw_from(&o)?,
+                vacation: val(&o, 'l'),
             })
         }
         "vuserinfo" => {

@@ -361,6 +361,23 @@ fn indimail_program_names(kind: Kind) {
         line(&program(h, "vuserinfo", &["bob@example.com"]).1, "flags"),
         "no-pop,no-relay"
     );
+    // -l FILE installs the vacation reply in the home, -l - removes it.
+    let msg = h.join("away.txt");
+    std::fs::write(&msg, "Subject: away\nBack on Monday.\n").unwrap();
+    let (code, out) = program(
+        h,
+        "vmoduser",
+        &["-l", msg.to_str().unwrap(), "bob@example.com"],
+    );
+    assert_eq!(code, 0, "{out}");
+    let home = std::path::PathBuf::from(line(
+        &program(h, "vuserinfo", &["bob@example.com"]).1,
+        "dir",
+    ));
+    let installed = std::fs::read_to_string(home.join(".vacation.msg")).unwrap();
+    assert_eq!(installed, "Subject: away\nBack on Monday.\n");
+    assert_eq!(program(h, "vmoduser", &["-l", "-", "bob@example.com"]).0, 0);
+    assert!(!home.join(".vacation.msg").exists());
     assert_eq!(
         program(h, "vmoduser", &["-x", "-n", "bob@example.com"]).0,
         0

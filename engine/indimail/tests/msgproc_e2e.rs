@@ -510,13 +510,25 @@ fn dkim_signature_by_dkimpy_verified_at_queue_time() {
 fn vacation_autoresponder_replies_once_and_never_to_lists() {
     let h = tempfile::tempdir().unwrap();
     let md = setup_users(h.path(), &["alice", "bob", "carol"]);
-    // alice is away: her home (the Maildir's parent) holds the message.
-    let home = md[0].parent().unwrap();
+    // alice is away: the operator installs her reply (vmoduser -l), which
+    // lands in her home (the Maildir's parent) as .vacation.msg.
+    let text = h.path().join("away.txt");
     std::fs::write(
-        home.join(".vacation.msg"),
+        &text,
         "Subject: Away: %S\n\nI am away until Monday; %t will answer \"%S\" then.\n",
     )
     .unwrap();
+    let args = [
+        "user",
+        "mod",
+        "alice@example.com",
+        "--vacation",
+        text.to_str().unwrap(),
+    ];
+    let (c, out, e) = indimail(h.path(), &args);
+    assert_eq!(c, 0, "{e}");
+    assert!(out.contains("vacation reply set"), "{out}");
+    assert!(md[0].parent().unwrap().join(".vacation.msg").exists());
     let s = Server::start_with(h.path(), DRIVER, &[("AUTORESPONDER_INTERVAL", "3600")]);
     let send = |from: &str, extra: &str, id: &str| {
         let msg = format!(
