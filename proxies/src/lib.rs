@@ -49,6 +49,8 @@ mod maildir;
 pub mod pop3_login;
 mod pop3_proxy;
 mod pop3_server;
+pub mod poppass;
+mod poppass_server;
 mod relay;
 mod sasl;
 
@@ -62,6 +64,7 @@ pub use imap_proxy::{serve_imap_proxy, serve_imaps_proxy};
 pub use maildir::{dot_stuff, DotStuffer};
 pub use pop3_proxy::{serve_pop3_proxy, serve_pop3s_proxy};
 pub use pop3_server::{serve_pop3, serve_pop3s};
+pub use poppass_server::{serve_poppass, serve_poppasss};
 pub use sasl::PlainError;
 
 /// Where the servers get the shard's directory: already open, or opened on demand (the
@@ -138,6 +141,9 @@ pub struct ProxyConfig {
     /// is answered `NO [PRIVACYREQUIRED]` (RFC 5530); POP3 `CAPA` lists neither `USER` nor
     /// `SASL PLAIN` and `USER`/`AUTH` are answered `-ERR [AUTH]` (RFC 2449, RFC 3206).
     pub plaintext_auth: Vec<Network>,
+    /// The host named in greetings (poppassd's `200 <host> poppassd hello`); the server
+    /// sets it from `control/me`.
+    pub hostname: String,
 }
 
 /// An IP network: an address and how many leading bits must match.
@@ -202,6 +208,7 @@ impl Default for ProxyConfig {
             record_lastauth: true,
             log: true,
             plaintext_auth: Vec::new(),
+            hostname: "localhost".to_string(),
         }
     }
 }
@@ -342,6 +349,8 @@ pub enum Refusal {
 pub(crate) enum Service {
     Imap,
     Pop3,
+    /// Password changes (poppassd).
+    Poppass,
 }
 
 impl Service {
@@ -349,6 +358,7 @@ impl Service {
         match self {
             Service::Imap => "proxyimap",
             Service::Pop3 => "proxypop3",
+            Service::Poppass => "poppassd",
         }
     }
 
@@ -357,6 +367,7 @@ impl Service {
         match self {
             Service::Imap => "imap",
             Service::Pop3 => "pop3",
+            Service::Poppass => "pass",
         }
     }
 }
@@ -385,6 +396,9 @@ pub(crate) async fn authorize(
     let (flag, limit): (u32, fn(&lookup::Limits) -> bool) = match service {
         Service::Imap => (lookup::UserFlags::NO_IMAP, |l| l.disable_imap),
         Service::Pop3 => (lookup::UserFlags::NO_POP, |l| l.disable_pop),
+        Service::Poppass => (lookup::UserFlags::NO_PASSWD_CHNG, |l| {
+            l.disable_passwordchanging
+        }),
     };
     if u.flags.has(flag) {
         return Err(Refusal::Disabled);
@@ -410,6 +424,7 @@ pub(crate) async fn mailstore(
     let (port, default) = match service {
         Service::Imap => (ctx.config.imap_port, ctx.config.default_imap_backend),
         Service::Pop3 => (ctx.config.pop3_port, ctx.config.default_pop3_backend),
+        Service::Poppass => return Ok(None),
     };
     match directory(ctx, service).await?.host_of(&user.email()).await {
         Ok(Some(ms)) => match ms.ip.parse::<IpAddr>() {
@@ -540,6 +555,49 @@ pub(crate) async fn accept_loop<F, Fut>(
                     log_line(&ctx, format_args!("{name}: WARN: accept failed: {e}"));
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
+            }
+        }
+    }
+}
+
+/// Helpers of the login cores' tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// What one call of a core's `feed` gave.
+    pub(crate) enum Fed<E> {
+        /// Read more.
+        More,
+        /// A reply; keep feeding.
+        Reply(Vec<u8>),
+        /// An event for the driver: stop here.
+        Stop(E),
+    }
+
+    /// Feeds `input` `step` bytes at a time (as a socket might deliver it) through `feed`;
+    /// returns the replies, the first event for the driver, and how many bytes were left.
+    pub(crate) fn feed_in_steps<E>(
+        input: &[u8],
+        step: usize,
+        mut feed: impl FnMut(&[u8]) -> (usize, Fed<E>),
+    ) -> (Vec<u8>, Option<E>, usize) {
+        let mut out = Vec::new();
+        let mut pending: Vec<u8> = Vec::new();
+        let mut pos = 0;
+        loop {
+            let end = (pos + step).min(input.len());
+            pending.extend_from_slice(&input[pos..end]);
+            pos = end;
+            loop {
+                let (n, ev) = feed(&pending);
+                pending.drain(..n);
+                match ev {
+                    Fed::More => break,
+                    Fed::Reply(r) => out.extend_from_slice(&r),
+                    Fed::Stop(e) => return (out, Some(e), input.len() - pos + pending.len()),
+                }
+            }
+            if pos >= input.len() {
+                return (out, None, pending.len());
             }
         }
     }

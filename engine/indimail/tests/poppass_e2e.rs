@@ -1,0 +1,126 @@
+//! Users changing their own password over poppassd (`--poppass`, `--poppasss`; IndiMail's
+//! `qmail-poppass.106`, issue 21), end to end: a Python client speaks the protocol to the
+//! real listeners, then proves the change with real POP3 logins (poplib over STLS).
+
+mod common;
+
+use common::*;
+
+#[test]
+fn users_change_their_password_over_poppassd() {
+    let h = tempfile::tempdir().unwrap();
+    let home = h.path();
+    setup_users(home, &["ann", "nochg"]);
+    let (c, _, e) = indimail(
+        home,
+        &[
+            "user",
+            "mod",
+            "nochg@example.com",
+            "--set",
+            "no-passwd-change",
+        ],
+    );
+    assert_eq!(c, 0, "{e}");
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let (s, ports) = Server::start_services(
+        home,
+        "uring",
+        &[("poppass", any), ("poppasss", any), ("pop3", any)],
+        &[],
+    );
+    let script = format!(
+        r#"
+import poplib, socket, ssl, time
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+
+def session(port, tls):
+    s = socket.create_connection(("127.0.0.1", port), timeout=20)
+    if tls:
+        s = ctx.wrap_socket(s)
+    f = s.makefile("rb")
+    def line():
+        return f.readline().decode().rstrip("\r\n")
+    def cmd(c):
+        s.sendall((c + "\r\n").encode())
+        return line()
+    return line(), cmd
+
+def expect(got, want):
+    assert got.startswith(want), (got, want)
+
+# Plain port, client not in PLAINTEXT_AUTH_NETS: no password in the clear.
+hello, cmd = session({plain}, False)
+assert hello.startswith("200 ") and hello.endswith("poppassd hello, who are you?"), hello
+expect(cmd("USER ann@example.com"), "500 password changes need TLS (use the poppasss port)")
+expect(cmd("PASS pw12345"), "500 password changes need TLS")
+expect(cmd("QUIT"), "200 Bye.")
+
+# Wrong old password.
+hello, cmd = session({tls}, True)
+expect(hello, "200 ")
+expect(cmd("NEWPASS x"), "500 ")
+expect(cmd("USER ann@example.com"), "200 your password please.")
+expect(cmd("PASS wrong one"), "500 Old password is incorrect.")
+# Unknown user: the same answer.
+expect(cmd("USER ghost@example.com"), "200 your password please.")
+expect(cmd("PASS pw12345"), "500 Old password is incorrect.")
+expect(cmd("QUIT"), "200 Bye.")
+
+# NO_PASSWD_CHNG.
+hello, cmd = session({tls}, True)
+expect(cmd("USER nochg@example.com"), "200 your password please.")
+expect(cmd("PASS pw12345"), "500 ")
+expect(cmd("QUIT"), "200 Bye.")
+
+# The change.
+hello, cmd = session({tls}, True)
+expect(cmd("USER ann@example.com"), "200 your password please.")
+expect(cmd("PASS pw12345"), "200 your new password please.")
+expect(cmd("NEWPASS"), "500 ")
+expect(cmd("NEWPASS New Pass-7"), "200 Password changed, thank-you.")
+expect(cmd("QUIT"), "200 Bye.")
+
+def pop_login(user, pw):
+    p = poplib.POP3("127.0.0.1", {pop3}, timeout=20)
+    p.stls(ctx)
+    try:
+        p.user(user); p.pass_(pw)
+    except poplib.error_proto:
+        return False
+    p.quit()
+    return True
+
+# Every shard sees the change within the directory's change poll (1 s).
+deadline = time.time() + 15
+while not pop_login("ann@example.com", "New Pass-7"):
+    assert time.time() < deadline, "new password never worked"
+    time.sleep(0.3)
+time.sleep(2.5)
+for _ in range(4):
+    assert pop_login("ann@example.com", "New Pass-7")
+    assert not pop_login("ann@example.com", "pw12345"), "old password still works"
+assert pop_login("nochg@example.com", "pw12345")
+"#,
+        plain = ports["poppass"].port(),
+        tls = ports["poppasss"].port(),
+        pop3 = ports["pop3"].port(),
+    );
+    run_python(&script, &s.log());
+    let log = s.log();
+    assert!(
+        log.contains("poppassd: INFO: password changed user=ann@example.com, ip=[127.0.0.1]"),
+        "{log}"
+    );
+    assert!(
+        log.contains("user=nochg@example.com, ip=[127.0.0.1], reason=password change not allowed"),
+        "{log}"
+    );
+    assert!(log.contains("reason=bad old password"), "{log}");
+    assert!(
+        !log.contains("New Pass-7") && !log.contains("pw12345"),
+        "{log}"
+    );
+    let (_, out, _) = indimail(home, &["user", "info", "ann@example.com"]);
+    assert!(out.contains("passwd: $"), "{out}");
+}
