@@ -20,6 +20,12 @@
 //!   dot-stuffing on the wire, DELE applied only after a clean QUIT, one session per mailbox.
 //!   The POP3 proxy also serves a user this way when the user has no mailstore and no
 //!   default backend is configured (spec 6: "mailstore is a local interface → local login").
+//! * [`serve_poppass`] / [`serve_poppasss`] — poppassd (IndiMail's `qmail-poppass.106`):
+//!   users change their own password ([`poppass`] is the protocol core). The old password is
+//!   checked as a POP3 login is, `NO_PASSWD_CHNG` accounts and domains whose `vlimits`
+//!   disable password changing are refused, the new one is stored by
+//!   [`lookup::Directory::set_password`]. Clear-text passwords follow the POP3 rule
+//!   ([`ProxyConfig::plaintext_auth`]).
 //!
 //! TLS (when [`ProxyContext::tls`] holds the server certificate): `STARTTLS` (IMAP) and
 //! `STLS` (POP3) in all three servers, implicit TLS through [`serve_imaps_proxy`],
