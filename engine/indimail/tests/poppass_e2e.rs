@@ -124,3 +124,75 @@ assert pop_login("nochg@example.com", "pw12345")
     let (_, out, _) = indimail(home, &["user", "info", "ann@example.com"]);
     assert!(out.contains("passwd: $"), "{out}");
 }
+
+/// On the plain port a client in `PLAINTEXT_AUTH_NETS` may change its password; an inactive
+/// account may not (its old password does not log in either).
+#[test]
+fn plaintext_from_trusted_networks_and_inactive_accounts() {
+    let h = tempfile::tempdir().unwrap();
+    let home = h.path();
+    setup_users(home, &["bea", "idle"]);
+    let (c, _, e) = indimail(
+        home,
+        &["user", "mod", "idle@example.com", "--toggle-active"],
+    );
+    assert_eq!(c, 0, "{e}");
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let (s, ports) = Server::start_services(
+        home,
+        "epoll",
+        &[("poppass", any), ("pop3", any)],
+        &[("PLAINTEXT_AUTH_NETS", "127.0.0.0/8")],
+    );
+    let script = format!(
+        r#"
+import poplib, socket, time
+
+def session():
+    s = socket.create_connection(("127.0.0.1", {plain}), timeout=20)
+    f = s.makefile("rb")
+    def cmd(c):
+        s.sendall((c + "\r\n").encode())
+        return f.readline().decode().rstrip("\r\n")
+    assert f.readline().startswith(b"200 ")
+    return cmd
+
+def expect(got, want):
+    assert got.startswith(want), (got, want)
+
+cmd = session()
+expect(cmd("USER idle@example.com"), "200 your password please.")
+expect(cmd("PASS pw12345"), "500 ")
+expect(cmd("USER bea@example.com"), "200 your password please.")
+expect(cmd("PASS pw12345"), "200 your new password please.")
+expect(cmd("NEWPASS bea-2"), "200 Password changed, thank-you.")
+expect(cmd("QUIT"), "200 Bye.")
+
+def pop_login(user, pw):
+    p = poplib.POP3("127.0.0.1", {pop3}, timeout=20)
+    try:
+        p.user(user); p.pass_(pw)
+    except poplib.error_proto:
+        return False
+    p.quit()
+    return True
+
+deadline = time.time() + 15
+while not pop_login("bea@example.com", "bea-2"):
+    assert time.time() < deadline, "new password never worked"
+    time.sleep(0.3)
+"#,
+        plain = ports["poppass"].port(),
+        pop3 = ports["pop3"].port(),
+    );
+    run_python(&script, &s.log());
+    let log = s.log();
+    assert!(
+        log.contains("poppassd: INFO: password changed user=bea@example.com"),
+        "{log}"
+    );
+    assert!(
+        log.contains("user=idle@example.com, ip=[127.0.0.1], reason=bad old password"),
+        "{log}"
+    );
+}
