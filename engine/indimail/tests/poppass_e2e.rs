@@ -1,10 +1,59 @@
 //! Users changing their own password over poppassd (`--poppass`, `--poppasss`; IndiMail's
 //! `qmail-poppass.106`, issue 21), end to end: a Python client speaks the protocol to the
-//! real listeners, then proves the change with real POP3 logins (poplib over STLS).
+//! real listeners, then proves the change with real POP3 logins (poplib, over STLS unless
+//! the client's network may send passwords in the clear).
 
 mod common;
 
 use common::*;
+
+/// Python helpers of the scripts: a poppassd session, reply checks, POP3 logins.
+const PRELUDE: &str = r#"
+import poplib, socket, ssl, time
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+
+def session(port, tls):
+    s = socket.create_connection(("127.0.0.1", port), timeout=20)
+    if tls:
+        s = ctx.wrap_socket(s)
+    f = s.makefile("rb")
+    def line():
+        return f.readline().decode().rstrip("\r\n")
+    def cmd(c):
+        s.sendall((c + "\r\n").encode())
+        return line()
+    return line(), cmd
+
+def expect(got, want):
+    assert got.startswith(want), (got, want)
+
+def pop_login(port, user, pw, tls=True):
+    p = poplib.POP3("127.0.0.1", port, timeout=20)
+    if tls:
+        p.stls(ctx)
+    try:
+        p.user(user); p.pass_(pw)
+    except poplib.error_proto:
+        return False
+    p.quit()
+    return True
+
+# Every shard sees a change within the directory's change poll (1 s).
+def wait_login(port, user, pw, tls=True):
+    deadline = time.time() + 15
+    while not pop_login(port, user, pw, tls):
+        assert time.time() < deadline, "new password never worked"
+        time.sleep(0.3)
+"#;
+
+/// Runs `PRELUDE` + `body` against `s`, then checks the log has each of `lines`.
+fn run_script(s: &Server, body: &str, lines: &[&str]) {
+    run_python(&format!("{PRELUDE}{body}"), &s.log());
+    let log = s.log();
+    for l in lines {
+        assert!(log.contains(l), "{l}\n{log}");
+    }
+}
 
 #[test]
 fn users_change_their_password_over_poppassd() {
@@ -29,26 +78,8 @@ fn users_change_their_password_over_poppassd() {
         &[("poppass", any), ("poppasss", any), ("pop3", any)],
         &[],
     );
-    let script = format!(
+    let body = format!(
         r#"
-import poplib, socket, ssl, time
-ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
-
-def session(port, tls):
-    s = socket.create_connection(("127.0.0.1", port), timeout=20)
-    if tls:
-        s = ctx.wrap_socket(s)
-    f = s.makefile("rb")
-    def line():
-        return f.readline().decode().rstrip("\r\n")
-    def cmd(c):
-        s.sendall((c + "\r\n").encode())
-        return line()
-    return line(), cmd
-
-def expect(got, want):
-    assert got.startswith(want), (got, want)
-
 # Plain port, client not in PLAINTEXT_AUTH_NETS: no password in the clear.
 hello, cmd = session({plain}, False)
 assert hello.startswith("200 ") and hello.endswith("poppassd hello, who are you?"), hello
@@ -81,42 +112,27 @@ expect(cmd("NEWPASS"), "500 ")
 expect(cmd("NEWPASS New Pass-7"), "200 Password changed, thank-you.")
 expect(cmd("QUIT"), "200 Bye.")
 
-def pop_login(user, pw):
-    p = poplib.POP3("127.0.0.1", {pop3}, timeout=20)
-    p.stls(ctx)
-    try:
-        p.user(user); p.pass_(pw)
-    except poplib.error_proto:
-        return False
-    p.quit()
-    return True
-
-# Every shard sees the change within the directory's change poll (1 s).
-deadline = time.time() + 15
-while not pop_login("ann@example.com", "New Pass-7"):
-    assert time.time() < deadline, "new password never worked"
-    time.sleep(0.3)
+wait_login({pop3}, "ann@example.com", "New Pass-7")
 time.sleep(2.5)
 for _ in range(4):
-    assert pop_login("ann@example.com", "New Pass-7")
-    assert not pop_login("ann@example.com", "pw12345"), "old password still works"
-assert pop_login("nochg@example.com", "pw12345")
+    assert pop_login({pop3}, "ann@example.com", "New Pass-7")
+    assert not pop_login({pop3}, "ann@example.com", "pw12345"), "old password still works"
+assert pop_login({pop3}, "nochg@example.com", "pw12345")
 "#,
         plain = ports["poppass"].port(),
         tls = ports["poppasss"].port(),
         pop3 = ports["pop3"].port(),
     );
-    run_python(&script, &s.log());
+    run_script(
+        &s,
+        &body,
+        &[
+            "poppassd: INFO: password changed user=ann@example.com, ip=[127.0.0.1]",
+            "user=nochg@example.com, ip=[127.0.0.1], reason=password change not allowed",
+            "reason=bad old password",
+        ],
+    );
     let log = s.log();
-    assert!(
-        log.contains("poppassd: INFO: password changed user=ann@example.com, ip=[127.0.0.1]"),
-        "{log}"
-    );
-    assert!(
-        log.contains("user=nochg@example.com, ip=[127.0.0.1], reason=password change not allowed"),
-        "{log}"
-    );
-    assert!(log.contains("reason=bad old password"), "{log}");
     assert!(
         !log.contains("New Pass-7") && !log.contains("pw12345"),
         "{log}"
@@ -144,55 +160,26 @@ fn plaintext_from_trusted_networks_and_inactive_accounts() {
         &[("poppass", any), ("pop3", any)],
         &[("PLAINTEXT_AUTH_NETS", "127.0.0.0/8")],
     );
-    let script = format!(
+    let body = format!(
         r#"
-import poplib, socket, time
-
-def session():
-    s = socket.create_connection(("127.0.0.1", {plain}), timeout=20)
-    f = s.makefile("rb")
-    def cmd(c):
-        s.sendall((c + "\r\n").encode())
-        return f.readline().decode().rstrip("\r\n")
-    assert f.readline().startswith(b"200 ")
-    return cmd
-
-def expect(got, want):
-    assert got.startswith(want), (got, want)
-
-cmd = session()
+hello, cmd = session({plain}, False)
 expect(cmd("USER idle@example.com"), "200 your password please.")
 expect(cmd("PASS pw12345"), "500 ")
 expect(cmd("USER bea@example.com"), "200 your password please.")
 expect(cmd("PASS pw12345"), "200 your new password please.")
 expect(cmd("NEWPASS bea-2"), "200 Password changed, thank-you.")
 expect(cmd("QUIT"), "200 Bye.")
-
-def pop_login(user, pw):
-    p = poplib.POP3("127.0.0.1", {pop3}, timeout=20)
-    try:
-        p.user(user); p.pass_(pw)
-    except poplib.error_proto:
-        return False
-    p.quit()
-    return True
-
-deadline = time.time() + 15
-while not pop_login("bea@example.com", "bea-2"):
-    assert time.time() < deadline, "new password never worked"
-    time.sleep(0.3)
+wait_login({pop3}, "bea@example.com", "bea-2", tls=False)
 "#,
         plain = ports["poppass"].port(),
         pop3 = ports["pop3"].port(),
     );
-    run_python(&script, &s.log());
-    let log = s.log();
-    assert!(
-        log.contains("poppassd: INFO: password changed user=bea@example.com"),
-        "{log}"
-    );
-    assert!(
-        log.contains("user=idle@example.com, ip=[127.0.0.1], reason=bad old password"),
-        "{log}"
+    run_script(
+        &s,
+        &body,
+        &[
+            "poppassd: INFO: password changed user=bea@example.com",
+            "user=idle@example.com, ip=[127.0.0.1], reason=bad old password",
+        ],
     );
 }
