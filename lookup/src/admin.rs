@@ -815,15 +815,15 @@ impl Admin {
             opts.cram,
             opts.scram.as_ref(),
         )?;
-        let table = if user.active { "indimail" } else { "indibak" };
-        self.db
-            .exec(
-                &format!(
-                    "UPDATE {table} SET pw_passwd = ?, scram = ? WHERE pw_name = ? AND pw_domain = ?"
-                ),
-                params![&stored, scram, addr.user(), addr.domain()],
-            )
-            .await?;
+        queries::set_password(
+            &self.db,
+            user.active,
+            addr.user(),
+            addr.domain(),
+            &stored,
+            scram.as_deref(),
+        )
+        .await?;
         self.lastauth(addr.user(), addr.domain(), "pass", &user.gecos)
             .await?;
         self.db.bump_changes().await

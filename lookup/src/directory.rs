@@ -546,9 +546,55 @@ impl Directory {
         if changed == 0 {
             return Ok(false);
         }
+        self.changed().await?;
+        Ok(true)
+    }
+
+    /// A user's own password change (poppassd): `new` hashed with the configured method as
+    /// `user passwd` does, keeping the user's CRAM/SCRAM forms
+    /// ([`password::changed_secrets`]); the change counter is bumped so every shard drops
+    /// its cached record. Policy checks (`NO_PASSWD_CHNG`, inactive accounts, the old
+    /// password) are the caller's. Returns whether a row changed (`false`: no such user).
+    /// An unacceptable password (empty, too long, line breaks) is
+    /// [`LookupError::InvalidPassword`] / [`LookupError::PasswordTooLong`].
+    pub async fn set_password(&self, email: &str, new: &str) -> Result<bool, LookupError> {
+        let addr = Address::parse(email)?;
+        let Some(real) = self.real_domain(addr.domain()).await? else {
+            return Ok(false);
+        };
+        // The row as stored now, not the cached copy (its CRAM/SCRAM forms decide ours).
+        let Some(user) = queries::user(&self.inner.db, addr.user(), &real).await? else {
+            return Ok(false);
+        };
+        let method = self.inner.cfg.hash_method;
+        let (old, old_scram, clear) = (user.passwd.clone(), user.scram.clone(), new.to_string());
+        let (stored, scram) = tokio::task::spawn_blocking(move || {
+            password::changed_secrets(method, &old, old_scram.as_deref(), &clear)
+        })
+        .await
+        .map_err(|e| LookupError::Unavailable(format!("password hashing failed: {e}")))??;
+        let changed = queries::set_password(
+            &self.inner.db,
+            user.active,
+            &user.name,
+            &user.domain,
+            &stored,
+            scram.as_deref(),
+        )
+        .await?;
+        if changed == 0 {
+            return Ok(false);
+        }
+        self.changed().await?;
+        Ok(true)
+    }
+
+    /// After a write of this handle: every shard's cache is told (the change counter) and
+    /// this one's is dropped at once.
+    async fn changed(&self) -> Result<(), LookupError> {
         self.inner.db.bump_changes().await?;
         self.inner.cache.borrow_mut().invalidate_all();
-        Ok(true)
+        Ok(())
     }
 
     /// Record a successful POP/IMAP login from `ip` (what IndiMail's auth modules insert).

@@ -228,6 +228,33 @@ pub fn scram_sha256(
     Ok(column)
 }
 
+/// The `pw_passwd` and `scram` values for a user's own password change (poppassd): hashed
+/// with `method` as `user passwd` does, in the form the user already has: `{CRAM}clear,crypt`
+/// when the old value kept the clear text, and a SCRAM secret (new salt, the old iteration
+/// count) when the user had one, so CRAM-MD5 and SCRAM logins keep working with the new
+/// password and none derived from the old one remains.
+pub fn changed_secrets(
+    method: HashMethod,
+    old_passwd: &str,
+    old_scram: Option<&str>,
+    clear: &str,
+) -> Result<(String, Option<String>), LookupError> {
+    let stored = stored_form(method, clear, old_passwd.starts_with(CRAM_PREFIX))?;
+    let scram = match old_scram.and_then(|s| s.strip_prefix(SCRAM_SHA256_PREFIX)) {
+        Some(rest) => {
+            let iterations = rest
+                .split(',')
+                .next()
+                .and_then(|i| i.parse().ok())
+                .filter(|i| (1..=SCRAM_MAX_ITERATIONS).contains(i))
+                .unwrap_or(SCRAM_DEFAULT_ITERATIONS);
+            Some(scram_sha256(clear, None, iterations)?)
+        }
+        None => None,
+    };
+    Ok((stored, scram))
+}
+
 /// The clear text kept in a `{CRAM}clear,crypt` string.
 pub fn cram_secret(stored: &str) -> Option<&str> {
     let rest = stored.strip_prefix(CRAM_PREFIX)?;

@@ -26,6 +26,24 @@ pub(crate) fn user_from_row(r: &Row, active: bool) -> User {
     }
 }
 
+/// Store a new password (`pw_passwd`, `scram`) in the user's row (`indimail` when active,
+/// else `indibak`). Returns the rows changed.
+pub(crate) async fn set_password(
+    db: &Db,
+    active: bool,
+    name: &str,
+    domain: &str,
+    stored: &str,
+    scram: Option<&str>,
+) -> Result<u64, LookupError> {
+    let table = if active { "indimail" } else { "indibak" };
+    db.exec(
+        &format!("UPDATE {table} SET pw_passwd = ?, scram = ? WHERE pw_name = ? AND pw_domain = ?"),
+        params![stored, scram.map(str::to_string), name, domain],
+    )
+    .await
+}
+
 /// The user, from `indimail` (active) or else `indibak` (inactive).
 pub(crate) async fn user(db: &Db, name: &str, domain: &str) -> Result<Option<User>, LookupError> {
     for (table, active) in [("indimail", true), ("indibak", false)] {

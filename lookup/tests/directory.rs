@@ -823,8 +823,85 @@ fn catch_all_and_extensions(kind: Kind) {
     });
 }
 
+/// A user's own password change (poppassd's `Directory::set_password`): the new password
+/// logs in at once on this handle, the old one no longer does, and the CRAM/SCRAM forms the
+/// user had are kept, derived from the new password.
+fn own_password_change(kind: Kind) {
+    let env = TestEnv::new(kind);
+    run(async {
+        let admin = env.admin().await;
+        admin
+            .domain_add("example.com", &DomainOptions::default())
+            .await
+            .unwrap();
+        admin
+            .user_add(
+                "cara@example.com",
+                "old-pw",
+                &UserOptions {
+                    cram: true,
+                    scram: Some(lookup::ScramOptions {
+                        salt: None,
+                        iterations: Some(5000),
+                    }),
+                    ..opts()
+                },
+            )
+            .await
+            .unwrap();
+        admin
+            .user_add("plain@example.com", "pw1", &opts())
+            .await
+            .unwrap();
+        let clock = Rc::new(ManualClock::new(T0));
+        let dir = env.directory(clock.clone(), env.config()).await;
+        let ok = |r: AuthResult| matches!(r, AuthResult::Ok(_));
+        assert!(ok(dir
+            .check_password("cara@example.com", "old-pw")
+            .await
+            .unwrap()));
+        assert!(dir
+            .set_password("cara@example.com", "new-pw")
+            .await
+            .unwrap());
+        assert!(ok(dir
+            .check_password("cara@example.com", "new-pw")
+            .await
+            .unwrap()));
+        assert!(!ok(dir
+            .check_password("cara@example.com", "old-pw")
+            .await
+            .unwrap()));
+        assert_eq!(
+            dir.cram_secret("cara@example.com")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("new-pw")
+        );
+        let s = dir.scram_secret("cara@example.com").await.unwrap().unwrap();
+        assert!(s.starts_with("{SCRAM-SHA-256}5000,"), "{s}");
+        let u = admin.user_info("cara@example.com").await.unwrap();
+        assert!(u.passwd.starts_with("{CRAM}new-pw,$5$"), "{}", u.passwd);
+
+        assert!(dir.set_password("plain@example.com", "pw2").await.unwrap());
+        let u = admin.user_info("plain@example.com").await.unwrap();
+        assert!(u.passwd.starts_with("$5$") && u.scram.is_none(), "{u:?}");
+        assert!(ok(dir
+            .check_password("plain@example.com", "pw2")
+            .await
+            .unwrap()));
+
+        let e = dir.set_password("plain@example.com", "").await.unwrap_err();
+        assert!(matches!(e, LookupError::InvalidPassword(_)), "{e}");
+        assert!(!dir.set_password("nobody@example.com", "x").await.unwrap());
+        assert!(!dir.set_password("x@nowhere.example", "x").await.unwrap());
+    });
+}
+
 both_backends!(
     scram_secrets,
+    own_password_change,
     domain_and_user_lifecycle,
     aliases_and_alias_domains,
     hosts_limits_relay,

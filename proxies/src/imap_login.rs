@@ -618,27 +618,12 @@ mod tests {
     /// Feed `input` in chunks of `step` bytes; collect every event (replies concatenated
     /// into a transcript) until a Login/StartTls/Close, and return the unused rest too.
     fn run(c: &mut ImapLogin, input: &[u8], step: usize) -> (Vec<u8>, Option<ImapEvent>, usize) {
-        let mut out = Vec::new();
-        let mut pos = 0;
-        let mut pending: Vec<u8> = Vec::new();
-        while pos < input.len() || !pending.is_empty() {
-            let end = (pos + step).min(input.len());
-            pending.extend_from_slice(&input[pos..end]);
-            pos = end;
-            loop {
-                let (n, ev) = c.feed(&pending);
-                pending.drain(..n);
-                match ev {
-                    ImapEvent::NeedMore => break,
-                    ImapEvent::Reply(r) => out.extend_from_slice(&r),
-                    other => return (out, Some(other), input.len() - pos + pending.len()),
-                }
-            }
-            if pos >= input.len() {
-                break;
-            }
-        }
-        (out, None, pending.len())
+        use crate::testing::{feed_in_steps, Fed};
+        feed_in_steps(input, step, |b| match c.feed(b) {
+            (n, ImapEvent::NeedMore) => (n, Fed::More),
+            (n, ImapEvent::Reply(r)) => (n, Fed::Reply(r)),
+            (n, e) => (n, Fed::Stop(e)),
+        })
     }
 
     fn every_split(input: &[u8], check: impl Fn(&[u8], Option<ImapEvent>, usize)) {

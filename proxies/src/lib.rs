@@ -20,6 +20,12 @@
 //!   dot-stuffing on the wire, DELE applied only after a clean QUIT, one session per mailbox.
 //!   The POP3 proxy also serves a user this way when the user has no mailstore and no
 //!   default backend is configured (spec 6: "mailstore is a local interface → local login").
+//! * [`serve_poppass`] / [`serve_poppasss`] — poppassd (IndiMail's `qmail-poppass.106`):
+//!   users change their own password ([`poppass`] is the protocol core). The old password is
+//!   checked as a POP3 login is, `NO_PASSWD_CHNG` accounts and domains whose `vlimits`
+//!   disable password changing are refused, the new one is stored by
+//!   [`lookup::Directory::set_password`]. Clear-text passwords follow the POP3 rule
+//!   ([`ProxyConfig::plaintext_auth`]).
 //!
 //! TLS (when [`ProxyContext::tls`] holds the server certificate): `STARTTLS` (IMAP) and
 //! `STLS` (POP3) in all three servers, implicit TLS through [`serve_imaps_proxy`],
@@ -49,6 +55,8 @@ mod maildir;
 pub mod pop3_login;
 mod pop3_proxy;
 mod pop3_server;
+pub mod poppass;
+mod poppass_server;
 mod relay;
 mod sasl;
 
@@ -62,6 +70,7 @@ pub use imap_proxy::{serve_imap_proxy, serve_imaps_proxy};
 pub use maildir::{dot_stuff, DotStuffer};
 pub use pop3_proxy::{serve_pop3_proxy, serve_pop3s_proxy};
 pub use pop3_server::{serve_pop3, serve_pop3s};
+pub use poppass_server::{serve_poppass, serve_poppasss};
 pub use sasl::PlainError;
 
 /// Where the servers get the shard's directory: already open, or opened on demand (the
@@ -138,6 +147,9 @@ pub struct ProxyConfig {
     /// is answered `NO [PRIVACYREQUIRED]` (RFC 5530); POP3 `CAPA` lists neither `USER` nor
     /// `SASL PLAIN` and `USER`/`AUTH` are answered `-ERR [AUTH]` (RFC 2449, RFC 3206).
     pub plaintext_auth: Vec<Network>,
+    /// The host named in greetings (poppassd's `200 <host> poppassd hello`); the server
+    /// sets it from `control/me`.
+    pub hostname: String,
 }
 
 /// An IP network: an address and how many leading bits must match.
@@ -202,6 +214,7 @@ impl Default for ProxyConfig {
             record_lastauth: true,
             log: true,
             plaintext_auth: Vec::new(),
+            hostname: "localhost".to_string(),
         }
     }
 }
@@ -342,6 +355,8 @@ pub enum Refusal {
 pub(crate) enum Service {
     Imap,
     Pop3,
+    /// Password changes (poppassd).
+    Poppass,
 }
 
 impl Service {
@@ -349,6 +364,7 @@ impl Service {
         match self {
             Service::Imap => "proxyimap",
             Service::Pop3 => "proxypop3",
+            Service::Poppass => "poppassd",
         }
     }
 
@@ -357,6 +373,7 @@ impl Service {
         match self {
             Service::Imap => "imap",
             Service::Pop3 => "pop3",
+            Service::Poppass => "pass",
         }
     }
 }
@@ -385,6 +402,9 @@ pub(crate) async fn authorize(
     let (flag, limit): (u32, fn(&lookup::Limits) -> bool) = match service {
         Service::Imap => (lookup::UserFlags::NO_IMAP, |l| l.disable_imap),
         Service::Pop3 => (lookup::UserFlags::NO_POP, |l| l.disable_pop),
+        Service::Poppass => (lookup::UserFlags::NO_PASSWD_CHNG, |l| {
+            l.disable_passwordchanging
+        }),
     };
     if u.flags.has(flag) {
         return Err(Refusal::Disabled);
@@ -410,6 +430,7 @@ pub(crate) async fn mailstore(
     let (port, default) = match service {
         Service::Imap => (ctx.config.imap_port, ctx.config.default_imap_backend),
         Service::Pop3 => (ctx.config.pop3_port, ctx.config.default_pop3_backend),
+        Service::Poppass => return Ok(None),
     };
     match directory(ctx, service).await?.host_of(&user.email()).await {
         Ok(Some(ms)) => match ms.ip.parse::<IpAddr>() {
@@ -540,6 +561,49 @@ pub(crate) async fn accept_loop<F, Fut>(
                     log_line(&ctx, format_args!("{name}: WARN: accept failed: {e}"));
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
+            }
+        }
+    }
+}
+
+/// Helpers of the login cores' tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// What one call of a core's `feed` gave.
+    pub(crate) enum Fed<E> {
+        /// Read more.
+        More,
+        /// A reply; keep feeding.
+        Reply(Vec<u8>),
+        /// An event for the driver: stop here.
+        Stop(E),
+    }
+
+    /// Feeds `input` `step` bytes at a time (as a socket might deliver it) through `feed`;
+    /// returns the replies, the first event for the driver, and how many bytes were left.
+    pub(crate) fn feed_in_steps<E>(
+        input: &[u8],
+        step: usize,
+        mut feed: impl FnMut(&[u8]) -> (usize, Fed<E>),
+    ) -> (Vec<u8>, Option<E>, usize) {
+        let mut out = Vec::new();
+        let mut pending: Vec<u8> = Vec::new();
+        let mut pos = 0;
+        loop {
+            let end = (pos + step).min(input.len());
+            pending.extend_from_slice(&input[pos..end]);
+            pos = end;
+            loop {
+                let (n, ev) = feed(&pending);
+                pending.drain(..n);
+                match ev {
+                    Fed::More => break,
+                    Fed::Reply(r) => out.extend_from_slice(&r),
+                    Fed::Stop(e) => return (out, Some(e), input.len() - pos + pending.len()),
+                }
+            }
+            if pos >= input.len() {
+                return (out, None, pending.len());
             }
         }
     }

@@ -315,26 +315,12 @@ mod tests {
     }
 
     fn run(c: &mut Pop3Login, input: &[u8], step: usize) -> (Vec<u8>, Option<Pop3Event>, usize) {
-        let mut out = Vec::new();
-        let mut pending: Vec<u8> = Vec::new();
-        let mut pos = 0;
-        loop {
-            let end = (pos + step).min(input.len());
-            pending.extend_from_slice(&input[pos..end]);
-            pos = end;
-            loop {
-                let (n, ev) = c.feed(&pending);
-                pending.drain(..n);
-                match ev {
-                    Pop3Event::NeedMore => break,
-                    Pop3Event::Reply(r) => out.extend_from_slice(&r),
-                    other => return (out, Some(other), input.len() - pos + pending.len()),
-                }
-            }
-            if pos >= input.len() {
-                return (out, None, pending.len());
-            }
-        }
+        use crate::testing::{feed_in_steps, Fed};
+        feed_in_steps(input, step, |b| match c.feed(b) {
+            (n, Pop3Event::NeedMore) => (n, Fed::More),
+            (n, Pop3Event::Reply(r)) => (n, Fed::Reply(r)),
+            (n, e) => (n, Fed::Stop(e)),
+        })
     }
 
     fn every_split(input: &[u8], check: impl Fn(&str, Option<Pop3Event>, usize)) {

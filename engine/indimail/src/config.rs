@@ -28,7 +28,7 @@
 //! | `authrcptrate`, `authmsgrate` | the same per authenticated user (`AUTHRCPTRATE`, `AUTHMSGRATE`) | 0 = unlimited |
 //! | `dnsbllist` | DNSBL zones, one per line (`DNSBLLIST` names another file; `SKIPDNSBL` in the environment or a tcp.smtp rule skips) | none |
 //! | `spfbehavior` | SPF level 0-6 (`SPFBEHAVIOR`), see `policy::spf` | 0 (off) |
-//! | `listeners` | lines `SERVICE ADDR:PORT`; services `smtp`, `submission`, `smtps`, `odmr`, `pop3`, `pop3s`, `imap-proxy`, `imaps-proxy`, `pop3-proxy`, `pop3s-proxy` | `smtp 127.0.0.1:2525` |
+//! | `listeners` | lines `SERVICE ADDR:PORT`; services `smtp`, `submission`, `smtps`, `odmr`, `pop3`, `pop3s`, `imap-proxy`, `imaps-proxy`, `pop3-proxy`, `pop3s-proxy`, `poppass`, `poppasss` | `smtp 127.0.0.1:2525` |
 //! | `servercert.pem` | TLS certificate + key (`CERTDIR`, `SERVERCERT` override) | a self-signed demo certificate |
 //! | `cpus` | CPU list for shards (`0-3,6`; `--cpus` and `INDIMAIL_SHARDS` override, see `queue-layout`) | one shard per online CPU |
 //! | `shutdowntimeout` | seconds SIGTERM waits for SMTP transactions in flight before closing them (unanswered ones are not accepted) | 5 |

@@ -90,6 +90,12 @@ enum Command {
         /// POP3 proxy with implicit TLS.
         #[arg(long = "pop3s-proxy", value_name = "ADDR:PORT")]
         pop3s_proxy: Vec<SocketAddr>,
+        /// Password changes by the users (poppassd protocol, port 106).
+        #[arg(long = "poppass", value_name = "ADDR:PORT")]
+        poppass: Vec<SocketAddr>,
+        /// poppassd with implicit TLS.
+        #[arg(long = "poppasss", value_name = "ADDR:PORT")]
+        poppasss: Vec<SocketAddr>,
         /// Prometheus metrics (HTTP `GET /metrics`), summed over shards.
         #[arg(long = "metrics", value_name = "ADDR:PORT")]
         metrics: Vec<SocketAddr>,
@@ -407,6 +413,8 @@ fn main() -> ExitCode {
             imaps_proxy,
             pop3_proxy,
             pop3s_proxy,
+            poppass,
+            poppasss,
             metrics,
             admin,
             cpus,
@@ -434,6 +442,8 @@ fn main() -> ExitCode {
                 (Service::ImapsProxy, imaps_proxy),
                 (Service::Pop3Proxy, pop3_proxy),
                 (Service::Pop3sProxy, pop3s_proxy),
+                (Service::Poppass, poppass),
+                (Service::Poppasss, poppasss),
                 (Service::Metrics, metrics),
             ] {
                 listeners.extend(addrs.into_iter().map(|a| (svc, a)));

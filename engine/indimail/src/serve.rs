@@ -373,6 +373,12 @@ async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<(), String> 
             Service::Pop3sProxy => drop(tokio::task::spawn_local(proxies::serve_pop3s_proxy(
                 l, ctx, stop,
             ))),
+            Service::Poppass => drop(tokio::task::spawn_local(proxies::serve_poppass(
+                l, ctx, stop,
+            ))),
+            Service::Poppasss => drop(tokio::task::spawn_local(proxies::serve_poppasss(
+                l, ctx, stop,
+            ))),
             Service::Metrics => {}
             Service::Smtp | Service::Submission | Service::Smtps | Service::Odmr => {}
         }
@@ -677,12 +683,13 @@ async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, Strin
         .iter()
         .any(|(s, _)| !s.is_smtp() && *s != crate::smtp::Service::Metrics)
     {
-        let config = proxies::ProxyConfig::from_env().map_err(|errs| {
+        let mut config = proxies::ProxyConfig::from_env().map_err(|errs| {
             errs.iter()
                 .map(|e| e.to_string())
                 .collect::<Vec<_>>()
                 .join("; ")
         })?;
+        config.hostname = shared.settings.me.clone();
         Some(Rc::new(proxies::ProxyContext {
             directory: directory.clone(),
             config,

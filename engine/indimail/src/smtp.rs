@@ -70,13 +70,17 @@ pub enum Service {
     Pop3Proxy,
     /// POP3 proxy, implicit TLS.
     Pop3sProxy,
+    /// Password changes by the users (poppassd, IndiMail's `qmail-poppass.106`).
+    Poppass,
+    /// poppassd, implicit TLS.
+    Poppasss,
     /// Prometheus metrics over HTTP.
     Metrics,
 }
 
 impl Service {
     /// Every service, in the order of their names.
-    pub const ALL: [Service; 11] = [
+    pub const ALL: [Service; 13] = [
         Service::Smtp,
         Service::Submission,
         Service::Smtps,
@@ -87,6 +91,8 @@ impl Service {
         Service::ImapsProxy,
         Service::Pop3Proxy,
         Service::Pop3sProxy,
+        Service::Poppass,
+        Service::Poppasss,
         Service::Metrics,
     ];
 
@@ -103,6 +109,8 @@ impl Service {
             Service::ImapsProxy => "imaps-proxy",
             Service::Pop3Proxy => "pop3-proxy",
             Service::Pop3sProxy => "pop3s-proxy",
+            Service::Poppass => "poppass",
+            Service::Poppasss => "poppasss",
             Service::Metrics => "metrics",
         }
     }
@@ -116,7 +124,11 @@ impl Service {
     pub fn implicit_tls(self) -> bool {
         matches!(
             self,
-            Service::Smtps | Service::Pop3s | Service::ImapsProxy | Service::Pop3sProxy
+            Service::Smtps
+                | Service::Pop3s
+                | Service::ImapsProxy
+                | Service::Pop3sProxy
+                | Service::Poppasss
         )
     }
 
