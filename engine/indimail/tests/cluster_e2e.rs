@@ -20,7 +20,6 @@ fn host_home(root: &Path, name: &str, db: &mariadb::MariaDb) -> std::path::PathB
     )
     .unwrap();
     std::fs::write(home.join("control/hostid"), format!("{name}\n")).unwrap();
-    std::fs::write(home.join("control/cpus"), "0\n").unwrap();
     home
 }
 

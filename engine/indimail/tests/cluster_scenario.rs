@@ -42,13 +42,12 @@ const STORE1: [u8; 4] = [127, 0, 0, 3];
 const STORE2: [u8; 4] = [127, 0, 0, 4];
 const LEGACY: [u8; 4] = [127, 0, 0, 5];
 
-/// A host's home: the shared directory in `host.mysql`, its id in `hostid`, one shard.
+/// A host's home: the shared directory in `host.mysql`, its id in `hostid`.
 fn host_home(root: &Path, name: &str, db: &mariadb::MariaDb) -> PathBuf {
     let home = root.join(name);
     std::fs::create_dir_all(home.join("control")).unwrap();
     std::fs::write(home.join("control/host.mysql"), db.host_mysql()).unwrap();
     std::fs::write(home.join("control/hostid"), format!("{name}\n")).unwrap();
-    std::fs::write(home.join("control/cpus"), "0\n").unwrap();
     home
 }
 
