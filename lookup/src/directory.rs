@@ -428,6 +428,43 @@ impl Directory {
         }
     }
 
+    /// The lines of the domain directory's `.qmail-<local>` (qmail-local's name: `.` in the
+    /// local part becomes `:`), when it exists and holds any. A local part that could leave
+    /// the directory (`/`, a leading `.`), is empty or is `default` is never looked up; an
+    /// unreadable file is an error naming it (temporary for callers).
+    async fn domain_dot_qmail(
+        &self,
+        domain: &str,
+        local: &str,
+    ) -> Result<Option<Vec<String>>, LookupError> {
+        // `default` is the catch-all's own file (see `catch_all`).
+        if local.is_empty()
+            || local.contains('/')
+            || local.starts_with('.')
+            || local.eq_ignore_ascii_case("default")
+        {
+            return Ok(None);
+        }
+        let Some(real) = self.real_domain(domain).await? else {
+            return Ok(None);
+        };
+        let name = format!(".qmail-{}", local.to_ascii_lowercase().replace('.', ":"));
+        let path = self.inner.cfg.domains_dir.join(&real).join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let lines: Vec<String> = text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_string)
+                    .collect();
+                Ok((!lines.is_empty()).then_some(lines))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(LookupError::io(&path, e)),
+        }
+    }
+
     /// CHECKRECIPIENT's question with vdelivermail's answers: [`Directory::user_status`],
     /// then, for an address with no mailbox or alias, the user before the first `-` when
     /// `extensions` is on (`QMAIL_EXT`: `user-ext@domain` is `user`'s), then the domain's
@@ -443,6 +480,9 @@ impl Directory {
             .trim()
             .rsplit_once('@')
             .ok_or_else(|| LookupError::InvalidAddress(email.to_string()))?;
+        if self.domain_dot_qmail(domain, local).await?.is_some() {
+            return Ok(UserStatus::AliasOnly);
+        }
         let status = table_ok(self.user_status(email).await)?.unwrap_or(UserStatus::NoSuchUser);
         if status != UserStatus::NoSuchUser {
             return Ok(status);
@@ -476,6 +516,14 @@ impl Directory {
             return Ok(None);
         }
         let local = local.to_ascii_lowercase();
+        // qmail-local reads the domain's `.qmail-<local>` before anything else
+        // (vpopmail and IndiMail installations keep aliases and forwards there).
+        if let Some(lines) = self.domain_dot_qmail(domain, &local).await? {
+            return Ok(Some(Destination::Aliases {
+                lines,
+                ext: String::new(),
+            }));
+        }
         let ext_user = extension_user(&local, extensions);
         let mut candidates = vec![(local.as_str(), "")];
         if let Some(u) = ext_user {

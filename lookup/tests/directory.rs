@@ -812,6 +812,41 @@ fn catch_all_and_extensions(kind: Kind) {
                 Some(Destination::CatchAll(want))
             );
         }
+        // The domain directory's .qmail-<local> (qmail-local's alias files, `.` as `:`)
+        // takes its address before anything else; `default` and paths never match.
+        let ddir = env.path().join("domains/example.com");
+        std::fs::write(
+            ddir.join(".qmail-info:desk"),
+            "# forward\n&anna@example.com\n",
+        )
+        .unwrap();
+        assert_eq!(
+            dir.recipient_status("Info.Desk@example.net", false)
+                .await
+                .unwrap(),
+            UserStatus::AliasOnly
+        );
+        match dir
+            .destination("info.desk@example.com", false)
+            .await
+            .unwrap()
+        {
+            Some(Destination::Aliases { lines, ext }) => {
+                assert_eq!(
+                    (lines, ext.as_str()),
+                    (vec!["&anna@example.com".to_string()], "")
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            dir.destination("default@example.com", false).await.unwrap(),
+            Some(Destination::CatchAll(_))
+        ));
+        assert!(matches!(
+            dir.destination("../x@example.com", false).await.unwrap(),
+            Some(Destination::CatchAll(_))
+        ));
         // A broken file is an error naming file and line, never a bounce.
         let qd = env.path().join("domains/example.com/.qmail-default");
         std::fs::write(&qd, "| /usr/sbin/vdelivermail '' what ever\n").unwrap();

@@ -495,3 +495,35 @@ fn quota_user(home: &std::path::Path, email: &str, password: &str, quota: &str) 
     let (c, _, e) = indimail(home, &args);
     assert_eq!(c, 0, "{e}");
 }
+
+/// qmail-local's alias files in the domain directory (vpopmail and IndiMail
+/// installations keep forwards there): `.qmail-info:desk` takes
+/// `info.desk@example.com` (RCPT 250) and forwards it to a mailbox.
+#[test]
+fn domain_directory_dot_qmail_files_take_their_address() {
+    let h = tempfile::tempdir().unwrap();
+    let home = h.path();
+    let boxes = setup_users(home, &["ann"]);
+    let (_, info, _) = indimail(home, &["domain", "info", "example.com"]);
+    let ddir = info
+        .lines()
+        .find_map(|l| l.strip_prefix("dir: "))
+        .expect("domain dir")
+        .trim()
+        .to_string();
+    std::fs::write(
+        std::path::Path::new(&ddir).join(".qmail-info:desk"),
+        "&ann@example.com\n",
+    )
+    .unwrap();
+    let s = Server::start_delivering(home, "uring");
+    assert_eq!(rcpt(&s, "info.desk@example.com").0, 250);
+    let msg = b"Subject: to the desk\r\n\r\nbody\r\n.\r\n";
+    let (code, text) = send_message(s.smtp, "a@example.org", &["info.desk@example.com"], msg);
+    assert_eq!(code, 250, "{text}");
+    wait_forwarded(
+        &boxes[0],
+        1,
+        ["a@example.org", "ann@example.com", "info.desk@example.com"],
+    );
+}
