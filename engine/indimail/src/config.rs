@@ -155,8 +155,9 @@ pub struct SmtpSettings {
     /// Access rules by client IP.
     pub rules: TcpRules,
     /// `CHECKRECIPIENT`: refuse unknown or inactive users of virtual
-    /// domains at RCPT (default on; `CHECKRECIPIENT=0` turns it off).
-    pub check_recipient: bool,
+    /// domains at RCPT, asking the directory and/or `control/recipients`
+    /// (default 1, the directory; `CHECKRECIPIENT=0` turns it off).
+    pub check_recipient: crate::rcptcheck::RecipientCheck,
     /// `QMAIL_EXT`: CHECKRECIPIENT accepts `user-ext@domain` of existing
     /// users (see [`qmail_ext`]).
     pub qmail_ext: bool,
@@ -448,7 +449,9 @@ impl ServeConfig {
                 max_connections,
                 relay_everyone: std::env::var_os("RELAYCLIENT").is_some(),
                 rules,
-                check_recipient: std::env::var("CHECKRECIPIENT").map_or(true, |v| v.trim() != "0"),
+                check_recipient: crate::rcptcheck::RecipientCheck::from_var(
+                    std::env::var("CHECKRECIPIENT").ok().as_deref(),
+                ),
                 qmail_ext: qmail_ext(),
                 rates,
                 dnsbl_zones,

@@ -22,6 +22,7 @@ mod progress;
 mod qmailimport;
 mod queuectl;
 mod queues;
+mod rcptcheck;
 mod scanners;
 mod sendmail;
 mod serve;
@@ -161,6 +162,9 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Compile users/recipients into users/recipients.cdb (IndiMail's
+    /// recipient-cdb) for the RECIPIENTS extension (CHECKRECIPIENT=2|3).
+    RecipientCdb,
     /// Create symlinks DIR/<name> -> this binary for every program name it
     /// answers to (qmail-queue, sendmail, qmail-qread, vadduser, ...).
     InstallLinks {
@@ -387,6 +391,7 @@ fn main() -> ExitCode {
             let args: Vec<String> = std::env::args().skip(1).collect();
             return exit(tools::qmail_rm(&Paths::resolve(None), &args));
         }
+        "recipient-cdb" => return exit(tools::recipient_cdb(&Paths::resolve(None))),
         "indimail" | "" => {}
         other => {
             // vadddomain, vadduser, vuserinfo, ... (IndiMail's admin tools).
@@ -517,6 +522,7 @@ fn main() -> ExitCode {
             args,
         })),
         Command::AdminUsers { command } => exit(admin_users(&paths, command)),
+        Command::RecipientCdb => exit(tools::recipient_cdb(&paths)),
         Command::InstallLinks { dir, force } => exit(tools::install_links(&dir, force)),
         Command::Man { out } => exit(manpages::main(&out)),
         Command::ImportQmailQueue {
@@ -935,7 +941,7 @@ fn config_show(paths: &Paths) -> i32 {
         println!("maxrecipients: {}", s.max_recipients);
         println!("maxperip: {}", s.max_per_ip);
         println!("maxdaemons: {}", s.max_connections);
-        println!("checkrecipient: {}", s.check_recipient);
+        println!("checkrecipient: {:?}", s.check_recipient);
         println!("qmail_ext (extension addresses): {}", s.qmail_ext);
         println!("relayclient (everyone): {}", s.relay_everyone);
         println!(

@@ -278,17 +278,20 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
     // one on every shard (new connections use it), a bad one is reported
     // with file and line and the old one stays. Listeners and CPUs need a
     // restart.
-    let mut fingerprint = config_fingerprint(&config.paths);
+    let fingerprint_now = || config_fingerprint(&config.paths, &reload_tx.borrow().policy);
+    let mut fingerprint = fingerprint_now();
     let sig = loop {
         match wait_for_signal(std::time::Duration::from_secs(2)) {
             Some(Sig::Hup) => {
                 reload(&config, &reload_tx, "SIGHUP");
-                fingerprint = config_fingerprint(&config.paths);
+                fingerprint = fingerprint_now();
             }
             Some(Sig::Term) => break "TERM",
             Some(Sig::Int) => break "INT",
             None => {
-                let now = config_fingerprint(&config.paths);
+                // Taken before the reload reads the files, so a change made
+                // while it reads is seen at the next poll.
+                let now = fingerprint_now();
                 if now != fingerprint {
                     fingerprint = now;
                     reload(&config, &reload_tx, "control files changed");
@@ -775,8 +778,12 @@ fn wait_for_signal(timeout: std::time::Duration) -> Option<Sig> {
 
 /// Names, sizes and mtimes of the control files and the access rules: a
 /// change in any of them triggers a reload.
+/// What the reloader watches: the control directory, the access rules, and
+/// every file the policy read from elsewhere (absolute list names, the
+/// RECIPIENTS extension's cdbs).
 fn config_fingerprint(
     paths: &crate::config::Paths,
+    policy: &policy::Policy,
 ) -> Vec<(std::path::PathBuf, u64, Option<std::time::SystemTime>)> {
     let mut v = Vec::new();
     let mut add = |p: std::path::PathBuf| {
@@ -790,6 +797,11 @@ fn config_fingerprint(
         }
     }
     add(paths.tcp_rules());
+    for (p, _) in policy.sources() {
+        if !p.starts_with(paths.control.path()) {
+            add(p.clone());
+        }
+    }
     v.sort();
     v
 }

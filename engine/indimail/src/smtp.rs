@@ -592,7 +592,7 @@ async fn connection(
     shard.metrics.inc(crate::metrics::Counter::Connections);
     let relay = settings.relay_everyone || rule.var("RELAYCLIENT").is_some();
     let check_rcpt = match rule.var("CHECKRECIPIENT") {
-        Some(v) => v != "0" && !v.is_empty(),
+        Some(v) => crate::rcptcheck::RecipientCheck::from_var(Some(v)),
         None => settings.check_recipient,
     };
     let proto = match service {
@@ -822,7 +822,7 @@ struct Connection {
     /// Failed AUTH attempts on this connection.
     auth_failures: u32,
     /// CHECKRECIPIENT in force for this connection.
-    check_rcpt: bool,
+    check_rcpt: crate::rcptcheck::RecipientCheck,
     session: Session,
     spool: Option<queue_store::MessageWriter>,
     /// Set when storing the message failed mid-message: the commit then
@@ -1187,7 +1187,13 @@ impl Connection {
                 }
                 if let (Decision::Accept, Some(addr)) = (&d, address) {
                     if self.settings.policy.chkrcpt_applies(&addr) {
-                        d = self.check_recipient(&addr).await;
+                        d = crate::rcptcheck::check(
+                            &self.shard,
+                            &self.settings,
+                            self.check_rcpt,
+                            &addr,
+                        )
+                        .await;
                     }
                     if let Decision::Accept = d {
                         d = self.greylist(&addr).await;
@@ -1695,54 +1701,6 @@ impl Connection {
         }
     }
 
-    /// CHECKRECIPIENT (spec 2.5 step 9): a recipient in a virtual domain
-    /// must exist and be active. On by default; `CHECKRECIPIENT=0` (server
-    /// environment or tcp.smtp rule) turns it off. A directory that cannot
-    /// answer gives 451, never a permanent refusal.
-    async fn check_recipient(&self, addr: &str) -> Decision {
-        // RFC 5321 4.5.1: postmaster of a domain we accept mail for is
-        // always accepted; delivery falls back to the host postmaster.
-        let postmaster = addr
-            .rsplit_once('@')
-            .is_some_and(|(l, _)| l.eq_ignore_ascii_case("postmaster"));
-        if !self.check_rcpt || postmaster {
-            return Decision::Accept;
-        }
-        let status = match self.shard.directory.get().await {
-            // vdelivermail's view: extension addresses (QMAIL_EXT) and the
-            // domain's catch-all take mail with no mailbox of its own, so
-            // RCPT does not refuse what delivery would take.
-            Ok(dir) => dir
-                .recipient_status(&addr.to_ascii_lowercase(), self.settings.qmail_ext)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e),
-        };
-        let reply = match status {
-            Ok(status) => status.smtp_reply(),
-            Err(e) => {
-                log!(
-                    "shard{} rcpt check failed addr=<{addr}> reason={e}",
-                    self.shard.index
-                );
-                Some(lookup::SmtpReply::TEMPFAIL)
-            }
-        };
-        match reply {
-            None => Decision::Accept,
-            Some(r) => {
-                let e = parse_enhanced(r.enhanced);
-                log!(
-                    "shard{} rcpt refused addr=<{addr}> reply={} {}",
-                    self.shard.index,
-                    r.code,
-                    r.enhanced
-                );
-                Decision::Reject(Reply::new(r.code, e, r.text))
-            }
-        }
-    }
-
     /// The envelope recipients as queued: the bare `<postmaster>` of
     /// RFC 5321 4.1.1.3 becomes `postmaster@me`, so it is delivered here
     /// and never taken for a remote address.
@@ -2175,7 +2133,7 @@ fn scram_decoy_key() -> &'static [u8] {
 }
 
 /// `"5.1.1"` → `(5, 1, 1)`.
-fn parse_enhanced(s: &str) -> Option<(u8, u16, u16)> {
+pub(crate) fn parse_enhanced(s: &str) -> Option<(u8, u16, u16)> {
     let mut it = s.split('.');
     Some((
         it.next()?.parse().ok()?,

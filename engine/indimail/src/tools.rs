@@ -470,6 +470,7 @@ pub fn program_names() -> Vec<&'static str> {
         "qmail-qread",
         "qmail-qstat",
         "qmail-rm",
+        "recipient-cdb",
     ];
     v.extend(lookup::cli::PROGRAMS);
     v
@@ -524,4 +525,57 @@ pub fn install_links(dir: &Path, force: bool) -> i32 {
         }
     }
     i32::from(problems > 0)
+}
+
+/// `recipient-cdb` (IndiMail's `qmail-recipients`): compiles `<home>/users/recipients`, one
+/// address a line (`#` comments), into `users/recipients.cdb` with the keys `:address` in
+/// lower case that the RECIPIENTS extension looks up (`control/recipients`, CHECKRECIPIENT=2|3).
+/// Written to a temporary file, synced and renamed into place, so a running server never maps a
+/// half-written cdb; the server reloads its policy when the file changes.
+pub fn recipient_cdb(paths: &Paths) -> i32 {
+    let dir = paths.home.join("users");
+    let src = dir.join("recipients");
+    let text = match std::fs::read_to_string(&src) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!(
+                "recipient-cdb: fatal: unable to read {}: {e}",
+                src.display()
+            );
+            return 111;
+        }
+    };
+    let tmp = dir.join("recipients.tmp");
+    let out = dir.join("recipients.cdb");
+    let write = || -> std::io::Result<usize> {
+        let mut w = cdb::CDBWriter::create(tmp.display().to_string())?;
+        let mut n = 0;
+        for line in text.lines() {
+            let a = line.trim_end();
+            if a.is_empty() || a.starts_with('#') {
+                continue;
+            }
+            w.add(format!(":{}", a.to_ascii_lowercase()).as_bytes(), b"")?;
+            n += 1;
+        }
+        w.finish()?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &out)?;
+        std::fs::File::open(&dir)?.sync_all()?;
+        Ok(n)
+    };
+    match write() {
+        Ok(n) => {
+            println!("recipient-cdb: {n} addresses in {}", out.display());
+            0
+        }
+        Err(e) => {
+            eprintln!(
+                "recipient-cdb: fatal: unable to write {}: {e}",
+                out.display()
+            );
+            let _ = std::fs::remove_file(&tmp);
+            111
+        }
+    }
 }

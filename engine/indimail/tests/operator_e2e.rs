@@ -527,3 +527,89 @@ fn domain_directory_dot_qmail_files_take_their_address() {
         ["a@example.org", "ann@example.com", "info.desk@example.com"],
     );
 }
+
+/// CHECKRECIPIENT 1, 2 and 3 per client (tcp.smtp), with the RECIPIENTS
+/// extension as an operator sets it up: `users/recipients` compiled by
+/// `recipient-cdb`, a PAVM program reading the address on fd 3, `!domain`.
+#[test]
+fn checkrecipient_modes_and_the_recipients_extension() {
+    let h = tempfile::tempdir().unwrap();
+    let home = h.path();
+    setup_users(home, &["ann", "bob"]);
+    std::fs::create_dir_all(home.join("users")).unwrap();
+    std::fs::create_dir_all(home.join("tcp")).unwrap();
+    std::fs::write(
+        home.join("users/recipients"),
+        "# compiled by recipient-cdb\nAnn@example.com\nlist-@example.com\n",
+    )
+    .unwrap();
+    let (c, out, e) = indimail(home, &["recipient-cdb"]);
+    assert_eq!(c, 0, "{e}");
+    assert!(out.contains("2 addresses"), "{out}");
+    let pavm = home.join("pavm");
+    std::fs::write(
+        &pavm,
+        "#!/bin/sh\na=$(tr -d '\\000' <&3)\ncase \"$a\" in yes@pavm.test) exit 0;; tmp@pavm.test) exit 111;; esac\nexit 1\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pavm, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        home.join("control/recipients"),
+        format!(
+            "@example.com:users/recipients.cdb\n@pavm.test|{}\n!open.test\n",
+            pavm.display()
+        ),
+    )
+    .unwrap();
+    let mut hosts = std::fs::read_to_string(home.join("control/rcpthosts")).unwrap();
+    hosts.push_str("pavm.test\nopen.test\nplain.test\n");
+    std::fs::write(home.join("control/rcpthosts"), hosts).unwrap();
+    std::fs::write(
+        home.join("tcp/tcp.smtp"),
+        "127.0.0.3:allow,CHECKRECIPIENT=\"3\"\n127.0.0.4:allow,CHECKRECIPIENT=\"2\"\n",
+    )
+    .unwrap();
+    let s = Server::start(home, "uring");
+    let rcpt_from = |from: [u8; 4], to: &str| {
+        let mut c = Client::connect_from(from, s.smtp);
+        c.reply();
+        c.cmd("EHLO client.example.org");
+        assert_eq!(c.cmd("MAIL FROM:<a@example.org>").0, 250);
+        let r = c.cmd(&format!("RCPT TO:<{to}>"));
+        c.cmd("QUIT");
+        r
+    };
+    let expect = |from: [u8; 4], to: &str, code: u16, enhanced: &str| {
+        let (c, text) = rcpt_from(from, to);
+        assert_eq!(c, code, "{from:?} {to}: {text}\n{}", s.log());
+        assert!(text.contains(enhanced), "{from:?} {to}: {text}");
+    };
+    // 3: the extension only.
+    let three = [127, 0, 0, 3];
+    expect(three, "ann@example.com", 250, "");
+    expect(three, "list-owner@example.com", 250, "");
+    expect(three, "bob@example.com", 550, "5.1.1");
+    expect(three, "yes@pavm.test", 250, "");
+    expect(three, "no@pavm.test", 550, "5.1.1");
+    expect(three, "tmp@pavm.test", 451, "4.3.0");
+    expect(three, "anyone@open.test", 250, "");
+    expect(three, "anyone@plain.test", 550, "5.1.1");
+    // 2: the extension, then the directory.
+    let two = [127, 0, 0, 4];
+    expect(two, "bob@example.com", 250, "");
+    expect(two, "ann@example.com", 250, "");
+    expect(two, "nobody@example.com", 550, "5.1.1");
+    expect(two, "yes@pavm.test", 250, "");
+    // 1 (the default): the directory only.
+    let one = [127, 0, 0, 1];
+    expect(one, "bob@example.com", 250, "");
+    expect(one, "list-owner@example.com", 550, "5.1.1");
+    // A new cdb takes effect without a restart.
+    std::fs::write(home.join("users/recipients"), "bob@example.com\n").unwrap();
+    assert_eq!(indimail(home, &["recipient-cdb"]).0, 0);
+    wait_until(30, "the new recipients.cdb in force", || {
+        rcpt_from(three, "bob@example.com").0 == 250
+    });
+    expect(three, "ann@example.com", 550, "5.1.1");
+}

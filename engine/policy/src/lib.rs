@@ -9,7 +9,8 @@
 //!   `blackholedpatterns`, `badmailfrom` / `badmailpatterns`, `relaymailfrom`, relay-probe
 //!   addresses, `goodrcptto` / `goodrcptpatterns`, `badrcptto` / `badrcptpatterns`,
 //!   `accesslist`, `blackholedrcpt` / `blackholedrcptpatterns`, `chkrcptdomains`,
-//!   `auth.envrules`, `domainqueue`; and [`BodyScanner`] applies `bodycheck` while a message
+//!   `auth.envrules`, `domainqueue`, the RECIPIENTS extension (`recipients`: cdb and PAVM
+//!   lookups for CHECKRECIPIENT=2|3, [`Recipients`]); and [`BodyScanner`] applies `bodycheck` while a message
 //!   streams. File names, line formats and the environment overrides (`BADMAILFROM`,
 //!   `QREGEX`, ...) are IndiMail's, so an existing control directory works unchanged.
 //! * [`greylist`]: RFC 6647 greylisting state for one shard (injected clock, bounded, saved
@@ -53,6 +54,7 @@ mod hostaccess;
 mod pattern;
 mod policy;
 pub mod rate;
+mod recipients;
 pub mod spf;
 mod wildmat;
 
@@ -63,6 +65,7 @@ pub use bodycheck::{BodyScanner, MAX_FIELD, MAX_LINE};
 pub use envrules::EnvAssign;
 pub use error::{PolicyError, PolicyErrorKind};
 pub use policy::Policy;
+pub use recipients::{run_pavm, ProgramRunner, Recipients, RecipientsAnswer};
 
 /// What the policy knows about the client connection.
 #[derive(Debug, Clone, Copy)]

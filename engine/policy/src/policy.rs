@@ -15,6 +15,7 @@ use crate::control::{first_int, resolve, scan_int, Reader};
 use crate::envrules::{EnvAssign, EnvRules};
 use crate::error::PolicyError;
 use crate::hostaccess::HostAccess;
+use crate::recipients::Recipients;
 use crate::{Conn, MailVerdict, Verdict};
 
 /// Which list a file-name variable selects. `(variable, default file, role)`.
@@ -116,6 +117,7 @@ pub struct Policy {
     grt: AddrRule,
     rmf: AddrRule,
     chkrcpt: AddrRule,
+    recipients: Recipients,
     host: Arc<HostAccess>,
     acl: Arc<AccessList>,
     paranoid: bool,
@@ -316,6 +318,11 @@ impl Policy {
         };
         let rmf = plain_list(&mut rd, &mut errors, "relaymailfrom");
         let chkrcpt = plain_list(&mut rd, &mut errors, "chkrcptdomains");
+        let recipients = {
+            let f = rd.read(file("recipients"));
+            let home = control_dir.parent().unwrap_or(control_dir);
+            Recipients::load(&f, home, &mut rd)
+        };
         // badhelo / badip are only consulted when enabled: BADHELOCHECK or BADHELO (file name).
         let badhelo = (env("BADHELOCHECK").is_some() || env("BADHELO").is_some()).then(|| {
             let name = nonempty(env("BADHELO")).unwrap_or_else(|| "badhelo".into());
@@ -360,6 +367,7 @@ impl Policy {
             grt,
             rmf,
             chkrcpt,
+            recipients,
             host,
             acl,
             paranoid: env("PARANOID").is_some(),
@@ -630,6 +638,11 @@ impl Policy {
         } else {
             self.chkrcpt.matches(&format!("@{lower}")).is_some()
         }
+    }
+
+    /// The RECIPIENTS extension (`recipients`), which CHECKRECIPIENT=2|3 consults.
+    pub fn recipients(&self) -> &Recipients {
+        &self.recipients
     }
 
     /// `auth.envrules` (AUTHRULES), applied at DATA for relay or authenticated clients:
