@@ -23,6 +23,7 @@
 //! * [`Admin`] — the admin changes (vadddomain, vdeldomain, vadduser, vdeluser, vpasswd,
 //!   vmoduser, valias, hostcntrl, vsetuserquota, vlimit), which also maintain the domain
 //!   dirs, Maildirs and control files (`rcpthosts`, `morercpthosts`, `virtualdomains`).
+//! * [`sqllist`] — the MySQL tables behind IndiMail's `.sql` list variants (`badmailfrom.sql`).
 //! * [`cli`] — the `indimail domain|user|alias|hostcntrl|checkpassword` subcommands and the
 //!   IndiMail program names (`vadddomain`, `vadduser`, ...) for the `indimail` binary.
 //!
@@ -49,6 +50,7 @@ mod model;
 pub mod password;
 mod queries;
 mod schema;
+pub mod sqllist;
 
 pub use admin::{
     hash_dir, unix_now, Admin, ClusterHost, DomainChange, DomainInfo, DomainOptions,

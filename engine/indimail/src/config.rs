@@ -404,7 +404,7 @@ impl ServeConfig {
             }
         };
         let env = |name: &str| std::env::var(name).ok();
-        let policy = match policy::Policy::load(c.path(), &env) {
+        let policy = match policy::Policy::load_with_sql(c.path(), &env, &sql_list_rows) {
             Ok(p) => Some(std::sync::Arc::new(p)),
             Err(errs) => {
                 errors.extend(errs.into_iter().map(|e| ControlError {
@@ -594,6 +594,16 @@ fn tighten_secrets(paths: &Paths) {
     for p in &secrets {
         fix(p, SECRET_FILE_MODE);
     }
+}
+
+/// The rows of the table a `.sql` list variant names, within `MYSQL_TIMEOUT` seconds
+/// (IndiMail's variable, default 30).
+fn sql_list_rows(_path: &Path, text: &str) -> Result<Vec<String>, String> {
+    let secs = std::env::var("MYSQL_TIMEOUT")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(30u64);
+    lookup::sqllist::SqlList::parse(text)?.fetch_blocking(std::time::Duration::from_secs(secs))
 }
 
 /// Makes freshly created files and directories durable: each one's data

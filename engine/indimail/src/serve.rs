@@ -280,11 +280,22 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
     // restart.
     let fingerprint_now = || config_fingerprint(&config.paths, &reload_tx.borrow().policy);
     let mut fingerprint = fingerprint_now();
+    // Lists kept in MySQL tables (`.sql` variants) change without a file
+    // changing: such a policy is read again every SQL_LIST_REFRESH seconds.
+    let sql_refresh = std::time::Duration::from_secs(
+        std::env::var("SQL_LIST_REFRESH")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(60u64)
+            .max(1),
+    );
+    let mut loaded_at = std::time::Instant::now();
     let sig = loop {
         match wait_for_signal(std::time::Duration::from_secs(2)) {
             Some(Sig::Hup) => {
                 reload(&config, &reload_tx, "SIGHUP");
                 fingerprint = fingerprint_now();
+                loaded_at = std::time::Instant::now();
             }
             Some(Sig::Term) => break "TERM",
             Some(Sig::Int) => break "INT",
@@ -295,6 +306,11 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
                 if now != fingerprint {
                     fingerprint = now;
                     reload(&config, &reload_tx, "control files changed");
+                    loaded_at = std::time::Instant::now();
+                } else if reload_tx.borrow().policy.uses_sql() && loaded_at.elapsed() >= sql_refresh
+                {
+                    reload(&config, &reload_tx, "sql lists refreshed");
+                    loaded_at = std::time::Instant::now();
                 }
             }
         }

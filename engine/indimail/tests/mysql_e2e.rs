@@ -95,3 +95,63 @@ fn use_mariadb(home: &std::path::Path, db: &mariadb::MariaDb) {
     )
     .unwrap();
 }
+
+/// A list's `.sql` variant (IndiMail's sqlmatch): `badmailfrom.sql` names a
+/// table in MariaDB, created when missing; its rows join the text file's,
+/// rows added later are in force after the periodic refresh, and with the
+/// database gone the last rows read stay in force.
+#[test]
+fn badmailfrom_sql_variant_reads_the_table() {
+    let mut db = mariadb::MariaDb::start();
+    let h = tempfile::tempdir().unwrap();
+    let home = h.path();
+    use_mariadb(home, &db);
+    let (c, _, e) = indimail(home, &["domain", "add", "example.com"]);
+    assert_eq!(c, 0, "{e}");
+    std::fs::write(home.join("control/badmailfrom"), "text@bad.example\n").unwrap();
+    std::fs::write(
+        home.join("control/badmailfrom.sql"),
+        format!("127.0.0.1;{}:root::indimail:badmailfrom\n", db.port),
+    )
+    .unwrap();
+    let s = Server::start_with(
+        home,
+        "uring",
+        &[("INDIMAIL_NO_DELIVERY", "1"), ("SQL_LIST_REFRESH", "1")],
+    );
+    let mail_from = |from: &str| {
+        let mut c = Client::connect(s.smtp);
+        c.reply();
+        c.cmd("EHLO client.example.org");
+        let r = c.cmd(&format!("MAIL FROM:<{from}>"));
+        c.cmd("QUIT");
+        r
+    };
+    assert_eq!(mail_from("text@bad.example").0, 553);
+    assert_eq!(mail_from("spam@bad.example").0, 250);
+    let sql = |q: &str| {
+        let out = std::process::Command::new("mariadb")
+            .args(["-h", "127.0.0.1", "-P", &db.port.to_string(), "-u", "root"])
+            .args(["indimail", "-e", q])
+            .output()
+            .expect("the mariadb client (Debian package mariadb-client)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // The server created the table at load, as sqlmatch does.
+    sql("INSERT INTO badmailfrom (email) VALUES ('spam@bad.example')");
+    wait_until(30, "the new row in force", || {
+        mail_from("spam@bad.example").0 == 553
+    });
+    assert!(s.log().contains("sql lists refreshed"), "{}", s.log());
+    db.stop();
+    wait_until(30, "a failed refresh reported", || {
+        s.log().contains("badmailfrom.sql")
+    });
+    assert_eq!(mail_from("spam@bad.example").0, 553, "{}", s.log());
+    assert_eq!(mail_from("text@bad.example").0, 553);
+    assert_eq!(mail_from("good@example.org").0, 250);
+}

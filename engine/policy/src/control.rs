@@ -51,14 +51,22 @@ pub(crate) fn resolve(control_dir: &Path, name: &str) -> PathBuf {
     }
 }
 
+/// Reads the table a `<list>.sql` file names: gets the file's path and text
+/// (`server:user:password:database:table`), returns the table's `email` column, or why not.
+pub type SqlFetch = dyn Fn(&Path, &str) -> Result<Vec<String>, String>;
+
 /// Collects the files read and their modification times so the caller can reload on change.
-#[derive(Debug, Default)]
-pub(crate) struct Reader {
+#[derive(Default)]
+pub(crate) struct Reader<'a> {
     pub(crate) sources: Vec<(PathBuf, Option<SystemTime>)>,
     pub(crate) errors: Vec<PolicyError>,
+    /// How `.sql` list variants are read; `None`: they are load errors.
+    pub(crate) sql: Option<&'a SqlFetch>,
+    /// Some list had a `.sql` variant (its rows can change without any file changing).
+    pub(crate) used_sql: bool,
 }
 
-impl Reader {
+impl Reader<'_> {
     /// Reads `path`. Every path asked for is recorded in `sources` (a missing one with `None`),
     /// so that creating a file that did not exist also triggers a reload.
     pub(crate) fn read(&mut self, path: PathBuf) -> ControlFile {
@@ -88,7 +96,35 @@ impl Reader {
     /// Reads a list file (`badmailfrom`, `badrcptto`, ...): the text file, or when there is
     /// none, the keys of its compiled form `<name>.cdb` (as `qmail-cdb` writes it; keys are the
     /// lines, values unused), so a control directory that only keeps the `.cdb` works too.
+    /// Its `<name>.sql` variant (IndiMail's sqlmatch: `server:user:password:database:table`)
+    /// adds the rows of that table's `email` column, read at load.
     pub(crate) fn read_list(&mut self, path: PathBuf) -> ControlFile {
+        let mut file = self.read_text_or_cdb(path.clone());
+        let mut sql_path = path.into_os_string();
+        sql_path.push(".sql");
+        let sql = self.read(PathBuf::from(sql_path));
+        let Some(config) = sql.lines.as_ref() else {
+            return file;
+        };
+        self.used_sql = true;
+        let config: Vec<&str> = config.iter().map(|l| l.text.as_str()).collect();
+        let rows = match self.sql {
+            Some(fetch) => fetch(&sql.path, &config.join("\n")),
+            None => Err("this program cannot read .sql list variants".into()),
+        };
+        match rows {
+            Ok(rows) => {
+                let lines = file.lines.get_or_insert_with(Vec::new);
+                lines.extend(rows.into_iter().map(|text| Line { no: 0, text }));
+            }
+            Err(e) => self
+                .errors
+                .push(PolicyError::new(&sql.path, None, PolicyErrorKind::Io(e))),
+        }
+        file
+    }
+
+    fn read_text_or_cdb(&mut self, path: PathBuf) -> ControlFile {
         let text = self.read(path.clone());
         if text.exists() {
             return text;

@@ -23,7 +23,9 @@
 //! [`Policy::load`] and [`greylist::Greylist::save`] / [`greylist::Greylist::load`]. The
 //! driver owns `rcpthosts`, relaying, CHECKRECIPIENT lookups, SPF, DNS checks, tarpitting and
 //! the UDP socket to qmail-greyd. A list file's compiled `<name>.cdb` (qmail-cdb) is read when
-//! the text file is missing; `.sql` variants are not read. `QREGEX` cannot be switched per sender by `from.envrules` (file-name and
+//! the text file is missing; a `<name>.sql` variant (`server:user:password:database:table`) adds
+//! the rows of that table's `email` column, fetched at load through the driver's
+//! [`SqlFetch`] ([`Policy::load_with_sql`]). `QREGEX` cannot be switched per sender by `from.envrules` (file-name and
 //! `PARANOID`/`DOMAIN_MASQUERADE`/`BOUNCEMAIL` switches can).
 //!
 //! Matching, as in IndiMail: list entries are `addr` or `@domain` (O(1) hash lookups),
@@ -62,6 +64,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 pub use bodycheck::{BodyScanner, MAX_FIELD, MAX_LINE};
+pub use control::SqlFetch;
 pub use envrules::EnvAssign;
 pub use error::{PolicyError, PolicyErrorKind};
 pub use policy::Policy;

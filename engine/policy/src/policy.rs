@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use crate::accesslist::AccessList;
 use crate::addrlist::{AddrRule, ListFile, PatFile};
 use crate::bodycheck::{BodyRules, BodyScanner};
-use crate::control::{first_int, resolve, scan_int, Reader};
+use crate::control::{first_int, resolve, scan_int, Reader, SqlFetch};
 use crate::envrules::{EnvAssign, EnvRules};
 use crate::error::PolicyError;
 use crate::hostaccess::HostAccess;
@@ -105,6 +105,8 @@ enum Loaded {
 #[derive(Debug)]
 pub struct Policy {
     sources: Vec<(PathBuf, Option<SystemTime>)>,
+    /// Some list has a `.sql` variant: its rows change without a file changing.
+    uses_sql: bool,
     qregex: bool,
     enforce_fqdn_helo: bool,
     badhelo: Option<AddrRule>,
@@ -187,11 +189,34 @@ impl Policy {
     /// or the tcprules environment of the listener). Missing files are empty lists, as in
     /// qmail-smtpd. Every problem found (unreadable file, bad regex, malformed line) is
     /// reported with its file and line; the policy is only built when there are none.
+    ///
+    /// A list's `<name>.sql` variant is a load error here; [`Policy::load_with_sql`] reads them.
     pub fn load(
         control_dir: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Policy, Vec<PolicyError>> {
-        let mut rd = Reader::default();
+        Self::load_from(control_dir, env, Reader::default())
+    }
+
+    /// [`Policy::load`], reading the `.sql` variants of list files (`badmailfrom.sql`, ...)
+    /// through `sql`, which returns the rows of the table the file names.
+    pub fn load_with_sql(
+        control_dir: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+        sql: &SqlFetch,
+    ) -> Result<Policy, Vec<PolicyError>> {
+        let rd = Reader {
+            sql: Some(sql),
+            ..Reader::default()
+        };
+        Self::load_from(control_dir, env, rd)
+    }
+
+    fn load_from(
+        control_dir: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+        mut rd: Reader<'_>,
+    ) -> Result<Policy, Vec<PolicyError>> {
         let mut errors = Vec::new();
         let file = |name: &str| resolve(control_dir, name);
 
@@ -354,6 +379,7 @@ impl Policy {
             return Err(errors);
         }
         Ok(Policy {
+            uses_sql: rd.used_sql,
             sources: rd.sources,
             qregex,
             enforce_fqdn_helo: env("ENFORCE_FQDN_HELO").is_some(),
@@ -387,6 +413,12 @@ impl Policy {
     /// compares these against the file system and builds a new `Policy` when one differs.
     pub fn sources(&self) -> &[(PathBuf, Option<SystemTime>)] {
         &self.sources
+    }
+
+    /// True when some list is read from a MySQL table (a `.sql` variant): the table can
+    /// change without any file changing, so a reloader refreshes such a policy now and then.
+    pub fn uses_sql(&self) -> bool {
+        self.uses_sql
     }
 
     /// True when any source file changed, appeared or disappeared since this snapshot was read.

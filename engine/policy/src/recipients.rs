@@ -180,11 +180,7 @@ impl Recipients {
     /// Answers for `address` (`local@domain`). `run` executes a program line: it gets the
     /// argv and the address to write on fd 3, and returns the exit code (or why it could not
     /// run). Without program lines `run` is never called.
-    pub fn check(
-        &self,
-        address: &str,
-        run: &mut ProgramRunner<'_>,
-    ) -> RecipientsAnswer {
+    pub fn check(&self, address: &str, run: &mut ProgramRunner<'_>) -> RecipientsAnswer {
         let Some(rules) = &self.rules else {
             return RecipientsAnswer::NotConfigured;
         };
