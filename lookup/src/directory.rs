@@ -436,7 +436,7 @@ impl Directory {
         &self,
         domain: &str,
         local: &str,
-    ) -> Result<Option<Vec<String>>, LookupError> {
+    ) -> Result<Option<(Vec<String>, String)>, LookupError> {
         // `default` is the catch-all's own file (see `catch_all`).
         if local.is_empty()
             || local.contains('/')
@@ -448,21 +448,38 @@ impl Directory {
         let Some(real) = self.real_domain(domain).await? else {
             return Ok(None);
         };
-        let name = format!(".qmail-{}", local.to_ascii_lowercase().replace('.', ":"));
-        let path = self.inner.cfg.domains_dir.join(&real).join(name);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                let lines: Vec<String> = text
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(str::to_string)
-                    .collect();
-                Ok((!lines.is_empty()).then_some(lines))
+        let dir = self.inner.cfg.domains_dir.join(&real);
+        let local = local.to_ascii_lowercase().replace('.', ":");
+        // qmail-local's order: `.qmail-a-b-c`, then `.qmail-a-b-default` (DEFAULT `c`), then
+        // `.qmail-a-default` (DEFAULT `b-c`); `.qmail-default` is the catch-all's.
+        let mut names = vec![(format!(".qmail-{local}"), String::new())];
+        let mut cut = local.len();
+        while let Some(i) = local[..cut].rfind('-') {
+            if i > 0 {
+                names.push((
+                    format!(".qmail-{}-default", &local[..i]),
+                    local[i + 1..].replace(':', "."),
+                ));
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(LookupError::io(&path, e)),
+            cut = i;
         }
+        for (name, ext) in names {
+            let path = dir.join(name);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    let lines: Vec<String> = text
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        .map(str::to_string)
+                        .collect();
+                    return Ok((!lines.is_empty()).then_some((lines, ext)));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(LookupError::io(&path, e)),
+            }
+        }
+        Ok(None)
     }
 
     /// CHECKRECIPIENT's question with vdelivermail's answers: [`Directory::user_status`],
@@ -518,11 +535,8 @@ impl Directory {
         let local = local.to_ascii_lowercase();
         // qmail-local reads the domain's `.qmail-<local>` before anything else
         // (vpopmail and IndiMail installations keep aliases and forwards there).
-        if let Some(lines) = self.domain_dot_qmail(domain, &local).await? {
-            return Ok(Some(Destination::Aliases {
-                lines,
-                ext: String::new(),
-            }));
+        if let Some((lines, ext)) = self.domain_dot_qmail(domain, &local).await? {
+            return Ok(Some(Destination::Aliases { lines, ext }));
         }
         let ext_user = extension_user(&local, extensions);
         let mut candidates = vec![(local.as_str(), "")];
@@ -530,7 +544,11 @@ impl Directory {
             candidates.push((u, &local[u.len() + 1..]));
         }
         for (user, ext) in &candidates {
-            if let Some(Some(u)) = table_ok(self.user(&format!("{user}@{domain}")).await)? {
+            // Only active mailboxes: vdelivermail reads the `indimail` table, so an inactive
+            // user's mail (in `indibak`) goes on to the aliases and the catch-all.
+            if let Some(UserStatus::Active(u) | UserStatus::OverQuota(u)) =
+                table_ok(self.user_status(&format!("{user}@{domain}")).await)?
+            {
                 return Ok(Some(Destination::User {
                     user: u,
                     ext: ext.to_string(),

@@ -526,6 +526,62 @@ fn domain_directory_dot_qmail_files_take_their_address() {
         1,
         ["a@example.org", "ann@example.com", "info.desk@example.com"],
     );
+    // `.qmail-list-default` takes every `list-...` address (qmail-local's
+    // order: `.qmail-list-news`, then `.qmail-list-default`), before any
+    // mailbox of that name.
+    std::fs::write(
+        std::path::Path::new(&ddir).join(".qmail-list-default"),
+        "&ann@example.com\n",
+    )
+    .unwrap();
+    assert_eq!(rcpt(&s, "list-news@example.com").0, 250);
+    let (code, text) = send_message(s.smtp, "a@example.org", &["list-news@example.com"], msg);
+    assert_eq!(code, 250, "{text}");
+    wait_forwarded(
+        &boxes[0],
+        2,
+        ["a@example.org", "ann@example.com", "list-news@example.com"],
+    );
+}
+
+/// vdelivermail reads only active users (the `indimail` table): mail for an
+/// inactive user, accepted because CHECKRECIPIENT is off, goes to the
+/// domain's catch-all, not to the inactive Maildir; with CHECKRECIPIENT on
+/// RCPT refuses it with 550 5.2.1.
+#[test]
+fn inactive_users_mail_goes_to_the_catch_all() {
+    let h = tempfile::tempdir().unwrap();
+    let home = h.path();
+    let boxes = setup_users(home, &["gone", "catch"]);
+    domain_mod_handler(home, "catch@example.com");
+    let (c, _, e) = indimail(
+        home,
+        &["user", "mod", "gone@example.com", "--toggle-active"],
+    );
+    assert_eq!(c, 0, "{e}");
+    std::fs::create_dir_all(home.join("tcp")).unwrap();
+    std::fs::write(
+        home.join("tcp/tcp.smtp"),
+        "127.0.0.3:allow,CHECKRECIPIENT=\"0\"\n",
+    )
+    .unwrap();
+    let s = Server::start_delivering(home, "uring");
+    let (code, text) = rcpt(&s, "gone@example.com");
+    assert!(code == 550 && text.contains("5.2.1"), "{code} {text}");
+    let mut c = Client::connect_from([127, 0, 0, 3], s.smtp);
+    c.reply();
+    c.cmd("EHLO client.example.org");
+    assert_eq!(c.cmd("MAIL FROM:<a@example.org>").0, 250);
+    assert_eq!(c.cmd("RCPT TO:<gone@example.com>").0, 250);
+    assert_eq!(c.cmd("DATA").0, 354);
+    let (code, text) = c.cmd("Subject: to the gone\r\n\r\nbody\r\n.");
+    assert_eq!(code, 250, "{text}");
+    wait_forwarded(
+        &boxes[1],
+        1,
+        ["a@example.org", "catch@example.com", "gone@example.com"],
+    );
+    assert!(maildir_files(&boxes[0]).is_empty());
 }
 
 /// CHECKRECIPIENT 1, 2 and 3 per client (tcp.smtp), with the RECIPIENTS
