@@ -4,6 +4,8 @@
 //! tools. Invoked under an IndiMail/qmail program name (`qmail-queue`,
 //! `sendmail`, ...) it behaves as that program.
 
+mod adminauth;
+mod adminclient;
 mod adminsrv;
 mod clientchecks;
 mod config;
@@ -11,6 +13,7 @@ mod control;
 mod deliver;
 mod directory;
 mod dnscheck;
+mod indisrvr;
 mod inject;
 mod log;
 mod logsummary;
@@ -103,6 +106,10 @@ enum Command {
         /// users and permissions in control/adminusers.
         #[arg(long = "admin", value_name = "ADDR:PORT")]
         admin: Option<SocketAddr>,
+        /// IndiMail's indisrvr line protocol (for adminclient), TLS only, same users and
+        /// permissions as --admin.
+        #[arg(long = "indisrvr", value_name = "ADDR:PORT")]
+        indisrvr: Option<SocketAddr>,
         /// CPUs to run shards on, e.g. `0-3,6` (overrides control/cpus).
         #[arg(long, value_name = "LIST")]
         cpus: Option<String>,
@@ -147,6 +154,22 @@ enum Command {
         server_name: Option<String>,
         /// The command, e.g. `user add ann@example.com --password ...`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
+    },
+    /// IndiMail's adminclient: run a program on a remote indisrvr
+    /// (-h host -p port -u user -P pass [-C cafile] -c "command args").
+    #[command(disable_help_flag = true)]
+    Adminclient {
+        /// adminclient's own options.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// IndiMail's indisrvr alone, in the foreground (-i ip -p port [-n certfile]
+    /// [-t timeoutdata] [-T timeoutconn]).
+    #[command(disable_help_flag = true)]
+    Indisrvr {
+        /// indisrvr's own options.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Users of this host's admin endpoint (mgmtpass and vpriv): control/adminusers.
@@ -387,6 +410,14 @@ fn main() -> ExitCode {
             let args: Vec<String> = std::env::args().skip(1).collect();
             return exit(tools::qmail_rm(&Paths::resolve(None), &args));
         }
+        "adminclient" => {
+            let args: Vec<String> = std::env::args().skip(1).collect();
+            return exit(adminclient::main(&args));
+        }
+        "indisrvr" => {
+            let args: Vec<String> = std::env::args().skip(1).collect();
+            return exit(indisrvr::main(&Paths::resolve(None), &args));
+        }
         "indimail" | "" => {}
         other => {
             // vadddomain, vadduser, vuserinfo, ... (IndiMail's admin tools).
@@ -417,13 +448,20 @@ fn main() -> ExitCode {
             poppasss,
             metrics,
             admin,
+            indisrvr,
             cpus,
             driver,
         } => {
             use smtp::Service;
-            if let Some(addr) = admin {
-                match adminsrv::start(&paths, addr) {
-                    Ok(a) => println!("admin listening on {a}"),
+            type Starter = fn(&Paths, SocketAddr) -> Result<SocketAddr, adminauth::AdminError>;
+            let admins: [(&str, Option<SocketAddr>, Starter); 2] = [
+                ("admin", admin, adminsrv::start),
+                ("indisrvr", indisrvr, indisrvr::start),
+            ];
+            for (name, addr, start) in admins {
+                let Some(addr) = addr else { continue };
+                match start(&paths, addr) {
+                    Ok(a) => println!("{name} listening on {a}"),
                     Err(e) => {
                         eprintln!("indimail serve: {e}");
                         return ExitCode::from(111);
@@ -516,6 +554,8 @@ fn main() -> ExitCode {
             server_name,
             args,
         })),
+        Command::Adminclient { args } => exit(adminclient::main(&args)),
+        Command::Indisrvr { args } => exit(indisrvr::main(&paths, &args)),
         Command::AdminUsers { command } => exit(admin_users(&paths, command)),
         Command::InstallLinks { dir, force } => exit(tools::install_links(&dir, force)),
         Command::Man { out } => exit(manpages::main(&out)),

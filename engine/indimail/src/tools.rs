@@ -470,6 +470,8 @@ pub fn program_names() -> Vec<&'static str> {
         "qmail-qread",
         "qmail-qstat",
         "qmail-rm",
+        "indisrvr",
+        "adminclient",
     ];
     v.extend(lookup::cli::PROGRAMS);
     v
