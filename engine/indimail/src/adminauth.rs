@@ -514,6 +514,23 @@ impl Gate {
     }
 }
 
+/// A server TLS session over `tcp` whose whole request (handshake included) must arrive
+/// within the gate's request timeout; `None` when rustls refuses the configuration.
+pub fn tls_session(
+    gate: &Gate,
+    tcp: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+) -> Option<rustls::StreamOwned<rustls::ServerConnection, Deadlined>> {
+    let _ = tcp.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = tcp.set_write_timeout(Some(IO_TIMEOUT));
+    let conn = rustls::ServerConnection::new(config).ok()?;
+    let sock = Deadlined {
+        tcp,
+        deadline: Some(Instant::now() + gate.request_timeout),
+    };
+    Some(rustls::StreamOwned::new(conn, sock))
+}
+
 /// What serves one accepted connection: the gate, the socket, the client's address, its
 /// unauthenticated slot and the TLS configuration of the moment.
 pub type ConnHandler = fn(&Gate, TcpStream, IpAddr, PreAuthSlot, Arc<rustls::ServerConfig>);

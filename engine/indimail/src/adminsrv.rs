@@ -1,6 +1,8 @@
 //! Remote administration (the role of IndiMail's `indisrvr` and `adminclient`): an
 //! authenticated, TLS-only HTTP/JSON endpoint that runs directory and queue commands, and
-//! its client.
+//! its client. IndiMail's own line protocol is [`crate::indisrvr`]; what both share (users,
+//! login and lock-out, connection limits, the accept loop, the child runner) is
+//! [`crate::adminauth`].
 //!
 //! **Server** (`indimail serve --admin ADDR`). A dedicated thread accepts connections; each
 //! one is served on a thread of its own with blocking rustls (admin traffic is a few
@@ -53,14 +55,13 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
 use base64::Engine as _;
 use serde_json::{json, Value};
 use tls::rustls;
 
 pub use crate::adminauth::{del_user, read_users, set_user, AdminError, AdminUser, USERS_FILE};
-use crate::adminauth::{Deadlined, Gate, PreAuthSlot, Refused, IO_TIMEOUT};
+use crate::adminauth::{Gate, PreAuthSlot, Refused, IO_TIMEOUT};
 use crate::config::Paths;
 use crate::log;
 
@@ -161,16 +162,9 @@ fn serve_conn(
     mut slot: PreAuthSlot,
     config: Arc<rustls::ServerConfig>,
 ) {
-    let _ = tcp.set_read_timeout(Some(IO_TIMEOUT));
-    let _ = tcp.set_write_timeout(Some(IO_TIMEOUT));
-    let Ok(conn) = rustls::ServerConnection::new(config) else {
+    let Some(mut tls) = crate::adminauth::tls_session(shared, tcp, config) else {
         return;
     };
-    let tcp = Deadlined {
-        tcp,
-        deadline: Some(Instant::now() + shared.request_timeout),
-    };
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
     let reply = match read_request(&mut tls) {
         Ok((auth, body)) => {
             // The request is in: no deadline for the answer (a command may take long).

@@ -423,15 +423,9 @@ fn serve_conn(
     mut slot: PreAuthSlot,
     config: Arc<rustls::ServerConfig>,
 ) {
-    let _ = tcp.set_write_timeout(Some(crate::adminauth::IO_TIMEOUT));
-    let Ok(conn) = rustls::ServerConnection::new(config) else {
+    let Some(mut tls) = crate::adminauth::tls_session(gate, tcp, config) else {
         return;
     };
-    let sock = Deadlined {
-        tcp,
-        deadline: Some(Instant::now() + gate.request_timeout),
-    };
-    let mut tls = rustls::StreamOwned::new(conn, sock);
     if send(&mut tls, Session::GREETING).is_ok() {
         converse(gate, &mut tls, ip, &mut slot);
     }

@@ -25,22 +25,7 @@ fn ok(home: &Path, args: &[&str]) -> String {
 fn indisrvr_home(home: &Path, admins: &[(&str, &str, &str)]) -> PathBuf {
     std::fs::create_dir_all(home.join("control")).unwrap();
     let cert = tls::create_self_signed(home.join("control"), "127.0.0.1").unwrap();
-    for (name, pw, allow) in admins {
-        let f = home.join(format!("{name}.pw"));
-        std::fs::write(&f, format!("{pw}\n")).unwrap();
-        ok(
-            home,
-            &[
-                "admin-users",
-                "set",
-                name,
-                "--password-file",
-                f.to_str().unwrap(),
-                "--allow",
-                allow,
-            ],
-        );
-    }
+    set_admin_users(home, admins);
     cert.path
 }
 
@@ -67,6 +52,52 @@ fn adminclient(
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// `example.com` with the user `ann@example.com` (password `Ann-Pw-123`), added locally.
+fn add_ann(home: &Path) {
+    ok(home, &["domain", "add", "example.com"]);
+    let args = ["user", "add", "ann@example.com", "--password", "Ann-Pw-123"];
+    ok(home, &args);
+}
+
+/// `indimail adminclient ... -c COMMAND` (the subcommand): (exit status, stdout).
+fn adminclient_subcommand(
+    addr: SocketAddr,
+    ca: &Path,
+    user: &str,
+    pass: &str,
+    command: &str,
+) -> (Option<i32>, String) {
+    let port = addr.port().to_string();
+    let out = Command::new(bin())
+        .args([
+            "adminclient",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-u",
+            user,
+            "-P",
+            pass,
+            "-C",
+        ])
+        .arg(ca)
+        .args(["-c", command])
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// `indimail adminclient ... -c "vuserinfo ann@example.com"` as `user` succeeds.
+fn vuserinfo_ann(addr: SocketAddr, ca: &Path, user: &str, pass: &str) {
+    let (c, text) = adminclient_subcommand(addr, ca, user, pass, "vuserinfo ann@example.com");
+    assert_eq!(c, Some(0), "{text}");
+    assert!(text.contains("ann@example.com"), "{text}");
 }
 
 /// A POP3 login with USER/PASS (the client is in PLAINTEXT_AUTH_NETS): the PASS reply.
@@ -124,24 +155,19 @@ fn adminclient_adds_a_domain_and_a_user_who_logs_in_over_pop3() {
     std::fs::create_dir_all(&links).unwrap();
     let client = links.join("adminclient");
     std::os::unix::fs::symlink(bin(), &client).unwrap();
+    let run = |(user, pass): (&str, &str), command: &str| {
+        adminclient(&client, addr, &ca, user, pass, command)
+    };
 
-    let (c, out, err) = adminclient(
-        &client,
-        addr,
-        &ca,
-        "alice",
-        "Alice-Secret-1",
+    let (c, out, err) = run(
+        ("alice", "Alice-Secret-1"),
         "vadddomain example.com Pm-Secret-1",
     );
     assert_eq!(c, 0, "{out}{err}");
     assert!(ok(&home, &["domain", "list"]).contains("example.com"));
     // A path before the program and shell quoting, as IndiMail's makeargs takes them.
-    let (c, out, err) = adminclient(
-        &client,
-        addr,
-        &ca,
-        "alice",
-        "Alice-Secret-1",
+    let (c, out, err) = run(
+        ("alice", "Alice-Secret-1"),
         "/usr/bin/vadduser 'ann@example.com' \"Ann-Pw-123\"",
     );
     assert_eq!(c, 0, "{out}{err}");
@@ -152,29 +178,10 @@ fn adminclient_adds_a_domain_and_a_user_who_logs_in_over_pop3() {
     );
 
     // bob may run vuserinfo (named in his line), through `indimail adminclient` too.
-    let out = Command::new(bin())
-        .args([
-            "adminclient",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &addr.port().to_string(),
-        ])
-        .args(["-u", "bob", "-P", "Bob-Secret-1", "-C"])
-        .arg(&ca)
-        .args(["-c", "vuserinfo ann@example.com"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}");
-    assert!(text.contains("ann@example.com"), "{text}");
+    vuserinfo_ann(addr, &ca, "bob", "Bob-Secret-1");
     // ... and nothing else; a command's own failure is its status.
-    let (c, out, _) = adminclient(
-        &client,
-        addr,
-        &ca,
-        "bob",
-        "Bob-Secret-1",
+    let (c, out, _) = run(
+        ("bob", "Bob-Secret-1"),
         "vadduser eve@example.com Eve-Pw-123",
     );
     assert!(
@@ -182,30 +189,16 @@ fn adminclient_adds_a_domain_and_a_user_who_logs_in_over_pop3() {
         "{c} {out}"
     );
     assert_ne!(indimail(&home, &["user", "info", "eve@example.com"]).0, 0);
-    let (c, _, _) = adminclient(
-        &client,
-        addr,
-        &ca,
-        "bob",
-        "Bob-Secret-1",
-        "vuserinfo nobody@example.com",
-    );
+    let (c, _, _) = run(("bob", "Bob-Secret-1"), "vuserinfo nobody@example.com");
     assert_ne!(c, 0);
     // A whitelisted tool this project does not have: a line, status 1, nothing run.
-    let (c, out, _) = adminclient(
-        &client,
-        addr,
-        &ca,
-        "alice",
-        "Alice-Secret-1",
-        "vbulletin -s example.com",
-    );
+    let (c, out, _) = run(("alice", "Alice-Secret-1"), "vbulletin -s example.com");
     assert!(
         c == 1 && out.contains("vbulletin is not available on this server"),
         "{c} {out}"
     );
     // Outside the whitelist: the client refuses it before connecting.
-    let (c, _, err) = adminclient(&client, addr, &ca, "alice", "Alice-Secret-1", "rm -rf /");
+    let (c, _, err) = run(("alice", "Alice-Secret-1"), "rm -rf /");
     assert!(
         c == 100 && err.contains("invalid or unauthorized command"),
         "{err}"
@@ -213,26 +206,12 @@ fn adminclient_adds_a_domain_and_a_user_who_logs_in_over_pop3() {
 
     // Bad passwords: refused, then locked out after 3 even with the right one; others not.
     for _ in 0..3 {
-        let (c, _, err) = adminclient(&client, addr, &ca, "bob", "wrong", "vuserinfo a@b");
+        let (c, _, err) = run(("bob", "wrong"), "vuserinfo a@b");
         assert!(c == 1 && err.contains("bad user or password"), "{err}");
     }
-    let (c, _, err) = adminclient(
-        &client,
-        addr,
-        &ca,
-        "bob",
-        "Bob-Secret-1",
-        "vuserinfo ann@example.com",
-    );
+    let (c, _, err) = run(("bob", "Bob-Secret-1"), "vuserinfo ann@example.com");
     assert!(c == 1 && err.contains("locked out"), "{err}");
-    let (c, _, _) = adminclient(
-        &client,
-        addr,
-        &ca,
-        "alice",
-        "Alice-Secret-1",
-        "vuserinfo ann@example.com",
-    );
+    let (c, _, _) = run(("alice", "Alice-Secret-1"), "vuserinfo ann@example.com");
     assert_eq!(c, 0, "alice is not locked out");
     // TLS only: an untrusted certificate is refused by the client.
     let other = t.path().join("other");
@@ -283,11 +262,7 @@ fn independent_client_speaks_the_raw_protocol() {
     let t = tempfile::tempdir().unwrap();
     let home = t.path().join("home");
     let ca = indisrvr_home(&home, &[("alice", "Alice-Secret-1", "*")]);
-    ok(&home, &["domain", "add", "example.com"]);
-    ok(
-        &home,
-        &["user", "add", "ann@example.com", "--password", "Ann-Pw-123"],
-    );
+    add_ann(&home);
     let lo = SocketAddr::from(([127, 0, 0, 1], 0));
     let (mut server, ports) =
         Server::start_services(&home, "uring", &[("smtp", lo), ("indisrvr", lo)], &[]);
@@ -374,4 +349,66 @@ print("ok")
         "{log}"
     );
     assert_eq!(server.stop(), Some(0), "{log}");
+}
+
+/// `indimail indisrvr -i IP -p PORT -n CERT -T SECS` alone (IndiMail's command line, the
+/// flags it has no use for accepted): it serves adminclient, and a client that never
+/// speaks is closed at the `-T` deadline.
+#[test]
+fn standalone_indisrvr_with_indimail_flags() {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let ca = indisrvr_home(&home, &[("alice", "Alice-Secret-1", "user.info")]);
+    add_ann(&home);
+    let log = std::fs::File::create(t.path().join("indisrvr.log")).unwrap();
+    let mut child = Command::new(bin())
+        .args(["indisrvr", "--home"])
+        .arg(&home)
+        .args([
+            "-i",
+            "127.0.0.1",
+            "-p",
+            "0",
+            "-b",
+            "40",
+            "-T",
+            "2",
+            "-t",
+            "5",
+            "-n",
+        ])
+        .arg(&ca)
+        .env_remove("INDIMAIL_HOME")
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let addr: SocketAddr = first
+        .trim()
+        .strip_prefix("indisrvr listening on ")
+        .unwrap_or_else(|| panic!("{first}"))
+        .parse()
+        .unwrap();
+    vuserinfo_ann(addr, &ca, "alice", "Alice-Secret-1");
+    // A client that never speaks is closed at the 2 s deadline, not left open (a read
+    // still waiting after 20 s fails the test).
+    let mut idle = TcpStream::connect(addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut sink = Vec::new();
+    let r = std::io::Read::read_to_end(&mut idle, &mut sink);
+    assert!(
+        r.is_ok()
+            || r.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{r:?}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(t.path().join("indisrvr.log")).unwrap();
+    assert!(log.contains("options -b 40 accepted and ignored"), "{log}");
 }
