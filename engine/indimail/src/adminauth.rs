@@ -427,6 +427,77 @@ fn authenticate<'a>(
     }
 }
 
+/// `indimail admin-users ...` (mgmtpass's role): the lines of `control/adminusers`.
+#[derive(clap::Subcommand)]
+pub enum UsersCommand {
+    /// Add or replace a user: password from a file, allowed operations (`*`, `user.*`,
+    /// `domain.list`, `queue.stat`, ..., or IndiMail program names for indisrvr: `vadduser`).
+    Set {
+        name: String,
+        /// File holding the password (first line).
+        #[arg(long, value_name = "FILE")]
+        password_file: PathBuf,
+        /// Comma-separated operations.
+        #[arg(long, value_delimiter = ',', required = true)]
+        allow: Vec<String>,
+    },
+    /// Remove a user.
+    Del { name: String },
+    /// List users and their operations.
+    List,
+}
+
+/// Runs `indimail admin-users set|del|list` on `control/adminusers`; the exit status.
+pub fn users_main(paths: &Paths, cmd: UsersCommand) -> i32 {
+    let file = paths.control.path().join(USERS_FILE);
+    let r: Result<(), String> = match cmd {
+        UsersCommand::Set {
+            name,
+            password_file,
+            allow,
+        } => std::fs::read_to_string(&password_file)
+            .map_err(|e| format!("{}: {e}", password_file.display()))
+            .and_then(|pw| {
+                let pw = pw.lines().next().unwrap_or("");
+                if pw.is_empty() {
+                    return Err(format!("{}: empty password", password_file.display()));
+                }
+                let hash = lookup::password::hash(lookup::HashMethod::Sha512, pw, None)
+                    .map_err(|e| e.to_string())?;
+                let user = AdminUser {
+                    name: name.clone(),
+                    hash,
+                    ops: allow,
+                };
+                set_user(&file, &user).map_err(|e| e.to_string())?;
+                println!("admin user {name} set");
+                Ok(())
+            }),
+        UsersCommand::Del { name } => match del_user(&file, &name) {
+            Ok(true) => {
+                println!("admin user {name} removed");
+                Ok(())
+            }
+            Ok(false) => Err(format!("no admin user {name}")),
+            Err(e) => Err(e.to_string()),
+        },
+        UsersCommand::List => read_users(&file)
+            .map(|users| {
+                for u in users {
+                    println!("{} {}", u.name, u.ops.join(","));
+                }
+            })
+            .map_err(|e| e.to_string()),
+    };
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("indimail admin-users: {e}");
+            1
+        }
+    }
+}
+
 /// Why a login was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {

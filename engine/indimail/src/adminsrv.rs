@@ -60,8 +60,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use tls::rustls;
 
-pub use crate::adminauth::{del_user, read_users, set_user, AdminError, AdminUser, USERS_FILE};
-use crate::adminauth::{Gate, PreAuthSlot, Refused, IO_TIMEOUT};
+use crate::adminauth::{AdminError, Gate, PreAuthSlot, Refused, IO_TIMEOUT};
 use crate::config::Paths;
 use crate::log;
 
@@ -472,6 +471,7 @@ fn client_request(a: &ClientArgs) -> Result<(u16, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adminauth::AdminUser;
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()

@@ -175,7 +175,7 @@ enum Command {
     /// Users of this host's admin endpoint (mgmtpass and vpriv): control/adminusers.
     AdminUsers {
         #[command(subcommand)]
-        command: AdminUsersCommand,
+        command: adminauth::UsersCommand,
     },
     /// Host and placement tools (topology, plan, check): runs `indimail-tuning`.
     #[command(disable_help_flag = true)]
@@ -235,25 +235,6 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-}
-
-#[derive(Subcommand)]
-enum AdminUsersCommand {
-    /// Add or replace a user: password from a file, allowed operations (`*`, `user.*`,
-    /// `domain.list`, `queue.stat`, ...).
-    Set {
-        name: String,
-        /// File holding the password (first line).
-        #[arg(long, value_name = "FILE")]
-        password_file: PathBuf,
-        /// Comma-separated operations.
-        #[arg(long, value_delimiter = ',', required = true)]
-        allow: Vec<String>,
-    },
-    /// Remove a user.
-    Del { name: String },
-    /// List users and their operations.
-    List,
 }
 
 #[derive(Subcommand)]
@@ -556,7 +537,7 @@ fn main() -> ExitCode {
         })),
         Command::Adminclient { args } => exit(adminclient::main(&args)),
         Command::Indisrvr { args } => exit(indisrvr::main(&paths, &args)),
-        Command::AdminUsers { command } => exit(admin_users(&paths, command)),
+        Command::AdminUsers { command } => exit(adminauth::users_main(&paths, command)),
         Command::InstallLinks { dir, force } => exit(tools::install_links(&dir, force)),
         Command::Man { out } => exit(manpages::main(&out)),
         Command::ImportQmailQueue {
@@ -652,56 +633,6 @@ fn main() -> ExitCode {
                     exit(e.exit_code())
                 }
             }
-        }
-    }
-}
-
-/// `indimail admin-users set|del|list` on control/adminusers.
-fn admin_users(paths: &Paths, cmd: AdminUsersCommand) -> i32 {
-    let file = paths.control.path().join(adminsrv::USERS_FILE);
-    let r = match cmd {
-        AdminUsersCommand::Set {
-            name,
-            password_file,
-            allow,
-        } => (|| {
-            let pw = std::fs::read_to_string(&password_file)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", password_file.display()))?;
-            let pw = pw.lines().next().unwrap_or("");
-            if pw.is_empty() {
-                anyhow::bail!("{}: empty password", password_file.display());
-            }
-            let hash = lookup::password::hash(lookup::HashMethod::Sha512, pw, None)?;
-            let user = adminsrv::AdminUser {
-                name: name.clone(),
-                hash,
-                ops: allow,
-            };
-            adminsrv::set_user(&file, &user)?;
-            println!("admin user {name} set");
-            Ok(())
-        })(),
-        AdminUsersCommand::Del { name } => match adminsrv::del_user(&file, &name) {
-            Ok(true) => {
-                println!("admin user {name} removed");
-                Ok(())
-            }
-            Ok(false) => Err(anyhow::anyhow!("no admin user {name}")),
-            Err(e) => Err(e.into()),
-        },
-        AdminUsersCommand::List => adminsrv::read_users(&file)
-            .map(|users| {
-                for u in users {
-                    println!("{} {}", u.name, u.ops.join(","));
-                }
-            })
-            .map_err(Into::into),
-    };
-    match r {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("indimail admin-users: {e:#}");
-            1
         }
     }
 }
