@@ -4,6 +4,8 @@
 //! tools. Invoked under an IndiMail/qmail program name (`qmail-queue`,
 //! `sendmail`, ...) it behaves as that program.
 
+mod adminauth;
+mod adminclient;
 mod adminsrv;
 mod clientchecks;
 mod config;
@@ -11,6 +13,7 @@ mod control;
 mod deliver;
 mod directory;
 mod dnscheck;
+mod indisrvr;
 mod inject;
 mod log;
 mod logsummary;
@@ -104,6 +107,10 @@ enum Command {
         /// users and permissions in control/adminusers.
         #[arg(long = "admin", value_name = "ADDR:PORT")]
         admin: Option<SocketAddr>,
+        /// IndiMail's indisrvr line protocol (for adminclient), TLS only, same users and
+        /// permissions as --admin.
+        #[arg(long = "indisrvr", value_name = "ADDR:PORT")]
+        indisrvr: Option<SocketAddr>,
         /// CPUs to run shards on, e.g. `0-3,6` (overrides control/cpus).
         #[arg(long, value_name = "LIST")]
         cpus: Option<String>,
@@ -150,10 +157,26 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         args: Vec<String>,
     },
+    /// IndiMail's adminclient: run a program on a remote indisrvr
+    /// (-h host -p port -u user -P pass [-C cafile] -c "command args").
+    #[command(disable_help_flag = true)]
+    Adminclient {
+        /// adminclient's own options.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// IndiMail's indisrvr alone, in the foreground (-i ip -p port [-n certfile]
+    /// [-t timeoutdata] [-T timeoutconn]).
+    #[command(disable_help_flag = true)]
+    Indisrvr {
+        /// indisrvr's own options.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Users of this host's admin endpoint (mgmtpass and vpriv): control/adminusers.
     AdminUsers {
         #[command(subcommand)]
-        command: AdminUsersCommand,
+        command: adminauth::UsersCommand,
     },
     /// Host and placement tools (topology, plan, check): runs `indimail-tuning`.
     #[command(disable_help_flag = true)]
@@ -216,25 +239,6 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-}
-
-#[derive(Subcommand)]
-enum AdminUsersCommand {
-    /// Add or replace a user: password from a file, allowed operations (`*`, `user.*`,
-    /// `domain.list`, `queue.stat`, ...).
-    Set {
-        name: String,
-        /// File holding the password (first line).
-        #[arg(long, value_name = "FILE")]
-        password_file: PathBuf,
-        /// Comma-separated operations.
-        #[arg(long, value_delimiter = ',', required = true)]
-        allow: Vec<String>,
-    },
-    /// Remove a user.
-    Del { name: String },
-    /// List users and their operations.
-    List,
 }
 
 #[derive(Subcommand)]
@@ -392,6 +396,14 @@ fn main() -> ExitCode {
             return exit(tools::qmail_rm(&Paths::resolve(None), &args));
         }
         "recipient-cdb" => return exit(tools::recipient_cdb(&Paths::resolve(None))),
+        "adminclient" => {
+            let args: Vec<String> = std::env::args().skip(1).collect();
+            return exit(adminclient::main(&args));
+        }
+        "indisrvr" => {
+            let args: Vec<String> = std::env::args().skip(1).collect();
+            return exit(indisrvr::main(&Paths::resolve(None), &args));
+        }
         "indimail" | "" => {}
         other => {
             // vadddomain, vadduser, vuserinfo, ... (IndiMail's admin tools).
@@ -422,13 +434,20 @@ fn main() -> ExitCode {
             poppasss,
             metrics,
             admin,
+            indisrvr,
             cpus,
             driver,
         } => {
             use smtp::Service;
-            if let Some(addr) = admin {
-                match adminsrv::start(&paths, addr) {
-                    Ok(a) => println!("admin listening on {a}"),
+            type Starter = fn(&Paths, SocketAddr) -> Result<SocketAddr, adminauth::AdminError>;
+            let admins: [(&str, Option<SocketAddr>, Starter); 2] = [
+                ("admin", admin, adminsrv::start),
+                ("indisrvr", indisrvr, indisrvr::start),
+            ];
+            for (name, addr, start) in admins {
+                let Some(addr) = addr else { continue };
+                match start(&paths, addr) {
+                    Ok(a) => println!("{name} listening on {a}"),
                     Err(e) => {
                         eprintln!("indimail serve: {e}");
                         return ExitCode::from(111);
@@ -521,8 +540,10 @@ fn main() -> ExitCode {
             server_name,
             args,
         })),
-        Command::AdminUsers { command } => exit(admin_users(&paths, command)),
         Command::RecipientCdb => exit(tools::recipient_cdb(&paths)),
+        Command::Adminclient { args } => exit(adminclient::main(&args)),
+        Command::Indisrvr { args } => exit(indisrvr::main(&paths, &args)),
+        Command::AdminUsers { command } => exit(adminauth::users_main(&paths, command)),
         Command::InstallLinks { dir, force } => exit(tools::install_links(&dir, force)),
         Command::Man { out } => exit(manpages::main(&out)),
         Command::ImportQmailQueue {
@@ -618,56 +639,6 @@ fn main() -> ExitCode {
                     exit(e.exit_code())
                 }
             }
-        }
-    }
-}
-
-/// `indimail admin-users set|del|list` on control/adminusers.
-fn admin_users(paths: &Paths, cmd: AdminUsersCommand) -> i32 {
-    let file = paths.control.path().join(adminsrv::USERS_FILE);
-    let r = match cmd {
-        AdminUsersCommand::Set {
-            name,
-            password_file,
-            allow,
-        } => (|| {
-            let pw = std::fs::read_to_string(&password_file)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", password_file.display()))?;
-            let pw = pw.lines().next().unwrap_or("");
-            if pw.is_empty() {
-                anyhow::bail!("{}: empty password", password_file.display());
-            }
-            let hash = lookup::password::hash(lookup::HashMethod::Sha512, pw, None)?;
-            let user = adminsrv::AdminUser {
-                name: name.clone(),
-                hash,
-                ops: allow,
-            };
-            adminsrv::set_user(&file, &user)?;
-            println!("admin user {name} set");
-            Ok(())
-        })(),
-        AdminUsersCommand::Del { name } => match adminsrv::del_user(&file, &name) {
-            Ok(true) => {
-                println!("admin user {name} removed");
-                Ok(())
-            }
-            Ok(false) => Err(anyhow::anyhow!("no admin user {name}")),
-            Err(e) => Err(e.into()),
-        },
-        AdminUsersCommand::List => adminsrv::read_users(&file)
-            .map(|users| {
-                for u in users {
-                    println!("{} {}", u.name, u.ops.join(","));
-                }
-            })
-            .map_err(Into::into),
-    };
-    match r {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("indimail admin-users: {e:#}");
-            1
         }
     }
 }

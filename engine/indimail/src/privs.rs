@@ -220,7 +220,7 @@ pub fn prepare_ownership(paths: &Paths, queues: &[QueueSpec], user: &User) -> Re
         .or_else(|| certs.cert.parent().map(|d| d.join("serverkey.pem")));
     // The admin endpoint reads its users file per request, after the drop:
     // it is 0600, so it must be the server user's.
-    let admin_users = paths.control.path().join(crate::adminsrv::USERS_FILE);
+    let admin_users = paths.control.path().join(crate::adminauth::USERS_FILE);
     for f in std::iter::once(certs.cert).chain(key).chain([admin_users]) {
         if std::fs::metadata(&f).is_ok_and(|m| m.uid() == 0) {
             chown(&f, user)?;

@@ -471,6 +471,8 @@ pub fn program_names() -> Vec<&'static str> {
         "qmail-qstat",
         "qmail-rm",
         "recipient-cdb",
+        "indisrvr",
+        "adminclient",
     ];
     v.extend(lookup::cli::PROGRAMS);
     v

@@ -246,25 +246,13 @@ fn admin_home(home: &Path) -> std::path::PathBuf {
     std::fs::create_dir_all(home.join("control")).unwrap();
     ok(home, &["domain", "add", "example.com"]);
     let cert = tls::create_self_signed(home.join("control"), "127.0.0.1").unwrap();
-    for (name, pw, allow) in [
-        ("alice", "Alice-Secret-1", "*"),
-        ("bob", "Bob-Secret-1", "domain.list"),
-    ] {
-        let f = home.join(format!("{name}.pw"));
-        std::fs::write(&f, format!("{pw}\n")).unwrap();
-        ok(
-            home,
-            &[
-                "admin-users",
-                "set",
-                name,
-                "--password-file",
-                f.to_str().unwrap(),
-                "--allow",
-                allow,
-            ],
-        );
-    }
+    set_admin_users(
+        home,
+        &[
+            ("alice", "Alice-Secret-1", "*"),
+            ("bob", "Bob-Secret-1", "domain.list"),
+        ],
+    );
     cert.path
 }
 

@@ -162,6 +162,27 @@ impl Drop for Server {
     }
 }
 
+/// Writes admin users (name, password, permissions) into `home`'s control/adminusers with
+/// `indimail admin-users set`, each password in `home/<name>.pw`.
+pub fn set_admin_users(home: &Path, admins: &[(&str, &str, &str)]) {
+    for (name, pw, allow) in admins {
+        let f = home.join(format!("{name}.pw"));
+        std::fs::write(&f, format!("{pw}\n")).unwrap();
+        let f = f.to_str().unwrap();
+        let args = [
+            "admin-users",
+            "set",
+            name,
+            "--password-file",
+            f,
+            "--allow",
+            allow,
+        ];
+        let (c, out, err) = indimail(home, &args);
+        assert_eq!(c, 0, "admin-users set {name}: {out}{err}");
+    }
+}
+
 /// Runs `indimail` with args on `home`; returns (status, stdout, stderr).
 pub fn indimail(home: &Path, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin())
