@@ -625,8 +625,23 @@ impl Admin {
         password::stored_form(hash.unwrap_or(self.cfg.hash_method), password, cram)
     }
 
+    /// The domain's vlimits row when limits are in force for it (`.domain_limits`,
+    /// `DOMAIN_LIMITS`), as vadduser and valias consult it.
+    async fn limits_in_force(&self, domain: &str) -> Result<Option<Limits>, LookupError> {
+        if crate::directory::limits_in_force(&self.domain_dir(domain)) {
+            queries::limits(&self.db, domain).await
+        } else {
+            Ok(None)
+        }
+    }
+
+    async fn count(&self, sql: &str, domain: &str) -> Result<i64, LookupError> {
+        let rows = self.db.query(sql, params![domain]).await?;
+        Ok(rows.first().map(|r| r.int(0)).unwrap_or(0))
+    }
+
     async fn default_quota(&self, domain: &str) -> Result<Quota, LookupError> {
-        if let Some(l) = queries::limits(&self.db, domain).await? {
+        if let Some(l) = self.limits_in_force(domain).await? {
             if l.defaultquota > 0 {
                 return Ok(Quota::Limit {
                     bytes: u64::try_from(l.defaultquota).unwrap_or(0),
@@ -662,6 +677,25 @@ impl Admin {
             .is_some()
         {
             return Err(LookupError::UserExists(addr.to_string()));
+        }
+        if let Some(l) = self.limits_in_force(&domain).await? {
+            if l.maxpopaccounts >= 0 {
+                let mut n = 0;
+                for t in ["indimail", "indibak"] {
+                    n += self
+                        .count(
+                            &format!("SELECT COUNT(*) FROM {t} WHERE pw_domain = ?"),
+                            &domain,
+                        )
+                        .await?;
+                }
+                if n >= l.maxpopaccounts {
+                    return Err(LookupError::Refused(format!(
+                        "{domain} has reached its limit of {} mailboxes (vlimit -P)",
+                        l.maxpopaccounts
+                    )));
+                }
+            }
         }
         let gecos = opts
             .gecos
@@ -976,6 +1010,27 @@ impl Admin {
             .any(|l| l == line)
         {
             return Err(LookupError::AliasExists(addr.to_string()));
+        }
+        if let Some(l) = self
+            .limits_in_force(&d)
+            .await?
+            .filter(|l| l.maxaliases >= 0)
+        {
+            let new_alias = queries::aliases(&self.db, addr.user(), &d)
+                .await?
+                .is_empty();
+            let n = self
+                .count(
+                    "SELECT COUNT(DISTINCT alias) FROM valias WHERE domain = ?",
+                    &d,
+                )
+                .await?;
+            if new_alias && n >= l.maxaliases {
+                return Err(LookupError::Refused(format!(
+                    "{d} has reached its limit of {} aliases (vlimit -A)",
+                    l.maxaliases
+                )));
+            }
         }
         self.db
             .exec(

@@ -201,6 +201,12 @@ pub enum Destination {
     CatchAll(Handler),
 }
 
+/// IndiMail consults a domain's vlimits only when its directory holds `.domain_limits` or
+/// `DOMAIN_LIMITS` is set (vadduser, vchkpass, the proxies): a row alone changes nothing.
+pub(crate) fn limits_in_force(domain_dir: &std::path::Path) -> bool {
+    std::env::var_os("DOMAIN_LIMITS").is_some() || domain_dir.join(".domain_limits").exists()
+}
+
 /// A lookup of a local part the table cannot hold (too long, odd characters) finds nothing
 /// rather than failing: such an address may still reach the domain's catch-all.
 fn table_ok<T>(r: Result<T, LookupError>) -> Result<Option<T>, LookupError> {
@@ -760,7 +766,9 @@ impl Directory {
         queries::atrn_domains(&self.inner.db, addr.user(), addr.domain()).await
     }
 
-    /// The domain's `vlimits` row (domain or `user@domain`), after alias resolution.
+    /// The domain's `vlimits` row (domain or `user@domain`), after alias resolution, when
+    /// limits are in force for it: `.domain_limits` in its directory (`domain mod --limits 1`,
+    /// vmoddomain `-l 1`) or `DOMAIN_LIMITS` set, as in IndiMail. `None` otherwise.
     pub async fn limits(&self, domain_or_email: &str) -> Result<Option<Rc<Limits>>, LookupError> {
         let d = match domain_or_email.rsplit_once('@') {
             Some((_, d)) => d,
@@ -917,7 +925,10 @@ impl Inner {
             }),
             Key::Aliases(u, d) => Value::Aliases(queries::aliases(db, u, d).await?.into()),
             Key::Host(u, d) => Value::Host(queries::host_of(db, u, d).await?.map(Rc::new)),
-            Key::Limits(d) => Value::Limits(queries::limits(db, d).await?.map(Rc::new)),
+            Key::Limits(d) if limits_in_force(&this.cfg.domains_dir.join(d)) => {
+                Value::Limits(queries::limits(db, d).await?.map(Rc::new))
+            }
+            Key::Limits(_) => Value::Limits(None),
         })
     }
 

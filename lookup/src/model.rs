@@ -527,6 +527,13 @@ impl Limits {
             ..Limits::default()
         }
     }
+
+    /// True when the domain (`domain_expiry`) or its passwords (`passwd_expiry`) expired by
+    /// `now` (unix seconds): vchkpass then refuses every login of the domain. −1 and 0: never.
+    pub fn expired(&self, now: i64) -> bool {
+        (self.domain_expiry > 0 && now >= self.domain_expiry)
+            || (self.passwd_expiry > 0 && now >= self.passwd_expiry)
+    }
 }
 
 #[cfg(test)]

@@ -606,15 +606,22 @@ fn domain_tools(kind: Kind) {
     assert_eq!(line(&out, "default maxmsgcount"), "100");
     assert_eq!(line(&out, "flags"), "no-pop,no-smtp");
     assert_eq!(line(&out, "perm account"), "deny create,delete");
+    // As in IndiMail, a row acts only once the domain's limits are switched on
+    // (`.domain_limits`, vmoddomain -l 1, or DOMAIN_LIMITS).
+    let server_limits = || {
+        support::run(async {
+            let clock = std::rc::Rc::new(lookup::ManualClock::new(lookup::unix_now()));
+            let dir = env.directory(clock, env.config()).await;
+            let l = dir.limits("example.com").await.unwrap();
+            let l = l.map(|l| (*l).clone());
+            dir.close().await;
+            l
+        })
+    };
+    assert!(server_limits().is_none());
+    assert_eq!(program(h, "vmoddomain", &["-l", "1", "example.com"]).0, 0);
     // The server side sees the row, and new users get the default quota from it.
-    let dl = support::run(async {
-        let clock = std::rc::Rc::new(lookup::ManualClock::new(lookup::unix_now()));
-        let dir = env.directory(clock, env.config()).await;
-        let l = dir.limits("example.com").await.unwrap().expect("limits");
-        let l = (*l).clone();
-        dir.close().await;
-        l
-    });
+    let dl = server_limits().expect("limits in force");
     assert!(dl.disable_pop && dl.disable_smtp && !dl.disable_imap);
     assert_eq!(dl.maxpopaccounts, 5);
     ok(h, &["user", "add", "ann@example.com", "--password", "pw"]);
@@ -622,6 +629,35 @@ fn domain_tools(kind: Kind) {
         line(&ok(h, &["user", "info", "ann@example.com"]), "quota"),
         "10485760S,100C"
     );
+    // vlimit -P / -A: the domain holds postmaster and ann; a third mailbox fits, a fourth not.
+    assert_eq!(
+        program(h, "vlimit", &["-P", "3", "-A", "1", "example.com"]).0,
+        0
+    );
+    ok(h, &["user", "add", "lim1@example.com", "--password", "pw"]);
+    let e = err(h, &["user", "add", "lim2@example.com", "--password", "pw"]).to_string();
+    assert!(e.contains("limit of 3 mailboxes (vlimit -P)"), "{e}");
+    ok(
+        h,
+        &["alias", "add", "lim-info@example.com", "&ann@example.com"],
+    );
+    ok(
+        h,
+        &["alias", "add", "lim-info@example.com", "&lim1@example.com"],
+    );
+    let e = err(
+        h,
+        &["alias", "add", "lim-sales@example.com", "&ann@example.com"],
+    )
+    .to_string();
+    assert!(e.contains("limit of 1 aliases (vlimit -A)"), "{e}");
+    assert_eq!(
+        program(h, "vlimit", &["-P", "5", "-A", "-1", "example.com"]).0,
+        0
+    );
+    assert_eq!(program(h, "vmoddomain", &["-l", "0", "example.com"]).0, 0);
+    ok(h, &["alias", "del", "lim-info@example.com"]);
+    ok(h, &["user", "del", "lim1@example.com"]);
     // Changing one value keeps the others; -g x clears the flags.
     ok(
         h,

@@ -411,7 +411,9 @@ pub(crate) async fn authorize(
     }
     if !u.flags.has(lookup::UserFlags::V_OVERRIDE) {
         match dir.limits(&u.domain).await {
-            Ok(Some(l)) if limit(&l) => return Err(Refusal::Disabled),
+            Ok(Some(l)) if limit(&l) || l.expired(lookup::unix_now()) => {
+                return Err(Refusal::Disabled)
+            }
             Ok(_) => {}
             Err(e) if e.is_temporary() => return Err(Refusal::TempFail),
             Err(_) => {}

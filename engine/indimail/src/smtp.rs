@@ -705,8 +705,8 @@ async fn connection(
 }
 
 /// What an authenticated user may do over SMTP: `None` when the user's
-/// NO_SMTP flag or the domain's `disable_smtp` limit refuses SMTP
-/// altogether, else whether relaying is allowed (NO_RELAY, `disable_relay`).
+/// NO_SMTP flag, the domain's `disable_smtp` limit or its expiry (domain or
+/// passwords, vlimit -e / -t) refuses SMTP altogether, else whether relaying is allowed (NO_RELAY, `disable_relay`).
 /// The `override` flag exempts a user from the domain limits, as in vlimit.
 async fn smtp_permissions(
     dir: &lookup::Directory,
@@ -719,7 +719,7 @@ async fn smtp_permissions(
     let mut relay = !u.flags.has(UserFlags::NO_RELAY);
     if !u.flags.has(UserFlags::V_OVERRIDE) {
         if let Some(l) = dir.limits(&u.domain).await? {
-            if l.disable_smtp {
+            if l.disable_smtp || l.expired(lookup::unix_now()) {
                 return Ok(None);
             }
             relay &= !l.disable_relay;

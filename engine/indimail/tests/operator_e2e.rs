@@ -669,3 +669,75 @@ fn checkrecipient_modes_and_the_recipients_extension() {
     });
     expect(three, "ann@example.com", 550, "5.1.1");
 }
+
+/// vlimits act only when the domain's limits are on (`.domain_limits`,
+/// `domain mod --limits 1` = vmoddomain -l 1), as in IndiMail: an expired
+/// domain (vlimit -e) then refuses SMTP AUTH (535, swaks over STARTTLS) and
+/// POP3 logins (poplib); before the switch the same row changes nothing.
+#[test]
+fn domain_expiry_refuses_logins_once_limits_are_on() {
+    let h = tempfile::tempdir().unwrap();
+    let home = h.path();
+    setup_users(home, &["ann"]);
+    let (c, _, e) = indimail(
+        home,
+        &[
+            "domain",
+            "limits",
+            "example.com",
+            "--domain-expiry",
+            "2001-01-01",
+        ],
+    );
+    assert_eq!(c, 0, "{e}");
+    std::fs::create_dir_all(home.join("tcp")).unwrap();
+    std::fs::write(home.join("tcp/tcp.smtp"), ":allow\n").unwrap();
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let (s, ports) = Server::start_services(home, "uring", &[("smtp", any), ("pop3", any)], &[]);
+    let swaks = || {
+        let out = std::process::Command::new("/usr/bin/swaks")
+            .args(["--server", &s.smtp.to_string(), "-tls"])
+            .args(["--from", "ann@example.com", "--to", "far@remote.test"])
+            .args(["--auth", "PLAIN", "--auth-user", "ann@example.com"])
+            .args(["--auth-password", "pw12345", "--quit-after", "AUTH"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let pop3 = |expect_ok: bool| {
+        let script = format!(
+            r#"
+import poplib, ssl
+p = poplib.POP3("127.0.0.1", {port}, timeout=20)
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+p.stls(ctx)
+p.user("ann@example.com")
+try:
+    p.pass_("pw12345")
+    ok = True
+except poplib.error_proto:
+    ok = False
+assert ok == {expect}, ok
+"#,
+            port = ports["pop3"].port(),
+            expect = if expect_ok { "True" } else { "False" },
+        );
+        run_python(&script, &s.log());
+    };
+    let t = swaks();
+    assert!(t.contains("<~  235"), "limits off: {t}");
+    pop3(true);
+    domain_mod_limits(home, "1");
+    wait_until(30, "the expired domain refused", || {
+        swaks().contains("<~* 535")
+    });
+    pop3(false);
+    domain_mod_limits(home, "0");
+    wait_until(30, "limits off again", || swaks().contains("<~  235"));
+}
+
+fn domain_mod_limits(home: &std::path::Path, on: &str) {
+    let (c, out, e) = indimail(home, &["domain", "mod", "example.com", "--limits", on]);
+    assert_eq!(c, 0, "{e}");
+    assert!(out.contains("limits: "), "{out}");
+}
