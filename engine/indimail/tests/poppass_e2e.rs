@@ -38,6 +38,18 @@ def pop_login(port, user, pw, tls=True):
     p.quit()
     return True
 
+def smtp_login(port, user, pw):
+    import smtplib
+    c = smtplib.SMTP("127.0.0.1", port, timeout=20)
+    c.starttls(context=ctx)
+    try:
+        c.login(user, pw)
+        ok = True
+    except smtplib.SMTPAuthenticationError:
+        ok = False
+    c.quit()
+    return ok
+
 # Every shard sees a change within the directory's change poll (1 s).
 def wait_login(port, user, pw, tls=True):
     deadline = time.time() + 15
@@ -75,7 +87,7 @@ fn users_change_their_password_over_poppassd() {
     let (s, ports) = Server::start_services(
         home,
         "uring",
-        &[("poppass", any), ("poppasss", any), ("pop3", any)],
+        &[("poppass", any), ("poppasss", any), ("pop3", any), ("smtp", any)],
         &[],
     );
     let body = format!(
@@ -117,11 +129,15 @@ time.sleep(2.5)
 for _ in range(4):
     assert pop_login({pop3}, "ann@example.com", "New Pass-7")
     assert not pop_login({pop3}, "ann@example.com", "pw12345"), "old password still works"
+    # SMTP AUTH answers from the same directory, on every shard.
+    assert smtp_login({smtp}, "ann@example.com", "New Pass-7"), "new password refused by SMTP AUTH"
+    assert not smtp_login({smtp}, "ann@example.com", "pw12345"), "old password still works for SMTP"
 assert pop_login({pop3}, "nochg@example.com", "pw12345")
 "#,
         plain = ports["poppass"].port(),
         tls = ports["poppasss"].port(),
         pop3 = ports["pop3"].port(),
+        smtp = ports["smtp"].port(),
     );
     run_script(
         &s,
