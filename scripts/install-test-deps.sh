@@ -16,6 +16,10 @@ perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 || need+=(libnet-ssleay
 { [ -x /usr/sbin/smtp-sink ] && [ -x /usr/sbin/smtp-source ]; } || need+=(postfix)
 { command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ]; } || need+=(mariadb-server)
 command -v mariadb-install-db >/dev/null 2>&1 || need+=(mariadb-server)
+# The mariadb client: mysql_e2e writes rows as an operator would.
+command -v mariadb >/dev/null 2>&1 || need+=(mariadb-client)
+# man: cli_tools renders every generated manual page with `man -l`.
+command -v man >/dev/null 2>&1 || need+=(man-db)
 # Dovecot: each protocol binary a test starts, not only the master (a machine
 # with dovecot-imapd but without dovecot-pop3d failed the POP3 tests).
 [ -x /usr/sbin/dovecot ] || need+=(dovecot-core)

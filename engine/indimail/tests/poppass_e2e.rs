@@ -87,7 +87,12 @@ fn users_change_their_password_over_poppassd() {
     let (s, ports) = Server::start_services(
         home,
         "uring",
-        &[("poppass", any), ("poppasss", any), ("pop3", any), ("smtp", any)],
+        &[
+            ("poppass", any),
+            ("poppasss", any),
+            ("pop3", any),
+            ("smtp", any),
+        ],
         &[],
     );
     let body = format!(
