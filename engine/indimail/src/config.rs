@@ -161,6 +161,15 @@ pub struct SmtpSettings {
     /// `QMAIL_EXT`: CHECKRECIPIENT accepts `user-ext@domain` of existing
     /// users (see [`qmail_ext`]).
     pub qmail_ext: bool,
+    /// `MAX_AUTH_FAILURES`: failed AUTH attempts before the connection is
+    /// closed (default 3; a value that is not a number is a load error).
+    pub max_auth_failures: u32,
+    /// `CHECKRELAY` (default on; `0` off): POP/IMAP-before-SMTP.
+    pub check_relay: bool,
+    /// `SKIPDNSBL` set: no DNSBL question for any client.
+    pub skip_dnsbl: bool,
+    /// `MASQUERADE` set: submission clients may use any envelope sender.
+    pub masquerade: bool,
     /// Rate limits per minute (0 = none): RCPTs and messages per client
     /// address, RCPTs and messages per authenticated user.
     pub rates: Rates,
@@ -245,6 +254,8 @@ impl ServeConfig {
         )
         .unwrap_or(0);
         let timeout = take(&mut errors, c.number("timeoutsmtpd", 1200u64)).unwrap_or(1200);
+        let max_auth_failures =
+            take(&mut errors, env_number("MAX_AUTH_FAILURES", 3u32)).unwrap_or(3);
         let stress_timeout = take(&mut errors, c.number("timeoutstress", 10u64)).unwrap_or(10);
         let min_data_rate = take(&mut errors, c.number("mindatarate", 500u64)).unwrap_or(500);
         let shutdown_timeout = take(&mut errors, c.number("shutdowntimeout", 5u64)).unwrap_or(5);
@@ -453,6 +464,10 @@ impl ServeConfig {
                     std::env::var("CHECKRECIPIENT").ok().as_deref(),
                 ),
                 qmail_ext: qmail_ext(),
+                max_auth_failures,
+                check_relay: std::env::var("CHECKRELAY").map_or(true, |v| v.trim() != "0"),
+                skip_dnsbl: std::env::var_os("SKIPDNSBL").is_some(),
+                masquerade: std::env::var_os("MASQUERADE").is_some(),
                 rates,
                 dnsbl_zones,
                 spf,

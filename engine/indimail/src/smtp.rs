@@ -440,10 +440,7 @@ pub fn session_config(s: &SmtpSettings, service: Service, tls: bool) -> SessionC
         auth_plain_needs_tls: !var_off("SECURE_AUTH"),
         require_auth: service == Service::Submission || var_on("REQUIREAUTH"),
         require_tls: var_on("FORCE_TLS"),
-        max_auth_failures: std::env::var("MAX_AUTH_FAILURES")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(3),
+        max_auth_failures: s.max_auth_failures,
         // ETRN everywhere but submission; ODMR (ATRN) on the odmr service,
         // or on smtp/smtps when `ODMR` is set (IndiMail's port table).
         etrn: service != Service::Submission,
@@ -640,14 +637,14 @@ async fn connection(
     } else {
         MaybeTls::Plain(stream)
     };
-    let check_relay = std::env::var("CHECKRELAY").map_or(true, |v| v.trim() != "0");
+    let check_relay = settings.check_relay;
     // DNSBL (rblsmtpd's job in IndiMail): asked while the client reads the
     // greeting, answered at its first MAIL; not for submission, relay
     // clients, or where SKIPDNSBL is set (environment or tcp.smtp rule).
     let dnsbl = if service != Service::Submission
         && !relay
         && !settings.dnsbl_zones.is_empty()
-        && std::env::var_os("SKIPDNSBL").is_none()
+        && !settings.skip_dnsbl
         && rule.var("SKIPDNSBL").is_none()
     {
         let shard = Rc::clone(&shard);
@@ -1348,7 +1345,7 @@ impl Connection {
     /// authenticated client may only use its own address as the envelope
     /// sender, unless `MASQUERADE` is set (to anything).
     fn mail_decision(&self, sender: &str) -> Decision {
-        if self.service != Service::Submission || std::env::var_os("MASQUERADE").is_some() {
+        if self.service != Service::Submission || self.settings.masquerade {
             return Decision::Accept;
         }
         match &self.auth_user {

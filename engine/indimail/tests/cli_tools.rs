@@ -57,6 +57,18 @@ fn config_check_reports_every_problem_with_file_and_line() {
     );
     let (_, out, _) = indimail(home, &["config", "show"]);
     assert!(out.contains("problem: "), "{out}");
+    // Variables too: a MAX_AUTH_FAILURES that is no number is named, not taken as 3.
+    let out = std::process::Command::new(bin())
+        .args(["config", "check", "--home"])
+        .arg(home)
+        .env("MAX_AUTH_FAILURES", "three")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("$MAX_AUTH_FAILURES: `three` is not a valid number"),
+        "{err}"
+    );
 }
 
 /// The queue layout's problems are reported by name, and `config show`
