@@ -23,110 +23,13 @@ use crate::command::{self, Command, CommandError, EtrnNode, Extensions, MailPara
 use crate::data::{DataError, DataScanner, LineEnds, Scan};
 use crate::reply::Reply;
 
-/// Settings of one listener, shared by its sessions. Mirrors qmail-smtpd's control files
-/// (`me`, `smtpgreeting`, `databytes`, `maxrecipients`, `maxcmdlen`) and environment switches.
-#[derive(Clone, Debug)]
-pub struct SessionConfig {
-    /// Our host name, used in the 220, EHLO, 221 and 421 lines (control file `me`).
-    pub hostname: String,
-    /// Text after `220 ` in the greeting (`smtpgreeting`); default hostname + " ESMTP".
-    pub greeting: String,
-    /// Largest message accepted, in octets as stored (`databytes`, env `DATABYTES`); 0 means
-    /// unlimited. Advertised as `SIZE n` (plain `SIZE` when 0).
-    pub max_message_size: u64,
-    /// Recipients per transaction (`maxrecipients`); beyond it RCPT gets 452 4.5.3. 0 means no
-    /// limit.
-    pub max_recipients: usize,
-    /// Bad commands tolerated before `421 4.7.0` and close. 0 means no limit.
-    pub max_bad_commands: u32,
-    /// Longest command line, CRLF included (`maxcmdlen`); longer lines get 500 5.5.2 and are
-    /// discarded without being buffered. RFC 5321 4.5.3.1.4 sets 512 as the minimum to accept.
-    pub max_command_line: usize,
-    /// Longest text line inside DATA, CRLF included (RFC 5321 4.5.3.1.6: 1000). A longer line
-    /// makes the message refused at its end with 500 5.5.2; it is never buffered. 0: no limit.
-    pub max_text_line: usize,
-    /// Advertise and accept BDAT (RFC 3030).
-    pub chunking: bool,
-    /// Advertise and accept SMTPUTF8 (RFC 6531; env `SMTPUTF8`).
-    pub smtputf8: bool,
-    /// Advertise PIPELINING (RFC 2920). Pipelined input is handled correctly either way.
-    pub pipelining: bool,
-    /// Advertise and accept BODY=8BITMIME (RFC 6152).
-    pub eightbitmime: bool,
-    /// VRFY answers 252 2.5.2 when true, 502 5.5.1 when false (env `DISABLE_VRFY`).
-    pub vrfy_enabled: bool,
-    /// Extra EHLO keywords, listed after the built-in ones and before `HELP`. (STARTTLS and
-    /// AUTH have their own settings below; do not list them here too.)
-    pub extra_ehlo: Vec<String>,
-    /// Offer and accept STARTTLS (RFC 3207; env `STARTTLS`). Advertised only while the session
-    /// is not under TLS yet. The driver must have a usable certificate before enabling it.
-    pub starttls: bool,
-    /// SASL mechanisms offered in `AUTH`, in order, e.g. `["LOGIN", "PLAIN", "CRAM-MD5"]`
-    /// (IndiMail: AUTH on when auth programs are configured, minus `DISABLE_AUTH_*`). Names the
-    /// core cannot run (see [`AuthMechanism`]) are ignored. Empty: AUTH is not offered and the
-    /// command gets 502.
-    pub auth_mechanisms: Vec<String>,
-    /// Offer PLAIN and LOGIN only under TLS (env `SECURE_AUTH`); trying them in clear text gets
-    /// `538 5.7.11`.
-    pub auth_plain_needs_tls: bool,
-    /// No MAIL before a successful AUTH: `530 5.7.0` (env `REQUIREAUTH`; submission).
-    pub require_auth: bool,
-    /// No MAIL, RCPT or AUTH before STARTTLS: `530 5.7.0 Must issue a STARTTLS command first`
-    /// (env `FORCE_TLS`). AUTH is not advertised before TLS then.
-    pub require_tls: bool,
-    /// Failed AUTH attempts before `421 4.7.0` and close. 0 means no limit.
-    pub max_auth_failures: u32,
-    /// Longest AUTH command line and SASL response line, CRLF included (RFC 4954 section 4:
-    /// 12288). Longer responses end the exchange with `500 5.5.6`.
-    pub max_auth_line: usize,
-    /// Advertise and accept ETRN (RFC 1985); off: 502 (IndiMail's submission port).
-    pub etrn: bool,
-    /// Advertise and accept ATRN (RFC 2645; IndiMail's ODMR port 366). ATRN needs a
-    /// successful AUTH first (`530 5.7.0`).
-    pub atrn: bool,
-    /// On-Demand Mail Relay mode (RFC 2645, port 366): only HELO, EHLO, AUTH, STARTTLS, ATRN,
-    /// ETRN, HELP, NOOP, RSET and QUIT are served; mail transactions and VRFY get 502 and the
-    /// EHLO reply lists only what applies.
-    pub odmr: bool,
-}
+mod commands;
+mod config;
+mod sasl;
 
-impl SessionConfig {
-    /// Defaults with the given host name and the greeting derived from it.
-    pub fn new(hostname: impl Into<String>) -> SessionConfig {
-        let hostname = hostname.into();
-        SessionConfig {
-            greeting: format!("{hostname} ESMTP"),
-            hostname,
-            max_message_size: 0,
-            max_recipients: 100,
-            max_bad_commands: 10,
-            max_command_line: 512,
-            max_text_line: 1000,
-            chunking: true,
-            smtputf8: true,
-            pipelining: true,
-            eightbitmime: true,
-            vrfy_enabled: true,
-            extra_ehlo: Vec::new(),
-            starttls: false,
-            auth_mechanisms: Vec::new(),
-            auth_plain_needs_tls: true,
-            require_auth: false,
-            require_tls: false,
-            max_auth_failures: 3,
-            max_auth_line: 12288,
-            etrn: false,
-            atrn: false,
-            odmr: false,
-        }
-    }
-}
-
-impl Default for SessionConfig {
-    fn default() -> Self {
-        SessionConfig::new("localhost")
-    }
-}
+use commands::must_starttls;
+pub use config::SessionConfig;
+use sasl::{auth_event, scram_lookup_event, Sasl};
 
 /// One accepted recipient.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -291,50 +194,6 @@ enum Mode {
     Closed,
 }
 
-/// Where a SASL exchange stands, i.e. what the next response line is.
-#[derive(Debug)]
-enum Sasl {
-    /// The PLAIN response.
-    Plain,
-    /// The LOGIN user name.
-    LoginUser,
-    /// The LOGIN password.
-    LoginPassword { user: String },
-    /// The CRAM response to `challenge`.
-    Cram {
-        mechanism: AuthMechanism,
-        challenge: String,
-    },
-    /// The SCRAM client-first message.
-    ScramFirst,
-    /// The SCRAM client-final message, after our server-first.
-    ScramFinal(Box<ScramExchange>),
-    /// The client's empty response to our SCRAM server-final message; the proof was good.
-    ScramAck(Attempt),
-}
-
-/// A SCRAM exchange between server-first and client-final.
-#[derive(Debug)]
-struct ScramExchange {
-    first: scram::ClientFirst,
-    server_first: String,
-    /// Client nonce + server nonce.
-    nonce: String,
-    credentials: ScramCredentials,
-}
-
-/// What one SASL response leads to.
-enum Step {
-    /// The exchange is complete: ask the driver.
-    Done(Attempt),
-    /// Prompt for the next response with the state's usual 334.
-    Next(Sasl),
-    /// Send `334 <base64 text>`, then expect the state's response.
-    Challenge(String, Sasl),
-    /// SCRAM client-first parsed: ask the driver for the stored secret.
-    ScramLookup(scram::ClientFirst),
-}
-
 /// One SMTP server conversation.
 #[derive(Debug)]
 pub struct Session {
@@ -460,86 +319,6 @@ impl Session {
         self.reset_transaction();
         self.envelope = Envelope::default();
         self.authenticated = false;
-    }
-
-    /// Supplies the randomness and the clock (Unix seconds) CRAM challenges are made of,
-    /// `<random.time@hostname>` (RFC 2195). Call it once per connection before feeding, with a
-    /// value from a real random source; later challenges of the same session are derived from
-    /// it so that none repeats. The core has no randomness of its own, to stay deterministic.
-    pub fn set_auth_entropy(&mut self, random: u64, unix_time: u64) {
-        self.auth_random = random;
-        self.auth_time = unix_time;
-        self.challenges = 0;
-    }
-
-    /// Answers a pending [`Event::Auth`]: `Ok` replies 235 and marks the session
-    /// authenticated ([`Envelope::auth_user`], the `A` in [`Session::protocol`]); `Failed`
-    /// replies 535 and, after [`SessionConfig::max_auth_failures`], 421 and closes; `TempFail`
-    /// replies 454. Without a pending question this does nothing.
-    pub fn auth_result(&mut self, outcome: AuthOutcome) {
-        if !matches!(self.mode, Mode::ExpectAuthResult(_)) {
-            return;
-        }
-        let Mode::ExpectAuthResult(attempt) =
-            std::mem::replace(&mut self.mode, Mode::ExpectCommand)
-        else {
-            return;
-        };
-        match outcome {
-            AuthOutcome::Ok => {
-                self.reply(235, (2, 7, 0), "Authentication successful");
-                self.authenticated = true;
-                self.envelope.auth_user = Some(attempt.authcid);
-            }
-            AuthOutcome::Failed => {
-                self.reply(535, (5, 7, 8), "Authentication credentials invalid");
-                self.auth_failures = self.auth_failures.saturating_add(1);
-                let max = self.config.max_auth_failures;
-                if max > 0 && self.auth_failures >= max {
-                    let text = format!(
-                        "{} Too many authentication failures, closing connection",
-                        self.config.hostname
-                    );
-                    self.reply(421, (4, 7, 0), &text);
-                    self.mode = Mode::Closed;
-                }
-            }
-            AuthOutcome::TempFail => {
-                self.reply(454, (4, 7, 0), "Temporary authentication failure");
-            }
-        }
-    }
-
-    /// Answers a pending [`Event::ScramLookup`] with the user's stored secret and a fresh
-    /// server nonce (printable ASCII without `,`, e.g. the base64 of 18 random bytes; the core
-    /// has no randomness of its own). For a user who does not exist or has no SCRAM secret,
-    /// pass [`ScramCredentials::decoy`]: the exchange then goes on as for a real user and ends
-    /// in 535, so that a client cannot tell (RFC 5802 section 9). `None` means the lookup
-    /// failed for now: `454 4.7.0`. The session then sends server-first and expects
-    /// client-final. Without a pending lookup this does nothing.
-    pub fn scram_credentials(&mut self, credentials: Option<ScramCredentials>, server_nonce: &str) {
-        if !matches!(self.mode, Mode::ExpectScramCredentials(_)) {
-            return;
-        }
-        let Mode::ExpectScramCredentials(first) =
-            std::mem::replace(&mut self.mode, Mode::ExpectCommand)
-        else {
-            return;
-        };
-        let Some(credentials) = credentials.filter(|_| scram::valid_server_nonce(server_nonce))
-        else {
-            self.reply(454, (4, 7, 0), "Temporary authentication failure");
-            return;
-        };
-        let nonce = format!("{}{server_nonce}", first.nonce);
-        let server_first = scram::server_first(&nonce, &credentials);
-        Reply::new(334, None, auth::encode(server_first.as_bytes())).write_to(&mut self.out);
-        self.mode = Mode::ExpectSaslResponse(Sasl::ScramFinal(Box::new(ScramExchange {
-            first,
-            server_first,
-            nonce,
-            credentials,
-        })));
     }
 
     /// Records that the client authenticated.
@@ -737,64 +516,77 @@ impl Session {
                         }
                     }
                 }
-                Mode::ExpectChunk {
-                    remaining,
-                    last,
-                    discard,
-                } => {
-                    let (last, discard) = (*last, *discard);
-                    if *remaining > 0 {
-                        let rest = &input[pos..];
-                        if rest.is_empty() {
-                            return (pos, Event::NeedMore);
-                        }
-                        let take = rest
-                            .len()
-                            .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
-                        *remaining -= take as u64;
-                        pos += take;
-                        if discard {
-                            continue;
-                        }
-                        let max = self.config.max_message_size;
-                        if self.bdat_error.is_none() {
-                            let lines = self
-                                .bdat_lines
-                                .check(&rest[..take], self.config.max_text_line);
-                            if let Err(e) = lines {
-                                self.bdat_error = Some(e);
-                            } else if max > 0 && self.bdat_size + take as u64 > max {
-                                self.bdat_error = Some(DataError::TooBig);
-                            } else {
-                                self.bdat_size += take as u64;
-                                return (pos, Event::Data(&rest[..take]));
-                            }
-                        }
-                        continue;
+                Mode::ExpectChunk { .. } => {
+                    if let Some(ev) = self.feed_chunk(input, &mut pos) {
+                        return (pos, ev);
                     }
-                    // Chunk complete.
-                    self.mode = Mode::ExpectCommand;
-                    if discard {
-                        continue;
-                    }
-                    if last && self.bdat_error.is_none() {
-                        self.bdat_error = self.bdat_lines.finish().err();
-                    }
-                    if self.bdat_error.is_some() {
-                        return (pos, self.message_end(self.bdat_error));
-                    }
-                    if last {
-                        return (pos, self.message_end(None));
-                    }
-                    let r = Reply::new(
-                        250,
-                        Some((2, 0, 0)),
-                        format!("{} octets received", self.bdat_size),
-                    );
-                    r.write_to(&mut self.out);
                 }
             }
         }
+    }
+
+    /// Feeds the octets of a BDAT chunk: `Some` event for the driver, or `None` to go on with
+    /// the next input (a dropped or erroneous chunk's octets, the end of a non-last chunk).
+    fn feed_chunk<'a>(&mut self, input: &'a [u8], pos: &mut usize) -> Option<Event<'a>> {
+        let Mode::ExpectChunk {
+            remaining,
+            last,
+            discard,
+        } = &mut self.mode
+        else {
+            return None;
+        };
+        let (last, discard) = (*last, *discard);
+        if *remaining > 0 {
+            let rest = &input[*pos..];
+            if rest.is_empty() {
+                return Some(Event::NeedMore);
+            }
+            let take = rest
+                .len()
+                .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+            *remaining -= take as u64;
+            *pos += take;
+            if discard {
+                return None;
+            }
+            let max = self.config.max_message_size;
+            if self.bdat_error.is_none() {
+                let lines = self
+                    .bdat_lines
+                    .check(&rest[..take], self.config.max_text_line);
+                if let Err(e) = lines {
+                    self.bdat_error = Some(e);
+                } else if max > 0 && self.bdat_size + take as u64 > max {
+                    self.bdat_error = Some(DataError::TooBig);
+                } else {
+                    self.bdat_size += take as u64;
+                    return Some(Event::Data(&rest[..take]));
+                }
+            }
+            return None;
+        }
+        // Chunk complete.
+        self.mode = Mode::ExpectCommand;
+        if discard {
+            return None;
+        }
+        if last && self.bdat_error.is_none() {
+            self.bdat_error = self.bdat_lines.finish().err();
+        }
+        if self.bdat_error.is_some() {
+            return Some(self.message_end(self.bdat_error));
+        }
+        if last {
+            return Some(self.message_end(None));
+        }
+        let r = Reply::new(
+            250,
+            Some((2, 0, 0)),
+            format!("{} octets received", self.bdat_size),
+        );
+        r.write_to(&mut self.out);
+        None
     }
 
     /// Answers a pending [`Event::Mail`] or [`Event::Rcpt`]. Without a pending question this
@@ -921,576 +713,6 @@ impl Session {
         } else {
             cap.max(self.config.max_auth_line.max(8))
         }
-    }
-
-    /// Mechanisms offered now: the configured ones the core can run, minus PLAIN and LOGIN in
-    /// clear text when they need TLS.
-    fn offered_mechanisms(&self) -> impl Iterator<Item = AuthMechanism> + '_ {
-        let clear_ok = self.tls || !self.config.auth_plain_needs_tls;
-        let mut seen = Vec::new();
-        self.config
-            .auth_mechanisms
-            .iter()
-            .filter_map(|n| AuthMechanism::from_name(n))
-            .filter(move |m| clear_ok || !m.sends_password())
-            .filter(move |m| {
-                let new = !seen.contains(m);
-                seen.push(*m);
-                new
-            })
-    }
-
-    fn ehlo_reply(&self) -> Reply {
-        let c = &self.config;
-        let mut lines = vec![c.hostname.clone()];
-        // ODMR (RFC 2645) takes no mail: the transaction extensions do not apply.
-        if c.pipelining && !c.odmr {
-            lines.push("PIPELINING".into());
-        }
-        if c.eightbitmime && !c.odmr {
-            lines.push("8BITMIME".into());
-        }
-        if !c.odmr {
-            lines.push(if c.max_message_size > 0 {
-                format!("SIZE {}", c.max_message_size)
-            } else {
-                "SIZE".into()
-            });
-        }
-        if c.etrn {
-            lines.push("ETRN".into());
-        }
-        lines.push("ENHANCEDSTATUSCODES".into());
-        if c.smtputf8 && !c.odmr {
-            lines.push("SMTPUTF8".into());
-        }
-        if c.chunking && !c.odmr {
-            lines.push("CHUNKING".into());
-        }
-        if c.starttls && !self.tls {
-            lines.push("STARTTLS".into());
-        }
-        // Under FORCE_TLS, AUTH is not offered before STARTTLS (it would be refused).
-        if !c.require_tls || self.tls {
-            let mechs: Vec<&str> = self.offered_mechanisms().map(|m| m.name()).collect();
-            if !mechs.is_empty() {
-                lines.push(format!("AUTH {}", mechs.join(" ")));
-            }
-        }
-        if c.atrn {
-            lines.push("ATRN".into());
-        }
-        lines.extend(c.extra_ehlo.iter().map(|l| l.replace(['\r', '\n'], " ")));
-        lines.push("HELP".into());
-        Reply::new(250, None, lines.join("\n"))
-    }
-
-    /// Handles one complete command line (without LF). Returns an event for the driver, or
-    /// None when the session answered by itself and can go on.
-    fn command_line(&mut self, line: &[u8]) -> Option<Event<'static>> {
-        let Some(line) = line.strip_suffix(b"\r") else {
-            let r = Reply::new(500, Some((5, 5, 2)), "Syntax error: bare LF in command");
-            return self.bad(r);
-        };
-        if line.contains(&b'\r') {
-            let r = Reply::new(500, Some((5, 5, 2)), "Syntax error: bare CR in command");
-            return self.bad(r);
-        }
-        let ext = Extensions {
-            smtputf8: self.config.smtputf8,
-            eightbitmime: self.config.eightbitmime,
-            max_size: self.config.max_message_size,
-        };
-        let cmd = match command::parse(line, ext) {
-            Ok(cmd) => cmd,
-            // A legitimate refusal, not a client mistake.
-            Err(CommandError::SizeExceeded) => {
-                CommandError::SizeExceeded.reply().write_to(&mut self.out);
-                return None;
-            }
-            // ODMR's table has no MAIL (IndiMail's port 366): not implemented, whatever its
-            // arguments.
-            Err(_) if self.config.odmr && odmr_refuses(line) => {
-                self.reply(502, (5, 5, 1), "Command not implemented");
-                return None;
-            }
-            Err(e) => return self.bad(e.reply()),
-        };
-        if self.config.odmr
-            && matches!(
-                cmd,
-                Command::Mail(..)
-                    | Command::Rcpt(..)
-                    | Command::Data
-                    | Command::Bdat { .. }
-                    | Command::Vrfy(_)
-            )
-        {
-            self.reply(502, (5, 5, 1), "Command not implemented");
-            if let Command::Bdat { size, .. } = cmd {
-                // The chunk follows regardless (RFC 3030 section 3): read and drop it.
-                self.mode = Mode::ExpectChunk {
-                    remaining: size,
-                    last: true,
-                    discard: true,
-                };
-            }
-            return None;
-        }
-        match cmd {
-            Command::Helo(name) => {
-                self.reset_transaction();
-                self.envelope.helo = Some(name);
-                self.envelope.esmtp = false;
-                Reply::new(250, None, self.config.hostname.clone()).write_to(&mut self.out);
-                None
-            }
-            Command::Ehlo(name) => {
-                self.reset_transaction();
-                self.envelope.helo = Some(name);
-                self.envelope.esmtp = true;
-                self.ehlo_reply().write_to(&mut self.out);
-                None
-            }
-            Command::Mail(from, params) => {
-                if self.config.require_tls && !self.tls {
-                    return self.bad(must_starttls());
-                }
-                if self.envelope.helo.is_none() {
-                    return self.bad(Reply::new(503, Some((5, 5, 1)), "Send HELO/EHLO first"));
-                }
-                if self.config.require_auth && !self.authenticated {
-                    return self.bad(Reply::new(530, Some((5, 7, 0)), "Authentication required"));
-                }
-                if self.envelope.reverse_path.is_some() {
-                    return self.bad(Reply::new(503, Some((5, 5, 1)), "Nested MAIL command"));
-                }
-                self.mode = Mode::ExpectDecision(Pending::Mail(from.clone(), params.clone()));
-                Some(Event::Mail { from, params })
-            }
-            Command::Rcpt(to, params) => {
-                if self.config.require_tls && !self.tls {
-                    return self.bad(must_starttls());
-                }
-                if self.envelope.reverse_path.is_none() {
-                    return self.bad(Reply::new(503, Some((5, 5, 1)), "Need MAIL before RCPT"));
-                }
-                if self.bdat_active {
-                    return self.bad(Reply::new(
-                        503,
-                        Some((5, 5, 1)),
-                        "RCPT not allowed during BDAT",
-                    ));
-                }
-                if let ForwardPath::Mailbox(m) = &to {
-                    if !self.envelope.mail_params.smtputf8 && m.is_utf8() {
-                        let e = CommandError::Recipient(crate::AddressError::NonAscii);
-                        return self.bad(e.reply());
-                    }
-                }
-                let max = self.config.max_recipients;
-                if max > 0 && self.envelope.recipients.len() >= max {
-                    self.reply(452, (4, 5, 3), "Too many recipients");
-                    return None;
-                }
-                self.mode = Mode::ExpectDecision(Pending::Rcpt(to.clone(), params.clone()));
-                Some(Event::Rcpt { to, params })
-            }
-            Command::Data => {
-                if self.bdat_active {
-                    return self.bad(Reply::new(
-                        503,
-                        Some((5, 5, 1)),
-                        "DATA not allowed after BDAT",
-                    ));
-                }
-                if self.envelope.reverse_path.is_none() {
-                    return self.bad(Reply::new(503, Some((5, 5, 1)), "Need MAIL command"));
-                }
-                if self.envelope.recipients.is_empty() {
-                    self.reply(554, (5, 5, 1), "No valid recipients");
-                    return None;
-                }
-                Reply::new(354, None, "End data with <CR><LF>.<CR><LF>").write_to(&mut self.out);
-                self.mode = Mode::ExpectDataEnd(DataScanner::new(
-                    self.config.max_text_line,
-                    self.config.max_message_size,
-                ));
-                Some(Event::DataStart)
-            }
-            Command::Bdat { size, last } => {
-                if !self.config.chunking {
-                    self.reply(502, (5, 5, 1), "Command not implemented");
-                    return None;
-                }
-                let refuse = if self.envelope.reverse_path.is_none() {
-                    Some(Reply::new(503, Some((5, 5, 1)), "Need MAIL command"))
-                } else if self.envelope.recipients.is_empty() {
-                    Some(Reply::new(554, Some((5, 5, 1)), "No valid recipients"))
-                } else {
-                    None
-                };
-                if let Some(r) = refuse {
-                    // The chunk follows regardless (RFC 3030 section 3): read and drop it.
-                    self.mode = Mode::ExpectChunk {
-                        remaining: size,
-                        last,
-                        discard: true,
-                    };
-                    return if r.code() == 503 {
-                        self.bad(r)
-                    } else {
-                        r.write_to(&mut self.out);
-                        None
-                    };
-                }
-                let first = !self.bdat_active;
-                self.bdat_active = true;
-                self.mode = Mode::ExpectChunk {
-                    remaining: size,
-                    last,
-                    discard: false,
-                };
-                first.then_some(Event::DataStart)
-            }
-            Command::Rset => {
-                self.reset_transaction();
-                self.reply(250, (2, 0, 0), "ok");
-                None
-            }
-            Command::Noop => {
-                self.reply(250, (2, 0, 0), "ok");
-                None
-            }
-            Command::Quit => {
-                let text = format!("{} closing connection", self.config.hostname);
-                self.reply(221, (2, 0, 0), &text);
-                self.mode = Mode::Closed;
-                Some(Event::Close)
-            }
-            Command::Vrfy(_) => {
-                if self.config.vrfy_enabled {
-                    self.reply(
-                        252,
-                        (2, 5, 2),
-                        "Cannot VRFY user, but will accept message and attempt delivery",
-                    );
-                } else {
-                    self.reply(502, (5, 5, 1), "VRFY disabled");
-                }
-                None
-            }
-            Command::Help => {
-                self.reply(
-                    214,
-                    (2, 0, 0),
-                    "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT\nSee RFC 5321",
-                );
-                None
-            }
-            Command::StartTls => {
-                if !self.config.starttls {
-                    self.reply(502, (5, 5, 1), "Command not implemented");
-                    return None;
-                }
-                if self.tls {
-                    return self.bad(Reply::new(503, Some((5, 5, 1)), "TLS already active"));
-                }
-                self.reply(220, (2, 0, 0), "Ready to start TLS");
-                self.mode = Mode::ExpectTls;
-                Some(Event::StartTls)
-            }
-            Command::Auth { mechanism, initial } => self.auth_command(&mechanism, initial),
-            Command::Etrn(arg) => self.etrn_command(&arg),
-            Command::Atrn(arg) => self.atrn_command(&arg),
-            Command::NotImplemented => {
-                self.reply(502, (5, 5, 1), "Command not implemented");
-                None
-            }
-        }
-    }
-
-    /// `ETRN node` (RFC 1985): HELO/EHLO first, no mail transaction open.
-    fn etrn_command(&mut self, arg: &str) -> Option<Event<'static>> {
-        if !self.config.etrn {
-            self.reply(502, (5, 5, 1), "Command not implemented");
-            return None;
-        }
-        if self.envelope.helo.is_none() {
-            return self.bad(Reply::new(503, Some((5, 5, 1)), "Send HELO/EHLO first"));
-        }
-        if self.envelope.reverse_path.is_some() {
-            return self.bad(Reply::new(
-                503,
-                Some((5, 5, 1)),
-                "ETRN not permitted during a mail transaction",
-            ));
-        }
-        let node = match command::parse_etrn_node(arg) {
-            Ok(n) => n,
-            Err(e) => return self.bad(e.reply()),
-        };
-        self.mode = Mode::ExpectEtrnResult(node.clone());
-        Some(Event::Etrn { node })
-    }
-
-    /// `ATRN [domains]` (RFC 2645 section 4.2): EHLO first, authenticated, no mail
-    /// transaction open.
-    fn atrn_command(&mut self, arg: &str) -> Option<Event<'static>> {
-        if !self.config.atrn {
-            self.reply(502, (5, 5, 1), "Command not implemented");
-            return None;
-        }
-        if self.envelope.helo.is_none() {
-            return self.bad(Reply::new(503, Some((5, 5, 1)), "Send EHLO first"));
-        }
-        if self.envelope.reverse_path.is_some() {
-            return self.bad(Reply::new(
-                503,
-                Some((5, 5, 1)),
-                "ATRN not permitted during a mail transaction",
-            ));
-        }
-        if !self.authenticated {
-            return self.bad(Reply::new(530, Some((5, 7, 0)), "Authentication required"));
-        }
-        let domains = match command::parse_atrn_domains(arg) {
-            Ok(d) => d,
-            Err(e) => return self.bad(e.reply()),
-        };
-        self.mode = Mode::ExpectAtrnResult(domains.clone());
-        Some(Event::Atrn { domains })
-    }
-
-    /// `AUTH mechanism [initial-response]` (RFC 4954 section 4).
-    fn auth_command(&mut self, name: &str, initial: Option<String>) -> Option<Event<'static>> {
-        if self.config.auth_mechanisms.is_empty() {
-            self.reply(502, (5, 5, 1), "Command not implemented");
-            return None;
-        }
-        if self.config.require_tls && !self.tls {
-            return self.bad(must_starttls());
-        }
-        if self.envelope.helo.is_none() {
-            return self.bad(Reply::new(503, Some((5, 5, 1)), "Send EHLO first"));
-        }
-        if self.authenticated {
-            return self.bad(Reply::new(503, Some((5, 5, 1)), "Already authenticated"));
-        }
-        if self.envelope.reverse_path.is_some() {
-            return self.bad(Reply::new(
-                503,
-                Some((5, 5, 1)),
-                "AUTH not permitted during a mail transaction",
-            ));
-        }
-        let configured = self
-            .config
-            .auth_mechanisms
-            .iter()
-            .filter_map(|n| AuthMechanism::from_name(n))
-            .find(|m| m.name() == name);
-        let Some(mechanism) = configured else {
-            return self.bad(Reply::new(
-                504,
-                Some((5, 5, 4)),
-                "Unrecognized authentication type",
-            ));
-        };
-        if !self.offered_mechanisms().any(|m| m == mechanism) {
-            // Only PLAIN/LOGIN in clear text with auth_plain_needs_tls get here.
-            return self.bad(Reply::new(
-                538,
-                Some((5, 7, 11)),
-                "Encryption required for requested authentication mechanism",
-            ));
-        }
-        let state = match mechanism {
-            AuthMechanism::Plain => Sasl::Plain,
-            AuthMechanism::Login => Sasl::LoginUser,
-            // Client-first: the initial response, when given, is the client-first message.
-            AuthMechanism::ScramSha256 => Sasl::ScramFirst,
-            m => {
-                if initial.is_some() {
-                    return self.bad(Reply::new(
-                        501,
-                        Some((5, 5, 4)),
-                        "Syntax error: no initial response allowed with this mechanism",
-                    ));
-                }
-                let challenge = self.next_challenge();
-                Reply::new(334, None, auth::encode(challenge.as_bytes())).write_to(&mut self.out);
-                self.mode = Mode::ExpectSaslResponse(Sasl::Cram {
-                    mechanism: m,
-                    challenge,
-                });
-                return None;
-            }
-        };
-        match initial {
-            Some(resp) => self.sasl_response(state, resp.as_bytes()),
-            None => {
-                self.prompt(&state);
-                self.mode = Mode::ExpectSaslResponse(state);
-                None
-            }
-        }
-    }
-
-    /// The 334 that asks for the response `state` expects. (CRAM's is sent with its challenge.)
-    fn prompt(&mut self, state: &Sasl) {
-        let text = match state {
-            Sasl::Plain
-            | Sasl::Cram { .. }
-            | Sasl::ScramFirst
-            | Sasl::ScramFinal(_)
-            | Sasl::ScramAck(_) => String::new(),
-            Sasl::LoginUser => auth::encode(b"Username:"),
-            Sasl::LoginPassword { .. } => auth::encode(b"Password:"),
-        };
-        Reply::new(334, None, text).write_to(&mut self.out);
-    }
-
-    /// `<random.time@hostname>`; the first challenge uses the driver's random value as given,
-    /// later ones a value derived from it.
-    fn next_challenge(&mut self) -> String {
-        let n = self.challenges;
-        self.challenges = n.wrapping_add(1);
-        let random = if n == 0 {
-            self.auth_random
-        } else {
-            auth::mix(self.auth_random ^ auth::mix(n))
-        };
-        format!(
-            "<{random}.{}@{}>",
-            self.auth_time,
-            self.config.hostname.replace(['\r', '\n', '>'], "")
-        )
-    }
-
-    /// One SASL response line (without LF) while an exchange is under way.
-    fn sasl_line(&mut self, line: &[u8]) -> Option<Event<'static>> {
-        let Mode::ExpectSaslResponse(state) =
-            std::mem::replace(&mut self.mode, Mode::ExpectCommand)
-        else {
-            return None;
-        };
-        let Some(line) = line.strip_suffix(b"\r") else {
-            let r = Reply::new(501, Some((5, 5, 2)), "Syntax error: bare LF in response");
-            return self.bad(r);
-        };
-        self.sasl_response(state, line)
-    }
-
-    /// Decodes a response (initial or continuation) and moves the exchange on. The session is
-    /// in `ExpectCommand` when this is called; it sets the next mode.
-    fn sasl_response(&mut self, state: Sasl, line: &[u8]) -> Option<Event<'static>> {
-        let step = auth::decode(line).and_then(|data| match state {
-            Sasl::Plain => auth::plain(&data).map(Step::Done),
-            Sasl::LoginUser => {
-                auth::login_user(&data).map(|user| Step::Next(Sasl::LoginPassword { user }))
-            }
-            Sasl::LoginPassword { user } => auth::login_password(user, &data).map(Step::Done),
-            Sasl::Cram {
-                mechanism,
-                challenge,
-            } => auth::cram(mechanism, challenge, &data).map(Step::Done),
-            Sasl::ScramFirst => scram::client_first(&data).map(Step::ScramLookup),
-            Sasl::ScramFinal(x) => scram::client_final(&data).map(|fin| scram_final(*x, &fin)),
-            Sasl::ScramAck(attempt) if data.is_empty() => Ok(Step::Done(attempt)),
-            Sasl::ScramAck(_) => Err(SaslError::Malformed),
-        });
-        match step {
-            Ok(Step::Done(attempt)) => {
-                let ev = auth_event(&attempt);
-                self.mode = Mode::ExpectAuthResult(attempt);
-                Some(ev)
-            }
-            Ok(Step::Next(next)) => {
-                self.prompt(&next);
-                self.mode = Mode::ExpectSaslResponse(next);
-                None
-            }
-            Ok(Step::Challenge(text, next)) => {
-                Reply::new(334, None, text).write_to(&mut self.out);
-                self.mode = Mode::ExpectSaslResponse(next);
-                None
-            }
-            Ok(Step::ScramLookup(first)) => {
-                let ev = scram_lookup_event(&first);
-                self.mode = Mode::ExpectScramCredentials(first);
-                Some(ev)
-            }
-            Err(SaslError::ChannelBindingUnsupported) => self.bad(Reply::new(
-                501,
-                Some((5, 5, 4)),
-                "Channel binding not supported (no -PLUS mechanism is offered)",
-            )),
-            Err(SaslError::Cancelled) => {
-                self.reply(501, (5, 0, 0), "Authentication cancelled");
-                None
-            }
-            Err(SaslError::BadBase64) => {
-                self.bad(Reply::new(501, Some((5, 5, 2)), "Cannot decode response"))
-            }
-            Err(SaslError::Malformed) => self.bad(Reply::new(
-                501,
-                Some((5, 5, 2)),
-                "Malformed authentication response",
-            )),
-        }
-    }
-}
-
-/// Whether a command line that failed to parse is one ODMR does not serve anyway (its
-/// arguments do not matter then).
-fn odmr_refuses(line: &[u8]) -> bool {
-    let verb = line.split(|&b| b == b' ').next().unwrap_or(b"");
-    ["MAIL", "RCPT", "DATA", "BDAT", "VRFY"]
-        .iter()
-        .any(|v| verb.eq_ignore_ascii_case(v.as_bytes()))
-}
-
-fn must_starttls() -> Reply {
-    Reply::new(530, Some((5, 7, 0)), "Must issue a STARTTLS command first")
-}
-
-/// SCRAM client-final: a good proof gets the server-final message (as a 334 challenge the
-/// client answers with an empty line) before the driver is asked; a bad one goes to the driver
-/// at once, to be answered 535 and counted like any failure.
-fn scram_final(x: ScramExchange, fin: &scram::ClientFinal) -> Step {
-    let v = scram::verify(&x.credentials, &x.first, &x.server_first, &x.nonce, fin);
-    let attempt = Attempt {
-        mechanism: AuthMechanism::ScramSha256,
-        authcid: x.first.username,
-        authzid: x.first.authzid,
-        secret: AuthSecret::Scram {
-            proof_valid: v.valid,
-        },
-    };
-    if v.valid {
-        Step::Challenge(
-            auth::encode(v.server_final.as_bytes()),
-            Sasl::ScramAck(attempt),
-        )
-    } else {
-        Step::Done(attempt)
-    }
-}
-
-fn scram_lookup_event(first: &scram::ClientFirst) -> Event<'static> {
-    Event::ScramLookup {
-        mechanism: AuthMechanism::ScramSha256,
-        authcid: first.username.clone(),
-    }
-}
-
-fn auth_event(a: &Attempt) -> Event<'static> {
-    Event::Auth {
-        mechanism: a.mechanism,
-        authcid: a.authcid.clone(),
-        authzid: a.authzid.clone(),
-        secret: a.secret.clone(),
     }
 }
 
