@@ -46,6 +46,7 @@ mod directory;
 mod error;
 pub mod fsmode;
 mod model;
+mod mysql;
 pub mod password;
 mod queries;
 mod schema;
@@ -56,7 +57,7 @@ pub use admin::{
     DEFAULT_HARD_QUOTA, DEFAULT_USERS_PER_LEVEL, RCPTHOSTS_MAX,
 };
 pub use cache::{Cache, CachePolicy, CacheStats, Clock, Lookup, ManualClock, SystemClock};
-pub use config::{BackendConfig, DirectoryConfig, MysqlConfig};
+pub use config::{BackendConfig, DirectoryConfig, MysqlConfig, DEFAULT_MYSQL_CONNECTIONS};
 pub use directory::{Destination, Directory, HomeAnswer, RefreshMode, SharedUser, UserHome};
 pub use error::LookupError;
 pub use model::{

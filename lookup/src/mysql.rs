@@ -1,0 +1,462 @@
+//! MySQL/MariaDB behind the directory: the servers of a clustered setup (spec 4.1) and the
+//! one pool per server that bounds connections per host.
+//!
+//! **Servers.** `host.mysql` names the local database; with `host.master` too, the local one
+//! is a replica: lookups go to it first and fall back to the master when it cannot be reached,
+//! admin reads go to the master first and fall back to the replica, and every write goes to
+//! the master alone. A write while the master is down fails with
+//! [`LookupError::Unavailable`] naming the master (temporary: 451/454, CLI exit 111); a
+//! replica must never be written, or replication would stop on the conflict.
+//!
+//! **Back-off.** A server that failed to answer (connection refused or lost, timeout) is
+//! skipped for [`DOWN_FOR`]: queries in that time go straight to the other server, or fail
+//! at once when there is none, rather than each waiting for the dead one again. SQL errors
+//! (the server answered) are returned as they are and mark nothing.
+//!
+//! **Connections per host.** Each shard used to open its own pool, so connections grew with
+//! cores. Now one process keeps one pool per server (keyed by the server's address, user and
+//! database), of at most [`crate::DirectoryConfig::mysql_connections`] connections, run on a
+//! thread of its own (a current-thread tokio runtime; the shards' io_uring runtimes cannot
+//! drive each other's sockets). Shards hand it queries over a bounded channel and await the
+//! answer; only cache misses travel, so the hop is cheap beside the query. This is
+//! inlookup's bounded set of preforked connections (spec 5.1) and Postfix's proxymap, inside
+//! the process. A full queue (the database far behind) answers "temporary failure" at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::MysqlConfig;
+use crate::db::{Row, SqlValue};
+use crate::LookupError;
+
+/// How long a server that failed to answer is left alone.
+pub(crate) const DOWN_FOR: Duration = Duration::from_secs(2);
+
+/// Queries waiting for a connection, per server, before callers are told to come back later.
+const QUEUE_DEPTH: usize = 4096;
+
+/// What a failed query was.
+#[derive(Debug)]
+struct Failure {
+    /// The server answered with an SQL error (it is up).
+    answered: bool,
+    msg: String,
+}
+
+struct Job {
+    sql: String,
+    params: Vec<SqlValue>,
+    want_rows: bool,
+    reply: oneshot::Sender<Result<(Vec<Row>, u64), Failure>>,
+}
+
+/// The process's pool for one server: a thread owning a `mysql_async` pool.
+struct PoolService {
+    tx: mpsc::Sender<Job>,
+    /// Until when the server is considered down (shared by every shard).
+    down_until: Mutex<Option<Instant>>,
+    last_error: Mutex<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    host: String,
+    port: u16,
+    socket: Option<std::path::PathBuf>,
+    user: String,
+    password: String,
+    database: String,
+    max: usize,
+}
+
+fn pools() -> &'static Mutex<HashMap<PoolKey, Weak<PoolService>>> {
+    static POOLS: OnceLock<Mutex<HashMap<PoolKey, Weak<PoolService>>>> = OnceLock::new();
+    POOLS.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn opts(cfg: &MysqlConfig, db: bool, pool_max: usize) -> mysql_async::Opts {
+    // Keep connections: with no idle minimum, an inactive TTL of 0 and a reset on every
+    // return, each lookup paid a TCP connect, a session setup and a fresh PREPARE (measured:
+    // ~4 statements per lookup). We keep no session state, so no reset is needed either.
+    let constraints = mysql_async::PoolConstraints::new(1, pool_max.max(1)).unwrap_or_default();
+    let mut b = mysql_async::OptsBuilder::default()
+        .ip_or_hostname(cfg.host.clone())
+        .user(Some(cfg.user.clone()))
+        .pass(Some(cfg.password.clone()))
+        .db_name(db.then(|| cfg.database.clone()))
+        .pool_opts(
+            mysql_async::PoolOpts::default()
+                .with_constraints(constraints)
+                .with_inactive_connection_ttl(Duration::from_secs(60))
+                .with_reset_connection(false),
+        )
+        .tcp_nodelay(true);
+    b = match &cfg.socket {
+        Some(s) => b.socket(Some(s.to_string_lossy().into_owned())),
+        None => b.tcp_port(cfg.port).prefer_socket(false),
+    };
+    b.into()
+}
+
+fn failure(e: mysql_async::Error) -> Failure {
+    Failure {
+        answered: matches!(e, mysql_async::Error::Server(_)),
+        msg: e.to_string(),
+    }
+}
+
+async fn run_job(pool: mysql_async::Pool, job: Job, timeout: Duration) {
+    let fut = async {
+        let mut c = pool.get_conn().await.map_err(failure)?;
+        if job.want_rows {
+            let rows: Vec<mysql_async::Row> = c
+                .exec(job.sql.as_str(), to_mysql(job.params))
+                .await
+                .map_err(failure)?;
+            let rows = rows
+                .into_iter()
+                .map(|r| Row(r.unwrap().into_iter().map(from_mysql).collect()))
+                .collect();
+            Ok((rows, 0))
+        } else {
+            if job.params.is_empty() {
+                c.query_drop(job.sql.as_str()).await.map_err(failure)?;
+            } else {
+                c.exec_drop(job.sql.as_str(), to_mysql(job.params))
+                    .await
+                    .map_err(failure)?;
+            }
+            Ok((Vec::new(), c.affected_rows()))
+        }
+    };
+    let r = match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(Failure {
+            answered: false,
+            msg: format!("query timed out after {timeout:?}"),
+        }),
+    };
+    let _ = job.reply.send(r);
+}
+
+impl PoolService {
+    /// The process's pool for `cfg` (started on first use, stopped when the last handle goes).
+    fn get(cfg: &MysqlConfig, max: usize, timeout: Duration) -> Result<Arc<PoolService>, String> {
+        let key = PoolKey {
+            host: cfg.host.clone(),
+            port: cfg.port,
+            socket: cfg.socket.clone(),
+            user: cfg.user.clone(),
+            password: cfg.password.clone(),
+            database: cfg.database.clone(),
+            max,
+        };
+        let mut map = pools().lock().map_err(|_| "mysql pool registry poisoned")?;
+        if let Some(p) = map.get(&key).and_then(Weak::upgrade) {
+            return Ok(p);
+        }
+        let (tx, mut rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
+        let pool_opts = opts(cfg, true, max);
+        std::thread::Builder::new()
+            .name(format!("mysql {}", label(cfg)))
+            .spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                rt.block_on(async move {
+                    let pool = mysql_async::Pool::new(pool_opts);
+                    while let Some(job) = rx.recv().await {
+                        tokio::spawn(run_job(pool.clone(), job, timeout));
+                    }
+                    let _ = pool.disconnect().await;
+                });
+            })
+            .map_err(|e| format!("cannot start the mysql pool thread: {e}"))?;
+        let p = Arc::new(PoolService {
+            tx,
+            down_until: Mutex::new(None),
+            last_error: Mutex::new(String::new()),
+        });
+        map.retain(|_, w| w.strong_count() > 0);
+        map.insert(key, Arc::downgrade(&p));
+        Ok(p)
+    }
+
+    fn is_down(&self) -> bool {
+        let mut d = self.down_until.lock().unwrap_or_else(|e| e.into_inner());
+        match *d {
+            Some(t) if Instant::now() < t => true,
+            Some(_) => {
+                *d = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn mark_down(&self, msg: &str) {
+        *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Instant::now() + DOWN_FOR);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = msg.to_string();
+    }
+
+    fn last_error(&self) -> String {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    async fn run(
+        &self,
+        sql: &str,
+        params: Vec<SqlValue>,
+        want_rows: bool,
+    ) -> Result<(Vec<Row>, u64), Failure> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            sql: sql.to_string(),
+            params,
+            want_rows,
+            reply,
+        };
+        self.tx.try_send(job).map_err(|e| Failure {
+            answered: false,
+            msg: match e {
+                mpsc::error::TrySendError::Full(_) => "too many queries waiting".into(),
+                mpsc::error::TrySendError::Closed(_) => "pool thread stopped".into(),
+            },
+        })?;
+        answer.await.unwrap_or_else(|_| {
+            Err(Failure {
+                answered: false,
+                msg: "pool thread stopped".into(),
+            })
+        })
+    }
+}
+
+/// `host:port` or the socket, for messages.
+fn label(cfg: &MysqlConfig) -> String {
+    match &cfg.socket {
+        Some(s) => format!("{}:{}", cfg.host, s.display()),
+        None => format!("{}:{}", cfg.host, cfg.port),
+    }
+}
+
+/// One database server as the directory sees it.
+pub(crate) struct Server {
+    /// What it is, for messages: `master 10.0.0.1:3306`.
+    name: String,
+    pool: Arc<PoolService>,
+}
+
+impl Server {
+    fn new(
+        role: &str,
+        cfg: &MysqlConfig,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<Server, LookupError> {
+        Ok(Server {
+            name: format!("{role} {}", label(cfg)),
+            pool: PoolService::get(cfg, max, timeout).map_err(LookupError::Unavailable)?,
+        })
+    }
+
+    /// Run on this server; a failure to answer marks it down.
+    async fn run(
+        &self,
+        sql: &str,
+        params: Vec<SqlValue>,
+        want_rows: bool,
+    ) -> Result<(Vec<Row>, u64), Failure> {
+        let r = self.pool.run(sql, params, want_rows).await;
+        if let Err(f) = &r {
+            if !f.answered {
+                self.pool.mark_down(&f.msg);
+            }
+        }
+        r
+    }
+
+    fn unavailable(&self, msg: &str) -> LookupError {
+        LookupError::Unavailable(format!("{}: {msg}", self.name))
+    }
+}
+
+/// Which server reads try first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reads {
+    /// Lookups: the local replica, then the master.
+    Replica,
+    /// Admin commands (they read what they are about to change): the master, then the
+    /// replica.
+    Master,
+}
+
+/// The servers of one database (the directory's, or the clusterinfo one).
+pub(crate) struct MysqlDb {
+    master: Server,
+    replica: Option<Server>,
+    reads: Reads,
+}
+
+impl MysqlDb {
+    /// Connect to `local` (and `master`, when the local server is a replica); creates the
+    /// database on the master when missing. Succeeds when either server answers.
+    pub(crate) async fn open(
+        local: &MysqlConfig,
+        master: Option<&MysqlConfig>,
+        reads: Reads,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<MysqlDb, LookupError> {
+        let db = match master {
+            Some(m) => MysqlDb {
+                master: Server::new("master", m, max, timeout)?,
+                replica: Some(Server::new("replica", local, max, timeout)?),
+                reads,
+            },
+            None => MysqlDb {
+                master: Server::new("mysql", local, max, timeout)?,
+                replica: None,
+                reads,
+            },
+        };
+        let master_cfg = master.unwrap_or(local);
+        match db.master.run("SELECT 1", vec![], true).await {
+            Err(f) if f.msg.contains("1049") => {
+                // ER_BAD_DB_ERROR: create the database, as IndiMail's installer would.
+                let fut = async {
+                    let mut c = mysql_async::Conn::new(opts(master_cfg, false, 1)).await?;
+                    c.query_drop(format!(
+                        "CREATE DATABASE IF NOT EXISTS `{}`",
+                        master_cfg.database.replace('`', "")
+                    ))
+                    .await?;
+                    c.disconnect().await
+                };
+                tokio::time::timeout(timeout, fut)
+                    .await
+                    .map_err(|e| db.master.unavailable(&e.to_string()))?
+                    .map_err(|e| db.master.unavailable(&e.to_string()))?;
+            }
+            Err(f) if db.replica.is_none() => return Err(db.master.unavailable(&f.msg)),
+            _ => {}
+        }
+        db.query("SELECT 1", vec![]).await?;
+        Ok(db)
+    }
+
+    /// Is the master there to be written? (Schema creation is skipped when it is not.)
+    pub(crate) fn master_down(&self) -> bool {
+        self.master.pool.is_down()
+    }
+
+    /// A read: the preferred server, else the other one (see the module docs).
+    pub(crate) async fn query(
+        &self,
+        sql: &str,
+        params: Vec<SqlValue>,
+    ) -> Result<Vec<Row>, LookupError> {
+        self.query_with(self.reads, sql, params).await
+    }
+
+    /// A read with the given preference.
+    pub(crate) async fn query_with(
+        &self,
+        reads: Reads,
+        sql: &str,
+        params: Vec<SqlValue>,
+    ) -> Result<Vec<Row>, LookupError> {
+        let Some(replica) = &self.replica else {
+            return self.on(&self.master, sql, params, true).await.map(|r| r.0);
+        };
+        let order = match reads {
+            Reads::Replica => [replica, &self.master],
+            Reads::Master => [&self.master, replica],
+        };
+        let mut errors = Vec::new();
+        for s in order {
+            if s.pool.is_down() {
+                errors.push(format!("{} down ({})", s.name, s.pool.last_error()));
+                continue;
+            }
+            match s.run(sql, params.clone(), true).await {
+                Ok((rows, _)) => return Ok(rows),
+                Err(f) if f.answered => return Err(s.unavailable(&f.msg)),
+                Err(f) => errors.push(format!("{}: {}", s.name, f.msg)),
+            }
+        }
+        Err(LookupError::Unavailable(errors.join("; ")))
+    }
+
+    /// A write: the master only.
+    pub(crate) async fn exec(&self, sql: &str, params: Vec<SqlValue>) -> Result<u64, LookupError> {
+        self.on(&self.master, sql, params, false).await.map(|r| r.1)
+    }
+
+    async fn on(
+        &self,
+        s: &Server,
+        sql: &str,
+        params: Vec<SqlValue>,
+        want_rows: bool,
+    ) -> Result<(Vec<Row>, u64), LookupError> {
+        // With no other server to go to, a single server is tried every time, as before
+        // replication existed (a restarted server answers at once).
+        if self.replica.is_some() && s.pool.is_down() {
+            return Err(s.unavailable(&format!(
+                "down, not retried for {DOWN_FOR:?} after: {}",
+                s.pool.last_error()
+            )));
+        }
+        s.run(sql, params, want_rows)
+            .await
+            .map_err(|f| s.unavailable(&f.msg))
+    }
+}
+
+fn to_mysql(params: Vec<SqlValue>) -> mysql_async::Params {
+    if params.is_empty() {
+        return mysql_async::Params::Empty;
+    }
+    mysql_async::Params::Positional(
+        params
+            .into_iter()
+            .map(|v| match v {
+                SqlValue::Null => mysql_async::Value::NULL,
+                SqlValue::Int(n) => mysql_async::Value::Int(n),
+                SqlValue::Text(s) => mysql_async::Value::Bytes(s.into_bytes()),
+            })
+            .collect(),
+    )
+}
+
+fn from_mysql(v: mysql_async::Value) -> SqlValue {
+    use mysql_async::Value as V;
+    match v {
+        V::NULL => SqlValue::Null,
+        V::Bytes(b) => SqlValue::Text(String::from_utf8_lossy(&b).into_owned()),
+        V::Int(n) => SqlValue::Int(n),
+        V::UInt(n) => SqlValue::Int(i64::try_from(n).unwrap_or(i64::MAX)),
+        V::Float(f) => SqlValue::Int(f as i64),
+        V::Double(f) => SqlValue::Int(f as i64),
+        V::Date(y, mo, d, h, mi, s, _) => {
+            SqlValue::Text(format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}"))
+        }
+        V::Time(neg, d, h, mi, s, _) => SqlValue::Text(format!(
+            "{}{}:{mi:02}:{s:02}",
+            if neg { "-" } else { "" },
+            u64::from(d) * 24 + u64::from(h)
+        )),
+    }
+}
