@@ -8,8 +8,8 @@
 //! [`LookupError::Unavailable`] naming the master (temporary: 451/454, CLI exit 111); a
 //! replica must never be written, or replication would stop on the conflict.
 //!
-//! **Back-off.** A server that failed to answer (connection refused or lost, timeout) is
-//! skipped for [`DOWN_FOR`]: queries in that time go straight to the other server, or fail
+//! **Back-off.** A server that failed to answer (connection refused, timeout, or a
+//! connection lost and no fresh one to be had) is skipped for [`DOWN_FOR`]: queries in that time go straight to the other server, or fail
 //! at once when there is none, rather than each waiting for the dead one again. SQL errors
 //! (the server answered) are returned as they are and mark nothing.
 //!
@@ -42,8 +42,8 @@ const QUEUE_DEPTH: usize = 4096;
 /// What a failed query was.
 #[derive(Debug)]
 struct Failure {
-    /// The server answered with an SQL error (it is up).
-    answered: bool,
+    /// The server is up (it answered with an SQL error, or a fresh connection works).
+    server_up: bool,
     msg: String,
 }
 
@@ -104,39 +104,90 @@ fn opts(cfg: &MysqlConfig, db: bool, pool_max: usize) -> mysql_async::Opts {
 
 fn failure(e: mysql_async::Error) -> Failure {
     Failure {
-        answered: matches!(e, mysql_async::Error::Server(_)),
+        server_up: matches!(e, mysql_async::Error::Server(_)),
         msg: e.to_string(),
     }
 }
 
-async fn run_job(pool: mysql_async::Pool, job: Job, timeout: Duration) {
-    let fut = async {
-        let mut c = pool.get_conn().await.map_err(failure)?;
-        if job.want_rows {
-            let rows: Vec<mysql_async::Row> = c
-                .exec(job.sql.as_str(), to_mysql(job.params))
-                .await
-                .map_err(failure)?;
-            let rows = rows
-                .into_iter()
-                .map(|r| Row(r.unwrap().into_iter().map(from_mysql).collect()))
-                .collect();
-            Ok((rows, 0))
-        } else {
-            if job.params.is_empty() {
-                c.query_drop(job.sql.as_str()).await.map_err(failure)?;
-            } else {
-                c.exec_drop(job.sql.as_str(), to_mysql(job.params))
-                    .await
-                    .map_err(failure)?;
-            }
-            Ok((Vec::new(), c.affected_rows()))
+/// The thread's pool, replaced whole when a connection breaks: a server that went away
+/// leaves every idle connection dead, and `mysql_async` does not test them before use.
+struct Shared {
+    opts: mysql_async::Opts,
+    current: Mutex<(u64, mysql_async::Pool)>,
+}
+
+impl Shared {
+    fn current(&self) -> (u64, mysql_async::Pool) {
+        let c = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        (c.0, c.1.clone())
+    }
+
+    /// Drop generation `gen` (if still current) for a fresh pool.
+    fn reset(&self, gen: u64) {
+        let mut c = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if c.0 == gen {
+            let old = std::mem::replace(&mut c.1, mysql_async::Pool::new(self.opts.clone()));
+            c.0 += 1;
+            tokio::spawn(async move {
+                let _ = old.disconnect().await;
+            });
         }
+    }
+}
+
+async fn attempt(
+    pool: &mysql_async::Pool,
+    sql: &str,
+    params: Vec<SqlValue>,
+    want_rows: bool,
+) -> Result<(Vec<Row>, u64), Failure> {
+    let mut c = pool.get_conn().await.map_err(failure)?;
+    if want_rows {
+        let rows: Vec<mysql_async::Row> = c.exec(sql, to_mysql(params)).await.map_err(failure)?;
+        let rows = rows
+            .into_iter()
+            .map(|r| Row(r.unwrap().into_iter().map(from_mysql).collect()))
+            .collect();
+        return Ok((rows, 0));
+    }
+    if params.is_empty() {
+        c.query_drop(sql).await.map_err(failure)?;
+    } else {
+        c.exec_drop(sql, to_mysql(params)).await.map_err(failure)?;
+    }
+    Ok((Vec::new(), c.affected_rows()))
+}
+
+/// One query. A connection that breaks makes the whole pool fresh; a read is then tried
+/// once more (it may run twice without harm), a write is not (it may have been applied):
+/// its caller gets the failure, and the server is only taken for down when a fresh
+/// connection cannot be made either.
+async fn run_job(shared: Arc<Shared>, job: Job, timeout: Duration) {
+    let fut = async {
+        let (gen, pool) = shared.current();
+        let first = attempt(&pool, &job.sql, job.params.clone(), job.want_rows).await;
+        let f = match first {
+            Err(f) if !f.server_up => f,
+            other => return other,
+        };
+        shared.reset(gen);
+        let (_, pool) = shared.current();
+        if job.want_rows {
+            return attempt(&pool, &job.sql, job.params, true).await;
+        }
+        let up = match pool.get_conn().await {
+            Ok(mut c) => c.ping().await.is_ok(),
+            Err(_) => false,
+        };
+        Err(Failure {
+            server_up: up,
+            msg: f.msg,
+        })
     };
     let r = match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
         Err(_) => Err(Failure {
-            answered: false,
+            server_up: false,
             msg: format!("query timed out after {timeout:?}"),
         }),
     };
@@ -171,11 +222,14 @@ impl PoolService {
                     return;
                 };
                 rt.block_on(async move {
-                    let pool = mysql_async::Pool::new(pool_opts);
+                    let shared = Arc::new(Shared {
+                        current: Mutex::new((0, mysql_async::Pool::new(pool_opts.clone()))),
+                        opts: pool_opts,
+                    });
                     while let Some(job) = rx.recv().await {
-                        tokio::spawn(run_job(pool.clone(), job, timeout));
+                        tokio::spawn(run_job(Arc::clone(&shared), job, timeout));
                     }
-                    let _ = pool.disconnect().await;
+                    let _ = shared.current().1.disconnect().await;
                 });
             })
             .map_err(|e| format!("cannot start the mysql pool thread: {e}"))?;
@@ -228,7 +282,7 @@ impl PoolService {
             reply,
         };
         self.tx.try_send(job).map_err(|e| Failure {
-            answered: false,
+            server_up: false,
             msg: match e {
                 mpsc::error::TrySendError::Full(_) => "too many queries waiting".into(),
                 mpsc::error::TrySendError::Closed(_) => "pool thread stopped".into(),
@@ -236,7 +290,7 @@ impl PoolService {
         })?;
         answer.await.unwrap_or_else(|_| {
             Err(Failure {
-                answered: false,
+                server_up: false,
                 msg: "pool thread stopped".into(),
             })
         })
@@ -280,7 +334,7 @@ impl Server {
     ) -> Result<(Vec<Row>, u64), Failure> {
         let r = self.pool.run(sql, params, want_rows).await;
         if let Err(f) = &r {
-            if !f.answered {
+            if !f.server_up {
                 self.pool.mark_down(&f.msg);
             }
         }
@@ -392,7 +446,7 @@ impl MysqlDb {
             }
             match s.run(sql, params.clone(), true).await {
                 Ok((rows, _)) => return Ok(rows),
-                Err(f) if f.answered => return Err(s.unavailable(&f.msg)),
+                Err(f) if f.server_up => return Err(s.unavailable(&f.msg)),
                 Err(f) => errors.push(format!("{}: {}", s.name, f.msg)),
             }
         }
