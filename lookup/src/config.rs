@@ -210,6 +210,14 @@ impl DirectoryConfig {
                 None,
             ),
         };
+        if let (Some(_), BackendConfig::Sqlite(_)) = (&cntrl, &backend) {
+            return Err(LookupError::Config {
+                file: control_dir.join("host.cntrl"),
+                line: 0,
+                reason: "a clusterinfo database needs the directory in MySQL too (host.mysql)"
+                    .into(),
+            });
+        }
         let conn_file = control_dir.join("mysqlconnections");
         let mysql_connections = match std::fs::read_to_string(&conn_file) {
             Ok(t) => connections(&t, &conn_file)?,

@@ -105,10 +105,36 @@ impl Row {
     }
 }
 
-/// The store.
-pub(crate) enum Db {
+/// The store, and the clusterinfo database when `host.cntrl` names one.
+pub(crate) struct Db {
+    store: Store,
+    cntrl: Option<MysqlDb>,
+}
+
+enum Store {
     Sqlite(SqliteDb),
     Mysql(MysqlDb),
+}
+
+/// The tables IndiMail keeps in the central clusterinfo database (`host.cntrl`, spec 4.1):
+/// placement of users on hosts, the hosts, their SMTP ports, the MCD records, the admin
+/// accounts and the alias domains. Every statement naming one of them goes there (each of
+/// our statements names one table, so none ever joins across the two databases).
+const CLUSTER_TABLES: [&str; 6] = [
+    "hostcntrl",
+    "host_table",
+    "smtp_port",
+    "dbinfo",
+    "mgmtaccess",
+    "aliasdomain",
+];
+
+/// Does `sql` name a clusterinfo table? (Whole identifiers only: `smtp_port` the table,
+/// not a column that merely contains the word.)
+fn names_cluster_table(sql: &str) -> bool {
+    sql.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '`'))
+        .map(|w| w.trim_matches('`'))
+        .any(|w| CLUSTER_TABLES.iter().any(|t| w.eq_ignore_ascii_case(t)))
 }
 
 pub(crate) struct SqliteDb {
@@ -127,20 +153,19 @@ impl Db {
     /// tables came from the master; it must not be written).
     pub(crate) async fn open(cfg: &DirectoryConfig, reads: Reads) -> Result<Db, LookupError> {
         let timeout = cfg.query_timeout;
-        let db = match &cfg.backend {
-            BackendConfig::Sqlite(path) => Db::Sqlite(SqliteDb::open(path, timeout).await?),
-            BackendConfig::Mysql(local) => Db::Mysql(
-                MysqlDb::open(
-                    local,
-                    cfg.master.as_ref(),
-                    reads,
-                    cfg.mysql_connections,
-                    timeout,
-                )
-                .await?,
+        let conns = cfg.mysql_connections;
+        let store = match &cfg.backend {
+            BackendConfig::Sqlite(path) => Store::Sqlite(SqliteDb::open(path, timeout).await?),
+            BackendConfig::Mysql(local) => Store::Mysql(
+                MysqlDb::open("mysql", local, cfg.master.as_ref(), reads, conns, timeout).await?,
             ),
         };
-        if let Db::Mysql(m) = &db {
+        let cntrl = match &cfg.cntrl {
+            Some(c) => Some(MysqlDb::open("cntrl", c, None, reads, conns, timeout).await?),
+            None => None,
+        };
+        let db = Db { store, cntrl };
+        if let Store::Mysql(m) = &db.store {
             if m.master_down() {
                 return Ok(db);
             }
@@ -155,16 +180,16 @@ impl Db {
         sql: &str,
         params: Vec<SqlValue>,
     ) -> Result<Vec<Row>, LookupError> {
-        match self {
-            Db::Mysql(m) => m.query_with(Reads::Master, sql, params).await,
-            _ => self.query(sql, params).await,
+        match &self.store {
+            Store::Mysql(m) => m.query_with(Reads::Master, sql, params).await,
+            Store::Sqlite(_) => self.query(sql, params).await,
         }
     }
 
     pub(crate) fn dialect(&self) -> Dialect {
-        match self {
-            Db::Sqlite(_) => Dialect::Sqlite,
-            Db::Mysql(_) => Dialect::Mysql,
+        match &self.store {
+            Store::Sqlite(_) => Dialect::Sqlite,
+            Store::Mysql(_) => Dialect::Mysql,
         }
     }
 
@@ -208,17 +233,23 @@ impl Db {
         sql: &str,
         params: Vec<SqlValue>,
     ) -> Result<Vec<Row>, LookupError> {
-        match self {
-            Db::Sqlite(s) => s.run(sql, params, true).await.map(|(rows, _)| rows),
-            Db::Mysql(m) => m.query(sql, params).await,
+        if let Some(c) = self.cntrl.as_ref().filter(|_| names_cluster_table(sql)) {
+            return c.query(sql, params).await;
+        }
+        match &self.store {
+            Store::Sqlite(s) => s.run(sql, params, true).await.map(|(rows, _)| rows),
+            Store::Mysql(m) => m.query(sql, params).await,
         }
     }
 
     /// Run a statement; returns the number of rows changed.
     pub(crate) async fn exec(&self, sql: &str, params: Vec<SqlValue>) -> Result<u64, LookupError> {
-        match self {
-            Db::Sqlite(s) => s.run(sql, params, false).await.map(|(_, n)| n),
-            Db::Mysql(m) => m.exec(sql, params).await,
+        if let Some(c) = self.cntrl.as_ref().filter(|_| names_cluster_table(sql)) {
+            return c.exec(sql, params).await;
+        }
+        match &self.store {
+            Store::Sqlite(s) => s.run(sql, params, false).await.map(|(_, n)| n),
+            Store::Mysql(m) => m.exec(sql, params).await,
         }
     }
 
@@ -345,5 +376,25 @@ impl SqliteDb {
                 self.timeout
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_cluster_table;
+
+    #[test]
+    fn cluster_tables_by_whole_name() {
+        assert!(names_cluster_table(
+            "SELECT host FROM hostcntrl WHERE pw_name = ?"
+        ));
+        assert!(names_cluster_table(
+            "DELETE FROM smtp_port WHERE domain = ?"
+        ));
+        assert!(names_cluster_table(
+            "CREATE TABLE IF NOT EXISTS `aliasdomain` (alias char(64))"
+        ));
+        assert!(!names_cluster_table("SELECT pw_name FROM indimail"));
+        assert!(!names_cluster_table("SELECT my_smtp_port_x FROM t"));
     }
 }

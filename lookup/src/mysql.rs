@@ -365,8 +365,10 @@ pub(crate) struct MysqlDb {
 
 impl MysqlDb {
     /// Connect to `local` (and `master`, when the local server is a replica); creates the
-    /// database on the master when missing. Succeeds when either server answers.
+    /// database on the master when missing. Succeeds when either server answers. `role`
+    /// names a lone server in messages (`mysql`, `cntrl`).
     pub(crate) async fn open(
+        role: &str,
         local: &MysqlConfig,
         master: Option<&MysqlConfig>,
         reads: Reads,
@@ -380,7 +382,7 @@ impl MysqlDb {
                 reads,
             },
             None => MysqlDb {
-                master: Server::new("mysql", local, max, timeout)?,
+                master: Server::new(role, local, max, timeout)?,
                 replica: None,
                 reads,
             },

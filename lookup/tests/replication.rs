@@ -191,3 +191,71 @@ fn connections_per_server_do_not_grow_with_shards() {
         drop(admin);
     });
 }
+
+/// `host.cntrl` names the central clusterinfo server: `hostcntrl`, `host_table`, `smtp_port`
+/// and `aliasdomain` are written and read there, the users stay in the directory's own
+/// database.
+#[test]
+fn clusterinfo_tables_live_on_host_cntrl() {
+    let db = MariaDb::start();
+    let cntrl = MariaDb::start();
+    let env = TestEnv::new(Kind::Sqlite);
+    let ctl = env.path().join("control");
+    std::fs::write(ctl.join("host.mysql"), db.host_mysql()).unwrap();
+    std::fs::write(ctl.join("host.cntrl"), cntrl.host_mysql()).unwrap();
+    run(async {
+        let admin = env.admin().await;
+        admin
+            .domain_add("example.com", &DomainOptions::default())
+            .await
+            .unwrap();
+        admin
+            .user_add("ann@example.com", "Pw-1", &UserOptions::default())
+            .await
+            .unwrap();
+        admin
+            .alias_domain_add("example.net", "example.com")
+            .await
+            .unwrap();
+        admin
+            .host_set("store1", "10.0.0.11".parse().unwrap())
+            .await
+            .unwrap();
+        admin
+            .hostcntrl_add("ann@example.com", "store1")
+            .await
+            .unwrap();
+        admin
+            .smtp_port_set("example.com", "store1", "*", 2525)
+            .await
+            .unwrap();
+        for (server, table, rows) in [
+            (&cntrl, "hostcntrl", 1),
+            (&cntrl, "host_table", 1),
+            (&cntrl, "smtp_port", 1),
+            (&cntrl, "aliasdomain", 1),
+            (&db, "indimail", 1),
+        ] {
+            assert_eq!(
+                count(server, &format!("SELECT COUNT(*) FROM indimail.{table}")),
+                rows,
+                "{table}"
+            );
+        }
+        // The directory's own server has no clusterinfo tables at all.
+        assert_eq!(db.sql("SHOW TABLES FROM indimail LIKE 'hostcntrl'"), "");
+        assert_eq!(cntrl.sql("SHOW TABLES FROM indimail LIKE 'indimail'"), "");
+
+        let clock = Rc::new(ManualClock::new(T0));
+        let dir = env.directory(clock, env.config()).await;
+        let store = dir.host_of("ann@example.net").await.unwrap().unwrap();
+        assert_eq!(
+            (store.host_id.as_str(), store.ip.as_str(), store.port),
+            ("store1", "10.0.0.11", 2525)
+        );
+        assert!(matches!(
+            dir.user_status("ann@example.net").await.unwrap(),
+            UserStatus::Active(_)
+        ));
+    });
+}

@@ -1,7 +1,9 @@
 //! IndiMail's clustered directory on real MariaDB replication, through the
 //! `indimail serve` binary at the default shard count: a primary
 //! (`control/host.master`) and a replica of it (`control/host.mysql`), both
-//! started by the test with binlog replication. Users added on the primary
+//! started by the test with binlog replication, and a separate clusterinfo
+//! server (`control/host.cntrl`) holding the alias domains and the other
+//! clusterinfo tables. Users added on the primary
 //! are found through the replica; with the primary killed, RCPT checks and
 //! AUTH are answered from the replica and admin writes fail temporarily
 //! naming the master; with the replica killed (primary back), from the
@@ -52,6 +54,10 @@ fn phase(what: &str, smtp: SocketAddr, n: u8, user: &str) {
     let email = format!("{user}@example.com");
     let (code, text) = rcpt(n, smtp, &email);
     assert_eq!(code, 250, "{what}: RCPT {email}: {text}");
+    // The alias domain is known from the clusterinfo server.
+    let aliased = format!("{user}@example.net");
+    let (code, text) = rcpt(n + 4, smtp, &aliased);
+    assert_eq!(code, 250, "{what}: RCPT {aliased}: {text}");
     let (code, text) = auth(n + 1, smtp, &email, PASSWORD);
     assert_eq!(code, 235, "{what}: AUTH {email}: {text}");
     let (code, text) = auth(n + 2, smtp, &email, "wrong");
@@ -73,6 +79,8 @@ fn clustered_directory_survives_primary_then_replica_loss() {
     std::fs::create_dir_all(home.join("control")).unwrap();
     std::fs::write(home.join("control/host.mysql"), replica.host_mysql()).unwrap();
     std::fs::write(home.join("control/host.master"), primary.host_mysql()).unwrap();
+    let cntrl = mariadb::MariaDb::start();
+    std::fs::write(home.join("control/host.cntrl"), cntrl.host_mysql()).unwrap();
 
     let users = ["ann", "bob", "cid", "dan"];
     let (c, _, e) = indimail(home, &["domain", "add", "example.com"]);
@@ -82,6 +90,16 @@ fn clustered_directory_survives_primary_then_replica_loss() {
         let (c, _, e) = indimail(home, &["user", "add", &email, "--password", PASSWORD]);
         assert_eq!(c, 0, "{e}");
     }
+    let (c, _, e) = indimail(home, &["domain", "add-alias", "example.net", "example.com"]);
+    assert_eq!(c, 0, "{e}");
+    assert_eq!(
+        cntrl.sql("SELECT alias FROM indimail.aliasdomain"),
+        "example.net\n"
+    );
+    assert_eq!(
+        primary.sql("SHOW TABLES FROM indimail LIKE 'aliasdomain'"),
+        ""
+    );
     replica.wait_caught_up(&primary);
     let maildirs: Vec<_> = users
         .iter()
