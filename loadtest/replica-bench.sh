@@ -21,7 +21,8 @@
 #   the same one-server configuration.
 # rate: at 2 shards, alternated --runs times: the current binary reading through the replica
 #   (host.mysql = replica, host.master = primary) against reading the primary itself
-#   (host.mysql = primary); RCPTs/s of the pass = user lookups per second.
+#   (host.mysql = primary); RCPTs/s of the pass = user lookups per second, and the prepared
+#   statements each server executed during the pass (where the reads went).
 #
 # Prints markdown tables (also in OUT/results.md; raw rows in OUT/*.tsv). Needs root only for
 # mariadbd's --user; runs the server as root with INDIMAIL_ALLOW_ROOT=1 (README).
@@ -139,7 +140,15 @@ home_for() { # $1 name $2 reads(replica|primary); prints the home
     echo "$h"
 }
 
-# One pass against a fresh server; prints "rcpts_per_sec peak_replica peak_primary after_replica after_primary".
+# Prepared statements a server has executed: every lookup of the directory is one (the
+# sampling client's plain queries are not).
+statements() { # $1 server dir
+    sql_on "$1" -e "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS
+        WHERE VARIABLE_NAME = 'COM_STMT_EXECUTE'"
+}
+
+# One pass against a fresh server; prints "rcpts_per_sec peak_replica peak_primary
+# after_replica after_primary failed_msgs statements_replica statements_primary".
 one_pass() { # bin home shards tag
     local bin=$1 h=$2 n=$3 tag=$4 port pid sampler
     port=$(free_port)
@@ -148,6 +157,8 @@ one_pass() { # bin home shards tag
     pid=$!
     PIDS+=("$pid")
     wait_port "$port" || die "serve did not start (see $WORK/serve-$tag.log)"
+    local s0r s0p
+    s0r=$(statements "$REPLICA_DIR") s0p=$(statements "$PRIMARY_DIR")
     : >"$WORK/samples-$tag"
     (while :; do
         echo "$(clients "$REPLICA_DIR") $(clients "$PRIMARY_DIR")" >>"$WORK/samples-$tag"
@@ -160,11 +171,13 @@ one_pass() { # bin home shards tag
         >"$WORK/$tag.txt" 2>&1 || die "send failed (see $WORK/$tag.txt)"
     kill "$sampler" 2>/dev/null || true
     wait "$sampler" 2>/dev/null || true
-    local after_r after_p
+    local after_r after_p s1r s1p
     after_r=$(clients "$REPLICA_DIR") after_p=$(clients "$PRIMARY_DIR")
+    s1r=$(statements "$REPLICA_DIR") s1p=$(statements "$PRIMARY_DIR")
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
-    python3 - "$WORK/$tag.json" "$WORK/samples-$tag" "$after_r" "$after_p" <<'PY'
+    python3 - "$WORK/$tag.json" "$WORK/samples-$tag" "$after_r" "$after_p" \
+        "$((s1r - s0r))" "$((s1p - s0p))" <<'PY'
 import json, sys
 j = json.load(open(sys.argv[1]))
 s = [tuple(map(int, l.split())) for l in open(sys.argv[2]) if len(l.split()) == 2]
@@ -172,7 +185,8 @@ peak_r = max((a for a, _ in s), default=0)
 peak_p = max((b for _, b in s), default=0)
 rate = j["recipients_accepted"] / max(1e-9, j["messages_accepted"] / max(1e-9, j["msgs_per_sec"]))
 failed = j["messages_failed"]
-print("%.0f %d %d %s %s %d" % (rate, peak_r, peak_p, sys.argv[3], sys.argv[4], failed))
+stm_r, stm_p = int(sys.argv[5]), int(sys.argv[6])
+print("%.0f %d %d %s %s %d %d %d" % (rate, peak_r, peak_p, sys.argv[3], sys.argv[4], failed, stm_r, stm_p))
 PY
 }
 
@@ -182,14 +196,14 @@ if has_part conns; then
     : >"$CT"
     for n in $shards; do
         h=$(home_for conns-$n replica)
-        read -r rate pr pp ar ap failed < <(one_pass "$BIN" "$h" "$n" "conns-$n")
+        read -r rate pr pp ar ap failed _ _ < <(one_pass "$BIN" "$h" "$n" "conns-$n")
         printf 'current\treplica+master\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$pr" "$pp" "$ar" "$ap" "$rate" "$failed" >>"$CT"
         log "current replica+master $n shards: peak replica $pr primary $pp, after $ar/$ap, $rate RCPT/s"
         if [[ -n $before_bin ]]; then
             for code in before current; do
                 bin=$BIN; [[ $code == before ]] && bin=$before_bin
                 h=$(home_for conns1-$code-$n primary)
-                read -r rate pr pp ar ap failed < <(one_pass "$bin" "$h" "$n" "conns1-$code-$n")
+                read -r rate pr pp ar ap failed _ _ < <(one_pass "$bin" "$h" "$n" "conns1-$code-$n")
                 printf '%s\tprimary only\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$code" "$n" "$pr" "$pp" "$ar" "$ap" "$rate" "$failed" >>"$CT"
                 log "$code primary-only $n shards: peak primary $pp, after $ap, $rate RCPT/s"
             done
@@ -214,25 +228,29 @@ if has_part rate; then
         ((r % 2 == 0)) && order=(primary replica)
         for via in "${order[@]}"; do
             h=$(home_for rate-$via-$r "$via")
-            read -r rate pr pp ar ap failed < <(one_pass "$BIN" "$h" 2 "rate-$via-$r")
-            printf '%s\t%s\t%s\t%s\n' "$via" "$r" "$rate" "$failed" >>"$RT"
-            log "run $r via $via: $rate RCPT/s (peak conns replica $pr, primary $pp)"
+            read -r rate pr pp ar ap failed sr sp < <(one_pass "$BIN" "$h" 2 "rate-$via-$r")
+            printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$via" "$r" "$rate" "$failed" "$sr" "$sp" >>"$RT"
+            log "run $r via $via: $rate RCPT/s (peak conns replica $pr, primary $pp; statements replica $sr, primary $sp)"
         done
     done
-    python3 - "$RT" <<'PY' | tee -a "$OUT/results.md"
+    python3 - "$RT" "$users" <<'PY' | tee -a "$OUT/results.md"
 import statistics, sys
-rows = [l.split("\t") for l in open(sys.argv[1]) if l.strip()]
-by = {}
-for via, run, rate, failed in rows:
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+lookups = int(sys.argv[2])
+by, st = {}, {}
+for via, run, rate, failed, sr, sp in rows:
     by.setdefault(via, []).append(float(rate))
-print("| reads through | user lookups (RCPT) per second, median [range] | runs |")
-print("|---|---:|---:|")
+    st.setdefault(via, []).append((int(sr), int(sp)))
+print("| reads through | user lookups (RCPT) per second, median [range] | runs | statements per lookup on the replica / the primary (median) |")
+print("|---|---:|---:|---:|")
 for via in ("replica", "primary"):
     v = by.get(via, [])
     if v:
-        print(f"| {via} | {statistics.median(v):,.0f} [{min(v):,.0f}-{max(v):,.0f}] | {len(v)} |")
+        r = statistics.median(a for a, _ in st[via]) / lookups
+        p = statistics.median(b for _, b in st[via]) / lookups
+        print(f"| {via} | {statistics.median(v):,.0f} [{min(v):,.0f}-{max(v):,.0f}] | {len(v)} | {r:.2f} / {p:.2f} |")
 if by.get("replica") and by.get("primary"):
-    print(f"| **replica / primary** | **{statistics.median(by['replica']) / statistics.median(by['primary']):.2f}** | |")
+    print(f"| **replica / primary** | **{statistics.median(by['replica']) / statistics.median(by['primary']):.2f}** | | |")
 print()
 PY
 fi
