@@ -9,9 +9,13 @@
 //! replica must never be written, or replication would stop on the conflict.
 //!
 //! **Back-off.** A server that failed to answer (connection refused, timeout, or a
-//! connection lost and no fresh one to be had) is skipped for [`DOWN_FOR`]: queries in that time go straight to the other server, or fail
-//! at once when there is none, rather than each waiting for the dead one again. SQL errors
-//! (the server answered) are returned as they are and mark nothing.
+//! connection lost and no fresh one to be had) is skipped for [`DOWN_FOR`], doubled after
+//! each failed retry up to [`DOWN_MAX`]: queries in that time go straight to the other
+//! server, or fail at once when there is none, rather than each waiting for the dead one
+//! again. When the time is up one query alone probes it (the others keep skipping it until
+//! that one has its answer), so a server that hangs costs one query a timeout per period, not
+//! every query. An answer clears the mark. SQL errors (the server answered) are returned as
+//! they are and mark nothing.
 //!
 //! **Connections per host.** Each shard used to open its own pool, so connections grew with
 //! cores. Now one process keeps one pool per server (keyed by the server's address, user and
@@ -33,8 +37,11 @@ use crate::config::MysqlConfig;
 use crate::db::{Row, SqlValue};
 use crate::LookupError;
 
-/// How long a server that failed to answer is left alone.
+/// How long a server that failed to answer is left alone (the first time).
 pub(crate) const DOWN_FOR: Duration = Duration::from_secs(2);
+
+/// The longest it is left alone after repeated failures.
+pub(crate) const DOWN_MAX: Duration = Duration::from_secs(30);
 
 /// Queries waiting for a connection, per server, before callers are told to come back later.
 const QUEUE_DEPTH: usize = 4096;
@@ -57,9 +64,23 @@ struct Job {
 /// The process's pool for one server: a thread owning a `mysql_async` pool.
 struct PoolService {
     tx: mpsc::Sender<Job>,
-    /// Until when the server is considered down (shared by every shard).
-    down_until: Mutex<Option<Instant>>,
-    last_error: Mutex<String>,
+    /// Whether the server is taken for down (shared by every shard).
+    health: Mutex<Health>,
+    /// How long a probe may take before another query may probe instead (the query
+    /// timeout, plus a margin).
+    probe_limit: Duration,
+}
+
+/// A server's back-off state.
+#[derive(Default)]
+struct Health {
+    /// Skipped until then.
+    down_until: Option<Instant>,
+    /// Failures in a row (the back-off doubles with each).
+    failures: u32,
+    /// A query is probing the server since then.
+    probe_since: Option<Instant>,
+    last_error: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -235,37 +256,63 @@ impl PoolService {
             .map_err(|e| format!("cannot start the mysql pool thread: {e}"))?;
         let p = Arc::new(PoolService {
             tx,
-            down_until: Mutex::new(None),
-            last_error: Mutex::new(String::new()),
+            health: Mutex::new(Health::default()),
+            probe_limit: timeout + Duration::from_secs(1),
         });
         map.retain(|_, w| w.strong_count() > 0);
         map.insert(key, Arc::downgrade(&p));
         Ok(p)
     }
 
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Taken for down now: in its back-off, or past it with another query probing it.
     fn is_down(&self) -> bool {
-        let mut d = self.down_until.lock().unwrap_or_else(|e| e.into_inner());
-        match *d {
-            Some(t) if Instant::now() < t => true,
-            Some(_) => {
-                *d = None;
-                false
-            }
-            None => false,
+        let h = self.health();
+        let now = Instant::now();
+        match (h.down_until, h.probe_since) {
+            (None, _) => false,
+            (Some(t), _) if now < t => true,
+            (Some(_), Some(p)) => now < p + self.probe_limit,
+            (Some(_), None) => false,
+        }
+    }
+
+    /// May this query use the server? Past the back-off, the first query to ask becomes the
+    /// probe.
+    fn try_use(&self) -> bool {
+        if self.is_down() {
+            return false;
+        }
+        let mut h = self.health();
+        if h.down_until.is_some() {
+            h.probe_since = Some(Instant::now());
+        }
+        true
+    }
+
+    fn mark_up(&self) {
+        let mut h = self.health();
+        if h.down_until.is_some() || h.failures > 0 {
+            *h = Health::default();
         }
     }
 
     fn mark_down(&self, msg: &str) {
-        *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Instant::now() + DOWN_FOR);
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = msg.to_string();
+        let mut h = self.health();
+        let back = DOWN_FOR
+            .saturating_mul(1 << h.failures.min(4))
+            .min(DOWN_MAX);
+        h.failures = h.failures.saturating_add(1);
+        h.down_until = Some(Instant::now() + back);
+        h.probe_since = None;
+        h.last_error = msg.to_string();
     }
 
     fn last_error(&self) -> String {
-        self.last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.health().last_error.clone()
     }
 
     async fn run(
@@ -333,10 +380,9 @@ impl Server {
         want_rows: bool,
     ) -> Result<(Vec<Row>, u64), Failure> {
         let r = self.pool.run(sql, params, want_rows).await;
-        if let Err(f) = &r {
-            if !f.server_up {
-                self.pool.mark_down(&f.msg);
-            }
+        match &r {
+            Err(f) if !f.server_up => self.pool.mark_down(&f.msg),
+            _ => self.pool.mark_up(),
         }
         r
     }
@@ -442,7 +488,7 @@ impl MysqlDb {
         };
         let mut errors = Vec::new();
         for s in order {
-            if s.pool.is_down() {
+            if !s.pool.try_use() {
                 errors.push(format!("{} down ({})", s.name, s.pool.last_error()));
                 continue;
             }
@@ -469,9 +515,9 @@ impl MysqlDb {
     ) -> Result<(Vec<Row>, u64), LookupError> {
         // With no other server to go to, a single server is tried every time, as before
         // replication existed (a restarted server answers at once).
-        if self.replica.is_some() && s.pool.is_down() {
+        if self.replica.is_some() && !s.pool.try_use() {
             return Err(s.unavailable(&format!(
-                "down, not retried for {DOWN_FOR:?} after: {}",
+                "down, not retried yet after: {}",
                 s.pool.last_error()
             )));
         }
@@ -514,5 +560,47 @@ fn from_mysql(v: mysql_async::Value) -> SqlValue {
             if neg { "-" } else { "" },
             u64::from(d) * 24 + u64::from(h)
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service() -> Arc<PoolService> {
+        // No server is needed: nothing here sends a query (the pool connects lazily).
+        let cfg =
+            MysqlConfig::parse("127.0.0.1:u:p:1\n", std::path::Path::new("host.mysql")).unwrap();
+        PoolService::get(&cfg, 1, Duration::from_secs(4)).unwrap()
+    }
+
+    #[test]
+    fn back_off_doubles_and_one_query_probes() {
+        let p = service();
+        assert!(p.try_use() && !p.is_down());
+        p.mark_down("refused");
+        assert!(p.is_down() && !p.try_use());
+        let left = |p: &PoolService| p.health().down_until.unwrap() - Instant::now();
+        assert!(left(&p) <= DOWN_FOR && left(&p) > DOWN_FOR / 2);
+        // The back-off is over: the first query probes, the others still skip.
+        p.health().down_until = Some(Instant::now());
+        assert!(p.try_use(), "the probe");
+        assert!(!p.try_use(), "not while the probe runs");
+        // The probe failed: twice as long.
+        p.mark_down("refused again");
+        assert!(left(&p) > DOWN_FOR && left(&p) <= DOWN_FOR * 2);
+        for _ in 0..10 {
+            p.mark_down("still refused");
+        }
+        assert!(left(&p) <= DOWN_MAX && left(&p) > DOWN_MAX / 2);
+        assert_eq!(p.last_error(), "still refused");
+        // A probe that never reports back does not keep the server skipped for ever.
+        p.health().down_until = Some(Instant::now());
+        assert!(p.try_use());
+        p.health().probe_since = Some(Instant::now() - p.probe_limit);
+        assert!(p.try_use(), "an abandoned probe is replaced");
+        // An answer clears everything.
+        p.mark_up();
+        assert!(!p.is_down() && p.health().failures == 0);
     }
 }
