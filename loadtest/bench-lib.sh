@@ -4,10 +4,12 @@
 #   free_port                # a free TCP port on 127.0.0.1
 #   wait_port PORT           # until something listens on 127.0.0.1:PORT (30 s at most)
 #   cpu_ticks PID            # utime+stime of a process, in clock ticks
-#   mariadb_start DIR        # a PRIVATE MariaDB: own datadir, socket and port under DIR, no
+#   mariadb_start DIR [ARG...] # a PRIVATE MariaDB: own datadir, socket and port under DIR, no
 #                            # grant tables (the system server is never touched); sets
-#                            # MARIADB_PORT and MARIADB_PID (the caller kills it). Needs
-#                            # Debian's mariadb-server (mariadb-install-db, mariadbd, mariadb).
+#                            # MARIADB_DIR, MARIADB_PORT and MARIADB_PID (the caller kills it).
+#                            # ARGs go to mariadbd instead of --skip-log-bin (e.g. a binlog
+#                            # and server id for replication). Needs Debian's mariadb-server
+#                            # (mariadb-install-db, mariadbd, mariadb).
 #   mariadb_sql [ARGS...]    # the mariadb client on that socket, -N -B
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -23,8 +25,10 @@ wait_port() {
 
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 
-mariadb_start() { # $1 = working directory (datadir, socket, logs)
-    local d=$1 rootarg=()
+mariadb_start() { # $1 = working directory (datadir, socket, logs), then mariadbd arguments
+    local d=$1 rootarg=() extra=(--skip-log-bin)
+    shift
+    [[ $# -gt 0 ]] && extra=("$@")
     [ "$(id -u)" = 0 ] && rootarg=(--user=root)
     MARIADB_DIR=$d
     MARIADB_PORT=$(free_port)
@@ -32,7 +36,7 @@ mariadb_start() { # $1 = working directory (datadir, socket, logs)
         --auth-root-authentication-method=normal "${rootarg[@]}" >/dev/null
     mariadbd --no-defaults --datadir="$d/data" --socket="$d/sock" --port="$MARIADB_PORT" \
         --bind-address=127.0.0.1 --skip-grant-tables --skip-networking=0 \
-        --pid-file="$d/mysqld.pid" --log-error="$d/err.log" --tmpdir="$d" --skip-log-bin \
+        --pid-file="$d/mysqld.pid" --log-error="$d/err.log" --tmpdir="$d" "${extra[@]}" \
         --max-connections=500 "${rootarg[@]}" </dev/null >/dev/null 2>&1 &
     MARIADB_PID=$!
     local _

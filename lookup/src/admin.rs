@@ -308,7 +308,7 @@ fn check_gecos(g: &str) -> Result<(), LookupError> {
 impl Admin {
     /// Open the store of `cfg` (creating missing tables).
     pub async fn open(cfg: DirectoryConfig) -> Result<Admin, LookupError> {
-        let db = Db::open(&cfg.backend, cfg.query_timeout, 1).await?;
+        let db = Db::open(&cfg, crate::mysql::Reads::Master).await?;
         Ok(Admin { db, cfg })
     }
 

@@ -1,5 +1,6 @@
 //! Where the directory lives and how to reach its database: the home layout decided for
-//! indimail-rs, `control/host.mysql` (spec 4.1) and the environment variables IndiMail uses.
+//! indimail-rs, `control/host.mysql`, `host.master` and `host.cntrl` (spec 4.1) and the
+//! environment variables IndiMail uses.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -118,8 +119,45 @@ pub struct DirectoryConfig {
     pub relay_window: Duration,
     /// Default password scheme (`PASSWORD_HASH`, else `control/hash_method`, else SHA-256).
     pub hash_method: HashMethod,
-    /// Most MySQL connections per shard.
-    pub mysql_pool_max: usize,
+    /// The master for writes (`control/host.mysql`'s database is then the local replica
+    /// lookups prefer). `None`: `host.mysql` takes reads and writes.
+    pub master: Option<MysqlConfig>,
+    /// The clusterinfo server (`control/host.cntrl`): the tables `hostcntrl`, `host_table`,
+    /// `smtp_port` and `aliasdomain` are read and written there. `None`: in the directory's
+    /// own database.
+    pub cntrl: Option<MysqlConfig>,
+    /// Most MySQL connections one process keeps to each database server, whatever the
+    /// number of shards (`control/mysqlconnections`, `MYSQL_CONNECTIONS`; default
+    /// [`DEFAULT_MYSQL_CONNECTIONS`]). See `db.rs` for why one pool per process.
+    pub mysql_connections: usize,
+}
+
+/// Default of [`DirectoryConfig::mysql_connections`]: inlookup's installer runs 5 instances,
+/// each with its connection.
+pub const DEFAULT_MYSQL_CONNECTIONS: usize = 5;
+
+/// Read an optional `host.mysql`-style file (`host.master`, `host.cntrl`).
+fn optional_mysql(file: &Path) -> Result<Option<MysqlConfig>, LookupError> {
+    match std::fs::read_to_string(file) {
+        Ok(text) => MysqlConfig::parse(&text, file).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(LookupError::io(file, e)),
+    }
+}
+
+/// A connection count from a control file or variable: a number from 1 to 1000.
+fn connections(text: &str, file: &Path) -> Result<usize, LookupError> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if (1..=1000).contains(&n) => Ok(n),
+        _ => Err(LookupError::Config {
+            file: file.to_path_buf(),
+            line: 1,
+            reason: format!(
+                "expected a connection count from 1 to 1000, got {:?}",
+                text.trim()
+            ),
+        }),
+    }
 }
 
 impl DirectoryConfig {
@@ -148,6 +186,9 @@ impl DirectoryConfig {
         if let Some(h) = env("PASSWORD_HASH") {
             cfg.hash_method = HashMethod::parse(&h)?;
         }
+        if let Some(n) = env("MYSQL_CONNECTIONS") {
+            cfg.mysql_connections = connections(&n, Path::new("$MYSQL_CONNECTIONS"))?;
+        }
         Ok(cfg)
     }
 
@@ -158,12 +199,29 @@ impl DirectoryConfig {
         base_path: PathBuf,
     ) -> Result<DirectoryConfig, LookupError> {
         let host_mysql = control_dir.join("host.mysql");
-        let backend = match std::fs::read_to_string(&host_mysql) {
-            Ok(text) => BackendConfig::Mysql(MysqlConfig::parse(&text, &host_mysql)?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                BackendConfig::Sqlite(home.join("db").join("indimail.sqlite"))
-            }
-            Err(e) => return Err(LookupError::io(host_mysql, e)),
+        let master = optional_mysql(&control_dir.join("host.master"))?;
+        let cntrl = optional_mysql(&control_dir.join("host.cntrl"))?;
+        // host.master alone: the master is the only server (reads and writes).
+        let (backend, master) = match (optional_mysql(&host_mysql)?, master) {
+            (Some(local), master) => (BackendConfig::Mysql(local), master),
+            (None, Some(master)) => (BackendConfig::Mysql(master), None),
+            (None, None) => (
+                BackendConfig::Sqlite(home.join("db").join("indimail.sqlite")),
+                None,
+            ),
+        };
+        if let (Some(_), BackendConfig::Sqlite(_)) = (&cntrl, &backend) {
+            return Err(LookupError::Config {
+                file: control_dir.join("host.cntrl"),
+                line: 0,
+                reason: "a clusterinfo database needs the directory in MySQL too (host.mysql)"
+                    .into(),
+            });
+        }
+        let conn_file = control_dir.join("mysqlconnections");
+        let mysql_connections = match std::fs::read_to_string(&conn_file) {
+            Ok(t) => connections(&t, &conn_file)?,
+            Err(_) => DEFAULT_MYSQL_CONNECTIONS,
         };
         let hm_file = control_dir.join("hash_method");
         let hash_method = match std::fs::read_to_string(&hm_file) {
@@ -185,7 +243,9 @@ impl DirectoryConfig {
             query_timeout: Duration::from_secs(4),
             relay_window: Duration::from_secs(60 * 60),
             hash_method,
-            mysql_pool_max: 4,
+            master,
+            cntrl,
+            mysql_connections,
         })
     }
 }
@@ -224,5 +284,29 @@ mod tests {
             c.backend,
             BackendConfig::Sqlite(t.path().join("db/indimail.sqlite"))
         );
+        assert_eq!(c.mysql_connections, DEFAULT_MYSQL_CONNECTIONS);
+    }
+
+    #[test]
+    fn master_replica_and_cntrl_files() {
+        let t = tempfile::tempdir().unwrap();
+        let ctl = t.path().join("control");
+        std::fs::create_dir_all(&ctl).unwrap();
+        let open = || DirectoryConfig::with_paths(t.path(), ctl.clone(), t.path().join("mail"));
+        std::fs::write(ctl.join("host.master"), "10.0.0.1:u:p:3306\n").unwrap();
+        let c = open().unwrap();
+        assert!(matches!(&c.backend, BackendConfig::Mysql(m) if m.host == "10.0.0.1"));
+        assert_eq!(c.master, None, "host.master alone is the only server");
+        std::fs::write(ctl.join("host.mysql"), "127.0.0.1:u:p:3307\n").unwrap();
+        std::fs::write(ctl.join("host.cntrl"), "10.0.0.9\n").unwrap();
+        std::fs::write(ctl.join("mysqlconnections"), "2\n").unwrap();
+        let c = open().unwrap();
+        assert!(matches!(&c.backend, BackendConfig::Mysql(m) if m.port == 3307));
+        assert_eq!(c.master.as_ref().map(|m| m.host.as_str()), Some("10.0.0.1"));
+        assert_eq!(c.cntrl.as_ref().map(|m| m.host.as_str()), Some("10.0.0.9"));
+        assert_eq!(c.mysql_connections, 2);
+        std::fs::write(ctl.join("mysqlconnections"), "0\n").unwrap();
+        let e = open().unwrap_err().to_string();
+        assert!(e.contains("mysqlconnections:1:"), "{e}");
     }
 }

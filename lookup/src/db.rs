@@ -9,16 +9,15 @@
 //! never shared across shards, so the lock is uncontended apart from one shard's own
 //! overlapping queries.
 //!
-//! MySQL uses a small `mysql_async` pool per shard; it runs on the shard's own
-//! single-threaded runtime.
+//! MySQL goes through [`crate::mysql`]: one pool per server and process (not per shard),
+//! reads from the local replica with fall-back to the master, writes to the master.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mysql_async::prelude::Queryable;
-
-use crate::config::{BackendConfig, MysqlConfig};
+use crate::config::{BackendConfig, DirectoryConfig};
+use crate::mysql::{MysqlDb, Reads};
 use crate::schema::{self, Dialect};
 use crate::LookupError;
 
@@ -79,7 +78,7 @@ pub(crate) use params;
 
 /// One result row.
 #[derive(Debug, Clone)]
-pub(crate) struct Row(Vec<SqlValue>);
+pub(crate) struct Row(pub(crate) Vec<SqlValue>);
 
 impl Row {
     pub(crate) fn text(&self, i: usize) -> String {
@@ -106,19 +105,40 @@ impl Row {
     }
 }
 
-/// The store.
-pub(crate) enum Db {
+/// The store, and the clusterinfo database when `host.cntrl` names one.
+pub(crate) struct Db {
+    store: Store,
+    cntrl: Option<MysqlDb>,
+}
+
+enum Store {
     Sqlite(SqliteDb),
     Mysql(MysqlDb),
 }
 
-pub(crate) struct SqliteDb {
-    conn: Arc<Mutex<rusqlite::Connection>>,
-    timeout: Duration,
+/// The tables IndiMail keeps in the central clusterinfo database (`host.cntrl`, spec 4.1):
+/// placement of users on hosts, the hosts, their SMTP ports, the MCD records, the admin
+/// accounts and the alias domains. Every statement naming one of them goes there (each of
+/// our statements names one table, so none ever joins across the two databases).
+const CLUSTER_TABLES: [&str; 6] = [
+    "hostcntrl",
+    "host_table",
+    "smtp_port",
+    "dbinfo",
+    "mgmtaccess",
+    "aliasdomain",
+];
+
+/// Does `sql` name a clusterinfo table? (Whole identifiers only: `smtp_port` the table,
+/// not a column that merely contains the word.)
+fn names_cluster_table(sql: &str) -> bool {
+    sql.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '`'))
+        .map(|w| w.trim_matches('`'))
+        .any(|w| CLUSTER_TABLES.iter().any(|t| w.eq_ignore_ascii_case(t)))
 }
 
-pub(crate) struct MysqlDb {
-    pool: mysql_async::Pool,
+pub(crate) struct SqliteDb {
+    conn: Arc<Mutex<rusqlite::Connection>>,
     timeout: Duration,
 }
 
@@ -128,23 +148,48 @@ fn unavailable(e: impl std::fmt::Display) -> LookupError {
 
 impl Db {
     /// Open (creating the SQLite file, the MySQL database and missing tables as needed).
-    pub(crate) async fn open(
-        backend: &BackendConfig,
-        timeout: Duration,
-        pool_max: usize,
-    ) -> Result<Db, LookupError> {
-        let db = match backend {
-            BackendConfig::Sqlite(path) => Db::Sqlite(SqliteDb::open(path, timeout).await?),
-            BackendConfig::Mysql(cfg) => Db::Mysql(MysqlDb::open(cfg, timeout, pool_max).await?),
+    /// `reads` says which MySQL server reads try first when `host.master` names a master
+    /// beside the local replica. With the master down, a replica is opened as it is (its
+    /// tables came from the master; it must not be written).
+    pub(crate) async fn open(cfg: &DirectoryConfig, reads: Reads) -> Result<Db, LookupError> {
+        let timeout = cfg.query_timeout;
+        let conns = cfg.mysql_connections;
+        let store = match &cfg.backend {
+            BackendConfig::Sqlite(path) => Store::Sqlite(SqliteDb::open(path, timeout).await?),
+            BackendConfig::Mysql(local) => Store::Mysql(
+                MysqlDb::open("mysql", local, cfg.master.as_ref(), reads, conns, timeout).await?,
+            ),
         };
+        let cntrl = match &cfg.cntrl {
+            Some(c) => Some(MysqlDb::open("cntrl", c, None, reads, conns, timeout).await?),
+            None => None,
+        };
+        let db = Db { store, cntrl };
+        if let Store::Mysql(m) = &db.store {
+            if m.master_down() {
+                return Ok(db);
+            }
+        }
         db.ensure_schema().await?;
         Ok(db)
     }
 
+    /// A read that must see the master when there is one (the schema's own rows).
+    async fn query_master(
+        &self,
+        sql: &str,
+        params: Vec<SqlValue>,
+    ) -> Result<Vec<Row>, LookupError> {
+        match &self.store {
+            Store::Mysql(m) => m.query_with(Reads::Master, sql, params).await,
+            Store::Sqlite(_) => self.query(sql, params).await,
+        }
+    }
+
     pub(crate) fn dialect(&self) -> Dialect {
-        match self {
-            Db::Sqlite(_) => Dialect::Sqlite,
-            Db::Mysql(_) => Dialect::Mysql,
+        match &self.store {
+            Store::Sqlite(_) => Dialect::Sqlite,
+            Store::Mysql(_) => Dialect::Mysql,
         }
     }
 
@@ -153,7 +198,7 @@ impl Db {
             self.exec(&stmt, vec![]).await?;
         }
         if self
-            .query("SELECT counter FROM dir_changes WHERE id = 1", vec![])
+            .query_master("SELECT counter FROM dir_changes WHERE id = 1", vec![])
             .await?
             .is_empty()
         {
@@ -166,7 +211,7 @@ impl Db {
                 .await;
         }
         if self
-            .query(
+            .query_master(
                 "SELECT id FROM ischema WHERE comment = ?",
                 params![schema::SCHEMA_COMMENT],
             )
@@ -188,17 +233,23 @@ impl Db {
         sql: &str,
         params: Vec<SqlValue>,
     ) -> Result<Vec<Row>, LookupError> {
-        match self {
-            Db::Sqlite(s) => s.run(sql, params, true).await.map(|(rows, _)| rows),
-            Db::Mysql(m) => m.query(sql, params).await,
+        if let Some(c) = self.cntrl.as_ref().filter(|_| names_cluster_table(sql)) {
+            return c.query(sql, params).await;
+        }
+        match &self.store {
+            Store::Sqlite(s) => s.run(sql, params, true).await.map(|(rows, _)| rows),
+            Store::Mysql(m) => m.query(sql, params).await,
         }
     }
 
     /// Run a statement; returns the number of rows changed.
     pub(crate) async fn exec(&self, sql: &str, params: Vec<SqlValue>) -> Result<u64, LookupError> {
-        match self {
-            Db::Sqlite(s) => s.run(sql, params, false).await.map(|(_, n)| n),
-            Db::Mysql(m) => m.exec(sql, params).await,
+        if let Some(c) = self.cntrl.as_ref().filter(|_| names_cluster_table(sql)) {
+            return c.exec(sql, params).await;
+        }
+        match &self.store {
+            Store::Sqlite(s) => s.run(sql, params, false).await.map(|(_, n)| n),
+            Store::Mysql(m) => m.exec(sql, params).await,
         }
     }
 
@@ -222,12 +273,9 @@ impl Db {
             .unwrap_or(0))
     }
 
-    /// Close connections cleanly (MySQL sends COM_QUIT).
-    pub(crate) async fn close(self) {
-        if let Db::Mysql(m) = self {
-            let _ = m.pool.disconnect().await;
-        }
-    }
+    /// Let go of the connections (MySQL's pool thread closes them, sending COM_QUIT, when
+    /// the process's last handle on the server is gone).
+    pub(crate) async fn close(self) {}
 }
 
 impl SqliteDb {
@@ -331,134 +379,22 @@ impl SqliteDb {
     }
 }
 
-fn to_mysql(params: Vec<SqlValue>) -> mysql_async::Params {
-    if params.is_empty() {
-        return mysql_async::Params::Empty;
-    }
-    mysql_async::Params::Positional(
-        params
-            .into_iter()
-            .map(|v| match v {
-                SqlValue::Null => mysql_async::Value::NULL,
-                SqlValue::Int(n) => mysql_async::Value::Int(n),
-                SqlValue::Text(s) => mysql_async::Value::Bytes(s.into_bytes()),
-            })
-            .collect(),
-    )
-}
+#[cfg(test)]
+mod tests {
+    use super::names_cluster_table;
 
-fn from_mysql(v: mysql_async::Value) -> SqlValue {
-    use mysql_async::Value as V;
-    match v {
-        V::NULL => SqlValue::Null,
-        V::Bytes(b) => SqlValue::Text(String::from_utf8_lossy(&b).into_owned()),
-        V::Int(n) => SqlValue::Int(n),
-        V::UInt(n) => SqlValue::Int(i64::try_from(n).unwrap_or(i64::MAX)),
-        V::Float(f) => SqlValue::Int(f as i64),
-        V::Double(f) => SqlValue::Int(f as i64),
-        V::Date(y, mo, d, h, mi, s, _) => {
-            SqlValue::Text(format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}"))
-        }
-        V::Time(neg, d, h, mi, s, _) => SqlValue::Text(format!(
-            "{}{}:{mi:02}:{s:02}",
-            if neg { "-" } else { "" },
-            u64::from(d) * 24 + u64::from(h)
-        )),
-    }
-}
-
-impl MysqlDb {
-    fn opts(cfg: &MysqlConfig, db: bool, pool_max: usize) -> mysql_async::Opts {
-        // Keep connections: with no idle minimum, an inactive TTL of 0 and a
-        // reset on every return, each lookup paid a TCP connect, a session
-        // setup and a fresh PREPARE (measured: ~4 statements per lookup).
-        // We keep no session state, so no reset is needed either.
-        let constraints = mysql_async::PoolConstraints::new(1, pool_max.max(1)).unwrap_or_default();
-        let mut b = mysql_async::OptsBuilder::default()
-            .ip_or_hostname(cfg.host.clone())
-            .user(Some(cfg.user.clone()))
-            .pass(Some(cfg.password.clone()))
-            .db_name(db.then(|| cfg.database.clone()))
-            .pool_opts(
-                mysql_async::PoolOpts::default()
-                    .with_constraints(constraints)
-                    .with_inactive_connection_ttl(std::time::Duration::from_secs(60))
-                    .with_reset_connection(false),
-            )
-            .tcp_nodelay(true);
-        b = match &cfg.socket {
-            Some(s) => b.socket(Some(s.to_string_lossy().into_owned())),
-            None => b.tcp_port(cfg.port).prefer_socket(false),
-        };
-        b.into()
-    }
-
-    async fn open(
-        cfg: &MysqlConfig,
-        timeout: Duration,
-        pool_max: usize,
-    ) -> Result<MysqlDb, LookupError> {
-        let db = MysqlDb {
-            pool: mysql_async::Pool::new(Self::opts(cfg, true, pool_max)),
-            timeout,
-        };
-        match db.query("SELECT 1", vec![]).await {
-            Ok(_) => Ok(db),
-            Err(LookupError::Unavailable(msg)) if msg.contains("1049") => {
-                // ER_BAD_DB_ERROR: create the database, as IndiMail's installer would.
-                let fut = async {
-                    let mut c = mysql_async::Conn::new(Self::opts(cfg, false, 1)).await?;
-                    c.query_drop(format!(
-                        "CREATE DATABASE IF NOT EXISTS `{}`",
-                        cfg.database.replace('`', "")
-                    ))
-                    .await?;
-                    c.disconnect().await
-                };
-                tokio::time::timeout(timeout, fut)
-                    .await
-                    .map_err(unavailable)?
-                    .map_err(unavailable)?;
-                db.query("SELECT 1", vec![]).await?;
-                Ok(db)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    async fn query(&self, sql: &str, params: Vec<SqlValue>) -> Result<Vec<Row>, LookupError> {
-        let fut = async {
-            let mut c = self.pool.get_conn().await?;
-            let rows: Vec<mysql_async::Row> = c.exec(sql, to_mysql(params)).await?;
-            Ok::<_, mysql_async::Error>(rows)
-        };
-        let rows = tokio::time::timeout(self.timeout, fut)
-            .await
-            .map_err(|_| {
-                LookupError::Unavailable(format!("mysql query timed out after {:?}", self.timeout))
-            })?
-            .map_err(unavailable)?;
-        Ok(rows
-            .into_iter()
-            .map(|r| Row(r.unwrap().into_iter().map(from_mysql).collect()))
-            .collect())
-    }
-
-    async fn exec(&self, sql: &str, params: Vec<SqlValue>) -> Result<u64, LookupError> {
-        let fut = async {
-            let mut c = self.pool.get_conn().await?;
-            if params.is_empty() {
-                c.query_drop(sql).await?;
-            } else {
-                c.exec_drop(sql, to_mysql(params)).await?;
-            }
-            Ok::<_, mysql_async::Error>(c.affected_rows())
-        };
-        tokio::time::timeout(self.timeout, fut)
-            .await
-            .map_err(|_| {
-                LookupError::Unavailable(format!("mysql query timed out after {:?}", self.timeout))
-            })?
-            .map_err(unavailable)
+    #[test]
+    fn cluster_tables_by_whole_name() {
+        assert!(names_cluster_table(
+            "SELECT host FROM hostcntrl WHERE pw_name = ?"
+        ));
+        assert!(names_cluster_table(
+            "DELETE FROM smtp_port WHERE domain = ?"
+        ));
+        assert!(names_cluster_table(
+            "CREATE TABLE IF NOT EXISTS `aliasdomain` (alias char(64))"
+        ));
+        assert!(!names_cluster_table("SELECT pw_name FROM indimail"));
+        assert!(!names_cluster_table("SELECT my_smtp_port_x FROM t"));
     }
 }

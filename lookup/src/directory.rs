@@ -256,7 +256,7 @@ impl Directory {
         clock: Rc<dyn Clock>,
         mode: RefreshMode,
     ) -> Result<Directory, LookupError> {
-        let db = Db::open(&cfg.backend, cfg.query_timeout, cfg.mysql_pool_max).await?;
+        let db = Db::open(&cfg, crate::mysql::Reads::Replica).await?;
         let changes = db.changes().await?;
         let inner = Rc::new(Inner {
             cache: RefCell::new(Cache::new(cfg.cache)),

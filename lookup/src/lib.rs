@@ -27,6 +27,11 @@
 //! * [`cli`] — the `indimail domain|user|alias|hostcntrl|checkpassword` subcommands and the
 //!   IndiMail program names (`vadddomain`, `vadduser`, ...) for the `indimail` binary.
 //!
+//! * Clustered directories (spec 4.1): `control/host.master` beside `host.mysql` (lookups read
+//!   the local replica, writes go to the master, each read falls back to the other server) and
+//!   `control/host.cntrl` (the clusterinfo tables on a central server), with one bounded pool
+//!   per database server and process, whatever the number of shards (`mysql.rs`).
+//!
 //! What it does not do: deliver mail, speak SMTP/IMAP, serve inlookup's FIFO protocol, build
 //! `morercpthosts.cdb`, send HUP to other processes, or run IndiMail's cluster sync
 //! (`hostsync`, `dbinfo`/MCD). MySQL is reached without TLS (`ssl` in `host.mysql` is refused
@@ -47,6 +52,7 @@ mod directory;
 mod error;
 pub mod fsmode;
 mod model;
+mod mysql;
 pub mod password;
 mod queries;
 mod schema;
@@ -58,7 +64,7 @@ pub use admin::{
     DEFAULT_HARD_QUOTA, DEFAULT_USERS_PER_LEVEL, RCPTHOSTS_MAX,
 };
 pub use cache::{Cache, CachePolicy, CacheStats, Clock, Lookup, ManualClock, SystemClock};
-pub use config::{BackendConfig, DirectoryConfig, MysqlConfig};
+pub use config::{BackendConfig, DirectoryConfig, MysqlConfig, DEFAULT_MYSQL_CONNECTIONS};
 pub use directory::{Destination, Directory, HomeAnswer, RefreshMode, SharedUser, UserHome};
 pub use error::LookupError;
 pub use model::{

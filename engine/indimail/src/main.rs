@@ -996,6 +996,15 @@ fn config_show(paths: &Paths) -> i32 {
             )
         }
     );
+    for (file, role) in [
+        ("host.master", "directory master (writes)"),
+        ("host.cntrl", "clusterinfo database"),
+    ] {
+        let f = paths.control.file(file);
+        if f.exists() {
+            println!("{role}: MySQL ({})", f.display());
+        }
+    }
     for p in &problems {
         println!("problem: {p}");
     }

@@ -8,6 +8,10 @@
 //! earlier with [`MariaDb::stop`] (to test outages), and started again on the same data and
 //! port with [`MariaDb::restart`].
 //!
+//! [`MariaDb::start_primary`] and [`MariaDb::start_replica`] make a pair with binlog
+//! replication (GTID, from the primary's first event), and [`MariaDb::sql`] runs a statement
+//! with the `mariadb` client.
+//!
 //! When `mariadbd` is not installed this panics naming the Debian package `mariadb-server`:
 //! a missing database must fail the suite, never skip it.
 
@@ -27,6 +31,8 @@ pub struct MariaDb {
     pub port: u16,
     /// Unix socket path.
     pub socket: PathBuf,
+    /// Extra `mariadbd` arguments (binlog and server id of a replication pair).
+    args: Vec<String>,
 }
 
 fn find(prog: &str) -> Option<PathBuf> {
@@ -111,6 +117,70 @@ fn copy_dir(from: &Path, to: &Path) {
 impl MariaDb {
     /// Start a fresh server and wait until it accepts connections (60 s at most).
     pub fn start() -> MariaDb {
+        MariaDb::start_with(&["--skip-log-bin"])
+    }
+
+    /// A replication primary: binary log on (row format), server id 1.
+    pub fn start_primary() -> MariaDb {
+        MariaDb::start_with(&["--log-bin=binlog", "--binlog-format=ROW", "--server-id=1"])
+    }
+
+    /// A replica of `primary` (server id 2), replicating every event of the primary's binary
+    /// log by GTID, retrying each second while the primary is away. `read_only` is set as
+    /// a production replica would have it (under `--skip-grant-tables` every user may still
+    /// write, so a test must check for itself that the directory does not).
+    pub fn start_replica(primary: &MariaDb) -> MariaDb {
+        let replica = MariaDb::start_with(&[
+            "--skip-log-bin",
+            "--server-id=2",
+            "--relay-log=relay",
+            "--read-only=1",
+        ]);
+        replica.sql(&format!(
+            "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, MASTER_USER='root', \
+             MASTER_PASSWORD='', MASTER_CONNECT_RETRY=1, MASTER_USE_GTID=slave_pos; START SLAVE",
+            primary.port
+        ));
+        replica
+    }
+
+    /// Wait until this replica has applied everything `primary` has written (60 s at most).
+    pub fn wait_caught_up(&self, primary: &MariaDb) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let want = primary.sql("SELECT @@gtid_binlog_pos");
+            let have = self.sql("SELECT @@gtid_slave_pos");
+            if want.trim() == have.trim() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica not caught up after 60 s: primary at {want:?}, replica at {have:?}; {}",
+                self.sql("SHOW SLAVE STATUS\\G")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Run SQL with the `mariadb` client over the socket; tab-separated rows, no header.
+    pub fn sql(&self, sql: &str) -> String {
+        let client = find("mariadb").unwrap_or_else(|| require("mysql"));
+        let out = Command::new(client)
+            .arg("--no-defaults")
+            .arg(format!("--socket={}", self.socket.display()))
+            .args(["-uroot", "-N", "-B", "-e", sql])
+            .output()
+            .expect("run the mariadb client");
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Start a fresh server with extra `mariadbd` arguments.
+    pub fn start_with(args: &[&str]) -> MariaDb {
         let template = template().join("data");
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
@@ -121,6 +191,7 @@ impl MariaDb {
             dir,
             port: free_port(),
             socket,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         db.spawn();
         db
@@ -153,7 +224,7 @@ impl MariaDb {
             .arg(format!("--log-error={}", log.display()))
             .arg(format!("--tmpdir={}", self.dir.path().display()))
             .arg("--innodb-buffer-pool-size=16M")
-            .arg("--skip-log-bin")
+            .args(&self.args)
             .arg("--max-connections=200")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
