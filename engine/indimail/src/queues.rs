@@ -198,38 +198,17 @@ impl ShardQueues {
                     continue;
                 }
             };
-            let rules = self.rules.borrow().clone();
-            let processed = match &rules {
-                Some(r) => r.apply(drop.envelope.recipients.clone(), &drop.body),
-                None => Some(msgproc::Processed {
-                    recipients: drop.envelope.recipients.clone(),
-                    message: drop.body.clone(),
-                    found: Default::default(),
-                }),
-            };
-            let Some(processed) = processed else {
+            let Some((message, env, logged)) = self.prepare(drop) else {
                 // NULLQUEUE: the injector was told "queued"; nothing is kept.
                 crate::log!("shard{shard} blackholed injected={name} (NULLQUEUE)");
                 let _ = std::fs::remove_file(&path);
                 removed = true;
                 continue;
             };
+            let (sender, rcpts) = (env.sender.clone(), env.recipients.len());
             let mut w = q.begin();
-            let committed = match w.write(&processed.message).await {
-                Ok(()) => {
-                    let mut env = queue_store::Envelope::new(
-                        drop.envelope.sender.clone(),
-                        processed.recipients.clone(),
-                    );
-                    // envheaders travel with the envelope, as from SMTP.
-                    env.extra.extend(processed.found.env.iter().map(|(k, v)| {
-                        (
-                            msgproc::headers::ENVELOPE_KEY.to_string(),
-                            format!("{k}={v}"),
-                        )
-                    }));
-                    w.commit(env).await
-                }
+            let committed = match w.write(&message).await {
+                Ok(()) => w.commit(env).await,
                 Err(e) => {
                     w.abort().await;
                     Err(e)
@@ -238,19 +217,13 @@ impl ShardQueues {
             match committed {
                 Ok(id) => {
                     crate::log!(
-                        "shard{shard} new msg {id} bytes={} from=<{}> rcpts={} injected={name}",
-                        processed.message.len(),
-                        drop.envelope.sender,
-                        processed.recipients.len()
+                        "shard{shard} new msg {id} bytes={} from=<{sender}> rcpts={rcpts} injected={name}",
+                        message.len(),
                     );
-                    if !processed.found.logged.is_empty() {
+                    if !logged.is_empty() {
                         crate::log!(
                             "shard{shard} headers msg {id} {}",
-                            processed
-                                .found
-                                .logged
-                                .join(" | ")
-                                .replace(['\n', '\r'], " ")
+                            logged.join(" | ").replace(['\n', '\r'], " ")
                         );
                     }
                     let _ = std::fs::remove_file(&path);
@@ -268,6 +241,45 @@ impl ShardQueues {
             let _ = shard::io::sync_dir(dir).await;
         }
         imported
+    }
+}
+
+impl ShardQueues {
+    /// What a drop file is queued as: the message, its envelope and the
+    /// `logheaders` lines to log; `None` for NULLQUEUE. A message routed by
+    /// SMTP (`domainqueue`) went through the queue rules as it streamed in,
+    /// so they are applied here only to injected mail: once either way.
+    fn prepare(
+        &self,
+        drop: crate::inject::DropFile,
+    ) -> Option<(Vec<u8>, queue_store::Envelope, Vec<String>)> {
+        let sender = drop.envelope.sender;
+        if let Some(r) = drop.routed {
+            let mut env = queue_store::Envelope::new(sender, drop.envelope.recipients);
+            env.client_ip = r.client_ip;
+            env.helo = r.helo;
+            env.auth_user = r.auth_user;
+            env.extra = r.extra;
+            return Some((drop.body, env, r.logged));
+        }
+        let rules = self.rules.borrow().clone();
+        let processed = match &rules {
+            Some(r) => r.apply(drop.envelope.recipients, &drop.body)?,
+            None => msgproc::Processed {
+                recipients: drop.envelope.recipients,
+                message: drop.body,
+                found: Default::default(),
+            },
+        };
+        let mut env = queue_store::Envelope::new(sender, processed.recipients);
+        // envheaders travel with the envelope, as from SMTP.
+        env.extra.extend(processed.found.env.iter().map(|(k, v)| {
+            (
+                msgproc::headers::ENVELOPE_KEY.to_string(),
+                format!("{k}={v}"),
+            )
+        }));
+        Some((processed.message, env, processed.found.logged))
     }
 }
 

@@ -823,7 +823,11 @@ fn config_fingerprint(
 }
 
 fn reload(config: &ServeConfig, tx: &tokio::sync::watch::Sender<Arc<SmtpSettings>>, why: &str) {
-    match ServeConfig::load(config.paths.clone(), &config.listeners) {
+    match ServeConfig::load(
+        config.paths.clone(),
+        &config.listeners,
+        config.cpus_arg.clone(),
+    ) {
         Ok(new) => {
             tx.send_replace(Arc::new(new.smtp));
             log!("status: configuration reloaded ({why})");

@@ -23,6 +23,7 @@ struct Rule {
 #[derive(Debug, Default)]
 pub(crate) struct EnvRules {
     label: String,
+    path: std::path::PathBuf,
     rules: Vec<Rule>,
 }
 
@@ -134,12 +135,23 @@ impl EnvRules {
         }
         EnvRules {
             label: file.label.clone(),
+            path: file.path.clone(),
             rules,
         }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
         self.rules.is_empty()
+    }
+
+    /// The file the rules were read from.
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Each rule's line number and assignments, in file order.
+    pub(crate) fn lines(&self) -> impl Iterator<Item = (usize, &[EnvAssign])> {
+        self.rules.iter().map(|r| (r.line, r.assigns.as_slice()))
     }
 
     /// All assignments any rule could make (used to find files the rules may switch to).
