@@ -98,14 +98,16 @@ impl DomainQueues {
     /// (each line was checked at load).
     pub fn resolve(&self, env: &[EnvAssign]) -> Result<Option<QueueSpec>, String> {
         let dirs = self.candidates(env)?;
-        if dirs.is_empty() {
+        // Every queue of the range must be served, as the load check
+        // demands of each line: the outcome does not depend on the draw.
+        let served = dirs
+            .iter()
+            .map(|d| self.served(d).ok_or_else(|| self.not_served(d)))
+            .collect::<Result<Vec<_>, _>>()?;
+        if served.is_empty() {
             return Ok(None);
         }
-        let pick = &dirs[random() % dirs.len()];
-        self.served(pick)
-            .cloned()
-            .map(Some)
-            .ok_or_else(|| self.not_served(pick))
+        Ok(Some(served[random() % served.len()].clone()))
     }
 
     /// [`DomainQueues::resolve`] at DATA: `None` (this shard's next queue)
@@ -201,16 +203,6 @@ fn random() -> usize {
         ^ SEQ
             .fetch_add(1, Ordering::Relaxed)
             .wrapping_mul(0x9e37_79b9)
-}
-
-/// Merges one recipient's assignments into the message's (later win).
-pub fn merge(into: &mut Vec<EnvAssign>, new: &[EnvAssign]) {
-    for (k, v) in new {
-        match into.iter_mut().find(|(n, _)| n == k) {
-            Some(slot) => slot.1 = v.clone(),
-            None => into.push((k.clone(), v.clone())),
-        }
-    }
 }
 
 /// The assignments of a line the transaction applies besides the queue
@@ -395,9 +387,9 @@ mod tests {
     }
 
     #[test]
-    fn merge_and_txn_vars() {
+    fn later_recipients_win_and_txn_vars() {
         let mut env = set(&[("QUEUEDIR", "/q/queue1"), ("DATABYTES", "5")]);
-        merge(
+        policy::merge_env(
             &mut env,
             &set(&[("QUEUEDIR", "/q/queue2"), ("RELAYCLIENT", "1")]),
         );

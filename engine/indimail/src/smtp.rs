@@ -1450,7 +1450,7 @@ impl Connection {
         if env.is_empty() {
             return;
         }
-        crate::domainqueue::merge(&mut self.txn.queue_env, &env);
+        policy::merge_env(&mut self.txn.queue_env, &env);
         self.txn.apply_env(&crate::domainqueue::txn_vars(&env));
         log!(
             "shard{} domainqueue rcpt=<{rcpt}> set={}",

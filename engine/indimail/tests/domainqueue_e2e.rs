@@ -43,6 +43,12 @@ const QUEUES: [(&str, &str); 1] = [("QUEUE_COUNT", "2")];
 
 #[test]
 fn domain_mail_lands_in_its_queue_from_any_shard_with_rules_applied_once() {
+    for driver in DRIVERS {
+        routes_domain_mail(driver);
+    }
+}
+
+fn routes_domain_mail(driver: &str) {
     let h = tempfile::tempdir().unwrap();
     let (_cap, port, dir) = capture("ok");
     let q2 = h.path().join("queue").join("queue2");
@@ -81,7 +87,7 @@ fn domain_mail_lands_in_its_queue_from_any_shard_with_rules_applied_once() {
     );
     let mut env = QUEUES.to_vec();
     env.push(("INDIMAIL_NO_DELIVERY", "1"));
-    let mut s = Server::start_with(h.path(), "uring", &env);
+    let mut s = Server::start_with(h.path(), driver, &env);
     wait_until(10, "both shards up", || {
         s.log().contains("status: 2 shards")
     });
@@ -178,7 +184,7 @@ fn domain_mail_lands_in_its_queue_from_any_shard_with_rules_applied_once() {
 
     // Delivery (one SMTP transaction per destination domain): every
     // recipient reached, the rules applied once.
-    let s = Server::start_with(h.path(), "uring", &QUEUES);
+    let s = Server::start_with(h.path(), driver, &QUEUES);
     let by_subject = || {
         let mut m: std::collections::HashMap<String, Vec<(String, String)>> = Default::default();
         for (env, msg) in captured(dir.path()) {
@@ -285,4 +291,71 @@ fn a_queue_not_served_is_refused_at_check_start_and_reload() {
         s.log().contains("status: configuration kept")
     });
     assert!(s.log().contains("reload failed: ") && s.log().contains("domainqueue:2: "));
+}
+
+#[test]
+fn a_failed_route_answers_451_and_leaves_nothing() {
+    let h = tempfile::tempdir().unwrap();
+    let q2 = h.path().join("queue").join("queue2");
+    control(
+        h.path(),
+        &[
+            ("rcpthosts", "slow.example\n".into()),
+            (
+                "domainqueue",
+                format!("slow.example:QUEUEDIR={}\n", q2.display()),
+            ),
+        ],
+    );
+    let mut env = QUEUES.to_vec();
+    env.push(("INDIMAIL_NO_DELIVERY", "1"));
+    let s = Server::start_with(h.path(), "uring", &env);
+    wait_until(10, "both shards up", || {
+        s.log().contains("status: 2 shards")
+    });
+    // queue2's drop directory cannot be made: a file stands in its way.
+    let inject = q2.join("inject");
+    let _ = std::fs::remove_dir_all(&inject);
+    std::fs::write(&inject, "not a directory").unwrap();
+    let mut failed = None;
+    for i in 0..24u8 {
+        let mut c = Client::connect_from([127, 0, 0, 60 + i], s.smtp);
+        assert_eq!(c.reply().0, 220);
+        assert_eq!(c.cmd("EHLO client.test").0, 250);
+        assert_eq!(c.cmd("MAIL FROM:<sender@example.org>").0, 250);
+        assert_eq!(c.cmd(&format!("RCPT TO:<s{i}@slow.example>")).0, 250);
+        assert_eq!(c.cmd("DATA").0, 354);
+        c.send(b"Subject: x\r\n\r\nbody\r\n.\r\n");
+        let (code, text) = c.reply();
+        c.cmd("QUIT");
+        // Accepted by queue2's own shard: committed there as usual.
+        if code != 250 {
+            failed = Some((i, code, text));
+            break;
+        }
+    }
+    let (i, code, text) = failed.expect("no connection reached the shard of queue1");
+    assert_eq!(code, 451, "{text}");
+    assert!(text.contains(" 4.3.0 "), "{text}");
+    assert!(s.log().contains("smtp commit failed"), "{}", s.log());
+    // Nothing of the refused message anywhere.
+    let list = queue_list(h.path());
+    assert!(
+        !list
+            .iter()
+            .any(|l| l.contains(&format!("<s{i}@slow.example>"))),
+        "{list:?}"
+    );
+    // Healed: the client's retry is routed and queued in queue2.
+    std::fs::remove_file(&inject).unwrap();
+    let mut c = Client::connect_from([127, 0, 0, 60 + i], s.smtp);
+    assert_eq!(c.reply().0, 220);
+    assert_eq!(c.cmd("EHLO client.test").0, 250);
+    let reply = send(&mut c, &[format!("s{i}@slow.example")], "retry");
+    assert!(reply.starts_with("queue2 "), "{reply}");
+    wait_until(10, "routed message imported", || {
+        queue_list(h.path())
+            .iter()
+            .any(|l| l.starts_with("queue2 2-") && l.contains(&format!("<s{i}@slow.example>")))
+    });
 }

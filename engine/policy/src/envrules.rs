@@ -65,8 +65,9 @@ pub(crate) fn parse_assignments(s: &str) -> Result<Vec<EnvAssign>, &'static str>
     Ok(out)
 }
 
-/// Applies `new` on top of `env`, later assignments replacing earlier ones of the same name.
-pub(crate) fn merge(env: &mut Vec<EnvAssign>, new: &[EnvAssign]) {
+/// Applies `new` on top of `env`, later assignments replacing earlier ones of the same name
+/// (as successive lines set the environment in IndiMail).
+pub fn merge(env: &mut Vec<EnvAssign>, new: &[EnvAssign]) {
     for (k, v) in new {
         match env.iter_mut().find(|(n, _)| n == k) {
             Some(slot) => slot.1 = v.clone(),
