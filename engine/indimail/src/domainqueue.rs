@@ -12,8 +12,8 @@
 //! A queue of another shard gets the message as a routed drop file (see
 //! [`crate::inject`]): held in memory as it streams (queue rules applied
 //! once, as always), written and fsynced off the event loop at the end of
-//! DATA, before the 250; the owning shard imports it without applying the
-//! rules again. A queue the server does not serve is refused when the
+//! DATA, before the 250; the owning shard, woken at once, imports it without
+//! applying the rules again. A queue the server does not serve is refused when the
 //! configuration is loaded (file and line named), so no mail is stranded.
 
 use std::path::{Path, PathBuf};

@@ -4,7 +4,8 @@
 //! (queue `QUEUE_START + k` to shard `k % shards`, an adopted `queueN` to
 //! shard `N % shards`). A message accepted by a shard goes to one of that
 //! shard's own queues (round-robin when it owns several), so the commit path
-//! never crosses threads.
+//! never crosses threads; only mail `domainqueue` sends to another shard's
+//! queue goes there as a drop file (see [`crate::domainqueue`]).
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -23,6 +24,10 @@ pub struct ShardQueues {
     /// reload too): the same rules SMTP applies, see
     /// [`msgproc::QueueRules::apply`].
     rules: std::cell::RefCell<Option<std::sync::Arc<msgproc::QueueRules>>>,
+    /// The import wake-up of the shard owning each queue (by number, set by
+    /// `serve`): mail routed into another shard's queue (see
+    /// [`crate::domainqueue`]) is imported at once, not at the next poll.
+    wakers: std::cell::RefCell<Vec<(u32, std::sync::Arc<tokio::sync::Notify>)>>,
 }
 
 /// Present in a queue directory while `indimail import-qmail-queue` has not
@@ -106,6 +111,7 @@ impl ShardQueues {
                 next: Cell::new(0),
                 _locks: locks,
                 rules: Default::default(),
+                wakers: Default::default(),
             },
             reports,
         ))
@@ -114,6 +120,18 @@ impl ShardQueues {
     /// Sets the line processing applied to injected mail.
     pub fn set_rules(&self, rules: std::sync::Arc<msgproc::QueueRules>) {
         *self.rules.borrow_mut() = Some(rules);
+    }
+
+    /// Sets the import wake-ups of every queue's owner.
+    pub fn set_wakers(&self, wakers: Vec<(u32, std::sync::Arc<tokio::sync::Notify>)>) {
+        *self.wakers.borrow_mut() = wakers;
+    }
+
+    /// Wakes the importer of queue `number` (a drop file is waiting there).
+    pub fn wake_owner(&self, number: u32) {
+        if let Some((_, w)) = self.wakers.borrow().iter().find(|(n, _)| *n == number) {
+            w.notify_one();
+        }
     }
 
     /// Starts a message on the next queue in turn.

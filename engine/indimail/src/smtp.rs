@@ -2070,6 +2070,7 @@ impl Connection {
         match w.commit(envelope, &found.logged).await {
             Ok(crate::domainqueue::Stored::Routed { queue, name }) => {
                 // The importing shard logs `new msg` and the headers.
+                self.shard.queues.wake_owner(queue);
                 self.shard.metrics.inc(crate::metrics::Counter::Accepted);
                 log!(
                     "shard{} routed msg to queue{queue} drop={name} bytes={} from=<{sender}> rcpts={rcpt_count} ip={} (domainqueue)",
