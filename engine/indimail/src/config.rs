@@ -193,6 +193,9 @@ pub struct SmtpSettings {
     /// Queue-time message processing: `removeheaders`, `envheaders`,
     /// `logheaders`, `quarantine`, `extraqueue`, `NULLQUEUE` (see `msgproc`).
     pub msgproc: std::sync::Arc<msgproc::QueueRules>,
+    /// `domainqueue`: the queue a recipient domain's mail goes to, checked
+    /// against the queues served (see [`crate::domainqueue`]).
+    pub domain_queues: std::sync::Arc<crate::domainqueue::DomainQueues>,
 }
 
 /// Rate limits per minute; 0 = unlimited.
@@ -229,10 +232,12 @@ pub const DEFAULT_SMTP_LISTENER: &str = "127.0.0.1:2525";
 impl ServeConfig {
     /// Reads every control file, reporting all problems at once.
     /// `overrides` are the listeners given on the command line; when any is
-    /// given, `control/listeners` is not read.
+    /// given, `control/listeners` is not read. `cpus_arg` (`serve --cpus`)
+    /// decides the default queue count `domainqueue` is checked against.
     pub fn load(
         paths: Paths,
         overrides: &[(crate::smtp::Service, SocketAddr)],
+        cpus_arg: Option<String>,
     ) -> Result<ServeConfig, Vec<ControlError>> {
         let mut errors = Vec::new();
         let c = &paths.control;
@@ -437,6 +442,21 @@ impl ServeConfig {
                 Default::default()
             }
         };
+        // Layout errors are reported by `serve` and `config check` apart.
+        let layout = paths.layout(cpus_arg.as_deref()).ok().map(|mut l| {
+            l.adopt_existing();
+            l
+        });
+        let domain_queues = match &policy {
+            Some(p) => match crate::domainqueue::DomainQueues::load(p, layout.as_ref()) {
+                Ok(d) => std::sync::Arc::new(d),
+                Err(mut e) => {
+                    errors.append(&mut e);
+                    Default::default()
+                }
+            },
+            None => Default::default(),
+        };
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -474,13 +494,14 @@ impl ServeConfig {
                 policy,
                 turn,
                 msgproc,
+                domain_queues,
                 smtproutes: std::sync::Arc::new(smtproutes),
                 client_checks,
                 spf_local: std::sync::Arc::new(spf_local),
             },
             paths,
             listeners,
-            cpus_arg: None,
+            cpus_arg,
         })
     }
 }

@@ -22,6 +22,14 @@
 //! | B | message |
 //! | 4 | CRC32C of everything before it |
 //!
+//! A message an SMTP shard routes into another shard's queue (`domainqueue`,
+//! see [`crate::domainqueue`]) is a drop file too, magic `IMINJ02\n`: after
+//! the envelope, 4 bytes of length and that many bytes of *route record*
+//! (pairs of 4-byte-length-prefixed key and value: `ip`, `helo`, `auth`,
+//! `x.<name>` for envelope extras such as envheaders, `log` per logged
+//! header), then the body as above. Its queue rules were applied once, as it
+//! streamed in, so the importer queues it as it is.
+//!
 //! Files being written are named `tmp.*` and ignored by the importer.
 
 use std::io::{Read, Write};
@@ -32,6 +40,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use crate::config::{Paths, QueueSpec};
 
 const MAGIC: &[u8; 8] = b"IMINJ01\n";
+/// A message routed by SMTP, queue rules already applied (see the module docs).
+const MAGIC_ROUTED: &[u8; 8] = b"IMINJ02\n";
 /// qmail's ADDR limit: an envelope address longer than this is refused.
 pub const MAX_ADDR: usize = 1003;
 
@@ -283,10 +293,93 @@ pub fn drop_dir(queue: &Path) -> PathBuf {
 /// Writes one message durably into the queue's drop directory. Returns the
 /// drop file's name.
 pub fn write_drop(queue: &Path, env: &Envelope, body: &[u8]) -> Result<String, InjectError> {
+    let data = drop_bytes(MAGIC, &envelope_bytes(env), None, body);
+    write_durable(queue, &data).map_err(|(stage, e)| match stage {
+        Stage::Dir => InjectError::new(
+            exit::CHDIR,
+            format!("cannot create {}: {e}", drop_dir(queue).display()),
+        ),
+        Stage::Write => InjectError::new(exit::WRITE, format!("write error: {e}")),
+        Stage::Sync => InjectError::new(exit::FSYNC, format!("fsync error: {e}")),
+    })
+}
+
+/// The queue-side details of a message routed by SMTP (see the module docs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Routed {
+    /// SMTP client address.
+    pub client_ip: Option<std::net::IpAddr>,
+    /// HELO/EHLO argument.
+    pub helo: String,
+    /// Authenticated user.
+    pub auth_user: Option<String>,
+    /// Envelope extras (envheaders...), as the queue stores them.
+    pub extra: Vec<(String, String)>,
+    /// The `logheaders` lines the importer logs with the queued id.
+    pub logged: Vec<String>,
+}
+
+/// Writes a message routed by SMTP durably into `queue`'s drop directory
+/// (file and directory fsynced before `Ok`); nothing is left behind on
+/// `Err`. Returns the drop file's name.
+pub fn write_routed(
+    queue: &Path,
+    env: &Envelope,
+    routed: &Routed,
+    body: &[u8],
+) -> std::io::Result<String> {
+    let mut rec = Vec::new();
+    let mut pair = |k: &str, v: &str| {
+        for part in [k, v] {
+            rec.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            rec.extend_from_slice(part.as_bytes());
+        }
+    };
+    if let Some(ip) = routed.client_ip {
+        pair("ip", &ip.to_string());
+    }
+    pair("helo", &routed.helo);
+    if let Some(a) = &routed.auth_user {
+        pair("auth", a);
+    }
+    for (k, v) in &routed.extra {
+        pair(&format!("x.{k}"), v);
+    }
+    for l in &routed.logged {
+        pair("log", l);
+    }
+    let data = drop_bytes(MAGIC_ROUTED, &envelope_bytes(env), Some(&rec), body);
+    write_durable(queue, &data).map_err(|(_, e)| e)
+}
+
+fn drop_bytes(magic: &[u8; 8], envb: &[u8], record: Option<&[u8]>, body: &[u8]) -> Vec<u8> {
+    let mut data = Vec::with_capacity(body.len() + envb.len() + 64);
+    data.extend_from_slice(magic);
+    data.extend_from_slice(&(envb.len() as u32).to_be_bytes());
+    data.extend_from_slice(envb);
+    if let Some(rec) = record {
+        data.extend_from_slice(&(rec.len() as u32).to_be_bytes());
+        data.extend_from_slice(rec);
+    }
+    data.extend_from_slice(&(body.len() as u64).to_be_bytes());
+    data.extend_from_slice(body);
+    let crc = crc32c::crc32c(&data);
+    data.extend_from_slice(&crc.to_be_bytes());
+    data
+}
+
+/// Where a durable write failed.
+enum Stage {
+    Dir,
+    Write,
+    Sync,
+}
+
+/// `tmp.<name>` written and fsynced, renamed to `<name>`, directory fsynced:
+/// the importer sees the whole file or nothing.
+fn write_durable(queue: &Path, data: &[u8]) -> Result<String, (Stage, std::io::Error)> {
     let dir = drop_dir(queue);
-    std::fs::create_dir_all(&dir).map_err(|e| {
-        InjectError::new(exit::CHDIR, format!("cannot create {}: {e}", dir.display()))
-    })?;
+    std::fs::create_dir_all(&dir).map_err(|e| (Stage::Dir, e))?;
     static SEQ: AtomicU32 = AtomicU32::new(0);
     let name = format!(
         "{}.{}.{}",
@@ -295,33 +388,25 @@ pub fn write_drop(queue: &Path, env: &Envelope, body: &[u8]) -> Result<String, I
         SEQ.fetch_add(1, Ordering::Relaxed)
     );
     let tmp = dir.join(format!("tmp.{name}"));
-    let write_err = |e: std::io::Error| InjectError::new(exit::WRITE, format!("write error: {e}"));
-    let mut data = Vec::with_capacity(body.len() + 64);
-    let envb = envelope_bytes(env);
-    data.extend_from_slice(MAGIC);
-    data.extend_from_slice(&(envb.len() as u32).to_be_bytes());
-    data.extend_from_slice(&envb);
-    data.extend_from_slice(&(body.len() as u64).to_be_bytes());
-    data.extend_from_slice(body);
-    let crc = crc32c::crc32c(&data);
-    data.extend_from_slice(&crc.to_be_bytes());
     let result = (|| {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&tmp)
-            .map_err(write_err)?;
-        f.write_all(&data).map_err(write_err)?;
-        f.sync_data()
-            .map_err(|e| InjectError::new(exit::FSYNC, format!("fsync error: {e}")))?;
-        std::fs::rename(&tmp, dir.join(&name)).map_err(write_err)?;
+            .map_err(|e| (Stage::Write, e))?;
+        f.write_all(data).map_err(|e| (Stage::Write, e))?;
+        f.sync_data().map_err(|e| (Stage::Sync, e))?;
+        std::fs::rename(&tmp, dir.join(&name)).map_err(|e| (Stage::Write, e))?;
         // The rename is durable only once the directory is (ext4, no journal).
         std::fs::File::open(&dir)
             .and_then(|d| d.sync_all())
-            .map_err(|e| InjectError::new(exit::FSYNC, format!("fsync error: {e}")))
+            .map_err(|e| (Stage::Sync, e))
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
+        // A rename that happened before the directory sync failed: the file
+        // may be there; the sender is told "not queued", so it must not be.
+        let _ = std::fs::remove_file(dir.join(&name));
     }
     result.map(|()| name)
 }
@@ -333,35 +418,82 @@ pub struct DropFile {
     pub envelope: Envelope,
     /// The message.
     pub body: Vec<u8>,
+    /// Set for a message routed by SMTP: queue rules already applied.
+    pub routed: Option<Routed>,
 }
 
 /// Reads and checks a drop file; `Err` names what is wrong.
 pub fn read_drop(bytes: &[u8]) -> Result<DropFile, String> {
-    if bytes.len() < MAGIC.len() + 4 + 8 + 4 || &bytes[..8] != MAGIC {
-        return Err("not a drop file (bad magic or too short)".into());
+    if bytes.len() < MAGIC.len() + 4 + 8 + 4 {
+        return Err("not a drop file (too short)".into());
     }
+    let routed = match &bytes[..8] {
+        m if m == MAGIC => false,
+        m if m == MAGIC_ROUTED => true,
+        _ => return Err("not a drop file (bad magic)".into()),
+    };
     let (payload, crc) = bytes.split_at(bytes.len() - 4);
     let crc = u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]);
     if crc32c::crc32c(payload) != crc {
         return Err("checksum mismatch (torn or corrupt)".into());
     }
     let mut p = &payload[8..];
-    let elen = u32::from_be_bytes(p[..4].try_into().map_err(|_| "short")?) as usize;
-    p = &p[4..];
-    if p.len() < elen + 8 {
-        return Err("envelope length out of range".into());
-    }
-    let envelope = parse_envelope(&p[..elen]).map_err(|e| e.to_string())?;
-    p = &p[elen..];
-    let blen = u64::from_be_bytes(p[..8].try_into().map_err(|_| "short")?) as usize;
-    p = &p[8..];
-    if p.len() != blen {
+    let envb = take_field(&mut p, 4)?;
+    let envelope = parse_envelope(envb).map_err(|e| e.to_string())?;
+    let routed = if routed {
+        Some(parse_routed(take_field(&mut p, 4)?)?)
+    } else {
+        None
+    };
+    let body = take_field(&mut p, 8)?;
+    if !p.is_empty() {
         return Err("body length mismatch".into());
     }
     Ok(DropFile {
         envelope,
-        body: p.to_vec(),
+        body: body.to_vec(),
+        routed,
     })
+}
+
+/// A field prefixed by its big-endian length (`width` bytes: 4 or 8).
+fn take_field<'a>(p: &mut &'a [u8], width: usize) -> Result<&'a [u8], String> {
+    if p.len() < width {
+        return Err("truncated length field".into());
+    }
+    let len = p[..width]
+        .iter()
+        .fold(0u64, |n, b| (n << 8) | u64::from(*b));
+    let rest = &p[width..];
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|l| *l <= rest.len())
+        .ok_or("field length out of range")?;
+    *p = &rest[len..];
+    Ok(&rest[..len])
+}
+
+fn parse_routed(mut rec: &[u8]) -> Result<Routed, String> {
+    let mut r = Routed::default();
+    while !rec.is_empty() {
+        let k = take_field(&mut rec, 4)?;
+        let v = take_field(&mut rec, 4)?;
+        let (k, v) = match (std::str::from_utf8(k), std::str::from_utf8(v)) {
+            (Ok(k), Ok(v)) => (k, v.to_string()),
+            _ => return Err("route record is not UTF-8".into()),
+        };
+        match k {
+            "ip" => r.client_ip = Some(v.parse().map_err(|_| "bad ip in route record")?),
+            "helo" => r.helo = v,
+            "auth" => r.auth_user = Some(v),
+            "log" => r.logged.push(v),
+            _ => match k.strip_prefix("x.") {
+                Some(name) => r.extra.push((name.to_string(), v)),
+                None => return Err(format!("unknown key `{k}` in route record")),
+            },
+        }
+    }
+    Ok(r)
 }
 
 /// `indimail queue inject` / `qmail-queue`: message on fd 0, envelope on
@@ -544,5 +676,35 @@ mod tests {
         let mut flipped = bytes.clone();
         flipped[20] ^= 1;
         assert!(read_drop(&flipped).is_err());
+        assert!(
+            d.routed.is_none(),
+            "an injected message gets the queue rules"
+        );
+    }
+
+    #[test]
+    fn routed_drop_round_trip_and_torn() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Envelope {
+            sender: "".into(),
+            recipients: vec!["r@slow.example".into(), "archive@x".into()],
+        };
+        let routed = Routed {
+            client_ip: Some("127.0.0.9".parse().unwrap()),
+            helo: "client.test".into(),
+            auth_user: Some("u@x".into()),
+            extra: vec![("envheader".into(), "X_TICKET=T-1".into())],
+            logged: vec!["Subject: hi".into()],
+        };
+        let name = write_routed(dir.path(), &e, &routed, b"Subject: hi\n\nbody\n").unwrap();
+        let bytes = std::fs::read(drop_dir(dir.path()).join(&name)).unwrap();
+        let d = read_drop(&bytes).unwrap();
+        assert_eq!((d.envelope, d.routed), (e, Some(routed)));
+        assert_eq!(d.body, b"Subject: hi\n\nbody\n");
+        for cut in 0..bytes.len() {
+            assert!(read_drop(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let names: Vec<_> = std::fs::read_dir(drop_dir(dir.path())).unwrap().collect();
+        assert_eq!(names.len(), 1, "no tmp file left");
     }
 }

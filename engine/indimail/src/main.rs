@@ -13,6 +13,7 @@ mod control;
 mod deliver;
 mod directory;
 mod dnscheck;
+mod domainqueue;
 mod indisrvr;
 mod inject;
 mod log;
@@ -659,12 +660,11 @@ fn run_serve(
     for p in made {
         log!("created {}", p.display());
     }
-    let mut cfg = ServeConfig::load(paths, smtp).map_err(|errors| {
+    // --cpus is checked with the rest of the layout by `serve` (queue-layout).
+    let cfg = ServeConfig::load(paths, smtp, cpus).map_err(|errors| {
         let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         anyhow::anyhow!("configuration errors:\n  {}", lines.join("\n  "))
     })?;
-    // Checked with the rest of the layout by `serve` (queue-layout).
-    cfg.cpus_arg = cpus;
     let driver = match driver {
         Some(d) => d.parse().map_err(anyhow::Error::msg)?,
         None => shard::io::Driver::from_env().map_err(anyhow::Error::msg)?,
@@ -855,7 +855,7 @@ fn init(paths: &Paths) -> anyhow::Result<()> {
 /// Every configuration problem, as `file:line: problem` lines.
 fn config_problems(paths: &Paths) -> (Option<ServeConfig>, Vec<String>) {
     let mut problems = Vec::new();
-    let cfg = match ServeConfig::load(paths.clone(), &[]) {
+    let cfg = match ServeConfig::load(paths.clone(), &[], None) {
         Ok(c) => Some(c),
         Err(errs) => {
             problems.extend(errs.iter().map(|e| e.to_string()));

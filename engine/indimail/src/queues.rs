@@ -4,7 +4,8 @@
 //! (queue `QUEUE_START + k` to shard `k % shards`, an adopted `queueN` to
 //! shard `N % shards`). A message accepted by a shard goes to one of that
 //! shard's own queues (round-robin when it owns several), so the commit path
-//! never crosses threads.
+//! never crosses threads; only mail `domainqueue` sends to another shard's
+//! queue goes there as a drop file (see [`crate::domainqueue`]).
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -23,6 +24,10 @@ pub struct ShardQueues {
     /// reload too): the same rules SMTP applies, see
     /// [`msgproc::QueueRules::apply`].
     rules: std::cell::RefCell<Option<std::sync::Arc<msgproc::QueueRules>>>,
+    /// The import wake-up of the shard owning each queue (by number, set by
+    /// `serve`): mail routed into another shard's queue (see
+    /// [`crate::domainqueue`]) is imported at once, not at the next poll.
+    wakers: std::cell::RefCell<Vec<(u32, std::sync::Arc<tokio::sync::Notify>)>>,
 }
 
 /// Present in a queue directory while `indimail import-qmail-queue` has not
@@ -106,6 +111,7 @@ impl ShardQueues {
                 next: Cell::new(0),
                 _locks: locks,
                 rules: Default::default(),
+                wakers: Default::default(),
             },
             reports,
         ))
@@ -114,6 +120,18 @@ impl ShardQueues {
     /// Sets the line processing applied to injected mail.
     pub fn set_rules(&self, rules: std::sync::Arc<msgproc::QueueRules>) {
         *self.rules.borrow_mut() = Some(rules);
+    }
+
+    /// Sets the import wake-ups of every queue's owner.
+    pub fn set_wakers(&self, wakers: Vec<(u32, std::sync::Arc<tokio::sync::Notify>)>) {
+        *self.wakers.borrow_mut() = wakers;
+    }
+
+    /// Wakes the importer of queue `number` (a drop file is waiting there).
+    pub fn wake_owner(&self, number: u32) {
+        if let Some((_, w)) = self.wakers.borrow().iter().find(|(n, _)| *n == number) {
+            w.notify_one();
+        }
     }
 
     /// Starts a message on the next queue in turn.
@@ -198,38 +216,17 @@ impl ShardQueues {
                     continue;
                 }
             };
-            let rules = self.rules.borrow().clone();
-            let processed = match &rules {
-                Some(r) => r.apply(drop.envelope.recipients.clone(), &drop.body),
-                None => Some(msgproc::Processed {
-                    recipients: drop.envelope.recipients.clone(),
-                    message: drop.body.clone(),
-                    found: Default::default(),
-                }),
-            };
-            let Some(processed) = processed else {
+            let Some((message, env, logged)) = self.prepare(drop) else {
                 // NULLQUEUE: the injector was told "queued"; nothing is kept.
                 crate::log!("shard{shard} blackholed injected={name} (NULLQUEUE)");
                 let _ = std::fs::remove_file(&path);
                 removed = true;
                 continue;
             };
+            let (sender, rcpts) = (env.sender.clone(), env.recipients.len());
             let mut w = q.begin();
-            let committed = match w.write(&processed.message).await {
-                Ok(()) => {
-                    let mut env = queue_store::Envelope::new(
-                        drop.envelope.sender.clone(),
-                        processed.recipients.clone(),
-                    );
-                    // envheaders travel with the envelope, as from SMTP.
-                    env.extra.extend(processed.found.env.iter().map(|(k, v)| {
-                        (
-                            msgproc::headers::ENVELOPE_KEY.to_string(),
-                            format!("{k}={v}"),
-                        )
-                    }));
-                    w.commit(env).await
-                }
+            let committed = match w.write(&message).await {
+                Ok(()) => w.commit(env).await,
                 Err(e) => {
                     w.abort().await;
                     Err(e)
@@ -238,19 +235,13 @@ impl ShardQueues {
             match committed {
                 Ok(id) => {
                     crate::log!(
-                        "shard{shard} new msg {id} bytes={} from=<{}> rcpts={} injected={name}",
-                        processed.message.len(),
-                        drop.envelope.sender,
-                        processed.recipients.len()
+                        "shard{shard} new msg {id} bytes={} from=<{sender}> rcpts={rcpts} injected={name}",
+                        message.len(),
                     );
-                    if !processed.found.logged.is_empty() {
+                    if !logged.is_empty() {
                         crate::log!(
                             "shard{shard} headers msg {id} {}",
-                            processed
-                                .found
-                                .logged
-                                .join(" | ")
-                                .replace(['\n', '\r'], " ")
+                            logged.join(" | ").replace(['\n', '\r'], " ")
                         );
                     }
                     let _ = std::fs::remove_file(&path);
@@ -268,6 +259,45 @@ impl ShardQueues {
             let _ = shard::io::sync_dir(dir).await;
         }
         imported
+    }
+}
+
+impl ShardQueues {
+    /// What a drop file is queued as: the message, its envelope and the
+    /// `logheaders` lines to log; `None` for NULLQUEUE. A message routed by
+    /// SMTP (`domainqueue`) went through the queue rules as it streamed in,
+    /// so they are applied here only to injected mail: once either way.
+    fn prepare(
+        &self,
+        drop: crate::inject::DropFile,
+    ) -> Option<(Vec<u8>, queue_store::Envelope, Vec<String>)> {
+        let sender = drop.envelope.sender;
+        if let Some(r) = drop.routed {
+            let mut env = queue_store::Envelope::new(sender, drop.envelope.recipients);
+            env.client_ip = r.client_ip;
+            env.helo = r.helo;
+            env.auth_user = r.auth_user;
+            env.extra = r.extra;
+            return Some((drop.body, env, r.logged));
+        }
+        let rules = self.rules.borrow().clone();
+        let processed = match &rules {
+            Some(r) => r.apply(drop.envelope.recipients, &drop.body)?,
+            None => msgproc::Processed {
+                recipients: drop.envelope.recipients,
+                message: drop.body,
+                found: Default::default(),
+            },
+        };
+        let mut env = queue_store::Envelope::new(sender, processed.recipients);
+        // envheaders travel with the envelope, as from SMTP.
+        env.extra.extend(processed.found.env.iter().map(|(k, v)| {
+            (
+                msgproc::headers::ENVELOPE_KEY.to_string(),
+                format!("{k}={v}"),
+            )
+        }));
+        Some((processed.message, env, processed.found.logged))
     }
 }
 

@@ -60,6 +60,9 @@ struct Shared {
     stray_base: Option<std::path::PathBuf>,
     /// Numbers of the queues in the layout (the others are strays).
     known_queues: Vec<u32>,
+    /// Each shard's import wake-up: a drop file routed there by another
+    /// shard (`domainqueue`) is imported at once.
+    import_wake: Vec<Arc<tokio::sync::Notify>>,
 }
 
 /// The shard placement of a layout: every online CPU stays `PerCpu` so the
@@ -221,6 +224,7 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
         assignment,
         stray_base: layout.queuedir.is_none().then(|| layout.base.clone()),
         known_queues: queue_numbers.clone(),
+        import_wake: (0..shards).map(|_| Default::default()).collect(),
         addrs: addrs.clone(),
         shard_listeners: Mutex::new(shard_listeners),
         ready: Mutex::new(ready_tx),
@@ -409,6 +413,13 @@ async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<(), String> 
         let queues = Rc::clone(&smtp_shard.queues);
         // The queue's line processing acts on injected mail too.
         queues.set_rules(Arc::clone(&shared.settings.msgproc));
+        let owners = shared.assignment.iter().zip(&shared.import_wake);
+        queues.set_wakers(
+            owners
+                .flat_map(|(qs, w)| qs.iter().map(|q| (q.number, Arc::clone(w))))
+                .collect(),
+        );
+        let wake = Arc::clone(&shared.import_wake[info.index]);
         let specs = shared.assignment[info.index].clone();
         let stop = info.shutdown.clone();
         let index = info.index;
@@ -440,6 +451,7 @@ async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<(), String> 
                 pass += 1;
                 tokio::select! {
                     _ = stop.wait() => break,
+                    _ = wake.notified() => {}
                     _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
                 }
             }
@@ -823,7 +835,11 @@ fn config_fingerprint(
 }
 
 fn reload(config: &ServeConfig, tx: &tokio::sync::watch::Sender<Arc<SmtpSettings>>, why: &str) {
-    match ServeConfig::load(config.paths.clone(), &config.listeners) {
+    match ServeConfig::load(
+        config.paths.clone(),
+        &config.listeners,
+        config.cpus_arg.clone(),
+    ) {
         Ok(new) => {
             tx.send_replace(Arc::new(new.smtp));
             log!("status: configuration reloaded ({why})");

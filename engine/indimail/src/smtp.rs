@@ -790,6 +790,8 @@ struct Txn {
     held_prefix: String,
     /// `Received:`/`Delivered-To:` fields of the message (loop guard).
     hops: smtp_proto::HopCounter,
+    /// `domainqueue` assignments of the accepted recipients, merged.
+    queue_env: Vec<policy::EnvAssign>,
 }
 
 struct Connection {
@@ -821,7 +823,7 @@ struct Connection {
     /// CHECKRECIPIENT in force for this connection.
     check_rcpt: crate::rcptcheck::RecipientCheck,
     session: Session,
-    spool: Option<queue_store::MessageWriter>,
+    spool: Option<crate::domainqueue::Spool>,
     /// Set when storing the message failed mid-message: the commit then
     /// answers with the failure's reply instead of 250.
     spool_failed: Option<SpoolFailure>,
@@ -1195,6 +1197,9 @@ impl Connection {
                     if let Decision::Accept = d {
                         d = self.greylist(&addr).await;
                     }
+                    if let (Decision::Accept, true) = (&d, self.settings.domain_queues.is_on()) {
+                        self.domain_queue(&addr);
+                    }
                 }
                 self.slow_down_rcpt(&d).await;
                 self.session.decide(d);
@@ -1432,6 +1437,23 @@ impl Connection {
         let d = self.verdict(v, &mut txn, rcpt);
         self.txn = txn;
         d
+    }
+
+    /// `domainqueue`: an accepted recipient's line joins the message's
+    /// assignments; DATABYTES, NULLQUEUE and QUARANTINE act as from
+    /// envrules (see [`crate::domainqueue::txn_vars`]).
+    fn domain_queue(&mut self, rcpt: &str) {
+        let env = self.settings.policy.domain_queue_env(rcpt);
+        if env.is_empty() {
+            return;
+        }
+        policy::merge_env(&mut self.txn.queue_env, &env);
+        self.txn.apply_env(&crate::domainqueue::txn_vars(&env));
+        log!(
+            "shard{} domainqueue rcpt=<{rcpt}> set={}",
+            self.shard.index,
+            env_text(&env)
+        );
     }
 
     /// Greylisting for clients that are neither relay clients nor
@@ -1745,7 +1767,9 @@ impl Connection {
         }
         self.txn.headers = (!rules.headers.is_empty())
             .then(|| msgproc::HeaderProcessor::new(std::sync::Arc::clone(&rules.headers)));
-        let mut w = self.shard.queues.begin();
+        let dq = &self.settings.domain_queues;
+        let target = dq.target(&self.txn.queue_env, self.shard.index);
+        let mut w = crate::domainqueue::Spool::begin(&self.shard.queues, target);
         let mut received = self.txn.spf_header.clone().unwrap_or_default();
         received.push_str(&self.received_header());
         let rcpts = self.queue_recipients();
@@ -2040,8 +2064,21 @@ impl Connection {
             )
         }));
         let rcpt_count = envelope.recipients.len();
-        match w.commit(envelope).await {
-            Ok(id) => {
+        match w.commit(envelope, &found.logged).await {
+            Ok(crate::domainqueue::Stored::Routed { queue, name }) => {
+                // The importing shard logs `new msg` and the headers.
+                self.shard.queues.wake_owner(queue);
+                self.shard.metrics.inc(crate::metrics::Counter::Accepted);
+                log!(
+                    "shard{} routed msg to queue{queue} drop={name} bytes={} from=<{sender}> rcpts={rcpt_count} ip={} (domainqueue)",
+                    self.shard.index,
+                    self.message_bytes,
+                    self.peer.ip()
+                );
+                self.session
+                    .message_committed(Ok(format!("queue{queue} {name}")));
+            }
+            Ok(crate::domainqueue::Stored::Queued(id)) => {
                 self.shard.metrics.inc(crate::metrics::Counter::Accepted);
                 log!(
                     "shard{} new msg {id} bytes={} from=<{sender}> rcpts={} ip={}",

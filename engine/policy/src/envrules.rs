@@ -23,6 +23,7 @@ struct Rule {
 #[derive(Debug, Default)]
 pub(crate) struct EnvRules {
     label: String,
+    path: std::path::PathBuf,
     rules: Vec<Rule>,
 }
 
@@ -64,8 +65,9 @@ pub(crate) fn parse_assignments(s: &str) -> Result<Vec<EnvAssign>, &'static str>
     Ok(out)
 }
 
-/// Applies `new` on top of `env`, later assignments replacing earlier ones of the same name.
-pub(crate) fn merge(env: &mut Vec<EnvAssign>, new: &[EnvAssign]) {
+/// Applies `new` on top of `env`, later assignments replacing earlier ones of the same name
+/// (as successive lines set the environment in IndiMail).
+pub fn merge(env: &mut Vec<EnvAssign>, new: &[EnvAssign]) {
     for (k, v) in new {
         match env.iter_mut().find(|(n, _)| n == k) {
             Some(slot) => slot.1 = v.clone(),
@@ -134,12 +136,23 @@ impl EnvRules {
         }
         EnvRules {
             label: file.label.clone(),
+            path: file.path.clone(),
             rules,
         }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
         self.rules.is_empty()
+    }
+
+    /// The file the rules were read from.
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Each rule's line number and assignments, in file order.
+    pub(crate) fn lines(&self) -> impl Iterator<Item = (usize, &[EnvAssign])> {
+        self.rules.iter().map(|r| (r.line, r.assigns.as_slice()))
     }
 
     /// All assignments any rule could make (used to find files the rules may switch to).

@@ -65,7 +65,7 @@ use std::net::IpAddr;
 
 pub use bodycheck::{BodyScanner, MAX_FIELD, MAX_LINE};
 pub use control::SqlFetch;
-pub use envrules::EnvAssign;
+pub use envrules::{merge as merge_env, EnvAssign};
 pub use error::{PolicyError, PolicyErrorKind};
 pub use policy::Policy;
 pub use recipients::{run_pavm, ProgramRunner, Recipients, RecipientsAnswer};

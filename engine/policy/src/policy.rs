@@ -696,6 +696,17 @@ impl Policy {
         }
     }
 
+    /// Whether `domainqueue` has any line (so RCPT need not ask [`Policy::domain_queue_env`]).
+    pub fn has_domain_queue(&self) -> bool {
+        !self.domainqueue.is_empty()
+    }
+
+    /// The `domainqueue` file and each of its lines' number and assignments, in file order,
+    /// for the engine to check the queues they name against the ones it serves.
+    pub fn domain_queue_lines(&self) -> (&Path, Vec<(usize, &[EnvAssign])>) {
+        (self.domainqueue.path(), self.domainqueue.lines().collect())
+    }
+
     /// A fresh content scanner for one message, when BODYCHECK enabled rules that exist.
     pub fn body_scanner(&self) -> Option<BodyScanner> {
         self.body.as_ref().map(|r| BodyScanner::new(r.clone()))
