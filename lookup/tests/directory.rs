@@ -325,6 +325,17 @@ fn hosts_limits_relay(kind: Kind) {
             })
             .await
             .unwrap();
+        // The row acts once the domain's limits are on (vmoddomain -l 1).
+        admin
+            .domain_mod(
+                "example.com",
+                &lookup::DomainChange {
+                    limits: Some(true),
+                    handler: None,
+                },
+            )
+            .await
+            .unwrap();
 
         let clock = Rc::new(ManualClock::new(T0));
         let dir = env.directory(clock.clone(), env.config()).await;
