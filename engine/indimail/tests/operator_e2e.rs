@@ -468,7 +468,10 @@ fn quota_warning_and_overquota_cmd() {
         "{texts:?}"
     );
     send(80); // ~6 KB more: does not fit
-    wait_until(30, "OVERQUOTA_CMD ran", || hook_out.exists());
+    // The shell creates the file before it writes the line: wait for the line.
+    wait_until(30, "OVERQUOTA_CMD ran", || {
+        std::fs::read_to_string(&hook_out).is_ok_and(|t| t.ends_with('\n'))
+    });
     let args = std::fs::read_to_string(&hook_out).unwrap();
     let words: Vec<&str> = args.split_whitespace().collect();
     assert_eq!(words.len(), 5, "{args}");
