@@ -2,6 +2,7 @@
 # Installs, from Debian's packages, what the test suite needs when it is
 # missing: Postfix's smtp-sink/smtp-source (package postfix), swaks (with
 # Perl's TLS modules),
+# fusepy and fusermount (the failing FUSE file system of faults.rs),
 # MariaDB's server binaries (the tests start private instances; the system
 # service is never started or used), Dovecot, Python's aiosmtpd, and
 # dnsmasq's binary (package dnsmasq-base: a private DNS server for DNSBL/SPF
@@ -40,6 +41,10 @@ command -v man >/dev/null 2>&1 || need+=(man-db)
 # faults.rs loop-mounts a small ext4 to fill its queue's disk (as root).
 [ -x /sbin/mkfs.ext4 ] || need+=(e2fsprogs)
 [ -x /bin/mount ] || need+=(mount)
+# faults.rs mounts a passthrough FUSE file system whose flushes and writes
+# fail on demand (tests/peers/failfs.py: fusepy, and fusermount with libfuse2).
+/usr/bin/python3 -c 'import fusepy' >/dev/null 2>&1 || need+=(python3-fusepy)
+[ -x /bin/fusermount ] || need+=(fuse)
 
 if [ ${#need[@]} -eq 0 ]; then
   echo "install-test-deps: everything present"

@@ -266,6 +266,9 @@ struct State {
     sealed: HashSet<u32>,
     /// Set while the write path fails; cleared by a successful flush.
     failure: Option<StoreFailure>,
+    /// The episode a successful flush ended, until [`Queue::take_healed`]
+    /// (any flush may end it, not only a probe).
+    healed: Option<StoreFailure>,
     stats: QueueStats,
 }
 
@@ -743,6 +746,12 @@ impl Queue {
     /// Whether (and since when, how often) the write path is failing.
     pub fn store_failure(&self) -> Option<StoreFailure> {
         self.sh.st.borrow().failure.clone()
+    }
+
+    /// The failure episode that ended since the last call, if any: a
+    /// successful flush ends it, whether of a probe or of a commit.
+    pub fn take_healed(&self) -> Option<StoreFailure> {
+        self.sh.st.borrow_mut().healed.take()
     }
 
     /// Tries the write path of a failing store: starts a fresh segment and
@@ -1559,7 +1568,9 @@ impl Queue {
             }
         } else if !files.is_empty() || seg_dir || big_dir {
             // Something reached stable storage: the write path works again.
-            st.failure = None;
+            if let Some(f) = st.failure.take() {
+                st.healed = Some(f);
+            }
         }
         drop(st);
         self.sh.synced.notify_waiters();

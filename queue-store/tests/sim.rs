@@ -668,3 +668,31 @@ fn same_seed_same_run() {
         assert_eq!(a, b, "seed {seed} is not deterministic");
     }
 }
+
+/// A failure episode ended by an ordinary commit's flush (not a probe) is
+/// reported once by `take_healed`, so the engine logs the heal whichever
+/// write ended it (seen under `serve` on a FUSE disk whose flushes failed).
+#[test]
+fn a_commit_that_flushes_ends_the_failure_and_reports_it_once() {
+    let fs = SimFs::new(1);
+    let (q, _) = fs
+        .run(Queue::open(QueueConfig::new(DIR, 1)))
+        .expect("open on a healthy disk");
+    let commit = |q: &Queue| {
+        let w = q.begin();
+        fs.run(w.commit(Envelope::new("a@x.test", vec!["b@y.test".into()])))
+    };
+    fs.set_faults(Faults {
+        sync_error_per_mille: 1000,
+        ..Faults::default()
+    });
+    assert!(commit(&q).is_err());
+    assert!(q.store_failure().is_some());
+    assert_eq!(q.take_healed(), None, "still failing");
+    fs.set_faults(Faults::default());
+    commit(&q).expect("a commit on the healed disk");
+    assert_eq!(q.store_failure(), None);
+    let healed = q.take_healed().expect("the ended episode");
+    assert!(healed.errors >= 1, "{healed:?}");
+    assert_eq!(q.take_healed(), None, "reported once");
+}

@@ -477,27 +477,14 @@ impl DeliveryShard {
 
     /// Whether the queue's store takes writes. A failing store is probed
     /// when its back-off allows (one log line per probe, so at most one a
-    /// second), and delivery of that queue resumes by itself once a probe
-    /// succeeds.
+    /// second), and delivery of that queue resumes by itself once a flush
+    /// succeeds, the probe's or any other (logged either way).
     async fn store_healthy(&self, q: &Queue, spec: &QueueSpec, now: u64) -> bool {
-        let Some(f) = q.store_failure() else {
-            return true;
-        };
-        if now < f.retry_at {
-            return false;
-        }
-        match q.probe().await {
-            Ok(()) => {
-                log!(
-                    "shard{} queue{} store healed after {}s and {} errors; delivery resumes",
-                    self.index,
-                    spec.number,
-                    now.saturating_sub(f.since),
-                    f.errors
-                );
-                true
+        if let Some(f) = q.store_failure() {
+            if now < f.retry_at {
+                return false;
             }
-            Err(e) => {
+            if let Err(e) = q.probe().await {
                 let next = q.store_failure().map_or(0, |f| f.backoff);
                 log!(
                     "shard{} queue{} store failing since {}s errors={} last={e}; delivery paused, next probe in {next}s",
@@ -506,9 +493,19 @@ impl DeliveryShard {
                     now.saturating_sub(f.since),
                     f.errors
                 );
-                false
+                return false;
             }
         }
+        if let Some(f) = q.take_healed() {
+            log!(
+                "shard{} queue{} store healed after {}s and {} errors; delivery resumes",
+                self.index,
+                spec.number,
+                now.saturating_sub(f.since),
+                f.errors
+            );
+        }
+        true
     }
 
     async fn dispatch(self: &Rc<Self>, q: &Rc<Queue>, spec: &QueueSpec, now: u64) {

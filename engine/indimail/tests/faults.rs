@@ -1,10 +1,13 @@
 //! Damage the server must survive without multiplying or stranding mail.
 
 mod common;
+#[path = "common/failfs.rs"]
+mod failfs;
 
 use std::path::{Path, PathBuf};
 
 use common::*;
+use failfs::{FailFs, Fault};
 
 /// Every spill file (bodies over the spill threshold) under the queues.
 fn spill_files(home: &Path) -> Vec<PathBuf> {
@@ -164,6 +167,106 @@ fn count_lines(log: &str, what: &str) -> usize {
     log.lines().filter(|l| l.contains(what)).count()
 }
 
+/// A delivering server whose queue lives on `disk` (`home/queue` is a
+/// symlink into it) and whose mail for sink.example goes to a capture
+/// server that holds each DATA until the test opens it. Five messages are
+/// accepted and their deliveries wait at the sink. Returns the server, the
+/// sink, its directory and the five recipients.
+fn start_storm(
+    home: &Path,
+    disk: &Path,
+    driver: &str,
+) -> (Server, Peer, tempfile::TempDir, Vec<String>) {
+    std::fs::create_dir_all(disk.join("queue")).unwrap();
+    std::os::unix::fs::symlink(disk.join("queue"), home.join("queue")).unwrap();
+    let (sink, port, cap) = capture("gate");
+    let control = home.join("control");
+    std::fs::create_dir_all(&control).unwrap();
+    std::fs::write(
+        control.join("smtproutes"),
+        format!("sink.example:127.0.0.1:{port}\n"),
+    )
+    .unwrap();
+    let s = Server::start_delivering(home, driver);
+    let accepted: Vec<String> = (0..5).map(|i| format!("r{i}@sink.example")).collect();
+    for to in &accepted {
+        let r = send_to(&s, to);
+        assert_eq!(r.0, 250, "{driver}: {r:?}");
+    }
+    wait_until(30, "a delivery at the sink", || {
+        std::fs::read_dir(cap.path())
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("waiting."))
+    });
+    (s, sink, cap, accepted)
+}
+
+/// Sends one small message to `to`; the final reply.
+fn send_to(s: &Server, to: &str) -> (u16, String) {
+    let body = format!("Subject: to {to}\r\n\r\n{}\r\n.\r\n", "f".repeat(200));
+    send_message(s.smtp, "a@example.org", &[to], body.as_bytes())
+}
+
+/// With the queue's store failing, lets the held deliveries finish (their
+/// outcomes cannot be recorded), then watches 6 s: no more than `n_all`
+/// deliveries in all and about a log line a second. Returns the log's
+/// growth in lines.
+fn open_sink_and_watch(s: &Server, cap: &Path, n_all: usize, what: &str) -> usize {
+    std::fs::write(cap.join("open"), b"").unwrap();
+    wait_until(30, "the store to fail", || {
+        s.log().contains("cannot record outcomes")
+    });
+    let log_before = s.log().lines().count();
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    let during = captured(cap).len();
+    assert!(
+        during <= n_all,
+        "{what}: {during} deliveries of {n_all} messages while the store failed:\n{}",
+        s.log()
+    );
+    let log = s.log();
+    let grown = log.lines().count() - log_before;
+    assert!(
+        grown <= 6 + n_all + 2,
+        "{what}: the log grew by {grown} lines in 6 s while the store failed:\n{log}"
+    );
+    grown
+}
+
+/// After the heal: waits until the server has finished all `n_all`
+/// messages and the queue is empty (`queue list` alone cannot tell: it
+/// reads the page cache, where outcome records whose flush failed are
+/// already visible), then checks that each of `accepted` reached the sink
+/// once or twice, that the store healed and probed at most once a second.
+/// Returns the deliveries and the log.
+fn assert_drained_at_least_once(
+    s: &Server,
+    cap: &Path,
+    n_all: usize,
+    accepted: &[String],
+    what: &str,
+) -> (Vec<(String, String)>, String) {
+    wait_until(120, "the queue to drain after the store healed", || {
+        count_lines(&s.log(), " end msg ") == n_all && queue_list(&s.home).is_empty()
+    });
+    let log = s.log();
+    assert!(log.contains("store healed"), "{what}: {log}");
+    let got = captured(cap);
+    for to in accepted {
+        let times = got.iter().filter(|(env, _)| env.contains(to)).count();
+        assert!(
+            (1..=2).contains(&times),
+            "{what}: {to} reached the sink {times} times:\n{log}"
+        );
+    }
+    assert!(
+        count_lines(&log, "store failing since") <= 12,
+        "{what}: one line per probe at most:\n{log}"
+    );
+    (got, log)
+}
+
 /// The delivery storm: the queue's disk fills while messages are being
 /// delivered, so their outcomes cannot be recorded. Each recipient must
 /// reach the next hop at most once more than at-least-once needs (not once
@@ -175,51 +278,17 @@ fn a_full_disk_pauses_delivery_without_a_storm_and_heals() {
         let disk = SmallDisk::new(24);
         let h = tempfile::tempdir().unwrap();
         let home = h.path();
-        std::fs::create_dir_all(disk.path().join("queue")).unwrap();
-        std::os::unix::fs::symlink(disk.path().join("queue"), home.join("queue")).unwrap();
-        let (_sink, port, cap) = capture("gate");
-        let control = home.join("control");
-        std::fs::create_dir_all(&control).unwrap();
-        std::fs::write(
-            control.join("smtproutes"),
-            format!("sink.example:127.0.0.1:{port}\n"),
-        )
-        .unwrap();
-        let mut s = Server::start_delivering(home, driver);
-        let n = 5;
-        for i in 0..n {
-            let body = format!("Subject: m{i}\r\n\r\nbody {i}\r\n.\r\n");
-            let r = send_message(
-                s.smtp,
-                "a@example.org",
-                &[&format!("r{i}@sink.example")],
-                body.as_bytes(),
-            );
-            assert_eq!(r.0, 250, "{r:?}");
-        }
-        // Deliveries are under way (held at the next hop's DATA); now the
-        // queue's disk fills, then the next hop accepts.
-        wait_until(30, "a delivery at the sink", || {
-            std::fs::read_dir(cap.path())
-                .unwrap()
-                .flatten()
-                .any(|e| e.file_name().to_string_lossy().starts_with("waiting."))
-        });
+        let (mut s, _sink, cap, mut accepted) = start_storm(home, disk.path(), driver);
         disk.fill();
         // The segment's last block still has room: mail is taken until it
         // is used up, then refused with a temporary reply (and from then
         // on an outcome record needs a block the disk does not have).
-        let mut accepted = n;
         let refused = (0..400).find_map(|k| {
-            let r = send_message(
-                s.smtp,
-                "a@example.org",
-                &[&format!("fill{k}@sink.example")],
-                format!("Subject: fill {k}\r\n\r\n{}\r\n.\r\n", "f".repeat(200)).as_bytes(),
-            );
+            let to = format!("fill{k}@sink.example");
+            let r = send_to(&s, &to);
             match r.0 {
                 250 => {
-                    accepted += 1;
+                    accepted.push(to);
                     None
                 }
                 _ => Some(r),
@@ -227,44 +296,80 @@ fn a_full_disk_pauses_delivery_without_a_storm_and_heals() {
         });
         let r = refused.expect("a full disk refuses new mail");
         assert_eq!(r.0 / 100, 4, "{r:?}");
-        std::fs::write(cap.path().join("open"), b"").unwrap();
-        wait_until(30, "the store to fail", || {
-            s.log().contains("cannot record outcomes")
-        });
-        let n_all = accepted;
-        let log_before = s.log().lines().count();
-        std::thread::sleep(std::time::Duration::from_secs(6));
-        let during = captured(cap.path()).len();
+        open_sink_and_watch(&s, cap.path(), accepted.len(), driver);
+        disk.heal();
+        assert_drained_at_least_once(&s, cap.path(), accepted.len(), &accepted, driver);
+        assert_eq!(s.stop(), Some(0));
+    }
+}
+
+/// The real-kernel half of the storm test: the queue lives on a FUSE file
+/// system whose flushes (or writes) start failing with EIO while deliveries
+/// are in flight. New mail gets 451/452 and never 250, the finished
+/// deliveries whose outcomes cannot be recorded are not repeated while it
+/// lasts, the log grows by about a line a second, and once the file system
+/// heals everything accepted drains, each recipient at most twice and none
+/// that was refused, also after a restart.
+fn a_failing_disk_pauses_delivery_and_heals(driver: &str, fault: Fault) {
+    let fs = FailFs::mount();
+    let h = tempfile::tempdir().unwrap();
+    let home = h.path();
+    let what = format!("{driver} {fault:?}");
+    let (mut s, _sink, cap, accepted) = start_storm(home, fs.path(), driver);
+    fs.set(fault, true);
+    let refused: Vec<String> = (0..5).map(|k| format!("refused{k}@sink.example")).collect();
+    let mut codes = Vec::new();
+    for to in &refused {
+        let r = send_to(&s, to);
+        codes.push(r.0);
         assert!(
-            during <= n_all,
-            "{during} deliveries of {n_all} messages while the disk was full:\n{}",
+            r.0 == 451 || r.0 == 452,
+            "{what}: DATA on a failing disk answered {r:?}:\n{}",
             s.log()
         );
-        let log = s.log();
-        let grown = log.lines().count() - log_before;
-        assert!(
-            grown <= 6 + n_all + 2,
-            "the log grew by {grown} lines in 6 s while the disk was full:\n{log}"
-        );
-        disk.heal();
-        wait_until(120, "the queue to drain after the disk healed", || {
-            queue_list(home).is_empty()
-        });
-        let log = s.log();
-        assert!(log.contains("store healed"), "{log}");
-        let got = captured(cap.path());
-        let fills = (0..n_all - n).map(|k| format!("fill{k}@sink.example"));
-        for to in (0..n).map(|i| format!("r{i}@sink.example")).chain(fills) {
-            let times = got.iter().filter(|(env, _)| env.contains(&to)).count();
-            assert!(
-                (1..=2).contains(&times),
-                "{to} reached the sink {times} times:\n{log}"
-            );
-        }
-        assert!(
-            count_lines(&log, "store failing since") <= 12,
-            "one line per probe at most:\n{log}"
-        );
-        assert_eq!(s.stop(), Some(0));
+    }
+    let grown = open_sink_and_watch(&s, cap.path(), accepted.len(), &what);
+    let injected = fs.injected().len();
+    assert!(injected > 0, "{what}: no fault was injected");
+    fs.set(fault, false);
+    let (got, log) = assert_drained_at_least_once(&s, cap.path(), 5, &accepted, &what);
+    for to in &refused {
+        let times = got.iter().filter(|(env, _)| env.contains(to)).count();
+        assert_eq!(times, 0, "{what}: {to} was refused:\n{log}");
+    }
+    assert_eq!(s.stop(), Some(0));
+    // Nothing told 451/452 comes back at a restart either: recovery finds
+    // no message in any queue.
+    let queues = count_lines(&log, " recovered: ");
+    let mut s = Server::start_delivering(home, driver);
+    wait_until(30, "recovery at the restart", || {
+        count_lines(&s.log(), " recovered: ") == 2 * queues
+    });
+    let restart = s.log();
+    let restart = restart.lines().filter(|l| l.contains(" recovered: "));
+    for l in restart.skip(queues) {
+        assert!(l.contains("messages=0 pending=0"), "{what}: {l}");
+    }
+    assert_eq!(s.stop(), Some(0));
+    eprintln!(
+        "{what}: DATA replies {codes:?}, {} deliveries of {} accepted messages, \
+         {injected} EIOs injected, log +{grown} lines in 6 s, {} probe lines",
+        got.len(),
+        accepted.len(),
+        count_lines(&log, "store failing since")
+    );
+}
+
+#[test]
+fn failing_flushes_under_serve_refuse_mail_pause_delivery_and_heal() {
+    for driver in DRIVERS {
+        a_failing_disk_pauses_delivery_and_heals(driver, Fault::Flush);
+    }
+}
+
+#[test]
+fn failing_writes_under_serve_refuse_mail_pause_delivery_and_heal() {
+    for driver in DRIVERS {
+        a_failing_disk_pauses_delivery_and_heals(driver, Fault::Write);
     }
 }
