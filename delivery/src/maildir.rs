@@ -3,7 +3,9 @@
 //!
 //! A message is Delivered only after: the file in `tmp/` is written and
 //! `fdatasync`ed, renamed into `new/`, and `new/` itself fsynced (the
-//! rename must survive a crash on ext4 without a journal). A crash in between leaves either nothing in `new/` (retry) or
+//! rename must survive a crash on ext4 without a journal). Concurrent
+//! deliveries into one `new/` share that directory fsync ([`crate::dirflush`]).
+//! A crash in between leaves either nothing in `new/` (retry) or
 //! a complete message (possibly delivered twice on retry: at-least-once).
 
 use std::os::fd::AsRawFd;
@@ -105,7 +107,8 @@ pub async fn write(dir: &Path, host: &str, data: Vec<u8>) -> Result<PathBuf, Mai
         let _ = shard::io::remove_file(&tmp_path).await;
         return Err(not_a_maildir(e, "move into", &new_path));
     }
-    shard::io::sync_dir(&new_dir)
+    // Shared with the other deliveries into this `new/` on this shard.
+    crate::dirflush::sync_dir(&new_dir)
         .await
         .map_err(io_err("sync", &new_dir))?;
     clean_tmp_now_and_then(dir, sec);
