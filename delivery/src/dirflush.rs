@@ -44,6 +44,23 @@ thread_local! {
     /// Directories with a flusher running, and who waits for its next flush.
     static GROUPS: RefCell<HashMap<PathBuf, Group>> = RefCell::new(HashMap::new());
     static STATS: Cell<FlushStats> = const { Cell::new(FlushStats { flushes: 0, members: 0 }) };
+    static GROUPING: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Turns sharing off (or back on) for this thread: each call then flushes on
+/// its own, as before group commit. For benchmarks that compare the two in
+/// one run; the server never turns it off.
+pub fn set_grouping(on: bool) {
+    GROUPING.with(|g| g.set(on));
+}
+
+fn count(flushes: u64, members: u64) {
+    STATS.with(|s| {
+        let mut v = s.get();
+        v.flushes += flushes;
+        v.members += members;
+        s.set(v);
+    });
 }
 
 /// This thread's (shard's) counters.
@@ -55,6 +72,10 @@ pub fn stats() -> FlushStats {
 /// sharing the fsync with the other deliveries into `dir` waiting at the
 /// same time (see the module doc).
 pub async fn sync_dir(dir: &Path) -> io::Result<()> {
+    if !GROUPING.with(Cell::get) {
+        count(1, 1);
+        return shard::io::sync_dir(dir).await;
+    }
     let (tx, rx) = oneshot::channel();
     let lead = GROUPS.with(|g| {
         let mut g = g.borrow_mut();
@@ -101,12 +122,7 @@ async fn flusher(dir: PathBuf) {
         });
         let Some(batch) = batch else { return };
         let r = shard::io::sync_dir(&dir).await.map_err(Rc::new);
-        STATS.with(|s| {
-            let mut v = s.get();
-            v.flushes += 1;
-            v.members += batch.len() as u64;
-            s.set(v);
-        });
+        count(1, batch.len() as u64);
         for member in batch {
             // A member that went away (cancelled) needs no answer.
             let _ = member.send(r.clone());
