@@ -189,13 +189,19 @@ cg_ns() {
         v2) awk '$1 == "usage_usec" {print $2 * 1000}' "$CG/cpu.stat" ;;
     esac
 }
-# Runs "$@" inside $CG (when there is one).
+# Runs "$@" inside $CG (when there is one) and waits for it.
 in_cg() {
     if [[ -n $CG ]]; then
         sh -c 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"' in_cg "$CG" "$@"
     else
         "$@"
     fi
+}
+# The same for a server started in the background: `exec_in_cg PROGRAM... &` replaces the
+# background subshell, so $! is the server's own pid (stop_mta signals it).
+exec_in_cg() {
+    [[ -z $CG ]] || echo "$BASHPID" > "$CG/cgroup.procs"
+    exec "$@"
 }
 
 # CPU ticks (utime+stime+cutime+cstime) of a process and all its live descendants; exited
@@ -291,7 +297,7 @@ start_mta() { # mta workload dir port; sets MTA_HOME (where its Maildirs are), M
             ;;
         smtp-sink)
             # Postfix's own test server: answers 250 at once and stores nothing.
-            in_cg /usr/sbin/smtp-sink -u nobody "127.0.0.1:$port" 1024 >>"$dir.log" 2>&1 &
+            exec_in_cg /usr/sbin/smtp-sink -u nobody "127.0.0.1:$port" 1024 >>"$dir.log" 2>&1 &
             MTA_PID=$!; pids+=("$MTA_PID")
             wait_port "$port" || die "smtp-sink did not listen on $port (see $dir.log)"
             ;;
@@ -315,7 +321,7 @@ start_mta() { # mta workload dir port; sets MTA_HOME (where its Maildirs are), M
             echo 0 > "$MTA_HOME/control/maxperip"
             local c
             for c in "${im_controls[@]}"; do echo "${c#*=}" > "$MTA_HOME/control/${c%%=*}"; done
-            in_cg env "${env[@]}" "$IM" serve --home "$MTA_HOME" --smtp "127.0.0.1:$port" >>"$dir.log" 2>&1 &
+            exec_in_cg env "${env[@]}" "$IM" serve --home "$MTA_HOME" --smtp "127.0.0.1:$port" >>"$dir.log" 2>&1 &
             MTA_PID=$!; pids+=("$MTA_PID")
             local i
             for ((i = 0; i < 300; i++)); do
