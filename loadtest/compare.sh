@@ -4,7 +4,9 @@
 # indimail/Postfix as a markdown table.
 #
 #   loadtest/compare.sh [--quick] [--postfix-only | --indimail-only] [--no-ceiling] [--runs N]
-#                       [--workloads accept,relay,virtual] [--sizes 1024,102400] [--rcpts 1,10]
+#                       [--workloads accept,relay,mailbox,virtual] [--sizes 1024,102400]
+#                       [--rcpts 1,10]
+#                       [--generators ours,smtp-source]
 #                       [--messages M] [--sessions S] [--per-session P] [--users U]
 #                       [--half-rate] [--no-build] [--tsv FILE] [--out FILE] [--keep]
 #                       [--indimail-control NAME=VALUE]...
@@ -17,13 +19,23 @@
 #            (--no-ceiling leaves it out).
 #   relay    accept and relay to an indimail-loadtest sink; the figure is end to end: from the
 #            first message sent until the sink has counted every message.
-#   virtual  deliver to U (default 1000) virtual users' Maildirs; end to end until every
-#            recipient's file is in a Maildir new/.
+#   mailbox  deliver every message to one virtual user's Maildir (1user@example.com); end to
+#            end until every recipient's delivery is logged by the MTA.
+#   virtual  deliver to U (default 1000) virtual users' Maildirs ({n}user@example.com); end to
+#            end until every recipient's delivery is logged by the MTA.
+# Generators (each workload is run with each): `ours` (indimail-loadtest send, which also
+# measures latency) and `smtp-source` (Postfix's own; no latency figures; for virtual it runs
+# ceil(M/U) processes side by side, each `-N -m U`, so each user gets M/U messages). Both send
+# from 127.0.0.1 only, so one accepting shard takes every connection (see RESULTS.md).
 # Durability is each MTA's default (both fsync before 250 and on Maildir delivery).
 # --half-rate: after each closed-loop run (and its drain), the same instance gets an open-loop
 # run at half the rate it just reached (half the messages, so as long): latency at half load.
-# Each run also records the CPU time used by the server's processes, the generator and the
-# whole machine. --no-build uses the binaries already in $CARGO_TARGET_DIR/release.
+# Each run also records the CPU time used by the server's processes (all of them, exited ones
+# included: each MTA runs in its own cpuacct cgroup; else /proc utime+stime of its process
+# tree), the generator and the whole machine; the table gives server CPU µs per message.
+# Drained = the sink counted every message (relay) or the MTA logged every delivery (indimail
+# `delivery N: success`, Postfix `status=sent`), followed by one poller (drain-wait.py).
+# --no-build uses the binaries already in $CARGO_TARGET_DIR/release.
 # --indimail-control NAME=VALUE writes control/NAME for every indimail instance (for A/B runs
 # of a setting, e.g. concurrencylocal=60). The default load is the issue's: 50 sessions.
 #
@@ -37,14 +49,16 @@ ROOT=$(cd "$HERE/.." && pwd)
 DOMAIN=example.com
 
 runs=3 quick=0 only="" out="" keep=0 ceiling=1 half_rate=0 tsv="" build=1
-workloads="accept,relay,virtual" sizes="1024,102400" rcpts_list="1,10"
-messages="" sessions=50 per_session=1 users=1000 im_controls=()
+workloads="accept,relay,mailbox,virtual" sizes="1024,102400" rcpts_list="1,10"
+messages="" sessions=50 per_session=1 users=1000 im_controls=() generators="ours,smtp-source"
+runs_given=0
 while [[ $# -gt 0 ]]; do
     case $1 in
         --quick) quick=1; shift ;;
         --postfix-only) only=postfix; shift ;;
         --indimail-only) only=indimail; shift ;;
-        --runs) runs=$2; shift 2 ;;
+        --runs) runs=$2; runs_given=1; shift 2 ;;
+        --generators) generators=$2; shift 2 ;;
         --workloads) workloads=$2; shift 2 ;;
         --sizes) sizes=$2; shift 2 ;;
         --rcpts) rcpts_list=$2; shift 2 ;;
@@ -61,7 +75,7 @@ while [[ $# -gt 0 ]]; do
         --indimail-control)
             [[ $2 == *=* && ${2%%=*} =~ ^[a-z0-9.]+$ ]] || { echo "compare.sh: --indimail-control wants NAME=VALUE, got $2" >&2; exit 2; }
             im_controls+=("$2"); shift 2 ;;
-        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -69,7 +83,12 @@ if [[ $quick -eq 1 ]]; then
     # One size, one recipient count, fewer messages: a few minutes in all.
     sizes=${sizes/#1024,102400/1024}; rcpts_list=${rcpts_list/#1,10/1}
     messages=${messages:-2000}
+    [[ $runs_given -eq 1 ]] || runs=2
 fi
+IFS=, read -ra GENS <<< "$generators"
+for g in "${GENS[@]}"; do
+    [[ $g == ours || $g == smtp-source ]] || { echo "compare.sh: unknown generator $g" >&2; exit 2; }
+done
 messages=${messages:-10000}
 mtas=(postfix indimail)
 [[ -n $only ]] && mtas=("$only")
@@ -115,6 +134,7 @@ cleanup() {
     for d in "$WORK"/run-*/postfix; do
         [[ -d $d/conf ]] && "$HERE/postfix-instance.sh" stop "$d" 2>/dev/null || true
     done
+    [[ -z $CG_PARENT ]] || rmdir "$CG_PARENT"/indimail-compare-$$-* 2>/dev/null || true
     [[ $keep -eq 1 ]] && log "kept $WORK" || rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -144,22 +164,45 @@ now() { date +%s.%N; }
 
 json() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))" "$@"; }
 
-# Waits until "$@" prints a number >= target (or 600 s pass); returns 1 on timeout.
-wait_count() {
-    local target=$1; shift
-    local deadline=$((SECONDS + 600)) n
-    while :; do
-        n=$("$@" 2>/dev/null || echo 0)
-        [[ ${n:-0} -ge $target ]] && return 0
-        [[ $SECONDS -ge $deadline ]] && { log "timed out at $n of $target"; return 1; }
-        sleep 0.2
-    done
+# CPU of everything an MTA runs (exited processes included): each measurement starts the MTA
+# in a cgroup of its own and reads its usage in ns; cgroup v1 cpuacct where mounted, else
+# cgroup v2. CG is empty when no cgroup can be made (then the /proc process tree is summed).
+CG_KIND="" CG_PARENT=""
+if [[ -f /sys/fs/cgroup/cpuacct/cpuacct.usage ]]; then
+    CG_KIND=v1 CG_PARENT=/sys/fs/cgroup/cpuacct
+elif [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then
+    CG_KIND=v2 CG_PARENT=/sys/fs/cgroup
+elif [[ -f /sys/fs/cgroup/unified/cgroup.controllers ]]; then
+    CG_KIND=v2 CG_PARENT=/sys/fs/cgroup/unified
+fi
+CG=""
+cg_new() { # name
+    CG=""
+    [[ -n $CG_PARENT ]] || return 0
+    local d=$CG_PARENT/indimail-compare-$$-$1
+    mkdir -p "$d" 2>/dev/null && CG=$d
+    return 0
 }
-
-sink_count() { json "$1" "d['messages']"; }
-# Only Maildir new/ directories count (indimail's home also holds queue/ and control/).
-maildir_count() { find "$1" -path '*/Maildir/new/*' -type f 2>/dev/null | wc -l; }
-postfix_maildir_count() { find "$1/mail" -path '*/new/*' -type f 2>/dev/null | wc -l; }
+cg_ns() {
+    case $CG_KIND in
+        v1) cat "$CG/cpuacct.usage" ;;
+        v2) awk '$1 == "usage_usec" {print $2 * 1000}' "$CG/cpu.stat" ;;
+    esac
+}
+# Runs "$@" inside $CG (when there is one) and waits for it.
+in_cg() {
+    if [[ -n $CG ]]; then
+        sh -c 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"' in_cg "$CG" "$@"
+    else
+        "$@"
+    fi
+}
+# The same for a server started in the background: `exec_in_cg PROGRAM... &` replaces the
+# background subshell, so $! is the server's own pid (stop_mta signals it).
+exec_in_cg() {
+    [[ -z $CG ]] || echo "$BASHPID" > "$CG/cgroup.procs"
+    exec "$@"
+}
 
 # CPU ticks (utime+stime+cutime+cstime) of a process and all its live descendants; exited
 # children that were waited for are in their parent's cutime/cstime.
@@ -191,6 +234,14 @@ PY
 }
 # Busy ticks of the whole machine (all CPUs), from /proc/stat.
 sys_busy() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
+# Server CPU in ns so far: its cgroup's usage, else its process tree's ticks.
+server_ns() { # pid
+    if [[ -n $CG ]]; then
+        cg_ns
+    else
+        echo $(( $(tree_ticks "$1") * 1000000000 / $(getconf CLK_TCK) ))
+    fi
+}
 server_pid() { # mta dir
     case $1 in
         postfix) tr -d ' ' < "$2/queue/pid/master.pid" ;;
@@ -221,7 +272,7 @@ build_indimail_vhome() { # dir: the run's directory; sets IM_VHOME (the copy)
             || die "indimail domain add failed (see $WORK/indimail-users.log)"
         local n
         for ((n = 1; n <= users; n++)); do
-            "$IM" user add "user$n@$DOMAIN" --password "pw$n" --home "$IM_VHOME_LINK" >>"$WORK/indimail-users.log" 2>&1 \
+            "$IM" user add "${n}user@$DOMAIN" --password "pw$n" --home "$IM_VHOME_LINK" >>"$WORK/indimail-users.log" 2>&1 \
                 || die "indimail user add failed (see $WORK/indimail-users.log)"
         done
         mv "$IM_VHOME_LINK" "$IM_VTEMPLATE"
@@ -232,20 +283,21 @@ build_indimail_vhome() { # dir: the run's directory; sets IM_VHOME (the copy)
     ln -s "$IM_VHOME" "$IM_VHOME_LINK"
 }
 
-start_mta() { # mta workload dir port; sets MTA_HOME (where its Maildirs are)
+start_mta() { # mta workload dir port; sets MTA_HOME (where its Maildirs are), MTA_LOG
     local mta=$1 workload=$2 dir=$3 port=$4
-    MTA_HOME=$dir
+    MTA_HOME=$dir MTA_LOG=$dir.log
     case $mta in
         postfix)
             case $workload in
-                accept) "$HERE/postfix-instance.sh" start --mode accept --domain $DOMAIN "$dir" "$port" ;;
-                relay) "$HERE/postfix-instance.sh" start --mode relay --domain $DOMAIN "$dir" "$port" "127.0.0.1:$SINK_PORT" ;;
-                virtual) "$HERE/postfix-instance.sh" start --mode virtual --domain $DOMAIN --users "$users" "$dir" "$port" ;;
+                accept) in_cg "$HERE/postfix-instance.sh" start --mode accept --domain $DOMAIN "$dir" "$port" ;;
+                relay) in_cg "$HERE/postfix-instance.sh" start --mode relay --domain $DOMAIN "$dir" "$port" "127.0.0.1:$SINK_PORT" ;;
+                mailbox|virtual) in_cg "$HERE/postfix-instance.sh" start --mode virtual --domain $DOMAIN --users "$users" --user-form '{n}user' "$dir" "$port" ;;
             esac 2>>"$dir.log"
+            MTA_LOG=$dir/maillog
             ;;
         smtp-sink)
             # Postfix's own test server: answers 250 at once and stores nothing.
-            /usr/sbin/smtp-sink -u nobody "127.0.0.1:$port" 1024 >>"$dir.log" 2>&1 &
+            exec_in_cg /usr/sbin/smtp-sink -u nobody "127.0.0.1:$port" 1024 >>"$dir.log" 2>&1 &
             MTA_PID=$!; pids+=("$MTA_PID")
             wait_port "$port" || die "smtp-sink did not listen on $port (see $dir.log)"
             ;;
@@ -262,14 +314,14 @@ start_mta() { # mta workload dir port; sets MTA_HOME (where its Maildirs are)
                     mkdir -p "$dir/control"; echo "$DOMAIN" > "$dir/control/rcpthosts"
                     # smtproutes is domain:host:port; the domain is not a virtual domain here.
                     echo "$DOMAIN:127.0.0.1:$SINK_PORT" > "$dir/control/smtproutes" ;;
-                virtual)
+                mailbox|virtual)
                     build_indimail_vhome "$(dirname "$dir")"
                     MTA_HOME=$IM_VHOME ;;
             esac
             echo 0 > "$MTA_HOME/control/maxperip"
             local c
             for c in "${im_controls[@]}"; do echo "${c#*=}" > "$MTA_HOME/control/${c%%=*}"; done
-            env "${env[@]}" "$IM" serve --home "$MTA_HOME" --smtp "127.0.0.1:$port" >>"$dir.log" 2>&1 &
+            exec_in_cg env "${env[@]}" "$IM" serve --home "$MTA_HOME" --smtp "127.0.0.1:$port" >>"$dir.log" 2>&1 &
             MTA_PID=$!; pids+=("$MTA_PID")
             local i
             for ((i = 0; i < 300; i++)); do
@@ -292,24 +344,20 @@ stop_mta() { # mta dir
     esac
 }
 
-# Waits until everything accepted so far has left (relay) or landed (virtual); prints the
-# count reached.
+# Waits until everything accepted so far has left (relay) or landed (mailbox, virtual);
+# prints the count reached. Counted by one poller: the sink's counters, or the MTA's log lines.
 drain() { # mta workload expected
-    local mta=$1 workload=$2 expected=$3
+    local mta=$1 workload=$2 expected=$3 pattern='delivery [0-9]+: success'
+    [[ $mta == postfix ]] && pattern=' status=sent '
     case $workload in
-        relay) wait_count "$expected" sink_count "$SINK_STATS" || true; sink_count "$SINK_STATS" ;;
-        virtual)
-            if [[ $mta == postfix ]]; then
-                wait_count "$expected" postfix_maildir_count "$MTA_HOME" || true; postfix_maildir_count "$MTA_HOME"
-            else
-                wait_count "$expected" maildir_count "$MTA_HOME" || true; maildir_count "$MTA_HOME"
-            fi ;;
+        relay) python3 "$HERE/drain-wait.py" "$expected" 600 json "$SINK_STATS" messages || true ;;
+        mailbox|virtual) python3 "$HERE/drain-wait.py" "$expected" 600 log "$MTA_LOG" "$pattern" || true ;;
         *) echo "$expected" ;;
     esac
 }
 
 lat() { # report step field
-    json "$1" "d['latency'].get('$2', {}).get('$3', 0)"
+    json "$1" "d['latency'].get('$2', {}).get('$3', '-')"
 }
 
 # Creates directory $1 (under WORK) where creating files is fast, and logs the cost found.
@@ -345,41 +393,94 @@ PY
     echo "$cost"
 }
 
+# The recipients of a workload for our generator: a template and how many users it spans.
+rcpt_args() { # workload
+    case $1 in
+        mailbox) echo --users 1 --rcpt-template "{n}user@$DOMAIN" ;;
+        virtual) echo --users "$users" --rcpt-template "{n}user@$DOMAIN" ;;
+        *) echo --users "$users" --rcpt-domain "$DOMAIN" ;;
+    esac
+}
+
+# The closed-loop load of one measurement, from generator $gen; writes $report in
+# indimail-loadtest's JSON form (smtp-source: counts, rate and elapsed only, no latency).
+generate() { # gen workload port size rcpts report out
+    local gen=$1 workload=$2 port=$3 size=$4 rcpts=$5 report=$6 out=$7
+    if [[ $gen == ours ]]; then
+        # shellcheck disable=SC2046 # rcpt_args prints separate words on purpose
+        "$LT" send --quiet --target "127.0.0.1:$port" --messages "$messages" --sessions "$sessions" \
+            --per-session "$per_session" --size "$size" --rcpts "$rcpts" $(rcpt_args "$workload") \
+            --pipelining --json "$report" >"$out" 2>&1 || die "send failed (see $out)"
+        return 0
+    fi
+    # smtp-source: -l is the body's length (it adds a few header lines); a new connection per
+    # message unless --per-session > 1 (then -d: every message of a session on one connection).
+    local common=(-f loadtest@loadtest.example.org -M loadtest.example.org -l "$size")
+    [[ $per_session -gt 1 ]] && common+=(-d)
+    local procs=() n_proc=1 per=$messages to="user@$DOMAIN" extra=() t0 t1 p ok=1
+    case $workload in
+        mailbox) to="1user@$DOMAIN" ;;
+        virtual)
+            # -N numbers recipients 1..m per process ({n}user): ceil(M/U) processes of U each.
+            n_proc=$(( (messages + users - 1) / users )); per=$users; extra=(-N) ;;
+    esac
+    [[ $rcpts -gt 1 && $workload != relay && $workload != accept ]] \
+        && log "smtp-source numbers recipients itself: $workload with $rcpts recipients sends to ${rcpts}..1 prefixed names"
+    t0=$(now)
+    local left=$messages i
+    for ((i = 0; i < n_proc; i++)); do
+        local m=$((left < per ? left : per)) s=$((sessions / n_proc > 0 ? sessions / n_proc : 1))
+        left=$((left - m))
+        /usr/sbin/smtp-source "${common[@]}" "${extra[@]}" -s "$s" -m "$m" -r "$rcpts" -t "$to" \
+            "127.0.0.1:$port" >>"$out" 2>&1 &
+        procs+=($!)
+    done
+    for p in "${procs[@]}"; do wait "$p" || ok=0; done
+    t1=$(now)
+    [[ $ok -eq 1 ]] || die "smtp-source failed (see $out)"
+    python3 - "$report" "$messages" "$rcpts" "$t0" "$t1" <<'PY'
+import json, sys
+path, m, r, t0, t1 = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+el = max(t1 - t0, 1e-6)
+json.dump({"messages_accepted": m, "recipients_accepted": m * r, "messages_failed": 0,
+           "msgs_per_sec": m / el, "elapsed_s": el, "errors": {}, "latency": {}}, open(path, "w"))
+PY
+}
+
 # One measurement; appends a row to $RESULTS.
-measure() { # mta workload size rcpts run
-    local mta=$1 workload=$2 size=$3 rcpts=$4 run=$5
-    local dir=$WORK/run-$workload-$size-$rcpts-$run-$mta
+measure() { # mta workload size rcpts run gen
+    local mta=$1 workload=$2 size=$3 rcpts=$4 run=$5 gen=$6
+    local dir=$WORK/run-$workload-$gen-$size-$rcpts-$run-$mta
     local create_ms; create_ms=$(place_run_dir "$dir")
     local port; port=$(free_port)
     [[ $workload == relay ]] && start_sink "$dir" "$mta"
+    cg_new "$mta-$workload-$gen-$size-$rcpts-$run"
     start_mta "$mta" "$workload" "$dir/$mta" "$port"
     local spid; spid=$(server_pid "$mta" "$dir/$mta")
-    local t0 t1 report=$dir/$mta-report.json c0 c1 b0 b1 g0 g1
-    c0=$(tree_ticks "$spid"); b0=$(sys_busy)
+    local t0 t1 report=$dir/$mta-report.json c0 c1 b0 b1
+    c0=$(server_ns "$spid"); b0=$(sys_busy)
     t0=$(now)
     times > "$dir/times0"
-    "$LT" send --quiet --target "127.0.0.1:$port" --messages "$messages" --sessions "$sessions" \
-        --per-session "$per_session" --size "$size" --rcpts "$rcpts" --users "$users" \
-        --rcpt-domain $DOMAIN --pipelining --json "$report" >"$dir/$mta-send.txt" 2>&1 \
-        || die "send failed (see $dir/$mta-send.txt)"
+    generate "$gen" "$workload" "$port" "$size" "$rcpts" "$report" "$dir/$mta-send.txt"
     times > "$dir/times1"
     local accepted e2e="-" got expected
     accepted=$(json "$report" "d['messages_accepted']")
     expected=$accepted
-    [[ $workload == virtual ]] && expected=$(json "$report" "d['recipients_accepted']")
+    [[ $workload == virtual || $workload == mailbox ]] && expected=$(json "$report" "d['recipients_accepted']")
     got=$(drain "$mta" "$workload" "$expected")
     b1=$(sys_busy); t1=$(now)
-    c1=$(tree_ticks "$spid")
+    c1=$(server_ns "$spid")
     [[ $got -ge $expected ]] || log "$mta $workload size=$size rcpts=$rcpts: NOT DRAINED: $got of $expected (see $dir)"
     if [[ $workload != accept ]]; then
         e2e=$(python3 -c "print(round($accepted / ($t1 - $t0), 1))")
     fi
     # CPU over the whole measured window (send + drain), in % of one CPU.
     # The generator's own CPU (the shell's children times around the send) over its run time.
-    local cpu sysb gen
-    cpu=$(python3 -c "print(round(($c1 - $c0) / ($t1 - $t0), 1))")
+    local cpu sysb gen_cpu cpu_us
+    cpu=$(python3 -c "print(round(($c1 - $c0) / 1e7 / ($t1 - $t0), 1))")
+    cpu_us=$(python3 -c "print(round(($c1 - $c0) / 1e3 / $accepted, 1) if $accepted else '-')")
     sysb=$(python3 -c "print(round(($b1 - $b0) / ($t1 - $t0), 1))")
-    gen=$(python3 - "$dir/times0" "$dir/times1" "$report" <<'PY'
+    gen_cpu=$(python3 - "$dir/times0" "$dir/times1" "$report" <<'PY'
 import json, re, sys
 def child(path):
     line = open(path).read().splitlines()[1]
@@ -395,21 +496,22 @@ PY
 
     # Open loop at half the rate just reached, on the same instance.
     local hr="-" hp50="-" hp99="-" hm99="-" hgot="-"
-    if [[ $half_rate -eq 1 ]]; then
+    if [[ $half_rate -eq 1 && $gen == ours ]]; then
         local hreport=$dir/$mta-half.json
         hr=$(python3 -c "print(max(1, round($rate / 2, 1)))")
         # Long enough (8 s) that start-up transients of either side do not make the p99.
         "$LT" send --quiet --target "127.0.0.1:$port" --duration 8 \
             --messages "$(python3 -c "print(int($hr * 8) + 1)")" --rate "$hr" \
             --sessions $((sessions * 2)) --per-session "$per_session" --size "$size" --rcpts "$rcpts" \
-            --users "$users" --rcpt-domain $DOMAIN --pipelining --json "$hreport" >"$dir/$mta-half.txt" 2>&1 \
+            $(rcpt_args "$workload") --pipelining --json "$hreport" >"$dir/$mta-half.txt" 2>&1 \
             || die "send failed (see $dir/$mta-half.txt)"
         hp50=$(lat "$hreport" data_end p50_ms); hp99=$(lat "$hreport" data_end p99_ms)
         hm99=$(lat "$hreport" message p99_ms)
         local hacc hexp
         hacc=$(json "$hreport" "d['messages_accepted']")
         hexp=$((expected + hacc))
-        [[ $workload == virtual ]] && hexp=$((expected + $(json "$hreport" "d['recipients_accepted']")))
+        [[ $workload == virtual || $workload == mailbox ]] \
+            && hexp=$((expected + $(json "$hreport" "d['recipients_accepted']")))
         hgot=$(drain "$mta" "$workload" "$hexp")
         [[ $hgot -ge $hexp ]] || log "$mta $workload half rate: NOT DRAINED: $hgot of $hexp (see $dir)"
         local hf; hf=$(json "$hreport" "d['messages_failed']")
@@ -417,13 +519,15 @@ PY
     fi
 
     stop_mta "$mta" "$dir/$mta"
+    [[ -z $CG ]] || rmdir "$CG" 2>/dev/null || true
     if [[ $workload == relay ]]; then kill -TERM "$SINK_PID" 2>/dev/null || true; wait "$SINK_PID" 2>/dev/null || true; fi
     printf '%s\t' "$workload" "$size" "$rcpts" "$mta" "$run" "$rate" \
         "$(lat "$report" message p50_ms)" "$(lat "$report" message p99_ms)" \
         "$(lat "$report" data_end p50_ms)" "$(lat "$report" data_end p99_ms)" \
         "$e2e" "$expected" "$got" "$failed" "$cpu" "$sysb" "$hr" "$hp50" "$hp99" "$hm99" "$hgot" >> "$RESULTS"
-    printf '%s\n' "$gen" >> "$RESULTS"
-    log "$workload size=$size rcpts=$rcpts run=$run $mta: file create $create_ms ms, accept $rate msgs/s, 250 p50/p99 $(lat "$report" data_end p50_ms)/$(lat "$report" data_end p99_ms) ms, end-to-end $e2e msgs/s ($got of $expected), server CPU $cpu%, generator $gen%, machine $sysb%$([[ $half_rate -eq 1 ]] && echo ", half rate $hr/s: 250 p50/p99 $hp50/$hp99 ms")"
+    printf '%s\t' "$gen_cpu" "$gen" >> "$RESULTS"
+    printf '%s\n' "$cpu_us" >> "$RESULTS"
+    log "$workload ($gen) size=$size rcpts=$rcpts run=$run $mta: file create $create_ms ms, accept $rate msgs/s, 250 p50/p99 $(lat "$report" data_end p50_ms)/$(lat "$report" data_end p99_ms) ms, end-to-end $e2e msgs/s ($got of $expected), server CPU $cpu% = $cpu_us µs/msg, generator $gen_cpu%, machine $sysb%$([[ $half_rate -eq 1 ]] && echo ", half rate $hr/s: 250 p50/p99 $hp50/$hp99 ms")"
     # Nothing is deleted before exit: see place_run_dir.
     return 0
 }
@@ -431,7 +535,7 @@ PY
 IFS=, read -ra W <<< "$workloads"
 IFS=, read -ra S <<< "$sizes"
 IFS=, read -ra R <<< "$rcpts_list"
-log "workloads ${W[*]}, sizes ${S[*]}, rcpts ${R[*]}, $messages messages, $sessions sessions, $runs runs, MTAs ${mtas[*]}$([[ $ceiling -eq 1 ]] && echo ' (+ smtp-sink on accept)')"
+log "workloads ${W[*]}, generators ${GENS[*]}, sizes ${S[*]}, rcpts ${R[*]}, $messages messages, $sessions sessions, $runs runs, MTAs ${mtas[*]}$([[ $ceiling -eq 1 ]] && echo ' (+ smtp-sink on accept)')"
 log "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 for workload in "${W[@]}"; do
     for size in "${S[@]}"; do
@@ -441,8 +545,10 @@ for workload in "${W[@]}"; do
                 order=("${mtas[@]}")
                 if (( run % 2 == 0 && ${#mtas[@]} == 2 )); then order=("${mtas[1]}" "${mtas[0]}"); fi
                 [[ $workload == accept && $ceiling -eq 1 ]] && order+=(smtp-sink)
-                for mta in "${order[@]}"; do
-                    measure "$mta" "$workload" "$size" "$rcpts" "$run"
+                for gen in "${GENS[@]}"; do
+                    for mta in "${order[@]}"; do
+                        measure "$mta" "$workload" "$size" "$rcpts" "$run" "$gen"
+                    done
                 done
             done
         done
@@ -452,7 +558,7 @@ log "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # --- table ---------------------------------------------------------------------------------
 table=$(python3 "$HERE/table.py" "$RESULTS")
-header="Medians of $runs runs; $messages messages per run, $sessions sessions, $per_session per connection, pipelining; $(nproc) CPUs; load average at end $(cut -d' ' -f1-3 /proc/loadavg); $(date -u '+%Y-%m-%d %H:%M UTC')."
+header="Medians of $runs runs; generators ${GENS[*]}; server CPU from $([[ -n $CG_KIND ]] && echo "cgroup $CG_KIND" || echo /proc); $messages messages per run, $sessions sessions, $per_session per connection, pipelining; $(nproc) CPUs; load average at end $(cut -d' ' -f1-3 /proc/loadavg); $(date -u '+%Y-%m-%d %H:%M UTC')."
 printf '%s\n\n%s\n' "$header" "$table"
 if [[ -n $out ]]; then
     printf '%s\n\n%s\n' "$header" "$table" > "$out"

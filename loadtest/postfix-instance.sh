@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Starts or stops an isolated Postfix instance for benchmarks.
 #
-#   postfix-instance.sh start [--mode accept|relay|virtual] [--domain D] [--users N] DIR PORT [RELAYHOST]
+#   postfix-instance.sh start [--mode accept|relay|virtual] [--domain D] [--users N]
+#                             [--user-form F] DIR PORT [RELAYHOST]
 #   postfix-instance.sh stop DIR
 #   postfix-instance.sh queue-count DIR     # messages still in the instance's queue
 #   postfix-instance.sh ensure              # install Debian's postfix if it is missing
 #
 # Everything lives under DIR: DIR/conf (generated main.cf/master.cf), DIR/queue, DIR/data,
-# DIR/mail (virtual Maildirs), DIR/maillog. smtpd listens on 127.0.0.1:PORT only; port 25 and
+# DIR/mail (virtual Maildirs; user names from F, default user{n}, {n} = 1..N), DIR/maillog.
+# smtpd listens on 127.0.0.1:PORT only; port 25 and
 # the system's /etc/postfix are never touched, and Debian's postfix service is never started.
 #
 # Modes (default: relay when RELAYHOST is given, else accept):
@@ -75,16 +77,18 @@ MASTER
 }
 
 cmd_start() {
-    local mode="" domain="example.com" users=1000
+    local mode="" domain="example.com" users=1000 form='user{n}'
     while [[ $# -gt 0 && $1 == --* ]]; do
         case $1 in
             --mode) mode=$2; shift 2 ;;
             --domain) domain=$2; shift 2 ;;
             --users) users=$2; shift 2 ;;
+            --user-form) form=$2; shift 2 ;;
             *) die "unknown option $1" ;;
         esac
     done
-    [[ $# -ge 2 ]] || die "usage: start [--mode M] [--domain D] [--users N] DIR PORT [RELAYHOST]"
+    [[ $# -ge 2 ]] || die "usage: start [--mode M] [--domain D] [--users N] [--user-form F] DIR PORT [RELAYHOST]"
+    [[ $form == *'{n}'* ]] || die "--user-form wants {n} in it, got $form"
     local dir=$1 port=$2 relayhost=${3:-}
     [[ $port =~ ^[0-9]+$ && $port -ne 25 && $port -gt 0 && $port -lt 65536 ]] || die "bad port $port (25 is never used)"
     [[ -n $mode ]] || { [[ -n $relayhost ]] && mode=relay || mode=accept; }
@@ -167,8 +171,10 @@ MAIN
             mkdir -p "$dir/mail"
             chown "$uid:$gid" "$dir/mail"
             : > "$conf/vmailbox"
+            local name
             for ((n = 1; n <= users; n++)); do
-                echo "user$n@$domain $domain/user$n/" >> "$conf/vmailbox"
+                name=${form//\{n\}/$n}
+                echo "$name@$domain $domain/$name/" >> "$conf/vmailbox"
             done
             postmap -c "$conf" "hash:$conf/vmailbox"
             cat >> "$conf/main.cf" <<MAIN

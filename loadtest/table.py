@@ -5,7 +5,9 @@
 
 Columns of the TSV: workload size rcpts mta run rate msg_p50 msg_p99 end_p50 end_p99 e2e
 expected got failed server_cpu_pct machine_cpu_pct half_rate half_end_p50 half_end_p99
-half_msg_p99 half_got generator_cpu_pct. "-" means not measured.
+half_msg_p99 half_got generator_cpu_pct [generator server_cpu_us_per_msg]. "-" means not
+measured. Rows without a generator column come from `ours` (indimail-loadtest send); rows of
+each generator make their own lines of the table.
 """
 import collections
 import statistics
@@ -44,7 +46,12 @@ def main():
             cols = line.rstrip("\n").split("\t")
             w, size, rcpts, mta, run = cols[:5]
             vals = dict(zip(FIELDS, cols[5:]))
-            key = (w, int(size), int(rcpts))
+            gen = cols[22] if len(cols) > 22 else "ours"
+            if gen == "smtp-source":
+                # smtp-source measures no latency (its rows carry zeros there).
+                for f in ("msg_p50", "msg_p99", "end_p50", "end_p99"):
+                    vals[f] = "-"
+            key = (w, int(size), int(rcpts), gen)
             if key not in order:
                 order.append(key)
             for f, v in vals.items():
@@ -53,14 +60,17 @@ def main():
             # Server CPU time per message: CPU over the window (send + drain) divided by the
             # messages that went through in it.
             through = vals.get("e2e", "-") if w != "accept" else vals.get("rate", "-")
-            if through not in ("-", "") and float(through) > 0 and vals.get("cpu", "-") != "-":
+            if len(cols) > 23 and cols[23] not in ("-", ""):
+                # Measured: the server's CPU (its cgroup) over the messages accepted.
+                data[key + (mta, "cpu_per_msg")].append(float(cols[23]))
+            elif through not in ("-", "") and float(through) > 0 and vals.get("cpu", "-") != "-":
                 data[key + (mta, "cpu_per_msg")].append(
                     float(vals["cpu"]) / 100 / float(through) * 1e6)
             if vals.get("got", "-") != "-" and float(vals["got"]) < float(vals["expected"]):
-                problems.append(f"{w} {size} B x{rcpts} {mta} run {run}: drained "
+                problems.append(f"{w} ({gen}) {size} B x{rcpts} {mta} run {run}: drained "
                                 f"{vals['got']} of {vals['expected']}")
             if vals.get("failed", "0") not in ("0", "-"):
-                problems.append(f"{w} {size} B x{rcpts} {mta} run {run}: {vals['failed']} "
+                problems.append(f"{w} ({gen}) {size} B x{rcpts} {mta} run {run}: {vals['failed']} "
                                 "messages failed")
 
     def med(k):
@@ -76,7 +86,7 @@ def main():
           " indimail/smtp-sink |")
     print("|---|---:|---:|---|---:|---:|---:|---:|---:|")
     for key in order:
-        w, size, rcpts = key
+        w, size, rcpts, gen = key
         for fig, label, cond in FIGURES:
             if cond and not cond(w):
                 continue
@@ -86,7 +96,7 @@ def main():
             ratio = f"{i / p:.2f}" if p and i is not None else "-"
             sratio = f"{i / s:.2f}" if s and i is not None and fig == "rate" else "-"
             size_s = f"{size // 1024} KiB" if size % 1024 == 0 else str(size)
-            print(f"| {w} | {size_s} | {rcpts} | {label} | {fmt(p)} | {fmt(i)} | {fmt(s)} |"
+            print(f"| {w} ({gen}) | {size_s} | {rcpts} | {label} | {fmt(p)} | {fmt(i)} | {fmt(s)} |"
                   f" {ratio} | {sratio} |")
     if problems:
         print()

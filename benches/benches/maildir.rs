@@ -5,6 +5,11 @@
 //! * `maildir_write_1k/concurrency/1`: one delivery at a time into one Maildir.
 //! * `maildir_write_1k/concurrency/{16,64}`: 16 or 64 at once, spread over
 //!   as many Maildirs (a shard delivering to many users).
+//! * `maildir_one_box_1k/{grouped,own_flush}/{16,64}`: 16 or 64 at once into
+//!   ONE Maildir, sharing the flush of `new/` (group commit, `delivery::dirflush`)
+//!   or each flushing it on its own (`dirflush::set_grouping(false)`, the way
+//!   before group commit), in the same run. Put `TMPDIR` on the file system to
+//!   measure (this ext4, a journalled loop-mounted ext4, XFS: RESULTS.md).
 //!
 //! Baseline beside them: `queue_commit_1k_fdatasync` (bench `queue_commit`),
 //! the durable write of the same bytes into the queue.
@@ -31,6 +36,30 @@ fn make_maildirs(root: &Path, n: usize) -> Vec<PathBuf> {
         .collect()
 }
 
+/// `iters` 1 KiB deliveries by one task per entry of `mds` (the Maildir it
+/// writes into), all at once; how long they took.
+async fn deliver_all(mds: Vec<PathBuf>, iters: u64) -> Duration {
+    let conc = mds.len() as u64;
+    let body = vec![b'm'; 1024];
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (t, md) in mds.into_iter().enumerate() {
+        let n = iters / conc + u64::from((t as u64) < iters % conc);
+        let body = body.clone();
+        tasks.push(tokio::task::spawn_local(async move {
+            for _ in 0..n {
+                delivery::maildir::write(&md, "bench.example", body.clone())
+                    .await
+                    .expect("maildir write");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    start.elapsed()
+}
+
 fn bench_maildir(c: &mut Criterion) {
     let mut g = c.benchmark_group("maildir_write_1k");
     g.throughput(Throughput::Elements(1));
@@ -40,31 +69,35 @@ fn bench_maildir(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let tmp = tempfile::tempdir().expect("tempdir");
                 let mds = make_maildirs(tmp.path(), conc);
-                run(driver(), async move {
-                    let body = vec![b'm'; 1024];
-                    let start = Instant::now();
-                    let mut tasks = Vec::new();
-                    for (t, md) in mds.into_iter().enumerate() {
-                        let n = iters / conc as u64 + u64::from((t as u64) < iters % conc as u64);
-                        let body = body.clone();
-                        tasks.push(tokio::task::spawn_local(async move {
-                            for _ in 0..n {
-                                delivery::maildir::write(&md, "bench.example", body.clone())
-                                    .await
-                                    .expect("maildir write");
-                            }
-                        }));
-                    }
-                    for t in tasks {
-                        t.await.expect("task");
-                    }
-                    start.elapsed()
-                })
+                run(driver(), deliver_all(mds, iters))
             })
         });
     }
     g.finish();
 }
 
-criterion_group!(benches, bench_maildir);
+fn bench_one_box(c: &mut Criterion) {
+    let mut g = c.benchmark_group("maildir_one_box_1k");
+    g.throughput(Throughput::Elements(1));
+    g.measurement_time(Duration::from_secs(8));
+    for (name, grouped) in [("grouped", true), ("own_flush", false)] {
+        for conc in [16usize, 64] {
+            g.bench_with_input(BenchmarkId::new(name, conc), &conc, |b, &conc| {
+                b.iter_custom(|iters| {
+                    let tmp = tempfile::tempdir().expect("tempdir");
+                    let md = make_maildirs(tmp.path(), 1).remove(0);
+                    run(driver(), async move {
+                        delivery::dirflush::set_grouping(grouped);
+                        let took = deliver_all(vec![md; conc], iters).await;
+                        delivery::dirflush::set_grouping(true);
+                        took
+                    })
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_maildir, bench_one_box);
 criterion_main!(benches);

@@ -6,7 +6,8 @@
 //! - [`local`]: qmail-local/vdelivermail for one recipient: Maildir writes
 //!   (tmp → fdatasync → link into new → fsync new), mbox, `|program`
 //!   lines, forwards, `Delivered-To` loop detection, Maildir++ quota
-//!   ([`maildir`]), the `QMAILLOCAL` hook.
+//!   ([`maildir`]), the `QMAILLOCAL` hook; concurrent deliveries into one
+//!   Maildir share the flush of its `new/` ([`dirflush`]).
 //! - [`remote`]: qmail-remote for one destination domain: `smtproutes`
 //!   ([`routes`]), MX resolution ([`dns`]), the per-destination backoff
 //!   table ([`backoff`]), an SMTP client ([`smtp_client`] core driven over
@@ -40,6 +41,7 @@
 
 pub mod backoff;
 pub mod bounce;
+pub mod dirflush;
 pub mod dns;
 pub mod dotqmail;
 pub mod local;

@@ -243,7 +243,8 @@ pub async fn deliver(
     }
     let rp = rpline(env.sender);
     let dt = dtline(env.recipient);
-    let shared = Arc::new(message.to_vec());
+    // A copy for programs' stdin, made only when a line runs one.
+    let mut shared: Option<Arc<Vec<u8>>> = None;
     let mut forwards = Vec::new();
     let mut done = Vec::new();
     for ins in instructions {
@@ -278,7 +279,8 @@ pub async fn deliver(
             }
             Instruction::Mbox(path) => deliver_mbox(&path, env.sender, &rp, &dt, message).await,
             Instruction::Program(cmd) => {
-                match run_line_program(&cmd, target, env, &rp, &dt, Arc::clone(&shared)).await {
+                let input = shared.get_or_insert_with(|| Arc::new(message.to_vec()));
+                match run_line_program(&cmd, target, env, &rp, &dt, Arc::clone(input)).await {
                     Step::Stop(text) => {
                         done.push(text);
                         break;

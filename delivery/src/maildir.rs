@@ -3,7 +3,9 @@
 //!
 //! A message is Delivered only after: the file in `tmp/` is written and
 //! `fdatasync`ed, renamed into `new/`, and `new/` itself fsynced (the
-//! rename must survive a crash on ext4 without a journal). A crash in between leaves either nothing in `new/` (retry) or
+//! rename must survive a crash on ext4 without a journal). Concurrent
+//! deliveries into one `new/` share that directory fsync ([`crate::dirflush`]).
+//! A crash in between leaves either nothing in `new/` (retry) or
 //! a complete message (possibly delivered twice on retry: at-least-once).
 
 use std::os::fd::AsRawFd;
@@ -105,7 +107,8 @@ pub async fn write(dir: &Path, host: &str, data: Vec<u8>) -> Result<PathBuf, Mai
         let _ = shard::io::remove_file(&tmp_path).await;
         return Err(not_a_maildir(e, "move into", &new_path));
     }
-    shard::io::sync_dir(&new_dir)
+    // Shared with the other deliveries into this `new/` on this shard.
+    crate::dirflush::sync_dir(&new_dir)
         .await
         .map_err(io_err("sync", &new_dir))?;
     clean_tmp_now_and_then(dir, sec);
@@ -390,6 +393,7 @@ pub fn warning_message(
 /// is missing, unparsable, bigger than `max_size`, older than `max_age`, or
 /// carries a different quota line.
 pub fn usage(maildir: &Path, quota: Quota, policy: &QuotaPolicy) -> std::io::Result<Usage> {
+    use std::os::unix::fs::MetadataExt;
     let path = maildir.join("maildirsize");
     let fresh = match std::fs::metadata(&path) {
         Ok(md) => {
@@ -397,14 +401,22 @@ pub fn usage(maildir: &Path, quota: Quota, policy: &QuotaPolicy) -> std::io::Res
                 .duration_since(md.modified().unwrap_or(UNIX_EPOCH))
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
-            md.len() < policy.max_size && age <= policy.max_age
+            (md.len() < policy.max_size && age <= policy.max_age).then_some(md)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e),
     };
-    if fresh {
+    if let Some(md) = fresh {
+        if let Some(u) = size_cache::usage(&path, md.ino(), md.len(), quota) {
+            return Ok(u);
+        }
         let text = std::fs::read_to_string(&path)?;
         if let Some(u) = parse_maildirsize(&text, quota) {
+            // What was read, up to its last whole line (an append may be under way).
+            let whole = text.rfind('\n').map_or(0, |i| i + 1);
+            if whole == text.len() {
+                size_cache::remember(&path, md.ino(), whole as u64, quota, u);
+            }
             return Ok(u);
         }
     }
@@ -432,6 +444,11 @@ pub fn parse_maildirsize(text: &str, quota: Quota) -> Option<Usage> {
     if first != quota {
         return None;
     }
+    sum_lines(lines)
+}
+
+/// Sums `<bytes> <count>` lines; `None` when one is malformed.
+fn sum_lines<'a>(lines: impl Iterator<Item = &'a str>) -> Option<Usage> {
     let mut u = Usage::default();
     for line in lines {
         if line.trim().is_empty() {
@@ -442,6 +459,72 @@ pub fn parse_maildirsize(text: &str, quota: Quota) -> Option<Usage> {
         u.count += f.next()?.parse::<i64>().ok()?;
     }
     Some(u)
+}
+
+/// What this shard last read of each Maildir's `maildirsize`, so that a
+/// delivery reads only the lines appended since instead of the whole file
+/// (it grows by a line per delivery up to `MAILDIRSIZE_MAX_SIZE`: parsing it
+/// whole was a third of a Maildir delivery's instructions, RESULTS.md).
+/// Maildir++ writers append, or replace the file by a rename (a new inode);
+/// anything else (another inode, a shorter file, another quota line, a bad
+/// line) falls back to reading it whole.
+mod size_cache {
+    use super::{sum_lines, Quota, Usage};
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::io::{Read, Seek, SeekFrom};
+    use std::path::{Path, PathBuf};
+
+    struct Seen {
+        ino: u64,
+        len: u64,
+        quota: Quota,
+        usage: Usage,
+    }
+
+    thread_local! {
+        static SEEN: RefCell<HashMap<PathBuf, Seen>> = RefCell::new(HashMap::new());
+    }
+
+    /// The usage of `path` (inode `ino`, `len` bytes now) from what was seen
+    /// before plus the lines appended since; `None` when it must be read whole.
+    pub(super) fn usage(path: &Path, ino: u64, len: u64, quota: Quota) -> Option<Usage> {
+        let (seen_len, mut usage) = SEEN.with(|m| {
+            let m = m.borrow();
+            let s = m.get(path)?;
+            (s.ino == ino && s.quota == quota && s.len <= len).then_some((s.len, s.usage))
+        })?;
+        if seen_len < len {
+            let mut f = std::fs::File::open(path).ok()?;
+            f.seek(SeekFrom::Start(seen_len)).ok()?;
+            let mut tail = String::new();
+            f.take(len - seen_len).read_to_string(&mut tail).ok()?;
+            // Up to the last whole line: the rest may be an append under way.
+            let whole = tail.rfind('\n').map_or(0, |i| i + 1);
+            let more = sum_lines(tail[..whole].lines())?;
+            usage.bytes += more.bytes;
+            usage.count += more.count;
+            remember(path, ino, seen_len + whole as u64, quota, usage);
+        }
+        Some(usage)
+    }
+
+    /// Records that `path` (inode `ino`) sums to `usage` over its first `len` bytes.
+    pub(super) fn remember(path: &Path, ino: u64, len: u64, quota: Quota, usage: Usage) {
+        SEEN.with(|m| {
+            let mut m = m.borrow_mut();
+            if m.len() >= 65_536 && !m.contains_key(path) {
+                m.clear();
+            }
+            let seen = Seen {
+                ino,
+                len,
+                quota,
+                usage,
+            };
+            m.insert(path.to_path_buf(), seen);
+        });
+    }
 }
 
 /// Walks `new/`, `cur/` and every `.Folder/{new,cur}`; sizes come from the
@@ -626,6 +709,50 @@ mod tests {
         );
         assert_eq!(parse_maildirsize("999S,10C\n100 1\n", q), None);
         assert_eq!(parse_maildirsize("1000S,10C\nbad\n", q), None);
+    }
+
+    #[test]
+    fn usage_reads_appends_and_rewrites_of_maildirsize() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = dir.path();
+        for sub in ["tmp", "new", "cur"] {
+            std::fs::create_dir_all(md.join(sub)).unwrap();
+        }
+        let q = Quota {
+            bytes: 100_000,
+            count: 0,
+        };
+        let p = QuotaPolicy::default();
+        // No file: recalculated (empty Maildir) and written.
+        assert_eq!(usage(md, q, &p).unwrap(), Usage::default());
+        append(md, 100, 1).unwrap();
+        append(md, 50, 1).unwrap();
+        let u = |bytes, count| Usage { bytes, count };
+        assert_eq!(usage(md, q, &p).unwrap(), u(150, 2));
+        // Another writer appends (a shorter read than the file: only the new lines count).
+        append(md, -30, -1).unwrap();
+        assert_eq!(usage(md, q, &p).unwrap(), u(120, 1));
+        assert_eq!(usage(md, q, &p).unwrap(), u(120, 1));
+        // A half-written line is left for later.
+        {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(md.join("maildirsize"))
+                .unwrap();
+            f.write_all(b"7").unwrap();
+            assert_eq!(usage(md, q, &p).unwrap(), u(120, 1));
+            f.write_all(b"0 1\n").unwrap();
+        }
+        assert_eq!(usage(md, q, &p).unwrap(), u(190, 2));
+        // Replaced by a rename (a new inode): read whole.
+        let tmp = md.join("tmp/ms");
+        std::fs::write(&tmp, "100000S\n5 1\n").unwrap();
+        std::fs::rename(&tmp, md.join("maildirsize")).unwrap();
+        assert_eq!(usage(md, q, &p).unwrap(), u(5, 1));
+        // Another quota: recalculated from the (empty) Maildir.
+        let q2 = Quota { bytes: 5, count: 0 };
+        assert_eq!(usage(md, q2, &p).unwrap(), u(0, 0));
     }
 
     #[test]

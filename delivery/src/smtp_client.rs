@@ -304,8 +304,14 @@ pub struct ClientSession {
     greeting: Option<Reply>,
 }
 
-fn addr(a: &str) -> String {
-    format!("<{a}>")
+/// `VERB<address>\r\n`.
+fn command(verb: &str, a: &str) -> String {
+    let mut c = String::with_capacity(verb.len() + a.len() + 4);
+    c.push_str(verb);
+    c.push('<');
+    c.push_str(a);
+    c.push_str(">\r\n");
+    c
 }
 
 impl ClientSession {
@@ -558,9 +564,14 @@ impl ClientSession {
                 return Action::Ready;
             }
         }
-        let mut mail = format!("MAIL FROM:{}", addr(&env.sender));
+        // Built by appending (no `format!` per command: this runs for every relayed message).
+        let mut mail = String::with_capacity(env.sender.len() + 64);
+        mail.push_str("MAIL FROM:<");
+        mail.push_str(&env.sender);
+        mail.push('>');
         if self.ext.size.is_some() {
-            mail.push_str(&format!(" SIZE={}", env.size));
+            use std::fmt::Write as _;
+            let _ = write!(mail, " SIZE={}", env.size);
         }
         if env.eightbit && self.ext.eightbitmime {
             mail.push_str(" BODY=8BITMIME");
@@ -572,9 +583,10 @@ impl ClientSession {
         if self.needs_rset {
             unsent.push_back((Pending::Rset, "RSET\r\n".to_string()));
         }
-        unsent.push_back((Pending::Mail, format!("{mail}\r\n")));
+        mail.push_str("\r\n");
+        unsent.push_back((Pending::Mail, mail));
         for (i, r) in env.recipients.iter().enumerate() {
-            unsent.push_back((Pending::Rcpt(i), format!("RCPT TO:{}\r\n", addr(r))));
+            unsent.push_back((Pending::Rcpt(i), command("RCPT TO:", r)));
         }
         unsent.push_back((Pending::Data, "DATA\r\n".to_string()));
         self.tx = Some(Tx {
