@@ -468,7 +468,7 @@ fn quota_warning_and_overquota_cmd() {
         "{texts:?}"
     );
     send(80); // ~6 KB more: does not fit
-    // The shell creates the file before it writes the line: wait for the line.
+              // The shell creates the file before it writes the line: wait for the line.
     wait_until(30, "OVERQUOTA_CMD ran", || {
         std::fs::read_to_string(&hook_out).is_ok_and(|t| t.ends_with('\n'))
     });
