@@ -5,10 +5,11 @@
 //! * `maildir_write_1k/concurrency/1`: one delivery at a time into one Maildir.
 //! * `maildir_write_1k/concurrency/{16,64}`: 16 or 64 at once, spread over
 //!   as many Maildirs (a shard delivering to many users).
-//! * `maildir_one_box_1k/{grouped,own_flush}/{16,64}`: 16 or 64 at once into
-//!   ONE Maildir, sharing the flush of `new/` (group commit, `delivery::dirflush`)
-//!   or each flushing it on its own (`dirflush::set_grouping(false)`, the way
-//!   before group commit), in the same run. Put `TMPDIR` on the file system to
+//! * `maildir_one_box_1k/{grouped,grouped_one_flush,own_flush}/{16,64}`: 16 or
+//!   64 at once into ONE Maildir, sharing the flush of `new/` (group commit,
+//!   `delivery::dirflush`, up to two flushes in flight as the server runs it, or
+//!   one at a time) or each flushing it on its own (`set_grouping(false)`, the
+//!   way before group commit), in the same run. Put `TMPDIR` on the file system to
 //!   measure (this ext4, a journalled loop-mounted ext4, XFS: RESULTS.md).
 //!
 //! Baseline beside them: `queue_commit_1k_fdatasync` (bench `queue_commit`),
@@ -80,7 +81,12 @@ fn bench_one_box(c: &mut Criterion) {
     let mut g = c.benchmark_group("maildir_one_box_1k");
     g.throughput(Throughput::Elements(1));
     g.measurement_time(Duration::from_secs(8));
-    for (name, grouped) in [("grouped", true), ("own_flush", false)] {
+    let variants = [
+        ("grouped", true, delivery::dirflush::MAX_IN_FLIGHT),
+        ("grouped_one_flush", true, 1),
+        ("own_flush", false, 1),
+    ];
+    for (name, grouped, in_flight) in variants {
         for conc in [16usize, 64] {
             g.bench_with_input(BenchmarkId::new(name, conc), &conc, |b, &conc| {
                 b.iter_custom(|iters| {
@@ -88,8 +94,12 @@ fn bench_one_box(c: &mut Criterion) {
                     let md = make_maildirs(tmp.path(), 1).remove(0);
                     run(driver(), async move {
                         delivery::dirflush::set_grouping(grouped);
+                        delivery::dirflush::set_flushes_in_flight(in_flight);
                         let took = deliver_all(vec![md; conc], iters).await;
                         delivery::dirflush::set_grouping(true);
+                        delivery::dirflush::set_flushes_in_flight(
+                            delivery::dirflush::MAX_IN_FLIGHT,
+                        );
                         took
                     })
                 })

@@ -2,18 +2,25 @@
 //!
 //! A Maildir delivery is durable only once `new/` is fsynced after its
 //! rename. Concurrent deliveries into the same `new/` on one shard share
-//! that fsync: the first one starts a flusher; every delivery that renamed
-//! its file joins the group waiting for the *next* flush to start (a flush
-//! already running may have started before its rename, so it does not
-//! count). Each member gets the result of the flush that covered it, so a
-//! failed fsync fails (defers) every member of that group, and none reports
-//! success before a flush that began after its rename has succeeded: "a
-//! finished recipient is durable" is unchanged.
+//! that fsync: every delivery that renamed its file joins the group waiting
+//! for the *next* flush to start (a flush already running may have started
+//! before its rename, so it does not count). Up to [`MAX_IN_FLIGHT`] flushes
+//! of one directory run at once: a group starts its flush at once while
+//! fewer are running, else when one ends. Each member gets the result of the
+//! flush that covered it, so a failed fsync fails (defers) every member of
+//! that group, and none reports success before a flush that began after its
+//! rename has succeeded: "a finished recipient is durable" is unchanged.
+//!
+//! Why more than one in flight: where a directory fsync is a journal commit
+//! (ext4 with a journal, XFS) the file system already merges concurrent
+//! fsyncs, and one flush at a time made later deliveries wait for it
+//! (measured 0.76-0.87 of a flush each); where it writes the directory's
+//! blocks itself (ext4 without a journal), sharing pays (loadtest/RESULTS.md).
 //!
 //! The table is per thread, so per shard: two shards delivering into the
 //! same Maildir each flush it for their own groups (correct, just less
-//! sharing). The flusher runs as its own local task, so a delivery that is
-//! cancelled while it leads a flush does not strand the others.
+//! sharing). Each flush runs as its own local task, so a delivery that is
+//! cancelled while it waits does not strand the others.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -25,10 +32,26 @@ use tokio::sync::oneshot;
 
 type Reply = oneshot::Sender<Result<(), Rc<io::Error>>>;
 
+/// Flushes of one directory that may run at once (see the module doc).
+pub const MAX_IN_FLIGHT: usize = 2;
+
+thread_local! {
+    static IN_FLIGHT_CAP: Cell<usize> = const { Cell::new(MAX_IN_FLIGHT) };
+}
+
+/// Sets how many flushes of one directory may run at once on this thread
+/// (at least 1). For benchmarks that compare caps in one run; the server
+/// keeps [`MAX_IN_FLIGHT`].
+pub fn set_flushes_in_flight(n: usize) {
+    IN_FLIGHT_CAP.with(|c| c.set(n.max(1)));
+}
+
 #[derive(Default)]
 struct Group {
-    /// Members whose rename is done, waiting for a flush that starts now.
+    /// Members whose rename is done, waiting for a flush that starts later.
     waiting: Vec<Reply>,
+    /// Flushes of this directory running now.
+    in_flight: usize,
 }
 
 /// What this shard's directory flushes did since it started.
@@ -77,20 +100,18 @@ pub async fn sync_dir(dir: &Path) -> io::Result<()> {
         return shard::io::sync_dir(dir).await;
     }
     let (tx, rx) = oneshot::channel();
-    let lead = GROUPS.with(|g| {
+    let start = GROUPS.with(|g| {
         let mut g = g.borrow_mut();
-        match g.get_mut(dir) {
-            Some(group) => {
-                group.waiting.push(tx);
-                false
-            }
-            None => {
-                g.insert(dir.to_path_buf(), Group { waiting: vec![tx] });
-                true
-            }
+        let group = g.entry(dir.to_path_buf()).or_default();
+        group.waiting.push(tx);
+        if group.in_flight < IN_FLIGHT_CAP.with(Cell::get) {
+            group.in_flight += 1;
+            true
+        } else {
+            false
         }
     });
-    if lead {
+    if start {
         tokio::task::spawn_local(flusher(dir.to_path_buf()));
     }
     match rx.await {
@@ -100,17 +121,26 @@ pub async fn sync_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Flushes `dir` for each group in turn until nobody waits, then leaves.
+/// One of `dir`'s flush slots: flushes for the group waiting when it runs,
+/// then for the next one, until nobody waits; then frees the slot.
 async fn flusher(dir: PathBuf) {
-    // If the runtime drops this task, forget the group: its members get
-    // "abandoned", and a later delivery on this thread starts a new flusher.
-    struct Forget<'a>(&'a Path);
-    impl Drop for Forget<'_> {
+    // If the runtime drops this task, free its slot; members it held get
+    // "abandoned", and a later delivery on this thread starts a flush.
+    struct Slot<'a>(&'a Path);
+    impl Drop for Slot<'_> {
         fn drop(&mut self) {
-            let _ = GROUPS.try_with(|g| g.borrow_mut().remove(self.0));
+            let _ = GROUPS.try_with(|g| {
+                let mut g = g.borrow_mut();
+                if let Some(group) = g.get_mut(self.0) {
+                    group.in_flight -= 1;
+                    if group.in_flight == 0 && group.waiting.is_empty() {
+                        g.remove(self.0);
+                    }
+                }
+            });
         }
     }
-    let _forget = Forget(&dir);
+    let _slot = Slot(&dir);
     loop {
         let batch = GROUPS.with(|g| {
             let mut g = g.borrow_mut();
