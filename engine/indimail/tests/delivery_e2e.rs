@@ -66,15 +66,9 @@ fn swaks_to_virtual_user_maildir_both_drivers() {
 
 fn route_home(port: u16, extra_control: &[(&str, &str)]) -> tempfile::TempDir {
     let h = tempfile::tempdir().unwrap();
-    let control = h.path().join("control");
-    std::fs::create_dir_all(&control).unwrap();
-    std::fs::write(
-        control.join("smtproutes"),
-        format!("remote.test:127.0.0.1:{port}\n"),
-    )
-    .unwrap();
+    route_domain(h.path(), "remote.test", port);
     for (k, v) in extra_control {
-        std::fs::write(control.join(k), v).unwrap();
+        std::fs::write(h.path().join("control").join(k), v).unwrap();
     }
     h
 }

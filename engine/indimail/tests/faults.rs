@@ -180,13 +180,7 @@ fn start_storm(
     std::fs::create_dir_all(disk.join("queue")).unwrap();
     std::os::unix::fs::symlink(disk.join("queue"), home.join("queue")).unwrap();
     let (sink, port, cap) = capture("gate");
-    let control = home.join("control");
-    std::fs::create_dir_all(&control).unwrap();
-    std::fs::write(
-        control.join("smtproutes"),
-        format!("sink.example:127.0.0.1:{port}\n"),
-    )
-    .unwrap();
+    route_domain(home, "sink.example", port);
     let s = Server::start_delivering(home, driver);
     let accepted: Vec<String> = (0..5).map(|i| format!("r{i}@sink.example")).collect();
     for to in &accepted {

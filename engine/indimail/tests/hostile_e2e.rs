@@ -89,13 +89,7 @@ fn bare_cr_lf(b: &[u8]) -> usize {
 
 fn routed_home(port: u16) -> tempfile::TempDir {
     let h = tempfile::tempdir().unwrap();
-    let control = h.path().join("control");
-    std::fs::create_dir_all(&control).unwrap();
-    std::fs::write(
-        control.join("smtproutes"),
-        format!("remote.test:127.0.0.1:{port}\n"),
-    )
-    .unwrap();
+    route_domain(h.path(), "remote.test", port);
     h
 }
 

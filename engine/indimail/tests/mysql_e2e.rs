@@ -12,11 +12,8 @@ use common::*;
 #[test]
 fn directory_in_mariadb_and_outage() {
     let mut db = mariadb::MariaDb::start();
-    let h = tempfile::tempdir().unwrap();
+    let h = mariadb_home(&db);
     let home = h.path();
-    use_mariadb(home, &db);
-    let (c, _, e) = indimail(home, &["domain", "add", "example.com"]);
-    assert_eq!(c, 0, "{e}");
     let (c, _, e) = indimail(
         home,
         &["user", "add", "erin@example.com", "--password", "Db-Pass-1"],
@@ -86,6 +83,15 @@ fn mariadb_user_queries_do_not_grow_with_shards() {
     }
 }
 
+/// A home whose directory is the private MariaDB, with the domain example.com.
+fn mariadb_home(db: &mariadb::MariaDb) -> tempfile::TempDir {
+    let h = tempfile::tempdir().unwrap();
+    use_mariadb(h.path(), db);
+    let (c, _, e) = indimail(h.path(), &["domain", "add", "example.com"]);
+    assert_eq!(c, 0, "{e}");
+    h
+}
+
 /// Points `home`'s directory at the private MariaDB (`control/host.mysql`).
 fn use_mariadb(home: &std::path::Path, db: &mariadb::MariaDb) {
     std::fs::create_dir_all(home.join("control")).unwrap();
@@ -103,11 +109,8 @@ fn use_mariadb(home: &std::path::Path, db: &mariadb::MariaDb) {
 #[test]
 fn badmailfrom_sql_variant_reads_the_table() {
     let mut db = mariadb::MariaDb::start();
-    let h = tempfile::tempdir().unwrap();
+    let h = mariadb_home(&db);
     let home = h.path();
-    use_mariadb(home, &db);
-    let (c, _, e) = indimail(home, &["domain", "add", "example.com"]);
-    assert_eq!(c, 0, "{e}");
     std::fs::write(home.join("control/badmailfrom"), "text@bad.example\n").unwrap();
     std::fs::write(
         home.join("control/badmailfrom.sql"),

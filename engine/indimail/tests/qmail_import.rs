@@ -198,14 +198,8 @@ fn qmail_queue_imported_intact_and_delivered() {
     let port = free_port();
     let h = tempfile::tempdir().unwrap();
     let home = h.path();
-    let control = home.join("control");
-    std::fs::create_dir_all(&control).unwrap();
-    std::fs::write(
-        control.join("smtproutes"),
-        format!("sink.example:127.0.0.1:{port}\n"),
-    )
-    .unwrap();
-    std::fs::write(control.join("me"), "mx.example.com\n").unwrap();
+    route_domain(home, "sink.example", port);
+    std::fs::write(home.join("control/me"), "mx.example.com\n").unwrap();
     let alice = add_user(home, "alice");
 
     let q = tempfile::tempdir().unwrap();

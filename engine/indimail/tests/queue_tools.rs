@@ -43,14 +43,8 @@ fn captured_subjects(dir: &Path) -> Vec<String> {
 /// for sink.example to `port`; remote retries far apart.
 fn home_with_route(port: u16) -> (tempfile::TempDir, PathBuf) {
     let h = tempfile::tempdir().unwrap();
-    let control = h.path().join("control");
-    std::fs::create_dir_all(&control).unwrap();
-    std::fs::write(
-        control.join("smtproutes"),
-        format!("sink.example:127.0.0.1:{port}\n"),
-    )
-    .unwrap();
-    std::fs::write(control.join("chanskipremote"), "3000\n").unwrap();
+    route_domain(h.path(), "sink.example", port);
+    std::fs::write(h.path().join("control/chanskipremote"), "3000\n").unwrap();
     let md = add_user(h.path(), "alice");
     (h, md)
 }

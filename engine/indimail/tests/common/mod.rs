@@ -550,3 +550,16 @@ pub fn start_sharded_with_metrics(home: &Path, shards: &str) -> (Server, SocketA
     wait_until(10, &status, || s.log().contains(&status));
     (s, addrs["metrics"])
 }
+
+/// `control/smtproutes` sending `domain` to a local SMTP server on `port`
+/// (a capture sink), as an operator routes a domain to a smarthost.
+#[allow(dead_code)]
+pub fn route_domain(home: &Path, domain: &str, port: u16) {
+    let control = home.join("control");
+    std::fs::create_dir_all(&control).unwrap();
+    std::fs::write(
+        control.join("smtproutes"),
+        format!("{domain}:127.0.0.1:{port}\n"),
+    )
+    .unwrap();
+}
