@@ -430,6 +430,14 @@ pub fn rfc5322_date(t: u64) -> String {
     format!("{wd}, {d:02} {mon} {y} {h:02}:{mi:02}:{s:02} +0000")
 }
 
+/// [`rfc5322_date`] of a clock reading (the epoch for one before it).
+pub fn rfc5322_date_of(t: std::time::SystemTime) -> String {
+    rfc5322_date(
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    )
+}
+
 /// ctime(3)-style UTC date for mbox `From ` lines: `Thu Jan  1 00:00:00 1970`.
 pub fn ctime_utc(t: u64) -> String {
     let (wd, y, mon, d, h, mi, s) = parts(t);

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tls::rustls;
 
 use crate::config::Paths;
-use crate::log;
+use control::log;
 
 /// The permissions file in the control directory.
 pub const USERS_FILE: &str = "adminusers";

@@ -62,7 +62,7 @@ use tls::rustls;
 
 use crate::adminauth::{AdminError, Gate, PreAuthSlot, Refused, IO_TIMEOUT};
 use crate::config::Paths;
-use crate::log;
+use control::log;
 
 /// Largest request head and body.
 const MAX_HEAD: usize = 16 * 1024;

@@ -16,8 +16,8 @@
 use std::time::Duration;
 
 use crate::config::env_number;
-use crate::control::{ControlDir, ControlError};
 use crate::tcprules::RuleMatch;
+use control::{ControlDir, ControlError};
 use smtp_proto::Reply;
 
 /// The settings, server-wide or for one client.

@@ -40,92 +40,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::control::{ControlDir, ControlError, DomainList};
 use crate::tcprules::TcpRules;
+use control::{ControlError, DomainList};
 
-/// Locations derived from the home directory and IndiMail's variables.
-#[derive(Debug, Clone)]
-pub struct Paths {
-    /// The home directory.
-    pub home: PathBuf,
-    /// The control directory.
-    pub control: ControlDir,
-}
-
-impl Paths {
-    /// Resolves the home (`--home`, `INDIMAIL_HOME`, default) and the
-    /// control directory (`CONTROLDIR`), as `queue-layout` does.
-    pub fn resolve(home_arg: Option<&Path>) -> Paths {
-        let var = |k: &str| std::env::var_os(k);
-        let home = queue_layout::resolve_home(home_arg, &var);
-        let control = queue_layout::control_dir(&home, &var);
-        Paths {
-            home,
-            control: ControlDir::new(control),
-        }
-    }
-
-    /// The access rules file.
-    pub fn tcp_rules(&self) -> PathBuf {
-        self.home.join("tcp").join("tcp.smtp")
-    }
-
-    /// The queues and the shard owning each (see the `queue-layout`
-    /// crate); `cpus_arg` is `serve --cpus`.
-    pub fn layout(&self, cpus_arg: Option<&str>) -> Result<queue_layout::Layout, LayoutErrors> {
-        queue_layout::Layout::from_env(&self.home, cpus_arg, &shard::online_cpus())
-    }
-
-    /// The layout plus every `queueN` directory found outside it: what the
-    /// queue tools look at (mail there is queued too).
-    pub fn layout_with_existing(&self) -> Result<queue_layout::Layout, LayoutErrors> {
-        let mut l = self.layout(None)?;
-        l.adopt_existing();
-        Ok(l)
-    }
-}
-
-pub use queue_layout::{LayoutErrors, QueueSpec};
-
-fn env_error(name: &str, problem: &str) -> ControlError {
-    ControlError {
-        path: PathBuf::from(format!("${name}")),
-        line: None,
-        problem: problem.to_string(),
-    }
-}
-
-/// `QMAIL_EXT` (spec 4.6): extension addresses of virtual users are resolved,
-/// `user-ext@domain` being `user`'s (the user before the first `-`), at RCPT
-/// and at delivery alike. Off unless set (and not `0`), as in IndiMail.
-pub fn qmail_ext() -> bool {
-    std::env::var("QMAIL_EXT").is_ok_and(|v| v.trim() != "0")
-}
-
-/// A number from the environment, or `default` when unset.
-pub fn env_number<T: std::str::FromStr>(name: &str, default: T) -> Result<T, ControlError> {
-    match std::env::var(name) {
-        Err(_) => Ok(default),
-        Ok(v) => v
-            .trim()
-            .parse()
-            .map_err(|_| env_error(name, &format!("`{v}` is not a valid number"))),
-    }
-}
-
-/// A setting that may come from a variable or a control file, the variable
-/// winning (qmail-smtpd's order for `DATABYTES`, `MAXRECIPIENTS`...).
-fn var_or_control<T: std::str::FromStr + Copy>(
-    control: &ControlDir,
-    var: &str,
-    file: &str,
-    default: T,
-) -> Result<T, ControlError> {
-    match std::env::var(var) {
-        Ok(_) => env_number(var, default),
-        Err(_) => control.number(file, default),
-    }
-}
+pub use control::env::{env_number, qmail_ext, system_hostname, var_or_control};
+pub use control::Paths;
+pub use queue_layout::QueueSpec;
 
 /// Everything the SMTP listeners need, read once at start-up.
 #[derive(Debug, Clone)]
@@ -506,20 +426,6 @@ impl ServeConfig {
     }
 }
 
-/// The system's host name (`me` when the control file is missing).
-pub fn system_hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: buf is valid for its length; gethostname NUL-terminates
-    // within it on success.
-    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(0);
-    if ok && end > 0 {
-        String::from_utf8_lossy(&buf[..end]).into_owned()
-    } else {
-        "localhost".to_string()
-    }
-}
-
 /// Creates what a first `serve` on an empty home needs: the directories and
 /// default control files (never overwriting an operator's file). Returns
 /// the paths it created.
@@ -571,10 +477,10 @@ pub fn prepare_home(paths: &Paths) -> std::io::Result<Vec<PathBuf>> {
             std::fs::create_dir_all(dir)?;
             match tls::create_self_signed(dir, &me) {
                 Ok(made_cert) => {
-                    crate::log!("created {made_cert}");
+                    control::log!("created {made_cert}");
                     made.push(made_cert.path.clone());
                 }
-                Err(e) => crate::log!("warning: cannot create a demo certificate: {e}"),
+                Err(e) => control::log!("warning: cannot create a demo certificate: {e}"),
             }
         }
     }
@@ -619,9 +525,9 @@ fn tighten_secrets(paths: &Paths) {
             .filter(|p| p.parent() == Some(paths.control.path())),
     );
     let fix = |p: &Path, mode: u32| match restrict_mode(p, mode) {
-        Ok(true) => crate::log!("{}: mode tightened to {mode:o}", p.display()),
+        Ok(true) => control::log!("{}: mode tightened to {mode:o}", p.display()),
         Ok(false) => {}
-        Err(e) => crate::log!(
+        Err(e) => control::log!(
             "warning: {}: cannot tighten mode to {mode:o}: {e}",
             p.display()
         ),

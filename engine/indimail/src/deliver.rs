@@ -31,9 +31,9 @@ use delivery::Outcome;
 use queue_store::{DueRecipient, MessageId, Queue, RecipientOutcome};
 
 use crate::config::QueueSpec;
-use crate::control::{ControlDir, DomainList};
-use crate::log;
 use crate::queues::ShardQueues;
+use control::log;
+use control::{ControlDir, DomainList};
 
 /// Settings of delivery read from control files.
 pub struct DeliverySettings {
@@ -841,7 +841,7 @@ impl DeliveryShard {
             &env.sender,
             recipient,
             message,
-            &crate::log::rfc5322_date(now),
+            &delivery::bounce::rfc5322_date_of(now),
             &id,
         );
         match self.inject("", vec![env.sender.clone()], reply).await {

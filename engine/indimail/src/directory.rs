@@ -64,7 +64,7 @@ impl DirectoryHandle {
             }
             Err(e) => {
                 let text = e.to_string();
-                crate::log!("warning: user directory unavailable: {text}");
+                control::log!("warning: user directory unavailable: {text}");
                 self.last_failure.set(Some(Instant::now()));
                 *self.last_error.borrow_mut() = text.clone();
                 Err(text)

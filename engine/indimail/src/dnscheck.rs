@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use delivery::dns::{DnsConfig, Resolver};
 use policy::spf::SpfResult;
 
-use crate::log;
+use control::log;
 
 /// One shard's resolver for client checks, made on first use.
 pub struct DnsChecks {

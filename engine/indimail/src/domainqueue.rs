@@ -22,8 +22,8 @@ use policy::EnvAssign;
 use queue_store::{Envelope, MessageId, MessageWriter, QueueError};
 
 use crate::config::QueueSpec;
-use crate::control::ControlError;
 use crate::queues::ShardQueues;
+use control::ControlError;
 
 /// The variables that choose a queue (spec 1.5).
 const QUEUE_VARS: [&str; 4] = ["QUEUEDIR", "QUEUE_BASE", "QUEUE_START", "QUEUE_COUNT"];
@@ -118,7 +118,7 @@ impl DomainQueues {
             return None;
         }
         self.resolve(env).unwrap_or_else(|why| {
-            crate::log!("shard{shard} domainqueue: {why}; the message stays on this shard");
+            control::log!("shard{shard} domainqueue: {why}; the message stays on this shard");
             None
         })
     }

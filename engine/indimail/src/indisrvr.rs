@@ -49,7 +49,7 @@ use tls::rustls;
 
 use crate::adminauth::{AdminError, AdminUser, Deadlined, Gate, PreAuthSlot, Refused};
 use crate::config::Paths;
-use crate::log;
+use control::log;
 
 /// IndiMail's hard-coded whitelist, in its order: a command line's index points into it.
 pub const PROGRAMS: [&str; 44] = [

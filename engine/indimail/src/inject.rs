@@ -596,7 +596,7 @@ fn with_received(body: Vec<u8>, from_ip: Option<&str>) -> Vec<u8> {
     let line = format!(
         "Received: (indimail-rs queue {}{host} invoked {by});\n\t{}\n",
         std::process::id(),
-        crate::log::rfc5322_date(std::time::SystemTime::now())
+        delivery::bounce::rfc5322_date_of(std::time::SystemTime::now())
     );
     let mut out = Vec::with_capacity(line.len() + body.len());
     out.extend_from_slice(line.as_bytes());

@@ -9,14 +9,12 @@ mod adminclient;
 mod adminsrv;
 mod clientchecks;
 mod config;
-mod control;
 mod deliver;
 mod directory;
 mod dnscheck;
 mod domainqueue;
 mod indisrvr;
 mod inject;
-mod log;
 mod logsummary;
 mod manpages;
 mod metrics;
@@ -44,6 +42,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Paths, ServeConfig};
+use control::log;
 
 #[derive(Parser)]
 #[command(

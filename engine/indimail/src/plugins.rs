@@ -20,7 +20,7 @@ use msgproc::QueueRules;
 use smtp_proto::Reply;
 
 use crate::dnscheck::DnsChecks;
-use crate::log;
+use control::log;
 
 /// What a plugin knows about the message besides its bytes.
 pub struct Context<'a> {

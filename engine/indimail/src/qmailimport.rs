@@ -575,7 +575,7 @@ fn run(paths: &Paths, dir: &Path, control: Option<&Path>) -> Result<Summary, Str
                     );
                     env.extra.push((IMPORT_KEY.to_string(), body_key.clone()));
                     let id = commit(q, &body, env).await?;
-                    crate::log!(
+                    control::log!(
                         "tool new msg {id} bytes={} from=<{}> rcpts={} imported={}",
                         body.len(),
                         parsed.sender,
@@ -621,7 +621,7 @@ fn run(paths: &Paths, dir: &Path, control: Option<&Path>) -> Result<Summary, Str
                         let mut env = Envelope::new(b.sender.clone(), b.recipients.clone());
                         env.extra.push((IMPORT_KEY.to_string(), bounce_key.clone()));
                         let id = commit(q, &b.message, env).await?;
-                        crate::log!(
+                        control::log!(
                             "tool new msg {id} bytes={} from=<{}> rcpts={} bounce-of={}",
                             b.message.len(),
                             b.sender,

@@ -37,9 +37,9 @@ use delivery::bounce::{self, BounceConfig, FailedRecipient, Original};
 use queue_store::{DueRecipient, Envelope, MessageId, Queue, RecipientOutcome, RecipientState};
 
 use crate::config::{Paths, QueueSpec};
-use crate::control::ControlDir;
-use crate::log;
 use crate::queues::ShardQueues;
+use ::control::log;
+use ::control::ControlDir;
 
 /// The control socket of a home.
 pub fn socket_path(home: &Path) -> PathBuf {

@@ -209,7 +209,7 @@ impl ShardQueues {
                     let bad = dir.join("bad");
                     let _ = std::fs::create_dir_all(&bad);
                     let _ = std::fs::rename(&path, bad.join(&name));
-                    crate::log!(
+                    control::log!(
                         "shard{shard} queue{} drop file {name} set aside: {why}",
                         number
                     );
@@ -218,7 +218,7 @@ impl ShardQueues {
             };
             let Some((message, env, logged)) = self.prepare(drop) else {
                 // NULLQUEUE: the injector was told "queued"; nothing is kept.
-                crate::log!("shard{shard} blackholed injected={name} (NULLQUEUE)");
+                control::log!("shard{shard} blackholed injected={name} (NULLQUEUE)");
                 let _ = std::fs::remove_file(&path);
                 removed = true;
                 continue;
@@ -234,12 +234,12 @@ impl ShardQueues {
             };
             match committed {
                 Ok(id) => {
-                    crate::log!(
+                    control::log!(
                         "shard{shard} new msg {id} bytes={} from=<{sender}> rcpts={rcpts} injected={name}",
                         message.len(),
                     );
                     if !logged.is_empty() {
-                        crate::log!(
+                        control::log!(
                             "shard{shard} headers msg {id} {}",
                             logged.join(" | ").replace(['\n', '\r'], " ")
                         );
@@ -250,7 +250,7 @@ impl ShardQueues {
                 }
                 Err(e) => {
                     // Leave the file: it is retried on the next pass.
-                    crate::log!("shard{shard} queue{} import of {name} failed: {e}", number);
+                    control::log!("shard{shard} queue{} import of {name} failed: {e}", number);
                     break;
                 }
             }

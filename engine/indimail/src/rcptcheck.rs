@@ -16,8 +16,8 @@
 use smtp_proto::{Decision, Reply};
 
 use crate::config::SmtpSettings;
-use crate::log;
 use crate::smtp::SmtpShard;
+use control::log;
 
 /// The CHECKRECIPIENT mode in force for a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -188,7 +188,7 @@ fn build(paths: &Paths, o: &Options, raw: Vec<u8>) -> Result<(Envelope, Vec<u8>)
         out.extend_from_slice(
             format!(
                 "Date: {}\n",
-                crate::log::rfc5322_date(std::time::SystemTime::now())
+                delivery::bounce::rfc5322_date_of(std::time::SystemTime::now())
             )
             .as_bytes(),
         );

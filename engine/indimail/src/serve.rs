@@ -8,10 +8,10 @@ use shard::io::{self, Driver};
 use shard::{Placement, ShardInfo, Shutdown};
 
 use crate::config::{QueueSpec, ServeConfig, SmtpSettings};
-use crate::log;
 use crate::metrics::{Counter, Registry};
 use crate::queues::ShardQueues;
 use crate::smtp::{self, SmtpShard};
+use control::log;
 
 /// What every shard is handed at start-up.
 struct Shared {
@@ -32,7 +32,7 @@ struct Shared {
     /// The home directory (directory store, mailboxes).
     home: std::path::PathBuf,
     /// The control directory.
-    control: crate::control::ControlDir,
+    control: control::ControlDir,
     /// `control/shutdowntimeout`: how long a stopping shard waits for SMTP
     /// sessions in flight.
     shutdown_timeout: std::time::Duration,
@@ -603,7 +603,7 @@ type Started = (
 
 /// The delivery settings of a shard owning `specs` (at start and reload).
 fn delivery_settings(
-    control: &crate::control::ControlDir,
+    control: &control::ControlDir,
     home: &std::path::Path,
     me: &str,
     specs: &[QueueSpec],

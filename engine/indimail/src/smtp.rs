@@ -28,9 +28,9 @@ use smtp_proto::{
 use tls::MaybeTls;
 
 use crate::config::SmtpSettings;
-use crate::log;
 use crate::metrics::ShardMetrics;
 use crate::queues::ShardQueues;
+use control::log;
 
 /// Largest read buffer: a connection streaming a message reads in pieces
 /// this big. A line longer than this is handled by the core's line cap.
@@ -221,7 +221,7 @@ pub enum Greylisting {
 impl Greylisting {
     /// What the configuration asks for on shard `index`, loading saved state.
     pub fn from_config(
-        control: &crate::control::ControlDir,
+        control: &control::ControlDir,
         home: &std::path::Path,
         index: usize,
     ) -> Result<Option<Greylisting>, String> {
@@ -1934,7 +1934,7 @@ impl Connection {
             "Received: from {helo} ([{ip}]){auth} by {} (indimail-rs) with {}{for_clause};\n\t{}\n",
             self.settings.me,
             self.session.protocol(),
-            log::rfc5322_date(SystemTime::now())
+            delivery::bounce::rfc5322_date_of(SystemTime::now())
         )
     }
 

@@ -18,7 +18,7 @@
 
 use std::net::IpAddr;
 
-use crate::control::ControlError;
+use control::ControlError;
 
 /// What a matching rule says.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

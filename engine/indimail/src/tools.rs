@@ -315,7 +315,7 @@ pub fn shape(paths: &Paths, by_sender: bool, top: usize) -> i32 {
 
 /// The domains delivered here according to `locals` / `virtualdomains`
 /// (directory domains are not asked: a listing must not need the database).
-fn local_domains(paths: &Paths) -> crate::control::DomainList {
+fn local_domains(paths: &Paths) -> control::DomainList {
     let mut v = paths.control.list("locals").unwrap_or_default();
     if v.is_empty() {
         if let Ok(Some(me)) = paths.control.string("me") {
@@ -331,7 +331,7 @@ fn local_domains(paths: &Paths) -> crate::control::DomainList {
             .into_iter()
             .filter_map(|l| l.split_once(':').map(|(d, _)| d.to_string())),
     );
-    crate::control::DomainList::new(v)
+    control::DomainList::new(v)
 }
 
 /// `qmail-qread`: qmail's listing format (arrival date, `#id`, size,

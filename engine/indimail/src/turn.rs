@@ -49,8 +49,8 @@ use smtp_proto::{EtrnNode, Reply};
 use tls::MaybeTls;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::control::{ControlDir, ControlError, DomainList};
-use crate::log;
+use control::log;
+use control::{ControlDir, ControlError, DomainList};
 
 /// `etrnhosts` and `atrnaccess`, read with the other control files and
 /// swapped whole on reload.

@@ -15,6 +15,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("msgproc", &[]),
     ("lookup", &[]),
     ("queue-layout", &[]),
+    ("control", &["queue-layout", "shard"]),
     ("queue-store", &["shard"]),
     ("delivery", &["shard", "smtp-proto", "tls"]),
     ("proxies", &["lookup", "shard", "tls"]),
@@ -22,6 +23,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "indimail",
         &[
+            "control",
             "delivery",
             "lookup",
             "msgproc",
