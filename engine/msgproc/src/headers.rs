@@ -189,15 +189,21 @@ impl HeaderProcessor {
                     self.flush_field(out);
                     self.field.extend_from_slice(piece);
                 }
-                let keep = !self.is_removed();
-                self.flush_field(out);
-                self.state = if keep {
-                    State::PassContinuation
-                } else {
-                    State::DropContinuation
-                };
+                self.cut_long_field(out);
             }
         }
+    }
+
+    /// A field grown past [`MAX_FIELD`] is flushed as it stands; the rest of its
+    /// continuation lines follow it out, or are dropped with it.
+    fn cut_long_field(&mut self, out: &mut Vec<u8>) {
+        let keep = !self.is_removed();
+        self.flush_field(out);
+        self.state = if keep {
+            State::PassContinuation
+        } else {
+            State::DropContinuation
+        };
     }
 
     fn is_removed(&self) -> bool {
@@ -223,13 +229,7 @@ impl HeaderProcessor {
                 if continuation && !self.field.is_empty() {
                     self.field.extend_from_slice(line);
                     if self.field.len() > MAX_FIELD {
-                        let keep = !self.is_removed();
-                        self.flush_field(out);
-                        self.state = if keep {
-                            State::PassContinuation
-                        } else {
-                            State::DropContinuation
-                        };
+                        self.cut_long_field(out);
                     }
                     return;
                 }

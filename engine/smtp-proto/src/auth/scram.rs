@@ -256,12 +256,7 @@ pub(crate) fn client_first(data: &[u8]) -> Result<ClientFirst, SaslError> {
     let user = attrs.next().unwrap_or("");
     // `m=` is a mandatory extension this server does not know: it must fail.
     let username = saslname(user.strip_prefix("n=").ok_or(SaslError::Malformed)?)?;
-    let nonce = attrs
-        .next()
-        .and_then(|a| a.strip_prefix("r="))
-        .filter(|n| !n.is_empty() && n.bytes().all(printable))
-        .ok_or(SaslError::Malformed)?;
-    attrs.try_for_each(extension)?;
+    let nonce = nonce_then_extensions(&mut attrs)?;
     Ok(ClientFirst {
         gs2_header,
         authzid,
@@ -269,6 +264,18 @@ pub(crate) fn client_first(data: &[u8]) -> Result<ClientFirst, SaslError> {
         nonce: nonce.to_string(),
         bare: bare.to_string(),
     })
+}
+
+/// The `r=` attribute next in `attrs` (printable, not empty), then only extensions this
+/// server may ignore.
+fn nonce_then_extensions<'a>(attrs: &mut std::str::Split<'a, char>) -> Result<&'a str, SaslError> {
+    let nonce = attrs
+        .next()
+        .and_then(|a| a.strip_prefix("r="))
+        .filter(|n| !n.is_empty() && n.bytes().all(printable))
+        .ok_or(SaslError::Malformed)?;
+    attrs.try_for_each(extension)?;
+    Ok(nonce)
 }
 
 /// `server-first-message`: `r=<client nonce><server nonce>,s=<salt>,i=<iterations>`.
@@ -296,12 +303,7 @@ pub(crate) fn client_final(data: &[u8]) -> Result<ClientFinal, SaslError> {
         .and_then(|a| a.strip_prefix("c="))
         .ok_or(SaslError::Malformed)
         .and_then(|c| B64.decode(c).map_err(|_| SaslError::Malformed))?;
-    let nonce = attrs
-        .next()
-        .and_then(|a| a.strip_prefix("r="))
-        .filter(|n| !n.is_empty() && n.bytes().all(printable))
-        .ok_or(SaslError::Malformed)?;
-    attrs.try_for_each(extension)?;
+    let nonce = nonce_then_extensions(&mut attrs)?;
     Ok(ClientFinal {
         channel_binding,
         nonce: nonce.to_string(),
