@@ -51,6 +51,8 @@ mod conn;
 mod duplex_tls;
 pub mod imap_login;
 mod imap_proxy;
+mod login;
+mod login_driver;
 mod maildir;
 pub mod pop3_login;
 mod pop3_proxy;
@@ -67,6 +69,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 pub use imap_proxy::{serve_imap_proxy, serve_imaps_proxy};
+pub use login::LoginEvent;
 pub use maildir::{dot_stuff, DotStuffer};
 pub use pop3_proxy::{serve_pop3_proxy, serve_pop3s_proxy};
 pub use pop3_server::{serve_pop3, serve_pop3s};

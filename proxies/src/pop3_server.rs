@@ -13,10 +13,10 @@ use std::rc::Rc;
 use shard::io::{TcpListener, TcpStream};
 use tls::MaybeTls;
 
-use crate::conn::{switch_to_tls, write, Inbuf, IntoTls, Io};
+use crate::conn::{write, Inbuf, IntoTls, Io};
+use crate::login_driver::{refuse, until_login};
 use crate::maildir::{scan, DotStuffer, MailboxLock, Message};
-use crate::pop3_login::{Pop3Event, Pop3Login};
-use crate::pop3_proxy::GREETING;
+use crate::pop3_login::{Pop3Event, Pop3Login, GREETING};
 use crate::{accept_loop, authorize, log_line, logged_in, ProxyContext, Refusal, Service};
 
 /// Longest command line in the TRANSACTION state (RFC 2449 §4: 255 octets with CRLF).
@@ -110,45 +110,17 @@ async fn authorization<S: Io + IntoTls>(
     peer: SocketAddr,
 ) {
     loop {
-        let (n, ev) = core.feed(inb.pending());
-        inb.consume(n);
-        let out = match ev {
-            Pop3Event::NeedMore => {
-                match inb.fill_within(&mut s, core.config().command_timeout).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => continue,
-                }
-            }
-            Pop3Event::Reply(r) => r,
-            Pop3Event::Close(r) => {
-                let _ = write(&mut s, r).await;
-                return;
-            }
-            Pop3Event::StartTls(r) => {
-                let limit = core.config().command_timeout;
-                s = match switch_to_tls(s, r, &mut inb, ctx.tls.as_deref(), limit).await {
-                    Some(t) => t,
-                    None => return,
-                };
-                core.tls_started();
-                continue;
-            }
-            Pop3Event::Login(c) => {
-                match authorize(ctx, &c.user, &c.password, Service::Pop3).await {
-                    Ok(u) => return Box::pin(local_session(ctx, s, inb, core, &u, peer)).await,
-                    Err(why) => match core.refused(why) {
-                        Pop3Event::Close(r) => {
-                            let _ = write(&mut s, r).await;
-                            return;
-                        }
-                        Pop3Event::Reply(r) => r,
-                        _ => return,
-                    },
-                }
-            }
-        };
-        if write(&mut s, out).await.is_err() {
+        let Some((conn, rest, c)) = until_login(ctx, s, inb, core, b"").await else {
             return;
+        };
+        (s, inb) = (conn, rest);
+        match authorize(ctx, &c.user, &c.password, Service::Pop3).await {
+            Ok(u) => return Box::pin(local_session(ctx, s, inb, core, &u, peer)).await,
+            Err(why) => {
+                if !refuse(&mut s, core, why).await {
+                    return;
+                }
+            }
         }
     }
 }
