@@ -8,7 +8,7 @@ use std::rc::Rc;
 use shard::io::{TcpListener, TcpStream};
 
 use crate::backend::{backend_user, imap_login};
-use crate::conn::{ClientConn, Inbuf};
+use crate::conn::{greeted, ClientConn, Inbuf};
 use crate::imap_login::{ImapLogin, GREETING};
 use crate::login_driver::{refuse, until_login};
 use crate::relay::hand_over;
@@ -45,7 +45,7 @@ pub async fn serve_imaps_proxy(
 }
 
 async fn session(s: TcpStream, peer: SocketAddr, ctx: Rc<ProxyContext>, implicit_tls: bool) {
-    let Some(mut s) = ClientConn::accepted(s, &ctx, implicit_tls, GREETING).await else {
+    let Some(mut s) = greeted(ClientConn::Plain(s), &ctx, implicit_tls, GREETING).await else {
         return;
     };
     let mut cfg = ctx.config.imap_login(peer.ip());

@@ -9,7 +9,7 @@ use std::rc::Rc;
 use shard::io::{TcpListener, TcpStream};
 
 use crate::backend::{backend_user, pop3_login, Backend};
-use crate::conn::{ClientConn, Inbuf};
+use crate::conn::{greeted, ClientConn, Inbuf};
 use crate::login_driver::{refuse, until_login};
 use crate::pop3_login::{Pop3Login, GREETING};
 use crate::pop3_server::local_session;
@@ -48,7 +48,7 @@ enum Target {
 }
 
 async fn session(s: TcpStream, peer: SocketAddr, ctx: Rc<ProxyContext>, implicit_tls: bool) {
-    let Some(mut s) = ClientConn::accepted(s, &ctx, implicit_tls, GREETING).await else {
+    let Some(mut s) = greeted(ClientConn::Plain(s), &ctx, implicit_tls, GREETING).await else {
         return;
     };
     let mut cfg = ctx.config.pop3_login(peer.ip());

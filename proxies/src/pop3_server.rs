@@ -13,7 +13,7 @@ use std::rc::Rc;
 use shard::io::{TcpListener, TcpStream};
 use tls::MaybeTls;
 
-use crate::conn::{write, Inbuf, IntoTls, Io};
+use crate::conn::{greeted, write, Inbuf, IntoTls, Io};
 use crate::login_driver::{refuse, until_login};
 use crate::maildir::{scan, DotStuffer, MailboxLock, Message};
 use crate::pop3_login::{Pop3Event, Pop3Login, GREETING};
@@ -53,26 +53,19 @@ pub async fn serve_pop3s(
 }
 
 async fn session(s: TcpStream, peer: SocketAddr, ctx: Rc<ProxyContext>, implicit_tls: bool) {
-    let mut conn = MaybeTls::Plain(s);
-    if implicit_tls {
-        let Some(store) = &ctx.tls else {
-            log_line(
-                &ctx,
-                format_args!("pop3d: WARN: implicit TLS without a certificate"),
-            );
-            return;
-        };
-        conn = match start_tls(conn, store, ctx.config.command_timeout).await {
-            Some(c) => c,
-            None => return,
-        };
+    if implicit_tls && ctx.tls.is_none() {
+        log_line(
+            &ctx,
+            format_args!("pop3d: WARN: implicit TLS without a certificate"),
+        );
+        return;
     }
+    let Some(conn) = greeted(MaybeTls::Plain(s), &ctx, implicit_tls, GREETING).await else {
+        return;
+    };
     let mut cfg = ctx.config.pop3_login(peer.ip());
     cfg.stls = ctx.tls.is_some();
     let mut core = Pop3Login::new(cfg, implicit_tls);
-    if write(&mut conn, GREETING.to_vec()).await.is_err() {
-        return;
-    }
     authorization(&ctx, conn, Inbuf::new(), &mut core, peer).await
 }
 
