@@ -25,10 +25,7 @@ pub async fn serve_imap_proxy(
     ctx: Rc<ProxyContext>,
     stop: impl Future<Output = ()>,
 ) {
-    accept_loop(listener, ctx, stop, "proxyimap", |s, peer, ctx| {
-        session(s, peer, ctx, false)
-    })
-    .await
+    accept_loop(listener, ctx, stop, "proxyimap", false, session).await
 }
 
 /// [`serve_imap_proxy`] with implicit TLS (port 993, RFC 8314). Needs
@@ -38,10 +35,7 @@ pub async fn serve_imaps_proxy(
     ctx: Rc<ProxyContext>,
     stop: impl Future<Output = ()>,
 ) {
-    accept_loop(listener, ctx, stop, "proxyimap", |s, peer, ctx| {
-        session(s, peer, ctx, true)
-    })
-    .await
+    accept_loop(listener, ctx, stop, "proxyimap", true, session).await
 }
 
 async fn session(s: TcpStream, peer: SocketAddr, ctx: Rc<ProxyContext>, implicit_tls: bool) {

@@ -23,10 +23,7 @@ pub async fn serve_pop3_proxy(
     ctx: Rc<ProxyContext>,
     stop: impl Future<Output = ()>,
 ) {
-    accept_loop(listener, ctx, stop, "proxypop3", |s, peer, ctx| {
-        session(s, peer, ctx, false)
-    })
-    .await
+    accept_loop(listener, ctx, stop, "proxypop3", false, session).await
 }
 
 /// [`serve_pop3_proxy`] with implicit TLS (port 995, RFC 8314). Needs
@@ -36,10 +33,7 @@ pub async fn serve_pop3s_proxy(
     ctx: Rc<ProxyContext>,
     stop: impl Future<Output = ()>,
 ) {
-    accept_loop(listener, ctx, stop, "proxypop3", |s, peer, ctx| {
-        session(s, peer, ctx, true)
-    })
-    .await
+    accept_loop(listener, ctx, stop, "proxypop3", true, session).await
 }
 
 enum Target {

@@ -33,10 +33,7 @@ pub async fn serve_pop3(
     ctx: Rc<ProxyContext>,
     stop: impl Future<Output = ()>,
 ) {
-    accept_loop(listener, ctx, stop, "pop3d", |s, peer, ctx| {
-        session(s, peer, ctx, false)
-    })
-    .await
+    accept_loop(listener, ctx, stop, "pop3d", false, session).await
 }
 
 /// [`serve_pop3`] with implicit TLS (port 995, RFC 8314): the handshake comes first.
@@ -46,10 +43,7 @@ pub async fn serve_pop3s(
     ctx: Rc<ProxyContext>,
     stop: impl Future<Output = ()>,
 ) {
-    accept_loop(listener, ctx, stop, "pop3d", |s, peer, ctx| {
-        session(s, peer, ctx, true)
-    })
-    .await
+    accept_loop(listener, ctx, stop, "pop3d", true, session).await
 }
 
 async fn session(s: TcpStream, peer: SocketAddr, ctx: Rc<ProxyContext>, implicit_tls: bool) {

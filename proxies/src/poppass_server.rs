@@ -19,10 +19,7 @@ pub async fn serve_poppass(
     ctx: Rc<ProxyContext>,
     stop: impl Future<Output = ()>,
 ) {
-    accept_loop(listener, ctx, stop, "poppassd", |s, peer, ctx| {
-        session(s, peer, ctx, false)
-    })
-    .await
+    accept_loop(listener, ctx, stop, "poppassd", false, session).await
 }
 
 /// [`serve_poppass`] with implicit TLS. Needs [`ProxyContext::tls`]; without it connections
@@ -32,10 +29,7 @@ pub async fn serve_poppasss(
     ctx: Rc<ProxyContext>,
     stop: impl Future<Output = ()>,
 ) {
-    accept_loop(listener, ctx, stop, "poppassd", |s, peer, ctx| {
-        session(s, peer, ctx, true)
-    })
-    .await
+    accept_loop(listener, ctx, stop, "poppassd", true, session).await
 }
 
 async fn session(s: TcpStream, peer: SocketAddr, ctx: Rc<ProxyContext>, implicit_tls: bool) {
