@@ -11,10 +11,19 @@ use std::time::Duration;
 use shard::io::TcpStream;
 
 use crate::conn::{write, Inbuf};
-use crate::Refusal;
+use crate::{ProxyContext, Refusal};
 
 /// Longest mailstore reply line read during login.
 const MAX_REPLY: usize = 64 * 1024;
+
+/// `user@domain:clientip`, or `user@domain` under `LEGACY_SERVER` (spec 6).
+pub(crate) fn backend_user(ctx: &ProxyContext, u: &lookup::User, peer: SocketAddr) -> String {
+    if ctx.config.legacy_server {
+        u.email()
+    } else {
+        format!("{}:{}", u.email(), peer.ip())
+    }
+}
 
 /// A logged-in mailstore connection.
 pub(crate) struct Backend {

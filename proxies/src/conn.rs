@@ -194,25 +194,6 @@ impl ClientConn {
         }
     }
 
-    /// A freshly accepted client of a proxy: under TLS at once on the implicit-TLS ports
-    /// (993, 995; RFC 8314), then greeted. `None` (connection over) when implicit TLS has no
-    /// certificate, the handshake failed or the greeting could not be sent.
-    pub(crate) async fn accepted(
-        s: TcpStream,
-        ctx: &crate::ProxyContext,
-        implicit_tls: bool,
-        greeting: &[u8],
-    ) -> Option<ClientConn> {
-        let mut s = ClientConn::Plain(s);
-        if implicit_tls {
-            s = s
-                .upgrade(ctx.tls.as_ref()?, ctx.config.command_timeout)
-                .await?;
-        }
-        write(&mut s, greeting.to_vec()).await.ok()?;
-        Some(s)
-    }
-
     /// Upgrades a plain connection (STARTTLS/STLS or implicit TLS) within `limit`. `None`
     /// (socket shut down) when the handshake failed, timed out, or TLS was already on.
     pub(crate) async fn upgrade(
@@ -237,6 +218,24 @@ impl ClientConn {
             }
         }
     }
+}
+
+/// A freshly accepted client: under TLS at once on the implicit-TLS ports (993, 995;
+/// RFC 8314), then greeted. `None` (connection over) when implicit TLS has no certificate,
+/// the handshake failed or the greeting could not be sent.
+pub(crate) async fn greeted<S: Io + IntoTls>(
+    mut s: S,
+    ctx: &crate::ProxyContext,
+    implicit_tls: bool,
+    greeting: &[u8],
+) -> Option<S> {
+    if implicit_tls {
+        s = s
+            .into_tls(ctx.tls.as_ref()?, ctx.config.command_timeout)
+            .await?;
+    }
+    write(&mut s, greeting.to_vec()).await.ok()?;
+    Some(s)
 }
 
 /// A stream that can be upgraded to TLS after STARTTLS/STLS: the Maildir server's

@@ -15,6 +15,7 @@
 
 use std::time::Duration;
 
+use crate::login::{LoginCore, LoginEvent};
 use crate::sasl::{decode_plain, PlainError};
 use crate::Refusal;
 
@@ -53,22 +54,8 @@ impl Default for ImapLoginConfig {
     }
 }
 
-/// What the driver must do next.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ImapEvent {
-    /// All input was used; read more.
-    NeedMore,
-    /// Send these bytes, then keep feeding.
-    Reply(Vec<u8>),
-    /// Verify these credentials, then call [`ImapLogin::accepted`] or [`ImapLogin::refused`].
-    Login(Credentials),
-    /// Send these bytes in the clear, discard any input already buffered (RFC 9051 §6.2.1:
-    /// nothing pipelined before the handshake may be trusted), run the TLS handshake, then
-    /// call [`ImapLogin::tls_started`].
-    StartTls(Vec<u8>),
-    /// Send these bytes and close the connection.
-    Close(Vec<u8>),
-}
+/// What the IMAP driver must do next.
+pub type ImapEvent = LoginEvent<Credentials>;
 
 /// A login to verify.
 #[derive(Clone, PartialEq, Eq)]
@@ -598,6 +585,22 @@ fn tokenize(parts: &[Part]) -> Result<Vec<Token>, ()> {
         }
     }
     Ok(out)
+}
+
+impl LoginCore for ImapLogin {
+    type Credentials = Credentials;
+    fn feed(&mut self, input: &[u8]) -> (usize, ImapEvent) {
+        ImapLogin::feed(self, input)
+    }
+    fn command_timeout(&self) -> Duration {
+        self.cfg.command_timeout
+    }
+    fn tls_started(&mut self) {
+        ImapLogin::tls_started(self)
+    }
+    fn refused(&mut self, why: Refusal) -> ImapEvent {
+        ImapLogin::refused(self, why)
+    }
 }
 
 #[cfg(test)]

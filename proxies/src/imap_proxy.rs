@@ -7,9 +7,10 @@ use std::rc::Rc;
 
 use shard::io::{TcpListener, TcpStream};
 
-use crate::backend::imap_login;
-use crate::conn::{switch_to_tls, write, ClientConn, Inbuf};
-use crate::imap_login::{ImapEvent, ImapLogin, GREETING};
+use crate::backend::{backend_user, imap_login};
+use crate::conn::{greeted, ClientConn, Inbuf};
+use crate::imap_login::{ImapLogin, GREETING};
+use crate::login_driver::{refuse, until_login};
 use crate::relay::hand_over;
 use crate::{accept_loop, authorize, log_line, mailstore, ProxyContext, Refusal, Service};
 
@@ -24,10 +25,7 @@ pub async fn serve_imap_proxy(
     ctx: Rc<ProxyContext>,
     stop: impl Future<Output = ()>,
 ) {
-    accept_loop(listener, ctx, stop, "proxyimap", |s, peer, ctx| {
-        session(s, peer, ctx, false)
-    })
-    .await
+    accept_loop(listener, ctx, stop, "proxyimap", false, session).await
 }
 
 /// [`serve_imap_proxy`] with implicit TLS (port 993, RFC 8314). Needs
@@ -37,14 +35,11 @@ pub async fn serve_imaps_proxy(
     ctx: Rc<ProxyContext>,
     stop: impl Future<Output = ()>,
 ) {
-    accept_loop(listener, ctx, stop, "proxyimap", |s, peer, ctx| {
-        session(s, peer, ctx, true)
-    })
-    .await
+    accept_loop(listener, ctx, stop, "proxyimap", true, session).await
 }
 
 async fn session(s: TcpStream, peer: SocketAddr, ctx: Rc<ProxyContext>, implicit_tls: bool) {
-    let Some(mut s) = ClientConn::accepted(s, &ctx, implicit_tls, GREETING).await else {
+    let Some(mut s) = greeted(ClientConn::Plain(s), &ctx, implicit_tls, GREETING).await else {
         return;
     };
     let mut cfg = ctx.config.imap_login(peer.ip());
@@ -52,64 +47,33 @@ async fn session(s: TcpStream, peer: SocketAddr, ctx: Rc<ProxyContext>, implicit
     let mut core = ImapLogin::new(cfg, implicit_tls);
     let mut inb = Inbuf::new();
     loop {
-        let (n, ev) = core.feed(inb.pending());
-        inb.consume(n);
-        let out = match ev {
-            ImapEvent::NeedMore => {
-                match inb.fill_within(&mut s, core.config().command_timeout).await {
-                    Ok(0) => return,
-                    Ok(_) => continue,
-                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                        let _ = write(&mut s, IDLE_BYE.to_vec()).await;
-                        return;
-                    }
-                    Err(_) => return,
-                }
-            }
-            ImapEvent::Reply(r) => r,
-            ImapEvent::Close(r) => {
-                let _ = write(&mut s, r).await;
+        let Some((conn, rest, c)) = until_login(&ctx, s, inb, &mut core, IDLE_BYE).await else {
+            return;
+        };
+        (s, inb) = (conn, rest);
+        match login(&ctx, &c.user, &c.password, peer).await {
+            Ok((backend, user, store)) => {
+                let reply = core.accepted(backend.capability.as_deref());
+                hand_over(
+                    &ctx,
+                    s,
+                    inb,
+                    backend,
+                    reply,
+                    &user,
+                    peer,
+                    store,
+                    Service::Imap,
+                    IDLE_BYE,
+                )
+                .await;
                 return;
             }
-            ImapEvent::StartTls(r) => {
-                let limit = core.config().command_timeout;
-                s = match switch_to_tls(s, r, &mut inb, ctx.tls.as_deref(), limit).await {
-                    Some(t) => t,
-                    None => return,
-                };
-                core.tls_started();
-                continue;
-            }
-            ImapEvent::Login(c) => match login(&ctx, &c.user, &c.password, peer).await {
-                Ok((backend, user, store)) => {
-                    let reply = core.accepted(backend.capability.as_deref());
-                    hand_over(
-                        &ctx,
-                        s,
-                        inb,
-                        backend,
-                        reply,
-                        &user,
-                        peer,
-                        store,
-                        Service::Imap,
-                        IDLE_BYE,
-                    )
-                    .await;
+            Err(why) => {
+                if !refuse(&mut s, &mut core, why).await {
                     return;
                 }
-                Err(why) => match core.refused(why) {
-                    ImapEvent::Close(r) => {
-                        let _ = write(&mut s, r).await;
-                        return;
-                    }
-                    ImapEvent::Reply(r) => r,
-                    _ => return,
-                },
-            },
-        };
-        if write(&mut s, out).await.is_err() {
-            return;
+            }
         }
     }
 }
@@ -148,14 +112,5 @@ async fn login(
             log_line(ctx, format_args!("proxyimap: WARN: {e}"));
             Err(e.refusal())
         }
-    }
-}
-
-/// `user@domain:clientip`, or `user@domain` under `LEGACY_SERVER` (spec 6).
-pub(crate) fn backend_user(ctx: &ProxyContext, u: &lookup::User, peer: SocketAddr) -> String {
-    if ctx.config.legacy_server {
-        u.email()
-    } else {
-        format!("{}:{}", u.email(), peer.ip())
     }
 }

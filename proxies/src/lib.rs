@@ -51,6 +51,8 @@ mod conn;
 mod duplex_tls;
 pub mod imap_login;
 mod imap_proxy;
+mod login;
+mod login_driver;
 mod maildir;
 pub mod pop3_login;
 mod pop3_proxy;
@@ -67,6 +69,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 pub use imap_proxy::{serve_imap_proxy, serve_imaps_proxy};
+pub use login::LoginEvent;
 pub use maildir::{dot_stuff, DotStuffer};
 pub use pop3_proxy::{serve_pop3_proxy, serve_pop3s_proxy};
 pub use pop3_server::{serve_pop3, serve_pop3s};
@@ -537,16 +540,18 @@ fn write_log(args: std::fmt::Arguments<'_>) {
     let _ = std::io::stderr().lock().write_all(&buf);
 }
 
-/// The accept loop shared by the three servers: one `spawn_local` task per connection
-/// until `stop` resolves. Sessions already running are left to finish.
+/// The accept loop shared by every front end: one `spawn_local` task per connection, running
+/// the front end's `session` (with `implicit_tls` for the TLS-first ports), until `stop`
+/// resolves. Sessions already running are left to finish.
 pub(crate) async fn accept_loop<F, Fut>(
     listener: shard::io::TcpListener,
     ctx: Rc<ProxyContext>,
     stop: impl Future<Output = ()>,
     name: &'static str,
+    implicit_tls: bool,
     session: F,
 ) where
-    F: Fn(shard::io::TcpStream, SocketAddr, Rc<ProxyContext>) -> Fut,
+    F: Fn(shard::io::TcpStream, SocketAddr, Rc<ProxyContext>, bool) -> Fut,
     Fut: Future<Output = ()> + 'static,
 {
     tokio::pin!(stop);
@@ -556,7 +561,7 @@ pub(crate) async fn accept_loop<F, Fut>(
             r = listener.accept() => match r {
                 Ok((s, peer)) => {
                     let _ = s.set_nodelay(true);
-                    tokio::task::spawn_local(session(s, peer, Rc::clone(&ctx)));
+                    tokio::task::spawn_local(session(s, peer, Rc::clone(&ctx), implicit_tls));
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning; the listener stays.

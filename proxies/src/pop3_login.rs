@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use crate::login::{LoginCore, LoginEvent};
 use crate::sasl::{decode_plain, PlainError};
 use crate::Refusal;
 
@@ -42,21 +43,8 @@ impl Default for Pop3LoginConfig {
     }
 }
 
-/// What the driver must do next.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Pop3Event {
-    /// All input was used; read more.
-    NeedMore,
-    /// Send these bytes, then keep feeding.
-    Reply(Vec<u8>),
-    /// Verify, then call [`Pop3Login::accepted`] or [`Pop3Login::refused`].
-    Login(Credentials),
-    /// Send these bytes in the clear, drop buffered input, run the handshake, then call
-    /// [`Pop3Login::tls_started`].
-    StartTls(Vec<u8>),
-    /// Send these bytes and close.
-    Close(Vec<u8>),
-}
+/// What the POP3 driver must do next.
+pub type Pop3Event = LoginEvent<Credentials>;
 
 /// A login to verify.
 #[derive(Clone, PartialEq, Eq)]
@@ -94,6 +82,9 @@ pub struct Pop3Login {
     bad_logins: u32,
     line: Vec<u8>,
 }
+
+/// The greeting (no APOP timestamp: APOP is not offered).
+pub const GREETING: &[u8] = b"+OK POP3 Server Ready.\r\n";
 
 /// Reply to `QUIT` before login (spec 6; the original's text).
 pub const QUIT_REPLY: &[u8] = b"+OK Phir Khab Miloge.\r\n";
@@ -297,6 +288,22 @@ impl Pop3Login {
 
 fn reply(s: &str) -> Pop3Event {
     Pop3Event::Reply(format!("{s}\r\n").into_bytes())
+}
+
+impl LoginCore for Pop3Login {
+    type Credentials = Credentials;
+    fn feed(&mut self, input: &[u8]) -> (usize, Pop3Event) {
+        Pop3Login::feed(self, input)
+    }
+    fn command_timeout(&self) -> Duration {
+        self.cfg.command_timeout
+    }
+    fn tls_started(&mut self) {
+        Pop3Login::tls_started(self)
+    }
+    fn refused(&mut self, why: Refusal) -> Pop3Event {
+        Pop3Login::refused(self, why)
+    }
 }
 
 #[cfg(test)]

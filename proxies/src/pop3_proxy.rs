@@ -8,15 +8,13 @@ use std::rc::Rc;
 
 use shard::io::{TcpListener, TcpStream};
 
-use crate::backend::{pop3_login, Backend};
-use crate::conn::{switch_to_tls, write, ClientConn, Inbuf};
-use crate::imap_proxy::backend_user;
-use crate::pop3_login::{Pop3Event, Pop3Login};
+use crate::backend::{backend_user, pop3_login, Backend};
+use crate::conn::{greeted, ClientConn, Inbuf};
+use crate::login_driver::{refuse, until_login};
+use crate::pop3_login::{Pop3Login, GREETING};
+use crate::pop3_server::local_session;
 use crate::relay::hand_over;
 use crate::{accept_loop, authorize, log_line, mailstore, ProxyContext, Refusal, Service};
-
-/// The greeting (no APOP timestamp: APOP is not offered).
-pub(crate) const GREETING: &[u8] = b"+OK POP3 Server Ready.\r\n";
 
 /// Serve POP3 proxy connections from `listener` until `stop` resolves (then stop
 /// accepting; sessions in progress continue).
@@ -25,10 +23,7 @@ pub async fn serve_pop3_proxy(
     ctx: Rc<ProxyContext>,
     stop: impl Future<Output = ()>,
 ) {
-    accept_loop(listener, ctx, stop, "proxypop3", |s, peer, ctx| {
-        session(s, peer, ctx, false)
-    })
-    .await
+    accept_loop(listener, ctx, stop, "proxypop3", false, session).await
 }
 
 /// [`serve_pop3_proxy`] with implicit TLS (port 995, RFC 8314). Needs
@@ -38,10 +33,7 @@ pub async fn serve_pop3s_proxy(
     ctx: Rc<ProxyContext>,
     stop: impl Future<Output = ()>,
 ) {
-    accept_loop(listener, ctx, stop, "proxypop3", |s, peer, ctx| {
-        session(s, peer, ctx, true)
-    })
-    .await
+    accept_loop(listener, ctx, stop, "proxypop3", true, session).await
 }
 
 enum Target {
@@ -50,7 +42,7 @@ enum Target {
 }
 
 async fn session(s: TcpStream, peer: SocketAddr, ctx: Rc<ProxyContext>, implicit_tls: bool) {
-    let Some(mut s) = ClientConn::accepted(s, &ctx, implicit_tls, GREETING).await else {
+    let Some(mut s) = greeted(ClientConn::Plain(s), &ctx, implicit_tls, GREETING).await else {
         return;
     };
     let mut cfg = ctx.config.pop3_login(peer.ip());
@@ -58,51 +50,25 @@ async fn session(s: TcpStream, peer: SocketAddr, ctx: Rc<ProxyContext>, implicit
     let mut core = Pop3Login::new(cfg, implicit_tls);
     let mut inb = Inbuf::new();
     loop {
-        let (n, ev) = core.feed(inb.pending());
-        inb.consume(n);
-        let out = match ev {
-            Pop3Event::NeedMore => {
-                match inb.fill_within(&mut s, core.config().command_timeout).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => continue,
-                }
-            }
-            Pop3Event::Reply(r) => r,
-            Pop3Event::Close(r) => {
-                let _ = write(&mut s, r).await;
+        let Some((conn, rest, c)) = until_login(&ctx, s, inb, &mut core, b"").await else {
+            return;
+        };
+        (s, inb) = (conn, rest);
+        match login(&ctx, &c.user, &c.password, peer).await {
+            Ok((Target::Remote(b, store), u)) => {
+                let reply = core.accepted();
+                hand_over(&ctx, s, inb, b, reply, &u, peer, store, Service::Pop3, b"").await;
                 return;
             }
-            Pop3Event::StartTls(r) => {
-                let limit = core.config().command_timeout;
-                s = match switch_to_tls(s, r, &mut inb, ctx.tls.as_deref(), limit).await {
-                    Some(t) => t,
-                    None => return,
-                };
-                core.tls_started();
-                continue;
+            Ok((Target::Local, u)) => {
+                local_session(&ctx, s, inb, &mut core, &u, peer).await;
+                return;
             }
-            Pop3Event::Login(c) => match login(&ctx, &c.user, &c.password, peer).await {
-                Ok((Target::Remote(b, store), u)) => {
-                    let reply = core.accepted();
-                    hand_over(&ctx, s, inb, b, reply, &u, peer, store, Service::Pop3, b"").await;
+            Err(why) => {
+                if !refuse(&mut s, &mut core, why).await {
                     return;
                 }
-                Ok((Target::Local, u)) => {
-                    crate::pop3_server::local_session(&ctx, s, inb, &mut core, &u, peer).await;
-                    return;
-                }
-                Err(why) => match core.refused(why) {
-                    Pop3Event::Close(r) => {
-                        let _ = write(&mut s, r).await;
-                        return;
-                    }
-                    Pop3Event::Reply(r) => r,
-                    _ => return,
-                },
-            },
-        };
-        if write(&mut s, out).await.is_err() {
-            return;
+            }
         }
     }
 }

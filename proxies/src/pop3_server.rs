@@ -13,10 +13,10 @@ use std::rc::Rc;
 use shard::io::{TcpListener, TcpStream};
 use tls::MaybeTls;
 
-use crate::conn::{switch_to_tls, write, Inbuf, IntoTls, Io};
+use crate::conn::{greeted, write, Inbuf, IntoTls, Io};
+use crate::login_driver::{refuse, until_login};
 use crate::maildir::{scan, DotStuffer, MailboxLock, Message};
-use crate::pop3_login::{Pop3Event, Pop3Login};
-use crate::pop3_proxy::GREETING;
+use crate::pop3_login::{Pop3Event, Pop3Login, GREETING};
 use crate::{accept_loop, authorize, log_line, logged_in, ProxyContext, Refusal, Service};
 
 /// Longest command line in the TRANSACTION state (RFC 2449 §4: 255 octets with CRLF).
@@ -33,10 +33,7 @@ pub async fn serve_pop3(
     ctx: Rc<ProxyContext>,
     stop: impl Future<Output = ()>,
 ) {
-    accept_loop(listener, ctx, stop, "pop3d", |s, peer, ctx| {
-        session(s, peer, ctx, false)
-    })
-    .await
+    accept_loop(listener, ctx, stop, "pop3d", false, session).await
 }
 
 /// [`serve_pop3`] with implicit TLS (port 995, RFC 8314): the handshake comes first.
@@ -46,33 +43,23 @@ pub async fn serve_pop3s(
     ctx: Rc<ProxyContext>,
     stop: impl Future<Output = ()>,
 ) {
-    accept_loop(listener, ctx, stop, "pop3d", |s, peer, ctx| {
-        session(s, peer, ctx, true)
-    })
-    .await
+    accept_loop(listener, ctx, stop, "pop3d", true, session).await
 }
 
 async fn session(s: TcpStream, peer: SocketAddr, ctx: Rc<ProxyContext>, implicit_tls: bool) {
-    let mut conn = MaybeTls::Plain(s);
-    if implicit_tls {
-        let Some(store) = &ctx.tls else {
-            log_line(
-                &ctx,
-                format_args!("pop3d: WARN: implicit TLS without a certificate"),
-            );
-            return;
-        };
-        conn = match start_tls(conn, store, ctx.config.command_timeout).await {
-            Some(c) => c,
-            None => return,
-        };
+    if implicit_tls && ctx.tls.is_none() {
+        log_line(
+            &ctx,
+            format_args!("pop3d: WARN: implicit TLS without a certificate"),
+        );
+        return;
     }
+    let Some(conn) = greeted(MaybeTls::Plain(s), &ctx, implicit_tls, GREETING).await else {
+        return;
+    };
     let mut cfg = ctx.config.pop3_login(peer.ip());
     cfg.stls = ctx.tls.is_some();
     let mut core = Pop3Login::new(cfg, implicit_tls);
-    if write(&mut conn, GREETING.to_vec()).await.is_err() {
-        return;
-    }
     authorization(&ctx, conn, Inbuf::new(), &mut core, peer).await
 }
 
@@ -110,45 +97,17 @@ async fn authorization<S: Io + IntoTls>(
     peer: SocketAddr,
 ) {
     loop {
-        let (n, ev) = core.feed(inb.pending());
-        inb.consume(n);
-        let out = match ev {
-            Pop3Event::NeedMore => {
-                match inb.fill_within(&mut s, core.config().command_timeout).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => continue,
-                }
-            }
-            Pop3Event::Reply(r) => r,
-            Pop3Event::Close(r) => {
-                let _ = write(&mut s, r).await;
-                return;
-            }
-            Pop3Event::StartTls(r) => {
-                let limit = core.config().command_timeout;
-                s = match switch_to_tls(s, r, &mut inb, ctx.tls.as_deref(), limit).await {
-                    Some(t) => t,
-                    None => return,
-                };
-                core.tls_started();
-                continue;
-            }
-            Pop3Event::Login(c) => {
-                match authorize(ctx, &c.user, &c.password, Service::Pop3).await {
-                    Ok(u) => return Box::pin(local_session(ctx, s, inb, core, &u, peer)).await,
-                    Err(why) => match core.refused(why) {
-                        Pop3Event::Close(r) => {
-                            let _ = write(&mut s, r).await;
-                            return;
-                        }
-                        Pop3Event::Reply(r) => r,
-                        _ => return,
-                    },
-                }
-            }
-        };
-        if write(&mut s, out).await.is_err() {
+        let Some((conn, rest, c)) = until_login(ctx, s, inb, core, b"").await else {
             return;
+        };
+        (s, inb) = (conn, rest);
+        match authorize(ctx, &c.user, &c.password, Service::Pop3).await {
+            Ok(u) => return Box::pin(local_session(ctx, s, inb, core, &u, peer)).await,
+            Err(why) => {
+                if !refuse(&mut s, core, why).await {
+                    return;
+                }
+            }
         }
     }
 }

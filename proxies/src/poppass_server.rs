@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use shard::io::{TcpListener, TcpStream};
 
-use crate::conn::{write, ClientConn, Inbuf};
+use crate::conn::{greeted, write, ClientConn, Inbuf};
 use crate::poppass::{Poppass, PoppassConfig, PoppassEvent, PoppassRefusal};
 use crate::{accept_loop, authorize, log_line, ProxyContext, Refusal, Service};
 
@@ -19,10 +19,7 @@ pub async fn serve_poppass(
     ctx: Rc<ProxyContext>,
     stop: impl Future<Output = ()>,
 ) {
-    accept_loop(listener, ctx, stop, "poppassd", |s, peer, ctx| {
-        session(s, peer, ctx, false)
-    })
-    .await
+    accept_loop(listener, ctx, stop, "poppassd", false, session).await
 }
 
 /// [`serve_poppass`] with implicit TLS. Needs [`ProxyContext::tls`]; without it connections
@@ -32,15 +29,12 @@ pub async fn serve_poppasss(
     ctx: Rc<ProxyContext>,
     stop: impl Future<Output = ()>,
 ) {
-    accept_loop(listener, ctx, stop, "poppassd", |s, peer, ctx| {
-        session(s, peer, ctx, true)
-    })
-    .await
+    accept_loop(listener, ctx, stop, "poppassd", true, session).await
 }
 
 async fn session(s: TcpStream, peer: SocketAddr, ctx: Rc<ProxyContext>, implicit_tls: bool) {
     let greeting = Poppass::greeting(&ctx.config.hostname);
-    let Some(mut s) = ClientConn::accepted(s, &ctx, implicit_tls, &greeting).await else {
+    let Some(mut s) = greeted(ClientConn::Plain(s), &ctx, implicit_tls, &greeting).await else {
         return;
     };
     let cfg = PoppassConfig {

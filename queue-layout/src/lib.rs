@@ -338,6 +338,107 @@ fn cpu_list(name: String, text: &str) -> Result<Vec<usize>, LayoutError> {
     }
 }
 
+/// The queue base and where it came from: `QUEUE_BASE`, `control/queue_base`,
+/// then `<home>/queue`.
+fn queue_base(
+    inp: &Inputs<'_>,
+    control: &Path,
+    errors: &mut Vec<LayoutError>,
+) -> (PathBuf, Source) {
+    match (inp.var)("QUEUE_BASE").filter(|b| !b.is_empty()) {
+        Some(b) => (PathBuf::from(b), Source::Environment),
+        None => match control_line(control, "queue_base") {
+            Ok(Some((_, b))) => (PathBuf::from(b), Source::Control),
+            Ok(None) => (inp.home.join("queue"), Source::Default),
+            Err(e) => {
+                errors.push(e);
+                (inp.home.join("queue"), Source::Default)
+            }
+        },
+    }
+}
+
+/// One entry a shard (its CPU, `None` when unpinned) and where the list came
+/// from: test mode, then `--cpus`, then `control/cpus`, then every CPU.
+fn shard_cpus(
+    inp: &Inputs<'_>,
+    control: &Path,
+    errors: &mut Vec<LayoutError>,
+) -> (Vec<Option<usize>>, Source) {
+    if let Some(v) = (inp.var)("INDIMAIL_SHARDS") {
+        let v = v.to_string_lossy();
+        let n = bounded_count("$INDIMAIL_SHARDS", &v, MAX_SHARDS, errors).unwrap_or(1);
+        return (vec![None; n], Source::Environment);
+    }
+    let listed = match inp.cpus_arg {
+        Some(a) => Some((cpu_list("--cpus".into(), a), Source::Argument)),
+        None => match control_line(control, "cpus") {
+            Ok(Some((line, l))) => Some((
+                cpu_list(format!("{}:{line}", control.join("cpus").display()), &l),
+                Source::Control,
+            )),
+            Ok(None) => None,
+            Err(e) => Some((Err(e), Source::Control)),
+        },
+    };
+    match listed {
+        Some((Ok(v), from)) => (v.into_iter().map(Some).collect(), from),
+        Some((Err(e), from)) => {
+            errors.push(e);
+            (vec![None], from)
+        }
+        None if inp.online.is_empty() => (vec![None], Source::Default),
+        None => (
+            inp.online.iter().copied().map(Some).collect(),
+            Source::Default,
+        ),
+    }
+}
+
+/// The number of queues and where it came from: `QUEUE_COUNT`, else one a
+/// shard.
+fn queue_count(
+    text: Option<String>,
+    shards: usize,
+    errors: &mut Vec<LayoutError>,
+) -> (u32, Source) {
+    match text {
+        None => (shards as u32, Source::Default),
+        Some(v) => {
+            let n = bounded_count("$QUEUE_COUNT", &v, MAX_QUEUES, errors).unwrap_or(1);
+            (n, Source::Environment)
+        }
+    }
+}
+
+/// A count from a variable that must be 1 to `max`; `None` (the problem
+/// pushed onto `errors`) when it is not.
+fn bounded_count<T>(name: &str, text: &str, max: T, errors: &mut Vec<LayoutError>) -> Option<T>
+where
+    T: std::str::FromStr + Copy + Default + PartialOrd + TryInto<u64>,
+{
+    let wide = |n: T| n.try_into().unwrap_or(u64::MAX);
+    match number::<T>(name, text) {
+        Ok(n) if n == T::default() => {
+            errors.push(LayoutError::Zero { name: name.into() });
+            None
+        }
+        Ok(n) if n > max => {
+            errors.push(LayoutError::TooLarge {
+                name: name.into(),
+                value: wide(n),
+                max: wide(max),
+            });
+            None
+        }
+        Ok(n) => Some(n),
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    }
+}
+
 impl Layout {
     /// Resolves the layout, reporting every problem at once.
     pub fn resolve(inp: &Inputs<'_>) -> Result<Layout, LayoutErrors> {
@@ -347,18 +448,7 @@ impl Layout {
         let control = control_dir(inp.home, var);
         let queuedir = var("QUEUEDIR").filter(|d| !d.is_empty()).map(PathBuf::from);
 
-        let (base, base_from) = match var("QUEUE_BASE").filter(|b| !b.is_empty()) {
-            Some(b) => (PathBuf::from(b), Source::Environment),
-            None => match control_line(&control, "queue_base") {
-                Ok(Some((_, b))) => (PathBuf::from(b), Source::Control),
-                Ok(None) => (inp.home.join("queue"), Source::Default),
-                Err(e) => {
-                    errors.push(e);
-                    (inp.home.join("queue"), Source::Default)
-                }
-            },
-        };
-
+        let (base, base_from) = queue_base(inp, &control, &mut errors);
         let start = match text("QUEUE_START") {
             None => 1,
             Some(v) => number::<u32>("$QUEUE_START", &v).unwrap_or_else(|e| {
@@ -366,82 +456,8 @@ impl Layout {
                 1
             }),
         };
-
-        // Shards: test mode, then --cpus, then control/cpus, then every CPU.
-        let (shard_cpus, shards_from): (Vec<Option<usize>>, Source) = match text("INDIMAIL_SHARDS")
-        {
-            Some(v) => match number::<usize>("$INDIMAIL_SHARDS", &v) {
-                Ok(0) => {
-                    errors.push(LayoutError::Zero {
-                        name: "$INDIMAIL_SHARDS".into(),
-                    });
-                    (vec![None], Source::Environment)
-                }
-                Ok(n) if n > MAX_SHARDS => {
-                    errors.push(LayoutError::TooLarge {
-                        name: "$INDIMAIL_SHARDS".into(),
-                        value: n as u64,
-                        max: MAX_SHARDS as u64,
-                    });
-                    (vec![None], Source::Environment)
-                }
-                Ok(n) => (vec![None; n], Source::Environment),
-                Err(e) => {
-                    errors.push(e);
-                    (vec![None], Source::Environment)
-                }
-            },
-            None => {
-                let listed = match inp.cpus_arg {
-                    Some(a) => Some((cpu_list("--cpus".into(), a), Source::Argument)),
-                    None => match control_line(&control, "cpus") {
-                        Ok(Some((line, l))) => Some((
-                            cpu_list(format!("{}:{line}", control.join("cpus").display()), &l),
-                            Source::Control,
-                        )),
-                        Ok(None) => None,
-                        Err(e) => Some((Err(e), Source::Control)),
-                    },
-                };
-                match listed {
-                    Some((Ok(v), from)) => (v.into_iter().map(Some).collect(), from),
-                    Some((Err(e), from)) => {
-                        errors.push(e);
-                        (vec![None], from)
-                    }
-                    None if inp.online.is_empty() => (vec![None], Source::Default),
-                    None => (
-                        inp.online.iter().copied().map(Some).collect(),
-                        Source::Default,
-                    ),
-                }
-            }
-        };
-
-        let (count, count_from) = match text("QUEUE_COUNT") {
-            None => (shard_cpus.len() as u32, Source::Default),
-            Some(v) => match number::<u32>("$QUEUE_COUNT", &v) {
-                Ok(0) => {
-                    errors.push(LayoutError::Zero {
-                        name: "$QUEUE_COUNT".into(),
-                    });
-                    (1, Source::Environment)
-                }
-                Ok(n) if n > MAX_QUEUES => {
-                    errors.push(LayoutError::TooLarge {
-                        name: "$QUEUE_COUNT".into(),
-                        value: n.into(),
-                        max: MAX_QUEUES.into(),
-                    });
-                    (1, Source::Environment)
-                }
-                Ok(n) => (n, Source::Environment),
-                Err(e) => {
-                    errors.push(e);
-                    (1, Source::Environment)
-                }
-            },
-        };
+        let (shard_cpus, shards_from) = shard_cpus(inp, &control, &mut errors);
+        let (count, count_from) = queue_count(text("QUEUE_COUNT"), shard_cpus.len(), &mut errors);
         if queuedir.is_none() && start.checked_add(count).is_none() {
             errors.push(LayoutError::Overflow { start, count });
         }

@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 
-use crate::state::{RecipientState, RecipientStatus};
+use crate::state::{cut_reply, RecipientState, RecipientStatus};
 use crate::Envelope;
 
 /// Magic at the start of every segment file.
@@ -22,8 +22,6 @@ pub(crate) const ALIGN: usize = 8;
 /// Largest payload a reader accepts; a larger length field is corruption
 /// (the body of a big message lives in a spill file, not in the record).
 pub(crate) const MAX_PAYLOAD: usize = 64 << 20;
-/// Longest reply text kept per recipient; longer replies are cut.
-pub(crate) const MAX_REPLY: usize = 4096;
 
 pub(crate) const TYPE_MESSAGE: u8 = 1;
 pub(crate) const TYPE_OUTCOME: u8 = 2;
@@ -109,18 +107,6 @@ fn put_status(b: &mut Vec<u8>, st: &RecipientStatus) {
     put_u32(b, st.attempts);
     put_u64(b, st.next_attempt);
     put_str(b, cut_reply(&st.last_reply));
-}
-
-/// Cuts a reply to [`MAX_REPLY`] bytes on a character boundary.
-pub(crate) fn cut_reply(s: &str) -> &str {
-    if s.len() <= MAX_REPLY {
-        return s;
-    }
-    let mut end = MAX_REPLY;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// Where the body of a message is.

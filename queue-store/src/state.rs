@@ -20,7 +20,21 @@
 //! record delivers that recipient again after restart (qmail says the same
 //! of itself). A finished recipient is never delivered again.
 
-use crate::format::cut_reply;
+/// Longest reply text kept per recipient; longer replies are cut (the
+/// OUTCOME record stores what is kept).
+pub(crate) const MAX_REPLY: usize = 4096;
+
+/// Cuts a reply to [`MAX_REPLY`] bytes on a character boundary.
+pub(crate) fn cut_reply(s: &str) -> &str {
+    if s.len() <= MAX_REPLY {
+        return s;
+    }
+    let mut end = MAX_REPLY;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
 
 /// Where one recipient stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use crate::cpulist::format_cpu_list;
 use crate::queues::{control_dir, control_line, existing_queues, queue_path, QueueLayout};
-use crate::topology::{HostRoots, Location, Topology};
+use crate::topology::{Core, HostRoots, Location, Topology};
 use crate::{lossy, lossy_opt, TuningError};
 
 /// What to plan for.
@@ -112,127 +112,15 @@ impl Plan {
         // The current layout tells base and start; the count is ours.
         let layout = QueueLayout::resolve(home, var, topo.affinity.len())?;
 
-        // Node-major, then by core: queue numbers of a node are contiguous.
-        let mut by_node: BTreeMap<usize, Vec<&crate::topology::Core>> = BTreeMap::new();
-        for core in &topo.cores {
-            by_node.entry(core.node).or_default().push(core);
-        }
-        let mut picks: Vec<(usize, &crate::topology::Core)> = Vec::new();
-        for cores in by_node.values() {
-            for core in cores {
-                if opts.smt {
-                    picks.extend(core.cpus.iter().map(|&c| (c, *core)));
-                } else {
-                    picks.push((core.cpus[0], core));
-                }
-            }
-        }
-        if picks.is_empty() {
-            return Err(TuningError::BadCpuList {
-                list: String::new(),
-                problem: "the host reports no online CPU".into(),
-            });
-        }
+        let picks = pick_cpus(topo, opts.smt)?;
         let cpus: Vec<usize> = picks.iter().map(|(c, _)| *c).collect();
         let count = cpus.len() as u32;
         let start = layout.start;
 
-        let outside: Vec<usize> = cpus
-            .iter()
-            .copied()
-            .filter(|c| !topo.affinity.contains(c))
-            .collect();
-        if !outside.is_empty() {
-            warnings.push(format!(
-                "CPUs {} are online but outside this process's affinity ({}); an engine started \
-                 from the same context could not pin shards to them",
-                format_cpu_list(&outside),
-                format_cpu_list(&topo.affinity)
-            ));
-        }
-        if let Some(q) = &layout.queuedir {
-            warnings.push(format!(
-                "QUEUEDIR={} is set: the engine then uses that one queue and ignores this plan's \
-                 queues",
-                q.display()
-            ));
-        }
-        if let Some(n) = var("QUEUE_COUNT") {
-            if n.to_str().and_then(|s| s.trim().parse::<u32>().ok()) != Some(count) {
-                warnings.push(format!(
-                    "QUEUE_COUNT={} is set and overrides the planned {count}; unset it (the \
-                     engine then makes one queue per CPU of control/cpus)",
-                    n.to_string_lossy()
-                ));
-            }
-        }
+        environment_warnings(topo, &layout, var, &cpus, &mut warnings);
 
-        // Disks: must exist (creating `<disk>/queueN` on an unmounted mount
-        // point would silently put the queue on the root filesystem).
-        let mut disks: Vec<PlannedDisk> = Vec::new();
-        for d in &opts.disks {
-            // Symlink targets must be absolute, or they would resolve
-            // relative to the queue base.
-            let d = &if d.is_absolute() {
-                d.clone()
-            } else {
-                std::env::current_dir()
-                    .map_err(|e| TuningError::io(Path::new("."), e))?
-                    .join(d)
-            };
-            let location = Location::of(d, topo, roots)?;
-            if !location.exists {
-                return Err(TuningError::BadDisk {
-                    path: d.clone(),
-                    problem: "does not exist (mount the disk and create the directory first)"
-                        .into(),
-                });
-            }
-            if !location.resolved.is_dir() {
-                return Err(TuningError::BadDisk {
-                    path: d.clone(),
-                    problem: "is not a directory".into(),
-                });
-            }
-            let rotational = location
-                .disks
-                .iter()
-                .filter_map(|n| topo.block_device(n)?.rotational)
-                .reduce(|a, b| a || b);
-            disks.push(PlannedDisk {
-                location,
-                rotational,
-                queues: Vec::new(),
-            });
-        }
-        for (i, a) in disks.iter().enumerate() {
-            for b in &disks[..i] {
-                if a.location.device_key() == b.location.device_key() {
-                    warnings.push(format!(
-                        "{} and {} are on the same device ({}): their fsyncs will not run in \
-                         parallel",
-                        b.location.path.display(),
-                        a.location.path.display(),
-                        a.location.describe()
-                    ));
-                }
-            }
-            if a.rotational == Some(true) {
-                warnings.push(format!(
-                    "{} is on a rotational disk: every commit waits for a seek",
-                    a.location.path.display()
-                ));
-            }
-            if let Some(m) = &a.location.mount {
-                if m.fstype == "tmpfs" || m.fstype == "ramfs" {
-                    warnings.push(format!(
-                        "{} is on {}: queued mail is lost at reboot",
-                        a.location.path.display(),
-                        m.fstype
-                    ));
-                }
-            }
-        }
+        let mut disks = planned_disks(&opts.disks, topo, roots)?;
+        disk_warnings(&disks, &mut warnings);
 
         let mut queues = Vec::new();
         for (k, (cpu, core)) in picks.iter().enumerate() {
@@ -387,6 +275,153 @@ impl Plan {
             }
         }
         Ok(actions)
+    }
+}
+
+/// The CPUs to shard on, each with its core: node-major, then by core, so
+/// the queue numbers of a node are contiguous. With `smt` every hyperthread
+/// of a core, else its first.
+fn pick_cpus(topo: &Topology, smt: bool) -> Result<Vec<(usize, &Core)>, TuningError> {
+    let mut by_node: BTreeMap<usize, Vec<&Core>> = BTreeMap::new();
+    for core in &topo.cores {
+        by_node.entry(core.node).or_default().push(core);
+    }
+    let mut picks: Vec<(usize, &Core)> = Vec::new();
+    for cores in by_node.values() {
+        for core in cores {
+            if smt {
+                picks.extend(core.cpus.iter().map(|&c| (c, *core)));
+            } else {
+                picks.push((core.cpus[0], core));
+            }
+        }
+    }
+    if picks.is_empty() {
+        return Err(TuningError::BadCpuList {
+            list: String::new(),
+            problem: "the host reports no online CPU".into(),
+        });
+    }
+    Ok(picks)
+}
+
+/// Warnings about what would make the engine not follow the plan: CPUs it
+/// could not pin to, `QUEUEDIR`, a `QUEUE_COUNT` that overrides it.
+fn environment_warnings(
+    topo: &Topology,
+    layout: &QueueLayout,
+    var: &dyn Fn(&str) -> Option<OsString>,
+    cpus: &[usize],
+    warnings: &mut Vec<String>,
+) {
+    let count = cpus.len() as u32;
+    let outside: Vec<usize> = cpus
+        .iter()
+        .copied()
+        .filter(|c| !topo.affinity.contains(c))
+        .collect();
+    if !outside.is_empty() {
+        warnings.push(format!(
+            "CPUs {} are online but outside this process's affinity ({}); an engine started \
+             from the same context could not pin shards to them",
+            format_cpu_list(&outside),
+            format_cpu_list(&topo.affinity)
+        ));
+    }
+    if let Some(q) = &layout.queuedir {
+        warnings.push(format!(
+            "QUEUEDIR={} is set: the engine then uses that one queue and ignores this plan's \
+             queues",
+            q.display()
+        ));
+    }
+    if let Some(n) = var("QUEUE_COUNT") {
+        if n.to_str().and_then(|s| s.trim().parse::<u32>().ok()) != Some(count) {
+            warnings.push(format!(
+                "QUEUE_COUNT={} is set and overrides the planned {count}; unset it (the \
+                 engine then makes one queue per CPU of control/cpus)",
+                n.to_string_lossy()
+            ));
+        }
+    }
+}
+
+/// The disks to spread queues over. Each must exist (creating
+/// `<disk>/queueN` on an unmounted mount point would silently put the queue
+/// on the root filesystem).
+fn planned_disks(
+    paths: &[PathBuf],
+    topo: &Topology,
+    roots: &HostRoots,
+) -> Result<Vec<PlannedDisk>, TuningError> {
+    let mut disks: Vec<PlannedDisk> = Vec::new();
+    for d in paths {
+        // Symlink targets must be absolute, or they would resolve
+        // relative to the queue base.
+        let d = &if d.is_absolute() {
+            d.clone()
+        } else {
+            std::env::current_dir()
+                .map_err(|e| TuningError::io(Path::new("."), e))?
+                .join(d)
+        };
+        let location = Location::of(d, topo, roots)?;
+        if !location.exists {
+            return Err(TuningError::BadDisk {
+                path: d.clone(),
+                problem: "does not exist (mount the disk and create the directory first)".into(),
+            });
+        }
+        if !location.resolved.is_dir() {
+            return Err(TuningError::BadDisk {
+                path: d.clone(),
+                problem: "is not a directory".into(),
+            });
+        }
+        let rotational = location
+            .disks
+            .iter()
+            .filter_map(|n| topo.block_device(n)?.rotational)
+            .reduce(|a, b| a || b);
+        disks.push(PlannedDisk {
+            location,
+            rotational,
+            queues: Vec::new(),
+        });
+    }
+    Ok(disks)
+}
+
+/// Warnings about disks that will not give the speed or safety asked of
+/// them: two on one device, a rotational one, one in memory.
+fn disk_warnings(disks: &[PlannedDisk], warnings: &mut Vec<String>) {
+    for (i, a) in disks.iter().enumerate() {
+        for b in &disks[..i] {
+            if a.location.device_key() == b.location.device_key() {
+                warnings.push(format!(
+                    "{} and {} are on the same device ({}): their fsyncs will not run in \
+                     parallel",
+                    b.location.path.display(),
+                    a.location.path.display(),
+                    a.location.describe()
+                ));
+            }
+        }
+        if a.rotational == Some(true) {
+            warnings.push(format!(
+                "{} is on a rotational disk: every commit waits for a seek",
+                a.location.path.display()
+            ));
+        }
+        if let Some(m) = &a.location.mount {
+            if m.fstype == "tmpfs" || m.fstype == "ramfs" {
+                warnings.push(format!(
+                    "{} is on {}: queued mail is lost at reboot",
+                    a.location.path.display(),
+                    m.fstype
+                ));
+            }
+        }
     }
 }
 

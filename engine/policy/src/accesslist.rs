@@ -90,15 +90,7 @@ impl AccessList {
     ) -> AccessList {
         let mut rules = Vec::new();
         for l in file.lines() {
-            let syntax = |reason| {
-                file.error(
-                    l.no,
-                    PolicyErrorKind::Syntax {
-                        text: l.text.clone(),
-                        reason,
-                    },
-                )
-            };
+            let syntax = |reason| file.syntax_error(l, reason);
             let (kind, rest) = if let Some(r) = l.text.strip_prefix("from:") {
                 (Kind::From, r)
             } else if let Some(r) = l.text.strip_prefix("rcpt:") {

@@ -38,6 +38,17 @@ impl ControlFile {
     pub(crate) fn error(&self, line: usize, kind: PolicyErrorKind) -> PolicyError {
         PolicyError::new(&self.path, Some(line), kind)
     }
+
+    /// `line` is not in the form `reason` says is expected.
+    pub(crate) fn syntax_error(&self, line: &Line, reason: &'static str) -> PolicyError {
+        self.error(
+            line.no,
+            PolicyErrorKind::Syntax {
+                text: line.text.clone(),
+                reason,
+            },
+        )
+    }
 }
 
 /// Resolves a control file name as qmail does: absolute names are used as they are, relative

@@ -87,25 +87,13 @@ impl EnvRules {
         let mut rules = Vec::new();
         for l in file.lines() {
             let Some((pat, assigns)) = l.text.split_once(':') else {
-                errors.push(file.error(
-                    l.no,
-                    PolicyErrorKind::Syntax {
-                        text: l.text.clone(),
-                        reason: "expected pattern:VAR=value,...",
-                    },
-                ));
+                errors.push(file.syntax_error(l, "expected pattern:VAR=value,..."));
                 continue;
             };
             let assigns = match parse_assignments(assigns) {
                 Ok(a) => a,
                 Err(reason) => {
-                    errors.push(file.error(
-                        l.no,
-                        PolicyErrorKind::Syntax {
-                            text: l.text.clone(),
-                            reason,
-                        },
-                    ));
+                    errors.push(file.syntax_error(l, reason));
                     continue;
                 }
             };

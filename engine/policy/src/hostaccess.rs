@@ -14,7 +14,7 @@
 //! describes ("some other domain cannot come from those specific IPs").
 
 use crate::control::ControlFile;
-use crate::error::{PolicyError, PolicyErrorKind};
+use crate::error::PolicyError;
 
 #[derive(Debug)]
 struct Entry {
@@ -90,22 +90,13 @@ impl HostAccess {
         let mut entries = Vec::new();
         for l in file.lines() {
             let Some((domain, ip)) = l.text.split_once(':') else {
-                errors.push(file.error(
-                    l.no,
-                    PolicyErrorKind::Syntax {
-                        text: l.text.clone(),
-                        reason: "expected domain:ip",
-                    },
-                ));
+                errors.push(file.syntax_error(l, "expected domain:ip"));
                 continue;
             };
             if !valid_token(ip) {
-                errors.push(file.error(
-                    l.no,
-                    PolicyErrorKind::Syntax {
-                        text: l.text.clone(),
-                        reason: "ip must be an address, * or four fields of digits/?/*/a-b",
-                    },
+                errors.push(file.syntax_error(
+                    l,
+                    "ip must be an address, * or four fields of digits/?/*/a-b",
                 ));
                 continue;
             }

@@ -183,6 +183,160 @@ fn reject(code: u16, enhanced: (u8, u16, u16), text: impl Into<String>, rule: St
     }
 }
 
+/// The state of one [`Policy`] load: what has been read, the problems found so far, and the
+/// files `from.envrules` may switch to.
+struct Loader<'a, 'r> {
+    control_dir: &'a Path,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    /// QREGEX mode: list lines are regular expressions, patterns files are not read.
+    qregex: bool,
+    rd: Reader<'r>,
+    errors: Vec<PolicyError>,
+    pool: HashMap<(Role, String), Loaded>,
+}
+
+impl Loader<'_, '_> {
+    fn file(&self, name: &str) -> PathBuf {
+        resolve(self.control_dir, name)
+    }
+
+    /// QREGEX: the environment wins; else control/qregex. Non-zero = regex mode.
+    fn qregex_mode(&mut self) -> bool {
+        match (self.env)("QREGEX") {
+            Some(v) => scan_int(&v).unwrap_or(0) != 0,
+            None => {
+                let f = self.rd.read(self.file("qregex"));
+                match first_int(&f) {
+                    Ok(v) => v.unwrap_or(0) != 0,
+                    Err(e) => {
+                        self.errors.push(e);
+                        false
+                    }
+                }
+            }
+        }
+    }
+
+    /// The rules file `var` names, else `default`.
+    fn env_rules(&mut self, var: &str, default: &str, qregex: bool) -> EnvRules {
+        let name = nonempty((self.env)(var)).unwrap_or_else(|| default.into());
+        let f = self.rd.read(self.file(&name));
+        EnvRules::load(&f, qregex, &mut self.errors)
+    }
+
+    /// Loads `name` in `role` into the pool, once.
+    fn load_into_pool(&mut self, role: Role, name: &str) {
+        if self.pool.contains_key(&(role, name.to_string())) {
+            return;
+        }
+        let path = self.file(name);
+        let f = if role == Role::List {
+            self.rd.read_list(path)
+        } else {
+            self.rd.read(path)
+        };
+        let (qregex, errors) = (self.qregex, &mut self.errors);
+        let loaded = match role {
+            Role::List => Loaded::List(ListFile::load(&f, qregex, errors)),
+            // Patterns files are not consulted in QREGEX mode.
+            Role::Patterns => Loaded::Patterns(if qregex { None } else { PatFile::load(&f) }),
+            Role::HostAccess => Loaded::Host(Arc::new(HostAccess::load(&f, errors))),
+            Role::AccessList => Loaded::Acl(Arc::new(AccessList::load(&f, qregex, errors))),
+        };
+        self.pool.insert((role, name.to_string()), loaded);
+    }
+
+    /// Loads the file each of [`FILE_VARS`] names, and its standard one; returns the name in
+    /// force for each variable.
+    fn file_vars(&mut self) -> HashMap<&'static str, String> {
+        let mut defaults = HashMap::new();
+        for (var, default, role, _) in FILE_VARS {
+            let name = nonempty((self.env)(var)).unwrap_or_else(|| default.to_string());
+            self.load_into_pool(*role, &name);
+            // `VAR=` in a rule reverts to the file's standard name.
+            self.load_into_pool(*role, default);
+            defaults.insert(*var, name);
+        }
+        defaults
+    }
+
+    /// Loads every file `from_rules` may switch to; returns whether the rules touch the RCPT
+    /// checks and the MAIL checks.
+    fn switchable_files(&mut self, from_rules: &EnvRules) -> (bool, bool) {
+        let (mut rules_touch_rcpt, mut rules_touch_mail) = (false, false);
+        let rule_names: Vec<(String, Option<String>)> = from_rules
+            .all_assignments()
+            .map(|(_, a)| a.clone())
+            .collect();
+        for (k, v) in &rule_names {
+            if let Some((_, _, role, slot)) = FILE_VARS.iter().find(|(var, ..)| var == k) {
+                if let Some(name) = v {
+                    self.load_into_pool(*role, name);
+                }
+                match slot {
+                    Slot::BadMailFrom | Slot::BlackholedSender | Slot::Host => {
+                        rules_touch_mail = true
+                    }
+                    _ => rules_touch_rcpt = true,
+                }
+            }
+            if FLAG_VARS.contains(&k.as_str()) {
+                rules_touch_mail = true;
+            }
+        }
+        (rules_touch_rcpt, rules_touch_mail)
+    }
+
+    /// The list and patterns in force for `slot`.
+    fn rule(&self, defaults: &HashMap<&str, String>, slot: Slot) -> AddrRule {
+        let mut rule = AddrRule::default();
+        for (var, _, role, s) in FILE_VARS {
+            if *s != slot {
+                continue;
+            }
+            match self.pool.get(&(*role, defaults[var].clone())) {
+                Some(Loaded::List(l)) => rule.list = l.clone(),
+                Some(Loaded::Patterns(p)) => rule.pats = p.clone(),
+                _ => {}
+            }
+        }
+        rule
+    }
+
+    /// A list no rule switches and no patterns file accompanies.
+    fn plain_list(&mut self, name: &str) -> AddrRule {
+        let f = self.rd.read_list(self.file(name));
+        AddrRule {
+            list: ListFile::load(&f, self.qregex, &mut self.errors),
+            pats: None,
+        }
+    }
+
+    /// A list consulted only when enabled, by `check_var` or by `name_var` (which also names
+    /// the file, else `default`).
+    fn enabled_list(&mut self, check_var: &str, name_var: &str, default: &str) -> Option<AddrRule> {
+        let env = self.env;
+        (env(check_var).is_some() || env(name_var).is_some()).then(|| {
+            let name = nonempty(env(name_var)).unwrap_or_else(|| default.into());
+            self.plain_list(&name)
+        })
+    }
+
+    /// BODYCHECK enables content rules. Its value names the rules file when such a file
+    /// exists; otherwise (BODYCHECK=1, BODYCHECK=) the standard `bodycheck` is used, which is
+    /// what qmail-smtpd ends up reading in those cases.
+    fn body_rules(&mut self) -> Option<Arc<BodyRules>> {
+        let v = (self.env)("BODYCHECK")?;
+        let name = if !v.is_empty() && self.file(&v).is_file() {
+            v
+        } else {
+            "bodycheck".into()
+        };
+        let f = self.rd.read(self.file(&name));
+        BodyRules::load(&f, &mut self.errors)
+    }
+}
+
 impl Policy {
     /// Reads every control file that exists in `control_dir`, honouring the environment
     /// overrides the spec names (looked up through `env`, normally `|k| std::env::var(k).ok()`
@@ -215,165 +369,65 @@ impl Policy {
     fn load_from(
         control_dir: &Path,
         env: &dyn Fn(&str) -> Option<String>,
-        mut rd: Reader<'_>,
+        rd: Reader<'_>,
     ) -> Result<Policy, Vec<PolicyError>> {
-        let mut errors = Vec::new();
-        let file = |name: &str| resolve(control_dir, name);
-
-        // QREGEX: the environment wins; else control/qregex. Non-zero = regex mode.
-        let qregex = match env("QREGEX") {
-            Some(v) => scan_int(&v).unwrap_or(0) != 0,
-            None => {
-                let f = rd.read(file("qregex"));
-                match first_int(&f) {
-                    Ok(v) => v.unwrap_or(0) != 0,
-                    Err(e) => {
-                        errors.push(e);
-                        false
-                    }
-                }
-            }
+        let mut ld = Loader {
+            control_dir,
+            env,
+            qregex: false,
+            rd,
+            errors: Vec::new(),
+            pool: HashMap::new(),
         };
-
-        let mut pool: HashMap<(Role, String), Loaded> = HashMap::new();
-        let mut load_into_pool = |rd: &mut Reader,
-                                  errors: &mut Vec<PolicyError>,
-                                  role: Role,
-                                  name: &str| {
-            if pool.contains_key(&(role, name.to_string())) {
-                return;
-            }
-            let path = resolve(control_dir, name);
-            let f = if role == Role::List {
-                rd.read_list(path)
-            } else {
-                rd.read(path)
-            };
-            let loaded = match role {
-                Role::List => Loaded::List(ListFile::load(&f, qregex, errors)),
-                // Patterns files are not consulted in QREGEX mode.
-                Role::Patterns => Loaded::Patterns(if qregex { None } else { PatFile::load(&f) }),
-                Role::HostAccess => Loaded::Host(Arc::new(HostAccess::load(&f, errors))),
-                Role::AccessList => Loaded::Acl(Arc::new(AccessList::load(&f, qregex, errors))),
-            };
-            pool.insert((role, name.to_string()), loaded);
-        };
-
+        ld.qregex = ld.qregex_mode();
         // The per-sender rules come first: the files they may switch to are loaded with the rest.
-        let from_rules = {
-            let f = rd.read(file(
-                &nonempty(env("FROMRULES")).unwrap_or_else(|| "from.envrules".into()),
-            ));
-            EnvRules::load(&f, qregex, &mut errors)
-        };
-        let auth_rules = {
-            let f = rd.read(file(
-                &nonempty(env("AUTHRULES")).unwrap_or_else(|| "auth.envrules".into()),
-            ));
-            EnvRules::load(&f, qregex, &mut errors)
-        };
-        let domainqueue = {
-            let f = rd.read(file(
-                &nonempty(env("DOMAINQUEUE")).unwrap_or_else(|| "domainqueue".into()),
-            ));
-            EnvRules::load(&f, false, &mut errors)
-        };
+        let from_rules = ld.env_rules("FROMRULES", "from.envrules", ld.qregex);
+        let auth_rules = ld.env_rules("AUTHRULES", "auth.envrules", ld.qregex);
+        let domainqueue = ld.env_rules("DOMAINQUEUE", "domainqueue", false);
+        let defaults = ld.file_vars();
+        let (rules_touch_rcpt, rules_touch_mail) = ld.switchable_files(&from_rules);
 
-        let mut defaults: HashMap<&str, String> = HashMap::new();
-        for (var, default, role, _) in FILE_VARS {
-            let name = nonempty(env(var)).unwrap_or_else(|| default.to_string());
-            load_into_pool(&mut rd, &mut errors, *role, &name);
-            // `VAR=` in a rule reverts to the file's standard name.
-            load_into_pool(&mut rd, &mut errors, *role, default);
-            defaults.insert(var, name);
-        }
-        let (mut rules_touch_rcpt, mut rules_touch_mail) = (false, false);
-        let rule_names: Vec<(String, Option<String>)> = from_rules
-            .all_assignments()
-            .map(|(_, a)| a.clone())
-            .collect();
-        for (k, v) in &rule_names {
-            if let Some((_, _, role, slot)) = FILE_VARS.iter().find(|(var, ..)| var == k) {
-                if let Some(name) = v {
-                    load_into_pool(&mut rd, &mut errors, *role, name);
-                }
-                match slot {
-                    Slot::BadMailFrom | Slot::BlackholedSender | Slot::Host => {
-                        rules_touch_mail = true
-                    }
-                    _ => rules_touch_rcpt = true,
-                }
-            }
-            if FLAG_VARS.contains(&k.as_str()) {
-                rules_touch_mail = true;
-            }
-        }
-
-        let get_rule = |pool: &HashMap<(Role, String), Loaded>, slot: Slot| -> AddrRule {
-            let mut rule = AddrRule::default();
-            for (var, _, role, s) in FILE_VARS {
-                if *s != slot {
-                    continue;
-                }
-                match pool.get(&(*role, defaults[var].clone())) {
-                    Some(Loaded::List(l)) => rule.list = l.clone(),
-                    Some(Loaded::Patterns(p)) => rule.pats = p.clone(),
-                    _ => {}
-                }
-            }
-            rule
-        };
-        let bmf = get_rule(&pool, Slot::BadMailFrom);
-        let bhs = get_rule(&pool, Slot::BlackholedSender);
-        let bhr = get_rule(&pool, Slot::BlackholedRcpt);
-        let brt = get_rule(&pool, Slot::BadRcptTo);
-        let grt = get_rule(&pool, Slot::GoodRcptTo);
-        let host = match pool.get(&(Role::HostAccess, defaults["HOSTACCESS"].clone())) {
+        let bmf = ld.rule(&defaults, Slot::BadMailFrom);
+        let bhs = ld.rule(&defaults, Slot::BlackholedSender);
+        let bhr = ld.rule(&defaults, Slot::BlackholedRcpt);
+        let brt = ld.rule(&defaults, Slot::BadRcptTo);
+        let grt = ld.rule(&defaults, Slot::GoodRcptTo);
+        let host = match ld
+            .pool
+            .get(&(Role::HostAccess, defaults["HOSTACCESS"].clone()))
+        {
             Some(Loaded::Host(h)) => h.clone(),
             _ => Arc::new(HostAccess::default()),
         };
-        let acl = match pool.get(&(Role::AccessList, defaults["ACCESSLIST"].clone())) {
+        let acl = match ld
+            .pool
+            .get(&(Role::AccessList, defaults["ACCESSLIST"].clone()))
+        {
             Some(Loaded::Acl(a)) => a.clone(),
             _ => Arc::new(AccessList::default()),
         };
 
-        let plain_list = |rd: &mut Reader, errors: &mut Vec<PolicyError>, name: &str| AddrRule {
-            list: ListFile::load(&rd.read_list(file(name)), qregex, errors),
-            pats: None,
-        };
-        let rmf = plain_list(&mut rd, &mut errors, "relaymailfrom");
-        let chkrcpt = plain_list(&mut rd, &mut errors, "chkrcptdomains");
+        let rmf = ld.plain_list("relaymailfrom");
+        let chkrcpt = ld.plain_list("chkrcptdomains");
         let recipients = {
-            let f = rd.read(file("recipients"));
+            let f = ld.rd.read(ld.file("recipients"));
             let home = control_dir.parent().unwrap_or(control_dir);
-            Recipients::load(&f, home, &mut rd)
+            Recipients::load(&f, home, &mut ld.rd)
         };
         // badhelo / badip are only consulted when enabled: BADHELOCHECK or BADHELO (file name).
-        let badhelo = (env("BADHELOCHECK").is_some() || env("BADHELO").is_some()).then(|| {
-            let name = nonempty(env("BADHELO")).unwrap_or_else(|| "badhelo".into());
-            plain_list(&mut rd, &mut errors, &name)
-        });
-        let badip = (env("BADIPCHECK").is_some() || env("BADIP").is_some()).then(|| {
-            let name = nonempty(env("BADIP")).unwrap_or_else(|| "badip".into());
-            plain_list(&mut rd, &mut errors, &name)
-        });
+        let badhelo = ld.enabled_list("BADHELOCHECK", "BADHELO", "badhelo");
+        let badip = ld.enabled_list("BADIPCHECK", "BADIP", "badip");
         // badhost (client host names from PTR) when BADHOSTCHECK or BADHOST (file name).
-        let badhost = (env("BADHOSTCHECK").is_some() || env("BADHOST").is_some()).then(|| {
-            let name = nonempty(env("BADHOST")).unwrap_or_else(|| "badhost".into());
-            plain_list(&mut rd, &mut errors, &name)
-        });
-        // BODYCHECK enables content rules. Its value names the rules file when such a file
-        // exists; otherwise (BODYCHECK=1, BODYCHECK=) the standard `bodycheck` is used, which is
-        // what qmail-smtpd ends up reading in those cases.
-        let body = env("BODYCHECK").and_then(|v| {
-            let name = if !v.is_empty() && file(&v).is_file() {
-                v
-            } else {
-                "bodycheck".into()
-            };
-            BodyRules::load(&rd.read(file(&name)), &mut errors)
-        });
+        let badhost = ld.enabled_list("BADHOSTCHECK", "BADHOST", "badhost");
+        let body = ld.body_rules();
 
+        let Loader {
+            qregex,
+            mut rd,
+            mut errors,
+            pool,
+            ..
+        } = ld;
         errors.append(&mut rd.errors);
         if !errors.is_empty() {
             return Err(errors);

@@ -49,8 +49,69 @@ pub fn session(data: &[u8]) {
     let (head, input) = data.split_at(8);
     let mut seed = [0u8; 8];
     seed.copy_from_slice(head);
-    let knobs = head[0];
     let mut rng = XorShift::new(u64::from_le_bytes(seed));
+    let cfg = fuzzed_config(&seed);
+    let max_size = cfg.max_message_size;
+
+    let mut s = Session::new(Rc::new(cfg));
+    s.set_auth_entropy(rng.next_u64(), 1_700_000_000);
+    let cap = s.max_line();
+    s.greet();
+    let mut driver = Driver {
+        s,
+        rng,
+        max_size,
+        in_message: false,
+        message_len: 0,
+        data_total: 0,
+    };
+    let mut buf: Vec<u8> = Vec::new();
+    let mut fed = 0;
+    let mut consumed_total = 0usize;
+    let mut output_total = driver.s.output().len();
+    driver.s.consume_output(usize::MAX);
+    'outer: while fed < input.len() || !buf.is_empty() {
+        let piece = (1 + driver.rng.below(64) as usize).min(input.len() - fed);
+        buf.extend_from_slice(&input[fed..fed + piece]);
+        fed += piece;
+        loop {
+            let (n, ev) = driver.s.feed(&buf);
+            assert!(n <= buf.len(), "consumed more than given");
+            let next = driver.answer(ev, &buf, n);
+            consumed_total += n;
+            output_total += driver.s.output().len();
+            if next == Next::Ended {
+                break 'outer;
+            }
+            buf.drain(..n);
+            driver.s.consume_output(usize::MAX);
+            if next == Next::NeedMore {
+                // The driver never has to keep more than one capped command line.
+                assert!(
+                    buf.len() < cap,
+                    "unconsumed tail {} >= cap {cap}",
+                    buf.len()
+                );
+                if fed == input.len() {
+                    break 'outer;
+                }
+                break;
+            }
+        }
+    }
+    assert!(consumed_total <= input.len());
+    assert!(driver.data_total <= consumed_total);
+    // Every reply answers at least one consumed byte; the longest (EHLO, HELP) is < 300 bytes
+    // for a command of at least 6 bytes, so output stays linear in input.
+    assert!(
+        output_total <= 64 * consumed_total + 1024,
+        "output {output_total} for {consumed_total} bytes of input"
+    );
+}
+
+/// The session configuration the fuzz input's first 8 bytes choose.
+fn fuzzed_config(head: &[u8; 8]) -> SessionConfig {
+    let knobs = head[0];
     let mut cfg = SessionConfig::new("mx.example");
     cfg.chunking = knobs & 1 != 0;
     cfg.smtputf8 = knobs & 2 != 0;
@@ -85,184 +146,172 @@ pub fn session(data: &[u8]) {
     cfg.etrn = tls_knobs & 64 != 0;
     cfg.atrn = tls_knobs & 128 != 0;
     cfg.odmr = knobs & 64 != 0;
-    let max_size = cfg.max_message_size;
+    cfg
+}
 
-    let mut s = Session::new(Rc::new(cfg));
-    s.set_auth_entropy(rng.next_u64(), 1_700_000_000);
-    let cap = s.max_line();
-    s.greet();
-    let mut buf: Vec<u8> = Vec::new();
-    let mut fed = 0;
-    let mut consumed_total = 0usize;
-    let mut output_total = s.output().len();
-    s.consume_output(usize::MAX);
-    let mut in_message = false;
-    let mut message_len = 0u64;
-    let mut data_total = 0usize;
-    'outer: while fed < input.len() || !buf.is_empty() {
-        let piece = (1 + rng.below(64) as usize).min(input.len() - fed);
-        buf.extend_from_slice(&input[fed..fed + piece]);
-        fed += piece;
-        loop {
-            let (n, ev) = s.feed(&buf);
-            assert!(n <= buf.len(), "consumed more than given");
-            let mut stop = false;
-            match ev {
-                Event::NeedMore => stop = true,
-                Event::Mail { .. } | Event::Rcpt { .. } => {
-                    assert!(!in_message);
-                    // A pending question consumes nothing more until answered.
-                    let (n2, _) = s.feed(&buf[n..]);
-                    assert_eq!(n2, 0);
-                    if rng.below(4) == 0 {
-                        s.decide(Decision::Reject(Reply::new(550, Some((5, 7, 1)), "no")));
-                    } else {
-                        s.decide(Decision::Accept);
-                    }
-                }
-                Event::DataStart => {
-                    assert!(!in_message, "DataStart inside a message");
-                    in_message = true;
-                    message_len = 0;
-                }
-                Event::Data(d) => {
-                    assert!(in_message, "Data outside a message");
-                    assert!(!d.is_empty());
-                    message_len += d.len() as u64;
-                    data_total += d.len();
-                    if max_size > 0 {
-                        assert!(message_len <= max_size, "size cap exceeded");
-                    }
-                }
-                Event::MessageEnd => {
-                    assert!(in_message);
-                    in_message = false;
-                    assert_eq!(s.feed(&buf[n..]), (0, Event::MessageEnd));
-                    if rng.below(3) == 0 {
-                        s.message_committed(Err(Reply::new(451, Some((4, 3, 0)), "later")));
-                    } else {
-                        s.message_committed(Ok("id".into()));
-                    }
-                }
-                Event::MessageAborted => {
-                    assert!(in_message);
-                    in_message = false;
-                }
-                Event::StartTls => {
-                    assert!(!in_message);
-                    assert!(!s.is_tls());
-                    // Everything after the command is reported consumed, and stays ignored
-                    // until the handshake is reported.
-                    assert_eq!(n, buf.len(), "plaintext after STARTTLS left for the driver");
-                    assert_eq!(s.feed(b"MAIL FROM:<e@x.y>\r\n"), (19, Event::StartTls));
-                    s.tls_started();
-                    assert!(s.is_tls());
-                    assert!(s.envelope().helo.is_none());
-                }
-                Event::Auth {
-                    mechanism,
-                    ref authcid,
-                    ref authzid,
-                    ref secret,
-                } => {
-                    assert!(!in_message);
-                    // The Debug output does not depend on the secret at all.
-                    let other = match secret {
-                        AuthSecret::Password(_) => AuthSecret::Password("x".into()),
-                        AuthSecret::CramResponse { challenge, .. } => AuthSecret::CramResponse {
-                            challenge: challenge.clone(),
-                            digest: "0".into(),
-                        },
-                        AuthSecret::Scram { proof_valid } => AuthSecret::Scram {
-                            proof_valid: *proof_valid,
-                        },
-                    };
-                    let twin = Event::Auth {
-                        mechanism,
-                        authcid: authcid.clone(),
-                        authzid: authzid.clone(),
-                        secret: other,
-                    };
-                    assert_eq!(format!("{ev:?}"), format!("{twin:?}"));
-                    let (n2, _) = s.feed(&buf[n..]);
-                    assert_eq!(n2, 0);
-                    s.auth_result(match rng.below(3) {
-                        0 => AuthOutcome::Ok,
-                        1 => AuthOutcome::Failed,
-                        _ => AuthOutcome::TempFail,
-                    });
-                    if s.envelope().auth_user.is_some() && s.envelope().esmtp {
-                        assert!(s.protocol().ends_with('A'));
-                    }
-                }
-                Event::ScramLookup { ref authcid, .. } => {
-                    assert!(!in_message);
-                    let (n2, _) = s.feed(&buf[n..]);
-                    assert_eq!(n2, 0);
-                    let creds = match rng.below(3) {
-                        0 => None,
-                        _ => Some(ScramCredentials::decoy(authcid, b"fuzz", 4096)),
-                    };
-                    s.scram_credentials(creds, "c2VydmVyLW5vbmNl");
-                    assert!(!s.is_paused());
-                }
-                Event::Etrn { ref node } => {
-                    assert!(!in_message);
-                    let again = Event::Etrn { node: node.clone() };
-                    assert_eq!(s.feed(&buf[n..]), (0, again));
-                    s.etrn_result(Reply::new(251, Some((2, 0, 0)), "no message waiting"));
-                }
-                Event::Atrn { .. } => {
-                    assert!(!in_message);
-                    assert!(s.envelope().auth_user.is_some());
-                    if rng.below(2) == 0 {
-                        s.atrn_result(Ok(()));
-                        assert!(s.is_turned());
-                    } else {
-                        s.atrn_result(Err(Reply::new(453, Some((4, 3, 0)), "no mail")));
-                    }
-                }
-                Event::Turn => {
-                    assert!(s.is_turned());
-                    assert_eq!(s.feed(b"NOOP\r\n"), (0, Event::Turn));
-                    consumed_total += n;
-                    output_total += s.output().len();
-                    break 'outer;
-                }
-                Event::Close => {
-                    assert!(s.is_closed());
-                    assert_eq!(s.feed(b"NOOP\r\n"), (0, Event::Close));
-                    consumed_total += n;
-                    output_total += s.output().len();
-                    break 'outer;
+/// What the harness does after answering one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Feed the rest of the buffer.
+    Feed,
+    /// Read more input.
+    NeedMore,
+    /// The session closed or turned: stop.
+    Ended,
+}
+
+/// The harness in the driver's seat: answers each event as a driver would, with random
+/// decisions, and checks the session's invariants as it goes.
+struct Driver {
+    s: Session,
+    rng: XorShift,
+    max_size: u64,
+    in_message: bool,
+    message_len: u64,
+    data_total: usize,
+}
+
+impl Driver {
+    /// Answers `ev`, which the session returned after consuming `n` bytes of `buf`.
+    fn answer(&mut self, ev: Event<'_>, buf: &[u8], n: usize) -> Next {
+        let s = &mut self.s;
+        let rest = &buf[n..];
+        match ev {
+            Event::NeedMore => return Next::NeedMore,
+            Event::Mail { .. } | Event::Rcpt { .. } => {
+                assert!(!self.in_message);
+                // A pending question consumes nothing more until answered.
+                let (n2, _) = s.feed(rest);
+                assert_eq!(n2, 0);
+                if self.rng.below(4) == 0 {
+                    s.decide(Decision::Reject(Reply::new(550, Some((5, 7, 1)), "no")));
+                } else {
+                    s.decide(Decision::Accept);
                 }
             }
-            buf.drain(..n);
-            consumed_total += n;
-            output_total += s.output().len();
-            s.consume_output(usize::MAX);
-            if stop {
-                // The driver never has to keep more than one capped command line.
-                assert!(
-                    buf.len() < cap,
-                    "unconsumed tail {} >= cap {cap}",
-                    buf.len()
-                );
-                if fed == input.len() {
-                    break 'outer;
+            Event::DataStart => {
+                assert!(!self.in_message, "DataStart inside a message");
+                self.in_message = true;
+                self.message_len = 0;
+            }
+            Event::Data(d) => {
+                assert!(self.in_message, "Data outside a message");
+                assert!(!d.is_empty());
+                self.message_len += d.len() as u64;
+                self.data_total += d.len();
+                if self.max_size > 0 {
+                    assert!(self.message_len <= self.max_size, "size cap exceeded");
                 }
-                break;
+            }
+            Event::MessageEnd => {
+                assert!(self.in_message);
+                self.in_message = false;
+                assert_eq!(s.feed(rest), (0, Event::MessageEnd));
+                if self.rng.below(3) == 0 {
+                    s.message_committed(Err(Reply::new(451, Some((4, 3, 0)), "later")));
+                } else {
+                    s.message_committed(Ok("id".into()));
+                }
+            }
+            Event::MessageAborted => {
+                assert!(self.in_message);
+                self.in_message = false;
+            }
+            Event::StartTls => {
+                assert!(!self.in_message);
+                assert!(!s.is_tls());
+                // Everything after the command is reported consumed, and stays ignored
+                // until the handshake is reported.
+                assert_eq!(n, buf.len(), "plaintext after STARTTLS left for the driver");
+                assert_eq!(s.feed(b"MAIL FROM:<e@x.y>\r\n"), (19, Event::StartTls));
+                s.tls_started();
+                assert!(s.is_tls());
+                assert!(s.envelope().helo.is_none());
+            }
+            Event::Auth { .. } => {
+                assert!(!self.in_message);
+                assert_debug_hides_secret(&ev);
+                let (n2, _) = s.feed(rest);
+                assert_eq!(n2, 0);
+                s.auth_result(match self.rng.below(3) {
+                    0 => AuthOutcome::Ok,
+                    1 => AuthOutcome::Failed,
+                    _ => AuthOutcome::TempFail,
+                });
+                if s.envelope().auth_user.is_some() && s.envelope().esmtp {
+                    assert!(s.protocol().ends_with('A'));
+                }
+            }
+            Event::ScramLookup { ref authcid, .. } => {
+                assert!(!self.in_message);
+                let (n2, _) = s.feed(rest);
+                assert_eq!(n2, 0);
+                let creds = match self.rng.below(3) {
+                    0 => None,
+                    _ => Some(ScramCredentials::decoy(authcid, b"fuzz", 4096)),
+                };
+                s.scram_credentials(creds, "c2VydmVyLW5vbmNl");
+                assert!(!s.is_paused());
+            }
+            Event::Etrn { ref node } => {
+                assert!(!self.in_message);
+                let again = Event::Etrn { node: node.clone() };
+                assert_eq!(s.feed(rest), (0, again));
+                s.etrn_result(Reply::new(251, Some((2, 0, 0)), "no message waiting"));
+            }
+            Event::Atrn { .. } => {
+                assert!(!self.in_message);
+                assert!(s.envelope().auth_user.is_some());
+                if self.rng.below(2) == 0 {
+                    s.atrn_result(Ok(()));
+                    assert!(s.is_turned());
+                } else {
+                    s.atrn_result(Err(Reply::new(453, Some((4, 3, 0)), "no mail")));
+                }
+            }
+            Event::Turn => {
+                assert!(s.is_turned());
+                assert_eq!(s.feed(b"NOOP\r\n"), (0, Event::Turn));
+                return Next::Ended;
+            }
+            Event::Close => {
+                assert!(s.is_closed());
+                assert_eq!(s.feed(b"NOOP\r\n"), (0, Event::Close));
+                return Next::Ended;
             }
         }
+        Next::Feed
     }
-    assert!(consumed_total <= input.len());
-    assert!(data_total <= consumed_total);
-    // Every reply answers at least one consumed byte; the longest (EHLO, HELP) is < 300 bytes
-    // for a command of at least 6 bytes, so output stays linear in input.
-    assert!(
-        output_total <= 64 * consumed_total + 1024,
-        "output {output_total} for {consumed_total} bytes of input"
-    );
+}
+
+/// The Debug output of an AUTH event does not depend on the secret at all.
+fn assert_debug_hides_secret(ev: &Event<'_>) {
+    let Event::Auth {
+        mechanism,
+        authcid,
+        authzid,
+        secret,
+    } = ev
+    else {
+        return;
+    };
+    let other = match secret {
+        AuthSecret::Password(_) => AuthSecret::Password("x".into()),
+        AuthSecret::CramResponse { challenge, .. } => AuthSecret::CramResponse {
+            challenge: challenge.clone(),
+            digest: "0".into(),
+        },
+        AuthSecret::Scram { proof_valid } => AuthSecret::Scram {
+            proof_valid: *proof_valid,
+        },
+    };
+    let twin = Event::Auth {
+        mechanism: *mechanism,
+        authcid: authcid.clone(),
+        authzid: authzid.clone(),
+        secret: other,
+    };
+    assert_eq!(format!("{ev:?}"), format!("{twin:?}"));
 }
 
 /// Client-side helpers on arbitrary bytes: the reply parser must not panic and must respect its
