@@ -517,27 +517,15 @@ pub(crate) async fn logged_in(
 
 fn warn(log: bool, service: Service, text: &str) {
     if log {
-        write_log(format_args!("{}: WARN: {text}", service.name()));
+        control::log::line(format_args!("{}: WARN: {text}", service.name()));
     }
 }
 
 /// One log line on standard error, written whole (`<unix>.<micros> <text>`).
 pub(crate) fn log_line(ctx: &ProxyContext, args: std::fmt::Arguments<'_>) {
     if ctx.config.log {
-        write_log(args);
+        control::log::line(args);
     }
-}
-
-fn write_log(args: std::fmt::Arguments<'_>) {
-    use std::io::Write;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let mut buf = Vec::with_capacity(160);
-    let _ = write!(buf, "{}.{:06} ", now.as_secs(), now.subsec_micros());
-    let _ = buf.write_fmt(args);
-    buf.push(b'\n');
-    let _ = std::io::stderr().lock().write_all(&buf);
 }
 
 /// The accept loop shared by every front end: one `spawn_local` task per connection, running

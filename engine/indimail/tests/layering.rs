@@ -18,7 +18,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("control", &["queue-layout", "shard"]),
     ("queue-store", &["shard"]),
     ("delivery", &["shard", "smtp-proto", "tls"]),
-    ("proxies", &["lookup", "shard", "tls"]),
+    ("proxies", &["control", "lookup", "shard", "tls"]),
     ("indimail-tuning", &["queue-layout"]),
     (
         "indimail",
