@@ -195,6 +195,7 @@ pub struct ReplyParser {
     enhanced: Option<EnhancedCode>,
     text: String,
     total: usize,
+    lossy: bool,
 }
 
 impl Default for ReplyParser {
@@ -213,7 +214,15 @@ impl ReplyParser {
             enhanced: None,
             text: String::new(),
             total: 0,
+            lossy: false,
         }
+    }
+
+    /// With `lossy`, a line that is not UTF-8 is taken with U+FFFD for its bad bytes instead of
+    /// failing with [`ReplyError::NotUtf8`] (mail servers with Latin-1 banners exist).
+    pub fn lossy(mut self, lossy: bool) -> ReplyParser {
+        self.lossy = lossy;
+        self
     }
 
     /// Consumes as many complete lines of `input` as possible. Returns the number of bytes
@@ -227,6 +236,9 @@ impl ReplyParser {
                 if rest.len() >= self.max_line {
                     return Err(ReplyError::LineTooLong(self.max_line));
                 }
+                // Garbage is reported as soon as it is visible, not when a newline comes (a
+                // peer that is not SMTP may never send one).
+                check_prefix(rest)?;
                 return Ok((pos, None));
             };
             let mut line = &rest[..lf];
@@ -258,7 +270,12 @@ impl ReplyParser {
             }
             _ => return Err(ReplyError::Malformed),
         };
-        let text = std::str::from_utf8(text).map_err(|_| ReplyError::NotUtf8)?;
+        let text = match std::str::from_utf8(text) {
+            Ok(t) => std::borrow::Cow::Borrowed(t),
+            Err(_) if self.lossy => String::from_utf8_lossy(text),
+            Err(_) => return Err(ReplyError::NotUtf8),
+        };
+        let text = text.as_ref();
         if text.contains('\r') {
             return Err(ReplyError::Malformed);
         }
@@ -293,6 +310,20 @@ impl ReplyParser {
         self.code = None;
         self.total = 0;
         Ok(Some(reply))
+    }
+}
+
+/// Checks the start of an incomplete line: a code 2xx-5xx, then SP, `-` or the line end.
+fn check_prefix(partial: &[u8]) -> Result<(), ReplyError> {
+    let ok = partial.iter().take(4).enumerate().all(|(i, &b)| match i {
+        0 => (b'2'..=b'5').contains(&b),
+        1 | 2 => b.is_ascii_digit(),
+        _ => matches!(b, b' ' | b'-' | b'\r'),
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ReplyError::Malformed)
     }
 }
 
@@ -416,5 +447,24 @@ mod tests {
         );
         // incomplete line: nothing consumed
         assert_eq!(ReplyParser::default().parse(b"250 o"), Ok((0, None)));
+        assert_eq!(ReplyParser::default().parse(b"25"), Ok((0, None)));
+        // ...unless it already cannot be a reply.
+        assert_eq!(
+            ReplyParser::default().parse(b"HTTP/1.1"),
+            Err(ReplyError::Malformed)
+        );
+        assert_eq!(
+            ReplyParser::default().parse(b"250x"),
+            Err(ReplyError::Malformed)
+        );
+        assert_eq!(
+            ReplyParser::default().parse(b"220 caf\xe9\r\n"),
+            Err(ReplyError::NotUtf8)
+        );
+        let (_, r) = ReplyParser::default()
+            .lossy(true)
+            .parse(b"220 caf\xe9\r\n")
+            .unwrap();
+        assert_eq!(r.unwrap().text(), "caf\u{fffd}");
     }
 }
