@@ -17,7 +17,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("queue-layout", &[]),
     ("queue-store", &["shard"]),
     ("delivery", &["shard", "smtp-proto", "tls"]),
-    ("proxies", &["lookup", "shard", "tls"]),
+    ("proxies", &["lookup", "shard", "smtp-proto", "tls"]),
     ("indimail-tuning", &["queue-layout"]),
     (
         "indimail",
@@ -34,7 +34,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "tls",
         ],
     ),
-    ("indimail-loadtest", &[]),
+    ("indimail-loadtest", &["smtp-proto"]),
     ("indimail-benches", &["lookup", "queue-store", "shard"]),
 ];
 
