@@ -24,6 +24,17 @@ impl From<(u8, u16, u16)> for EnhancedCode {
     }
 }
 
+impl EnhancedCode {
+    /// Appends `class.subject.detail`.
+    pub(crate) fn write_to(self, out: &mut Vec<u8>) {
+        push_number(out, u64::from(self.class));
+        out.push(b'.');
+        push_number(out, u64::from(self.subject));
+        out.push(b'.');
+        push_number(out, u64::from(self.detail));
+    }
+}
+
 impl fmt::Display for EnhancedCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}.{}", self.class, self.subject, self.detail)
@@ -111,11 +122,7 @@ impl Reply {
             out.extend_from_slice(&digits);
             out.push(if lines.peek().is_some() { b'-' } else { b' ' });
             if let Some(e) = self.enhanced {
-                push_number(out, u16::from(e.class));
-                out.push(b'.');
-                push_number(out, e.subject);
-                out.push(b'.');
-                push_number(out, e.detail);
+                e.write_to(out);
                 if !line.is_empty() {
                     out.push(b' ');
                 }
@@ -134,8 +141,8 @@ impl Reply {
 }
 
 /// Appends `n` in decimal, without leading zeros.
-fn push_number(out: &mut Vec<u8>, n: u16) {
-    let mut buf = [0u8; 5];
+pub(crate) fn push_number(out: &mut Vec<u8>, n: u64) {
+    let mut buf = [0u8; 20];
     let mut i = buf.len();
     let mut n = n;
     loop {
@@ -232,7 +239,7 @@ impl ReplyParser {
         loop {
             let rest = &input[pos..];
             let window = &rest[..rest.len().min(self.max_line)];
-            let Some(lf) = window.iter().position(|&b| b == b'\n') else {
+            let Some(lf) = memchr::memchr(b'\n', window) else {
                 if rest.len() >= self.max_line {
                     return Err(ReplyError::LineTooLong(self.max_line));
                 }
@@ -276,7 +283,7 @@ impl ReplyParser {
             Err(_) => return Err(ReplyError::NotUtf8),
         };
         let text = text.as_ref();
-        if text.contains('\r') {
+        if memchr::memchr(b'\r', text.as_bytes()).is_some() {
             return Err(ReplyError::Malformed);
         }
         let first_line = self.code.is_none();
@@ -330,19 +337,22 @@ fn check_prefix(partial: &[u8]) -> Result<(), ReplyError> {
 /// Splits a leading enhanced status code off a reply line when present and consistent with the
 /// reply code's class (RFC 3463 section 2; RFC 2034 section 4).
 fn split_enhanced(code: u16, text: &str) -> (Option<EnhancedCode>, &str) {
-    let word_end = text.find(' ').unwrap_or(text.len());
-    let word = &text[..word_end];
-    let mut parts = word.split('.');
+    let word_end = memchr::memchr(b' ', text.as_bytes()).unwrap_or(text.len());
+    let word = &text.as_bytes()[..word_end];
+    let mut parts = word.split(|&b| b == b'.');
     let (Some(c), Some(s), Some(d), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return (None, text);
     };
-    let num = |p: &str, max_len: usize| -> Option<u16> {
-        if p.is_empty() || p.len() > max_len || !p.bytes().all(|b| b.is_ascii_digit()) {
+    // Digits folded by hand: every reply a client reads passes here.
+    let num = |p: &[u8], max_len: usize| -> Option<u16> {
+        if p.is_empty() || p.len() > max_len {
             return None;
         }
-        p.parse().ok()
+        p.iter().try_fold(0u16, |n, &b| {
+            b.is_ascii_digit().then(|| n * 10 + u16::from(b - b'0'))
+        })
     };
     match (num(c, 1), num(s, 3), num(d, 3)) {
         (Some(c), Some(s), Some(d)) if c == code / 100 => {

@@ -385,22 +385,30 @@ impl ClientSession {
 
 /// A reply as qmail-remote reports it: each line `code[ enhanced] text`, lines joined by `\n`.
 pub fn reply_text(r: &Reply) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(r.text().len() + 16);
-    for (i, line) in r.lines().enumerate() {
+    // Byte by byte, no formatting machinery: this runs for every relayed recipient.
+    let code = r.code() % 1000;
+    let digits = [
+        b'0' + (code / 100) as u8,
+        b'0' + (code / 10 % 10) as u8,
+        b'0' + (code % 10) as u8,
+    ];
+    let mut out = Vec::with_capacity(r.text().len() + 16);
+    for (i, line) in r.text().as_bytes().split(|&b| b == b'\n').enumerate() {
         if i > 0 {
-            out.push('\n');
+            out.push(b'\n');
         }
-        let _ = write!(out, "{:03}", r.code() % 1000);
+        out.extend_from_slice(&digits);
         if let Some(e) = r.enhanced() {
-            let _ = write!(out, " {e}");
+            out.push(b' ');
+            e.write_to(&mut out);
         }
         if !line.is_empty() {
-            out.push(' ');
-            out.push_str(line);
+            out.push(b' ');
+            out.extend_from_slice(line);
         }
     }
-    out
+    // Only ASCII and the reply's own UTF-8 went in.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 
 use super::{ClientError, ClientEvent, ClientSession, Expect, State};
-use crate::reply::Reply;
+use crate::reply::{push_number, Reply};
 
 /// One message to send.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -70,8 +70,10 @@ pub(super) struct Transaction {
 }
 
 fn has_bad_chars(s: &str) -> bool {
-    s.chars()
-        .any(|c| c.is_control() || c == '<' || c == '>' || c == ' ')
+    // Bytes first (every relayed address passes here); chars only for non-ASCII (C1 controls).
+    s.bytes()
+        .any(|b| b <= b' ' || b == 0x7f || b == b'<' || b == b'>')
+        || (!s.is_ascii() && s.chars().any(char::is_control))
 }
 
 /// A reply made up by the client for a step the server never answered.
@@ -98,7 +100,7 @@ impl Transaction {
                 out.push(b'>');
                 if let (Some(size), true) = (self.msg.size, size_offered) {
                     out.extend_from_slice(b" SIZE=");
-                    out.extend_from_slice(size.to_string().as_bytes());
+                    push_number(out, size);
                 }
                 if self.msg.eight_bit && eightbitmime {
                     out.extend_from_slice(b" BODY=8BITMIME");
