@@ -1,6 +1,6 @@
 //! A Maildir as a POP3 drop (RFC 1939 on the Maildir layout): listing with new mail moved
 //! to `cur/` (what every Maildir reader does on access), sizes from the file name,
-//! the mailbox lock, and the LF → CRLF conversion with dot-stuffing for the wire.
+//! the mailbox lock, and TOP's line cut for the wire (the dot-stuffing is smtp_proto's).
 
 use std::collections::HashSet;
 use std::io;
