@@ -1,8 +1,9 @@
 //! Dot-qmail files (`dot-qmail(5)`): the delivery instructions in a user's
 //! `.qmail`, `.qmail-ext` and `.qmail-default` files, valias rows and the
 //! alias user's `.qmail-postmaster`. Sans-I/O: lines in, [`Instruction`]s
-//! out, and which file names apply to an extension ([`file_names`]);
-//! [`crate::local::read_instructions`] reads the files.
+//! out, and which file names apply to an extension ([`file_names`]).
+//! Reading the files is the local delivery's job (`local` depends on this
+//! module, never the reverse).
 //!
 //! A line's first character decides what it is, as in qmail-local: `#`
 //! comment, `|` program, `/` or `.` a file (a Maildir when it ends with

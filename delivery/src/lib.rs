@@ -10,8 +10,9 @@
 //!   Maildir share the flush of its `new/` ([`dirflush`]).
 //! - [`remote`]: qmail-remote for one destination domain: `smtproutes`
 //!   ([`routes`]), MX resolution ([`dns`]), the per-destination backoff
-//!   table ([`backoff`]), an SMTP client ([`smtp_client`] core driven over
-//!   `shard::io::TcpStream` by [`transport`]) with PIPELINING,
+//!   table ([`backoff`]), an SMTP client (the `smtp_proto::client` core
+//!   driven over `shard::io::TcpStream` by [`transport`]) with PIPELINING,
+//!   AUTH to relays that want it,
 //!   opportunistic STARTTLS (the `tls` crate, as the server), connection reuse, and the
 //!   `QMAILREMOTE` hook.
 //! - [`bounce`]: RFC 3464 DSNs in qmail-send's QSBMF words, and the
@@ -50,7 +51,6 @@ pub mod program;
 pub mod remote;
 pub mod routes;
 pub mod schedule;
-pub mod smtp_client;
 pub mod transport;
 
 /// The result of delivering to one recipient; the text is the reason or the

@@ -28,9 +28,11 @@ use crate::backoff::{Backoff, DEFAULT_MAX_TOLERANCE, DEFAULT_PENALTY};
 use crate::dns::{DnsError, Resolver};
 use crate::program::{self, ProgramSpec};
 use crate::routes::{Route, SmtpRoutes, SMTP_PORT};
-use crate::smtp_client::{dot_stuff, Action, ClientConfig, ClientSession, Envelope};
-use crate::transport::{Connection, TransportError};
+use crate::transport::{Connection, StepError, TransportError};
 use crate::Outcome;
+use smtp_proto::client::{
+    reply_text, ClientConfig, ClientError, ClientEvent, ClientSession, OutgoingMessage, RcptOutcome,
+};
 
 /// Remote delivery settings.
 #[derive(Clone)]
@@ -273,12 +275,16 @@ impl Remote {
             }
         };
 
-        let wire = Arc::new(dot_stuff(job.message));
-        let envelope = Envelope {
-            sender: job.sender.to_string(),
-            recipients: job.recipients.to_vec(),
-            size: job.message.len() as u64,
-            eightbit: !job.message.is_ascii(),
+        let mut wire = Vec::with_capacity(job.message.len() + job.message.len() / 40 + 5);
+        smtp_proto::dot_stuff(job.message, &mut wire);
+        let wire = Arc::new(wire);
+        let envelope = OutgoingMessage {
+            from: job.sender.to_string(),
+            to: job.recipients.to_vec(),
+            size: Some(job.message.len() as u64),
+            eight_bit: !job.message.is_ascii(),
+            // Set by the core from the addresses.
+            smtputf8: false,
         };
         let mut last_error: Option<String> = None;
         let mut permanent_dns: Option<DnsError> = None;
@@ -339,7 +345,7 @@ impl Remote {
         let mut pool = self.pool.borrow_mut();
         let list = pool.get_mut(key)?;
         while let Some(p) = list.pop() {
-            if p.since.elapsed() < self.cfg.idle_timeout && p.session.is_reusable() {
+            if p.since.elapsed() < self.cfg.idle_timeout && p.session.is_ready() {
                 return Some(p);
             }
             // Stale: dropped, which closes the socket.
@@ -348,7 +354,7 @@ impl Remote {
     }
 
     fn checkin(&self, key: PoolKey, p: Pooled) -> Option<Pooled> {
-        if !p.session.is_reusable() || p.uses >= self.cfg.max_reuse {
+        if !p.session.is_ready() || p.uses >= self.cfg.max_reuse {
             return Some(p);
         }
         let mut pool = self.pool.borrow_mut();
@@ -360,7 +366,12 @@ impl Remote {
         None
     }
 
-    async fn attempt(&self, dest: &Dest<'_>, env: &Envelope, wire: &Arc<Vec<u8>>) -> Attempt {
+    async fn attempt(
+        &self,
+        dest: &Dest<'_>,
+        env: &OutgoingMessage,
+        wire: &Arc<Vec<u8>>,
+    ) -> Attempt {
         let addr = dest.addr;
         // A pooled connection may have been closed by the peer while idle;
         // if it fails before any reply to this transaction, nothing was
@@ -437,46 +448,39 @@ impl Remote {
                 return Err(e.to_string());
             }
         }
-        let mut session = ClientSession::new(
-            ClientConfig {
-                helo: self.cfg.helo.clone(),
-                starttls: self.cfg.starttls,
-                auth: dest.auth.cloned(),
-            },
+        let mut session = ClientSession::new(ClientConfig {
+            starttls: self.cfg.starttls,
+            // qmail-remote's caps: 4096-byte lines (CRLF aside), 256 lines.
+            max_reply_line: MAX_REPLY_LINE + 2,
+            max_reply: 256 * (MAX_REPLY_LINE + 2),
+            lossy_replies: true,
             implicit_tls,
-        );
-        let mut action = Action::Read;
+            auth: dest.auth.cloned(),
+            ..ClientConfig::new(self.cfg.helo.as_str())
+        });
         loop {
-            action = match action {
-                Action::Read => match conn.read_reply().await {
-                    Ok(r) => session.on_reply(r),
-                    Err(e) => return Err(self.conn_failure(addr, e)),
-                },
-                Action::SendAndRead(b) => {
-                    if let Err(e) = conn.send(b).await {
-                        return Err(self.conn_failure(addr, e));
+            match conn.step(&mut session).await {
+                Ok(ClientEvent::StartTls) => {
+                    if let Err(e) = conn.start_tls(Arc::clone(&self.cfg.tls), host).await {
+                        // A failed opportunistic handshake leaves the session
+                        // unusable; the next address (or a retry) goes on.
+                        return Err(e.to_string());
                     }
-                    Action::Read
+                    if let Err(e) = session.tls_established() {
+                        return Err(format!("{addr}: {e}"));
+                    }
                 }
-                Action::StartTls => match conn.start_tls(Arc::clone(&self.cfg.tls), host).await {
-                    Ok(()) => session.tls_established(),
-                    // A failed opportunistic handshake leaves the session
-                    // unusable; the next address (or a retry) goes on.
-                    Err(e) => return Err(e.to_string()),
-                },
-                Action::Ready => {
+                Ok(ClientEvent::Ready) => {
                     self.backoff.borrow_mut().success(addr.ip());
                     return Ok((conn, session));
                 }
-                Action::Failed(e) => {
-                    let _ = conn.send(b"QUIT\r\n".to_vec()).await;
+                Ok(_) => return Err(format!("{addr}: unexpected client state")),
+                Err(StepError::Transport(e)) => return Err(self.conn_failure(addr, e)),
+                Err(StepError::Session(e)) => {
                     conn.close().await;
-                    return Err(format!("Connected to {addr} but {e}"));
+                    return Err(format!("Connected to {addr} but {}", session_failure(&e)));
                 }
-                Action::SendMessage | Action::Closed => {
-                    return Err(format!("{addr}: unexpected client state"));
-                }
-            };
+            }
         }
     }
 
@@ -497,67 +501,89 @@ impl Remote {
     async fn transact(
         &self,
         mut p: Pooled,
-        env: &Envelope,
+        env: &OutgoingMessage,
         wire: &Arc<Vec<u8>>,
         reused: bool,
     ) -> Result<(Vec<Outcome>, Option<Pooled>), Option<Vec<Outcome>>> {
-        let n = env.recipients.len();
-        let mut got_reply = false;
-        let mut action = p.session.begin(env.clone());
-        let fail = |e: TransportError, got_reply: bool| {
-            if reused && !got_reply {
-                None
-            } else {
-                Some(vec![Outcome::Temporary(e.to_string()); n])
-            }
-        };
+        let n = env.to.len();
+        let start = p.conn.consumed();
+        if let Err(e) = p.session.send_mail(env.clone()) {
+            // Refused before anything was sent: the session stays usable.
+            p.uses += 1;
+            p.since = Instant::now();
+            return Ok((vec![refusal(&e); n], Some(p)));
+        }
+        let temporary = |why: String| Some(vec![Outcome::Temporary(why); n]);
         loop {
-            action = match action {
-                Action::SendAndRead(b) => {
-                    if let Err(e) = p.conn.send(b).await {
-                        return Err(fail(e, got_reply));
-                    }
-                    Action::Read
-                }
-                Action::Read => match p.conn.read_reply().await {
-                    Ok(r) => {
-                        got_reply = true;
-                        p.session.on_reply(r)
-                    }
-                    Err(e) => return Err(fail(e, got_reply)),
-                },
-                Action::SendMessage => {
+            match p.conn.step(&mut p.session).await {
+                Ok(ClientEvent::SendData) => {
                     if let Err(e) = p.conn.send(wire.as_ref().clone()).await {
-                        return Err(Some(vec![Outcome::Temporary(e.to_string()); n]));
+                        return Err(temporary(e.to_string()));
                     }
-                    p.session.message_sent()
+                    if let Err(e) = p.session.data_sent() {
+                        return Err(temporary(e.to_string()));
+                    }
                 }
-                Action::Ready => {
-                    let outcomes = p
-                        .session
-                        .take_results()
-                        .unwrap_or_else(|| vec![Outcome::Temporary("no result".into()); n]);
+                Ok(ClientEvent::TransactionDone { per_rcpt, .. }) => {
+                    let outcomes = per_rcpt.iter().map(|r| outcome(&r.outcome)).collect();
                     p.uses += 1;
                     p.since = Instant::now();
                     return Ok((outcomes, Some(p)));
                 }
-                Action::StartTls | Action::Closed | Action::Failed(_) => {
-                    let why = match action {
-                        Action::Failed(e) => e.to_string(),
-                        _ => "unexpected client state".into(),
-                    };
-                    return Err(Some(vec![Outcome::Temporary(why); n]));
+                Ok(_) => return Err(temporary("unexpected client state".into())),
+                // A pooled connection that failed before any reply to this
+                // transaction accepted nothing: a fresh one may be tried.
+                Err(StepError::Transport(_)) if reused && p.conn.consumed() == start => {
+                    return Err(None)
                 }
-            };
+                Err(StepError::Transport(e)) => return Err(temporary(e.to_string())),
+                Err(StepError::Session(e)) => return Err(temporary(session_failure(&e))),
+            }
         }
     }
 }
 
-async fn quit(mut conn: Connection, mut session: ClientSession) {
-    if let Action::SendAndRead(b) = session.quit() {
-        if conn.send(b).await.is_ok() {
-            let _ = conn.read_reply().await;
+/// qmail-remote's longest reply line.
+const MAX_REPLY_LINE: usize = 4096;
+
+/// What a recipient's result from the client core means here.
+fn outcome(o: &RcptOutcome) -> Outcome {
+    match o {
+        RcptOutcome::Delivered(r) => Outcome::Delivered(reply_text(r)),
+        RcptOutcome::Deferred(r) => Outcome::Temporary(reply_text(r)),
+        RcptOutcome::Failed(r) => Outcome::Permanent(reply_text(r)),
+    }
+}
+
+/// The outcome of a message the core refused before sending anything.
+fn refusal(e: &ClientError) -> Outcome {
+    match e {
+        ClientError::SmtpUtf8NotOffered => Outcome::Permanent(
+            "Remote host does not offer SMTPUTF8 but the address is not ASCII (#5.6.7)".into(),
+        ),
+        ClientError::MessageTooBig { size, max } => Outcome::Permanent(format!(
+            "Message is {size} bytes; remote host accepts at most {max} (#5.3.4)"
+        )),
+        ClientError::BadAddress(a) => {
+            Outcome::Permanent(format!("Address {a:?} cannot be sent in SMTP (#5.1.3)"))
         }
+        e => Outcome::Temporary(e.to_string()),
+    }
+}
+
+/// Why a session failed, as qmail-remote words it (the text never holds a password).
+fn session_failure(e: &ClientError) -> String {
+    match e {
+        ClientError::Greeting(r) => format!("greeting: {}", reply_text(r)),
+        ClientError::Helo(r) => format!("HELO: {}", reply_text(r)),
+        e => e.to_string(),
+    }
+}
+
+async fn quit(mut conn: Connection, mut session: ClientSession) {
+    if session.quit().is_ok() {
+        // Sends QUIT and reads its reply.
+        let _ = conn.step(&mut session).await;
     }
     conn.close().await;
 }

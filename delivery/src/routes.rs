@@ -30,76 +30,51 @@ pub struct Route {
     pub credentials: Option<Credentials>,
 }
 
-/// What the AUTH client sends a relay (qmail-remote's `smtproutes` credentials).
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Credentials {
-    /// The user name.
-    pub user: String,
-    /// The password (never printed: `Debug` hides it).
-    pub password: String,
-    /// `AUTH_SMTP=` in the line's envstr: the mechanism to use (`PLAIN`, `LOGIN`); `None`
-    /// picks the best the relay offers.
-    pub mechanism: Option<String>,
-    /// `SECURE_AUTH=` in the envstr: never send the credentials outside TLS.
-    pub require_tls: bool,
-}
+/// What the AUTH client sends a relay (qmail-remote's `smtproutes` credentials): the client
+/// core's type; [`parse_credentials`] reads it from a route line.
+pub use smtp_proto::client::{Credentials, AUTH_MECHANISMS};
 
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("user", &self.user)
-            .field("mechanism", &self.mechanism)
-            .field("require_tls", &self.require_tls)
-            .finish_non_exhaustive()
+/// Parses `user password[ envstr]`, envstr being `VAR=val,VAR2=,...`. Of the variables,
+/// `AUTH_SMTP` (a mechanism, or empty for the best offered) and `SECURE_AUTH` act here;
+/// another is an error rather than silently ignored, as are the `remote_auth` lookups
+/// (`/s`, `/r`, `/<token>`), which this server does not have.
+pub fn parse_credentials(text: &str) -> Result<Credentials, String> {
+    let mut words = text.split_whitespace();
+    let user = words.next().unwrap_or_default();
+    if user.starts_with('/') {
+        return Err(format!(
+            "`{user}`: remote_auth lookups (/s, /r, /<token>) are not supported; \
+             give `user password` on the line"
+        ));
     }
-}
-
-/// The AUTH mechanisms the client speaks, best first.
-pub const AUTH_MECHANISMS: [&str; 2] = ["PLAIN", "LOGIN"];
-
-impl Credentials {
-    /// Parses `user password[ envstr]`, envstr being `VAR=val,VAR2=,...`. Of the variables,
-    /// `AUTH_SMTP` (a mechanism, or empty for the best offered) and `SECURE_AUTH` act here;
-    /// another is an error rather than silently ignored, as are the `remote_auth` lookups
-    /// (`/s`, `/r`, `/<token>`), which this server does not have.
-    pub fn parse(text: &str) -> Result<Credentials, String> {
-        let mut words = text.split_whitespace();
-        let user = words.next().unwrap_or_default();
-        if user.starts_with('/') {
-            return Err(format!(
-                "`{user}`: remote_auth lookups (/s, /r, /<token>) are not supported; \
-                 give `user password` on the line"
-            ));
-        }
-        let password = words
-            .next()
-            .ok_or_else(|| format!("user `{user}` has no password"))?;
-        let mut c = Credentials {
-            user: user.to_string(),
-            password: password.to_string(),
-            mechanism: None,
-            require_tls: false,
-        };
-        for assign in words.flat_map(|w| w.split(',')).filter(|a| !a.is_empty()) {
-            let (k, v) = assign.split_once('=').unwrap_or((assign, ""));
-            match k {
-                "AUTH_SMTP" if v.is_empty() => c.mechanism = None,
-                "AUTH_SMTP" => {
-                    let m = v.to_ascii_uppercase();
-                    if !AUTH_MECHANISMS.contains(&m.as_str()) {
-                        return Err(format!(
-                            "AUTH_SMTP={v}: not a mechanism this client speaks ({})",
-                            AUTH_MECHANISMS.join(", ")
-                        ));
-                    }
-                    c.mechanism = Some(m);
+    let password = words
+        .next()
+        .ok_or_else(|| format!("user `{user}` has no password"))?;
+    let mut c = Credentials {
+        user: user.to_string(),
+        password: password.to_string(),
+        mechanism: None,
+        require_tls: false,
+    };
+    for assign in words.flat_map(|w| w.split(',')).filter(|a| !a.is_empty()) {
+        let (k, v) = assign.split_once('=').unwrap_or((assign, ""));
+        match k {
+            "AUTH_SMTP" if v.is_empty() => c.mechanism = None,
+            "AUTH_SMTP" => {
+                let m = v.to_ascii_uppercase();
+                if !AUTH_MECHANISMS.contains(&m.as_str()) {
+                    return Err(format!(
+                        "AUTH_SMTP={v}: not a mechanism this client speaks ({})",
+                        AUTH_MECHANISMS.join(", ")
+                    ));
                 }
-                "SECURE_AUTH" => c.require_tls = true,
-                other => return Err(format!("`{other}` in the route's envstr is not supported")),
+                c.mechanism = Some(m);
             }
+            "SECURE_AUTH" => c.require_tls = true,
+            other => return Err(format!("`{other}` in the route's envstr is not supported")),
         }
-        Ok(c)
     }
+    Ok(c)
 }
 
 impl Route {
@@ -219,7 +194,7 @@ impl SmtpRoutes {
 /// (also the value of `SMTPROUTE`).
 pub fn parse_line(line: &str) -> Result<(String, Route), String> {
     let (spec, creds) = match line.split_once(' ') {
-        Some((s, c)) if !c.trim().is_empty() => (s, Some(Credentials::parse(c)?)),
+        Some((s, c)) if !c.trim().is_empty() => (s, Some(parse_credentials(c)?)),
         Some((s, _)) => (s, None),
         None => (line, None),
     };

@@ -2,7 +2,8 @@
 //! operation under a timeout, and optional TLS (implicit or after STARTTLS)
 //! through the `tls` crate's [`tls::MaybeTls`], the same TLS layer the
 //! server side uses. The client configuration (verification policy) comes
-//! from [`tls::ClientTlsConfig`].
+//! from [`tls::ClientTlsConfig`]. [`Connection::step`] drives the protocol
+//! core, [`smtp_proto::client::ClientSession`], over it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +12,8 @@ use std::time::Duration;
 use shard::io::TcpStream;
 use tls::MaybeTls;
 
-use crate::smtp_client::{parse_reply, Reply, ReplyError};
+use smtp_proto::client::{ClientError, ClientEvent, ClientSession};
+use smtp_proto::ReplyError;
 
 /// Size of one socket read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -39,6 +41,21 @@ pub enum TransportError {
     Tls(SocketAddr, String),
 }
 
+/// Why [`Connection::step`] stopped.
+#[derive(Debug)]
+pub enum StepError {
+    /// The connection failed (or the peer sent garbage).
+    Transport(TransportError),
+    /// The session failed (greeting, HELO, AUTH refused; a QUIT was sent).
+    Session(ClientError),
+}
+
+impl From<TransportError> for StepError {
+    fn from(e: TransportError) -> StepError {
+        StepError::Transport(e)
+    }
+}
+
 /// A connected SMTP peer.
 pub struct Connection {
     /// `None` only after a failed TLS upgrade consumed the socket.
@@ -47,6 +64,8 @@ pub struct Connection {
     /// Plaintext received and not yet parsed; reads append to its spare
     /// capacity.
     inbuf: Vec<u8>,
+    /// Bytes of replies taken by the session so far.
+    consumed: u64,
     timeout: Duration,
 }
 
@@ -67,6 +86,7 @@ impl Connection {
             stream: Some(MaybeTls::Plain(stream)),
             peer,
             inbuf: Vec::with_capacity(READ_CHUNK),
+            consumed: 0,
             timeout: io_timeout,
         })
     }
@@ -131,16 +151,39 @@ impl Connection {
         }
     }
 
-    /// Reads one complete reply.
-    pub async fn read_reply(&mut self) -> Result<Reply, TransportError> {
+    /// How many bytes of replies the session has taken from this connection
+    /// (a change means the peer answered).
+    pub fn consumed(&self) -> u64 {
+        self.consumed
+    }
+
+    /// Runs the session until it needs the driver: writes what it has to say,
+    /// reads and feeds replies while it waits for them, and returns the next
+    /// event other than [`ClientEvent::NeedReply`]. On a session error the
+    /// QUIT it queued is sent (best effort) before the error is returned.
+    pub async fn step(&mut self, session: &mut ClientSession) -> Result<ClientEvent, StepError> {
         loop {
-            match parse_reply(&self.inbuf) {
-                Ok(Some((reply, used))) => {
-                    self.inbuf.drain(..used);
-                    return Ok(reply);
+            let fed = session.feed(&self.inbuf);
+            let out = session.take_output();
+            let (n, ev) = match fed {
+                Ok(x) => x,
+                Err(ClientError::BadReply(e)) => {
+                    return Err(TransportError::Garbage(self.peer, e).into())
                 }
-                Ok(None) => {}
-                Err(e) => return Err(TransportError::Garbage(self.peer, e)),
+                Err(e) => {
+                    if !out.is_empty() {
+                        let _ = self.send(out).await;
+                    }
+                    return Err(StepError::Session(e));
+                }
+            };
+            self.inbuf.drain(..n);
+            self.consumed += n as u64;
+            if !out.is_empty() {
+                self.send(out).await?;
+            }
+            if !matches!(ev, ClientEvent::NeedReply) {
+                return Ok(ev);
             }
             self.fill().await?;
         }

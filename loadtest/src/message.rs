@@ -80,27 +80,12 @@ pub struct Message {
 }
 
 impl Message {
-    /// The DATA payload: dot-stuffed (RFC 5321 section 4.5.2) and closed by `.` CRLF.
+    /// The DATA payload: dot-stuffed (RFC 5321 section 4.5.2) and closed by `.` CRLF, by the
+    /// server's own stuffer ([`smtp_proto::dot_stuff`]).
     pub fn data_payload(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.raw.len() + 64);
-        dot_stuff_into(&self.raw, &mut out);
-        if !out.ends_with(b"\r\n") {
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b".\r\n");
+        smtp_proto::dot_stuff(&self.raw, &mut out);
         out
-    }
-}
-
-/// Copies `raw` into `out`, doubling a leading dot on every line.
-pub fn dot_stuff_into(raw: &[u8], out: &mut Vec<u8>) {
-    let mut line_start = true;
-    for &b in raw {
-        if line_start && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        line_start = b == b'\n';
     }
 }
 

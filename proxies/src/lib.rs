@@ -70,7 +70,7 @@ use std::time::Duration;
 
 pub use imap_proxy::{serve_imap_proxy, serve_imaps_proxy};
 pub use login::LoginEvent;
-pub use maildir::{dot_stuff, DotStuffer};
+pub use maildir::{dot_stuff, TopCut};
 pub use pop3_proxy::{serve_pop3_proxy, serve_pop3s_proxy};
 pub use pop3_server::{serve_pop3, serve_pop3s};
 pub use poppass_server::{serve_poppass, serve_poppasss};

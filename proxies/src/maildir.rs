@@ -1,6 +1,6 @@
 //! A Maildir as a POP3 drop (RFC 1939 on the Maildir layout): listing with new mail moved
 //! to `cur/` (what every Maildir reader does on access), sizes from the file name,
-//! the mailbox lock, and the LF → CRLF conversion with dot-stuffing for the wire.
+//! the mailbox lock, and TOP's line cut for the wire (the dot-stuffing is smtp_proto's).
 
 use std::collections::HashSet;
 use std::io;
@@ -150,97 +150,71 @@ impl Drop for MailboxLock {
     }
 }
 
-/// Converts a message as stored (LF line ends, possibly CRLF already) into its POP3 wire
-/// form: CRLF line ends, a `.` doubled at the start of a line (RFC 1939 §3), optionally only
-/// the header and the first `body_lines` lines of the body (TOP). Fed in chunks of any
-/// size; [`DotStuffer::finish`] closes the last line and adds the terminating `.`.
+/// TOP's cut (RFC 1939 §7): the header, the blank line after it and the first `body_lines`
+/// lines of the body, fed in chunks of any size. What it lets through goes to the one
+/// dot-stuffer, [`smtp_proto::DotStuffer`] (CRLF line ends, leading dots doubled).
 #[derive(Debug, Clone)]
-pub struct DotStuffer {
+pub struct TopCut {
+    body_lines: Option<u64>,
     at_line_start: bool,
-    prev_cr: bool,
     in_body: bool,
     header_line_empty: bool,
-    body_lines: Option<u64>,
     done: bool,
 }
 
-impl DotStuffer {
-    /// Whole message (`RETR`), or header plus `body_lines` lines (`TOP`).
-    pub fn new(body_lines: Option<u64>) -> DotStuffer {
-        DotStuffer {
+impl TopCut {
+    /// Whole message (`RETR`, `None`), or header plus `body_lines` lines (`TOP`).
+    pub fn new(body_lines: Option<u64>) -> TopCut {
+        TopCut {
+            body_lines,
             at_line_start: true,
-            prev_cr: false,
             in_body: false,
             header_line_empty: true,
-            body_lines,
             done: false,
         }
     }
 
-    /// Whether TOP's line limit has been reached (the rest of the file is not needed).
+    /// Whether the line limit has been reached (the rest of the file is not needed).
     pub fn is_done(&self) -> bool {
         self.done
     }
 
-    /// Append the wire form of `chunk` to `out`.
-    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        for &b in chunk {
-            if self.done {
-                return;
-            }
+    /// The part of `chunk` to send.
+    pub fn cut<'a>(&mut self, chunk: &'a [u8]) -> &'a [u8] {
+        if self.body_lines.is_none() || self.done {
+            return if self.done { &[] } else { chunk };
+        }
+        for (i, &b) in chunk.iter().enumerate() {
             if self.at_line_start {
                 if self.in_body {
                     if let Some(n) = self.body_lines.as_mut() {
                         if *n == 0 {
                             self.done = true;
-                            return;
+                            return &chunk[..i];
                         }
                         *n -= 1;
                     }
-                }
-                if b == b'.' {
-                    out.push(b'.');
                 }
                 self.header_line_empty = true;
                 self.at_line_start = false;
             }
             if b == b'\n' {
-                if !self.prev_cr {
-                    out.push(b'\r');
-                }
-                out.push(b'\n');
-                if !self.in_body && self.header_line_empty {
-                    self.in_body = true;
-                }
+                // The first empty line (CRLF-stored too) ends the header.
+                self.in_body |= self.header_line_empty;
                 self.at_line_start = true;
-                self.prev_cr = false;
-                continue;
-            }
-            if b != b'\r' {
+            } else if b != b'\r' {
                 self.header_line_empty = false;
             }
-            self.prev_cr = b == b'\r';
-            out.push(b);
         }
-    }
-
-    /// Close an unterminated last line and append `.\r\n`.
-    pub fn finish(self, out: &mut Vec<u8>) {
-        if !self.at_line_start && !self.done {
-            if !self.prev_cr {
-                out.push(b'\r');
-            }
-            out.push(b'\n');
-        }
-        out.extend_from_slice(b".\r\n");
+        chunk
     }
 }
 
-/// The whole wire form of `msg` (see [`DotStuffer`]).
+/// The whole POP3 wire form of `msg`, cut for TOP when `body_lines` is given.
 pub fn dot_stuff(msg: &[u8], body_lines: Option<u64>) -> Vec<u8> {
     let mut out = Vec::with_capacity(msg.len() + msg.len() / 32 + 8);
-    let mut d = DotStuffer::new(body_lines);
-    d.push(msg, &mut out);
+    let mut d = smtp_proto::DotStuffer::new();
+    d.push(TopCut::new(body_lines).cut(msg), &mut out);
     d.finish(&mut out);
     out
 }
@@ -255,12 +229,15 @@ mod tests {
         let want = b"Subject: x\r\n..hidden: y\r\n\r\n..line\r\n...two\r\nend\r\nlast\r\n.\r\n";
         assert_eq!(dot_stuff(msg, None), want);
         for split in 0..=msg.len() {
-            let mut out = Vec::new();
-            let mut d = DotStuffer::new(None);
-            d.push(&msg[..split], &mut out);
-            d.push(&msg[split..], &mut out);
-            d.finish(&mut out);
-            assert_eq!(out, want, "split at {split}");
+            for top in [None, Some(1)] {
+                let mut out = Vec::new();
+                let (mut cut, mut d) = (TopCut::new(top), smtp_proto::DotStuffer::new());
+                d.push(cut.cut(&msg[..split]), &mut out);
+                d.push(cut.cut(&msg[split..]), &mut out);
+                d.finish(&mut out);
+                assert_eq!(out, dot_stuff(msg, top), "split at {split}");
+            }
+            assert_eq!(dot_stuff(msg, None), want);
         }
         assert_eq!(dot_stuff(b"", None), b".\r\n");
         assert_eq!(dot_stuff(b".\n", None), b"..\r\n.\r\n");

@@ -15,7 +15,7 @@ use tls::MaybeTls;
 
 use crate::conn::{greeted, write, Inbuf, IntoTls, Io};
 use crate::login_driver::{refuse, until_login};
-use crate::maildir::{scan, DotStuffer, MailboxLock, Message};
+use crate::maildir::{scan, MailboxLock, Message, TopCut};
 use crate::pop3_login::{Pop3Event, Pop3Login, GREETING};
 use crate::{accept_loop, authorize, log_line, logged_in, ProxyContext, Refusal, Service};
 
@@ -349,7 +349,7 @@ impl<S: Io> Transaction<'_, S> {
         }
     }
 
-    /// RETR / TOP: the file streamed through the [`DotStuffer`]. Returns false when the
+    /// RETR / TOP: the file streamed through [`TopCut`] and the dot-stuffer. Returns false when the
     /// connection is gone (or broken mid-message, which can only end the session).
     async fn send_message(&mut self, n: usize, top: Option<u64>) -> bool {
         let m = match self.get(n) {
@@ -373,7 +373,8 @@ impl<S: Io> Transaction<'_, S> {
             None => format!("+OK {} octets\r\n", m.size).into_bytes(),
             Some(_) => b"+OK\r\n".to_vec(),
         };
-        let mut stuffer = DotStuffer::new(top);
+        let mut cut = TopCut::new(top);
+        let mut stuffer = smtp_proto::DotStuffer::new();
         let mut pos = 0u64;
         let mut buf = Vec::with_capacity(CHUNK);
         loop {
@@ -387,8 +388,8 @@ impl<S: Io> Transaction<'_, S> {
                 Err(_) => return false,
             };
             pos += got as u64;
-            stuffer.push(&buf, &mut out);
-            if stuffer.is_done() {
+            stuffer.push(cut.cut(&buf), &mut out);
+            if cut.is_done() {
                 break;
             }
             if out.len() >= CHUNK {

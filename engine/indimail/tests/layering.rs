@@ -18,7 +18,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("control", &["queue-layout", "shard"]),
     ("queue-store", &["shard"]),
     ("delivery", &["shard", "smtp-proto", "tls"]),
-    ("proxies", &["control", "lookup", "shard", "tls"]),
+    (
+        "proxies",
+        &["control", "lookup", "shard", "smtp-proto", "tls"],
+    ),
     ("indimail-tuning", &["queue-layout"]),
     (
         "indimail",
@@ -36,7 +39,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "tls",
         ],
     ),
-    ("indimail-loadtest", &[]),
+    ("indimail-loadtest", &["smtp-proto"]),
     ("indimail-benches", &["lookup", "queue-store", "shard"]),
 ];
 

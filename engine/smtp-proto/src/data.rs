@@ -450,4 +450,65 @@ mod tests {
             assert_eq!(out, whole, "split {k}");
         }
     }
+
+    fn stuffed(msg: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        dot_stuff(msg, &mut out);
+        out
+    }
+
+    #[test]
+    fn stuffer_line_ends_and_smuggling() {
+        assert_eq!(stuffed(b"a\n.b\n..\n"), b"a\r\n..b\r\n...\r\n.\r\n");
+        assert_eq!(stuffed(b".x"), b"..x\r\n.\r\n");
+        assert_eq!(stuffed(b"a\r\nb\n"), b"a\r\nb\r\n.\r\n");
+        // Bare CR is a line end too: `\r.\r` can never leave as an end of data.
+        assert_eq!(stuffed(b"a\r.\rb"), b"a\r\n..\r\nb\r\n.\r\n");
+        assert_eq!(stuffed(b"a\r.\r\n"), b"a\r\n..\r\n.\r\n");
+    }
+
+    /// The segment-wise stuffer against the byte-at-a-time definition, on random mixes of the
+    /// bytes that matter.
+    #[test]
+    fn stuffer_matches_bytewise_definition() {
+        fn reference(msg: &[u8]) -> Vec<u8> {
+            let (mut out, mut bol, mut prev) = (Vec::new(), true, 0u8);
+            for &b in msg {
+                // A CR not followed by LF is completed to CRLF.
+                if prev == b'\r' && b != b'\n' {
+                    out.push(b'\n');
+                    bol = true;
+                }
+                if bol && b == b'.' {
+                    out.push(b'.');
+                }
+                if b == b'\n' && prev != b'\r' {
+                    out.push(b'\r');
+                }
+                out.push(b);
+                bol = b == b'\n';
+                prev = b;
+            }
+            if prev == b'\r' {
+                out.push(b'\n');
+                bol = true;
+            }
+            if !msg.is_empty() && !bol {
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b".\r\n");
+            out
+        }
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..5000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 24) as usize;
+            let msg: Vec<u8> = (0..len)
+                .map(|i| b".\r\nab"[((seed >> (i * 2 % 60)) % 5) as usize])
+                .collect();
+            assert_eq!(stuffed(&msg), reference(&msg), "input {msg:?}");
+        }
+    }
 }

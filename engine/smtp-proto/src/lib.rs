@@ -7,8 +7,10 @@
 //! ATRN / On-Demand Mail Relay (RFC 2645, [`Event::Turn`]): command parsing,
 //! address parsing ([`address`]), the DATA scanner with dot-unstuffing and strict `CRLF.CRLF` end
 //! detection (no SMTP smuggling), BDAT chunks, replies with RFC 3463 codes ([`Reply`]); and for
-//! the client side a reply parser ([`ReplyParser`]), a dot-stuffer ([`dot_stuff`],
-//! [`DotStuffer`]) and the client session state machine ([`client::ClientSession`]).
+//! the client side a reply parser ([`ReplyParser`]), the workspace's one dot-stuffer
+//! ([`dot_stuff`], [`DotStuffer`]: SMTP DATA, POP3 RETR/TOP) and its one client session state
+//! machine ([`client::ClientSession`], with AUTH PLAIN/LOGIN to relays: remote delivery,
+//! ETRN/ATRN).
 //!
 //! What it does not do: any I/O. There are no sockets, no runtime, no timers, no randomness and
 //! no TLS here (the driver runs the handshake on [`Event::StartTls`] and verifies credentials on

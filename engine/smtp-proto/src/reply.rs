@@ -24,6 +24,17 @@ impl From<(u8, u16, u16)> for EnhancedCode {
     }
 }
 
+impl EnhancedCode {
+    /// Appends `class.subject.detail`.
+    pub(crate) fn write_to(self, out: &mut Vec<u8>) {
+        push_number(out, u64::from(self.class));
+        out.push(b'.');
+        push_number(out, u64::from(self.subject));
+        out.push(b'.');
+        push_number(out, u64::from(self.detail));
+    }
+}
+
 impl fmt::Display for EnhancedCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}.{}", self.class, self.subject, self.detail)
@@ -111,11 +122,7 @@ impl Reply {
             out.extend_from_slice(&digits);
             out.push(if lines.peek().is_some() { b'-' } else { b' ' });
             if let Some(e) = self.enhanced {
-                push_number(out, u16::from(e.class));
-                out.push(b'.');
-                push_number(out, e.subject);
-                out.push(b'.');
-                push_number(out, e.detail);
+                e.write_to(out);
                 if !line.is_empty() {
                     out.push(b' ');
                 }
@@ -134,8 +141,8 @@ impl Reply {
 }
 
 /// Appends `n` in decimal, without leading zeros.
-fn push_number(out: &mut Vec<u8>, n: u16) {
-    let mut buf = [0u8; 5];
+pub(crate) fn push_number(out: &mut Vec<u8>, n: u64) {
+    let mut buf = [0u8; 20];
     let mut i = buf.len();
     let mut n = n;
     loop {
@@ -195,6 +202,7 @@ pub struct ReplyParser {
     enhanced: Option<EnhancedCode>,
     text: String,
     total: usize,
+    lossy: bool,
 }
 
 impl Default for ReplyParser {
@@ -213,7 +221,15 @@ impl ReplyParser {
             enhanced: None,
             text: String::new(),
             total: 0,
+            lossy: false,
         }
+    }
+
+    /// With `lossy`, a line that is not UTF-8 is taken with U+FFFD for its bad bytes instead of
+    /// failing with [`ReplyError::NotUtf8`] (mail servers with Latin-1 banners exist).
+    pub fn lossy(mut self, lossy: bool) -> ReplyParser {
+        self.lossy = lossy;
+        self
     }
 
     /// Consumes as many complete lines of `input` as possible. Returns the number of bytes
@@ -223,10 +239,13 @@ impl ReplyParser {
         loop {
             let rest = &input[pos..];
             let window = &rest[..rest.len().min(self.max_line)];
-            let Some(lf) = window.iter().position(|&b| b == b'\n') else {
+            let Some(lf) = memchr::memchr(b'\n', window) else {
                 if rest.len() >= self.max_line {
                     return Err(ReplyError::LineTooLong(self.max_line));
                 }
+                // Garbage is reported as soon as it is visible, not when a newline comes (a
+                // peer that is not SMTP may never send one).
+                check_prefix(rest)?;
                 return Ok((pos, None));
             };
             let mut line = &rest[..lf];
@@ -258,8 +277,13 @@ impl ReplyParser {
             }
             _ => return Err(ReplyError::Malformed),
         };
-        let text = std::str::from_utf8(text).map_err(|_| ReplyError::NotUtf8)?;
-        if text.contains('\r') {
+        let text = match std::str::from_utf8(text) {
+            Ok(t) => std::borrow::Cow::Borrowed(t),
+            Err(_) if self.lossy => String::from_utf8_lossy(text),
+            Err(_) => return Err(ReplyError::NotUtf8),
+        };
+        let text = text.as_ref();
+        if memchr::memchr(b'\r', text.as_bytes()).is_some() {
             return Err(ReplyError::Malformed);
         }
         let first_line = self.code.is_none();
@@ -296,22 +320,39 @@ impl ReplyParser {
     }
 }
 
+/// Checks the start of an incomplete line: a code 2xx-5xx, then SP, `-` or the line end.
+fn check_prefix(partial: &[u8]) -> Result<(), ReplyError> {
+    let ok = partial.iter().take(4).enumerate().all(|(i, &b)| match i {
+        0 => (b'2'..=b'5').contains(&b),
+        1 | 2 => b.is_ascii_digit(),
+        _ => matches!(b, b' ' | b'-' | b'\r'),
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ReplyError::Malformed)
+    }
+}
+
 /// Splits a leading enhanced status code off a reply line when present and consistent with the
 /// reply code's class (RFC 3463 section 2; RFC 2034 section 4).
 fn split_enhanced(code: u16, text: &str) -> (Option<EnhancedCode>, &str) {
-    let word_end = text.find(' ').unwrap_or(text.len());
-    let word = &text[..word_end];
-    let mut parts = word.split('.');
+    let word_end = memchr::memchr(b' ', text.as_bytes()).unwrap_or(text.len());
+    let word = &text.as_bytes()[..word_end];
+    let mut parts = word.split(|&b| b == b'.');
     let (Some(c), Some(s), Some(d), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return (None, text);
     };
-    let num = |p: &str, max_len: usize| -> Option<u16> {
-        if p.is_empty() || p.len() > max_len || !p.bytes().all(|b| b.is_ascii_digit()) {
+    // Digits folded by hand: every reply a client reads passes here.
+    let num = |p: &[u8], max_len: usize| -> Option<u16> {
+        if p.is_empty() || p.len() > max_len {
             return None;
         }
-        p.parse().ok()
+        p.iter().try_fold(0u16, |n, &b| {
+            b.is_ascii_digit().then(|| n * 10 + u16::from(b - b'0'))
+        })
     };
     match (num(c, 1), num(s, 3), num(d, 3)) {
         (Some(c), Some(s), Some(d)) if c == code / 100 => {
@@ -416,5 +457,24 @@ mod tests {
         );
         // incomplete line: nothing consumed
         assert_eq!(ReplyParser::default().parse(b"250 o"), Ok((0, None)));
+        assert_eq!(ReplyParser::default().parse(b"25"), Ok((0, None)));
+        // ...unless it already cannot be a reply.
+        assert_eq!(
+            ReplyParser::default().parse(b"HTTP/1.1"),
+            Err(ReplyError::Malformed)
+        );
+        assert_eq!(
+            ReplyParser::default().parse(b"250x"),
+            Err(ReplyError::Malformed)
+        );
+        assert_eq!(
+            ReplyParser::default().parse(b"220 caf\xe9\r\n"),
+            Err(ReplyError::NotUtf8)
+        );
+        let (_, r) = ReplyParser::default()
+            .lossy(true)
+            .parse(b"220 caf\xe9\r\n")
+            .unwrap();
+        assert_eq!(r.unwrap().text(), "caf\u{fffd}");
     }
 }

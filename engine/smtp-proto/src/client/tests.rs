@@ -541,3 +541,160 @@ fn capabilities_parsing() {
     assert!(c.size_offered);
     assert_eq!(c.size, None);
 }
+
+fn creds(user: &str, password: &str, mechanism: Option<&str>, require_tls: bool) -> Credentials {
+    Credentials {
+        user: user.into(),
+        password: password.into(),
+        mechanism: mechanism.map(str::to_string),
+        require_tls,
+    }
+}
+
+/// A session with `auth` after greeting and the EHLO reply `ehlo`; returns it and its output.
+fn auth_session(
+    ehlo: &[u8],
+    auth: Credentials,
+    tls: bool,
+) -> (ClientSession, Result<ClientEvent, ClientError>, String) {
+    let mut cfg = ClientConfig::new("me");
+    cfg.starttls = false;
+    cfg.implicit_tls = tls;
+    cfg.auth = Some(auth);
+    let mut c = ClientSession::new(cfg);
+    c.feed(b"220 hi\r\n").unwrap();
+    c.take_output();
+    let ev = c.feed(ehlo).map(|(_, ev)| ev);
+    let out = String::from_utf8(c.take_output()).unwrap();
+    (c, ev, out)
+}
+
+#[test]
+fn auth_plain_then_ready() {
+    let (mut c, ev, out) = auth_session(
+        b"250-me\r\n250 AUTH LOGIN PLAIN\r\n",
+        creds("u", "p", None, false),
+        false,
+    );
+    assert_eq!(ev, Ok(ClientEvent::NeedReply));
+    // base64("\0u\0p")
+    assert_eq!(out, "AUTH PLAIN AHUAcA==\r\n");
+    assert_eq!(c.feed(b"235 ok\r\n").unwrap().1, ClientEvent::Ready);
+    assert!(c.is_ready());
+}
+
+#[test]
+fn auth_login_steps_and_refusal() {
+    let (mut c, _, out) = auth_session(
+        b"250-me\r\n250 AUTH PLAIN LOGIN\r\n",
+        creds("user", "pw", Some("LOGIN"), true),
+        true,
+    );
+    assert_eq!(out, "AUTH LOGIN\r\n");
+    c.feed(b"334 VXNlcm5hbWU6\r\n").unwrap();
+    assert_eq!(c.take_output(), b"dXNlcg==\r\n");
+    c.feed(b"334 UGFzc3dvcmQ6\r\n").unwrap();
+    assert_eq!(c.take_output(), b"cHc=\r\n");
+    let e = c.feed(b"535 5.7.8 no\r\n").unwrap_err();
+    assert!(matches!(&e, ClientError::Auth(t) if t == "user was refused: 535 5.7.8 no"));
+    assert!(!e.to_string().contains("pw"), "{e}");
+    assert_eq!(c.take_output(), b"QUIT\r\n");
+}
+
+#[test]
+fn auth_needs_an_offered_mechanism_and_tls_when_secure() {
+    let (_, ev, _) = auth_session(b"250 me\r\n", creds("u", "p", None, false), false);
+    assert!(
+        matches!(&ev, Err(ClientError::Auth(t)) if t == "the relay offers no AUTH (wanted PLAIN or LOGIN)"),
+        "{ev:?}"
+    );
+    let secure = || creds("u", "p", None, true);
+    let (_, ev, _) = auth_session(b"250-me\r\n250 AUTH PLAIN\r\n", secure(), false);
+    assert!(matches!(ev, Err(ClientError::Auth(_))), "{ev:?}");
+    let (_, ev, out) = auth_session(b"250-me\r\n250 AUTH PLAIN\r\n", secure(), true);
+    assert_eq!(ev, Ok(ClientEvent::NeedReply));
+    assert!(out.starts_with("AUTH PLAIN "), "{out}");
+    // Credentials never show in Debug.
+    assert!(!format!("{:?}", creds("u", "secret", None, false)).contains("secret"));
+}
+
+#[test]
+fn reused_connection_opens_with_rset_pipelined() {
+    let mut c = ClientSession::new(ClientConfig::new("me"));
+    c.feed(b"220 hi\r\n250-me\r\n250 PIPELINING\r\n").unwrap();
+    c.take_output();
+    c.send_mail(msg(&["a@b.example"])).unwrap();
+    assert_eq!(
+        c.take_output(),
+        b"MAIL FROM:<sender@a.example>\r\nRCPT TO:<a@b.example>\r\nDATA\r\n"
+    );
+    assert_eq!(
+        c.feed(b"250 ok\r\n550 no\r\n354 go\r\n").unwrap().1,
+        ClientEvent::NeedReply
+    );
+    assert_eq!(c.take_output(), b".\r\n");
+    let (_, ev) = c.feed(b"250 ignored\r\n").unwrap();
+    assert_eq!(delivered(&ev), vec![false]);
+    assert_eq!(c.feed(b"").unwrap().1, ClientEvent::Ready);
+    c.send_mail(msg(&["a@b.example"])).unwrap();
+    assert!(c.take_output().starts_with(b"RSET\r\nMAIL FROM:"));
+    // A 421 to the RSET: everyone deferred, the session is over.
+    let (_, ev) = c.feed(b"421 4.3.2 bye\r\n").unwrap();
+    let ClientEvent::TransactionDone { per_rcpt, .. } = ev else {
+        panic!("{ev:?}")
+    };
+    assert!(matches!(&per_rcpt[0].outcome, RcptOutcome::Deferred(r) if r.code() == 421));
+    assert_eq!(c.feed(b"").unwrap().1, ClientEvent::Closed);
+    assert!(!c.is_ready());
+}
+
+#[test]
+fn unpipelined_rset_then_mail_and_421_to_rcpt() {
+    let mut c = ClientSession::new(ClientConfig::new("me"));
+    c.feed(b"220 hi\r\n250 me\r\n").unwrap();
+    c.send_mail(msg(&["a@b.example"])).unwrap();
+    c.feed(b"250 ok\r\n250 ok\r\n354 go\r\n").unwrap();
+    c.data_sent().unwrap();
+    let (_, ev) = c.feed(b"250 queued\r\n").unwrap();
+    assert_eq!(delivered(&ev), vec![true]);
+    c.take_output();
+    c.send_mail(msg(&["a@b.example", "c@d.example"])).unwrap();
+    assert_eq!(c.take_output(), b"RSET\r\n");
+    c.feed(b"250 reset\r\n").unwrap();
+    assert_eq!(c.take_output(), b"MAIL FROM:<sender@a.example>\r\n");
+    c.feed(b"250 ok\r\n").unwrap();
+    assert_eq!(c.take_output(), b"RCPT TO:<a@b.example>\r\n");
+    let (_, ev) = c.feed(b"421 4.4.2 closing\r\n").unwrap();
+    let ClientEvent::TransactionDone { per_rcpt, .. } = ev else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(per_rcpt.len(), 2);
+    assert!(per_rcpt
+        .iter()
+        .all(|r| matches!(&r.outcome, RcptOutcome::Deferred(r) if r.code() == 421)));
+    assert_eq!(c.feed(b"").unwrap().1, ClientEvent::Closed);
+}
+
+#[test]
+fn reply_texts_as_qmail_remote_reports_them() {
+    let mut p = ReplyParser::default();
+    let mut text = |wire: &[u8]| reply_text(&p.parse(wire).unwrap().1.unwrap());
+    assert_eq!(text(b"250 2.0.0 queued\r\n"), "250 2.0.0 queued");
+    assert_eq!(
+        text(b"550-5.1.1 no\r\n550 5.1.1 user\r\n"),
+        "550 5.1.1 no\n550 5.1.1 user"
+    );
+    assert_eq!(text(b"451-a\r\n451 b\r\n"), "451 a\n451 b");
+    assert_eq!(text(b"250\r\n"), "250");
+}
+
+#[test]
+fn implicit_tls_skips_starttls() {
+    let mut cfg = ClientConfig::new("me");
+    cfg.implicit_tls = true;
+    let mut c = ClientSession::new(cfg);
+    assert!(c.is_tls());
+    let (_, ev) = c.feed(b"220 hi\r\n250-me\r\n250 STARTTLS\r\n").unwrap();
+    assert_eq!(ev, ClientEvent::Ready);
+    assert_eq!(c.take_output(), b"EHLO me\r\n");
+}
