@@ -145,7 +145,7 @@ pub struct ClusterHost {
 
 /// The admin side of the directory: uncached, one database handle.
 pub struct Admin {
-    db: Db,
+    pub(crate) db: Db,
     cfg: DirectoryConfig,
 }
 
@@ -164,7 +164,7 @@ fn rewrite_lines(path: &Path, lines: &[String]) -> Result<(), LookupError> {
 }
 
 /// Replace a file atomically and durably (temp file, fsync, rename, fsync dir).
-fn rewrite_file(path: &Path, bytes: &[u8]) -> Result<(), LookupError> {
+pub(crate) fn rewrite_file(path: &Path, bytes: &[u8]) -> Result<(), LookupError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let tmp = path.with_extension("tmp-indimail-rs");
@@ -429,6 +429,7 @@ impl Admin {
             write(".base_path", format!("{}\n", b.display()))?;
         }
         self.db
+            .on(&d)
             .exec(
                 "INSERT INTO dir_control (domain, the_dir) VALUES (?, ?)",
                 params![&d, ""],
@@ -492,7 +493,7 @@ impl Admin {
             "DELETE FROM vlimits WHERE domain = ?",
             "DELETE FROM dir_control WHERE domain = ?",
         ] {
-            self.db.exec(sql, params![&d]).await?;
+            self.db.on(&d).exec(sql, params![&d]).await?;
         }
         let aliases: Vec<String> = self
             .db
@@ -530,13 +531,18 @@ impl Admin {
 
     /// Virtual domains, sorted.
     pub async fn domain_list(&self) -> Result<Vec<String>, LookupError> {
-        Ok(self
+        let mut domains: Vec<String> = self
             .db
-            .query("SELECT domain FROM dir_control ORDER BY domain", vec![])
+            .query_everywhere("SELECT domain FROM dir_control ORDER BY domain", vec![])
             .await?
             .iter()
             .map(|r| r.text(0))
-            .collect())
+            .collect();
+        if self.db.routes_domains() {
+            domains.sort();
+            domains.dedup();
+        }
+        Ok(domains)
     }
 
     /// vdominfo.
@@ -546,6 +552,7 @@ impl Admin {
         for t in ["indimail", "indibak"] {
             let rows = self
                 .db
+                .on(&d)
                 .query(
                     &format!("SELECT COUNT(*) FROM {t} WHERE pw_domain = ?"),
                     params![&d],
@@ -636,7 +643,7 @@ impl Admin {
     }
 
     async fn count(&self, sql: &str, domain: &str) -> Result<i64, LookupError> {
-        let rows = self.db.query(sql, params![domain]).await?;
+        let rows = self.db.on(domain).query(sql, params![domain]).await?;
         Ok(rows.first().map(|r| r.int(0)).unwrap_or(0))
     }
 
@@ -715,6 +722,7 @@ impl Admin {
         };
         let cur_users = self
             .db
+            .on(&domain)
             .query(
                 "SELECT cur_users FROM dir_control WHERE domain = ?",
                 params![&domain],
@@ -744,7 +752,7 @@ impl Admin {
         let table = if opts.inactive { "indibak" } else { "indimail" };
         let insert = self
             .db
-            .exec(
+            .on(&domain).exec(
                 &format!(
                     "INSERT INTO {table} (pw_name, pw_domain, pw_passwd, pw_uid, pw_gid, pw_gecos, pw_dir, pw_shell, scram) \
                      VALUES (?, ?, ?, 1, 0, ?, ?, ?, ?)"
@@ -759,6 +767,7 @@ impl Admin {
             return Err(e);
         }
         self.db
+            .on(&domain)
             .exec(
                 "UPDATE dir_control SET cur_users = cur_users + 1 WHERE domain = ?",
                 params![&domain],
@@ -777,7 +786,7 @@ impl Admin {
         gecos: &str,
     ) -> Result<(), LookupError> {
         self.db
-            .exec(
+            .on(domain).exec(
                 "REPLACE INTO lastauth (user, domain, service, remote_ip, quota, gecos) VALUES (?, ?, ?, ?, 0, ?)",
                 params![user, domain, service, "127.0.0.1", gecos],
             )
@@ -814,10 +823,10 @@ impl Admin {
             "DELETE FROM lastauth WHERE user = ? AND domain = ?",
             "DELETE FROM userquota WHERE user = ? AND domain = ?",
         ] {
-            self.db.exec(sql, params![u, d]).await?;
+            self.db.on(d).exec(sql, params![u, d]).await?;
         }
         self.db
-            .exec(
+            .on(d).exec(
                 "UPDATE dir_control SET cur_users = cur_users - 1 WHERE domain = ? AND cur_users > 0",
                 params![d],
             )
@@ -884,7 +893,7 @@ impl Admin {
         if change.toggle_active {
             let other = if user.active { "indibak" } else { "indimail" };
             self.db
-                .exec(
+                .on(d).exec(
                     &format!(
                         "INSERT INTO {other} (pw_name, pw_domain, pw_passwd, pw_uid, pw_gid, pw_gecos, pw_dir, pw_shell, scram) \
                          SELECT pw_name, pw_domain, pw_passwd, pw_uid, pw_gid, pw_gecos, pw_dir, pw_shell, scram \
@@ -894,6 +903,7 @@ impl Admin {
                 )
                 .await?;
             self.db
+                .on(d)
                 .exec(
                     &format!("DELETE FROM {table} WHERE pw_name = ? AND pw_domain = ?"),
                     params![u, d],
@@ -906,6 +916,7 @@ impl Admin {
         if let Some(g) = &change.gecos {
             check_gecos(g)?;
             self.db
+                .on(d)
                 .exec(
                     &format!("UPDATE {table} SET pw_gecos = ? WHERE pw_name = ? AND pw_domain = ?"),
                     params![g, u, d],
@@ -914,6 +925,7 @@ impl Admin {
         }
         if let Some(q) = change.quota {
             self.db
+                .on(d)
                 .exec(
                     &format!("UPDATE {table} SET pw_shell = ? WHERE pw_name = ? AND pw_domain = ?"),
                     params![q.to_column(), u, d],
@@ -924,6 +936,7 @@ impl Admin {
             let base = if change.reset_flags { 0 } else { user.flags.0 };
             let flags = (base | change.set_flags) & !change.clear_flags;
             self.db
+                .on(d)
                 .exec(
                     &format!("UPDATE {table} SET pw_gid = ? WHERE pw_name = ? AND pw_domain = ?"),
                     params![flags, u, d],
@@ -939,7 +952,7 @@ impl Admin {
                 opts.scram.as_ref(),
             )?;
             self.db
-                .exec(
+                .on(d).exec(
                     &format!(
                         "UPDATE {table} SET pw_passwd = ?, scram = ? WHERE pw_name = ? AND pw_domain = ?"
                     ),
@@ -973,16 +986,14 @@ impl Admin {
                     params![ad, ad, an],
                 ),
             };
-            let rows = self
-                .db
-                .query(
-                    &format!(
-                        "SELECT {} FROM {table} WHERE {filter} ORDER BY pw_domain, pw_name LIMIT {limit}",
-                        queries::USER_COLUMNS
-                    ),
-                    p,
-                )
-                .await?;
+            let sql = format!(
+                "SELECT {} FROM {table} WHERE {filter} ORDER BY pw_domain, pw_name LIMIT {limit}",
+                queries::USER_COLUMNS
+            );
+            let rows = match &d {
+                Some(d) => self.db.on(d).query(&sql, p).await?,
+                None => self.db.query_everywhere(&sql, p).await?,
+            };
             out.extend(rows.iter().map(|r| queries::user_from_row(r, active)));
         }
         out.sort_by(|a, b| (&a.domain, &a.name).cmp(&(&b.domain, &b.name)));
@@ -1033,6 +1044,7 @@ impl Admin {
             }
         }
         self.db
+            .on(&d)
             .exec(
                 "INSERT INTO valias (alias, domain, valias_line) VALUES (?, ?, ?)",
                 params![addr.user(), &d, line],
@@ -1048,6 +1060,7 @@ impl Admin {
         let n = match line {
             Some(l) => {
                 self.db
+                    .on(&d)
                     .exec(
                         "DELETE FROM valias WHERE alias = ? AND domain = ? AND valias_line = ?",
                         params![addr.user(), &d, l.trim()],
@@ -1056,6 +1069,7 @@ impl Admin {
             }
             None => {
                 self.db
+                    .on(&d)
                     .exec(
                         "DELETE FROM valias WHERE alias = ? AND domain = ?",
                         params![addr.user(), &d],
@@ -1079,7 +1093,7 @@ impl Admin {
                 let addr = Address::parse(email_or_domain)?;
                 let d = self.require_domain(addr.domain()).await?;
                 self.db
-                    .query(
+                    .on(&d).query(
                         "SELECT alias, domain, valias_line FROM valias WHERE alias = ? AND domain = ? ORDER BY valias_line",
                         params![addr.user(), &d],
                     )
@@ -1088,7 +1102,7 @@ impl Admin {
             None => {
                 let d = self.require_domain(email_or_domain).await?;
                 self.db
-                    .query(
+                    .on(&d).query(
                         "SELECT alias, domain, valias_line FROM valias WHERE domain = ? ORDER BY alias, valias_line",
                         params![&d],
                     )
@@ -1398,7 +1412,7 @@ impl Admin {
         let d = self.require_domain(&limits.domain).await?;
         let b = |v: bool| i64::from(v);
         self.db
-            .exec(
+            .on(&d).exec(
                 "REPLACE INTO vlimits (domain, domain_expiry, passwd_expiry, maxpopaccounts, maxaliases, \
                  maxforwards, maxautoresponders, maxmailinglists, diskquota, maxmsgcount, defaultquota, \
                  defaultmaxmsgcount, disable_pop, disable_imap, disable_dialup, disable_passwordchanging, \
@@ -1450,7 +1464,7 @@ impl Admin {
         }
         let exists = !self
             .db
-            .query(
+            .on(a.domain()).query(
                 "SELECT domain_list FROM atrn_map WHERE pw_name = ? AND pw_domain = ? AND domain_list = ?",
                 params![a.user(), a.domain(), &d],
             )
@@ -1460,6 +1474,7 @@ impl Admin {
             return Err(LookupError::AtrnMapExists(format!("{a} {d}")));
         }
         self.db
+            .on(a.domain())
             .exec(
                 "INSERT INTO atrn_map (pw_name, pw_domain, domain_list) VALUES (?, ?, ?)",
                 params![a.user(), a.domain(), &d],
@@ -1475,7 +1490,7 @@ impl Admin {
             Some(d) => {
                 let d = normalize_domain(d)?;
                 self.db
-                    .exec(
+                    .on(a.domain()).exec(
                         "DELETE FROM atrn_map WHERE pw_name = ? AND pw_domain = ? AND domain_list = ?",
                         params![a.user(), a.domain(), &d],
                     )
@@ -1483,6 +1498,7 @@ impl Admin {
             }
             None => {
                 self.db
+                    .on(a.domain())
                     .exec(
                         "DELETE FROM atrn_map WHERE pw_name = ? AND pw_domain = ?",
                         params![a.user(), a.domain()],
@@ -1514,6 +1530,7 @@ impl Admin {
             Some(e) => {
                 let a = Address::parse(e)?;
                 self.db
+                    .on(a.domain())
                     .query(
                         "SELECT pw_name, pw_domain, domain_list FROM atrn_map \
                          WHERE pw_name = ? AND pw_domain = ? ORDER BY domain_list",
@@ -1523,7 +1540,7 @@ impl Admin {
             }
             None => {
                 self.db
-                    .query(
+                    .query_everywhere(
                         "SELECT pw_name, pw_domain, domain_list FROM atrn_map \
                          ORDER BY pw_domain, pw_name, domain_list",
                         vec![],
@@ -1531,9 +1548,16 @@ impl Admin {
                     .await?
             }
         };
-        Ok(rows
+        let mut maps: Vec<(String, String, String)> = rows
             .iter()
-            .map(|r| (format!("{}@{}", r.text(0), r.text(1)), r.text(2)))
+            .map(|r| (r.text(1), r.text(0), r.text(2)))
+            .collect();
+        if self.db.routes_domains() {
+            maps.sort();
+        }
+        Ok(maps
+            .into_iter()
+            .map(|(domain, name, list)| (format!("{name}@{domain}"), list))
             .collect())
     }
 
@@ -1650,6 +1674,7 @@ impl Admin {
         let d = self.require_domain(domain).await?;
         let n = self
             .db
+            .on(&d)
             .exec("DELETE FROM vlimits WHERE domain = ?", params![&d])
             .await?;
         if n == 0 {
@@ -1662,6 +1687,7 @@ impl Admin {
     async fn new_home(&self, user: &str, domain: &str) -> Result<PathBuf, LookupError> {
         let cur_users = self
             .db
+            .on(domain)
             .query(
                 "SELECT cur_users FROM dir_control WHERE domain = ?",
                 params![domain],
@@ -1698,6 +1724,11 @@ impl Admin {
         if na == oa {
             return Err(LookupError::Refused(format!("{oa} is already its name")));
         }
+        if !self.db.same_server(oa.domain(), &nd) {
+            return Err(LookupError::Refused(format!(
+                "{oa} and {na} are kept on different database servers (control/mcdinfo)"
+            )));
+        }
         if queries::user(&self.db, na.user(), &nd).await?.is_some() {
             return Err(LookupError::UserExists(na.to_string()));
         }
@@ -1714,7 +1745,7 @@ impl Admin {
         let dir_s = new_dir.to_string_lossy().into_owned();
         let r = self
             .db
-            .exec(
+            .on(od).exec(
                 &format!(
                     "UPDATE {table} SET pw_name = ?, pw_domain = ?, pw_dir = ? WHERE pw_name = ? AND pw_domain = ?"
                 ),
@@ -1735,6 +1766,7 @@ impl Admin {
             ("atrn_map", "pw_name", "pw_domain"),
         ] {
             self.db
+                .on(od)
                 .exec(
                     &format!("UPDATE {t} SET {uc} = ?, {dc} = ? WHERE {uc} = ? AND {dc} = ?"),
                     params![nu, &nd, ou, od],
@@ -1743,12 +1775,13 @@ impl Admin {
         }
         if od != nd {
             self.db
-                .exec(
+                .on(od).exec(
                     "UPDATE dir_control SET cur_users = cur_users - 1 WHERE domain = ? AND cur_users > 0",
                     params![od],
                 )
                 .await?;
             self.db
+                .on(&nd)
                 .exec(
                     "UPDATE dir_control SET cur_users = cur_users + 1 WHERE domain = ?",
                     params![&nd],
@@ -1765,6 +1798,12 @@ impl Admin {
     pub async fn domain_rename(&self, old: &str, new: &str) -> Result<DomainInfo, LookupError> {
         let od = self.require_domain(old).await?;
         let nd = normalize_domain(new)?;
+        if !self.db.same_server(&od, &nd) {
+            return Err(LookupError::Refused(format!(
+                "{od} and {nd} are kept on different database servers: give {nd} the same \
+                 server in control/mcdinfo (dbinfo -i) first"
+            )));
+        }
         if queries::domain_exists(&self.db, &nd).await? {
             return Err(LookupError::DomainExists(nd));
         }
@@ -1792,6 +1831,7 @@ impl Admin {
         for table in ["indimail", "indibak"] {
             let rows = self
                 .db
+                .on(&od)
                 .query(
                     &format!("SELECT pw_name, pw_dir FROM {table} WHERE pw_domain = ?"),
                     params![&od],
@@ -1829,6 +1869,7 @@ impl Admin {
             ("atrn_map", "pw_domain"),
         ] {
             self.db
+                .on(&od)
                 .exec(
                     &format!("UPDATE {t} SET {c} = ? WHERE {c} = ?"),
                     params![&nd, &od],
@@ -1837,6 +1878,7 @@ impl Admin {
         }
         for (table, name, dir) in &dirs {
             self.db
+                .on(&od)
                 .exec(
                     &format!("UPDATE {table} SET pw_dir = ? WHERE pw_name = ? AND pw_domain = ?"),
                     params![dir, name, &nd],
@@ -1925,13 +1967,11 @@ impl Admin {
             Some(d) => ("WHERE domain = ?", params![d.as_str()]),
             None => ("", vec![]),
         };
-        let rows = self
-            .db
-            .query(
-                &format!("SELECT user, domain, {ts} FROM lastauth {filter} GROUP BY user, domain"),
-                p,
-            )
-            .await?;
+        let sql = format!("SELECT user, domain, {ts} FROM lastauth {filter} GROUP BY user, domain");
+        let rows = match &d {
+            Some(d) => self.db.on(d).query(&sql, p).await?,
+            None => self.db.query_everywhere(&sql, p).await?,
+        };
         let mut out = Vec::new();
         for r in &rows {
             let (u, dom, last) = (r.text(0), r.text(1), r.int(2));

@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
+mod dbinfo;
+
+pub use dbinfo::DbinfoArgs;
+
 use crate::{
     Admin, DirectoryConfig, DomainChange, DomainInfo, DomainOptions, HashMethod, Limits,
     LookupError, PasswordOptions, Quota, ScramOptions, User, UserChange, UserFlags, UserOptions,
@@ -41,6 +45,9 @@ pub enum DirectoryCommand {
     /// POP/IMAP-before-SMTP relay rows (clearopensmtp).
     #[command(subcommand)]
     Relay(RelayCommand),
+    /// Each domain's database server: the MCD file (control/mcdinfo) and the dbinfo table
+    /// (dbinfo).
+    Dbinfo(DbinfoArgs),
 }
 
 /// `indimail relay ...`
@@ -685,6 +692,9 @@ pub fn run(cmd: DirectoryCommand, home: &Path, out: &mut dyn Write) -> Result<()
             c => Err(CliError::Exit(c)),
         };
     }
+    if let DirectoryCommand::Dbinfo(a) = &cmd {
+        dbinfo::plan(a)?;
+    }
     let cfg = DirectoryConfig::from_home(home)?;
     runtime()?.block_on(async {
         let admin = Admin::open(cfg).await?;
@@ -1001,6 +1011,7 @@ async fn run_admin(
                 window / 60
             )?;
         }
+        DirectoryCommand::Dbinfo(a) => dbinfo::run(admin, a, out).await?,
         DirectoryCommand::Checkpassword(_) => {
             return Err(CliError::Usage("checkpassword is run by run()".into()))
         }
@@ -1671,6 +1682,7 @@ fn program_command(name: &str, args: &[String]) -> Result<DirectoryCommand, CliE
                 ));
             }
         }
+        "dbinfo" => DirectoryCommand::Dbinfo(dbinfo::parse_program(args)?),
         "vhostid" => {
             let (o, r) = getopt(args, "Ssd:i:u:")?;
             let ip = |v: String| {
@@ -1836,7 +1848,7 @@ fn program_command(name: &str, args: &[String]) -> Result<DirectoryCommand, CliE
 }
 
 /// IndiMail program names this crate implements.
-pub const PROGRAMS: [&str; 22] = [
+pub const PROGRAMS: [&str; 23] = [
     "vadddomain",
     "vdeldomain",
     "vdominfo",
@@ -1859,6 +1871,7 @@ pub const PROGRAMS: [&str; 22] = [
     "vmoddomain",
     "vdeloldusers",
     "clearopensmtp",
+    "dbinfo",
 ];
 
 /// Run as the IndiMail program named by `argv0`'s basename (`vadddomain`, `vadduser`, ...)
@@ -1887,7 +1900,11 @@ pub fn run_as_program(
         Err(CliError::Exit(c)) => c,
         Err(e) => {
             eprintln!("{name}: {e}");
-            e.exit_code()
+            match e {
+                // IndiMail's dbinfo exits 100 on a bad command line.
+                CliError::Usage(_) if name == "dbinfo" => 100,
+                e => e.exit_code(),
+            }
         }
     })
 }

@@ -613,6 +613,7 @@ impl Directory {
         let changed = self
             .inner
             .db
+            .on(real.as_str())
             .exec(sql, params![bit, addr.user(), real.as_str(), bit])
             .await?;
         if changed == 0 {
@@ -708,7 +709,7 @@ impl Directory {
         };
         self.inner
             .db
-            .exec(
+            .on(user.domain.as_str()).exec(
                 &format!(
                     "REPLACE INTO lastauth (user, domain, service, remote_ip, quota, gecos, timestamp) \
                      VALUES (?, ?, ?, ?, 0, ?, {ts})"
@@ -740,6 +741,7 @@ impl Directory {
         Ok(self
             .inner
             .db
+            .on(&domain)
             .query(
                 &format!(
                     "SELECT service, remote_ip, {ts} FROM lastauth WHERE user = ? AND domain = ? \

@@ -37,17 +37,21 @@ pub(crate) async fn set_password(
     scram: Option<&str>,
 ) -> Result<u64, LookupError> {
     let table = if active { "indimail" } else { "indibak" };
-    db.exec(
-        &format!("UPDATE {table} SET pw_passwd = ?, scram = ? WHERE pw_name = ? AND pw_domain = ?"),
-        params![stored, scram.map(str::to_string), name, domain],
-    )
-    .await
+    db.on(domain)
+        .exec(
+            &format!(
+                "UPDATE {table} SET pw_passwd = ?, scram = ? WHERE pw_name = ? AND pw_domain = ?"
+            ),
+            params![stored, scram.map(str::to_string), name, domain],
+        )
+        .await
 }
 
 /// The user, from `indimail` (active) or else `indibak` (inactive).
 pub(crate) async fn user(db: &Db, name: &str, domain: &str) -> Result<Option<User>, LookupError> {
     for (table, active) in [("indimail", true), ("indibak", false)] {
         let rows = db
+            .on(domain)
             .query(
                 &format!("SELECT {USER_COLUMNS} FROM {table} WHERE pw_name = ? AND pw_domain = ?"),
                 params![name, domain],
@@ -63,6 +67,7 @@ pub(crate) async fn user(db: &Db, name: &str, domain: &str) -> Result<Option<Use
 /// Is `domain` a virtual domain (a `dir_control` row, written by `domain add`)?
 pub(crate) async fn domain_exists(db: &Db, domain: &str) -> Result<bool, LookupError> {
     Ok(!db
+        .on(domain)
         .query(
             "SELECT domain FROM dir_control WHERE domain = ?",
             params![domain],
@@ -94,6 +99,7 @@ pub(crate) async fn real_domain(db: &Db, domain: &str) -> Result<Option<String>,
 /// valias lines of `name@domain`.
 pub(crate) async fn aliases(db: &Db, name: &str, domain: &str) -> Result<Vec<String>, LookupError> {
     Ok(db
+        .on(domain)
         .query(
             "SELECT valias_line FROM valias WHERE alias = ? AND domain = ? ORDER BY valias_line",
             params![name, domain],
@@ -173,7 +179,7 @@ pub(crate) async fn relay_allowed(db: &Db, ip: &str, since: i64) -> Result<bool,
 /// The `vlimits` row of `domain`.
 pub(crate) async fn limits(db: &Db, domain: &str) -> Result<Option<Limits>, LookupError> {
     let rows = db
-        .query(
+        .on(domain).query(
             "SELECT domain, domain_expiry, passwd_expiry, maxpopaccounts, maxaliases, maxforwards, \
              maxautoresponders, maxmailinglists, diskquota, maxmsgcount, defaultquota, \
              defaultmaxmsgcount, disable_pop, disable_imap, disable_dialup, \
@@ -222,7 +228,7 @@ pub(crate) async fn atrn_domains(
     domain: &str,
 ) -> Result<Vec<String>, LookupError> {
     let rows = db
-        .query(
+        .on(domain).query(
             "SELECT domain_list FROM atrn_map WHERE pw_name = ? AND pw_domain = ? ORDER BY domain_list",
             params![name, domain],
         )
