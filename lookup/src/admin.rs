@@ -10,12 +10,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::config::DirectoryConfig;
-use crate::db::{params, Db};
+use crate::db::Db;
 use crate::model::{
     bucket, normalize_domain, Address, Limits, MailStore, Quota, User, UserFlags, MAX_DIR_LEN,
     MAX_GECOS_LEN, MAX_VALIAS_LEN,
 };
 use crate::password::{self, HashMethod};
+use crate::sql::params;
 use crate::{queries, LookupError};
 
 /// Users per directory level before hashing into subdirectories (spec 4.3).

@@ -86,6 +86,21 @@ impl MysqlConfig {
     }
 }
 
+impl McdRecord {
+    /// How to reach this record's database.
+    pub fn mysql(&self) -> MysqlConfig {
+        MysqlConfig {
+            host: self.server.clone(),
+            user: self.user.clone(),
+            password: self.password.clone(),
+            socket: None,
+            port: self.port,
+            ssl: self.use_ssl,
+            database: self.database.clone(),
+        }
+    }
+}
+
 /// Which store holds the directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendConfig {

@@ -10,8 +10,8 @@
 use std::path::Path;
 
 use crate::admin::rewrite_file;
-use crate::db::params;
 use crate::mcdinfo::{self, McdRecord};
+use crate::sql::params;
 use crate::{Admin, LookupError};
 
 /// What `dbinfo -u` changes in a record; `None` keeps the value.

@@ -24,10 +24,11 @@ use tokio::sync::Notify;
 use crate::cache::{Cache, CacheStats, Clock, Lookup, SystemClock, Ticket};
 use crate::catchall::Handler;
 use crate::config::DirectoryConfig;
-use crate::db::{params, Db};
+use crate::db::Db;
 use crate::model::{
     normalize_domain, Address, AuthResult, LastAuth, Limits, MailStore, User, UserFlags, UserStatus,
 };
+use crate::sql::params;
 use crate::{password, queries, LookupError};
 
 /// Where background work runs.

@@ -61,6 +61,7 @@ mod mysql;
 pub mod password;
 mod queries;
 mod schema;
+mod sql;
 pub mod sqllist;
 
 pub use admin::{

@@ -23,7 +23,6 @@
 
 use std::path::Path;
 
-use crate::config::MysqlConfig;
 use crate::LookupError;
 
 /// The file's name in the control directory (IndiMail's `MCDFILE` default).
@@ -54,19 +53,6 @@ pub struct McdRecord {
 }
 
 impl McdRecord {
-    /// How to reach this record's database.
-    pub fn mysql(&self) -> MysqlConfig {
-        MysqlConfig {
-            host: self.server.clone(),
-            user: self.user.clone(),
-            password: self.password.clone(),
-            socket: None,
-            port: self.port,
-            ssl: self.use_ssl,
-            database: self.database.clone(),
-        }
-    }
-
     /// The fields in the file's order: domain, clustered, server, mdahost, port, use_ssl,
     /// database, user, password.
     pub fn values(&self) -> [String; 9] {

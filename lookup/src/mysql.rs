@@ -34,7 +34,7 @@ use mysql_async::prelude::Queryable;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::MysqlConfig;
-use crate::db::{Row, SqlValue};
+use crate::sql::{Row, SqlValue};
 use crate::LookupError;
 
 /// How long a server that failed to answer is left alone (the first time).

@@ -2,8 +2,9 @@
 
 use std::path::PathBuf;
 
-use crate::db::{params, Db, Row};
+use crate::db::Db;
 use crate::model::{Limits, MailStore, Quota, User, UserFlags};
+use crate::sql::{params, Row};
 use crate::LookupError;
 
 pub(crate) const USER_COLUMNS: &str =
