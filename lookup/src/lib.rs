@@ -33,7 +33,8 @@
 //!   per database server and process, whatever the number of shards (`mysql.rs`).
 //! * Each domain's database server (spec 4.1): [`mcdinfo`] parses and writes IndiMail's MCD
 //!   file `control/mcdinfo`; its domains' queries and admin writes go to their own server
-//!   (`db.rs`, `Db::on`), and [`dbinfo`] is the `dbinfo` command's side (file and table).
+//!   (`db.rs`, `Db::on`), and [`Admin::dbinfo_insert`] and its siblings are the `dbinfo`
+//!   command's side (file and table).
 //!
 //! What it does not do: deliver mail, speak SMTP/IMAP, serve inlookup's FIFO protocol, build
 //! `morercpthosts.cdb`, send HUP to other processes, or run IndiMail's cluster sync
@@ -51,7 +52,6 @@ pub mod checkpassword;
 pub mod cli;
 mod config;
 mod db;
-pub mod dbinfo;
 mod directory;
 mod error;
 pub mod fsmode;
@@ -66,8 +66,8 @@ pub mod sqllist;
 
 pub use admin::{
     hash_dir, unix_now, Admin, ClusterHost, DomainChange, DomainInfo, DomainOptions,
-    DomainSettings, HostEntry, PasswordOptions, ScramOptions, StaleUser, UserChange, UserOptions,
-    DEFAULT_HARD_QUOTA, DEFAULT_USERS_PER_LEVEL, RCPTHOSTS_MAX,
+    DomainSettings, HostEntry, McdChange, PasswordOptions, ScramOptions, StaleUser, UserChange,
+    UserOptions, DEFAULT_HARD_QUOTA, DEFAULT_USERS_PER_LEVEL, RCPTHOSTS_MAX,
 };
 pub use cache::{Cache, CachePolicy, CacheStats, Clock, Lookup, ManualClock, SystemClock};
 pub use config::{BackendConfig, DirectoryConfig, MysqlConfig, DEFAULT_MYSQL_CONNECTIONS};

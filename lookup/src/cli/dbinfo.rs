@@ -1,14 +1,14 @@
 //! `indimail dbinfo` and the program name `dbinfo`: IndiMail's flags, one parser for both.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser};
 
 use super::CliError;
-use crate::dbinfo::{format_records, McdChange};
 use crate::mcdinfo::McdRecord;
 use crate::Admin;
+use crate::McdChange;
 
 /// `dbinfo -i|-u|-r|-s ... [MCD file]`: the MCD file (default `control/mcdinfo`) and its
 /// `dbinfo` table rows.
@@ -226,6 +226,46 @@ pub(super) async fn run(admin: &Admin, a: DbinfoArgs, out: &mut dyn Write) -> Re
     Ok(())
 }
 
+/// `dbinfo -s` in IndiMail's layout (without the live connection's lines: client and
+/// server versions, protocol, `MySQL Stat`), or with `rows` its one-line-per-record form
+/// (`-l`).
+pub(super) fn format_records(records: &[McdRecord], file: &Path, rows: bool) -> String {
+    let mut s = String::new();
+    for (i, r) in records.iter().enumerate() {
+        if rows {
+            // IndiMail's -l line: the fields with the file's name before the password.
+            let v = r.values();
+            s.push_str(&format!(
+                "DBINFO  {} {} {} \n",
+                v[..8].join(" "),
+                file.display(),
+                v[8]
+            ));
+            continue;
+        }
+        s.push_str(&format!(
+            "domain         {} - {}\nsqlserver[{:03}] {}\nmda host       {}\nTCP/IP Port    {}\n\
+             Use SSL        {}\ndatabase       {}\nuser           {}\npassword       {}\n\
+             DBINFO Method  DBINFO\n--------------------------\n",
+            r.domain,
+            if r.distributed {
+                "Distributed"
+            } else {
+                "Non Distributed"
+            },
+            i + 1,
+            r.server,
+            r.mdahost,
+            r.port,
+            if r.use_ssl { "Yes" } else { "No" },
+            r.database,
+            r.user,
+            r.password
+        ));
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,5 +328,30 @@ mod tests {
                 "{bad:?}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn show_layouts() {
+        let rec = McdRecord {
+            domain: "example.com".into(),
+            distributed: false,
+            server: "10.0.0.5".into(),
+            mdahost: "store1".into(),
+            port: 3306,
+            use_ssl: false,
+            database: "indimail".into(),
+            user: "im".into(),
+            password: "pw".into(),
+        };
+        let f = Path::new("/h/control/mcdinfo");
+        let long = format_records(std::slice::from_ref(&rec), f, false);
+        assert!(long.starts_with(
+            "domain         example.com - Non Distributed\nsqlserver[001] 10.0.0.5\nmda host       store1\n"
+        ));
+        assert!(long.ends_with("DBINFO Method  DBINFO\n--------------------------\n"));
+        assert_eq!(
+            format_records(&[rec], f, true),
+            "DBINFO  example.com 0 10.0.0.5 store1 3306 0 indimail im /h/control/mcdinfo pw \n"
+        );
     }
 }

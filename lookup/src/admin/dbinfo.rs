@@ -9,10 +9,11 @@
 
 use std::path::Path;
 
-use crate::admin::rewrite_file;
+use super::files::rewrite_file;
+use super::Admin;
 use crate::mcdinfo::{self, McdRecord};
 use crate::sql::params;
-use crate::{Admin, LookupError};
+use crate::LookupError;
 
 /// What `dbinfo -u` changes in a record; `None` keeps the value.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -34,7 +35,7 @@ pub struct McdChange {
 }
 
 /// The MCD file's records (none when it does not exist).
-pub fn read_mcd_file(file: &Path) -> Result<Vec<McdRecord>, LookupError> {
+fn read_mcd_file(file: &Path) -> Result<Vec<McdRecord>, LookupError> {
     match std::fs::read_to_string(file) {
         Ok(text) => mcdinfo::parse(&text, file),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
@@ -203,75 +204,5 @@ impl Admin {
         // It holds the databases' passwords.
         crate::fsmode::restrict_mode(file, 0o640).map_err(|e| LookupError::io(file, e))?;
         self.db.bump_changes().await
-    }
-}
-
-/// `dbinfo -s` in IndiMail's layout (without the live connection's lines: client and
-/// server versions, protocol, `MySQL Stat`), or with `rows` its one-line-per-record form
-/// (`-l`).
-pub fn format_records(records: &[McdRecord], file: &Path, rows: bool) -> String {
-    let mut s = String::new();
-    for (i, r) in records.iter().enumerate() {
-        if rows {
-            // IndiMail's -l line: the fields with the file's name before the password.
-            let v = r.values();
-            s.push_str(&format!(
-                "DBINFO  {} {} {} \n",
-                v[..8].join(" "),
-                file.display(),
-                v[8]
-            ));
-            continue;
-        }
-        s.push_str(&format!(
-            "domain         {} - {}\nsqlserver[{:03}] {}\nmda host       {}\nTCP/IP Port    {}\n\
-             Use SSL        {}\ndatabase       {}\nuser           {}\npassword       {}\n\
-             DBINFO Method  DBINFO\n--------------------------\n",
-            r.domain,
-            if r.distributed {
-                "Distributed"
-            } else {
-                "Non Distributed"
-            },
-            i + 1,
-            r.server,
-            r.mdahost,
-            r.port,
-            if r.use_ssl { "Yes" } else { "No" },
-            r.database,
-            r.user,
-            r.password
-        ));
-    }
-    s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn show_layouts() {
-        let rec = McdRecord {
-            domain: "example.com".into(),
-            distributed: false,
-            server: "10.0.0.5".into(),
-            mdahost: "store1".into(),
-            port: 3306,
-            use_ssl: false,
-            database: "indimail".into(),
-            user: "im".into(),
-            password: "pw".into(),
-        };
-        let f = Path::new("/h/control/mcdinfo");
-        let long = format_records(std::slice::from_ref(&rec), f, false);
-        assert!(long.starts_with(
-            "domain         example.com - Non Distributed\nsqlserver[001] 10.0.0.5\nmda host       store1\n"
-        ));
-        assert!(long.ends_with("DBINFO Method  DBINFO\n--------------------------\n"));
-        assert_eq!(
-            format_records(&[rec], f, true),
-            "DBINFO  example.com 0 10.0.0.5 store1 3306 0 indimail im /h/control/mcdinfo pw \n"
-        );
     }
 }
