@@ -111,6 +111,22 @@ pub(crate) async fn aliases(db: &Db, name: &str, domain: &str) -> Result<Vec<Str
         .collect())
 }
 
+/// The host of `name@domain`'s hostcntrl row (`*` for the domain's default row).
+pub(crate) async fn hostcntrl_host(
+    db: &Db,
+    name: &str,
+    domain: &str,
+) -> Result<Option<String>, LookupError> {
+    Ok(db
+        .query(
+            "SELECT host FROM hostcntrl WHERE pw_name = ? AND pw_domain = ?",
+            params![name, domain],
+        )
+        .await?
+        .first()
+        .map(|r| r.text(0)))
+}
+
 /// hostcntrl (user row, else the domain's `*` row) → host_table → smtp_port.
 pub(crate) async fn host_of(
     db: &Db,
@@ -119,14 +135,8 @@ pub(crate) async fn host_of(
 ) -> Result<Option<MailStore>, LookupError> {
     let mut host = None;
     for who in [name, "*"] {
-        let rows = db
-            .query(
-                "SELECT host FROM hostcntrl WHERE pw_name = ? AND pw_domain = ?",
-                params![who, domain],
-            )
-            .await?;
-        if let Some(r) = rows.first() {
-            host = Some(r.text(0));
+        host = hostcntrl_host(db, who, domain).await?;
+        if host.is_some() {
             break;
         }
     }

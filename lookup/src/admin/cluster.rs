@@ -47,15 +47,7 @@ impl Admin {
     /// hostcntrl -i: place `email` (or `*@domain`) on `host`.
     pub async fn hostcntrl_add(&self, email: &str, host: &str) -> Result<(), LookupError> {
         let (u, d) = self.host_key(email)?;
-        let exists = !self
-            .db
-            .query(
-                "SELECT host FROM hostcntrl WHERE pw_name = ? AND pw_domain = ?",
-                params![&u, &d],
-            )
-            .await?
-            .is_empty();
-        if exists {
+        if queries::hostcntrl_host(&self.db, &u, &d).await?.is_some() {
             return Err(LookupError::HostExists(format!("{u}@{d}")));
         }
         self.db
@@ -78,15 +70,7 @@ impl Admin {
             )
             .await?;
         // MySQL counts changed rows, not matched ones: a move to the same host is 0.
-        let found = n > 0
-            || !self
-                .db
-                .query(
-                    "SELECT host FROM hostcntrl WHERE pw_name = ? AND pw_domain = ?",
-                    params![&u, &d],
-                )
-                .await?
-                .is_empty();
+        let found = n > 0 || queries::hostcntrl_host(&self.db, &u, &d).await?.is_some();
         if !found {
             return Err(LookupError::HostNotFound(format!("{u}@{d}")));
         }
@@ -260,15 +244,7 @@ impl Admin {
             return Err(LookupError::HostNotFound(host.to_string()));
         }
         let (u, d) = self.host_key(email)?;
-        let before = self
-            .db
-            .query(
-                "SELECT host FROM hostcntrl WHERE pw_name = ? AND pw_domain = ?",
-                params![&u, &d],
-            )
-            .await?
-            .first()
-            .map(|r| r.text(0));
+        let before = queries::hostcntrl_host(&self.db, &u, &d).await?;
         match &before {
             Some(h) if h == host => {}
             Some(_) => self.hostcntrl_mod(email, host).await?,

@@ -33,6 +33,18 @@ pub struct UserOptions {
     pub base_path: Option<PathBuf>,
 }
 
+impl UserOptions {
+    /// The options that say how the password is stored.
+    fn password_options(&self) -> PasswordOptions {
+        PasswordOptions {
+            hash: self.hash,
+            encrypted: self.encrypted,
+            cram: self.cram,
+            scram: self.scram.clone(),
+        }
+    }
+}
+
 /// Options of a password change.
 #[derive(Debug, Clone, Default)]
 pub struct PasswordOptions {
@@ -101,11 +113,10 @@ impl Admin {
     pub(super) fn stored_secrets(
         &self,
         password: &str,
-        hash: Option<HashMethod>,
-        encrypted: bool,
-        cram: bool,
-        scram: Option<&ScramOptions>,
+        opts: &PasswordOptions,
     ) -> Result<(String, Option<String>), LookupError> {
+        let (hash, encrypted, cram) = (opts.hash, opts.encrypted, opts.cram);
+        let scram = opts.scram.as_ref();
         let scram = match scram {
             None => None,
             Some(_) if encrypted => {
@@ -208,13 +219,7 @@ impl Admin {
             .clone()
             .unwrap_or_else(|| addr.user().to_string());
         check_gecos(&gecos)?;
-        let (stored, scram) = self.stored_secrets(
-            password,
-            opts.hash,
-            opts.encrypted,
-            opts.cram,
-            opts.scram.as_ref(),
-        )?;
+        let (stored, scram) = self.stored_secrets(password, &opts.password_options())?;
         let quota = match opts.quota {
             Some(q) => q,
             None => self.default_quota(&domain).await?,
@@ -265,13 +270,7 @@ impl Admin {
             }
             return Err(e);
         }
-        self.db
-            .on(&domain)
-            .exec(
-                "UPDATE dir_control SET cur_users = cur_users + 1 WHERE domain = ?",
-                params![&domain],
-            )
-            .await?;
+        self.count_user(&domain, true).await?;
         self.lastauth(addr.user(), &domain, "add", &gecos).await?;
         self.db.bump_changes().await?;
         self.user_info(&addr.to_string()).await
@@ -312,12 +311,7 @@ impl Admin {
         ] {
             self.db.on(d).exec(sql, params![u, d]).await?;
         }
-        self.db
-            .on(d).exec(
-                "UPDATE dir_control SET cur_users = cur_users - 1 WHERE domain = ? AND cur_users > 0",
-                params![d],
-            )
-            .await?;
+        self.count_user(d, false).await?;
         // Only remove a home that lies under a mailbox base we manage: pw_dir comes from the
         // database and must not make us delete arbitrary paths.
         if user.dir.components().count() > 2 && user.dir.ends_with(u) {
@@ -338,13 +332,7 @@ impl Admin {
         opts: PasswordOptions,
     ) -> Result<(), LookupError> {
         let (addr, user) = self.find_user(email).await?;
-        let (stored, scram) = self.stored_secrets(
-            password,
-            opts.hash,
-            opts.encrypted,
-            opts.cram,
-            opts.scram.as_ref(),
-        )?;
+        let (stored, scram) = self.stored_secrets(password, &opts)?;
         queries::set_password(
             &self.db,
             user.active,
@@ -431,13 +419,7 @@ impl Admin {
                 .await?;
         }
         if let Some((pw, opts)) = &change.password {
-            let (stored, scram) = self.stored_secrets(
-                pw,
-                opts.hash,
-                opts.encrypted,
-                opts.cram,
-                opts.scram.as_ref(),
-            )?;
+            let (stored, scram) = self.stored_secrets(pw, opts)?;
             self.db
                 .on(d).exec(
                     &format!(
@@ -449,6 +431,20 @@ impl Admin {
         }
         self.db.bump_changes().await?;
         self.user_info(&addr.to_string()).await
+    }
+
+    /// One user more (`added`) or less in the domain's `dir_control` count (never below 0).
+    async fn count_user(&self, domain: &str, added: bool) -> Result<(), LookupError> {
+        let sql = if added {
+            "UPDATE dir_control SET cur_users = cur_users + 1 WHERE domain = ?"
+        } else {
+            "UPDATE dir_control SET cur_users = cur_users - 1 WHERE domain = ? AND cur_users > 0"
+        };
+        self.db
+            .on(domain)
+            .exec(sql, params![domain])
+            .await
+            .map(|_| ())
     }
 
     /// A page of users ordered by (domain, name), after `after`; for streaming listings.
@@ -579,19 +575,8 @@ impl Admin {
                 .await?;
         }
         if od != nd {
-            self.db
-                .on(od).exec(
-                    "UPDATE dir_control SET cur_users = cur_users - 1 WHERE domain = ? AND cur_users > 0",
-                    params![od],
-                )
-                .await?;
-            self.db
-                .on(&nd)
-                .exec(
-                    "UPDATE dir_control SET cur_users = cur_users + 1 WHERE domain = ?",
-                    params![&nd],
-                )
-                .await?;
+            self.count_user(od, false).await?;
+            self.count_user(&nd, true).await?;
         }
         self.db.bump_changes().await?;
         self.user_info(&na.to_string()).await
