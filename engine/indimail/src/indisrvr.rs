@@ -829,7 +829,7 @@ mod tests {
         for p in lookup::cli::PROGRAMS.iter().filter(|p| **p != "dbinfo") {
             assert_eq!(
                 implemented(p),
-                PROGRAMS.contains(&p),
+                PROGRAMS.contains(p),
                 "{p}: whitelisted and implemented must agree"
             );
         }
