@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cache::CachePolicy;
+use crate::mcdinfo::{self, McdRecord};
 use crate::password::HashMethod;
 use crate::LookupError;
 
@@ -85,6 +86,21 @@ impl MysqlConfig {
     }
 }
 
+impl McdRecord {
+    /// How to reach this record's database.
+    pub fn mysql(&self) -> MysqlConfig {
+        MysqlConfig {
+            host: self.server.clone(),
+            user: self.user.clone(),
+            password: self.password.clone(),
+            socket: None,
+            port: self.port,
+            ssl: self.use_ssl,
+            database: self.database.clone(),
+        }
+    }
+}
+
 /// Which store holds the directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendConfig {
@@ -130,6 +146,16 @@ pub struct DirectoryConfig {
     /// number of shards (`control/mysqlconnections`, `MYSQL_CONNECTIONS`; default
     /// [`DEFAULT_MYSQL_CONNECTIONS`]). See `db.rs` for why one pool per process.
     pub mysql_connections: usize,
+    /// The MCD file (`control/mcdinfo`, or `MCDFILE`: a name in the control directory or a
+    /// path starting with `/` or `.`).
+    pub mcdinfo: PathBuf,
+    /// This host's names, matched against an MCD record's `mdahost`: `control/hostid`, then
+    /// `control/me` (each when present).
+    pub host_names: Vec<String>,
+    /// Domains whose database is not `host.mysql`: each listed domain's MCD record for this
+    /// host (see [`mcdinfo::route_for`]). Their directory queries and admin writes go to that
+    /// server; every other domain stays on `host.mysql`/`host.master`.
+    pub domain_servers: Vec<McdRecord>,
 }
 
 /// Default of [`DirectoryConfig::mysql_connections`]: inlookup's installer runs 5 instances,
@@ -189,6 +215,10 @@ impl DirectoryConfig {
         if let Some(n) = env("MYSQL_CONNECTIONS") {
             cfg.mysql_connections = connections(&n, Path::new("$MYSQL_CONNECTIONS"))?;
         }
+        if let Some(f) = env("MCDFILE") {
+            cfg.mcdinfo = mcd_path(&cfg.control_dir, &f);
+            cfg.load_domain_servers()?;
+        }
         Ok(cfg)
     }
 
@@ -232,7 +262,16 @@ impl DirectoryConfig {
             })?,
             Err(_) => HashMethod::default(),
         };
-        Ok(DirectoryConfig {
+        let host_names = ["hostid", "me"]
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(control_dir.join(f)).ok())
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect();
+        let mut cfg = DirectoryConfig {
+            mcdinfo: control_dir.join(mcdinfo::MCDINFO_FILE),
+            host_names,
+            domain_servers: Vec::new(),
             home: home.to_path_buf(),
             domains_dir: home.join("domains"),
             control_dir,
@@ -246,7 +285,60 @@ impl DirectoryConfig {
             master,
             cntrl,
             mysql_connections,
-        })
+        };
+        cfg.load_domain_servers()?;
+        Ok(cfg)
+    }
+
+    /// Read the MCD file (absent: no domain is routed) into [`Self::domain_servers`].
+    fn load_domain_servers(&mut self) -> Result<(), LookupError> {
+        let records = match std::fs::read_to_string(&self.mcdinfo) {
+            Ok(text) => mcdinfo::parse(&text, &self.mcdinfo)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(LookupError::io(&self.mcdinfo, e)),
+        };
+        let mut domains: Vec<&str> = records.iter().map(|r| r.domain.as_str()).collect();
+        domains.sort_unstable();
+        domains.dedup();
+        self.domain_servers = domains
+            .iter()
+            .filter_map(|d| mcdinfo::route_for(&records, d, &self.host_names))
+            .cloned()
+            .collect();
+        if let Some(r) = self.domain_servers.iter().find(|r| r.use_ssl) {
+            return Err(LookupError::Config {
+                file: self.mcdinfo.clone(),
+                line: 0,
+                reason: format!(
+                    "use_ssl 1 for {}: this build connects to MySQL without TLS; use 0",
+                    r.domain
+                ),
+            });
+        }
+        if !self.domain_servers.is_empty() && matches!(self.backend, BackendConfig::Sqlite(_)) {
+            return Err(LookupError::Config {
+                file: self.mcdinfo.clone(),
+                line: 0,
+                reason: "routing domains to database servers needs the directory in MySQL too (host.mysql)"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The database server of `domain` when the MCD file routes it elsewhere.
+    pub fn domain_server(&self, domain: &str) -> Option<&McdRecord> {
+        self.domain_servers.iter().find(|r| r.domain == domain)
+    }
+}
+
+/// `MCDFILE` as IndiMail resolves it: a path when it starts with `/` or `.`, else a name in
+/// the control directory.
+pub(crate) fn mcd_path(control_dir: &Path, name: &str) -> PathBuf {
+    if name.starts_with('/') || name.starts_with('.') {
+        PathBuf::from(name)
+    } else {
+        control_dir.join(name)
     }
 }
 
@@ -272,6 +364,40 @@ mod tests {
         assert!(e.to_string().starts_with("host.mysql:2:"), "{e}");
         assert!(MysqlConfig::parse("", p).is_err());
         assert!(MysqlConfig::parse("h:u:p:1:ssl", p).is_err());
+    }
+
+    #[test]
+    fn mcdinfo_routes_this_hosts_domains() {
+        let t = tempfile::tempdir().unwrap();
+        let ctl = t.path().join("control");
+        std::fs::create_dir_all(&ctl).unwrap();
+        let open = || DirectoryConfig::with_paths(t.path(), ctl.clone(), t.path().join("mail"));
+        let mcd = "domain a.example 1\nserver db1\nmdahost store1\n\n\
+                   domain a.example 1\nserver db2\nmdahost store2\n\n\
+                   domain b.example\nserver db3\nmdahost store9\n";
+        std::fs::write(ctl.join("mcdinfo"), mcd).unwrap();
+        let e = open().unwrap_err().to_string();
+        assert!(e.contains("needs the directory in MySQL"), "{e}");
+        std::fs::write(ctl.join("host.mysql"), "127.0.0.1\n").unwrap();
+        std::fs::write(ctl.join("hostid"), "store2\n").unwrap();
+        let c = open().unwrap();
+        let server = |d: &str| c.domain_server(d).map(|r| r.server.clone());
+        assert_eq!(server("a.example").as_deref(), Some("db2"));
+        assert_eq!(server("b.example").as_deref(), Some("db3"));
+        assert_eq!(server("c.example"), None);
+        std::fs::write(
+            ctl.join("mcdinfo"),
+            "domain a.example\nserver db1\nmdahost m\nuse_ssl 1\n",
+        )
+        .unwrap();
+        let e = open().unwrap_err().to_string();
+        assert!(e.contains("without TLS"), "{e}");
+        std::fs::write(ctl.join("mcdinfo"), "domain a.example\nserver db1\n").unwrap();
+        let e = open().unwrap_err().to_string();
+        assert!(
+            e.contains("mcdinfo:1: domain a.example has no mdahost"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -19,96 +19,45 @@ use std::time::Duration;
 use crate::config::{BackendConfig, DirectoryConfig};
 use crate::mysql::{MysqlDb, Reads};
 use crate::schema::{self, Dialect};
+use crate::sql::{params, Row, SqlValue};
 use crate::LookupError;
 
-/// One SQL value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum SqlValue {
-    Null,
-    Int(i64),
-    Text(String),
-}
-
-impl From<&str> for SqlValue {
-    fn from(s: &str) -> Self {
-        SqlValue::Text(s.to_string())
-    }
-}
-impl From<String> for SqlValue {
-    fn from(s: String) -> Self {
-        SqlValue::Text(s)
-    }
-}
-impl From<&String> for SqlValue {
-    fn from(s: &String) -> Self {
-        SqlValue::Text(s.clone())
-    }
-}
-impl From<Option<String>> for SqlValue {
-    fn from(s: Option<String>) -> Self {
-        s.map_or(SqlValue::Null, SqlValue::Text)
-    }
-}
-impl From<&Option<String>> for SqlValue {
-    fn from(s: &Option<String>) -> Self {
-        s.clone().into()
-    }
-}
-impl From<i64> for SqlValue {
-    fn from(n: i64) -> Self {
-        SqlValue::Int(n)
-    }
-}
-impl From<u32> for SqlValue {
-    fn from(n: u32) -> Self {
-        SqlValue::Int(i64::from(n))
-    }
-}
-impl From<i32> for SqlValue {
-    fn from(n: i32) -> Self {
-        SqlValue::Int(i64::from(n))
-    }
-}
-
-/// Build a parameter vector: `params![a, b]`.
-macro_rules! params {
-    ($($v:expr),* $(,)?) => { vec![$($crate::db::SqlValue::from($v)),*] };
-}
-pub(crate) use params;
-
-/// One result row.
-#[derive(Debug, Clone)]
-pub(crate) struct Row(pub(crate) Vec<SqlValue>);
-
-impl Row {
-    pub(crate) fn text(&self, i: usize) -> String {
-        match self.0.get(i) {
-            Some(SqlValue::Text(s)) => s.clone(),
-            Some(SqlValue::Int(n)) => n.to_string(),
-            _ => String::new(),
-        }
-    }
-
-    pub(crate) fn opt_text(&self, i: usize) -> Option<String> {
-        match self.0.get(i) {
-            Some(SqlValue::Text(s)) if !s.is_empty() => Some(s.clone()),
-            _ => None,
-        }
-    }
-
-    pub(crate) fn int(&self, i: usize) -> i64 {
-        match self.0.get(i) {
-            Some(SqlValue::Int(n)) => *n,
-            Some(SqlValue::Text(s)) => s.trim().parse().unwrap_or(0),
-            _ => 0,
-        }
-    }
-}
-
-/// The store, and the clusterinfo database when `host.cntrl` names one.
+/// The store, the clusterinfo database when `host.cntrl` names one, and the database
+/// servers the MCD file names for some domains.
 pub(crate) struct Db {
     store: Store,
     cntrl: Option<MysqlDb>,
+    /// (domain, its server): the domains `control/mcdinfo` routes away from the store.
+    routed: Vec<(String, MysqlDb)>,
+}
+
+/// Where one domain's statements go: its MCD server, else the store (clusterinfo tables
+/// always go to the clusterinfo server). Obtained with [`Db::on`].
+pub(crate) struct Route<'a> {
+    db: &'a Db,
+    server: Option<&'a MysqlDb>,
+}
+
+impl Route<'_> {
+    /// Run a query returning rows.
+    pub(crate) async fn query(
+        &self,
+        sql: &str,
+        params: Vec<SqlValue>,
+    ) -> Result<Vec<Row>, LookupError> {
+        match self.server.filter(|_| !names_cluster_table(sql)) {
+            Some(s) => s.query(sql, params).await,
+            None => self.db.query(sql, params).await,
+        }
+    }
+
+    /// Run a statement; returns the number of rows changed.
+    pub(crate) async fn exec(&self, sql: &str, params: Vec<SqlValue>) -> Result<u64, LookupError> {
+        match self.server.filter(|_| !names_cluster_table(sql)) {
+            Some(s) => s.exec(sql, params).await,
+            None => self.db.exec(sql, params).await,
+        }
+    }
 }
 
 enum Store {
@@ -164,7 +113,26 @@ impl Db {
             Some(c) => Some(MysqlDb::open("cntrl", c, None, reads, conns, timeout).await?),
             None => None,
         };
-        let db = Db { store, cntrl };
+        let mut routed = Vec::new();
+        for rec in &cfg.domain_servers {
+            // A routed server that is down must not keep the other domains from opening:
+            // its domain answers "temporary failure" until it is back.
+            let server = rec.mysql();
+            let db = match MysqlDb::open("dbinfo", &server, None, reads, conns, timeout).await {
+                Ok(db) => {
+                    ensure_tables(&db).await?;
+                    db
+                }
+                Err(e) if e.is_temporary() => MysqlDb::unopened("dbinfo", &server, conns, timeout)?,
+                Err(e) => return Err(e),
+            };
+            routed.push((rec.domain.clone(), db));
+        }
+        let db = Db {
+            store,
+            cntrl,
+            routed,
+        };
         if let Store::Mysql(m) = &db.store {
             if m.master_down() {
                 return Ok(db);
@@ -172,6 +140,52 @@ impl Db {
         }
         db.ensure_schema().await?;
         Ok(db)
+    }
+
+    /// Where `domain`'s statements go.
+    pub(crate) fn on(&self, domain: &str) -> Route<'_> {
+        Route {
+            db: self,
+            server: self
+                .routed
+                .iter()
+                .find(|(d, _)| d.eq_ignore_ascii_case(domain))
+                .map(|(_, s)| s),
+        }
+    }
+
+    /// Does the MCD file send some domain to a server of its own? (Listings then merge
+    /// rows from several servers and sort them here.)
+    pub(crate) fn routes_domains(&self) -> bool {
+        !self.routed.is_empty()
+    }
+
+    /// Are `a`'s and `b`'s rows kept in the same database?
+    pub(crate) fn same_server(&self, a: &str, b: &str) -> bool {
+        match (self.on(a).server, self.on(b).server) {
+            (None, None) => true,
+            (Some(x), Some(y)) => std::ptr::eq(x, y) || x.same_pool(y),
+            _ => false,
+        }
+    }
+
+    /// A query run on the store and on every routed server (listings of all domains),
+    /// rows in that order. A routed server that is down is left out, so one database
+    /// outage does not hide every other domain.
+    pub(crate) async fn query_everywhere(
+        &self,
+        sql: &str,
+        params: Vec<SqlValue>,
+    ) -> Result<Vec<Row>, LookupError> {
+        let mut rows = self.query(sql, params.clone()).await?;
+        for (_, s) in &self.routed {
+            match s.query(sql, params.clone()).await {
+                Ok(r) => rows.extend(r),
+                Err(e) if e.is_temporary() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(rows)
     }
 
     /// A read that must see the master when there is one (the schema's own rows).
@@ -227,7 +241,7 @@ impl Db {
         Ok(())
     }
 
-    /// Run a query returning rows.
+    /// Run a query returning rows (on the store: for a domain's rows use [`Db::on`]).
     pub(crate) async fn query(
         &self,
         sql: &str,
@@ -276,6 +290,16 @@ impl Db {
     /// Let go of the connections (MySQL's pool thread closes them, sending COM_QUIT, when
     /// the process's last handle on the server is gone).
     pub(crate) async fn close(self) {}
+}
+
+/// The directory's own tables (not the clusterinfo ones) on a domain's MCD server.
+async fn ensure_tables(db: &MysqlDb) -> Result<(), LookupError> {
+    for stmt in schema::create_statements(Dialect::Mysql) {
+        if !names_cluster_table(&stmt) {
+            db.exec(&stmt, vec![]).await?;
+        }
+    }
+    Ok(())
 }
 
 impl SqliteDb {

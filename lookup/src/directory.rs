@@ -24,10 +24,11 @@ use tokio::sync::Notify;
 use crate::cache::{Cache, CacheStats, Clock, Lookup, SystemClock, Ticket};
 use crate::catchall::Handler;
 use crate::config::DirectoryConfig;
-use crate::db::{params, Db};
+use crate::db::Db;
 use crate::model::{
     normalize_domain, Address, AuthResult, LastAuth, Limits, MailStore, User, UserFlags, UserStatus,
 };
+use crate::sql::params;
 use crate::{password, queries, LookupError};
 
 /// Where background work runs.
@@ -613,6 +614,7 @@ impl Directory {
         let changed = self
             .inner
             .db
+            .on(real.as_str())
             .exec(sql, params![bit, addr.user(), real.as_str(), bit])
             .await?;
         if changed == 0 {
@@ -708,7 +710,7 @@ impl Directory {
         };
         self.inner
             .db
-            .exec(
+            .on(user.domain.as_str()).exec(
                 &format!(
                     "REPLACE INTO lastauth (user, domain, service, remote_ip, quota, gecos, timestamp) \
                      VALUES (?, ?, ?, ?, 0, ?, {ts})"
@@ -740,6 +742,7 @@ impl Directory {
         Ok(self
             .inner
             .db
+            .on(&domain)
             .query(
                 &format!(
                     "SELECT service, remote_ip, {ts} FROM lastauth WHERE user = ? AND domain = ? \

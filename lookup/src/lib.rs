@@ -24,17 +24,21 @@
 //!   vmoduser, valias, hostcntrl, vsetuserquota, vlimit), which also maintain the domain
 //!   dirs, Maildirs and control files (`rcpthosts`, `morercpthosts`, `virtualdomains`).
 //! * [`sqllist`] — the MySQL tables behind IndiMail's `.sql` list variants (`badmailfrom.sql`).
-//! * [`cli`] — the `indimail domain|user|alias|hostcntrl|checkpassword` subcommands and the
+//! * [`cli`] — the `indimail domain|user|alias|hostcntrl|dbinfo|checkpassword` subcommands and the
 //!   IndiMail program names (`vadddomain`, `vadduser`, ...) for the `indimail` binary.
 //!
 //! * Clustered directories (spec 4.1): `control/host.master` beside `host.mysql` (lookups read
 //!   the local replica, writes go to the master, each read falls back to the other server) and
 //!   `control/host.cntrl` (the clusterinfo tables on a central server), with one bounded pool
 //!   per database server and process, whatever the number of shards (`mysql.rs`).
+//! * Each domain's database server (spec 4.1): [`mcdinfo`] parses and writes IndiMail's MCD
+//!   file `control/mcdinfo`; its domains' queries and admin writes go to their own server
+//!   (`db.rs`, `Db::on`), and [`Admin::dbinfo_insert`] and its siblings are the `dbinfo`
+//!   command's side (file and table).
 //!
 //! What it does not do: deliver mail, speak SMTP/IMAP, serve inlookup's FIFO protocol, build
 //! `morercpthosts.cdb`, send HUP to other processes, or run IndiMail's cluster sync
-//! (`hostsync`, `dbinfo`/MCD). MySQL is reached without TLS (`ssl` in `host.mysql` is refused
+//! (`hostsync`, nor the MCD file's sync from a newer `dbinfo` table). MySQL is reached without TLS (`ssl` in `host.mysql` is refused
 //! with a clear error). Over-quota status is the BOUNCE_MAIL flag set by delivery; the
 //! directory does not read `maildirsize`.
 
@@ -51,17 +55,19 @@ mod db;
 mod directory;
 mod error;
 pub mod fsmode;
+pub mod mcdinfo;
 mod model;
 mod mysql;
 pub mod password;
 mod queries;
 mod schema;
+mod sql;
 pub mod sqllist;
 
 pub use admin::{
     hash_dir, unix_now, Admin, ClusterHost, DomainChange, DomainInfo, DomainOptions,
-    DomainSettings, HostEntry, PasswordOptions, ScramOptions, StaleUser, UserChange, UserOptions,
-    DEFAULT_HARD_QUOTA, DEFAULT_USERS_PER_LEVEL, RCPTHOSTS_MAX,
+    DomainSettings, HostEntry, McdChange, PasswordOptions, ScramOptions, StaleUser, UserChange,
+    UserOptions, DEFAULT_HARD_QUOTA, DEFAULT_USERS_PER_LEVEL, RCPTHOSTS_MAX,
 };
 pub use cache::{Cache, CachePolicy, CacheStats, Clock, Lookup, ManualClock, SystemClock};
 pub use config::{BackendConfig, DirectoryConfig, MysqlConfig, DEFAULT_MYSQL_CONNECTIONS};

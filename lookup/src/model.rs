@@ -11,8 +11,7 @@ use crate::LookupError;
 pub const MAX_USER_LEN: usize = 40;
 /// Width of `pw_domain` (char(67)).
 pub const MAX_DOMAIN_LEN: usize = 67;
-/// Width of `pw_passwd` (char(128)).
-pub const MAX_PASSWD_LEN: usize = 128;
+pub use crate::password::MAX_PASSWD_LEN;
 /// Width of `pw_gecos` (char(48)).
 pub const MAX_GECOS_LEN: usize = 48;
 /// Width of `pw_dir` (char(156)).

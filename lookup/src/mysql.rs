@@ -34,7 +34,7 @@ use mysql_async::prelude::Queryable;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::MysqlConfig;
-use crate::db::{Row, SqlValue};
+use crate::sql::{Row, SqlValue};
 use crate::LookupError;
 
 /// How long a server that failed to answer is left alone (the first time).
@@ -456,6 +456,26 @@ impl MysqlDb {
         }
         db.query("SELECT 1", vec![]).await?;
         Ok(db)
+    }
+
+    /// A lone server, not contacted yet (it was down when the directory opened): its
+    /// queries answer "temporary failure" until it is back.
+    pub(crate) fn unopened(
+        role: &str,
+        cfg: &MysqlConfig,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<MysqlDb, LookupError> {
+        Ok(MysqlDb {
+            master: Server::new(role, cfg, max, timeout)?,
+            replica: None,
+            reads: Reads::Master,
+        })
+    }
+
+    /// Do both reach the same database (one pool)?
+    pub(crate) fn same_pool(&self, other: &MysqlDb) -> bool {
+        Arc::ptr_eq(&self.master.pool, &other.master.pool)
     }
 
     /// Is the master there to be written? (Schema creation is skipped when it is not.)

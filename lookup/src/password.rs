@@ -12,8 +12,10 @@ use std::io::Read;
 
 use yescrypt::{PasswordHasher, PasswordVerifier};
 
-use crate::model::MAX_PASSWD_LEN;
 use crate::LookupError;
+
+/// Width of `pw_passwd` (char(128)).
+pub const MAX_PASSWD_LEN: usize = 128;
 
 /// Marker of the clear-text-for-CRAM form.
 pub const CRAM_PREFIX: &str = "{CRAM}";

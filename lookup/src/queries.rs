@@ -2,8 +2,9 @@
 
 use std::path::PathBuf;
 
-use crate::db::{params, Db, Row};
+use crate::db::Db;
 use crate::model::{Limits, MailStore, Quota, User, UserFlags};
+use crate::sql::{params, Row};
 use crate::LookupError;
 
 pub(crate) const USER_COLUMNS: &str =
@@ -37,17 +38,21 @@ pub(crate) async fn set_password(
     scram: Option<&str>,
 ) -> Result<u64, LookupError> {
     let table = if active { "indimail" } else { "indibak" };
-    db.exec(
-        &format!("UPDATE {table} SET pw_passwd = ?, scram = ? WHERE pw_name = ? AND pw_domain = ?"),
-        params![stored, scram.map(str::to_string), name, domain],
-    )
-    .await
+    db.on(domain)
+        .exec(
+            &format!(
+                "UPDATE {table} SET pw_passwd = ?, scram = ? WHERE pw_name = ? AND pw_domain = ?"
+            ),
+            params![stored, scram.map(str::to_string), name, domain],
+        )
+        .await
 }
 
 /// The user, from `indimail` (active) or else `indibak` (inactive).
 pub(crate) async fn user(db: &Db, name: &str, domain: &str) -> Result<Option<User>, LookupError> {
     for (table, active) in [("indimail", true), ("indibak", false)] {
         let rows = db
+            .on(domain)
             .query(
                 &format!("SELECT {USER_COLUMNS} FROM {table} WHERE pw_name = ? AND pw_domain = ?"),
                 params![name, domain],
@@ -63,6 +68,7 @@ pub(crate) async fn user(db: &Db, name: &str, domain: &str) -> Result<Option<Use
 /// Is `domain` a virtual domain (a `dir_control` row, written by `domain add`)?
 pub(crate) async fn domain_exists(db: &Db, domain: &str) -> Result<bool, LookupError> {
     Ok(!db
+        .on(domain)
         .query(
             "SELECT domain FROM dir_control WHERE domain = ?",
             params![domain],
@@ -94,6 +100,7 @@ pub(crate) async fn real_domain(db: &Db, domain: &str) -> Result<Option<String>,
 /// valias lines of `name@domain`.
 pub(crate) async fn aliases(db: &Db, name: &str, domain: &str) -> Result<Vec<String>, LookupError> {
     Ok(db
+        .on(domain)
         .query(
             "SELECT valias_line FROM valias WHERE alias = ? AND domain = ? ORDER BY valias_line",
             params![name, domain],
@@ -104,6 +111,22 @@ pub(crate) async fn aliases(db: &Db, name: &str, domain: &str) -> Result<Vec<Str
         .collect())
 }
 
+/// The host of `name@domain`'s hostcntrl row (`*` for the domain's default row).
+pub(crate) async fn hostcntrl_host(
+    db: &Db,
+    name: &str,
+    domain: &str,
+) -> Result<Option<String>, LookupError> {
+    Ok(db
+        .query(
+            "SELECT host FROM hostcntrl WHERE pw_name = ? AND pw_domain = ?",
+            params![name, domain],
+        )
+        .await?
+        .first()
+        .map(|r| r.text(0)))
+}
+
 /// hostcntrl (user row, else the domain's `*` row) → host_table → smtp_port.
 pub(crate) async fn host_of(
     db: &Db,
@@ -112,14 +135,8 @@ pub(crate) async fn host_of(
 ) -> Result<Option<MailStore>, LookupError> {
     let mut host = None;
     for who in [name, "*"] {
-        let rows = db
-            .query(
-                "SELECT host FROM hostcntrl WHERE pw_name = ? AND pw_domain = ?",
-                params![who, domain],
-            )
-            .await?;
-        if let Some(r) = rows.first() {
-            host = Some(r.text(0));
+        host = hostcntrl_host(db, who, domain).await?;
+        if host.is_some() {
             break;
         }
     }
@@ -173,7 +190,7 @@ pub(crate) async fn relay_allowed(db: &Db, ip: &str, since: i64) -> Result<bool,
 /// The `vlimits` row of `domain`.
 pub(crate) async fn limits(db: &Db, domain: &str) -> Result<Option<Limits>, LookupError> {
     let rows = db
-        .query(
+        .on(domain).query(
             "SELECT domain, domain_expiry, passwd_expiry, maxpopaccounts, maxaliases, maxforwards, \
              maxautoresponders, maxmailinglists, diskquota, maxmsgcount, defaultquota, \
              defaultmaxmsgcount, disable_pop, disable_imap, disable_dialup, \
@@ -222,7 +239,7 @@ pub(crate) async fn atrn_domains(
     domain: &str,
 ) -> Result<Vec<String>, LookupError> {
     let rows = db
-        .query(
+        .on(domain).query(
             "SELECT domain_list FROM atrn_map WHERE pw_name = ? AND pw_domain = ? ORDER BY domain_list",
             params![name, domain],
         )

@@ -218,6 +218,27 @@ const TABLES: &[Table] = &[
         timestamp: true,
     },
     Table {
+        name: "dbinfo",
+        columns: &[
+            "filename char(128) NOT NULL",
+            "domain char(64) NOT NULL",
+            "distributed int NOT NULL",
+            "server char(28) NOT NULL",
+            "mdahost char(28) NOT NULL",
+            "port int NOT NULL",
+            "use_ssl int NOT NULL",
+            "dbname char(28) NOT NULL",
+            "user char(28) NOT NULL",
+            "passwd char(28) NOT NULL",
+        ],
+        primary: None,
+        unique: &[
+            "filename, domain, distributed, server, mdahost, port, use_ssl, dbname, user, passwd",
+        ],
+        indexes: &["domain"],
+        timestamp: true,
+    },
+    Table {
         name: "dir_changes",
         columns: &["id int NOT NULL", "counter bigint NOT NULL"],
         primary: Some("id"),

@@ -8,7 +8,7 @@ use std::path::Path;
 use clap::Parser;
 use lookup::cli::{self, CliError, DirectoryCli};
 use lookup::LookupError;
-use support::{Kind, TestEnv};
+use support::{program, Kind, TestEnv};
 
 fn indimail(home: &Path, args: &[&str]) -> Result<String, CliError> {
     let mut argv = vec!["indimail"];
@@ -30,14 +30,6 @@ fn err(home: &Path, args: &[&str]) -> CliError {
         Ok(out) => panic!("{args:?} succeeded: {out}"),
         Err(e) => e,
     }
-}
-
-fn program(home: &Path, name: &str, args: &[&str]) -> (i32, String) {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let mut out = Vec::new();
-    let code = cli::run_as_program(&format!("/usr/bin/{name}"), &args, home, &mut out)
-        .expect("known program");
-    (code, String::from_utf8(out).unwrap())
 }
 
 fn line<'a>(out: &'a str, key: &str) -> &'a str {

@@ -823,14 +823,17 @@ mod tests {
         assert_eq!(PROGRAMS[7], "vuserinfo");
         assert_eq!(PROGRAMS[20], "vadddomain");
         assert_eq!(PROGRAMS[43], "updatefile");
-        // Every program the lookup crate answers to and the whitelist holds is implemented.
-        for p in lookup::cli::PROGRAMS {
+        // Every program the lookup crate answers to and the whitelist holds is implemented,
+        // but dbinfo: it shows and sets the databases' passwords, so it stays a local command
+        // until remote access to it is designed (refused here like any unimplemented program).
+        for p in lookup::cli::PROGRAMS.iter().filter(|p| **p != "dbinfo") {
             assert_eq!(
                 implemented(p),
-                PROGRAMS.contains(&p),
+                PROGRAMS.contains(p),
                 "{p}: whitelisted and implemented must agree"
             );
         }
+        assert!(!implemented("dbinfo"));
         for p in PROGRAMS.iter().filter(|p| implemented(p)) {
             assert!(
                 lookup::cli::PROGRAMS.contains(p),

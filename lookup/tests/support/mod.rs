@@ -100,3 +100,13 @@ macro_rules! both_backends {
         }
     };
 }
+
+/// Run the admin tool `name` (IndiMail's program name) in-process on `home`: its exit code
+/// and standard output.
+pub fn program(home: &Path, name: &str, args: &[&str]) -> (i32, String) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let mut out = Vec::new();
+    let code = lookup::cli::run_as_program(&format!("/usr/bin/{name}"), &args, home, &mut out)
+        .expect("known program");
+    (code, String::from_utf8(out).expect("utf-8 output"))
+}
