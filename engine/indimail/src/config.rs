@@ -507,7 +507,7 @@ fn tighten_secrets(paths: &Paths) {
     use lookup::fsmode::{restrict_mode, SECRET_FILE_MODE};
     let db = paths.home.join("db").join("indimail.sqlite");
     let mut secrets = vec![
-        paths.control.path().join(crate::adminauth::USERS_FILE),
+        paths.control.path().join(admin_api::adminauth::USERS_FILE),
         PathBuf::from(format!("{}-wal", db.display())),
         PathBuf::from(format!("{}-shm", db.display())),
         db,

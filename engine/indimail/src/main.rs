@@ -4,16 +4,12 @@
 //! tools. Invoked under an IndiMail/qmail program name (`qmail-queue`,
 //! `sendmail`, ...) it behaves as that program.
 
-mod adminauth;
-mod adminclient;
-mod adminsrv;
 mod clientchecks;
 mod config;
 mod deliver;
 mod directory;
 mod dnscheck;
 mod domainqueue;
-mod indisrvr;
 mod inject;
 mod logsummary;
 mod manpages;
@@ -39,6 +35,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use admin_api::{adminauth, adminclient, adminsrv, indisrvr};
 use clap::{Parser, Subcommand};
 
 use crate::config::{Paths, ServeConfig};

@@ -16,6 +16,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("lookup", &[]),
     ("queue-layout", &[]),
     ("control", &["queue-layout", "shard"]),
+    ("admin-api", &["control", "lookup", "tls"]),
     ("queue-store", &["shard"]),
     ("delivery", &["shard", "smtp-proto", "tls"]),
     ("proxies", &["lookup", "shard", "tls"]),
@@ -23,6 +24,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "indimail",
         &[
+            "admin-api",
             "control",
             "delivery",
             "lookup",

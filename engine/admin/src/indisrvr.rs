@@ -1,5 +1,5 @@
 //! IndiMail's `indisrvr` line protocol (spec section 7), beside the HTTP/JSON endpoint of
-//! [`crate::adminsrv`], so that `adminclient` scripts keep working against this host during
+//! `adminsrv`, so that `adminclient` scripts keep working against this host during
 //! a migration. `indimail serve --indisrvr ADDR`, or alone as `indimail indisrvr -i IP -p
 //! PORT` (also under the program name `indisrvr`).
 //!
@@ -48,90 +48,9 @@ use std::time::{Duration, Instant};
 use tls::rustls;
 
 use crate::adminauth::{AdminError, AdminUser, Deadlined, Gate, PreAuthSlot, Refused};
-use crate::config::Paths;
+use crate::operations::{implemented, operations, PROGRAMS};
 use control::log;
-
-/// IndiMail's hard-coded whitelist, in its order: a command line's index points into it.
-pub const PROGRAMS: [&str; 44] = [
-    "vadduser",
-    "vpasswd",
-    "vdeluser",
-    "vsetuserquota",
-    "vbulletin",
-    "vmoduser",
-    "valias",
-    "vuserinfo",
-    "vipmap",
-    "vacation",
-    "vmoveuserdir",
-    "vrenameuser",
-    "crc",
-    "vcfilter",
-    "vsmtp",
-    "dbinfo",
-    "vhostid",
-    "printdir",
-    "svstat",
-    "vaddaliasdomain",
-    "vadddomain",
-    "vcalias",
-    "vcaliasrev",
-    "vdeldomain",
-    "vrenamedomain",
-    "vdominfo",
-    "vgroup",
-    "vatrn",
-    "vpriv",
-    "vlimit",
-    "hostcntrl",
-    "resetquota",
-    "vreorg",
-    "vdeloldusers",
-    "ipchange",
-    "svctool",
-    "clearopensmtp",
-    "hostsync",
-    "inquerytest",
-    "vmoddomain",
-    "vserverinfo",
-    "mgmtpass",
-    "vfstab",
-    "updatefile",
-];
-
-/// The operations of `control/adminusers` (see [`crate::adminsrv`]) a whitelisted program
-/// can perform; `None` for the entries this project does not implement. A program with
-/// several (by its options) needs all of them, unless the user's line names the program.
-pub fn operations(program: &str) -> Option<&'static [&'static str]> {
-    Some(match program {
-        "vadduser" => &["user.add"],
-        "vpasswd" => &["user.passwd"],
-        "vdeluser" => &["user.del"],
-        "vsetuserquota" => &["user.quota"],
-        "vmoduser" => &["user.mod"],
-        "valias" => &["alias.add", "alias.del", "alias.list"],
-        "vuserinfo" => &["user.info"],
-        "vrenameuser" => &["user.rename"],
-        "vsmtp" | "vhostid" => &["hostcntrl.*", "cluster.hosts"],
-        "vaddaliasdomain" => &["domain.add-alias"],
-        "vadddomain" => &["domain.add"],
-        "vdeldomain" => &["domain.del"],
-        "vrenamedomain" => &["domain.rename"],
-        "vdominfo" => &["domain.info", "domain.list"],
-        "vatrn" => &["atrn.*"],
-        "vlimit" => &["domain.limits"],
-        "hostcntrl" => &["hostcntrl.*"],
-        "vdeloldusers" => &["user.expire"],
-        "clearopensmtp" => &["relay.clear"],
-        "vmoddomain" => &["domain.mod"],
-        _ => return None,
-    })
-}
-
-/// A whitelisted program this server runs (a permission `control/adminusers` may name).
-pub fn implemented(program: &str) -> bool {
-    operations(program).is_some()
-}
+use control::Paths;
 
 /// May `admin` run `program`?
 fn permitted(admin: &AdminUser, program: &str) -> bool {
@@ -837,7 +756,7 @@ mod tests {
                 "{p} has no implementation"
             );
             for op in operations(p).unwrap() {
-                assert!(crate::adminsrv::known_operation(op), "{p}: {op}");
+                assert!(crate::operations::known_operation(op), "{p}: {op}");
             }
         }
         let user = |ops: &[&str]| AdminUser {

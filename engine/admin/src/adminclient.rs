@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use tls::rustls;
 
-use crate::indisrvr::PROGRAMS;
+use crate::operations::PROGRAMS;
 
 const USAGE: &str =
     "usage: adminclient -h host -p port -u user -P password [-C cafile] -c \"command args\"";

@@ -1,5 +1,5 @@
 //! What both remote-administration protocols share (the HTTP/JSON endpoint of
-//! [`crate::adminsrv`] and IndiMail's indisrvr line protocol of [`crate::indisrvr`]): the
+//! `adminsrv` and IndiMail's indisrvr line protocol of `indisrvr`): the
 //! users file `control/adminusers` and its permissions, the login check with its equal
 //! timing for unknown names and its lock-out per user and client address, the share of
 //! unauthenticated connections per address, the TLS accept loop (one thread per
@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use tls::rustls;
 
-use crate::config::Paths;
+use control::Paths;
+
+use crate::operations::known_permission;
 use control::log;
 
 /// The permissions file in the control directory.
@@ -100,7 +102,7 @@ pub fn read_users(path: &Path) -> Result<Vec<AdminUser>, AdminError> {
             .filter(|o| !o.is_empty())
             .map(str::to_string)
             .collect();
-        if let Some(o) = ops.iter().find(|o| !known_op(o)) {
+        if let Some(o) = ops.iter().find(|o| !known_permission(o)) {
             return Err(bad(&format!("unknown operation {o}")));
         }
         users.push(AdminUser {
@@ -112,15 +114,9 @@ pub fn read_users(path: &Path) -> Result<Vec<AdminUser>, AdminError> {
     Ok(users)
 }
 
-/// `*`, `<group>.*`, a whitelisted `<group>.<verb>` of the HTTP endpoint, or an IndiMail
-/// program name the line protocol runs (`vadduser`: vpriv's per-program permission).
-fn known_op(o: &str) -> bool {
-    o == "*" || crate::adminsrv::known_operation(o) || crate::indisrvr::implemented(o)
-}
-
 /// Writes `control/adminusers` with `user` added or replaced (mgmtpass), atomically.
 pub fn set_user(path: &Path, user: &AdminUser) -> Result<(), AdminError> {
-    if let Some(o) = user.ops.iter().find(|o| !known_op(o)) {
+    if let Some(o) = user.ops.iter().find(|o| !known_permission(o)) {
         return Err(AdminError::Users {
             path: path.to_path_buf(),
             line: 0,

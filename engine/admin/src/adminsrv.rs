@@ -1,8 +1,8 @@
 //! Remote administration (the role of IndiMail's `indisrvr` and `adminclient`): an
 //! authenticated, TLS-only HTTP/JSON endpoint that runs directory and queue commands, and
-//! its client. IndiMail's own line protocol is [`crate::indisrvr`]; what both share (users,
+//! its client. IndiMail's own line protocol is `indisrvr`; what both share (users,
 //! login and lock-out, connection limits, the accept loop, the child runner) is
-//! [`crate::adminauth`].
+//! [`crate::adminauth`]; what an operation is, [`crate::operations`].
 //!
 //! **Server** (`indimail serve --admin ADDR`). A dedicated thread accepts connections; each
 //! one is served on a thread of its own with blocking rustls (admin traffic is a few
@@ -61,76 +61,19 @@ use serde_json::{json, Value};
 use tls::rustls;
 
 use crate::adminauth::{AdminError, Gate, PreAuthSlot, Refused, IO_TIMEOUT};
-use crate::config::Paths;
+use crate::operations::operation;
 use control::log;
+use control::Paths;
 
 /// Largest request head and body.
 const MAX_HEAD: usize = 16 * 1024;
 const MAX_BODY: usize = 64 * 1024;
-
-/// Commands the endpoint runs: group and the verbs allowed (`None`: every verb).
-const WHITELIST: &[(&str, Option<&[&str]>)] = &[
-    (
-        "domain",
-        Some(&[
-            "add",
-            "del",
-            "list",
-            "info",
-            "add-alias",
-            "limits",
-            "rename",
-            "mod",
-        ]),
-    ),
-    (
-        "user",
-        Some(&[
-            "add", "del", "passwd", "mod", "info", "list", "quota", "rename", "expire",
-        ]),
-    ),
-    ("alias", Some(&["add", "del", "list"])),
-    ("relay", Some(&["clear"])),
-    ("hostcntrl", None),
-    ("cluster", None),
-    ("atrn", None),
-    ("queue", Some(&["stat", "list"])),
-];
-
-/// `<group>.*` or a whitelisted `<group>.<verb>` (a permission of `control/adminusers`).
-pub fn known_operation(o: &str) -> bool {
-    o.split_once('.').is_some_and(|(g, v)| {
-        WHITELIST
-            .iter()
-            .any(|(wg, verbs)| *wg == g && (v == "*" || verbs.is_none_or(|vs| vs.contains(&v))))
-    })
-}
 
 /// Starts the endpoint on `addr`; returns the bound address. Fails when there is no
 /// usable certificate (TLS-only) or the address cannot be bound.
 pub fn start(paths: &Paths, addr: SocketAddr) -> Result<SocketAddr, AdminError> {
     let cert_paths = tls::CertPaths::from_env(paths.control.path());
     crate::adminauth::serve_tls("admin", addr, cert_paths, Gate::new(paths)?, serve_conn)
-}
-
-/// The operation (`group.verb`) of a command line, if whitelisted.
-pub fn operation(args: &[String]) -> Result<String, String> {
-    let group = args.first().ok_or("empty command")?;
-    let verb = args.get(1).ok_or("missing subcommand")?;
-    if args
-        .iter()
-        .any(|a| a == "--home" || a.starts_with("--home="))
-    {
-        return Err("--home is not accepted".into());
-    }
-    let allowed = WHITELIST
-        .iter()
-        .find(|(g, _)| g == group)
-        .is_some_and(|(_, verbs)| verbs.is_none_or(|vs| vs.contains(&verb.as_str())));
-    if !allowed {
-        return Err(format!("{group} {verb} is not available remotely"));
-    }
-    Ok(format!("{group}.{verb}"))
 }
 
 /// Arguments with secrets masked, for the log.
