@@ -187,7 +187,7 @@ fn control_page() -> Vec<u8> {
 
 /// Write every page into `dir8` (commands) and `dir5` (control files); the paths written.
 pub fn write_pages(dir8: &Path, dir5: &Path) -> Result<Vec<PathBuf>, ManError> {
-    let mut cmd = crate::Cli::command().disable_help_subcommand(true);
+    let mut cmd = crate::cli::Cli::command().disable_help_subcommand(true);
     cmd.build();
     let mut pages = Vec::new();
     command_pages(&cmd, &mut pages).map_err(|source| ManError::Write {
