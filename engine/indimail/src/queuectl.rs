@@ -404,7 +404,6 @@ pub async fn apply(queues: &[Rc<Queue>], op: &Op, ctx: &Ctx) -> Report {
         _ => None,
     };
     for q in queues {
-        let qn = q.config().queue_no;
         let ids = select(q, sel).await;
         match op {
             Op::Select(_) => {
@@ -416,125 +415,157 @@ pub async fn apply(queues: &[Rc<Queue>], op: &Op, ctx: &Ctx) -> Report {
                 }
             }
             Op::Hold(_) | Op::Release(_) => {
-                for id in ids {
-                    let r = if matches!(op, Op::Hold(_)) {
-                        q.freeze(&id).await
-                    } else {
-                        q.thaw(&id, now).await
-                    };
-                    match r {
-                        Ok(true) => {
-                            let word = if matches!(op, Op::Hold(_)) {
-                                "held"
-                            } else {
-                                "released"
-                            };
-                            log!("{} queue{qn} msg {id} {word} by operator", ctx.who);
-                            report.lines.push(format!("queue{qn} {id} {word}"));
-                            report.messages += 1;
-                        }
-                        Ok(false) => report.lines.push(format!(
-                            "queue{qn} {id} {}",
-                            if matches!(op, Op::Hold(_)) {
-                                "already held"
-                            } else {
-                                "not held"
-                            }
-                        )),
-                        Err(e) => report.errors.push(format!("queue{qn} {id}: {e}")),
-                    }
-                }
-                if matches!(op, Op::Release(_)) {
-                    q.subscribe().notify_one();
-                }
+                hold_or_release(q, ids, op, ctx, now, &mut report).await
             }
-            Op::Flush(_) => {
-                let set: std::collections::HashSet<MessageId> = ids.iter().copied().collect();
-                let mut msgs = std::collections::HashSet::new();
-                let n = q.retry_now(now, |id, env, idx| {
-                    let hit = set.contains(&id) && sel.recipient_matches(&env.recipients[idx]);
-                    if hit {
-                        msgs.insert(id);
-                    }
-                    hit
-                });
-                if n > 0 {
-                    log!(
-                        "{} queue{qn} flush: {n} recipients of {} messages due now",
-                        ctx.who,
-                        msgs.len()
-                    );
-                    q.subscribe().notify_one();
-                }
-                report.recipients += n;
-                report.messages += msgs.len();
-            }
+            Op::Flush(_) => flush(q, &ids, sel, ctx, now, &mut report),
             Op::Delete(_) | Op::Bounce(_) => {
-                let set: std::collections::HashSet<MessageId> = ids.iter().copied().collect();
-                let wanted = |id: MessageId, env: &Envelope, idx: usize| {
-                    set.contains(&id) && sel.recipient_matches(&env.recipients[idx])
-                };
-                let taken = q.take_where(wanted);
-                let mut by_msg: std::collections::BTreeMap<MessageId, Vec<DueRecipient>> =
-                    Default::default();
-                for r in taken {
-                    by_msg.entry(r.id).or_default().push(r);
-                }
-                for id in &ids {
-                    let rcpts = by_msg.remove(id).unwrap_or_default();
-                    // What is still pending among the selected recipients
-                    // besides those just taken was leased by a delivery in
-                    // flight.
-                    let busy = pending_selected(q, *id, sel).saturating_sub(rcpts.len());
-                    if rcpts.is_empty() && busy == 0 {
-                        continue;
-                    }
-                    let result = match &bounce_cfg {
-                        Some(cfg) => bounce_now(q, *id, &rcpts, cfg, now, &ctx.who).await,
-                        None => delete_now(q, *id, &rcpts).await,
-                    };
-                    match result {
-                        Ok(extra) => {
-                            let word = if bounce_cfg.is_some() {
-                                "bounced"
-                            } else {
-                                "deleted"
-                            };
-                            log!(
-                                "{} queue{qn} msg {id} {word} by operator rcpts={}{extra}",
-                                ctx.who,
-                                rcpts.len()
-                            );
-                            if !rcpts.is_empty() && q.envelope(id).is_none() {
-                                log!("{} end msg {id}", ctx.who);
-                            }
-                            let busy_text = if busy > 0 {
-                                format!(" busy={busy} (in delivery now, left alone)")
-                            } else {
-                                String::new()
-                            };
-                            report.lines.push(format!(
-                                "queue{qn} {id} {word} rcpts={}{extra}{busy_text}",
-                                rcpts.len()
-                            ));
-                            if !rcpts.is_empty() {
-                                report.messages += 1;
-                                report.recipients += rcpts.len();
-                            }
-                        }
-                        Err(e) => {
-                            for r in &rcpts {
-                                q.release(id, r.rcpt);
-                            }
-                            report.errors.push(format!("queue{qn} {id}: {e}"));
-                        }
-                    }
-                }
+                remove(q, &ids, sel, bounce_cfg.as_ref(), ctx, now, &mut report).await
             }
             Op::Show { .. } => {}
         }
     }
     report
+}
+
+/// Holds (`queue hold`) or releases (`queue release`) the messages `ids`.
+async fn hold_or_release(
+    q: &Queue,
+    ids: Vec<MessageId>,
+    op: &Op,
+    ctx: &Ctx,
+    now: u64,
+    report: &mut Report,
+) {
+    let qn = q.config().queue_no;
+    for id in ids {
+        let r = if matches!(op, Op::Hold(_)) {
+            q.freeze(&id).await
+        } else {
+            q.thaw(&id, now).await
+        };
+        match r {
+            Ok(true) => {
+                let word = if matches!(op, Op::Hold(_)) {
+                    "held"
+                } else {
+                    "released"
+                };
+                log!("{} queue{qn} msg {id} {word} by operator", ctx.who);
+                report.lines.push(format!("queue{qn} {id} {word}"));
+                report.messages += 1;
+            }
+            Ok(false) => report.lines.push(format!(
+                "queue{qn} {id} {}",
+                if matches!(op, Op::Hold(_)) {
+                    "already held"
+                } else {
+                    "not held"
+                }
+            )),
+            Err(e) => report.errors.push(format!("queue{qn} {id}: {e}")),
+        }
+    }
+    if matches!(op, Op::Release(_)) {
+        q.subscribe().notify_one();
+    }
+}
+
+/// Makes the selected recipients of `ids` due now (`queue flush`).
+fn flush(q: &Queue, ids: &[MessageId], sel: &Selection, ctx: &Ctx, now: u64, report: &mut Report) {
+    let qn = q.config().queue_no;
+    let set: std::collections::HashSet<MessageId> = ids.iter().copied().collect();
+    let mut msgs = std::collections::HashSet::new();
+    let n = q.retry_now(now, |id, env, idx| {
+        let hit = set.contains(&id) && sel.recipient_matches(&env.recipients[idx]);
+        if hit {
+            msgs.insert(id);
+        }
+        hit
+    });
+    if n > 0 {
+        log!(
+            "{} queue{qn} flush: {n} recipients of {} messages due now",
+            ctx.who,
+            msgs.len()
+        );
+        q.subscribe().notify_one();
+    }
+    report.recipients += n;
+    report.messages += msgs.len();
+}
+
+/// Takes the selected recipients of `ids` off the queue, bounced to the sender when
+/// `bounce_cfg` is given, else deleted (`queue bounce`, `queue delete`). Recipients leased
+/// by a delivery in flight are left alone and reported busy.
+async fn remove(
+    q: &Queue,
+    ids: &[MessageId],
+    sel: &Selection,
+    bounce_cfg: Option<&BounceConfig>,
+    ctx: &Ctx,
+    now: u64,
+    report: &mut Report,
+) {
+    let qn = q.config().queue_no;
+    let set: std::collections::HashSet<MessageId> = ids.iter().copied().collect();
+    let wanted = |id: MessageId, env: &Envelope, idx: usize| {
+        set.contains(&id) && sel.recipient_matches(&env.recipients[idx])
+    };
+    let taken = q.take_where(wanted);
+    let mut by_msg: std::collections::BTreeMap<MessageId, Vec<DueRecipient>> = Default::default();
+    for r in taken {
+        by_msg.entry(r.id).or_default().push(r);
+    }
+    for id in ids {
+        let rcpts = by_msg.remove(id).unwrap_or_default();
+        // What is still pending among the selected recipients
+        // besides those just taken was leased by a delivery in
+        // flight.
+        let busy = pending_selected(q, *id, sel).saturating_sub(rcpts.len());
+        if rcpts.is_empty() && busy == 0 {
+            continue;
+        }
+        let result = match bounce_cfg {
+            Some(cfg) => bounce_now(q, *id, &rcpts, cfg, now, &ctx.who).await,
+            None => delete_now(q, *id, &rcpts).await,
+        };
+        match result {
+            Ok(extra) => {
+                let word = if bounce_cfg.is_some() {
+                    "bounced"
+                } else {
+                    "deleted"
+                };
+                log!(
+                    "{} queue{qn} msg {id} {word} by operator rcpts={}{extra}",
+                    ctx.who,
+                    rcpts.len()
+                );
+                if !rcpts.is_empty() && q.envelope(id).is_none() {
+                    log!("{} end msg {id}", ctx.who);
+                }
+                let busy_text = if busy > 0 {
+                    format!(" busy={busy} (in delivery now, left alone)")
+                } else {
+                    String::new()
+                };
+                report.lines.push(format!(
+                    "queue{qn} {id} {word} rcpts={}{extra}{busy_text}",
+                    rcpts.len()
+                ));
+                if !rcpts.is_empty() {
+                    report.messages += 1;
+                    report.recipients += rcpts.len();
+                }
+            }
+            Err(e) => {
+                for r in &rcpts {
+                    q.release(id, r.rcpt);
+                }
+                report.errors.push(format!("queue{qn} {id}: {e}"));
+            }
+        }
+    }
 }
 
 /// Pending recipients of `id` that `sel` concerns.
