@@ -13,12 +13,9 @@ mod directory;
 mod dnscheck;
 mod domainqueue;
 mod inject;
-mod logsummary;
-mod manpages;
 mod metrics;
 mod plugins;
 mod privs;
-mod progress;
 mod qmailimport;
 mod queuectl;
 mod queuelist;
@@ -28,7 +25,6 @@ mod scanners;
 mod sendmail;
 mod serve;
 mod smtp;
-mod svctool;
 mod tcprules;
 mod tools;
 mod turn;
@@ -39,7 +35,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use admin_api::{adminauth, adminclient, adminsrv, indisrvr};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
+use operator_tools::{logsummary, manpages, svctool};
 
 use crate::cli::{
     Cli, Command, ConfigCommand, DkimCommand, LogCommand, QueueCommand, ServeArgs, ServiceCommand,
@@ -125,7 +122,7 @@ fn run(command: Command, paths: Paths) -> ExitCode {
         Command::Indisrvr { args } => exit(indisrvr::main(&paths, &args)),
         Command::AdminUsers { command } => exit(adminauth::users_main(&paths, command)),
         Command::InstallLinks { dir, force } => exit(tools::install_links(&dir, force)),
-        Command::Man { out } => exit(manpages::main(&out)),
+        Command::Man { out } => exit(manpages::main(&Cli::command(), &out)),
         Command::ImportQmailQueue {
             dir,
             control,
@@ -150,6 +147,7 @@ fn run(command: Command, paths: Paths) -> ExitCode {
                 binary,
                 stop_timeout,
                 man_dir,
+                commands: Cli::command(),
             },
         )),
         Command::Log {

@@ -55,8 +55,8 @@ use delivery::bounce::{self, FailedRecipient, Original};
 use queue_store::{Envelope, Queue, QueueConfig};
 
 use crate::config::{Paths, QueueSpec};
-use crate::progress::Progress;
 use crate::queues::{lock_queue, IMPORT_MARKER};
+use operator_tools::progress::Progress;
 
 /// The envelope key recording where an imported message came from.
 pub const IMPORT_KEY: &str = "qmail-import";
@@ -467,16 +467,7 @@ fn run(paths: &Paths, dir: &Path, control: Option<&Path>) -> Result<Summary, Str
         sources.extend(messages(r)?);
     }
     let specs = paths.layout(None).map_err(|e| e.to_string())?.configured();
-    let mut locks = Vec::new();
-    for spec in &specs {
-        std::fs::create_dir_all(&spec.dir).map_err(|e| format!("{}: {e}", spec.dir.display()))?;
-        locks.push(
-            lock_queue(&spec.dir).map_err(|e| format!("{e}; stop the server before importing"))?,
-        );
-    }
-    for spec in &specs {
-        write_marker(spec, &dir)?;
-    }
+    let locks = lock_and_mark(&specs, &dir)?;
     let me = paths
         .control
         .string("me")
@@ -486,160 +477,13 @@ fn run(paths: &Paths, dir: &Path, control: Option<&Path>) -> Result<Summary, Str
     let bounce_cfg = crate::deliver::DeliverySettings::load(&paths.control, &me, &specs)?.bounce;
 
     let summary = shard::io::run(shard::io::Driver::Epoll, async {
-        let mut queues: Vec<Rc<Queue>> = Vec::new();
-        for spec in &specs {
-            let (q, _) = Queue::open(QueueConfig::new(spec.dir.clone(), spec.number))
-                .await
-                .map_err(|e| format!("{}: {e}", spec.dir.display()))?;
-            queues.push(Rc::new(q));
-        }
-        // Keys committed by an earlier, interrupted run.
-        let mut done: HashSet<String> = HashSet::new();
-        for q in &queues {
-            for id in q.message_ids() {
-                if let Some(env) = q.envelope(&id) {
-                    done.extend(
-                        env.extra
-                            .iter()
-                            .filter(|(k, _)| k == IMPORT_KEY)
-                            .map(|(_, v)| v.clone()),
-                    );
-                }
-            }
-        }
+        let mut importer = Importer::open(&specs, &bounce_cfg).await?;
         let mut s = Summary::default();
         let mut progress = Progress::new("import-qmail-queue", sources.len() as u64);
-        let mut next = 0usize;
         let mut touched: HashSet<PathBuf> = HashSet::new();
         for src in &sources {
             progress.inc(1);
-            let key = match src.key() {
-                Ok(k) => k,
-                Err(_) => continue, // vanished meanwhile
-            };
-            let parsed = match parse(src, &vdoms) {
-                Ok(State::Queued(p)) => p,
-                Ok(State::Uncommitted)
-                    if done.contains(&key) || done.contains(&format!("{key}#bounce")) =>
-                {
-                    // An interrupted run committed it and removed all but
-                    // `mess` (removed last): finish the removal.
-                    remove_originals(src, &mut touched)?;
-                    s.resumed += 1;
-                    continue;
-                }
-                Ok(State::Uncommitted) => {
-                    s.uncommitted += 1;
-                    continue;
-                }
-                Err(e) => {
-                    s.bad.push(format!("{}: {e}", src.mess.display()));
-                    continue;
-                }
-            };
-            let body_key = key.clone();
-            let bounce_key = format!("{key}#bounce");
-            let mut resumed = false;
-            let mut message: Option<Vec<u8>> = None;
-            let mut load = || -> Result<Vec<u8>, String> {
-                if let Some(m) = &message {
-                    return Ok(m.clone());
-                }
-                let mut m = parsed.extra_headers.clone().into_bytes();
-                m.extend(
-                    std::fs::read(&src.mess).map_err(|e| format!("{}: {e}", src.mess.display()))?,
-                );
-                message = Some(m.clone());
-                Ok(m)
-            };
-            if !parsed.recipients.is_empty() {
-                if done.contains(&body_key) {
-                    resumed = true;
-                } else {
-                    let body = match load() {
-                        Ok(b) => b,
-                        Err(e) => {
-                            s.bad.push(e);
-                            continue;
-                        }
-                    };
-                    let q = &queues[next % queues.len()];
-                    next += 1;
-                    let mut env = Envelope::new(parsed.sender.clone(), parsed.recipients.clone());
-                    env.arrival = parsed.arrival;
-                    env.extra.extend(
-                        parsed
-                            .env
-                            .iter()
-                            .map(|v| (msgproc::headers::ENVELOPE_KEY.to_string(), v.clone())),
-                    );
-                    env.extra.push((IMPORT_KEY.to_string(), body_key.clone()));
-                    let id = commit(q, &body, env).await?;
-                    control::log!(
-                        "tool new msg {id} bytes={} from=<{}> rcpts={} imported={}",
-                        body.len(),
-                        parsed.sender,
-                        parsed.recipients.len(),
-                        src.mess.display()
-                    );
-                    s.imported += 1;
-                    s.recipients += parsed.recipients.len();
-                }
-            }
-            if !parsed.bounced.is_empty() {
-                if done.contains(&bounce_key) {
-                    resumed = true;
-                } else {
-                    let body = match load() {
-                        Ok(b) => b,
-                        Err(e) => {
-                            s.bad.push(e);
-                            continue;
-                        }
-                    };
-                    let failed: Vec<FailedRecipient> = parsed
-                        .bounced
-                        .iter()
-                        .map(|(r, why)| FailedRecipient {
-                            recipient: r.clone(),
-                            reason: why.clone(),
-                            remote_mta: None,
-                        })
-                        .collect();
-                    let decision = bounce::decide(&bounce_cfg, &parsed.sender);
-                    let original = Original {
-                        sender: &parsed.sender,
-                        arrival: parsed.arrival,
-                        id: &src.id,
-                        message: &body,
-                    };
-                    if let Some(b) =
-                        bounce::build(&bounce_cfg, &decision, original, &failed, Envelope::now())
-                    {
-                        let q = &queues[next % queues.len()];
-                        next += 1;
-                        let mut env = Envelope::new(b.sender.clone(), b.recipients.clone());
-                        env.extra.push((IMPORT_KEY.to_string(), bounce_key.clone()));
-                        let id = commit(q, &b.message, env).await?;
-                        control::log!(
-                            "tool new msg {id} bytes={} from=<{}> rcpts={} bounce-of={}",
-                            b.message.len(),
-                            b.sender,
-                            b.recipients.len(),
-                            src.mess.display()
-                        );
-                        s.bounces += 1;
-                    }
-                }
-            }
-            if parsed.recipients.is_empty() && parsed.bounced.is_empty() {
-                s.finished += 1;
-            }
-            if resumed {
-                s.resumed += 1;
-            }
-            // Committed (durably): now the originals go, mess last.
-            remove_originals(src, &mut touched)?;
+            importer.import(src, &vdoms, &mut s, &mut touched).await?;
         }
         progress.finish();
         for d in &touched {
@@ -654,6 +498,224 @@ fn run(paths: &Paths, dir: &Path, control: Option<&Path>) -> Result<Summary, Str
     }
     drop(locks);
     Ok(summary)
+}
+
+/// Locks every queue of the home (the server must be stopped) and marks it as importing
+/// from `source`; the locks, held until the import ends.
+fn lock_and_mark(specs: &[QueueSpec], source: &Path) -> Result<Vec<std::fs::File>, String> {
+    let mut locks = Vec::new();
+    for spec in specs {
+        std::fs::create_dir_all(&spec.dir).map_err(|e| format!("{}: {e}", spec.dir.display()))?;
+        locks.push(
+            lock_queue(&spec.dir).map_err(|e| format!("{e}; stop the server before importing"))?,
+        );
+    }
+    for spec in specs {
+        write_marker(spec, source)?;
+    }
+    Ok(locks)
+}
+
+/// Commits imported messages into the home's queues, in turn, skipping what an earlier,
+/// interrupted run committed.
+struct Importer<'a> {
+    queues: Vec<Rc<Queue>>,
+    /// The queue the next message goes to (modulo their number).
+    next: usize,
+    /// Keys committed by an earlier, interrupted run.
+    done: HashSet<String>,
+    bounce_cfg: &'a bounce::BounceConfig,
+}
+
+impl<'a> Importer<'a> {
+    async fn open(
+        specs: &[QueueSpec],
+        bounce_cfg: &'a bounce::BounceConfig,
+    ) -> Result<Importer<'a>, String> {
+        let mut queues: Vec<Rc<Queue>> = Vec::new();
+        for spec in specs {
+            let (q, _) = Queue::open(QueueConfig::new(spec.dir.clone(), spec.number))
+                .await
+                .map_err(|e| format!("{}: {e}", spec.dir.display()))?;
+            queues.push(Rc::new(q));
+        }
+        let mut done: HashSet<String> = HashSet::new();
+        for q in &queues {
+            for id in q.message_ids() {
+                if let Some(env) = q.envelope(&id) {
+                    done.extend(
+                        env.extra
+                            .iter()
+                            .filter(|(k, _)| k == IMPORT_KEY)
+                            .map(|(_, v)| v.clone()),
+                    );
+                }
+            }
+        }
+        Ok(Importer {
+            queues,
+            next: 0,
+            done,
+            bounce_cfg,
+        })
+    }
+
+    /// The queue for the next message.
+    fn next_queue(&mut self) -> Rc<Queue> {
+        let q = Rc::clone(&self.queues[self.next % self.queues.len()]);
+        self.next += 1;
+        q
+    }
+
+    /// Imports one source message (its pending recipients, and a bounce for the failed
+    /// ones), then removes the originals; a message that cannot be read is counted bad.
+    async fn import(
+        &mut self,
+        src: &Source,
+        vdoms: &[(String, String)],
+        s: &mut Summary,
+        touched: &mut HashSet<PathBuf>,
+    ) -> Result<(), String> {
+        let key = match src.key() {
+            Ok(k) => k,
+            Err(_) => return Ok(()), // vanished meanwhile
+        };
+        let parsed = match parse(src, vdoms) {
+            Ok(State::Queued(p)) => p,
+            Ok(State::Uncommitted)
+                if self.done.contains(&key) || self.done.contains(&format!("{key}#bounce")) =>
+            {
+                // An interrupted run committed it and removed all but
+                // `mess` (removed last): finish the removal.
+                remove_originals(src, touched)?;
+                s.resumed += 1;
+                return Ok(());
+            }
+            Ok(State::Uncommitted) => {
+                s.uncommitted += 1;
+                return Ok(());
+            }
+            Err(e) => {
+                s.bad.push(format!("{}: {e}", src.mess.display()));
+                return Ok(());
+            }
+        };
+        let bounce_key = format!("{key}#bounce");
+        // What an interrupted run already committed is not committed again.
+        let copy_due = !parsed.recipients.is_empty() && !self.done.contains(&key);
+        let bounce_due = !parsed.bounced.is_empty() && !self.done.contains(&bounce_key);
+        let resumed = (!parsed.recipients.is_empty() && !copy_due)
+            || (!parsed.bounced.is_empty() && !bounce_due);
+        if copy_due || bounce_due {
+            let body = match message_of(src, &parsed) {
+                Ok(b) => b,
+                Err(e) => {
+                    s.bad.push(e);
+                    return Ok(());
+                }
+            };
+            if copy_due {
+                self.commit_copy(src, &parsed, &body, key).await?;
+                s.imported += 1;
+                s.recipients += parsed.recipients.len();
+            }
+            if bounce_due && self.commit_bounce(src, &parsed, &body, bounce_key).await? {
+                s.bounces += 1;
+            }
+        }
+        if parsed.recipients.is_empty() && parsed.bounced.is_empty() {
+            s.finished += 1;
+        }
+        if resumed {
+            s.resumed += 1;
+        }
+        // Committed (durably): now the originals go, mess last.
+        remove_originals(src, touched)
+    }
+
+    /// Queues the message for its pending recipients, under `key`.
+    async fn commit_copy(
+        &mut self,
+        src: &Source,
+        parsed: &Parsed,
+        body: &[u8],
+        key: String,
+    ) -> Result<(), String> {
+        let q = self.next_queue();
+        let mut env = Envelope::new(parsed.sender.clone(), parsed.recipients.clone());
+        env.arrival = parsed.arrival;
+        env.extra.extend(
+            parsed
+                .env
+                .iter()
+                .map(|v| (msgproc::headers::ENVELOPE_KEY.to_string(), v.clone())),
+        );
+        env.extra.push((IMPORT_KEY.to_string(), key));
+        let id = commit(&q, body, env).await?;
+        control::log!(
+            "tool new msg {id} bytes={} from=<{}> rcpts={} imported={}",
+            body.len(),
+            parsed.sender,
+            parsed.recipients.len(),
+            src.mess.display()
+        );
+        Ok(())
+    }
+
+    /// Queues the bounce for the recipients qmail had failed, under `key`; false when the
+    /// sender gets none (a bounce of a bounce, ...).
+    async fn commit_bounce(
+        &mut self,
+        src: &Source,
+        parsed: &Parsed,
+        body: &[u8],
+        key: String,
+    ) -> Result<bool, String> {
+        let failed: Vec<FailedRecipient> = parsed
+            .bounced
+            .iter()
+            .map(|(r, why)| FailedRecipient {
+                recipient: r.clone(),
+                reason: why.clone(),
+                remote_mta: None,
+            })
+            .collect();
+        let decision = bounce::decide(self.bounce_cfg, &parsed.sender);
+        let original = Original {
+            sender: &parsed.sender,
+            arrival: parsed.arrival,
+            id: &src.id,
+            message: body,
+        };
+        let Some(b) = bounce::build(
+            self.bounce_cfg,
+            &decision,
+            original,
+            &failed,
+            Envelope::now(),
+        ) else {
+            return Ok(false);
+        };
+        let q = self.next_queue();
+        let mut env = Envelope::new(b.sender.clone(), b.recipients.clone());
+        env.extra.push((IMPORT_KEY.to_string(), key));
+        let id = commit(&q, &b.message, env).await?;
+        control::log!(
+            "tool new msg {id} bytes={} from=<{}> rcpts={} bounce-of={}",
+            b.message.len(),
+            b.sender,
+            b.recipients.len(),
+            src.mess.display()
+        );
+        Ok(true)
+    }
+}
+
+/// The message as it will be queued: qmail's extra headers, then the file.
+fn message_of(src: &Source, parsed: &Parsed) -> Result<Vec<u8>, String> {
+    let mut m = parsed.extra_headers.clone().into_bytes();
+    m.extend(std::fs::read(&src.mess).map_err(|e| format!("{}: {e}", src.mess.display()))?);
+    Ok(m)
 }
 
 /// Removes a committed source message's files (`mess` last, see

@@ -5,7 +5,9 @@
 use control::Paths;
 use queue_layout::QueueSpec;
 
-use crate::{inject, progress, tools};
+use operator_tools::progress;
+
+use crate::{inject, tools};
 
 pub fn queue_list(paths: &Paths, args: &tools::ListArgs) -> anyhow::Result<()> {
     let sel = args.selection().map_err(anyhow::Error::msg)?;

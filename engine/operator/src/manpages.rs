@@ -5,8 +5,6 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::CommandFactory;
-
 /// README.md, whose control-file and variable tables become `indimail-control.5`.
 const README: &str = include_str!("../../../README.md");
 
@@ -185,9 +183,14 @@ fn control_page() -> Vec<u8> {
     s.into_bytes()
 }
 
-/// Write every page into `dir8` (commands) and `dir5` (control files); the paths written.
-pub fn write_pages(dir8: &Path, dir5: &Path) -> Result<Vec<PathBuf>, ManError> {
-    let mut cmd = crate::cli::Cli::command().disable_help_subcommand(true);
+/// Write every page of `commands` (the binary's command line) into `dir8` and of the control
+/// files into `dir5`; the paths written.
+pub fn write_pages(
+    commands: &clap::Command,
+    dir8: &Path,
+    dir5: &Path,
+) -> Result<Vec<PathBuf>, ManError> {
+    let mut cmd = commands.clone().disable_help_subcommand(true);
     cmd.build();
     let mut pages = Vec::new();
     command_pages(&cmd, &mut pages).map_err(|source| ManError::Write {
@@ -205,8 +208,8 @@ pub fn write_pages(dir8: &Path, dir5: &Path) -> Result<Vec<PathBuf>, ManError> {
 }
 
 /// `indimail man --out DIR`: every page into DIR; exit code.
-pub fn main(out: &Path) -> i32 {
-    match write_pages(out, out) {
+pub fn main(commands: &clap::Command, out: &Path) -> i32 {
+    match write_pages(commands, out, out) {
         Ok(pages) => {
             println!("wrote {} manual pages into {}", pages.len(), out.display());
             0

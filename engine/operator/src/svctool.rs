@@ -21,7 +21,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::Paths;
+use control::Paths;
 
 /// What to write.
 pub struct Options {
@@ -37,6 +37,8 @@ pub struct Options {
     pub stop_timeout: u64,
     /// Where the manual pages go (`man8/`, `man5/` under it).
     pub man_dir: Option<PathBuf>,
+    /// The binary's command line, whose pages are written.
+    pub commands: clap::Command,
 }
 
 /// The variables passed through from the environment of the install.
@@ -169,7 +171,7 @@ fn install_inner(paths: &Paths, o: &Options) -> Result<(), String> {
         None => (prefix_man_dir(&exe), false),
     };
     if let Some(man) = man {
-        match crate::manpages::write_pages(&man.join("man8"), &man.join("man5")) {
+        match crate::manpages::write_pages(&o.commands, &man.join("man8"), &man.join("man5")) {
             Ok(pages) => println!("wrote {} manual pages under {}", pages.len(), man.display()),
             Err(e) if required => return Err(e.to_string()),
             Err(e) => eprintln!("indimail service install: manual pages not written: {e}"),
