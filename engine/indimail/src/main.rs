@@ -9,21 +9,15 @@ mod adminclient;
 mod adminsrv;
 mod clientchecks;
 mod config;
-mod deliver;
-mod directory;
 mod dnscheck;
-mod domainqueue;
 mod indisrvr;
-mod inject;
 mod logsummary;
 mod manpages;
-mod metrics;
 mod plugins;
 mod privs;
 mod progress;
 mod qmailimport;
 mod queuectl;
-mod queues;
 mod rcptcheck;
 mod scanners;
 mod sendmail;
@@ -32,7 +26,6 @@ mod smtp;
 mod svctool;
 mod tcprules;
 mod tools;
-mod turn;
 mod userrates;
 
 use std::net::SocketAddr;
@@ -43,6 +36,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Paths, ServeConfig};
 use control::log;
+use scheduler::{deliver, inject};
 
 #[derive(Parser)]
 #[command(

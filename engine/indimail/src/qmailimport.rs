@@ -56,7 +56,7 @@ use queue_store::{Envelope, Queue, QueueConfig};
 
 use crate::config::{Paths, QueueSpec};
 use crate::progress::Progress;
-use crate::queues::{lock_queue, IMPORT_MARKER};
+use scheduler::queues::{lock_queue, IMPORT_MARKER};
 
 /// The envelope key recording where an imported message came from.
 pub const IMPORT_KEY: &str = "qmail-import";
@@ -483,7 +483,8 @@ fn run(paths: &Paths, dir: &Path, control: Option<&Path>) -> Result<Summary, Str
         .ok()
         .flatten()
         .unwrap_or_else(crate::config::system_hostname);
-    let bounce_cfg = crate::deliver::DeliverySettings::load(&paths.control, &me, &specs)?.bounce;
+    let bounce_cfg =
+        scheduler::deliver::DeliverySettings::load(&paths.control, &me, &specs)?.bounce;
 
     let summary = shard::io::run(shard::io::Driver::Epoll, async {
         let mut queues: Vec<Rc<Queue>> = Vec::new();
