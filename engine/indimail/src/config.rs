@@ -102,8 +102,8 @@ pub struct SmtpSettings {
     /// IndiMail's access controls (badmailfrom, badrcptto, accesslist,
     /// hostaccess, envrules, bodycheck, badip, ...), see the `policy` crate.
     pub policy: std::sync::Arc<policy::Policy>,
-    /// `etrnhosts` and `atrnaccess`: ETRN / ATRN (see [`crate::turn`]).
-    pub turn: std::sync::Arc<crate::turn::TurnConfig>,
+    /// `etrnhosts` and `atrnaccess`: ETRN / ATRN (see [`scheduler::turn`]).
+    pub turn: std::sync::Arc<scheduler::turn::TurnConfig>,
     /// `greetdelay`, `REQPTR`, tarpitting, `MAX_RCPT_ERRCOUNT`, `PENALTY`
     /// (see [`crate::clientchecks`]).
     pub client_checks: crate::clientchecks::ClientChecks,
@@ -114,8 +114,8 @@ pub struct SmtpSettings {
     /// `logheaders`, `quarantine`, `extraqueue`, `NULLQUEUE` (see `msgproc`).
     pub msgproc: std::sync::Arc<msgproc::QueueRules>,
     /// `domainqueue`: the queue a recipient domain's mail goes to, checked
-    /// against the queues served (see [`crate::domainqueue`]).
-    pub domain_queues: std::sync::Arc<crate::domainqueue::DomainQueues>,
+    /// against the queues served (see [`scheduler::domainqueue`]).
+    pub domain_queues: std::sync::Arc<scheduler::domainqueue::DomainQueues>,
 }
 
 /// Rate limits per minute; 0 = unlimited.
@@ -332,7 +332,7 @@ impl ServeConfig {
             }
         };
 
-        let turn = match crate::turn::TurnConfig::load(c) {
+        let turn = match scheduler::turn::TurnConfig::load(c) {
             Ok(t) => std::sync::Arc::new(t),
             Err(mut e) => {
                 errors.append(&mut e);
@@ -368,7 +368,7 @@ impl ServeConfig {
             l
         });
         let domain_queues = match &policy {
-            Some(p) => match crate::domainqueue::DomainQueues::load(p, layout.as_ref()) {
+            Some(p) => match scheduler::domainqueue::DomainQueues::load(p, layout.as_ref()) {
                 Ok(d) => std::sync::Arc::new(d),
                 Err(mut e) => {
                     errors.append(&mut e);

@@ -2,7 +2,8 @@
 //! and every configuration problem reported with its file and line.
 
 use crate::config::{self, Paths, ServeConfig};
-use crate::{deliver, privs};
+use crate::privs;
+use scheduler::deliver;
 
 pub fn init(paths: &Paths) -> anyhow::Result<()> {
     let mut made = config::prepare_home(paths)?;

@@ -8,18 +8,12 @@ mod cli;
 mod clientchecks;
 mod config;
 mod configcmd;
-mod deliver;
-mod directory;
 mod dnscheck;
-mod domainqueue;
-mod inject;
-mod metrics;
 mod plugins;
 mod privs;
 mod qmailimport;
 mod queuectl;
 mod queuelist;
-mod queues;
 mod rcptcheck;
 mod scanners;
 mod sendmail;
@@ -27,7 +21,6 @@ mod serve;
 mod smtp;
 mod tcprules;
 mod tools;
-mod turn;
 mod userrates;
 
 use std::net::SocketAddr;
@@ -44,6 +37,7 @@ use crate::cli::{
 
 use crate::config::{Paths, ServeConfig};
 use control::log;
+use scheduler::inject;
 
 fn main() -> ExitCode {
     init_tracing();

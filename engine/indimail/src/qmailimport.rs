@@ -55,8 +55,8 @@ use delivery::bounce::{self, FailedRecipient, Original};
 use queue_store::{Envelope, Queue, QueueConfig};
 
 use crate::config::{Paths, QueueSpec};
-use crate::queues::{lock_queue, IMPORT_MARKER};
 use operator_tools::progress::Progress;
+use scheduler::queues::{lock_queue, IMPORT_MARKER};
 
 /// The envelope key recording where an imported message came from.
 pub const IMPORT_KEY: &str = "qmail-import";
@@ -474,7 +474,8 @@ fn run(paths: &Paths, dir: &Path, control: Option<&Path>) -> Result<Summary, Str
         .ok()
         .flatten()
         .unwrap_or_else(crate::config::system_hostname);
-    let bounce_cfg = crate::deliver::DeliverySettings::load(&paths.control, &me, &specs)?.bounce;
+    let bounce_cfg =
+        scheduler::deliver::DeliverySettings::load(&paths.control, &me, &specs)?.bounce;
 
     let summary = shard::io::run(shard::io::Driver::Epoll, async {
         let mut importer = Importer::open(&specs, &bounce_cfg).await?;

@@ -6,12 +6,12 @@
 //! a tool never touches the files of a running server. The server listens
 //! on a control socket, `<home>/run/control.sock` (mode 0600), served by a
 //! plain thread of its own; each request goes to every shard by message
-//! ([`CtlRequest`] over a [`shard::Mesh`], as ETRN does in [`crate::turn`]),
+//! ([`CtlRequest`] over a [`shard::Mesh`], as ETRN does in [`scheduler::turn`]),
 //! each shard applies it to its own queues and answers a [`Report`].
 //!
 //! **Stopped server.** With no server answering, the tool takes the
 //! exclusive lock of every queue (`<queue>/lock`, the same lock the server
-//! holds while it runs, see [`crate::queues::lock_queue`]), opens the queues
+//! holds while it runs, see [`scheduler::queues::lock_queue`]), opens the queues
 //! itself, imports waiting drop files, and applies the same code. A queue
 //! whose lock is taken while the socket does not answer is refused, never
 //! opened twice. `flush` on a stopped server is recorded in `<queue>/flush`
@@ -37,9 +37,9 @@ use delivery::bounce::{self, BounceConfig, FailedRecipient, Original};
 use queue_store::{DueRecipient, Envelope, MessageId, Queue, RecipientOutcome, RecipientState};
 
 use crate::config::{Paths, QueueSpec};
-use crate::queues::ShardQueues;
 use ::control::log;
 use ::control::ControlDir;
+use scheduler::queues::ShardQueues;
 
 /// The control socket of a home.
 pub fn socket_path(home: &Path) -> PathBuf {
@@ -367,7 +367,7 @@ pub struct Ctx {
 
 impl Ctx {
     fn bounce_config(&self) -> Result<BounceConfig, String> {
-        crate::deliver::DeliverySettings::load(&self.control, &self.me, &self.specs)
+        scheduler::deliver::DeliverySettings::load(&self.control, &self.me, &self.specs)
             .map(|s| s.bounce)
     }
 }

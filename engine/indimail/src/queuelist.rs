@@ -7,7 +7,8 @@ use queue_layout::QueueSpec;
 
 use operator_tools::progress;
 
-use crate::{inject, tools};
+use crate::tools;
+use scheduler::inject;
 
 pub fn queue_list(paths: &Paths, args: &tools::ListArgs) -> anyhow::Result<()> {
     let sel = args.selection().map_err(anyhow::Error::msg)?;

@@ -11,7 +11,7 @@
 use std::io::Read;
 
 use crate::config::Paths;
-use crate::inject::{self, Envelope};
+use scheduler::inject::{self, Envelope};
 
 /// sysexits codes.
 const EX_USAGE: i32 = 64;

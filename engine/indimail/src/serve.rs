@@ -8,10 +8,10 @@ use shard::io::{self, Driver};
 use shard::{Placement, ShardInfo, Shutdown};
 
 use crate::config::{QueueSpec, ServeConfig, SmtpSettings};
-use crate::metrics::{Counter, Registry};
-use crate::queues::ShardQueues;
 use crate::smtp::{self, SmtpShard};
 use control::log;
+use scheduler::metrics::{Counter, Registry};
+use scheduler::queues::ShardQueues;
 
 /// Each shard's listening sockets (shard `i` takes entry `i`), and the bound addresses.
 type ListenerSet = (
@@ -45,14 +45,14 @@ struct Shared {
     /// `INDIMAIL_NO_DELIVERY`: accept and queue only (benchmarks of the
     /// accept path).
     no_delivery: bool,
-    /// Every shard's turn channel (ETRN, ATRN; see [`crate::turn`]).
-    turn_hub: crate::turn::TurnHub,
+    /// Every shard's turn channel (ETRN, ATRN; see [`scheduler::turn`]).
+    turn_hub: scheduler::turn::TurnHub,
     /// The receiving ends, taken by each shard at start.
-    turn_rx: Mutex<Vec<Option<shard::MeshReceiver<crate::turn::TurnRequest>>>>,
-    /// Questions to users' home shards (see [`crate::directory::MeshUserHome`]).
-    user_tx: Vec<shard::MeshSender<crate::directory::UserQuestion>>,
+    turn_rx: Mutex<Vec<Option<shard::MeshReceiver<scheduler::turn::TurnRequest>>>>,
+    /// Questions to users' home shards (see [`scheduler::directory::MeshUserHome`]).
+    user_tx: Vec<shard::MeshSender<scheduler::directory::UserQuestion>>,
     /// Their receiving ends, taken by each shard at start.
-    user_rx: Mutex<Vec<Option<shard::MeshReceiver<crate::directory::UserQuestion>>>>,
+    user_rx: Mutex<Vec<Option<shard::MeshReceiver<scheduler::directory::UserQuestion>>>>,
     /// Rate checks for authenticated users, sent to their home shards.
     rate_tx: Vec<shard::MeshSender<crate::userrates::UserRateQuestion>>,
     /// Their receiving ends, taken by each shard at start.
@@ -116,7 +116,7 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
         user_tx: user_mesh.senders,
         user_rx: Mutex::new(user_mesh.receivers.into_iter().map(Some).collect()),
         ctl_rx: Mutex::new(ctl_mesh.receivers.into_iter().map(Some).collect()),
-        turn_hub: crate::turn::TurnHub::new(turn_mesh.senders),
+        turn_hub: scheduler::turn::TurnHub::new(turn_mesh.senders),
         turn_rx: Mutex::new(turn_mesh.receivers.into_iter().map(Some).collect()),
         settings: Arc::new(config.smtp.clone()),
         assignment,
@@ -143,7 +143,7 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
     if let Err(e) = wait_until_ready(&ready_rx, shards) {
         shutdown.trigger();
         let _ = handles.join();
-        crate::inject::remove_serving(&config.paths.home);
+        scheduler::inject::remove_serving(&config.paths.home);
         bail!("start-up failed: {e}");
     }
     log!(
@@ -169,7 +169,7 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
 
     let sig = run_until_signal(&config, &reload_tx);
     log!("status: signal {sig}, stopping");
-    crate::inject::remove_serving(&config.paths.home);
+    scheduler::inject::remove_serving(&config.paths.home);
     if let Some(c) = control_socket {
         c.stop();
     }
@@ -201,14 +201,14 @@ fn resolve_layout(config: &ServeConfig) -> anyhow::Result<(queue_layout::Layout,
         .map_err(|e| anyhow::anyhow!("queue layout: {e}"))?;
     // Before looking for strays: an injector that reads this list from now
     // on writes only into queues this server imports.
-    if let Err(e) = crate::inject::write_serving(&config.paths.home, &layout.configured()) {
+    if let Err(e) = scheduler::inject::write_serving(&config.paths.home, &layout.configured()) {
         log!("warning: cannot record the queues served: {e}");
     }
     let mut adopted = layout.adopt_existing();
     // A stray another running server (sharing the base) holds is its own.
     adopted.retain(|n| {
         let dir = queue_layout::queue_path(&layout.base, *n);
-        let busy = crate::queues::queue_in_use(&dir);
+        let busy = scheduler::queues::queue_in_use(&dir);
         if busy {
             log!(
                 "queue{n} {} is in use by another process: not adopted",
@@ -437,7 +437,7 @@ async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<(), String> 
             tokio::task::spawn_local(Rc::clone(d).serve_turns(rx, info.shutdown.clone()));
         }
         (None, Some(rx)) => {
-            tokio::task::spawn_local(crate::turn::answer_idle(rx, info.shutdown.clone()));
+            tokio::task::spawn_local(scheduler::turn::answer_idle(rx, info.shutdown.clone()));
         }
         (_, None) => {}
     }
@@ -469,7 +469,7 @@ fn spawn_listeners(
             continue;
         }
         if *svc == Service::Metrics {
-            tokio::task::spawn_local(crate::metrics::serve(l, shared.registry.clone(), stop));
+            tokio::task::spawn_local(scheduler::metrics::serve(l, shared.registry.clone(), stop));
             continue;
         }
         let Some(ctx) = proxy.cloned() else { continue };
@@ -537,7 +537,7 @@ fn spawn_importer(info: &ShardInfo, shared: &Arc<Shared>, smtp_shard: &Rc<SmtpSh
                     if seen.insert(n) {
                         log!("shard{index} adopted drops of queue{n} (created after start)");
                     }
-                    let dir = crate::inject::drop_dir(&qdir);
+                    let dir = scheduler::inject::drop_dir(&qdir);
                     queues.import_dir(0, &dir, n, index).await;
                 }
             }
@@ -593,7 +593,7 @@ fn spawn_reloader(
     info: &ShardInfo,
     shared: &Shared,
     smtp_shard: &Rc<SmtpShard>,
-    delivery: Option<Rc<crate::deliver::DeliveryShard>>,
+    delivery: Option<Rc<scheduler::deliver::DeliveryShard>>,
 ) {
     let mut rx = shared.reload.clone();
     let smtp = Rc::clone(smtp_shard);
@@ -648,7 +648,7 @@ fn spawn_queue_gauges(info: &ShardInfo, shared: &Shared, smtp_shard: &Rc<SmtpSha
                 }
             }
             if let Some(d) = directory.current() {
-                use crate::metrics::Counter;
+                use scheduler::metrics::Counter;
                 metrics.set(Counter::DirectoryUserQueries, d.user_queries());
                 let cache = d.cache_stats();
                 metrics.set(Counter::DirectoryCacheHits, cache.hits + cache.stale_hits);
@@ -656,7 +656,7 @@ fn spawn_queue_gauges(info: &ShardInfo, shared: &Shared, smtp_shard: &Rc<SmtpSha
             }
             tokio::select! {
                 _ = stop.wait() => break,
-                _ = tokio::time::sleep(crate::metrics::QUEUE_GAUGE_EVERY) => {}
+                _ = tokio::time::sleep(scheduler::metrics::QUEUE_GAUGE_EVERY) => {}
             }
         }
     });
@@ -689,7 +689,7 @@ use std::rc::Rc;
 type Started = (
     Rc<SmtpShard>,
     Vec<shard::io::TcpListener>,
-    Option<Rc<crate::deliver::DeliveryShard>>,
+    Option<Rc<scheduler::deliver::DeliveryShard>>,
     Option<Rc<proxies::ProxyContext>>,
 );
 
@@ -699,8 +699,8 @@ fn delivery_settings(
     home: &std::path::Path,
     me: &str,
     specs: &[QueueSpec],
-) -> Result<crate::deliver::DeliverySettings, String> {
-    let mut settings = crate::deliver::DeliverySettings::load(control, me, specs)?;
+) -> Result<scheduler::deliver::DeliverySettings, String> {
+    let mut settings = scheduler::deliver::DeliverySettings::load(control, me, specs)?;
     settings.postmaster_home = Some(home.join("alias"));
     Ok(settings)
 }
@@ -764,16 +764,18 @@ async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, Strin
     // Opened now to surface problems early; if it fails, mail is still
     // accepted, recipient checks answer 451 and local deliveries are
     // deferred until the directory is back.
-    let directory = Rc::new(crate::directory::DirectoryHandle::new(shared.home.clone()));
+    let directory = Rc::new(scheduler::directory::DirectoryHandle::new(
+        shared.home.clone(),
+    ));
     if shared.user_tx.len() > 1 {
-        directory.set_user_home(Rc::new(crate::directory::MeshUserHome::new(
+        directory.set_user_home(Rc::new(scheduler::directory::MeshUserHome::new(
             info.index,
             shared.user_tx.clone(),
             shared.registry.shard(info.index),
         )));
         let questions = take_receiver(&shared.user_rx, info.index);
         if let Some(rx) = questions {
-            tokio::task::spawn_local(crate::directory::answer_user_questions(
+            tokio::task::spawn_local(scheduler::directory::answer_user_questions(
                 Rc::clone(&directory),
                 rx,
             ));
@@ -841,7 +843,7 @@ async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, Strin
         let settings =
             delivery_settings(&shared.control, &shared.home, &shared.settings.me, &specs)?;
         let remote = build_remote(shared)?;
-        Some(Rc::new(crate::deliver::DeliveryShard::new(
+        Some(Rc::new(scheduler::deliver::DeliveryShard::new(
             info.index,
             queues,
             specs,

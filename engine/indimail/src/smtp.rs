@@ -12,7 +12,7 @@
 //! AUTH offered), `submission` (587: AUTH required before MAIL, sender must
 //! match the authenticated user unless `MASQUERADE` is set), `smtps`
 //! (465: implicit TLS, RFC 8314) and `odmr` (366: AUTH then ATRN, RFC 2645;
-//! ETRN and ATRN are in [`crate::turn`]).
+//! ETRN and ATRN are in [`scheduler::turn`]).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -28,9 +28,9 @@ use smtp_proto::{
 use tls::MaybeTls;
 
 use crate::config::SmtpSettings;
-use crate::metrics::ShardMetrics;
-use crate::queues::ShardQueues;
 use control::log;
+use scheduler::metrics::ShardMetrics;
+use scheduler::queues::ShardQueues;
 
 /// Largest read buffer: a connection streaming a message reads in pieces
 /// this big. A line longer than this is handled by the core's line cap.
@@ -56,7 +56,7 @@ pub enum Service {
     /// Implicit TLS (RFC 8314, port 465).
     Smtps,
     /// On-Demand Mail Relay (RFC 2645, port 366): AUTH, then ATRN turns the
-    /// connection around (see [`crate::turn`]).
+    /// connection around (see [`scheduler::turn`]).
     Odmr,
     /// POP3 server on the users' Maildirs (STLS offered).
     Pop3,
@@ -169,11 +169,11 @@ pub struct SmtpShard {
     connections: Cell<u32>,
     per_ip: RefCell<HashMap<IpAddr, u32>>,
     /// The user directory, for CHECKRECIPIENT.
-    pub(crate) directory: Rc<crate::directory::DirectoryHandle>,
+    pub(crate) directory: Rc<scheduler::directory::DirectoryHandle>,
     /// Greylisting, when enabled (see [`Greylisting`]).
     greylisting: RefCell<Option<Greylisting>>,
-    /// Every shard's turn channel, for ETRN and ATRN (see [`crate::turn`]).
-    turn: RefCell<Option<crate::turn::TurnHub>>,
+    /// Every shard's turn channel, for ETRN and ATRN (see [`scheduler::turn`]).
+    turn: RefCell<Option<scheduler::turn::TurnHub>>,
     /// RCPT and message rates per client address and per user (`rcptrate`,
     /// `msgrate`, `authrcptrate`, `authmsgrate`), counted on this shard for
     /// the clients and users it is home to.
@@ -309,7 +309,7 @@ impl SmtpShard {
         queues: Rc<ShardQueues>,
         metrics: std::sync::Arc<ShardMetrics>,
         (index, shards): (usize, usize),
-        directory: Rc<crate::directory::DirectoryHandle>,
+        directory: Rc<scheduler::directory::DirectoryHandle>,
         certs: Option<Rc<tls::CertStore>>,
     ) -> SmtpShard {
         let rates = RefCell::new(rate_limits(&settings.rates));
@@ -354,7 +354,7 @@ impl SmtpShard {
     }
 
     /// Connects this shard to every shard's turn channel (ETRN, ATRN).
-    pub fn set_turn(&self, hub: crate::turn::TurnHub) {
+    pub fn set_turn(&self, hub: scheduler::turn::TurnHub) {
         *self.turn.borrow_mut() = Some(hub);
     }
 
@@ -586,7 +586,7 @@ async fn connection(
         let _ = stream.write_all(r.to_wire()).await;
         return;
     }
-    shard.metrics.inc(crate::metrics::Counter::Connections);
+    shard.metrics.inc(scheduler::metrics::Counter::Connections);
     let relay = settings.relay_everyone || rule.var("RELAYCLIENT").is_some();
     let check_rcpt = match rule.var("CHECKRECIPIENT") {
         Some(v) => crate::rcptcheck::RecipientCheck::from_var(Some(v)),
@@ -603,7 +603,7 @@ async fn connection(
     session.set_max_rcpt_errors(checks.max_rcpt_errors);
     let random = tls::random_u64()
         .unwrap_or_else(|_| u64::from(peer.port()) << 32 | u64::from(std::process::id()));
-    session.set_auth_entropy(random, crate::deliver::unix_now());
+    session.set_auth_entropy(random, scheduler::deliver::unix_now());
     let stream = if service == Service::Smtps {
         let Some(certs) = &shard.certs else {
             log!(
@@ -799,7 +799,7 @@ struct Connection {
     /// greetdelay, REQPTR, tarpitting, PENALTY for this client.
     checks: crate::clientchecks::ClientChecks,
     /// An accepted ATRN, until the connection is turned around.
-    turned: Option<crate::turn::Turned>,
+    turned: Option<scheduler::turn::Turned>,
     /// The client's DNSBL listing, if any (see [`Dnsbl`]).
     dnsbl: Dnsbl,
     /// The settings this connection started with.
@@ -823,7 +823,7 @@ struct Connection {
     /// CHECKRECIPIENT in force for this connection.
     check_rcpt: crate::rcptcheck::RecipientCheck,
     session: Session,
-    spool: Option<crate::domainqueue::Spool>,
+    spool: Option<scheduler::domainqueue::Spool>,
     /// Set when storing the message failed mid-message: the commit then
     /// answers with the failure's reply instead of 250.
     spool_failed: Option<SpoolFailure>,
@@ -897,7 +897,8 @@ impl Connection {
                     if let Some(t) = self.turned.take() {
                         let (me, timeout) = (self.settings.me.clone(), self.settings.timeout);
                         let (index, peer) = (self.shard.index, self.peer);
-                        crate::turn::reverse(self.io(), rest, t, &me, timeout, index, peer).await;
+                        scheduler::turn::reverse(self.io(), rest, t, &me, timeout, index, peer)
+                            .await;
                     }
                     return Ok(());
                 }
@@ -1206,7 +1207,7 @@ impl Connection {
             }
             OwnedEvent::Etrn { node } => {
                 let hub = self.shard.turn.borrow().clone();
-                let r = crate::turn::etrn(
+                let r = scheduler::turn::etrn(
                     hub.as_ref(),
                     &self.settings.turn,
                     &node,
@@ -1218,7 +1219,7 @@ impl Connection {
             }
             OwnedEvent::Atrn { domains } => {
                 let hub = self.shard.turn.borrow().clone();
-                let r = crate::turn::atrn(
+                let r = scheduler::turn::atrn(
                     hub.as_ref(),
                     &self.settings.turn,
                     &self.shard.directory,
@@ -1244,7 +1245,9 @@ impl Connection {
                 }
                 self.txn.held = None;
                 self.spool_failed = None;
-                self.shard.metrics.inc(crate::metrics::Counter::Rejected);
+                self.shard
+                    .metrics
+                    .inc(scheduler::metrics::Counter::Rejected);
             }
         }
     }
@@ -1441,14 +1444,14 @@ impl Connection {
 
     /// `domainqueue`: an accepted recipient's line joins the message's
     /// assignments; DATABYTES, NULLQUEUE and QUARANTINE act as from
-    /// envrules (see [`crate::domainqueue::txn_vars`]).
+    /// envrules (see [`scheduler::domainqueue::txn_vars`]).
     fn domain_queue(&mut self, rcpt: &str) {
         let env = self.settings.policy.domain_queue_env(rcpt);
         if env.is_empty() {
             return;
         }
         policy::merge_env(&mut self.txn.queue_env, &env);
-        self.txn.apply_env(&crate::domainqueue::txn_vars(&env));
+        self.txn.apply_env(&scheduler::domainqueue::txn_vars(&env));
         log!(
             "shard{} domainqueue rcpt=<{rcpt}> set={}",
             self.shard.index,
@@ -1698,7 +1701,7 @@ impl Connection {
                 };
                 self.shard
                     .metrics
-                    .inc(crate::metrics::Counter::AuthFailures);
+                    .inc(scheduler::metrics::Counter::AuthFailures);
                 log!(
                     "shard{} auth failed user={user} mech={mechanism} ip={ip} failures={} ip_failures={ip_failures}",
                     self.shard.index,
@@ -1769,7 +1772,7 @@ impl Connection {
             .then(|| msgproc::HeaderProcessor::new(std::sync::Arc::clone(&rules.headers)));
         let dq = &self.settings.domain_queues;
         let target = dq.target(&self.txn.queue_env, self.shard.index);
-        let mut w = crate::domainqueue::Spool::begin(&self.shard.queues, target);
+        let mut w = scheduler::domainqueue::Spool::begin(&self.shard.queues, target);
         let mut received = self.txn.spf_header.clone().unwrap_or_default();
         received.push_str(&self.received_header());
         let rcpts = self.queue_recipients();
@@ -2065,10 +2068,12 @@ impl Connection {
         }));
         let rcpt_count = envelope.recipients.len();
         match w.commit(envelope, &found.logged).await {
-            Ok(crate::domainqueue::Stored::Routed { queue, name }) => {
+            Ok(scheduler::domainqueue::Stored::Routed { queue, name }) => {
                 // The importing shard logs `new msg` and the headers.
                 self.shard.queues.wake_owner(queue);
-                self.shard.metrics.inc(crate::metrics::Counter::Accepted);
+                self.shard
+                    .metrics
+                    .inc(scheduler::metrics::Counter::Accepted);
                 log!(
                     "shard{} routed msg to queue{queue} drop={name} bytes={} from=<{sender}> rcpts={rcpt_count} ip={} (domainqueue)",
                     self.shard.index,
@@ -2078,8 +2083,10 @@ impl Connection {
                 self.session
                     .message_committed(Ok(format!("queue{queue} {name}")));
             }
-            Ok(crate::domainqueue::Stored::Queued(id)) => {
-                self.shard.metrics.inc(crate::metrics::Counter::Accepted);
+            Ok(scheduler::domainqueue::Stored::Queued(id)) => {
+                self.shard
+                    .metrics
+                    .inc(scheduler::metrics::Counter::Accepted);
                 log!(
                     "shard{} new msg {id} bytes={} from=<{sender}> rcpts={} ip={}",
                     self.shard.index,
@@ -2158,7 +2165,7 @@ fn scram_decoy_key() -> &'static [u8] {
             .flat_map(|i| {
                 tls::random_u64()
                     .unwrap_or_else(|_| {
-                        u64::from(std::process::id()) ^ crate::deliver::unix_now() ^ i
+                        u64::from(std::process::id()) ^ scheduler::deliver::unix_now() ^ i
                     })
                     .to_le_bytes()
             })

@@ -390,7 +390,7 @@ pub fn qmail_qstat(paths: &Paths) -> i32 {
     let mut drops = 0;
     if let Ok(queues) = paths.layout_with_existing().map(|l| l.specs()) {
         for q in queues {
-            if let Ok(rd) = std::fs::read_dir(crate::inject::drop_dir(&q.dir)) {
+            if let Ok(rd) = std::fs::read_dir(scheduler::inject::drop_dir(&q.dir)) {
                 drops += rd
                     .flatten()
                     .filter(|e| {

@@ -21,9 +21,9 @@ use std::path::{Path, PathBuf};
 use policy::EnvAssign;
 use queue_store::{Envelope, MessageId, MessageWriter, QueueError};
 
-use crate::config::QueueSpec;
 use crate::queues::ShardQueues;
 use control::ControlError;
+use queue_layout::QueueSpec;
 
 /// The variables that choose a queue (spec 1.5).
 const QUEUE_VARS: [&str; 4] = ["QUEUEDIR", "QUEUE_BASE", "QUEUE_START", "QUEUE_COUNT"];

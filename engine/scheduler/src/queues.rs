@@ -5,14 +5,14 @@
 //! shard `N % shards`). A message accepted by a shard goes to one of that
 //! shard's own queues (round-robin when it owns several), so the commit path
 //! never crosses threads; only mail `domainqueue` sends to another shard's
-//! queue goes there as a drop file (see [`crate::domainqueue`]).
+//! queue goes there as a drop file (see `domainqueue`).
 
 use std::cell::Cell;
 use std::rc::Rc;
 
 use queue_store::{MessageWriter, Queue, QueueConfig, RecoveryReport};
 
-use crate::config::QueueSpec;
+use queue_layout::QueueSpec;
 
 /// The open queues of one shard.
 pub struct ShardQueues {
@@ -26,12 +26,12 @@ pub struct ShardQueues {
     rules: std::cell::RefCell<Option<std::sync::Arc<msgproc::QueueRules>>>,
     /// The import wake-up of the shard owning each queue (by number, set by
     /// `serve`): mail routed into another shard's queue (see
-    /// [`crate::domainqueue`]) is imported at once, not at the next poll.
+    /// `domainqueue`) is imported at once, not at the next poll.
     wakers: std::cell::RefCell<Vec<(u32, std::sync::Arc<tokio::sync::Notify>)>>,
 }
 
 /// Present in a queue directory while `indimail import-qmail-queue` has not
-/// finished (see [`crate::qmailimport`]): the queue is not opened until a
+/// finished: the queue is not opened until a
 /// re-run completes the import, so nothing imported is delivered or deleted
 /// while its original may still exist.
 pub const IMPORT_MARKER: &str = "import.pending";

@@ -23,7 +23,7 @@
 //! | 4 | CRC32C of everything before it |
 //!
 //! A message an SMTP shard routes into another shard's queue (`domainqueue`,
-//! see [`crate::domainqueue`]) is a drop file too, magic `IMINJ02\n`: after
+//! see `domainqueue`) is a drop file too, magic `IMINJ02\n`: after
 //! the envelope, 4 bytes of length and that many bytes of *route record*
 //! (pairs of 4-byte-length-prefixed key and value: `ip`, `helo`, `auth`,
 //! `x.<name>` for envelope extras such as envheaders, `log` per logged
@@ -37,7 +37,8 @@ use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::config::{Paths, QueueSpec};
+use control::Paths;
+use queue_layout::QueueSpec;
 
 const MAGIC: &[u8; 8] = b"IMINJ01\n";
 /// A message routed by SMTP, queue rules already applied (see the module docs).
@@ -563,7 +564,7 @@ fn read_queue_input() -> Result<(Vec<u8>, Envelope), InjectError> {
 }
 
 fn check_size(paths: &Paths, len: usize) -> Result<(), InjectError> {
-    let limit = crate::config::env_number("DATABYTES", 0u64)
+    let limit = control::env::env_number("DATABYTES", 0u64)
         .and_then(|v| {
             if std::env::var_os("DATABYTES").is_some() {
                 Ok(v)
@@ -591,7 +592,7 @@ fn with_received(body: Vec<u8>, from_ip: Option<&str>) -> Vec<u8> {
     let host = if std::env::var_os("HIDE_HOST").is_some() {
         String::new()
     } else {
-        format!(" by host {}", crate::config::system_hostname())
+        format!(" by host {}", control::env::system_hostname())
     };
     let line = format!(
         "Received: (indimail-rs queue {}{host} invoked {by});\n\t{}\n",
