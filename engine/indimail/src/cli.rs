@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use admin_api::adminauth;
 use clap::{Parser, Subcommand};
 
-use crate::tools;
+use operator_tools::tools;
 
 #[derive(Parser)]
 #[command(

@@ -11,16 +11,11 @@ mod configcmd;
 mod dnscheck;
 mod plugins;
 mod privs;
-mod qmailimport;
-mod queuectl;
-mod queuelist;
 mod rcptcheck;
 mod scanners;
-mod sendmail;
 mod serve;
 mod smtp;
 mod tcprules;
-mod tools;
 mod userrates;
 
 use std::net::SocketAddr;
@@ -29,7 +24,7 @@ use std::process::ExitCode;
 
 use admin_api::{adminauth, adminclient, adminsrv, indisrvr};
 use clap::{CommandFactory, Parser};
-use operator_tools::{logsummary, manpages, svctool};
+use operator_tools::{logsummary, manpages, qmailimport, queuelist, sendmail, svctool, tools};
 
 use crate::cli::{
     Cli, Command, ConfigCommand, DkimCommand, LogCommand, QueueCommand, ServeArgs, ServiceCommand,
@@ -163,10 +158,11 @@ fn run(command: Command, paths: Paths) -> ExitCode {
 }
 
 /// `indimail <what>`'s exit: 0, or the error on stderr and 111.
-fn report(what: &str, r: anyhow::Result<()>) -> ExitCode {
+fn report<E: Into<anyhow::Error>>(what: &str, r: Result<(), E>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let e: anyhow::Error = e.into();
             eprintln!("indimail {what}: {e:#}");
             ExitCode::from(111)
         }

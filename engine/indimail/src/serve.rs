@@ -59,7 +59,7 @@ struct Shared {
     rate_rx: Mutex<Vec<Option<shard::MeshReceiver<crate::userrates::UserRateQuestion>>>>,
     /// Queue-tool requests from the control socket (see [`crate::queuectl`]),
     /// taken by each shard at start.
-    ctl_rx: Mutex<Vec<Option<shard::MeshReceiver<crate::queuectl::CtlRequest>>>>,
+    ctl_rx: Mutex<Vec<Option<shard::MeshReceiver<operator_tools::queuectl::CtlRequest>>>>,
     /// The queue base, to pick up `queueN` drop directories created after
     /// start (an injector that chose before `run/queues` was written);
     /// `None` with `QUEUEDIR`.
@@ -151,8 +151,8 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
         driver.name()
     );
     // Queue tools talk to the shards through the control socket.
-    let control_socket = match crate::queuectl::ControlSocket::start(
-        crate::queuectl::socket_path(&config.paths.home),
+    let control_socket = match operator_tools::queuectl::ControlSocket::start(
+        operator_tools::queuectl::socket_path(&config.paths.home),
         ctl_mesh.senders,
     ) {
         Ok(c) => Some(c),
@@ -570,16 +570,16 @@ fn route_user_rates(info: &ShardInfo, shared: &Shared, smtp_shard: &Rc<SmtpShard
 
 /// Queue tools (show, delete, bounce, hold, release, flush) for this shard's queues.
 async fn serve_queue_control(info: &ShardInfo, shared: &Shared, smtp_shard: &Rc<SmtpShard>) {
-    let ctx = Rc::new(crate::queuectl::Ctx {
+    let ctx = Rc::new(operator_tools::queuectl::Ctx {
         who: format!("shard{}", info.index),
         control: shared.control.clone(),
         me: shared.settings.me.clone(),
         specs: shared.assignment[info.index].clone(),
     });
-    crate::queuectl::apply_recorded_flushes(&smtp_shard.queues, &ctx).await;
+    operator_tools::queuectl::apply_recorded_flushes(&smtp_shard.queues, &ctx).await;
     let rx = take_receiver(&shared.ctl_rx, info.index);
     if let Some(rx) = rx {
-        tokio::task::spawn_local(crate::queuectl::serve_shard(
+        tokio::task::spawn_local(operator_tools::queuectl::serve_shard(
             rx,
             Rc::clone(&smtp_shard.queues),
             ctx,

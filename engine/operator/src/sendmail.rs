@@ -10,7 +10,7 @@
 
 use std::io::Read;
 
-use crate::config::Paths;
+use control::Paths;
 use scheduler::inject::{self, Envelope};
 
 /// sysexits codes.
@@ -121,7 +121,7 @@ fn default_sender(paths: &Paths) -> String {
             .string("me")
             .ok()
             .flatten()
-            .unwrap_or_else(crate::config::system_hostname)
+            .unwrap_or_else(control::env::system_hostname)
     });
     format!("{user}@{host}")
 }

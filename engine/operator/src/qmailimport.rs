@@ -54,8 +54,9 @@ use std::rc::Rc;
 use delivery::bounce::{self, FailedRecipient, Original};
 use queue_store::{Envelope, Queue, QueueConfig};
 
-use crate::config::{Paths, QueueSpec};
-use operator_tools::progress::Progress;
+use crate::progress::Progress;
+use control::Paths;
+use queue_layout::QueueSpec;
 use scheduler::queues::{lock_queue, IMPORT_MARKER};
 
 /// The envelope key recording where an imported message came from.
@@ -473,7 +474,7 @@ fn run(paths: &Paths, dir: &Path, control: Option<&Path>) -> Result<Summary, Str
         .string("me")
         .ok()
         .flatten()
-        .unwrap_or_else(crate::config::system_hostname);
+        .unwrap_or_else(control::env::system_hostname);
     let bounce_cfg =
         scheduler::deliver::DeliverySettings::load(&paths.control, &me, &specs)?.bounce;
 

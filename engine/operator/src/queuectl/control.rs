@@ -283,7 +283,7 @@ fn execute_stopped(paths: &Paths, op: &Op) -> Result<Answer, String> {
         .string("me")
         .ok()
         .flatten()
-        .unwrap_or_else(crate::config::system_hostname);
+        .unwrap_or_else(::control::env::system_hostname);
     let ctx = Ctx {
         who: "tool".into(),
         control: paths.control.clone(),

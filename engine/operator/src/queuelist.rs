@@ -5,16 +5,34 @@
 use control::Paths;
 use queue_layout::QueueSpec;
 
-use operator_tools::progress;
+use crate::progress;
 
-use crate::tools;
 use scheduler::inject;
 
-pub fn queue_list(paths: &Paths, args: &tools::ListArgs) -> anyhow::Result<()> {
-    let sel = args.selection().map_err(anyhow::Error::msg)?;
+use crate::tools;
+
+/// Why the queues could not be listed.
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    /// The ids or patterns given do not parse.
+    #[error("{0}")]
+    Selection(String),
+    /// The queue layout (control files, variables) is wrong.
+    #[error("{0}")]
+    Layout(String),
+    /// A queue's log could not be read.
+    #[error(transparent)]
+    Queue(#[from] queue_store::QueueError),
+    /// Writing the list failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+pub fn queue_list(paths: &Paths, args: &tools::ListArgs) -> Result<(), ListError> {
+    let sel = args.selection().map_err(ListError::Selection)?;
     let queues = paths
         .layout_with_existing()
-        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .map_err(|e| ListError::Layout(e.to_string()))?
         .specs();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -104,7 +122,7 @@ pub fn queue_list(paths: &Paths, args: &tools::ListArgs) -> anyhow::Result<()> {
 /// Lists the messages recovery moved to `quarantine/` (their body could not
 /// be read whole): they are never delivered or retried, and stay listed
 /// until the operator removes them.
-fn list_quarantined(out: &mut impl std::io::Write, q: &QueueSpec) -> anyhow::Result<usize> {
+fn list_quarantined(out: &mut impl std::io::Write, q: &QueueSpec) -> std::io::Result<usize> {
     let Ok(entries) = std::fs::read_dir(q.dir.join(queue_store::QUARANTINE_DIR)) else {
         return Ok(0);
     };
@@ -165,10 +183,10 @@ fn queue_store_line(queue: u32, m: &queue_store::QueuedMessage, now: u64) -> Str
     )
 }
 
-pub fn queue_stat(paths: &Paths) -> anyhow::Result<()> {
+pub fn queue_stat(paths: &Paths) -> Result<(), ListError> {
     let queues = paths
         .layout_with_existing()
-        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .map_err(|e| ListError::Layout(e.to_string()))?
         .specs();
     let (mut tm, mut tp) = (0usize, 0usize);
     for q in &queues {

@@ -36,9 +36,10 @@ use std::rc::Rc;
 use delivery::bounce::{self, BounceConfig, FailedRecipient, Original};
 use queue_store::{DueRecipient, Envelope, MessageId, Queue, RecipientOutcome, RecipientState};
 
-use crate::config::{Paths, QueueSpec};
 use ::control::log;
 use ::control::ControlDir;
+use ::control::Paths;
+use queue_layout::QueueSpec;
 use scheduler::queues::ShardQueues;
 
 /// The control socket of a home.

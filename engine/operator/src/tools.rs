@@ -12,23 +12,14 @@ use std::path::Path;
 
 use queue_store::{MessageId, RecipientState};
 
-use crate::config::Paths;
 use crate::queuectl::{self, Op, Selection};
+use control::Paths;
 
-/// Which messages: ids and/or patterns.
+/// Which messages: envelope ids and/or patterns, and text in the messages.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct SelectArgs {
-    /// Message ids, as `queue list` prints them (e.g. 1-1-32).
-    pub ids: Vec<String>,
-    /// Envelope sender: an address, `@domain`, or `<>` for bounces.
-    #[arg(long)]
-    pub sender: Option<String>,
-    /// A recipient: an address or `@domain`.
-    #[arg(long)]
-    pub rcpt: Option<String>,
-    /// A recipient domain.
-    #[arg(long)]
-    pub domain: Option<String>,
+    #[command(flatten)]
+    pub envelope: ListArgs,
     /// Text in the envelope or the message (headers and body).
     #[arg(long)]
     pub grep: Option<String>,
@@ -42,17 +33,10 @@ pub struct SelectArgs {
 
 impl SelectArgs {
     fn selection(&self) -> Result<Selection, String> {
-        let mut ids = Vec::new();
-        for i in &self.ids {
-            ids.push(i.parse::<MessageId>().map_err(|e| e.to_string())?);
-        }
         Ok(Selection {
-            ids,
-            sender: self.sender.clone(),
-            rcpt: self.rcpt.clone(),
-            domain: self.domain.clone(),
             grep: self.grep.clone(),
             icase: self.ignore_case,
+            ..self.envelope.selection()?
         })
     }
 }
@@ -62,7 +46,7 @@ impl SelectArgs {
 /// `--grep`, which needs the messages themselves).
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct ListArgs {
-    /// Message ids (e.g. 1-1-32).
+    /// Message ids, as `queue list` prints them (e.g. 1-1-32).
     pub ids: Vec<String>,
     /// Envelope sender: an address, `@domain`, or `<>` for bounces.
     #[arg(long)]
