@@ -276,7 +276,7 @@ fn handle(
                 "indisrvr: refused user={user} ip={ip} reason=not-available args=\"{}\"",
                 masked(&args)
             );
-            return error(400, "Bad Request", &e);
+            return error(400, "Bad Request", &e.to_string());
         }
     };
     if !admin.allows(&op) {

@@ -64,7 +64,48 @@ const MAX_LINE: usize = 16 * 1024;
 /// Splits a command line as a shell would split words: blanks separate, `'...'` is literal,
 /// `"..."` keeps blanks and takes `\"` and `\\`, a backslash outside quotes escapes the next
 /// character. No expansion of any kind.
-pub fn split_args(line: &str) -> Result<Vec<String>, String> {
+/// Why a command line cannot be split into words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SplitError {
+    /// `'` without its closing quote.
+    #[error("unterminated ' quote")]
+    SingleQuote,
+    /// `"` without its closing quote.
+    #[error("unterminated \" quote")]
+    DoubleQuote,
+    /// A backslash with nothing after it.
+    #[error("backslash at the end of the line")]
+    TrailingBackslash,
+}
+
+/// Why a command line is refused; its text is the one line the client reads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// Not `<index> <command> [arguments]`.
+    #[error("indisrvr: incorrect syntax: expected <index> <command> [arguments]")]
+    Syntax,
+    /// The index is past IndiMail's whitelist.
+    #[error("indisrvr: no command at index {0}")]
+    NoIndex(usize),
+    /// The arguments' quoting.
+    #[error("indisrvr: {0}")]
+    Quoting(#[from] SplitError),
+    /// The command's basename is not the whitelist entry of its index.
+    #[error("indisrvr: {command} does not match index {index} ({program})")]
+    Mismatch {
+        /// The command as given.
+        command: String,
+        /// The index given.
+        index: usize,
+        /// The entry at that index.
+        program: &'static str,
+    },
+    /// A whitelist entry this project does not implement.
+    #[error("indisrvr: {0} is not available on this server")]
+    NotImplemented(&'static str),
+}
+
+pub fn split_args(line: &str) -> Result<Vec<String>, SplitError> {
     let mut args = Vec::new();
     let mut cur = String::new();
     let mut in_word = false;
@@ -83,7 +124,7 @@ pub fn split_args(line: &str) -> Result<Vec<String>, String> {
                     match chars.next() {
                         Some('\'') => break,
                         Some(c) => cur.push(c),
-                        None => return Err("unterminated ' quote".into()),
+                        None => return Err(SplitError::SingleQuote),
                     }
                 }
             }
@@ -98,10 +139,10 @@ pub fn split_args(line: &str) -> Result<Vec<String>, String> {
                                 cur.push('\\');
                                 cur.push(o);
                             }
-                            None => return Err("unterminated \" quote".into()),
+                            None => return Err(SplitError::DoubleQuote),
                         },
                         Some(c) => cur.push(c),
-                        None => return Err("unterminated \" quote".into()),
+                        None => return Err(SplitError::DoubleQuote),
                     }
                 }
             }
@@ -109,7 +150,7 @@ pub fn split_args(line: &str) -> Result<Vec<String>, String> {
                 in_word = true;
                 match chars.next() {
                     Some(c) => cur.push(c),
-                    None => return Err("backslash at the end of the line".into()),
+                    None => return Err(SplitError::TrailingBackslash),
                 }
             }
             c => {
@@ -136,18 +177,16 @@ pub struct Request {
 }
 
 /// `<index> <command> <args...>` → the request, or the line to answer.
-pub fn parse_command(line: &str) -> Result<Request, String> {
-    let syntax =
-        || "indisrvr: incorrect syntax: expected <index> <command> [arguments]".to_string();
+pub fn parse_command(line: &str) -> Result<Request, CommandError> {
     let line = line.trim_start();
-    let (index, rest) = line.split_once([' ', '\t']).ok_or_else(syntax)?;
-    let index: usize = index.parse().map_err(|_| syntax())?;
+    let (index, rest) = line.split_once([' ', '\t']).ok_or(CommandError::Syntax)?;
+    let index: usize = index.parse().map_err(|_| CommandError::Syntax)?;
     let Some(&program) = PROGRAMS.get(index) else {
-        return Err(format!("indisrvr: no command at index {index}"));
+        return Err(CommandError::NoIndex(index));
     };
-    let mut args = split_args(rest).map_err(|e| format!("indisrvr: {e}"))?;
+    let mut args = split_args(rest)?;
     if args.is_empty() {
-        return Err(syntax());
+        return Err(CommandError::Syntax);
     }
     let command = args.remove(0);
     let base = Path::new(&command)
@@ -155,14 +194,14 @@ pub fn parse_command(line: &str) -> Result<Request, String> {
         .and_then(|n| n.to_str())
         .unwrap_or("");
     if base != program {
-        return Err(format!(
-            "indisrvr: {command} does not match index {index} ({program})"
-        ));
+        return Err(CommandError::Mismatch {
+            command,
+            index,
+            program,
+        });
     }
     if !implemented(program) {
-        return Err(format!(
-            "indisrvr: {program} is not available on this server"
-        ));
+        return Err(CommandError::NotImplemented(program));
     }
     Ok(Request {
         index,

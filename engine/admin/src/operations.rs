@@ -43,22 +43,47 @@ pub fn known_operation(o: &str) -> bool {
     })
 }
 
+/// Why a command line is not run by the HTTP endpoint (answered `400` with this text).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OperationError {
+    /// No words at all.
+    #[error("empty command")]
+    Empty,
+    /// A group without its verb (`user`).
+    #[error("missing subcommand")]
+    MissingSubcommand,
+    /// `--home`: a remote command runs on the server's home only.
+    #[error("--home is not accepted")]
+    Home,
+    /// Outside the whitelist.
+    #[error("{group} {verb} is not available remotely")]
+    NotAvailable {
+        /// The command group (`queue`).
+        group: String,
+        /// Its verb (`delete`).
+        verb: String,
+    },
+}
+
 /// The operation (`group.verb`) of a command line, if whitelisted.
-pub fn operation(args: &[String]) -> Result<String, String> {
-    let group = args.first().ok_or("empty command")?;
-    let verb = args.get(1).ok_or("missing subcommand")?;
+pub fn operation(args: &[String]) -> Result<String, OperationError> {
+    let group = args.first().ok_or(OperationError::Empty)?;
+    let verb = args.get(1).ok_or(OperationError::MissingSubcommand)?;
     if args
         .iter()
         .any(|a| a == "--home" || a.starts_with("--home="))
     {
-        return Err("--home is not accepted".into());
+        return Err(OperationError::Home);
     }
     let allowed = WHITELIST
         .iter()
         .find(|(g, _)| g == group)
         .is_some_and(|(_, verbs)| verbs.is_none_or(|vs| vs.contains(&verb.as_str())));
     if !allowed {
-        return Err(format!("{group} {verb} is not available remotely"));
+        return Err(OperationError::NotAvailable {
+            group: group.clone(),
+            verb: verb.clone(),
+        });
     }
     Ok(format!("{group}.{verb}"))
 }
