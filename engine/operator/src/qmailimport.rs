@@ -62,6 +62,62 @@ use scheduler::queues::{lock_queue, IMPORT_MARKER};
 /// The envelope key recording where an imported message came from.
 pub const IMPORT_KEY: &str = "qmail-import";
 
+/// Why the import stopped (a message that cannot be read is counted bad instead).
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// A file or directory could not be read, written or removed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// A directory could not be synced after the files in it changed.
+    #[error("{}: fsync: {source}", path.display())]
+    Sync {
+        /// The directory.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// One of this home's queues cannot be opened.
+    #[error("{}: {source}", path.display())]
+    Open {
+        /// The queue directory.
+        path: PathBuf,
+        /// The queue's error.
+        source: queue_store::QueueError,
+    },
+    /// DIR has no `mess/`, nor any subdirectory with one.
+    #[error("{}: not a qmail queue (no mess/ in it or in its subdirectories)", .0.display())]
+    NotAQueue(PathBuf),
+    /// A message's `info` or `todo` file has no sender (`F`) record.
+    #[error("{}: no F record", .0.display())]
+    NoSender(PathBuf),
+    /// This home's queue layout is wrong.
+    #[error("{0}")]
+    Layout(String),
+    /// A queue of this home is held by a running server.
+    #[error("{0}; stop the server before importing")]
+    Locked(String),
+    /// The bounce settings cannot be read.
+    #[error("{0}")]
+    Settings(String),
+    /// The queue refused a message.
+    #[error("cannot queue: {0}")]
+    Queue(String),
+}
+
+impl ImportError {
+    fn io(path: &Path, source: std::io::Error) -> ImportError {
+        ImportError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
 /// One message file of the source queue.
 #[derive(Debug, Clone)]
 struct Source {
@@ -99,9 +155,8 @@ impl Source {
         v
     }
 
-    fn key(&self) -> Result<String, String> {
-        let m =
-            std::fs::metadata(&self.mess).map_err(|e| format!("{}: {e}", self.mess.display()))?;
+    fn key(&self) -> Result<String, ImportError> {
+        let m = std::fs::metadata(&self.mess).map_err(|e| ImportError::io(&self.mess, e))?;
         Ok(format!(
             "{}:{}:{}.{}:{}",
             self.root.display(),
@@ -146,11 +201,11 @@ fn mtime(p: &Path) -> u64 {
     std::fs::metadata(p).map_or(0, |m| m.mtime().max(0) as u64)
 }
 
-fn read(p: &Path) -> Result<Option<Vec<u8>>, String> {
+fn read(p: &Path) -> Result<Option<Vec<u8>>, ImportError> {
     match std::fs::read(p) {
         Ok(b) => Ok(Some(b)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("{}: {e}", p.display())),
+        Err(e) => Err(ImportError::io(p, e)),
     }
 }
 
@@ -226,7 +281,7 @@ fn original_address(addr: &str, vdoms: &[(String, String)]) -> String {
     strip(domain).unwrap_or_else(|| addr.to_string())
 }
 
-fn parse(src: &Source, vdoms: &[(String, String)]) -> Result<State, String> {
+fn parse(src: &Source, vdoms: &[(String, String)]) -> Result<State, ImportError> {
     let mut p = Parsed::default();
     let header = |p: &mut Parsed, kind: u8, v: String| match kind {
         b'F' => p.sender = v,
@@ -250,7 +305,7 @@ fn parse(src: &Source, vdoms: &[(String, String)]) -> Result<State, String> {
             }
         }
         if !seen_f {
-            return Err(format!("{}: no F record", todo.display()));
+            return Err(ImportError::NoSender(todo.clone()));
         }
         p.arrival = mtime(&todo);
         return Ok(State::Queued(p));
@@ -265,7 +320,7 @@ fn parse(src: &Source, vdoms: &[(String, String)]) -> Result<State, String> {
         header(&mut p, kind, v);
     }
     if !seen_f {
-        return Err(format!("{}: no F record", info.display()));
+        return Err(ImportError::NoSender(info.clone()));
     }
     p.arrival = mtime(&info);
     for (chan, local) in [("local", true), ("remote", false)] {
@@ -292,11 +347,11 @@ fn parse(src: &Source, vdoms: &[(String, String)]) -> Result<State, String> {
 
 /// The queues under `dir`: `dir` itself when it has `mess/`, else its
 /// subdirectories that have one.
-fn source_queues(dir: &Path) -> Result<Vec<PathBuf>, String> {
+fn source_queues(dir: &Path) -> Result<Vec<PathBuf>, ImportError> {
     if dir.join("mess").is_dir() {
         return Ok(vec![dir.to_path_buf()]);
     }
-    let rd = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let rd = std::fs::read_dir(dir).map_err(|e| ImportError::io(dir, e))?;
     let mut v: Vec<PathBuf> = rd
         .flatten()
         .map(|e| e.path())
@@ -304,25 +359,22 @@ fn source_queues(dir: &Path) -> Result<Vec<PathBuf>, String> {
         .collect();
     v.sort();
     if v.is_empty() {
-        return Err(format!(
-            "{}: not a qmail queue (no mess/ in it or in its subdirectories)",
-            dir.display()
-        ));
+        return Err(ImportError::NotAQueue(dir.to_path_buf()));
     }
     Ok(v)
 }
 
-fn messages(root: &Path) -> Result<Vec<Source>, String> {
+fn messages(root: &Path) -> Result<Vec<Source>, ImportError> {
     let mess = root.join("mess");
     let mut out = Vec::new();
-    let rd = std::fs::read_dir(&mess).map_err(|e| format!("{}: {e}", mess.display()))?;
+    let rd = std::fs::read_dir(&mess).map_err(|e| ImportError::io(&mess, e))?;
     for split in rd.flatten() {
         if !split.path().is_dir() {
             continue;
         }
         let s = split.file_name().to_string_lossy().into_owned();
-        let files = std::fs::read_dir(split.path())
-            .map_err(|e| format!("{}: {e}", split.path().display()))?;
+        let files =
+            std::fs::read_dir(split.path()).map_err(|e| ImportError::io(&split.path(), e))?;
         for f in files.flatten() {
             let id = f.file_name().to_string_lossy().into_owned();
             if id.bytes().all(|b| b.is_ascii_digit()) && !id.is_empty() {
@@ -339,7 +391,7 @@ fn messages(root: &Path) -> Result<Vec<Source>, String> {
     Ok(out)
 }
 
-fn read_virtualdomains(control: Option<&Path>) -> Result<Vec<(String, String)>, String> {
+fn read_virtualdomains(control: Option<&Path>) -> Result<Vec<(String, String)>, ImportError> {
     let Some(dir) = control else {
         return Ok(Vec::new());
     };
@@ -347,7 +399,7 @@ fn read_virtualdomains(control: Option<&Path>) -> Result<Vec<(String, String)>, 
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+        Err(e) => return Err(ImportError::io(&path, e)),
     };
     Ok(text
         .lines()
@@ -371,19 +423,22 @@ struct Summary {
 }
 
 /// Writes `import.pending` into our queue directory, durably.
-fn write_marker(spec: &QueueSpec, source: &Path) -> Result<(), String> {
+fn write_marker(spec: &QueueSpec, source: &Path) -> Result<(), ImportError> {
     let path = spec.dir.join(IMPORT_MARKER);
-    let mut f = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut f = std::fs::File::create(&path).map_err(|e| ImportError::io(&path, e))?;
     writeln!(f, "{}", source.display())
         .and_then(|()| f.sync_all())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| ImportError::io(&path, e))?;
     sync_dir(&spec.dir)
 }
 
-fn sync_dir(dir: &Path) -> Result<(), String> {
+fn sync_dir(dir: &Path) -> Result<(), ImportError> {
     std::fs::File::open(dir)
         .and_then(|f| f.sync_all())
-        .map_err(|e| format!("{}: fsync: {e}", dir.display()))
+        .map_err(|source| ImportError::Sync {
+            path: dir.to_path_buf(),
+            source,
+        })
 }
 
 /// `indimail import-qmail-queue DIR [--control DIR] [--dry-run]`; exit
@@ -430,7 +485,7 @@ pub fn main(paths: &Paths, dir: &Path, control: Option<&Path>, dry_run: bool) ->
 
 /// `--dry-run`: reads the qmail queue and counts what a run would import;
 /// takes no lock and changes nothing.
-fn survey(dir: &Path, control: Option<&Path>) -> Result<Summary, String> {
+fn survey(dir: &Path, control: Option<&Path>) -> Result<Summary, ImportError> {
     let roots = source_queues(dir)?;
     let vdoms = read_virtualdomains(control)?;
     let mut s = Summary::default();
@@ -457,17 +512,18 @@ fn survey(dir: &Path, control: Option<&Path>) -> Result<Summary, String> {
     Ok(s)
 }
 
-fn run(paths: &Paths, dir: &Path, control: Option<&Path>) -> Result<Summary, String> {
-    let dir = dir
-        .canonicalize()
-        .map_err(|e| format!("{}: {e}", dir.display()))?;
+fn run(paths: &Paths, dir: &Path, control: Option<&Path>) -> Result<Summary, ImportError> {
+    let dir = dir.canonicalize().map_err(|e| ImportError::io(dir, e))?;
     let roots = source_queues(&dir)?;
     let vdoms = read_virtualdomains(control)?;
     let mut sources = Vec::new();
     for r in &roots {
         sources.extend(messages(r)?);
     }
-    let specs = paths.layout(None).map_err(|e| e.to_string())?.configured();
+    let specs = paths
+        .layout(None)
+        .map_err(|e| ImportError::Layout(e.to_string()))?
+        .configured();
     let locks = lock_and_mark(&specs, &dir)?;
     let me = paths
         .control
@@ -475,8 +531,9 @@ fn run(paths: &Paths, dir: &Path, control: Option<&Path>) -> Result<Summary, Str
         .ok()
         .flatten()
         .unwrap_or_else(control::env::system_hostname);
-    let bounce_cfg =
-        scheduler::deliver::DeliverySettings::load(&paths.control, &me, &specs)?.bounce;
+    let bounce_cfg = scheduler::deliver::DeliverySettings::load(&paths.control, &me, &specs)
+        .map_err(ImportError::Settings)?
+        .bounce;
 
     let summary = shard::io::run(shard::io::Driver::Epoll, async {
         let mut importer = Importer::open(&specs, &bounce_cfg).await?;
@@ -491,11 +548,11 @@ fn run(paths: &Paths, dir: &Path, control: Option<&Path>) -> Result<Summary, Str
         for d in &touched {
             sync_dir(d)?;
         }
-        Ok::<Summary, String>(s)
+        Ok::<Summary, ImportError>(s)
     })?;
     for spec in &specs {
         let path = spec.dir.join(IMPORT_MARKER);
-        std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::remove_file(&path).map_err(|e| ImportError::io(&path, e))?;
         sync_dir(&spec.dir)?;
     }
     drop(locks);
@@ -504,13 +561,11 @@ fn run(paths: &Paths, dir: &Path, control: Option<&Path>) -> Result<Summary, Str
 
 /// Locks every queue of the home (the server must be stopped) and marks it as importing
 /// from `source`; the locks, held until the import ends.
-fn lock_and_mark(specs: &[QueueSpec], source: &Path) -> Result<Vec<std::fs::File>, String> {
+fn lock_and_mark(specs: &[QueueSpec], source: &Path) -> Result<Vec<std::fs::File>, ImportError> {
     let mut locks = Vec::new();
     for spec in specs {
-        std::fs::create_dir_all(&spec.dir).map_err(|e| format!("{}: {e}", spec.dir.display()))?;
-        locks.push(
-            lock_queue(&spec.dir).map_err(|e| format!("{e}; stop the server before importing"))?,
-        );
+        std::fs::create_dir_all(&spec.dir).map_err(|e| ImportError::io(&spec.dir, e))?;
+        locks.push(lock_queue(&spec.dir).map_err(ImportError::Locked)?);
     }
     for spec in specs {
         write_marker(spec, source)?;
@@ -533,12 +588,15 @@ impl<'a> Importer<'a> {
     async fn open(
         specs: &[QueueSpec],
         bounce_cfg: &'a bounce::BounceConfig,
-    ) -> Result<Importer<'a>, String> {
+    ) -> Result<Importer<'a>, ImportError> {
         let mut queues: Vec<Rc<Queue>> = Vec::new();
         for spec in specs {
             let (q, _) = Queue::open(QueueConfig::new(spec.dir.clone(), spec.number))
                 .await
-                .map_err(|e| format!("{}: {e}", spec.dir.display()))?;
+                .map_err(|source| ImportError::Open {
+                    path: spec.dir.clone(),
+                    source,
+                })?;
             queues.push(Rc::new(q));
         }
         let mut done: HashSet<String> = HashSet::new();
@@ -577,7 +635,7 @@ impl<'a> Importer<'a> {
         vdoms: &[(String, String)],
         s: &mut Summary,
         touched: &mut HashSet<PathBuf>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ImportError> {
         let key = match src.key() {
             Ok(k) => k,
             Err(_) => return Ok(()), // vanished meanwhile
@@ -612,7 +670,7 @@ impl<'a> Importer<'a> {
             let body = match message_of(src, &parsed) {
                 Ok(b) => b,
                 Err(e) => {
-                    s.bad.push(e);
+                    s.bad.push(e.to_string());
                     return Ok(());
                 }
             };
@@ -642,7 +700,7 @@ impl<'a> Importer<'a> {
         parsed: &Parsed,
         body: &[u8],
         key: String,
-    ) -> Result<(), String> {
+    ) -> Result<(), ImportError> {
         let q = self.next_queue();
         let mut env = Envelope::new(parsed.sender.clone(), parsed.recipients.clone());
         env.arrival = parsed.arrival;
@@ -672,7 +730,7 @@ impl<'a> Importer<'a> {
         parsed: &Parsed,
         body: &[u8],
         key: String,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, ImportError> {
         let failed: Vec<FailedRecipient> = parsed
             .bounced
             .iter()
@@ -714,15 +772,15 @@ impl<'a> Importer<'a> {
 }
 
 /// The message as it will be queued: qmail's extra headers, then the file.
-fn message_of(src: &Source, parsed: &Parsed) -> Result<Vec<u8>, String> {
+fn message_of(src: &Source, parsed: &Parsed) -> Result<Vec<u8>, ImportError> {
     let mut m = parsed.extra_headers.clone().into_bytes();
-    m.extend(std::fs::read(&src.mess).map_err(|e| format!("{}: {e}", src.mess.display()))?);
+    m.extend(std::fs::read(&src.mess).map_err(|e| ImportError::io(&src.mess, e))?);
     Ok(m)
 }
 
 /// Removes a committed source message's files (`mess` last, see
 /// `Source::files`), noting the directories to fsync.
-fn remove_originals(src: &Source, touched: &mut HashSet<PathBuf>) -> Result<(), String> {
+fn remove_originals(src: &Source, touched: &mut HashSet<PathBuf>) -> Result<(), ImportError> {
     for f in src.files() {
         match std::fs::remove_file(&f) {
             Ok(()) => {
@@ -731,21 +789,25 @@ fn remove_originals(src: &Source, touched: &mut HashSet<PathBuf>) -> Result<(), 
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("{}: {e}", f.display())),
+            Err(e) => return Err(ImportError::io(&f, e)),
         }
     }
     Ok(())
 }
 
-async fn commit(q: &Queue, body: &[u8], env: Envelope) -> Result<queue_store::MessageId, String> {
+async fn commit(
+    q: &Queue,
+    body: &[u8],
+    env: Envelope,
+) -> Result<queue_store::MessageId, ImportError> {
     let mut w = q.begin();
     if let Err(e) = w.write(body).await {
         w.abort().await;
-        return Err(format!("cannot queue: {e}"));
+        return Err(ImportError::Queue(e.to_string()));
     }
     w.commit(env)
         .await
-        .map_err(|e| format!("cannot queue: {e}"))
+        .map_err(|e| ImportError::Queue(e.to_string()))
 }
 
 #[cfg(test)]
