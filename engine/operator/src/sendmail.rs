@@ -27,17 +27,32 @@ struct Options {
     recipients: Vec<String>,
 }
 
-fn parse_args(args: &[String]) -> Result<Options, String> {
+/// Why a sendmail command line or message is refused (exit 64, EX_USAGE).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UsageError {
+    /// `-f` or `-F` at the end of the line.
+    #[error("option {0} needs a value")]
+    MissingValue(&'static str),
+    /// A `-b` mode other than `-bm` (delivery).
+    #[error("mode {0} is not supported (only -bm, delivery)")]
+    Mode(String),
+    /// An option sendmail does not have.
+    #[error("unknown option {0}")]
+    Unknown(String),
+    /// Neither arguments nor `-t` headers name a recipient.
+    #[error("no recipients (give addresses as arguments or use -t)")]
+    NoRecipients,
+}
+
+fn parse_args(args: &[String]) -> Result<Options, UsageError> {
     let mut o = Options::default();
     let mut i = 0;
-    let take = |i: &mut usize, inline: &str, flag: &str| -> Result<String, String> {
+    let take = |i: &mut usize, inline: &str, flag: &'static str| -> Result<String, UsageError> {
         if !inline.is_empty() {
             return Ok(inline.to_string());
         }
         *i += 1;
-        args.get(*i)
-            .cloned()
-            .ok_or_else(|| format!("option {flag} needs a value"))
+        args.get(*i).cloned().ok_or(UsageError::MissingValue(flag))
     };
     let mut only_rcpts = false;
     while i < args.len() {
@@ -64,9 +79,9 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         {
             // Accepted and ignored, as qmail's sendmail does.
         } else if a.starts_with("-b") {
-            return Err(format!("mode {a} is not supported (only -bm, delivery)"));
+            return Err(UsageError::Mode(a.clone()));
         } else {
-            return Err(format!("unknown option {a}"));
+            return Err(UsageError::Unknown(a.clone()));
         }
         i += 1;
     }
@@ -127,7 +142,7 @@ fn default_sender(paths: &Paths) -> String {
 }
 
 /// Builds the envelope and the message to queue (headers completed).
-fn build(paths: &Paths, o: &Options, raw: Vec<u8>) -> Result<(Envelope, Vec<u8>), String> {
+fn build(paths: &Paths, o: &Options, raw: Vec<u8>) -> Result<(Envelope, Vec<u8>), UsageError> {
     // Normalise line ends to LF as qmail stores messages, and honour the
     // lone-dot terminator unless -i.
     let text = raw;
@@ -173,7 +188,7 @@ fn build(paths: &Paths, o: &Options, raw: Vec<u8>) -> Result<(Envelope, Vec<u8>)
         }
     }
     if recipients.is_empty() {
-        return Err("no recipients (give addresses as arguments or use -t)".into());
+        return Err(UsageError::NoRecipients);
     }
     let mut out = Vec::with_capacity(text.len() + 256);
     let has = |n: &str| headers.iter().any(|h| name_of(h) == n);

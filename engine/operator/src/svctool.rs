@@ -23,6 +23,32 @@ use std::path::{Path, PathBuf};
 
 use control::Paths;
 
+/// Why the service files were not all written.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The running binary's path is unknown (and `--binary` was not given).
+    #[error("cannot find this binary: {0}")]
+    Binary(std::io::Error),
+    /// A directory or file could not be created.
+    #[error("{}: {source}", path.display())]
+    Write {
+        /// The directory or file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The manual pages asked for with `--man-dir` could not be written.
+    #[error(transparent)]
+    Pages(#[from] crate::manpages::ManError),
+}
+
+fn write_error(path: &Path) -> impl FnOnce(std::io::Error) -> ServiceError + '_ {
+    move |source| ServiceError::Write {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 /// What to write.
 pub struct Options {
     /// Output directory.
@@ -133,23 +159,23 @@ pub fn run_script(paths: &Paths, o: &Options, exe: &Path) -> String {
     s
 }
 
-fn write(path: &Path, text: &str, mode: u32) -> Result<(), String> {
+fn write(path: &Path, text: &str, mode: u32) -> Result<(), ServiceError> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::write(path, text).map_err(write_error(path))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(write_error(path))?;
     println!("wrote {}", path.display());
     Ok(())
 }
 
-fn install_inner(paths: &Paths, o: &Options) -> Result<(), String> {
+fn install_inner(paths: &Paths, o: &Options) -> Result<(), ServiceError> {
     let exe = match &o.binary {
         Some(b) => b.clone(),
         None => std::env::current_exe()
             .and_then(|p| p.canonicalize())
-            .map_err(|e| format!("cannot find this binary: {e}"))?,
+            .map_err(ServiceError::Binary)?,
     };
-    std::fs::create_dir_all(&o.dir).map_err(|e| format!("{}: {e}", o.dir.display()))?;
+    std::fs::create_dir_all(&o.dir).map_err(write_error(&o.dir))?;
     write(
         &o.dir.join("indimail.service"),
         &systemd_unit(paths, o, &exe),
@@ -158,7 +184,7 @@ fn install_inner(paths: &Paths, o: &Options) -> Result<(), String> {
     if o.daemontools {
         let svc = o.dir.join("indimail");
         let log = svc.join("log");
-        std::fs::create_dir_all(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        std::fs::create_dir_all(&log).map_err(write_error(&log))?;
         write(&svc.join("run"), &run_script(paths, o, &exe), 0o755)?;
         write(
             &log.join("run"),
@@ -173,7 +199,7 @@ fn install_inner(paths: &Paths, o: &Options) -> Result<(), String> {
     if let Some(man) = man {
         match crate::manpages::write_pages(&o.commands, &man.join("man8"), &man.join("man5")) {
             Ok(pages) => println!("wrote {} manual pages under {}", pages.len(), man.display()),
-            Err(e) if required => return Err(e.to_string()),
+            Err(e) if required => return Err(e.into()),
             Err(e) => eprintln!("indimail service install: manual pages not written: {e}"),
         }
     }
