@@ -780,4 +780,6 @@ async fn bounce_now(
 }
 
 mod control;
-pub use control::{apply_recorded_flushes, execute, serve_shard, ControlSocket, CtlRequest};
+pub use control::{
+    apply_recorded_flushes, execute, serve_shard, ControlSocket, CtlError, CtlRequest,
+};

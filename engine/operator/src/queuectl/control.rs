@@ -12,6 +12,48 @@ use tokio::sync::oneshot;
 
 use super::*;
 
+/// Why a queue command could not be carried to the queues, or the control socket not
+/// served.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// A file, directory or socket failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file, directory or socket.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// A live server already answers on the socket.
+    #[error("{}: another server answers on this control socket", .0.display())]
+    Busy(PathBuf),
+    /// The socket's thread could not start, or a connection failed.
+    #[error("{0}")]
+    Connection(std::io::Error),
+    /// A request longer than the socket accepts.
+    #[error("request too long")]
+    TooLong,
+    /// The server closed before its answer's first line.
+    #[error("short answer from the server")]
+    ShortAnswer,
+    /// The command cannot be put in wire form (a newline in a value).
+    #[error("{0}")]
+    Request(String),
+    /// The queue layout is wrong.
+    #[error("{0}")]
+    Layout(String),
+    /// The queues of a stopped server cannot be opened.
+    #[error("{0}; the server's control socket does not answer: is it starting or stopping?")]
+    Open(String),
+}
+
+fn io_error(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> CtlError + '_ {
+    move |source| CtlError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 /// A command for one shard, answered with its report.
 pub struct CtlRequest {
     /// The command.
@@ -91,15 +133,12 @@ impl ControlSocket {
     pub fn start(
         path: PathBuf,
         shards: Vec<shard::MeshSender<CtlRequest>>,
-    ) -> Result<ControlSocket, String> {
+    ) -> Result<ControlSocket, CtlError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(io_error(dir))?;
         }
         if UnixStream::connect(&path).is_ok() {
-            return Err(format!(
-                "{}: another server answers on this control socket",
-                path.display()
-            ));
+            return Err(CtlError::Busy(path));
         }
         let _ = std::fs::remove_file(&path);
         // SAFETY: umask(2) has no preconditions; restored right after bind.
@@ -107,10 +146,8 @@ impl ControlSocket {
         let bound = UnixListener::bind(&path);
         // SAFETY: as above.
         unsafe { libc::umask(old) };
-        let listener = bound.map_err(|e| format!("{}: {e}", path.display()))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let listener = bound.map_err(io_error(&path))?;
+        listener.set_nonblocking(true).map_err(io_error(&path))?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
@@ -133,7 +170,7 @@ impl ControlSocket {
                     }
                 }
             })
-            .map_err(|e| e.to_string())?;
+            .map_err(CtlError::Connection)?;
         Ok(ControlSocket {
             stop,
             thread: Some(thread),
@@ -152,20 +189,20 @@ impl ControlSocket {
 }
 
 /// One control connection: read the request, ask every shard, answer.
-fn answer(conn: UnixStream, shards: &[shard::MeshSender<CtlRequest>]) -> Result<(), String> {
-    conn.set_nonblocking(false).map_err(|e| e.to_string())?;
+fn answer(conn: UnixStream, shards: &[shard::MeshSender<CtlRequest>]) -> Result<(), CtlError> {
+    conn.set_nonblocking(false).map_err(CtlError::Connection)?;
     conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    let mut reader = BufReader::new(conn.try_clone().map_err(|e| e.to_string())?);
+        .map_err(CtlError::Connection)?;
+    let mut reader = BufReader::new(conn.try_clone().map_err(CtlError::Connection)?);
     let mut text = String::new();
     loop {
         let mut line = String::new();
-        let n = reader.read_line(&mut line).map_err(|e| e.to_string())?;
+        let n = reader.read_line(&mut line).map_err(CtlError::Connection)?;
         if n == 0 || line == "\n" {
             break;
         }
         if text.len() > 64 << 10 {
-            return Err("request too long".into());
+            return Err(CtlError::TooLong);
         }
         text.push_str(&line);
     }
@@ -216,7 +253,7 @@ fn answer(conn: UnixStream, shards: &[shard::MeshSender<CtlRequest>]) -> Result<
             .push(format!("only {answered} of {asked} shards answered"));
     }
     conn.write_all(&report.render(&op))
-        .map_err(|e| e.to_string())?;
+        .map_err(CtlError::Connection)?;
     Ok(())
 }
 
@@ -232,11 +269,11 @@ pub struct Answer {
     pub text: Vec<u8>,
 }
 
-fn parse_answer(bytes: &[u8]) -> Result<Answer, String> {
+fn parse_answer(bytes: &[u8]) -> Result<Answer, CtlError> {
     let nl = bytes
         .iter()
         .position(|&b| b == b'\n')
-        .ok_or("short answer from the server")?;
+        .ok_or(CtlError::ShortAnswer)?;
     let head = String::from_utf8_lossy(&bytes[..nl]);
     let mut it = head.split(' ');
     let ok = it.next() == Some("ok");
@@ -250,16 +287,15 @@ fn parse_answer(bytes: &[u8]) -> Result<Answer, String> {
 
 /// Runs `op` on the running server (control socket) or, when none
 /// answers, directly on the queue files.
-pub fn execute(paths: &Paths, op: &Op) -> Result<Answer, String> {
-    let request = op.encode()?;
+pub fn execute(paths: &Paths, op: &Op) -> Result<Answer, CtlError> {
+    let request = op.encode().map_err(CtlError::Request)?;
     let sock = socket_path(&paths.home);
     match UnixStream::connect(&sock) {
         Ok(mut conn) => {
             conn.write_all(request.as_bytes())
-                .map_err(|e| format!("{}: {e}", sock.display()))?;
+                .map_err(io_error(&sock))?;
             let mut buf = Vec::new();
-            conn.read_to_end(&mut buf)
-                .map_err(|e| format!("{}: {e}", sock.display()))?;
+            conn.read_to_end(&mut buf).map_err(io_error(&sock))?;
             parse_answer(&buf)
         }
         Err(_) => execute_stopped(paths, op),
@@ -268,11 +304,11 @@ pub fn execute(paths: &Paths, op: &Op) -> Result<Answer, String> {
 
 /// The stopped-server path: lock and open every queue, import waiting drop
 /// files, apply.
-fn execute_stopped(paths: &Paths, op: &Op) -> Result<Answer, String> {
+fn execute_stopped(paths: &Paths, op: &Op) -> Result<Answer, CtlError> {
     // Strays too: a stopped server's tools act on all mail queued here.
     let specs = paths
         .layout_with_existing()
-        .map_err(|e| e.to_string())?
+        .map_err(|e| CtlError::Layout(e.to_string()))?
         .specs();
     let specs: Vec<QueueSpec> = specs.into_iter().filter(|s| s.dir.exists()).collect();
     if specs.is_empty() {
@@ -291,9 +327,7 @@ fn execute_stopped(paths: &Paths, op: &Op) -> Result<Answer, String> {
         specs: specs.clone(),
     };
     let report = shard::io::run(shard::io::Driver::Epoll, async {
-        let (queues, _) = ShardQueues::open(&specs).await.map_err(|e| {
-            format!("{e}; the server's control socket does not answer: is it starting or stopping?")
-        })?;
+        let (queues, _) = ShardQueues::open(&specs).await.map_err(CtlError::Open)?;
         queues.import_drops(&specs, 0).await;
         let mut report = apply(queues.all(), op, &ctx).await;
         // Nothing retries while the server is stopped: a flush (and the
@@ -306,24 +340,24 @@ fn execute_stopped(paths: &Paths, op: &Op) -> Result<Answer, String> {
         };
         if let Some(flush) = record {
             {
-                let req = flush.encode()?;
+                let req = flush.encode().map_err(CtlError::Request)?;
                 for spec in &specs {
                     let path = flush_file(&spec.dir);
                     let mut f = std::fs::OpenOptions::new()
                         .create(true)
                         .append(true)
                         .open(&path)
-                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                        .map_err(io_error(&path))?;
                     f.write_all(req.as_bytes())
                         .and_then(|()| f.sync_all())
-                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                        .map_err(io_error(&path))?;
                 }
                 report.lines.push(
                     "server not running: tried when it starts (recorded in <queue>/flush)".into(),
                 );
             }
         }
-        Ok::<Report, String>(report)
+        Ok::<Report, CtlError>(report)
     })?;
     parse_answer(&report.render(op))
 }
