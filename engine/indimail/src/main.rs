@@ -7,26 +7,18 @@
 mod adminauth;
 mod adminclient;
 mod adminsrv;
-mod clientchecks;
 mod config;
-mod dnscheck;
 mod indisrvr;
 mod logsummary;
 mod manpages;
-mod plugins;
 mod privs;
 mod progress;
 mod qmailimport;
 mod queuectl;
-mod rcptcheck;
-mod scanners;
 mod sendmail;
 mod serve;
-mod smtp;
 mod svctool;
-mod tcprules;
 mod tools;
-mod userrates;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -432,7 +424,7 @@ fn main() -> ExitCode {
             cpus,
             driver,
         } => {
-            use smtp::Service;
+            use smtp_server::Service;
             type Starter = fn(&Paths, SocketAddr) -> Result<SocketAddr, adminauth::AdminError>;
             let admins: [(&str, Option<SocketAddr>, Starter); 2] = [
                 ("admin", admin, adminsrv::start),
@@ -643,7 +635,7 @@ fn exit(code: i32) -> ExitCode {
 
 fn run_serve(
     paths: Paths,
-    smtp: &[(smtp::Service, SocketAddr)],
+    smtp: &[(smtp_server::Service, SocketAddr)],
     cpus: Option<String>,
     driver: Option<String>,
 ) -> anyhow::Result<()> {
