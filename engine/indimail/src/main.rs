@@ -5,18 +5,10 @@
 //! `sendmail`, ...) it behaves as that program.
 
 mod cli;
-mod clientchecks;
 mod config;
 mod configcmd;
-mod dnscheck;
-mod plugins;
 mod privs;
-mod rcptcheck;
-mod scanners;
 mod serve;
-mod smtp;
-mod tcprules;
-mod userrates;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -186,7 +178,7 @@ fn serve_command(paths: Paths, args: ServeArgs) -> ExitCode {
             }
         }
     }
-    use smtp::Service;
+    use smtp_server::Service;
     let mut listeners: Vec<(Service, SocketAddr)> = Vec::new();
     for (svc, addrs) in [
         (Service::Smtp, args.smtp),
@@ -302,7 +294,7 @@ fn exit(code: i32) -> ExitCode {
 
 fn run_serve(
     paths: Paths,
-    smtp: &[(smtp::Service, SocketAddr)],
+    smtp: &[(smtp_server::Service, SocketAddr)],
     cpus: Option<String>,
     driver: Option<String>,
 ) -> anyhow::Result<()> {

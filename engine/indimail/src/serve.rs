@@ -8,14 +8,14 @@ use shard::io::{self, Driver};
 use shard::{Placement, ShardInfo, Shutdown};
 
 use crate::config::{QueueSpec, ServeConfig, SmtpSettings};
-use crate::smtp::{self, SmtpShard};
 use control::log;
 use scheduler::metrics::{Counter, Registry};
 use scheduler::queues::ShardQueues;
+use smtp_server::{self as smtp, SmtpShard};
 
 /// Each shard's listening sockets (shard `i` takes entry `i`), and the bound addresses.
 type ListenerSet = (
-    Vec<(crate::smtp::Service, SocketAddr)>,
+    Vec<(smtp_server::Service, SocketAddr)>,
     Vec<Option<Vec<std::net::TcpListener>>>,
 );
 
@@ -25,7 +25,7 @@ struct Shared {
     /// Queue specs per shard.
     assignment: Vec<Vec<QueueSpec>>,
     /// The resolved listener addresses (port 0 replaced by the real port).
-    addrs: Vec<(crate::smtp::Service, SocketAddr)>,
+    addrs: Vec<(smtp_server::Service, SocketAddr)>,
     /// Every shard's sockets, bound by the main thread (to learn ephemeral
     /// ports, and before privileges are dropped: see [`crate::privs`]):
     /// shard `i` takes entry `i`; the same addresses with SO_REUSEPORT.
@@ -54,9 +54,9 @@ struct Shared {
     /// Their receiving ends, taken by each shard at start.
     user_rx: Mutex<Vec<Option<shard::MeshReceiver<scheduler::directory::UserQuestion>>>>,
     /// Rate checks for authenticated users, sent to their home shards.
-    rate_tx: Vec<shard::MeshSender<crate::userrates::UserRateQuestion>>,
+    rate_tx: Vec<shard::MeshSender<smtp_server::userrates::UserRateQuestion>>,
     /// Their receiving ends, taken by each shard at start.
-    rate_rx: Mutex<Vec<Option<shard::MeshReceiver<crate::userrates::UserRateQuestion>>>>,
+    rate_rx: Mutex<Vec<Option<shard::MeshReceiver<smtp_server::userrates::UserRateQuestion>>>>,
     /// Queue-tool requests from the control socket (see [`crate::queuectl`]),
     /// taken by each shard at start.
     ctl_rx: Mutex<Vec<Option<shard::MeshReceiver<operator_tools::queuectl::CtlRequest>>>>,
@@ -259,7 +259,7 @@ fn print_assignment(assignment: &[Vec<QueueSpec>], placement: &Placement) {
 /// Every shard's listening sockets, and the addresses they are bound to (port 0 replaced by
 /// the real port).
 fn bind_listeners(
-    listeners: &[(crate::smtp::Service, SocketAddr)],
+    listeners: &[(smtp_server::Service, SocketAddr)],
     shards: usize,
 ) -> anyhow::Result<ListenerSet> {
     // Bind on this thread first so ephemeral ports are known and errors
@@ -463,7 +463,7 @@ fn spawn_listeners(
     for (l, (svc, _)) in listeners.into_iter().zip(&shared.addrs) {
         let stop = info.shutdown.clone();
         let stop = async move { stop.wait().await };
-        use crate::smtp::Service;
+        use smtp_server::Service;
         if svc.is_smtp() {
             tokio::task::spawn_local(smtp::accept_loop(Rc::clone(smtp_shard), l, *svc, stop));
             continue;
@@ -554,13 +554,13 @@ fn spawn_importer(info: &ShardInfo, shared: &Arc<Shared>, smtp_shard: &Rc<SmtpSh
 /// Authenticated users' rates, counted on each user's home shard.
 fn route_user_rates(info: &ShardInfo, shared: &Shared, smtp_shard: &Rc<SmtpShard>) {
     if shared.rate_tx.len() > 1 {
-        smtp_shard.set_user_rates(crate::userrates::UserRateRouter::new(
+        smtp_shard.set_user_rates(smtp_server::userrates::UserRateRouter::new(
             info.index,
             shared.rate_tx.clone(),
         ));
         let questions = take_receiver(&shared.rate_rx, info.index);
         if let Some(rx) = questions {
-            tokio::task::spawn_local(crate::userrates::answer_user_rate_questions(
+            tokio::task::spawn_local(smtp_server::server::answer_user_rate_questions(
                 Rc::clone(smtp_shard),
                 rx,
             ));
@@ -718,7 +718,9 @@ fn build_remote(shared: &Shared) -> Result<delivery::remote::Remote, String> {
 }
 
 async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, String> {
-    let (queues, reports) = ShardQueues::open(&shared.assignment[info.index]).await?;
+    let (queues, reports) = ShardQueues::open(&shared.assignment[info.index])
+        .await
+        .map_err(|e| e.to_string())?;
     for (spec, r) in reports {
         log!(
             "shard{} queue{} recovered: messages={} pending={} segments={} torn_bytes={} corrupt={} quarantined={} ms={}",
@@ -806,7 +808,7 @@ async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, Strin
     let proxy = if shared
         .addrs
         .iter()
-        .any(|(s, _)| !s.is_smtp() && *s != crate::smtp::Service::Metrics)
+        .any(|(s, _)| !s.is_smtp() && *s != smtp_server::Service::Metrics)
     {
         let mut config = proxies::ProxyConfig::from_env().map_err(|errs| {
             errs.iter()
@@ -831,11 +833,10 @@ async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, Strin
         directory.clone(),
         certs,
     ));
-    smtp_shard.set_greylisting(crate::smtp::Greylisting::from_config(
-        &shared.control,
-        &shared.home,
-        info.index,
-    )?);
+    smtp_shard.set_greylisting(
+        smtp_server::Greylisting::from_config(&shared.control, &shared.home, info.index)
+            .map_err(|e| e.to_string())?,
+    );
     let delivery = if shared.no_delivery {
         None
     } else {

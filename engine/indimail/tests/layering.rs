@@ -34,6 +34,21 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("delivery", &["shard", "smtp-proto", "tls"]),
     ("proxies", &["lookup", "shard", "tls"]),
     (
+        "smtp-server",
+        &[
+            "control",
+            "delivery",
+            "lookup",
+            "msgproc",
+            "policy",
+            "queue-store",
+            "scheduler",
+            "shard",
+            "smtp-proto",
+            "tls",
+        ],
+    ),
+    (
         "scheduler",
         &[
             "control",
@@ -66,6 +81,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "scheduler",
             "shard",
             "smtp-proto",
+            "smtp-server",
             "tls",
         ],
     ),

@@ -100,7 +100,7 @@ pub enum ImportError {
     Layout(String),
     /// A queue of this home is held by a running server.
     #[error("{0}; stop the server before importing")]
-    Locked(String),
+    Locked(scheduler::queues::OpenError),
     /// The bounce settings cannot be read.
     #[error("{0}")]
     Settings(String),

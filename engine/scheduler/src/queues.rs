@@ -36,11 +36,64 @@ pub struct ShardQueues {
 /// while its original may still exist.
 pub const IMPORT_MARKER: &str = "import.pending";
 
+/// Why a shard's queue could not be opened (each names the file or directory).
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// `<queue>/lock` cannot be opened.
+    #[error("{}: {source}", path.display())]
+    LockFile {
+        /// The lock file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// flock(2) failed for another reason than the lock being held.
+    #[error("{}: lock: {source}", path.display())]
+    Flock {
+        /// The lock file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Another process holds the queue.
+    #[error("{} is in use by another process (a running server?)", dir.display())]
+    InUse {
+        /// The queue directory.
+        dir: std::path::PathBuf,
+    },
+    /// The queue directory cannot be made.
+    #[error("{}: cannot create queue directory: {source}", dir.display())]
+    CreateDir {
+        /// The queue directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An import from a qmail queue did not finish (see [`IMPORT_MARKER`]).
+    #[error(
+        "{}: an `indimail import-qmail-queue` run was interrupted; run it again to \
+         finish the import (or remove this file if its source queue is gone)",
+        marker.display()
+    )]
+    ImportPending {
+        /// The marker file.
+        marker: std::path::PathBuf,
+    },
+    /// The queue itself failed to open or recover.
+    #[error("{}: {source}", dir.display())]
+    Queue {
+        /// The queue directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        source: queue_store::QueueError,
+    },
+}
+
 /// Takes the exclusive lock of a queue directory (`<queue>/lock`, flock):
 /// one process at a time owns a queue (the server, or a queue tool working
 /// on a stopped server). Released when the file is closed, also when the
 /// process dies. `Err` names the queue when another process holds it.
-pub fn lock_queue(dir: &std::path::Path) -> Result<std::fs::File, String> {
+pub fn lock_queue(dir: &std::path::Path) -> Result<std::fs::File, OpenError> {
     use std::os::fd::AsRawFd;
     let path = dir.join("lock");
     let f = std::fs::OpenOptions::new()
@@ -48,18 +101,20 @@ pub fn lock_queue(dir: &std::path::Path) -> Result<std::fs::File, String> {
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|source| OpenError::LockFile {
+            path: path.clone(),
+            source,
+        })?;
     // SAFETY: flock(2) on a descriptor this function owns.
     let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if r != 0 {
         let e = std::io::Error::last_os_error();
         return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            format!(
-                "{} is in use by another process (a running server?)",
-                dir.display()
-            )
+            OpenError::InUse {
+                dir: dir.to_path_buf(),
+            }
         } else {
-            format!("{}: lock: {e}", path.display())
+            OpenError::Flock { path, source: e }
         });
     }
     Ok(f)
@@ -81,27 +136,27 @@ impl ShardQueues {
     /// Opens (and recovers) each queue; returns the reports for logging.
     pub async fn open(
         specs: &[QueueSpec],
-    ) -> Result<(ShardQueues, Vec<(QueueSpec, RecoveryReport)>), String> {
+    ) -> Result<(ShardQueues, Vec<(QueueSpec, RecoveryReport)>), OpenError> {
         let mut queues = Vec::new();
         let mut reports = Vec::new();
         let mut locks = Vec::new();
         for spec in specs {
-            std::fs::create_dir_all(&spec.dir).map_err(|e| {
-                format!("{}: cannot create queue directory: {e}", spec.dir.display())
+            std::fs::create_dir_all(&spec.dir).map_err(|source| OpenError::CreateDir {
+                dir: spec.dir.clone(),
+                source,
             })?;
             locks.push(lock_queue(&spec.dir)?);
             let marker = spec.dir.join(IMPORT_MARKER);
             if marker.exists() {
-                return Err(format!(
-                    "{}: an `indimail import-qmail-queue` run was interrupted; run it again to \
-                     finish the import (or remove this file if its source queue is gone)",
-                    marker.display()
-                ));
+                return Err(OpenError::ImportPending { marker });
             }
             let config = QueueConfig::new(spec.dir.clone(), spec.number);
             let (q, report) = Queue::open(config)
                 .await
-                .map_err(|e| format!("{}: {e}", spec.dir.display()))?;
+                .map_err(|source| OpenError::Queue {
+                    dir: spec.dir.clone(),
+                    source,
+                })?;
             queues.push(Rc::new(q));
             reports.push((spec.clone(), report));
         }

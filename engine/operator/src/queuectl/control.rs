@@ -44,7 +44,7 @@ pub enum CtlError {
     Layout(String),
     /// The queues of a stopped server cannot be opened.
     #[error("{0}; the server's control socket does not answer: is it starting or stopping?")]
-    Open(String),
+    Open(scheduler::queues::OpenError),
 }
 
 fn io_error(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> CtlError + '_ {

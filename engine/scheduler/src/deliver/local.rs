@@ -13,7 +13,7 @@ use queue_store::{DueRecipient, MessageId, Queue};
 use control::log;
 
 use super::outcomes::log_outcome;
-use super::{domain_of, unix_now, DeliveryShard};
+use super::{domain_of, unix_now, Deferral, DeliveryShard};
 
 impl DeliveryShard {
     pub(super) async fn local_job(
@@ -75,7 +75,7 @@ impl DeliveryShard {
             r.recipient
         );
         let outcome = match self.resolve_local(&r.recipient).await {
-            Err(why) => Outcome::Temporary(why),
+            Err(why) => Outcome::Temporary(why.to_string()),
             Ok(LocalDest::NoMailbox) => Outcome::Permanent(format!(
                 "Sorry, no mailbox here by that name: {} (#5.1.1)",
                 r.recipient
@@ -236,22 +236,18 @@ impl DeliveryShard {
     /// `.qmail-default` handler. `Err` (a deferral) when the directory or a
     /// file cannot be read: never a bounce or a delivery elsewhere on a
     /// failure.
-    pub(super) async fn resolve_local(&self, rcpt: &str) -> Result<LocalDest, String> {
+    pub(super) async fn resolve_local(&self, rcpt: &str) -> Result<LocalDest, Deferral> {
         let dir = self
             .directory
             .get()
             .await
-            .map_err(|e| format!("user directory unavailable: {e} (#4.3.0)"))?;
-        let temp = |e: lookup::LookupError| format!("directory lookup failed: {e} (#4.3.0)");
+            .map_err(Deferral::UserDirectoryUnavailable)?;
         let settings = self.settings();
         let mut email = rcpt.to_ascii_lowercase();
         if !email.contains('@') {
             email = format!("{email}@{}", settings.local.hostname);
         }
-        let dest = dir
-            .destination(&email, settings.qmail_ext)
-            .await
-            .map_err(temp)?;
+        let dest = dir.destination(&email, settings.qmail_ext).await?;
         let alias = |lines: Vec<String>, ext: String| LocalTarget {
             user: email.clone(),
             home: std::env::temp_dir(),
@@ -283,9 +279,11 @@ impl DeliveryShard {
                 };
                 // `.qmail-ext` (and its fallbacks) for an extension, else the
                 // user's `.qmail`, else the mailbox.
-                let mut found = delivery::local::read_instructions(&user.dir, &ext)?;
+                let mut found = delivery::local::read_instructions(&user.dir, &ext)
+                    .map_err(Deferral::DotQmail)?;
                 if found.is_none() && !ext.is_empty() {
-                    found = delivery::local::read_instructions(&user.dir, "")?;
+                    found = delivery::local::read_instructions(&user.dir, "")
+                        .map_err(Deferral::DotQmail)?;
                 }
                 if let Some((path, lines)) = found {
                     target.instructions = lines;
@@ -300,7 +298,7 @@ impl DeliveryShard {
             None => {
                 // Not a virtual domain (`locals`): valias lines, else the
                 // host postmaster.
-                let lines = dir.aliases(&email).await.map_err(temp)?;
+                let lines = dir.aliases(&email).await?;
                 if !lines.is_empty() {
                     return Ok(LocalDest::Target(alias(lines, String::new())));
                 }
@@ -317,7 +315,7 @@ impl DeliveryShard {
         dir: &lookup::Directory,
         email: &str,
         handler: lookup::catchall::Handler,
-    ) -> Result<LocalDest, String> {
+    ) -> Result<LocalDest, Deferral> {
         use lookup::catchall::Handler;
         let (_, domain) = email.rsplit_once('@').unwrap_or((email, ""));
         let target = |instructions: Vec<String>, home: std::path::PathBuf| LocalTarget {
@@ -344,9 +342,11 @@ impl DeliveryShard {
                 let md = std::path::Path::new(&d);
                 for sub in ["cur", "new", "tmp"] {
                     if let Err(e) = std::fs::create_dir_all(md.join(sub)) {
-                        return Err(format!(
-                            "cannot make catch-all Maildir {d} of {domain}: {e} (#4.3.0)"
-                        ));
+                        return Err(Deferral::CatchAllMaildir {
+                            maildir: d,
+                            domain: domain.to_string(),
+                            source: e,
+                        });
                     }
                 }
                 LocalDest::Target(target(vec![d], std::env::temp_dir()))
@@ -359,8 +359,7 @@ impl DeliveryShard {
                 // domain's directory, as qmail-local would.
                 let real = dir
                     .real_domain(domain)
-                    .await
-                    .map_err(|e| format!("directory lookup failed: {e} (#4.3.0)"))?
+                    .await?
                     .unwrap_or_else(|| domain.to_string());
                 LocalDest::Target(target(lines, dir.config().domains_dir.join(real)))
             }
@@ -425,7 +424,7 @@ impl DeliveryShard {
     /// The alias user's dot-qmail files are read as any user's: extension
     /// `postmaster`, so `.qmail-postmaster`, then `.qmail-default`. `Err`
     /// when such a file exists but cannot be read.
-    pub(super) fn host_postmaster(&self, email: &str) -> Result<Option<LocalTarget>, String> {
+    pub(super) fn host_postmaster(&self, email: &str) -> Result<Option<LocalTarget>, Deferral> {
         let settings = self.settings();
         let Some(home) = settings.postmaster_home.as_ref() else {
             return Ok(None);
@@ -434,7 +433,9 @@ impl DeliveryShard {
         if !local.eq_ignore_ascii_case("postmaster") {
             return Ok(None);
         }
-        let (source, instructions) = match delivery::local::read_instructions(home, "postmaster")? {
+        let found =
+            delivery::local::read_instructions(home, "postmaster").map_err(Deferral::DotQmail)?;
+        let (source, instructions) = match found {
             Some((path, lines)) => (path.display().to_string(), lines),
             None => (String::new(), Vec::new()),
         };

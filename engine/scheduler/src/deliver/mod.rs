@@ -251,8 +251,8 @@ impl DeliveryShard {
                     Err(why) => {
                         // Directory down: defer without an attempt counted
                         // as a delivery failure of the mailbox.
-                        self.finish(q, id, vec![(r, Outcome::Temporary(why))], Channel::Local)
-                            .await;
+                        let outcome = Outcome::Temporary(why.to_string());
+                        self.finish(q, id, vec![(r, outcome)], Channel::Local).await;
                     }
                 }
             }
@@ -314,14 +314,14 @@ impl DeliveryShard {
     /// directory places the user on another mailstore: then remote, routed
     /// to that mailstore. `Err` when the directory cannot say (deferral,
     /// never a bounce and never delivery elsewhere).
-    async fn classify(&self, rcpt: &str) -> Result<Dest, String> {
+    async fn classify(&self, rcpt: &str) -> Result<Dest, Deferral> {
         let domain = domain_of(rcpt);
         if domain.is_empty() {
             // qmail's envnoathost: an address without a domain is one of
             // this host's (`me`); it never leaves for a remote host.
             return Ok(Dest::Local);
         }
-        let unavailable = |e: String| format!("directory unavailable: {e} (#4.3.0)");
+        let unavailable = Deferral::DirectoryUnavailable;
         let settings = self.settings();
         let listed = settings.locals.contains(domain) || settings.virtualdomains.contains(domain);
         let dir = match self.directory.get().await {
@@ -355,6 +355,34 @@ impl DeliveryShard {
         self.next_delivery.set(n + 1);
         n
     }
+}
+
+/// Why where a recipient goes cannot be decided now: a deferral (4.3.0), never a bounce
+/// and never a delivery elsewhere. Its text is the deferral's reply.
+#[derive(Debug, thiserror::Error)]
+enum Deferral {
+    /// The directory cannot be reached (or asked) to classify the recipient.
+    #[error("directory unavailable: {0} (#4.3.0)")]
+    DirectoryUnavailable(String),
+    /// The directory cannot be reached to find the local user.
+    #[error("user directory unavailable: {0} (#4.3.0)")]
+    UserDirectoryUnavailable(String),
+    /// A directory question failed.
+    #[error("directory lookup failed: {0} (#4.3.0)")]
+    Lookup(#[from] lookup::LookupError),
+    /// A dot-qmail file exists but cannot be read (its own text).
+    #[error("{0}")]
+    DotQmail(String),
+    /// The catch-all Maildir cannot be made.
+    #[error("cannot make catch-all Maildir {maildir} of {domain}: {source} (#4.3.0)")]
+    CatchAllMaildir {
+        /// The Maildir.
+        maildir: String,
+        /// The domain whose catch-all it is.
+        domain: String,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Remote recipients of one message are grouped by (domain, mailstore).

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use delivery::bounce::{self, FailedRecipient, Original};
 use delivery::schedule::Channel;
 use delivery::Outcome;
-use queue_store::{DueRecipient, MessageId, Queue, RecipientOutcome};
+use queue_store::{DueRecipient, MessageId, Queue, QueueError, RecipientOutcome};
 
 use control::log;
 
@@ -107,9 +107,9 @@ impl DeliveryShard {
         sender: &str,
         arrival: u64,
         failed: &[FailedRecipient],
-    ) -> Result<(), String> {
+    ) -> Result<(), QueueError> {
         let decision = bounce::decide(&self.settings().bounce, sender);
-        let message = q.read_message(&id).await.map_err(|e| e.to_string())?;
+        let message = q.read_message(&id).await?;
         let idtext = id.to_string();
         let original = Original {
             sender,
@@ -148,15 +148,15 @@ impl DeliveryShard {
         sender: &str,
         recipients: Vec<String>,
         body: Vec<u8>,
-    ) -> Result<MessageId, String> {
+    ) -> Result<MessageId, QueueError> {
         let mut w = self.queues.begin();
         if let Err(e) = w.write(&body).await {
             w.abort().await;
-            return Err(e.to_string());
+            return Err(e);
         }
         let env = queue_store::Envelope::new(sender.to_string(), recipients);
         let n = env.recipients.len();
-        let id = w.commit(env).await.map_err(|e| e.to_string())?;
+        let id = w.commit(env).await?;
         log!(
             "shard{} new msg {id} bytes={} from=<{sender}> rcpts={n} origin=delivery",
             self.index,

@@ -5,16 +5,15 @@
 //! its own limiter and asks the home over the mesh for the others.
 
 use std::cell::RefCell;
-use std::rc::Rc;
 use std::time::Instant;
 
 use policy::rate::{RateDecision, RateLimits};
 
 /// One check sent to a user's home shard.
 pub struct UserRateQuestion {
-    user: String,
-    message: bool,
-    reply: tokio::sync::oneshot::Sender<RateDecision>,
+    pub(crate) user: String,
+    pub(crate) message: bool,
+    pub(crate) reply: tokio::sync::oneshot::Sender<RateDecision>,
 }
 
 /// Where a shard sends its questions about other shards' users.
@@ -59,7 +58,8 @@ pub async fn check_user(
     check_here(rates, &user, message)
 }
 
-fn check_here(rates: &RefCell<RateLimits>, user: &str, message: bool) -> RateDecision {
+/// One check against this shard's own limiter.
+pub(crate) fn check_here(rates: &RefCell<RateLimits>, user: &str, message: bool) -> RateDecision {
     let now = Instant::now();
     // The address is not used when a user is given.
     let ip = std::net::IpAddr::from([0, 0, 0, 0]);
@@ -68,16 +68,5 @@ fn check_here(rates: &RefCell<RateLimits>, user: &str, message: bool) -> RateDec
         rates.check_message(ip, Some(user), now)
     } else {
         rates.check_rcpt(ip, Some(user), now)
-    }
-}
-
-/// Answers the other shards' checks for the users this shard is home to.
-pub async fn answer_user_rate_questions(
-    smtp: Rc<crate::smtp::SmtpShard>,
-    mut questions: shard::MeshReceiver<UserRateQuestion>,
-) {
-    while let Some(q) = questions.recv().await {
-        let d = check_here(smtp.rates(), &q.user, q.message);
-        let _ = q.reply.send(d);
     }
 }

@@ -72,10 +72,10 @@ impl TcpRules {
             }
             match parse_line(line) {
                 Ok(r) => rules.push(r),
-                Err(problem) => errors.push(ControlError {
+                Err(e) => errors.push(ControlError {
                     path: origin.to_path_buf(),
                     line: Some(i + 1),
-                    problem,
+                    problem: e.to_string(),
                 }),
             }
         }
@@ -141,7 +141,26 @@ fn in_cidr(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
     }
 }
 
-fn parse_line(line: &str) -> Result<Rule, String> {
+/// What is wrong with a tcp.smtp line (reported as a [`ControlError`] naming the line).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum RuleError {
+    #[error("`{0}`: expected `address:allow` or `address:deny`")]
+    NoAction(String),
+    #[error("`{0}`: expected VAR=value")]
+    NotAnAssignment(String),
+    #[error("`{0}` is not a variable name")]
+    NotAVariable(String),
+    #[error("`{0}`: bad network address")]
+    BadNetwork(String),
+    #[error("`{0}`: bad prefix length")]
+    BadPrefix(String),
+    #[error("`{addr}`: prefix length over {max}")]
+    PrefixTooLong { addr: String, max: u8 },
+    #[error("`{0}` is not an address, prefix or CIDR block")]
+    NotAnAddress(String),
+}
+
+fn parse_line(line: &str) -> Result<Rule, RuleError> {
     // The address part ends at the last ':' before the instruction word;
     // IPv6 addresses contain ':' themselves, so split at ":allow"/":deny".
     let lower = line.to_ascii_lowercase();
@@ -161,7 +180,7 @@ fn parse_line(line: &str) -> Result<Rule, String> {
             found
         })
         .max()
-        .ok_or_else(|| format!("`{line}`: expected `address:allow` or `address:deny`"))?;
+        .ok_or_else(|| RuleError::NoAction(line.to_string()))?;
     let addr = line[..cut].trim();
     let rest = &line[cut + 1..];
     let (word, settings) = match rest.find(',') {
@@ -174,10 +193,10 @@ fn parse_line(line: &str) -> Result<Rule, String> {
     for s in split_settings(settings) {
         let (k, v) = s
             .split_once('=')
-            .ok_or_else(|| format!("`{s}`: expected VAR=value"))?;
+            .ok_or_else(|| RuleError::NotAnAssignment(s.to_string()))?;
         let k = k.trim();
         if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(format!("`{k}` is not a variable name"));
+            return Err(RuleError::NotAVariable(k.to_string()));
         }
         let v = v.trim();
         let v = v
@@ -210,20 +229,23 @@ fn split_settings(s: &str) -> Vec<&str> {
     out.into_iter().filter(|p| !p.trim().is_empty()).collect()
 }
 
-fn parse_pattern(addr: &str) -> Result<Pattern, String> {
+fn parse_pattern(addr: &str) -> Result<Pattern, RuleError> {
     if addr.is_empty() {
         return Ok(Pattern::Any);
     }
     if let Some((net, bits)) = addr.split_once('/') {
         let net: IpAddr = net
             .parse()
-            .map_err(|_| format!("`{addr}`: bad network address"))?;
+            .map_err(|_| RuleError::BadNetwork(addr.to_string()))?;
         let bits: u8 = bits
             .parse()
-            .map_err(|_| format!("`{addr}`: bad prefix length"))?;
+            .map_err(|_| RuleError::BadPrefix(addr.to_string()))?;
         let max = if net.is_ipv4() { 32 } else { 128 };
         if bits > max {
-            return Err(format!("`{addr}`: prefix length over {max}"));
+            return Err(RuleError::PrefixTooLong {
+                addr: addr.to_string(),
+                max,
+            });
         }
         return Ok(Pattern::Cidr(canonical(net), bits));
     }
@@ -237,7 +259,7 @@ fn parse_pattern(addr: &str) -> Result<Pattern, String> {
     {
         return Ok(Pattern::Prefix(prefix.to_ascii_lowercase()));
     }
-    Err(format!("`{addr}` is not an address, prefix or CIDR block"))
+    Err(RuleError::NotAnAddress(addr.to_string()))
 }
 
 #[cfg(test)]

@@ -15,35 +15,9 @@
 
 use smtp_proto::{Decision, Reply};
 
-use crate::config::SmtpSettings;
-use crate::smtp::SmtpShard;
+use crate::server::SmtpShard;
+use crate::settings::{RecipientCheck, SmtpSettings};
 use control::log;
-
-/// The CHECKRECIPIENT mode in force for a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecipientCheck {
-    /// `0`: no check.
-    Off,
-    /// `1`: the directory.
-    Directory,
-    /// `2`: `recipients`, then the directory.
-    RecipientsThenDirectory,
-    /// `3`: `recipients` only.
-    Recipients,
-}
-
-impl RecipientCheck {
-    /// The mode a CHECKRECIPIENT value selects (`None`: the variable is unset).
-    pub fn from_var(v: Option<&str>) -> RecipientCheck {
-        match v.map(str::trim) {
-            None => RecipientCheck::Directory,
-            Some("" | "0") => RecipientCheck::Off,
-            Some("2") => RecipientCheck::RecipientsThenDirectory,
-            Some("3") => RecipientCheck::Recipients,
-            Some(_) => RecipientCheck::Directory,
-        }
-    }
-}
 
 /// The answer for `addr` (already known to be in a domain we accept, and covered by
 /// `chkrcptdomains`). Postmaster is always accepted (RFC 5321 4.5.1).
@@ -128,7 +102,7 @@ fn refuse(shard: &SmtpShard, addr: &str, reply: &Option<lookup::SmtpReply>) -> D
             );
             Decision::Reject(Reply::new(
                 r.code,
-                crate::smtp::parse_enhanced(r.enhanced),
+                super::parse_enhanced(r.enhanced),
                 r.text,
             ))
         }

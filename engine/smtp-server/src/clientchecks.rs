@@ -15,8 +15,9 @@
 
 use std::time::Duration;
 
-use crate::config::env_number;
+use crate::dnscheck::ClientNameError;
 use crate::tcprules::RuleMatch;
+use control::env::env_number;
 use control::{ControlDir, ControlError};
 use smtp_proto::Reply;
 
@@ -113,7 +114,7 @@ impl ClientChecks {
     pub fn judge_client_name(
         &self,
         policy: &policy::Policy,
-        name: &Result<Option<String>, String>,
+        name: &Result<Option<String>, ClientNameError>,
         me: &str,
     ) -> Option<(Reply, String)> {
         match name {
@@ -217,7 +218,7 @@ mod tests {
         let (r, _) = c.judge_client_name(&policy, &Ok(None), "mx").unwrap();
         assert_eq!(r.code(), 553);
         let (r, _) = c
-            .judge_client_name(&policy, &Err("timeout".into()), "mx")
+            .judge_client_name(&policy, &Err(ClientNameError::NoResolver), "mx")
             .unwrap();
         assert_eq!(r.code(), 421);
         assert_eq!(

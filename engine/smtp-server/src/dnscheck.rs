@@ -51,9 +51,9 @@ impl DnsChecks {
 
     /// The client's host name from its PTR (`TCPREMOTEHOST`): `Ok(None)` when it has
     /// none, `Err` when DNS could not say (or no resolver could be made).
-    pub async fn client_name(&self, ip: IpAddr) -> Result<Option<String>, String> {
-        let resolver = self.resolver().ok_or("no resolver")?;
-        resolver.ptr(ip).await.map_err(|e| e.to_string())
+    pub async fn client_name(&self, ip: IpAddr) -> Result<Option<String>, ClientNameError> {
+        let resolver = self.resolver().ok_or(ClientNameError::NoResolver)?;
+        Ok(resolver.ptr(ip).await?)
     }
 
     /// The first of `zones` listing `ip`, as a reply (`554 5.7.1` with the
@@ -221,4 +221,15 @@ impl mail_auth::ResolverCache<String, mail_auth::Txt> for OneTxt {
     }
 
     fn insert(&self, _: String, _: mail_auth::Txt, _: std::time::Instant) {}
+}
+
+/// Why the client's name could not be looked up.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientNameError {
+    /// No resolver could be made (logged once when it was tried).
+    #[error("no resolver")]
+    NoResolver,
+    /// DNS did not answer (timeout, SERVFAIL, ...).
+    #[error(transparent)]
+    Dns(#[from] delivery::dns::DnsError),
 }
