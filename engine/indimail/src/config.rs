@@ -40,96 +40,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::tcprules::TcpRules;
-use control::{ControlError, DomainList};
+use control::ControlError;
+use smtp_server::service::{read_listeners, Service};
 
-pub use control::env::{env_number, qmail_ext, system_hostname, var_or_control};
+pub use control::env::system_hostname;
 pub use control::Paths;
 pub use queue_layout::QueueSpec;
-
-/// Everything the SMTP listeners need, read once at start-up.
-#[derive(Debug, Clone)]
-pub struct SmtpSettings {
-    /// `me`.
-    pub me: String,
-    /// `smtpgreeting`.
-    pub greeting: String,
-    /// `rcpthosts` + `morercpthosts`.
-    pub rcpthosts: DomainList,
-    /// `databytes` / `DATABYTES`; 0 = unlimited.
-    pub databytes: u64,
-    /// `timeoutsmtpd`: deadline of each command line (not of each read).
-    pub timeout: Duration,
-    /// `timeoutstress`: the deadline while the shard is under stress.
-    pub stress_timeout: Duration,
-    /// `mindatarate`: bytes per second a message transfer must keep.
-    pub min_data_rate: u64,
-    /// `maxrecipients` / `MAXRECIPIENTS`; 0 = the protocol default (100).
-    pub max_recipients: usize,
-    /// `maxperip` / `MAXPERIP`: connections per client IP (server-wide).
-    pub max_per_ip: u32,
-    /// `maxdaemons` / `MAXDAEMONS`: connections of the whole server.
-    pub max_connections: u32,
-    /// `RELAYCLIENT` in the server's own environment: every client may relay.
-    pub relay_everyone: bool,
-    /// Access rules by client IP.
-    pub rules: TcpRules,
-    /// `CHECKRECIPIENT`: refuse unknown or inactive users of virtual
-    /// domains at RCPT, asking the directory and/or `control/recipients`
-    /// (default 1, the directory; `CHECKRECIPIENT=0` turns it off).
-    pub check_recipient: crate::rcptcheck::RecipientCheck,
-    /// `QMAIL_EXT`: CHECKRECIPIENT accepts `user-ext@domain` of existing
-    /// users (see [`qmail_ext`]).
-    pub qmail_ext: bool,
-    /// `MAX_AUTH_FAILURES`: failed AUTH attempts before the connection is
-    /// closed (default 3; a value that is not a number is a load error).
-    pub max_auth_failures: u32,
-    /// `CHECKRELAY` (default on; `0` off): POP/IMAP-before-SMTP.
-    pub check_relay: bool,
-    /// `SKIPDNSBL` set: no DNSBL question for any client.
-    pub skip_dnsbl: bool,
-    /// `MASQUERADE` set: submission clients may use any envelope sender.
-    pub masquerade: bool,
-    /// Rate limits per minute (0 = none): RCPTs and messages per client
-    /// address, RCPTs and messages per authenticated user.
-    pub rates: Rates,
-    /// `dnsbllist`: DNSBL zones asked about each client (port 25 service).
-    pub dnsbl_zones: Vec<String>,
-    /// `spfbehavior` / `SPFBEHAVIOR`.
-    pub spf: policy::spf::SpfBehavior,
-    /// `spfrules`, `spfguess`, `spfexp` (and their variables).
-    pub spf_local: std::sync::Arc<policy::spf::SpfLocal>,
-    /// IndiMail's access controls (badmailfrom, badrcptto, accesslist,
-    /// hostaccess, envrules, bodycheck, badip, ...), see the `policy` crate.
-    pub policy: std::sync::Arc<policy::Policy>,
-    /// `etrnhosts` and `atrnaccess`: ETRN / ATRN (see [`crate::turn`]).
-    pub turn: std::sync::Arc<crate::turn::TurnConfig>,
-    /// `greetdelay`, `REQPTR`, tarpitting, `MAX_RCPT_ERRCOUNT`, `PENALTY`
-    /// (see [`crate::clientchecks`]).
-    pub client_checks: crate::clientchecks::ClientChecks,
-    /// `smtproutes`, read with the rest so that one reload covers it
-    /// (remote delivery's table; see `delivery::routes`).
-    pub smtproutes: std::sync::Arc<delivery::routes::SmtpRoutes>,
-    /// Queue-time message processing: `removeheaders`, `envheaders`,
-    /// `logheaders`, `quarantine`, `extraqueue`, `NULLQUEUE` (see `msgproc`).
-    pub msgproc: std::sync::Arc<msgproc::QueueRules>,
-    /// `domainqueue`: the queue a recipient domain's mail goes to, checked
-    /// against the queues served (see [`crate::domainqueue`]).
-    pub domain_queues: std::sync::Arc<crate::domainqueue::DomainQueues>,
-}
-
-/// Rate limits per minute; 0 = unlimited.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Rates {
-    /// `rcptrate` / `RCPTRATE`.
-    pub rcpt_per_ip: u32,
-    /// `msgrate` / `MSGRATE`.
-    pub msg_per_ip: u32,
-    /// `authrcptrate` / `AUTHRCPTRATE`.
-    pub rcpt_per_user: u32,
-    /// `authmsgrate` / `AUTHMSGRATE`.
-    pub msg_per_user: u32,
-}
+pub use smtp_server::service::DEFAULT_SMTP_LISTENER;
+pub use smtp_server::settings::SmtpSettings;
 
 /// Configuration of `indimail serve`.
 #[derive(Debug, Clone)]
@@ -137,7 +55,7 @@ pub struct ServeConfig {
     /// Locations.
     pub paths: Paths,
     /// Listeners per service, in `control/listeners` / command-line order.
-    pub listeners: Vec<(crate::smtp::Service, SocketAddr)>,
+    pub listeners: Vec<(Service, SocketAddr)>,
     /// `serve --cpus` (overrides `control/cpus`; see `queue-layout`).
     pub cpus_arg: Option<String>,
     /// SMTP settings.
@@ -146,9 +64,6 @@ pub struct ServeConfig {
     pub shutdown_timeout: Duration,
 }
 
-/// Default listener for a fresh home: loopback, unprivileged.
-pub const DEFAULT_SMTP_LISTENER: &str = "127.0.0.1:2525";
-
 impl ServeConfig {
     /// Reads every control file, reporting all problems at once.
     /// `overrides` are the listeners given on the command line; when any is
@@ -156,273 +71,48 @@ impl ServeConfig {
     /// decides the default queue count `domainqueue` is checked against.
     pub fn load(
         paths: Paths,
-        overrides: &[(crate::smtp::Service, SocketAddr)],
+        overrides: &[(Service, SocketAddr)],
         cpus_arg: Option<String>,
     ) -> Result<ServeConfig, Vec<ControlError>> {
         let mut errors = Vec::new();
         let c = &paths.control;
-        fn take<T>(errors: &mut Vec<ControlError>, r: Result<T, ControlError>) -> Option<T> {
-            r.map_err(|e| errors.push(e)).ok()
-        }
-
-        let me = take(&mut errors, c.string("me"))
-            .flatten()
-            .unwrap_or_else(system_hostname);
-        let greeting = take(&mut errors, c.string("smtpgreeting"))
-            .flatten()
-            .unwrap_or_else(|| format!("{me} ESMTP"));
-        let mut hosts = take(&mut errors, c.list("rcpthosts")).unwrap_or_default();
-        hosts.extend(take(&mut errors, c.list_or_cdb("morercpthosts")).unwrap_or_default());
-        let databytes = take(
-            &mut errors,
-            var_or_control(c, "DATABYTES", "databytes", 0u64),
-        )
-        .unwrap_or(0);
-        let timeout = take(&mut errors, c.number("timeoutsmtpd", 1200u64)).unwrap_or(1200);
-        let max_auth_failures =
-            take(&mut errors, env_number("MAX_AUTH_FAILURES", 3u32)).unwrap_or(3);
-        let stress_timeout = take(&mut errors, c.number("timeoutstress", 10u64)).unwrap_or(10);
-        let min_data_rate = take(&mut errors, c.number("mindatarate", 500u64)).unwrap_or(500);
-        let shutdown_timeout = take(&mut errors, c.number("shutdowntimeout", 5u64)).unwrap_or(5);
-        // The user to drop to must exist (used when started as root).
-        if let Some(user) = take(&mut errors, c.string("user")).flatten() {
-            match crate::privs::lookup_user(&user) {
-                Ok(Some(_)) => {}
-                Ok(None) => errors.push(ControlError {
-                    path: c.file("user"),
-                    line: Some(1),
-                    problem: format!("no user named {user}"),
-                }),
-                Err(e) => errors.push(ControlError {
-                    path: c.file("user"),
-                    line: Some(1),
-                    problem: e,
-                }),
-            }
-        }
-        let max_recipients = take(
-            &mut errors,
-            var_or_control(c, "MAXRECIPIENTS", "maxrecipients", 100usize),
-        )
-        .unwrap_or(100);
-        let max_per_ip = take(
-            &mut errors,
-            var_or_control(c, "MAXPERIP", "maxperip", 20u32),
-        )
-        .unwrap_or(20);
-        let max_connections = take(
-            &mut errors,
-            var_or_control(c, "MAXDAEMONS", "maxdaemons", 1000u32),
-        )
-        .unwrap_or(1000);
-        let mut rate = |var: &str, file: &str| {
-            take(&mut errors, var_or_control(c, var, file, 0u32)).unwrap_or(0)
-        };
-        let rates = Rates {
-            rcpt_per_ip: rate("RCPTRATE", "rcptrate"),
-            msg_per_ip: rate("MSGRATE", "msgrate"),
-            rcpt_per_user: rate("AUTHRCPTRATE", "authrcptrate"),
-            msg_per_user: rate("AUTHMSGRATE", "authmsgrate"),
-        };
-        let dnsbl_file = std::env::var("DNSBLLIST")
-            .ok()
-            .filter(|v| !v.trim().is_empty())
-            .unwrap_or_else(|| "dnsbllist".into());
-        let dnsbl_zones = take(&mut errors, c.list(&dnsbl_file))
-            .unwrap_or_default()
-            .iter()
-            .map(|z| z.trim_end_matches('.').to_ascii_lowercase())
-            .collect();
-        let spf = policy::spf::SpfBehavior::new(
-            take(
-                &mut errors,
-                var_or_control(c, "SPFBEHAVIOR", "spfbehavior", 0u64),
-            )
-            .unwrap_or(0),
-        );
-        let client_checks = crate::clientchecks::ClientChecks::load(c, &mut errors);
-        let mut spf_text = |var: &str, file: &str| match std::env::var(var) {
-            Ok(v) => Some(v).filter(|v| !v.trim().is_empty()),
-            Err(_) => take(&mut errors, c.string(file)).flatten(),
-        };
-        let spf_local = policy::spf::SpfLocal {
-            rules: spf_text("SPFRULES", "spfrules"),
-            guess: spf_text("SPFGUESS", "spfguess"),
-            exp: spf_text("SPFEXP", "spfexp"),
-        };
-        if let Some(g) = spf_local
-            .guess
-            .as_deref()
-            .filter(|g| !policy::spf::is_spf1(g))
-        {
-            errors.push(ControlError {
-                path: c.file("spfguess"),
-                line: Some(1),
-                problem: format!("`{g}` is not an SPF record (it must start with v=spf1)"),
-            });
-        }
-        let smtproutes = match delivery::routes::SmtpRoutes::load(&c.file("smtproutes")) {
-            Ok(r) => r,
-            Err(errs) => {
-                errors.extend(errs.into_iter().map(|e| ControlError {
-                    path: PathBuf::from(e.file),
-                    line: (e.line > 0).then_some(e.line),
-                    problem: e.reason,
-                }));
-                Default::default()
-            }
-        };
-        use crate::smtp::Service;
-        let mut listeners = Vec::new();
-        if overrides.is_empty() {
-            match c.lines("listeners") {
-                Ok(None) => {
-                    listeners.push((Service::Smtp, DEFAULT_SMTP_LISTENER.parse().expect("valid")))
-                }
-                Ok(Some(lines)) => {
-                    for (line, text) in lines {
-                        let mut words = text.split_whitespace();
-                        let (service, addr) = (words.next().unwrap_or(""), words.next());
-                        let svc = Service::from_name(service);
-                        let problem = match (svc, addr.map(str::parse::<SocketAddr>)) {
-                            (Some(svc), Some(Ok(a))) => {
-                                listeners.push((svc, a));
-                                None
-                            }
-                            (Some(_), _) => {
-                                Some(format!("`{text}`: expected `{service} ADDRESS:PORT`"))
-                            }
-                            (None, _) => Some(format!(
-                                "`{service}`: unknown service (expected one of {})",
-                                Service::ALL.map(|s| s.name()).join(", ")
-                            )),
-                        };
-                        if let Some(problem) = problem {
-                            errors.push(ControlError {
-                                path: c.file("listeners"),
-                                line: Some(line),
-                                problem,
-                            });
-                        }
-                    }
-                }
-                Err(e) => errors.push(e),
-            }
-        } else {
-            listeners.extend_from_slice(overrides);
-        }
-
-        let rules_path = paths.tcp_rules();
-        let rules = match std::fs::read_to_string(&rules_path) {
-            Ok(text) => match TcpRules::parse(&text, &rules_path) {
-                Ok(r) => r,
-                Err(mut e) => {
-                    errors.append(&mut e);
-                    TcpRules::default()
-                }
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => TcpRules::default(),
-            Err(e) => {
-                errors.push(ControlError {
-                    path: rules_path,
-                    line: None,
-                    problem: format!("cannot read: {e}"),
-                });
-                TcpRules::default()
-            }
-        };
-
-        let turn = match crate::turn::TurnConfig::load(c) {
-            Ok(t) => std::sync::Arc::new(t),
-            Err(mut e) => {
-                errors.append(&mut e);
-                Default::default()
-            }
-        };
-        let env = |name: &str| std::env::var(name).ok();
-        let policy = match policy::Policy::load_with_sql(c.path(), &env, &sql_list_rows) {
-            Ok(p) => Some(std::sync::Arc::new(p)),
-            Err(errs) => {
-                errors.extend(errs.into_iter().map(|e| ControlError {
-                    path: e.file.clone(),
-                    line: e.line,
-                    problem: e.kind.to_string(),
-                }));
-                None
-            }
-        };
-        let msgproc = match msgproc::QueueRules::load(c.path(), &env) {
-            Ok(r) => std::sync::Arc::new(r),
-            Err(e) => {
-                errors.push(ControlError {
-                    path: c.path().to_path_buf(),
-                    line: None,
-                    problem: e.to_string(),
-                });
-                Default::default()
-            }
-        };
-        // Layout errors are reported by `serve` and `config check` apart.
-        let layout = paths.layout(cpus_arg.as_deref()).ok().map(|mut l| {
-            l.adopt_existing();
-            l
+        let shutdown_timeout = c.number("shutdowntimeout", 5u64).unwrap_or_else(|e| {
+            errors.push(e);
+            5
         });
-        let domain_queues = match &policy {
-            Some(p) => match crate::domainqueue::DomainQueues::load(p, layout.as_ref()) {
-                Ok(d) => std::sync::Arc::new(d),
-                Err(mut e) => {
-                    errors.append(&mut e);
-                    Default::default()
-                }
-            },
-            None => Default::default(),
-        };
-        if !errors.is_empty() {
-            return Err(errors);
+        // The user to drop to must exist (used when started as root).
+        match c.string("user") {
+            Ok(Some(user)) => {
+                let problem = match crate::privs::lookup_user(&user) {
+                    Ok(Some(_)) => None,
+                    Ok(None) => Some(format!("no user named {user}")),
+                    Err(e) => Some(e),
+                };
+                errors.extend(problem.map(|problem| ControlError {
+                    path: c.file("user"),
+                    line: Some(1),
+                    problem,
+                }));
+            }
+            Ok(None) => {}
+            Err(e) => errors.push(e),
         }
-        let policy = policy.expect("no errors means the policy loaded");
-        Ok(ServeConfig {
-            shutdown_timeout: Duration::from_secs(shutdown_timeout),
-            smtp: SmtpSettings {
-                me,
-                greeting,
-                rcpthosts: DomainList::new(hosts),
-                databytes,
-                timeout: Duration::from_secs(timeout),
-                stress_timeout: Duration::from_secs(stress_timeout.clamp(1, timeout.max(1))),
-                min_data_rate: min_data_rate.max(1),
-                max_recipients: if max_recipients == 0 {
-                    100
-                } else {
-                    max_recipients
-                },
-                max_per_ip,
-                max_connections,
-                relay_everyone: std::env::var_os("RELAYCLIENT").is_some(),
-                rules,
-                check_recipient: crate::rcptcheck::RecipientCheck::from_var(
-                    std::env::var("CHECKRECIPIENT").ok().as_deref(),
-                ),
-                qmail_ext: qmail_ext(),
-                max_auth_failures,
-                check_relay: std::env::var("CHECKRELAY").map_or(true, |v| v.trim() != "0"),
-                skip_dnsbl: std::env::var_os("SKIPDNSBL").is_some(),
-                masquerade: std::env::var_os("MASQUERADE").is_some(),
-                rates,
-                dnsbl_zones,
-                spf,
-                policy,
-                turn,
-                msgproc,
-                domain_queues,
-                smtproutes: std::sync::Arc::new(smtproutes),
-                client_checks,
-                spf_local: std::sync::Arc::new(spf_local),
-            },
-            paths,
-            listeners,
-            cpus_arg,
-        })
+        let smtp = SmtpSettings::load(&paths, cpus_arg.as_deref()).map_err(|e| errors.extend(e));
+        let listeners = if overrides.is_empty() {
+            read_listeners(c).map_err(|e| errors.extend(e))
+        } else {
+            Ok(overrides.to_vec())
+        };
+        match (smtp, listeners) {
+            (Ok(smtp), Ok(listeners)) if errors.is_empty() => Ok(ServeConfig {
+                shutdown_timeout: Duration::from_secs(shutdown_timeout),
+                smtp,
+                paths,
+                listeners,
+                cpus_arg,
+            }),
+            _ => Err(errors),
+        }
     }
 }
 
@@ -507,7 +197,7 @@ fn tighten_secrets(paths: &Paths) {
     use lookup::fsmode::{restrict_mode, SECRET_FILE_MODE};
     let db = paths.home.join("db").join("indimail.sqlite");
     let mut secrets = vec![
-        paths.control.path().join(crate::adminauth::USERS_FILE),
+        paths.control.path().join(admin_api::adminauth::USERS_FILE),
         PathBuf::from(format!("{}-wal", db.display())),
         PathBuf::from(format!("{}-shm", db.display())),
         db,
@@ -536,16 +226,6 @@ fn tighten_secrets(paths: &Paths) {
     for p in &secrets {
         fix(p, SECRET_FILE_MODE);
     }
-}
-
-/// The rows of the table a `.sql` list variant names, within `MYSQL_TIMEOUT` seconds
-/// (IndiMail's variable, default 30).
-fn sql_list_rows(_path: &Path, text: &str) -> Result<Vec<String>, String> {
-    let secs = std::env::var("MYSQL_TIMEOUT")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(30u64);
-    lookup::sqllist::SqlList::parse(text)?.fetch_blocking(std::time::Duration::from_secs(secs))
 }
 
 /// Makes freshly created files and directories durable: each one's data

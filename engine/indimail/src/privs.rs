@@ -28,7 +28,8 @@ use std::ffi::CString;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use crate::config::{Paths, QueueSpec};
+use control::Paths;
+use queue_layout::QueueSpec;
 
 /// The user to run as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,7 +221,7 @@ pub fn prepare_ownership(paths: &Paths, queues: &[QueueSpec], user: &User) -> Re
         .or_else(|| certs.cert.parent().map(|d| d.join("serverkey.pem")));
     // The admin endpoint reads its users file per request, after the drop:
     // it is 0600, so it must be the server user's.
-    let admin_users = paths.control.path().join(crate::adminauth::USERS_FILE);
+    let admin_users = paths.control.path().join(admin_api::adminauth::USERS_FILE);
     for f in std::iter::once(certs.cert).chain(key).chain([admin_users]) {
         if std::fs::metadata(&f).is_ok_and(|m| m.uid() == 0) {
             chown(&f, user)?;

@@ -8,10 +8,16 @@ use shard::io::{self, Driver};
 use shard::{Placement, ShardInfo, Shutdown};
 
 use crate::config::{QueueSpec, ServeConfig, SmtpSettings};
-use crate::metrics::{Counter, Registry};
-use crate::queues::ShardQueues;
-use crate::smtp::{self, SmtpShard};
 use control::log;
+use scheduler::metrics::{Counter, Registry};
+use scheduler::queues::ShardQueues;
+use smtp_server::{self as smtp, SmtpShard};
+
+/// Each shard's listening sockets (shard `i` takes entry `i`), and the bound addresses.
+type ListenerSet = (
+    Vec<(smtp_server::Service, SocketAddr)>,
+    Vec<Option<Vec<std::net::TcpListener>>>,
+);
 
 /// What every shard is handed at start-up.
 struct Shared {
@@ -19,7 +25,7 @@ struct Shared {
     /// Queue specs per shard.
     assignment: Vec<Vec<QueueSpec>>,
     /// The resolved listener addresses (port 0 replaced by the real port).
-    addrs: Vec<(crate::smtp::Service, SocketAddr)>,
+    addrs: Vec<(smtp_server::Service, SocketAddr)>,
     /// Every shard's sockets, bound by the main thread (to learn ephemeral
     /// ports, and before privileges are dropped: see [`crate::privs`]):
     /// shard `i` takes entry `i`; the same addresses with SO_REUSEPORT.
@@ -39,21 +45,21 @@ struct Shared {
     /// `INDIMAIL_NO_DELIVERY`: accept and queue only (benchmarks of the
     /// accept path).
     no_delivery: bool,
-    /// Every shard's turn channel (ETRN, ATRN; see [`crate::turn`]).
-    turn_hub: crate::turn::TurnHub,
+    /// Every shard's turn channel (ETRN, ATRN; see [`scheduler::turn`]).
+    turn_hub: scheduler::turn::TurnHub,
     /// The receiving ends, taken by each shard at start.
-    turn_rx: Mutex<Vec<Option<shard::MeshReceiver<crate::turn::TurnRequest>>>>,
-    /// Questions to users' home shards (see [`crate::directory::MeshUserHome`]).
-    user_tx: Vec<shard::MeshSender<crate::directory::UserQuestion>>,
+    turn_rx: Mutex<Vec<Option<shard::MeshReceiver<scheduler::turn::TurnRequest>>>>,
+    /// Questions to users' home shards (see [`scheduler::directory::MeshUserHome`]).
+    user_tx: Vec<shard::MeshSender<scheduler::directory::UserQuestion>>,
     /// Their receiving ends, taken by each shard at start.
-    user_rx: Mutex<Vec<Option<shard::MeshReceiver<crate::directory::UserQuestion>>>>,
+    user_rx: Mutex<Vec<Option<shard::MeshReceiver<scheduler::directory::UserQuestion>>>>,
     /// Rate checks for authenticated users, sent to their home shards.
-    rate_tx: Vec<shard::MeshSender<crate::userrates::UserRateQuestion>>,
+    rate_tx: Vec<shard::MeshSender<smtp_server::userrates::UserRateQuestion>>,
     /// Their receiving ends, taken by each shard at start.
-    rate_rx: Mutex<Vec<Option<shard::MeshReceiver<crate::userrates::UserRateQuestion>>>>,
+    rate_rx: Mutex<Vec<Option<shard::MeshReceiver<smtp_server::userrates::UserRateQuestion>>>>,
     /// Queue-tool requests from the control socket (see [`crate::queuectl`]),
     /// taken by each shard at start.
-    ctl_rx: Mutex<Vec<Option<shard::MeshReceiver<crate::queuectl::CtlRequest>>>>,
+    ctl_rx: Mutex<Vec<Option<shard::MeshReceiver<operator_tools::queuectl::CtlRequest>>>>,
     /// The queue base, to pick up `queueN` drop directories created after
     /// start (an injector that chose before `run/queues` was written);
     /// `None` with `QUEUEDIR`.
@@ -86,23 +92,123 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
     if let Some(why) = fallback {
         log!("warning: {why}");
     }
+    let (layout, placement) = resolve_layout(&config)?;
+    let queues = layout.specs();
+    let shards = placement.len();
+    let assignment = layout.assignment();
+    print_assignment(&assignment, &placement);
+    let (addrs, shard_listeners) = bind_listeners(&config.listeners, shards)?;
+    become_user(&privileges, &config, &queues)?;
+    open_directory(&config.paths.home);
 
-    // The one layout every program resolves (queue-layout), plus every
-    // `queueN` left outside it: mail injected there is never stranded.
+    let queue_numbers: Vec<u32> = queues.iter().map(|q| q.number).collect();
+    let registry = Registry::with_queues(shards, &queue_numbers);
+    block_signals();
+    let (reload_tx, reload_rx) = tokio::sync::watch::channel(Arc::new(config.smtp.clone()));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let turn_mesh = shard::Mesh::new(shards, 64);
+    let ctl_mesh = shard::Mesh::new(shards, 16);
+    let user_mesh = shard::Mesh::new(shards, 1024);
+    let rate_mesh = shard::Mesh::new(shards, 1024);
+    let shared = Arc::new(Shared {
+        rate_tx: rate_mesh.senders,
+        rate_rx: Mutex::new(rate_mesh.receivers.into_iter().map(Some).collect()),
+        user_tx: user_mesh.senders,
+        user_rx: Mutex::new(user_mesh.receivers.into_iter().map(Some).collect()),
+        ctl_rx: Mutex::new(ctl_mesh.receivers.into_iter().map(Some).collect()),
+        turn_hub: scheduler::turn::TurnHub::new(turn_mesh.senders),
+        turn_rx: Mutex::new(turn_mesh.receivers.into_iter().map(Some).collect()),
+        settings: Arc::new(config.smtp.clone()),
+        assignment,
+        stray_base: layout.queuedir.is_none().then(|| layout.base.clone()),
+        known_queues: queue_numbers.clone(),
+        import_wake: (0..shards).map(|_| Default::default()).collect(),
+        addrs: addrs.clone(),
+        shard_listeners: Mutex::new(shard_listeners),
+        ready: Mutex::new(ready_tx),
+        reload: reload_rx,
+        registry: registry.clone(),
+        home: config.paths.home.clone(),
+        control: config.paths.control.clone(),
+        shutdown_timeout: config.shutdown_timeout,
+        no_delivery: std::env::var_os("INDIMAIL_NO_DELIVERY")
+            .is_some_and(|v| !v.is_empty() && v != "0"),
+    });
+    let shutdown = Shutdown::new();
+    let handles = shard::start(&placement, driver, shutdown.clone(), {
+        let shared = Arc::clone(&shared);
+        move |info| shard_main(info, Arc::clone(&shared))
+    })?;
+
+    if let Err(e) = wait_until_ready(&ready_rx, shards) {
+        shutdown.trigger();
+        let _ = handles.join();
+        scheduler::inject::remove_serving(&config.paths.home);
+        bail!("start-up failed: {e}");
+    }
+    log!(
+        "status: {shards} shards driver={} placement={placement}",
+        driver.name()
+    );
+    // Queue tools talk to the shards through the control socket.
+    let control_socket = match operator_tools::queuectl::ControlSocket::start(
+        operator_tools::queuectl::socket_path(&config.paths.home),
+        ctl_mesh.senders,
+    ) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            log!("warning: no control socket, queue tools cannot reach this server: {e}");
+            None
+        }
+    };
+    for (svc, a) in &addrs {
+        println!("{} listening on {a}", svc.name());
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    let sig = run_until_signal(&config, &reload_tx);
+    log!("status: signal {sig}, stopping");
+    scheduler::inject::remove_serving(&config.paths.home);
+    if let Some(c) = control_socket {
+        c.stop();
+    }
+    shutdown.trigger();
+    for (i, r) in handles.join().into_iter().enumerate() {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log!("shard{i} error: {e}"),
+            Err(p) => log!("shard{i} panicked: {p}"),
+        }
+    }
+    log!(
+        "status: stopped connections={} accepted={} rejected={} delivered={} bounced={}",
+        registry.total(Counter::Connections),
+        registry.total(Counter::Accepted),
+        registry.total(Counter::Rejected),
+        registry.total(Counter::Delivered),
+        registry.total(Counter::Failed)
+    );
+    Ok(())
+}
+
+/// The one layout every program resolves (queue-layout), plus every `queueN` left outside
+/// it (mail injected there is never stranded), and the shard placement it asks for.
+fn resolve_layout(config: &ServeConfig) -> anyhow::Result<(queue_layout::Layout, Placement)> {
     let mut layout = config
         .paths
         .layout(config.cpus_arg.as_deref())
         .map_err(|e| anyhow::anyhow!("queue layout: {e}"))?;
     // Before looking for strays: an injector that reads this list from now
     // on writes only into queues this server imports.
-    if let Err(e) = crate::inject::write_serving(&config.paths.home, &layout.configured()) {
+    if let Err(e) = scheduler::inject::write_serving(&config.paths.home, &layout.configured()) {
         log!("warning: cannot record the queues served: {e}");
     }
     let mut adopted = layout.adopt_existing();
     // A stray another running server (sharing the base) holds is its own.
     adopted.retain(|n| {
         let dir = queue_layout::queue_path(&layout.base, *n);
-        let busy = crate::queues::queue_in_use(&dir);
+        let busy = scheduler::queues::queue_in_use(&dir);
         if busy {
             log!(
                 "queue{n} {} is in use by another process: not adopted",
@@ -132,9 +238,11 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
             layout.shard_of(*n).unwrap_or(0)
         );
     }
-    let queues = layout.specs();
-    let shards = placement.len();
-    let assignment = layout.assignment();
+    Ok((layout, placement))
+}
+
+/// Prints which shard (and CPU) owns each queue.
+fn print_assignment(assignment: &[Vec<QueueSpec>], placement: &Placement) {
     let cpus = placement.cpus();
     for (i, qs) in assignment.iter().enumerate() {
         for q in qs {
@@ -146,12 +254,19 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
             );
         }
     }
+}
 
+/// Every shard's listening sockets, and the addresses they are bound to (port 0 replaced by
+/// the real port).
+fn bind_listeners(
+    listeners: &[(smtp_server::Service, SocketAddr)],
+    shards: usize,
+) -> anyhow::Result<ListenerSet> {
     // Bind on this thread first so ephemeral ports are known and errors
     // (address in use, permission) are reported before any shard starts.
     let mut first = Vec::new();
     let mut addrs = Vec::new();
-    for (svc, a) in &config.listeners {
+    for (svc, a) in listeners {
         let l = io::bind_reuseport(*a, 1024).with_context(|| format!("cannot listen on {a}"))?;
         addrs.push((*svc, l.local_addr()?));
         first.push(l);
@@ -175,13 +290,22 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
             }
         }
     }
-    match &privileges {
+    Ok((addrs, shard_listeners))
+}
+
+/// Drops root for the configured user (after binding, before any shard starts).
+fn become_user(
+    privileges: &crate::privs::Decision,
+    config: &ServeConfig,
+    queues: &[QueueSpec],
+) -> anyhow::Result<()> {
+    match privileges {
         crate::privs::Decision::AsIs => {}
         crate::privs::Decision::StayRoot => {
             log!("warning: running as root (INDIMAIL_ALLOW_ROOT): deliveries write as root")
         }
         crate::privs::Decision::Drop(user) => {
-            crate::privs::prepare_ownership(&config.paths, &queues, user)
+            crate::privs::prepare_ownership(&config.paths, queues, user)
                 .and_then(|()| crate::privs::drop_to(user))
                 .map_err(|e| anyhow::anyhow!("dropping privileges to {}: {e}", user.name))?;
             log!(
@@ -192,56 +316,26 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
 
-    // Open the directory once before the shards start, so a fresh embedded
-    // store gets its tables from one writer instead of every shard racing
-    // to create them.
-    let home = config.paths.home.clone();
+/// Opens the directory once before the shards start, so a fresh embedded
+/// store gets its tables from one writer instead of every shard racing
+/// to create them.
+fn open_directory(home: &std::path::Path) {
+    let home = home.to_path_buf();
     if let Err(e) = io::run(Driver::Epoll, async move {
         lookup::Directory::open_home(&home).await.map(drop)
     }) {
         log!("warning: user directory unavailable at start: {e}");
     }
+}
 
-    let queue_numbers: Vec<u32> = queues.iter().map(|q| q.number).collect();
-    let registry = Registry::with_queues(shards, &queue_numbers);
-    block_signals();
-    let (reload_tx, reload_rx) = tokio::sync::watch::channel(Arc::new(config.smtp.clone()));
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let turn_mesh = shard::Mesh::new(shards, 64);
-    let ctl_mesh = shard::Mesh::new(shards, 16);
-    let user_mesh = shard::Mesh::new(shards, 1024);
-    let rate_mesh = shard::Mesh::new(shards, 1024);
-    let shared = Arc::new(Shared {
-        rate_tx: rate_mesh.senders,
-        rate_rx: Mutex::new(rate_mesh.receivers.into_iter().map(Some).collect()),
-        user_tx: user_mesh.senders,
-        user_rx: Mutex::new(user_mesh.receivers.into_iter().map(Some).collect()),
-        ctl_rx: Mutex::new(ctl_mesh.receivers.into_iter().map(Some).collect()),
-        turn_hub: crate::turn::TurnHub::new(turn_mesh.senders),
-        turn_rx: Mutex::new(turn_mesh.receivers.into_iter().map(Some).collect()),
-        settings: Arc::new(config.smtp.clone()),
-        assignment,
-        stray_base: layout.queuedir.is_none().then(|| layout.base.clone()),
-        known_queues: queue_numbers.clone(),
-        import_wake: (0..shards).map(|_| Default::default()).collect(),
-        addrs: addrs.clone(),
-        shard_listeners: Mutex::new(shard_listeners),
-        ready: Mutex::new(ready_tx),
-        reload: reload_rx,
-        registry: registry.clone(),
-        home: config.paths.home.clone(),
-        control: config.paths.control.clone(),
-        shutdown_timeout: config.shutdown_timeout,
-        no_delivery: std::env::var_os("INDIMAIL_NO_DELIVERY")
-            .is_some_and(|v| !v.is_empty() && v != "0"),
-    });
-    let shutdown = Shutdown::new();
-    let handles = shard::start(&placement, driver, shutdown.clone(), {
-        let shared = Arc::clone(&shared);
-        move |info| shard_main(info, Arc::clone(&shared))
-    })?;
-
+/// Waits for every shard's start-up report and logs it; the first failure.
+fn wait_until_ready(
+    ready_rx: &mpsc::Receiver<Result<String, String>>,
+    shards: usize,
+) -> Result<(), String> {
     let mut failed = None;
     for _ in 0..shards {
         match ready_rx.recv() {
@@ -250,33 +344,15 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
             Err(_) => failed = Some("a shard exited during start-up".into()),
         }
     }
-    if let Some(e) = failed {
-        shutdown.trigger();
-        let _ = handles.join();
-        crate::inject::remove_serving(&config.paths.home);
-        bail!("start-up failed: {e}");
-    }
-    log!(
-        "status: {shards} shards driver={} placement={placement}",
-        driver.name()
-    );
-    // Queue tools talk to the shards through the control socket.
-    let control_socket = match crate::queuectl::ControlSocket::start(
-        crate::queuectl::socket_path(&config.paths.home),
-        ctl_mesh.senders,
-    ) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            log!("warning: no control socket, queue tools cannot reach this server: {e}");
-            None
-        }
-    };
-    for (svc, a) in &addrs {
-        println!("{} listening on {a}", svc.name());
-    }
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
+    failed.map_or(Ok(()), Err)
+}
 
+/// Serves until SIGTERM or SIGINT (its name), reloading the configuration on SIGHUP or
+/// when a watched file changes.
+fn run_until_signal(
+    config: &ServeConfig,
+    reload_tx: &tokio::sync::watch::Sender<Arc<SmtpSettings>>,
+) -> &'static str {
     // Hot reload: on SIGHUP, or when a control file or the access rules
     // change, the configuration is read again; a good one replaces the old
     // one on every shard (new connections use it), a bad one is reported
@@ -294,10 +370,10 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
             .max(1),
     );
     let mut loaded_at = std::time::Instant::now();
-    let sig = loop {
+    loop {
         match wait_for_signal(std::time::Duration::from_secs(2)) {
             Some(Sig::Hup) => {
-                reload(&config, &reload_tx, "SIGHUP");
+                reload(config, reload_tx, "SIGHUP");
                 fingerprint = fingerprint_now();
                 loaded_at = std::time::Instant::now();
             }
@@ -309,40 +385,20 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
                 let now = fingerprint_now();
                 if now != fingerprint {
                     fingerprint = now;
-                    reload(&config, &reload_tx, "control files changed");
+                    reload(config, reload_tx, "control files changed");
                     loaded_at = std::time::Instant::now();
                 } else if reload_tx.borrow().policy.uses_sql() && loaded_at.elapsed() >= sql_refresh
                 {
-                    reload(&config, &reload_tx, "sql lists refreshed");
+                    reload(config, reload_tx, "sql lists refreshed");
                     loaded_at = std::time::Instant::now();
                 }
             }
         }
-    };
-    log!("status: signal {sig}, stopping");
-    crate::inject::remove_serving(&config.paths.home);
-    if let Some(c) = control_socket {
-        c.stop();
     }
-    shutdown.trigger();
-    for (i, r) in handles.join().into_iter().enumerate() {
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => log!("shard{i} error: {e}"),
-            Err(p) => log!("shard{i} panicked: {p}"),
-        }
-    }
-    log!(
-        "status: stopped connections={} accepted={} rejected={} delivered={} bounced={}",
-        registry.total(Counter::Connections),
-        registry.total(Counter::Accepted),
-        registry.total(Counter::Rejected),
-        registry.total(Counter::Delivered),
-        registry.total(Counter::Failed)
-    );
-    Ok(())
 }
 
+/// One shard: its queues, listeners and delivery started, then every task it runs, until
+/// shutdown.
 async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<(), String> {
     let ready = shared
         .ready
@@ -368,19 +424,55 @@ async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<(), String> 
         queues_text.join(",")
     )));
 
+    spawn_listeners(&info, &shared, listeners, &smtp_shard, proxy.as_ref());
+    spawn_importer(&info, &shared, &smtp_shard);
+    // ETRN / ATRN requests from any shard for this shard's queues.
+    let turn_rx = take_receiver(&shared.turn_rx, info.index);
+    smtp_shard.set_turn(shared.turn_hub.clone());
+    route_user_rates(&info, &shared, &smtp_shard);
+    serve_queue_control(&info, &shared, &smtp_shard).await;
+    match (&delivery, turn_rx) {
+        (Some(d), Some(rx)) => {
+            d.set_turn(Arc::clone(&shared.settings.turn));
+            tokio::task::spawn_local(Rc::clone(d).serve_turns(rx, info.shutdown.clone()));
+        }
+        (None, Some(rx)) => {
+            tokio::task::spawn_local(scheduler::turn::answer_idle(rx, info.shutdown.clone()));
+        }
+        (_, None) => {}
+    }
+    if let Some(d) = delivery.clone() {
+        tokio::task::spawn_local(d.run(info.shutdown.clone()));
+    }
+    spawn_reloader(&info, &shared, &smtp_shard, delivery.clone());
+    spawn_greylist_saver(&info, &smtp_shard);
+    spawn_queue_gauges(&info, &shared, &smtp_shard);
+    info.shutdown.wait().await;
+    drain_sessions(&info, &shared, &smtp_shard).await;
+    Ok(())
+}
+
+/// Serves each listener of this shard: SMTP, metrics, or a proxy.
+fn spawn_listeners(
+    info: &ShardInfo,
+    shared: &Shared,
+    listeners: Vec<shard::io::TcpListener>,
+    smtp_shard: &Rc<SmtpShard>,
+    proxy: Option<&Rc<proxies::ProxyContext>>,
+) {
     for (l, (svc, _)) in listeners.into_iter().zip(&shared.addrs) {
         let stop = info.shutdown.clone();
         let stop = async move { stop.wait().await };
-        use crate::smtp::Service;
+        use smtp_server::Service;
         if svc.is_smtp() {
-            tokio::task::spawn_local(smtp::accept_loop(Rc::clone(&smtp_shard), l, *svc, stop));
+            tokio::task::spawn_local(smtp::accept_loop(Rc::clone(smtp_shard), l, *svc, stop));
             continue;
         }
         if *svc == Service::Metrics {
-            tokio::task::spawn_local(crate::metrics::serve(l, shared.registry.clone(), stop));
+            tokio::task::spawn_local(scheduler::metrics::serve(l, shared.registry.clone(), stop));
             continue;
         }
-        let Some(ctx) = proxy.clone() else { continue };
+        let Some(ctx) = proxy.cloned() else { continue };
         match svc {
             Service::Pop3 => drop(tokio::task::spawn_local(proxies::serve_pop3(l, ctx, stop))),
             Service::Pop3s => drop(tokio::task::spawn_local(proxies::serve_pop3s(l, ctx, stop))),
@@ -406,172 +498,173 @@ async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<(), String> 
             Service::Smtp | Service::Submission | Service::Smtps | Service::Odmr => {}
         }
     }
-    // Import messages injected locally (qmail-queue, sendmail) into this
-    // shard's queues. Injectors write durable drop files, so a poll costs
-    // latency only, never safety.
-    {
-        let queues = Rc::clone(&smtp_shard.queues);
-        // The queue's line processing acts on injected mail too.
-        queues.set_rules(Arc::clone(&shared.settings.msgproc));
-        let owners = shared.assignment.iter().zip(&shared.import_wake);
-        queues.set_wakers(
-            owners
-                .flat_map(|(qs, w)| qs.iter().map(|q| (q.number, Arc::clone(w))))
-                .collect(),
-        );
-        let wake = Arc::clone(&shared.import_wake[info.index]);
-        let specs = shared.assignment[info.index].clone();
-        let stop = info.shutdown.clone();
-        let index = info.index;
-        let shared = Arc::clone(&shared);
-        tokio::task::spawn_local(async move {
-            let mut pass = 0u64;
-            let mut seen = std::collections::BTreeSet::new();
-            loop {
-                queues.import_drops(&specs, index).await;
-                // Every 2 s: drops in a `queueN` made after start, queue N
-                // being this shard's by N % shards.
-                if let (Some(base), 0) = (&shared.stray_base, pass % 10) {
-                    for n in queue_layout::existing_queues(base) {
-                        if shared.known_queues.contains(&n) || n as usize % info.count != index {
-                            continue;
-                        }
-                        let qdir = queue_layout::queue_path(base, n);
-                        // A queue log means another server opened it: its mail.
-                        if qdir.join("seg").exists() {
-                            continue;
-                        }
-                        if seen.insert(n) {
-                            log!("shard{index} adopted drops of queue{n} (created after start)");
-                        }
-                        let dir = crate::inject::drop_dir(&qdir);
-                        queues.import_dir(0, &dir, n, index).await;
+}
+
+/// Imports messages injected locally (qmail-queue, sendmail) into this shard's queues.
+/// Injectors write durable drop files, so a poll costs latency only, never safety.
+fn spawn_importer(info: &ShardInfo, shared: &Arc<Shared>, smtp_shard: &Rc<SmtpShard>) {
+    let queues = Rc::clone(&smtp_shard.queues);
+    // The queue's line processing acts on injected mail too.
+    queues.set_rules(Arc::clone(&shared.settings.msgproc));
+    let owners = shared.assignment.iter().zip(&shared.import_wake);
+    queues.set_wakers(
+        owners
+            .flat_map(|(qs, w)| qs.iter().map(|q| (q.number, Arc::clone(w))))
+            .collect(),
+    );
+    let wake = Arc::clone(&shared.import_wake[info.index]);
+    let specs = shared.assignment[info.index].clone();
+    let stop = info.shutdown.clone();
+    let (index, count) = (info.index, info.count);
+    let shared = Arc::clone(shared);
+    tokio::task::spawn_local(async move {
+        let mut pass = 0u64;
+        let mut seen = std::collections::BTreeSet::new();
+        loop {
+            queues.import_drops(&specs, index).await;
+            // Every 2 s: drops in a `queueN` made after start, queue N
+            // being this shard's by N % shards.
+            if let (Some(base), 0) = (&shared.stray_base, pass % 10) {
+                for n in queue_layout::existing_queues(base) {
+                    if shared.known_queues.contains(&n) || n as usize % count != index {
+                        continue;
                     }
-                }
-                pass += 1;
-                tokio::select! {
-                    _ = stop.wait() => break,
-                    _ = wake.notified() => {}
-                    _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                    let qdir = queue_layout::queue_path(base, n);
+                    // A queue log means another server opened it: its mail.
+                    if qdir.join("seg").exists() {
+                        continue;
+                    }
+                    if seen.insert(n) {
+                        log!("shard{index} adopted drops of queue{n} (created after start)");
+                    }
+                    let dir = scheduler::inject::drop_dir(&qdir);
+                    queues.import_dir(0, &dir, n, index).await;
                 }
             }
-        });
-    }
-    // ETRN / ATRN requests from any shard for this shard's queues.
-    let turn_rx = take_receiver(&shared.turn_rx, info.index);
-    smtp_shard.set_turn(shared.turn_hub.clone());
-    // Authenticated users' rates, counted on each user's home shard.
+            pass += 1;
+            tokio::select! {
+                _ = stop.wait() => break,
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+            }
+        }
+    });
+}
+
+/// Authenticated users' rates, counted on each user's home shard.
+fn route_user_rates(info: &ShardInfo, shared: &Shared, smtp_shard: &Rc<SmtpShard>) {
     if shared.rate_tx.len() > 1 {
-        smtp_shard.set_user_rates(crate::userrates::UserRateRouter::new(
+        smtp_shard.set_user_rates(smtp_server::userrates::UserRateRouter::new(
             info.index,
             shared.rate_tx.clone(),
         ));
         let questions = take_receiver(&shared.rate_rx, info.index);
         if let Some(rx) = questions {
-            tokio::task::spawn_local(crate::userrates::answer_user_rate_questions(
-                Rc::clone(&smtp_shard),
+            tokio::task::spawn_local(smtp_server::server::answer_user_rate_questions(
+                Rc::clone(smtp_shard),
                 rx,
             ));
         }
     }
-    // Queue tools (show, delete, bounce, hold, release, flush).
-    {
-        let ctx = Rc::new(crate::queuectl::Ctx {
-            who: format!("shard{}", info.index),
-            control: shared.control.clone(),
-            me: shared.settings.me.clone(),
-            specs: shared.assignment[info.index].clone(),
-        });
-        crate::queuectl::apply_recorded_flushes(&smtp_shard.queues, &ctx).await;
-        let rx = take_receiver(&shared.ctl_rx, info.index);
-        if let Some(rx) = rx {
-            tokio::task::spawn_local(crate::queuectl::serve_shard(
-                rx,
-                Rc::clone(&smtp_shard.queues),
-                ctx,
-                info.shutdown.clone(),
-            ));
-        }
+}
+
+/// Queue tools (show, delete, bounce, hold, release, flush) for this shard's queues.
+async fn serve_queue_control(info: &ShardInfo, shared: &Shared, smtp_shard: &Rc<SmtpShard>) {
+    let ctx = Rc::new(operator_tools::queuectl::Ctx {
+        who: format!("shard{}", info.index),
+        control: shared.control.clone(),
+        me: shared.settings.me.clone(),
+        specs: shared.assignment[info.index].clone(),
+    });
+    operator_tools::queuectl::apply_recorded_flushes(&smtp_shard.queues, &ctx).await;
+    let rx = take_receiver(&shared.ctl_rx, info.index);
+    if let Some(rx) = rx {
+        tokio::task::spawn_local(operator_tools::queuectl::serve_shard(
+            rx,
+            Rc::clone(&smtp_shard.queues),
+            ctx,
+            info.shutdown.clone(),
+        ));
     }
-    match (&delivery, turn_rx) {
-        (Some(d), Some(rx)) => {
-            d.set_turn(Arc::clone(&shared.settings.turn));
-            tokio::task::spawn_local(Rc::clone(d).serve_turns(rx, info.shutdown.clone()));
-        }
-        (None, Some(rx)) => {
-            tokio::task::spawn_local(crate::turn::answer_idle(rx, info.shutdown.clone()));
-        }
-        (_, None) => {}
-    }
-    if let Some(d) = delivery.clone() {
-        tokio::task::spawn_local(d.run(info.shutdown.clone()));
-    }
-    {
-        let mut rx = shared.reload.clone();
-        let smtp = Rc::clone(&smtp_shard);
-        let delivery = delivery.clone();
-        let (control, home) = (shared.control.clone(), shared.home.clone());
-        let (index, specs) = (info.index, shared.assignment[info.index].clone());
-        tokio::task::spawn_local(async move {
-            while rx.changed().await.is_ok() {
-                let new = rx.borrow_and_update().clone();
-                if let Some(d) = &delivery {
-                    d.set_turn(Arc::clone(&new.turn));
-                    d.set_routes(Arc::clone(&new.smtproutes));
-                    match delivery_settings(&control, &home, &new.me, &specs) {
-                        Ok(settings) => d.set_settings(settings),
-                        Err(e) => log!("shard{index} delivery settings kept: {e}"),
-                    }
-                }
-                smtp.queues.set_rules(Arc::clone(&new.msgproc));
-                smtp.reload(Rc::new((*new).clone()));
-            }
-        });
-    }
-    {
-        let smtp = Rc::clone(&smtp_shard);
-        let stop = info.shutdown.clone();
-        tokio::task::spawn_local(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.wait() => break,
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(300)) => smtp.save_greylist(),
+}
+
+/// Applies a reloaded configuration to this shard's SMTP and delivery.
+fn spawn_reloader(
+    info: &ShardInfo,
+    shared: &Shared,
+    smtp_shard: &Rc<SmtpShard>,
+    delivery: Option<Rc<scheduler::deliver::DeliveryShard>>,
+) {
+    let mut rx = shared.reload.clone();
+    let smtp = Rc::clone(smtp_shard);
+    let (control, home) = (shared.control.clone(), shared.home.clone());
+    let (index, specs) = (info.index, shared.assignment[info.index].clone());
+    tokio::task::spawn_local(async move {
+        while rx.changed().await.is_ok() {
+            let new = rx.borrow_and_update().clone();
+            if let Some(d) = &delivery {
+                d.set_turn(Arc::clone(&new.turn));
+                d.set_routes(Arc::clone(&new.smtproutes));
+                match delivery_settings(&control, &home, &new.me, &specs) {
+                    Ok(settings) => d.set_settings(settings),
+                    Err(e) => log!("shard{index} delivery settings kept: {e}"),
                 }
             }
-        });
-    }
-    // Queue gauges for the metrics endpoint, refreshed off the mail path.
-    {
-        let directory = Rc::clone(&smtp_shard.directory);
-        let metrics = shared.registry.shard(info.index);
-        let queues = Rc::clone(&smtp_shard.queues);
-        let gauges: Vec<_> = shared.assignment[info.index]
-            .iter()
-            .map(|spec| shared.registry.queue(spec.number))
-            .collect();
-        let stop = info.shutdown.clone();
-        tokio::task::spawn_local(async move {
-            loop {
-                for (q, g) in queues.all().iter().zip(&gauges) {
-                    if let Some(g) = g {
-                        g.update(q);
-                    }
-                }
-                if let Some(d) = directory.current() {
-                    use crate::metrics::Counter;
-                    metrics.set(Counter::DirectoryUserQueries, d.user_queries());
-                    let cache = d.cache_stats();
-                    metrics.set(Counter::DirectoryCacheHits, cache.hits + cache.stale_hits);
-                    metrics.set(Counter::DirectoryCacheMisses, cache.misses + cache.waits);
-                }
-                tokio::select! {
-                    _ = stop.wait() => break,
-                    _ = tokio::time::sleep(crate::metrics::QUEUE_GAUGE_EVERY) => {}
+            smtp.queues.set_rules(Arc::clone(&new.msgproc));
+            smtp.reload(Rc::new((*new).clone()));
+        }
+    });
+}
+
+/// Saves the greylisting state every five minutes.
+fn spawn_greylist_saver(info: &ShardInfo, smtp_shard: &Rc<SmtpShard>) {
+    let smtp = Rc::clone(smtp_shard);
+    let stop = info.shutdown.clone();
+    tokio::task::spawn_local(async move {
+        loop {
+            tokio::select! {
+                _ = stop.wait() => break,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(300)) => smtp.save_greylist(),
+            }
+        }
+    });
+}
+
+/// Queue gauges for the metrics endpoint, refreshed off the mail path.
+fn spawn_queue_gauges(info: &ShardInfo, shared: &Shared, smtp_shard: &Rc<SmtpShard>) {
+    let directory = Rc::clone(&smtp_shard.directory);
+    let metrics = shared.registry.shard(info.index);
+    let queues = Rc::clone(&smtp_shard.queues);
+    let gauges: Vec<_> = shared.assignment[info.index]
+        .iter()
+        .map(|spec| shared.registry.queue(spec.number))
+        .collect();
+    let stop = info.shutdown.clone();
+    tokio::task::spawn_local(async move {
+        loop {
+            for (q, g) in queues.all().iter().zip(&gauges) {
+                if let Some(g) = g {
+                    g.update(q);
                 }
             }
-        });
-    }
-    info.shutdown.wait().await;
+            if let Some(d) = directory.current() {
+                use scheduler::metrics::Counter;
+                metrics.set(Counter::DirectoryUserQueries, d.user_queries());
+                let cache = d.cache_stats();
+                metrics.set(Counter::DirectoryCacheHits, cache.hits + cache.stale_hits);
+                metrics.set(Counter::DirectoryCacheMisses, cache.misses + cache.waits);
+            }
+            tokio::select! {
+                _ = stop.wait() => break,
+                _ = tokio::time::sleep(scheduler::metrics::QUEUE_GAUGE_EVERY) => {}
+            }
+        }
+    });
+}
+
+/// Stopping: saves the greylisting state and gives sessions in flight `shutdowntimeout` to
+/// finish.
+async fn drain_sessions(info: &ShardInfo, shared: &Shared, smtp_shard: &SmtpShard) {
     smtp_shard.save_greylist();
     // Give sessions in flight `shutdowntimeout` to finish their
     // transaction; the ones still open then are closed when the runtime
@@ -589,7 +682,6 @@ async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<(), String> 
             shared.shutdown_timeout.as_secs()
         );
     }
-    Ok(())
 }
 
 use std::rc::Rc;
@@ -597,7 +689,7 @@ use std::rc::Rc;
 type Started = (
     Rc<SmtpShard>,
     Vec<shard::io::TcpListener>,
-    Option<Rc<crate::deliver::DeliveryShard>>,
+    Option<Rc<scheduler::deliver::DeliveryShard>>,
     Option<Rc<proxies::ProxyContext>>,
 );
 
@@ -607,8 +699,8 @@ fn delivery_settings(
     home: &std::path::Path,
     me: &str,
     specs: &[QueueSpec],
-) -> Result<crate::deliver::DeliverySettings, String> {
-    let mut settings = crate::deliver::DeliverySettings::load(control, me, specs)?;
+) -> Result<scheduler::deliver::DeliverySettings, String> {
+    let mut settings = scheduler::deliver::DeliverySettings::load(control, me, specs)?;
     settings.postmaster_home = Some(home.join("alias"));
     Ok(settings)
 }
@@ -626,7 +718,9 @@ fn build_remote(shared: &Shared) -> Result<delivery::remote::Remote, String> {
 }
 
 async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, String> {
-    let (queues, reports) = ShardQueues::open(&shared.assignment[info.index]).await?;
+    let (queues, reports) = ShardQueues::open(&shared.assignment[info.index])
+        .await
+        .map_err(|e| e.to_string())?;
     for (spec, r) in reports {
         log!(
             "shard{} queue{} recovered: messages={} pending={} segments={} torn_bytes={} corrupt={} quarantined={} ms={}",
@@ -672,16 +766,18 @@ async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, Strin
     // Opened now to surface problems early; if it fails, mail is still
     // accepted, recipient checks answer 451 and local deliveries are
     // deferred until the directory is back.
-    let directory = Rc::new(crate::directory::DirectoryHandle::new(shared.home.clone()));
+    let directory = Rc::new(scheduler::directory::DirectoryHandle::new(
+        shared.home.clone(),
+    ));
     if shared.user_tx.len() > 1 {
-        directory.set_user_home(Rc::new(crate::directory::MeshUserHome::new(
+        directory.set_user_home(Rc::new(scheduler::directory::MeshUserHome::new(
             info.index,
             shared.user_tx.clone(),
             shared.registry.shard(info.index),
         )));
         let questions = take_receiver(&shared.user_rx, info.index);
         if let Some(rx) = questions {
-            tokio::task::spawn_local(crate::directory::answer_user_questions(
+            tokio::task::spawn_local(scheduler::directory::answer_user_questions(
                 Rc::clone(&directory),
                 rx,
             ));
@@ -712,7 +808,7 @@ async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, Strin
     let proxy = if shared
         .addrs
         .iter()
-        .any(|(s, _)| !s.is_smtp() && *s != crate::smtp::Service::Metrics)
+        .any(|(s, _)| !s.is_smtp() && *s != smtp_server::Service::Metrics)
     {
         let mut config = proxies::ProxyConfig::from_env().map_err(|errs| {
             errs.iter()
@@ -737,11 +833,10 @@ async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, Strin
         directory.clone(),
         certs,
     ));
-    smtp_shard.set_greylisting(crate::smtp::Greylisting::from_config(
-        &shared.control,
-        &shared.home,
-        info.index,
-    )?);
+    smtp_shard.set_greylisting(
+        smtp_server::Greylisting::from_config(&shared.control, &shared.home, info.index)
+            .map_err(|e| e.to_string())?,
+    );
     let delivery = if shared.no_delivery {
         None
     } else {
@@ -749,7 +844,7 @@ async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, Strin
         let settings =
             delivery_settings(&shared.control, &shared.home, &shared.settings.me, &specs)?;
         let remote = build_remote(shared)?;
-        Some(Rc::new(crate::deliver::DeliveryShard::new(
+        Some(Rc::new(scheduler::deliver::DeliveryShard::new(
             info.index,
             queues,
             specs,

@@ -116,6 +116,36 @@ fn header_rules_envheaders_logheaders_and_extraqueue() {
     );
 }
 
+/// An envelope too large for one queue record (here 1,150 folded `X-Big:` fields of 60 kB
+/// each carried by envheaders, over the record's 64 MiB) is refused for good with the
+/// queue's own answer, 552 5.3.4, never a temporary 4xx a client retries forever; and
+/// nothing is queued.
+#[test]
+fn envelope_too_large_for_the_queue_is_refused_552() {
+    let h = tempfile::tempdir().unwrap();
+    setup_users(h.path(), &["alice"]);
+    control(h.path(), &[("envheaders", "X-Big\n")]);
+    let s = Server::start(h.path(), DRIVER);
+    // Each field folded into lines of 900 bytes (a message line has at most 1000).
+    let field = format!(
+        "X-Big: x{}\r\n",
+        format!("\r\n {}", "v".repeat(898)).repeat(66)
+    );
+    let mut msg = b"From: bob@example.org\r\n".to_vec();
+    for _ in 0..1150 {
+        msg.extend_from_slice(field.as_bytes());
+    }
+    msg.extend_from_slice(b"\r\nbody\r\n.\r\n");
+    let r = send_message(s.smtp, "bob@example.org", &["alice@example.com"], &msg);
+    assert_eq!(r.0, 552, "{r:?}\n{}", s.log());
+    assert!(r.1.contains("5.3.4"), "{r:?}");
+    assert!(
+        queue_list(h.path()).is_empty(),
+        "{:?}",
+        queue_list(h.path())
+    );
+}
+
 #[test]
 fn quarantine_replaces_recipients_and_nullqueue_stores_nothing() {
     let h = tempfile::tempdir().unwrap();

@@ -1,0 +1,66 @@
+//! The accept loop of one listener: each connection is admitted, then served by a session.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use tracing::Instrument;
+
+use shard::io::{TcpListener, TcpStream};
+
+use crate::server::SmtpShard;
+use crate::service::Service;
+use control::log;
+
+/// Accepts connections until `stop` resolves.
+pub async fn accept_loop(
+    shard: Rc<SmtpShard>,
+    listener: TcpListener,
+    service: Service,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let local = listener.local_addr().ok();
+    tokio::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut stop => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let span = tracing::info_span!(
+                    "smtp_session",
+                    shard = shard.index,
+                    service = service.name(),
+                    ip = %peer.ip()
+                );
+                let shard = Rc::clone(&shard);
+                tokio::task::spawn_local(
+                    async move {
+                        connection(shard, stream, peer, local, service).await;
+                    }
+                    .instrument(span),
+                );
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly rather than spin.
+                log!("shard{} smtp accept error: {e}", shard.index);
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// One client, from accept to close.
+async fn connection(
+    shard: Rc<SmtpShard>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    service: Service,
+) {
+    let _ = stream.set_nodelay(true);
+    let Some(admitted) = crate::admission::admit(&shard, &stream, peer.ip()).await else {
+        return;
+    };
+    shard.metrics.inc(scheduler::metrics::Counter::Connections);
+    crate::session::serve(shard, stream, (peer, local), service, admitted).await;
+}
