@@ -80,15 +80,13 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "policy",
             "proxies",
             "queue-layout",
-            "queue-store",
             "scheduler",
             "shard",
-            "smtp-proto",
             "smtp-server",
             "tls",
         ],
     ),
-    ("indimail-loadtest", &["smtp-proto"]),
+    ("indimail-loadtest", &["smtp-proto", "tls"]),
     ("indimail-benches", &["lookup", "queue-store", "shard"]),
 ];
 

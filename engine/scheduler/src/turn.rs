@@ -678,20 +678,26 @@ async fn read_more(
     }
 }
 
+/// The next turn request, or `None` once the channel closes or the shard stops.
+pub(crate) async fn next_request(
+    rx: &mut shard::MeshReceiver<TurnRequest>,
+    stop: &shard::Shutdown,
+) -> Option<TurnRequest> {
+    tokio::select! {
+        _ = stop.wait() => None,
+        r = rx.recv() => r,
+    }
+}
+
 /// A shard without delivery (`INDIMAIL_NO_DELIVERY`) answers turn requests
 /// with "nothing here".
 pub async fn answer_idle(mut rx: shard::MeshReceiver<TurnRequest>, stop: shard::Shutdown) {
-    loop {
-        let req = tokio::select! {
-            _ = stop.wait() => break,
-            r = rx.recv() => r,
-        };
+    while let Some(req) = next_request(&mut rx, &stop).await {
         match req {
-            None => break,
-            Some(TurnRequest::Flush { reply, .. }) => {
+            TurnRequest::Flush { reply, .. } => {
                 let _ = reply.send(0);
             }
-            Some(TurnRequest::Take { count, .. }) => {
+            TurnRequest::Take { count, .. } => {
                 let _ = count.send(0);
             }
         }

@@ -42,18 +42,13 @@ impl DeliveryShard {
         stop: shard::Shutdown,
     ) {
         use crate::turn::TurnRequest;
-        loop {
-            let req = tokio::select! {
-                _ = stop.wait() => break,
-                r = rx.recv() => r,
-            };
+        while let Some(req) = crate::turn::next_request(&mut rx, &stop).await {
             match req {
-                None => break,
-                Some(TurnRequest::Flush { node, reply }) => {
+                TurnRequest::Flush { node, reply } => {
                     let n = self.flush(&node);
                     let _ = reply.send(n);
                 }
-                Some(TurnRequest::Take { node, count, items }) => {
+                TurnRequest::Take { node, count, items } => {
                     let me = Rc::clone(&self);
                     tokio::task::spawn_local(me.hand_over(node, count, items));
                 }
