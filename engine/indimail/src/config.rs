@@ -86,7 +86,7 @@ impl ServeConfig {
                 let problem = match crate::privs::lookup_user(&user) {
                     Ok(Some(_)) => None,
                     Ok(None) => Some(format!("no user named {user}")),
-                    Err(e) => Some(e),
+                    Err(e) => Some(e.to_string()),
                 };
                 errors.extend(problem.map(|problem| ControlError {
                     path: c.file("user"),

@@ -299,7 +299,7 @@ fn run_serve(
     driver: Option<String>,
 ) -> anyhow::Result<()> {
     // Refuse root with no user to drop to before creating anything.
-    privs::decide(&paths).map_err(anyhow::Error::msg)?;
+    privs::decide(&paths)?;
     let made = config::prepare_home(&paths)?;
     for p in made {
         log!("created {}", p.display());

@@ -31,6 +31,71 @@ use std::path::Path;
 use control::Paths;
 use queue_layout::QueueSpec;
 
+/// Why the server user could not be decided on, given the files, or become.
+#[derive(Debug, thiserror::Error)]
+pub enum PrivsError {
+    /// A name with a NUL byte.
+    #[error("bad user name {0:?}")]
+    BadName(String),
+    /// The password database could not be asked.
+    #[error("cannot look up user {name}: {source}")]
+    Lookup {
+        /// The name asked for.
+        name: String,
+        /// getpwnam_r's error.
+        source: std::io::Error,
+    },
+    /// `INDIMAIL_USER` or `control/user` names nobody.
+    #[error("{origin}: no user named {name}")]
+    NoSuchUser {
+        /// Where the name came from.
+        origin: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// Started as root with no user to drop to.
+    #[error(
+        "refusing to run as root: name an unprivileged user in control/user or INDIMAIL_USER \
+         (or create a user `indimail`); INDIMAIL_ALLOW_ROOT=1 runs as root anyway (not for production)"
+    )]
+    NoUser,
+    /// The user named is root.
+    #[error("refusing to run as root: user {0} has uid 0 (INDIMAIL_ALLOW_ROOT=1 overrides)")]
+    UidZero(String),
+    /// `control/user` could not be read.
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
+    /// A file of the home could not be given to the user.
+    #[error("{}: chown to {user}: {source}", path.display())]
+    Chown {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The user.
+        user: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A directory of the home could not be listed.
+    #[error("{}: {source}", path.display())]
+    List {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// setgroups, setgid or setuid failed (`what` names the call).
+    #[error("{what}: {source}")]
+    Drop {
+        /// The call and its argument.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// setuid(0) still worked after the drop.
+    #[error("still root after dropping privileges")]
+    StillRoot,
+}
+
 /// The user to run as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
@@ -43,8 +108,8 @@ pub struct User {
 }
 
 /// Looks a user up in the password database.
-pub fn lookup_user(name: &str) -> Result<Option<User>, String> {
-    let cname = CString::new(name).map_err(|_| format!("bad user name {name:?}"))?;
+pub fn lookup_user(name: &str) -> Result<Option<User>, PrivsError> {
+    let cname = CString::new(name).map_err(|_| PrivsError::BadName(name.to_string()))?;
     let mut buf = vec![0u8; 16 * 1024];
     // SAFETY: an all-zero passwd is a valid value for getpwnam_r to fill.
     let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
@@ -61,10 +126,10 @@ pub fn lookup_user(name: &str) -> Result<Option<User>, String> {
         )
     };
     if r != 0 {
-        return Err(format!(
-            "cannot look up user {name}: {}",
-            std::io::Error::from_raw_os_error(r)
-        ));
+        return Err(PrivsError::Lookup {
+            name: name.to_string(),
+            source: std::io::Error::from_raw_os_error(r),
+        });
     }
     if result.is_null() {
         return Ok(None);
@@ -93,50 +158,43 @@ fn allow_root() -> bool {
 
 /// Decides from the euid, `INDIMAIL_USER`, `control/user` and the password
 /// database.
-pub fn decide(paths: &Paths) -> Result<Decision, String> {
+pub fn decide(paths: &Paths) -> Result<Decision, PrivsError> {
     // SAFETY: geteuid(2) cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return Ok(Decision::AsIs);
     }
     let configured = match std::env::var("INDIMAIL_USER") {
         Ok(v) if !v.trim().is_empty() => Some((v.trim().to_string(), "INDIMAIL_USER")),
-        _ => paths
-            .control
-            .string("user")
-            .map_err(|e| e.to_string())?
-            .map(|u| (u, "control/user")),
+        _ => paths.control.string("user")?.map(|u| (u, "control/user")),
     };
     let user = match configured {
         Some((name, origin)) => match lookup_user(&name)? {
             Some(u) => u,
-            None => return Err(format!("{origin}: no user named {name}")),
+            None => return Err(PrivsError::NoSuchUser { origin, name }),
         },
         None => match lookup_user("indimail")? {
             Some(u) => u,
             None if allow_root() => return Ok(Decision::StayRoot),
-            None => {
-                return Err("refusing to run as root: name an unprivileged user in \
-                            control/user or INDIMAIL_USER (or create a user `indimail`); \
-                            INDIMAIL_ALLOW_ROOT=1 runs as root anyway (not for production)"
-                    .into())
-            }
+            None => return Err(PrivsError::NoUser),
         },
     };
     if user.uid == 0 {
         if allow_root() {
             return Ok(Decision::StayRoot);
         }
-        return Err(format!(
-            "refusing to run as root: user {} has uid 0 (INDIMAIL_ALLOW_ROOT=1 overrides)",
-            user.name
-        ));
+        return Err(PrivsError::UidZero(user.name));
     }
     Ok(Decision::Drop(user))
 }
 
-fn chown(path: &Path, user: &User) -> Result<(), String> {
-    std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid))
-        .map_err(|e| format!("{}: chown to {}: {e}", path.display(), user.name))
+fn chown(path: &Path, user: &User) -> Result<(), PrivsError> {
+    std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid)).map_err(|source| {
+        PrivsError::Chown {
+            path: path.to_path_buf(),
+            user: user.name.clone(),
+            source,
+        }
+    })
 }
 
 /// How deep [`own_tree`] looks for directories of someone else's inside a
@@ -149,7 +207,7 @@ const OWN_DEPTH: usize = 3;
 /// are, only directories down to `depth` levels are looked at (files too
 /// when `files`), so a correctly owned mailbox tree costs one `stat` per
 /// directory near its top.
-fn own_tree(path: &Path, user: &User, depth: usize, files: bool) -> Result<(), String> {
+fn own_tree(path: &Path, user: &User, depth: usize, files: bool) -> Result<(), PrivsError> {
     let mut stack = vec![(path.to_path_buf(), 0usize)];
     while let Some((p, level)) = stack.pop() {
         let Ok(meta) = std::fs::symlink_metadata(&p) else {
@@ -160,7 +218,10 @@ fn own_tree(path: &Path, user: &User, depth: usize, files: bool) -> Result<(), S
             continue;
         }
         if meta.is_dir() && level < depth {
-            let rd = std::fs::read_dir(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+            let rd = std::fs::read_dir(&p).map_err(|source| PrivsError::List {
+                path: p.clone(),
+                source,
+            })?;
             for e in rd.flatten() {
                 if files || e.file_type().is_ok_and(|t| t.is_dir()) {
                     stack.push((e.path(), level + 1));
@@ -172,12 +233,15 @@ fn own_tree(path: &Path, user: &User, depth: usize, files: bool) -> Result<(), S
 }
 
 /// Gives `path` and everything under it to `user`.
-fn give_all(path: &Path, user: &User) -> Result<(), String> {
+fn give_all(path: &Path, user: &User) -> Result<(), PrivsError> {
     let mut stack = vec![path.to_path_buf()];
     while let Some(p) = stack.pop() {
         chown(&p, user)?;
         if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
-            let rd = std::fs::read_dir(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+            let rd = std::fs::read_dir(&p).map_err(|source| PrivsError::List {
+                path: p.clone(),
+                source,
+            })?;
             stack.extend(rd.flatten().map(|e| e.path()));
         }
     }
@@ -185,7 +249,11 @@ fn give_all(path: &Path, user: &User) -> Result<(), String> {
 }
 
 /// Makes the home writable by `user` (see the module docs).
-pub fn prepare_ownership(paths: &Paths, queues: &[QueueSpec], user: &User) -> Result<(), String> {
+pub fn prepare_ownership(
+    paths: &Paths,
+    queues: &[QueueSpec],
+    user: &User,
+) -> Result<(), PrivsError> {
     let home = &paths.home;
     if std::fs::metadata(home).is_ok_and(|m| m.uid() != user.uid) {
         chown(home, user)?;
@@ -231,29 +299,32 @@ pub fn prepare_ownership(paths: &Paths, queues: &[QueueSpec], user: &User) -> Re
 }
 
 /// Drops to `user` for good: groups, gid, uid; checks root is gone.
-pub fn drop_to(user: &User) -> Result<(), String> {
+pub fn drop_to(user: &User) -> Result<(), PrivsError> {
     let gid = user.gid as libc::gid_t;
     // SAFETY: setgroups(2) with a one-element array that outlives the call;
     // setgid(2)/setuid(2) take plain ids.
     unsafe {
         if libc::setgroups(1, &gid) != 0 {
-            return Err(format!("setgroups: {}", std::io::Error::last_os_error()));
+            return Err(drop_error("setgroups".into()));
         }
         if libc::setgid(gid) != 0 {
-            return Err(format!("setgid {gid}: {}", std::io::Error::last_os_error()));
+            return Err(drop_error(format!("setgid {gid}")));
         }
         if libc::setuid(user.uid as libc::uid_t) != 0 {
-            return Err(format!(
-                "setuid {}: {}",
-                user.uid,
-                std::io::Error::last_os_error()
-            ));
+            return Err(drop_error(format!("setuid {}", user.uid)));
         }
         if libc::setuid(0) == 0 || libc::geteuid() == 0 {
-            return Err("still root after dropping privileges".into());
+            return Err(PrivsError::StillRoot);
         }
     }
     Ok(())
+}
+
+fn drop_error(what: String) -> PrivsError {
+    PrivsError::Drop {
+        what,
+        source: std::io::Error::last_os_error(),
+    }
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ struct Shared {
     /// ports, and before privileges are dropped: see [`crate::privs`]):
     /// shard `i` takes entry `i`; the same addresses with SO_REUSEPORT.
     shard_listeners: Mutex<Vec<Option<Vec<std::net::TcpListener>>>>,
-    ready: Mutex<mpsc::Sender<Result<String, String>>>,
+    ready: Mutex<mpsc::Sender<Result<String, anyhow::Error>>>,
     /// Every shard's counters.
     registry: Registry,
     /// New SMTP settings after a reload.
@@ -87,7 +87,7 @@ fn placement_of(layout: &queue_layout::Layout) -> Placement {
 /// Runs the server until SIGTERM or SIGINT.
 pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
     // Refuse early (before binding) when root has no user to drop to.
-    let privileges = crate::privs::decide(&config.paths).map_err(anyhow::Error::msg)?;
+    let privileges = crate::privs::decide(&config.paths)?;
     let (driver, fallback) = io::choose_driver(requested);
     if let Some(why) = fallback {
         log!("warning: {why}");
@@ -333,15 +333,15 @@ fn open_directory(home: &std::path::Path) {
 
 /// Waits for every shard's start-up report and logs it; the first failure.
 fn wait_until_ready(
-    ready_rx: &mpsc::Receiver<Result<String, String>>,
+    ready_rx: &mpsc::Receiver<Result<String, anyhow::Error>>,
     shards: usize,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     let mut failed = None;
     for _ in 0..shards {
         match ready_rx.recv() {
             Ok(Ok(report)) => log!("{report}"),
             Ok(Err(e)) => failed = Some(e),
-            Err(_) => failed = Some("a shard exited during start-up".into()),
+            Err(_) => failed = Some(anyhow::anyhow!("a shard exited during start-up")),
         }
     }
     failed.map_or(Ok(()), Err)
@@ -399,17 +399,17 @@ fn run_until_signal(
 
 /// One shard: its queues, listeners and delivery started, then every task it runs, until
 /// shutdown.
-async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> Result<(), String> {
+async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> anyhow::Result<()> {
     let ready = shared
         .ready
         .lock()
         .map(|t| t.clone())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let started = start_shard(&info, &shared).await;
     let (smtp_shard, listeners, delivery, proxy) = match started {
         Ok(x) => x,
         Err(e) => {
-            let _ = ready.send(Err(format!("shard{}: {e}", info.index)));
+            let _ = ready.send(Err(anyhow::anyhow!("shard{}: {e}", info.index)));
             return Err(e);
         }
     };
@@ -699,28 +699,29 @@ fn delivery_settings(
     home: &std::path::Path,
     me: &str,
     specs: &[QueueSpec],
-) -> Result<scheduler::deliver::DeliverySettings, String> {
-    let mut settings = scheduler::deliver::DeliverySettings::load(control, me, specs)?;
+) -> anyhow::Result<scheduler::deliver::DeliverySettings> {
+    let mut settings = scheduler::deliver::DeliverySettings::load(control, me, specs)
+        .map_err(anyhow::Error::msg)?;
     settings.postmaster_home = Some(home.join("alias"));
     Ok(settings)
 }
 
-fn build_remote(shared: &Shared) -> Result<delivery::remote::Remote, String> {
+fn build_remote(shared: &Shared) -> anyhow::Result<delivery::remote::Remote> {
     let mut cfg =
-        delivery::remote::RemoteConfig::new(&shared.settings.me).map_err(|e| e.to_string())?;
+        delivery::remote::RemoteConfig::new(&shared.settings.me).map_err(anyhow::Error::msg)?;
     cfg.routes = (*shared.settings.smtproutes).clone();
     cfg.qmailremote = std::env::var_os("QMAILREMOTE")
         .filter(|v| !v.is_empty())
         .map(Into::into);
-    let dns = delivery::dns::DnsConfig::from_env().map_err(|e| e.to_string())?;
-    let resolver = delivery::dns::Resolver::new(&dns).map_err(|e| e.to_string())?;
+    let dns = delivery::dns::DnsConfig::from_env().map_err(anyhow::Error::msg)?;
+    let resolver = delivery::dns::Resolver::new(&dns).map_err(anyhow::Error::msg)?;
     Ok(delivery::remote::Remote::new(cfg, resolver))
 }
 
-async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, String> {
+async fn start_shard(info: &ShardInfo, shared: &Shared) -> anyhow::Result<Started> {
     let (queues, reports) = ShardQueues::open(&shared.assignment[info.index])
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(anyhow::Error::msg)?;
     for (spec, r) in reports {
         log!(
             "shard{} queue{} recovered: messages={} pending={} segments={} torn_bytes={} corrupt={} quarantined={} ms={}",
@@ -753,15 +754,15 @@ async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, Strin
     let std_listeners = shared
         .shard_listeners
         .lock()
-        .map_err(|e| e.to_string())?
+        .map_err(|e| anyhow::anyhow!("{e}"))?
         .get_mut(info.index)
         .and_then(Option::take)
-        .ok_or("no listening sockets for this shard")?;
+        .ok_or_else(|| anyhow::anyhow!("no listening sockets for this shard"))?;
     let listeners = std_listeners
         .into_iter()
         .map(shard::io::TcpListener::from_std)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
+        .map_err(anyhow::Error::msg)?;
     let settings = Rc::new((*shared.settings).clone());
     // Opened now to surface problems early; if it fails, mail is still
     // accepted, recipient checks answer 451 and local deliveries are
@@ -799,10 +800,10 @@ async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, Strin
     };
     if certs.is_none() {
         if let Some((s, _)) = shared.addrs.iter().find(|(s, _)| s.implicit_tls()) {
-            return Err(format!(
+            anyhow::bail!(
                 "the {} listener needs a server certificate (control/servercert.pem)",
                 s.name()
-            ));
+            );
         }
     }
     let proxy = if shared
@@ -811,10 +812,8 @@ async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, Strin
         .any(|(s, _)| !s.is_smtp() && *s != smtp_server::Service::Metrics)
     {
         let mut config = proxies::ProxyConfig::from_env().map_err(|errs| {
-            errs.iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("; ")
+            let all: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+            anyhow::anyhow!("{}", all.join("; "))
         })?;
         config.hostname = shared.settings.me.clone();
         Some(Rc::new(proxies::ProxyContext {
@@ -835,7 +834,7 @@ async fn start_shard(info: &ShardInfo, shared: &Shared) -> Result<Started, Strin
     ));
     smtp_shard.set_greylisting(
         smtp_server::Greylisting::from_config(&shared.control, &shared.home, info.index)
-            .map_err(|e| e.to_string())?,
+            .map_err(anyhow::Error::msg)?,
     );
     let delivery = if shared.no_delivery {
         None
