@@ -100,7 +100,8 @@ impl DeliverySettings {
         })?;
         let env = |n: &str| std::env::var(n).ok();
         let quota =
-            delivery::maildir::QuotaPolicy::from_env(&env, control.file("holdoverquota").exists())?;
+            delivery::maildir::QuotaPolicy::from_env(&env, control.file("holdoverquota").exists())
+                .map_err(|e| e.to_string())?;
         let local = LocalConfig {
             hostname: me.to_string(),
             qmaillocal: std::env::var_os("QMAILLOCAL").map(Into::into),
