@@ -700,7 +700,8 @@ fn delivery_settings(
     me: &str,
     specs: &[QueueSpec],
 ) -> Result<scheduler::deliver::DeliverySettings, String> {
-    let mut settings = scheduler::deliver::DeliverySettings::load(control, me, specs)?;
+    let mut settings = scheduler::deliver::DeliverySettings::load(control, me, specs)
+        .map_err(|e| e.to_string())?;
     settings.postmaster_home = Some(home.join("alias"));
     Ok(settings)
 }

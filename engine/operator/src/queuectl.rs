@@ -367,7 +367,7 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    fn bounce_config(&self) -> Result<BounceConfig, String> {
+    fn bounce_config(&self) -> Result<BounceConfig, scheduler::deliver::SettingsError> {
         scheduler::deliver::DeliverySettings::load(&self.control, &self.me, &self.specs)
             .map(|s| s.bounce)
     }

@@ -77,9 +77,9 @@ pub fn queue_list(paths: &Paths, args: &tools::ListArgs) -> Result<(), ListError
                 if name.starts_with("tmp.") || e.path().is_dir() {
                     continue;
                 }
-                if let Ok(d) = std::fs::read(e.path())
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| inject::read_drop(&b))
+                if let Some(d) = std::fs::read(e.path())
+                    .ok()
+                    .and_then(|b| inject::read_drop(&b).ok())
                 {
                     let env = queue_store::Envelope::new(
                         d.envelope.sender.clone(),

@@ -38,7 +38,7 @@ mod remote;
 mod settings;
 mod turns;
 
-pub use settings::DeliverySettings;
+pub use settings::{DeliverySettings, SettingsError};
 
 /// One shard's delivery state.
 pub struct DeliveryShard {
