@@ -117,16 +117,45 @@ impl LocalReport {
 /// such file exists. A file that exists but cannot be read (permissions, not
 /// UTF-8, a directory) is an error naming it: the delivery is deferred, not
 /// sent elsewhere.
-pub fn read_instructions(home: &Path, ext: &str) -> Result<Option<(PathBuf, Vec<String>)>, String> {
+pub fn read_instructions(
+    home: &Path,
+    ext: &str,
+) -> Result<Option<(PathBuf, Vec<String>)>, LocalError> {
     for name in dotqmail::file_names(ext) {
         let path = home.join(&name);
         match std::fs::read_to_string(&path) {
             Ok(text) => return Ok(Some((path, text.lines().map(str::to_string).collect()))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(format!("cannot read {}: {e} (#4.3.0)", path.display())),
+            Err(source) => return Err(LocalError::Instructions { path, source }),
         }
     }
     Ok(None)
+}
+
+/// Why a local delivery step could not go ahead; each is temporary (the message stays queued).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LocalError {
+    /// A dot-qmail file exists but cannot be read.
+    #[error("cannot read {}: {source} (#4.3.0)", path.display())]
+    Instructions {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An mbox could not be opened, locked, measured or written.
+    #[error("unable to {op} {}: {source}", path.display())]
+    Mbox {
+        /// What was being done.
+        op: &'static str,
+        /// The mbox.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Envelope of one local delivery.
@@ -437,7 +466,7 @@ async fn deliver_mbox(path: &Path, sender: &str, rp: &str, dt: &str, message: &[
     }
 }
 
-fn mbox_append(path: &Path, data: &[u8]) -> Result<String, String> {
+fn mbox_append(path: &Path, data: &[u8]) -> Result<String, LocalError> {
     use std::os::unix::fs::FileExt;
     let f = std::fs::OpenOptions::new()
         .read(true)
@@ -445,19 +474,27 @@ fn mbox_append(path: &Path, data: &[u8]) -> Result<String, String> {
         .create(true)
         .truncate(false)
         .open(path)
-        .map_err(|e| format!("unable to open {}: {e}", path.display()))?;
-    maildir::lock_write(&f).map_err(|e| format!("unable to lock {}: {e}", path.display()))?;
-    let end = f
-        .metadata()
-        .map_err(|e| format!("unable to stat {}: {e}", path.display()))?
-        .len();
+        .map_err(mbox_err("open", path))?;
+    maildir::lock_write(&f).map_err(mbox_err("lock", path))?;
+    let end = f.metadata().map_err(mbox_err("stat", path))?.len();
     let r = f.write_all_at(data, end).and_then(|_| f.sync_data());
     if let Err(e) = r {
         // Leave the mbox as it was: a half message would corrupt the next one.
         let _ = f.set_len(end);
-        return Err(format!("unable to write {}: {e}", path.display()));
+        return Err(mbox_err("write", path)(e));
     }
     Ok(path.display().to_string())
+}
+
+fn mbox_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> LocalError + 'a {
+    move |source| LocalError::Mbox {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn split_addr(addr: &str) -> (&str, &str) {

@@ -33,6 +33,28 @@ pub enum MaildirError {
     },
 }
 
+/// A quota variable whose value cannot be used; the message names the variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum QuotaSettingError {
+    /// The value is not a number.
+    #[error("{name}={value}: not a number")]
+    NotANumber {
+        /// The variable.
+        name: String,
+        /// Its value as found.
+        value: String,
+    },
+    /// A `QUOTAWARN<n>` outside 1-100.
+    #[error("{name}={value}: not a percentage (1-100)")]
+    NotAPercentage {
+        /// The variable.
+        name: String,
+        /// Its value.
+        value: u64,
+    },
+}
+
 fn io_err<'a>(
     op: &'static str,
     path: &'a Path,
@@ -258,14 +280,14 @@ impl QuotaPolicy {
     pub fn from_env(
         env: &dyn Fn(&str) -> Option<String>,
         hold_file: bool,
-    ) -> Result<QuotaPolicy, String> {
-        let num = |name: &str, default: u64| -> Result<u64, String> {
+    ) -> Result<QuotaPolicy, QuotaSettingError> {
+        let num = |name: &str, default: u64| -> Result<u64, QuotaSettingError> {
             match env(name) {
                 None => Ok(default),
-                Some(v) => v
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("{name}={v}: not a number")),
+                Some(v) => v.trim().parse().map_err(|_| QuotaSettingError::NotANumber {
+                    name: name.to_string(),
+                    value: v,
+                }),
             }
         };
         let d = QuotaPolicy::default();
@@ -275,7 +297,7 @@ impl QuotaPolicy {
             if env(&name).is_some() {
                 match num(&name, 0)? {
                     p @ 1..=100 => warn_at.push(p as u8),
-                    p => return Err(format!("{name}={p}: not a percentage (1-100)")),
+                    p => return Err(QuotaSettingError::NotAPercentage { name, value: p }),
                 }
             }
         }
@@ -630,6 +652,7 @@ mod tests {
         let bad = |n: &str| (n == "QUOTAWARN3").then(|| "150".to_string());
         assert!(QuotaPolicy::from_env(&bad, false)
             .unwrap_err()
+            .to_string()
             .contains("QUOTAWARN3"));
         let nan = |n: &str| (n == "MAILDIRSIZE_MAX_AGE").then(|| "soon".to_string());
         assert!(QuotaPolicy::from_env(&nan, false).is_err());

@@ -163,6 +163,26 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// Why opening a connection to one address failed; the next address is tried.
+#[derive(Debug, thiserror::Error)]
+enum OpenError {
+    /// Connecting or the TLS handshake failed.
+    #[error("{0}")]
+    Transport(#[from] TransportError),
+    /// The client core refused a step (e.g. TLS reported in the wrong state).
+    #[error("{addr}: {error}")]
+    Session {
+        addr: SocketAddr,
+        error: ClientError,
+    },
+    /// The session was ready for something other than a transaction.
+    #[error("{0}: unexpected client state")]
+    UnexpectedState(SocketAddr),
+    /// The server refused the greeting, HELO/EHLO, STARTTLS or AUTH.
+    #[error("Connected to {addr} but {why}")]
+    Refused { addr: SocketAddr, why: String },
+}
+
 enum Attempt {
     /// A transaction ran: these are the outcomes.
     Done(Vec<Outcome>),
@@ -391,7 +411,7 @@ impl Remote {
         }
         let (conn, session) = match self.open(dest).await {
             Ok(v) => v,
-            Err(why) => return Attempt::Next(why),
+            Err(why) => return Attempt::Next(why.to_string()),
         };
         let p = Pooled {
             conn,
@@ -426,7 +446,7 @@ impl Remote {
     }
 
     /// Connects, reads the greeting, EHLO (HELO), STARTTLS when offered.
-    async fn open(&self, dest: &Dest<'_>) -> Result<(Connection, ClientSession), String> {
+    async fn open(&self, dest: &Dest<'_>) -> Result<(Connection, ClientSession), OpenError> {
         let (addr, host, implicit_tls) = (dest.addr, dest.host, dest.implicit_tls);
         self.stats.borrow_mut().connections += 1;
         let mut conn = match Connection::connect(
@@ -439,13 +459,13 @@ impl Remote {
             Ok(c) => c,
             Err(e) => {
                 self.backoff.borrow_mut().failure(addr.ip(), now_secs());
-                return Err(e.to_string());
+                return Err(e.into());
             }
         };
         if implicit_tls {
             if let Err(e) = conn.start_tls(Arc::clone(&self.cfg.tls), host).await {
                 // Port 465: TLS is mandatory; fail this host.
-                return Err(e.to_string());
+                return Err(e.into());
             }
         }
         let mut session = ClientSession::new(ClientConfig {
@@ -464,34 +484,37 @@ impl Remote {
                     if let Err(e) = conn.start_tls(Arc::clone(&self.cfg.tls), host).await {
                         // A failed opportunistic handshake leaves the session
                         // unusable; the next address (or a retry) goes on.
-                        return Err(e.to_string());
+                        return Err(e.into());
                     }
-                    if let Err(e) = session.tls_established() {
-                        return Err(format!("{addr}: {e}"));
+                    if let Err(error) = session.tls_established() {
+                        return Err(OpenError::Session { addr, error });
                     }
                 }
                 Ok(ClientEvent::Ready) => {
                     self.backoff.borrow_mut().success(addr.ip());
                     return Ok((conn, session));
                 }
-                Ok(_) => return Err(format!("{addr}: unexpected client state")),
-                Err(StepError::Transport(e)) => return Err(self.conn_failure(addr, e)),
+                Ok(_) => return Err(OpenError::UnexpectedState(addr)),
+                Err(StepError::Transport(e)) => return Err(self.conn_failure(addr, e).into()),
                 Err(StepError::Session(e)) => {
                     conn.close().await;
-                    return Err(format!("Connected to {addr} but {}", session_failure(&e)));
+                    return Err(OpenError::Refused {
+                        addr,
+                        why: session_failure(&e),
+                    });
                 }
             }
         }
     }
 
-    fn conn_failure(&self, addr: SocketAddr, e: TransportError) -> String {
+    fn conn_failure(&self, addr: SocketAddr, e: TransportError) -> TransportError {
         if matches!(
             e,
             TransportError::Timeout(..) | TransportError::Closed(_) | TransportError::Io(..)
         ) {
             self.backoff.borrow_mut().failure(addr.ip(), now_secs());
         }
-        e.to_string()
+        e
     }
 
     /// Runs one transaction. `Err(None)`: the connection failed before any

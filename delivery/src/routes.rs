@@ -38,18 +38,15 @@ pub use smtp_proto::client::{Credentials, AUTH_MECHANISMS};
 /// `AUTH_SMTP` (a mechanism, or empty for the best offered) and `SECURE_AUTH` act here;
 /// another is an error rather than silently ignored, as are the `remote_auth` lookups
 /// (`/s`, `/r`, `/<token>`), which this server does not have.
-pub fn parse_credentials(text: &str) -> Result<Credentials, String> {
+pub fn parse_credentials(text: &str) -> Result<Credentials, RouteProblem> {
     let mut words = text.split_whitespace();
     let user = words.next().unwrap_or_default();
     if user.starts_with('/') {
-        return Err(format!(
-            "`{user}`: remote_auth lookups (/s, /r, /<token>) are not supported; \
-             give `user password` on the line"
-        ));
+        return Err(RouteProblem::RemoteAuthLookup(user.to_string()));
     }
     let password = words
         .next()
-        .ok_or_else(|| format!("user `{user}` has no password"))?;
+        .ok_or_else(|| RouteProblem::NoPassword(user.to_string()))?;
     let mut c = Credentials {
         user: user.to_string(),
         password: password.to_string(),
@@ -63,15 +60,12 @@ pub fn parse_credentials(text: &str) -> Result<Credentials, String> {
             "AUTH_SMTP" => {
                 let m = v.to_ascii_uppercase();
                 if !AUTH_MECHANISMS.contains(&m.as_str()) {
-                    return Err(format!(
-                        "AUTH_SMTP={v}: not a mechanism this client speaks ({})",
-                        AUTH_MECHANISMS.join(", ")
-                    ));
+                    return Err(RouteProblem::UnknownMechanism(v.to_string()));
                 }
                 c.mechanism = Some(m);
             }
             "SECURE_AUTH" => c.require_tls = true,
-            other => return Err(format!("`{other}` in the route's envstr is not supported")),
+            other => return Err(RouteProblem::UnsupportedEnvVar(other.to_string())),
         }
     }
     Ok(c)
@@ -96,7 +90,7 @@ impl Route {
 }
 
 /// A malformed `smtproutes` line.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{file}:{line}: {reason}")]
 pub struct RouteError {
     /// File name.
@@ -104,7 +98,51 @@ pub struct RouteError {
     /// 1-based line number.
     pub line: usize,
     /// What is wrong.
-    pub reason: String,
+    pub reason: RouteProblem,
+}
+
+/// What is wrong with one route line (or its credentials), or with the file holding them.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum RouteProblem {
+    /// The file exists but cannot be read (line 0).
+    #[error("{0}")]
+    Unreadable(std::sync::Arc<std::io::Error>),
+    /// The credentials name a `remote_auth` lookup this server does not have.
+    #[error(
+        "`{0}`: remote_auth lookups (/s, /r, /<token>) are not supported; \
+         give `user password` on the line"
+    )]
+    RemoteAuthLookup(String),
+    /// A user with no password after it.
+    #[error("user `{0}` has no password")]
+    NoPassword(String),
+    /// `AUTH_SMTP=` names a mechanism the client does not speak.
+    #[error("AUTH_SMTP={0}: not a mechanism this client speaks ({mechs})", mechs = AUTH_MECHANISMS.join(", "))]
+    UnknownMechanism(String),
+    /// A variable in the envstr other than `AUTH_SMTP` and `SECURE_AUTH`.
+    #[error("`{0}` in the route's envstr is not supported")]
+    UnsupportedEnvVar(String),
+    /// No `:` between domain and relay; holds the whole line.
+    #[error("missing ':' in {0:?}")]
+    MissingColon(String),
+    /// A `[` around the relay with no `]`.
+    #[error("unclosed '[' in relay")]
+    UnclosedBracket,
+    /// A numeric field that is not a number: the field's name and its text.
+    #[error("bad {what} {value:?}")]
+    BadNumber {
+        /// `port`, `penalty` or `max_tolerance`.
+        what: &'static str,
+        /// The text found.
+        value: String,
+    },
+    /// A port outside 1..=65535.
+    #[error("bad port {0}")]
+    PortOutOfRange(u64),
+    /// A field after `max_tolerance`.
+    #[error("unexpected field {0:?}")]
+    UnexpectedField(String),
 }
 
 /// Parsed `smtproutes`.
@@ -151,7 +189,7 @@ impl SmtpRoutes {
             Err(e) => Err(vec![RouteError {
                 file: path.display().to_string(),
                 line: 0,
-                reason: e.to_string(),
+                reason: RouteProblem::Unreadable(e.into()),
             }]),
         }
     }
@@ -192,7 +230,7 @@ impl SmtpRoutes {
 
 /// Parses one `domain:relay[:port[:penalty:max_tolerance]][ SP creds]`
 /// (also the value of `SMTPROUTE`).
-pub fn parse_line(line: &str) -> Result<(String, Route), String> {
+pub fn parse_line(line: &str) -> Result<(String, Route), RouteProblem> {
     let (spec, creds) = match line.split_once(' ') {
         Some((s, c)) if !c.trim().is_empty() => (s, Some(parse_credentials(c)?)),
         Some((s, _)) => (s, None),
@@ -201,10 +239,10 @@ pub fn parse_line(line: &str) -> Result<(String, Route), String> {
     // `!@` contains no colon, so the domain is everything before the first one.
     let (domain, rest) = spec
         .split_once(':')
-        .ok_or_else(|| format!("missing ':' in {line:?}"))?;
+        .ok_or_else(|| RouteProblem::MissingColon(line.to_string()))?;
     let (relay, rest) = if let Some(r) = rest.strip_prefix('[') {
         // [ipv6] or [ip]: keep the brackets' content, colons and all.
-        let end = r.find(']').ok_or("unclosed '[' in relay")?;
+        let end = r.find(']').ok_or(RouteProblem::UnclosedBracket)?;
         let after = &r[end + 1..];
         let after = after.strip_prefix(':').unwrap_or(after);
         (r[..end].to_string(), after)
@@ -215,24 +253,27 @@ pub fn parse_line(line: &str) -> Result<(String, Route), String> {
         }
     };
     let mut fields = rest.split(':');
-    let num = |s: Option<&str>, what: &str| -> Result<Option<u64>, String> {
+    let num = |s: Option<&str>, what: &'static str| -> Result<Option<u64>, RouteProblem> {
         match s {
             None | Some("") => Ok(None),
             Some(v) => v
                 .parse::<u64>()
                 .map(Some)
-                .map_err(|_| format!("bad {what} {v:?}")),
+                .map_err(|_| RouteProblem::BadNumber {
+                    what,
+                    value: v.to_string(),
+                }),
         }
     };
     let port = match num(fields.next(), "port")? {
         None => SMTP_PORT,
         Some(p) if (1..=65535).contains(&p) => p as u16,
-        Some(p) => return Err(format!("bad port {p}")),
+        Some(p) => return Err(RouteProblem::PortOutOfRange(p)),
     };
     let penalty = num(fields.next(), "penalty")?;
     let max_tolerance = num(fields.next(), "max_tolerance")?;
     if let Some(extra) = fields.next() {
-        return Err(format!("unexpected field {extra:?}"));
+        return Err(RouteProblem::UnexpectedField(extra.to_string()));
     }
     Ok((
         domain.to_ascii_lowercase(),
@@ -295,13 +336,21 @@ mod tests {
         let c = r.credentials.unwrap();
         assert_eq!(c.mechanism.as_deref(), Some("LOGIN"));
         assert!(c.require_tls);
-        assert!(parse_line("x:relay u").unwrap_err().contains("no password"));
+        assert!(parse_line("x:relay u")
+            .unwrap_err()
+            .to_string()
+            .contains("no password"));
         assert!(parse_line("x:relay /s")
             .unwrap_err()
+            .to_string()
             .contains("remote_auth"));
-        assert!(parse_line("x:relay u p FOO=1").unwrap_err().contains("FOO"));
+        assert!(parse_line("x:relay u p FOO=1")
+            .unwrap_err()
+            .to_string()
+            .contains("FOO"));
         assert!(parse_line("x:relay u p AUTH_SMTP=CRAM-MD5")
             .unwrap_err()
+            .to_string()
             .contains("CRAM-MD5"));
     }
 
@@ -315,7 +364,7 @@ mod tests {
         assert_eq!(e.len(), 3);
         assert_eq!(e[0].line, 2);
         assert!(e[1].to_string().starts_with("smtproutes:3: bad port"));
-        assert!(e[2].reason.contains("penalty"));
+        assert!(e[2].reason.to_string().contains("penalty"));
     }
 
     #[test]

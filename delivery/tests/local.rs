@@ -352,7 +352,7 @@ fn reads_the_most_specific_dot_qmail() {
     assert_eq!(p, h.join(".qmail-default"));
     assert_eq!(read_instructions(h, "").unwrap(), None, "no .qmail");
     std::fs::create_dir(h.join(".qmail")).unwrap();
-    let e = read_instructions(h, "").unwrap_err();
+    let e = read_instructions(h, "").unwrap_err().to_string();
     assert!(
         e.starts_with("cannot read ") && e.ends_with("(#4.3.0)"),
         "{e}"

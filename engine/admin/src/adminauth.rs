@@ -443,29 +443,54 @@ pub enum UsersCommand {
     List,
 }
 
+/// Why `indimail admin-users` failed (exit 1).
+#[derive(Debug, thiserror::Error)]
+enum UsersError {
+    /// The password file cannot be read.
+    #[error("{}: {source}", path.display())]
+    PasswordFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The password file's first line is empty.
+    #[error("{}: empty password", .0.display())]
+    EmptyPassword(PathBuf),
+    /// The password cannot be hashed.
+    #[error("{0}")]
+    Hash(#[from] lookup::LookupError),
+    /// `control/adminusers` cannot be read or written.
+    #[error("{0}")]
+    File(#[from] AdminError),
+    /// `del` of a name not in the file.
+    #[error("no admin user {0}")]
+    NoSuchUser(String),
+}
+
 /// Runs `indimail admin-users set|del|list` on `control/adminusers`; the exit status.
 pub fn users_main(paths: &Paths, cmd: UsersCommand) -> i32 {
     let file = paths.control.path().join(USERS_FILE);
-    let r: Result<(), String> = match cmd {
+    let r: Result<(), UsersError> = match cmd {
         UsersCommand::Set {
             name,
             password_file,
             allow,
         } => std::fs::read_to_string(&password_file)
-            .map_err(|e| format!("{}: {e}", password_file.display()))
+            .map_err(|source| UsersError::PasswordFile {
+                path: password_file.clone(),
+                source,
+            })
             .and_then(|pw| {
                 let pw = pw.lines().next().unwrap_or("");
                 if pw.is_empty() {
-                    return Err(format!("{}: empty password", password_file.display()));
+                    return Err(UsersError::EmptyPassword(password_file.clone()));
                 }
-                let hash = lookup::password::hash(lookup::HashMethod::Sha512, pw, None)
-                    .map_err(|e| e.to_string())?;
+                let hash = lookup::password::hash(lookup::HashMethod::Sha512, pw, None)?;
                 let user = AdminUser {
                     name: name.clone(),
                     hash,
                     ops: allow,
                 };
-                set_user(&file, &user).map_err(|e| e.to_string())?;
+                set_user(&file, &user)?;
                 println!("admin user {name} set");
                 Ok(())
             }),
@@ -474,8 +499,8 @@ pub fn users_main(paths: &Paths, cmd: UsersCommand) -> i32 {
                 println!("admin user {name} removed");
                 Ok(())
             }
-            Ok(false) => Err(format!("no admin user {name}")),
-            Err(e) => Err(e.to_string()),
+            Ok(false) => Err(UsersError::NoSuchUser(name)),
+            Err(e) => Err(e.into()),
         },
         UsersCommand::List => read_users(&file)
             .map(|users| {
@@ -483,7 +508,7 @@ pub fn users_main(paths: &Paths, cmd: UsersCommand) -> i32 {
                     println!("{} {}", u.name, u.ops.join(","));
                 }
             })
-            .map_err(|e| e.to_string()),
+            .map_err(UsersError::from),
     };
     match r {
         Ok(()) => 0,

@@ -359,28 +359,65 @@ pub fn client(a: &ClientArgs) -> i32 {
     }
 }
 
-fn client_request(a: &ClientArgs) -> Result<(u16, String), String> {
-    let password = std::fs::read_to_string(&a.password_file)
-        .map_err(|e| format!("{}: {e}", a.password_file.display()))?;
+/// Why `indimail admin` got no answer from the endpoint (exit 111).
+#[derive(Debug, thiserror::Error)]
+enum RequestError {
+    /// The password file cannot be read.
+    #[error("{}: {source}", path.display())]
+    PasswordFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The client's TLS settings (CA file) are unusable.
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
+    /// Not a name (or address) TLS can verify.
+    #[error("bad server name {0}")]
+    ServerName(String),
+    /// Connecting, writing or reading failed.
+    #[error("{host}: {source}")]
+    Io {
+        host: String,
+        source: std::io::Error,
+    },
+    /// rustls refused to start the session.
+    #[error("{0}")]
+    Session(#[from] rustls::Error),
+    /// No blank line after the head.
+    #[error("malformed response")]
+    MalformedResponse,
+    /// No numeric status in the first line.
+    #[error("malformed status line")]
+    MalformedStatus,
+}
+
+fn client_request(a: &ClientArgs) -> Result<(u16, String), RequestError> {
+    let io = |source| RequestError::Io {
+        host: a.host.clone(),
+        source,
+    };
+    let password =
+        std::fs::read_to_string(&a.password_file).map_err(|source| RequestError::PasswordFile {
+            path: a.password_file.clone(),
+            source,
+        })?;
     let password = password.trim_end_matches(['\r', '\n']);
     let verify = match &a.ca {
         Some(p) => tls::ClientVerify::CaFile(p.clone()),
         None => tls::ClientVerify::WebPkiRoots,
     };
-    let config = tls::ClientTlsConfig::new(verify)
-        .build()
-        .map_err(|e| e.to_string())?;
+    let config = tls::ClientTlsConfig::new(verify).build()?;
     let host_part = match a.host.rsplit_once(':') {
         Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
         None => a.host.as_str(),
     };
     let name = a.server_name.as_deref().unwrap_or(host_part).to_string();
     let server_name = rustls::pki_types::ServerName::try_from(name.clone())
-        .map_err(|_| format!("bad server name {name}"))?;
-    let tcp = TcpStream::connect(&a.host).map_err(|e| format!("{}: {e}", a.host))?;
+        .map_err(|_| RequestError::ServerName(name.clone()))?;
+    let tcp = TcpStream::connect(&a.host).map_err(io)?;
     let _ = tcp.set_read_timeout(Some(IO_TIMEOUT * 4));
     let _ = tcp.set_write_timeout(Some(IO_TIMEOUT));
-    let conn = rustls::ClientConnection::new(config, server_name).map_err(|e| e.to_string())?;
+    let conn = rustls::ClientConnection::new(config, server_name)?;
     let mut tls = rustls::StreamOwned::new(conn, tcp);
     let body = json!({ "args": a.args }).to_string();
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{}:{password}", a.user));
@@ -391,23 +428,23 @@ fn client_request(a: &ClientArgs) -> Result<(u16, String), String> {
     );
     tls.write_all(req.as_bytes())
         .and_then(|_| tls.flush())
-        .map_err(|e| format!("{}: {e}", a.host))?;
+        .map_err(io)?;
     let mut resp = Vec::new();
     match tls.read_to_end(&mut resp) {
         Ok(_) => {}
         // A peer that closes without close_notify after a complete response.
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !resp.is_empty() => {}
-        Err(e) => return Err(format!("{}: {e}", a.host)),
+        Err(e) => return Err(io(e)),
     }
     let text = String::from_utf8_lossy(&resp);
     let (head, body) = text
         .split_once("\r\n\r\n")
-        .ok_or_else(|| "malformed response".to_string())?;
+        .ok_or(RequestError::MalformedResponse)?;
     let code = head
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| "malformed status line".to_string())?;
+        .ok_or(RequestError::MalformedStatus)?;
     Ok((code, body.to_string()))
 }
 

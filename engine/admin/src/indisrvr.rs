@@ -577,7 +577,33 @@ struct OptionalTimeouts {
     data: Option<Duration>,
 }
 
-fn standalone_options(args: &[String]) -> Result<Standalone, String> {
+/// A bad `indisrvr` command line (exit 100, with the usage).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum OptionError {
+    /// `-t`/`-T` with a value that is not a number of seconds.
+    #[error("{flag} {value}: seconds expected")]
+    NotSeconds { flag: String, value: String },
+    /// A flag at the end of the line that takes a value.
+    #[error("{0} needs a value")]
+    NoValue(String),
+    /// A flag tcpserver's indisrvr does not have.
+    #[error("unknown option {0}")]
+    Unknown(String),
+    /// No `-i`.
+    #[error("-i ip is required")]
+    NoIp,
+    /// No `-p`.
+    #[error("-p port is required")]
+    NoPort,
+    /// `-i` that is not an address.
+    #[error("-i {0}: not an IP address")]
+    BadIp(String),
+    /// `-p` that is not a port.
+    #[error("-p {0}: not a port")]
+    BadPort(String),
+}
+
+fn standalone_options(args: &[String]) -> Result<Standalone, OptionError> {
     let (mut ip, mut port) = (None, None);
     let (mut certfile, mut certdir) = (None, None);
     let mut timeouts = OptionalTimeouts::default();
@@ -586,14 +612,17 @@ fn standalone_options(args: &[String]) -> Result<Standalone, String> {
     let secs = |flag: &str, v: &str| {
         v.parse::<u64>()
             .map(|s| Duration::from_secs(s.max(1)))
-            .map_err(|_| format!("{flag} {v}: seconds expected"))
+            .map_err(|_| OptionError::NotSeconds {
+                flag: flag.to_string(),
+                value: v.to_string(),
+            })
     };
     while let Some(a) = it.next() {
         let flag = a.as_str();
         let mut value = || {
             it.next()
                 .cloned()
-                .ok_or_else(|| format!("{flag} needs a value"))
+                .ok_or_else(|| OptionError::NoValue(flag.to_string()))
         };
         match flag {
             "-i" => ip = Some(value()?),
@@ -607,15 +636,13 @@ fn standalone_options(args: &[String]) -> Result<Standalone, String> {
                 ignored.push(format!("{flag} {v}"));
             }
             "-l" | "-v" => ignored.push(flag.to_string()),
-            other => return Err(format!("unknown option {other}")),
+            other => return Err(OptionError::Unknown(other.to_string())),
         }
     }
-    let ip = ip.ok_or("-i ip is required")?;
-    let port = port.ok_or("-p port is required")?;
-    let ip: IpAddr = ip
-        .parse()
-        .map_err(|_| format!("-i {ip}: not an IP address"))?;
-    let port: u16 = port.parse().map_err(|_| format!("-p {port}: not a port"))?;
+    let ip = ip.ok_or(OptionError::NoIp)?;
+    let port = port.ok_or(OptionError::NoPort)?;
+    let ip: IpAddr = ip.parse().map_err(|_| OptionError::BadIp(ip))?;
+    let port: u16 = port.parse().map_err(|_| OptionError::BadPort(port))?;
     Ok(Standalone {
         addr: SocketAddr::new(ip, port),
         certfile,

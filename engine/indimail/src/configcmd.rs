@@ -46,7 +46,7 @@ fn config_problems(paths: &Paths) -> (Option<ServeConfig>, Vec<String>) {
             let me = config::system_hostname();
             let me = paths.control.string("me").ok().flatten().unwrap_or(me);
             if let Err(e) = deliver::DeliverySettings::load(&paths.control, &me, &queues) {
-                problems.push(e);
+                problems.push(e.to_string());
             }
         }
         Err(e) => problems.extend(e.0.iter().map(|e| e.to_string())),

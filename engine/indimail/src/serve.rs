@@ -700,8 +700,7 @@ fn delivery_settings(
     me: &str,
     specs: &[QueueSpec],
 ) -> anyhow::Result<scheduler::deliver::DeliverySettings> {
-    let mut settings = scheduler::deliver::DeliverySettings::load(control, me, specs)
-        .map_err(anyhow::Error::msg)?;
+    let mut settings = scheduler::deliver::DeliverySettings::load(control, me, specs)?;
     settings.postmaster_home = Some(home.join("alias"));
     Ok(settings)
 }

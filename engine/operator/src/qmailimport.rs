@@ -103,7 +103,7 @@ pub enum ImportError {
     Locked(scheduler::queues::OpenError),
     /// The bounce settings cannot be read.
     #[error("{0}")]
-    Settings(String),
+    Settings(scheduler::deliver::SettingsError),
     /// The queue refused a message.
     #[error("cannot queue: {0}")]
     Queue(String),

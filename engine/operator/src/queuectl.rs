@@ -34,7 +34,9 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use delivery::bounce::{self, BounceConfig, FailedRecipient, Original};
-use queue_store::{DueRecipient, Envelope, MessageId, Queue, RecipientOutcome, RecipientState};
+use queue_store::{
+    DueRecipient, Envelope, MessageId, Queue, QueueError, RecipientOutcome, RecipientState,
+};
 
 use ::control::log;
 use ::control::ControlDir;
@@ -196,11 +198,11 @@ impl Op {
 
     /// The request in wire form: `op NAME` then `key value` lines, ended by
     /// an empty line. Values may not hold a newline (refused).
-    pub fn encode(&self) -> Result<String, String> {
+    pub fn encode(&self) -> Result<String, RequestError> {
         let mut out = format!("op {}\n", self.name());
-        let mut put = |k: &str, v: &str| -> Result<(), String> {
+        let mut put = |k: &str, v: &str| -> Result<(), RequestError> {
             if v.contains(['\n', '\r']) {
-                return Err(format!("{k}: a newline is not allowed"));
+                return Err(RequestError::Newline(k.to_string()));
             }
             out.push_str(&format!("{k} {v}\n"));
             Ok(())
@@ -237,7 +239,7 @@ impl Op {
     }
 
     /// Parses [`Op::encode`]'s form (the lines before the empty line).
-    pub fn decode(text: &str) -> Result<Op, String> {
+    pub fn decode(text: &str) -> Result<Op, RequestError> {
         let mut name = None;
         let mut s = Selection::default();
         let mut body = false;
@@ -248,23 +250,20 @@ impl Op {
             let (k, v) = line.split_once(' ').unwrap_or((line, ""));
             match k {
                 "op" => name = Some(v.to_string()),
-                "id" => s.ids.push(
-                    v.parse()
-                        .map_err(|e: queue_store::BadMessageId| e.to_string())?,
-                ),
+                "id" => s.ids.push(v.parse()?),
                 "sender" => s.sender = Some(v.to_string()),
                 "rcpt" => s.rcpt = Some(v.to_string()),
                 "domain" => s.domain = Some(v.to_string()),
                 "grep" => s.grep = Some(v.to_string()),
                 "icase" => s.icase = v == "1",
                 "body" => body = v == "1",
-                other => return Err(format!("unknown request field `{other}`")),
+                other => return Err(RequestError::UnknownField(other.to_string())),
             }
         }
         Ok(match name.as_deref() {
             Some("select") => Op::Select(s),
             Some("show") => Op::Show {
-                id: *s.ids.first().ok_or("show: no message id")?,
+                id: *s.ids.first().ok_or(RequestError::NoId)?,
                 body,
             },
             Some("delete") => Op::Delete(s),
@@ -272,10 +271,50 @@ impl Op {
             Some("hold") => Op::Hold(s),
             Some("release") => Op::Release(s),
             Some("flush") => Op::Flush(s),
-            Some(other) => return Err(format!("unknown operation `{other}`")),
-            None => return Err("no operation".into()),
+            Some(other) => return Err(RequestError::UnknownOperation(other.to_string())),
+            None => return Err(RequestError::NoOperation),
         })
     }
+}
+
+/// Why a request cannot be put in wire form or read back from it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// A value holding a newline (it would end the field); names the key.
+    #[error("{0}: a newline is not allowed")]
+    Newline(String),
+    /// An `id` that is not a message id.
+    #[error("{0}")]
+    Id(#[from] queue_store::BadMessageId),
+    /// A key this version does not know.
+    #[error("unknown request field `{0}`")]
+    UnknownField(String),
+    /// `show` without an `id`.
+    #[error("show: no message id")]
+    NoId,
+    /// An operation this version does not know.
+    #[error("unknown operation `{0}`")]
+    UnknownOperation(String),
+    /// No `op` line.
+    #[error("no operation")]
+    NoOperation,
+}
+
+/// Why one message could not be shown, deleted or bounced (the command goes on with the
+/// others).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MessageError {
+    /// Delivered (or removed) between selection and action.
+    #[error("message finished meanwhile")]
+    Finished,
+    /// The queue failed to read the message or record the outcomes.
+    #[error("{0}")]
+    Queue(#[from] QueueError),
+    /// The bounce could not be written to the queue.
+    #[error("cannot queue the bounce: {0}")]
+    Bounce(QueueError),
 }
 
 /// What a command did, summed over queues and shards.
@@ -367,7 +406,7 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    fn bounce_config(&self) -> Result<BounceConfig, String> {
+    fn bounce_config(&self) -> Result<BounceConfig, scheduler::deliver::SettingsError> {
         scheduler::deliver::DeliverySettings::load(&self.control, &self.me, &self.specs)
             .map(|s| s.bounce)
     }
@@ -382,7 +421,7 @@ pub async fn apply(queues: &[Rc<Queue>], op: &Op, ctx: &Ctx) -> Report {
             if q.envelope(id).is_some() {
                 match show(q, *id, *body, now).await {
                     Ok(t) => report.text = Some(t),
-                    Err(e) => report.errors.push(e),
+                    Err(e) => report.errors.push(e.to_string()),
                 }
                 report.messages = 1;
                 return report;
@@ -631,10 +670,10 @@ fn state_word(s: RecipientState) -> &'static str {
 
 /// `show`: envelope, then the headers or the whole message (postcat's
 /// layout).
-async fn show(q: &Queue, id: MessageId, whole: bool, now: u64) -> Result<Vec<u8>, String> {
-    let env = q.envelope(&id).ok_or("message finished meanwhile")?;
+async fn show(q: &Queue, id: MessageId, whole: bool, now: u64) -> Result<Vec<u8>, MessageError> {
+    let env = q.envelope(&id).ok_or(MessageError::Finished)?;
     let st = q.recipients(&id).unwrap_or_default();
-    let body = q.read_message(&id).await.map_err(|e| e.to_string())?;
+    let body = q.read_message(&id).await?;
     let mut out = String::from("*** ENVELOPE ***\n");
     out.push_str(&format!("id: {id}\n"));
     out.push_str(&format!(
@@ -687,7 +726,11 @@ async fn show(q: &Queue, id: MessageId, whole: bool, now: u64) -> Result<Vec<u8>
 const DELETED: &str = "message deleted by the postmaster (#5.0.0)";
 const BOUNCED: &str = "message bounced by the postmaster (#5.0.0)";
 
-async fn delete_now(q: &Queue, id: MessageId, rcpts: &[DueRecipient]) -> Result<String, String> {
+async fn delete_now(
+    q: &Queue,
+    id: MessageId,
+    rcpts: &[DueRecipient],
+) -> Result<String, MessageError> {
     if rcpts.is_empty() {
         return Ok(String::new());
     }
@@ -702,9 +745,7 @@ async fn delete_now(q: &Queue, id: MessageId, rcpts: &[DueRecipient]) -> Result<
             )
         })
         .collect();
-    q.record_outcomes(&id, &outs)
-        .await
-        .map_err(|e| e.to_string())?;
+    q.record_outcomes(&id, &outs).await?;
     Ok(String::new())
 }
 
@@ -718,12 +759,12 @@ async fn bounce_now(
     cfg: &BounceConfig,
     now: u64,
     who: &str,
-) -> Result<String, String> {
+) -> Result<String, MessageError> {
     if rcpts.is_empty() {
         return Ok(String::new());
     }
-    let env = q.envelope(&id).ok_or("message finished meanwhile")?;
-    let message = q.read_message(&id).await.map_err(|e| e.to_string())?;
+    let env = q.envelope(&id).ok_or(MessageError::Finished)?;
+    let message = q.read_message(&id).await?;
     let failed: Vec<FailedRecipient> = rcpts
         .iter()
         .map(|r| FailedRecipient {
@@ -746,12 +787,12 @@ async fn bounce_now(
             let mut w = q.begin();
             if let Err(e) = w.write(&b.message).await {
                 w.abort().await;
-                return Err(format!("cannot queue the bounce: {e}"));
+                return Err(MessageError::Bounce(e));
             }
             let new = w
                 .commit(Envelope::new(b.sender.clone(), b.recipients.clone()))
                 .await
-                .map_err(|e| format!("cannot queue the bounce: {e}"))?;
+                .map_err(MessageError::Bounce)?;
             log!(
                 "{who} new msg {new} bytes={} from=<{}> rcpts={} origin=operator",
                 b.message.len(),
@@ -773,9 +814,7 @@ async fn bounce_now(
             )
         })
         .collect();
-    q.record_outcomes(&id, &outs)
-        .await
-        .map_err(|e| e.to_string())?;
+    q.record_outcomes(&id, &outs).await?;
     Ok(extra)
 }
 

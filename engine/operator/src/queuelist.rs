@@ -16,10 +16,10 @@ use crate::tools;
 pub enum ListError {
     /// The ids or patterns given do not parse.
     #[error("{0}")]
-    Selection(String),
+    Selection(#[from] queue_store::BadMessageId),
     /// The queue layout (control files, variables) is wrong.
     #[error("{0}")]
-    Layout(String),
+    Layout(#[from] queue_layout::LayoutErrors),
     /// A queue's log could not be read.
     #[error(transparent)]
     Queue(#[from] queue_store::QueueError),
@@ -29,10 +29,10 @@ pub enum ListError {
 }
 
 pub fn queue_list(paths: &Paths, args: &tools::ListArgs) -> Result<(), ListError> {
-    let sel = args.selection().map_err(ListError::Selection)?;
+    let sel = args.selection()?;
     let queues = paths
         .layout_with_existing()
-        .map_err(|e| ListError::Layout(e.to_string()))?
+        .map_err(ListError::Layout)?
         .specs();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -77,9 +77,9 @@ pub fn queue_list(paths: &Paths, args: &tools::ListArgs) -> Result<(), ListError
                 if name.starts_with("tmp.") || e.path().is_dir() {
                     continue;
                 }
-                if let Ok(d) = std::fs::read(e.path())
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| inject::read_drop(&b))
+                if let Some(d) = std::fs::read(e.path())
+                    .ok()
+                    .and_then(|b| inject::read_drop(&b).ok())
                 {
                     let env = queue_store::Envelope::new(
                         d.envelope.sender.clone(),
@@ -186,7 +186,7 @@ fn queue_store_line(queue: u32, m: &queue_store::QueuedMessage, now: u64) -> Str
 pub fn queue_stat(paths: &Paths) -> Result<(), ListError> {
     let queues = paths
         .layout_with_existing()
-        .map_err(|e| ListError::Layout(e.to_string()))?
+        .map_err(ListError::Layout)?
         .specs();
     let (mut tm, mut tp) = (0usize, 0usize);
     for q in &queues {

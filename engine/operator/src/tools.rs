@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
-use queue_store::{MessageId, RecipientState};
+use queue_store::{BadMessageId, MessageId, RecipientState};
 
 use crate::queuectl::{self, Op, Selection};
 use control::Paths;
@@ -32,7 +32,7 @@ pub struct SelectArgs {
 }
 
 impl SelectArgs {
-    fn selection(&self) -> Result<Selection, String> {
+    fn selection(&self) -> Result<Selection, BadMessageId> {
         Ok(Selection {
             grep: self.grep.clone(),
             icase: self.ignore_case,
@@ -61,10 +61,10 @@ pub struct ListArgs {
 
 impl ListArgs {
     /// The selection these arguments make.
-    pub fn selection(&self) -> Result<Selection, String> {
+    pub fn selection(&self) -> Result<Selection, BadMessageId> {
         let mut ids = Vec::new();
         for i in &self.ids {
-            ids.push(i.parse::<MessageId>().map_err(|e| e.to_string())?);
+            ids.push(i.parse::<MessageId>()?);
         }
         Ok(Selection {
             ids,
@@ -208,19 +208,27 @@ pub fn show(paths: &Paths, id: &str, body: bool) -> i32 {
     }
 }
 
+/// Why the queues cannot be scanned.
+#[derive(Debug, thiserror::Error)]
+enum ScanError {
+    /// The queue layout (control files, variables) is wrong.
+    #[error("{0}")]
+    Layout(#[from] queue_layout::LayoutErrors),
+    /// A queue's log cannot be read.
+    #[error("{0}")]
+    Queue(#[from] queue_store::QueueError),
+}
+
 /// Every live message of every queue (read-only scan, running server or
 /// not), with its queue number.
-fn scan_all(paths: &Paths) -> Result<Vec<(u32, queue_store::QueuedMessage)>, String> {
-    let queues = paths
-        .layout_with_existing()
-        .map_err(|e| e.to_string())?
-        .specs();
+fn scan_all(paths: &Paths) -> Result<Vec<(u32, queue_store::QueuedMessage)>, ScanError> {
+    let queues = paths.layout_with_existing()?.specs();
     let mut out = Vec::new();
     for q in queues {
         if !q.dir.join("seg").is_dir() {
             continue;
         }
-        for m in queue_store::scan(&q.dir).map_err(|e| e.to_string())? {
+        for m in queue_store::scan(&q.dir)? {
             out.push((q.number, m));
         }
     }

@@ -28,6 +28,44 @@ use queue_layout::QueueSpec;
 /// The variables that choose a queue (spec 1.5).
 const QUEUE_VARS: [&str; 4] = ["QUEUEDIR", "QUEUE_BASE", "QUEUE_START", "QUEUE_COUNT"];
 
+/// Why a `domainqueue` line (or a mix of them) names no queue this server can use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DomainQueueError {
+    /// `QUEUE_START` or `QUEUE_COUNT` is not a number.
+    #[error("{name}={value} is not a number")]
+    NotANumber {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// `QUEUE_COUNT` is 0 or more than the queues served.
+    #[error("QUEUE_COUNT={count}: this server serves {served} queue(s)")]
+    CountOutOfRange {
+        /// The count asked for.
+        count: u32,
+        /// How many queues the server serves.
+        served: usize,
+    },
+    /// `QUEUE_START + QUEUE_COUNT` does not fit a queue number.
+    #[error("QUEUE_START={start} + QUEUE_COUNT={count} overflows")]
+    Overflow {
+        /// The first queue.
+        start: u32,
+        /// The count.
+        count: u32,
+    },
+    /// A directory that is not one of the served queues.
+    #[error("{} is not a queue this server serves (it serves {served})", dir.display())]
+    NotServed {
+        /// The directory named.
+        dir: PathBuf,
+        /// The served queues' directories, comma-separated.
+        served: String,
+    },
+}
+
 /// The queues `domainqueue` may name, and the server's defaults for the
 /// variables a line leaves out.
 #[derive(Debug, Clone, Default)]
@@ -77,7 +115,7 @@ impl DomainQueues {
                 errors.push(ControlError {
                     path: file.to_path_buf(),
                     line: Some(line),
-                    problem,
+                    problem: problem.to_string(),
                 });
             }
         }
@@ -96,7 +134,7 @@ impl DomainQueues {
     /// The queue a message's merged assignments choose; `Ok(None)` when
     /// they name none. `Err` only for a mix of lines no single line makes
     /// (each line was checked at load).
-    pub fn resolve(&self, env: &[EnvAssign]) -> Result<Option<QueueSpec>, String> {
+    pub fn resolve(&self, env: &[EnvAssign]) -> Result<Option<QueueSpec>, DomainQueueError> {
         let dirs = self.candidates(env)?;
         // Every queue of the range must be served, as the load check
         // demands of each line: the outcome does not depend on the draw.
@@ -125,7 +163,7 @@ impl DomainQueues {
 
     /// The queue directories the assignments may choose among (none when
     /// they set no queue variable).
-    fn candidates(&self, env: &[EnvAssign]) -> Result<Vec<PathBuf>, String> {
+    fn candidates(&self, env: &[EnvAssign]) -> Result<Vec<PathBuf>, DomainQueueError> {
         let var = |name: &str| {
             env.iter()
                 .rev()
@@ -138,20 +176,23 @@ impl DomainQueues {
         if !QUEUE_VARS.iter().any(|v| var(v).is_some()) {
             return Ok(Vec::new());
         }
-        let number = |name: &str, default: u32| match var(name) {
+        let number = |name: &'static str, default: u32| match var(name) {
             None => Ok(default),
             Some(v) => v
                 .trim()
                 .parse::<u32>()
-                .map_err(|_| format!("{name}={v} is not a number")),
+                .map_err(|_| DomainQueueError::NotANumber {
+                    name,
+                    value: v.to_string(),
+                }),
         };
         let start = number("QUEUE_START", self.start)?;
         let count = number("QUEUE_COUNT", self.count)?;
         if count == 0 || count as usize > self.served.len() {
-            return Err(format!(
-                "QUEUE_COUNT={count}: this server serves {} queue(s)",
-                self.served.len()
-            ));
+            return Err(DomainQueueError::CountOutOfRange {
+                count,
+                served: self.served.len(),
+            });
         }
         let base = var("QUEUE_BASE").map_or_else(|| self.base.clone(), PathBuf::from);
         (0..count)
@@ -159,7 +200,7 @@ impl DomainQueues {
                 start
                     .checked_add(k)
                     .map(|n| queue_layout::queue_path(&base, n))
-                    .ok_or_else(|| format!("QUEUE_START={start} + QUEUE_COUNT={count} overflows"))
+                    .ok_or(DomainQueueError::Overflow { start, count })
             })
             .collect()
     }
@@ -168,17 +209,16 @@ impl DomainQueues {
         self.served.iter().find(|q| same_dir(&q.dir, dir))
     }
 
-    fn not_served(&self, dir: &Path) -> String {
+    fn not_served(&self, dir: &Path) -> DomainQueueError {
         let served: Vec<String> = self
             .served
             .iter()
             .map(|q| q.dir.display().to_string())
             .collect();
-        format!(
-            "{} is not a queue this server serves (it serves {})",
-            dir.display(),
-            served.join(", ")
-        )
+        DomainQueueError::NotServed {
+            dir: dir.to_path_buf(),
+            served: served.join(", "),
+        }
     }
 }
 
@@ -378,10 +418,12 @@ mod tests {
         }
         assert!(q(&[("QUEUEDIR", "/elsewhere/queue9")])
             .unwrap_err()
+            .to_string()
             .contains("not a queue this server serves"));
         assert!(q(&[("QUEUE_START", "2")]).is_err(), "queue2..queue3");
         assert!(q(&[("QUEUE_COUNT", "x")])
             .unwrap_err()
+            .to_string()
             .contains("not a number"));
         assert!(q(&[("QUEUE_BASE", "/other"), ("QUEUE_COUNT", "1")]).is_err());
     }

@@ -412,6 +412,42 @@ fn write_durable(queue: &Path, data: &[u8]) -> Result<String, (Stage, std::io::E
     result.map(|()| name)
 }
 
+/// What is wrong with a drop file (it is set aside, never deleted).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DropError {
+    /// Shorter than the smallest drop file.
+    #[error("not a drop file (too short)")]
+    TooShort,
+    /// Neither drop-file magic.
+    #[error("not a drop file (bad magic)")]
+    BadMagic,
+    /// The trailing CRC does not match.
+    #[error("checksum mismatch (torn or corrupt)")]
+    Checksum,
+    /// The envelope field does not parse.
+    #[error("{0}")]
+    Envelope(#[from] InjectError),
+    /// Bytes left after the body.
+    #[error("body length mismatch")]
+    BodyLength,
+    /// A length prefix cut short.
+    #[error("truncated length field")]
+    TruncatedLength,
+    /// A length beyond the bytes left.
+    #[error("field length out of range")]
+    FieldLength,
+    /// A route record key or value that is not UTF-8.
+    #[error("route record is not UTF-8")]
+    RouteNotUtf8,
+    /// The route record's `ip` does not parse.
+    #[error("bad ip in route record")]
+    RouteIp,
+    /// A route record key this version does not know.
+    #[error("unknown key `{0}` in route record")]
+    RouteKey(String),
+}
+
 /// A drop file read back.
 #[derive(Debug)]
 pub struct DropFile {
@@ -424,23 +460,23 @@ pub struct DropFile {
 }
 
 /// Reads and checks a drop file; `Err` names what is wrong.
-pub fn read_drop(bytes: &[u8]) -> Result<DropFile, String> {
+pub fn read_drop(bytes: &[u8]) -> Result<DropFile, DropError> {
     if bytes.len() < MAGIC.len() + 4 + 8 + 4 {
-        return Err("not a drop file (too short)".into());
+        return Err(DropError::TooShort);
     }
     let routed = match &bytes[..8] {
         m if m == MAGIC => false,
         m if m == MAGIC_ROUTED => true,
-        _ => return Err("not a drop file (bad magic)".into()),
+        _ => return Err(DropError::BadMagic),
     };
     let (payload, crc) = bytes.split_at(bytes.len() - 4);
     let crc = u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]);
     if crc32c::crc32c(payload) != crc {
-        return Err("checksum mismatch (torn or corrupt)".into());
+        return Err(DropError::Checksum);
     }
     let mut p = &payload[8..];
     let envb = take_field(&mut p, 4)?;
-    let envelope = parse_envelope(envb).map_err(|e| e.to_string())?;
+    let envelope = parse_envelope(envb)?;
     let routed = if routed {
         Some(parse_routed(take_field(&mut p, 4)?)?)
     } else {
@@ -448,7 +484,7 @@ pub fn read_drop(bytes: &[u8]) -> Result<DropFile, String> {
     };
     let body = take_field(&mut p, 8)?;
     if !p.is_empty() {
-        return Err("body length mismatch".into());
+        return Err(DropError::BodyLength);
     }
     Ok(DropFile {
         envelope,
@@ -458,9 +494,9 @@ pub fn read_drop(bytes: &[u8]) -> Result<DropFile, String> {
 }
 
 /// A field prefixed by its big-endian length (`width` bytes: 4 or 8).
-fn take_field<'a>(p: &mut &'a [u8], width: usize) -> Result<&'a [u8], String> {
+fn take_field<'a>(p: &mut &'a [u8], width: usize) -> Result<&'a [u8], DropError> {
     if p.len() < width {
-        return Err("truncated length field".into());
+        return Err(DropError::TruncatedLength);
     }
     let len = p[..width]
         .iter()
@@ -469,28 +505,28 @@ fn take_field<'a>(p: &mut &'a [u8], width: usize) -> Result<&'a [u8], String> {
     let len = usize::try_from(len)
         .ok()
         .filter(|l| *l <= rest.len())
-        .ok_or("field length out of range")?;
+        .ok_or(DropError::FieldLength)?;
     *p = &rest[len..];
     Ok(&rest[..len])
 }
 
-fn parse_routed(mut rec: &[u8]) -> Result<Routed, String> {
+fn parse_routed(mut rec: &[u8]) -> Result<Routed, DropError> {
     let mut r = Routed::default();
     while !rec.is_empty() {
         let k = take_field(&mut rec, 4)?;
         let v = take_field(&mut rec, 4)?;
         let (k, v) = match (std::str::from_utf8(k), std::str::from_utf8(v)) {
             (Ok(k), Ok(v)) => (k, v.to_string()),
-            _ => return Err("route record is not UTF-8".into()),
+            _ => return Err(DropError::RouteNotUtf8),
         };
         match k {
-            "ip" => r.client_ip = Some(v.parse().map_err(|_| "bad ip in route record")?),
+            "ip" => r.client_ip = Some(v.parse().map_err(|_| DropError::RouteIp)?),
             "helo" => r.helo = v,
             "auth" => r.auth_user = Some(v),
             "log" => r.logged.push(v),
             _ => match k.strip_prefix("x.") {
                 Some(name) => r.extra.push((name.to_string(), v)),
-                None => return Err(format!("unknown key `{k}` in route record")),
+                None => return Err(DropError::RouteKey(k.to_string())),
             },
         }
     }

@@ -341,7 +341,7 @@ fn load_smtproutes(c: &ControlDir, errors: &mut Vec<ControlError>) -> delivery::
             errors.extend(errs.into_iter().map(|e| ControlError {
                 path: PathBuf::from(e.file),
                 line: (e.line > 0).then_some(e.line),
-                problem: e.reason,
+                problem: e.reason.to_string(),
             }));
             Default::default()
         }

@@ -38,7 +38,7 @@ pub enum CtlError {
     ShortAnswer,
     /// The command cannot be put in wire form (a newline in a value).
     #[error("{0}")]
-    Request(String),
+    Request(RequestError),
     /// The queue layout is wrong.
     #[error("{0}")]
     Layout(String),

@@ -38,7 +38,7 @@ mod remote;
 mod settings;
 mod turns;
 
-pub use settings::DeliverySettings;
+pub use settings::{DeliverySettings, SettingsError};
 
 /// One shard's delivery state.
 pub struct DeliveryShard {
@@ -372,7 +372,7 @@ enum Deferral {
     Lookup(#[from] lookup::LookupError),
     /// A dot-qmail file exists but cannot be read (its own text).
     #[error("{0}")]
-    DotQmail(String),
+    DotQmail(delivery::local::LocalError),
     /// The catch-all Maildir cannot be made.
     #[error("cannot make catch-all Maildir {maildir} of {domain}: {source} (#4.3.0)")]
     CatchAllMaildir {

@@ -7,6 +7,32 @@ use delivery::schedule::{ConcurrencyLimits, RetryPolicy};
 use control::{ControlDir, DomainList};
 use queue_layout::QueueSpec;
 
+/// Why the delivery settings cannot be read; the text names file (or variable) and line.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettingsError {
+    /// A control file, or a numeric variable, is unreadable or malformed.
+    #[error("{0}")]
+    Control(#[from] control::ControlError),
+    /// `concurrency*` files with bad values (every one is listed).
+    #[error("{}", join(.0))]
+    Limits(Vec<delivery::schedule::ConfigError>),
+    /// A quota variable that is not a number or percentage.
+    #[error("{0}")]
+    Quota(#[from] delivery::maildir::QuotaSettingError),
+    /// `SMTPROUTE` has bad lines (every one is listed).
+    #[error("{}", join(.0))]
+    SmtpRoute(Vec<delivery::routes::RouteError>),
+}
+
+fn join<E: std::fmt::Display>(errors: &[E]) -> String {
+    errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Settings of delivery read from control files.
 pub struct DeliverySettings {
     /// `locals`: domains delivered locally besides virtual domains.
@@ -53,8 +79,8 @@ impl DeliverySettings {
         control: &ControlDir,
         me: &str,
         queues: &[QueueSpec],
-    ) -> Result<DeliverySettings, String> {
-        let list = |n: &str| control.list(n).map_err(|e| e.to_string());
+    ) -> Result<DeliverySettings, SettingsError> {
+        let list = |n: &str| control.list(n);
         let mut locals = list("locals")?;
         if locals.is_empty() {
             locals = vec![me.to_string(), "localhost".to_string()];
@@ -64,7 +90,7 @@ impl DeliverySettings {
             .filter_map(|l| l.split_once(':').map(|(d, _)| d.to_string()))
             .filter(|d| !d.is_empty() && !d.contains('@'))
             .collect::<Vec<_>>();
-        let num = |n: &str, d: u64| control.number(n, d).map_err(|e| e.to_string());
+        let num = |n: &str, d: u64| control.number(n, d);
         // qmail's schedule by default; `chanskiplocal`/`chanskipremote`
         // change the spacing (attempt k at about birth + (k * chanskip)^2).
         let retry = RetryPolicy {
@@ -74,16 +100,13 @@ impl DeliverySettings {
             bouncelifetime: num("bouncelifetime", 604_800)?,
         };
         let mut bounce = BounceConfig::new(me);
-        if let Some(h) = control.string("bouncehost").map_err(|e| e.to_string())? {
+        if let Some(h) = control.string("bouncehost")? {
             bounce.bouncehost = h;
         }
-        if let Some(f) = control.string("bouncefrom").map_err(|e| e.to_string())? {
+        if let Some(f) = control.string("bouncefrom")? {
             bounce.bouncefrom = f;
         }
-        if let Some(t) = control
-            .string("doublebounceto")
-            .map_err(|e| e.to_string())?
-        {
+        if let Some(t) = control.string("doublebounceto")? {
             bounce.doublebounceto = t;
         }
         bounce.bouncemaxbytes = num("bouncemaxbytes", 50_000)? as usize;
@@ -92,12 +115,8 @@ impl DeliverySettings {
             .map(|q| format!("queue{}", q.number))
             .collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let limits = ConcurrencyLimits::load(control.path(), &refs).map_err(|errs| {
-            errs.iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("; ")
-        })?;
+        let limits =
+            ConcurrencyLimits::load(control.path(), &refs).map_err(SettingsError::Limits)?;
         let env = |n: &str| std::env::var(n).ok();
         let quota =
             delivery::maildir::QuotaPolicy::from_env(&env, control.file("holdoverquota").exists())?;
@@ -109,18 +128,12 @@ impl DeliverySettings {
         };
         let smtproute = match std::env::var("SMTPROUTE") {
             Ok(v) if !v.trim().is_empty() => Some(
-                delivery::routes::SmtpRoutes::parse("$SMTPROUTE", &v.replace(';', "\n")).map_err(
-                    |errs| {
-                        errs.iter()
-                            .map(|e| e.to_string())
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    },
-                )?,
+                delivery::routes::SmtpRoutes::parse("$SMTPROUTE", &v.replace(';', "\n"))
+                    .map_err(SettingsError::SmtpRoute)?,
             ),
             _ => None,
         };
-        let hostid = control.string("hostid").map_err(|e| e.to_string())?;
+        let hostid = control.string("hostid")?;
         let env = |n: &str| std::env::var(n).ok();
         let dkim = match std::env::var("DKIMSIGN") {
             Ok(v) if v.trim().is_empty() => None,
@@ -128,16 +141,15 @@ impl DeliverySettings {
         };
         let dups_window = match std::env::var_os("ELIMINATE_DUPS") {
             None => None,
-            Some(_) => Some(
-                control::env::env_number("ELIMINATE_DUPS_INT", msgproc::dups::DEFAULT_WINDOW)
-                    .map_err(|e| e.to_string())?,
-            ),
+            Some(_) => Some(control::env::env_number(
+                "ELIMINATE_DUPS_INT",
+                msgproc::dups::DEFAULT_WINDOW,
+            )?),
         };
         let autoreply_interval = control::env::env_number(
             "AUTORESPONDER_INTERVAL",
             msgproc::autoreply::DEFAULT_INTERVAL,
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         Ok(DeliverySettings {
             postmaster_home: None,
             qmail_ext: control::env::qmail_ext(),
