@@ -158,18 +158,14 @@ impl SmtpRoutes {
     pub fn parse(file: &str, text: &str) -> Result<SmtpRoutes, Vec<RouteError>> {
         let mut map = HashMap::new();
         let mut errors = Vec::new();
-        for (i, raw) in text.lines().enumerate() {
-            let line = raw.trim_end();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            match parse_line(line) {
+        for (lineno, line) in control::split_lines(text.as_bytes()) {
+            match parse_line(&line) {
                 Ok((domain, route)) => {
                     map.entry(domain).or_insert(route);
                 }
                 Err(reason) => errors.push(RouteError {
                     file: file.to_string(),
-                    line: i + 1,
+                    line: lineno,
                     reason,
                 }),
             }

@@ -228,9 +228,9 @@ impl ConcurrencyLimits {
 
 fn read_number(path: &Path) -> Result<Option<u32>, ConfigError> {
     let file = path.display().to_string();
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+    let lines = match control::read_values(path) {
+        Ok(Some(lines)) => lines,
+        Ok(None) => return Ok(None),
         Err(e) => {
             return Err(ConfigError::Unreadable {
                 file,
@@ -238,7 +238,7 @@ fn read_number(path: &Path) -> Result<Option<u32>, ConfigError> {
             })
         }
     };
-    let line = text.lines().next().unwrap_or("").trim();
+    let line = lines.first().map_or("", |(_, l)| l.as_str());
     line.parse::<u32>()
         .map(Some)
         .map_err(|_| ConfigError::NotANumber {

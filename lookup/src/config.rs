@@ -34,10 +34,10 @@ impl MysqlConfig {
     /// Parse the first non-empty, non-comment line of a `host.mysql` file:
     /// `host` or `host:user:password:socket-or-port[:ssl|nossl]`.
     pub fn parse(text: &str, file: &Path) -> Result<MysqlConfig, LookupError> {
-        let (lineno, line) = text
-            .lines()
-            .enumerate()
-            .map(|(i, l)| (i + 1, l.trim()))
+        let lines = control::split_lines(text.as_bytes());
+        let (lineno, line) = lines
+            .iter()
+            .map(|(i, l)| (*i, l.trim()))
             .find(|(_, l)| !l.is_empty() && !l.starts_with('#'))
             .ok_or_else(|| LookupError::Config {
                 file: file.to_path_buf(),
@@ -164,8 +164,8 @@ pub const DEFAULT_MYSQL_CONNECTIONS: usize = 5;
 
 /// Read an optional `host.mysql`-style file (`host.master`, `host.cntrl`).
 fn optional_mysql(file: &Path) -> Result<Option<MysqlConfig>, LookupError> {
-    match std::fs::read_to_string(file) {
-        Ok(text) => MysqlConfig::parse(&text, file).map(Some),
+    match std::fs::read(file) {
+        Ok(bytes) => MysqlConfig::parse(&String::from_utf8_lossy(&bytes), file).map(Some),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(LookupError::io(file, e)),
     }
@@ -248,25 +248,26 @@ impl DirectoryConfig {
                     .into(),
             });
         }
+        // Unreadable files keep the defaults, as before: these are tuning, not identity.
+        let control = control::ControlDir::new(&control_dir);
+        let first_line = |name: &str| control.string(name).ok().flatten();
         let conn_file = control_dir.join("mysqlconnections");
-        let mysql_connections = match std::fs::read_to_string(&conn_file) {
-            Ok(t) => connections(&t, &conn_file)?,
-            Err(_) => DEFAULT_MYSQL_CONNECTIONS,
+        let mysql_connections = match first_line("mysqlconnections") {
+            Some(t) => connections(&t, &conn_file)?,
+            None => DEFAULT_MYSQL_CONNECTIONS,
         };
         let hm_file = control_dir.join("hash_method");
-        let hash_method = match std::fs::read_to_string(&hm_file) {
-            Ok(t) => HashMethod::parse(t.trim()).map_err(|_| LookupError::Config {
+        let hash_method = match first_line("hash_method") {
+            Some(t) => HashMethod::parse(&t).map_err(|_| LookupError::Config {
                 file: hm_file.clone(),
                 line: 1,
-                reason: format!("unknown hash method {}", t.trim()),
+                reason: format!("unknown hash method {t}"),
             })?,
-            Err(_) => HashMethod::default(),
+            None => HashMethod::default(),
         };
         let host_names = ["hostid", "me"]
             .iter()
-            .filter_map(|f| std::fs::read_to_string(control_dir.join(f)).ok())
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty())
+            .filter_map(|f| first_line(f))
             .collect();
         let mut cfg = DirectoryConfig {
             mcdinfo: control_dir.join(mcdinfo::MCDINFO_FILE),

@@ -22,14 +22,18 @@
 //! directories found under the base outside that range (an older layout)
 //! can be adopted: queue `N` then belongs to shard `N % shards`.
 //!
+//! [`Paths`] carries the home and the control directory to every program.
+//!
 //! Nothing here starts threads or does I/O beyond reading two control files
-//! and listing the queue base; the crate depends on no other crate of the
-//! project.
+//! (through `control`'s reader) and listing the queue base; of the project it
+//! uses only `control` and the runtime's CPU list.
 
 #![warn(missing_docs, unreachable_pub)]
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+
+use control::ControlDir;
 
 /// Highest CPU number accepted plus one (4 × the kernel's `CPU_SETSIZE`: large
 /// hosts pass, typos such as `0-4294967295` do not allocate gigabytes).
@@ -275,18 +279,57 @@ pub fn control_dir(home: &Path, var: &dyn Fn(&str) -> Option<OsString>) -> PathB
 /// or has no such line.
 pub fn control_line(control: &Path, name: &str) -> Result<Option<(usize, String)>, LayoutError> {
     let path = control.join(name);
-    match std::fs::read(&path) {
-        Ok(bytes) => Ok(String::from_utf8_lossy(&bytes)
-            .lines()
-            .enumerate()
-            .map(|(i, l)| (i + 1, l.trim()))
-            .find(|(_, l)| !l.is_empty() && !l.starts_with('#'))
-            .map(|(i, l)| (i, l.to_string()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+    match control::read_lines(&path) {
+        Ok(lines) => Ok(lines.into_iter().flatten().find_map(|(i, l)| {
+            let l = l.trim();
+            (!l.is_empty() && !l.starts_with('#')).then(|| (i, l.to_string()))
+        })),
         Err(e) => Err(LayoutError::Unreadable {
             path,
             problem: e.to_string(),
         }),
+    }
+}
+
+/// Locations derived from the home directory and IndiMail's variables.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// The home directory.
+    pub home: PathBuf,
+    /// The control directory.
+    pub control: ControlDir,
+}
+
+impl Paths {
+    /// Resolves the home (`--home`, `INDIMAIL_HOME`, default) and the
+    /// control directory (`CONTROLDIR`), as `queue-layout` does.
+    pub fn resolve(home_arg: Option<&Path>) -> Paths {
+        let var = |k: &str| std::env::var_os(k);
+        let home = resolve_home(home_arg, &var);
+        let control = control_dir(&home, &var);
+        Paths {
+            home,
+            control: ControlDir::new(control),
+        }
+    }
+
+    /// The access rules file.
+    pub fn tcp_rules(&self) -> PathBuf {
+        self.home.join("tcp").join("tcp.smtp")
+    }
+
+    /// The queues and the shard owning each (see the `queue-layout`
+    /// crate); `cpus_arg` is `serve --cpus`.
+    pub fn layout(&self, cpus_arg: Option<&str>) -> Result<Layout, LayoutErrors> {
+        Layout::from_env(&self.home, cpus_arg, &shard::online_cpus())
+    }
+
+    /// The layout plus every `queueN` directory found outside it: what the
+    /// queue tools look at (mail there is queued too).
+    pub fn layout_with_existing(&self) -> Result<Layout, LayoutErrors> {
+        let mut l = self.layout(None)?;
+        l.adopt_existing();
+        Ok(l)
     }
 }
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use tls::rustls;
 
-use control::Paths;
+use queue_layout::Paths;
 
 use crate::operations::known_permission;
 use control::log;

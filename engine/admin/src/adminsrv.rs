@@ -63,7 +63,7 @@ use tls::rustls;
 use crate::adminauth::{AdminError, Gate, PreAuthSlot, Refused, IO_TIMEOUT};
 use crate::operations::operation;
 use control::log;
-use control::Paths;
+use queue_layout::Paths;
 
 /// Largest request head and body.
 const MAX_HEAD: usize = 16 * 1024;

@@ -50,7 +50,7 @@ use tls::rustls;
 use crate::adminauth::{AdminError, AdminUser, Deadlined, Gate, PreAuthSlot, Refused};
 use crate::operations::{implemented, operations, PROGRAMS};
 use control::log;
-use control::Paths;
+use queue_layout::Paths;
 
 /// May `admin` run `program`?
 fn permitted(admin: &AdminUser, program: &str) -> bool {

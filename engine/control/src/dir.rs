@@ -10,6 +10,41 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
+/// Reads a control file as qmail's `control_readfile` does: its lines with their 1-based
+/// numbers, trailing white space (space, tab, CR) stripped, empty lines and lines starting
+/// with `#` left out; leading white space is kept (a `bodycheck` pattern may start with it).
+/// `None` when the file does not exist. Every reader of control files goes through here.
+pub fn read_lines(path: &Path) -> io::Result<Option<Vec<(usize, String)>>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(split_lines(&bytes))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// [`read_lines`] for files of values (`me`, `databytes`, lists of names): each line also
+/// trimmed at the start, and lines left empty or starting with `#` then dropped.
+pub fn read_values(path: &Path) -> io::Result<Option<Vec<(usize, String)>>> {
+    Ok(read_lines(path)?.map(|lines| {
+        lines
+            .into_iter()
+            .map(|(n, l)| (n, l.trim().to_string()))
+            .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+            .collect()
+    }))
+}
+
+/// [`read_lines`] of a file's bytes.
+pub fn split_lines(bytes: &[u8]) -> Vec<(usize, String)> {
+    String::from_utf8_lossy(bytes)
+        .split('\n')
+        .enumerate()
+        .map(|(i, raw)| (i + 1, raw.trim_end_matches([' ', '\t', '\r'])))
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+        .map(|(i, l)| (i, l.to_string()))
+        .collect()
+}
+
 /// An error in one control file, naming the file and, where known, the line.
 #[derive(Debug)]
 pub struct ControlError {
@@ -58,24 +93,11 @@ impl ControlDir {
     /// when the file does not exist.
     pub fn lines(&self, name: &str) -> Result<Option<Vec<(usize, String)>>, ControlError> {
         let path = self.file(name);
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                let text = String::from_utf8_lossy(&bytes);
-                Ok(Some(
-                    text.lines()
-                        .enumerate()
-                        .map(|(i, l)| (i + 1, l.trim().to_string()))
-                        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
-                        .collect(),
-                ))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(ControlError {
-                path,
-                line: None,
-                problem: format!("cannot read: {e}"),
-            }),
-        }
+        read_values(&path).map_err(|e| ControlError {
+            path,
+            line: None,
+            problem: format!("cannot read: {e}"),
+        })
     }
 
     /// The list in `name` (empty when missing).
@@ -192,6 +214,14 @@ impl DomainList {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_follow_control_readfile() {
+        let l = split_lines(b"# comment\n\nfoo@bar  \n\t\n@baz\r\n  lead\nlast");
+        let want = [(3, "foo@bar"), (5, "@baz"), (6, "  lead"), (7, "last")];
+        let want: Vec<(usize, String)> = want.iter().map(|(n, t)| (*n, t.to_string())).collect();
+        assert_eq!(l, want);
+    }
 
     #[test]
     fn reads_lists_numbers_and_defaults() {

@@ -1,14 +1,12 @@
 //! The ground every IndiMail service and tool stands on: qmail-style control files
-//! ([`ControlDir`], the one reader of `control/*`), IndiMail's environment variables
-//! ([`env`]), where an installation's state lives ([`Paths`]), and the one-line,
-//! qmail-style event log ([`log!`]).
+//! ([`read_lines`], the one reader of `control/*` every crate uses, and [`ControlDir`] over
+//! it), IndiMail's environment variables ([`env`]), and the one-line, qmail-style event log
+//! ([`log!`]). It depends on no crate of the project.
 //!
 //! It reads files and variables; it starts nothing and knows no protocol.
 
 mod dir;
 pub mod env;
 pub mod log;
-mod paths;
 
-pub use dir::{ControlDir, ControlError, DomainList};
-pub use paths::Paths;
+pub use dir::{read_lines, read_values, split_lines, ControlDir, ControlError, DomainList};

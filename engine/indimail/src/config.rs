@@ -44,7 +44,7 @@ use control::ControlError;
 use smtp_server::service::{read_listeners, Service};
 
 pub use control::env::system_hostname;
-pub use control::Paths;
+pub use queue_layout::Paths;
 pub use queue_layout::QueueSpec;
 pub use smtp_server::service::DEFAULT_SMTP_LISTENER;
 pub use smtp_server::settings::SmtpSettings;

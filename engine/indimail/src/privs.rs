@@ -28,7 +28,7 @@ use std::ffi::CString;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use control::Paths;
+use queue_layout::Paths;
 use queue_layout::QueueSpec;
 
 /// Why the server user could not be decided on, given the files, or become.

@@ -10,13 +10,13 @@ use std::collections::{BTreeMap, BTreeSet};
 const ALLOWED: &[(&str, &[&str])] = &[
     ("shard", &[]),
     ("tls", &["shard"]),
+    ("control", &[]),
     ("smtp-proto", &[]),
-    ("policy", &[]),
-    ("msgproc", &[]),
-    ("lookup", &[]),
-    ("queue-layout", &[]),
-    ("control", &["queue-layout", "shard"]),
-    ("admin-api", &["control", "lookup", "tls"]),
+    ("policy", &["control"]),
+    ("msgproc", &["control"]),
+    ("lookup", &["control"]),
+    ("queue-layout", &["control", "shard"]),
+    ("admin-api", &["control", "lookup", "queue-layout", "tls"]),
     (
         "operator-tools",
         &[
@@ -31,7 +31,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     ("queue-store", &["shard"]),
-    ("delivery", &["shard", "smtp-proto", "tls"]),
+    ("delivery", &["control", "shard", "smtp-proto", "tls"]),
     (
         "proxies",
         &["control", "lookup", "shard", "smtp-proto", "tls"],
@@ -44,6 +44,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "lookup",
             "msgproc",
             "policy",
+            "queue-layout",
             "queue-store",
             "scheduler",
             "shard",

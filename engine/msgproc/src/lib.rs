@@ -61,18 +61,8 @@ pub enum Error {
 /// Reads a control file's meaningful lines (trimmed, without blank lines
 /// and `#` comments), with their 1-based numbers; `None` when missing.
 pub(crate) fn control_lines(path: &std::path::Path) -> Result<Option<Vec<(usize, String)>>, Error> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(Some(
-            text.lines()
-                .enumerate()
-                .map(|(i, l)| (i + 1, l.trim().to_string()))
-                .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
-                .collect(),
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(Error::Io {
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
+    control::read_values(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }

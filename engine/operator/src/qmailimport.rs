@@ -55,7 +55,7 @@ use delivery::bounce::{self, FailedRecipient, Original};
 use queue_store::{Envelope, Queue, QueueConfig};
 
 use crate::progress::Progress;
-use control::Paths;
+use queue_layout::Paths;
 use queue_layout::QueueSpec;
 use scheduler::queues::{lock_queue, IMPORT_MARKER};
 

@@ -40,7 +40,7 @@ use queue_store::{
 
 use ::control::log;
 use ::control::ControlDir;
-use ::control::Paths;
+use queue_layout::Paths;
 use queue_layout::QueueSpec;
 use scheduler::queues::ShardQueues;
 

@@ -2,7 +2,7 @@
 //! is queued, read from the queue logs, the drop directories and `quarantine/`, on a running
 //! or stopped server.
 
-use control::Paths;
+use queue_layout::Paths;
 use queue_layout::QueueSpec;
 
 use crate::progress;

@@ -10,7 +10,7 @@
 
 use std::io::Read;
 
-use control::Paths;
+use queue_layout::Paths;
 use scheduler::inject::{self, Envelope};
 
 /// sysexits codes.

@@ -21,7 +21,7 @@
 
 use std::path::{Path, PathBuf};
 
-use control::Paths;
+use queue_layout::Paths;
 
 /// Why the service files were not all written.
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,7 @@ use std::path::Path;
 use queue_store::{BadMessageId, MessageId, RecipientState};
 
 use crate::queuectl::{self, Op, Selection};
-use control::Paths;
+use queue_layout::Paths;
 
 /// Which messages: envelope ids and/or patterns, and text in the messages.
 #[derive(clap::Args, Clone, Debug, Default)]

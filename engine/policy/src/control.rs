@@ -4,7 +4,6 @@
 //! whose first character is `#` are skipped. A missing file is not an error: it is an empty
 //! list, exactly as qmail-smtpd treats it.
 
-use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -89,9 +88,8 @@ impl Reader<'_> {
             let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
             self.sources.push((path.clone(), mtime));
         }
-        let lines = match std::fs::read(&path) {
-            Ok(bytes) => Some(split_lines(&bytes)),
-            Err(e) if e.kind() == ErrorKind::NotFound => None,
+        let lines = match control::read_lines(&path) {
+            Ok(lines) => lines.map(|l| l.into_iter().map(|(no, text)| Line { no, text }).collect()),
             Err(e) => {
                 self.errors.push(PolicyError::new(
                     &path,
@@ -193,22 +191,12 @@ impl Reader<'_> {
     }
 }
 
-/// `control_readfile()` line rules. Bytes that are not UTF-8 are replaced (addresses and
-/// patterns are ASCII; a Latin-1 comment must not make a whole file unreadable).
+/// A control file's text as [`Line`]s, by `control`'s rules (qmail's `control_readfile`).
 pub(crate) fn split_lines(bytes: &[u8]) -> Vec<Line> {
-    let text = String::from_utf8_lossy(bytes);
-    let mut out = Vec::new();
-    for (i, raw) in text.split('\n').enumerate() {
-        let line = raw.trim_end_matches([' ', '\t', '\r', '\n']);
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        out.push(Line {
-            no: i + 1,
-            text: line.to_string(),
-        });
-    }
-    out
+    control::split_lines(bytes)
+        .into_iter()
+        .map(|(no, text)| Line { no, text })
+        .collect()
 }
 
 /// Integer control (`qregex`): the first line, parsed like `scan_int` (leading sign and digits).
@@ -240,28 +228,6 @@ pub(crate) fn scan_int(s: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lines_follow_control_readfile() {
-        let l = split_lines(b"# comment\n\nfoo@bar  \n\t\n@baz\r\nlast");
-        assert_eq!(
-            l,
-            vec![
-                Line {
-                    no: 3,
-                    text: "foo@bar".into()
-                },
-                Line {
-                    no: 5,
-                    text: "@baz".into()
-                },
-                Line {
-                    no: 6,
-                    text: "last".into()
-                },
-            ]
-        );
-    }
 
     #[test]
     fn scan_int_like_qmail() {

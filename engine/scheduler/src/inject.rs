@@ -37,7 +37,7 @@ use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use control::Paths;
+use queue_layout::Paths;
 use queue_layout::QueueSpec;
 
 const MAGIC: &[u8; 8] = b"IMINJ01\n";

@@ -22,7 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use control::env::{env_number, qmail_ext, system_hostname, var_or_control};
-use control::{ControlDir, ControlError, DomainList, Paths};
+use control::{ControlDir, ControlError, DomainList};
+use queue_layout::Paths;
 
 use crate::clientchecks::ClientChecks;
 use crate::tcprules::TcpRules;
