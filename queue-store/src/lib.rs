@@ -64,8 +64,8 @@ use std::str::FromStr;
 
 pub use error::QueueError;
 pub use queue::{
-    DueRecipient, MessageWriter, Queue, QueueStats, RecoveryReport, StoreFailure, QUARANTINE_DIR,
-    STORE_BACKOFF_MAX, STORE_BACKOFF_MIN,
+    DueRecipient, Lane, LaneLimits, MessageWriter, Queue, QueueStats, RecoveryReport, StoreFailure,
+    QUARANTINE_DIR, STORE_BACKOFF_MAX, STORE_BACKOFF_MIN,
 };
 pub use state::{RecipientOutcome, RecipientState, RecipientStatus, TransitionError};
 

@@ -22,6 +22,7 @@ use crate::{MessageId, QueueConfig};
 
 mod compaction;
 mod health;
+mod lanes;
 mod operator_hold;
 mod outcomes;
 mod read;
@@ -30,6 +31,7 @@ mod schedule;
 mod segment_log;
 mod writer;
 
+pub use lanes::{Lane, LaneLimits};
 pub(crate) use operator_hold::{parse_hold_file, HOLD_FILE};
 pub use writer::MessageWriter;
 
@@ -216,8 +218,8 @@ impl SegFile {
 struct State {
     index: Index,
     /// (next attempt, message key, recipient index) of pending recipients
-    /// not handed out.
-    schedule: BTreeSet<(u64, u64, u32)>,
+    /// not handed out, by delivery channel.
+    schedule: lanes::Schedule,
     leased: HashSet<(u64, u32)>,
     /// Pending recipients neither scheduled nor leased: held for an ETRN or
     /// ATRN (memory only; a restart schedules them again).

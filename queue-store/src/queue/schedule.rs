@@ -9,6 +9,7 @@ use tokio::sync::Notify;
 use crate::state::RecipientState;
 use crate::{Envelope, MessageId};
 
+use super::lanes::{Lane, LaneLimits, Schedule, Slot};
 use super::{DueRecipient, Queue};
 
 impl Queue {
@@ -17,23 +18,35 @@ impl Queue {
     /// is leased: it is not handed out again until an outcome is recorded
     /// or it is [`Queue::release`]d; a restart forgets leases.
     pub fn due(&self, now: u64, limit: usize) -> Vec<DueRecipient> {
+        self.hand_out(|s| s.take_due_earliest(now, limit))
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect()
+    }
+
+    /// [`Queue::due`] lane by lane: up to `limits` from each lane (see
+    /// [`Lane`]), earliest first, each with the lane it waited in. A
+    /// recipient put back with [`Queue::release_to`] comes out of its
+    /// channel's lane, so a full channel's recipients are not handed out
+    /// again until the caller asks that lane for some.
+    pub fn due_by_lane(&self, now: u64, limits: LaneLimits) -> Vec<(DueRecipient, Lane)> {
+        self.hand_out(|s| s.take_due(now, limits))
+    }
+
+    /// Leases what `take` takes out of the schedule.
+    fn hand_out(
+        &self,
+        take: impl FnOnce(&mut Schedule) -> Vec<(Slot, Lane)>,
+    ) -> Vec<(DueRecipient, Lane)> {
         let mut st = self.sh.st.borrow_mut();
         if st.failure.is_some() {
             // The outcome could not be recorded: delivering now would only
             // deliver again (see `StoreFailure`).
             return Vec::new();
         }
-        let picked: Vec<(u64, u64, u32)> = st
-            .schedule
-            .iter()
-            .take_while(|k| k.0 <= now)
-            .take(limit)
-            .copied()
-            .collect();
+        let picked = take(&mut st.schedule);
         let mut out = Vec::with_capacity(picked.len());
-        for k in picked {
-            st.schedule.remove(&k);
-            let (next, key, idx) = k;
+        for ((next, key, idx), lane) in picked {
             let Some(e) = st.index.messages.get(&key) else {
                 continue;
             };
@@ -45,13 +58,16 @@ impl Queue {
                 // says.
                 continue;
             }
-            out.push(DueRecipient {
-                id: MessageId::from_key(self.sh.cfg.queue_no, key),
-                rcpt: idx as usize,
-                recipient: addr.clone(),
-                attempts: e.rcpts[idx as usize].attempts,
-                next_attempt: next,
-            });
+            out.push((
+                DueRecipient {
+                    id: MessageId::from_key(self.sh.cfg.queue_no, key),
+                    rcpt: idx as usize,
+                    recipient: addr.clone(),
+                    attempts: e.rcpts[idx as usize].attempts,
+                    next_attempt: next,
+                },
+                lane,
+            ));
             st.leased.insert((key, idx));
         }
         out
@@ -63,11 +79,22 @@ impl Queue {
         self.release_at(id, rcpt, 0);
     }
 
+    /// Returns a leased recipient to the schedule in `lane`: the caller
+    /// found its channel full, so [`Queue::due_by_lane`] hands it out again
+    /// only when asked for that lane. Memory only, as [`Queue::release`].
+    pub fn release_to(&self, id: &MessageId, rcpt: usize, lane: Lane) {
+        self.reschedule(id, rcpt, 0, lane);
+    }
+
     /// Returns a leased recipient to the schedule, due no sooner than
     /// `not_before` nor than its recorded next attempt. Memory only: for an
     /// outcome that could not be recorded (a restart schedules it at its
     /// recorded time, which is at-least-once).
     pub fn release_at(&self, id: &MessageId, rcpt: usize, not_before: u64) {
+        self.reschedule(id, rcpt, not_before, Lane::Unsorted);
+    }
+
+    fn reschedule(&self, id: &MessageId, rcpt: usize, not_before: u64, lane: Lane) {
         let mut st = self.sh.st.borrow_mut();
         let st = &mut *st;
         let key = id.key();
@@ -84,7 +111,8 @@ impl Queue {
                 // that time, and a stale entry would hand a finished
                 // recipient out again (simulation seed 1994).
                 r.next_attempt = r.next_attempt.max(not_before);
-                st.schedule.insert((r.next_attempt, key, rcpt as u32));
+                st.schedule
+                    .insert_in((r.next_attempt, key, rcpt as u32), lane);
             }
         }
     }

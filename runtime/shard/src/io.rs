@@ -315,10 +315,32 @@ impl File {
 
     /// The file's inode number and device (`st_ino`, `st_dev`), from the
     /// open descriptor.
+    ///
+    /// On io_uring this is a direct `statx` with `AT_STATX_DONT_SYNC`, not
+    /// an io_uring operation: io_uring always hands `statx` to a worker
+    /// thread (two context switches per Maildir delivery), while the inode
+    /// and device of an open file are in memory and never change, so the
+    /// call cannot block, not even on NFS (no attribute revalidation).
     pub async fn inode(&self) -> io::Result<(u64, u64)> {
         match &self.inner {
             FileInner::Uring(f) => {
-                let st = f.statx().await?;
+                let mut st = std::mem::MaybeUninit::<libc::statx>::zeroed();
+                // SAFETY: a valid descriptor, an empty NUL-terminated path
+                // with AT_EMPTY_PATH, and a buffer the size of `statx`.
+                let r = unsafe {
+                    libc::statx(
+                        f.as_raw_fd(),
+                        c"".as_ptr(),
+                        libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC,
+                        libc::STATX_INO,
+                        st.as_mut_ptr(),
+                    )
+                };
+                if r != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // SAFETY: statx succeeded and filled the buffer.
+                let st = unsafe { st.assume_init() };
                 let dev = libc::makedev(st.stx_dev_major, st.stx_dev_minor);
                 Ok((st.stx_ino, dev))
             }

@@ -26,7 +26,7 @@ use tracing::Instrument;
 use delivery::remote::Remote;
 use delivery::schedule::{Accountant, Channel};
 use delivery::Outcome;
-use queue_store::{DueRecipient, MessageId, Queue};
+use queue_store::{DueRecipient, Lane, LaneLimits, MessageId, Queue};
 
 use crate::queues::ShardQueues;
 use control::log;
@@ -202,17 +202,26 @@ impl DeliveryShard {
                 .limit(c, &qname)
                 .saturating_sub(self.accountant.in_use(c, &qname)) as usize
         };
-        let budget = free(Channel::Local) + free(Channel::Remote);
+        let (free_local, free_remote) = (free(Channel::Local), free(Channel::Remote));
+        let budget = free_local + free_remote;
         if budget == 0 {
             return;
         }
-        let due = q.due(now, budget * 8);
+        // Unsorted recipients are classified here, so look further ahead
+        // among them; those whose channel is full wait in its lane, and a
+        // lane gives only as many as its channel has free slots.
+        let limits = LaneLimits {
+            unsorted: budget * 8,
+            local: free_local,
+            remote: free_remote,
+        };
+        let due = q.due_by_lane(now, limits);
         if due.is_empty() {
             return;
         }
         // Group by message, keeping recipient order.
         let mut by_msg: BTreeMap<MessageId, Vec<DueRecipient>> = BTreeMap::new();
-        for d in due {
+        for (d, _) in due {
             by_msg.entry(d.id).or_default().push(d);
         }
         for (id, rcpts) in by_msg {
@@ -263,7 +272,7 @@ impl DeliveryShard {
             for r in local {
                 match self.accountant.try_acquire(Channel::Local, &qname) {
                     Some(permit) => slotted.push((r, permit)),
-                    None => q.release(&id, r.rcpt),
+                    None => q.release_to(&id, r.rcpt, Lane::Local),
                 }
             }
             if !slotted.is_empty() {
@@ -303,7 +312,9 @@ impl DeliveryShard {
                             .instrument(span),
                         );
                     }
-                    None => rcpts.iter().for_each(|r| q.release(&id, r.rcpt)),
+                    None => rcpts
+                        .iter()
+                        .for_each(|r| q.release_to(&id, r.rcpt, Lane::Remote)),
                 }
             }
         }
