@@ -41,13 +41,7 @@ impl DeliveryShard {
         let (env, message) = (&env, &message);
         let failed: Vec<(DueRecipient, Outcome)> =
             futures_util::future::join_all(rcpts.into_iter().zip(permits).map(
-                |(r, permit)| async move {
-                    let failed = self.local_recipient(q, id, env, message, r).await;
-                    // This recipient's slot is free once its outcome is known.
-                    drop(permit);
-                    self.slot_freed.notify_one();
-                    failed
-                },
+                |(r, permit)| self.local_recipient(q, id, env, message, r, permit),
             ))
             .await
             .into_iter()
@@ -60,6 +54,8 @@ impl DeliveryShard {
 
     /// Delivers one local recipient and records its outcome, except a
     /// permanent failure, which is returned for the message's one bounce.
+    /// `permit` (its `concurrencylocal` slot) is released as soon as the
+    /// delivery itself is over, before the outcome is recorded.
     pub(super) async fn local_recipient(
         &self,
         q: &Rc<Queue>,
@@ -67,6 +63,7 @@ impl DeliveryShard {
         env: &queue_store::Envelope,
         message: &[u8],
         r: DueRecipient,
+        permit: delivery::schedule::Permit,
     ) -> Option<(DueRecipient, Outcome)> {
         let d = self.delivery_no();
         log!(
@@ -127,6 +124,12 @@ impl DeliveryShard {
             }
         };
         log_outcome(self.index, d, &outcome);
+        // The delivery is over, so its slot is free: the next one starts
+        // while this outcome is being recorded (qmail frees the slot when
+        // the delivery ends too). The recipient stays leased until then, so
+        // it is not handed out again.
+        drop(permit);
+        self.slot_freed.notify_one();
         if matches!(outcome, Outcome::Permanent(_)) {
             return Some((r, outcome));
         }

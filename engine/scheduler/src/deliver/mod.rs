@@ -305,8 +305,10 @@ impl DeliveryShard {
                         );
                         tokio::task::spawn_local(
                             async move {
-                                me.remote_job(&q, id, domain, route, rcpts).await;
-                                drop(permit);
+                                // The job frees the slot when its transaction
+                                // ends (also on an early return, by drop).
+                                me.remote_job(&q, id, domain, route, rcpts, Some(permit))
+                                    .await;
                                 me.slot_freed.notify_one();
                             }
                             .instrument(span),

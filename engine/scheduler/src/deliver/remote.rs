@@ -20,6 +20,7 @@ impl DeliveryShard {
         domain: String,
         route: Option<delivery::routes::Route>,
         rcpts: Vec<DueRecipient>,
+        permit: Option<delivery::schedule::Permit>,
     ) {
         let Some(env) = q.envelope(&id) else {
             return;
@@ -78,6 +79,12 @@ impl DeliveryShard {
         {
             log_outcome(self.index, d, &o);
             outs.push((r, o));
+        }
+        // The transaction is over: its slot is free while the outcomes are
+        // recorded (the recipients stay leased until then).
+        if let Some(permit) = permit {
+            drop(permit);
+            self.slot_freed.notify_one();
         }
         self.finish(q, id, outs, Channel::Remote).await;
     }

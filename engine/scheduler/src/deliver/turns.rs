@@ -104,7 +104,7 @@ impl DeliveryShard {
                             .push(r);
                     }
                     for (domain, rcpts) in by_domain {
-                        me.remote_job(&q, id, domain, None, rcpts).await;
+                        me.remote_job(&q, id, domain, None, rcpts, None).await;
                     }
                 }
             });
