@@ -75,12 +75,14 @@ pub fn safe_host(host: &str) -> String {
 
 /// Writes `data` into the Maildir `dir` and returns the path in `new/`.
 ///
-/// Every file-system step is an io_uring operation on that driver (create,
-/// write, fdatasync, statx, rename, the directory's open and fsync), so the
-/// shard keeps serving other work while a big Maildir's directory is locked.
-/// The file moves from `tmp/` to `new/` by `rename(2)` (Dovecot's way; the
-/// new name holds the file's inode and device, so it cannot collide), which
-/// io_uring offers where it has no `link(2)`.
+/// The file in `tmp/` is created and written durably by
+/// [`shard::io::File::create_durable`] (a direct create in the small `tmp/`,
+/// one `O_DSYNC` write on io_uring); the rename and the directory's open and
+/// fsync are io_uring operations, so the shard keeps serving other work
+/// while a big Maildir's `new/` is locked. The file moves from `tmp/` to
+/// `new/` by `rename(2)` (Dovecot's way; the new name holds the file's
+/// inode and device, so it cannot collide), which io_uring offers where it
+/// has no `link(2)`.
 pub async fn write(dir: &Path, host: &str, data: Vec<u8>) -> Result<PathBuf, MaildirError> {
     let tmp_dir = dir.join("tmp");
     let new_dir = dir.join("new");
@@ -103,16 +105,15 @@ pub async fn write(dir: &Path, host: &str, data: Vec<u8>) -> Result<PathBuf, Mai
         }
     };
 
-    let file = shard::io::File::create_new(&tmp_path)
-        .await
-        .map_err(|e| not_a_maildir(e, "create", &tmp_path))?;
-    let result = async {
-        let (r, _) = file.write_all_at(data, 0).await;
-        r.map_err(io_err("write", &tmp_path))?;
-        file.sync_data().await.map_err(io_err("sync", &tmp_path))?;
-        file.inode().await.map_err(io_err("stat", &tmp_path))
-    }
-    .await;
+    let file = match shard::io::File::create_durable(&tmp_path, data).await {
+        Ok(f) => f,
+        Err(("create", e)) => return Err(not_a_maildir(e, "create", &tmp_path)),
+        Err((op, e)) => {
+            let _ = shard::io::remove_file(&tmp_path).await;
+            return Err(io_err(op, &tmp_path)(e));
+        }
+    };
+    let result = file.inode().await.map_err(io_err("stat", &tmp_path));
     let close = file.close().await;
     let (ino, dev) = match result.and_then(|v| close.map(|_| v).map_err(io_err("close", &tmp_path)))
     {
