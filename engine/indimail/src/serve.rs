@@ -33,6 +33,8 @@ struct Shared {
     ready: Mutex<mpsc::Sender<Result<String, anyhow::Error>>>,
     /// Every shard's counters.
     registry: Registry,
+    /// SMTP connections open on every shard (`maxdaemons` is the server's).
+    smtp_connections: Arc<std::sync::atomic::AtomicU32>,
     /// New SMTP settings after a reload.
     reload: tokio::sync::watch::Receiver<Arc<SmtpSettings>>,
     /// The home directory (directory store, mailboxes).
@@ -111,6 +113,7 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
     let user_mesh = shard::Mesh::new(shards, 1024);
     let rate_mesh = shard::Mesh::new(shards, 1024);
     let shared = Arc::new(Shared {
+        smtp_connections: Arc::new(std::sync::atomic::AtomicU32::new(0)),
         rate_tx: rate_mesh.senders,
         rate_rx: Mutex::new(rate_mesh.receivers.into_iter().map(Some).collect()),
         user_tx: user_mesh.senders,
@@ -827,7 +830,7 @@ async fn start_shard(info: &ShardInfo, shared: &Shared) -> anyhow::Result<Starte
         settings,
         Rc::clone(&queues),
         shared.registry.shard(info.index),
-        (info.index, shared.assignment.len()),
+        (info.index, Arc::clone(&shared.smtp_connections)),
         directory.clone(),
         certs,
     ));

@@ -222,7 +222,7 @@ fn home_with(files: &[(&str, &str)]) -> tempfile::TempDir {
 }
 
 /// Item 2: slowloris at 500 connections from 25 addresses, each sending one byte of a never
-/// finished command line per second. The server (2 shards, maxdaemons 150 each) refuses
+/// finished command line per second. The server (2 shards, maxdaemons 150 for the whole server) refuses
 /// what is over its limit at once, shrinks its timeout under stress (`timeoutstress` 2 s)
 /// and cuts every trickling connection, though each keeps reading well within
 /// `timeoutsmtpd`; a legitimate client then gets its message in.

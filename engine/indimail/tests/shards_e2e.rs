@@ -63,6 +63,49 @@ fn maxperip_counts_for_the_whole_server() {
     }
 }
 
+/// maxdaemons 6 counts every shard's connections: from one address (one home
+/// shard) 6 of 10 are greeted, not 6/shards; from two addresses on two home
+/// shards it is 6 in all too.
+#[test]
+fn maxdaemons_counts_for_the_whole_server() {
+    for shards in SHARDS {
+        let h = home_with(&[("maxdaemons", "6\n"), ("maxperip", "0\n")]);
+        let s = start(h.path(), shards);
+        let mut clients: Vec<Client> = (0..10).map(|_| Client::connect(s.smtp)).collect();
+        let codes: Vec<u16> = clients.iter_mut().map(|c| c.reply().0).collect();
+        assert_eq!(
+            codes.iter().filter(|&&c| c == 220).count(),
+            6,
+            "{shards} shards, one address: {codes:?}"
+        );
+        drop(clients);
+        // The refused and closed connections are counted out again.
+        wait_until(10, "connections closed", || {
+            let mut c = Client::connect(s.smtp);
+            let ok = c.reply().0 == 220;
+            c.cmd("QUIT");
+            ok
+        });
+        let mut greeted = 0;
+        let mut held = Vec::new();
+        for i in 0..10 {
+            // 127.0.0.1 and 127.0.0.2 have different home shards at 2
+            // and at 8 shards (shard::home's hash: 1 and 0, 7 and 6).
+            let src = if i % 2 == 0 {
+                [127, 0, 0, 1]
+            } else {
+                [127, 0, 0, 2]
+            };
+            let mut c = Client::connect_from(src, s.smtp);
+            if c.reply().0 == 220 {
+                greeted += 1;
+            }
+            held.push(c);
+        }
+        assert_eq!(greeted, 6, "{shards} shards, two addresses");
+    }
+}
+
 /// Greylisting: after the minimum resend time, 10 of 10 retries of the same
 /// triplet, each on a new connection, are accepted.
 #[test]

@@ -1,9 +1,10 @@
 //! Admission of a new connection, before any byte is read: tcp.smtp rules, the
-//! connect-time policy, the shard's share of `maxdaemons` and `maxperip`. A refused
+//! connect-time policy, `maxdaemons` (the whole server's) and `maxperip`. A refused
 //! client gets its one reply and the connection is closed.
 
 use std::net::IpAddr;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 
 use shard::io::TcpStream;
 use smtp_proto::Reply;
@@ -62,15 +63,15 @@ pub async fn admit(shard: &Rc<SmtpShard>, stream: &TcpStream, ip: IpAddr) -> Opt
         *n
     };
     shard.connections.set(shard.connections.get() + 1);
+    let server_connections = shard.server_connections.fetch_add(1, Ordering::Relaxed) + 1;
     let slot = Slot {
         shard: Rc::clone(shard),
         ip,
     };
-    let busy = if shard.connections.get() > shard.connection_limit(&settings) {
+    let busy = if server_connections > shard.connection_limit(&settings) {
         log!(
-            "shard{} smtp busy ip={ip} connections={}",
-            shard.index,
-            shard.connections.get()
+            "shard{} smtp busy ip={ip} connections={server_connections}",
+            shard.index
         );
         Some(Reply::new(
             421,
@@ -112,6 +113,9 @@ impl Drop for Slot {
         self.shard
             .connections
             .set(self.shard.connections.get().saturating_sub(1));
+        self.shard
+            .server_connections
+            .fetch_sub(1, Ordering::Relaxed);
         let mut m = self.shard.per_ip.borrow_mut();
         if let Some(n) = m.get_mut(&self.ip) {
             *n -= 1;

@@ -6,6 +6,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use smtp_proto::SessionConfig;
@@ -52,9 +54,13 @@ pub struct SmtpShard {
     pub metrics: std::sync::Arc<ShardMetrics>,
     /// Shard index, for logs.
     pub index: usize,
-    /// How many shards share the server's `maxdaemons`.
-    pub(crate) shards: u32,
+    /// This shard's connections open now.
     pub(crate) connections: Cell<u32>,
+    /// Every shard's connections open now: `maxdaemons` counts for the
+    /// whole server. One atomic add and subtract per connection, shared by
+    /// the shards: a share per shard refused one busy client address (all
+    /// its connections land on its home shard) at maxdaemons/shards.
+    pub(crate) server_connections: Arc<AtomicU32>,
     pub(crate) per_ip: RefCell<HashMap<IpAddr, u32>>,
     /// The user directory, for CHECKRECIPIENT.
     pub directory: Rc<scheduler::directory::DirectoryHandle>,
@@ -91,7 +97,7 @@ impl SmtpShard {
         settings: Rc<SmtpSettings>,
         queues: Rc<ShardQueues>,
         metrics: std::sync::Arc<ShardMetrics>,
-        (index, shards): (usize, usize),
+        (index, server_connections): (usize, Arc<AtomicU32>),
         directory: Rc<scheduler::directory::DirectoryHandle>,
         certs: Option<Rc<tls::CertStore>>,
     ) -> SmtpShard {
@@ -107,8 +113,8 @@ impl SmtpShard {
             queues,
             metrics,
             index,
-            shards: u32::try_from(shards.max(1)).unwrap_or(u32::MAX),
             connections: Cell::new(0),
+            server_connections,
             per_ip: RefCell::new(HashMap::new()),
             directory,
             greylisting: RefCell::new(None),
@@ -129,11 +135,14 @@ fn generation(settings: Rc<SmtpSettings>, tls: bool) -> Generation {
 }
 
 impl SmtpShard {
-    /// This shard's share of `maxdaemons`, which counts for the whole
-    /// server: the shards split it evenly (rounded up). Clients are placed
-    /// by address (see `shard::home`), so the shares fill evenly too.
+    /// `maxdaemons`: connections of the whole server, every shard's.
     pub(crate) fn connection_limit(&self, settings: &SmtpSettings) -> u32 {
-        settings.max_connections.div_ceil(self.shards)
+        settings.max_connections
+    }
+
+    /// Connections open on every shard now.
+    pub(crate) fn server_connections(&self) -> u32 {
+        self.server_connections.load(Ordering::Relaxed)
     }
 
     /// Connects this shard to every shard's turn channel (ETRN, ATRN).

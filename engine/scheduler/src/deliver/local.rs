@@ -39,14 +39,16 @@ impl DeliveryShard {
         // done, so a crash re-delivers at most the recipients in hand;
         // permanent failures are gathered into one bounce at the end.
         let (env, message) = (&env, &message);
-        let failed: Vec<(DueRecipient, Outcome)> =
-            futures_util::future::join_all(rcpts.into_iter().zip(permits).map(
-                |(r, permit)| self.local_recipient(q, id, env, message, r, permit),
-            ))
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
+        let failed: Vec<(DueRecipient, Outcome)> = futures_util::future::join_all(
+            rcpts
+                .into_iter()
+                .zip(permits)
+                .map(|(r, permit)| self.local_recipient(q, id, env, message, r, permit)),
+        )
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
         if !failed.is_empty() {
             self.finish(q, id, failed, Channel::Local).await;
         }

@@ -103,7 +103,7 @@ struct Connection {
 /// command line within `timeoutsmtpd` of the previous one (a byte every few
 /// seconds does not keep a connection alive, as it did with a per-read
 /// timeout), a message transfer within the same plus 1/`mindatarate` s per
-/// byte received. Under stress (¾ of `maxdaemons` in use on the shard) the
+/// byte received. Under stress (¾ of `maxdaemons` in use in the server) the
 /// base shrinks to `timeoutstress`, for waits already under way too; a
 /// connection that saw stress keeps the short base (as a Postfix smtpd
 /// started under stress does), so a flood is cut whole, not down to ¾.
@@ -114,8 +114,8 @@ fn read_deadline(
     credit: std::time::Duration,
     stressed: &mut bool,
 ) -> tokio::time::Instant {
-    *stressed |=
-        u64::from(shard.connections.get()) * 4 >= u64::from(shard.connection_limit(settings)) * 3;
+    *stressed |= u64::from(shard.server_connections()) * 4
+        >= u64::from(shard.connection_limit(settings)) * 3;
     let base = if *stressed {
         settings.stress_timeout
     } else {
