@@ -8,7 +8,8 @@
 #                       [--rcpts 1,10]
 #                       [--generators ours,smtp-source]
 #                       [--messages M] [--sessions S] [--per-session P] [--users U]
-#                       [--half-rate] [--no-build] [--tsv FILE] [--out FILE] [--keep]
+#                       [--half-rate] [--source-pacing spread|burst]
+#                       [--no-build] [--tsv FILE] [--out FILE] [--keep]
 #                       [--indimail-control NAME=VALUE]...
 #
 # Workloads (each at every size and recipient count):
@@ -29,13 +30,22 @@
 # from 127.0.0.1 only, so one accepting shard takes every connection (see RESULTS.md).
 # Durability is each MTA's default (both fsync before 250 and on Maildir delivery).
 # --half-rate: after each closed-loop run (and its drain), the same instance gets an open-loop
-# run at half the rate it just reached (half the messages, so as long): latency at half load.
-# Each run also records the CPU time used by the server's processes (all of them, exited ones
-# included: each MTA runs in its own cpuacct cgroup; else /proc utime+stime of its process
-# tree), the generator and the whole machine; the table gives server CPU µs per message.
-# Drained = the sink counted every message (relay) or the MTA logged every delivery (indimail
-# `delivery N: success`, Postfix `status=sent`), followed by one poller (drain-wait.py).
-# --no-build uses the binaries already in $CARGO_TARGET_DIR/release.
+# run at half the rate R it just reached, with the same generator, for about 8 s: latency at
+# half load. Its 250-after-DATA latency is also measured on the wire, independent of both MTAs
+# and of the generator: tcpdump captures the run on lo (installed if missing) and
+# wire-latency.py takes, per message, the server's first reply after the 354 minus the
+# client's last payload segment before it. `ours`: `indimail-loadtest send --rate R/2`; the
+# table gives its own data_end p50/p99 and the wire p50/p99 beside them. smtp-source cannot
+# pace itself (-w waits whole seconds, and all sessions of one process wake together, see
+# source-paced.py): R/2 sessions (`-w 1`, one message a second each) spread over up to 500
+# smtp-source processes (one session each up to 500/s; above, small bursts of R/1000 per
+# process), started evenly over a ramp (1 s per 250 processes) and measured over the 8 s
+# after it; its half-rate p50/p99 are the wire's, and its achieved rate is logged.
+# --source-pacing burst sends the R/2 sessions from one process instead (bursts of R/2
+# messages about once a second), for comparison. smtp-source does not back off: if the
+# server stalls, connections pile up, and past indimail's maxdaemons (1000, split over the
+# shards; one shard takes all of 127.0.0.1) the 421 kills a whole smtp-source process (its k
+# sessions); the log says so, and --indimail-control maxdaemons=4000 lets them queue instead.
 # --indimail-control NAME=VALUE writes control/NAME for every indimail instance (for A/B runs
 # of a setting, e.g. concurrencylocal=60). The default load is the issue's: 50 sessions.
 #
@@ -51,7 +61,7 @@ DOMAIN=example.com
 runs=3 quick=0 only="" out="" keep=0 ceiling=1 half_rate=0 tsv="" build=1
 workloads="accept,relay,mailbox,virtual" sizes="1024,102400" rcpts_list="1,10"
 messages="" sessions=50 per_session=1 users=1000 im_controls=() generators="ours,smtp-source"
-runs_given=0
+runs_given=0 source_pacing=spread
 while [[ $# -gt 0 ]]; do
     case $1 in
         --quick) quick=1; shift ;;
@@ -70,12 +80,15 @@ while [[ $# -gt 0 ]]; do
         --keep) keep=1; shift ;;
         --no-ceiling) ceiling=0; shift ;;
         --half-rate) half_rate=1; shift ;;
+        --source-pacing)
+            [[ $2 == spread || $2 == burst ]] || { echo "compare.sh: --source-pacing wants spread or burst" >&2; exit 2; }
+            source_pacing=$2; shift 2 ;;
         --no-build) build=0; shift ;;
         --tsv) tsv=$2; shift 2 ;;
         --indimail-control)
             [[ $2 == *=* && ${2%%=*} =~ ^[a-z0-9.]+$ ]] || { echo "compare.sh: --indimail-control wants NAME=VALUE, got $2" >&2; exit 2; }
             im_controls+=("$2"); shift 2 ;;
-        -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,52p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -100,6 +113,15 @@ die() { log "$*"; exit 1; }
 # Postfix is the peer and smtp-sink (same package) the ceiling: install them first if missing.
 [[ $only == indimail ]] || "$HERE/postfix-instance.sh" ensure
 [[ $ceiling -eq 0 || -x /usr/sbin/smtp-sink ]] || die "/usr/sbin/smtp-sink missing (Debian package postfix); or pass --no-ceiling"
+# The half-rate runs are captured on the wire: tcpdump (Debian package tcpdump).
+if [[ $half_rate -eq 1 ]] && ! command -v tcpdump >/dev/null; then
+    log "installing tcpdump (for --half-rate's wire latency)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q tcpdump >&2 || {
+        DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q tcpdump >&2
+    }
+    command -v tcpdump >/dev/null || die "installing tcpdump failed"
+fi
 
 # --- build ---------------------------------------------------------------------------------
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -120,6 +142,12 @@ if [[ " ${mtas[*]} " == *" indimail "* ]]; then
 fi
 
 WORK=$(mktemp -d /tmp/indimail-compare.XXXXXX)
+# The half-rate runs' captures go to memory (/dev/shm): written to the disk they would compete
+# with the MTAs' fsyncs. Deleted once measured (or at exit).
+WIRE_DIR=""
+if [[ $half_rate -eq 1 ]]; then
+    WIRE_DIR=$(mktemp -d "$([[ -d /dev/shm ]] && echo /dev/shm || echo /tmp)/indimail-compare-wire.XXXXXX")
+fi
 # Postfix daemons run as the postfix user and must be able to reach their directories.
 chmod 755 "$WORK"
 # Spread WORK's subdirectories over the file system's block groups, as top-level directories
@@ -135,6 +163,7 @@ cleanup() {
         [[ -d $d/conf ]] && "$HERE/postfix-instance.sh" stop "$d" 2>/dev/null || true
     done
     [[ -z $CG_PARENT ]] || rmdir "$CG_PARENT"/indimail-compare-$$-* 2>/dev/null || true
+    [[ -z $WIRE_DIR ]] || rm -rf "$WIRE_DIR"
     [[ $keep -eq 1 ]] && log "kept $WORK" || rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -360,6 +389,35 @@ lat() { # report step field
     json "$1" "d['latency'].get('$2', {}).get('$3', '-')"
 }
 
+# Wire capture of a half-rate run: tcpdump on lo, the server's port only, SYNs and segments
+# with payload only (bare ACKs and FINs say nothing here). The snap length keeps headers and
+# the start of each payload, enough for a pipelined reply group (ours: 250 to MAIL and to
+# each RCPT, then 354, in one segment) to show its 354 (wire-latency.py infers a 354 it cannot
+# see from the message data that follows it).
+wire_start() { # port file snaplen; sets WIRE_PID
+    local i
+    tcpdump -Z root -i lo -n -s "$3" -B 32768 -w "$2" \
+        "tcp port $1 and (tcp[13] & 2 != 0 or ip[2:2] - ((ip[0] & 0xf) << 2) - ((tcp[12] & 0xf0) >> 2) > 0)" \
+        2>"$2.err" &
+    WIRE_PID=$!; pids+=("$WIRE_PID")
+    for ((i = 0; i < 100; i++)); do
+        grep -q "listening on" "$2.err" 2>/dev/null && return 0
+        kill -0 "$WIRE_PID" 2>/dev/null || die "tcpdump exited (see $2.err)"
+        sleep 0.05
+    done
+    die "tcpdump did not start (see $2.err)"
+}
+wire_stop() { # file
+    # libpcap (TPACKET_V3) hands packets over a block at a time, a block after at most 1 s
+    # (tcpdump's timeout): stopped sooner, it loses the last second's packets.
+    sleep 1.5
+    kill -INT "$WIRE_PID" 2>/dev/null || true
+    wait "$WIRE_PID" 2>/dev/null || true
+    local dropped
+    dropped=$(awk '/dropped by kernel/ {print $1}' "$1.err")
+    [[ ${dropped:-0} -eq 0 ]] || log "tcpdump dropped $dropped packets (see $1.err): wire figures miss messages"
+}
+
 # Creates directory $1 (under WORK) where creating files is fast, and logs the cost found.
 # ext4 without a journal (this machine's) skips every inode freed in the last 30 s to 5 min
 # when it allocates one, reading each one's inode-table block: in a block group where
@@ -400,6 +458,18 @@ rcpt_args() { # workload
         virtual) echo --users "$users" --rcpt-template "{n}user@$DOMAIN" ;;
         *) echo --users "$users" --rcpt-domain "$DOMAIN" ;;
     esac
+}
+
+# smtp-source's arguments for one message stream of a workload (the half-rate run; -s, -m
+# and -w are source-paced.py's). virtual: -N numbers the recipients ({n}user) per process.
+source_args() { # workload size rcpts
+    local to="user@$DOMAIN" args=(-f loadtest@loadtest.example.org -M loadtest.example.org -l "$2" -r "$3")
+    [[ $per_session -gt 1 ]] && args+=(-d)
+    case $1 in
+        mailbox) to="1user@$DOMAIN" ;;
+        virtual) args+=(-N) ;;
+    esac
+    echo "${args[@]}" -t "$to"
 }
 
 # The closed-loop load of one measurement, from generator $gen; writes $report in
@@ -494,28 +564,66 @@ PY
     failed=$(json "$report" "d['messages_failed']")
     [[ $failed -eq 0 ]] || log "$mta $workload: $failed messages failed: $(json "$report" "d['errors']")"
 
-    # Open loop at half the rate just reached, on the same instance.
-    local hr="-" hp50="-" hp99="-" hm99="-" hgot="-"
-    if [[ $half_rate -eq 1 && $gen == ours ]]; then
-        local hreport=$dir/$mta-half.json
-        hr=$(python3 -c "print(max(1, round($rate / 2, 1)))")
-        # Long enough (8 s) that start-up transients of either side do not make the p99.
-        "$LT" send --quiet --target "127.0.0.1:$port" --duration 8 \
-            --messages "$(python3 -c "print(int($hr * 8) + 1)")" --rate "$hr" \
-            --sessions $((sessions * 2)) --per-session "$per_session" --size "$size" --rcpts "$rcpts" \
-            $(rcpt_args "$workload") --pipelining --json "$hreport" >"$dir/$mta-half.txt" 2>&1 \
-            || die "send failed (see $dir/$mta-half.txt)"
-        hp50=$(lat "$hreport" data_end p50_ms); hp99=$(lat "$hreport" data_end p99_ms)
-        hm99=$(lat "$hreport" message p99_ms)
-        local hacc hexp
-        hacc=$(json "$hreport" "d['messages_accepted']")
+    # Open loop at half the rate just reached, on the same instance, captured on the wire.
+    local hr="-" hp50="-" hp99="-" hm99="-" hgot="-" hw50="-" hw99="-" hach="-"
+    if [[ $half_rate -eq 1 ]]; then
+        local hreport=$dir/$mta-half.json hpcap=$WIRE_DIR/half.pcap hwire=$dir/$mta-half-wire.json
+        local hacc hexp hf=0 window=() snap=128 hb0 hb1 hc0 hc1 ht0 ht1 hload
+        [[ $gen == ours ]] && snap=$((128 + 24 * rcpts))
+        wire_start "$port" "$hpcap" "$snap"
+        hc0=$(server_ns "$spid"); hb0=$(sys_busy); ht0=$(now)
+        if [[ $gen == ours ]]; then
+            hr=$(python3 -c "print(max(1, round($rate / 2, 1)))")
+            # Long enough (8 s) that start-up transients of either side do not make the p99.
+            # shellcheck disable=SC2046 # rcpt_args prints separate words on purpose
+            "$LT" send --quiet --target "127.0.0.1:$port" --duration 8 \
+                --messages "$(python3 -c "print(int($hr * 8) + 1)")" --rate "$hr" \
+                --sessions $((sessions * 2)) --per-session "$per_session" --size "$size" --rcpts "$rcpts" \
+                $(rcpt_args "$workload") --pipelining --json "$hreport" >"$dir/$mta-half.txt" 2>&1 \
+                || die "send failed (see $dir/$mta-half.txt)"
+            hp50=$(lat "$hreport" data_end p50_ms); hp99=$(lat "$hreport" data_end p99_ms)
+            hm99=$(lat "$hreport" message p99_ms)
+            hacc=$(json "$hreport" "d['messages_accepted']")
+            [[ $workload == virtual || $workload == mailbox ]] && hacc=$(json "$hreport" "d['recipients_accepted']")
+            hf=$(json "$hreport" "d['messages_failed']")
+            [[ $hf -eq 0 ]] || log "$mta $workload half rate: $hf messages failed: $(json "$hreport" "d['errors']")"
+        else
+            # R/2 sessions of one message a second over up to 500 processes (source-paced.py).
+            hr=$(python3 -c "print(max(1, round($rate / 2)))")
+            local sjson=$dir/$mta-half-source.json
+            # shellcheck disable=SC2046 # source_args prints separate words on purpose
+            python3 "$HERE/source-paced.py" --rate "$hr" --duration 8 --pacing "$source_pacing" \
+                --log "$dir/$mta-half.txt" --json "$sjson" -- \
+                /usr/sbin/smtp-source $(source_args "$workload" "$size" "$rcpts") "127.0.0.1:$port" \
+                || hf=$(json "$sjson" "d['failed']")
+            [[ $hf -eq 0 ]] || log "$mta $workload half rate: $hf smtp-source processes failed, e.g. $(grep -m1 fatal "$dir/$mta-half.txt" || true) (see $dir/$mta-half.txt)"
+            window=(--since "$(json "$sjson" "d['since']")" --until "$(json "$sjson" "d['until']")")
+        fi
+        hc1=$(server_ns "$spid"); hb1=$(sys_busy); ht1=$(now)
+        # Server and machine CPU over the half-rate run (the machine's includes the generator
+        # and tcpdump): near 200% means the latencies are the machine's, not the server's.
+        hload="server CPU $(python3 -c "print(round(($hc1 - $hc0) / 1e7 / ($ht1 - $ht0), 1))")%, machine $(python3 -c "print(round(($hb1 - $hb0) / ($ht1 - $ht0), 1))")%"
+        wire_stop "$hpcap"
+        python3 "$HERE/wire-latency.py" "$hpcap" --port "$port" "${window[@]}" --timeline --json > "$hwire" \
+            || die "wire-latency.py failed on $hpcap"
+        cp "$hpcap.err" "$dir/$mta-half-tcpdump.txt"
+        rm -f "$hpcap" "$hpcap.err"
+        hw50=$(json "$hwire" "d['p50_ms'] if d['p50_ms'] is not None else '-'")
+        hw99=$(json "$hwire" "d['p99_ms'] if d['p99_ms'] is not None else '-'")
+        hach=$(json "$hwire" "d['rate'] if d['rate'] is not None else '-'")
+        if [[ $gen == smtp-source ]]; then
+            # smtp-source measures nothing itself: its half-rate figures are the wire's.
+            hp50=$hw50 hp99=$hw99
+            hacc=$(json "$sjson" "d['messages']")
+            [[ $hf -eq 0 ]] || hacc=$(json "$hwire" "d['total_messages']")
+            [[ $workload == virtual || $workload == mailbox ]] && hacc=$((hacc * rcpts))
+            log "$mta $workload half rate (smtp-source, $source_pacing): $(json "$sjson" "d['processes']") processes, $(json "$sjson" "d['sessions']") sessions, offered $hr/s, achieved $hach/s on the wire ($(json "$hwire" "d['messages']") messages in the $(json "$sjson" "round(d['until'] - d['since'], 1)") s window after a $(json "$sjson" "d['ramp_s']") s ramp, last start after $(json "$sjson" "d['spawn_s']") s; generator's count/elapsed $(json "$sjson" "d['gen_rate']")/s); $hload"
+        else
+            log "$mta $workload half rate (ours): offered $hr/s, achieved $hach/s on the wire; 250 p50/p99 by the tool $hp50/$hp99 ms, on the wire $hw50/$hw99 ms ($(json "$hwire" "d['total_messages']") messages on the wire, $(json "$hreport" "d['messages_accepted']") by the tool); $hload"
+        fi
         hexp=$((expected + hacc))
-        [[ $workload == virtual || $workload == mailbox ]] \
-            && hexp=$((expected + $(json "$hreport" "d['recipients_accepted']")))
         hgot=$(drain "$mta" "$workload" "$hexp")
         [[ $hgot -ge $hexp ]] || log "$mta $workload half rate: NOT DRAINED: $hgot of $hexp (see $dir)"
-        local hf; hf=$(json "$hreport" "d['messages_failed']")
-        [[ $hf -eq 0 ]] || log "$mta $workload half rate: $hf messages failed: $(json "$hreport" "d['errors']")"
     fi
 
     stop_mta "$mta" "$dir/$mta"
@@ -526,8 +634,9 @@ PY
         "$(lat "$report" data_end p50_ms)" "$(lat "$report" data_end p99_ms)" \
         "$e2e" "$expected" "$got" "$failed" "$cpu" "$sysb" "$hr" "$hp50" "$hp99" "$hm99" "$hgot" >> "$RESULTS"
     printf '%s\t' "$gen_cpu" "$gen" >> "$RESULTS"
-    printf '%s\n' "$cpu_us" >> "$RESULTS"
-    log "$workload ($gen) size=$size rcpts=$rcpts run=$run $mta: file create $create_ms ms, accept $rate msgs/s, 250 p50/p99 $(lat "$report" data_end p50_ms)/$(lat "$report" data_end p99_ms) ms, end-to-end $e2e msgs/s ($got of $expected), server CPU $cpu% = $cpu_us µs/msg, generator $gen_cpu%, machine $sysb%$([[ $half_rate -eq 1 ]] && echo ", half rate $hr/s: 250 p50/p99 $hp50/$hp99 ms")"
+    printf '%s\t' "$cpu_us" "$hw50" "$hw99" >> "$RESULTS"
+    printf '%s\n' "$hach" >> "$RESULTS"
+    log "$workload ($gen) size=$size rcpts=$rcpts run=$run $mta: file create $create_ms ms, accept $rate msgs/s, 250 p50/p99 $(lat "$report" data_end p50_ms)/$(lat "$report" data_end p99_ms) ms, end-to-end $e2e msgs/s ($got of $expected), server CPU $cpu% = $cpu_us µs/msg, generator $gen_cpu%, machine $sysb%$([[ $half_rate -eq 1 ]] && echo ", half rate $hr/s (achieved $hach/s): 250 p50/p99 $hp50/$hp99 ms, on the wire $hw50/$hw99 ms")"
     # Nothing is deleted before exit: see place_run_dir.
     return 0
 }

@@ -5,9 +5,12 @@
 
 Columns of the TSV: workload size rcpts mta run rate msg_p50 msg_p99 end_p50 end_p99 e2e
 expected got failed server_cpu_pct machine_cpu_pct half_rate half_end_p50 half_end_p99
-half_msg_p99 half_got generator_cpu_pct [generator server_cpu_us_per_msg]. "-" means not
-measured. Rows without a generator column come from `ours` (indimail-loadtest send); rows of
-each generator make their own lines of the table.
+half_msg_p99 half_got generator_cpu_pct [generator server_cpu_us_per_msg [half_wire_p50
+half_wire_p99 half_achieved]]. "-" means not measured. Rows without a generator column come
+from `ours` (indimail-loadtest send); rows of each generator make their own lines of the table.
+half_wire_* are the half-rate run's 250 latencies measured on the wire (wire-latency.py),
+half_achieved its rate on the wire. smtp-source measures no latency itself: its rows carry the
+wire's figures in half_end_p50/half_end_p99 too, and the table labels them so.
 """
 import collections
 import statistics
@@ -16,9 +19,15 @@ import sys
 FIELDS = ["rate", "msg_p50", "msg_p99", "end_p50", "end_p99", "e2e", "expected", "got",
           "failed", "cpu", "sys", "half_rate", "half_end_p50", "half_end_p99", "half_msg_p99",
           "half_got", "gen"]
+# After the generator (column 22) and server CPU µs per message (23).
+EXTRA_FIELDS = ["half_wire_p50", "half_wire_p99", "half_achieved"]
+NOT_SOURCE = lambda w, g: g != "smtp-source"
+# Labels of figures that smtp-source's rows take from the wire.
+SOURCE_LABELS = {"half_end_p50": "half-rate run: 250 p50 ms (on the wire)",
+                 "half_end_p99": "half-rate run: 250 p99 ms (on the wire)"}
 FIGURES = [
     ("rate", "accepted msgs/s", None),
-    ("e2e", "end-to-end msgs/s (drained)", lambda w: w != "accept"),
+    ("e2e", "end-to-end msgs/s (drained)", lambda w, g: w != "accept"),
     ("end_p50", "250 after data p50 ms", None),
     ("end_p99", "250 after data p99 ms", None),
     ("msg_p99", "whole message p99 ms", None),
@@ -27,12 +36,16 @@ FIGURES = [
     ("gen", "load generator CPU % of one core", None),
     ("sys", "machine CPU % (200 = both cores)", None),
     ("half_rate", "half-rate run: offered msgs/s", None),
+    ("half_achieved", "half-rate run: achieved msgs/s (on the wire)", None),
     ("half_end_p50", "half-rate run: 250 p50 ms", None),
     ("half_end_p99", "half-rate run: 250 p99 ms", None),
+    ("half_wire_p50", "half-rate run: 250 p50 ms on the wire", NOT_SOURCE),
+    ("half_wire_p99", "half-rate run: 250 p99 ms on the wire", NOT_SOURCE),
     ("half_msg_p99", "half-rate run: whole message p99 ms", None),
 ]
 LOWER_IS_BETTER = {"end_p50", "end_p99", "msg_p99", "cpu", "sys", "half_end_p50",
-                   "half_end_p99", "half_msg_p99", "gen", "cpu_per_msg"}
+                   "half_end_p99", "half_msg_p99", "gen", "cpu_per_msg", "half_wire_p50",
+                   "half_wire_p99"}
 
 
 def main():
@@ -46,6 +59,7 @@ def main():
             cols = line.rstrip("\n").split("\t")
             w, size, rcpts, mta, run = cols[:5]
             vals = dict(zip(FIELDS, cols[5:]))
+            vals.update(zip(EXTRA_FIELDS, cols[24:]))
             gen = cols[22] if len(cols) > 22 else "ours"
             if gen == "smtp-source":
                 # smtp-source measures no latency (its rows carry zeros there).
@@ -88,8 +102,10 @@ def main():
     for key in order:
         w, size, rcpts, gen = key
         for fig, label, cond in FIGURES:
-            if cond and not cond(w):
+            if cond and not cond(w, gen):
                 continue
+            if gen == "smtp-source":
+                label = SOURCE_LABELS.get(fig, label)
             p, i, s = (med(key + (m, fig)) for m in ("postfix", "indimail", "smtp-sink"))
             if p is None and i is None and s is None:
                 continue
