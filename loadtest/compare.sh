@@ -30,8 +30,8 @@
 # from 127.0.0.1 only, so one accepting shard takes every connection (see RESULTS.md).
 # Durability is each MTA's default (both fsync before 250 and on Maildir delivery).
 # --half-rate: after each closed-loop run (and its drain), the same instance gets an open-loop
-# run at half the rate R it just reached, with the same generator, for about 8 s: latency at
-# half load. Its 250-after-DATA latency is also measured on the wire, independent of both MTAs
+# run at half the rate R it just sustained (end to end, drained, for relay, mailbox and
+# virtual; accepted for accept), with the same generator, for about 8 s: latency at half load. Its 250-after-DATA latency is also measured on the wire, independent of both MTAs
 # and of the generator: tcpdump captures the run on lo (installed if missing) and
 # wire-latency.py takes, per message, the server's first reply after the 354 minus the
 # client's last payload segment before it. `ours`: `indimail-loadtest send --rate R/2`; the
@@ -568,12 +568,15 @@ PY
     local hr="-" hp50="-" hp99="-" hm99="-" hgot="-" hw50="-" hw99="-" hach="-"
     if [[ $half_rate -eq 1 ]]; then
         local hreport=$dir/$mta-half.json hpcap=$WIRE_DIR/half.pcap hwire=$dir/$mta-half-wire.json
-        local hacc hexp hf=0 window=() snap=128 hb0 hb1 hc0 hc1 ht0 ht1 hload
+        local hacc hexp hf=0 window=() snap=128 hb0 hb1 hc0 hc1 ht0 ht1 hload hbase=$rate
+        # Half of what the server sustains: the drained rate where it delivers (accepting
+        # faster than it delivers is not a rate it can keep), the accepted rate for accept.
+        [[ $e2e != "-" ]] && hbase=$e2e
         [[ $gen == ours ]] && snap=$((128 + 24 * rcpts))
         wire_start "$port" "$hpcap" "$snap"
         hc0=$(server_ns "$spid"); hb0=$(sys_busy); ht0=$(now)
         if [[ $gen == ours ]]; then
-            hr=$(python3 -c "print(max(1, round($rate / 2, 1)))")
+            hr=$(python3 -c "print(max(1, round($hbase / 2, 1)))")
             # Long enough (8 s) that start-up transients of either side do not make the p99.
             # shellcheck disable=SC2046 # rcpt_args prints separate words on purpose
             "$LT" send --quiet --target "127.0.0.1:$port" --duration 8 \
@@ -589,7 +592,7 @@ PY
             [[ $hf -eq 0 ]] || log "$mta $workload half rate: $hf messages failed: $(json "$hreport" "d['errors']")"
         else
             # R/2 sessions of one message a second over up to 500 processes (source-paced.py).
-            hr=$(python3 -c "print(max(1, round($rate / 2)))")
+            hr=$(python3 -c "print(max(1, round($hbase / 2)))")
             local sjson=$dir/$mta-half-source.json
             # shellcheck disable=SC2046 # source_args prints separate words on purpose
             python3 "$HERE/source-paced.py" --rate "$hr" --duration 8 --pacing "$source_pacing" \
