@@ -745,3 +745,60 @@ fn released_later_then_finished_is_not_due_again() {
         assert!(q.message_ids().is_empty());
     });
 }
+
+/// A recipient put back in its channel's lane (its channel was full) comes
+/// out only when that lane is asked for, as many as asked; unsorted ones
+/// come out as before; `due` still sees every lane; a finished recipient
+/// leaves its lane; and a restart starts every recipient unsorted.
+#[test]
+fn lanes_hand_out_a_full_channels_recipients_only_when_asked() {
+    use queue_store::{Lane, LaneLimits};
+    let limits = |unsorted, local, remote| LaneLimits {
+        unsorted,
+        local,
+        remote,
+    };
+    on_both(|_, dir| async move {
+        let (q, _) = Queue::open(cfg(&dir)).await.unwrap();
+        let id = put(&q, b"Subject: x\r\n\r\nbody\r\n", 6).await;
+        let due = q.due_by_lane(u64::MAX, limits(100, 0, 0));
+        assert_eq!(due.len(), 6);
+        assert!(due.iter().all(|(_, lane)| *lane == Lane::Unsorted));
+        // 0-3 wait for a local slot, 4 for a remote one, 5 goes back unsorted.
+        for r in 0..4 {
+            q.release_to(&id, r, Lane::Local);
+        }
+        q.release_to(&id, 4, Lane::Remote);
+        q.release(&id, 5);
+        // Nothing free on either channel: only the unsorted one comes out.
+        let due = q.due_by_lane(u64::MAX, limits(100, 0, 0));
+        assert_eq!(
+            due.iter().map(|(d, l)| (d.rcpt, *l)).collect::<Vec<_>>(),
+            vec![(5, Lane::Unsorted)]
+        );
+        // One local slot: one local recipient, the earliest (lowest index).
+        let due = q.due_by_lane(u64::MAX, limits(100, 1, 0));
+        assert_eq!(
+            due.iter().map(|(d, l)| (d.rcpt, *l)).collect::<Vec<_>>(),
+            vec![(0, Lane::Local)]
+        );
+        q.record_outcomes(&id, &[(0, delivered()), (5, delivered())])
+            .await
+            .unwrap();
+        // `due` takes from every lane, earliest first.
+        let due = q.due(u64::MAX, 2);
+        assert_eq!(due.iter().map(|d| d.rcpt).collect::<Vec<_>>(), vec![1, 2]);
+        for d in &due {
+            q.release_to(&id, d.rcpt, Lane::Local);
+        }
+        drop(q);
+        // After a restart every pending recipient is unsorted again.
+        let (q, _) = Queue::open(cfg(&dir)).await.unwrap();
+        let due = q.due_by_lane(u64::MAX, limits(100, 0, 0));
+        assert_eq!(
+            due.iter().map(|(d, _)| d.rcpt).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
+        assert!(due.iter().all(|(_, lane)| *lane == Lane::Unsorted));
+    });
+}

@@ -41,7 +41,7 @@ pub struct SmtpSettings {
     pub databytes: u64,
     /// `timeoutsmtpd`: deadline of each command line (not of each read).
     pub timeout: Duration,
-    /// `timeoutstress`: the deadline while the shard is under stress.
+    /// `timeoutstress`: the deadline while the server is under stress.
     pub stress_timeout: Duration,
     /// `mindatarate`: bytes per second a message transfer must keep.
     pub min_data_rate: u64,
