@@ -26,6 +26,12 @@ use crate::config::{Paths, ServeConfig};
 use control::log;
 use scheduler::inject;
 
+/// mimalloc instead of glibc's malloc: each shard allocates and frees per
+/// message on its own thread, where glibc's arenas cost ~8% of a relayed
+/// message's CPU (loadtest/RESULTS.md, issue 23).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     init_tracing();
     if let Some(code) = run_as_program(&program_name()) {
