@@ -43,9 +43,9 @@
 # after it; its half-rate p50/p99 are the wire's, and its achieved rate is logged.
 # --source-pacing burst sends the R/2 sessions from one process instead (bursts of R/2
 # messages about once a second), for comparison. smtp-source does not back off: if the
-# server stalls, connections pile up, and past indimail's maxdaemons (1000, split over the
-# shards; one shard takes all of 127.0.0.1) the 421 kills a whole smtp-source process (its k
-# sessions); the log says so, and --indimail-control maxdaemons=4000 lets them queue instead.
+# server stalls, connections pile up, and past indimail's maxdaemons (1000, counted over all
+# shards) the 421 kills a whole smtp-source process (its k sessions); the log says so, and
+# --indimail-control maxdaemons=4000 lets them queue instead.
 # --indimail-control NAME=VALUE writes control/NAME for every indimail instance (for A/B runs
 # of a setting, e.g. concurrencylocal=60). The default load is the issue's: 50 sessions.
 #

@@ -402,7 +402,31 @@ fn run_until_signal(
 
 /// One shard: its queues, listeners and delivery started, then every task it runs, until
 /// shutdown.
+/// On io_uring, this shard's log lines are buffered and written once per
+/// turn of its event loop (`control::log`): a flusher task, woken by the
+/// first line of a turn, runs in that turn, before the runtime parks and
+/// submits the turn's socket writes. Not on epoll, where a socket write
+/// leaves at once and could overtake a line still in the buffer.
+fn buffer_log_lines(info: &ShardInfo) -> Option<control::log::BufferGuard> {
+    if info.driver != io::Driver::Uring {
+        return None;
+    }
+    let wake = Rc::new(tokio::sync::Notify::new());
+    let guard = control::log::buffer_this_thread({
+        let wake = Rc::clone(&wake);
+        move || wake.notify_one()
+    });
+    tokio::task::spawn_local(async move {
+        loop {
+            wake.notified().await;
+            control::log::flush();
+        }
+    });
+    Some(guard)
+}
+
 async fn shard_main(info: ShardInfo, shared: Arc<Shared>) -> anyhow::Result<()> {
+    let _log_buffer = buffer_log_lines(&info);
     let ready = shared
         .ready
         .lock()
