@@ -10,7 +10,10 @@
 //!   shard's own cache (the user's home is this shard, or the old per-shard cache when warm).
 //! * `home_hop/remote_user_status_hit`: the same call on a shard whose user home is the other
 //!   thread: domain from the local cache, then the question over the mesh, the home's cache
-//!   hit, the entry cloned back and the oneshot answer awaited.
+//!   hit, the entry cloned back and the oneshot answer awaited. The asking shard's clock is
+//!   moved past `lookup::HOME_MEMO_MS` before each call, so that every call asks.
+//! * `home_hop/remote_user_status_reused`: the same shard within `HOME_MEMO_MS` of the last
+//!   answer (a message's delivery after its RCPT check): the home's answer reused, no hop.
 //!
 //! The difference is the price of one hop. `mesh/round_trip` (bench `mesh`) is the bare
 //! channel round trip without any lookup.
@@ -20,7 +23,10 @@ use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use lookup::{Directory, DirectoryConfig, HomeAnswer, LookupError, SharedUser, UserHome};
+use lookup::{
+    Clock, Directory, DirectoryConfig, HomeAnswer, LookupError, ManualClock, RefreshMode,
+    SharedUser, UserHome, HOME_MEMO_MS,
+};
 use shard::io::{run, Driver};
 use shard::{Mesh, MeshReceiver, MeshSender};
 
@@ -57,6 +63,7 @@ impl UserHome for OtherShard {
 enum Mode {
     Local,
     Remote,
+    Reused,
 }
 
 type Job = (Mode, u64, std_mpsc::Sender<Duration>);
@@ -94,15 +101,27 @@ fn asking_shard(
     std::thread::spawn(move || {
         run(driver(), async move {
             let local = open(&cfg).await;
-            let routed = open(&cfg).await;
+            // The clock moves 2 s per call: nothing but the memo may expire meanwhile.
+            let mut routed_cfg = cfg.clone();
+            routed_cfg.change_poll = Duration::from_secs(1 << 32);
+            routed_cfg.cache.positive_ttl = Duration::from_secs(1 << 32);
+            let clock = Rc::new(ManualClock::new(1_700_000_000));
+            let dyn_clock: Rc<dyn Clock> = clock.clone();
+            let routed = Directory::open_with(routed_cfg, dyn_clock, RefreshMode::Inline)
+                .await
+                .expect("directory");
             routed.set_user_home(Rc::new(OtherShard(to_home)));
+            let past_memo = Duration::from_millis(HOME_MEMO_MS + 1);
             while let Some((mode, iters, done)) = jobs.recv().await {
                 let dir = match mode {
                     Mode::Local => &local,
-                    Mode::Remote => &routed,
+                    Mode::Remote | Mode::Reused => &routed,
                 };
                 let start = Instant::now();
                 for _ in 0..iters {
+                    if let Mode::Remote = mode {
+                        clock.advance(past_memo);
+                    }
                     let status = dir.user_status(std::hint::black_box(USER)).await;
                     std::hint::black_box(status.expect("user_status"));
                 }
@@ -141,6 +160,9 @@ fn bench_home_hop(c: &mut Criterion) {
     });
     g.bench_function("remote_user_status_hit", |b| {
         b.iter_custom(|iters| timed(Mode::Remote, iters))
+    });
+    g.bench_function("remote_user_status_reused", |b| {
+        b.iter_custom(|iters| timed(Mode::Reused, iters))
     });
     g.finish();
 

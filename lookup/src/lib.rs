@@ -71,7 +71,9 @@ pub use admin::{
 };
 pub use cache::{Cache, CachePolicy, CacheStats, Clock, Lookup, ManualClock, SystemClock};
 pub use config::{BackendConfig, DirectoryConfig, MysqlConfig, DEFAULT_MYSQL_CONNECTIONS};
-pub use directory::{Destination, Directory, HomeAnswer, RefreshMode, SharedUser, UserHome};
+pub use directory::{
+    Destination, Directory, HomeAnswer, RefreshMode, SharedUser, UserHome, HOME_MEMO_MS,
+};
 pub use error::LookupError;
 pub use model::{
     bucket, normalize_domain, Address, AuthResult, LastAuth, Limits, MailStore, Quota, SmtpReply,

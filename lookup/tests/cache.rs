@@ -8,19 +8,15 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use lookup::{
-    AuthResult, Clock, Directory, DomainOptions, LookupError, ManualClock, RefreshMode, SmtpReply,
-    UserOptions, UserStatus,
+    AuthResult, Clock, Directory, LookupError, ManualClock, RefreshMode, SmtpReply, UserOptions,
+    UserStatus,
 };
 use support::{run, Kind, TestEnv};
 
 const T0: i64 = 1_700_000_000;
 
 async fn setup(env: &TestEnv) -> lookup::Admin {
-    let admin = env.admin().await;
-    admin
-        .domain_add("example.com", &DomainOptions::default())
-        .await
-        .unwrap();
+    let admin = env.admin_with_domain().await;
     admin
         .user_add("amy@example.com", "pw", &UserOptions::default())
         .await

@@ -284,11 +284,7 @@ fn aliases_and_alias_domains(kind: Kind) {
 fn hosts_limits_relay(kind: Kind) {
     let env = TestEnv::new(kind);
     run(async {
-        let admin = env.admin().await;
-        admin
-            .domain_add("example.com", &DomainOptions::default())
-            .await
-            .unwrap();
+        let admin = env.admin_with_domain().await;
         admin
             .user_add("bob@example.com", "pw", &opts())
             .await
@@ -570,11 +566,7 @@ fn hashed_directories_and_schemes(kind: Kind) {
 fn checkpassword_protocol(kind: Kind) {
     let env = TestEnv::new(kind);
     run(async {
-        let admin = env.admin().await;
-        admin
-            .domain_add("example.com", &DomainOptions::default())
-            .await
-            .unwrap();
+        let admin = env.admin_with_domain().await;
         let u = admin
             .user_add("eve@example.com", "pw", &opts())
             .await
@@ -628,11 +620,7 @@ fn checkpassword_protocol(kind: Kind) {
 fn scram_secrets(kind: Kind) {
     let env = TestEnv::new(kind);
     run(async {
-        let admin = env.admin().await;
-        admin
-            .domain_add("example.com", &DomainOptions::default())
-            .await
-            .unwrap();
+        let admin = env.admin_with_domain().await;
         let with_scram = |salt: Option<&str>, iterations: Option<u32>| {
             Some(lookup::ScramOptions {
                 salt: salt.map(str::to_string),
@@ -875,11 +863,7 @@ fn catch_all_and_extensions(kind: Kind) {
 fn own_password_change(kind: Kind) {
     let env = TestEnv::new(kind);
     run(async {
-        let admin = env.admin().await;
-        admin
-            .domain_add("example.com", &DomainOptions::default())
-            .await
-            .unwrap();
+        let admin = env.admin_with_domain().await;
         admin
             .user_add(
                 "cara@example.com",
@@ -945,7 +929,92 @@ fn own_password_change(kind: Kind) {
     });
 }
 
+/// Every user's home is another shard, which counts the questions it is asked.
+struct CountingHome {
+    home: Rc<lookup::Directory>,
+    asked: Rc<std::cell::Cell<u32>>,
+}
+
+impl lookup::UserHome for CountingHome {
+    fn ask(&self, user: &str, domain: &str) -> Option<lookup::HomeAnswer> {
+        self.asked.set(self.asked.get() + 1);
+        let (home, user, domain) = (self.home.clone(), user.to_string(), domain.to_string());
+        Some(Box::pin(async move {
+            Some(home.shared_user(&user, &domain).await)
+        }))
+    }
+}
+
+/// A shard reuses its home shard's answer about a user (found or not) for
+/// `HOME_MEMO_MS`, then asks again; an admin change seen by the change poll makes it ask
+/// again at once, and the new answer is the changed one.
+fn home_answers_are_reused_briefly(kind: Kind) {
+    let env = TestEnv::new(kind);
+    run(async {
+        let admin = env.admin_with_domain().await;
+        admin
+            .user_add("manny@example.com", "pw", &opts())
+            .await
+            .unwrap();
+        let home_clock = Rc::new(ManualClock::new(T0));
+        let home = Rc::new(env.directory(home_clock.clone(), env.config()).await);
+        let clock = Rc::new(ManualClock::new(T0));
+        let dir = env.directory(clock.clone(), env.config()).await;
+        let asked = Rc::new(std::cell::Cell::new(0));
+        dir.set_user_home(Rc::new(CountingHome {
+            home: home.clone(),
+            asked: asked.clone(),
+        }));
+        let active = |st: UserStatus| matches!(st, UserStatus::Active(ref u) if u.name == "manny");
+
+        // The RCPT check and the delivery a moment later: one question.
+        assert!(active(dir.user_status("manny@example.com").await.unwrap()));
+        clock.advance(Duration::from_millis(300));
+        assert!(active(dir.user_status("Manny@Example.com").await.unwrap()));
+        assert_eq!(asked.get(), 1);
+        // A missing user's answer is reused too.
+        for _ in 0..2 {
+            assert_eq!(
+                dir.user_status("ghost@example.com").await.unwrap(),
+                UserStatus::NoSuchUser
+            );
+        }
+        assert_eq!(asked.get(), 2);
+        let hits = dir.cache_stats().hits;
+
+        // Past the memo's lifetime the home is asked again.
+        clock.advance(Duration::from_millis(lookup::HOME_MEMO_MS + 1));
+        assert!(active(dir.user_status("manny@example.com").await.unwrap()));
+        assert_eq!(asked.get(), 3);
+        assert!(active(dir.user_status("manny@example.com").await.unwrap()));
+        assert_eq!(asked.get(), 3);
+        assert!(
+            dir.cache_stats().hits > hits,
+            "reused answers count as hits"
+        );
+
+        // An admin change: once this shard's change poll (1 s) has seen it, it asks again
+        // although the answer is younger than the memo's lifetime.
+        admin.user_del("manny@example.com").await.unwrap();
+        home_clock.advance(Duration::from_secs(2));
+        home.sync_changes().await.unwrap();
+        clock.advance(Duration::from_millis(1_500));
+        const { assert!(lookup::HOME_MEMO_MS > 1_500) };
+        assert_eq!(
+            dir.user_status("manny@example.com").await.unwrap(),
+            UserStatus::NoSuchUser
+        );
+        assert_eq!(asked.get(), 4);
+
+        // SIGHUP's cache clear forgets the answers too.
+        dir.clear_cache();
+        dir.user_status("manny@example.com").await.unwrap();
+        assert_eq!(asked.get(), 5);
+    });
+}
+
 both_backends!(
+    home_answers_are_reused_briefly,
     scram_secrets,
     own_password_change,
     domain_and_user_lifecycle,

@@ -8,7 +8,7 @@ mod support;
 
 use std::rc::Rc;
 
-use lookup::{AuthResult, DomainOptions, LookupError, ManualClock, UserOptions, UserStatus};
+use lookup::{AuthResult, LookupError, ManualClock, UserOptions, UserStatus};
 use support::mariadb::MariaDb;
 use support::{run, Kind, TestEnv};
 
@@ -23,16 +23,6 @@ fn clustered_env(primary: &MariaDb, replica: &MariaDb) -> TestEnv {
     env
 }
 
-/// The admin handle of `env`, with example.com added.
-async fn admin_with_domain(env: &TestEnv) -> lookup::Admin {
-    let admin = env.admin().await;
-    admin
-        .domain_add("example.com", &DomainOptions::default())
-        .await
-        .unwrap();
-    admin
-}
-
 fn count(db: &MariaDb, sql: &str) -> u64 {
     db.sql(sql).trim().parse().unwrap_or(0)
 }
@@ -43,7 +33,7 @@ fn reads_from_replica_writes_to_master_and_both_fall_back() {
     let mut replica = MariaDb::start_replica(&primary);
     let env = clustered_env(&primary, &replica);
     run(async {
-        let admin = admin_with_domain(&env).await;
+        let admin = env.admin_with_domain().await;
         for u in ["ann", "bob", "cid"] {
             admin
                 .user_add(&format!("{u}@example.com"), "Pw-1", &UserOptions::default())
@@ -164,7 +154,7 @@ fn connections_per_server_do_not_grow_with_shards() {
     std::fs::write(ctl.join("host.mysql"), db.host_mysql()).unwrap();
     std::fs::write(ctl.join("mysqlconnections"), "3\n").unwrap();
     run(async {
-        let admin = admin_with_domain(&env).await;
+        let admin = env.admin_with_domain().await;
         let mut dirs = Vec::new();
         for _ in 0..8 {
             let clock = Rc::new(ManualClock::new(T0));
@@ -206,7 +196,7 @@ fn clusterinfo_tables_live_on_host_cntrl() {
     std::fs::write(ctl.join("host.mysql"), db.host_mysql()).unwrap();
     std::fs::write(ctl.join("host.cntrl"), cntrl.host_mysql()).unwrap();
     run(async {
-        let admin = admin_with_domain(&env).await;
+        let admin = env.admin_with_domain().await;
         admin
             .user_add("ann@example.com", "Pw-1", &UserOptions::default())
             .await

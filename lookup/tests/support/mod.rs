@@ -66,6 +66,16 @@ impl TestEnv {
         Admin::open(self.config()).await.expect("admin open")
     }
 
+    /// The admin handle, with example.com added.
+    pub async fn admin_with_domain(&self) -> Admin {
+        let admin = self.admin().await;
+        admin
+            .domain_add("example.com", &lookup::DomainOptions::default())
+            .await
+            .unwrap();
+        admin
+    }
+
     pub async fn directory(&self, clock: Rc<ManualClock>, cfg: DirectoryConfig) -> Directory {
         let clock: Rc<dyn Clock> = clock;
         Directory::open_with(cfg, clock, RefreshMode::Inline)
