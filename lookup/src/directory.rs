@@ -25,6 +25,7 @@ use crate::cache::{Cache, CacheStats, Clock, Lookup, SystemClock, Ticket};
 use crate::catchall::Handler;
 use crate::config::DirectoryConfig;
 use crate::db::Db;
+use crate::home_memo::HomeMemo;
 use crate::model::{
     normalize_domain, Address, AuthResult, LastAuth, Limits, MailStore, User, UserFlags, UserStatus,
 };
@@ -145,30 +146,11 @@ struct Inner {
     last_poll: Cell<Option<u64>>,
     polling: Cell<bool>,
     home: RefCell<Option<Rc<dyn UserHome>>>,
-    /// The home shards' recent answers (see [`HOME_MEMO_MS`]).
-    /// Domain → user → (when answered, answer): looked up without building a key.
-    home_memo: RefCell<HashMap<String, HashMap<String, Remembered>>>,
-    /// Answers in `home_memo`.
-    memo_len: Cell<usize>,
-    /// Lookups answered from `home_memo` (counted as cache hits).
-    memo_hits: Cell<u64>,
+    /// The home shards' recent answers.
+    home_memo: HomeMemo<UserEntry>,
     /// User records fetched from the database by this shard (first fetches and refreshes).
     user_fetches: Cell<u64>,
 }
-
-/// A home shard's answer and when it came (the clock's milliseconds).
-type Remembered = (u64, UserEntry);
-
-/// How long (milliseconds) a shard reuses its last answer from a user's home shard. A
-/// message's RCPT check and its delivery a few milliseconds later ask about the same user,
-/// and so do the messages of a burst to one mailbox: each question is a round trip between
-/// two shard threads (two wake-ups), measured at ~7% of a delivered message's CPU when every
-/// user lived on another shard (loadtest/RESULTS.md). Two seconds adds at most that much to
-/// the home cache's own staleness, and an admin change (the change counter, [`Directory::
-/// clear_cache`]) empties the memo with the cache.
-pub const HOME_MEMO_MS: u64 = 2_000;
-/// At most this many remembered answers per shard; the memo starts afresh when full.
-const HOME_MEMO_CAP: usize = 4_096;
 
 /// Ends a flight even when the fetching future is dropped (a cancelled SMTP command): the
 /// waiters are woken and, finding no result, retry.
@@ -291,9 +273,7 @@ impl Directory {
             changes: Cell::new(Some(changes)),
             polling: Cell::new(false),
             home: RefCell::new(None),
-            home_memo: RefCell::new(HashMap::new()),
-            memo_len: Cell::new(0),
-            memo_hits: Cell::new(0),
+            home_memo: HomeMemo::new(),
             user_fetches: Cell::new(0),
         });
         Ok(Directory { inner })
@@ -350,14 +330,23 @@ impl Directory {
     async fn user_entry(&self, user: &str, domain: &str) -> Result<UserEntry, LookupError> {
         let home = self.inner.home.borrow().clone();
         if let Some(home) = home {
-            if let Some(e) = self.inner.memo_get(user, domain) {
+            if let Some(e) = self
+                .inner
+                .home_memo
+                .get(self.inner.clock.now_ms(), user, domain)
+            {
                 return Ok(e);
             }
             if let Some(answer) = home.ask(user, domain) {
                 if let Some(r) = answer.await {
                     let r = r.map(UserEntry::from);
                     if let Ok(e) = &r {
-                        self.inner.memo_put(user, domain, e.clone());
+                        self.inner.home_memo.put(
+                            self.inner.clock.now_ms(),
+                            user,
+                            domain,
+                            e.clone(),
+                        );
                     }
                     return r;
                 }
@@ -696,7 +685,7 @@ impl Directory {
     async fn changed(&self) -> Result<(), LookupError> {
         self.inner.db.bump_changes().await?;
         self.inner.cache.borrow_mut().invalidate_all();
-        self.inner.memo_clear();
+        self.inner.home_memo.clear();
         Ok(())
     }
 
@@ -830,14 +819,14 @@ impl Directory {
     /// as hits).
     pub fn cache_stats(&self) -> CacheStats {
         let mut stats = self.inner.cache.borrow().stats();
-        stats.hits += self.inner.memo_hits.get();
+        stats.hits += self.inner.home_memo.hits();
         stats
     }
 
     /// Drop every cached answer (inlookup's SIGHUP).
     pub fn clear_cache(&self) {
         self.inner.cache.borrow_mut().clear();
-        self.inner.memo_clear();
+        self.inner.home_memo.clear();
     }
 
     /// Close database connections.
@@ -849,34 +838,6 @@ impl Directory {
 }
 
 impl Inner {
-    /// A home shard's answer about `user@domain` from the last [`HOME_MEMO_MS`].
-    fn memo_get(&self, user: &str, domain: &str) -> Option<UserEntry> {
-        let memo = self.home_memo.borrow();
-        let (at, e) = memo.get(domain)?.get(user)?;
-        (self.clock.now_ms().saturating_sub(*at) <= HOME_MEMO_MS).then(|| {
-            self.memo_hits.set(self.memo_hits.get() + 1);
-            e.clone()
-        })
-    }
-
-    fn memo_put(&self, user: &str, domain: &str, e: UserEntry) {
-        if self.memo_len.get() >= HOME_MEMO_CAP {
-            self.memo_clear();
-        }
-        let now = self.clock.now_ms();
-        let mut memo = self.home_memo.borrow_mut();
-        let users = memo.entry(domain.to_string()).or_default();
-        if users.insert(user.to_string(), (now, e)).is_none() {
-            self.memo_len.set(self.memo_len.get() + 1);
-        }
-    }
-
-    /// Forget every remembered answer (an admin change, a cache clear, a full memo).
-    fn memo_clear(&self) {
-        self.home_memo.borrow_mut().clear();
-        self.memo_len.set(0);
-    }
-
     async fn get(this: &Rc<Inner>, key: Key) -> Result<Value, LookupError> {
         Inner::maybe_poll(this).await;
         loop {
@@ -1032,7 +993,7 @@ impl Inner {
         }
         this.changes.set(Some(c));
         this.cache.borrow_mut().invalidate_all();
-        this.memo_clear();
+        this.home_memo.clear();
         Ok(true)
     }
 }

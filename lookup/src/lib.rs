@@ -55,6 +55,7 @@ mod db;
 mod directory;
 mod error;
 pub mod fsmode;
+mod home_memo;
 pub mod mcdinfo;
 mod model;
 mod mysql;
@@ -71,10 +72,9 @@ pub use admin::{
 };
 pub use cache::{Cache, CachePolicy, CacheStats, Clock, Lookup, ManualClock, SystemClock};
 pub use config::{BackendConfig, DirectoryConfig, MysqlConfig, DEFAULT_MYSQL_CONNECTIONS};
-pub use directory::{
-    Destination, Directory, HomeAnswer, RefreshMode, SharedUser, UserHome, HOME_MEMO_MS,
-};
+pub use directory::{Destination, Directory, HomeAnswer, RefreshMode, SharedUser, UserHome};
 pub use error::LookupError;
+pub use home_memo::HOME_MEMO_MS;
 pub use model::{
     bucket, normalize_domain, Address, AuthResult, LastAuth, Limits, MailStore, Quota, SmtpReply,
     User, UserFlags, UserStatus, MAX_DOMAIN_LEN, MAX_GECOS_LEN, MAX_PASSWD_LEN, MAX_USER_LEN,

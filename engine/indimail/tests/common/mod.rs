@@ -487,19 +487,21 @@ pub fn maildir_files(maildir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(maildir.join("new"))
         .map(|r| r.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
-    // In arrival order: `<sec>.M<usec>P...` names do not sort by arrival as
-    // text (the microseconds are not zero-padded).
+    // In arrival order: `<sec>.I<ino>V<dev>M<usec>P...` names (the older
+    // form `<sec>.M<usec>P...` too) do not sort by arrival as text (inode
+    // numbers and microseconds are not zero-padded). Hexadecimal digits hold
+    // no `M`, so the first `M` after the dot starts the microseconds.
     let when = |p: &PathBuf| {
         let name = p
             .file_name()
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        let mut parts = name.splitn(2, ".M");
-        let sec: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        let usec: u64 = parts
-            .next()
-            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        let (sec, rest) = name.split_once('.').unwrap_or((name.as_str(), ""));
+        let sec: u64 = sec.parse().unwrap_or(0);
+        let usec: u64 = rest
+            .split_once('M')
+            .and_then(|(_, r)| r.split(|c: char| !c.is_ascii_digit()).next())
             .and_then(|u| u.parse().ok())
             .unwrap_or(0);
         (sec, usec, name)
