@@ -337,11 +337,13 @@ impl Directory {
             {
                 return Ok(e);
             }
+            let asked = self.inner.home_memo.generation();
             if let Some(answer) = home.ask(user, domain) {
                 if let Some(r) = answer.await {
                     let r = r.map(UserEntry::from);
                     if let Ok(e) = &r {
                         self.inner.home_memo.put(
+                            asked,
                             self.inner.clock.now_ms(),
                             user,
                             domain,

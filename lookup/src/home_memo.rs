@@ -27,6 +27,8 @@ pub(crate) struct HomeMemo<V> {
     answers: RefCell<Answers<V>>,
     len: Cell<usize>,
     hits: Cell<u64>,
+    /// Counts the clears: an answer asked for before a clear is not kept after it.
+    generation: Cell<u64>,
 }
 
 impl<V: Clone> HomeMemo<V> {
@@ -35,6 +37,7 @@ impl<V: Clone> HomeMemo<V> {
             answers: RefCell::new(HashMap::new()),
             len: Cell::new(0),
             hits: Cell::new(0),
+            generation: Cell::new(0),
         }
     }
 
@@ -48,8 +51,18 @@ impl<V: Clone> HomeMemo<V> {
         })
     }
 
-    /// Remembers the answer about `user@domain` given at `now_ms`.
-    pub(crate) fn put(&self, now_ms: u64, user: &str, domain: &str, v: V) {
+    /// Taken before asking a home shard, for [`HomeMemo::put`].
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.get()
+    }
+
+    /// Remembers the answer about `user@domain` given at `now_ms`, unless the memo was
+    /// cleared since `asked` ([`HomeMemo::generation`]): the answer may predate an admin
+    /// change then.
+    pub(crate) fn put(&self, asked: u64, now_ms: u64, user: &str, domain: &str, v: V) {
+        if asked != self.generation.get() {
+            return;
+        }
         if self.len.get() >= CAPACITY {
             self.clear();
         }
@@ -64,6 +77,7 @@ impl<V: Clone> HomeMemo<V> {
     pub(crate) fn clear(&self) {
         self.answers.borrow_mut().clear();
         self.len.set(0);
+        self.generation.set(self.generation.get() + 1);
     }
 
     /// Lookups answered from the memo.
@@ -79,15 +93,15 @@ mod tests {
     #[test]
     fn answers_expire_and_a_full_memo_starts_afresh() {
         let m = HomeMemo::new();
-        m.put(1_000, "ann", "example.com", 1);
+        m.put(m.generation(), 1_000, "ann", "example.com", 1);
         assert_eq!(m.get(1_000 + HOME_MEMO_MS, "ann", "example.com"), Some(1));
         assert_eq!(m.get(1_001 + HOME_MEMO_MS, "ann", "example.com"), None);
         assert_eq!(m.get(1_000, "ann", "example.org"), None);
         assert_eq!(m.hits(), 1);
-        m.put(5_000, "ann", "example.com", 2);
+        m.put(m.generation(), 5_000, "ann", "example.com", 2);
         assert_eq!(m.get(5_000, "ann", "example.com"), Some(2));
         for i in 0..CAPACITY {
-            m.put(5_000, &format!("u{i}"), "example.com", 3);
+            m.put(m.generation(), 5_000, &format!("u{i}"), "example.com", 3);
         }
         // The 4,096th new answer found the memo full: only it and the later ones remain.
         assert_eq!(m.get(5_000, "ann", "example.com"), None);
@@ -100,5 +114,16 @@ mod tests {
             m.get(5_000, &format!("u{}", CAPACITY - 1), "example.com"),
             None
         );
+    }
+
+    #[test]
+    fn an_answer_asked_for_before_a_clear_is_not_kept() {
+        let m = HomeMemo::new();
+        let asked = m.generation();
+        m.clear(); // an admin change while the question was on its way
+        m.put(asked, 1_000, "ann", "example.com", 1);
+        assert_eq!(m.get(1_000, "ann", "example.com"), None);
+        m.put(m.generation(), 1_000, "ann", "example.com", 2);
+        assert_eq!(m.get(1_000, "ann", "example.com"), Some(2));
     }
 }
