@@ -330,25 +330,16 @@ impl Directory {
     async fn user_entry(&self, user: &str, domain: &str) -> Result<UserEntry, LookupError> {
         let home = self.inner.home.borrow().clone();
         if let Some(home) = home {
-            if let Some(e) = self
-                .inner
-                .home_memo
-                .get(self.inner.clock.now_ms(), user, domain)
-            {
+            let (memo, clock) = (&self.inner.home_memo, &self.inner.clock);
+            if let Some(e) = memo.get(clock.now_ms(), user, domain) {
                 return Ok(e);
             }
-            let asked = self.inner.home_memo.generation();
+            let asked = memo.generation();
             if let Some(answer) = home.ask(user, domain) {
                 if let Some(r) = answer.await {
                     let r = r.map(UserEntry::from);
                     if let Ok(e) = &r {
-                        self.inner.home_memo.put(
-                            asked,
-                            self.inner.clock.now_ms(),
-                            user,
-                            domain,
-                            e.clone(),
-                        );
+                        memo.put(asked, clock.now_ms(), user, domain, e.clone());
                     }
                     return r;
                 }
