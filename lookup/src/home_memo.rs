@@ -67,7 +67,11 @@ impl<V: Clone> HomeMemo<V> {
             self.clear();
         }
         let mut answers = self.answers.borrow_mut();
-        let users = answers.entry(domain.to_string()).or_default();
+        // The domain's key is built once, not on every answer about its users.
+        if !answers.contains_key(domain) {
+            answers.insert(domain.to_string(), HashMap::new());
+        }
+        let users = answers.get_mut(domain).expect("inserted above");
         if users.insert(user.to_string(), (now_ms, v)).is_none() {
             self.len.set(self.len.get() + 1);
         }
