@@ -46,12 +46,21 @@ pub fn set_flushes_in_flight(n: usize) {
     IN_FLIGHT_CAP.with(|c| c.set(n.max(1)));
 }
 
-#[derive(Default)]
+/// What one flush makes durable: a directory's entries, or everything on a
+/// file system (identified by its device number).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Target {
+    Dir(PathBuf),
+    Fs(u64),
+}
+
 struct Group {
     /// Members whose rename is done, waiting for a flush that starts later.
     waiting: Vec<Reply>,
-    /// Flushes of this directory running now.
+    /// Flushes of this target running now.
     in_flight: usize,
+    /// The directory the flush opens (for a file system: any directory on it).
+    path: PathBuf,
 }
 
 /// What this shard's directory flushes did since it started.
@@ -61,12 +70,16 @@ pub struct FlushStats {
     pub flushes: u64,
     /// Deliveries they covered (members of all groups).
     pub members: u64,
+    /// Of `flushes`, those that were a whole file system's (`syncfs`).
+    pub fs_flushes: u64,
 }
 
 thread_local! {
     /// Directories with a flusher running, and who waits for its next flush.
-    static GROUPS: RefCell<HashMap<PathBuf, Group>> = RefCell::new(HashMap::new());
-    static STATS: Cell<FlushStats> = const { Cell::new(FlushStats { flushes: 0, members: 0 }) };
+    static GROUPS: RefCell<HashMap<Target, Group>> = RefCell::new(HashMap::new());
+    static STATS: Cell<FlushStats> = const {
+        Cell::new(FlushStats { flushes: 0, members: 0, fs_flushes: 0 })
+    };
     static GROUPING: Cell<bool> = const { Cell::new(true) };
 }
 
@@ -77,11 +90,12 @@ pub fn set_grouping(on: bool) {
     GROUPING.with(|g| g.set(on));
 }
 
-fn count(flushes: u64, members: u64) {
+fn count(flushes: u64, members: u64, fs: bool) {
     STATS.with(|s| {
         let mut v = s.get();
         v.flushes += flushes;
         v.members += members;
+        v.fs_flushes += u64::from(fs) * flushes;
         s.set(v);
     });
 }
@@ -96,13 +110,33 @@ pub fn stats() -> FlushStats {
 /// same time (see the module doc).
 pub async fn sync_dir(dir: &Path) -> io::Result<()> {
     if !GROUPING.with(Cell::get) {
-        count(1, 1);
+        count(1, 1, false);
         return shard::io::sync_dir(dir).await;
     }
+    join(Target::Dir(dir.to_path_buf()), dir).await
+}
+
+/// Makes everything written on the file system with device number `dev`
+/// before this call durable (`syncfs(2)` through `dir`, a directory on it),
+/// sharing the flush with every other delivery on this shard waiting for
+/// that file system, whatever its Maildir.
+pub async fn sync_fs(dev: u64, dir: &Path) -> io::Result<()> {
+    if !GROUPING.with(Cell::get) {
+        count(1, 1, true);
+        return shard::io::sync_fs(dir).await;
+    }
+    join(Target::Fs(dev), dir).await
+}
+
+async fn join(target: Target, dir: &Path) -> io::Result<()> {
     let (tx, rx) = oneshot::channel();
     let start = GROUPS.with(|g| {
         let mut g = g.borrow_mut();
-        let group = g.entry(dir.to_path_buf()).or_default();
+        let group = g.entry(target.clone()).or_insert_with(|| Group {
+            waiting: Vec::new(),
+            in_flight: 0,
+            path: dir.to_path_buf(),
+        });
         group.waiting.push(tx);
         if group.in_flight < IN_FLIGHT_CAP.with(Cell::get) {
             group.in_flight += 1;
@@ -112,7 +146,7 @@ pub async fn sync_dir(dir: &Path) -> io::Result<()> {
         }
     });
     if start {
-        tokio::task::spawn_local(flusher(dir.to_path_buf()));
+        tokio::task::spawn_local(flusher(target));
     }
     match rx.await {
         Ok(r) => r.map_err(|e| io::Error::new(e.kind(), e.to_string())),
@@ -123,10 +157,10 @@ pub async fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// One of `dir`'s flush slots: flushes for the group waiting when it runs,
 /// then for the next one, until nobody waits; then frees the slot.
-async fn flusher(dir: PathBuf) {
+async fn flusher(target: Target) {
     // If the runtime drops this task, free its slot; members it held get
     // "abandoned", and a later delivery on this thread starts a flush.
-    struct Slot<'a>(&'a Path);
+    struct Slot<'a>(&'a Target);
     impl Drop for Slot<'_> {
         fn drop(&mut self) {
             let _ = GROUPS.try_with(|g| {
@@ -140,19 +174,23 @@ async fn flusher(dir: PathBuf) {
             });
         }
     }
-    let _slot = Slot(&dir);
+    let _slot = Slot(&target);
     loop {
         let batch = GROUPS.with(|g| {
             let mut g = g.borrow_mut();
-            let group = g.get_mut(&dir)?;
+            let group = g.get_mut(&target)?;
             if group.waiting.is_empty() {
                 return None;
             }
-            Some(std::mem::take(&mut group.waiting))
+            Some((std::mem::take(&mut group.waiting), group.path.clone()))
         });
-        let Some(batch) = batch else { return };
-        let r = shard::io::sync_dir(&dir).await.map_err(Rc::new);
-        count(1, batch.len() as u64);
+        let Some((batch, path)) = batch else { return };
+        let r = match &target {
+            Target::Dir(_) => shard::io::sync_dir(&path).await,
+            Target::Fs(_) => shard::io::sync_fs(&path).await,
+        }
+        .map_err(Rc::new);
+        count(1, batch.len() as u64, matches!(target, Target::Fs(_)));
         for member in batch {
             // A member that went away (cancelled) needs no answer.
             let _ = member.send(r.clone());

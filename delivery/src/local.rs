@@ -30,6 +30,8 @@ pub struct LocalConfig {
     pub qmaillocal: Option<PathBuf>,
     /// Control `defaultdelivery`, passed to `QMAILLOCAL` (default `./Maildir/`).
     pub defaultdelivery: String,
+    /// `MAILDIR_SYNC`: how a Maildir write is made durable.
+    pub maildir_sync: maildir::SyncMode,
 }
 
 impl Default for LocalConfig {
@@ -40,6 +42,7 @@ impl Default for LocalConfig {
             maxdeliveredto: 0,
             qmaillocal: None,
             defaultdelivery: "./Maildir/".into(),
+            maildir_sync: maildir::SyncMode::Auto,
         }
     }
 }
@@ -416,7 +419,7 @@ async fn deliver_maildir(
             return Step::OverQuota(outcome);
         }
     }
-    match maildir::write(dir, &cfg.hostname, data).await {
+    match maildir::write(dir, &cfg.hostname, data, cfg.maildir_sync).await {
         Ok(path) => {
             if let Some((q, usage)) = before {
                 // The message is safely delivered; a failed size update only
@@ -427,7 +430,7 @@ async fn deliver_maildir(
                     // Best effort, like the size update: the delivery itself is done.
                     let now = std::time::SystemTime::now();
                     let warning = maildir::warning_message(&cfg.hostname, rcpt, percent, q, now);
-                    let _ = maildir::write(dir, &cfg.hostname, warning).await;
+                    let _ = maildir::write(dir, &cfg.hostname, warning, cfg.maildir_sync).await;
                 }
             }
             let name = path

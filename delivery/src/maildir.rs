@@ -73,68 +73,233 @@ pub fn safe_host(host: &str) -> String {
     host.replace('/', "\\057").replace(':', "\\072")
 }
 
-/// Writes `data` into the Maildir `dir` and returns the path in `new/`.
+/// How a Maildir delivery is made durable (`MAILDIR_SYNC`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// `auto`, the default: [`SyncMode::FileSystem`] where `syncfs(2)` makes
+    /// every file durable (local ext2/3/4, XFS, btrfs, F2FS, tmpfs), else
+    /// [`SyncMode::File`] (NFS, FUSE, anything else).
+    #[default]
+    Auto,
+    /// `file`: each message is written `O_DSYNC` (its own device flush) and
+    /// each `new/` fsynced after the rename, that flush shared by the
+    /// deliveries into the same directory ([`crate::dirflush::sync_dir`]).
+    File,
+    /// `filesystem`: no flush of its own per message: one `syncfs` makes the
+    /// data of every message written on the file system durable before their
+    /// renames, another the renames, each shared by all the deliveries of
+    /// the shard to that file system, whatever their Maildir
+    /// ([`crate::dirflush::sync_fs`]).
+    FileSystem,
+}
+
+/// `MAILDIR_SYNC` with a value that is not one of the modes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("MAILDIR_SYNC={0}: not auto, file or filesystem")]
+pub struct SyncSettingError(pub String);
+
+impl SyncMode {
+    /// Reads `MAILDIR_SYNC` (`auto` when unset or empty).
+    pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<SyncMode, SyncSettingError> {
+        match env("MAILDIR_SYNC").as_deref().map(str::trim) {
+            None | Some("") | Some("auto") => Ok(SyncMode::Auto),
+            Some("file") => Ok(SyncMode::File),
+            Some("filesystem") => Ok(SyncMode::FileSystem),
+            Some(v) => Err(SyncSettingError(v.to_string())),
+        }
+    }
+}
+
+/// The parts of a Maildir file's name known before it is written.
+struct Name<'a> {
+    sec: u64,
+    usec: u32,
+    pid: u32,
+    host: &'a str,
+}
+
+impl Name<'_> {
+    /// Its name in `new/`: the inode and device make it unique.
+    fn in_new(&self, ino: u64, dev: u64, size: usize) -> String {
+        let Name {
+            sec,
+            usec,
+            pid,
+            host,
+        } = self;
+        format!("{sec}.I{ino:x}V{dev:x}M{usec}P{pid}.{host},S={size}")
+    }
+}
+
+/// Writes `data` into the Maildir `dir` and returns the path in `new/`;
+/// `sync` says how it is made durable ([`SyncMode`]).
 ///
-/// The file in `tmp/` is created and written durably by
-/// [`shard::io::File::create_durable`] (a direct create in the small `tmp/`,
-/// one `O_DSYNC` write on io_uring); the rename and the directory's open and
-/// fsync are io_uring operations, so the shard keeps serving other work
-/// while a big Maildir's `new/` is locked. The file moves from `tmp/` to
-/// `new/` by `rename(2)` (Dovecot's way; the new name holds the file's
-/// inode and device, so it cannot collide), which io_uring offers where it
-/// has no `link(2)`.
-pub async fn write(dir: &Path, host: &str, data: Vec<u8>) -> Result<PathBuf, MaildirError> {
+/// The file is created in `tmp/` (a direct create in the small `tmp/`),
+/// written, made durable, and moved to `new/` by `rename(2)` (Dovecot's
+/// way; the new name holds the file's inode and device, so it cannot
+/// collide), which io_uring offers where it has no `link(2)`; then the
+/// rename is made durable. The rename and the flushes run on io_uring or
+/// the blocking pool, so the shard keeps serving other work while a big
+/// Maildir's `new/` is locked or the disk is slow.
+pub async fn write(
+    dir: &Path,
+    host: &str,
+    data: Vec<u8>,
+    sync: SyncMode,
+) -> Result<PathBuf, MaildirError> {
     let tmp_dir = dir.join("tmp");
     let new_dir = dir.join("new");
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    let (sec, usec) = (now.as_secs(), now.subsec_micros());
-    let pid = std::process::id();
     let host = safe_host(host);
+    let name = Name {
+        sec: now.as_secs(),
+        usec: now.subsec_micros(),
+        pid: std::process::id(),
+        host: &host,
+    };
     // Q<counter> keeps names unique across concurrent deliveries of one
     // process within the same microsecond (qmail had one delivery per process).
     let q = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp_path = tmp_dir.join(format!("{sec}.M{usec}P{pid}Q{q}.{host}"));
-    let size = data.len();
-    let not_a_maildir = |e: std::io::Error, op: &'static str, path: &Path| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            MaildirError::NotAMaildir(dir.to_path_buf())
-        } else {
-            io_err(op, path)(e)
-        }
+    let tmp_path = tmp_dir.join(format!(
+        "{}.M{}P{}Q{q}.{host}",
+        name.sec, name.usec, name.pid
+    ));
+    let real_files = matches!(
+        shard::io::current_driver(),
+        shard::io::Driver::Uring | shard::io::Driver::Epoll
+    );
+    let new_path = if sync == SyncMode::File || !real_files {
+        write_file_synced(dir, &tmp_path, &new_dir, &name, data).await?
+    } else {
+        write_shared_sync(dir, &tmp_path, &new_dir, &name, data, sync).await?
     };
+    clean_tmp_now_and_then(dir, name.sec);
+    Ok(new_path)
+}
 
-    let file = match shard::io::File::create_durable(&tmp_path, data).await {
+fn not_a_maildir(dir: &Path, op: &'static str, path: &Path, e: std::io::Error) -> MaildirError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        MaildirError::NotAMaildir(dir.to_path_buf())
+    } else {
+        io_err(op, path)(e)
+    }
+}
+
+/// [`SyncMode::File`]: an `O_DSYNC` write, the rename, `new/`'s fsync.
+async fn write_file_synced(
+    dir: &Path,
+    tmp_path: &Path,
+    new_dir: &Path,
+    name: &Name<'_>,
+    data: Vec<u8>,
+) -> Result<PathBuf, MaildirError> {
+    let size = data.len();
+    let file = match shard::io::File::create_durable(tmp_path, data).await {
         Ok(f) => f,
-        Err(("create", e)) => return Err(not_a_maildir(e, "create", &tmp_path)),
+        Err(("create", e)) => return Err(not_a_maildir(dir, "create", tmp_path, e)),
         Err((op, e)) => {
-            let _ = shard::io::remove_file(&tmp_path).await;
-            return Err(io_err(op, &tmp_path)(e));
+            let _ = shard::io::remove_file(tmp_path).await;
+            return Err(io_err(op, tmp_path)(e));
         }
     };
-    let result = file.inode().await.map_err(io_err("stat", &tmp_path));
+    let result = file.inode().await.map_err(io_err("stat", tmp_path));
     let close = file.close().await;
-    let (ino, dev) = match result.and_then(|v| close.map(|_| v).map_err(io_err("close", &tmp_path)))
+    let (ino, dev) = match result.and_then(|v| close.map(|_| v).map_err(io_err("close", tmp_path)))
     {
         Ok(v) => v,
         Err(e) => {
-            let _ = shard::io::remove_file(&tmp_path).await;
+            let _ = shard::io::remove_file(tmp_path).await;
             return Err(e);
         }
     };
-    let new_path = new_dir.join(format!(
-        "{sec}.I{ino:x}V{dev:x}M{usec}P{pid}.{host},S={size}"
-    ));
-    if let Err(e) = shard::io::rename(&tmp_path, &new_path).await {
-        let _ = shard::io::remove_file(&tmp_path).await;
-        return Err(not_a_maildir(e, "move into", &new_path));
+    let new_path = new_dir.join(name.in_new(ino, dev, size));
+    if let Err(e) = shard::io::rename(tmp_path, &new_path).await {
+        let _ = shard::io::remove_file(tmp_path).await;
+        return Err(not_a_maildir(dir, "move into", &new_path, e));
     }
     // Shared with the other deliveries into this `new/` on this shard.
-    crate::dirflush::sync_dir(&new_dir)
+    crate::dirflush::sync_dir(new_dir)
         .await
-        .map_err(io_err("sync", &new_dir))?;
-    clean_tmp_now_and_then(dir, sec);
+        .map_err(io_err("sync", new_dir))?;
+    Ok(new_path)
+}
+
+thread_local! {
+    /// Per device: whether `syncfs` there covers a file ([`shard::io::sync_fs_covers`]).
+    static SYNCFS_COVERS: std::cell::RefCell<std::collections::HashMap<u64, bool>> =
+        Default::default();
+}
+
+/// [`SyncMode::FileSystem`], or [`SyncMode::Auto`] deciding by the file
+/// system: the file is written with no flush of its own; a `syncfs` shared
+/// with the shard's other deliveries to that file system makes it durable
+/// before the rename (the file's own write-back error is checked too:
+/// `syncfs` reports errors file-system-wide, once), another the rename.
+/// Where `syncfs` does not cover files (auto on NFS, FUSE), the file and
+/// then `new/` are flushed as in [`SyncMode::File`].
+async fn write_shared_sync(
+    dir: &Path,
+    tmp_path: &Path,
+    new_dir: &Path,
+    name: &Name<'_>,
+    data: Vec<u8>,
+    sync: SyncMode,
+) -> Result<PathBuf, MaildirError> {
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+    let size = data.len();
+    // A buffered write into the page cache: short, so it is made here rather
+    // than handed to a worker thread (a context switch each way).
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp_path)
+        .map_err(|e| not_a_maildir(dir, "create", tmp_path, e))?;
+    let written = f
+        .write_all(&data)
+        .map_err(io_err("write", tmp_path))
+        .and_then(|()| f.metadata().map_err(io_err("stat", tmp_path)));
+    let meta = match written {
+        Ok(m) => m,
+        Err(e) => {
+            drop(f);
+            let _ = shard::io::remove_file(tmp_path).await;
+            return Err(e);
+        }
+    };
+    let (ino, dev) = (meta.ino(), meta.dev());
+    let shared = sync == SyncMode::FileSystem
+        || SYNCFS_COVERS.with(|m| {
+            *m.borrow_mut()
+                .entry(dev)
+                .or_insert_with(|| shard::io::sync_fs_covers(&f).unwrap_or(false))
+        });
+    let synced = if shared {
+        crate::dirflush::sync_fs(dev, new_dir)
+            .await
+            .and_then(|()| shard::io::check_written_back(&f))
+    } else {
+        let f = shard::io::File::from_std(f);
+        let r = f.sync_data().await;
+        r.and(f.close().await)
+    };
+    if let Err(e) = synced {
+        let _ = shard::io::remove_file(tmp_path).await;
+        return Err(io_err("sync", tmp_path)(e));
+    }
+    let new_path = new_dir.join(name.in_new(ino, dev, size));
+    if let Err(e) = shard::io::rename(tmp_path, &new_path).await {
+        let _ = shard::io::remove_file(tmp_path).await;
+        return Err(not_a_maildir(dir, "move into", &new_path, e));
+    }
+    let moved = if shared {
+        crate::dirflush::sync_fs(dev, new_dir).await
+    } else {
+        crate::dirflush::sync_dir(new_dir).await
+    };
+    moved.map_err(io_err("sync", new_dir))?;
     Ok(new_path)
 }
 
@@ -631,6 +796,23 @@ pub(crate) fn lock_write(f: &std::fs::File) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn maildir_sync_modes_parse_and_a_bad_one_is_named() {
+        let env = |v: &'static str| move |n: &str| (n == "MAILDIR_SYNC").then(|| v.to_string());
+        assert_eq!(SyncMode::from_env(&|_| None), Ok(SyncMode::Auto));
+        assert_eq!(SyncMode::from_env(&env("auto")), Ok(SyncMode::Auto));
+        assert_eq!(SyncMode::from_env(&env("file")), Ok(SyncMode::File));
+        assert_eq!(
+            SyncMode::from_env(&env(" filesystem\n")),
+            Ok(SyncMode::FileSystem)
+        );
+        let e = SyncMode::from_env(&env("fsync")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "MAILDIR_SYNC=fsync: not auto, file or filesystem"
+        );
+    }
 
     #[test]
     fn quota_policy_from_variables() {

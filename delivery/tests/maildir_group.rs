@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use common::both;
 use delivery::dirflush;
-use delivery::maildir;
+use delivery::maildir::{self, SyncMode};
 use shard::io::sim::{Faults, SimFs};
 
 fn message(i: usize) -> Vec<u8> {
@@ -16,12 +16,16 @@ fn message(i: usize) -> Vec<u8> {
 }
 
 /// Starts `n` deliveries into `dir` at once and returns each one's result.
-async fn deliver_many(dir: &Path, n: usize) -> Vec<(usize, Result<PathBuf, String>)> {
+async fn deliver_many(
+    dir: &Path,
+    n: usize,
+    sync: SyncMode,
+) -> Vec<(usize, Result<PathBuf, String>)> {
     let handles: Vec<_> = (0..n)
         .map(|i| {
             let dir = dir.to_path_buf();
             tokio::task::spawn_local(async move {
-                let r = maildir::write(&dir, "mx.example.com", message(i)).await;
+                let r = maildir::write(&dir, "mx.example.com", message(i), sync).await;
                 (i, r.map_err(|e| e.to_string()))
             })
         })
@@ -43,7 +47,7 @@ fn concurrent_deliveries_into_one_maildir_share_the_directory_flush() {
         }
         let before = dirflush::stats();
         let n = 64;
-        let results = deliver_many(&md, n).await;
+        let results = deliver_many(&md, n, SyncMode::File).await;
         let after = dirflush::stats();
         for (i, r) in &results {
             let path = r
@@ -62,7 +66,7 @@ fn concurrent_deliveries_into_one_maildir_share_the_directory_flush() {
         // One at a time, each delivery has its own flush (nobody to share with).
         let before = dirflush::stats();
         for i in 0..3 {
-            maildir::write(&md, "mx.example.com", message(i))
+            maildir::write(&md, "mx.example.com", message(i), SyncMode::File)
                 .await
                 .unwrap();
         }
@@ -85,7 +89,7 @@ fn deliveries_into_different_maildirs_flush_each_their_own() {
             .cloned()
             .map(|md| {
                 tokio::task::spawn_local(async move {
-                    deliver_many(&md, 8)
+                    deliver_many(&md, 8, SyncMode::File)
                         .await
                         .into_iter()
                         .all(|(_, r)| r.is_ok())
@@ -128,7 +132,7 @@ fn a_delivery_reported_done_survives_a_power_cut_whatever_its_group_did() {
             yield_per_mille: 400,
             ..Default::default()
         });
-        let results = fs.run(deliver_many(&md, 12));
+        let results = fs.run(deliver_many(&md, 12, SyncMode::Auto));
         fs.restart();
         let survivors = fs.list(&md.join("new"));
         for (i, r) in results {
@@ -148,4 +152,87 @@ fn a_delivery_reported_done_survives_a_power_cut_whatever_its_group_did() {
     }
     // The faults did happen, and so did successes.
     assert!(failed > 0 && done > 0, "failed {failed}, done {done}");
+}
+
+/// `MAILDIR_SYNC=filesystem`: deliveries into many Maildirs at once share
+/// `syncfs` calls (two per delivery: before and after its rename), and
+/// every message is whole in `new/` with nothing left in `tmp/`.
+#[test]
+fn filesystem_mode_shares_syncfs_across_maildirs() {
+    both(|d| async move {
+        let home = tempfile::tempdir().unwrap();
+        let dirs: Vec<PathBuf> = (0..4).map(|i| home.path().join(format!("u{i}"))).collect();
+        for md in &dirs {
+            for sub in ["tmp", "new", "cur"] {
+                std::fs::create_dir_all(md.join(sub)).unwrap();
+            }
+        }
+        let before = dirflush::stats();
+        let handles: Vec<_> = dirs
+            .iter()
+            .cloned()
+            .map(|md| {
+                tokio::task::spawn_local(
+                    async move { deliver_many(&md, 8, SyncMode::FileSystem).await },
+                )
+            })
+            .collect();
+        for h in handles {
+            for (i, r) in h.await.unwrap() {
+                let path = r.unwrap_or_else(|e| panic!("{d:?} delivery {i}: {e}"));
+                assert_eq!(std::fs::read(path).unwrap(), message(i), "{d:?}");
+            }
+        }
+        let after = dirflush::stats();
+        for md in &dirs {
+            assert_eq!(std::fs::read_dir(md.join("new")).unwrap().count(), 8);
+            assert_eq!(std::fs::read_dir(md.join("tmp")).unwrap().count(), 0);
+        }
+        let fs_flushes = after.fs_flushes - before.fs_flushes;
+        assert_eq!(
+            after.members - before.members,
+            64,
+            "{d:?}: two per delivery"
+        );
+        assert_eq!(
+            after.flushes - before.flushes,
+            fs_flushes,
+            "{d:?}: no directory fsync"
+        );
+        assert!(
+            fs_flushes < 64,
+            "{d:?}: {fs_flushes} syncfs for 32 deliveries into 4 Maildirs"
+        );
+    });
+}
+
+/// `auto` on a local file system (the test's temporary directory: ext4,
+/// XFS, btrfs or tmpfs) takes the `syncfs` way; `file` never does.
+#[test]
+fn auto_mode_uses_syncfs_on_a_local_file_system_and_file_mode_never() {
+    both(|d| async move {
+        let home = tempfile::tempdir().unwrap();
+        let md = home.path().join("Maildir");
+        for sub in ["tmp", "new", "cur"] {
+            std::fs::create_dir_all(md.join(sub)).unwrap();
+        }
+        let file = std::fs::File::open(home.path()).unwrap();
+        assert!(
+            shard::io::sync_fs_covers(&file).unwrap(),
+            "the test's temporary directory is on a file system auto does not group"
+        );
+        let before = dirflush::stats();
+        maildir::write(&md, "mx.example.com", message(1), SyncMode::Auto)
+            .await
+            .unwrap();
+        let mid = dirflush::stats();
+        assert_eq!(mid.fs_flushes - before.fs_flushes, 2, "{d:?}");
+        maildir::write(&md, "mx.example.com", message(2), SyncMode::File)
+            .await
+            .unwrap();
+        let after = dirflush::stats();
+        assert_eq!(after.fs_flushes, mid.fs_flushes, "{d:?}");
+        assert_eq!(after.flushes - mid.flushes, 1, "{d:?}: new/ fsynced");
+        assert_eq!(std::fs::read_dir(md.join("new")).unwrap().count(), 2);
+    });
 }

@@ -292,3 +292,54 @@ fn smtproutes_credentials_authenticate_to_the_relay() {
     assert_eq!(queue_list(h.path()).len(), 1, "still queued");
     assert!(!s.log().contains("not-the-password"), "{}", s.log());
 }
+
+/// `MAILDIR_SYNC`: `file` (a flush per message) and `filesystem` (`syncfs`
+/// shared by the shard's deliveries) both deliver every message whole into
+/// `new/`, on both drivers; a value that names no mode stops `serve` at
+/// start with an error naming the variable.
+#[test]
+fn maildir_sync_modes_deliver_and_a_bad_one_stops_serve() {
+    for d in DRIVERS {
+        for mode in ["file", "filesystem"] {
+            let h = tempfile::tempdir().unwrap();
+            let md = setup_users(h.path(), &["alice"]);
+            let mut s = Server::start_with(h.path(), d, &[("MAILDIR_SYNC", mode)]);
+            for i in 0..5 {
+                let body = format!("Subject: {mode} {i}\r\n\r\nbody {i}\r\n.\r\n");
+                let (code, text) = send_message(
+                    s.smtp,
+                    "bob@example.org",
+                    &["alice@example.com"],
+                    body.as_bytes(),
+                );
+                assert_eq!(code, 250, "{d} {mode}: {text}");
+            }
+            wait_until(20, "maildir delivery", || maildir_files(&md[0]).len() == 5);
+            for (i, f) in maildir_files(&md[0]).iter().enumerate() {
+                let text = std::fs::read_to_string(f).unwrap();
+                assert!(
+                    text.ends_with(&format!("\n\nbody {i}\n")),
+                    "{d} {mode}: {text:?}"
+                );
+            }
+            assert_eq!(std::fs::read_dir(md[0].join("tmp")).unwrap().count(), 0);
+            assert_eq!(s.stop(), Some(0), "{d} {mode}");
+        }
+    }
+    let h = tempfile::tempdir().unwrap();
+    let out = Command::new(bin())
+        .args(["serve", "--home"])
+        .arg(h.path())
+        .args(["--smtp", "127.0.0.1:0"])
+        .env("INDIMAIL_ALLOW_ROOT", "1")
+        .env("MAILDIR_SYNC", "fsync")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("MAILDIR_SYNC=fsync: not auto, file or filesystem"),
+        "{err}"
+    );
+}

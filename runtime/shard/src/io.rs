@@ -634,6 +634,72 @@ pub async fn sync_dir(path: impl AsRef<Path>) -> io::Result<()> {
     }
 }
 
+/// `syncfs(2)` on the file system holding `dir`: every file's data and
+/// metadata and every directory entry written there before the call is on
+/// stable storage when it returns, with one device flush for all of them.
+/// io_uring has no `syncfs`, so it runs on the blocking pool on both drivers
+/// (a hand-off per call, shared by all the writes it covers).
+pub async fn sync_fs(dir: impl AsRef<Path>) -> io::Result<()> {
+    match current_driver() {
+        Driver::Uring | Driver::Epoll => {
+            let dir = dir.as_ref().to_path_buf();
+            blocking(move || {
+                let d = std::fs::File::open(dir)?;
+                // SAFETY: a valid descriptor owned by `d` for the call.
+                if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            })
+            .await
+        }
+        #[cfg(feature = "sim")]
+        Driver::Sim => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the simulation has no file-system-wide sync",
+        )),
+    }
+}
+
+/// Whether [`sync_fs`] on the file system holding `file` makes that file
+/// durable: a local block file system whose `syncfs` writes back every dirty
+/// file and flushes the device (ext2/3/4, XFS, btrfs, F2FS), or tmpfs
+/// (nothing there survives a crash anyway). False elsewhere: NFS and FUSE
+/// leave durability to each file's own `fsync`.
+pub fn sync_fs_covers(file: &impl AsRawFd) -> io::Result<bool> {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: a borrowed descriptor and a buffer the size of `statfs`.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstatfs succeeded and filled the buffer.
+    let kind = unsafe { st.assume_init() }.f_type as u64;
+    const COVERED: [u64; 5] = [
+        0xEF53,      // ext2, ext3, ext4
+        0x5846_5342, // XFS
+        0x9123_683E, // btrfs
+        0xF2F5_2010, // F2FS
+        0x0102_1994, // tmpfs
+    ];
+    Ok(COVERED.contains(&kind))
+}
+
+/// Reports a write-back error of `file`'s data since it was opened, after a
+/// [`sync_fs`] wrote it back (`sync_file_range` with both waits: on clean
+/// pages it only waits and returns the file's own error, with no device
+/// flush). `syncfs` reports errors file-system-wide, once per descriptor, so
+/// an error of this file could have gone to another caller's `syncfs`.
+pub fn check_written_back(file: &impl AsRawFd) -> io::Result<()> {
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: a descriptor borrowed for the call; offset 0, length 0 = all.
+    if unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, flags) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// `rename(2)`, as an io_uring operation on that driver (on the blocking
 /// pool on epoll).
 pub async fn rename(from: impl AsRef<Path>, to: impl AsRef<Path>) -> io::Result<()> {

@@ -20,6 +20,9 @@ pub enum SettingsError {
     /// A quota variable that is not a number or percentage.
     #[error("{0}")]
     Quota(#[from] delivery::maildir::QuotaSettingError),
+    /// `MAILDIR_SYNC` names no mode.
+    #[error("{0}")]
+    MaildirSync(#[from] delivery::maildir::SyncSettingError),
     /// `SMTPROUTE` has bad lines (every one is listed).
     #[error("{}", join(.0))]
     SmtpRoute(Vec<delivery::routes::RouteError>),
@@ -124,6 +127,7 @@ impl DeliverySettings {
             hostname: me.to_string(),
             qmaillocal: std::env::var_os("QMAILLOCAL").map(Into::into),
             quota,
+            maildir_sync: delivery::maildir::SyncMode::from_env(&env)?,
             ..LocalConfig::default()
         };
         let smtproute = match std::env::var("SMTPROUTE") {
