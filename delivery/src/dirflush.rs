@@ -1,8 +1,12 @@
-//! Group commit of directory flushes (one shard's Maildir deliveries).
+//! Group commit of directory and file-system flushes (one shard's Maildir
+//! deliveries).
 //!
 //! A Maildir delivery is durable only once `new/` is fsynced after its
-//! rename. Concurrent deliveries into the same `new/` on one shard share
-//! that fsync: every delivery that renamed its file joins the group waiting
+//! rename ([`sync_dir`]), or the whole file system synced ([`sync_fs`],
+//! `syncfs(2)`, also used before the rename for the file's data, see
+//! [`crate::maildir::SyncMode`]). Concurrent deliveries into the same `new/`
+//! (onto the same file system) on one shard share that flush: every
+//! delivery that renamed its file joins the group waiting
 //! for the *next* flush to start (a flush already running may have started
 //! before its rename, so it does not count). Up to [`MAX_IN_FLIGHT`] flushes
 //! of one directory run at once: a group starts its flush at once while

@@ -4,10 +4,11 @@
 //! - [`dotqmail`]: the dot-qmail line format and qmail-local's `.qmail-ext`
 //!   file names (sans-I/O).
 //! - [`local`]: qmail-local/vdelivermail for one recipient: Maildir writes
-//!   (tmp → fdatasync → link into new → fsync new), mbox, `|program`
+//!   (tmp → durable → rename into new → durable), mbox, `|program`
 //!   lines, forwards, `Delivered-To` loop detection, Maildir++ quota
-//!   ([`maildir`]), the `QMAILLOCAL` hook; concurrent deliveries into one
-//!   Maildir share the flush of its `new/` ([`dirflush`]).
+//!   ([`maildir`]), the `QMAILLOCAL` hook; concurrent deliveries share
+//!   their flushes ([`dirflush`]: a `new/`'s fsync, or one `syncfs` for a
+//!   whole file system).
 //! - [`remote`]: qmail-remote for one destination domain: `smtproutes`
 //!   ([`routes`]), MX resolution ([`dns`]), the per-destination backoff
 //!   table ([`backoff`]), an SMTP client (the `smtp_proto::client` core
@@ -26,7 +27,7 @@
 //! gets back one [`Outcome`] per recipient; forwards and bounces come back
 //! as values for the engine to inject.
 //!
-//! Delivery is at-least-once: a crash after a Maildir link but before the
+//! Delivery is at-least-once: a crash after a Maildir rename but before the
 //! engine records the outcome delivers the message again on retry, exactly
 //! as qmail documents.
 //!

@@ -2,9 +2,12 @@
 //! (`maildirsize`, spec 4.7).
 //!
 //! A message is Delivered only after: the file in `tmp/` is written and
-//! `fdatasync`ed, renamed into `new/`, and `new/` itself fsynced (the
-//! rename must survive a crash on ext4 without a journal). Concurrent
-//! deliveries into one `new/` share that directory fsync ([`crate::dirflush`]).
+//! its data durable, it is renamed into `new/`, and the rename is durable
+//! (on ext4 without a journal a rename survives a crash only once its
+//! directory is flushed). [`SyncMode`] says how: per file (`O_DSYNC`, then
+//! `new/` fsynced, that fsync shared by concurrent deliveries into one
+//! `new/`, [`crate::dirflush::sync_dir`]) or per file system (one `syncfs`
+//! shared by all the shard's deliveries there, [`crate::dirflush::sync_fs`]).
 //! A crash in between leaves either nothing in `new/` (retry) or
 //! a complete message (possibly delivered twice on retry: at-least-once).
 
