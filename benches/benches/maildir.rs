@@ -1,11 +1,12 @@
 //! Maildir delivery (`delivery::maildir::write`): create in `tmp/`, write,
 //! make durable, rename into `new/`, make the rename durable — before it
 //! returns — on `$TMPDIR`'s file system, driver from `INDIMAIL_DRIVER`; in
-//! both ways (`MAILDIR_SYNC`): `file` (an `O_DSYNC` write per message, `new/`
-//! fsynced per group) and `filesystem` (`syncfs` shared by the group).
+//! each way (`MAILDIR_SYNC`): `file` (an `O_DSYNC` write per message, `new/`
+//! fsynced per group), `filesystem` (`syncfs` shared by the group) and `auto`
+//! (the server's default: `syncfs` in a crowd on a local file system).
 //!
-//! * `maildir_write_1k/{file,filesystem}/1`: one delivery at a time into one Maildir.
-//! * `maildir_write_1k/{file,filesystem}/{16,64}`: 16 or 64 at once, spread over
+//! * `maildir_write_1k/{file,filesystem,auto}/1`: one delivery at a time into one Maildir.
+//! * `maildir_write_1k/{file,filesystem,auto}/{16,64}`: 16 or 64 at once, spread over
 //!   as many Maildirs (a shard delivering to many users).
 //! * `maildir_one_box_1k/{grouped,grouped_one_flush,own_flush}/{16,64}`: 16 or
 //!   64 at once into ONE Maildir, sharing the flush of `new/` (group commit,
@@ -71,6 +72,7 @@ fn bench_maildir(c: &mut Criterion) {
     for (name, sync) in [
         ("file", SyncMode::File),
         ("filesystem", SyncMode::FileSystem),
+        ("auto", SyncMode::Auto),
     ] {
         for conc in [1usize, 16, 64] {
             g.bench_with_input(BenchmarkId::new(name, conc), &conc, |b, &conc| {

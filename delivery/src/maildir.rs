@@ -80,8 +80,9 @@ pub fn safe_host(host: &str) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SyncMode {
     /// `auto`, the default: [`SyncMode::FileSystem`] where `syncfs(2)` makes
-    /// every file durable (local ext2/3/4, XFS, btrfs, F2FS, tmpfs), else
-    /// [`SyncMode::File`] (NFS, FUSE, anything else).
+    /// every file durable (local ext2/3/4, XFS, btrfs, F2FS, tmpfs) and other
+    /// deliveries to that file system are under way on the shard, else
+    /// [`SyncMode::File`]'s flushes (alone; NFS, FUSE, anything else).
     #[default]
     Auto,
     /// `file`: each message is written `O_DSYNC` (its own device flush) and
@@ -235,13 +236,50 @@ thread_local! {
         Default::default();
 }
 
+thread_local! {
+    /// Per device: this shard's Maildir deliveries between their write and
+    /// their end.
+    static ACTIVE: std::cell::RefCell<std::collections::HashMap<u64, usize>> =
+        Default::default();
+}
+
+/// One delivery counted in [`ACTIVE`] while it lives.
+struct Active(u64);
+
+impl Active {
+    fn enter(dev: u64) -> Active {
+        ACTIVE.with(|m| *m.borrow_mut().entry(dev).or_default() += 1);
+        Active(dev)
+    }
+
+    /// Whether other deliveries to `dev` are under way on this shard.
+    fn crowd(dev: u64) -> bool {
+        ACTIVE.with(|m| m.borrow().get(&dev).is_some_and(|&n| n > 1))
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        let _ = ACTIVE.try_with(|m| {
+            let mut m = m.borrow_mut();
+            if let Some(n) = m.get_mut(&self.0) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&self.0);
+                }
+            }
+        });
+    }
+}
+
 /// [`SyncMode::FileSystem`], or [`SyncMode::Auto`] deciding by the file
-/// system: the file is written with no flush of its own; a `syncfs` shared
-/// with the shard's other deliveries to that file system makes it durable
-/// before the rename (the file's own write-back error is checked too:
-/// `syncfs` reports errors file-system-wide, once), another the rename.
-/// Where `syncfs` does not cover files (auto on NFS, FUSE), the file and
-/// then `new/` are flushed as in [`SyncMode::File`].
+/// system and the crowd: the file is written with no flush of its own; a
+/// `syncfs` shared with the shard's other deliveries to that file system
+/// makes it durable before the rename (the file's own write-back error is
+/// checked too: `syncfs` reports errors file-system-wide, once), another
+/// the rename. Where `syncfs` does not cover files (auto on NFS, FUSE), or
+/// (auto) no other delivery to that file system is under way on the shard,
+/// the file and then `new/` are flushed on their own, as in [`SyncMode::File`].
 async fn write_shared_sync(
     dir: &Path,
     tmp_path: &Path,
@@ -273,16 +311,23 @@ async fn write_shared_sync(
         }
     };
     let (ino, dev) = (meta.ino(), meta.dev());
-    let shared = sync == SyncMode::FileSystem
+    let covers = sync == SyncMode::FileSystem
         || SYNCFS_COVERS.with(|m| {
             *m.borrow_mut()
                 .entry(dev)
                 .or_insert_with(|| shard::io::sync_fs_covers(&f).unwrap_or(false))
         });
-    let synced = if shared {
-        crate::dirflush::sync_fs(dev, new_dir)
+    let _active = Active::enter(dev);
+    // `auto`: a delivery with nobody to share a `syncfs` with flushes its own
+    // file and `new/` (one device flush each, where two `syncfs` would cost
+    // more: RESULTS.md); `filesystem` always shares.
+    let share = |sync: SyncMode| covers && (sync == SyncMode::FileSystem || Active::crowd(dev));
+    let synced = if share(sync) {
+        let r = crate::dirflush::sync_fs(dev, new_dir)
             .await
-            .and_then(|()| shard::io::check_written_back(&f))
+            .and_then(|()| shard::io::check_written_back(&f));
+        drop(f);
+        r
     } else {
         let f = shard::io::File::from_std(f);
         let r = f.sync_data().await;
@@ -297,7 +342,7 @@ async fn write_shared_sync(
         let _ = shard::io::remove_file(tmp_path).await;
         return Err(not_a_maildir(dir, "move into", &new_path, e));
     }
-    let moved = if shared {
+    let moved = if share(sync) {
         crate::dirflush::sync_fs(dev, new_dir).await
     } else {
         crate::dirflush::sync_dir(new_dir).await

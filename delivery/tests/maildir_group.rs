@@ -207,9 +207,11 @@ fn filesystem_mode_shares_syncfs_across_maildirs() {
 }
 
 /// `auto` on a local file system (the test's temporary directory: ext4,
-/// XFS, btrfs or tmpfs) takes the `syncfs` way; `file` never does.
+/// XFS, btrfs or tmpfs): a delivery alone flushes its own file and `new/`
+/// (no `syncfs`); deliveries under way together share `syncfs`. `file`
+/// never uses `syncfs`, even in a crowd.
 #[test]
-fn auto_mode_uses_syncfs_on_a_local_file_system_and_file_mode_never() {
+fn auto_mode_shares_syncfs_in_a_crowd_and_file_mode_never() {
     both(|d| async move {
         let home = tempfile::tempdir().unwrap();
         let md = home.path().join("Maildir");
@@ -225,14 +227,25 @@ fn auto_mode_uses_syncfs_on_a_local_file_system_and_file_mode_never() {
         maildir::write(&md, "mx.example.com", message(1), SyncMode::Auto)
             .await
             .unwrap();
-        let mid = dirflush::stats();
-        assert_eq!(mid.fs_flushes - before.fs_flushes, 2, "{d:?}");
-        maildir::write(&md, "mx.example.com", message(2), SyncMode::File)
-            .await
-            .unwrap();
-        let after = dirflush::stats();
-        assert_eq!(after.fs_flushes, mid.fs_flushes, "{d:?}");
-        assert_eq!(after.flushes - mid.flushes, 1, "{d:?}: new/ fsynced");
-        assert_eq!(std::fs::read_dir(md.join("new")).unwrap().count(), 2);
+        let alone = dirflush::stats();
+        assert_eq!(
+            alone.fs_flushes, before.fs_flushes,
+            "{d:?}: alone, no syncfs"
+        );
+        assert_eq!(alone.flushes - before.flushes, 1, "{d:?}: new/ fsynced");
+        for r in deliver_many(&md, 16, SyncMode::Auto).await {
+            r.1.unwrap();
+        }
+        let crowd = dirflush::stats();
+        assert!(
+            crowd.fs_flushes > alone.fs_flushes,
+            "{d:?}: a crowd shares syncfs"
+        );
+        for r in deliver_many(&md, 16, SyncMode::File).await {
+            r.1.unwrap();
+        }
+        assert_eq!(dirflush::stats().fs_flushes, crowd.fs_flushes, "{d:?}");
+        assert_eq!(std::fs::read_dir(md.join("new")).unwrap().count(), 33);
+        assert_eq!(std::fs::read_dir(md.join("tmp")).unwrap().count(), 0);
     });
 }
