@@ -234,9 +234,6 @@ thread_local! {
     /// Per device: whether `syncfs` there covers a file ([`shard::io::sync_fs_covers`]).
     static SYNCFS_COVERS: std::cell::RefCell<std::collections::HashMap<u64, bool>> =
         Default::default();
-}
-
-thread_local! {
     /// Per device: this shard's Maildir deliveries between their write and
     /// their end.
     static ACTIVE: std::cell::RefCell<std::collections::HashMap<u64, usize>> =
@@ -321,8 +318,8 @@ async fn write_shared_sync(
     // `auto`: a delivery with nobody to share a `syncfs` with flushes its own
     // file and `new/` (one device flush each, where two `syncfs` would cost
     // more: RESULTS.md); `filesystem` always shares.
-    let share = |sync: SyncMode| covers && (sync == SyncMode::FileSystem || Active::crowd(dev));
-    let synced = if share(sync) {
+    let share = || covers && (sync == SyncMode::FileSystem || Active::crowd(dev));
+    let synced = if share() {
         let r = crate::dirflush::sync_fs(dev, new_dir)
             .await
             .and_then(|()| shard::io::check_written_back(&f));
@@ -342,7 +339,7 @@ async fn write_shared_sync(
         let _ = shard::io::remove_file(tmp_path).await;
         return Err(not_a_maildir(dir, "move into", &new_path, e));
     }
-    let moved = if share(sync) {
+    let moved = if share() {
         crate::dirflush::sync_fs(dev, new_dir).await
     } else {
         crate::dirflush::sync_dir(new_dir).await
