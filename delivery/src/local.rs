@@ -400,7 +400,7 @@ async fn deliver_maildir(
     let size = data.len() as u64;
     let mut before = None;
     if let Some(q) = quota {
-        let over = match maildir::check(dir, q, size, &cfg.quota) {
+        let over = match maildir::check(dir, q, size, &cfg.quota).await {
             Ok((QuotaCheck::Ok, usage)) => {
                 before = Some((q, usage));
                 None
@@ -424,7 +424,7 @@ async fn deliver_maildir(
             if let Some((q, usage)) = before {
                 // The message is safely delivered; a failed size update only
                 // makes the next check recalculate, so it is not an error.
-                let _ = maildir::append(dir, size as i64, 1);
+                let _ = maildir::append_async(dir, size as i64, 1).await;
                 let crossed = maildir::warning_crossed(&cfg.quota.warn_at, q, usage, size);
                 if let Some(percent) = crossed {
                     // Best effort, like the size update: the delivery itself is done.

@@ -548,13 +548,23 @@ pub enum QuotaCheck {
 /// Reads (recalculating when stale) the usage of `maildir` and decides
 /// whether a message of `size` bytes fits in `quota`; the usage it read
 /// comes back with the answer.
-pub fn check(
+pub async fn check(
     maildir: &Path,
     quota: Quota,
     size: u64,
     policy: &QuotaPolicy,
 ) -> std::io::Result<(QuotaCheck, Usage)> {
-    let usage = usage(maildir, quota, policy)?;
+    let usage = match cached_usage(maildir, quota, policy)? {
+        Some(u) => u,
+        // Recalculating lists and may stat every message of the Maildir:
+        // on the blocking pool, so a big mailbox never stalls the shard.
+        None => {
+            let maildir = maildir.to_path_buf();
+            tokio::task::spawn_blocking(move || store_recalculated(&maildir, quota))
+                .await
+                .map_err(std::io::Error::other)??
+        }
+    };
     Ok((judge(usage, quota, size, policy), usage))
 }
 
@@ -626,6 +636,19 @@ pub fn warning_message(
 /// is missing, unparsable, bigger than `max_size`, older than `max_age`, or
 /// carries a different quota line.
 pub fn usage(maildir: &Path, quota: Quota, policy: &QuotaPolicy) -> std::io::Result<Usage> {
+    match cached_usage(maildir, quota, policy)? {
+        Some(u) => Ok(u),
+        None => store_recalculated(maildir, quota),
+    }
+}
+
+/// The usage `maildirsize` gives when it is fresh (small and recent enough)
+/// and for `quota`; `None` when it must be recalculated.
+fn cached_usage(
+    maildir: &Path,
+    quota: Quota,
+    policy: &QuotaPolicy,
+) -> std::io::Result<Option<Usage>> {
     use std::os::unix::fs::MetadataExt;
     let path = maildir.join("maildirsize");
     let fresh = match std::fs::metadata(&path) {
@@ -639,20 +662,24 @@ pub fn usage(maildir: &Path, quota: Quota, policy: &QuotaPolicy) -> std::io::Res
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e),
     };
-    if let Some(md) = fresh {
-        if let Some(u) = size_cache::usage(&path, md.ino(), md.len(), quota) {
-            return Ok(u);
-        }
-        let text = std::fs::read_to_string(&path)?;
-        if let Some(u) = parse_maildirsize(&text, quota) {
-            // What was read, up to its last whole line (an append may be under way).
-            let whole = text.rfind('\n').map_or(0, |i| i + 1);
-            if whole == text.len() {
-                size_cache::remember(&path, md.ino(), whole as u64, quota, u);
-            }
-            return Ok(u);
-        }
+    let Some(md) = fresh else { return Ok(None) };
+    if let Some(u) = size_cache::usage(&path, md.ino(), md.len(), quota) {
+        return Ok(Some(u));
     }
+    let text = std::fs::read_to_string(&path)?;
+    let Some(u) = parse_maildirsize(&text, quota) else {
+        return Ok(None);
+    };
+    // What was read, up to its last whole line (an append may be under way).
+    let whole = text.rfind('\n').map_or(0, |i| i + 1);
+    if whole == text.len() {
+        size_cache::remember(&path, md.ino(), whole as u64, quota, u);
+    }
+    Ok(Some(u))
+}
+
+/// Recalculates the usage of `maildir` and rewrites its `maildirsize`.
+fn store_recalculated(maildir: &Path, quota: Quota) -> std::io::Result<Usage> {
     let u = recalculate(maildir)?;
     // Unique per call: deliveries to one Maildir run concurrently, and a
     // shared temporary name would be renamed away under another's feet.
@@ -665,7 +692,7 @@ pub fn usage(maildir: &Path, quota: Quota, policy: &QuotaPolicy) -> std::io::Res
         &tmp,
         format!("{}\n{} {}\n", quota.to_maildirsize(), u.bytes, u.count),
     )?;
-    std::fs::rename(&tmp, &path)?;
+    std::fs::rename(&tmp, maildir.join("maildirsize"))?;
     Ok(u)
 }
 
@@ -808,7 +835,8 @@ fn size_from_name(name: &str) -> Option<u64> {
 }
 
 /// Appends `<bytes> <count>` to `maildirsize` under an fcntl write lock, as
-/// every Maildir++ writer does so concurrent appends never interleave.
+/// every Maildir++ writer does so concurrent appends never interleave;
+/// waits for the lock on the calling thread (a shard uses [`append_async`]).
 pub fn append(maildir: &Path, bytes: i64, count: i64) -> std::io::Result<()> {
     use std::io::Write;
     let path = maildir.join("maildirsize");
@@ -819,21 +847,56 @@ pub fn append(maildir: &Path, bytes: i64, count: i64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// [`append`] from a shard: the lock is only tried there; when another
+/// process holds it (a POP3/IMAP server updating the file), waiting for it
+/// and the write move to the blocking pool, so the shard never stalls on
+/// another process's lock.
+pub async fn append_async(maildir: &Path, bytes: i64, count: i64) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = maildir.join("maildirsize");
+    let f = std::fs::OpenOptions::new().append(true).open(&path)?;
+    let line = format!("{bytes} {count}\n");
+    if try_lock_write(&f)? {
+        return (&f).write_all(line.as_bytes());
+    }
+    tokio::task::spawn_blocking(move || {
+        lock_write(&f)?;
+        (&f).write_all(line.as_bytes())
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// Tries a whole-file fcntl write lock without waiting: `false` when
+/// another process holds a conflicting lock.
+fn try_lock_write(f: &std::fs::File) -> std::io::Result<bool> {
+    fcntl_write_lock(f, false)
+}
+
 /// Takes a blocking whole-file fcntl write lock.
 pub(crate) fn lock_write(f: &std::fs::File) -> std::io::Result<()> {
+    fcntl_write_lock(f, true).map(|_| ())
+}
+
+/// A whole-file fcntl write lock, waited for (`F_SETLKW`) or only tried
+/// (`F_SETLK`: `false` when another process holds a conflicting lock).
+fn fcntl_write_lock(f: &std::fs::File, wait: bool) -> std::io::Result<bool> {
     // SAFETY: flock is plain data; zeroed is a valid value for every field.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
     fl.l_type = libc::F_WRLCK as _;
     fl.l_whence = libc::SEEK_SET as _;
+    let cmd = if wait { libc::F_SETLKW } else { libc::F_SETLK };
     loop {
         // SAFETY: valid descriptor and a valid flock struct.
-        let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLKW, &fl) };
+        let rc = unsafe { libc::fcntl(f.as_raw_fd(), cmd, &fl) };
         if rc == 0 {
-            return Ok(());
+            return Ok(true);
         }
         let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e);
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN | libc::EACCES) if !wait => return Ok(false),
+            _ => return Err(e),
         }
     }
 }

@@ -436,3 +436,73 @@ fn qmaillocal_hook() {
         assert!(got.ends_with(std::str::from_utf8(MSG).unwrap()));
     });
 }
+
+/// Another process (a POP3/IMAP server) holding the fcntl lock of
+/// `maildirsize` does not stall the shard: the delivery's size update waits
+/// on the blocking pool while the shard's other tasks run, and its line is
+/// appended once the lock is released.
+#[test]
+fn a_held_maildirsize_lock_does_not_stall_the_shard() {
+    both(|d| async move {
+        let home = tempfile::tempdir().unwrap();
+        let t = LocalTarget {
+            quota: Some(Quota {
+                bytes: 1_000_000,
+                count: 0,
+            }),
+            ..target(home.path())
+        };
+        let cfg = LocalConfig::default();
+        // The first delivery writes maildirsize (a recalculation).
+        let r = deliver(&cfg, &t, env(), MSG).await;
+        assert!(matches!(r.outcome, Outcome::Delivered(_)), "{d:?} {r:?}");
+        let size = t.maildir.join("maildirsize");
+        let before = std::fs::read_to_string(&size).unwrap();
+        let mut holder = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import fcntl, sys, time\n\
+                 f = open(sys.argv[1], 'a')\n\
+                 fcntl.lockf(f, fcntl.LOCK_EX)\n\
+                 print('locked', flush=True)\n\
+                 time.sleep(1.5)\n",
+            ])
+            .arg(&size)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "locked");
+        let ticks = std::rc::Rc::new(std::cell::Cell::new(0u32));
+        let ticker = {
+            let ticks = ticks.clone();
+            tokio::task::spawn_local(async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    ticks.set(ticks.get() + 1);
+                }
+            })
+        };
+        let started = std::time::Instant::now();
+        let r = deliver(&cfg, &t, env(), MSG).await;
+        ticker.abort();
+        assert!(matches!(r.outcome, Outcome::Delivered(_)), "{d:?} {r:?}");
+        assert!(holder.wait().unwrap().success());
+        assert!(
+            started.elapsed() >= std::time::Duration::from_millis(500),
+            "{d:?}: the size update did not wait for the lock"
+        );
+        assert!(
+            ticks.get() >= 5,
+            "{d:?}: the shard stalled while the lock was held ({} ticks)",
+            ticks.get()
+        );
+        let after = std::fs::read_to_string(&size).unwrap();
+        assert_eq!(after.lines().count(), before.lines().count() + 1, "{after}");
+    });
+}
