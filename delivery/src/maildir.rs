@@ -556,14 +556,7 @@ pub async fn check(
 ) -> std::io::Result<(QuotaCheck, Usage)> {
     let usage = match cached_usage(maildir, quota, policy)? {
         Some(u) => u,
-        // Recalculating lists and may stat every message of the Maildir:
-        // on the blocking pool, so a big mailbox never stalls the shard.
-        None => {
-            let maildir = maildir.to_path_buf();
-            tokio::task::spawn_blocking(move || store_recalculated(&maildir, quota))
-                .await
-                .map_err(std::io::Error::other)??
-        }
+        None => recalculated_once(maildir, quota).await?,
     };
     Ok((judge(usage, quota, size, policy), usage))
 }
@@ -676,6 +669,66 @@ fn cached_usage(
         size_cache::remember(&path, md.ino(), whole as u64, quota, u);
     }
     Ok(Some(u))
+}
+
+thread_local! {
+    /// Maildirs whose usage this shard is recalculating, with who waits for it.
+    static RECALCULATING: std::cell::RefCell<std::collections::HashMap<PathBuf, Vec<UsageReply>>> =
+        Default::default();
+}
+
+thread_local! {
+    static RECALCULATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many Maildir usage recalculations this thread (shard) has started.
+pub fn recalculations() -> u64 {
+    RECALCULATIONS.with(std::cell::Cell::get)
+}
+
+type UsageReply = tokio::sync::oneshot::Sender<Result<Usage, (std::io::ErrorKind, String)>>;
+
+/// [`store_recalculated`] for a delivery on a shard: on the blocking pool
+/// (it lists and may stat every message of the Maildir, so a big mailbox
+/// never stalls the shard), and once per Maildir at a time: the deliveries
+/// that find `maildirsize` stale while a recalculation runs wait for its
+/// result instead of each listing the Maildir again. The recalculation is
+/// its own task, so a waiter that goes away strands nobody.
+async fn recalculated_once(maildir: &Path, quota: Quota) -> std::io::Result<Usage> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let first = RECALCULATING.with(|m| {
+        let mut m = m.borrow_mut();
+        match m.get_mut(maildir) {
+            Some(waiting) => {
+                waiting.push(tx);
+                false
+            }
+            None => {
+                m.insert(maildir.to_path_buf(), vec![tx]);
+                true
+            }
+        }
+    });
+    if first {
+        RECALCULATIONS.with(|n| n.set(n.get() + 1));
+        let maildir = maildir.to_path_buf();
+        tokio::task::spawn_local(async move {
+            let dir = maildir.clone();
+            let r = tokio::task::spawn_blocking(move || store_recalculated(&dir, quota))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r)
+                .map_err(|e| (e.kind(), e.to_string()));
+            let waiting = RECALCULATING.with(|m| m.borrow_mut().remove(&maildir));
+            for w in waiting.unwrap_or_default() {
+                let _ = w.send(r.clone());
+            }
+        });
+    }
+    match rx.await {
+        Ok(r) => r.map_err(|(kind, text)| std::io::Error::new(kind, text)),
+        Err(_) => Err(std::io::Error::other("quota recalculation abandoned")),
+    }
 }
 
 /// Recalculates the usage of `maildir` and rewrites its `maildirsize`.

@@ -29,6 +29,17 @@ fn target(home: &Path) -> LocalTarget {
     }
 }
 
+/// A target with a 1,000,000-byte quota.
+fn quota_target(home: &Path) -> LocalTarget {
+    LocalTarget {
+        quota: Some(Quota {
+            bytes: 1_000_000,
+            count: 0,
+        }),
+        ..target(home)
+    }
+}
+
 fn env<'a>() -> LocalEnvelope<'a> {
     LocalEnvelope {
         sender: "a@example.org",
@@ -445,13 +456,7 @@ fn qmaillocal_hook() {
 fn a_held_maildirsize_lock_does_not_stall_the_shard() {
     both(|d| async move {
         let home = tempfile::tempdir().unwrap();
-        let t = LocalTarget {
-            quota: Some(Quota {
-                bytes: 1_000_000,
-                count: 0,
-            }),
-            ..target(home.path())
-        };
+        let t = quota_target(home.path());
         let cfg = LocalConfig::default();
         // The first delivery writes maildirsize (a recalculation).
         let r = deliver(&cfg, &t, env(), MSG).await;
@@ -504,5 +509,36 @@ fn a_held_maildirsize_lock_does_not_stall_the_shard() {
         );
         let after = std::fs::read_to_string(&size).unwrap();
         assert_eq!(after.lines().count(), before.lines().count() + 1, "{after}");
+    });
+}
+
+/// Deliveries that find `maildirsize` stale at the same time recalculate the
+/// Maildir's usage once between them (not once each: a big mailbox's
+/// listing multiplied by the deliveries in flight), and all are delivered.
+#[test]
+fn concurrent_deliveries_recalculate_a_stale_maildirsize_once() {
+    both(|d| async move {
+        let home = tempfile::tempdir().unwrap();
+        let t = quota_target(home.path());
+        // A quota line that is not the user's: the file must be recalculated.
+        std::fs::write(t.maildir.join("maildirsize"), "5S\n0 0\n").unwrap();
+        let before = delivery::maildir::recalculations();
+        let cfg = std::rc::Rc::new(LocalConfig::default());
+        let t = std::rc::Rc::new(t);
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let (cfg, t) = (cfg.clone(), t.clone());
+                tokio::task::spawn_local(async move { deliver(&cfg, &t, env(), MSG).await })
+            })
+            .collect();
+        for task in tasks {
+            let r = task.await.unwrap();
+            assert!(matches!(r.outcome, Outcome::Delivered(_)), "{d:?} {r:?}");
+        }
+        assert_eq!(delivery::maildir::recalculations() - before, 1, "{d:?}");
+        assert_eq!(files(&t.maildir.join("new")).len(), 16);
+        let text = std::fs::read_to_string(t.maildir.join("maildirsize")).unwrap();
+        assert!(text.starts_with("1000000S\n"), "{text}");
+        assert_eq!(text.lines().count(), 2 + 16, "{text}");
     });
 }
