@@ -141,6 +141,12 @@ async fn join(target: Target, dir: &Path) -> io::Result<()> {
             in_flight: 0,
             path: dir.to_path_buf(),
         });
+        // A file system's group can live as long as deliveries keep coming:
+        // its flush opens the latest joiner's directory, which exists now,
+        // not the first one's, which may since have been removed.
+        if matches!(target, Target::Fs(_)) && group.path != dir {
+            group.path = dir.to_path_buf();
+        }
         group.waiting.push(tx);
         if group.in_flight < IN_FLIGHT_CAP.with(Cell::get) {
             group.in_flight += 1;
