@@ -15,6 +15,14 @@ fn message(i: usize) -> Vec<u8> {
     format!("From: a@example.org\nSubject: {i}\n\nbody {i}\n").into_bytes()
 }
 
+/// Makes the Maildir `md` (tmp/, new/, cur/) and returns its path.
+fn maildir(md: &Path) -> PathBuf {
+    for sub in ["tmp", "new", "cur"] {
+        std::fs::create_dir_all(md.join(sub)).unwrap();
+    }
+    md.to_path_buf()
+}
+
 /// Starts `n` deliveries into `dir` at once and returns each one's result.
 async fn deliver_many(
     dir: &Path,
@@ -41,10 +49,7 @@ async fn deliver_many(
 fn concurrent_deliveries_into_one_maildir_share_the_directory_flush() {
     both(|d| async move {
         let home = tempfile::tempdir().unwrap();
-        let md = home.path().join("Maildir");
-        for sub in ["tmp", "new", "cur"] {
-            std::fs::create_dir_all(md.join(sub)).unwrap();
-        }
+        let md = maildir(&home.path().join("Maildir"));
         let before = dirflush::stats();
         let n = 64;
         let results = deliver_many(&md, n, SyncMode::File).await;
@@ -78,12 +83,9 @@ fn concurrent_deliveries_into_one_maildir_share_the_directory_flush() {
 fn deliveries_into_different_maildirs_flush_each_their_own() {
     both(|d| async move {
         let home = tempfile::tempdir().unwrap();
-        let dirs: Vec<PathBuf> = (0..4).map(|i| home.path().join(format!("u{i}"))).collect();
-        for md in &dirs {
-            for sub in ["tmp", "new", "cur"] {
-                std::fs::create_dir_all(md.join(sub)).unwrap();
-            }
-        }
+        let dirs: Vec<PathBuf> = (0..4)
+            .map(|i| maildir(&home.path().join(format!("u{i}"))))
+            .collect();
         let handles: Vec<_> = dirs
             .iter()
             .cloned()
@@ -161,12 +163,9 @@ fn a_delivery_reported_done_survives_a_power_cut_whatever_its_group_did() {
 fn filesystem_mode_shares_syncfs_across_maildirs() {
     both(|d| async move {
         let home = tempfile::tempdir().unwrap();
-        let dirs: Vec<PathBuf> = (0..4).map(|i| home.path().join(format!("u{i}"))).collect();
-        for md in &dirs {
-            for sub in ["tmp", "new", "cur"] {
-                std::fs::create_dir_all(md.join(sub)).unwrap();
-            }
-        }
+        let dirs: Vec<PathBuf> = (0..4)
+            .map(|i| maildir(&home.path().join(format!("u{i}"))))
+            .collect();
         let before = dirflush::stats();
         let handles: Vec<_> = dirs
             .iter()
@@ -214,10 +213,7 @@ fn filesystem_mode_shares_syncfs_across_maildirs() {
 fn auto_mode_shares_syncfs_in_a_crowd_and_file_mode_never() {
     both(|d| async move {
         let home = tempfile::tempdir().unwrap();
-        let md = home.path().join("Maildir");
-        for sub in ["tmp", "new", "cur"] {
-            std::fs::create_dir_all(md.join(sub)).unwrap();
-        }
+        let md = maildir(&home.path().join("Maildir"));
         let file = std::fs::File::open(home.path()).unwrap();
         assert!(
             shard::io::sync_fs_covers(&file).unwrap(),
