@@ -31,6 +31,7 @@
 //! | `listeners` | lines `SERVICE ADDR:PORT`; services `smtp`, `submission`, `smtps`, `odmr`, `pop3`, `pop3s`, `imap-proxy`, `imaps-proxy`, `pop3-proxy`, `pop3s-proxy`, `poppass`, `poppasss` | `smtp 127.0.0.1:2525` |
 //! | `servercert.pem` | TLS certificate + key (`CERTDIR`, `SERVERCERT` override) | a self-signed demo certificate |
 //! | `cpus` | CPU list for shards (`0-3,6`; `--cpus` and `INDIMAIL_SHARDS` override, see `queue-layout`) | one shard per online CPU |
+//! | `shardsched` | how shard threads and their helper threads are scheduled: `batch` (`SCHED_BATCH`: a helper's wake-up does not preempt its shard) or `normal` (the kernel's default), see `shard::Scheduling` | `batch` |
 //! | `shutdowntimeout` | seconds SIGTERM waits for SMTP transactions in flight before closing them (unanswered ones are not accepted) | 5 |
 //! | `user` | user `serve` drops to when started as root (`INDIMAIL_USER`), see `privs` | `indimail` if it exists |
 //! | `etrnhosts` | domains whose mail is held for ETRN/ATRN (`.domain` = subdomains) | none |
@@ -62,6 +63,8 @@ pub struct ServeConfig {
     pub smtp: SmtpSettings,
     /// `shutdowntimeout`: how long SIGTERM waits for sessions in flight.
     pub shutdown_timeout: Duration,
+    /// `shardsched`: the shard threads' scheduling policy.
+    pub scheduling: shard::Scheduling,
 }
 
 impl ServeConfig {
@@ -80,6 +83,21 @@ impl ServeConfig {
             errors.push(e);
             5
         });
+        let scheduling = match c.string("shardsched") {
+            Ok(None) => shard::Scheduling::default(),
+            Ok(Some(v)) => shard::Scheduling::parse(&v).unwrap_or_else(|| {
+                errors.push(ControlError {
+                    path: c.file("shardsched"),
+                    line: Some(1),
+                    problem: format!("{v:?} is not batch or normal"),
+                });
+                shard::Scheduling::default()
+            }),
+            Err(e) => {
+                errors.push(e);
+                shard::Scheduling::default()
+            }
+        };
         // The user to drop to must exist (used when started as root).
         match c.string("user") {
             Ok(Some(user)) => {
@@ -106,6 +124,7 @@ impl ServeConfig {
         match (smtp, listeners) {
             (Ok(smtp), Ok(listeners)) if errors.is_empty() => Ok(ServeConfig {
                 shutdown_timeout: Duration::from_secs(shutdown_timeout),
+                scheduling,
                 smtp,
                 paths,
                 listeners,

@@ -101,6 +101,7 @@ pub fn config_show(paths: &Paths) -> i32 {
         println!("spfbehavior: {}", s.spf.0);
         println!("etrnhosts: {}", s.turn.held_domains().join(" "));
         println!("shutdowntimeout: {}", c.shutdown_timeout.as_secs());
+        println!("shardsched: {}", c.scheduling);
         match privs::decide(paths) {
             Ok(privs::Decision::AsIs) => println!("user: (not root: runs as the invoking user)"),
             Ok(privs::Decision::Drop(u)) => {

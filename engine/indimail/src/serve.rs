@@ -138,7 +138,7 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
             .is_some_and(|v| !v.is_empty() && v != "0"),
     });
     let shutdown = Shutdown::new();
-    let handles = shard::start(&placement, driver, shutdown.clone(), {
+    let handles = shard::start(&placement, config.scheduling, driver, shutdown.clone(), {
         let shared = Arc::clone(&shared);
         move |info| shard_main(info, Arc::clone(&shared))
     })?;
@@ -150,8 +150,9 @@ pub fn serve(config: ServeConfig, requested: Driver) -> anyhow::Result<()> {
         bail!("start-up failed: {e}");
     }
     log!(
-        "status: {shards} shards driver={} placement={placement}",
-        driver.name()
+        "status: {shards} shards driver={} placement={placement} sched={}",
+        driver.name(),
+        config.scheduling
     );
     // Queue tools talk to the shards through the control socket.
     let control_socket = match operator_tools::queuectl::ControlSocket::start(

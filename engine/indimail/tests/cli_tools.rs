@@ -37,7 +37,10 @@ fn config_check_reports_every_problem_with_file_and_line() {
     assert_eq!(indimail(home, &["init"]).0, 0);
     let (c, out, err) = indimail(home, &["config", "check"]);
     assert_eq!(c, 0, "{out}{err}");
+    let (_, out, _) = indimail(home, &["config", "show"]);
+    assert!(out.contains("shardsched: batch"), "{out}");
     std::fs::write(home.join("control/databytes"), "# size\nlots\n").unwrap();
+    std::fs::write(home.join("control/shardsched"), "fifo\n").unwrap();
     std::fs::write(home.join("tcp/tcp.smtp"), "127.:allow\nnot a rule\n").unwrap();
     std::fs::write(
         home.join("control/listeners"),
@@ -48,6 +51,10 @@ fn config_check_reports_every_problem_with_file_and_line() {
     assert_eq!(c, 1);
     assert!(
         err.contains("databytes:2: `lots` is not a valid number"),
+        "{err}"
+    );
+    assert!(
+        err.contains("shardsched:1: \"fifo\" is not batch or normal"),
         "{err}"
     );
     assert!(err.contains("tcp.smtp:2:"), "{err}");

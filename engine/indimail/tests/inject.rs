@@ -238,7 +238,7 @@ fn layout_eight_unpinned_shards_test_mode() {
     let s = twelve_of_twelve(h.path(), &[], &[("INDIMAIL_SHARDS", "8")]);
     let log = s.log();
     assert!(log.contains("status: 8 shards"), "{log}");
-    assert!(log.contains("placement=8 unpinned"), "{log}");
+    assert!(log.contains("placement=8 unpinned sched=batch"), "{log}");
 }
 
 /// Drop files in `queueN` directories outside the layout (an older layout,

@@ -21,7 +21,7 @@ mod placement;
 
 pub use mesh::{Mesh, MeshReceiver, MeshSender, SendError};
 // CPU lists are parsed by the `queue-layout` crate (one parser for every program).
-pub use placement::{online_cpus, pin_current_thread, Placement, PlacementError};
+pub use placement::{online_cpus, pin_current_thread, Placement, PlacementError, Scheduling};
 
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -106,12 +106,14 @@ impl<T> Shards<T> {
     }
 }
 
-/// Starts one thread per CPU of `placement`, pins it, runs a runtime of
-/// `driver` on it and the future made by `shard_main` inside. `shard_main` is
+/// Starts one thread per CPU of `placement`, pins it, schedules it (and the
+/// helper threads it starts) by `scheduling`, runs a runtime of `driver` on
+/// it and the future made by `shard_main` inside. `shard_main` is
 /// called on the shard's own thread, so the future it returns need not be
 /// `Send`.
 pub fn start<F, Fut, T>(
     placement: &Placement,
+    scheduling: Scheduling,
     driver: io::Driver,
     shutdown: Shutdown,
     shard_main: F,
@@ -144,6 +146,10 @@ where
                         eprintln!("shard {index}: cannot pin to cpu {cpu}: {e}");
                     }
                 }
+                // Before the runtime starts: its helper threads inherit it.
+                if let Err(e) = scheduling.apply_to_current_thread() {
+                    eprintln!("shard {index}: cannot set scheduling {scheduling}: {e}");
+                }
                 io::run(info.driver, shard_main(info))
             })?;
         threads.push(h);
@@ -163,15 +169,21 @@ mod tests {
             let started = Arc::new(AtomicUsize::new(0));
             let s2 = Arc::clone(&started);
             let placement = Placement::Unpinned(3);
-            let shards = start(&placement, driver, shutdown.clone(), move |info| {
-                let started = Arc::clone(&s2);
-                async move {
-                    assert_eq!(io::current_driver(), info.driver);
-                    started.fetch_add(1, Ordering::SeqCst);
-                    info.shutdown.wait().await;
-                    info.index
-                }
-            })
+            let shards = start(
+                &placement,
+                Scheduling::default(),
+                driver,
+                shutdown.clone(),
+                move |info| {
+                    let started = Arc::clone(&s2);
+                    async move {
+                        assert_eq!(io::current_driver(), info.driver);
+                        started.fetch_add(1, Ordering::SeqCst);
+                        info.shutdown.wait().await;
+                        info.index
+                    }
+                },
+            )
             .unwrap();
             while started.load(Ordering::SeqCst) < 3 {
                 std::thread::yield_now();
@@ -180,5 +192,76 @@ mod tests {
             let r: Vec<_> = shards.join().into_iter().map(|r| r.unwrap()).collect();
             assert_eq!(r, vec![0, 1, 2]);
         }
+    }
+
+    /// The policy of thread `tid` of this process.
+    fn policy_of(tid: libc::pid_t) -> i32 {
+        // SAFETY: a plain query of a thread id.
+        unsafe { libc::sched_getscheduler(tid) }
+    }
+
+    #[test]
+    fn a_shard_and_the_helper_threads_it_starts_get_its_scheduling() {
+        for (scheduling, policy) in [
+            (Scheduling::Batch, libc::SCHED_BATCH),
+            (Scheduling::Normal, libc::SCHED_OTHER),
+        ] {
+            let shutdown = Shutdown::new();
+            let root = std::env::temp_dir().join(format!(
+                "shard-sched-{}-{}",
+                std::process::id(),
+                scheduling.name()
+            ));
+            std::fs::create_dir_all(&root).unwrap();
+            let dir = root.clone();
+            let shards = start(
+                &Placement::Unpinned(1),
+                scheduling,
+                io::Driver::Uring,
+                shutdown.clone(),
+                move |_| {
+                    let root = root.clone();
+                    async move {
+                        // SAFETY: plain thread-id query.
+                        let me = unsafe { libc::gettid() };
+                        let blocking = tokio::task::spawn_blocking(|| policy_of(0)).await.unwrap();
+                        // io_uring always hands a rename to one of its
+                        // workers, which are named after the ring's thread.
+                        std::fs::write(root.join("a"), b"x").unwrap();
+                        io::rename(root.join("a"), root.join("b")).await.unwrap();
+                        let workers: Vec<i32> = std::fs::read_dir("/proc/self/task")
+                            .unwrap()
+                            .filter_map(|t| {
+                                let t = t.ok()?;
+                                let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+                                let tid: libc::pid_t = t.file_name().to_str()?.parse().ok()?;
+                                (comm.trim() == format!("iou-wrk-{me}")).then(|| policy_of(tid))
+                            })
+                            .collect();
+                        (policy_of(0), blocking, workers)
+                    }
+                },
+            )
+            .unwrap();
+            let (own, blocking, workers) = shards.join().pop().unwrap().unwrap();
+            let _ = std::fs::remove_dir_all(&dir);
+            assert_eq!(own, policy, "{scheduling}: the shard thread");
+            assert_eq!(blocking, policy, "{scheduling}: its blocking pool");
+            assert!(!workers.is_empty(), "{scheduling}: no io_uring worker seen");
+            assert!(
+                workers.iter().all(|&p| p == policy),
+                "{scheduling}: io_uring workers {workers:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn scheduling_names_parse_back() {
+        for s in [Scheduling::Batch, Scheduling::Normal] {
+            assert_eq!(Scheduling::parse(s.name()), Some(s));
+        }
+        assert_eq!(Scheduling::parse(" batch\n"), Some(Scheduling::Batch));
+        assert_eq!(Scheduling::parse("fifo"), None);
+        assert_eq!(Scheduling::default(), Scheduling::Batch);
     }
 }
