@@ -642,8 +642,10 @@ fn spare(buf: Vec<u8>) -> tokio_uring::buf::Slice<Vec<u8>> {
     buf.slice(len..cap)
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    match tokio::task::spawn_blocking(f).await {
+/// Runs `f` on the runtime's blocking pool, that thread scheduled as the
+/// shard's helpers are ([`crate::Scheduling`]).
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(crate::helpers::wrap(f)).await {
         Ok(v) => v,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     }

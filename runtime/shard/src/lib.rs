@@ -14,6 +14,7 @@
 //! shard's state lives on its own thread (`Rc`/`RefCell` are the norm), and
 //! the only cross-thread objects are the channels and the stop signal.
 
+mod helpers;
 pub mod home;
 pub mod io;
 mod mesh;
@@ -106,9 +107,9 @@ impl<T> Shards<T> {
     }
 }
 
-/// Starts one thread per CPU of `placement`, pins it, schedules it (and the
-/// helper threads it starts) by `scheduling`, runs a runtime of `driver` on
-/// it and the future made by `shard_main` inside. `shard_main` is
+/// Starts one thread per CPU of `placement`, pins it, runs a runtime of
+/// `driver` on it and the future made by `shard_main` inside; the helper
+/// threads the runtime hands work to are scheduled by `scheduling`. `shard_main` is
 /// called on the shard's own thread, so the future it returns need not be
 /// `Send`.
 pub fn start<F, Fut, T>(
@@ -146,11 +147,12 @@ where
                         eprintln!("shard {index}: cannot pin to cpu {cpu}: {e}");
                     }
                 }
-                // Before the runtime starts: its helper threads inherit it.
-                if let Err(e) = scheduling.apply_to_current_thread() {
-                    eprintln!("shard {index}: cannot set scheduling {scheduling}: {e}");
-                }
-                io::run(info.driver, shard_main(info))
+                helpers::set_for_this_shard(scheduling);
+                let uring = info.driver == io::Driver::Uring;
+                io::run(
+                    info.driver,
+                    helpers::with_ring_workers(scheduling, uring, shard_main(info)),
+                )
             })?;
         threads.push(h);
     }
@@ -201,7 +203,7 @@ mod tests {
     }
 
     #[test]
-    fn a_shard_and_the_helper_threads_it_starts_get_its_scheduling() {
+    fn a_shards_helper_threads_get_its_scheduling_and_the_shard_keeps_the_default() {
         for (scheduling, policy) in [
             (Scheduling::Batch, libc::SCHED_BATCH),
             (Scheduling::Normal, libc::SCHED_OTHER),
@@ -224,20 +226,20 @@ mod tests {
                     async move {
                         // SAFETY: plain thread-id query.
                         let me = unsafe { libc::gettid() };
-                        let blocking = tokio::task::spawn_blocking(|| policy_of(0)).await.unwrap();
+                        let blocking = io::blocking(|| policy_of(0)).await;
                         // io_uring always hands a rename to one of its
-                        // workers, which are named after the ring's thread.
+                        // workers, named after the ring's thread; the shard
+                        // finds them within a second.
                         std::fs::write(root.join("a"), b"x").unwrap();
                         io::rename(root.join("a"), root.join("b")).await.unwrap();
-                        let workers: Vec<i32> = std::fs::read_dir("/proc/self/task")
-                            .unwrap()
-                            .filter_map(|t| {
-                                let t = t.ok()?;
-                                let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
-                                let tid: libc::pid_t = t.file_name().to_str()?.parse().ok()?;
-                                (comm.trim() == format!("iou-wrk-{me}")).then(|| policy_of(tid))
-                            })
-                            .collect();
+                        let mut workers = Vec::new();
+                        for _ in 0..30 {
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                            workers = ring_workers_of(me);
+                            if !workers.is_empty() && workers.iter().all(|&p| p == policy) {
+                                break;
+                            }
+                        }
                         (policy_of(0), blocking, workers)
                     }
                 },
@@ -245,7 +247,7 @@ mod tests {
             .unwrap();
             let (own, blocking, workers) = shards.join().pop().unwrap().unwrap();
             let _ = std::fs::remove_dir_all(&dir);
-            assert_eq!(own, policy, "{scheduling}: the shard thread");
+            assert_eq!(own, libc::SCHED_OTHER, "{scheduling}: the shard thread");
             assert_eq!(blocking, policy, "{scheduling}: its blocking pool");
             assert!(!workers.is_empty(), "{scheduling}: no io_uring worker seen");
             assert!(
@@ -253,6 +255,19 @@ mod tests {
                 "{scheduling}: io_uring workers {workers:?}"
             );
         }
+    }
+
+    /// The policies of the io_uring workers of the ring of thread `owner`.
+    fn ring_workers_of(owner: libc::pid_t) -> Vec<i32> {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| {
+                let t = t.ok()?;
+                let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+                let tid: libc::pid_t = t.file_name().to_str()?.parse().ok()?;
+                (comm.trim() == format!("iou-wrk-{owner}")).then(|| policy_of(tid))
+            })
+            .collect()
     }
 
     #[test]

@@ -13,24 +13,25 @@ pub enum Placement {
     Unpinned(usize),
 }
 
-/// How the kernel schedules a shard's thread and the helper threads it
-/// starts (io_uring's workers, its runtime's blocking pool), which inherit
-/// the policy (`control/shardsched`).
+/// How the kernel schedules the helper threads a shard hands work to:
+/// io_uring's workers (a `rename` or an `fsync` always runs on one) and its
+/// runtime's blocking pool (`syncfs`, directory listings) (`control/shardsched`).
 ///
-/// A helper is woken for each piece of work the shard hands it (a `rename`
-/// or an `fsync` on io_uring, a `syncfs` on the blocking pool), on the
-/// shard's own CPU (it inherits the pinning too). Under the kernel's default
-/// policy that wake-up preempts the shard in the middle of its turn: about
-/// two preemptions per Maildir delivery, each a pair of context switches.
-/// Under `SCHED_BATCH` a waking thread does not preempt the running one; it
-/// runs when the shard waits for I/O, or at the next scheduler tick. Server
-/// CPU per message fell 10-20% (loadtest/RESULTS.md).
+/// Each hand-off wakes a helper on the shard's own CPU (helpers inherit the
+/// pinning). Under the kernel's default policy that wake-up preempts the
+/// shard in the middle of its turn: about two preemptions per Maildir
+/// delivery, each a pair of context switches. Under `SCHED_BATCH` a waking
+/// helper does not preempt; it runs as soon as the shard waits for I/O (or
+/// at the next tick). The shard thread itself keeps the default policy, so
+/// its own wake-ups (a client's command arriving) still preempt whatever
+/// else runs on its CPU. Server CPU per message fell 10-15%
+/// (loadtest/RESULTS.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Scheduling {
-    /// `SCHED_BATCH` (the default).
+    /// Helpers run `SCHED_BATCH` (the default).
     #[default]
     Batch,
-    /// `SCHED_OTHER`: the kernel's default, waking threads may preempt.
+    /// Helpers keep the kernel's default (`SCHED_OTHER`).
     Normal,
 }
 
@@ -52,19 +53,12 @@ impl Scheduling {
         }
     }
 
-    /// Sets the calling thread's policy (threads it starts afterwards
-    /// inherit it).
-    pub fn apply_to_current_thread(self) -> std::io::Result<()> {
-        let policy = match self {
+    /// The policy helpers get.
+    pub(crate) fn helper_policy(self) -> libc::c_int {
+        match self {
             Scheduling::Batch => libc::SCHED_BATCH,
             Scheduling::Normal => libc::SCHED_OTHER,
-        };
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: pid 0 is the calling thread; `param` lives for the call.
-        if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
-            return Err(std::io::Error::last_os_error());
         }
-        Ok(())
     }
 }
 
@@ -72,6 +66,16 @@ impl fmt::Display for Scheduling {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// Sets the policy of thread `tid` of this process (0: the calling thread).
+pub(crate) fn set_policy(tid: libc::pid_t, policy: libc::c_int) -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: a thread id and a parameter block that lives for the call.
+    if unsafe { libc::sched_setscheduler(tid, policy, &param) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// A placement that cannot be honoured.
