@@ -10,9 +10,6 @@
 //! policy until then.
 
 use std::cell::Cell;
-use std::collections::HashSet;
-use std::future::Future;
-use std::time::Duration;
 
 use crate::placement::{set_policy, Scheduling};
 
@@ -42,44 +39,5 @@ pub(crate) fn wrap<T>(
             }
         }
         f()
-    }
-}
-
-/// Runs `fut` on a shard whose helpers are scheduled by `s`, with the
-/// search for its io_uring workers alongside when they need a policy set.
-pub(crate) async fn with_ring_workers<F: Future>(s: Scheduling, uring: bool, fut: F) -> F::Output {
-    if uring && s != Scheduling::Normal {
-        tokio::task::spawn_local(ring_workers(s.helper_policy()));
-    }
-    fut.await
-}
-
-/// Sets `policy` on this shard's io_uring workers as they appear.
-async fn ring_workers(policy: libc::c_int) {
-    // SAFETY: gettid has no preconditions.
-    let name = format!("iou-wrk-{}", unsafe { libc::gettid() });
-    let mut seen: HashSet<libc::pid_t> = HashSet::new();
-    let mut pause = Duration::from_millis(50);
-    loop {
-        tokio::time::sleep(pause).await;
-        pause = Duration::from_secs(1);
-        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-            return;
-        };
-        let tids: HashSet<libc::pid_t> = tasks
-            .filter_map(|t| t.ok()?.file_name().to_str()?.parse().ok())
-            .collect();
-        // Thread ids are reused: forget those that went away.
-        seen.retain(|t| tids.contains(t));
-        for &tid in &tids {
-            if !seen.insert(tid) {
-                continue;
-            }
-            let comm = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"));
-            if comm.is_ok_and(|c| c.trim_end() == name) {
-                // A worker that exited meanwhile needs nothing.
-                let _ = set_policy(tid, policy);
-            }
-        }
     }
 }

@@ -108,8 +108,8 @@ impl<T> Shards<T> {
 }
 
 /// Starts one thread per CPU of `placement`, pins it, runs a runtime of
-/// `driver` on it and the future made by `shard_main` inside; the helper
-/// threads the runtime hands work to are scheduled by `scheduling`. `shard_main` is
+/// `driver` on it and the future made by `shard_main` inside; the threads of
+/// its blocking pool are scheduled by `scheduling`. `shard_main` is
 /// called on the shard's own thread, so the future it returns need not be
 /// `Send`.
 pub fn start<F, Fut, T>(
@@ -148,11 +148,7 @@ where
                     }
                 }
                 helpers::set_for_this_shard(scheduling);
-                let uring = info.driver == io::Driver::Uring;
-                io::run(
-                    info.driver,
-                    helpers::with_ring_workers(scheduling, uring, shard_main(info)),
-                )
+                io::run(info.driver, shard_main(info))
             })?;
         threads.push(h);
     }
@@ -203,71 +199,31 @@ mod tests {
     }
 
     #[test]
-    fn a_shards_helper_threads_get_its_scheduling_and_the_shard_keeps_the_default() {
+    fn a_shards_blocking_pool_gets_its_scheduling_and_the_shard_keeps_the_default() {
         for (scheduling, policy) in [
             (Scheduling::Batch, libc::SCHED_BATCH),
             (Scheduling::Normal, libc::SCHED_OTHER),
         ] {
-            let shutdown = Shutdown::new();
-            let root = std::env::temp_dir().join(format!(
-                "shard-sched-{}-{}",
-                std::process::id(),
-                scheduling.name()
-            ));
-            std::fs::create_dir_all(&root).unwrap();
-            let dir = root.clone();
-            let shards = start(
-                &Placement::Unpinned(1),
-                scheduling,
-                io::Driver::Uring,
-                shutdown.clone(),
-                move |_| {
-                    let root = root.clone();
-                    async move {
-                        // SAFETY: plain thread-id query.
-                        let me = unsafe { libc::gettid() };
-                        let blocking = io::blocking(|| policy_of(0)).await;
-                        // io_uring always hands a rename to one of its
-                        // workers, named after the ring's thread; the shard
-                        // finds them within a second.
-                        std::fs::write(root.join("a"), b"x").unwrap();
-                        io::rename(root.join("a"), root.join("b")).await.unwrap();
-                        let mut workers = Vec::new();
-                        for _ in 0..30 {
-                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                            workers = ring_workers_of(me);
-                            if !workers.is_empty() && workers.iter().all(|&p| p == policy) {
-                                break;
-                            }
-                        }
-                        (policy_of(0), blocking, workers)
-                    }
-                },
-            )
-            .unwrap();
-            let (own, blocking, workers) = shards.join().pop().unwrap().unwrap();
-            let _ = std::fs::remove_dir_all(&dir);
-            assert_eq!(own, libc::SCHED_OTHER, "{scheduling}: the shard thread");
-            assert_eq!(blocking, policy, "{scheduling}: its blocking pool");
-            assert!(!workers.is_empty(), "{scheduling}: no io_uring worker seen");
-            assert!(
-                workers.iter().all(|&p| p == policy),
-                "{scheduling}: io_uring workers {workers:?}"
-            );
+            for driver in [io::Driver::Uring, io::Driver::Epoll] {
+                let shards = start(
+                    &Placement::Unpinned(1),
+                    scheduling,
+                    driver,
+                    Shutdown::new(),
+                    |_| async {
+                        let pool = io::blocking(|| policy_of(0)).await;
+                        // The pool's syncfs (delivery work no client waits on).
+                        let synced = io::sync_fs(std::env::temp_dir()).await.is_ok();
+                        (policy_of(0), pool, synced)
+                    },
+                )
+                .unwrap();
+                let (own, pool, synced) = shards.join().pop().unwrap().unwrap();
+                assert_eq!(own, libc::SCHED_OTHER, "{scheduling} {driver:?}: the shard");
+                assert_eq!(pool, policy, "{scheduling} {driver:?}: its blocking pool");
+                assert!(synced, "{scheduling} {driver:?}: syncfs on the pool");
+            }
         }
-    }
-
-    /// The policies of the io_uring workers of the ring of thread `owner`.
-    fn ring_workers_of(owner: libc::pid_t) -> Vec<i32> {
-        std::fs::read_dir("/proc/self/task")
-            .unwrap()
-            .filter_map(|t| {
-                let t = t.ok()?;
-                let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
-                let tid: libc::pid_t = t.file_name().to_str()?.parse().ok()?;
-                (comm.trim() == format!("iou-wrk-{owner}")).then(|| policy_of(tid))
-            })
-            .collect()
     }
 
     #[test]

@@ -13,25 +13,27 @@ pub enum Placement {
     Unpinned(usize),
 }
 
-/// How the kernel schedules the helper threads a shard hands work to:
-/// io_uring's workers (a `rename` or an `fsync` always runs on one) and its
-/// runtime's blocking pool (`syncfs`, directory listings) (`control/shardsched`).
+/// How the kernel schedules the threads of a shard's blocking pool, which do
+/// delivery work no client waits on: the `syncfs` shared by the shard's
+/// Maildir deliveries, quota recalculations (`control/shardsched`).
 ///
-/// Each hand-off wakes a helper on the shard's own CPU (helpers inherit the
+/// Each hand-off wakes a pool thread on the shard's own CPU (it inherits the
 /// pinning). Under the kernel's default policy that wake-up preempts the
-/// shard in the middle of its turn: about two preemptions per Maildir
-/// delivery, each a pair of context switches. Under `SCHED_BATCH` a waking
-/// helper does not preempt; it runs as soon as the shard waits for I/O (or
-/// at the next tick). The shard thread itself keeps the default policy, so
-/// its own wake-ups (a client's command arriving) still preempt whatever
-/// else runs on its CPU. Server CPU per message fell 10-15%
+/// shard in the middle of its turn (measured: about one preemption per
+/// Maildir delivery). Under `SCHED_BATCH` a waking thread does not preempt;
+/// it runs as soon as the shard waits for I/O, or at the next tick. The shard
+/// thread keeps the default policy, so a client's command still wakes it at
+/// once; so do io_uring's workers, which run the queue's writes and commits
+/// that the 250 after DATA waits for: under `SCHED_BATCH` too they saved
+/// more CPU but made that reply's 99th percentile at half load 5-39 ms
+/// instead of 3-6, whenever other processes kept the shard's CPU busy
 /// (loadtest/RESULTS.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Scheduling {
-    /// Helpers run `SCHED_BATCH` (the default).
+    /// The pool runs `SCHED_BATCH` (the default).
     #[default]
     Batch,
-    /// Helpers keep the kernel's default (`SCHED_OTHER`).
+    /// The pool keeps the kernel's default (`SCHED_OTHER`).
     Normal,
 }
 
@@ -53,7 +55,7 @@ impl Scheduling {
         }
     }
 
-    /// The policy helpers get.
+    /// The policy the pool's threads get.
     pub(crate) fn helper_policy(self) -> libc::c_int {
         match self {
             Scheduling::Batch => libc::SCHED_BATCH,
