@@ -108,8 +108,8 @@ impl<T> Shards<T> {
 }
 
 /// Starts one thread per CPU of `placement`, pins it, runs a runtime of
-/// `driver` on it and the future made by `shard_main` inside; the threads of
-/// its blocking pool are scheduled by `scheduling`. `shard_main` is
+/// `driver` on it and the future made by `shard_main` inside; on io_uring
+/// the threads of its blocking pool are scheduled by `scheduling`. `shard_main` is
 /// called on the shard's own thread, so the future it returns need not be
 /// `Send`.
 pub fn start<F, Fut, T>(
@@ -147,7 +147,7 @@ where
                         eprintln!("shard {index}: cannot pin to cpu {cpu}: {e}");
                     }
                 }
-                helpers::set_for_this_shard(scheduling);
+                helpers::set_for_this_shard(scheduling, info.driver);
                 io::run(info.driver, shard_main(info))
             })?;
         threads.push(h);
@@ -220,6 +220,11 @@ mod tests {
                 .unwrap();
                 let (own, pool, synced) = shards.join().pop().unwrap().unwrap();
                 assert_eq!(own, libc::SCHED_OTHER, "{scheduling} {driver:?}: the shard");
+                // On epoll the pool does the queue's I/O too: left alone.
+                let policy = match driver {
+                    io::Driver::Uring => policy,
+                    _ => libc::SCHED_OTHER,
+                };
                 assert_eq!(pool, policy, "{scheduling} {driver:?}: its blocking pool");
                 assert!(synced, "{scheduling} {driver:?}: syncfs on the pool");
             }

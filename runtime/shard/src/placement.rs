@@ -13,9 +13,11 @@ pub enum Placement {
     Unpinned(usize),
 }
 
-/// How the kernel schedules the threads of a shard's blocking pool, which do
-/// delivery work no client waits on: the `syncfs` shared by the shard's
-/// Maildir deliveries, quota recalculations (`control/shardsched`).
+/// How the kernel schedules the threads of a shard's blocking pool on the
+/// io_uring driver, where they do delivery work no client waits on: the
+/// `syncfs` shared by the shard's Maildir deliveries, quota recalculations
+/// (`control/shardsched`; on epoll the pool does every file operation, the
+/// queue's commits included, and keeps the default).
 ///
 /// Each hand-off wakes a pool thread on the shard's own CPU (it inherits the
 /// pinning). Under the kernel's default policy that wake-up preempts the
