@@ -7,12 +7,12 @@
 
 use std::cell::Cell;
 
-use crate::placement::{set_policy, Scheduling};
+use crate::placement::{set_own_policy, Scheduling};
 
 thread_local! {
     /// On a shard thread: how its pool's threads are scheduled (`None`
     /// elsewhere, and on the epoll driver: left alone).
-    static SHARD_HELPERS: Cell<Option<Scheduling>> = const { Cell::new(None) };
+    static POOL_SCHEDULING: Cell<Option<Scheduling>> = const { Cell::new(None) };
     /// On a blocking-pool thread: the policy it last set for itself.
     static OWN_POLICY: Cell<Option<libc::c_int>> = const { Cell::new(None) };
 }
@@ -21,7 +21,7 @@ thread_local! {
 /// (on the io_uring driver only, see the module doc).
 pub(crate) fn set_for_this_shard(s: Scheduling, driver: crate::io::Driver) {
     let s = (driver == crate::io::Driver::Uring).then_some(s);
-    SHARD_HELPERS.with(|h| h.set(s));
+    POOL_SCHEDULING.with(|h| h.set(s));
 }
 
 /// `f`, run on a blocking-pool thread, after that thread took the calling
@@ -29,10 +29,10 @@ pub(crate) fn set_for_this_shard(s: Scheduling, driver: crate::io::Driver) {
 pub(crate) fn wrap<T>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> impl FnOnce() -> T + Send + 'static {
-    let policy = SHARD_HELPERS.with(Cell::get).map(Scheduling::helper_policy);
+    let policy = POOL_SCHEDULING.with(Cell::get).map(Scheduling::pool_policy);
     move || {
         if let Some(p) = policy {
-            if OWN_POLICY.with(Cell::get) != Some(p) && set_policy(0, p).is_ok() {
+            if OWN_POLICY.with(Cell::get) != Some(p) && set_own_policy(p).is_ok() {
                 OWN_POLICY.with(|o| o.set(Some(p)));
             }
         }

@@ -58,7 +58,7 @@ impl Scheduling {
     }
 
     /// The policy the pool's threads get.
-    pub(crate) fn helper_policy(self) -> libc::c_int {
+    pub(crate) fn pool_policy(self) -> libc::c_int {
         match self {
             Scheduling::Batch => libc::SCHED_BATCH,
             Scheduling::Normal => libc::SCHED_OTHER,
@@ -72,11 +72,11 @@ impl fmt::Display for Scheduling {
     }
 }
 
-/// Sets the policy of thread `tid` of this process (0: the calling thread).
-pub(crate) fn set_policy(tid: libc::pid_t, policy: libc::c_int) -> std::io::Result<()> {
+/// Sets the calling thread's policy.
+pub(crate) fn set_own_policy(policy: libc::c_int) -> std::io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: a thread id and a parameter block that lives for the call.
-    if unsafe { libc::sched_setscheduler(tid, policy, &param) } != 0 {
+    // SAFETY: pid 0 is the calling thread; `param` lives for the call.
+    if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
