@@ -60,23 +60,6 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Spawns `cmd` under the kernel's default scheduling policy: the pool
-/// thread may run `SCHED_BATCH` (`shard::Scheduling`), which a child would
-/// inherit, and a user's program is not ours to deprioritise.
-fn spawn_with_default_scheduling(cmd: &mut Command) -> std::io::Result<std::process::Child> {
-    // SAFETY: plain queries and settings of the calling thread's policy.
-    let own = unsafe { libc::sched_getscheduler(0) };
-    let param = libc::sched_param { sched_priority: 0 };
-    let lowered = own == libc::SCHED_BATCH
-        && unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) } == 0;
-    let child = cmd.spawn();
-    if lowered {
-        // SAFETY: as above; back to the pool's policy.
-        unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
-    }
-    child
-}
-
 fn run_blocking(spec: ProgramSpec, stdin: Arc<Vec<u8>>) -> std::io::Result<ProgramExit> {
     use std::os::unix::process::ExitStatusExt;
     // One pipe for both stdout and stderr, so the report keeps the order the
@@ -92,7 +75,7 @@ fn run_blocking(spec: ProgramSpec, stdin: Arc<Vec<u8>>) -> std::io::Result<Progr
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(cwd);
     }
-    let mut child = spawn_with_default_scheduling(&mut cmd)?;
+    let mut child = cmd.spawn()?;
     // `cmd` still holds the write ends; drop it so EOF arrives when the child exits.
     drop(cmd);
     let child_stdin = child.stdin.take();
@@ -154,31 +137,6 @@ mod tests {
             assert!(text.contains("out") && text.contains("err") && text.contains("bar"));
             assert!(text.contains('5'));
         });
-    }
-
-    #[test]
-    fn a_program_runs_under_the_default_policy_from_a_batch_thread() {
-        std::thread::spawn(|| {
-            let param = libc::sched_param { sched_priority: 0 };
-            // SAFETY: sets this test thread's own policy.
-            assert_eq!(
-                unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) },
-                0
-            );
-            let spec = ProgramSpec {
-                program: "/bin/sh".into(),
-                // Field 41 of /proc/PID/stat is the policy (0 = SCHED_OTHER).
-                args: vec!["-c".into(), "cut -d' ' -f41 /proc/$$/stat".into()],
-                cwd: None,
-                env: Vec::new(),
-            };
-            let r = run_blocking(spec, Arc::new(Vec::new())).unwrap();
-            assert_eq!(output_text(&r.output).trim(), "0");
-            // SAFETY: a plain query of this thread's policy.
-            assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_BATCH);
-        })
-        .join()
-        .unwrap();
     }
 
     #[test]

@@ -31,7 +31,7 @@
 //! | `listeners` | lines `SERVICE ADDR:PORT`; services `smtp`, `submission`, `smtps`, `odmr`, `pop3`, `pop3s`, `imap-proxy`, `imaps-proxy`, `pop3-proxy`, `pop3s-proxy`, `poppass`, `poppasss` | `smtp 127.0.0.1:2525` |
 //! | `servercert.pem` | TLS certificate + key (`CERTDIR`, `SERVERCERT` override) | a self-signed demo certificate |
 //! | `cpus` | CPU list for shards (`0-3,6`; `--cpus` and `INDIMAIL_SHARDS` override, see `queue-layout`) | one shard per online CPU |
-//! | `shardsched` | how each shard's blocking-pool threads (the shared `syncfs` of Maildir deliveries, quota recalculations) are scheduled: `batch` (`SCHED_BATCH`: a wake-up does not preempt the shard) or `normal` (the kernel's default), see `shard::Scheduling` | `batch` |
+//! | `shardsched` | how each shard's own jobs on its blocking pool (the `syncfs` its Maildir deliveries share) are scheduled: `batch` (`SCHED_BATCH`: a wake-up does not preempt the shard) or `normal` (the kernel's default), see `shard::Scheduling` | `batch` |
 //! | `shutdowntimeout` | seconds SIGTERM waits for SMTP transactions in flight before closing them (unanswered ones are not accepted) | 5 |
 //! | `user` | user `serve` drops to when started as root (`INDIMAIL_USER`), see `privs` | `indimail` if it exists |
 //! | `etrnhosts` | domains whose mail is held for ETRN/ATRN (`.domain` = subdomains) | none |
@@ -63,7 +63,7 @@ pub struct ServeConfig {
     pub smtp: SmtpSettings,
     /// `shutdowntimeout`: how long SIGTERM waits for sessions in flight.
     pub shutdown_timeout: Duration,
-    /// `shardsched`: how the shards' blocking-pool threads are scheduled.
+    /// `shardsched`: how the shards' own pool jobs are scheduled.
     pub scheduling: shard::Scheduling,
 }
 

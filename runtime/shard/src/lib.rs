@@ -212,13 +212,16 @@ mod tests {
                     Shutdown::new(),
                     |_| async {
                         let pool = io::blocking(|| policy_of(0)).await;
+                        // Any other job on the pool (a content filter, a
+                        // program delivery) runs under the default policy.
+                        let plain = tokio::task::spawn_blocking(|| policy_of(0)).await.unwrap();
                         // The pool's syncfs (delivery work no client waits on).
                         let synced = io::sync_fs(std::env::temp_dir()).await.is_ok();
-                        (policy_of(0), pool, synced)
+                        (policy_of(0), pool, synced, plain)
                     },
                 )
                 .unwrap();
-                let (own, pool, synced) = shards.join().pop().unwrap().unwrap();
+                let (own, pool, synced, plain) = shards.join().pop().unwrap().unwrap();
                 assert_eq!(own, libc::SCHED_OTHER, "{scheduling} {driver:?}: the shard");
                 // On epoll the pool does the queue's I/O too: left alone.
                 let policy = match driver {
@@ -227,6 +230,11 @@ mod tests {
                 };
                 assert_eq!(pool, policy, "{scheduling} {driver:?}: its blocking pool");
                 assert!(synced, "{scheduling} {driver:?}: syncfs on the pool");
+                assert_eq!(
+                    plain,
+                    libc::SCHED_OTHER,
+                    "{scheduling} {driver:?}: another job"
+                );
             }
         }
     }

@@ -13,11 +13,12 @@ pub enum Placement {
     Unpinned(usize),
 }
 
-/// How the kernel schedules the threads of a shard's blocking pool on the
-/// io_uring driver, where they do delivery work no client waits on: the
-/// `syncfs` shared by the shard's Maildir deliveries, quota recalculations
-/// (`control/shardsched`; on epoll the pool does every file operation, the
-/// queue's commits included, and keeps the default).
+/// How the kernel schedules a shard's own jobs on its blocking pool on the
+/// io_uring driver, where they are delivery work no client waits on: the
+/// `syncfs` shared by the shard's Maildir deliveries (`control/shardsched`;
+/// on epoll they are every file operation, the queue's commits included, and
+/// keep the default; other jobs on the pool, such as content filters and
+/// program deliveries, always do).
 ///
 /// Each hand-off wakes a pool thread on the shard's own CPU (it inherits the
 /// pinning). Under the kernel's default policy that wake-up preempts the
