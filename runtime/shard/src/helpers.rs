@@ -17,11 +17,10 @@ thread_local! {
     static POOL_SCHEDULING: Cell<Option<Scheduling>> = const { Cell::new(None) };
 }
 
-/// Records, on a shard thread, how its pool jobs are to be scheduled (on
-/// the io_uring driver only, see the module doc).
-pub(crate) fn set_for_this_shard(s: Scheduling, driver: crate::io::Driver) {
-    let s = (driver == crate::io::Driver::Uring).then_some(s);
-    POOL_SCHEDULING.with(|h| h.set(s));
+/// Records, on a shard thread, how its pool jobs are to be scheduled: only
+/// when the shard runs io_uring (`uring`), see the module doc.
+pub(crate) fn set_for_this_shard(s: Scheduling, uring: bool) {
+    POOL_SCHEDULING.with(|h| h.set(uring.then_some(s)));
 }
 
 /// `f`, to run on a blocking-pool thread under the calling shard's pool

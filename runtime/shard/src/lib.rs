@@ -147,7 +147,7 @@ where
                         eprintln!("shard {index}: cannot pin to cpu {cpu}: {e}");
                     }
                 }
-                helpers::set_for_this_shard(scheduling, info.driver);
+                helpers::set_for_this_shard(scheduling, info.driver == io::Driver::Uring);
                 io::run(info.driver, shard_main(info))
             })?;
         threads.push(h);
