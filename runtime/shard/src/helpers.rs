@@ -12,23 +12,24 @@ use std::cell::Cell;
 use crate::placement::{set_own_policy, Scheduling};
 
 thread_local! {
-    /// On a shard thread: the policy of its pool jobs (`None` elsewhere, and
-    /// on the epoll driver: left alone).
-    static POOL_SCHEDULING: Cell<Option<Scheduling>> = const { Cell::new(None) };
+    /// On a shard thread whose pool jobs run `SCHED_BATCH` (io_uring driver,
+    /// [`Scheduling::Batch`]); false elsewhere: those jobs are left alone.
+    static POOL_BATCH: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Records, on a shard thread, how its pool jobs are to be scheduled: only
 /// when the shard runs io_uring (`uring`), see the module doc.
 pub(crate) fn set_for_this_shard(s: Scheduling, uring: bool) {
-    POOL_SCHEDULING.with(|h| h.set(uring.then_some(s)));
+    POOL_BATCH.with(|b| b.set(uring && s == Scheduling::Batch));
 }
 
-/// `f`, to run on a blocking-pool thread under the calling shard's pool
-/// policy, the thread's own restored afterwards (a panic included).
+/// `f`, to run on a blocking-pool thread: under `SCHED_BATCH` when the
+/// calling shard's pool jobs are, the thread's own policy restored afterwards
+/// (a panic included); else as it is, with no system call.
 pub(crate) fn wrap<T>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> impl FnOnce() -> T + Send + 'static {
-    let policy = POOL_SCHEDULING.with(Cell::get).map(Scheduling::pool_policy);
+    let batch = POOL_BATCH.with(Cell::get);
     move || {
         struct Restore(libc::c_int);
         impl Drop for Restore {
@@ -36,11 +37,13 @@ pub(crate) fn wrap<T>(
                 let _ = set_own_policy(self.0);
             }
         }
-        // SAFETY: a plain query of the calling thread's policy.
-        let own = unsafe { libc::sched_getscheduler(0) };
-        let _restore = match policy {
-            Some(p) if own >= 0 && p != own && set_own_policy(p).is_ok() => Some(Restore(own)),
-            _ => None,
+        let _restore = if batch {
+            // SAFETY: a plain query of the calling thread's policy.
+            let own = unsafe { libc::sched_getscheduler(0) };
+            (own >= 0 && own != libc::SCHED_BATCH && set_own_policy(libc::SCHED_BATCH).is_ok())
+                .then_some(Restore(own))
+        } else {
+            None
         };
         f()
     }

@@ -642,8 +642,8 @@ fn spare(buf: Vec<u8>) -> tokio_uring::buf::Slice<Vec<u8>> {
     buf.slice(len..cap)
 }
 
-/// Runs `f` on the runtime's blocking pool, that thread scheduled as the
-/// shard's helpers are ([`crate::Scheduling`]).
+/// Runs `f` on the runtime's blocking pool, under the policy of the shard's
+/// own pool jobs ([`crate::Scheduling`]).
 pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     match tokio::task::spawn_blocking(crate::helpers::wrap(f)).await {
         Ok(v) => v,

@@ -57,14 +57,6 @@ impl Scheduling {
             Scheduling::Normal => "normal",
         }
     }
-
-    /// The policy the pool's threads get.
-    pub(crate) fn pool_policy(self) -> libc::c_int {
-        match self {
-            Scheduling::Batch => libc::SCHED_BATCH,
-            Scheduling::Normal => libc::SCHED_OTHER,
-        }
-    }
 }
 
 impl fmt::Display for Scheduling {
