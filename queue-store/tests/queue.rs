@@ -463,7 +463,17 @@ fn concurrent_commits_share_syncs() {
         assert_eq!(st.commits, 200);
         let syncs = st.syncs - syncs_before;
         assert!(syncs < 200, "syncs {syncs}");
-        eprintln!("200 concurrent commits used {syncs} syncs");
+        // The records of one sync go out as one write per contiguous run:
+        // one per sync and segment, not one per record.
+        assert!(
+            st.record_writes <= syncs + st.segments,
+            "{} record writes for {syncs} syncs",
+            st.record_writes
+        );
+        eprintln!(
+            "200 concurrent commits used {syncs} syncs and {} record writes",
+            st.record_writes
+        );
         drop(q);
         let (q, rep) = Queue::open(cfg(&dir)).await.unwrap();
         assert_eq!(rep.messages, 200);

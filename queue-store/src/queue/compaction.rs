@@ -131,7 +131,7 @@ impl Queue {
             finish_record(&mut rec);
             let resv = self.reserve(rec.len() as u64).await?;
             let new_loc = (resv.seg, resv.pos as u32, unpadded as u32);
-            self.write_record(&resv, rec).await?;
+            self.write_record(&resv, rec);
             resvs.push(resv);
             moved.push((key, new_loc, body_len));
         }

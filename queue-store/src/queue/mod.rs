@@ -133,6 +133,9 @@ pub struct QueueStats {
     pub write_errors: u64,
     /// Record bytes written (padding included).
     pub bytes_written: u64,
+    /// Write calls that put records into segments: one per contiguous run
+    /// of records per group sync, however many records the run holds.
+    pub record_writes: u64,
     /// Messages whose body went to a spill file.
     pub spilled: u64,
     /// Segments deleted since open.
@@ -242,6 +245,8 @@ struct State {
     /// dropped.
     force_roll: bool,
     dirty: Vec<Rc<File>>,
+    /// Records waiting for the next group sync to write them.
+    queued_writes: Vec<segment_log::QueuedWrite>,
     dirty_seg_dir: bool,
     dirty_big_dir: bool,
     sync_started: u64,

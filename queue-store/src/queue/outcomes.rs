@@ -83,7 +83,7 @@ impl Queue {
         finish_record(&mut rec);
         let written = async {
             let resv = self.reserve(rec.len() as u64).await?;
-            self.write_record(&resv, rec).await?;
+            self.write_record(&resv, rec);
             let (seg, pos) = (resv.seg, resv.pos);
             drop(resv);
             self.wait_durable_in(seg, pos).await

@@ -181,13 +181,13 @@ impl MessageWriter {
         let key = (u64::from(resv.seg) << 32) | resv.pos;
         patch_key(&mut rec, key);
         finish_record(&mut rec);
-        // From the write on, the record may reach the disk even if this
-        // commit fails (a flush that fails may have written it): the spill
+        // Once queued, the record may reach the disk even if this commit
+        // fails (the next group sync writes it whoever waits): the spill
         // file it names must stay, or recovery would find a record without
         // its body (simulation seed 5). If no record survives, recovery
         // deletes the file as an orphan.
         let spilled = self.spill.take().is_some();
-        q.write_record(&resv, rec).await?;
+        q.write_record(&resv, rec);
         q.wait_durable_in(resv.seg, resv.pos).await?;
         {
             let mut st = q.sh.st.borrow_mut();
