@@ -422,8 +422,10 @@ async fn deliver_maildir(
     match maildir::write(dir, &cfg.hostname, data, cfg.maildir_sync).await {
         Ok(path) => {
             if let Some((q, usage)) = before {
-                // The message is safely delivered; a failed size update only
-                // makes the next check recalculate, so it is not an error.
+                // The message is safely delivered, so a failed size update is
+                // not an error: `maildirsize` undercounts it until the file is
+                // next recalculated (once it outgrows MAILDIRSIZE_MAX_SIZE or
+                // MAILDIRSIZE_MAX_AGE, or is unreadable).
                 let _ = maildir::append_async(dir, size as i64, 1).await;
                 let crossed = maildir::warning_crossed(&cfg.quota.warn_at, q, usage, size);
                 if let Some(percent) = crossed {
