@@ -518,8 +518,22 @@ PY
 }
 
 # One measurement; appends a row to $RESULTS.
+# This kind of machine (a VM) runs at different speeds within the hour, and the guest sees no
+# steal time: the same binary can need three times the CPU per message in a slow phase. A
+# fixed probe before every run (a million one-byte copies through dd: syscall-bound, like an
+# MTA) shows the phase in the log and its range in the table's header; lower is faster.
+PROBES=$WORK/speed-probes
+speed_probe() {
+    local t0 t1
+    t0=$(now)
+    dd if=/dev/zero of=/dev/null bs=1 count=1000000 2>/dev/null
+    t1=$(now)
+    python3 -c "print(f'{$t1 - $t0:.3f}')" | tee -a "$PROBES"
+}
+
 measure() { # mta workload size rcpts run gen
     local mta=$1 workload=$2 size=$3 rcpts=$4 run=$5 gen=$6
+    log "machine speed probe before $mta $workload run $run: $(speed_probe) s"
     local dir=$WORK/run-$workload-$gen-$size-$rcpts-$run-$mta
     local create_ms; create_ms=$(place_run_dir "$dir")
     local port; port=$(free_port)
@@ -670,7 +684,8 @@ log "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # --- table ---------------------------------------------------------------------------------
 table=$(python3 "$HERE/table.py" "$RESULTS")
-header="Medians of $runs runs; generators ${GENS[*]}; server CPU from $([[ -n $CG_KIND ]] && echo "cgroup $CG_KIND" || echo /proc); $messages messages per run, $sessions sessions, $per_session per connection, pipelining; $(nproc) CPUs; load average at end $(cut -d' ' -f1-3 /proc/loadavg); $(date -u '+%Y-%m-%d %H:%M UTC')."
+probe_range=$(sort -n "$PROBES" 2>/dev/null | sed -n '1p;$p' | paste -sd- -)
+header="Medians of $runs runs; generators ${GENS[*]}; server CPU from $([[ -n $CG_KIND ]] && echo "cgroup $CG_KIND" || echo /proc); $messages messages per run, $sessions sessions, $per_session per connection, pipelining; $(nproc) CPUs; load average at end $(cut -d' ' -f1-3 /proc/loadavg); machine speed probe before each run ${probe_range:--} s (lower is faster); $(date -u '+%Y-%m-%d %H:%M UTC')."
 printf '%s\n\n%s\n' "$header" "$table"
 if [[ -n $out ]]; then
     printf '%s\n\n%s\n' "$header" "$table" > "$out"
