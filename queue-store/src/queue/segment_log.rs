@@ -179,8 +179,11 @@ impl Queue {
     /// Waits until every record reserved before offset `pos` of segment
     /// `seg` is written (or abandoned).
     ///
-    /// Records are written in the order their tasks get to it, not in the
-    /// order of their offsets. Were a record acknowledged while an earlier
+    /// Records are queued in the order their tasks get to it, and a group
+    /// sync writes only what was queued when it started. Today a record is
+    /// queued right after its reservation, with no await between, so this
+    /// wait ends at once; it stays as the guard should an await ever come
+    /// between the two. Were a record acknowledged while an earlier
     /// one's space was still empty, a power cut could keep the tail of the
     /// earlier record but not its header (sectors and pages reach the disk
     /// in any order); recovery, which cannot resynchronise inside damaged
