@@ -10,6 +10,14 @@ use crate::server::SmtpShard;
 use crate::service::Service;
 use control::log;
 
+/// Accepts in flight at once on one listener of one shard. With one, a
+/// shard takes at most one connection per turn of its event loop (the next
+/// accept is submitted when the last one's completion has been handled), so
+/// while deliveries lengthen the turns, clients that connect for every
+/// message wait in the backlog for their greeting; with several, one turn
+/// takes as many connections as have arrived, up to this.
+const ACCEPTS_IN_FLIGHT: usize = 32;
+
 /// Accepts connections until `stop` resolves.
 pub async fn accept_loop(
     shard: Rc<SmtpShard>,
@@ -17,13 +25,17 @@ pub async fn accept_loop(
     service: Service,
     stop: impl std::future::Future<Output = ()>,
 ) {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
     let local = listener.local_addr().ok();
     tokio::pin!(stop);
+    let mut accepts: FuturesUnordered<_> =
+        (0..ACCEPTS_IN_FLIGHT).map(|_| listener.accept()).collect();
     loop {
         let accepted = tokio::select! {
             _ = &mut stop => break,
-            a = listener.accept() => a,
+            Some(a) = accepts.next() => a,
         };
+        accepts.push(listener.accept());
         match accepted {
             Ok((stream, peer)) => {
                 let span = tracing::info_span!(
