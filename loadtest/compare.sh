@@ -8,7 +8,7 @@
 #                       [--rcpts 1,10]
 #                       [--generators ours,smtp-source]
 #                       [--messages M] [--sessions S] [--per-session P] [--users U]
-#                       [--half-rate] [--source-pacing spread|burst]
+#                       [--half-rate | --half-rate-at R] [--source-pacing spread|burst]
 #                       [--no-build] [--tsv FILE] [--out FILE] [--keep]
 #                       [--indimail-control NAME=VALUE]...
 #
@@ -41,6 +41,8 @@
 # smtp-source processes (one session each up to 500/s; above, small bursts of R/1000 per
 # process), started evenly over a ramp (1 s per 250 processes) and measured over the 8 s
 # after it; its half-rate p50/p99 are the wire's, and its achieved rate is logged.
+# --half-rate-at R offers R msgs/s instead of half the rate just sustained (A/B runs of two
+# builds at one load: half of a faster build's rate is a heavier load on this machine).
 # --source-pacing burst sends the R/2 sessions from one process instead (bursts of R/2
 # messages about once a second), for comparison. smtp-source does not back off: if the
 # server stalls, connections pile up, and past indimail's maxdaemons (1000, counted over all
@@ -61,7 +63,7 @@ DOMAIN=example.com
 runs=3 quick=0 only="" out="" keep=0 ceiling=1 half_rate=0 tsv="" build=1
 workloads="accept,relay,mailbox,virtual" sizes="1024,102400" rcpts_list="1,10"
 messages="" sessions=50 per_session=1 users=1000 im_controls=() generators="ours,smtp-source"
-runs_given=0 source_pacing=spread
+runs_given=0 source_pacing=spread half_rate_at=
 while [[ $# -gt 0 ]]; do
     case $1 in
         --quick) quick=1; shift ;;
@@ -80,6 +82,9 @@ while [[ $# -gt 0 ]]; do
         --keep) keep=1; shift ;;
         --no-ceiling) ceiling=0; shift ;;
         --half-rate) half_rate=1; shift ;;
+        --half-rate-at)
+            [[ $2 =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: --half-rate-at wants a rate in msgs/s, got $2" >&2; exit 2; }
+            half_rate=1; half_rate_at=$2; shift 2 ;;
         --source-pacing)
             [[ $2 == spread || $2 == burst ]] || { echo "compare.sh: --source-pacing wants spread or burst" >&2; exit 2; }
             source_pacing=$2; shift 2 ;;
@@ -586,6 +591,8 @@ PY
         # Half of what the server sustains: the drained rate where it delivers (accepting
         # faster than it delivers is not a rate it can keep), the accepted rate for accept.
         [[ $e2e != "-" ]] && hbase=$e2e
+        # --half-rate-at R: offer R/s whatever was sustained (two builds compared at one load).
+        [[ -n $half_rate_at ]] && hbase=$((half_rate_at * 2))
         [[ $gen == ours ]] && snap=$((128 + 24 * rcpts))
         wire_start "$port" "$hpcap" "$snap"
         hc0=$(server_ns "$spid"); hb0=$(sys_busy); ht0=$(now)

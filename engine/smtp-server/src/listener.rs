@@ -15,8 +15,10 @@ use control::log;
 /// accept is submitted when the last one's completion has been handled), so
 /// while deliveries lengthen the turns, clients that connect for every
 /// message wait in the backlog for their greeting; with several, one turn
-/// takes as many connections as have arrived, up to this.
-const ACCEPTS_IN_FLIGHT: usize = 32;
+/// takes as many connections as have arrived, up to this. More is not
+/// better: 32 raised the 250's p99 under smtp-source's bursts at one offered
+/// load from 8-12 ms to 26-28 (loadtest/RESULTS.md).
+const ACCEPTS_IN_FLIGHT: usize = 8;
 
 /// Accepts connections until `stop` resolves.
 pub async fn accept_loop(
