@@ -37,7 +37,6 @@ pub async fn accept_loop(
             _ = &mut stop => break,
             Some(a) = accepts.next() => a,
         };
-        accepts.push(listener.accept());
         match accepted {
             Ok((stream, peer)) => {
                 let span = tracing::info_span!(
@@ -60,6 +59,9 @@ pub async fn accept_loop(
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
+        // The accept that ended is replaced only now: after an error, once
+        // the back-off is over.
+        accepts.push(listener.accept());
     }
 }
 
