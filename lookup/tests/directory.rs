@@ -838,6 +838,20 @@ fn catch_all_and_extensions(kind: Kind) {
             }
             other => panic!("{other:?}"),
         }
+        // An active mailbox's RCPT answer comes from the table alone (both answers accept);
+        // delivery still reads the domain's `.qmail-<local>` first.
+        std::fs::write(ddir.join(".qmail-anna"), "&boss@other.org\n").unwrap();
+        assert!(matches!(
+            dir.recipient_status("anna@example.com", false)
+                .await
+                .unwrap(),
+            UserStatus::Active(_)
+        ));
+        assert!(matches!(
+            dir.destination("anna@example.com", false).await.unwrap(),
+            Some(Destination::Aliases { .. })
+        ));
+        std::fs::remove_file(ddir.join(".qmail-anna")).unwrap();
         assert!(matches!(
             dir.destination("default@example.com", false).await.unwrap(),
             Some(Destination::CatchAll(_))
