@@ -545,7 +545,11 @@ pub(crate) async fn accept_loop<F, Fut>(
     tokio::pin!(stop);
     loop {
         tokio::select! {
-            _ = &mut stop => return,
+            _ = &mut stop => {
+                // An accept in flight would otherwise keep the socket listening.
+                listener.stop_listening();
+                return;
+            }
             r = listener.accept() => match r {
                 Ok((s, peer)) => {
                     let _ = s.set_nodelay(true);

@@ -102,3 +102,64 @@ fn sigterm_finishes_or_aborts_transactions_within_the_bound() {
     assert_eq!(subjects, ["before", "late"]);
     drop(s);
 }
+
+/// During the drain the listeners take no connections: a client that connects after SIGTERM
+/// is refused or reset at once, never left waiting for a greeting that will not come. (On
+/// io_uring the accepts still in flight kept the socket listening until the process exited.)
+#[test]
+fn after_sigterm_new_connections_are_refused_not_left_waiting() {
+    use std::io::Read;
+    let h = tempfile::tempdir().unwrap();
+    let home = h.path();
+    std::fs::create_dir_all(home.join("control")).unwrap();
+    std::fs::write(home.join("control/shutdowntimeout"), "10\n").unwrap();
+    let mut s = Server::start(home, "uring");
+    // A transaction in DATA holds the drain open.
+    let mut busy = Client::connect(s.smtp);
+    in_data(&mut busy, "busy");
+    let mut child = s.child.take().unwrap();
+    // SAFETY: plain kill(2) on our child's pid.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for attempt in 0..4 {
+        match std::net::TcpStream::connect_timeout(&s.smtp, Duration::from_secs(2)) {
+            Err(_) => {} // refused: nobody listens any more
+            Ok(mut c) => {
+                c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                let mut buf = [0u8; 512];
+                match c.read(&mut buf) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        let text = String::from_utf8_lossy(&buf[..n]);
+                        assert!(text.starts_with("421"), "attempt {attempt}: {text}");
+                    }
+                    Err(e) => assert!(
+                        !matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ),
+                        "attempt {attempt}: connected during the drain and got no answer"
+                    ),
+                }
+            }
+        }
+    }
+    // The transaction under way is still served, and the server then exits.
+    busy.send(b"rest of busy\r\n.\r\n");
+    let (code, text) = busy.reply();
+    assert_eq!(code, 250, "{text}");
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(25),
+            "server still running"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+}

@@ -315,7 +315,11 @@ pub async fn serve(
     tokio::pin!(stop);
     loop {
         let accepted = tokio::select! {
-            _ = &mut stop => break,
+            _ = &mut stop => {
+                // An accept in flight would otherwise keep the socket listening.
+                listener.stop_listening();
+                break;
+            }
             a = listener.accept() => a,
         };
         let Ok((stream, _)) = accepted else {
