@@ -545,11 +545,7 @@ pub(crate) async fn accept_loop<F, Fut>(
     tokio::pin!(stop);
     loop {
         tokio::select! {
-            _ = &mut stop => {
-                // An accept in flight would otherwise keep the socket listening.
-                listener.stop_listening();
-                return;
-            }
+            _ = &mut stop => return,
             r = listener.accept() => match r {
                 Ok((s, peer)) => {
                     let _ = s.set_nodelay(true);

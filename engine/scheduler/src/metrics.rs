@@ -315,11 +315,7 @@ pub async fn serve(
     tokio::pin!(stop);
     loop {
         let accepted = tokio::select! {
-            _ = &mut stop => {
-                // An accept in flight would otherwise keep the socket listening.
-                listener.stop_listening();
-                break;
-            }
+            _ = &mut stop => break,
             a = listener.accept() => a,
         };
         let Ok((stream, _)) = accepted else {

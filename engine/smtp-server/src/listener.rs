@@ -63,10 +63,6 @@ pub async fn accept_loop(
         // the back-off is over.
         accepts.push(listener.accept());
     }
-    // The accepts in flight would otherwise keep the socket listening
-    // through the drain, taking connections nobody serves.
-    drop(accepts);
-    listener.stop_listening();
 }
 
 /// One client, from accept to close.

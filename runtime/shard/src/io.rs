@@ -876,21 +876,23 @@ impl TcpListener {
             ListenerInner::Epoll(l) => l.local_addr(),
         }
     }
+}
 
-    /// Stops listening (`shutdown(2)` of the listening socket): the
-    /// connections waiting in its backlog are reset, new ones are no longer
-    /// routed to it, and every accept still in flight ends with an error.
-    /// Dropping the listener is not enough on io_uring: an accept in flight
-    /// holds the socket open, so it would go on taking connections that
-    /// nobody serves until the process exits.
-    pub fn stop_listening(&self) {
+/// Dropping a listener stops it listening (`shutdown(2)` of the socket):
+/// the connections waiting in its backlog are reset, new ones are no longer
+/// routed to it, and every accept still in flight ends with an error.
+/// Closing the descriptor is not enough on io_uring: an accept in flight
+/// holds the socket open, so it would go on taking connections that nobody
+/// serves (through a shutdown's drain) until the process exits.
+impl Drop for TcpListener {
+    fn drop(&mut self) {
         use std::os::fd::AsRawFd;
         let fd = match &self.inner {
             ListenerInner::Uring(l) => l.as_raw_fd(),
             ListenerInner::Epoll(l) => l.as_raw_fd(),
         };
-        // SAFETY: shutdown(2) on the descriptor this listener owns; it stays
-        // open (closed on drop), only the socket stops listening.
+        // SAFETY: shutdown(2) on the descriptor this listener owns and
+        // closes right after.
         unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
     }
 }
