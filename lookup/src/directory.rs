@@ -499,9 +499,8 @@ impl Directory {
         Ok(None)
     }
 
-    /// CHECKRECIPIENT's question with vdelivermail's answers: [`Directory::user_status`]
-    /// (an active mailbox is [`UserStatus::Active`] whatever else exists); else
-    /// [`UserStatus::AliasOnly`] when the domain directory holds `.qmail-<local>`; then,
+    /// CHECKRECIPIENT's question with vdelivermail's answers: [`Directory::user_status`] (an
+    /// active mailbox is Active), else AliasOnly when the domain holds `.qmail-<local>`; then,
     /// for an address with no mailbox or alias, the user before the first `-` when
     /// `extensions` is on (`QMAIL_EXT`: `user-ext@domain` is `user`'s), then the domain's
     /// catch-all ([`UserStatus::CatchAll`] when its handler accepts the mail). A local part
@@ -516,10 +515,8 @@ impl Directory {
             .trim()
             .rsplit_once('@')
             .ok_or_else(|| LookupError::InvalidAddress(email.to_string()))?;
-        // An active mailbox is answered from the (cached) table alone: the domain's
-        // `.qmail-<local>` would only turn its answer into AliasOnly, which RCPT accepts
-        // alike, and delivery reads that file anyway (`destination`). One file lookup fewer
-        // per recipient, on the shard's event loop.
+        // Active needs no `.qmail-<local>` lookup: AliasOnly would be accepted alike, and
+        // delivery reads that file anyway (`destination`). One file lookup fewer per RCPT.
         let status = table_ok(self.user_status(email).await);
         if let Ok(Some(active @ UserStatus::Active(_))) = status {
             return Ok(active);
