@@ -117,11 +117,7 @@ fn after_sigterm_new_connections_are_refused_not_left_waiting() {
     // A transaction in DATA holds the drain open.
     let mut busy = Client::connect(s.smtp);
     in_data(&mut busy, "busy");
-    let mut child = s.child.take().unwrap();
-    // SAFETY: plain kill(2) on our child's pid.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
+    s.sigterm();
     std::thread::sleep(Duration::from_millis(500));
     for attempt in 0..4 {
         match std::net::TcpStream::connect_timeout(&s.smtp, Duration::from_secs(2)) {
@@ -150,16 +146,5 @@ fn after_sigterm_new_connections_are_refused_not_left_waiting() {
     busy.send(b"rest of busy\r\n.\r\n");
     let (code, text) = busy.reply();
     assert_eq!(code, 250, "{text}");
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(25),
-            "server still running"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(s.wait_exit(), Some(0));
 }

@@ -125,11 +125,23 @@ impl Server {
 
     /// SIGTERM and wait; returns the exit status code.
     pub fn stop(&mut self) -> Option<i32> {
-        let mut child = self.child.take()?;
-        // SAFETY: plain kill(2) on our child's pid.
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGTERM);
+        self.sigterm();
+        self.wait_exit()
+    }
+
+    /// SIGTERM only: the server starts stopping (its drain), the test goes on.
+    pub fn sigterm(&self) {
+        if let Some(child) = &self.child {
+            // SAFETY: plain kill(2) on our child's pid.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
         }
+    }
+
+    /// Waits (up to 20 s) for a server told to stop; returns the exit status code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(s) = child.try_wait().unwrap() {
