@@ -69,6 +69,13 @@ fn io_err<'a>(
     }
 }
 
+/// This process's id, asked of the kernel once: every file name carries it,
+/// and `getpid(2)` per delivery is a system call for a constant.
+fn process_id() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
+}
+
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// The host part of Maildir names: `/` → `\057`, `:` → `\072` (spec 3.2).
@@ -160,7 +167,7 @@ pub async fn write(
     let name = Name {
         sec: now.as_secs(),
         usec: now.subsec_micros(),
-        pid: std::process::id(),
+        pid: process_id(),
         host: &host,
     };
     // Q<counter> keeps names unique across concurrent deliveries of one

@@ -548,7 +548,7 @@ pub(crate) async fn accept_loop<F, Fut>(
             _ = &mut stop => return,
             r = listener.accept() => match r {
                 Ok((s, peer)) => {
-                    let _ = s.set_nodelay(true);
+                    // TCP_NODELAY is inherited from the listener (shard::io::bind_reuseport).
                     tokio::task::spawn_local(session(s, peer, Rc::clone(&ctx), implicit_tls));
                 }
                 Err(e) => {

@@ -100,6 +100,33 @@ fn memrchr_newline(b: &[u8]) -> Option<usize> {
     b.iter().rposition(|&c| c == b'\n')
 }
 
+/// Appends `<seconds>.<microseconds> ` (six digits after the point), digit
+/// by digit: every line starts with it, and `core::fmt` would cost more than
+/// the rest of a short line.
+fn push_stamp(out: &mut Vec<u8>, since_epoch: std::time::Duration) {
+    let mut digits = [0u8; 20];
+    let mut n = since_epoch.as_secs();
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+    out.push(b'.');
+    let mut micros = since_epoch.subsec_micros();
+    let mut frac = [b'0'; 6];
+    for d in frac.iter_mut().rev() {
+        *d = b'0' + (micros % 10) as u8;
+        micros /= 10;
+    }
+    out.extend_from_slice(&frac);
+    out.push(b' ');
+}
+
 /// Writes one log line (or buffers it, on a buffering shard).
 pub fn line(args: std::fmt::Arguments<'_>) {
     let now = SystemTime::now()
@@ -111,7 +138,7 @@ pub fn line(args: std::fmt::Arguments<'_>) {
             return false;
         };
         let was_empty = buf.bytes.is_empty();
-        let _ = write!(buf.bytes, "{}.{:06} ", now.as_secs(), now.subsec_micros());
+        push_stamp(&mut buf.bytes, now);
         let _ = buf.bytes.write_fmt(args);
         buf.bytes.push(b'\n');
         if buf.bytes.len() >= FLUSH_AT {
@@ -127,7 +154,7 @@ pub fn line(args: std::fmt::Arguments<'_>) {
         return;
     }
     let mut buf = Vec::with_capacity(160);
-    let _ = write!(buf, "{}.{:06} ", now.as_secs(), now.subsec_micros());
+    push_stamp(&mut buf, now);
     let _ = buf.write_fmt(args);
     buf.push(b'\n');
     let _ = std::io::stderr().lock().write_all(&buf);
@@ -169,6 +196,20 @@ mod tests {
             BUFFER.with(|b| b.borrow().is_none()),
             "the guard ends buffering"
         );
+    }
+
+    #[test]
+    fn the_stamp_is_seconds_dot_six_digits() {
+        for (secs, micros, want) in [
+            (1_796_706_188, 802_599, "1796706188.802599 "),
+            (0, 0, "0.000000 "),
+            (7, 5, "7.000005 "),
+            (u64::MAX, 999_999, "18446744073709551615.999999 "),
+        ] {
+            let mut out = Vec::new();
+            push_stamp(&mut out, std::time::Duration::new(secs, micros * 1000));
+            assert_eq!(String::from_utf8(out).unwrap(), want);
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
 use mail_auth::common::headers::HeaderWriter;
@@ -82,11 +82,28 @@ fn load_key(path: &Path) -> Result<Key, Error> {
     }
 }
 
+/// How long which key file a domain has (or that it has none) is trusted
+/// before the file system is asked again: a relayed message would otherwise
+/// cost two `statx` calls, mostly to learn that its domain has no key.
+const KEY_RECHECK: Duration = Duration::from_secs(1);
+/// Domains remembered at most; past this the memory starts over.
+const DOMAINS_REMEMBERED: usize = 4096;
+
+/// What the file system said of one domain's key, and when.
+struct KeyFile {
+    path: Option<PathBuf>,
+    modified: Option<SystemTime>,
+    checked: Instant,
+}
+
 /// Signs outgoing mail per domain; keys are read on first use and again
-/// when their file changes.
+/// when their file changes. Which file a domain has is looked up again at
+/// most every [`KEY_RECHECK`], so a key added, replaced or removed takes
+/// effect within a second.
 pub struct Signer {
     template: String,
     keys: std::cell::RefCell<HashMap<(PathBuf, String), LoadedKey>>,
+    files: std::cell::RefCell<HashMap<String, KeyFile>>,
 }
 
 impl Signer {
@@ -95,6 +112,7 @@ impl Signer {
         Signer {
             template: template.into(),
             keys: Default::default(),
+            files: Default::default(),
         }
     }
 
@@ -125,17 +143,49 @@ impl Signer {
         p.exists().then_some(p)
     }
 
+    /// The key file of `domain` (lower case) and its modification time, as
+    /// looked up at most [`KEY_RECHECK`] ago; `None` when it has none.
+    fn key_file(&self, domain: &str) -> Option<(PathBuf, Option<SystemTime>)> {
+        let mut files = self.files.borrow_mut();
+        if let Some(f) = files.get(domain) {
+            if f.checked.elapsed() < KEY_RECHECK {
+                return f.path.clone().map(|p| (p, f.modified));
+            }
+        }
+        let path = self.key_path(domain);
+        let modified = path
+            .as_ref()
+            .and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+        let path = path.filter(|_| modified.is_some());
+        if files.len() >= DOMAINS_REMEMBERED {
+            files.clear();
+        }
+        files.insert(
+            domain.to_string(),
+            KeyFile {
+                path: path.clone(),
+                modified,
+                checked: Instant::now(),
+            },
+        );
+        path.map(|p| (p, modified))
+    }
+
+    /// Forgets every lookup's time, as if [`KEY_RECHECK`] had passed.
+    #[cfg(test)]
+    fn expire_lookups(&self) {
+        for f in self.files.borrow_mut().values_mut() {
+            f.checked -= KEY_RECHECK;
+        }
+    }
+
     /// The `DKIM-Signature:` header (LF line ends) for `message` (queue
     /// form) signed as `domain`, or `None` when there is no key for it.
     pub fn sign(&self, domain: &str, message: &[u8]) -> Result<Option<String>, Error> {
-        let Some(path) = self.key_path(domain) else {
+        let d = domain.to_ascii_lowercase();
+        let Some((path, modified)) = self.key_file(&d) else {
             return Ok(None);
         };
-        let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
-        if modified.is_none() {
-            return Ok(None);
-        }
-        let d = domain.to_ascii_lowercase();
         let slot = (path.clone(), d.clone());
         let mut keys = self.keys.borrow_mut();
         let fresh = keys.get(&slot).is_some_and(|k| k.modified == modified);
@@ -499,6 +549,30 @@ mod tests {
             Some("x.test")
         );
         assert_eq!(from_domain(b"Subject: x\n\nFrom: a@x.test\n"), None);
+    }
+
+    #[test]
+    fn a_new_key_signs_once_the_lookup_is_due_again() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Signer::new(d.path().join("domainkeys/%/ed").display().to_string());
+        let msg = b"From: a@example.test\nSubject: hi\n\nbody\n";
+        assert_eq!(s.sign("example.test", msg).unwrap(), None);
+        keygen(d.path(), "example.test", "ed", KeyType::Ed25519).unwrap();
+        assert_eq!(
+            s.sign("Example.test", msg).unwrap(),
+            None,
+            "within a second the answer is remembered"
+        );
+        s.expire_lookups();
+        let h = s.sign("example.test", msg).unwrap().unwrap();
+        assert!(h.contains("d=example.test"), "{h}");
+        std::fs::remove_file(d.path().join("domainkeys/example.test/ed")).unwrap();
+        s.expire_lookups();
+        assert_eq!(
+            s.sign("example.test", msg).unwrap(),
+            None,
+            "a removed key stops signing"
+        );
     }
 
     #[test]

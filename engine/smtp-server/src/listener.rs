@@ -73,7 +73,7 @@ async fn connection(
     local: Option<SocketAddr>,
     service: Service,
 ) {
-    let _ = stream.set_nodelay(true);
+    // TCP_NODELAY comes from the listening socket (shard::io::bind_reuseport).
     let Some(admitted) = crate::admission::admit(&shard, &stream, peer.ip()).await else {
         return;
     };

@@ -12,7 +12,7 @@
 //!   else the control directory), reloaded without a restart when the files change, checked at
 //!   most every few seconds, swapped whole (no lock on the hot path; one store per shard).
 //! * [`create_self_signed`]: a demo certificate for `indimail init` / a first start.
-//! * [`random_u64`]: randomness for CRAM challenges and the like.
+//! * [`random_u64`], [`session_random_u64`]: randomness for keys, CRAM challenges and the like.
 //! * [`ClientTlsConfig`]: client configurations (Mozilla roots from `webpki-roots`, a pinned
 //!   CA file, or opportunistic accept-any) for proxies and remote delivery.
 //!
@@ -94,6 +94,23 @@ pub fn random_u64() -> Result<u64, TlsError> {
         .fill(&mut b)
         .map_err(|_| TlsError::Tls(rustls::Error::FailedToGetRandomBytes))?;
     Ok(u64::from_le_bytes(b))
+}
+
+/// 64 unpredictable bits for one session's challenges (`set_auth_entropy`), without a system
+/// call per connection: a keyed hash (std's SipHash, under a key this thread drew from the
+/// operating system once) of a per-thread counter, so the values differ per call and cannot be
+/// guessed without the key.
+pub fn session_random_u64() -> u64 {
+    use std::hash::BuildHasher;
+    thread_local! {
+        static KEYED_COUNTER: (std::hash::RandomState, std::cell::Cell<u64>) =
+            (std::hash::RandomState::new(), std::cell::Cell::new(0));
+    }
+    KEYED_COUNTER.with(|(key, n)| {
+        let count = n.get();
+        n.set(count.wrapping_add(1));
+        key.hash_one(count)
+    })
 }
 
 impl TlsError {

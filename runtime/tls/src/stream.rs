@@ -428,6 +428,16 @@ impl MaybeTls {
         }
     }
 
+    /// Before a clean close: under TLS, ends the session as [`Self::shutdown`] does (the
+    /// peer can tell this end from a truncation); on plain TCP nothing, since closing the
+    /// socket sends the FIN and a `shutdown(2)` first would only cost a system call.
+    pub async fn close_notify(&mut self) -> io::Result<()> {
+        match self {
+            MaybeTls::Plain(_) => Ok(()),
+            MaybeTls::Tls(s) => s.shutdown().await,
+        }
+    }
+
     /// The connection is under TLS.
     pub fn is_tls(&self) -> bool {
         matches!(self, MaybeTls::Tls(_))

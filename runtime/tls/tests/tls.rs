@@ -635,3 +635,20 @@ fn randomness_differs() {
     let b = tls::random_u64().unwrap();
     assert_ne!(a, b);
 }
+
+#[test]
+fn session_randomness_differs_per_call_and_per_thread() {
+    let here: Vec<u64> = (0..1000).map(|_| tls::session_random_u64()).collect();
+    let mut seen: std::collections::HashSet<u64> = here.iter().copied().collect();
+    assert_eq!(seen.len(), here.len(), "a value repeated within one thread");
+    let there: Vec<u64> =
+        std::thread::spawn(|| (0..1000).map(|_| tls::session_random_u64()).collect())
+            .join()
+            .unwrap();
+    seen.extend(there);
+    assert_eq!(
+        seen.len(),
+        2000,
+        "another thread's key gave the same values"
+    );
+}

@@ -97,6 +97,9 @@ struct Connection {
     data_credit: std::time::Duration,
     /// This connection has seen its shard under stress.
     stressed: bool,
+    /// The session ended with the client's QUIT or close, with nothing in
+    /// flight on the socket.
+    closed_cleanly: bool,
 }
 
 /// When the client must have sent what the session waits for: a whole
@@ -191,7 +194,8 @@ impl Connection {
                 start += consumed;
                 if closed {
                     self.flush().await?;
-                    let _ = self.io().shutdown().await;
+                    let _ = self.io().close_notify().await;
+                    self.closed_cleanly = true;
                     return Ok(());
                 }
                 if !more {
@@ -273,7 +277,8 @@ impl Connection {
                 Ok(0) => {
                     // The client closed (under TLS: sent close_notify, or
                     // cut the TCP connection); answer with ours.
-                    let _ = self.io().shutdown().await;
+                    let _ = self.io().close_notify().await;
+                    self.closed_cleanly = true;
                     return Ok(());
                 }
                 Ok(n) => filled = n == room,
@@ -472,9 +477,7 @@ pub(crate) async fn serve(
     let mut session = Session::new(Rc::clone(generation.proto(service)));
     let checks = settings.client_checks.for_client(&rule);
     session.set_max_rcpt_errors(checks.max_rcpt_errors);
-    let random = tls::random_u64()
-        .unwrap_or_else(|_| u64::from(peer.port()) << 32 | u64::from(std::process::id()));
-    session.set_auth_entropy(random, scheduler::deliver::unix_now());
+    session.set_auth_entropy(tls::session_random_u64(), scheduler::deliver::unix_now());
     let stream = if service == Service::Smtps {
         match implicit_tls(&shard, stream, ip).await {
             Some(s) => {
@@ -528,6 +531,7 @@ pub(crate) async fn serve(
         waiting_since: tokio::time::Instant::now(),
         data_credit: std::time::Duration::ZERO,
         stressed: false,
+        closed_cleanly: false,
     };
     log!(
         "shard{} {} connect ip={ip} port={} relay={}",
@@ -537,14 +541,16 @@ pub(crate) async fn serve(
         relay
     );
     let greet = conn.before_greeting().await;
-    match if greet { conn.run().await } else { Ok(()) } {
-        Ok(()) => {}
-        Err(e) => log!("shard{} smtp drop ip={ip} reason={e}", shard.index),
+    // A session that ended with the client's QUIT or close has no read or
+    // write in flight, so dropping the stream closes the socket; any other
+    // end may leave one holding it open on io_uring, which shutdown(2) ends.
+    if let Err(e) = if greet { conn.run().await } else { Ok(()) } {
+        log!("shard{} smtp drop ip={ip} reason={e}", shard.index);
     }
     if let Some(w) = conn.spool.take() {
         w.abort().await;
     }
-    if let Some(s) = conn.stream.as_ref() {
+    if let Some(s) = conn.stream.as_ref().filter(|_| !conn.closed_cleanly) {
         let _ = s.tcp().shutdown(std::net::Shutdown::Both);
     }
 }

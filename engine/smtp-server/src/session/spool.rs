@@ -211,24 +211,51 @@ impl Connection {
     }
 
     pub(super) fn received_header(&self) -> String {
+        use std::fmt::Write as _;
         let env = self.session.envelope();
         let helo = env.helo.as_deref().unwrap_or("unknown");
-        let ip = self.peer.ip();
-        let for_clause = match env.recipients.as_slice() {
-            [one] => format!("\n\tfor <{}>", one.path),
-            _ => String::new(),
-        };
-        let auth = match &self.auth_user {
-            Some(u) => format!(" (AUTH: {u})"),
-            None => String::new(),
-        };
-        format!(
-            "Received: from {helo} ([{ip}]){auth} by {} (indimail-rs) with {}{for_clause};\n\t{}\n",
-            self.settings.me,
-            self.session.protocol(),
-            delivery::bounce::rfc5322_date_of(SystemTime::now())
-        )
+        // Built piece by piece: this runs for every message, and format!
+        // with its date cost more than the rest of the commit's parsing.
+        let mut h = String::with_capacity(192);
+        h.push_str("Received: from ");
+        h.push_str(helo);
+        h.push_str(" ([");
+        let _ = write!(h, "{}", self.peer.ip());
+        h.push_str("])");
+        if let Some(u) = &self.auth_user {
+            h.push_str(" (AUTH: ");
+            h.push_str(u);
+            h.push(')');
+        }
+        h.push_str(" by ");
+        h.push_str(&self.settings.me);
+        h.push_str(" (indimail-rs) with ");
+        h.push_str(self.session.protocol());
+        if let [one] = env.recipients.as_slice() {
+            let _ = write!(h, "\n\tfor <{}>", one.path);
+        }
+        h.push_str(";\n\t");
+        date_now(&mut h);
+        h.push('\n');
+        h
     }
+}
+
+/// Appends the RFC 5322 date of now, formatted once per second per thread.
+fn date_now(out: &mut String) {
+    thread_local! {
+        static LAST: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let secs = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != secs {
+            *last = (secs, delivery::bounce::rfc5322_date(secs));
+        }
+        out.push_str(&last.1);
+    });
 }
 
 /// Converts message bytes from SMTP form (CRLF line ends) to queue form
