@@ -430,6 +430,25 @@ pub fn rfc5322_date(t: u64) -> String {
     format!("{wd}, {d:02} {mon} {y} {h:02}:{mi:02}:{s:02} +0000")
 }
 
+/// Appends [`rfc5322_date`] of now, formatted once per second per thread
+/// (a Received line is written for every message).
+pub fn push_rfc5322_date_now(out: &mut String) {
+    thread_local! {
+        static LAST: std::cell::RefCell<(u64, String)> =
+            const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != secs {
+            *last = (secs, rfc5322_date(secs));
+        }
+        out.push_str(&last.1);
+    });
+}
+
 /// [`rfc5322_date`] of a clock reading (the epoch for one before it).
 pub fn rfc5322_date_of(t: std::time::SystemTime) -> String {
     rfc5322_date(

@@ -104,18 +104,7 @@ fn memrchr_newline(b: &[u8]) -> Option<usize> {
 /// by digit: every line starts with it, and `core::fmt` would cost more than
 /// the rest of a short line.
 fn push_stamp(out: &mut Vec<u8>, since_epoch: std::time::Duration) {
-    let mut digits = [0u8; 20];
-    let mut n = since_epoch.as_secs();
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(itoa::Buffer::new().format(since_epoch.as_secs()).as_bytes());
     out.push(b'.');
     let mut micros = since_epoch.subsec_micros();
     let mut frac = [b'0'; 6];

@@ -541,15 +541,15 @@ pub(crate) async fn serve(
         relay
     );
     let greet = conn.before_greeting().await;
-    // A session that ended with the client's QUIT or close has no read or
-    // write in flight, so dropping the stream closes the socket; any other
-    // end may leave one holding it open on io_uring, which shutdown(2) ends.
     if let Err(e) = if greet { conn.run().await } else { Ok(()) } {
         log!("shard{} smtp drop ip={ip} reason={e}", shard.index);
     }
     if let Some(w) = conn.spool.take() {
         w.abort().await;
     }
+    // After the client's QUIT or close nothing is in flight, and dropping the
+    // stream closes the socket; any other end may leave an operation holding
+    // it open on io_uring, which shutdown(2) ends.
     if let Some(s) = conn.stream.as_ref().filter(|_| !conn.closed_cleanly) {
         let _ = s.tcp().shutdown(std::net::Shutdown::Both);
     }

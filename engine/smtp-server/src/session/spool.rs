@@ -1,8 +1,6 @@
 //! Spooling a message as it streams in: the trace headers, header rules, the
 //! message plugins on a held message, and CRLF to queue form.
 
-use std::time::SystemTime;
-
 use smtp_proto::Reply;
 
 use control::log;
@@ -235,27 +233,10 @@ impl Connection {
             let _ = write!(h, "\n\tfor <{}>", one.path);
         }
         h.push_str(";\n\t");
-        date_now(&mut h);
+        delivery::bounce::push_rfc5322_date_now(&mut h);
         h.push('\n');
         h
     }
-}
-
-/// Appends the RFC 5322 date of now, formatted once per second per thread.
-fn date_now(out: &mut String) {
-    thread_local! {
-        static LAST: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
-    }
-    let secs = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    LAST.with(|last| {
-        let mut last = last.borrow_mut();
-        if last.0 != secs {
-            *last = (secs, delivery::bounce::rfc5322_date(secs));
-        }
-        out.push_str(&last.1);
-    });
 }
 
 /// Converts message bytes from SMTP form (CRLF line ends) to queue form
